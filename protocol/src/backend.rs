@@ -386,6 +386,7 @@ pub fn backend_key_data(process_id: i32, secret_key: i32, out: &mut BytesMut) {
 }
 
 /// Appends `ReadyForQuery`.
+#[inline]
 pub fn ready_for_query(status: TransactionStatus, out: &mut BytesMut) {
     put_header(out, tags::READY_FOR_QUERY, 1);
     out.put_u8(status.to_byte());
@@ -432,6 +433,7 @@ pub fn row_description(columns: &[(&str, u32)], out: &mut BytesMut) {
 
 /// Appends a `DataRow`; `None` is SQL NULL. At most 65535 values can be
 /// expressed; extra ones are dropped.
+#[inline]
 pub fn data_row(values: &[Option<&[u8]>], out: &mut BytesMut) {
     let count = wire_count(values.len());
     let values = values.get(..usize::from(count)).unwrap_or(values);
@@ -453,6 +455,7 @@ pub fn data_row(values: &[Option<&[u8]>], out: &mut BytesMut) {
 }
 
 /// Appends `CommandComplete` with the given command tag (e.g. `"SELECT 1"`).
+#[inline]
 pub fn command_complete(tag: &str, out: &mut BytesMut) {
     let tag = until_nul(tag.as_bytes());
     put_header(out, tags::COMMAND_COMPLETE, tag.len() + 1);
@@ -460,26 +463,31 @@ pub fn command_complete(tag: &str, out: &mut BytesMut) {
 }
 
 /// Appends `EmptyQueryResponse`.
+#[inline]
 pub fn empty_query_response(out: &mut BytesMut) {
     put_header(out, tags::EMPTY_QUERY_RESPONSE, 0);
 }
 
 /// Appends `ParseComplete`.
+#[inline]
 pub fn parse_complete(out: &mut BytesMut) {
     put_header(out, tags::PARSE_COMPLETE, 0);
 }
 
 /// Appends `BindComplete`.
+#[inline]
 pub fn bind_complete(out: &mut BytesMut) {
     put_header(out, tags::BIND_COMPLETE, 0);
 }
 
 /// Appends `CloseComplete`.
+#[inline]
 pub fn close_complete(out: &mut BytesMut) {
     put_header(out, tags::CLOSE_COMPLETE, 0);
 }
 
 /// Appends `NoData`.
+#[inline]
 pub fn no_data(out: &mut BytesMut) {
     put_header(out, tags::NO_DATA, 0);
 }
@@ -556,6 +564,7 @@ pub fn parse_parameter_status(body: &[u8]) -> Result<(String, String), ProtocolE
 /// # Errors
 ///
 /// [`ProtocolError::Malformed`] unless the body is one valid status byte.
+#[inline]
 pub fn parse_ready_for_query(body: &[u8]) -> Result<TransactionStatus, ProtocolError> {
     let mut c = Cursor::new(body, "ReadyForQuery");
     let b = c.u8()?;
@@ -584,6 +593,7 @@ pub fn parse_backend_key_data(body: &[u8]) -> Result<(i32, i32), ProtocolError> 
 ///
 /// [`ProtocolError::Malformed`] unless the body is exactly one
 /// NUL-terminated UTF-8 string.
+#[inline]
 pub fn parse_command_complete(body: &[u8]) -> Result<&str, ProtocolError> {
     let mut c = Cursor::new(body, "CommandComplete");
     let tag = c.str()?;
@@ -628,12 +638,7 @@ pub fn parse_authentication(body: &[u8]) -> Result<Authentication<'_>, ProtocolE
     let auth = match c.i32()? {
         AUTH_OK => Authentication::Ok,
         AUTH_CLEARTEXT_PASSWORD => Authentication::CleartextPassword,
-        AUTH_MD5_PASSWORD => {
-            let salt = c.bytes(4)?;
-            let mut out = [0; 4];
-            out.copy_from_slice(salt);
-            Authentication::Md5Password { salt: out }
-        }
+        AUTH_MD5_PASSWORD => Authentication::Md5Password { salt: c.array()? },
         AUTH_SASL => {
             let mut mechanisms = Vec::new();
             loop {

@@ -68,7 +68,7 @@ impl<'a> Cursor<'a> {
 
     /// Reads `N` bytes as an array.
     #[inline]
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
         match self.remaining_slice().first_chunk::<N>() {
             Some(chunk) => {
                 self.pos += N;
@@ -184,7 +184,7 @@ pub(crate) fn wire_count(count: usize) -> u16 {
 /// bytes plus the length field itself. Reserves room for the whole message.
 #[inline]
 pub(crate) fn put_header(out: &mut BytesMut, tag: u8, body_len: usize) {
-    out.reserve(5 + body_len);
+    out.reserve(body_len.saturating_add(5));
     out.put_u8(tag);
     out.put_i32(wire_len(body_len.saturating_add(4)));
 }

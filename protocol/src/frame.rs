@@ -42,6 +42,11 @@ impl Frame {
     /// Wraps a buffer holding exactly one message, checking that its length
     /// field matches its size. Useful to turn bytes built by an encoder back
     /// into a frame; received data should go through [`split_frame`].
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::InvalidLength`] for a length field below 4 and
+    /// [`ProtocolError::Malformed`] if `raw` is not exactly one message.
     pub fn new(raw: Bytes) -> Result<Frame, ProtocolError> {
         match peek_header(&raw, usize::MAX)? {
             Some(header) if header.len == raw.len() => Ok(Frame { raw }),

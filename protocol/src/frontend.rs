@@ -594,6 +594,7 @@ pub fn decode_password(body: &[u8]) -> Result<Bytes, ProtocolError> {
 ///
 /// `name` and `query` must not contain NUL bytes (decoded values never do).
 /// At most 65535 parameter types can be expressed; extra ones are dropped.
+#[inline]
 pub fn encode_parse(name: &[u8], query: &[u8], param_types: &[u32], out: &mut BytesMut) {
     let count = wire_count(param_types.len());
     let types = param_types.get(..usize::from(count)).unwrap_or(param_types);
@@ -612,6 +613,7 @@ pub fn encode_parse(name: &[u8], query: &[u8], param_types: &[u32], out: &mut By
 /// the proxy renames a client's prepared statement to a server-side name.
 ///
 /// `portal` and `statement` must not contain NUL bytes.
+#[inline]
 pub fn encode_bind_renamed(portal: &[u8], statement: &[u8], rest: &[u8], out: &mut BytesMut) {
     put_header(
         out,
@@ -623,6 +625,7 @@ pub fn encode_bind_renamed(portal: &[u8], statement: &[u8], rest: &[u8], out: &m
     out.put_slice(rest);
 }
 
+#[inline]
 fn encode_target_name(tag: u8, target: Target, name: &[u8], out: &mut BytesMut) {
     put_header(out, tag, 1 + name.len() + 1);
     out.put_u8(target.to_byte());
@@ -630,16 +633,19 @@ fn encode_target_name(tag: u8, target: Target, name: &[u8], out: &mut BytesMut) 
 }
 
 /// Appends a `Describe` message. `name` must not contain NUL bytes.
+#[inline]
 pub fn encode_describe(target: Target, name: &[u8], out: &mut BytesMut) {
     encode_target_name(tags::DESCRIBE, target, name, out);
 }
 
 /// Appends a `Close` message. `name` must not contain NUL bytes.
+#[inline]
 pub fn encode_close(target: Target, name: &[u8], out: &mut BytesMut) {
     encode_target_name(tags::CLOSE, target, name, out);
 }
 
 /// Appends an `Execute` message. `portal` must not contain NUL bytes.
+#[inline]
 pub fn encode_execute(portal: &[u8], max_rows: i32, out: &mut BytesMut) {
     put_header(out, tags::EXECUTE, portal.len() + 1 + 4);
     put_cstr(out, portal);
@@ -647,22 +653,26 @@ pub fn encode_execute(portal: &[u8], max_rows: i32, out: &mut BytesMut) {
 }
 
 /// Appends a `Sync` message.
+#[inline]
 pub fn encode_sync(out: &mut BytesMut) {
     put_header(out, tags::SYNC, 0);
 }
 
 /// Appends a `Flush` message.
+#[inline]
 pub fn encode_flush(out: &mut BytesMut) {
     put_header(out, tags::FLUSH, 0);
 }
 
 /// Appends a `Query` message. `sql` must not contain NUL bytes.
+#[inline]
 pub fn encode_query(sql: &[u8], out: &mut BytesMut) {
     put_header(out, tags::QUERY, sql.len() + 1);
     put_cstr(out, sql);
 }
 
 /// Appends a `Terminate` message.
+#[inline]
 pub fn encode_terminate(out: &mut BytesMut) {
     put_header(out, tags::TERMINATE, 0);
 }
