@@ -1,1 +1,119 @@
-fn main() {}
+//! The `switchyard` command: run the proxy, or check a configuration file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchyard::config::Config;
+use switchyard::state::ProxyState;
+use tokio::sync::watch;
+
+/// Switchyard: a PostgreSQL wire proxy and connection pooler.
+///
+/// Point applications at Switchyard instead of their database. It authenticates clients
+/// itself (SCRAM-SHA-256 or md5), pools server connections per database and user in session
+/// or transaction mode, keeps clients' prepared statements and settings working across pooled
+/// servers, and forwards query cancellation.
+///
+/// Logging follows RUST_LOG (e.g. RUST_LOG=switchyard=debug); the default is info.
+#[derive(Parser)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Configuration file (TOML) to serve with.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and exit: 0 if it is valid, 1 with the key and line of
+    /// the first problem otherwise.
+    CheckConfig {
+        /// Configuration file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        None => match cli.config {
+            Some(path) => run(&path),
+            None => Err(anyhow::anyhow!(
+                "no configuration given: use --config FILE (see --help)"
+            )),
+        },
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let (_tx, rx) = watch::channel(false);
+    ProxyState::new(config.clone(), rx)?;
+    println!(
+        "{}: ok ({} clusters, {} databases, {} users)",
+        path.display(),
+        config.clusters.len(),
+        config.databases.len(),
+        config.users.len()
+    );
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.proxy.workers > 0 {
+        builder.worker_threads(config.proxy.workers);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let listen = config.proxy.listen;
+        let state = Arc::new(ProxyState::new(config, shutdown_rx)?);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%listen, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
+        switchyard::listener::serve(listener, state, shutdown_tx, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,79 @@
+//! Client authentication: what the proxy stores about a user and how it checks a client's
+//! proof. The exchange itself (which messages go on the wire) lives in `session::startup`;
+//! this module is the cryptography and the stored secrets, with no I/O.
+
+mod md5;
+mod scram;
+
+pub use md5::{md5_hash, Md5Challenge};
+pub use scram::{ScramError, ScramExchange, ScramVerifier};
+
+use crate::config::{ClientAuthMethod, UserConfig};
+
+/// A password as the configuration stores it.
+#[derive(Debug, Clone)]
+pub enum StoredPassword {
+    Plain(String),
+    Scram(ScramVerifier),
+    /// `md5` followed by 32 hex digits: md5(password || username).
+    Md5(String),
+}
+
+impl StoredPassword {
+    /// Recognises the three forms Postgres itself stores in `pg_authid.rolpassword`.
+    pub fn parse(text: &str) -> Result<StoredPassword, String> {
+        if text.starts_with("SCRAM-SHA-256$") {
+            return ScramVerifier::parse(text)
+                .map(StoredPassword::Scram)
+                .ok_or_else(|| "malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)".to_string());
+        }
+        if text.len() == 35 && text.starts_with("md5") && text[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(StoredPassword::Md5(text.to_ascii_lowercase()));
+        }
+        Ok(StoredPassword::Plain(text.to_string()))
+    }
+}
+
+/// Everything the proxy needs to authenticate one user, prepared once at config load.
+#[derive(Debug, Clone)]
+pub struct UserAuth {
+    pub name: String,
+    pub method: ClientAuthMethod,
+    /// Set when SCRAM is used; derived from a plaintext password once, not per login.
+    pub scram: Option<ScramVerifier>,
+    /// md5(password || user), set when md5 is used.
+    pub md5: Option<String>,
+    /// What the proxy sends to servers, if it knows it.
+    pub server_password: Option<String>,
+}
+
+impl UserAuth {
+    pub fn from_config(name: &str, user: &UserConfig) -> Result<UserAuth, String> {
+        let stored = StoredPassword::parse(user.password.get_ref())?;
+        let method = user.auth.unwrap_or(match stored {
+            StoredPassword::Md5(_) => ClientAuthMethod::Md5,
+            _ => ClientAuthMethod::ScramSha256,
+        });
+        let (scram, md5, plain) = match stored {
+            StoredPassword::Plain(p) => (
+                Some(ScramVerifier::from_password(&p)),
+                Some(md5_hash(&p, name)),
+                Some(p),
+            ),
+            StoredPassword::Scram(v) => (Some(v), None, None),
+            StoredPassword::Md5(h) => (None, Some(h), None),
+        };
+        Ok(UserAuth {
+            name: name.to_string(),
+            method,
+            scram,
+            md5,
+            server_password: user.server_password.clone().or(plain),
+        })
+    }
+}
+
+/// Constant-time comparison of two secrets.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,222 @@
+//! Server side of SCRAM-SHA-256 (RFC 5802/7677) as Postgres speaks it, without channel
+//! binding. The client side, used towards servers, is postgres-protocol's.
+//!
+//! Written here because no maintained crate offers the server side on current `ring`/RustCrypto;
+//! verifiers are produced by postgres-protocol (`password::scram_sha_256`), so the stored
+//! format and SASLprep handling match Postgres exactly.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What Postgres stores for a SCRAM user: enough to verify a proof, not to impersonate.
+#[derive(Clone)]
+pub struct ScramVerifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramVerifier")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScramVerifier {
+    /// Parses `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
+    pub fn parse(text: &str) -> Option<ScramVerifier> {
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iter, salt) = params.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        Some(ScramVerifier {
+            iterations: iter.parse().ok().filter(|i| *i > 0)?,
+            salt: B64.decode(salt).ok()?,
+            stored_key: B64.decode(stored).ok()?.try_into().ok()?,
+            server_key: B64.decode(server).ok()?.try_into().ok()?,
+        })
+    }
+
+    /// Derives a verifier from a plaintext password with a fresh salt (4096 iterations).
+    pub fn from_password(password: &str) -> ScramVerifier {
+        let text = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        ScramVerifier::parse(&text).expect("postgres-protocol produces well-formed verifiers")
+    }
+}
+
+/// Why a SCRAM exchange failed. Every variant ends in 28P01 for the client except
+/// `Protocol`, which is a malformed message (08P01).
+#[derive(Debug, thiserror::Error)]
+pub enum ScramError {
+    #[error("malformed SCRAM message: {0}")]
+    Protocol(&'static str),
+    #[error("channel binding is not supported")]
+    ChannelBinding,
+    #[error("password authentication failed")]
+    BadProof,
+}
+
+/// One exchange, from the client-first message to the server-final message.
+pub struct ScramExchange {
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
+    gs2_header: String,
+}
+
+impl ScramExchange {
+    /// Handles client-first; returns the exchange and the server-first message to send.
+    pub fn start(
+        verifier: &ScramVerifier,
+        client_first: &[u8],
+    ) -> Result<(ScramExchange, String), ScramError> {
+        let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Protocol("not UTF-8"))?;
+        // gs2-header: cbind-flag "," [authzid] ","
+        let mut parts = text.splitn(3, ',');
+        let flag = parts.next().ok_or(ScramError::Protocol("missing gs2 header"))?;
+        let authzid = parts.next().ok_or(ScramError::Protocol("missing gs2 header"))?;
+        let bare = parts
+            .next()
+            .ok_or(ScramError::Protocol("missing client-first-message-bare"))?;
+        match flag {
+            "n" | "y" => {}
+            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+            _ => return Err(ScramError::Protocol("bad channel binding flag")),
+        }
+        if !authzid.is_empty() {
+            return Err(ScramError::Protocol("authorization identity is not supported"));
+        }
+        let client_nonce = bare
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .filter(|n| !n.is_empty())
+            .ok_or(ScramError::Protocol("missing client nonce"))?;
+        let server_nonce: [u8; 18] = rand::random();
+        let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&verifier.salt),
+            verifier.iterations
+        );
+        let exchange = ScramExchange {
+            client_first_bare: bare.to_string(),
+            server_first: server_first.clone(),
+            nonce,
+            gs2_header: format!("{flag},{authzid},"),
+        };
+        Ok((exchange, server_first))
+    }
+
+    /// Checks client-final; on success returns the server-final message.
+    pub fn finish(self, verifier: &ScramVerifier, client_final: &[u8]) -> Result<String, ScramError> {
+        let text = std::str::from_utf8(client_final).map_err(|_| ScramError::Protocol("not UTF-8"))?;
+        let (without_proof, proof) = text
+            .rsplit_once(",p=")
+            .ok_or(ScramError::Protocol("missing proof"))?;
+        let mut channel = None;
+        let mut nonce = None;
+        for attr in without_proof.split(',') {
+            if let Some(c) = attr.strip_prefix("c=") {
+                channel = Some(c);
+            } else if let Some(r) = attr.strip_prefix("r=") {
+                nonce = Some(r);
+            }
+        }
+        let channel = channel.ok_or(ScramError::Protocol("missing channel binding"))?;
+        if B64.decode(channel).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
+            return Err(ScramError::Protocol("channel binding does not match"));
+        }
+        if nonce != Some(self.nonce.as_str()) {
+            return Err(ScramError::Protocol("nonce does not match"));
+        }
+        let proof = B64
+            .decode(proof)
+            .map_err(|_| ScramError::Protocol("proof is not base64"))?;
+        if proof.len() != 32 {
+            return Err(ScramError::Protocol("proof has the wrong length"));
+        }
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
+        let client_signature = hmac(&verifier.stored_key, auth_message.as_bytes());
+        let client_key: Vec<u8> = proof.iter().zip(client_signature).map(|(p, s)| p ^ s).collect();
+        let stored_key = Sha256::digest(&client_key);
+        if !super::ct_eq(stored_key.as_slice(), &verifier.stored_key) {
+            return Err(ScramError::BadProof);
+        }
+        let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    /// Runs postgres-protocol's client against our server side.
+    fn run(password_stored: &str, password_given: &str) -> Result<(), ScramError> {
+        let verifier = ScramVerifier::from_password(password_stored);
+        let mut client = ScramSha256::new(password_given.as_bytes(), ChannelBinding::unsupported());
+        let (exchange, server_first) = ScramExchange::start(&verifier, client.message())?;
+        client
+            .update(server_first.as_bytes())
+            .expect("client accepts server-first");
+        let server_final = exchange.finish(&verifier, client.message())?;
+        client
+            .finish(server_final.as_bytes())
+            .expect("client verifies the server");
+        Ok(())
+    }
+
+    #[test]
+    fn right_password_passes_and_server_is_verified() {
+        run("s3cret", "s3cret").unwrap();
+        run("pässwörd", "pässwörd").unwrap();
+    }
+
+    #[test]
+    fn wrong_password_fails() {
+        assert!(matches!(run("s3cret", "guess"), Err(ScramError::BadProof)));
+    }
+
+    #[test]
+    fn parses_postgres_verifier() {
+        let v = postgres_protocol::password::scram_sha_256(b"x");
+        let parsed = ScramVerifier::parse(&v).unwrap();
+        assert_eq!(parsed.iterations, 4096);
+        assert!(ScramVerifier::parse("SCRAM-SHA-256$0:AA==$AA==:AA==").is_none());
+        assert!(ScramVerifier::parse("SCRAM-SHA-256$garbage").is_none());
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        let v = ScramVerifier::from_password("x");
+        assert!(matches!(
+            ScramExchange::start(&v, b"\xff\xfe"),
+            Err(ScramError::Protocol(_))
+        ));
+        assert!(matches!(
+            ScramExchange::start(&v, b"n,,"),
+            Err(ScramError::Protocol(_))
+        ));
+        assert!(matches!(
+            ScramExchange::start(&v, b"p=tls-server-end-point,,n=,r=abc"),
+            Err(ScramError::ChannelBinding)
+        ));
+    }
+}

@@ -1,0 +1,70 @@
+use super::*;
+
+const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+
+[pool]
+size = 4
+query_wait_timeout = "2s"
+
+[clusters.main]
+nodes = [{ host = "127.0.0.1", port = 15432, role = "primary" }]
+
+[databases.app]
+cluster = "main"
+
+[users.app]
+password = "app"
+
+[admin]
+users = ["app"]
+"#;
+
+#[test]
+fn parses_a_good_config() {
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(c.pool.size, 4);
+    assert_eq!(c.pool.query_wait_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(c.pool_mode(&c.databases["app"]), PoolMode::Transaction);
+}
+
+fn err(text: &str) -> String {
+    Config::parse(text, "t.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = err(&GOOD.replace("size = 4", "sise = 4"));
+    assert!(e.contains("line 6") && e.contains("sise"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_line() {
+    let e = err(&GOOD.replace("\"2s\"", "\"two seconds\""));
+    assert!(e.contains("line 7"), "{e}");
+}
+
+#[test]
+fn unknown_cluster_names_key_and_line() {
+    let e = err(&GOOD.replace("cluster = \"main\"", "cluster = \"mian\""));
+    assert!(
+        e.contains("t.toml:13") && e.contains("databases.app.cluster") && e.contains("mian"),
+        "{e}"
+    );
+}
+
+#[test]
+fn admin_must_be_a_user() {
+    let e = err(&GOOD.replace("users = [\"app\"]", "users = [\"root\"]"));
+    assert!(
+        e.contains("admin.users") && e.contains("root") && e.contains(":19"),
+        "{e}"
+    );
+}
+
+#[test]
+fn zero_pool_size_is_refused() {
+    let e = err(&GOOD.replace("size = 4", "size = 0"));
+    assert!(e.contains("pool.size") && e.contains("t.toml:6"), "{e}");
+}

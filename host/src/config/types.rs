@@ -1,0 +1,203 @@
+//! The configuration schema. Field docs here are what `docs/configuration.md` describes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxySettings,
+    #[serde(default)]
+    pub pool: PoolDefaults,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    #[serde(default)]
+    pub users: BTreeMap<String, UserConfig>,
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// `[proxy]`: the client-facing side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Clients beyond this many are refused with 53300.
+    pub max_client_conn: usize,
+    /// A client must finish startup and authentication within this time.
+    #[serde(with = "humantime_serde")]
+    pub client_login_timeout: Duration,
+    /// On SIGINT/SIGTERM, running transactions get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// PEM certificate chain for client-facing TLS; without it SSLRequest is answered 'N'.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Tokio worker threads; 0 means one per core.
+    pub workers: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            listen: "127.0.0.1:6432".parse().expect("literal address"),
+            max_client_conn: 10_000,
+            client_login_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            workers: 0,
+        }
+    }
+}
+
+/// When a server connection goes back to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// The client keeps its server until it disconnects.
+    Session,
+    /// The server returns to the pool at the end of each transaction.
+    Transaction,
+}
+
+/// How the proxy connects to servers: libpq's `sslmode` values that make sense for a proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+/// `[pool]`: defaults for every database's pools.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolDefaults {
+    pub mode: PoolMode,
+    /// Server connections per (database, user).
+    pub size: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a client waits for a free server connection before it gets an error.
+    #[serde(with = "humantime_serde")]
+    pub query_wait_timeout: Duration,
+    /// Idle server connections older than this are closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Server connections are closed after this age, at a transaction boundary.
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// Named prepared statements remembered per client; the least recently used are closed.
+    pub max_prepared_statements: usize,
+    pub server_tls: ServerTlsMode,
+    /// CA bundle (PEM) used to verify servers in `verify-full`; system roots otherwise.
+    pub server_tls_ca: Option<PathBuf>,
+}
+
+impl Default for PoolDefaults {
+    fn default() -> Self {
+        PoolDefaults {
+            mode: PoolMode::Transaction,
+            size: 20,
+            connect_timeout: Duration::from_secs(5),
+            query_wait_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            lifetime: Duration::from_secs(3600),
+            max_prepared_statements: 500,
+            server_tls: ServerTlsMode::Disable,
+            server_tls_ca: None,
+        }
+    }
+}
+
+/// `[clusters.NAME]`: a set of Postgres nodes holding the same data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub nodes: Vec<Spanned<NodeConfig>>,
+}
+
+/// One Postgres server of a cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub host: String,
+    pub port: u16,
+    /// What the operator believes this node is; probing has the last word.
+    #[serde(default)]
+    pub role: NodeRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Primary,
+    Replica,
+    #[default]
+    Unknown,
+}
+
+/// `[databases.NAME]`: a database clients can ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub cluster: Spanned<String>,
+    /// Name of the database on the server; the key by default.
+    pub dbname: Option<String>,
+    pub pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// How the proxy asks a client to prove who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuthMethod {
+    ScramSha256,
+    Md5,
+}
+
+/// `[users.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Plaintext, a SCRAM verifier (`SCRAM-SHA-256$...`) or an md5 hash (`md5...`).
+    pub password: Spanned<String>,
+    /// Password the proxy uses to log in to servers when `password` is not plaintext.
+    pub server_password: Option<String>,
+    /// Challenge sent to clients; by default SCRAM, or md5 for an md5 hash.
+    pub auth: Option<ClientAuthMethod>,
+}
+
+/// `[admin]`: the virtual `switchyard` database.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Users (from `[users]`) allowed to connect to the admin console.
+    pub users: Vec<Spanned<String>>,
+}
+
+impl Config {
+    /// Effective pool mode of a database.
+    pub fn pool_mode(&self, db: &DatabaseConfig) -> PoolMode {
+        db.pool_mode.unwrap_or(self.pool.mode)
+    }
+
+    /// Effective pool size of a database.
+    pub fn pool_size(&self, db: &DatabaseConfig) -> usize {
+        db.pool_size.unwrap_or(self.pool.size)
+    }
+}

@@ -1,0 +1,134 @@
+//! Checks that serde cannot express: references between sections and sane values.
+
+use super::{line_col, Config, UserConfig};
+
+/// One problem found, located in the source text.
+pub(super) struct Violation {
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+/// Line of the `[section.name]` header (or `section.name` key) for errors on whole entries.
+fn header_line(text: &str, section: &str, name: &str) -> usize {
+    let candidates = [format!("[{section}.{name}]"), format!("[{section}.\"{name}\"]")];
+    text.lines()
+        .position(|l| candidates.iter().any(|c| l.trim_start().starts_with(c.as_str())))
+        .map(|i| i + 1)
+        .unwrap_or(1)
+}
+
+/// Line of `key = ...` inside the table `[section]`, or of the header if the key is absent.
+fn key_line(text: &str, section: &str, key: &str) -> usize {
+    let header = format!("[{section}]");
+    let mut in_section = false;
+    let mut header_at = 1;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            in_section = t.starts_with(header.as_str());
+            if in_section {
+                header_at = i + 1;
+            }
+        } else if in_section
+            && t.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        {
+            return i + 1;
+        }
+    }
+    header_at
+}
+
+pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
+    let at = |span: std::ops::Range<usize>, key: String, message: String| Violation {
+        line: line_col(text, span.start).0,
+        key,
+        message,
+    };
+
+    if config.pool.size == 0 {
+        return Err(Violation {
+            line: key_line(text, "pool", "size"),
+            key: "pool.size".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    if config.proxy.tls_cert.is_some() != config.proxy.tls_key.is_some() {
+        return Err(Violation {
+            line: key_line(text, "proxy", "tls_cert"),
+            key: "proxy.tls_cert".into(),
+            message: "tls_cert and tls_key must be given together".into(),
+        });
+    }
+    for (name, cluster) in &config.clusters {
+        if cluster.nodes.is_empty() {
+            return Err(Violation {
+                line: header_line(text, "clusters", name),
+                key: format!("clusters.{name}.nodes"),
+                message: "a cluster needs at least one node".into(),
+            });
+        }
+    }
+    for (name, db) in &config.databases {
+        if !config.clusters.contains_key(db.cluster.get_ref()) {
+            let known: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
+            return Err(at(
+                db.cluster.span(),
+                format!("databases.{name}.cluster"),
+                format!(
+                    "unknown cluster {:?}; defined clusters: {}",
+                    db.cluster.get_ref(),
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        if db.pool_size == Some(0) {
+            return Err(Violation {
+                line: key_line(text, &format!("databases.{name}"), "pool_size"),
+                key: format!("databases.{name}.pool_size"),
+                message: "must be at least 1".into(),
+            });
+        }
+        if name == crate::admin::ADMIN_DATABASE {
+            return Err(Violation {
+                line: header_line(text, "databases", name),
+                key: format!("databases.{name}"),
+                message: format!("{name:?} is reserved for the admin console"),
+            });
+        }
+    }
+    for (name, user) in &config.users {
+        check_user(name, user).map_err(|m| at(user.password.span(), format!("users.{name}.password"), m))?;
+    }
+    for admin in &config.admin.users {
+        if !config.users.contains_key(admin.get_ref()) {
+            return Err(at(
+                admin.span(),
+                "admin.users".into(),
+                format!("{:?} is not defined in [users]", admin.get_ref()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_user(name: &str, user: &UserConfig) -> Result<(), String> {
+    use crate::auth::StoredPassword;
+    let stored = StoredPassword::parse(user.password.get_ref()).map_err(|e| format!("user {name:?}: {e}"))?;
+    if user.auth == Some(super::ClientAuthMethod::ScramSha256) && matches!(stored, StoredPassword::Md5(_)) {
+        return Err(
+            "an md5 hash cannot verify a SCRAM client; give a plaintext password or a SCRAM verifier".into(),
+        );
+    }
+    if user.auth == Some(super::ClientAuthMethod::Md5) && matches!(stored, StoredPassword::Scram(_)) {
+        return Err(
+            "a SCRAM verifier cannot verify an md5 client; give a plaintext password or an md5 hash".into(),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Switchyard: a PostgreSQL wire proxy and connection pooler.
+//!
+//! The library holds everything; `main.rs` is only the command line. See `ARCHITECTURE.md`
+//! for how the modules fit and the invariants they keep.
+
+pub mod admin;
+pub mod auth;
+pub mod cancel;
+pub mod config;
+pub mod listener;
+pub mod net;
+pub mod pool;
+pub mod server;
+pub mod session;
+pub mod state;

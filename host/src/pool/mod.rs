@@ -1,0 +1,261 @@
+//! Server connection pools, one per (database, user): bounded size, a FIFO queue of waiting
+//! clients with a timeout, idle and lifetime limits, and detection of servers that died while
+//! idle. A session borrows a server with [`Pool::checkout`] and gives it back with
+//! [`Checkout::release`]; dropping a checkout closes the server instead, which is the safe
+//! default for every path that did not finish cleanly.
+
+mod statements;
+
+pub use statements::{ServerStatements, StatementDef, StatementRegistry};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::UserAuth;
+use crate::config::PoolMode;
+use crate::net::ServerTls;
+use crate::server::{connect, ConnectParams, NodeAddr, ServerConn, ServerError};
+
+/// Everything a pool needs to open server connections and apply its limits.
+#[derive(Clone)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub connect_timeout: Duration,
+    pub query_wait_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+    pub max_prepared_statements: usize,
+    pub tls: ServerTls,
+}
+
+/// Why a client could not get a server.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection became free within query_wait_timeout ({waited:?}); all {size} connections of pool {pool} are busy")]
+    Timeout {
+        waited: Duration,
+        size: usize,
+        pool: String,
+    },
+    #[error("pool {pool} is closed")]
+    Closed { pool: String },
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+impl PoolError {
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            PoolError::Timeout { .. } => "53300",
+            PoolError::Closed { .. } => "57P01",
+            PoolError::Server(e) => e.sqlstate(),
+        }
+    }
+}
+
+/// Counters shown by the admin console and metrics.
+#[derive(Default)]
+pub struct PoolStats {
+    pub checkouts: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+    pub discarded: AtomicU64,
+}
+
+/// Servers for one (database, user).
+pub struct Pool {
+    pub name: String,
+    pub user: Arc<UserAuth>,
+    pub server_database: String,
+    pub node: NodeAddr,
+    pub settings: PoolSettings,
+    pub statements: StatementRegistry,
+    pub stats: PoolStats,
+    idle: Mutex<Vec<ServerConn>>,
+    permits: Arc<Semaphore>,
+    /// ParameterStatus values of the last server that connected, reported to new clients.
+    server_params: Mutex<Option<Arc<HashMap<String, String>>>>,
+}
+
+impl Pool {
+    pub fn new(
+        name: String,
+        user: Arc<UserAuth>,
+        server_database: String,
+        node: NodeAddr,
+        settings: PoolSettings,
+    ) -> Pool {
+        Pool {
+            name,
+            user,
+            server_database,
+            node,
+            permits: Arc::new(Semaphore::new(settings.size)),
+            settings,
+            statements: StatementRegistry::default(),
+            stats: PoolStats::default(),
+            idle: Mutex::new(Vec::new()),
+            server_params: Mutex::new(None),
+        }
+    }
+
+    /// Waits (FIFO, up to `query_wait_timeout`) for a slot, then reuses an idle server or
+    /// opens a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let wait = self.settings.query_wait_timeout;
+                match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => {
+                        return Err(PoolError::Closed {
+                            pool: self.name.clone(),
+                        })
+                    }
+                    Err(_) => {
+                        self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Err(PoolError::Timeout {
+                            waited: wait,
+                            size: self.settings.size,
+                            pool: self.name.clone(),
+                        });
+                    }
+                }
+            }
+        };
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        while let Some(conn) = self.pop_idle() {
+            if conn.is_broken() || conn.created.elapsed() > self.settings.lifetime {
+                self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pool = %self.name, server = conn.id, "closing stale idle server");
+                continue;
+            }
+            return Ok(Checkout {
+                conn: Some(conn),
+                _permit: permit,
+                pool: self.clone(),
+            });
+        }
+        let conn = self.connect().await?;
+        Ok(Checkout {
+            conn: Some(conn),
+            _permit: permit,
+            pool: self.clone(),
+        })
+    }
+
+    fn pop_idle(&self) -> Option<ServerConn> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    async fn connect(&self) -> Result<ServerConn, ServerError> {
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let params = ConnectParams {
+            addr: &self.node,
+            user: &self.user.name,
+            database: &self.server_database,
+            password: self.user.server_password.as_deref(),
+            options: &[],
+            tls: &self.settings.tls,
+            timeout: self.settings.connect_timeout,
+        };
+        match connect(&params).await {
+            Ok(conn) => {
+                tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, pid = conn.backend_pid, "server connected");
+                *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Arc::new(conn.params.clone()));
+                Ok(conn)
+            }
+            Err(e) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pool = %self.name, error = %e, "server connection failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Parameters to report to a client at login; `None` until a server has connected.
+    pub fn server_params(&self) -> Option<Arc<HashMap<String, String>>> {
+        self.server_params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Closes idle servers past their idle timeout or lifetime.
+    pub fn reap(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let before = idle.len();
+        let s = &self.settings;
+        idle.retain(|c| c.last_used.elapsed() < s.idle_timeout && c.created.elapsed() < s.lifetime);
+        let closed = before - idle.len();
+        if closed > 0 {
+            self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
+            tracing::debug!(pool = %self.name, closed, "closed idle servers");
+        }
+    }
+
+    /// (idle servers, servers in use, clients waiting) for the admin console.
+    pub fn counts(&self) -> (usize, usize) {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let in_use = self.settings.size - self.permits.available_permits();
+        (idle, in_use)
+    }
+
+    /// Closes every idle server and refuses new checkouts; used at shutdown.
+    pub fn close(&self) {
+        self.permits.close();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// A server lent to one session.
+pub struct Checkout {
+    conn: Option<ServerConn>,
+    _permit: OwnedSemaphorePermit,
+    pool: Arc<Pool>,
+}
+
+impl Checkout {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("a checkout holds its server until released")
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a server that is idle (ReadyForQuery 'I', nothing in flight) to the pool.
+    pub fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if conn.created.elapsed() > self.pool.settings.lifetime || !conn.rbuf.is_empty() {
+                self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            conn.last_used = Instant::now();
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(pool = %self.pool.name, server = conn.id, "closing server not returned cleanly");
+        }
+    }
+}

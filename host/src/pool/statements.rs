@@ -1,0 +1,175 @@
+//! Prepared statements shared across servers in transaction pooling.
+//!
+//! A client's named statement is known to the proxy by its text and parameter types. Every
+//! distinct (text, types) gets one proxy-wide name, `sy_<n>`, under which any server prepares
+//! it on demand; two clients preparing the same query share one server statement, and a
+//! client's own names never reach a server, so they cannot collide.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{Bytes, BytesMut};
+use switchyard_protocol::frontend::encode_parse;
+
+/// One statement as the proxy prepares it on servers.
+#[derive(Debug)]
+pub struct StatementDef {
+    pub id: u64,
+    /// `sy_<id>`, NUL-free.
+    pub server_name: Bytes,
+    pub query: Bytes,
+    pub param_types: Vec<u32>,
+    /// The Parse message to send to a server that lacks the statement.
+    pub parse_message: Bytes,
+    /// Some server accepted this Parse, so the text is valid SQL: a client's Parse of it can
+    /// be answered without borrowing a server.
+    validated: AtomicBool,
+}
+
+impl StatementDef {
+    pub fn is_validated(&self) -> bool {
+        self.validated.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_validated(&self) {
+        self.validated.store(true, Ordering::Relaxed);
+    }
+}
+
+type Key = (Bytes, Vec<u32>);
+
+/// Interns statements by (text, parameter types). Holds them weakly: a statement nobody
+/// references any more is forgotten, and a later Parse of the same text gets a fresh id.
+#[derive(Default)]
+pub struct StatementRegistry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    by_key: HashMap<Key, Weak<StatementDef>>,
+    next_id: u64,
+    sweep_at: usize,
+}
+
+impl StatementRegistry {
+    pub fn intern(&self, query: &Bytes, param_types: &[u32]) -> Arc<StatementDef> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (query.clone(), param_types.to_vec());
+        if let Some(def) = inner.by_key.get(&key).and_then(Weak::upgrade) {
+            return def;
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let server_name = Bytes::from(format!("sy_{id}"));
+        let mut parse = BytesMut::new();
+        encode_parse(&server_name, query, param_types, &mut parse);
+        let def = Arc::new(StatementDef {
+            id,
+            server_name,
+            query: query.clone(),
+            param_types: param_types.to_vec(),
+            parse_message: parse.freeze(),
+            validated: AtomicBool::new(false),
+        });
+        inner.by_key.insert(key, Arc::downgrade(&def));
+        if inner.by_key.len() > inner.sweep_at {
+            inner.by_key.retain(|_, w| w.strong_count() > 0);
+            inner.sweep_at = (inner.by_key.len() * 2).max(1024);
+        }
+        def
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().unwrap().by_key.len()
+    }
+}
+
+/// The statements one server connection has prepared, least recently used first.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    lru: VecDeque<u64>,
+}
+
+impl ServerStatements {
+    /// True if the server has the statement; marks it used.
+    pub fn touch(&mut self, id: u64) -> bool {
+        match self.lru.iter().rposition(|&x| x == id) {
+            Some(pos) => {
+                if pos + 1 != self.lru.len() {
+                    self.lru.remove(pos);
+                    self.lru.push_back(id);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a statement just prepared; returns the id to close on the server if this
+    /// pushed the count over `cap`.
+    pub fn insert(&mut self, id: u64, cap: usize) -> Option<u64> {
+        self.lru.push_back(id);
+        if self.lru.len() > cap.max(1) {
+            self.lru.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Forgets a statement (its Parse failed, or it was closed on the server).
+    pub fn remove(&mut self, id: u64) {
+        if let Some(pos) = self.lru.iter().position(|&x| x == id) {
+            self.lru.remove(pos);
+        }
+    }
+
+    /// The server dropped all its statements (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.lru.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.lru.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lru.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_name_until_forgotten() {
+        let reg = StatementRegistry::default();
+        let q = Bytes::from_static(b"SELECT $1");
+        let a = reg.intern(&q, &[23]);
+        let b = reg.intern(&q, &[23]);
+        assert_eq!(a.server_name, b.server_name);
+        let c = reg.intern(&q, &[25]);
+        assert_ne!(
+            a.server_name, c.server_name,
+            "different types are different statements"
+        );
+        drop((a, b, c));
+        let d = reg.intern(&q, &[23]);
+        assert_eq!(d.server_name, Bytes::from_static(b"sy_3"));
+        assert!(reg.len() <= 3);
+    }
+
+    #[test]
+    fn server_lru_evicts_oldest() {
+        let mut s = ServerStatements::default();
+        assert_eq!(s.insert(1, 2), None);
+        assert_eq!(s.insert(2, 2), None);
+        assert!(s.touch(1));
+        assert_eq!(s.insert(3, 2), Some(2));
+        assert!(!s.touch(2));
+        assert!(s.touch(1) && s.touch(3));
+    }
+}

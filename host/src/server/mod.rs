@@ -1,0 +1,103 @@
+//! Connections to Postgres servers: connect, negotiate TLS, authenticate, and keep what the
+//! server told us (parameters, cancel key) for the pool and the sessions that borrow it.
+
+mod connect;
+
+pub use connect::{connect, ConnectParams};
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use switchyard_protocol::backend::ErrorFields;
+
+use crate::net::Stream;
+use crate::pool::ServerStatements;
+
+/// Session settings as name → SQL text of the value.
+pub type Settings = BTreeMap<String, String>;
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What goes wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: NodeAddr, source: std::io::Error },
+    #[error("connecting to {addr} timed out")]
+    ConnectTimeout { addr: NodeAddr },
+    #[error("i/o error with server {addr}: {source}")]
+    Io { addr: NodeAddr, source: std::io::Error },
+    #[error("server {addr} closed the connection")]
+    Closed { addr: NodeAddr },
+    #[error("server {addr} does not support TLS, which the configuration requires")]
+    TlsRefused { addr: NodeAddr },
+    #[error("TLS with server {addr} failed: {source}")]
+    Tls { addr: NodeAddr, source: std::io::Error },
+    #[error("server {addr} asks for a password, and none is configured for user {user:?}")]
+    NoPassword { addr: NodeAddr, user: String },
+    #[error("server {addr} asks for an unsupported authentication method ({method})")]
+    UnsupportedAuth { addr: NodeAddr, method: String },
+    #[error("server {addr} refused the connection: {} {}", .fields.code, .fields.message)]
+    Refused {
+        addr: NodeAddr,
+        fields: Box<ErrorFields>,
+    },
+    #[error("server {addr} violated the protocol: {reason}")]
+    Protocol { addr: NodeAddr, reason: String },
+}
+
+impl ServerError {
+    /// SQLSTATE to report to a client that needed this server.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ServerError::Refused { fields, .. } => &fields.code,
+            ServerError::NoPassword { .. } | ServerError::UnsupportedAuth { .. } => "28000",
+            _ => "08006",
+        }
+    }
+}
+
+/// An authenticated server connection, idle between uses.
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: Stream,
+    /// Bytes read from the server and not yet consumed.
+    pub rbuf: BytesMut,
+    pub addr: NodeAddr,
+    pub backend_pid: i32,
+    pub secret_key: i32,
+    /// Server parameters as last reported by ParameterStatus or set by the proxy.
+    pub params: HashMap<String, String>,
+    /// Statements this server has prepared under proxy-chosen names.
+    pub statements: ServerStatements,
+    /// Session settings the proxy has applied (name → SQL value), to diff against a client's.
+    pub settings: Settings,
+    /// Signature of `settings` as the session that applied them computed it; 0 = unknown.
+    pub settings_signature: u64,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// True if the server sent something or closed while idle: an idle server has nothing to
+    /// say, so any byte (typically a FATAL before a shutdown) means it is unusable.
+    pub fn is_broken(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.stream.tcp().try_read(&mut probe) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}

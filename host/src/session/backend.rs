@@ -1,0 +1,182 @@
+//! Server replies: forwarded to the client in order, except replies to messages the proxy
+//! injected (swallowed) and replies the proxy makes itself (inserted where the server's
+//! reply would have been).
+//!
+//! Each message sent to the server pushes an [`Expect`]; the reply that completes it pops it.
+//! After an error in the extended protocol, Postgres skips everything up to Sync, so the
+//! expectations up to the Sync are dropped too, and statements the proxy had meant to prepare
+//! there are forgotten.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchyard_protocol::backend::{parse_command_complete, parse_ready_for_query, tags, TransactionStatus};
+use switchyard_protocol::frame::split_frame;
+use switchyard_protocol::DEFAULT_MAX_MESSAGE_LEN;
+
+use super::{Session, SessionError};
+use crate::pool::StatementDef;
+
+/// A reply the server owes.
+#[derive(Debug)]
+pub(super) enum Expect {
+    /// A client Query or FunctionCall: ends with ReadyForQuery.
+    Query,
+    /// A client Parse; for a named statement, the proxy's statement and the client's name.
+    Parse {
+        prepared: Option<(Arc<StatementDef>, Bytes)>,
+    },
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+    /// The proxy's own Parse of a statement this server lacked: swallow ParseComplete.
+    InjectedParse {
+        def: Arc<StatementDef>,
+    },
+    /// The proxy's own Close of an evicted statement: swallow CloseComplete.
+    InjectedClose,
+    /// The proxy's own simple query (session settings): swallow everything to ReadyForQuery.
+    InjectedQuery,
+    /// A reply the proxy makes, sent when every earlier reply has been forwarded.
+    Synthetic(Bytes),
+}
+
+impl Session {
+    /// Handles every complete server message in the read buffer.
+    pub(super) fn process_server(&mut self) -> Result<(), SessionError> {
+        loop {
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
+            let frame = match split_frame(&mut server.conn().rbuf, DEFAULT_MAX_MESSAGE_LEN) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(SessionError::ServerProtocol(e)),
+            };
+            let forward = self.on_server_message(frame.tag(), frame.body())?;
+            if forward {
+                self.cout.extend_from_slice(frame.raw());
+            }
+            self.emit_synthetic();
+        }
+    }
+
+    /// Sends synthetic replies that have reached the front of the queue.
+    fn emit_synthetic(&mut self) {
+        while let Some(Expect::Synthetic(_)) = self.expect.front() {
+            if let Some(Expect::Synthetic(reply)) = self.expect.pop_front() {
+                self.cout.extend_from_slice(&reply);
+            }
+        }
+    }
+
+    /// Updates the expectations for one server message; returns whether to forward it.
+    fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<bool, SessionError> {
+        let injected_query = matches!(self.expect.front(), Some(Expect::InjectedQuery));
+        match tag {
+            tags::READY_FOR_QUERY => {
+                let status = parse_ready_for_query(body).map_err(SessionError::ServerProtocol)?;
+                let ended = self.expect.pop_front();
+                if matches!(ended, Some(Expect::InjectedQuery)) {
+                    return Ok(false);
+                }
+                self.tx_status = status;
+                if status == TransactionStatus::Idle && self.params.has_pending() {
+                    self.params.commit_pending();
+                    let desired = self.params.desired().clone();
+                    let signature = self.params.signature();
+                    if let Some(server) = self.server.as_mut() {
+                        let conn = server.conn();
+                        conn.settings = desired;
+                        conn.settings_signature = signature;
+                    }
+                }
+                Ok(true)
+            }
+            tags::ERROR_RESPONSE => {
+                self.params.abort_pending();
+                match self.expect.front() {
+                    Some(Expect::Query) => Ok(true),
+                    Some(Expect::InjectedQuery) => {
+                        let fields = switchyard_protocol::backend::parse_error_fields(body).ok();
+                        tracing::warn!(error = ?fields, "replaying session settings failed");
+                        Ok(false)
+                    }
+                    _ => {
+                        // Extended protocol: the server now skips to Sync.
+                        while let Some(front) = self.expect.front() {
+                            if matches!(front, Expect::Sync) {
+                                break;
+                            }
+                            match self.expect.pop_front() {
+                                Some(Expect::InjectedParse { def }) => self.forget_on_server(def.id),
+                                Some(Expect::Parse {
+                                    prepared: Some((def, name)),
+                                }) => {
+                                    self.forget_on_server(def.id);
+                                    self.statements.remove(&name);
+                                }
+                                _ => {}
+                            }
+                        }
+                        Ok(true)
+                    }
+                }
+            }
+            tags::PARSE_COMPLETE => Ok(match self.expect.pop_front() {
+                Some(Expect::InjectedParse { def }) => {
+                    def.mark_validated();
+                    false
+                }
+                Some(Expect::Parse {
+                    prepared: Some((def, _)),
+                }) => {
+                    def.mark_validated();
+                    true
+                }
+                _ => true,
+            }),
+            tags::CLOSE_COMPLETE => Ok(!matches!(self.expect.pop_front(), Some(Expect::InjectedClose))),
+            tags::BIND_COMPLETE => {
+                self.pop_if(|e| matches!(e, Expect::Bind));
+                Ok(true)
+            }
+            tags::ROW_DESCRIPTION | tags::NO_DATA => {
+                if injected_query {
+                    return Ok(false);
+                }
+                self.pop_if(|e| matches!(e, Expect::Describe));
+                Ok(true)
+            }
+            tags::COMMAND_COMPLETE | tags::EMPTY_QUERY_RESPONSE | tags::PORTAL_SUSPENDED => {
+                if injected_query {
+                    return Ok(false);
+                }
+                if tag == tags::COMMAND_COMPLETE {
+                    if let Ok(t) = parse_command_complete(body) {
+                        if t == "ROLLBACK" {
+                            self.params.abort_pending();
+                        }
+                    }
+                }
+                self.pop_if(|e| matches!(e, Expect::Execute));
+                Ok(true)
+            }
+            _ => Ok(!injected_query),
+        }
+    }
+
+    fn pop_if(&mut self, f: impl Fn(&Expect) -> bool) {
+        if self.expect.front().is_some_and(f) {
+            self.expect.pop_front();
+        }
+    }
+
+    fn forget_on_server(&mut self, id: u64) {
+        if let Some(server) = self.server.as_mut() {
+            server.conn().statements.remove(id);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Why a session ended. Each variant knows what, if anything, the client should be told.
+
+use switchyard_protocol::backend::ErrorFields;
+use switchyard_protocol::ProtocolError;
+
+use crate::pool::PoolError;
+use crate::server::ServerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client i/o: {0}")]
+    ClientIo(#[source] std::io::Error),
+    #[error("client sent a malformed message: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Ends the session with this FATAL error sent to the client.
+    #[error("{}: {}", .0.code, .0.message)]
+    Fatal(Box<ErrorFields>),
+    #[error("server i/o: {0}")]
+    ServerIo(#[source] std::io::Error),
+    #[error("server closed the connection")]
+    ServerClosed,
+    #[error("server sent a malformed message: {0}")]
+    ServerProtocol(ProtocolError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+impl SessionError {
+    /// Ends the session with a FATAL error carrying `code` and `message`.
+    pub fn fatal(code: &str, message: impl Into<String>) -> SessionError {
+        SessionError::Fatal(Box::new(ErrorFields::fatal(code, message)))
+    }
+
+    /// The FATAL error the client gets before the proxy closes its connection, if any can
+    /// still be sent.
+    pub fn to_client(&self) -> Option<ErrorFields> {
+        match self {
+            SessionError::ClientIo(_) => None,
+            SessionError::Protocol(e) => Some(ErrorFields::fatal(
+                e.sqlstate(),
+                format!("invalid frontend message: {e}"),
+            )),
+            SessionError::Fatal(f) => Some((**f).clone()),
+            SessionError::ServerIo(_) | SessionError::ServerClosed | SessionError::ServerProtocol(_) => Some(
+                ErrorFields::fatal(
+                    "08006",
+                    "server connection lost; the transaction's outcome is unknown",
+                )
+                .with_hint("reconnect and check whether your last transaction was committed"),
+            ),
+            SessionError::Pool(e) => Some(ErrorFields::fatal(e.sqlstate(), e.to_string())),
+            SessionError::Server(ServerError::Refused { fields, .. }) => {
+                let mut f = (**fields).clone();
+                f.severity = switchyard_protocol::backend::Severity::Fatal;
+                Some(f)
+            }
+            SessionError::Server(e) => Some(ErrorFields::fatal(e.sqlstate(), e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Client messages: what each one needs (a server, a rewrite, a synthetic reply) and what
+//! the server will owe for it.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use switchyard_protocol::backend::{self as be, ErrorFields};
+use switchyard_protocol::frame::split_frame;
+use switchyard_protocol::frontend::{
+    encode_bind_renamed, encode_close, encode_describe, FrontendMessage, Target,
+};
+use switchyard_protocol::DEFAULT_MAX_MESSAGE_LEN;
+
+use super::backend::Expect;
+use super::sql::{self, Command};
+use super::{Session, SessionError, HIGH_WATER};
+use crate::config::PoolMode;
+use crate::pool::StatementDef;
+
+impl Session {
+    /// Handles every complete client message in the buffer (while the server side keeps up).
+    pub(super) async fn process_client(&mut self) -> Result<(), SessionError> {
+        while self.sout.len() < HIGH_WATER && !self.terminated {
+            let Some(frame) = split_frame(&mut self.cbuf, DEFAULT_MAX_MESSAGE_LEN)? else {
+                break;
+            };
+            let msg = FrontendMessage::decode(&frame)?;
+            self.handle(msg, frame.raw()).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, msg: FrontendMessage, raw: &Bytes) -> Result<(), SessionError> {
+        match msg {
+            FrontendMessage::Query { sql } => self.on_query(&sql, raw).await?,
+            FrontendMessage::Parse {
+                name,
+                query,
+                param_types,
+            } => {
+                self.note_sql(&query);
+                if name.is_empty() {
+                    self.acquire().await?;
+                    self.unsynced = true;
+                    self.sout.extend_from_slice(raw);
+                    self.expect.push_back(Expect::Parse { prepared: None });
+                    return Ok(());
+                }
+                let def = self.pool.statements.intern(&query, &param_types);
+                self.statements.insert(name.clone(), def.clone());
+                if self.server.is_none() && def.is_validated() {
+                    // Known-good SQL: no need to borrow a server just to hear "ParseComplete"
+                    // (and a client blocked in a synchronous prepare cannot deadlock the pool).
+                    self.synthesize(parse_complete());
+                    return Ok(());
+                }
+                self.acquire().await?;
+                self.unsynced = true;
+                if self.server_has(&def) {
+                    self.synthesize(parse_complete());
+                } else {
+                    self.prepare_on_server(&def);
+                    self.sout.extend_from_slice(&def.parse_message);
+                    self.expect.push_back(Expect::Parse {
+                        prepared: Some((def, name)),
+                    });
+                }
+            }
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                rest,
+            } => {
+                self.acquire().await?;
+                self.unsynced = true;
+                match self.lookup(&statement) {
+                    Some(def) => {
+                        self.ensure_prepared(&def);
+                        encode_bind_renamed(&portal, &def.server_name, &rest, &mut self.sout);
+                    }
+                    // Unnamed, or unknown: the server gives the same answer Postgres would.
+                    None => self.sout.extend_from_slice(raw),
+                }
+                self.expect.push_back(Expect::Bind);
+            }
+            FrontendMessage::Describe { target, name } => {
+                self.acquire().await?;
+                self.unsynced = true;
+                match (target, self.lookup_target(target, &name)) {
+                    (Target::Statement, Some(def)) => {
+                        self.ensure_prepared(&def);
+                        encode_describe(Target::Statement, &def.server_name, &mut self.sout);
+                    }
+                    _ => self.sout.extend_from_slice(raw),
+                }
+                self.expect.push_back(Expect::Describe);
+            }
+            FrontendMessage::Close {
+                target: Target::Statement,
+                name,
+            } if !name.is_empty() => {
+                // The server keeps its copy for other clients; this client forgets the name.
+                self.statements.remove(&name);
+                self.synthesize(close_complete());
+            }
+            FrontendMessage::Close { .. } => {
+                self.acquire().await?;
+                self.unsynced = true;
+                self.sout.extend_from_slice(raw);
+                self.expect.push_back(Expect::Close);
+            }
+            FrontendMessage::Execute { .. } => {
+                self.acquire().await?;
+                self.unsynced = true;
+                self.sout.extend_from_slice(raw);
+                self.expect.push_back(Expect::Execute);
+            }
+            FrontendMessage::Sync => {
+                if self.server.is_some() {
+                    self.sout.extend_from_slice(raw);
+                    self.expect.push_back(Expect::Sync);
+                    self.unsynced = false;
+                } else {
+                    // Everything since the last Sync was answered by the proxy itself.
+                    let mut out = BytesMut::new();
+                    be::ready_for_query(self.tx_status, &mut out);
+                    self.synthesize(out.freeze());
+                }
+            }
+            FrontendMessage::Flush => {
+                if self.server.is_some() {
+                    self.sout.extend_from_slice(raw);
+                }
+            }
+            FrontendMessage::FunctionCall(_) => {
+                self.acquire().await?;
+                self.sout.extend_from_slice(raw);
+                self.expect.push_back(Expect::Query);
+            }
+            FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                // Outside COPY a server ignores these, and so do we when no server is held.
+                if self.server.is_some() {
+                    self.sout.extend_from_slice(raw);
+                }
+            }
+            FrontendMessage::Terminate => self.terminated = true,
+            FrontendMessage::Password(_) => {
+                return Err(SessionError::fatal(
+                    "08P01",
+                    "unexpected password message after authentication",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_query(&mut self, sql_text: &Bytes, raw: &Bytes) -> Result<(), SessionError> {
+        let commands = if maybe_session_command(sql_text) {
+            sql::commands(sql_text)
+        } else {
+            Vec::new()
+        };
+        if let [only] = commands.as_slice() {
+            if let Some(reply) = self.answer_locally(only) {
+                self.synthesize(reply);
+                return Ok(());
+            }
+        }
+        for cmd in commands {
+            if cmd == Command::Prepare && self.mode == PoolMode::Transaction {
+                let mut out = BytesMut::new();
+                be::error_response(
+                    &ErrorFields::error("0A000", "SQL PREPARE is not supported in transaction pooling mode")
+                        .with_detail("The statement would exist on one server only, and the next transaction may run on another.")
+                        .with_hint("Use your driver's protocol-level prepared statements, which switchyard tracks, or session pooling."),
+                    &mut out,
+                );
+                be::ready_for_query(self.tx_status, &mut out);
+                self.synthesize(out.freeze());
+                return Ok(());
+            }
+            self.params.note(cmd);
+        }
+        self.acquire().await?;
+        self.sout.extend_from_slice(raw);
+        self.expect.push_back(Expect::Query);
+        Ok(())
+    }
+
+    /// Statements about the client's own prepared statements that the proxy answers itself,
+    /// because the server never saw the client's names.
+    fn answer_locally(&mut self, cmd: &Command) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        match cmd {
+            Command::Deallocate { name } => {
+                if !self.statements.remove(name.as_bytes()) {
+                    be::error_response(
+                        &ErrorFields::error("26000", format!("prepared statement \"{name}\" does not exist")),
+                        &mut out,
+                    );
+                    be::ready_for_query(self.tx_status, &mut out);
+                    return Some(out.freeze());
+                }
+                be::command_complete("DEALLOCATE", &mut out);
+            }
+            Command::DeallocateAll => {
+                if self.mode == PoolMode::Session {
+                    return None;
+                }
+                self.statements.clear();
+                be::command_complete("DEALLOCATE ALL", &mut out);
+            }
+            Command::DiscardAll if self.mode == PoolMode::Transaction && self.server.is_none() => {
+                self.statements.clear();
+                self.params.note(Command::DiscardAll);
+                self.params.commit_pending();
+                be::command_complete("DISCARD ALL", &mut out);
+            }
+            _ => return None,
+        }
+        be::ready_for_query(self.tx_status, &mut out);
+        Some(out.freeze())
+    }
+
+    /// Tracks session-level SET/RESET in a Parse'd statement.
+    fn note_sql(&mut self, query: &Bytes) {
+        if maybe_session_command(query) {
+            for cmd in sql::commands(query) {
+                self.params.note(cmd);
+            }
+        }
+    }
+
+    fn lookup(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
+        if name.is_empty() {
+            None
+        } else {
+            self.statements.get(name)
+        }
+    }
+
+    fn lookup_target(&mut self, target: Target, name: &[u8]) -> Option<Arc<StatementDef>> {
+        match target {
+            Target::Statement => self.lookup(name),
+            Target::Portal => None,
+        }
+    }
+
+    fn server_has(&mut self, def: &StatementDef) -> bool {
+        self.server
+            .as_mut()
+            .is_some_and(|s| s.conn().statements.touch(def.id))
+    }
+
+    /// Records that the server will have `def`, closing its least recently used statement if
+    /// it holds too many.
+    fn prepare_on_server(&mut self, def: &StatementDef) {
+        let cap = self.pool.settings.max_prepared_statements.saturating_mul(2);
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        if let Some(evicted) = server.conn().statements.insert(def.id, cap) {
+            encode_close(
+                Target::Statement,
+                format!("sy_{evicted}").as_bytes(),
+                &mut self.sout,
+            );
+            self.expect.push_back(Expect::InjectedClose);
+        }
+    }
+
+    /// Before a Bind/Describe of `def`: prepare it on this server if it is not there yet.
+    fn ensure_prepared(&mut self, def: &Arc<StatementDef>) {
+        if !self.server_has(def) {
+            self.prepare_on_server(def);
+            self.sout.extend_from_slice(&def.parse_message);
+            self.expect.push_back(Expect::InjectedParse { def: def.clone() });
+        }
+    }
+
+    /// Queues a reply the proxy makes itself, after every reply the server still owes.
+    pub(super) fn synthesize(&mut self, reply: Bytes) {
+        if self.expect.is_empty() {
+            self.cout.extend_from_slice(&reply);
+        } else {
+            self.expect.push_back(Expect::Synthetic(reply));
+        }
+    }
+}
+
+fn parse_complete() -> Bytes {
+    let mut out = BytesMut::new();
+    be::parse_complete(&mut out);
+    out.freeze()
+}
+
+fn close_complete() -> Bytes {
+    let mut out = BytesMut::new();
+    be::close_complete(&mut out);
+    out.freeze()
+}
+
+/// Cheap filter before lexing: only statements starting with one of these letters (after
+/// blanks and comments) can change session state.
+fn maybe_session_command(sql: &[u8]) -> bool {
+    let mut s = sql;
+    loop {
+        let trimmed = s.trim_ascii_start();
+        if let Some(rest) = trimmed.strip_prefix(b"--") {
+            s = rest
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(&[][..], |p| &rest[p..]);
+        } else if trimmed.starts_with(b"/*") || trimmed.starts_with(b"(") {
+            return true;
+        } else {
+            s = trimmed;
+            break;
+        }
+    }
+    matches!(
+        s.first().map(u8::to_ascii_lowercase),
+        Some(b's' | b'r' | b'p' | b'd')
+    ) || s.contains(&b';')
+}

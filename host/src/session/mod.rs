@@ -1,0 +1,386 @@
+//! One client's session: a task that owns the client's socket, borrows a server from the pool
+//! when it has work, relays messages both ways, and gives the server back at the end of the
+//! transaction (transaction mode) or of the session (session mode).
+//!
+//! The relay is a single poll loop over four directions (read client, write server, read
+//! server, write client), so a client that pipelines and a server that streams never deadlock
+//! each other, and back-pressure is a buffer limit, not a blocked task.
+//!
+//! What the client sends is rewritten only where pooling requires it (`frontend`): named
+//! prepared statements become proxy-wide names prepared on demand, and session settings are
+//! replayed on each server. Server replies are forwarded in order (`backend`), with the replies
+//! to the proxy's own injected messages taken out and its synthetic replies put in at the
+//! right place.
+
+mod backend;
+mod error;
+mod frontend;
+mod params;
+mod sql;
+mod startup;
+mod statements;
+
+pub use error::SessionError;
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use switchyard_protocol::backend::{error_response, TransactionStatus};
+use switchyard_protocol::frontend::encode_query;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::io::poll_read_buf;
+
+use self::backend::Expect;
+use self::params::SessionParams;
+use self::statements::ClientStatements;
+use crate::cancel::{CancelRegistration, CancelTarget};
+use crate::config::PoolMode;
+use crate::net::Stream;
+use crate::pool::{Checkout, Pool};
+use crate::state::ProxyState;
+
+/// Stop reading a side when this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// Entry point for an accepted client connection.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
+    let _ = tcp.set_nodelay(true);
+    let login = tokio::time::timeout(
+        state.config.proxy.client_login_timeout,
+        startup::handshake(tcp, &state),
+    )
+    .await;
+    let logged_in = match login {
+        Ok(Ok(Some(l))) => l,
+        Ok(Ok(None)) => return,
+        Ok(Err((stream, e))) => {
+            tracing::info!(%peer, error = %e, "login failed");
+            if let (Some(mut stream), Some(fields)) = (stream, e.to_client()) {
+                let mut out = BytesMut::new();
+                error_response(&fields, &mut out);
+                let _ = stream.write_all(&out).await;
+                let _ = stream.shutdown().await;
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "client did not log in within client_login_timeout");
+            return;
+        }
+    };
+    let mut session = Session::new(logged_in, &state);
+    let mut shutdown = state.shutdown.clone();
+    let result = session.run(&mut shutdown).await;
+    session.finish(result).await;
+}
+
+/// Result of waiting on the sockets.
+enum Io {
+    ClientRead,
+    ClientEof,
+    ServerRead,
+    ServerEof,
+    Shutdown,
+}
+
+struct Session {
+    client: Stream,
+    /// Bytes read from the client, not yet processed.
+    cbuf: BytesMut,
+    /// Bytes for the client, not yet written.
+    cout: BytesMut,
+    /// Bytes for the server, not yet written.
+    sout: BytesMut,
+    pool: Arc<Pool>,
+    mode: PoolMode,
+    server: Option<Checkout>,
+    /// Replies owed by the server, in order.
+    expect: VecDeque<Expect>,
+    /// Extended-protocol messages were sent since the last Sync: the server holds state
+    /// (unnamed statement/portal, implicit transaction) until the Sync.
+    unsynced: bool,
+    /// Status of the last ReadyForQuery sent to the client.
+    tx_status: TransactionStatus,
+    statements: ClientStatements,
+    params: SessionParams,
+    cancel: CancelRegistration,
+    user: String,
+    database: String,
+    terminated: bool,
+}
+
+impl Session {
+    fn new(l: startup::LoggedIn, state: &ProxyState) -> Session {
+        let cap = l.pool.settings.max_prepared_statements;
+        let _ = state;
+        Session {
+            client: l.stream,
+            cbuf: l.buf,
+            cout: BytesMut::with_capacity(8192),
+            sout: BytesMut::with_capacity(8192),
+            mode: l.pool.settings.mode,
+            pool: l.pool,
+            server: None,
+            expect: VecDeque::new(),
+            unsynced: false,
+            tx_status: TransactionStatus::Idle,
+            statements: ClientStatements::new(cap),
+            params: SessionParams::from_startup(&l.params),
+            cancel: l.cancel,
+            user: l.user.name.clone(),
+            database: l.database,
+            terminated: false,
+        }
+    }
+
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionError> {
+        loop {
+            self.process_client().await?;
+            if self.terminated {
+                return Ok(());
+            }
+            if self.releasable() {
+                self.release();
+            }
+            if *shutdown.borrow() && self.server.is_none() && self.cout.is_empty() {
+                return Err(SessionError::fatal("57P01", "switchyard is shutting down"));
+            }
+            match self.wait_io(shutdown).await? {
+                Io::ClientRead | Io::Shutdown => {}
+                Io::ClientEof => return Ok(()),
+                Io::ServerRead => self.process_server()?,
+                Io::ServerEof => {
+                    self.process_server()?;
+                    self.flush_client().await?;
+                    return Err(SessionError::ServerClosed);
+                }
+            }
+        }
+    }
+
+    /// True when the server can go back to the pool: transaction mode, nothing owed, nothing
+    /// half-sent, and the server idle outside a transaction.
+    fn releasable(&self) -> bool {
+        self.server.is_some()
+            && self.mode == PoolMode::Transaction
+            && self.expect.is_empty()
+            && !self.unsynced
+            && self.tx_status == TransactionStatus::Idle
+            && self.sout.is_empty()
+    }
+
+    fn release(&mut self) {
+        if let Some(checkout) = self.server.take() {
+            self.cancel.slot.set(None);
+            checkout.release();
+        }
+    }
+
+    /// Borrows a server and brings it to this client's settings.
+    async fn acquire(&mut self) -> Result<(), SessionError> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        // A client waiting for a server must have seen all earlier replies.
+        self.flush_client().await?;
+        let mut checkout = self.pool.checkout().await?;
+        let conn = checkout.conn();
+        self.cancel.slot.set(Some(CancelTarget {
+            addr: conn.addr.clone(),
+            process_id: conn.backend_pid,
+            secret_key: conn.secret_key,
+        }));
+        if conn.settings_signature != self.params.signature() {
+            if let Some(sql) = self.params.diff(&conn.settings) {
+                tracing::debug!(server = conn.id, %sql, "applying session settings");
+                encode_query(sql.as_bytes(), &mut self.sout);
+                self.expect.push_back(Expect::InjectedQuery);
+            }
+            conn.settings = self.params.desired().clone();
+            conn.settings_signature = self.params.signature();
+        }
+        self.server = Some(checkout);
+        Ok(())
+    }
+
+    async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if !self.cout.is_empty() {
+            self.client
+                .write_all(&self.cout)
+                .await
+                .map_err(SessionError::ClientIo)?;
+            self.cout.clear();
+        }
+        self.client.flush().await.map_err(SessionError::ClientIo)
+    }
+
+    async fn wait_io(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Io, SessionError> {
+        let idle_for_shutdown = self.server.is_none() && !*shutdown.borrow();
+        tokio::select! {
+            biased;
+            r = poll_fn(|cx| self.poll_io(cx)) => r,
+            _ = shutdown.changed(), if idle_for_shutdown => Ok(Io::Shutdown),
+        }
+    }
+
+    /// Makes progress on all four directions; returns when there is input to process.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<Io, SessionError>> {
+        if let Err(e) = ready_err(poll_write_all(&mut self.client, cx, &mut self.cout)) {
+            return Poll::Ready(Err(SessionError::ClientIo(e)));
+        }
+        if let Some(server) = self.server.as_mut() {
+            let conn = server.conn();
+            if let Err(e) = ready_err(poll_write_all(&mut conn.stream, cx, &mut self.sout)) {
+                return Poll::Ready(Err(SessionError::ServerIo(e)));
+            }
+            if self.cout.len() < HIGH_WATER {
+                if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
+                    conn.rbuf.reserve(16 * 1024);
+                }
+                match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Io::ServerEof)),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Io::ServerRead)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ServerIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if self.sout.len() < HIGH_WATER {
+            if self.cbuf.capacity() - self.cbuf.len() < 4096 {
+                self.cbuf.reserve(16 * 1024);
+            }
+            match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Io::ClientEof)),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Io::ClientRead)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Ends the session: tells the client why if it should know, and returns or closes the
+    /// server.
+    async fn finish(&mut self, result: Result<(), SessionError>) {
+        match &result {
+            Ok(()) => {
+                tracing::info!(user = %self.user, database = %self.database, pid = self.cancel.process_id, "client disconnected")
+            }
+            Err(SessionError::ClientIo(e)) => {
+                tracing::info!(user = %self.user, database = %self.database, error = %e, "client connection lost")
+            }
+            Err(e) => {
+                tracing::warn!(user = %self.user, database = %self.database, error = %e, "session ended")
+            }
+        }
+        if let Err(e) = &result {
+            if let Some(fields) = e.to_client() {
+                error_response(&fields, &mut self.cout);
+            }
+        }
+        let _ = self.flush_client().await;
+        let _ = self.client.shutdown().await;
+        self.cancel.slot.set(None);
+        let Some(checkout) = self.server.take() else {
+            return;
+        };
+        let clean = result.is_ok() && self.expect.is_empty() && !self.unsynced && self.sout.is_empty();
+        if !clean {
+            return; // dropping the checkout closes the server
+        }
+        let reset = match (self.mode, self.tx_status) {
+            (PoolMode::Transaction, TransactionStatus::Idle) => {
+                checkout.release();
+                return;
+            }
+            (PoolMode::Transaction, _) => "ROLLBACK",
+            (PoolMode::Session, TransactionStatus::Idle) => "DISCARD ALL",
+            (PoolMode::Session, _) => "ROLLBACK; DISCARD ALL",
+        };
+        tokio::spawn(reset_server(checkout, reset));
+    }
+}
+
+/// Brings a server back to a clean state after its client left, then returns it to the pool;
+/// on any trouble the server is closed instead.
+async fn reset_server(mut checkout: Checkout, sql: &'static str) {
+    let conn = checkout.conn();
+    let queries: Vec<&str> = sql.split("; ").collect();
+    let mut out = BytesMut::new();
+    for q in &queries {
+        encode_query(q.as_bytes(), &mut out);
+    }
+    let work = async {
+        conn.stream.write_all(&out).await?;
+        let mut remaining = queries.len();
+        while remaining > 0 {
+            if tokio::io::AsyncReadExt::read_buf(&mut conn.stream, &mut conn.rbuf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            while let Some(frame) = switchyard_protocol::frame::split_frame(
+                &mut conn.rbuf,
+                switchyard_protocol::DEFAULT_MAX_MESSAGE_LEN,
+            )
+            .map_err(std::io::Error::other)?
+            {
+                if frame.tag() == switchyard_protocol::backend::tags::READY_FOR_QUERY {
+                    remaining -= 1;
+                }
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), work).await {
+        Ok(Ok(())) => {
+            if sql.contains("DISCARD") {
+                conn.statements.clear();
+                conn.settings.clear();
+                conn.settings_signature = 0;
+            }
+            checkout.release();
+        }
+        _ => tracing::debug!("server reset failed; closing it"),
+    }
+}
+
+/// Writes as much of `buf` as the socket takes without blocking, then flushes when empty.
+fn poll_write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<()>> {
+    while !buf.is_empty() {
+        match Pin::new(&mut *w).poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => buf.advance(n),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Pin::new(w).poll_flush(cx)
+}
+
+/// Turns a write poll into an error check: pending and done are both "carry on".
+fn ready_err(p: Poll<std::io::Result<()>>) -> std::io::Result<()> {
+    match p {
+        Poll::Ready(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Counts sessions for `max_client_conn`; decrements when the session ends.
+pub struct ClientGuard(pub Arc<ProxyState>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,307 @@
+//! A client's first seconds: SSLRequest/GSSENCRequest, CancelRequest, StartupMessage,
+//! authentication (SCRAM-SHA-256 or md5 against the configured users), then the login
+//! messages (ParameterStatus, BackendKeyData, ReadyForQuery).
+//!
+//! Unknown users go through the same SCRAM exchange against a decoy verifier and fail with the
+//! same 28P01 as a wrong password, so the proxy does not reveal which users exist.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use switchyard_protocol::backend::{self, TransactionStatus};
+use switchyard_protocol::frame::split_frame;
+use switchyard_protocol::frontend::{self, decode_password, decode_sasl_initial_response, StartupPacket};
+use switchyard_protocol::PROTOCOL_VERSION_3_0;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::SessionError;
+use crate::auth::{Md5Challenge, ScramError, ScramExchange, UserAuth};
+use crate::cancel::CancelRegistration;
+use crate::config::ClientAuthMethod;
+use crate::net::Stream;
+use crate::pool::Pool;
+use crate::state::ProxyState;
+
+/// Authentication messages are small; this bounds what an unauthenticated peer can make us buffer.
+const MAX_AUTH_MESSAGE: usize = 64 * 1024;
+
+/// Parameters a server reports that the client's own startup values override.
+const CLIENT_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+];
+
+/// An authenticated client, ready for queries.
+pub struct LoggedIn {
+    pub stream: Stream,
+    /// Bytes the client sent after its last login message.
+    pub buf: BytesMut,
+    pub user: Arc<UserAuth>,
+    pub database: String,
+    pub pool: Arc<Pool>,
+    pub params: Vec<(String, String)>,
+    pub cancel: CancelRegistration,
+}
+
+/// Runs the startup phase; `None` when the connection was a cancel request or closed early.
+pub async fn handshake(
+    tcp: TcpStream,
+    state: &ProxyState,
+) -> Result<Option<LoggedIn>, (Option<Stream>, SessionError)> {
+    let mut stream = Stream::Plain(tcp);
+    let mut buf = BytesMut::with_capacity(1024);
+    let (version, params) = loop {
+        let packet = match read_startup(&mut stream, &mut buf).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err((Some(stream), e)),
+        };
+        match packet {
+            StartupPacket::SslRequest => {
+                if !buf.is_empty() {
+                    // Bytes after SSLRequest before our answer would be trusted as if encrypted.
+                    return Err((
+                        Some(stream),
+                        fatal("08P01", "received unencrypted data after SSL request"),
+                    ));
+                }
+                let answer = if state.tls.is_some() && !stream.is_tls() {
+                    b'S'
+                } else {
+                    b'N'
+                };
+                if let Err(e) = stream.write_all(&[answer]).await {
+                    return Err((None, SessionError::ClientIo(e)));
+                }
+                if answer == b'S' {
+                    let (Stream::Plain(tcp), Some(acceptor)) = (stream, state.tls.as_ref()) else {
+                        unreachable!("answer S is sent only on a plain stream with TLS configured")
+                    };
+                    stream = match acceptor.accept(tcp).await {
+                        Ok(tls) => Stream::Accepted(Box::new(tls)),
+                        Err(e) => return Err((None, SessionError::ClientIo(e))),
+                    };
+                }
+            }
+            StartupPacket::GssEncRequest => {
+                if let Err(e) = stream.write_all(b"N").await {
+                    return Err((None, SessionError::ClientIo(e)));
+                }
+            }
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                state.cancels.cancel(process_id, secret_key).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup { protocol, params } => break (protocol, params),
+        }
+    };
+    match login(&mut stream, &mut buf, state, version, params).await {
+        Ok(logged_in) => Ok(Some(logged_in(stream, buf))),
+        Err(e) => Err((Some(stream), e)),
+    }
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> SessionError {
+    SessionError::fatal(code, message)
+}
+
+async fn read_startup(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupPacket>, SessionError> {
+    loop {
+        if let Some(p) = frontend::decode_startup(buf)? {
+            return Ok(Some(p));
+        }
+        if stream.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads one tagged message of the authentication phase, which must be a 'p'.
+async fn read_auth_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<bytes::Bytes, SessionError> {
+    loop {
+        if let Some(frame) = split_frame(buf, MAX_AUTH_MESSAGE)? {
+            if frame.tag() != frontend::tags::PASSWORD {
+                return Err(fatal(
+                    "08P01",
+                    format!(
+                        "expected a password message, got {}",
+                        frontend::FrontendMessage::tag_name(frame.tag())
+                    ),
+                ));
+            }
+            return Ok(frame.body_bytes());
+        }
+        if stream.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
+            return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), SessionError> {
+    stream.write_all(out).await.map_err(SessionError::ClientIo)?;
+    stream.flush().await.map_err(SessionError::ClientIo)?;
+    out.clear();
+    Ok(())
+}
+
+/// Authenticates and logs in; returns a constructor for the final state, which needs the stream back.
+async fn login(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    state: &ProxyState,
+    version: u32,
+    params: Vec<(String, String)>,
+) -> Result<impl FnOnce(Stream, BytesMut) -> LoggedIn, SessionError> {
+    let mut out = BytesMut::with_capacity(512);
+    let get = |name: &str| {
+        params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let user_name =
+        get("user").ok_or_else(|| fatal("28000", "no PostgreSQL user name specified in startup packet"))?;
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user_name.clone());
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(fatal(
+            "0A000",
+            "replication connections are not supported by switchyard",
+        ));
+    }
+    let unrecognized: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if version != PROTOCOL_VERSION_3_0 || !unrecognized.is_empty() {
+        backend::negotiate_protocol_version(0, &unrecognized, &mut out);
+    }
+
+    let user = state.users.get(&user_name).cloned();
+    authenticate(stream, buf, &mut out, state, &user_name, user.as_deref()).await?;
+    let user = user.expect("authentication fails for unknown users");
+
+    if database == crate::admin::ADMIN_DATABASE {
+        return Err(fatal(
+            "0A000",
+            "the admin console is not available in this version",
+        ));
+    }
+    let pool = state
+        .pool(&database, &user)
+        .ok_or_else(|| fatal("3D000", format!("database \"{database}\" does not exist")))?;
+
+    let server_params = match pool.server_params() {
+        Some(p) => p,
+        None => {
+            // First client of this pool: a server tells us what to report (and that the
+            // database and credentials work).
+            let checkout = pool.checkout().await?;
+            checkout.release();
+            pool.server_params().unwrap_or_default()
+        }
+    };
+    backend::auth_ok(&mut out);
+    let session_params = super::params::SessionParams::from_startup(&params);
+    for (name, value) in server_params.iter() {
+        let value = if CLIENT_REPORTED.contains(&name.as_str()) {
+            session_params
+                .startup_value(name)
+                .unwrap_or_else(|| value.clone())
+        } else {
+            value.clone()
+        };
+        backend::parameter_status(name, &value, &mut out);
+    }
+    let cancel = state.cancels.register();
+    backend::backend_key_data(cancel.process_id, cancel.secret_key, &mut out);
+    backend::ready_for_query(TransactionStatus::Idle, &mut out);
+    send(stream, &mut out).await?;
+    tracing::info!(user = %user.name, database = %database, pid = cancel.process_id, "client logged in");
+    Ok(move |stream, buf| LoggedIn {
+        stream,
+        buf,
+        user,
+        database,
+        pool,
+        params,
+        cancel,
+    })
+}
+
+async fn authenticate(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    state: &ProxyState,
+    user_name: &str,
+    user: Option<&UserAuth>,
+) -> Result<(), SessionError> {
+    let failed = || {
+        fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user_name}\""),
+        )
+    };
+    let method = user.map(|u| u.method).unwrap_or(ClientAuthMethod::ScramSha256);
+    match method {
+        ClientAuthMethod::ScramSha256 => {
+            let verifier = user
+                .and_then(|u| u.scram.as_ref())
+                .unwrap_or(&state.decoy_verifier);
+            backend::auth_sasl(&["SCRAM-SHA-256"], out);
+            send(stream, out).await?;
+            let body = read_auth_message(stream, buf).await?;
+            let (mechanism, data) = decode_sasl_initial_response(&body)?;
+            if mechanism != "SCRAM-SHA-256" {
+                return Err(fatal(
+                    "28000",
+                    format!("unsupported SASL mechanism {mechanism:?}"),
+                ));
+            }
+            let (exchange, server_first) = ScramExchange::start(verifier, &data).map_err(scram_error)?;
+            backend::auth_sasl_continue(server_first.as_bytes(), out);
+            send(stream, out).await?;
+            let body = read_auth_message(stream, buf).await?;
+            let server_final = match exchange.finish(verifier, &body) {
+                Ok(f) if user.is_some() => f,
+                Ok(_) | Err(ScramError::BadProof) => return Err(failed()),
+                Err(e) => return Err(scram_error(e)),
+            };
+            backend::auth_sasl_final(server_final.as_bytes(), out);
+        }
+        ClientAuthMethod::Md5 => {
+            let challenge = Md5Challenge::new();
+            backend::auth_md5_password(challenge.salt, out);
+            send(stream, out).await?;
+            let body = read_auth_message(stream, buf).await?;
+            let response = decode_password(&body)?;
+            let stored = user.and_then(|u| u.md5.as_deref()).ok_or_else(failed)?;
+            if !challenge.verify(stored, &response) {
+                return Err(failed());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scram_error(e: ScramError) -> SessionError {
+    match e {
+        ScramError::BadProof => fatal("28P01", "password authentication failed"),
+        ScramError::ChannelBinding => fatal("28000", "channel binding is not supported"),
+        ScramError::Protocol(m) => fatal("08P01", format!("malformed SCRAM message: {m}")),
+    }
+}

@@ -1,0 +1,91 @@
+//! A client's named prepared statements, mapped to the proxy-wide statements that servers
+//! actually prepare. Capped per client: past the cap the least recently used is forgotten
+//! (a later Bind of it fails as on Postgres, with 26000).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::pool::StatementDef;
+
+pub struct ClientStatements {
+    map: HashMap<Bytes, (Arc<StatementDef>, u64)>,
+    clock: u64,
+    cap: usize,
+}
+
+impl ClientStatements {
+    pub fn new(cap: usize) -> ClientStatements {
+        ClientStatements {
+            map: HashMap::new(),
+            clock: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn get(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.map.get_mut(name).map(|(def, used)| {
+            *used = clock;
+            def.clone()
+        })
+    }
+
+    #[cfg(test)]
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// Adds a statement; returns the name evicted to stay under the cap, if any.
+    pub fn insert(&mut self, name: Bytes, def: Arc<StatementDef>) -> Option<Bytes> {
+        self.clock += 1;
+        self.map.insert(name, (def, self.clock));
+        if self.map.len() <= self.cap {
+            return None;
+        }
+        let oldest = self
+            .map
+            .iter()
+            .min_by_key(|(_, (_, used))| *used)
+            .map(|(k, _)| k.clone())?;
+        self.map.remove(&oldest);
+        Some(oldest)
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        self.map.remove(name).is_some()
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::StatementRegistry;
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let reg = StatementRegistry::default();
+        let mut s = ClientStatements::new(2);
+        let q = |t: &'static str| reg.intern(&Bytes::from_static(t.as_bytes()), &[]);
+        assert!(s.insert(Bytes::from_static(b"a"), q("1")).is_none());
+        assert!(s.insert(Bytes::from_static(b"b"), q("2")).is_none());
+        assert!(s.get(b"a").is_some());
+        assert_eq!(
+            s.insert(Bytes::from_static(b"c"), q("3")).unwrap(),
+            Bytes::from_static(b"b")
+        );
+        assert!(s.contains(b"a") && s.contains(b"c") && !s.contains(b"b"));
+        assert_eq!(s.len(), 2);
+    }
+}

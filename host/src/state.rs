@@ -1,0 +1,135 @@
+//! What every session shares: the configuration turned into runtime objects (users with their
+//! verifiers, database routes), the pools created on first use, the cancel registry, the TLS
+//! acceptor and the shutdown signal.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{ScramVerifier, UserAuth};
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, NodeRole};
+use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
+use crate::pool::{Pool, PoolSettings};
+use crate::server::NodeAddr;
+
+/// How to reach one configured database.
+pub struct DatabaseRoute {
+    pub server_database: String,
+    pub node: NodeAddr,
+    pub settings: PoolSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("users.{user}: {message}")]
+    User { user: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+pub struct ProxyState {
+    pub config: Arc<Config>,
+    pub users: HashMap<String, Arc<UserAuth>>,
+    pub databases: HashMap<String, DatabaseRoute>,
+    pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    pub cancels: Arc<CancelRegistry>,
+    pub tls: Option<TlsAcceptor>,
+    /// Clients connected now (for `max_client_conn`).
+    pub clients: AtomicUsize,
+    /// Becomes true when the proxy is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Verifier used to fail unknown users the same way as wrong passwords.
+    pub decoy_verifier: ScramVerifier,
+}
+
+impl ProxyState {
+    pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Result<ProxyState, StateError> {
+        let mut users = HashMap::new();
+        for (name, user) in &config.users {
+            let auth = UserAuth::from_config(name, user).map_err(|message| StateError::User {
+                user: name.clone(),
+                message,
+            })?;
+            users.insert(name.clone(), Arc::new(auth));
+        }
+        let server_tls = server_tls_connector(config.pool.server_tls, config.pool.server_tls_ca.as_deref())?;
+        let mut databases = HashMap::new();
+        for (name, db) in &config.databases {
+            let cluster = &config.clusters[db.cluster.get_ref()];
+            // Until topology probing exists, the node marked primary (or the first) serves.
+            let node = cluster
+                .nodes
+                .iter()
+                .find(|n| n.get_ref().role == NodeRole::Primary)
+                .unwrap_or(&cluster.nodes[0])
+                .get_ref();
+            let settings = PoolSettings {
+                mode: config.pool_mode(db),
+                size: config.pool_size(db),
+                connect_timeout: config.pool.connect_timeout,
+                query_wait_timeout: config.pool.query_wait_timeout,
+                idle_timeout: config.pool.idle_timeout,
+                lifetime: config.pool.lifetime,
+                max_prepared_statements: config.pool.max_prepared_statements,
+                tls: server_tls.clone(),
+            };
+            databases.insert(
+                name.clone(),
+                DatabaseRoute {
+                    server_database: db.dbname.clone().unwrap_or_else(|| name.clone()),
+                    node: NodeAddr {
+                        host: node.host.clone(),
+                        port: node.port,
+                    },
+                    settings,
+                },
+            );
+        }
+        let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
+            (Some(cert), Some(key)) => Some(client_tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        Ok(ProxyState {
+            config: Arc::new(config),
+            users,
+            databases,
+            pools: Mutex::new(HashMap::new()),
+            cancels: Arc::new(CancelRegistry::default()),
+            tls,
+            clients: AtomicUsize::new(0),
+            shutdown,
+            decoy_verifier: ScramVerifier::from_password(&format!("{:x}", rand::random::<u128>())),
+        })
+    }
+
+    /// The pool for (database, user), created on first use.
+    pub fn pool(&self, database: &str, user: &Arc<UserAuth>) -> Option<Arc<Pool>> {
+        let route = self.databases.get(database)?;
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = pools
+            .entry((database.to_string(), user.name.clone()))
+            .or_insert_with(|| {
+                Arc::new(Pool::new(
+                    format!("{database}/{}", user.name),
+                    user.clone(),
+                    route.server_database.clone(),
+                    route.node.clone(),
+                    route.settings.clone(),
+                ))
+            });
+        Some(pool.clone())
+    }
+
+    pub fn all_pools(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
