@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -14,7 +15,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::{Config, NodeRole};
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::pool::{Pool, PoolSettings};
-use crate::server::NodeAddr;
+use crate::server::{connect, query_row, ConnectParams, NodeAddr, ServerError};
 
 /// How to reach one configured database.
 pub struct DatabaseRoute {
@@ -44,7 +45,20 @@ pub struct ProxyState {
     pub shutdown: watch::Receiver<bool>,
     /// Verifier used to fail unknown users the same way as wrong passwords.
     pub decoy_verifier: ScramVerifier,
+    /// Users found by `auth_query`: name → (stored password, user, when looked up).
+    auth_cache: Mutex<HashMap<String, CachedUser>>,
 }
+
+struct CachedUser {
+    stored: Option<String>,
+    user: Option<Arc<UserAuth>>,
+    at: Instant,
+}
+
+/// `auth_query` could not run.
+#[derive(Debug, thiserror::Error)]
+#[error("auth_query failed: {0}")]
+pub struct AuthQueryError(#[from] ServerError);
 
 impl ProxyState {
     pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Result<ProxyState, StateError> {
@@ -103,6 +117,7 @@ impl ProxyState {
             clients: AtomicUsize::new(0),
             shutdown,
             decoy_verifier: ScramVerifier::from_password(&format!("{:x}", rand::random::<u128>())),
+            auth_cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -122,6 +137,70 @@ impl ProxyState {
                 ))
             });
         Some(pool.clone())
+    }
+
+    /// A user from `[users]`, or else from `auth_query` (cached for `cache_ttl`).
+    pub async fn lookup_user(
+        &self,
+        name: &str,
+        database: &str,
+    ) -> Result<Option<Arc<UserAuth>>, AuthQueryError> {
+        if let Some(u) = self.users.get(name) {
+            return Ok(Some(u.clone()));
+        }
+        let Some(aq) = &self.config.auth_query else {
+            return Ok(None);
+        };
+        {
+            let cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache.get(name).filter(|c| c.at.elapsed() < aq.cache_ttl) {
+                return Ok(c.user.clone());
+            }
+        }
+        // Any route reaches the cluster; the client's database is preferred.
+        let Some(route) = self
+            .databases
+            .get(database)
+            .or_else(|| self.databases.values().next())
+        else {
+            return Ok(None);
+        };
+        let auth_user = &self.users[aq.user.get_ref()];
+        let params = ConnectParams {
+            addr: &route.node,
+            user: &auth_user.name,
+            database: aq.database.as_deref().unwrap_or(&route.server_database),
+            secret: auth_user.server_secret(),
+            options: &[],
+            tls: &route.settings.tls,
+            timeout: route.settings.connect_timeout,
+        };
+        let mut conn = connect(&params).await?;
+        let row = query_row(&mut conn, &aq.query, name).await?;
+        let stored = row.and_then(|r| r.into_iter().nth(1).flatten());
+        let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Keep the same user object while the password is unchanged: it holds the SCRAM
+        // pass-through key learnt from earlier logins.
+        let user = match cache.get(name) {
+            Some(c) if c.stored == stored => c.user.clone(),
+            _ => match stored.as_deref().map(|s| UserAuth::from_stored(name, s)) {
+                Some(Ok(u)) => Some(Arc::new(u)),
+                Some(Err(e)) => {
+                    tracing::warn!(user = name, error = %e, "auth_query returned an unusable password");
+                    None
+                }
+                None => None,
+            },
+        };
+        cache.insert(
+            name.to_string(),
+            CachedUser {
+                stored,
+                user: user.clone(),
+                at: Instant::now(),
+            },
+        );
+        Ok(user)
     }
 
     pub fn all_pools(&self) -> Vec<Arc<Pool>> {

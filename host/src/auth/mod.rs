@@ -6,7 +6,9 @@ mod md5;
 mod scram;
 
 pub use md5::{md5_hash, Md5Challenge};
-pub use scram::{ScramError, ScramExchange, ScramVerifier};
+pub use scram::{ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier};
+
+use std::sync::OnceLock;
 
 use crate::config::{ClientAuthMethod, UserConfig};
 
@@ -45,6 +47,60 @@ pub struct UserAuth {
     pub md5: Option<String>,
     /// What the proxy sends to servers, if it knows it.
     pub server_password: Option<String>,
+    /// ClientKey from the first successful SCRAM login, for SCRAM pass-through to servers.
+    pub client_key: OnceLock<[u8; 32]>,
+}
+
+/// How the proxy proves itself to a server as this user.
+pub enum ServerSecret<'a> {
+    None,
+    Password(&'a str),
+    /// SCRAM pass-through: the server stores the same verifier as the proxy.
+    Scram(ScramKeys),
+    /// md5 pass-through: the server stores the same md5 hash.
+    Md5Hash(&'a str),
+}
+
+impl UserAuth {
+    /// The best secret known for logging in to servers as this user.
+    pub fn server_secret(&self) -> ServerSecret<'_> {
+        if let Some(p) = &self.server_password {
+            return ServerSecret::Password(p);
+        }
+        if let (Some(v), Some(k)) = (&self.scram, self.client_key.get()) {
+            return ServerSecret::Scram(ScramKeys {
+                client_key: *k,
+                server_key: v.server_key,
+            });
+        }
+        match &self.md5 {
+            Some(h) => ServerSecret::Md5Hash(h),
+            None => ServerSecret::None,
+        }
+    }
+
+    /// A user found by `auth_query`: the server's own stored password.
+    pub fn from_stored(name: &str, stored: &str) -> Result<UserAuth, String> {
+        let stored = StoredPassword::parse(stored)?;
+        let (method, scram, md5) = match stored {
+            StoredPassword::Scram(v) => (ClientAuthMethod::ScramSha256, Some(v), None),
+            StoredPassword::Md5(h) => (ClientAuthMethod::Md5, None, Some(h)),
+            StoredPassword::Plain(_) => {
+                return Err(
+                    "auth_query returned a plaintext password; Postgres stores hashes, check the query"
+                        .into(),
+                )
+            }
+        };
+        Ok(UserAuth {
+            name: name.to_string(),
+            method,
+            scram,
+            md5,
+            server_password: None,
+            client_key: OnceLock::new(),
+        })
+    }
 }
 
 impl UserAuth {
@@ -69,6 +125,7 @@ impl UserAuth {
             scram,
             md5,
             server_password: user.server_password.clone().or(plain),
+            client_key: OnceLock::new(),
         })
     }
 }

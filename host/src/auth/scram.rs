@@ -114,8 +114,13 @@ impl ScramExchange {
         Ok((exchange, server_first))
     }
 
-    /// Checks client-final; on success returns the server-final message.
-    pub fn finish(self, verifier: &ScramVerifier, client_final: &[u8]) -> Result<String, ScramError> {
+    /// Checks client-final; on success returns the server-final message and the client's
+    /// ClientKey, which lets the proxy log in to servers holding the same verifier.
+    pub fn finish(
+        self,
+        verifier: &ScramVerifier,
+        client_final: &[u8],
+    ) -> Result<(String, [u8; 32]), ScramError> {
         let text = std::str::from_utf8(client_final).map_err(|_| ScramError::Protocol("not UTF-8"))?;
         let (without_proof, proof) = text
             .rsplit_once(",p=")
@@ -147,13 +152,92 @@ impl ScramExchange {
             self.client_first_bare, self.server_first, without_proof
         );
         let client_signature = hmac(&verifier.stored_key, auth_message.as_bytes());
-        let client_key: Vec<u8> = proof.iter().zip(client_signature).map(|(p, s)| p ^ s).collect();
-        let stored_key = Sha256::digest(&client_key);
+        let mut client_key = [0u8; 32];
+        for (k, (p, s)) in client_key.iter_mut().zip(proof.iter().zip(client_signature)) {
+            *k = p ^ s;
+        }
+        let stored_key = Sha256::digest(client_key);
         if !super::ct_eq(stored_key.as_slice(), &verifier.stored_key) {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        Ok((format!("v={}", B64.encode(server_signature)), client_key))
+    }
+}
+
+/// Keys that let the proxy answer a server's SCRAM challenge without the password: the
+/// ClientKey learnt from a client's successful login and the verifier's ServerKey.
+#[derive(Clone)]
+pub struct ScramKeys {
+    pub client_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+/// Client side of SCRAM-SHA-256 from [`ScramKeys`] (PgBouncer's "SCRAM pass-through").
+pub struct ScramKeyClient {
+    keys: ScramKeys,
+    client_first_bare: String,
+    nonce: String,
+    auth_message: Option<String>,
+}
+
+impl ScramKeyClient {
+    /// Returns the client and its client-first message.
+    pub fn new(keys: ScramKeys) -> (ScramKeyClient, String) {
+        let nonce = B64.encode(rand::random::<[u8; 18]>());
+        let client_first_bare = format!("n=,r={nonce}");
+        let first = format!("n,,{client_first_bare}");
+        (
+            ScramKeyClient {
+                keys,
+                client_first_bare,
+                nonce,
+                auth_message: None,
+            },
+            first,
+        )
+    }
+
+    /// Answers server-first with client-final.
+    pub fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let text = std::str::from_utf8(server_first).map_err(|_| ScramError::Protocol("not UTF-8"))?;
+        let nonce = text
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .ok_or(ScramError::Protocol("missing nonce"))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::Protocol("server nonce does not extend ours"));
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{},{}", self.client_first_bare, text, without_proof);
+        let stored_key = Sha256::digest(self.keys.client_key);
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = self
+            .keys
+            .client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.auth_message = Some(auth_message);
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server's signature in server-final.
+    pub fn verify(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let text = std::str::from_utf8(server_final).map_err(|_| ScramError::Protocol("not UTF-8"))?;
+        let v = text
+            .strip_prefix("v=")
+            .ok_or(ScramError::Protocol("missing server signature"))?;
+        let auth_message = self
+            .auth_message
+            .as_ref()
+            .ok_or(ScramError::Protocol("final before continue"))?;
+        let expected = hmac(&self.keys.server_key, auth_message.as_bytes());
+        match B64.decode(v) {
+            Ok(sig) if super::ct_eq(&sig, &expected) => Ok(()),
+            _ => Err(ScramError::BadProof),
+        }
     }
 }
 

@@ -24,6 +24,32 @@ pub struct Config {
     pub users: BTreeMap<String, UserConfig>,
     #[serde(default)]
     pub admin: AdminSettings,
+    pub auth_query: Option<AuthQuerySettings>,
+}
+
+/// `[auth_query]`: users not in `[users]` are looked up on the server, as PgBouncer does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthQuerySettings {
+    /// A `[users]` entry the proxy logs in as to run the query.
+    pub user: Spanned<String>,
+    /// Takes the user name as `$1`; the second column is the stored password (a SCRAM
+    /// verifier or md5 hash), NULL or no row for an unknown user.
+    #[serde(default = "default_auth_query")]
+    pub query: String,
+    /// Server database to run the query in; by default the client's.
+    pub database: Option<String>,
+    /// How long a looked-up password is reused before asking the server again.
+    #[serde(default = "default_auth_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+fn default_auth_query() -> String {
+    "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into()
+}
+
+fn default_auth_cache_ttl() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[proxy]`: the client-facing side.

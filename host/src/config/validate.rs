@@ -105,6 +105,18 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
     for (name, user) in &config.users {
         check_user(name, user).map_err(|m| at(user.password.span(), format!("users.{name}.password"), m))?;
     }
+    if let Some(aq) = &config.auth_query {
+        if !config.users.contains_key(aq.user.get_ref()) {
+            return Err(at(
+                aq.user.span(),
+                "auth_query.user".into(),
+                format!(
+                    "{:?} is not defined in [users]; the proxy needs its password to run the query",
+                    aq.user.get_ref()
+                ),
+            ));
+        }
+    }
     for admin in &config.admin.users {
         if !config.users.contains_key(admin.get_ref()) {
             return Err(at(

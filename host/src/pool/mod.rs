@@ -161,7 +161,7 @@ impl Pool {
             addr: &self.node,
             user: &self.user.name,
             database: &self.server_database,
-            password: self.user.server_password.as_deref(),
+            secret: self.user.server_secret(),
             options: &[],
             tls: &self.settings.tls,
             timeout: self.settings.connect_timeout,

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{NodeAddr, ServerConn, ServerError};
+use crate::auth::{Md5Challenge, ScramKeyClient, ServerSecret};
 use crate::config::ServerTlsMode;
 use crate::net::{ServerTls, Stream};
 use crate::pool::ServerStatements;
@@ -25,12 +26,18 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Startup-phase messages are small; a larger one means a confused peer.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 
+/// A SCRAM exchange in progress, from a password or from pass-through keys.
+enum Scram {
+    Password(ScramSha256),
+    Keys(ScramKeyClient),
+}
+
 /// Who to log in as, and how.
 pub struct ConnectParams<'a> {
     pub addr: &'a NodeAddr,
     pub user: &'a str,
     pub database: &'a str,
-    pub password: Option<&'a str>,
+    pub secret: ServerSecret<'a>,
     /// Extra startup parameters (application_name, ...).
     pub options: &'a [(String, String)],
     pub tls: &'a ServerTls,
@@ -70,7 +77,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
     write(&mut stream, &addr, &out).await?;
 
     let mut rbuf = BytesMut::with_capacity(8192);
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Scram> = None;
     let mut params = HashMap::new();
     let mut key = (0, 0);
     loop {
@@ -87,17 +94,22 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
         match msg {
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
-                let pw = password(p, &addr)?;
+                let ServerSecret::Password(pw) = p.secret else {
+                    return Err(no_password(p, &addr));
+                };
                 frontend::password_message(pw.as_bytes(), &mut out).map_err(|e| protocol(&addr, e))?;
             }
             Message::AuthenticationMd5Password(body) => {
-                let pw = password(p, &addr)?;
-                let hash = postgres_protocol::authentication::md5_hash(
-                    p.user.as_bytes(),
-                    pw.as_bytes(),
-                    body.salt(),
-                );
-                frontend::password_message(hash.as_bytes(), &mut out).map_err(|e| protocol(&addr, e))?;
+                let answer = match &p.secret {
+                    ServerSecret::Password(pw) => postgres_protocol::authentication::md5_hash(
+                        p.user.as_bytes(),
+                        pw.as_bytes(),
+                        body.salt(),
+                    ),
+                    ServerSecret::Md5Hash(hash) => Md5Challenge { salt: body.salt() }.expected(hash),
+                    _ => return Err(no_password(p, &addr)),
+                };
+                frontend::password_message(answer.as_bytes(), &mut out).map_err(|e| protocol(&addr, e))?;
             }
             Message::AuthenticationSasl(body) => {
                 let mut mechanisms = body.mechanisms();
@@ -113,24 +125,43 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
                         method: "SASL without SCRAM-SHA-256".into(),
                     });
                 }
-                let s = ScramSha256::new(password(p, &addr)?.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
-                    .map_err(|e| protocol(&addr, e))?;
-                scram = Some(s);
+                match &p.secret {
+                    ServerSecret::Password(pw) => {
+                        let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                            .map_err(|e| protocol(&addr, e))?;
+                        scram = Some(Scram::Password(s));
+                    }
+                    ServerSecret::Scram(keys) => {
+                        let (client, first) = ScramKeyClient::new(keys.clone());
+                        frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), &mut out)
+                            .map_err(|e| protocol(&addr, e))?;
+                        scram = Some(Scram::Keys(client));
+                    }
+                    _ => return Err(no_password(p, &addr)),
+                }
             }
             Message::AuthenticationSaslContinue(body) => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| protocol(&addr, "SASL continue without SASL start"))?;
-                s.update(body.data()).map_err(|e| protocol(&addr, e))?;
-                frontend::sasl_response(s.message(), &mut out).map_err(|e| protocol(&addr, e))?;
+                let last = match scram.as_mut() {
+                    Some(Scram::Password(s)) => {
+                        s.update(body.data()).map_err(|e| protocol(&addr, e))?;
+                        s.message().to_vec()
+                    }
+                    Some(Scram::Keys(k)) => k
+                        .respond(body.data())
+                        .map_err(|e| protocol(&addr, e))?
+                        .into_bytes(),
+                    None => return Err(protocol(&addr, "SASL continue without SASL start")),
+                };
+                frontend::sasl_response(&last, &mut out).map_err(|e| protocol(&addr, e))?;
             }
             Message::AuthenticationSaslFinal(body) => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| protocol(&addr, "SASL final without SASL start"))?;
-                s.finish(body.data())
-                    .map_err(|e| protocol(&addr, format!("server signature invalid: {e}")))?;
+                let verified = match scram.as_mut() {
+                    Some(Scram::Password(s)) => s.finish(body.data()).map_err(|e| e.to_string()),
+                    Some(Scram::Keys(k)) => k.verify(body.data()).map_err(|e| e.to_string()),
+                    None => Err("SASL final without SASL start".to_string()),
+                };
+                verified.map_err(|e| protocol(&addr, format!("server signature invalid: {e}")))?;
             }
             Message::ParameterStatus(body) => {
                 let name = body.name().map_err(|e| protocol(&addr, e))?.to_string();
@@ -207,11 +238,11 @@ async fn negotiate_tls(mut tcp: TcpStream, p: &ConnectParams<'_>) -> Result<Stre
     }
 }
 
-fn password<'a>(p: &ConnectParams<'a>, addr: &NodeAddr) -> Result<&'a str, ServerError> {
-    p.password.ok_or_else(|| ServerError::NoPassword {
+fn no_password(p: &ConnectParams<'_>, addr: &NodeAddr) -> ServerError {
+    ServerError::NoPassword {
         addr: addr.clone(),
         user: p.user.to_string(),
-    })
+    }
 }
 
 fn protocol(addr: &NodeAddr, reason: impl ToString) -> ServerError {

@@ -2,8 +2,10 @@
 //! server told us (parameters, cancel key) for the pool and the sessions that borrow it.
 
 mod connect;
+mod query;
 
 pub use connect::{connect, ConnectParams};
+pub use query::query_row;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -45,7 +47,7 @@ pub enum ServerError {
     TlsRefused { addr: NodeAddr },
     #[error("TLS with server {addr} failed: {source}")]
     Tls { addr: NodeAddr, source: std::io::Error },
-    #[error("server {addr} asks for a password, and none is configured for user {user:?}")]
+    #[error("server {addr} asks for a password, and the proxy knows none for user {user:?} (configure a plaintext password or server_password, or let a client log in first with SCRAM)")]
     NoPassword { addr: NodeAddr, user: String },
     #[error("server {addr} asks for an unsupported authentication method ({method})")]
     UnsupportedAuth { addr: NodeAddr, method: String },

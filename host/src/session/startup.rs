@@ -190,7 +190,16 @@ async fn login(
         backend::negotiate_protocol_version(0, &unrecognized, &mut out);
     }
 
-    let user = state.users.get(&user_name).cloned();
+    let user = match state.lookup_user(&user_name, &database).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(user = %user_name, error = %e, "cannot authenticate");
+            return Err(fatal(
+                "08006",
+                format!("cannot look up user \"{user_name}\": {e}"),
+            ));
+        }
+    };
     authenticate(stream, buf, &mut out, state, &user_name, user.as_deref()).await?;
     let user = user.expect("authentication fails for unknown users");
 
@@ -277,7 +286,12 @@ async fn authenticate(
             send(stream, out).await?;
             let body = read_auth_message(stream, buf).await?;
             let server_final = match exchange.finish(verifier, &body) {
-                Ok(f) if user.is_some() => f,
+                Ok((f, client_key)) if user.is_some() => {
+                    if let Some(u) = user {
+                        let _ = u.client_key.set(client_key);
+                    }
+                    f
+                }
                 Ok(_) | Err(ScramError::BadProof) => return Err(failed()),
                 Err(e) => return Err(scram_error(e)),
             };
