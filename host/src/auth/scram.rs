@@ -260,11 +260,33 @@ mod tests {
         client
             .update(server_first.as_bytes())
             .expect("client accepts server-first");
-        let server_final = exchange.finish(&verifier, client.message())?;
+        let (server_final, _) = exchange.finish(&verifier, client.message())?;
         client
             .finish(server_final.as_bytes())
             .expect("client verifies the server");
         Ok(())
+    }
+
+    #[test]
+    fn pass_through_keys_log_in_like_the_password() {
+        // A client logs in with the password; the proxy keeps its ClientKey and uses it to
+        // log in to a "server" holding the same verifier.
+        let verifier = ScramVerifier::from_password("pw");
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        let (exchange, server_first) = ScramExchange::start(&verifier, client.message()).unwrap();
+        client.update(server_first.as_bytes()).unwrap();
+        let (_, client_key) = exchange.finish(&verifier, client.message()).unwrap();
+
+        let keys = ScramKeys {
+            client_key,
+            server_key: verifier.server_key,
+        };
+        let (mut proxy, first) = ScramKeyClient::new(keys);
+        let (exchange, server_first) = ScramExchange::start(&verifier, first.as_bytes()).unwrap();
+        let last = proxy.respond(server_first.as_bytes()).unwrap();
+        let (server_final, _) = exchange.finish(&verifier, last.as_bytes()).unwrap();
+        proxy.verify(server_final.as_bytes()).unwrap();
+        assert!(proxy.verify(b"v=AAAA").is_err());
     }
 
     #[test]
