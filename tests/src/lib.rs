@@ -1,1 +1,33 @@
-//! Test bed.
+//! Test bed for Switchyard's integration tests.
+//!
+//! Switchyard is tested as a black box: real PostgreSQL servers
+//! ([`cluster`]), the real proxy binary ([`proxy`]), and real clients
+//! (tokio-postgres via [`client`], hand-written wire messages via [`raw`],
+//! and `psql`, `pgbench`, psycopg, node-postgres and pgjdbc via [`tools`]).
+//! Tests live in `tests/tests/*.rs`; most start from a [`TestBed`].
+//!
+//! The crate deliberately does not depend on the `switchyard` crate, so the
+//! tests build and the harness can be checked against plain PostgreSQL
+//! (`SWITCHYARD_TARGET=direct`) whatever state the proxy is in.
+//!
+//! Environment knobs: `SWITCHYARD_BIN`, `SWITCHYARD_PROFILE`,
+//! `SWITCHYARD_TARGET=direct`, `PG_BIN`, `SWITCHYARD_TEST_TMP`,
+//! `SWITCHYARD_KEEP_TMP=1`, `SWITCHYARD_PYTHON`, `SWITCHYARD_JDBC_JAR`,
+//! `RUST_LOG` (passed to the proxy; default `info`).
+
+pub mod bed;
+pub mod client;
+pub mod cluster;
+pub mod env;
+pub mod ports;
+pub mod proxy;
+pub mod raw;
+pub mod scratch;
+pub mod tools;
+pub mod watchdog;
+
+pub use bed::TestBed;
+pub use client::{describe_error, expect_sqlstate, sqlstate, Endpoint, PgResultExt};
+pub use cluster::{roles, ClusterOptions, PgCluster, PgNode};
+pub use proxy::{Proxy, ProxyConfig};
+pub use tools::{Driver, Length, Pgbench, PgbenchResult, Psql, QueryMode};

@@ -1,0 +1,192 @@
+//! Connecting to a server or the proxy: an [`Endpoint`] (host and port) and
+//! tokio-postgres helpers, plus SQLSTATE assertions with readable failures.
+//!
+//! Tests talk to an `Endpoint` rather than to the proxy directly, so the same
+//! test can run against plain PostgreSQL (see [`crate::TestBed`]) to check
+//! that the test itself is right.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::error::DbError;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+
+use crate::tools::{ClientTarget, Pgbench, Psql};
+
+/// A PostgreSQL wire protocol endpoint on TCP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(host: &str, port: u16) -> Self {
+        Self {
+            host: host.to_owned(),
+            port,
+        }
+    }
+
+    /// `host:port`, for raw sockets and messages.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// tokio-postgres configuration (no TLS, 10 s connect timeout).
+    pub fn config(&self, user: &str, password: &str, db: &str) -> Config {
+        let mut cfg = Config::new();
+        cfg.host(&self.host)
+            .port(self.port)
+            .user(user)
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(10));
+        if !password.is_empty() {
+            cfg.password(password);
+        }
+        cfg
+    }
+
+    /// Connect, failing with a message that says who connected where.
+    pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<Client> {
+        connect(&self.config(user, password, db))
+            .await
+            .map_err(|e| anyhow::anyhow!(describe_error(&e)))
+            .with_context(|| format!("connecting to {} as {user} (database {db})", self.addr()))
+    }
+
+    /// Connect as `app` to database `app`.
+    pub async fn connect_app(&self) -> Result<Client> {
+        self.connect("app", "app", "app").await
+    }
+
+    /// `psql` against this endpoint.
+    pub fn psql(&self, user: &str, password: &str, db: &str) -> Psql {
+        Psql::new(&self.host, self.port)
+            .user(user)
+            .password(password)
+            .db(db)
+    }
+
+    /// `pgbench` against this endpoint.
+    pub fn pgbench(&self, user: &str, password: &str, db: &str) -> Pgbench {
+        Pgbench::new(&self.host, self.port, user, password, db)
+    }
+
+    /// Target for the third-party client scripts.
+    pub fn client_target(&self, user: &str, password: &str, db: &str) -> ClientTarget {
+        ClientTarget {
+            host: self.host.clone(),
+            port: self.port,
+            user: user.to_owned(),
+            password: password.to_owned(),
+            db: db.to_owned(),
+        }
+    }
+}
+
+/// Connect and drive the connection on a background task.
+pub async fn connect(cfg: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("tokio-postgres connection ended with error: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Connect and also receive the connection's asynchronous messages
+/// (notifications from LISTEN, notices).
+pub async fn connect_with_messages(
+    cfg: &Config,
+) -> Result<(Client, mpsc::UnboundedReceiver<AsyncMessage>), tokio_postgres::Error> {
+    let (client, mut connection) = cfg.connect(NoTls).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(m) => {
+                    let _ = tx.send(m);
+                }
+                Err(e) => {
+                    eprintln!("tokio-postgres connection ended with error: {e}");
+                    break;
+                }
+            }
+        }
+    });
+    Ok((client, rx))
+}
+
+/// The SQLSTATE of a server error, if it is one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+/// One-line description of a tokio-postgres error: SQLSTATE and message for
+/// server errors, the full cause chain otherwise.
+pub fn describe_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!(
+            "{} SQLSTATE {}: {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        );
+        if let Some(detail) = db.detail() {
+            s.push_str(&format!(" (detail: {detail})"));
+        }
+        s
+    } else {
+        let mut s = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            s.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        s
+    }
+}
+
+/// Assert that `result` is a server error whose SQLSTATE is one of
+/// `expected` (entries of two characters match a whole class, e.g. "53").
+/// Returns the error for further checks.
+pub fn expect_sqlstate<T: Debug>(
+    result: Result<T, tokio_postgres::Error>,
+    expected: &[&str],
+    what: &str,
+) -> Result<DbError> {
+    match result {
+        Ok(v) => bail!("{what}: expected an error with SQLSTATE {expected:?}, but it succeeded: {v:?}"),
+        Err(e) => match e.as_db_error() {
+            Some(db) if sqlstate_matches(db.code().code(), expected) => Ok(db.clone()),
+            _ => bail!(
+                "{what}: expected an error with SQLSTATE {expected:?}, got: {}",
+                describe_error(&e)
+            ),
+        },
+    }
+}
+
+/// Whether `code` equals one of `expected` or lies in one of its classes.
+pub fn sqlstate_matches(code: &str, expected: &[&str]) -> bool {
+    expected
+        .iter()
+        .any(|e| code == *e || (e.len() == 2 && code.starts_with(e)))
+}
+
+/// Like `?` for tokio-postgres results, with the SQLSTATE in the message.
+pub trait PgResultExt<T> {
+    fn ctx(self, what: &str) -> Result<T>;
+}
+
+impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
+    fn ctx(self, what: &str) -> Result<T> {
+        self.map_err(|e| anyhow::anyhow!("{what}: {}", describe_error(&e)))
+    }
+}

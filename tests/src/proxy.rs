@@ -1,0 +1,466 @@
+//! The proxy under test: its TOML configuration and its process.
+//!
+//! [`ProxyConfig`] generates Switchyard's configuration file (format in the
+//! project README) from typed fields, with [`ProxyConfig::set`] as an escape
+//! hatch for keys this crate does not know yet. [`Proxy`] runs the real
+//! binary (`switchyard --config <file>`) as a black box, waits until it
+//! accepts TCP connections, keeps its output in a log file, shows the log's
+//! tail when a test fails, and kills it on `Drop` (or via a [`Watchdog`] if
+//! the test process dies).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+
+use crate::cluster::{roles, PgCluster};
+use crate::{env, ports, scratch, watchdog::Watchdog};
+
+/// `[proxy]`
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxySection {
+    pub listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_client_conn: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_login_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+}
+
+/// `[pool]`: defaults for every database.
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolSection {
+    /// `"session"` or `"transaction"`.
+    pub mode: String,
+    pub size: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_wait_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<String>,
+}
+
+/// One backend server of a cluster.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeEntry {
+    pub host: String,
+    pub port: u16,
+    /// `"primary"` or `"replica"`.
+    pub role: String,
+}
+
+/// `[clusters.<name>]`
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterSection {
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// `[databases.<name>]`
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DatabaseSection {
+    pub cluster: String,
+    /// Server-side database name, when it differs from the client-facing one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dbname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<String>,
+}
+
+/// `[users.<name>]`
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UserSection {
+    /// Plaintext, a `SCRAM-SHA-256$...` verifier, or an `md5...` hash.
+    /// `None` for users the servers trust.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AdminSection {
+    pub users: Vec<String>,
+}
+
+/// A complete Switchyard configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyConfig {
+    pub proxy: ProxySection,
+    pub pool: PoolSection,
+    pub clusters: BTreeMap<String, ClusterSection>,
+    pub databases: BTreeMap<String, DatabaseSection>,
+    pub users: BTreeMap<String, UserSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSection>,
+    /// Raw overrides applied last, keyed by dotted path (see [`Self::set`]).
+    #[serde(skip)]
+    pub overrides: Vec<(String, toml::Value)>,
+}
+
+impl ProxyConfig {
+    /// The standard test configuration for `pg`: cluster `main` with its
+    /// primary (and replica, if any); databases `app` and `postgres`; users
+    /// `app`, `md5user`, `postgres` with their plaintext passwords and
+    /// `trustuser` without one; transaction pooling with a pool of 20.
+    /// The listen port is chosen by [`Proxy::start`] unless set here.
+    pub fn for_cluster(pg: &PgCluster) -> Self {
+        let mut nodes = vec![NodeEntry {
+            host: pg.primary().host().to_owned(),
+            port: pg.primary().port(),
+            role: "primary".to_owned(),
+        }];
+        if let Some(replica) = pg.replica_opt() {
+            nodes.push(NodeEntry {
+                host: replica.host().to_owned(),
+                port: replica.port(),
+                role: "replica".to_owned(),
+            });
+        }
+        let mut databases = BTreeMap::new();
+        for db in [roles::APP_DB, "postgres"] {
+            databases.insert(
+                db.to_owned(),
+                DatabaseSection {
+                    cluster: "main".to_owned(),
+                    ..Default::default()
+                },
+            );
+        }
+        let mut users = BTreeMap::new();
+        for (user, password) in [roles::APP, roles::MD5, roles::SUPERUSER] {
+            users.insert(
+                user.to_owned(),
+                UserSection {
+                    password: Some(password.to_owned()),
+                },
+            );
+        }
+        users.insert(roles::TRUST.to_owned(), UserSection::default());
+        Self {
+            proxy: ProxySection {
+                listen: String::new(),
+                max_client_conn: Some(10_000),
+                client_login_timeout: Some("10s".to_owned()),
+                tls_cert: None,
+                tls_key: None,
+            },
+            pool: PoolSection {
+                mode: "transaction".to_owned(),
+                size: 20,
+                connect_timeout: Some("5s".to_owned()),
+                query_wait_timeout: Some("30s".to_owned()),
+                idle_timeout: Some("10m".to_owned()),
+                lifetime: Some("1h".to_owned()),
+            },
+            clusters: BTreeMap::from([("main".to_owned(), ClusterSection { nodes })]),
+            databases,
+            users,
+            admin: None,
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Pool mode for every database: `"session"` or `"transaction"`.
+    pub fn mode(mut self, mode: &str) -> Self {
+        self.pool.mode = mode.to_owned();
+        self
+    }
+
+    /// Default server pool size.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool.size = size;
+        self
+    }
+
+    /// How long a client waits for a server connection before an error.
+    pub fn query_wait_timeout(mut self, timeout: &str) -> Self {
+        self.pool.query_wait_timeout = Some(timeout.to_owned());
+        self
+    }
+
+    /// How long a client may take to log in.
+    pub fn client_login_timeout(mut self, timeout: &str) -> Self {
+        self.proxy.client_login_timeout = Some(timeout.to_owned());
+        self
+    }
+
+    /// Set (or replace) a user's configured password / verifier.
+    pub fn user(mut self, name: &str, password: Option<&str>) -> Self {
+        self.users.insert(
+            name.to_owned(),
+            UserSection {
+                password: password.map(str::to_owned),
+            },
+        );
+        self
+    }
+
+    /// Set any key by dotted path, e.g. `set("databases.app.pool_size", 2)`.
+    /// Applied after the typed fields, so it can also override them.
+    pub fn set(mut self, path: &str, value: impl Into<toml::Value>) -> Self {
+        self.overrides.push((path.to_owned(), value.into()));
+        self
+    }
+
+    /// Render as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        let mut value = toml::Value::try_from(self).context("serializing proxy config")?;
+        for (path, v) in &self.overrides {
+            let mut cur = &mut value;
+            let keys: Vec<&str> = path.split('.').collect();
+            let (last, parents) = keys.split_last().expect("split yields one item");
+            for key in parents {
+                let table = cur
+                    .as_table_mut()
+                    .ok_or_else(|| anyhow!("config path {path}: {key} is not a table"))?;
+                cur = table
+                    .entry(key.to_string())
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+            }
+            cur.as_table_mut()
+                .ok_or_else(|| anyhow!("config path {path}: parent is not a table"))?
+                .insert(last.to_string(), v.clone());
+        }
+        toml::to_string_pretty(&value).context("rendering proxy config")
+    }
+}
+
+/// Whether the test harness captures output (then printing log tails is
+/// free: they are only shown for failing tests).
+fn output_captured() -> bool {
+    !std::env::args().any(|a| a == "--nocapture" || a == "--no-capture")
+        && std::env::var_os("RUST_TEST_NOCAPTURE").is_none_or(|v| v == "0")
+}
+
+/// A running Switchyard process.
+pub struct Proxy {
+    dir: PathBuf,
+    config: ProxyConfig,
+    addr: SocketAddr,
+    child: Option<Child>,
+    watchdog: Option<Watchdog>,
+}
+
+impl Proxy {
+    /// Write `config` (choosing a free listen port if `proxy.listen` is
+    /// empty), start the binary, and wait until it accepts connections.
+    pub fn start(mut config: ProxyConfig) -> Result<Self> {
+        let binary = env::proxy_binary()?;
+        let dir = scratch::fresh_dir("proxy")?;
+        let pick_port = config.proxy.listen.is_empty();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if pick_port {
+                config.proxy.listen = format!("127.0.0.1:{}", ports::free_port()?);
+            }
+            let mut proxy = Self {
+                dir: dir.clone(),
+                addr: config
+                    .proxy
+                    .listen
+                    .parse()
+                    .with_context(|| format!("proxy.listen = {:?}", config.proxy.listen))?,
+                config: config.clone(),
+                child: None,
+                watchdog: None,
+            };
+            match proxy.spawn(&binary) {
+                Ok(()) => return Ok(proxy),
+                Err(e) if pick_port && attempt < 4 && proxy.log().contains("in use") => {
+                    let _ = e;
+                    proxy.kill();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn(&mut self, binary: &Path) -> Result<()> {
+        let config_path = self.dir.join("switchyard.toml");
+        std::fs::write(&config_path, self.config.to_toml()?)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let log = File::create(self.log_path())?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.env("NO_COLOR", "1");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        scratch::record_process(&self.dir, "switchyard", child.id());
+        self.watchdog = Some(Watchdog::arm(child.id(), "KILL")?);
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "switchyard exited during start-up with {status}\n--- config ---\n{}\n--- log ---\n{}",
+                    self.config.to_toml().unwrap_or_default(),
+                    self.log()
+                );
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "switchyard did not accept connections on {} within {limit:?}\n--- log ---\n{}",
+                    self.addr,
+                    env::tail(&self.log_path(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Host clients connect to.
+    pub fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    /// Port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configuration it was started with.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// Path of the combined stdout/stderr log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("switchyard.log")
+    }
+
+    /// Whole log so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
+    }
+
+    /// Last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        env::tail(&self.log_path(), lines)
+    }
+
+    /// Whether the process is still alive (a crash is a test failure).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Fail with the log tail if the proxy died.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "switchyard died ({status})\n--- log tail ---\n{}",
+                    self.log_tail(60)
+                );
+            }
+            Ok(())
+        } else {
+            bail!("switchyard is not running")
+        }
+    }
+
+    /// Send a signal (e.g. `libc::SIGHUP` for a reload).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    /// Rewrite the config file and send SIGHUP.
+    pub fn reload(&mut self, config: ProxyConfig) -> Result<()> {
+        let listen = self.config.proxy.listen.clone();
+        self.config = config;
+        self.config.proxy.listen = listen;
+        std::fs::write(self.dir.join("switchyard.toml"), self.config.to_toml()?)?;
+        self.signal(libc::SIGHUP);
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL if it is still running after 5 s.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    let _ = child.kill();
+                    break child.wait().ok();
+                }
+            }
+        };
+        if let Some(mut w) = self.watchdog.take() {
+            w.disarm();
+        }
+        status
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut w) = self.watchdog.take() {
+            w.disarm();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let crashed = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        self.stop();
+        if std::thread::panicking() || output_captured() || crashed.is_some() {
+            eprintln!(
+                "---- switchyard log tail ({}){} ----\n{}\n---- end of switchyard log ----",
+                self.log_path().display(),
+                match crashed {
+                    Some(status) => format!(", PROXY HAD EXITED: {status}"),
+                    None => String::new(),
+                },
+                self.log_tail(80)
+            );
+        }
+        if !std::thread::panicking() {
+            scratch::remove_dir(&self.dir);
+        }
+    }
+}
