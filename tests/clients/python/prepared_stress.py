@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""psycopg 3 stress client for Switchyard's integration tests.
+
+Opens --concurrency connections with psycopg's defaults (autocommit off,
+prepare_threshold=5, so statements executed more than five times become
+server-side prepared statements) and runs --transactions transactions on each.
+Every transaction repeats the same parameterised queries and checks their
+results; the final check compares row counts with what was committed.
+
+Prints any errors to stderr and, last on stdout, `RESULT ok=<n> errors=<n>`.
+Exit status is 0 only if there were no errors.
+"""
+
+import argparse
+import sys
+import threading
+
+import psycopg
+
+TABLE = "psycopg_stress"
+
+
+def conninfo(a):
+    return psycopg.conninfo.make_conninfo(
+        host=a.host, port=a.port, user=a.user, password=a.password, dbname=a.dbname,
+        connect_timeout=10, application_name="psycopg-stress",
+    )
+
+
+def worker(a, client_id, results, lock):
+    ok = 0
+    errors = []
+    try:
+        with psycopg.connect(conninfo(a)) as conn:
+            for i in range(a.transactions):
+                try:
+                    with conn.transaction():
+                        cur = conn.cursor()
+                        for k in range(3):
+                            cur.execute("SELECT %s::int + %s::int, %s::text", (i, k, f"c{client_id}"))
+                            row = cur.fetchone()
+                            if row != (i + k, f"c{client_id}"):
+                                raise AssertionError(f"sum query returned {row!r}, expected {(i + k, f'c{client_id}')!r}")
+                        cur.execute(f"INSERT INTO {TABLE} (client, n) VALUES (%s, %s)", (client_id, i))
+                        cur.execute(f"SELECT count(*) FROM {TABLE} WHERE client = %s", (client_id,))
+                        (count,) = cur.fetchone()
+                        if count != i + 1:
+                            raise AssertionError(f"client {client_id} sees {count} own rows in transaction {i}, expected {i + 1}")
+                    ok += 1
+                except Exception as e:  # noqa: BLE001 - every failure counts
+                    errors.append(f"client {client_id} transaction {i}: {type(e).__name__}: {e}")
+                    if conn.closed:
+                        break
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"client {client_id}: {type(e).__name__}: {e}")
+    with lock:
+        results["ok"] += ok
+        results["errors"].extend(errors)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name in ("host", "user", "password", "dbname"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--transactions", type=int, default=100)
+    a = p.parse_args()
+
+    with psycopg.connect(conninfo(a), autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        conn.execute(f"CREATE TABLE {TABLE} (client int NOT NULL, n int NOT NULL)")
+
+    results = {"ok": 0, "errors": []}
+    lock = threading.Lock()
+    threads = [threading.Thread(target=worker, args=(a, c, results, lock)) for c in range(a.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    with psycopg.connect(conninfo(a), autocommit=True) as conn:
+        (rows,) = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
+        if rows != results["ok"]:
+            results["errors"].append(f"table has {rows} rows but {results['ok']} transactions committed")
+
+    for e in results["errors"][:20]:
+        print(e, file=sys.stderr)
+    print(f"RESULT ok={results['ok']} errors={len(results['errors'])}")
+    return 0 if not results["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
