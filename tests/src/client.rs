@@ -123,6 +123,87 @@ pub async fn connect_with_messages(
     Ok((client, rx))
 }
 
+/// Well-behaved clients running in the background while a test does
+/// something nasty: each of `clients` connections loops over a transaction
+/// (`BEGIN; SELECT $1; SELECT $1 + 1; COMMIT`) checking its results, and
+/// counts successes and failures until stopped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+/// What a [`Load`] did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub errors: Vec<String>,
+}
+
+impl Load {
+    /// Connect `clients` connections to `ep` as `app` and start looping.
+    /// Fails if a connection cannot be made.
+    pub async fn start(ep: &Endpoint, clients: usize) -> Result<Self> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for id in 0..clients {
+            let client = ep.connect_app().await?;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0u64;
+                let mut errors = Vec::new();
+                let mut i: i32 = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && errors.len() < 20 {
+                    i = i.wrapping_add(1) % 1_000_000;
+                    let r: Result<(), String> = async {
+                        client
+                            .batch_execute("BEGIN")
+                            .await
+                            .map_err(|e| describe_error(&e))?;
+                        let a: i32 = client
+                            .query_one("SELECT $1::int", &[&i])
+                            .await
+                            .map_err(|e| describe_error(&e))?
+                            .get(0);
+                        let b: i32 = client
+                            .query_one("SELECT $1::int + 1", &[&i])
+                            .await
+                            .map_err(|e| describe_error(&e))?
+                            .get(0);
+                        client
+                            .batch_execute("COMMIT")
+                            .await
+                            .map_err(|e| describe_error(&e))?;
+                        if (a, b) != (i, i + 1) {
+                            return Err(format!("got ({a}, {b}), expected ({i}, {})", i + 1));
+                        }
+                        Ok(())
+                    }
+                    .await;
+                    match r {
+                        Ok(()) => ok += 1,
+                        Err(e) => errors.push(format!("load client {id}: {e}")),
+                    }
+                    tokio::task::yield_now().await;
+                }
+                (ok, errors)
+            }));
+        }
+        Ok(Self { stop, tasks })
+    }
+
+    /// Stop and collect the results.
+    pub async fn finish(self) -> Result<LoadReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut report = LoadReport::default();
+        for t in self.tasks {
+            let (ok, errors) = t.await?;
+            report.ok += ok;
+            report.errors.extend(errors);
+        }
+        Ok(report)
+    }
+}
+
 /// The SQLSTATE of a server error, if it is one.
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())

@@ -33,8 +33,10 @@ pub mod roles {
     pub const APP: (&str, &str) = ("app", "app");
     /// Password stored as an MD5 hash, authenticated with `md5` in pg_hba.
     pub const MD5: (&str, &str) = ("md5user", "md5pass");
-    /// Allowed by `trust` in pg_hba; has no password.
-    pub const TRUST: &str = "trustuser";
+    /// Allowed by `trust` in pg_hba and has no password on the servers; the
+    /// password is what the *proxy* requires from clients (the servers
+    /// ignore it, so tests can send it in direct mode too).
+    pub const TRUST: (&str, &str) = ("trustuser", "trustpass");
     /// Database owned by `app`; `md5user` and `trustuser` may create objects
     /// in its `public` schema.
     pub const APP_DB: &str = "app";

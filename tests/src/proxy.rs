@@ -83,9 +83,23 @@ pub struct DatabaseSection {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct UserSection {
     /// Plaintext, a `SCRAM-SHA-256$...` verifier, or an `md5...` hash.
-    /// `None` for users the servers trust.
+    pub password: String,
+    /// Password for server logins when `password` is not plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    pub server_password: Option<String>,
+    /// Challenge sent to clients: `"scram-sha-256"` or `"md5"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+}
+
+impl UserSection {
+    /// A user with this password (plaintext, verifier or hash).
+    pub fn with_password(password: &str) -> Self {
+        Self {
+            password: password.to_owned(),
+            ..Default::default()
+        }
+    }
 }
 
 /// `[admin]`
@@ -112,8 +126,8 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// The standard test configuration for `pg`: cluster `main` with its
     /// primary (and replica, if any); databases `app` and `postgres`; users
-    /// `app`, `md5user`, `postgres` with their plaintext passwords and
-    /// `trustuser` without one; transaction pooling with a pool of 20.
+    /// `app`, `md5user`, `trustuser` and `postgres` with their plaintext
+    /// passwords (see [`roles`]); transaction pooling with a pool of 20.
     /// The listen port is chosen by [`Proxy::start`] unless set here.
     pub fn for_cluster(pg: &PgCluster) -> Self {
         let mut nodes = vec![NodeEntry {
@@ -139,15 +153,9 @@ impl ProxyConfig {
             );
         }
         let mut users = BTreeMap::new();
-        for (user, password) in [roles::APP, roles::MD5, roles::SUPERUSER] {
-            users.insert(
-                user.to_owned(),
-                UserSection {
-                    password: Some(password.to_owned()),
-                },
-            );
+        for (user, password) in [roles::APP, roles::MD5, roles::TRUST, roles::SUPERUSER] {
+            users.insert(user.to_owned(), UserSection::with_password(password));
         }
-        users.insert(roles::TRUST.to_owned(), UserSection::default());
         Self {
             proxy: ProxySection {
                 listen: String::new(),
@@ -196,14 +204,9 @@ impl ProxyConfig {
         self
     }
 
-    /// Set (or replace) a user's configured password / verifier.
-    pub fn user(mut self, name: &str, password: Option<&str>) -> Self {
-        self.users.insert(
-            name.to_owned(),
-            UserSection {
-                password: password.map(str::to_owned),
-            },
-        );
+    /// Set (or replace) a user entry.
+    pub fn user(mut self, name: &str, user: UserSection) -> Self {
+        self.users.insert(name.to_owned(), user);
         self
     }
 

@@ -144,6 +144,9 @@ pub struct RawConn {
     pub params: Vec<(String, String)>,
     /// BackendKeyData (pid, secret), if received.
     pub backend_key: Option<(i32, i32)>,
+    /// Authentication request codes received during startup, in order
+    /// (0 ok, 3 cleartext, 5 md5, 10 SASL, 11 SASL continue, 12 SASL final).
+    pub auth_requests: Vec<i32>,
 }
 
 impl RawConn {
@@ -159,6 +162,7 @@ impl RawConn {
             buf: BytesMut::new(),
             params: Vec::new(),
             backend_key: None,
+            auth_requests: Vec::new(),
         })
     }
 
@@ -207,6 +211,7 @@ impl RawConn {
                             .try_into()?,
                     );
                     let data = &msg.body[4..];
+                    self.auth_requests.push(kind);
                     let mut out = BytesMut::new();
                     match kind {
                         0 => {}

@@ -66,7 +66,7 @@ async fn cluster_roles_and_auth_methods() -> Result<()> {
     md5.execute("CREATE TABLE md5_owned(x int)", &[])
         .await
         .ctx("md5user creates a table")?;
-    let trust = ep.connect(roles::TRUST, "", roles::APP_DB).await?;
+    let trust = ep.connect(roles::TRUST.0, "", roles::APP_DB).await?;
     trust.simple_query("SELECT 1").await.ctx("trustuser query")?;
 
     // Wrong password, unknown user, unknown database.
