@@ -35,19 +35,21 @@ impl TestBed {
 
     /// A primary and the proxy, configuration adjusted by `configure`.
     pub fn start_with(configure: impl FnOnce(ProxyConfig) -> ProxyConfig) -> Result<Self> {
-        Self::start_full(ClusterOptions::default(), configure)
+        Self::start_full(ClusterOptions::default(), |cfg, _| Ok(configure(cfg)))
     }
 
-    /// Full control over the cluster and the proxy configuration.
+    /// Full control over the cluster and the proxy configuration; the
+    /// configuration closure can look at the running cluster (for example,
+    /// to copy a password verifier from `pg_authid`).
     pub fn start_full(
         opts: ClusterOptions,
-        configure: impl FnOnce(ProxyConfig) -> ProxyConfig,
+        configure: impl FnOnce(ProxyConfig, &PgCluster) -> Result<ProxyConfig>,
     ) -> Result<Self> {
         let pg = PgCluster::start_with(opts)?;
         let proxy = if Self::direct_mode() {
             None
         } else {
-            Some(Proxy::start(configure(ProxyConfig::for_cluster(&pg)))?)
+            Some(Proxy::start(configure(ProxyConfig::for_cluster(&pg), &pg)?)?)
         };
         Ok(Self { proxy, pg })
     }
