@@ -1,0 +1,299 @@
+//! Pooling behaviour: what a client sees when the pool is exhausted, that
+//! waiting clients are served once a server frees up, many clients sharing a
+//! tiny pool, and session mode (where a client keeps its server, so
+//! LISTEN/NOTIFY, temporary tables and SQL-level PREPARE work).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use switchyard_tests::client::{connect_with_messages, sqlstate_matches};
+use switchyard_tests::{describe_error, skip_if_direct, PgResultExt, TestBed};
+use tokio_postgres::AsyncMessage;
+
+#[tokio::test]
+async fn exhausted_pool_gives_a_clear_error_after_query_wait_timeout() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(1).query_wait_timeout("1s"))?;
+    let ep = bed.endpoint();
+    let holder = ep.connect_app().await?;
+    let waiter = ep.connect_app().await?;
+    holder
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .ctx("holder opens a transaction")?;
+
+    let result = tokio::time::timeout(Duration::from_secs(20), waiter.simple_query("SELECT 1"))
+        .await
+        .context(
+            "a client waiting for the only (busy) server got no answer within 20 s, \
+             although query_wait_timeout is 1s",
+        )?;
+    match result {
+        Ok(_) => {
+            bail!("the waiting client was served while the only server was in another client's transaction")
+        }
+        Err(e) => {
+            let Some(db) = e.as_db_error() else {
+                bail!(
+                    "expected an ErrorResponse (SQLSTATE class 53 or 08) for the pool wait timeout, \
+                     got a non-server error: {}",
+                    describe_error(&e)
+                );
+            };
+            let msg = db.message().to_lowercase();
+            ensure!(
+                sqlstate_matches(db.code().code(), &["53", "08"])
+                    && (msg.contains("timeout") || msg.contains("timed out")),
+                "expected SQLSTATE class 53 or 08 with a message about a timeout, got {}",
+                describe_error(&e)
+            );
+        }
+    }
+
+    // The holder is unaffected.
+    let v: i32 = holder
+        .query_one("SELECT 2", &[])
+        .await
+        .ctx("holder after the other client's timeout")?
+        .get(0);
+    ensure!(v == 2);
+    holder.batch_execute("COMMIT").await.ctx("holder COMMIT")?;
+    // And the server is available again.
+    ep.connect_app()
+        .await?
+        .simple_query("SELECT 1")
+        .await
+        .ctx("new client after the holder committed")?;
+    bed.ensure_proxy_alive()
+}
+
+#[tokio::test]
+async fn waiting_client_is_served_when_the_holder_commits() -> Result<()> {
+    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(1).query_wait_timeout("30s"))?;
+    let ep = bed.endpoint();
+    let holder = ep.connect_app().await?;
+    let waiter = ep.connect_app().await?;
+    holder
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .ctx("holder opens a transaction")?;
+
+    let committing = Arc::new(AtomicBool::new(false));
+    let flag = committing.clone();
+    let waiting = tokio::spawn(async move {
+        let r = waiter.query_one("SELECT 'served'::text", &[]).await;
+        (r.map(|row| row.get::<_, String>(0)), flag.load(Ordering::SeqCst))
+    });
+    // Give the waiter time to queue (sequencing only; nothing is asserted
+    // about durations).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    committing.store(true, Ordering::SeqCst);
+    holder.batch_execute("COMMIT").await.ctx("holder COMMIT")?;
+
+    let (result, after_commit) = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .context("waiting client not served within 20 s of the holder's COMMIT")??;
+    let v = result.ctx("waiting client's query")?;
+    ensure!(v == "served", "waiting client got {v:?}");
+    if !TestBed::direct_mode() {
+        ensure!(
+            after_commit,
+            "with a pool of 1, the waiting client was served while the holder's transaction was open"
+        );
+    }
+    bed.ensure_proxy_alive()
+}
+
+#[tokio::test]
+async fn many_clients_share_a_tiny_pool() -> Result<()> {
+    const CLIENTS: usize = 40;
+    const TRANSACTIONS: usize = 25;
+    const POOL: u32 = 2;
+    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(POOL))?;
+    let ep = bed.endpoint();
+    ep.connect_app()
+        .await?
+        .batch_execute("CREATE TABLE shared (client int, i int)")
+        .await
+        .ctx("create table")?;
+    let mut tasks = Vec::new();
+    for id in 0..CLIENTS as i32 {
+        let client = ep.connect_app().await?;
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for i in 0..TRANSACTIONS as i32 {
+                let r = async {
+                    client.batch_execute("BEGIN").await?;
+                    client
+                        .execute("INSERT INTO shared VALUES ($1, $2)", &[&id, &i])
+                        .await?;
+                    let n: i64 = client
+                        .query_one("SELECT count(*) FROM shared WHERE client = $1", &[&id])
+                        .await?
+                        .get(0);
+                    client.batch_execute("COMMIT").await?;
+                    Ok::<_, tokio_postgres::Error>(n)
+                }
+                .await;
+                match r {
+                    Ok(n) if n == i64::from(i) + 1 => {}
+                    Ok(n) => errors.push(format!("client {id} tx {i}: sees {n} rows, expected {}", i + 1)),
+                    Err(e) => errors.push(format!("client {id} tx {i}: {}", describe_error(&e))),
+                }
+            }
+            errors
+        }));
+    }
+    let mut errors = Vec::new();
+    for t in tasks {
+        errors.extend(t.await?);
+    }
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        errors.is_empty(),
+        "{} errors among {CLIENTS} clients x {TRANSACTIONS} transactions, first: {:#?}",
+        errors.len(),
+        &errors[..errors.len().min(10)]
+    );
+    let admin = bed.direct().connect("postgres", "postgres", "app").await?;
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM shared", &[])
+        .await
+        .ctx("count")?
+        .get(0);
+    ensure!(
+        n == (CLIENTS * TRANSACTIONS) as i64,
+        "{n} rows, expected {}",
+        CLIENTS * TRANSACTIONS
+    );
+    if !TestBed::direct_mode() {
+        let servers: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app'",
+                &[],
+            )
+            .await
+            .ctx("count server connections")?
+            .get(0);
+        ensure!(
+            servers <= i64::from(POOL),
+            "{servers} server connections, pool size {POOL}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn session_mode_listen_notify() -> Result<()> {
+    let mut bed = TestBed::start_with(|cfg| cfg.mode("session").pool_size(4))?;
+    let ep = bed.endpoint();
+    let (listener, mut messages) = connect_with_messages(&ep.config("app", "app", "app"))
+        .await
+        .ctx("listener connect")?;
+    listener.batch_execute("LISTEN jobs").await.ctx("LISTEN")?;
+    let notifier = ep.connect_app().await?;
+    notifier
+        .batch_execute("NOTIFY jobs, 'first'")
+        .await
+        .ctx("NOTIFY")?;
+    notifier
+        .batch_execute("BEGIN; SELECT pg_notify('jobs', 'second'); COMMIT")
+        .await
+        .ctx("pg_notify in a transaction")?;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), messages.recv())
+            .await
+            .with_context(|| format!("notifications within 20 s: expected 2, got {got:?}"))?;
+        match msg {
+            Some(AsyncMessage::Notification(n)) => got.push((n.channel().to_owned(), n.payload().to_owned())),
+            Some(_) => {}
+            None => bail!("listener connection closed; notifications so far: {got:?}"),
+        }
+    }
+    ensure!(
+        got == vec![
+            ("jobs".to_owned(), "first".to_owned()),
+            ("jobs".to_owned(), "second".to_owned())
+        ],
+        "notifications: {got:?}"
+    );
+    // UNLISTEN stops delivery; a query round trip proves nothing was queued.
+    listener.batch_execute("UNLISTEN jobs").await.ctx("UNLISTEN")?;
+    notifier
+        .batch_execute("NOTIFY jobs, 'third'")
+        .await
+        .ctx("NOTIFY")?;
+    listener.simple_query("SELECT 1").await.ctx("round trip")?;
+    notifier.simple_query("SELECT 1").await.ctx("round trip")?;
+    listener.simple_query("SELECT 1").await.ctx("round trip")?;
+    if let Ok(AsyncMessage::Notification(n)) = messages.try_recv() {
+        bail!("notification after UNLISTEN: {} {}", n.channel(), n.payload());
+    }
+    bed.ensure_proxy_alive()
+}
+
+#[tokio::test]
+async fn session_mode_keeps_session_state() -> Result<()> {
+    let mut bed = TestBed::start_with(|cfg| cfg.mode("session").pool_size(2))?;
+    let ep = bed.endpoint();
+    let client = ep.connect_app().await?;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .ctx("pid")?
+        .get(0);
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE scratch(x int); INSERT INTO scratch VALUES (1); \
+             PREPARE plus(int) AS SELECT $1 + 1; \
+             SELECT pg_advisory_lock(42)",
+        )
+        .await
+        .ctx("session state setup")?;
+    for _ in 0..3 {
+        client
+            .batch_execute("BEGIN; INSERT INTO scratch VALUES (2); COMMIT")
+            .await
+            .ctx("tx")?;
+    }
+    let rows = client
+        .simple_query("EXECUTE plus(41)")
+        .await
+        .ctx("EXECUTE of a SQL-prepared statement")?;
+    let v = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    ensure!(v.as_deref() == Some("42"), "EXECUTE plus(41) returned {v:?}");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await
+        .ctx("temp table")?
+        .get(0);
+    ensure!(n == 4, "temp table has {n} rows, expected 4");
+    let pid2: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .ctx("pid")?
+        .get(0);
+    ensure!(
+        pid == pid2,
+        "session mode moved the client from backend {pid} to {pid2}"
+    );
+    // Another client cannot take the advisory lock held by this session.
+    let other = ep.connect_app().await?;
+    let got: bool = other
+        .query_one("SELECT pg_try_advisory_lock(42)", &[])
+        .await
+        .ctx("try lock")?
+        .get(0);
+    ensure!(
+        !got,
+        "advisory lock held by a session-mode client was available to another client"
+    );
+    drop(client);
+    bed.ensure_proxy_alive()
+}
