@@ -107,7 +107,7 @@ async fn tokio_postgres_application_name_and_options() -> Result<()> {
     for (name, schema) in [("one", "s1"), ("two", "s2")] {
         let mut cfg = ep.config("app", "app", "app");
         cfg.application_name(name)
-            .options(&format!("-c search_path={schema} -c statement_timeout=1234"));
+            .options(format!("-c search_path={schema} -c statement_timeout=1234"));
         clients.push((
             name,
             schema,
