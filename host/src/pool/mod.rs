@@ -9,7 +9,7 @@ mod statements;
 pub use statements::{ServerStatements, StatementDef, StatementRegistry};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,8 @@ pub struct Pool {
     pub stats: PoolStats,
     idle: Mutex<Vec<ServerConn>>,
     permits: Arc<Semaphore>,
+    /// Clients queued for a server right now.
+    waiting: AtomicUsize,
     /// ParameterStatus values of the last server that connected, reported to new clients.
     server_params: Mutex<Option<Arc<HashMap<String, String>>>>,
 }
@@ -101,6 +103,7 @@ impl Pool {
             statements: StatementRegistry::default(),
             stats: PoolStats::default(),
             idle: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
             server_params: Mutex::new(None),
         }
     }
@@ -112,7 +115,10 @@ impl Pool {
             Ok(p) => p,
             Err(_) => {
                 let wait = self.settings.query_wait_timeout;
-                match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let acquired = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                match acquired {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => {
                         return Err(PoolError::Closed {
@@ -203,10 +209,13 @@ impl Pool {
     }
 
     /// (idle servers, servers in use, clients waiting) for the admin console.
-    pub fn counts(&self) -> (usize, usize) {
+    pub fn counts(&self) -> (usize, usize, usize) {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
-        let in_use = self.settings.size - self.permits.available_permits();
-        (idle, in_use)
+        let in_use = self
+            .settings
+            .size
+            .saturating_sub(self.permits.available_permits());
+        (idle, in_use, self.waiting.load(Ordering::Relaxed))
     }
 
     /// Closes every idle server and refuses new checkouts; used at shutdown.

@@ -76,7 +76,16 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
             return;
         }
     };
-    let mut session = Session::new(logged_in, &state);
+    let pool = match &logged_in.destination {
+        startup::Destination::Pool(pool) => pool.clone(),
+        startup::Destination::Admin => {
+            if let Err(e) = crate::admin::serve(logged_in.stream, logged_in.buf, &state).await {
+                tracing::info!(%peer, error = %e, "admin session ended");
+            }
+            return;
+        }
+    };
+    let mut session = Session::new(logged_in, pool);
     let mut shutdown = state.shutdown.clone();
     let result = session.run(&mut shutdown).await;
     session.finish(result).await;
@@ -118,16 +127,15 @@ struct Session {
 }
 
 impl Session {
-    fn new(l: startup::LoggedIn, state: &ProxyState) -> Session {
-        let cap = l.pool.settings.max_prepared_statements;
-        let _ = state;
+    fn new(l: startup::LoggedIn, pool: Arc<Pool>) -> Session {
+        let cap = pool.settings.max_prepared_statements;
         Session {
             client: l.stream,
             cbuf: l.buf,
             cout: BytesMut::with_capacity(8192),
             sout: BytesMut::with_capacity(8192),
-            mode: l.pool.settings.mode,
-            pool: l.pool,
+            mode: pool.settings.mode,
+            pool,
             server: None,
             expect: VecDeque::new(),
             unsynced: false,

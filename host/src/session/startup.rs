@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use switchyard_protocol::backend::{self, TransactionStatus};
+use switchyard_protocol::backend::{self, ErrorFields, TransactionStatus};
 use switchyard_protocol::frame::split_frame;
 use switchyard_protocol::frontend::{self, decode_password, decode_sasl_initial_response, StartupPacket};
 use switchyard_protocol::PROTOCOL_VERSION_3_0;
@@ -35,6 +35,12 @@ const CLIENT_REPORTED: &[&str] = &[
     "IntervalStyle",
 ];
 
+/// Where an authenticated client's queries go.
+pub enum Destination {
+    Pool(Arc<Pool>),
+    Admin,
+}
+
 /// An authenticated client, ready for queries.
 pub struct LoggedIn {
     pub stream: Stream,
@@ -42,7 +48,7 @@ pub struct LoggedIn {
     pub buf: BytesMut,
     pub user: Arc<UserAuth>,
     pub database: String,
-    pub pool: Arc<Pool>,
+    pub destination: Destination,
     pub params: Vec<(String, String)>,
     pub cancel: CancelRegistration,
 }
@@ -203,25 +209,29 @@ async fn login(
     authenticate(stream, buf, &mut out, state, &user_name, user.as_deref()).await?;
     let user = user.expect("authentication fails for unknown users");
 
-    if database == crate::admin::ADMIN_DATABASE {
-        return Err(fatal(
-            "0A000",
-            "the admin console is not available in this version",
-        ));
-    }
-    let pool = state
-        .pool(&database, &user)
-        .ok_or_else(|| fatal("3D000", format!("database \"{database}\" does not exist")))?;
-
-    let server_params = match pool.server_params() {
-        Some(p) => p,
-        None => {
-            // First client of this pool: a server tells us what to report (and that the
-            // database and credentials work).
-            let checkout = pool.checkout().await?;
-            checkout.release();
-            pool.server_params().unwrap_or_default()
+    let (destination, server_params) = if database == crate::admin::ADMIN_DATABASE {
+        if !state.config.admin.users.iter().any(|u| u.get_ref() == &user.name) {
+            return Err(SessionError::Fatal(Box::new(
+                ErrorFields::fatal("42501", format!("permission denied for database \"{database}\""))
+                    .with_hint("admin users are listed in [admin] users"),
+            )));
         }
+        (Destination::Admin, Arc::new(admin_params()))
+    } else {
+        let pool = state
+            .pool(&database, &user)
+            .ok_or_else(|| fatal("3D000", format!("database \"{database}\" does not exist")))?;
+        let server_params = match pool.server_params() {
+            Some(p) => p,
+            None => {
+                // First client of this pool: a server tells us what to report (and that the
+                // database and credentials work).
+                let checkout = pool.checkout().await?;
+                checkout.release();
+                pool.server_params().unwrap_or_default()
+            }
+        };
+        (Destination::Pool(pool), server_params)
     };
     backend::auth_ok(&mut out);
     let session_params = super::params::SessionParams::from_startup(&params);
@@ -245,10 +255,26 @@ async fn login(
         buf,
         user,
         database,
-        pool,
+        destination,
         params,
         cancel,
     })
+}
+
+/// What the admin console reports at login, so that psql and drivers are content.
+fn admin_params() -> std::collections::HashMap<String, String> {
+    [
+        ("server_version", "15.0"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 async fn authenticate(
