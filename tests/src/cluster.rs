@@ -45,46 +45,14 @@ pub mod roles {
 /// Bump when the template setup changes in a way the hash cannot see.
 const TEMPLATE_VERSION: &str = "3";
 
-const CONF: &str = "\
-# --- switchyard test bed ---
-listen_addresses = '127.0.0.1'
-max_connections = 300
-shared_buffers = 32MB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-wal_level = replica
-max_wal_senders = 10
-wal_keep_size = 128MB
-hot_standby = on
-hot_standby_feedback = on
-log_line_prefix = '%m [%p] %q%u@%d '
-log_min_messages = warning
-";
+/// Settings appended to `postgresql.conf` (shared with `scripts/lib.sh`).
+const CONF: &str = include_str!("../pg/postgresql.conf");
 
-const HBA: &str = "\
-# TYPE  DATABASE     USER       ADDRESS        METHOD
-local   all          all                       trust
-local   replication  all                       trust
-host    all          trustuser  127.0.0.1/32   trust
-host    all          md5user    127.0.0.1/32   md5
-host    replication  all        127.0.0.1/32   scram-sha-256
-host    all          all        127.0.0.1/32   scram-sha-256
-";
+/// `pg_hba.conf` (shared with `scripts/lib.sh`).
+const HBA: &str = include_str!("../pg/pg_hba.conf");
 
-const SETUP_SQL: &str = "\
-\\set ON_ERROR_STOP on
-SET password_encryption = 'scram-sha-256';
-ALTER ROLE postgres PASSWORD 'postgres';
-CREATE ROLE app LOGIN PASSWORD 'app';
-CREATE DATABASE app OWNER app;
-SET password_encryption = 'md5';
-CREATE ROLE md5user LOGIN PASSWORD 'md5pass';
-RESET password_encryption;
-CREATE ROLE trustuser LOGIN;
-\\c app
-GRANT ALL ON SCHEMA public TO md5user, trustuser;
-";
+/// Roles and databases, run with psql (shared with `scripts/lib.sh`).
+const SETUP_SQL: &str = include_str!("../pg/setup.sql");
 
 /// Options for [`PgCluster::start_with`].
 #[derive(Clone, Debug, Default)]
@@ -576,7 +544,7 @@ fn build_template(dest: &Path) -> Result<()> {
     let mut conf = OpenOptions::new()
         .append(true)
         .open(data.join("postgresql.conf"))?;
-    std::io::Write::write_all(&mut conf, CONF.as_bytes())?;
+    std::io::Write::write_all(&mut conf, format!("\n{CONF}").as_bytes())?;
     drop(conf);
     std::fs::write(data.join("pg_hba.conf"), HBA)?;
     env::chown_to_pg(&work)?;

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Shared helpers for Switchyard's scripts (test, demo, bench) and CI.
+#
+# Source it from a script:     . "$(dirname "$0")/lib.sh"
+# Or run a function directly:  scripts/lib.sh install
+#                              scripts/lib.sh pg_start /tmp/pg 15432 15433
+#                              scripts/lib.sh pg_stop /tmp/pg
+#
+# Everything here is idempotent: installing twice costs a few checks, not a
+# reinstall. A fresh CI machine needs only Rust (and apt, sudo if not root).
+#
+# The PostgreSQL setup (postgresql.conf additions, pg_hba.conf, roles) is the
+# one the Rust test bed uses: both read tests/pg/.
+
+if [[ -n "${SWITCHYARD_LIB_SOURCED:-}" ]]; then
+    return 0
+fi
+SWITCHYARD_LIB_SOURCED=1
+
+SWITCHYARD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_VERSION="${PG_VERSION:-15}"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/${PG_VERSION}/bin}"
+SWITCHYARD_VENV="${SWITCHYARD_VENV:-$SWITCHYARD_ROOT/.venv}"
+SWITCHYARD_NODE_DIR="$SWITCHYARD_ROOT/tests/clients/node"
+export PG_BIN
+
+# ---------------------------------------------------------------- output
+
+if [[ -t 2 ]]; then
+    _sy_bold=$'\033[1m' _sy_red=$'\033[31m' _sy_reset=$'\033[0m'
+else
+    _sy_bold='' _sy_red='' _sy_reset=''
+fi
+
+# log MESSAGE: a progress line on stderr.
+log() { printf '%s==> %s%s\n' "$_sy_bold" "$*" "$_sy_reset" >&2; }
+
+# die MESSAGE: print an error and exit 1.
+die() {
+    printf '%serror: %s%s\n' "$_sy_red" "$*" "$_sy_reset" >&2
+    exit 1
+}
+
+# as_root CMD...: run a command as root (directly, or with sudo).
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo -n "$@" || die "need root for: $* (sudo -n failed)"
+    else
+        die "need root for: $*"
+    fi
+}
+
+# ---------------------------------------------------------------- apt
+
+# pkg_installed PKG: whether a Debian package is fully installed.
+pkg_installed() {
+    dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed
+}
+
+_sy_apt_updated=''
+
+# apt_install PKG...: install the packages that are missing. Waits for a
+# concurrent apt/dpkg run instead of failing on its lock.
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        pkg_installed "$p" || missing+=("$p")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    command -v apt-get >/dev/null || die "apt-get not found; install manually: ${missing[*]}"
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -q)
+    if [[ -z $_sy_apt_updated ]]; then
+        log "apt-get update"
+        as_root "${apt[@]}" update >/dev/null
+        _sy_apt_updated=1
+    fi
+    log "apt-get install ${missing[*]}"
+    as_root "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ---------------------------------------------------------------- prerequisites
+
+# install_postgres: PostgreSQL server binaries and client tools (psql,
+# pgbench). On a machine without postgresql-common yet, Debian's automatic
+# "main" cluster on port 5432 is switched off first; where one exists it is
+# left alone: the test bed uses its own clusters on free ports.
+install_postgres() {
+    if ! pkg_installed postgresql-common && [[ ! -e /etc/postgresql-common/createcluster.conf ]]; then
+        as_root mkdir -p /etc/postgresql-common
+        echo 'create_main_cluster = false' | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
+    fi
+    apt_install "postgresql-${PG_VERSION}" "postgresql-client-${PG_VERSION}"
+    [[ -x $PG_BIN/postgres && -x $PG_BIN/pgbench ]] || die "PostgreSQL binaries missing in $PG_BIN"
+}
+
+# install_java: pgjdbc and a JDK whose `java` runs single-file programs
+# (needs Java 11+ with the jdk.compiler module, i.e. a JDK, not a JRE).
+install_java() {
+    apt_install libpostgresql-jdbc-java
+    if ! command -v java >/dev/null || ! java --list-modules 2>/dev/null | grep -q '^jdk.compiler@'; then
+        apt_install default-jdk-headless
+    fi
+}
+
+# install_node: node and npm, then node-postgres from the committed lock file.
+install_node() {
+    command -v node >/dev/null || apt_install nodejs
+    command -v npm >/dev/null || apt_install npm
+    if [[ ! -d $SWITCHYARD_NODE_DIR/node_modules/pg ||
+        $SWITCHYARD_NODE_DIR/package-lock.json -nt $SWITCHYARD_NODE_DIR/node_modules/.package-lock.json ]]; then
+        log "npm ci (tests/clients/node)"
+        (cd "$SWITCHYARD_NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}
+
+# install_python: a venv with psycopg 3 (binary wheels) at $SWITCHYARD_VENV.
+install_python() {
+    if "$SWITCHYARD_VENV/bin/python" -c 'import psycopg' 2>/dev/null; then
+        return 0
+    fi
+    local python=/usr/bin/python3
+    [[ -x $python ]] || python="$(command -v python3 || true)"
+    if [[ -z $python ]]; then
+        apt_install python3
+        python=/usr/bin/python3
+    fi
+    if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+        apt_install python3-venv
+    fi
+    log "creating $SWITCHYARD_VENV with psycopg 3"
+    rm -rf "$SWITCHYARD_VENV"
+    "$python" -m venv "$SWITCHYARD_VENV"
+    "$SWITCHYARD_VENV/bin/pip" install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1,<4'
+    "$SWITCHYARD_VENV/bin/python" -c 'import psycopg' || die "psycopg did not install into $SWITCHYARD_VENV"
+}
+
+# install_rust_extras: the wasm target for plugins, and fmt/clippy for CI.
+install_rust_extras() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+    if command -v rustup >/dev/null; then
+        if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+            log "rustup target add wasm32-wasip2"
+            rustup target add wasm32-wasip2
+        fi
+        local c
+        for c in rustfmt clippy; do
+            if ! rustup component list --installed | grep -q "^$c"; then
+                log "rustup component add $c"
+                rustup component add "$c"
+            fi
+        done
+    fi
+}
+
+# install: everything the build, the tests and the demo need.
+install() {
+    log "checking prerequisites"
+    install_postgres
+    install_java
+    install_node
+    install_python
+    install_rust_extras
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+# as_pg CMD...: run a command as the OS user that owns test clusters
+# (`postgres` when we are root, since initdb and postgres refuse root).
+as_pg() {
+    if [[ $(id -u) -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# pg_wait_streaming DIR PRIMARY_PORT: wait until the primary has a streaming
+# replica.
+pg_wait_streaming() {
+    local dir=$1 port=$2 i n
+    for ((i = 0; i < 300; i++)); do
+        n=$("$PG_BIN/psql" -X -At -h "$dir" -p "$port" -U postgres -d postgres \
+            -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'" 2>/dev/null || echo 0)
+        [[ $n != 0 ]] && return 0
+        sleep 0.1
+    done
+    die "replica of $dir did not start streaming; see $dir/replica.log"
+}
+
+# pg_start DIR PRIMARY_PORT [REPLICA_PORT]: create and start a primary (and
+# a streaming replica made with pg_basebackup -R) under DIR, with the test
+# bed's configuration and roles (app/app owning database app, md5user/md5pass,
+# trustuser, postgres/postgres). Sockets and logs are in DIR. If DIR already
+# holds clusters, they are just started again.
+pg_start() {
+    local dir=$1 pport=$2 rport=${3:-}
+    [[ -n $dir && -n $pport ]] || die "usage: pg_start DIR PRIMARY_PORT [REPLICA_PORT]"
+    local pg="$SWITCHYARD_ROOT/tests/pg"
+    mkdir -p "$dir"
+    dir="$(cd "$dir" && pwd)"
+    [[ $(id -u) -eq 0 ]] && chown postgres: "$dir"
+    if [[ ! -f $dir/primary/PG_VERSION ]]; then
+        log "initdb $dir/primary"
+        local pw="$dir/.pwfile"
+        echo postgres >"$pw"
+        [[ $(id -u) -eq 0 ]] && chown postgres: "$pw"
+        as_pg "$PG_BIN/initdb" -D "$dir/primary" -U postgres --pwfile="$pw" \
+            --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C \
+            --no-sync --no-instructions >"$dir/initdb.log" || die "initdb failed; see $dir/initdb.log"
+        rm -f "$pw"
+        as_pg sh -c "printf '\n' >>'$dir/primary/postgresql.conf' && cat >>'$dir/primary/postgresql.conf'" \
+            <"$pg/postgresql.conf"
+        as_pg sh -c "cat >'$dir/primary/pg_hba.conf'" <"$pg/pg_hba.conf"
+        as_pg "$PG_BIN/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w \
+            -o "-p $pport -k $dir" start >/dev/null ||
+            die "primary did not start; see $dir/primary.log"
+        "$PG_BIN/psql" -X -q -h "$dir" -p "$pport" -U postgres -d postgres -f "$pg/setup.sql" >/dev/null
+    else
+        log "starting existing primary in $dir/primary"
+        as_pg "$PG_BIN/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w \
+            -o "-p $pport -k $dir" start >/dev/null ||
+            die "primary did not start; see $dir/primary.log"
+    fi
+    log "primary on 127.0.0.1:$pport (log $dir/primary.log)"
+    [[ -z $rport ]] && return 0
+    if [[ ! -f $dir/replica/PG_VERSION ]]; then
+        log "pg_basebackup -R $dir/replica"
+        as_pg "$PG_BIN/pg_basebackup" -h "$dir" -p "$pport" -U postgres -D "$dir/replica" \
+            -R -c fast -X stream --no-sync
+    fi
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/replica" -l "$dir/replica.log" -w \
+        -o "-p $rport -k $dir" start >/dev/null ||
+        die "replica did not start; see $dir/replica.log"
+    pg_wait_streaming "$dir" "$pport"
+    log "replica on 127.0.0.1:$rport, streaming (log $dir/replica.log)"
+}
+
+# pg_stop DIR [MODE]: stop the replica and primary under DIR (MODE: fast
+# (default) or immediate). Missing or stopped clusters are fine.
+pg_stop() {
+    local dir=$1 mode=${2:-fast} node
+    [[ -n $dir ]] || die "usage: pg_stop DIR [fast|immediate]"
+    for node in replica primary; do
+        if [[ -f $dir/$node/postmaster.pid ]]; then
+            as_pg "$PG_BIN/pg_ctl" -D "$dir/$node" -m "$mode" -w stop >/dev/null || true
+        fi
+    done
+}
+
+# ---------------------------------------------------------------- entry point
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    set -euo pipefail
+    [[ $# -ge 1 ]] || die "usage: $0 FUNCTION [ARGS...]   (e.g. install, pg_start DIR PORT [PORT], pg_stop DIR)"
+    declare -F "$1" >/dev/null || die "no such function: $1"
+    "$@"
+fi
