@@ -31,6 +31,19 @@ impl Session {
     }
 
     async fn handle(&mut self, msg: FrontendMessage, raw: &Bytes) -> Result<(), SessionError> {
+        if self.skipping {
+            // A batch whose server could not be had: drop it up to its Sync, as Postgres
+            // skips the rest of a batch after an error.
+            match msg {
+                FrontendMessage::Sync => {
+                    self.skipping = false;
+                    be::ready_for_query(self.tx_status, &mut self.cout);
+                }
+                FrontendMessage::Terminate => self.terminated = true,
+                _ => {}
+            }
+            return Ok(());
+        }
         match msg {
             FrontendMessage::Query { sql } => self.on_query(&sql, raw).await?,
             FrontendMessage::Parse {
@@ -40,7 +53,9 @@ impl Session {
             } => {
                 self.note_sql(&query);
                 if name.is_empty() {
-                    self.acquire().await?;
+                    if !self.acquire_or_refuse(true).await? {
+                        return Ok(());
+                    }
                     self.unsynced = true;
                     self.sout.extend_from_slice(raw);
                     self.expect.push_back(Expect::Parse { prepared: None });
@@ -54,7 +69,10 @@ impl Session {
                     self.synthesize(parse_complete());
                     return Ok(());
                 }
-                self.acquire().await?;
+                if !self.acquire_or_refuse(true).await? {
+                    self.statements.remove(&name);
+                    return Ok(());
+                }
                 self.unsynced = true;
                 if self.server_has(&def) {
                     self.synthesize(parse_complete());
@@ -71,7 +89,9 @@ impl Session {
                 statement,
                 rest,
             } => {
-                self.acquire().await?;
+                if !self.acquire_or_refuse(true).await? {
+                    return Ok(());
+                }
                 self.unsynced = true;
                 match self.lookup(&statement) {
                     Some(def) => {
@@ -84,7 +104,9 @@ impl Session {
                 self.expect.push_back(Expect::Bind);
             }
             FrontendMessage::Describe { target, name } => {
-                self.acquire().await?;
+                if !self.acquire_or_refuse(true).await? {
+                    return Ok(());
+                }
                 self.unsynced = true;
                 match (target, self.lookup_target(target, &name)) {
                     (Target::Statement, Some(def)) => {
@@ -104,13 +126,17 @@ impl Session {
                 self.synthesize(close_complete());
             }
             FrontendMessage::Close { .. } => {
-                self.acquire().await?;
+                if !self.acquire_or_refuse(true).await? {
+                    return Ok(());
+                }
                 self.unsynced = true;
                 self.sout.extend_from_slice(raw);
                 self.expect.push_back(Expect::Close);
             }
             FrontendMessage::Execute { .. } => {
-                self.acquire().await?;
+                if !self.acquire_or_refuse(true).await? {
+                    return Ok(());
+                }
                 self.unsynced = true;
                 self.sout.extend_from_slice(raw);
                 self.expect.push_back(Expect::Execute);
@@ -133,7 +159,9 @@ impl Session {
                 }
             }
             FrontendMessage::FunctionCall(_) => {
-                self.acquire().await?;
+                if !self.acquire_or_refuse(false).await? {
+                    return Ok(());
+                }
                 self.sout.extend_from_slice(raw);
                 self.expect.push_back(Expect::Query);
             }
@@ -181,10 +209,42 @@ impl Session {
             }
             self.params.note(cmd);
         }
-        self.acquire().await?;
-        self.sout.extend_from_slice(raw);
-        self.expect.push_back(Expect::Query);
+        if self.acquire_or_refuse(false).await? {
+            self.sout.extend_from_slice(raw);
+            self.expect.push_back(Expect::Query);
+        }
         Ok(())
+    }
+
+    /// Borrows a server for the message at hand. If none can be had (pool timeout, server
+    /// down), the client gets an ERROR instead of losing its connection: a simple query ends
+    /// with ReadyForQuery, an extended batch is skipped up to its Sync. Returns whether a
+    /// server is held.
+    async fn acquire_or_refuse(&mut self, extended: bool) -> Result<bool, SessionError> {
+        match self.acquire().await {
+            Ok(()) => Ok(true),
+            Err(SessionError::Pool(e)) => {
+                tracing::warn!(user = %self.user, database = %self.database, error = %e, "no server for client");
+                let fields = match &e {
+                    crate::pool::PoolError::Server(crate::server::ServerError::Refused {
+                        fields, ..
+                    }) => {
+                        let mut f = (**fields).clone();
+                        f.severity = be::Severity::Error;
+                        f
+                    }
+                    _ => ErrorFields::error(e.sqlstate(), e.to_string()),
+                };
+                be::error_response(&fields, &mut self.cout);
+                if extended {
+                    self.skipping = true;
+                } else {
+                    be::ready_for_query(self.tx_status, &mut self.cout);
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Statements about the client's own prepared statements that the proxy answers itself,

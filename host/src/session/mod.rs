@@ -124,6 +124,8 @@ struct Session {
     user: String,
     database: String,
     terminated: bool,
+    /// Dropping client messages up to the next Sync (their batch could not get a server).
+    skipping: bool,
 }
 
 impl Session {
@@ -146,6 +148,7 @@ impl Session {
             user: l.user.name.clone(),
             database: l.database,
             terminated: false,
+            skipping: false,
         }
     }
 
