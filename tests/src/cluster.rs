@@ -509,12 +509,40 @@ fn template_dir() -> Result<PathBuf> {
         SETUP_SQL.as_bytes(),
         &owner.to_le_bytes(),
     ]);
-    let dir = env::scratch_root()?.join(format!("template-{key:016x}"));
+    let root = env::scratch_root()?;
+    let name = format!("template-{key:016x}");
+    let dir = root.join(&name);
     if !dir.join("ready").exists() {
         build_template(&dir).context("building the template PostgreSQL data directory")?;
     }
+    remove_old_templates(root, &name);
     *built = Some(dir.clone());
     Ok(dir)
+}
+
+/// Delete templates of other setups (older PostgreSQL, changed setup files)
+/// unless they were touched recently, which could mean a concurrent test run
+/// of another checkout still uses them.
+fn remove_old_templates(root: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("template-") || name == keep {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn build_template(dest: &Path) -> Result<()> {

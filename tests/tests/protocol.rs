@@ -561,6 +561,65 @@ async fn copy_in_and_out() -> Result<()> {
     bed.ensure_proxy_alive()
 }
 
+/// tokio-postgres starts COPY FROM STDIN with Bind, Execute *and Sync*, and
+/// sends CopyDone and another Sync later. PostgreSQL ignores Sync (and Flush)
+/// while in copy-in mode, so only one ReadyForQuery follows; a proxy that
+/// expects one per Sync gets out of step with the server.
+#[tokio::test]
+async fn sync_during_copy_in_is_ignored() -> Result<()> {
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(1))?;
+    bed.direct()
+        .connect_app()
+        .await?
+        .batch_execute("CREATE TABLE copy_sync (x int)")
+        .await
+        .ctx("create table")?;
+    let addr = bed.endpoint().addr();
+    let mut raw = RawConn::login(&addr, &[("user", "app"), ("database", "app")], "app").await?;
+    let mut buf = BytesMut::new();
+    msg::parse(&mut buf, "copy_stmt", "COPY copy_sync FROM STDIN");
+    msg::describe(&mut buf, b'S', "copy_stmt");
+    msg::sync(&mut buf);
+    raw.send(&buf).await?;
+    let got = raw.read_until_ready().await?;
+    ensure!(
+        tags(&got) == "1tnZ",
+        "Parse+Describe of COPY: {:?}",
+        got.iter().map(Msg::describe).collect::<Vec<_>>()
+    );
+
+    let mut buf = BytesMut::new();
+    msg::bind(&mut buf, "", "copy_stmt", &[]);
+    msg::execute(&mut buf, "", 0);
+    msg::sync(&mut buf);
+    raw.send(&buf).await?;
+    let mut got = vec![raw.expect_msg().await?, raw.expect_msg().await?];
+    ensure!(
+        tags(&got) == "2G",
+        "Bind+Execute+Sync of COPY: {:?}",
+        got.iter().map(Msg::describe).collect::<Vec<_>>()
+    );
+
+    let mut buf = BytesMut::new();
+    msg::raw(&mut buf, b'd', b"1\n2\n");
+    msg::raw(&mut buf, b'c', b"");
+    msg::sync(&mut buf);
+    msg::close(&mut buf, b'S', "copy_stmt");
+    msg::sync(&mut buf);
+    raw.send(&buf).await?;
+    got = read_batches(&mut raw, 2).await?;
+    ensure!(
+        tags(&got) == "CZ3Z" && got[0].command_tag().as_deref() == Some("COPY 2"),
+        "after CopyDone+Sync and Close+Sync: expected CommandComplete COPY 2, ReadyForQuery, \
+         CloseComplete, ReadyForQuery (one ReadyForQuery per Sync outside copy mode), got {:?}",
+        got.iter().map(Msg::describe).collect::<Vec<_>>()
+    );
+    let v = raw.query_one_value("SELECT count(*) FROM copy_sync").await?;
+    ensure!(v.as_deref() == Some("2"), "count after COPY: {v:?}");
+    raw.terminate().await?;
+    bed.ensure_proxy_alive()
+}
+
 fn sqlstate_of<T>(r: &Result<T, tokio_postgres::Error>) -> Option<&str> {
     r.as_ref().err().and_then(sqlstate)
 }
