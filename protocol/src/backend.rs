@@ -437,10 +437,7 @@ pub fn row_description(columns: &[(&str, u32)], out: &mut BytesMut) {
 pub fn data_row(values: &[Option<&[u8]>], out: &mut BytesMut) {
     let count = wire_count(values.len());
     let values = values.get(..usize::from(count)).unwrap_or(values);
-    let body_len = 2 + values
-        .iter()
-        .map(|v| 4 + v.map_or(0, <[u8]>::len))
-        .sum::<usize>();
+    let body_len = 2 + values.iter().map(|v| 4 + v.map_or(0, <[u8]>::len)).sum::<usize>();
     put_header(out, tags::DATA_ROW, body_len);
     out.put_u16(count);
     for value in values {
@@ -741,10 +738,7 @@ mod tests {
         let n = ErrorFields::new(Severity::Warning, "01000", "careful");
         let f = one(|o| notice_response(&n, o));
         assert_eq!(f.tag(), tags::NOTICE_RESPONSE);
-        assert_eq!(
-            f.body(),
-            b"SWARNING\0VWARNING\0C01000\0Mcareful\0\0".as_slice()
-        );
+        assert_eq!(f.body(), b"SWARNING\0VWARNING\0C01000\0Mcareful\0\0".as_slice());
         assert_eq!(parse_error_fields(f.body()), Ok(n));
         assert_eq!(
             e.to_string(),
@@ -837,10 +831,7 @@ mod tests {
     fn authentication_parsing() {
         let cases: Vec<(Frame, Authentication<'static>)> = vec![
             (one(auth_ok), Authentication::Ok),
-            (
-                one(auth_cleartext_password),
-                Authentication::CleartextPassword,
-            ),
+            (one(auth_cleartext_password), Authentication::CleartextPassword),
             (
                 one(|o| auth_md5_password([1, 2, 3, 4], o)),
                 Authentication::Md5Password { salt: [1, 2, 3, 4] },
@@ -890,10 +881,7 @@ mod tests {
     #[test]
     fn data_row_and_row_description_layout() {
         let f = one(|o| data_row(&[Some(b"1"), None, Some(b"")], o));
-        assert_eq!(
-            f.body(),
-            b"\0\x03\0\0\0\x011\xff\xff\xff\xff\0\0\0\0".as_slice()
-        );
+        assert_eq!(f.body(), b"\0\x03\0\0\0\x011\xff\xff\xff\xff\0\0\0\0".as_slice());
         let f = one(|o| row_description(&[("n", 23)], o));
         assert_eq!(
             f.body(),

@@ -33,11 +33,7 @@ impl<'a> Cursor<'a> {
     /// A cursor at the start of `buf`; `message` names the message in errors.
     #[inline]
     pub(crate) fn new(buf: &'a [u8], message: &'static str) -> Self {
-        Cursor {
-            buf,
-            pos: 0,
-            message,
-        }
+        Cursor { buf, pos: 0, message }
     }
 
     /// A `Malformed` error for the message being read.

@@ -73,19 +73,13 @@ mod tests {
 
     #[test]
     fn sqlstates() {
-        assert_eq!(
-            ProtocolError::TooLarge { len: 10, max: 5 }.sqlstate(),
-            "54000"
-        );
+        assert_eq!(ProtocolError::TooLarge { len: 10, max: 5 }.sqlstate(), "54000");
         assert_eq!(ProtocolError::InvalidLength { len: -1 }.sqlstate(), "08P01");
         assert_eq!(
             ProtocolError::UnsupportedProtocol { major: 2, minor: 0 }.sqlstate(),
             "08P01"
         );
-        assert_eq!(
-            ProtocolError::UnknownMessage { tag: 'x' }.sqlstate(),
-            "08P01"
-        );
+        assert_eq!(ProtocolError::UnknownMessage { tag: 'x' }.sqlstate(), "08P01");
         assert_eq!(
             ProtocolError::Malformed {
                 message: "Bind",

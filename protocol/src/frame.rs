@@ -389,10 +389,7 @@ mod tests {
         data.extend(msg(b'Z', b"I"));
         let mut it = frames(&data, 1024);
         assert!(it.next().unwrap().is_ok());
-        assert_eq!(
-            it.next(),
-            Some(Err(ProtocolError::InvalidLength { len: 1 }))
-        );
+        assert_eq!(it.next(), Some(Err(ProtocolError::InvalidLength { len: 1 })));
         assert_eq!(it.next(), None);
         assert_eq!(it.consumed(), 9);
         assert_eq!(it.pending_header(), None);

@@ -97,10 +97,9 @@ impl StartupPacket {
     /// named `name`.
     pub fn param(&self, name: &str) -> Option<&str> {
         match self {
-            StartupPacket::Startup { params, .. } => params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str()),
+            StartupPacket::Startup { params, .. } => {
+                params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+            }
             _ => None,
         }
     }
@@ -349,17 +348,12 @@ impl fmt::Debug for FrontendMessage {
                 .finish(),
             FrontendMessage::Sync => f.write_str("Sync"),
             FrontendMessage::Flush => f.write_str("Flush"),
-            FrontendMessage::CopyData(data) => {
-                f.debug_tuple("CopyData").field(&data.len()).finish()
-            }
+            FrontendMessage::CopyData(data) => f.debug_tuple("CopyData").field(&data.len()).finish(),
             FrontendMessage::CopyDone => f.write_str("CopyDone"),
-            FrontendMessage::CopyFail { message } => f
-                .debug_struct("CopyFail")
-                .field("message", message)
-                .finish(),
-            FrontendMessage::FunctionCall(body) => {
-                f.debug_tuple("FunctionCall").field(&body.len()).finish()
+            FrontendMessage::CopyFail { message } => {
+                f.debug_struct("CopyFail").field("message", message).finish()
             }
+            FrontendMessage::FunctionCall(body) => f.debug_tuple("FunctionCall").field(&body.len()).finish(),
             FrontendMessage::Terminate => f.write_str("Terminate"),
             FrontendMessage::Password(_) => f.write_str("Password(<redacted>)"),
         }
@@ -505,9 +499,7 @@ impl FrontendMessage {
             // Like PostgreSQL, ignore any body: the connection is ending.
             tags::TERMINATE => Ok(FrontendMessage::Terminate),
             tags::PASSWORD => Ok(FrontendMessage::Password(frame.body_bytes())),
-            _ => Err(ProtocolError::UnknownMessage {
-                tag: char::from(tag),
-            }),
+            _ => Err(ProtocolError::UnknownMessage { tag: char::from(tag) }),
         }
     }
 
@@ -761,10 +753,7 @@ mod tests {
     #[test]
     fn startup_message() {
         let mut buf = BytesMut::new();
-        encode_startup(
-            &[("user", "alice"), ("database", "db"), ("x", "")],
-            &mut buf,
-        );
+        encode_startup(&[("user", "alice"), ("database", "db"), ("x", "")], &mut buf);
         buf.put_slice(b"Qtrailing");
         let packet = decode_startup(&mut buf).unwrap().unwrap();
         assert_eq!(packet.param("user"), Some("alice"));
@@ -802,10 +791,7 @@ mod tests {
         b.put_slice(&startup_bytes(GSSENC_REQUEST_CODE, b""));
         encode_cancel_request(7, -9, &mut b);
         assert_eq!(decode_startup(&mut b), Ok(Some(StartupPacket::SslRequest)));
-        assert_eq!(
-            decode_startup(&mut b),
-            Ok(Some(StartupPacket::GssEncRequest))
-        );
+        assert_eq!(decode_startup(&mut b), Ok(Some(StartupPacket::GssEncRequest)));
         assert_eq!(
             decode_startup(&mut b),
             Ok(Some(StartupPacket::Cancel {
@@ -938,12 +924,7 @@ mod tests {
         }
         assert!(out.is_empty());
         let b = Bytes::from_static;
-        assert_eq!(
-            got[0],
-            FrontendMessage::Query {
-                sql: b(b"SELECT 1")
-            }
-        );
+        assert_eq!(got[0], FrontendMessage::Query { sql: b(b"SELECT 1") });
         assert_eq!(
             got[1],
             FrontendMessage::Parse {
@@ -1014,9 +995,7 @@ mod tests {
         );
         assert_eq!(
             decode(b'F', b"\0\0\0\x01"),
-            Ok(FrontendMessage::FunctionCall(Bytes::from_static(
-                b"\0\0\0\x01"
-            )))
+            Ok(FrontendMessage::FunctionCall(Bytes::from_static(b"\0\0\0\x01")))
         );
         assert_eq!(decode(b'X', b"ignored"), Ok(FrontendMessage::Terminate));
     }
@@ -1033,26 +1012,17 @@ mod tests {
     #[test]
     fn rejects_malformed_bodies() {
         use crate::cursor::{MISSING_NUL, TRAILING_DATA, UNEXPECTED_END};
-        assert_eq!(
-            decode(b'Q', b"SELECT 1"),
-            Err(malformed("Query", MISSING_NUL))
-        );
+        assert_eq!(decode(b'Q', b"SELECT 1"), Err(malformed("Query", MISSING_NUL)));
         assert_eq!(
             decode(b'Q', b"SEL\0ECT\0"),
             Err(malformed("Query", TRAILING_DATA))
         );
         assert_eq!(decode(b'Q', b""), Err(malformed("Query", MISSING_NUL)));
-        assert_eq!(
-            decode(b'P', b"s\0q\0"),
-            Err(malformed("Parse", UNEXPECTED_END))
-        );
+        assert_eq!(decode(b'P', b"s\0q\0"), Err(malformed("Parse", UNEXPECTED_END)));
         assert!(decode(b'P', b"s\0q\0\0\x02\0\0\0\x17").is_err());
         assert!(decode(b'P', b"s\0q\0\xff\xff").is_err());
         assert!(decode(b'P', b"s\0q\0\0\0x").is_err());
-        assert_eq!(
-            decode(b'B', b"p\0s\0"),
-            Err(malformed("Bind", UNEXPECTED_END))
-        );
+        assert_eq!(decode(b'B', b"p\0s\0"), Err(malformed("Bind", UNEXPECTED_END)));
         assert_eq!(
             decode(b'B', b"p\0s\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),
             Err(malformed("Bind", "invalid parameter length"))
@@ -1073,10 +1043,7 @@ mod tests {
         assert!(decode(b'H', b"x").is_err());
         assert!(decode(b'c', b"x").is_err());
         assert!(decode(b'f', b"oops").is_err());
-        assert_eq!(
-            decode(b'Z', b""),
-            Err(ProtocolError::UnknownMessage { tag: 'Z' })
-        );
+        assert_eq!(decode(b'Z', b""), Err(ProtocolError::UnknownMessage { tag: 'Z' }));
         assert_eq!(FrontendMessage::tag_name(b'Z'), "unknown");
     }
 
@@ -1086,8 +1053,7 @@ mod tests {
         let mut out = BytesMut::new();
         encode_bind_renamed(b"", b"client_stmt", rest, &mut out);
         let f = split_frame(&mut out, 1024).unwrap().unwrap();
-        let FrontendMessage::Bind { portal, rest, .. } = FrontendMessage::decode(&f).unwrap()
-        else {
+        let FrontendMessage::Bind { portal, rest, .. } = FrontendMessage::decode(&f).unwrap() else {
             unreachable!()
         };
         encode_bind_renamed(&portal, b"sy_42", &rest, &mut out);
@@ -1134,8 +1100,7 @@ mod tests {
         out.clear();
         encode_parse(b"", b"", &vec![1; 70_000], &mut out);
         let f = split_frame(&mut out, 1 << 20).unwrap().unwrap();
-        let FrontendMessage::Parse { param_types, .. } = FrontendMessage::decode(&f).unwrap()
-        else {
+        let FrontendMessage::Parse { param_types, .. } = FrontendMessage::decode(&f).unwrap() else {
             unreachable!()
         };
         assert_eq!(param_types.len(), 65_535);

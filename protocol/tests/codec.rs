@@ -14,8 +14,7 @@ use proptest::prelude::*;
 use switchyard_protocol::backend::{self, ErrorFields, Severity};
 use switchyard_protocol::frame::{frames, peek_header, split_frame, FrameHeader, HEADER_LEN};
 use switchyard_protocol::frontend::{
-    decode_password, decode_sasl_initial_response, decode_startup, FrontendMessage, StartupPacket,
-    Target,
+    decode_password, decode_sasl_initial_response, decode_startup, FrontendMessage, StartupPacket, Target,
 };
 use switchyard_protocol::{
     Frame, ProtocolError, TransactionStatus, DEFAULT_MAX_MESSAGE_LEN, MAX_STARTUP_PACKET_LEN,
@@ -72,8 +71,7 @@ fn msg() -> impl Strategy<Value = Msg> {
     let target = prop_oneof![Just(b'S'), Just(b'P')];
     prop_oneof![
         text().prop_map(Msg::Query),
-        (text(), text(), prop::collection::vec(any::<u32>(), 0..6))
-            .prop_map(|(n, q, t)| Msg::Parse(n, q, t)),
+        (text(), text(), prop::collection::vec(any::<u32>(), 0..6)).prop_map(|(n, q, t)| Msg::Parse(n, q, t)),
         (
             text(),
             text(),
@@ -81,15 +79,13 @@ fn msg() -> impl Strategy<Value = Msg> {
             prop::collection::vec(prop::option::of(short_bytes()), 0..5),
             prop::collection::vec(any::<i16>(), 0..4),
         )
-            .prop_map(
-                |(portal, statement, formats, values, result_formats)| Msg::Bind {
-                    portal,
-                    statement,
-                    formats,
-                    values,
-                    result_formats,
-                }
-            ),
+            .prop_map(|(portal, statement, formats, values, result_formats)| Msg::Bind {
+                portal,
+                statement,
+                formats,
+                values,
+                result_formats,
+            }),
         (target.clone(), text()).prop_map(|(t, n)| Msg::Describe(t, n)),
         (text(), any::<i32>()).prop_map(|(p, n)| Msg::Execute(p, n)),
         (target, text()).prop_map(|(t, n)| Msg::Close(t, n)),
@@ -169,9 +165,7 @@ fn bind_rest(formats: &[i16], values: &[Option<Vec<u8>>], result_formats: &[i16]
         }
     }
     v.extend((result_formats.len() as u16).to_be_bytes());
-    result_formats
-        .iter()
-        .for_each(|f| v.extend(f.to_be_bytes()));
+    result_formats.iter().for_each(|f| v.extend(f.to_be_bytes()));
     v
 }
 
@@ -653,10 +647,7 @@ fn special_startup_packets_match_postgres_protocol() {
     let mut buf = BytesMut::new();
     pg_frontend::ssl_request(&mut buf);
     pg_frontend::cancel_request(42, -7, &mut buf);
-    assert_eq!(
-        decode_startup(&mut buf),
-        Ok(Some(StartupPacket::SslRequest))
-    );
+    assert_eq!(decode_startup(&mut buf), Ok(Some(StartupPacket::SslRequest)));
     assert_eq!(
         decode_startup(&mut buf),
         Ok(Some(StartupPacket::Cancel {
@@ -692,9 +683,6 @@ fn oversized_messages_are_rejected_before_buffering() {
     assert_eq!(header.body_len(), 1001);
     assert_eq!(
         split_frame(&mut BytesMut::from(&buf[..HEADER_LEN]), 1000),
-        Err(ProtocolError::TooLarge {
-            len: 1006,
-            max: 1000
-        })
+        Err(ProtocolError::TooLarge { len: 1006, max: 1000 })
     );
 }

@@ -192,6 +192,7 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientAuthMethod {
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     Md5,
 }

@@ -41,6 +41,8 @@ pub(super) enum Expect {
     InjectedQuery,
     /// A reply the proxy makes, sent when every earlier reply has been forwarded.
     Synthetic(Bytes),
+    /// Where the client ended a COPY FROM STDIN (CopyDone/CopyFail); no reply of its own.
+    CopyEnd,
 }
 
 impl Session {
@@ -59,17 +61,48 @@ impl Session {
             if forward {
                 self.cout.extend_from_slice(frame.raw());
             }
-            self.emit_synthetic();
+            self.settle_front();
         }
     }
 
-    /// Sends synthetic replies that have reached the front of the queue.
-    fn emit_synthetic(&mut self) {
-        while let Some(Expect::Synthetic(_)) = self.expect.front() {
-            if let Some(Expect::Synthetic(reply)) = self.expect.pop_front() {
-                self.cout.extend_from_slice(&reply);
+    /// Sends synthetic replies that have reached the front of the queue, and drops markers.
+    fn settle_front(&mut self) {
+        loop {
+            match self.expect.front() {
+                Some(Expect::Synthetic(_)) => {
+                    if let Some(Expect::Synthetic(reply)) = self.expect.pop_front() {
+                        self.cout.extend_from_slice(&reply);
+                    }
+                }
+                Some(Expect::CopyEnd) => {
+                    self.expect.pop_front();
+                }
+                _ => return,
             }
         }
+    }
+
+    /// COPY FROM STDIN started by an Execute: Postgres ignores every Sync the client sends
+    /// until CopyDone/CopyFail, so the Syncs already queued for that stretch owe nothing.
+    fn on_copy_in(&mut self) {
+        if !matches!(self.expect.front(), Some(Expect::Execute)) {
+            return; // simple query COPY: the Query ends at ReadyForQuery as usual
+        }
+        let mut i = 1;
+        while i < self.expect.len() {
+            match self.expect[i] {
+                Expect::Sync => {
+                    self.expect.remove(i);
+                    self.unsynced = true;
+                }
+                Expect::CopyEnd => {
+                    self.expect.remove(i);
+                    return;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = true;
     }
 
     /// Updates the expectations for one server message; returns whether to forward it.
@@ -124,6 +157,10 @@ impl Session {
                         Ok(true)
                     }
                 }
+            }
+            tags::COPY_IN_RESPONSE => {
+                self.on_copy_in();
+                Ok(true)
             }
             tags::PARSE_COMPLETE => Ok(match self.expect.pop_front() {
                 Some(Expect::InjectedParse { def }) => {

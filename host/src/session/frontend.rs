@@ -141,6 +141,10 @@ impl Session {
                 self.sout.extend_from_slice(raw);
                 self.expect.push_back(Expect::Execute);
             }
+            FrontendMessage::Sync if self.copy_in => {
+                // The server ignores Sync during COPY FROM STDIN; the batch stays open.
+                self.sout.extend_from_slice(raw);
+            }
             FrontendMessage::Sync => {
                 if self.server.is_some() {
                     self.sout.extend_from_slice(raw);
@@ -165,10 +169,22 @@ impl Session {
                 self.sout.extend_from_slice(raw);
                 self.expect.push_back(Expect::Query);
             }
-            FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+            FrontendMessage::CopyData(_) => {
                 // Outside COPY a server ignores these, and so do we when no server is held.
                 if self.server.is_some() {
                     self.sout.extend_from_slice(raw);
+                }
+            }
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                if self.server.is_some() {
+                    self.sout.extend_from_slice(raw);
+                    if self.copy_in {
+                        self.copy_in = false;
+                    } else if !self.expect.is_empty() {
+                        // The server may not have said CopyInResponse yet: mark where the
+                        // copy ended, so Syncs sent before this point are known to be ignored.
+                        self.expect.push_back(Expect::CopyEnd);
+                    }
                 }
             }
             FrontendMessage::Terminate => self.terminated = true,

@@ -126,6 +126,8 @@ struct Session {
     terminated: bool,
     /// Dropping client messages up to the next Sync (their batch could not get a server).
     skipping: bool,
+    /// The server is in COPY FROM STDIN started by Execute, and the client has not ended it.
+    copy_in: bool,
 }
 
 impl Session {
@@ -149,6 +151,7 @@ impl Session {
             database: l.database,
             terminated: false,
             skipping: false,
+            copy_in: false,
         }
     }
 
