@@ -396,10 +396,13 @@ impl Proxy {
     }
 
     /// Send a signal (e.g. `libc::SIGHUP` for a reload).
-    pub fn signal(&self, signal: i32) {
-        if let Some(child) = &self.child {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    pub fn signal(&mut self, signal: i32) {
+        if let Some(child) = self.child.as_mut() {
+            // Once reaped, the pid may belong to another process: never signal it then.
+            if matches!(child.try_wait(), Ok(None)) {
+                // SAFETY: kill(2) on our own child, alive and unreaped just above.
+                unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            }
         }
     }
 
@@ -416,8 +419,11 @@ impl Proxy {
     /// SIGTERM, then SIGKILL if it is still running after 5 s.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        // Once reaped, the pid may belong to another process: never signal it then.
+        if matches!(child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child, alive and unreaped just above.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         let status = loop {
             match child.try_wait() {

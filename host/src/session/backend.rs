@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
+use bytes::Buf;
 use bytes::Bytes;
 use switchyard_protocol::backend::{parse_command_complete, parse_ready_for_query, tags, TransactionStatus};
-use switchyard_protocol::frame::split_frame;
+use switchyard_protocol::frame::{frames, HEADER_LEN};
 use switchyard_protocol::DEFAULT_MAX_MESSAGE_LEN;
 
 use super::{Session, SessionError};
@@ -48,21 +49,43 @@ pub(super) enum Expect {
 impl Session {
     /// Handles every complete server message in the read buffer.
     pub(super) fn process_server(&mut self) -> Result<(), SessionError> {
-        loop {
-            let Some(server) = self.server.as_mut() else {
-                return Ok(());
-            };
-            let frame = match split_frame(&mut server.conn().rbuf, DEFAULT_MAX_MESSAGE_LEN) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(SessionError::ServerProtocol(e)),
-            };
-            let forward = self.on_server_message(frame.tag(), frame.body())?;
-            if forward {
-                self.cout.extend_from_slice(frame.raw());
-            }
-            self.settle_front();
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        // The buffer leaves the connection while its messages are handled, so the handlers
+        // may update the connection (statements, settings) without aliasing it.
+        let mut rbuf = std::mem::take(&mut server.conn().rbuf);
+        let result = self.relay(&rbuf);
+        if let Ok(consumed) = result {
+            rbuf.advance(consumed);
         }
+        if let Some(server) = self.server.as_mut() {
+            server.conn().rbuf = rbuf;
+        }
+        result.map(|_| ())
+    }
+
+    /// Forwards the complete messages at the front of `buf` to the client in runs, one copy
+    /// per run, breaking runs where a message is swallowed or a synthetic reply goes in.
+    /// Returns the bytes consumed.
+    fn relay(&mut self, buf: &[u8]) -> Result<usize, SessionError> {
+        let mut messages = frames(buf, DEFAULT_MAX_MESSAGE_LEN);
+        let mut run_start = 0;
+        for item in messages.by_ref() {
+            let (header, offset) = item.map_err(SessionError::ServerProtocol)?;
+            let end = offset + header.len;
+            let forward = self.on_server_message(header.tag, &buf[offset + HEADER_LEN..end])?;
+            let settle = matches!(self.expect.front(), Some(Expect::Synthetic(_) | Expect::CopyEnd));
+            if !forward || settle {
+                let run_end = if forward { end } else { offset };
+                self.cout.extend_from_slice(&buf[run_start..run_end]);
+                run_start = end;
+                self.settle_front();
+            }
+        }
+        let consumed = messages.consumed();
+        self.cout.extend_from_slice(&buf[run_start..consumed]);
+        Ok(consumed)
     }
 
     /// Sends synthetic replies that have reached the front of the queue, and drops markers.
