@@ -136,6 +136,7 @@ impl ProxyState {
                     route.settings.clone(),
                 ))
             });
+        pool.update_user(user);
         Some(pool.clone())
     }
 

@@ -6,7 +6,9 @@ mod md5;
 mod scram;
 
 pub use md5::{md5_hash, Md5Challenge};
-pub use scram::{ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier};
+pub use scram::{
+    DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
+};
 
 use std::sync::OnceLock;
 
@@ -37,7 +39,7 @@ impl StoredPassword {
 }
 
 /// Everything the proxy needs to authenticate one user, prepared once at config load.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct UserAuth {
     pub name: String,
     pub method: ClientAuthMethod,
@@ -49,12 +51,15 @@ pub struct UserAuth {
     pub server_password: Option<String>,
     /// ClientKey from the first successful SCRAM login, for SCRAM pass-through to servers.
     pub client_key: OnceLock<[u8; 32]>,
+    /// SCRAM keys derived from `server_password` for the servers' salt.
+    pub server_keys: DerivedKeys,
 }
 
 /// How the proxy proves itself to a server as this user.
 pub enum ServerSecret<'a> {
     None,
-    Password(&'a str),
+    /// A plaintext password, with the cache of SCRAM keys derived from it.
+    Password(&'a str, &'a DerivedKeys),
     /// SCRAM pass-through: the server stores the same verifier as the proxy.
     Scram(ScramKeys),
     /// md5 pass-through: the server stores the same md5 hash.
@@ -65,7 +70,7 @@ impl UserAuth {
     /// The best secret known for logging in to servers as this user.
     pub fn server_secret(&self) -> ServerSecret<'_> {
         if let Some(p) = &self.server_password {
-            return ServerSecret::Password(p);
+            return ServerSecret::Password(p, &self.server_keys);
         }
         if let (Some(v), Some(k)) = (&self.scram, self.client_key.get()) {
             return ServerSecret::Scram(ScramKeys {
@@ -99,6 +104,7 @@ impl UserAuth {
             md5,
             server_password: None,
             client_key: OnceLock::new(),
+            server_keys: DerivedKeys::default(),
         })
     }
 }
@@ -126,6 +132,7 @@ impl UserAuth {
             md5,
             server_password: user.server_password.clone().or(plain),
             client_key: OnceLock::new(),
+            server_keys: DerivedKeys::default(),
         })
     }
 }

@@ -44,10 +44,17 @@ impl ScramVerifier {
         })
     }
 
-    /// Derives a verifier from a plaintext password with a fresh salt (4096 iterations).
+    /// Derives a verifier from a plaintext password with a fresh salt and 4096 iterations,
+    /// as Postgres' `password_encryption = scram-sha-256` does.
     pub fn from_password(password: &str) -> ScramVerifier {
-        let text = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        ScramVerifier::parse(&text).expect("postgres-protocol produces well-formed verifiers")
+        let salt: [u8; 16] = rand::random();
+        let keys = ScramKeys::derive(password, &salt, 4096);
+        ScramVerifier {
+            iterations: 4096,
+            salt: salt.to_vec(),
+            stored_key: Sha256::digest(keys.client_key).into(),
+            server_key: keys.server_key,
+        }
     }
 }
 
@@ -165,34 +172,87 @@ impl ScramExchange {
     }
 }
 
-/// Keys that let the proxy answer a server's SCRAM challenge without the password: the
-/// ClientKey learnt from a client's successful login and the verifier's ServerKey.
+/// Keys that answer a server's SCRAM challenge: derived from the password once per (salt,
+/// iterations), or learnt from a client's login (ClientKey) and the verifier (ServerKey).
 #[derive(Clone)]
 pub struct ScramKeys {
     pub client_key: [u8; 32],
     pub server_key: [u8; 32],
 }
 
-/// Client side of SCRAM-SHA-256 from [`ScramKeys`] (PgBouncer's "SCRAM pass-through").
-pub struct ScramKeyClient {
-    keys: ScramKeys,
-    client_first_bare: String,
-    nonce: String,
-    auth_message: Option<String>,
+impl ScramKeys {
+    /// RFC 5802 key derivation: SaltedPassword = PBKDF2-HMAC-SHA-256(SASLprep(password)).
+    /// A password SASLprep rejects is used as is, as Postgres does.
+    pub fn derive(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
+        let prepared = stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password));
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(prepared.as_bytes(), salt, iterations, &mut salted);
+        ScramKeys {
+            client_key: hmac(&salted, b"Client Key"),
+            server_key: hmac(&salted, b"Server Key"),
+        }
+    }
 }
 
-impl ScramKeyClient {
+/// Server-side SCRAM keys derived from one plaintext password, cached for the server's
+/// (salt, iterations): PBKDF2 costs milliseconds, and a pool refilling after a failover
+/// must not pay it per connection.
+#[derive(Default)]
+pub struct DerivedKeys {
+    cache: std::sync::Mutex<Option<(Vec<u8>, u32, ScramKeys)>>,
+}
+
+impl DerivedKeys {
+    pub fn get(&self, password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, i, keys)) = cache.as_ref() {
+            if s == salt && *i == iterations {
+                return keys.clone();
+            }
+        }
+        let keys = ScramKeys::derive(password, salt, iterations);
+        *cache = Some((salt.to_vec(), iterations, keys.clone()));
+        keys
+    }
+}
+
+impl std::fmt::Debug for DerivedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DerivedKeys")
+    }
+}
+
+/// Where a SCRAM client's keys come from.
+pub enum KeySource<'a> {
+    Keys(ScramKeys),
+    Password {
+        password: &'a str,
+        cache: &'a DerivedKeys,
+    },
+}
+
+/// Client side of SCRAM-SHA-256, from a password (keys derived once per salt) or from
+/// pass-through keys (PgBouncer's "SCRAM pass-through").
+pub struct ScramKeyClient<'a> {
+    source: KeySource<'a>,
+    client_first_bare: String,
+    nonce: String,
+    /// The keys and AuthMessage once server-first arrived.
+    state: Option<(ScramKeys, String)>,
+}
+
+impl<'a> ScramKeyClient<'a> {
     /// Returns the client and its client-first message.
-    pub fn new(keys: ScramKeys) -> (ScramKeyClient, String) {
+    pub fn new(source: KeySource<'a>) -> (ScramKeyClient<'a>, String) {
         let nonce = B64.encode(rand::random::<[u8; 18]>());
         let client_first_bare = format!("n=,r={nonce}");
         let first = format!("n,,{client_first_bare}");
         (
             ScramKeyClient {
-                keys,
+                source,
                 client_first_bare,
                 nonce,
-                auth_message: None,
+                state: None,
             },
             first,
         )
@@ -201,25 +261,35 @@ impl ScramKeyClient {
     /// Answers server-first with client-final.
     pub fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
         let text = std::str::from_utf8(server_first).map_err(|_| ScramError::Protocol("not UTF-8"))?;
-        let nonce = text
-            .split(',')
-            .find_map(|a| a.strip_prefix("r="))
-            .ok_or(ScramError::Protocol("missing nonce"))?;
+        let attr = |name: &str| text.split(',').find_map(|a| a.strip_prefix(name));
+        let nonce = attr("r=").ok_or(ScramError::Protocol("missing nonce"))?;
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
             return Err(ScramError::Protocol("server nonce does not extend ours"));
         }
+        let keys = match &self.source {
+            KeySource::Keys(k) => k.clone(),
+            KeySource::Password { password, cache } => {
+                let salt = attr("s=")
+                    .and_then(|s| B64.decode(s).ok())
+                    .ok_or(ScramError::Protocol("missing or malformed salt"))?;
+                let iterations = attr("i=")
+                    .and_then(|i| i.parse().ok())
+                    .filter(|i| *i > 0)
+                    .ok_or(ScramError::Protocol("missing or malformed iteration count"))?;
+                cache.get(password, &salt, iterations)
+            }
+        };
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{},{}", self.client_first_bare, text, without_proof);
-        let stored_key = Sha256::digest(self.keys.client_key);
+        let stored_key = Sha256::digest(keys.client_key);
         let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = self
-            .keys
+        let proof: Vec<u8> = keys
             .client_key
             .iter()
             .zip(signature)
             .map(|(k, s)| k ^ s)
             .collect();
-        self.auth_message = Some(auth_message);
+        self.state = Some((keys, auth_message));
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
 
@@ -229,11 +299,11 @@ impl ScramKeyClient {
         let v = text
             .strip_prefix("v=")
             .ok_or(ScramError::Protocol("missing server signature"))?;
-        let auth_message = self
-            .auth_message
+        let (keys, auth_message) = self
+            .state
             .as_ref()
             .ok_or(ScramError::Protocol("final before continue"))?;
-        let expected = hmac(&self.keys.server_key, auth_message.as_bytes());
+        let expected = hmac(&keys.server_key, auth_message.as_bytes());
         match B64.decode(v) {
             Ok(sig) if super::ct_eq(&sig, &expected) => Ok(()),
             _ => Err(ScramError::BadProof),
@@ -281,7 +351,7 @@ mod tests {
             client_key,
             server_key: verifier.server_key,
         };
-        let (mut proxy, first) = ScramKeyClient::new(keys);
+        let (mut proxy, first) = ScramKeyClient::new(KeySource::Keys(keys));
         let (exchange, server_first) = ScramExchange::start(&verifier, first.as_bytes()).unwrap();
         let last = proxy.respond(server_first.as_bytes()).unwrap();
         let (server_final, _) = exchange.finish(&verifier, last.as_bytes()).unwrap();
@@ -298,6 +368,30 @@ mod tests {
     #[test]
     fn wrong_password_fails() {
         assert!(matches!(run("s3cret", "guess"), Err(ScramError::BadProof)));
+    }
+
+    #[test]
+    fn password_keys_match_postgres_verifier_and_log_in() {
+        // Our derivation must agree with postgres-protocol's (and so with Postgres).
+        let ours = ScramVerifier::from_password("pässword");
+        let theirs = ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"x")).unwrap();
+        assert_eq!(ours.iterations, theirs.iterations);
+        let keys = ScramKeys::derive("x", &theirs.salt, theirs.iterations);
+        assert_eq!(keys.server_key, theirs.server_key);
+        assert_eq!(
+            <[u8; 32]>::from(Sha256::digest(keys.client_key)),
+            theirs.stored_key
+        );
+
+        let cache = DerivedKeys::default();
+        let (mut client, first) = ScramKeyClient::new(KeySource::Password {
+            password: "pässword",
+            cache: &cache,
+        });
+        let (exchange, server_first) = ScramExchange::start(&ours, first.as_bytes()).unwrap();
+        let last = client.respond(server_first.as_bytes()).unwrap();
+        let (server_final, _) = exchange.finish(&ours, last.as_bytes()).unwrap();
+        client.verify(server_final.as_bytes()).unwrap();
     }
 
     #[test]

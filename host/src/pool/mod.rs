@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::UserAuth;
@@ -71,7 +72,8 @@ pub struct PoolStats {
 /// Servers for one (database, user).
 pub struct Pool {
     pub name: String,
-    pub user: Arc<UserAuth>,
+    /// The user's current credentials: replaced when `auth_query` sees a new password.
+    user: ArcSwap<UserAuth>,
     pub server_database: String,
     pub node: NodeAddr,
     pub settings: PoolSettings,
@@ -95,7 +97,7 @@ impl Pool {
     ) -> Pool {
         Pool {
             name,
-            user,
+            user: ArcSwap::new(user),
             server_database,
             node,
             permits: Arc::new(Semaphore::new(settings.size)),
@@ -163,11 +165,12 @@ impl Pool {
 
     async fn connect(&self) -> Result<ServerConn, ServerError> {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let user = self.user.load_full();
         let params = ConnectParams {
             addr: &self.node,
-            user: &self.user.name,
+            user: &user.name,
             database: &self.server_database,
-            secret: self.user.server_secret(),
+            secret: user.server_secret(),
             options: &[],
             tls: &self.settings.tls,
             timeout: self.settings.connect_timeout,
@@ -184,6 +187,13 @@ impl Pool {
                 tracing::warn!(pool = %self.name, error = %e, "server connection failed");
                 Err(e)
             }
+        }
+    }
+
+    /// Uses `user` for future server logins if its credentials are newer than the pool's.
+    pub fn update_user(&self, user: &Arc<UserAuth>) {
+        if !Arc::ptr_eq(&self.user.load(), user) {
+            self.user.store(user.clone());
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use switchyard_protocol::backend::{parse_error_fields, tags, ErrorFields};
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{NodeAddr, ServerConn, ServerError};
-use crate::auth::{Md5Challenge, ScramKeyClient, ServerSecret};
+use crate::auth::{KeySource, Md5Challenge, ScramKeyClient, ServerSecret};
 use crate::config::ServerTlsMode;
 use crate::net::{ServerTls, Stream};
 use crate::pool::ServerStatements;
@@ -25,12 +25,6 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Startup-phase messages are small; a larger one means a confused peer.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
-
-/// A SCRAM exchange in progress, from a password or from pass-through keys.
-enum Scram {
-    Password(ScramSha256),
-    Keys(ScramKeyClient),
-}
 
 /// Who to log in as, and how.
 pub struct ConnectParams<'a> {
@@ -77,7 +71,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
     write(&mut stream, &addr, &out).await?;
 
     let mut rbuf = BytesMut::with_capacity(8192);
-    let mut scram: Option<Scram> = None;
+    let mut scram: Option<ScramKeyClient> = None;
     let mut params = HashMap::new();
     let mut key = (0, 0);
     loop {
@@ -94,14 +88,14 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
         match msg {
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
-                let ServerSecret::Password(pw) = p.secret else {
+                let ServerSecret::Password(pw, _) = p.secret else {
                     return Err(no_password(p, &addr));
                 };
                 frontend::password_message(pw.as_bytes(), &mut out).map_err(|e| protocol(&addr, e))?;
             }
             Message::AuthenticationMd5Password(body) => {
                 let answer = match &p.secret {
-                    ServerSecret::Password(pw) => postgres_protocol::authentication::md5_hash(
+                    ServerSecret::Password(pw, _) => postgres_protocol::authentication::md5_hash(
                         p.user.as_bytes(),
                         pw.as_bytes(),
                         body.salt(),
@@ -125,43 +119,30 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
                         method: "SASL without SCRAM-SHA-256".into(),
                     });
                 }
-                match &p.secret {
-                    ServerSecret::Password(pw) => {
-                        let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
-                            .map_err(|e| protocol(&addr, e))?;
-                        scram = Some(Scram::Password(s));
-                    }
-                    ServerSecret::Scram(keys) => {
-                        let (client, first) = ScramKeyClient::new(keys.clone());
-                        frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), &mut out)
-                            .map_err(|e| protocol(&addr, e))?;
-                        scram = Some(Scram::Keys(client));
-                    }
+                let source = match &p.secret {
+                    ServerSecret::Password(password, cache) => KeySource::Password { password, cache },
+                    ServerSecret::Scram(keys) => KeySource::Keys(keys.clone()),
                     _ => return Err(no_password(p, &addr)),
-                }
+                };
+                let (client, first) = ScramKeyClient::new(source);
+                frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), &mut out)
+                    .map_err(|e| protocol(&addr, e))?;
+                scram = Some(client);
             }
             Message::AuthenticationSaslContinue(body) => {
-                let last = match scram.as_mut() {
-                    Some(Scram::Password(s)) => {
-                        s.update(body.data()).map_err(|e| protocol(&addr, e))?;
-                        s.message().to_vec()
-                    }
-                    Some(Scram::Keys(k)) => k
-                        .respond(body.data())
-                        .map_err(|e| protocol(&addr, e))?
-                        .into_bytes(),
-                    None => return Err(protocol(&addr, "SASL continue without SASL start")),
-                };
-                frontend::sasl_response(&last, &mut out).map_err(|e| protocol(&addr, e))?;
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| protocol(&addr, "SASL continue without SASL start"))?;
+                let last = client.respond(body.data()).map_err(|e| protocol(&addr, e))?;
+                frontend::sasl_response(last.as_bytes(), &mut out).map_err(|e| protocol(&addr, e))?;
             }
             Message::AuthenticationSaslFinal(body) => {
-                let verified = match scram.as_mut() {
-                    Some(Scram::Password(s)) => s.finish(body.data()).map_err(|e| e.to_string()),
-                    Some(Scram::Keys(k)) => k.verify(body.data()).map_err(|e| e.to_string()),
-                    None => Err("SASL final without SASL start".to_string()),
-                };
-                verified.map_err(|e| protocol(&addr, format!("server signature invalid: {e}")))?;
+                let client = scram
+                    .as_ref()
+                    .ok_or_else(|| protocol(&addr, "SASL final without SASL start"))?;
+                client
+                    .verify(body.data())
+                    .map_err(|e| protocol(&addr, format!("server signature invalid: {e}")))?;
             }
             Message::ParameterStatus(body) => {
                 let name = body.name().map_err(|e| protocol(&addr, e))?.to_string();

@@ -376,9 +376,11 @@ fn close_complete() -> Bytes {
     out.freeze()
 }
 
-/// Cheap filter before lexing: only statements starting with one of these letters (after
-/// blanks and comments) can change session state.
+/// Cheap filter before lexing, run on every query: true only if the text may hold a
+/// statement that changes session state, i.e. its first keyword is SET, RESET, PREPARE,
+/// DEALLOCATE or DISCARD, or it holds more than one statement.
 fn maybe_session_command(sql: &[u8]) -> bool {
+    const KEYWORDS: [&[u8]; 5] = [b"set", b"reset", b"prepare", b"deallocate", b"discard"];
     let mut s = sql;
     loop {
         let trimmed = s.trim_ascii_start();
@@ -394,8 +396,33 @@ fn maybe_session_command(sql: &[u8]) -> bool {
             break;
         }
     }
-    matches!(
-        s.first().map(u8::to_ascii_lowercase),
-        Some(b's' | b'r' | b'p' | b'd')
-    ) || s.contains(&b';')
+    let word_end = s.iter().position(|c| !c.is_ascii_alphabetic()).unwrap_or(s.len());
+    if KEYWORDS.iter().any(|k| s[..word_end].eq_ignore_ascii_case(k)) {
+        return true;
+    }
+    // A `;` before the end means another statement may follow (or it sits in a literal,
+    // which the lexer will tell).
+    let mut end = s;
+    while let Some(rest) = end.trim_ascii_end().strip_suffix(b";") {
+        end = rest;
+    }
+    end.contains(&b';')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::maybe_session_command as m;
+
+    #[test]
+    fn prefilter_lets_plain_queries_through_cheaply() {
+        assert!(!m(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;"));
+        assert!(!m(b"  select 1 ;  ; "));
+        assert!(!m(b"INSERT INTO t VALUES (1)"));
+        assert!(!m(b"settings_table_scan"));
+        assert!(m(b"SET search_path TO x"));
+        assert!(m(b"-- hi\n  reset all"));
+        assert!(m(b"SELECT 1; SET x = 1"));
+        assert!(m(b"/* c */ SET x = 1"));
+        assert!(m(b"Deallocate all"));
+    }
 }
