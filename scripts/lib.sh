@@ -91,7 +91,8 @@ install_postgres() {
         as_root mkdir -p /etc/postgresql-common
         echo 'create_main_cluster = false' | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
     fi
-    apt_install "postgresql-${PG_VERSION}" "postgresql-client-${PG_VERSION}"
+    # openssl: the TLS tests (tests/tests/tls.rs) make their certificates with its CLI.
+    apt_install "postgresql-${PG_VERSION}" "postgresql-client-${PG_VERSION}" openssl
     [[ -x $PG_BIN/postgres && -x $PG_BIN/pgbench ]] || die "PostgreSQL binaries missing in $PG_BIN"
 }
 

@@ -63,6 +63,29 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
 }
 
+impl ClusterOptions {
+    /// Use a `pg_hba.conf` with `rules` ahead of the standard ones (the
+    /// first matching line wins), through the `hba_file` setting, so the
+    /// rules are in force from the first connection on (no reload race).
+    /// The file lives in a fresh scratch directory readable by the server.
+    pub fn hba_first(mut self, rules: &str) -> Result<Self> {
+        let dir = scratch::fresh_dir("hba")?;
+        let path = dir.join("pg_hba.conf");
+        std::fs::write(&path, format!("{}\n{HBA}", rules.trim_end()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        env::chown_to_pg(&dir)?;
+        self.settings
+            .push(("hba_file".to_owned(), path.to_string_lossy().into_owned()));
+        Ok(self)
+    }
+
+    /// Add a `postgresql.conf` setting (passed as `-c name=value`).
+    pub fn setting(mut self, name: &str, value: impl ToString) -> Self {
+        self.settings.push((name.to_owned(), value.to_string()));
+        self
+    }
+}
+
 /// A primary and an optional streaming replica.
 pub struct PgCluster {
     dir: PathBuf,
