@@ -93,21 +93,85 @@ pub fn server_tls_connector(mode: ServerTlsMode, ca: Option<&Path>) -> Result<Se
             .with_no_client_auth(),
         ServerTlsMode::VerifyFull => {
             let mut roots = rustls::RootCertStore::empty();
+            let mut pinned = Vec::new();
             match ca {
                 Some(path) => {
                     for cert in read_certs(path)? {
-                        roots.add(cert)?;
+                        roots.add(cert.clone())?;
+                        pinned.push(cert);
                     }
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let webpki =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(CaFileVerifier { webpki, pinned }))
+                .with_no_client_auth()
         }
     };
     Ok(ServerTls {
         mode,
         connector: Some(TlsConnector::from(Arc::new(config))),
     })
+}
+
+/// `verify-full`: the chain must lead to a configured root and name the host. As with libpq,
+/// a self-signed server certificate listed in `server_tls_ca` itself is accepted (webpki
+/// alone refuses a CA certificate as an end entity), still checked against the host name.
+#[derive(Debug)]
+struct CaFileVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for CaFileVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Ok(v) => Ok(v),
+            Err(e) if self.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// libpq's `sslmode=require`: encryption without authentication of the server.
