@@ -13,7 +13,10 @@ use bytes::Buf;
 use bytes::Bytes;
 use switchyard_protocol::backend::{parse_command_complete, parse_ready_for_query, tags, TransactionStatus};
 use switchyard_protocol::frame::{frames, HEADER_LEN};
-use switchyard_protocol::DEFAULT_MAX_MESSAGE_LEN;
+
+/// Largest server message relayed: Postgres' own limit on a message (1 GiB). Server messages
+/// are buffered whole; streaming oversized rows without buffering is future work.
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 use super::{Session, SessionError};
 use crate::pool::StatementDef;
@@ -69,7 +72,7 @@ impl Session {
     /// per run, breaking runs where a message is swallowed or a synthetic reply goes in.
     /// Returns the bytes consumed.
     fn relay(&mut self, buf: &[u8]) -> Result<usize, SessionError> {
-        let mut messages = frames(buf, DEFAULT_MAX_MESSAGE_LEN);
+        let mut messages = frames(buf, MAX_SERVER_MESSAGE);
         let mut run_start = 0;
         for item in messages.by_ref() {
             let (header, offset) = item.map_err(SessionError::ServerProtocol)?;

@@ -25,6 +25,7 @@ impl Session {
                 break;
             };
             let msg = FrontendMessage::decode(&frame)?;
+            tracing::trace!(pid = self.cancel.process_id, msg = ?msg, "from client");
             self.handle(msg, frame.raw()).await?;
         }
         Ok(())

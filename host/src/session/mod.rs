@@ -192,8 +192,13 @@ impl Session {
     }
 
     fn release(&mut self) {
-        if let Some(checkout) = self.server.take() {
+        if let Some(mut checkout) = self.server.take() {
             self.cancel.slot.set(None);
+            tracing::debug!(
+                pid = self.cancel.process_id,
+                server = checkout.conn().id,
+                "server released"
+            );
             checkout.release();
         }
     }
@@ -207,6 +212,7 @@ impl Session {
         self.flush_client().await?;
         let mut checkout = self.pool.checkout().await?;
         let conn = checkout.conn();
+        tracing::debug!(pid = self.cancel.process_id, server = conn.id, "server acquired");
         self.cancel.slot.set(Some(CancelTarget {
             addr: conn.addr.clone(),
             process_id: conn.backend_pid,
