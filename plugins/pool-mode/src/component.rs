@@ -1,0 +1,61 @@
+//! The wit-bindgen glue: world `pool-mode-plugin`.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use crate::policy::{self, Decision, Mode, Tx};
+
+wit_bindgen::generate!({
+    world: "pool-mode-plugin",
+    path: "../../wit",
+});
+
+use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
+use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction};
+use switchyard::policy::host::{self, LogLevel};
+use switchyard::policy::types::{SessionInfo, TxStatus};
+
+/// The configured mode (`Mode as u8`); read with one relaxed load per decision.
+static MODE: AtomicU8 = AtomicU8::new(Mode::Transaction as u8);
+/// The configured `version_tag`.
+static VERSION_TAG: Mutex<Option<String>> = Mutex::new(None);
+
+struct Plugin;
+
+impl Lifecycle for Plugin {
+    fn init(settings: Vec<(String, String)>) -> Result<(), String> {
+        let config = policy::parse_settings(&settings)?;
+        let version = policy::version(config.version_tag.as_deref());
+        MODE.store(config.mode as u8, Ordering::Relaxed);
+        *VERSION_TAG.lock().unwrap_or_else(|e| e.into_inner()) = config.version_tag;
+        host::log(
+            LogLevel::Info,
+            &format!("pool-mode {version}: {} pooling", config.mode),
+        );
+        Ok(())
+    }
+
+    fn version() -> String {
+        policy::version(VERSION_TAG.lock().unwrap_or_else(|e| e.into_inner()).as_deref())
+    }
+}
+
+impl PoolMode for Plugin {
+    fn on_ready(session: SessionInfo, _statements: u32) -> ReadyAction {
+        let tx = match session.tx_status {
+            TxStatus::Idle => Tx::Idle,
+            TxStatus::InTransaction => Tx::InTransaction,
+            TxStatus::Failed => Tx::Failed,
+        };
+        let mode = Mode::from_u8(MODE.load(Ordering::Relaxed));
+        match policy::decide(mode, tx, session.holds_server_state) {
+            Decision::Release => ReadyAction::Release,
+            Decision::Keep => ReadyAction::Keep,
+            Decision::RefuseTransaction => {
+                ReadyAction::RefuseTransaction(policy::STATEMENT_REFUSAL.to_string())
+            }
+        }
+    }
+}
+
+export!(Plugin);

@@ -1,0 +1,260 @@
+//! The pool-mode decision and the settings contract, as plain Rust: nothing here depends on
+//! the generated bindings, so `cargo test` exercises it on the host target.
+
+/// The message of `refuse-transaction` in statement mode (the host answers the client with
+/// it, SQLSTATE 25000).
+pub const STATEMENT_REFUSAL: &str = "transaction blocks are not allowed in statement pooling mode";
+
+/// Settings keys this plugin understands.
+pub const KNOWN_SETTINGS: [&str; 2] = ["mode", "version_tag"];
+
+/// When a session's server connection goes back to the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// After each transaction, unless the session holds server-side state (the default).
+    #[default]
+    Transaction = 0,
+    /// Never: the server stays with the session until it ends.
+    Session = 1,
+    /// After each statement; transaction blocks are refused.
+    Statement = 2,
+}
+
+impl Mode {
+    /// Every mode, in the order the error messages list them.
+    pub const ALL: [Mode; 3] = [Mode::Transaction, Mode::Session, Mode::Statement];
+
+    /// The settings value naming this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Transaction => "transaction",
+            Mode::Session => "session",
+            Mode::Statement => "statement",
+        }
+    }
+
+    /// The mode a settings value names (exact, lower case, as PgBouncer's `pool_mode`).
+    pub fn parse(value: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.as_str() == value)
+    }
+
+    /// Inverse of `self as u8`, for keeping the mode in an atomic; unknown values are the
+    /// default mode.
+    pub fn from_u8(value: u8) -> Mode {
+        match value {
+            1 => Mode::Session,
+            2 => Mode::Statement,
+            _ => Mode::Transaction,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The session's transaction state at the ReadyForQuery (mirrors WIT `tx-status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tx {
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+/// The decision (mirrors WIT `ready-action`; a refusal's message is [`STATEMENT_REFUSAL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Release,
+    Keep,
+    RefuseTransaction,
+}
+
+/// The decision at a ReadyForQuery.
+#[inline]
+pub fn decide(mode: Mode, tx: Tx, holds_server_state: bool) -> Decision {
+    match (mode, tx) {
+        (Mode::Session, _) => Decision::Keep,
+        (Mode::Transaction, Tx::Idle) if !holds_server_state => Decision::Release,
+        (Mode::Transaction, _) => Decision::Keep,
+        // As PgBouncer: statement pooling has no notion of session state, and a transaction
+        // block (open or failed) is refused rather than pinned.
+        (Mode::Statement, Tx::Idle) => Decision::Release,
+        (Mode::Statement, Tx::InTransaction | Tx::Failed) => Decision::RefuseTransaction,
+    }
+}
+
+/// The plugin's configuration, from its `[plugins.NAME.settings]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    /// Appended to the crate version by `version()` ("0.1.0+TAG"); an empty tag is none.
+    pub version_tag: Option<String>,
+}
+
+/// Parses the settings: `mode` (`transaction`, the default, `session` or `statement`) and
+/// `version_tag` (free text). Unknown keys, unknown modes and repeated keys are errors whose
+/// message is meant for the operator.
+pub fn parse_settings(settings: &[(String, String)]) -> Result<Config, String> {
+    let unknown: Vec<String> = settings
+        .iter()
+        .filter(|(key, _)| !KNOWN_SETTINGS.contains(&key.as_str()))
+        .map(|(key, _)| format!("{key:?}"))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown setting{} {} (known settings: {})",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.join(", "),
+            KNOWN_SETTINGS.join(", ")
+        ));
+    }
+    for (i, (key, _)) in settings.iter().enumerate() {
+        if settings[..i].iter().any(|(k, _)| k == key) {
+            return Err(format!("setting {key:?} given more than once"));
+        }
+    }
+
+    let mut config = Config::default();
+    for (key, value) in settings {
+        match key.as_str() {
+            "mode" => {
+                config.mode = Mode::parse(value).ok_or_else(|| {
+                    let valid: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+                    format!("unknown mode {value:?}: expected one of {}", valid.join(", "))
+                })?;
+            }
+            "version_tag" => {
+                config.version_tag = (!value.is_empty()).then(|| value.clone());
+            }
+            _ => unreachable!("unknown keys rejected above"),
+        }
+    }
+    Ok(config)
+}
+
+/// The `version()` string: the crate version, then `+TAG` when a tag is set.
+pub fn version(tag: Option<&str>) -> String {
+    let base = env!("CARGO_PKG_VERSION");
+    match tag {
+        Some(tag) => format!("{base}+{tag}"),
+        None => base.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn transaction_mode_releases_only_idle_sessions_without_server_state() {
+        let m = Mode::Transaction;
+        assert_eq!(decide(m, Tx::Idle, false), Decision::Release);
+        assert_eq!(decide(m, Tx::Idle, true), Decision::Keep);
+        assert_eq!(decide(m, Tx::InTransaction, false), Decision::Keep);
+        assert_eq!(decide(m, Tx::InTransaction, true), Decision::Keep);
+        assert_eq!(decide(m, Tx::Failed, false), Decision::Keep);
+        assert_eq!(decide(m, Tx::Failed, true), Decision::Keep);
+    }
+
+    #[test]
+    fn session_mode_always_keeps() {
+        for tx in [Tx::Idle, Tx::InTransaction, Tx::Failed] {
+            for state in [false, true] {
+                assert_eq!(decide(Mode::Session, tx, state), Decision::Keep);
+            }
+        }
+    }
+
+    #[test]
+    fn statement_mode_releases_when_idle_and_refuses_transaction_blocks() {
+        for state in [false, true] {
+            assert_eq!(decide(Mode::Statement, Tx::Idle, state), Decision::Release);
+            assert_eq!(
+                decide(Mode::Statement, Tx::InTransaction, state),
+                Decision::RefuseTransaction
+            );
+            assert_eq!(
+                decide(Mode::Statement, Tx::Failed, state),
+                Decision::RefuseTransaction
+            );
+        }
+    }
+
+    #[test]
+    fn default_settings_are_transaction_mode_without_tag() {
+        let config = parse_settings(&[]).unwrap();
+        assert_eq!(
+            config,
+            Config {
+                mode: Mode::Transaction,
+                version_tag: None
+            }
+        );
+    }
+
+    #[test]
+    fn parses_every_mode_and_the_tag() {
+        for mode in Mode::ALL {
+            let config = parse_settings(&settings(&[("mode", mode.as_str())])).unwrap();
+            assert_eq!(config.mode, mode);
+            assert_eq!(Mode::from_u8(mode as u8), mode);
+        }
+        let config = parse_settings(&settings(&[("version_tag", "blue"), ("mode", "session")])).unwrap();
+        assert_eq!(config.mode, Mode::Session);
+        assert_eq!(config.version_tag.as_deref(), Some("blue"));
+        assert_eq!(
+            parse_settings(&settings(&[("version_tag", "")]))
+                .unwrap()
+                .version_tag,
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_mode_names_the_valid_ones() {
+        let err = parse_settings(&settings(&[("mode", "Transaction")])).unwrap_err();
+        assert_eq!(
+            err,
+            r#"unknown mode "Transaction": expected one of transaction, session, statement"#
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse_settings(&settings(&[("mode", "session"), ("pool_size", "3")])).unwrap_err();
+        assert_eq!(
+            err,
+            r#"unknown setting "pool_size" (known settings: mode, version_tag)"#
+        );
+        let err = parse_settings(&settings(&[("a", "1"), ("b", "2")])).unwrap_err();
+        assert_eq!(
+            err,
+            r#"unknown settings "a", "b" (known settings: mode, version_tag)"#
+        );
+    }
+
+    #[test]
+    fn repeated_keys_are_rejected() {
+        let err = parse_settings(&settings(&[("mode", "session"), ("mode", "statement")])).unwrap_err();
+        assert_eq!(err, r#"setting "mode" given more than once"#);
+    }
+
+    #[test]
+    fn version_appends_the_tag() {
+        assert_eq!(version(None), env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            version(Some("blue")),
+            format!("{}+blue", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
