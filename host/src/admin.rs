@@ -22,6 +22,7 @@ const HELP: &[&str] = &[
     "SHOW HELP        this list",
     "SHOW POOLS       one row per (database, user) pool: mode, size, servers idle and in use, counters",
     "SHOW DATABASES   configured databases and where they route",
+    "SHOW PLUGINS     loaded plugins: version, hash, hooks, calls, failures, p50 call time, loaded at",
     "SHOW VERSION     the proxy's version",
 ];
 
@@ -90,6 +91,7 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
         },
         ["show", "pools"] => show_pools(state),
         ["show", "databases"] => show_databases(state),
+        ["show", "plugins"] => show_plugins(state),
         _ => {
             return Err(
                 ErrorFields::error("42601", format!("unknown admin command: {command}"))
@@ -142,6 +144,55 @@ fn show_pools(state: &ProxyState) -> Table {
             "connect_failures",
             "wait_timeouts",
             "server",
+        ],
+        rows,
+    }
+}
+
+fn show_plugins(state: &ProxyState) -> Table {
+    let rows = state
+        .plugins
+        .plugins()
+        .iter()
+        .map(|p| {
+            let r = p.report();
+            let loaded_at = humantime::format_rfc3339_seconds(p.loaded_at).to_string();
+            let counters: Vec<String> = r.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                p.name.clone(),
+                p.version.clone(),
+                p.hash.clone(),
+                p.hooks
+                    .iter()
+                    .map(|h| format!("{h:?}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                r.calls.to_string(),
+                r.failures.to_string(),
+                r.instantiations.to_string(),
+                r.p50.map_or_else(
+                    || "-".into(),
+                    |d| format!("{:.1}us", d.as_nanos() as f64 / 1000.0),
+                ),
+                loaded_at,
+                p.path.display().to_string(),
+                counters.join(" "),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "name",
+            "version",
+            "hash",
+            "hooks",
+            "calls",
+            "failures",
+            "instances",
+            "p50",
+            "loaded_at",
+            "path",
+            "counters",
         ],
         rows,
     }

@@ -9,6 +9,8 @@ pub mod cancel;
 pub mod config;
 pub mod listener;
 pub mod net;
+pub mod plugins;
+pub mod policy;
 pub mod pool;
 pub mod server;
 pub mod session;

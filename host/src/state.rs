@@ -14,6 +14,7 @@ use crate::auth::{ScramVerifier, UserAuth};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, NodeRole};
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
+use crate::plugins::{PluginError, PluginHost};
 use crate::pool::{Pool, PoolSettings};
 use crate::server::{connect, query_row, ConnectParams, NodeAddr, ServerError};
 
@@ -30,6 +31,8 @@ pub enum StateError {
     User { user: String, message: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
 }
 
 pub struct ProxyState {
@@ -38,6 +41,7 @@ pub struct ProxyState {
     pub databases: HashMap<String, DatabaseRoute>,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     pub cancels: Arc<CancelRegistry>,
+    pub plugins: PluginHost,
     pub tls: Option<TlsAcceptor>,
     /// Clients connected now (for `max_client_conn`).
     pub clients: AtomicUsize,
@@ -103,6 +107,7 @@ impl ProxyState {
                 },
             );
         }
+        let plugins = PluginHost::load(&config)?;
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(client_tls_acceptor(cert, key)?),
             _ => None,
@@ -113,6 +118,7 @@ impl ProxyState {
             databases,
             pools: Mutex::new(HashMap::new()),
             cancels: Arc::new(CancelRegistry::default()),
+            plugins,
             tls,
             clients: AtomicUsize::new(0),
             shutdown,

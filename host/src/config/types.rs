@@ -25,6 +25,55 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminSettings,
     pub auth_query: Option<AuthQuerySettings>,
+    /// `[plugins.NAME]`: WebAssembly policy plugins.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// Hook kinds a plugin can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookKind {
+    PoolMode,
+}
+
+/// `[plugins.NAME]`: one WebAssembly component and the hooks it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component file (`.wasm`), relative to the working directory.
+    pub path: Spanned<PathBuf>,
+    /// Hooks this plugin serves; each must be exported by the component.
+    pub hooks: Vec<HookKind>,
+    /// Databases whose sessions use it; all when absent.
+    pub databases: Option<Vec<Spanned<String>>>,
+    /// Passed to the plugin's `init` as text key/value pairs.
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+}
+
+impl PluginConfig {
+    /// Settings as the text pairs `init` receives.
+    pub fn settings_text(&self) -> Vec<(String, String)> {
+        self.settings
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+
+    pub fn serves(&self, hook: HookKind, database: &str) -> bool {
+        self.hooks.contains(&hook)
+            && self
+                .databases
+                .as_ref()
+                .is_none_or(|dbs| dbs.iter().any(|d| d.get_ref() == database))
+    }
 }
 
 /// `[auth_query]`: users not in `[users]` are looked up on the server, as PgBouncer does.
@@ -96,6 +145,8 @@ pub enum PoolMode {
     Session,
     /// The server returns to the pool at the end of each transaction.
     Transaction,
+    /// The server returns to the pool after each statement; transaction blocks are refused.
+    Statement,
 }
 
 /// How the proxy connects to servers: libpq's `sslmode` values that make sense for a proxy.

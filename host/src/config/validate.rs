@@ -117,6 +117,42 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
             ));
         }
     }
+    for (name, plugin) in &config.plugins {
+        if plugin.hooks.is_empty() {
+            return Err(Violation {
+                line: header_line(text, "plugins", name),
+                key: format!("plugins.{name}.hooks"),
+                message: "list the hooks this plugin serves, e.g. hooks = [\"pool-mode\"]".into(),
+            });
+        }
+        for db in plugin.databases.iter().flatten() {
+            if !config.databases.contains_key(db.get_ref()) {
+                return Err(at(
+                    db.span(),
+                    format!("plugins.{name}.databases"),
+                    format!("unknown database {:?}", db.get_ref()),
+                ));
+            }
+        }
+    }
+    let mut served = std::collections::BTreeMap::new();
+    for (name, plugin) in &config.plugins {
+        for db in config.databases.keys() {
+            for hook in &plugin.hooks {
+                if plugin.serves(*hook, db) {
+                    if let Some(other) = served.insert((db.clone(), *hook), name.clone()) {
+                        return Err(Violation {
+                            line: header_line(text, "plugins", name),
+                            key: format!("plugins.{name}.hooks"),
+                            message: format!(
+                                "plugins {other:?} and {name:?} both serve {hook:?} for database {db:?}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
     for admin in &config.admin.users {
         if !config.users.contains_key(admin.get_ref()) {
             return Err(at(

@@ -9,16 +9,19 @@
 
 use std::sync::Arc;
 
-use bytes::Buf;
 use bytes::Bytes;
+use bytes::{Buf, BytesMut};
+use switchyard_protocol::backend::{error_response, ready_for_query, ErrorFields};
 use switchyard_protocol::backend::{parse_command_complete, parse_ready_for_query, tags, TransactionStatus};
 use switchyard_protocol::frame::{frames, HEADER_LEN};
+use switchyard_protocol::frontend::encode_query;
 
 /// Largest server message relayed: Postgres' own limit on a message (1 GiB). Server messages
 /// are buffered whole; streaming oversized rows without buffering is future work.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 use super::{Session, SessionError};
+use crate::policy::pool_mode::ReadyAction;
 use crate::pool::StatementDef;
 
 /// A reply the server owes.
@@ -152,6 +155,18 @@ impl Session {
                         conn.settings_signature = signature;
                     }
                 }
+                let at_boundary = self.expect.is_empty() && !self.unsynced;
+                self.release_ready = false;
+                if at_boundary {
+                    match self.ready_action(status) {
+                        ReadyAction::Release => self.release_ready = true,
+                        ReadyAction::Keep => {}
+                        ReadyAction::RefuseTransaction(message) => {
+                            self.refuse_transaction(&message);
+                            return Ok(false);
+                        }
+                    }
+                }
                 Ok(true)
             }
             tags::ERROR_RESPONSE => {
@@ -229,6 +244,19 @@ impl Session {
             }
             _ => Ok(!injected_query),
         }
+    }
+
+    /// Rolls back the transaction block the client just opened (statement pooling) and
+    /// answers with an error in place of this ReadyForQuery.
+    fn refuse_transaction(&mut self, message: &str) {
+        encode_query(b"ROLLBACK", &mut self.sout);
+        self.expect.push_back(Expect::InjectedQuery);
+        let mut reply = BytesMut::new();
+        error_response(&ErrorFields::error("25000", message), &mut reply);
+        ready_for_query(TransactionStatus::Idle, &mut reply);
+        self.expect.push_back(Expect::Synthetic(reply.freeze()));
+        self.tx_status = TransactionStatus::Idle;
+        self.tx_statements = 0;
     }
 
     fn pop_if(&mut self, f: impl Fn(&Expect) -> bool) {

@@ -44,6 +44,8 @@ use self::statements::ClientStatements;
 use crate::cancel::{CancelRegistration, CancelTarget};
 use crate::config::PoolMode;
 use crate::net::Stream;
+use crate::plugins::{Plugin, SessionFacts};
+use crate::policy::pool_mode::{self, ReadyAction, ReadyFacts};
 use crate::pool::{Checkout, Pool};
 use crate::state::ProxyState;
 
@@ -85,7 +87,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
             return;
         }
     };
-    let mut session = Session::new(logged_in, pool);
+    let plugin = state.plugins.pool_mode(&logged_in.database);
+    let mut session = Session::new(logged_in, pool, plugin);
     let mut shutdown = state.shutdown.clone();
     let result = session.run(&mut shutdown).await;
     session.finish(result).await;
@@ -128,11 +131,31 @@ struct Session {
     skipping: bool,
     /// The server is in COPY FROM STDIN started by Execute, and the client has not ended it.
     copy_in: bool,
+    /// The pool-mode plugin for this database, if one is configured.
+    plugin: Option<Arc<Plugin>>,
+    /// What the plugin is told about this session.
+    facts: SessionFacts,
+    /// Statements run in the current transaction block.
+    tx_statements: u32,
+    /// The pool-mode decision at the last boundary was to release the server.
+    release_ready: bool,
 }
 
 impl Session {
-    fn new(l: startup::LoggedIn, pool: Arc<Pool>) -> Session {
+    fn new(l: startup::LoggedIn, pool: Arc<Pool>, plugin: Option<Arc<Plugin>>) -> Session {
         let cap = pool.settings.max_prepared_statements;
+        let application_name = l
+            .params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "application_name")
+            .map_or("", |(_, v)| v.as_str());
+        let facts = SessionFacts::new(
+            l.cancel.process_id as u32,
+            &l.user.name,
+            &l.database,
+            application_name,
+        );
         Session {
             client: l.stream,
             cbuf: l.buf,
@@ -152,6 +175,10 @@ impl Session {
             terminated: false,
             skipping: false,
             copy_in: false,
+            plugin,
+            facts,
+            tx_statements: 0,
+            release_ready: false,
         }
     }
 
@@ -180,18 +207,39 @@ impl Session {
         }
     }
 
-    /// True when the server can go back to the pool: transaction mode, nothing owed, nothing
-    /// half-sent, and the server idle outside a transaction.
+    /// True when the server can go back to the pool: the pool-mode decision at the last
+    /// boundary said so, and since then nothing was sent, owed or half-sent.
     fn releasable(&self) -> bool {
         self.server.is_some()
-            && self.mode == PoolMode::Transaction
+            && self.release_ready
             && self.expect.is_empty()
             && !self.unsynced
-            && self.tx_status == TransactionStatus::Idle
             && self.sout.is_empty()
     }
 
+    /// The pool-mode decision at a ReadyForQuery boundary: the plugin's, or the built-in's
+    /// when there is no plugin or it failed.
+    fn ready_action(&mut self, status: TransactionStatus) -> ReadyAction {
+        self.tx_statements += 1;
+        let facts = ReadyFacts {
+            status,
+            statements: self.tx_statements,
+            holds_server_state: false,
+        };
+        if status == TransactionStatus::Idle {
+            self.tx_statements = 0;
+        }
+        let builtin = || pool_mode::decide(self.mode, facts);
+        match &self.plugin {
+            Some(plugin) => plugin
+                .on_ready(&mut self.facts, facts)
+                .unwrap_or_else(|_| builtin()),
+            None => builtin(),
+        }
+    }
+
     fn release(&mut self) {
+        self.release_ready = false;
         if let Some(mut checkout) = self.server.take() {
             self.cancel.slot.set(None);
             tracing::debug!(
@@ -309,6 +357,7 @@ impl Session {
         let _ = self.flush_client().await;
         let _ = self.client.shutdown().await;
         self.cancel.slot.set(None);
+        let releasable = self.releasable();
         let Some(checkout) = self.server.take() else {
             return;
         };
@@ -316,14 +365,15 @@ impl Session {
         if !clean {
             return; // dropping the checkout closes the server
         }
-        let reset = match (self.mode, self.tx_status) {
-            (PoolMode::Transaction, TransactionStatus::Idle) => {
-                checkout.release();
-                return;
-            }
-            (PoolMode::Transaction, _) => "ROLLBACK",
-            (PoolMode::Session, TransactionStatus::Idle) => "DISCARD ALL",
-            (PoolMode::Session, _) => "ROLLBACK; DISCARD ALL",
+        if releasable {
+            checkout.release();
+            return;
+        }
+        // The session kept its server (session mode, an open transaction, server-side state):
+        // whatever it left there must not reach the next client.
+        let reset = match self.tx_status {
+            TransactionStatus::Idle => "DISCARD ALL",
+            _ => "ROLLBACK; DISCARD ALL",
         };
         tokio::spawn(reset_server(checkout, reset));
     }

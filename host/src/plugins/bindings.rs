@@ -1,0 +1,70 @@
+//! Host bindings generated from `wit/`, and the `host` interface plugins import.
+
+use std::sync::atomic::Ordering;
+
+use super::instance::StoreState;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "pool-mode-plugin",
+});
+
+pub use exports::switchyard::policy::pool_mode::ReadyAction as WitReadyAction;
+pub use switchyard::policy::types::{SessionInfo, TxStatus};
+
+use switchyard::policy::host::LogLevel;
+
+impl switchyard::policy::types::Host for StoreState {}
+
+impl switchyard::policy::host::Host for StoreState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn counter_add(&mut self, name: String, delta: i64) {
+        self.counters.add(&name, delta);
+    }
+
+    fn monotonic_now_ns(&mut self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+}
+
+/// Counters plugins keep through `host.counter-add`, shown by the admin console.
+#[derive(Default)]
+pub struct PluginCounters {
+    values: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
+    /// Calls to `counter-add`, to spot a plugin that calls it on every decision.
+    pub updates: std::sync::atomic::AtomicU64,
+}
+
+impl PluginCounters {
+    fn add(&self, name: &str, delta: i64) {
+        self.updates.fetch_add(1, Ordering::Relaxed);
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let full = values.len() >= 256; // bounds the names a plugin can create
+        match values.get_mut(name) {
+            Some(v) => *v = v.saturating_add(delta),
+            None if !full => {
+                values.insert(name.to_string(), delta);
+            }
+            None => {}
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, i64)> {
+        self.values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
