@@ -24,6 +24,10 @@ struct Plugin;
 
 impl Lifecycle for Plugin {
     fn init(settings: Vec<(String, String)>) -> Result<(), String> {
+        // std's default panic hook reads the environment (`RUST_BACKTRACE`) before printing,
+        // which a host that gives plugins only stdout/stderr turns into a trap that hides the
+        // message; this one only writes to stderr. (No panic is expected: belt and braces.)
+        std::panic::set_hook(Box::new(|info| eprintln!("pool-mode: {info}")));
         let config = policy::parse_settings(&settings)?;
         let version = policy::version(config.version_tag.as_deref());
         MODE.store(config.mode as u8, Ordering::Relaxed);

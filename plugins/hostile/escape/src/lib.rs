@@ -1,12 +1,17 @@
 //! Hostile test plugin: `init` tries to reach outside the sandbox (a file, a TCP connection,
-//! the environment) and logs what it got, one `host::log` line each, at `warn`:
+//! the environment) and logs each attempt and its outcome via `host::log`, at `warn`:
 //!
-//! - `escape: fs /etc/passwd: denied: <error>` or `escape: fs /etc/passwd: READ <n> bytes`
-//! - `escape: tcp 127.0.0.1:5432: denied: <error>` or `escape: tcp 127.0.0.1:5432: CONNECTED`
-//! - `escape: env: <n> variables` followed by ` [NAME, ...]` when there are any
+//! - `escape: trying fs /etc/passwd`, then `escape: fs /etc/passwd: denied: <error>` or
+//!   `escape: fs /etc/passwd: READ <n> bytes`
+//! - `escape: trying tcp 127.0.0.1:5432`, then `escape: tcp 127.0.0.1:5432: denied: <error>` or
+//!   `escape: tcp 127.0.0.1:5432: CONNECTED`
+//! - `escape: trying env`, then `escape: env: <n> variables` followed by ` [NAME, ...]` (names
+//!   only, never values) when there are any
 //!
-//! A contained plugin logs "denied" twice and "env: 0 variables". `init` returns Ok either
-//! way; `on-ready` always releases.
+//! Under a host that links WASI and denies everything, a contained plugin logs "denied" twice
+//! and "env: 0 variables", and `init` returns Ok. Under a host that defines these imports as
+//! traps, `init` traps at the first attempt (the last "trying" line says where). `on-ready`
+//! always releases.
 
 // Component glue only: the host target cannot link a cdylib whose export names contain ':'.
 #![cfg(target_arch = "wasm32")]
@@ -23,6 +28,10 @@ use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction};
 use switchyard::policy::host::{self, LogLevel};
 use switchyard::policy::types::SessionInfo;
 
+fn trying(what: &str) {
+    host::log(LogLevel::Warn, &format!("escape: trying {what}"));
+}
+
 fn report<T, E: Display>(what: &str, result: Result<T, E>, ok: impl FnOnce(T) -> String) {
     let outcome = match result {
         Ok(value) => ok(value),
@@ -35,14 +44,17 @@ struct Plugin;
 
 impl Lifecycle for Plugin {
     fn init(_settings: Vec<(String, String)>) -> Result<(), String> {
+        trying("fs /etc/passwd");
         report("fs /etc/passwd", std::fs::read("/etc/passwd"), |bytes| {
             format!("READ {} bytes", bytes.len())
         });
+        trying("tcp 127.0.0.1:5432");
         report(
             "tcp 127.0.0.1:5432",
             std::net::TcpStream::connect("127.0.0.1:5432"),
             |_| "CONNECTED".to_string(),
         );
+        trying("env");
         let names: Vec<String> = std::env::vars_os()
             .map(|(k, _)| k.to_string_lossy().into_owned())
             .collect();

@@ -1,6 +1,10 @@
-//! Hostile test plugin: `on-ready` panics. On wasm32-wasip2 the panic message goes to stderr
-//! (the host's log), then the instance traps (`unreachable`). The host must survive the trap
-//! and answer with the built-in policy.
+//! Hostile test plugin: `on-ready` panics. The panic message goes to stderr (the host's log),
+//! then the instance traps (`unreachable`: wasm32-wasip2 cannot unwind). The host must survive
+//! the trap and answer with the built-in policy.
+//!
+//! `init` installs a panic hook that only writes to stderr: std's default hook first reads
+//! the environment (`RUST_BACKTRACE`), which traps before printing anything under a host that
+//! gives plugins stdout/stderr and nothing else.
 
 // Component glue only: the host target cannot link a cdylib whose export names contain ':'.
 #![cfg(target_arch = "wasm32")]
@@ -18,6 +22,7 @@ struct Plugin;
 
 impl Lifecycle for Plugin {
     fn init(_settings: Vec<(String, String)>) -> Result<(), String> {
+        std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
         Ok(())
     }
 
