@@ -1,6 +1,6 @@
 //! The only WASI a plugin gets besides trapping stubs: `stdout` and `stderr` as output
 //! streams that write into a capped per-instance buffer, flushed to the proxy's log after
-//! each call. wasmtime-wasi's synchronous streams block on the current tokio runtime, which
+//! each call, and an empty environment and argument list. wasmtime-wasi's synchronous streams block on the current tokio runtime, which
 //! panics inside a tokio worker; these never block and never touch tokio.
 //!
 //! Every other import of a component (files, sockets, environment, clocks, ...) is defined
@@ -17,16 +17,17 @@ const WASI: &str = "0.2.6";
 /// Bytes of guest output kept per call; the rest is counted and dropped.
 pub const OUTPUT_CAP: usize = 16 * 1024;
 
-/// Host side of `wasi:io/streams.output-stream`: rep 1 is stdout, 2 is stderr.
-pub struct OutputStream;
-/// Host side of `wasi:io/error.error` (never created: writes do not fail).
-pub struct IoError;
+/// Every WASI resource is the host type `()`: the loader's trapping stubs give unknown
+/// resources that type, and an interface that `use`s `output-stream` (files, sockets)
+/// re-exports it, so one type everywhere keeps them all compatible. Reps tell streams apart:
+/// 1 is stdout, 2 is stderr.
+type OutputStream = ();
 
 #[derive(ComponentType, Lift, Lower)]
 #[component(variant)]
 enum StreamError {
     #[component(name = "last-operation-failed")]
-    LastOperationFailed(Resource<IoError>),
+    LastOperationFailed(Resource<()>),
     #[component(name = "closed")]
     Closed,
 }
@@ -90,11 +91,11 @@ fn write(
 
 pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     let mut error = linker.instance(&format!("wasi:io/error@{WASI}"))?;
-    error.resource("error", ResourceType::host::<IoError>(), |_, _| Ok(()))?;
+    error.resource("error", ResourceType::host::<()>(), |_, _| Ok(()))?;
 
     // An interface that `use`s a resource re-exports it: each instance names the same type.
     let mut streams = linker.instance(&format!("wasi:io/streams@{WASI}"))?;
-    streams.resource("error", ResourceType::host::<IoError>(), |_, _| Ok(()))?;
+    streams.resource("error", ResourceType::host::<()>(), |_, _| Ok(()))?;
     streams.resource("output-stream", ResourceType::host::<OutputStream>(), |_, _| {
         Ok(())
     })?;
@@ -112,6 +113,14 @@ pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
             Ok((Ok::<(), StreamError>(()),))
         })?;
     }
+
+    // An empty environment and argument list: language runtimes read them at start or to
+    // format a panic, and must see nothing rather than trap.
+    let mut environment = linker.instance(&format!("wasi:cli/environment@{WASI}"))?;
+    environment.func_wrap("get-environment", |_: Cx<'_>, ()| {
+        Ok((Vec::<(String, String)>::new(),))
+    })?;
+    environment.func_wrap("get-arguments", |_: Cx<'_>, ()| Ok((Vec::<String>::new(),)))?;
 
     for (interface, getter, rep) in [("stdout", "get-stdout", 1), ("stderr", "get-stderr", 2)] {
         let mut cli = linker.instance(&format!("wasi:cli/{interface}@{WASI}"))?;

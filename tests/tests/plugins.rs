@@ -1,0 +1,223 @@
+//! Pool mode decided by a WebAssembly plugin on the data path (plugins/dist, built by
+//! scripts/build-plugins): the bundled pool-mode plugin in transaction, session and
+//! statement mode, and hostile plugins that loop, exhaust memory or trap on every call
+//! while clients see no error, plus plugins that must be refused at start-up.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use switchyard_tests::proxy::{AdminSection, UserSection};
+use switchyard_tests::tools::run_command;
+use switchyard_tests::{
+    env, expect_sqlstate, skip_if_direct, Length, PgCluster, PgResultExt, ProxyConfig, QueryMode, TestBed,
+};
+
+fn component(name: &str) -> Result<PathBuf> {
+    let path = env::workspace_dir()
+        .join("plugins/dist")
+        .join(format!("{name}.wasm"));
+    ensure!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A proxy whose database `app` uses the plugin `name` for pool mode, with `settings`.
+fn with_plugin(cfg: ProxyConfig, name: &str, settings: &[(&str, &str)]) -> Result<ProxyConfig> {
+    let mut cfg = cfg
+        .set("plugins.policy.path", component(name)?.display().to_string())
+        .set(
+            "plugins.policy.hooks",
+            toml::Value::Array(vec!["pool-mode".into()]),
+        )
+        .user(
+            "admin",
+            UserSection {
+                password: "admin".into(),
+                server_password: None,
+                auth: None,
+            },
+        );
+    cfg.admin = Some(AdminSection {
+        users: vec!["admin".into()],
+    });
+    for (k, v) in settings {
+        cfg = cfg.set(&format!("plugins.policy.settings.{k}"), *v);
+    }
+    Ok(cfg)
+}
+
+/// (calls, failures) of the plugin, from SHOW PLUGINS.
+async fn plugin_counts(bed: &TestBed) -> Result<(u64, u64)> {
+    let admin = bed.endpoint().connect("admin", "admin", "switchyard").await?;
+    let rows = admin.simple_query("SHOW PLUGINS").await.ctx("SHOW PLUGINS")?;
+    for msg in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
+            let calls = row.get("calls").unwrap_or("0").parse()?;
+            let failures = row.get("failures").unwrap_or("0").parse()?;
+            return Ok((calls, failures));
+        }
+    }
+    anyhow::bail!("SHOW PLUGINS returned no row")
+}
+
+/// pgbench through a pool of 4 for 32 clients: every transaction must succeed.
+async fn pgbench_ok(bed: &TestBed, mode: QueryMode, seconds: u32) -> Result<u64> {
+    let result = bed
+        .endpoint()
+        .pgbench("app", "app", "app")
+        .run_async(mode, 32, 2, Length::Seconds(seconds))
+        .await?;
+    ensure!(
+        result.status_ok && result.failed == 0 && result.processed > 0,
+        "{}",
+        result.output.describe(&format!(
+            "pgbench -M {}: expected 0 failed transactions, got {}",
+            mode.as_str(),
+            result.failed
+        ))
+    );
+    Ok(result.processed)
+}
+
+#[tokio::test]
+async fn transaction_mode_plugin_runs_pgbench_in_every_protocol() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
+        with_plugin(cfg.pool_size(4), "pool-mode", &[("mode", "transaction")])
+    })?;
+    bed.direct().pgbench("app", "app", "app").init(1)?;
+    let mut processed = 0;
+    for mode in [QueryMode::Simple, QueryMode::Extended, QueryMode::Prepared] {
+        processed += pgbench_ok(&bed, mode, 3).await?;
+    }
+    let (calls, failures) = plugin_counts(&bed).await?;
+    ensure!(failures == 0, "the pool-mode plugin failed {failures} calls");
+    ensure!(
+        calls >= processed,
+        "{processed} transactions but only {calls} plugin calls: the plugin is not on the data path"
+    );
+    bed.ensure_proxy_alive()
+}
+
+#[tokio::test]
+async fn session_mode_plugin_keeps_the_server() -> Result<()> {
+    skip_if_direct!();
+    // The configured pool mode is transaction; the plugin says session.
+    let bed = TestBed::start_full(Default::default(), |cfg, _| {
+        with_plugin(
+            cfg.mode("transaction").pool_size(2),
+            "pool-mode",
+            &[("mode", "session")],
+        )
+    })?;
+    let a = bed.endpoint().connect_app().await?;
+    a.batch_execute("CREATE TEMP TABLE mine(x int); INSERT INTO mine VALUES (7)")
+        .await
+        .ctx("create temp table")?;
+    // Another client takes the other server; a's temp table must still be there.
+    let b = bed.endpoint().connect_app().await?;
+    b.batch_execute("SELECT 1").await.ctx("second client")?;
+    let x: i32 = a
+        .query_one("SELECT x FROM mine", &[])
+        .await
+        .ctx("temp table after other traffic")?
+        .get(0);
+    ensure!(x == 7, "expected 7 from the session's temp table, got {x}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn statement_mode_plugin_refuses_transaction_blocks() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_full(Default::default(), |cfg, _| {
+        with_plugin(cfg.pool_size(2), "pool-mode", &[("mode", "statement")])
+    })?;
+    let c = bed.endpoint().connect_app().await?;
+    let one: i32 = c
+        .query_one("SELECT 1", &[])
+        .await
+        .ctx("autocommit statement")?
+        .get(0);
+    ensure!(one == 1, "SELECT 1 gave {one}");
+    let err = c.batch_execute("BEGIN").await;
+    let db = expect_sqlstate(err, &["25000"], "BEGIN in statement mode")?;
+    ensure!(
+        db.message().contains("statement pooling"),
+        "unexpected message: {}",
+        db.message()
+    );
+    // The session goes on, outside any transaction.
+    let two: i32 = c
+        .query_one("SELECT 2", &[])
+        .await
+        .ctx("after the refused BEGIN")?
+        .get(0);
+    ensure!(two == 2, "SELECT 2 gave {two}");
+    // SAVEPOINT is refused outside a transaction block (25P01): proof none is open.
+    expect_sqlstate(
+        c.batch_execute("SAVEPOINT s").await,
+        &["25P01"],
+        "SAVEPOINT after the refusal",
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_plugins_are_contained_without_client_errors() -> Result<()> {
+    skip_if_direct!();
+    for hostile in ["hostile-spin", "hostile-membomb", "hostile-trap"] {
+        let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
+            with_plugin(cfg.pool_size(4), hostile, &[])
+        })?;
+        bed.direct().pgbench("app", "app", "app").init(1)?;
+        pgbench_ok(&bed, QueryMode::Simple, 2)
+            .await
+            .with_context(|| format!("with {hostile}"))?;
+        let (_, failures) = plugin_counts(&bed).await?;
+        ensure!(
+            failures > 0,
+            "{hostile} should have failed calls (and been contained), SHOW PLUGINS says 0"
+        );
+        bed.ensure_proxy_alive()
+            .with_context(|| format!("with {hostile}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn broken_plugins_are_refused_at_start_with_the_reason() -> Result<()> {
+    skip_if_direct!();
+    let pg = PgCluster::start()?;
+    let binary = env::proxy_binary()?;
+    let dir = tempdir_in_target()?;
+    for (plugin, expected) in [
+        ("hostile-badinit", "init failed: refusing to start"),
+        ("hostile-oldwit", "does not fit this proxy's interface"),
+        ("hostile-escape", "init failed"),
+    ] {
+        let cfg = with_plugin(ProxyConfig::for_cluster(&pg), plugin, &[])?.set("proxy.listen", "127.0.0.1:1");
+        let file = dir.join(format!("{plugin}.toml"));
+        std::fs::write(&file, cfg.to_toml()?)?;
+        let out = run_command(
+            std::process::Command::new(&binary).arg("check-config").arg(&file),
+            None,
+            std::time::Duration::from_secs(60),
+        )?;
+        ensure!(!out.status_ok, "check-config accepted {plugin}");
+        ensure!(
+            out.stderr.contains(expected) && out.stderr.contains("policy"),
+            "check-config on {plugin}: expected the plugin's name and {expected:?}, got: {}",
+            out.stderr
+        );
+    }
+    Ok(())
+}
+
+fn tempdir_in_target() -> Result<PathBuf> {
+    let dir = env::scratch_root()?.join(format!("plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
