@@ -9,14 +9,14 @@ wasmtime::component::bindgen!({
     world: "pool-mode-plugin",
 });
 
-pub use exports::switchyard::policy::pool_mode::ReadyAction as WitReadyAction;
-pub use switchyard::policy::types::{SessionInfo, TxStatus};
+pub use self::exports::switchyard::policy::pool_mode::ReadyAction as WitReadyAction;
+pub use self::switchyard::policy::types::{SessionInfo, TxStatus};
 
-use switchyard::policy::host::LogLevel;
+use self::switchyard::policy::host::LogLevel;
 
-impl switchyard::policy::types::Host for StoreState {}
+impl self::switchyard::policy::types::Host for StoreState {}
 
-impl switchyard::policy::host::Host for StoreState {
+impl self::switchyard::policy::host::Host for StoreState {
     fn log(&mut self, level: LogLevel, message: String) {
         let plugin = &*self.plugin;
         match level {
