@@ -12,6 +12,9 @@ pub use scram::{
 
 use std::sync::OnceLock;
 
+/// The only SASL mechanism spoken, to clients and to servers.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
 use crate::config::{ClientAuthMethod, UserConfig};
 
 /// A password as the configuration stores it.

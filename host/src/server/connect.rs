@@ -7,16 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
-use postgres_protocol::message::backend::Message;
-use postgres_protocol::message::frontend;
-use switchyard_protocol::backend::{parse_error_fields, tags, ErrorFields};
-use switchyard_protocol::frame::split_frame;
+use switchyard_protocol::backend::{
+    parse_authentication, parse_backend_key_data, parse_error_fields, parse_parameter_status, tags,
+    Authentication,
+};
+use switchyard_protocol::frame::{split_frame, Frame};
+use switchyard_protocol::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{NodeAddr, ServerConn, ServerError};
-use crate::auth::{KeySource, Md5Challenge, ScramKeyClient, ServerSecret};
+use crate::auth::{md5_hash, KeySource, Md5Challenge, ScramKeyClient, ServerSecret, SCRAM_SHA_256};
 use crate::config::ServerTlsMode;
 use crate::net::{ServerTls, Stream};
 use crate::pool::ServerStatements;
@@ -64,10 +65,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
     let mut out = BytesMut::new();
     let mut startup: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];
     startup.extend(p.options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    frontend::startup_message(startup, &mut out).map_err(|e| ServerError::Protocol {
-        addr: addr.clone(),
-        reason: e.to_string(),
-    })?;
+    frontend::encode_startup(&startup, &mut out);
     write(&mut stream, &addr, &out).await?;
 
     let mut rbuf = BytesMut::with_capacity(8192);
@@ -75,92 +73,78 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
     let mut params = HashMap::new();
     let mut key = (0, 0);
     loop {
-        let msg = match read_message(&mut stream, &mut rbuf, &addr).await? {
-            Ok(msg) => msg,
-            Err(fields) => {
+        let frame = read_message(&mut stream, &mut rbuf, &addr).await?;
+        let body = frame.body();
+        out.clear();
+        match frame.tag() {
+            tags::AUTHENTICATION => match parse_authentication(body).map_err(|e| protocol(&addr, e))? {
+                Authentication::Ok => {}
+                Authentication::CleartextPassword => {
+                    let ServerSecret::Password(pw, _) = p.secret else {
+                        return Err(no_password(p, &addr));
+                    };
+                    frontend::encode_password(pw.as_bytes(), &mut out);
+                }
+                Authentication::Md5Password { salt } => {
+                    let stored = match &p.secret {
+                        ServerSecret::Password(pw, _) => md5_hash(pw, p.user),
+                        ServerSecret::Md5Hash(hash) => hash.to_string(),
+                        _ => return Err(no_password(p, &addr)),
+                    };
+                    frontend::encode_password(Md5Challenge { salt }.expected(&stored).as_bytes(), &mut out);
+                }
+                Authentication::Sasl { mechanisms } => {
+                    if !mechanisms.contains(&SCRAM_SHA_256) {
+                        return Err(ServerError::UnsupportedAuth {
+                            addr,
+                            method: "SASL without SCRAM-SHA-256".into(),
+                        });
+                    }
+                    let source = match &p.secret {
+                        ServerSecret::Password(password, cache) => KeySource::Password { password, cache },
+                        ServerSecret::Scram(keys) => KeySource::Keys(keys.clone()),
+                        _ => return Err(no_password(p, &addr)),
+                    };
+                    let (client, first) = ScramKeyClient::new(source);
+                    frontend::encode_sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), &mut out);
+                    scram = Some(client);
+                }
+                Authentication::SaslContinue(data) => {
+                    let client = scram
+                        .as_mut()
+                        .ok_or_else(|| protocol(&addr, "SASL continue without SASL start"))?;
+                    let last = client.respond(data).map_err(|e| protocol(&addr, e))?;
+                    frontend::encode_sasl_response(last.as_bytes(), &mut out);
+                }
+                Authentication::SaslFinal(data) => {
+                    let client = scram
+                        .as_ref()
+                        .ok_or_else(|| protocol(&addr, "SASL final without SASL start"))?;
+                    client
+                        .verify(data)
+                        .map_err(|e| protocol(&addr, format!("server signature invalid: {e}")))?;
+                }
+                Authentication::Unsupported(code) => {
+                    return Err(ServerError::UnsupportedAuth {
+                        addr,
+                        method: format!("authentication request {code} (Kerberos/GSS/SSPI)"),
+                    });
+                }
+            },
+            tags::ERROR_RESPONSE => {
+                let fields = parse_error_fields(body).map_err(|e| protocol(&addr, e))?;
                 return Err(ServerError::Refused {
                     addr,
                     fields: Box::new(fields),
-                })
-            }
-        };
-        out.clear();
-        match msg {
-            Message::AuthenticationOk => {}
-            Message::AuthenticationCleartextPassword => {
-                let ServerSecret::Password(pw, _) = p.secret else {
-                    return Err(no_password(p, &addr));
-                };
-                frontend::password_message(pw.as_bytes(), &mut out).map_err(|e| protocol(&addr, e))?;
-            }
-            Message::AuthenticationMd5Password(body) => {
-                let answer = match &p.secret {
-                    ServerSecret::Password(pw, _) => postgres_protocol::authentication::md5_hash(
-                        p.user.as_bytes(),
-                        pw.as_bytes(),
-                        body.salt(),
-                    ),
-                    ServerSecret::Md5Hash(hash) => Md5Challenge { salt: body.salt() }.expected(hash),
-                    _ => return Err(no_password(p, &addr)),
-                };
-                frontend::password_message(answer.as_bytes(), &mut out).map_err(|e| protocol(&addr, e))?;
-            }
-            Message::AuthenticationSasl(body) => {
-                let mut mechanisms = body.mechanisms();
-                let mut has_scram = false;
-                while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)
-                    .map_err(|e| protocol(&addr, e))?
-                {
-                    has_scram |= m == SCRAM_SHA_256;
-                }
-                if !has_scram {
-                    return Err(ServerError::UnsupportedAuth {
-                        addr,
-                        method: "SASL without SCRAM-SHA-256".into(),
-                    });
-                }
-                let source = match &p.secret {
-                    ServerSecret::Password(password, cache) => KeySource::Password { password, cache },
-                    ServerSecret::Scram(keys) => KeySource::Keys(keys.clone()),
-                    _ => return Err(no_password(p, &addr)),
-                };
-                let (client, first) = ScramKeyClient::new(source);
-                frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), &mut out)
-                    .map_err(|e| protocol(&addr, e))?;
-                scram = Some(client);
-            }
-            Message::AuthenticationSaslContinue(body) => {
-                let client = scram
-                    .as_mut()
-                    .ok_or_else(|| protocol(&addr, "SASL continue without SASL start"))?;
-                let last = client.respond(body.data()).map_err(|e| protocol(&addr, e))?;
-                frontend::sasl_response(last.as_bytes(), &mut out).map_err(|e| protocol(&addr, e))?;
-            }
-            Message::AuthenticationSaslFinal(body) => {
-                let client = scram
-                    .as_ref()
-                    .ok_or_else(|| protocol(&addr, "SASL final without SASL start"))?;
-                client
-                    .verify(body.data())
-                    .map_err(|e| protocol(&addr, format!("server signature invalid: {e}")))?;
-            }
-            Message::ParameterStatus(body) => {
-                let name = body.name().map_err(|e| protocol(&addr, e))?.to_string();
-                let value = body.value().map_err(|e| protocol(&addr, e))?.to_string();
-                params.insert(name, value);
-            }
-            Message::BackendKeyData(body) => key = (body.process_id(), body.secret_key()),
-            Message::NoticeResponse(_) => {}
-            Message::ReadyForQuery(_) => break,
-            Message::AuthenticationKerberosV5
-            | Message::AuthenticationScmCredential
-            | Message::AuthenticationGss
-            | Message::AuthenticationSspi => {
-                return Err(ServerError::UnsupportedAuth {
-                    addr,
-                    method: "Kerberos/GSS/SSPI".into(),
                 });
             }
+            tags::PARAMETER_STATUS => {
+                let (name, value) = parse_parameter_status(body).map_err(|e| protocol(&addr, e))?;
+                params.insert(name, value);
+            }
+            tags::BACKEND_KEY_DATA => key = parse_backend_key_data(body).map_err(|e| protocol(&addr, e))?,
+            tags::NOTICE_RESPONSE => {}
+            tags::READY_FOR_QUERY => break,
             _ => return Err(protocol(&addr, "unexpected message during startup")),
         }
         if !out.is_empty() {
@@ -190,7 +174,7 @@ async fn negotiate_tls(mut tcp: TcpStream, p: &ConnectParams<'_>) -> Result<Stre
         return Ok(Stream::Plain(tcp));
     };
     let mut out = BytesMut::new();
-    frontend::ssl_request(&mut out);
+    frontend::encode_ssl_request(&mut out);
     tcp.write_all(&out).await.map_err(|source| ServerError::Io {
         addr: addr.clone(),
         source,
@@ -244,24 +228,15 @@ async fn write(stream: &mut Stream, addr: &NodeAddr, data: &[u8]) -> Result<(), 
     })
 }
 
-/// Reads one backend message during startup; an ErrorResponse comes back as its fields.
+/// Reads one backend message during startup.
 async fn read_message(
     stream: &mut Stream,
     rbuf: &mut BytesMut,
     addr: &NodeAddr,
-) -> Result<Result<Message, ErrorFields>, ServerError> {
+) -> Result<Frame, ServerError> {
     loop {
         if let Some(frame) = split_frame(rbuf, MAX_STARTUP_MESSAGE).map_err(|e| protocol(addr, e))? {
-            if frame.tag() == tags::ERROR_RESPONSE {
-                return parse_error_fields(frame.body())
-                    .map(Err)
-                    .map_err(|e| protocol(addr, e));
-            }
-            let mut raw = BytesMut::from(&frame.raw()[..]);
-            return match Message::parse(&mut raw).map_err(|e| protocol(addr, e))? {
-                Some(msg) => Ok(Ok(msg)),
-                None => Err(protocol(addr, "truncated message")),
-            };
+            return Ok(frame);
         }
         let n = stream.read_buf(rbuf).await.map_err(|source| ServerError::Io {
             addr: addr.clone(),

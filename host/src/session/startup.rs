@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::SessionError;
-use crate::auth::{Md5Challenge, ScramError, ScramExchange, UserAuth};
+use crate::auth::{Md5Challenge, ScramError, ScramExchange, UserAuth, SCRAM_SHA_256};
 use crate::cancel::CancelRegistration;
 use crate::config::ClientAuthMethod;
 use crate::net::Stream;
@@ -297,11 +297,11 @@ async fn authenticate(
             let verifier = user
                 .and_then(|u| u.scram.as_ref())
                 .unwrap_or(&state.decoy_verifier);
-            backend::auth_sasl(&["SCRAM-SHA-256"], out);
+            backend::auth_sasl(&[SCRAM_SHA_256], out);
             send(stream, out).await?;
             let body = read_auth_message(stream, buf).await?;
             let (mechanism, data) = decode_sasl_initial_response(&body)?;
-            if mechanism != "SCRAM-SHA-256" {
+            if mechanism != SCRAM_SHA_256 {
                 return Err(fatal(
                     "28000",
                     format!("unsupported SASL mechanism {mechanism:?}"),
