@@ -461,3 +461,21 @@ pub mod msg {
         buf.put_slice(body);
     }
 }
+
+/// Logs in as `user`, whom the proxy must not know: the answer must be a SCRAM challenge
+/// (as for a known user, so probing cannot tell users apart) and then 28P01.
+pub async fn expect_unknown_user_refused(addr: &str, user: &str, db: &str) -> Result<()> {
+    let mut raw = RawConn::connect(addr).await?;
+    match raw.startup(&[("user", user), ("database", db)], "x").await? {
+        Startup::Error(e) if e.sqlstate().as_deref() == Some("28P01") => {}
+        Startup::Error(e) => bail!("unknown user {user:?} via raw login: {}", e.describe()),
+        Startup::Ready => bail!("unknown user {user:?} logged in"),
+    }
+    if raw.auth_requests.first() != Some(&10) {
+        bail!(
+            "expected a SCRAM challenge for unknown user {user:?} (like for a known one), got {:?}",
+            raw.auth_requests
+        );
+    }
+    Ok(())
+}

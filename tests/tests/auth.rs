@@ -7,7 +7,7 @@
 use anyhow::{bail, ensure, Result};
 use switchyard_tests::client::connect;
 use switchyard_tests::proxy::UserSection;
-use switchyard_tests::raw::{RawConn, Startup};
+use switchyard_tests::raw::{expect_unknown_user_refused, RawConn, Startup};
 use switchyard_tests::{expect_sqlstate, roles, PgResultExt, TestBed};
 
 /// Log in and check who the *server* thinks we are.
@@ -181,23 +181,7 @@ async fn wrong_password_unknown_user_unknown_database() -> Result<()> {
 
     // A raw client must see the SCRAM challenge for an unknown user just as
     // for a known one (so probing cannot tell them apart before the proof).
-    let mut raw = RawConn::connect(&ep.addr()).await?;
-    match raw
-        .startup(&[("user", "no_such_user"), ("database", "app")], "x")
-        .await?
-    {
-        Startup::Error(e) => ensure!(
-            e.sqlstate().as_deref() == Some("28P01"),
-            "unknown user via raw login: {}",
-            e.describe()
-        ),
-        Startup::Ready => bail!("unknown user logged in"),
-    }
-    ensure!(
-        raw.auth_requests.first() == Some(&10),
-        "expected a SCRAM challenge for an unknown user (like for a known one), got {:?}",
-        raw.auth_requests
-    );
+    expect_unknown_user_refused(&ep.addr(), "no_such_user", "app").await?;
 
     // Failed logins leave the proxy healthy.
     check_login(&bed, "app", "app").await?;

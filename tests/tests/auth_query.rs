@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::client::connect;
-use switchyard_tests::raw::{RawConn, Startup};
+use switchyard_tests::raw::{expect_unknown_user_refused, RawConn, Startup};
 use switchyard_tests::tools::run_command;
 use switchyard_tests::{
     env, expect_sqlstate, roles, scratch, skip_if_direct, ClusterOptions, Endpoint, PgCluster, PgResultExt,
@@ -151,23 +151,7 @@ async fn wrong_password_and_unknown_role_get_28p01() -> Result<()> {
         );
     }
     // Same exchange as for a real role: a SCRAM challenge first.
-    let mut raw = RawConn::connect(&ep.addr()).await?;
-    match raw
-        .startup(&[("user", "aq_no_such_role"), ("database", roles::APP_DB)], "x")
-        .await?
-    {
-        Startup::Error(e) => ensure!(
-            e.sqlstate().as_deref() == Some("28P01"),
-            "unknown role via raw login: {}",
-            e.describe()
-        ),
-        Startup::Ready => bail!("an unknown role logged in"),
-    }
-    ensure!(
-        raw.auth_requests.first() == Some(&10),
-        "expected a SCRAM challenge for an unknown role, got {:?}",
-        raw.auth_requests
-    );
+    expect_unknown_user_refused(&ep.addr(), "aq_no_such_role", roles::APP_DB).await?;
 
     // A role that exists on the server but cannot log in (NOLOGIN, no
     // password) fails the same way, and failures leave the proxy healthy.
