@@ -8,9 +8,12 @@ use switchyard_protocol::frame::split_frame;
 use switchyard_protocol::frontend::FrontendMessage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use std::sync::Arc;
+
 use crate::net::Stream;
+use crate::plugins::ReloadOutcome;
 use crate::session::SessionError;
-use crate::state::ProxyState;
+use crate::state::{ProxyState, ReloadError};
 
 /// Name of the virtual admin database.
 pub const ADMIN_DATABASE: &str = "switchyard";
@@ -22,8 +25,9 @@ const HELP: &[&str] = &[
     "SHOW HELP        this list",
     "SHOW POOLS       one row per (database, user) pool: mode, size, servers idle and in use, counters",
     "SHOW DATABASES   configured databases and where they route",
-    "SHOW PLUGINS     loaded plugins: version, hash, hooks, calls, failures, p50 call time, loaded at",
+    "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
     "SHOW VERSION     the proxy's version",
+    "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
 ];
 
 /// A result set: column names and text rows.
@@ -33,7 +37,11 @@ struct Table {
 }
 
 /// Serves one admin client until it disconnects.
-pub async fn serve(mut stream: Stream, mut buf: BytesMut, state: &ProxyState) -> Result<(), SessionError> {
+pub async fn serve(
+    mut stream: Stream,
+    mut buf: BytesMut,
+    state: &Arc<ProxyState>,
+) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
     loop {
         let frame = loop {
@@ -47,7 +55,13 @@ pub async fn serve(mut stream: Stream, mut buf: BytesMut, state: &ProxyState) ->
         match FrontendMessage::decode(&frame)? {
             FrontendMessage::Query { sql } => {
                 let text = String::from_utf8_lossy(&sql);
-                match run(text.trim().trim_end_matches(';').trim(), state) {
+                let command = text.trim().trim_end_matches(';').trim();
+                let answer = if command.eq_ignore_ascii_case("reload") {
+                    reload(state).await
+                } else {
+                    run(command, state)
+                };
+                match answer {
                     Ok(Answer::Table(t, tag)) => write_table(&t, &tag, &mut out),
                     Ok(Answer::Empty) => be::empty_query_response(&mut out),
                     Err(e) => be::error_response(&e, &mut out),
@@ -107,6 +121,64 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
     Ok(Answer::Table(table, tag))
 }
 
+/// `RELOAD`: one row per plugin with what the reload did, and one for configuration
+/// sections that changed but apply only at restart.
+async fn reload(state: &Arc<ProxyState>) -> Result<Answer, ErrorFields> {
+    tracing::info!("admin RELOAD: reloading the configuration");
+    let reloaded = state.reload().await.map_err(|e| {
+        let sqlstate = match e {
+            ReloadError::Config(_) => "F0000",
+            _ => "XX000",
+        };
+        ErrorFields::error(sqlstate, format!("reload refused, nothing changed: {e}"))
+    })?;
+    let mut rows: Vec<Vec<String>> = reloaded
+        .plugins
+        .plugins
+        .iter()
+        .map(|(name, outcome)| {
+            let (what, version, hash, detail) = match outcome {
+                ReloadOutcome::Loaded {
+                    version,
+                    hash,
+                    origin,
+                } => ("loaded", version.clone(), hash.clone(), format!("code {origin}")),
+                ReloadOutcome::Unchanged => ("unchanged", String::new(), String::new(), String::new()),
+                ReloadOutcome::Failed(reason) => (
+                    "failed",
+                    String::new(),
+                    String::new(),
+                    format!("{reason}; the previous version (if any) keeps serving"),
+                ),
+                ReloadOutcome::Removed => (
+                    "removed",
+                    String::new(),
+                    String::new(),
+                    "built-in policies serve its hooks".to_string(),
+                ),
+            };
+            vec![format!("plugin {name}"), what.to_string(), version, hash, detail]
+        })
+        .collect();
+    if !reloaded.needs_restart.is_empty() {
+        rows.push(vec![
+            "configuration".into(),
+            "needs restart".into(),
+            String::new(),
+            String::new(),
+            format!(
+                "changed sections apply at restart: {}",
+                reloaded.needs_restart.join(", ")
+            ),
+        ]);
+    }
+    let table = Table {
+        columns: vec!["item", "outcome", "version", "hash", "detail"],
+        rows,
+    };
+    Ok(Answer::Table(table, "RELOAD".into()))
+}
+
 fn show_pools(state: &ProxyState) -> Table {
     use std::sync::atomic::Ordering::Relaxed;
     let mut pools = state.all_pools();
@@ -150,49 +222,69 @@ fn show_pools(state: &ProxyState) -> Table {
 }
 
 fn show_plugins(state: &ProxyState) -> Table {
-    let rows = state
-        .plugins
+    let hooks = |h: &[crate::config::HookKind]| h.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(",");
+    let failure = |name: &str| {
+        state.plugins.failure(name).map_or_else(String::new, |f| {
+            format!("{}: {}", humantime::format_rfc3339_seconds(f.at), f.reason)
+        })
+    };
+    let current = state.plugins.current();
+    let mut rows: Vec<Vec<String>> = current
         .plugins()
         .iter()
         .map(|p| {
             let r = p.report();
-            let loaded_at = humantime::format_rfc3339_seconds(p.loaded_at).to_string();
             let counters: Vec<String> = r.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
             vec![
                 p.name.clone(),
                 p.version.clone(),
                 p.hash.clone(),
-                p.hooks
-                    .iter()
-                    .map(|h| format!("{h:?}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                hooks(&p.hooks),
+                hooks(&p.exports),
                 r.calls.to_string(),
                 r.failures.to_string(),
                 r.instantiations.to_string(),
                 r.p50.map_or_else(
                     || "-".into(),
-                    |d| format!("{:.1}us", d.as_nanos() as f64 / 1000.0),
+                    |d| format!("{:.2}us", d.as_nanos() as f64 / 1000.0),
                 ),
-                loaded_at,
+                humantime::format_rfc3339_seconds(p.loaded_at).to_string(),
+                format!("{}ms {}", p.load_time.as_millis(), p.origin),
                 p.path.display().to_string(),
                 counters.join(" "),
+                failure(&p.name),
             ]
         })
         .collect();
+    // Plugins that failed to load with no earlier version serving.
+    for (name, f) in state.plugins.failures() {
+        if current.plugins().iter().all(|p| p.name != name) {
+            let mut row = vec![name, "-".into(), "-".into()];
+            row.extend(std::iter::repeat_n(String::new(), 10));
+            row.push(format!(
+                "{}: {}",
+                humantime::format_rfc3339_seconds(f.at),
+                f.reason
+            ));
+            rows.push(row);
+        }
+    }
     Table {
         columns: vec![
             "name",
             "version",
             "hash",
             "hooks",
+            "exports",
             "calls",
             "failures",
             "instances",
             "p50",
             "loaded_at",
+            "load",
             "path",
             "counters",
+            "last_error",
         ],
         rows,
     }

@@ -12,6 +12,7 @@ pub mod net;
 pub mod plugins;
 pub mod policy;
 pub mod pool;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod state;

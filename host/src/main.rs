@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
-use switchyard::state::ProxyState;
+use switchyard::state::{ConfigSource, ProxyState};
 use tokio::sync::watch;
 
 /// Switchyard: a PostgreSQL wire proxy and connection pooler.
@@ -15,6 +15,10 @@ use tokio::sync::watch;
 /// itself (SCRAM-SHA-256 or md5), pools server connections per database and user in session
 /// or transaction mode, keeps clients' prepared statements and settings working across pooled
 /// servers, and forwards query cancellation.
+///
+/// Plugins (WebAssembly components, see docs/plugins.md) can decide pooling and failover
+/// policy. SIGHUP or the admin console's RELOAD re-reads the configuration file and
+/// reloads changed plugins; a changed plugin file is reloaded by itself.
 ///
 /// Logging follows RUST_LOG (e.g. RUST_LOG=switchyard=debug); the default is info.
 #[derive(Parser)]
@@ -68,7 +72,7 @@ fn main() -> std::process::ExitCode {
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let (_tx, rx) = watch::channel(false);
-    ProxyState::new(config.clone(), rx)?;
+    ProxyState::new(config.clone(), None, rx)?;
     println!(
         "{}: ok ({} clusters, {} databases, {} users)",
         path.display(),
@@ -80,7 +84,12 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config = Config::parse(&text, &path.display().to_string())?;
+    let source = ConfigSource {
+        path: path.to_path_buf(),
+        text,
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.proxy.workers > 0 {
         builder.worker_threads(config.proxy.workers);
@@ -89,10 +98,12 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Loading plugins compiles them (seconds for large ones): done before serving.
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let listen = config.proxy.listen;
+    let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
     runtime.block_on(async move {
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let listen = config.proxy.listen;
-        let state = Arc::new(ProxyState::new(config, shutdown_rx)?);
+        tokio::spawn(switchyard::reload::run(state.clone()));
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

@@ -3,6 +3,7 @@
 //! acceptor and the shutdown signal.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -12,9 +13,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{ScramVerifier, UserAuth};
 use crate::cancel::CancelRegistry;
+use crate::config::ConfigError;
 use crate::config::{Config, NodeRole};
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
-use crate::plugins::{PluginError, PluginHost};
+use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::pool::{Pool, PoolSettings};
 use crate::server::{connect, query_row, ConnectParams, NodeAddr, ServerError};
 
@@ -35,13 +37,42 @@ pub enum StateError {
     Plugin(#[from] PluginError),
 }
 
+/// The file the configuration came from, for reloads.
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// The text the running configuration was parsed from.
+    pub text: String,
+}
+
+/// A reload that could not start: the configuration file is unreadable or invalid. Nothing
+/// changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the proxy was started without a configuration file to reload")]
+    NoFile,
+    #[error("reload failed unexpectedly: {0}")]
+    Panicked(String),
+}
+
+/// What a reload applied.
+pub struct Reloaded {
+    pub plugins: ReloadReport,
+    /// Sections that changed but take effect only after a restart.
+    pub needs_restart: Vec<String>,
+}
+
 pub struct ProxyState {
     pub config: Arc<Config>,
+    source: Option<ConfigSource>,
     pub users: HashMap<String, Arc<UserAuth>>,
     pub databases: HashMap<String, DatabaseRoute>,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     pub cancels: Arc<CancelRegistry>,
-    pub plugins: PluginHost,
+    pub plugins: PluginRegistry,
+    /// Serialises reloads (SIGHUP, admin RELOAD, the plugin file watcher).
+    reloading: tokio::sync::Mutex<()>,
     pub tls: Option<TlsAcceptor>,
     /// Clients connected now (for `max_client_conn`).
     pub clients: AtomicUsize,
@@ -65,7 +96,13 @@ struct CachedUser {
 pub struct AuthQueryError(#[from] ServerError);
 
 impl ProxyState {
-    pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Result<ProxyState, StateError> {
+    /// Builds the runtime objects, loading plugins (blocking: compiling a plugin can take
+    /// seconds, so call it before the runtime serves clients or off its workers).
+    pub fn new(
+        config: Config,
+        source: Option<ConfigSource>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<ProxyState, StateError> {
         let mut users = HashMap::new();
         for (name, user) in &config.users {
             let auth = UserAuth::from_config(name, user).map_err(|message| StateError::User {
@@ -107,13 +144,15 @@ impl ProxyState {
                 },
             );
         }
-        let plugins = PluginHost::load(&config)?;
+        let plugins = PluginRegistry::start(&config)?;
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(client_tls_acceptor(cert, key)?),
             _ => None,
         };
         Ok(ProxyState {
             config: Arc::new(config),
+            source,
+            reloading: tokio::sync::Mutex::new(()),
             users,
             databases,
             pools: Mutex::new(HashMap::new()),
@@ -208,6 +247,47 @@ impl ProxyState {
             },
         );
         Ok(user)
+    }
+
+    /// Re-reads the configuration file and applies its `[plugins]` section (SIGHUP and
+    /// admin `RELOAD`). Other sections that changed are reported: they apply at restart.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let source = self.source.as_ref().ok_or(ReloadError::NoFile)?;
+        let state = self.clone();
+        let path = source.path.clone();
+        let started_text = source.text.clone();
+        tokio::task::spawn_blocking(move || {
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+            let config = Config::parse(&text, &path.display().to_string())?;
+            let mut needs_restart = Config::changed_sections(&started_text, &text);
+            needs_restart.retain(|s| s != "plugins");
+            if !needs_restart.is_empty() {
+                tracing::warn!(sections = ?needs_restart, "configuration changes outside [plugins] take effect at restart");
+            }
+            let plugins = state.plugins.reload(&config);
+            Ok(Reloaded {
+                plugins,
+                needs_restart,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(ReloadError::Panicked(e.to_string())))
+    }
+
+    /// Reloads plugins whose component file changed (the file watcher).
+    pub async fn reload_plugin_files(self: &Arc<Self>) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().await;
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || state.plugins.reload_files())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "plugin reload failed unexpectedly");
+                ReloadReport::default()
+            })
     }
 
     pub fn all_pools(&self) -> Vec<Arc<Pool>> {

@@ -307,6 +307,8 @@ impl Proxy {
             cmd.env("RUST_LOG", "info");
         }
         cmd.env("NO_COLOR", "1");
+        // Compiled plugins are cached per user; tests share one cache of their own.
+        cmd.env("XDG_CACHE_HOME", env::scratch_root()?.join("xdg-cache"));
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;

@@ -38,6 +38,20 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// Top-level sections whose contents differ between two configuration texts (both
+    /// already validated), ignoring formatting and comments.
+    pub fn changed_sections(old: &str, new: &str) -> Vec<String> {
+        let table = |t: &str| t.parse::<toml::Table>().unwrap_or_default();
+        let (old, new) = (table(old), table(new));
+        let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| old.get(*k) != new.get(*k))
+            .cloned()
+            .collect()
+    }
+
     /// Parses and validates configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {

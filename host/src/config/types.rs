@@ -35,6 +35,37 @@ pub struct Config {
 #[serde(rename_all = "kebab-case")]
 pub enum HookKind {
     PoolMode,
+    Router,
+    Retry,
+    Switchover,
+    Health,
+}
+
+impl HookKind {
+    pub const ALL: [HookKind; 5] = [
+        HookKind::PoolMode,
+        HookKind::Router,
+        HookKind::Retry,
+        HookKind::Switchover,
+        HookKind::Health,
+    ];
+
+    /// The name used in the config and in the WIT package (`switchyard:policy/<name>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::PoolMode => "pool-mode",
+            HookKind::Router => "router",
+            HookKind::Retry => "retry",
+            HookKind::Switchover => "switchover",
+            HookKind::Health => "health",
+        }
+    }
+}
+
+impl std::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[plugins.NAME]`: one WebAssembly component and the hooks it serves.
@@ -121,6 +152,13 @@ pub struct ProxySettings {
     pub tls_key: Option<PathBuf>,
     /// Tokio worker threads; 0 means one per core.
     pub workers: usize,
+    /// Where compiled plugins are cached so restarts skip compilation; by default
+    /// `$XDG_CACHE_HOME/switchyard` or `~/.cache/switchyard`. An empty path disables it.
+    pub plugin_cache_dir: Option<PathBuf>,
+    /// How often plugin files are checked for changes (a changed file is reloaded); 0
+    /// disables the check (SIGHUP and `RELOAD` still reload).
+    #[serde(with = "humantime_serde")]
+    pub plugin_watch_interval: Duration,
 }
 
 impl Default for ProxySettings {
@@ -133,6 +171,8 @@ impl Default for ProxySettings {
             tls_cert: None,
             tls_key: None,
             workers: 0,
+            plugin_cache_dir: None,
+            plugin_watch_interval: Duration::from_secs(1),
         }
     }
 }

@@ -1,16 +1,19 @@
-//! Host bindings generated from `wit/`, and the `host` interface plugins import.
+//! Host bindings generated from `wit/` (world `bundle`, which names every hook), and the
+//! `host` interface plugins import. A component may export any subset of the hooks; see
+//! `hooks.rs` for how the exported ones are found.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::instance::StoreState;
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "pool-mode-plugin",
+    world: "bundle",
 });
 
 pub use self::exports::switchyard::policy::pool_mode::ReadyAction as WitReadyAction;
-pub use self::switchyard::policy::types::{SessionInfo, TxStatus};
+pub use self::switchyard::policy::types::{SessionDetails, SessionInfo, TxStatus};
 
 use self::switchyard::policy::host::LogLevel;
 
@@ -35,14 +38,19 @@ impl self::switchyard::policy::host::Host for StoreState {
     fn monotonic_now_ns(&mut self) -> u64 {
         self.started.elapsed().as_nanos() as u64
     }
+
+    fn current_session(&mut self) -> Option<SessionDetails> {
+        self.session.as_deref().cloned()
+    }
 }
 
-/// Counters plugins keep through `host.counter-add`, shown by the admin console.
+/// Counters plugins keep through `host.counter-add`, shown by the admin console. Shared by
+/// every instance of a plugin, and carried over when a reload replaces the plugin.
 #[derive(Default)]
 pub struct PluginCounters {
-    values: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
+    values: Mutex<std::collections::BTreeMap<String, i64>>,
     /// Calls to `counter-add`, to spot a plugin that calls it on every decision.
-    pub updates: std::sync::atomic::AtomicU64,
+    pub updates: AtomicU64,
 }
 
 impl PluginCounters {
@@ -68,3 +76,6 @@ impl PluginCounters {
             .collect()
     }
 }
+
+/// The session a hook call is about, for `host.current-session`.
+pub type CallSession = Option<Arc<SessionDetails>>;

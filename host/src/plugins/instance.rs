@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
-use super::bindings::{PluginCounters, PoolModePlugin, PoolModePluginPre};
+use super::bindings::{CallSession, PluginCounters};
 use super::engine::{CALL_DEADLINE_TICKS, INIT_DEADLINE_TICKS, MAX_MEMORY};
+use super::hooks::{HookIndices, Hooks};
 use super::stdio::Captured;
 
 /// Consecutive failures that open the breaker.
@@ -19,6 +21,11 @@ const BREAKER_THRESHOLD: u32 = 5;
 const BREAKER_COOL_DOWN: Duration = Duration::from_secs(10);
 /// Ready instances kept per plugin; more are dropped after use.
 const MAX_IDLE_INSTANCES: usize = 64;
+/// One call in this many is timed for the p50 (reading the clock twice per call would be a
+/// noticeable share of a call that takes a few hundred nanoseconds).
+const TIME_EVERY: u64 = 8;
+/// Timed calls kept for the p50.
+const RING: usize = 256;
 
 /// What a store carries for the host functions of its instance.
 pub struct StoreState {
@@ -27,6 +34,8 @@ pub struct StoreState {
     pub output: Captured,
     pub counters: Arc<PluginCounters>,
     pub started: Instant,
+    /// The session the current call is about (for `host.current-session`).
+    pub session: CallSession,
 }
 
 /// Why a call did not produce a decision; the caller falls back to the built-in policy.
@@ -40,32 +49,42 @@ pub enum CallError {
     BreakerOpen,
 }
 
-/// Call statistics for `SHOW PLUGINS`.
-#[derive(Default)]
+/// Call statistics for `SHOW PLUGINS`; updated without locks.
 pub struct CallStats {
     pub calls: AtomicU64,
     pub failures: AtomicU64,
     pub instantiations: AtomicU64,
-    /// Recent call durations in ns (a small ring) for the p50 shown by the admin console.
-    recent: Mutex<Vec<u64>>,
+    /// Durations in ns of recent timed calls (0: empty slot).
+    recent: [AtomicU64; RING],
     next: AtomicU64,
+}
+
+impl Default for CallStats {
+    fn default() -> Self {
+        CallStats {
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            instantiations: AtomicU64::new(0),
+            recent: std::array::from_fn(|_| AtomicU64::new(0)),
+            next: AtomicU64::new(0),
+        }
+    }
 }
 
 impl CallStats {
     fn record(&self, nanos: u64) {
-        const RING: usize = 256;
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % RING;
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() < RING {
-            recent.push(nanos);
-        } else {
-            recent[i] = nanos;
-        }
+        self.recent[i].store(nanos.max(1), Ordering::Relaxed);
     }
 
-    /// Median of recent call durations.
+    /// Median of recent timed calls.
     pub fn p50(&self) -> Option<Duration> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut recent: Vec<u64> = self
+            .recent
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .filter(|&n| n > 0)
+            .collect();
         if recent.is_empty() {
             return None;
         }
@@ -77,14 +96,16 @@ impl CallStats {
 /// One live instance.
 pub struct Instance {
     pub store: Store<StoreState>,
-    pub bindings: PoolModePlugin,
+    pub hooks: Hooks,
+    pub handle: wasmtime::component::Instance,
 }
 
 /// A compiled plugin and its instance pool.
 pub struct Instances {
     name: Arc<str>,
     engine: Engine,
-    pre: PoolModePluginPre<StoreState>,
+    pre: InstancePre<StoreState>,
+    indices: HookIndices,
     settings: Vec<(String, String)>,
     idle: Mutex<Vec<Instance>>,
     pub counters: Arc<PluginCounters>,
@@ -97,20 +118,27 @@ impl Instances {
     pub fn new(
         name: &str,
         engine: Engine,
-        pre: PoolModePluginPre<StoreState>,
+        pre: InstancePre<StoreState>,
+        indices: HookIndices,
         settings: Vec<(String, String)>,
+        counters: Arc<PluginCounters>,
     ) -> Instances {
         Instances {
             name: name.into(),
             engine,
             pre,
+            indices,
             settings,
             idle: Mutex::new(Vec::new()),
-            counters: Arc::default(),
+            counters,
             stats: CallStats::default(),
             consecutive_failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
         }
+    }
+
+    pub fn indices(&self) -> &HookIndices {
+        &self.indices
     }
 
     /// A fresh instance with `init` run; `Ok(Err(message))` when init refused.
@@ -125,23 +153,45 @@ impl Instances {
             output: Captured::default(),
             counters: self.counters.clone(),
             started: Instant::now(),
+            session: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(INIT_DEADLINE_TICKS);
-        let result = (|| -> wasmtime::Result<Result<PoolModePlugin, String>> {
-            let bindings = self.pre.instantiate(&mut store)?;
-            let init = bindings
-                .switchyard_policy_lifecycle()
-                .call_init(&mut store, &self.settings)?;
-            Ok(init.map(|()| bindings))
+        let result = (|| -> wasmtime::Result<Result<(Hooks, _), String>> {
+            let handle = self.pre.instantiate(&mut store)?;
+            let hooks = self.indices.load(&mut store, &handle)?;
+            let init = hooks.lifecycle.call_init(&mut store, &self.settings)?;
+            Ok(init.map(|()| (hooks, handle)))
         })();
         store.data_mut().output.flush(&self.name);
-        Ok(result?.map(|bindings| Instance { store, bindings }))
+        Ok(result?.map(|(hooks, handle)| Instance { store, hooks, handle }))
     }
 
-    /// Runs `f` on a pooled instance under the call deadline.
-    pub fn call<R>(&self, f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>) -> Result<R, CallError> {
+    /// Adds ready instances to the pool (up to its cap), so the first calls after a load do
+    /// not pay for instantiation. Returns how many were added.
+    pub fn prewarm(&self, n: usize) -> wasmtime::Result<usize> {
+        let mut added = 0;
+        for _ in 0..n {
+            if self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_IDLE_INSTANCES {
+                break;
+            }
+            match self.instantiate()? {
+                Ok(instance) => self.park(instance),
+                Err(message) => return Err(wasmtime::format_err!("init: {message}")),
+            }
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Runs `f` on a pooled instance under the call deadline, with `session` visible to
+    /// `host.current-session`.
+    pub fn call<R>(
+        &self,
+        session: CallSession,
+        f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
         if self.breaker_open() {
             return Err(CallError::BreakerOpen);
         }
@@ -155,21 +205,27 @@ impl Instances {
             },
         };
         instance.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
-        let start = Instant::now();
-        let result = f(&mut instance);
-        self.stats.record(start.elapsed().as_nanos() as u64);
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let output = &mut instance.store.data_mut().output;
-        if !output.stdout.is_empty() || !output.stderr.is_empty() {
-            output.flush(&self.name);
+        instance.store.data_mut().session = session;
+        let n = self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let result = if n.is_multiple_of(TIME_EVERY) {
+            let start = Instant::now();
+            let result = f(&mut instance);
+            self.stats.record(start.elapsed().as_nanos() as u64);
+            result
+        } else {
+            f(&mut instance)
+        };
+        let state = instance.store.data_mut();
+        state.session = None;
+        if !state.output.stdout.is_empty() || !state.output.stderr.is_empty() {
+            state.output.flush(&self.name);
         }
         match result {
             Ok(value) => {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < MAX_IDLE_INSTANCES {
-                    idle.push(instance);
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
                 }
+                self.park(instance);
                 Ok(value)
             }
             // The instance is dropped here: a store that trapped is never reused.
@@ -209,8 +265,11 @@ impl Instances {
         }
     }
 
-    /// Keeps a ready instance (the one that validated the plugin at load).
+    /// Returns a ready instance to the pool (dropped when the pool is full).
     pub fn park(&self, instance: Instance) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_INSTANCES {
+            idle.push(instance);
+        }
     }
 }

@@ -1,18 +1,22 @@
 //! The plugin host: the only module that names wasmtime. It loads WebAssembly components
-//! (`switchyard:policy` worlds, see `wit/`), checks which hooks they export, runs their
-//! `init`, and answers hook calls from the rest of the proxy in the proxy's own types.
+//! (`switchyard:policy` worlds, see `wit/`), finds which hooks they export, runs their
+//! `init`, answers hook calls from the rest of the proxy in the proxy's own types, and
+//! replaces plugins while traffic flows (`PluginRegistry::reload`).
 //!
 //! Rules kept here (see ARCHITECTURE.md): a plugin decides, the host does all I/O; every
 //! call runs under an epoch deadline and a memory cap; a failing call is answered by the
-//! built-in policy and never closes a session; an instance that failed is never reused.
+//! built-in policy and never closes a session; an instance that failed is never reused; a
+//! plugin that fails to load leaves the version before it serving.
 
 mod bindings;
+mod cache;
 mod engine;
+mod hooks;
 mod instance;
+mod registry;
 mod stdio;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,10 +26,13 @@ use switchyard_protocol::TransactionStatus;
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
-use self::bindings::{PoolModePlugin, PoolModePluginPre, SessionInfo, TxStatus, WitReadyAction};
+use self::bindings::{Bundle, PluginCounters, SessionDetails, SessionInfo, TxStatus, WitReadyAction};
+use self::cache::{ArtifactCache, Origin};
+use self::hooks::HookIndices;
 pub use self::instance::CallError;
 use self::instance::{Instances, StoreState};
-use crate::config::{Config, HookKind, PluginConfig};
+pub use self::registry::{PluginHost, PluginRegistry, ReloadOutcome, ReloadReport};
+use crate::config::{HookKind, PluginConfig};
 use crate::policy::pool_mode::{ReadyAction, ReadyFacts};
 
 /// Why a plugin could not be loaded; the proxy does not start (or, on reload, keeps the
@@ -52,15 +59,23 @@ pub enum PluginError {
     Engine(String),
 }
 
-/// A loaded plugin.
+/// A loaded plugin: one version of one `[plugins.NAME]` entry.
 pub struct Plugin {
     pub name: String,
     pub path: PathBuf,
     /// First 12 hex digits of the component's SHA-256.
     pub hash: String,
     pub version: String,
+    /// Hooks it serves (configured, and checked to be exported).
     pub hooks: Vec<HookKind>,
+    /// Hooks the component exports.
+    pub exports: Vec<HookKind>,
     pub loaded_at: SystemTime,
+    /// Time to compile (or load from the cache), link and instantiate it.
+    pub load_time: Duration,
+    pub origin: &'static str,
+    sha256: String,
+    settings: Vec<(String, String)>,
     instances: Instances,
 }
 
@@ -86,19 +101,25 @@ impl Plugin {
     }
 
     /// The `pool-mode` hook: what to do with the session's server at a ReadyForQuery.
-    pub fn on_ready(&self, session: &mut SessionFacts, facts: ReadyFacts) -> Result<ReadyAction, CallError> {
-        session.info.tx_status = match facts.status {
-            TransactionStatus::Idle => TxStatus::Idle,
-            TransactionStatus::InTransaction => TxStatus::InTransaction,
-            TransactionStatus::Failed => TxStatus::Failed,
+    pub fn on_ready(&self, session: &SessionFacts, facts: ReadyFacts) -> Result<ReadyAction, CallError> {
+        let info = SessionInfo {
+            id: session.id,
+            tx_status: match facts.status {
+                TransactionStatus::Idle => TxStatus::Idle,
+                TransactionStatus::InTransaction => TxStatus::InTransaction,
+                TransactionStatus::Failed => TxStatus::Failed,
+            },
+            holds_server_state: facts.holds_server_state,
+            read_only: session.read_only,
+            last_commit_lsn: 0,
         };
-        session.info.holds_server_state = facts.holds_server_state;
-        let action = self.instances.call(|i| {
-            i.bindings.switchyard_policy_pool_mode().call_on_ready(
-                &mut i.store,
-                &session.info,
-                facts.statements,
-            )
+        let action = self.instances.call(Some(session.details.clone()), |i| {
+            let hook = i
+                .hooks
+                .pool_mode
+                .as_ref()
+                .ok_or_else(|| wasmtime::format_err!("the component does not export pool-mode"))?;
+            hook.call_on_ready(&mut i.store, info, facts.statements)
         })?;
         Ok(match action {
             WitReadyAction::Release => ReadyAction::Release,
@@ -106,127 +127,161 @@ impl Plugin {
             WitReadyAction::RefuseTransaction(message) => ReadyAction::RefuseTransaction(message),
         })
     }
+
+    /// Adds `n` ready instances to the plugin's pool (benchmarks and warm-up).
+    pub fn prewarm(&self, n: usize) -> Result<usize, CallError> {
+        self.instances.prewarm(n).map_err(CallError::Failed)
+    }
+
+    /// Same component bytes, settings and hooks: a reload can keep this version.
+    fn same_as(&self, sha256: &str, config: &PluginConfig) -> bool {
+        self.sha256 == sha256 && self.settings == config.settings_text() && self.hooks == config.hooks
+    }
 }
 
-/// What hooks learn about a session, kept per session so a call copies no strings it does
-/// not have to.
+/// What hooks learn about a session, built once per session.
 pub struct SessionFacts {
-    info: SessionInfo,
+    id: u32,
+    read_only: bool,
+    details: Arc<SessionDetails>,
 }
 
 impl SessionFacts {
-    pub fn new(id: u32, user: &str, database: &str, application_name: &str) -> SessionFacts {
+    pub fn new(
+        id: u32,
+        user: &str,
+        database: &str,
+        application_name: &str,
+        client_addr: String,
+        read_only: bool,
+    ) -> SessionFacts {
         SessionFacts {
-            info: SessionInfo {
-                id,
+            id,
+            read_only,
+            details: Arc::new(SessionDetails {
                 user: user.to_string(),
                 database: database.to_string(),
                 application_name: application_name.to_string(),
-                tx_status: TxStatus::Idle,
-                holds_server_state: false,
-            },
+                client_addr,
+            }),
         }
     }
 }
 
-/// All loaded plugins, and which serves which hook for which database.
-pub struct PluginHost {
-    plugins: Vec<Arc<Plugin>>,
-    pool_mode: HashMap<String, Arc<Plugin>>,
+/// Compiles and instantiates plugins: the wasmtime engine (one per process, with its epoch
+/// ticker) and the artifact cache.
+pub struct Loader {
+    engine: Engine,
+    cache: Option<ArtifactCache>,
 }
 
-impl PluginHost {
-    /// Compiles, links and initialises every configured plugin (blocking: call it off the
-    /// async workers). Any failure is an error naming the plugin.
-    pub fn load(config: &Config) -> Result<PluginHost, PluginError> {
-        let mut host = PluginHost {
-            plugins: Vec::new(),
-            pool_mode: HashMap::new(),
-        };
-        if config.plugins.is_empty() {
-            return Ok(host);
-        }
+impl Loader {
+    pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Loader, PluginError> {
         let engine = engine::new_engine().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        for (name, plugin_config) in &config.plugins {
-            let plugin = Arc::new(load_one(&engine, name, plugin_config)?);
-            tracing::info!(plugin = %name, version = %plugin.version, hash = %plugin.hash, hooks = ?plugin.hooks, "plugin loaded");
-            for db in config.databases.keys() {
-                if plugin_config.serves(HookKind::PoolMode, db) {
-                    host.pool_mode.insert(db.clone(), plugin.clone());
-                }
-            }
-            host.plugins.push(plugin);
+        let cache = ArtifactCache::open(&engine, cache_dir);
+        if let Some(c) = &cache {
+            tracing::debug!(dir = %c.dir().display(), "plugin cache");
         }
-        Ok(host)
+        Ok(Loader { engine, cache })
     }
 
-    /// The plugin deciding pool mode for `database`, if any.
-    pub fn pool_mode(&self, database: &str) -> Option<Arc<Plugin>> {
-        self.pool_mode.get(database).cloned()
-    }
-
-    pub fn plugins(&self) -> &[Arc<Plugin>] {
-        &self.plugins
-    }
-}
-
-fn load_one(engine: &Engine, name: &str, config: &PluginConfig) -> Result<Plugin, PluginError> {
-    let path: &Path = config.path.get_ref();
-    let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-        name: name.to_string(),
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let hash = format!("{:x}", Sha256::digest(&bytes))[..12].to_string();
-    let component = Component::new(engine, &bytes).map_err(|e| PluginError::Compile {
-        name: name.to_string(),
-        path: path.to_path_buf(),
-        reason: format!("{e:#}"),
-    })?;
-    let link = |e: wasmtime::Error| PluginError::Link {
-        name: name.to_string(),
-        reason: format!("{e:#}"),
-    };
-    let mut linker: Linker<StoreState> = Linker::new(engine);
-    PoolModePlugin::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(&mut linker, |s| s)
-        .map_err(link)?;
-    stdio::add_to_linker(&mut linker).map_err(link)?;
-    // Everything else a component imports (files, sockets, environment, ...) traps.
-    linker.define_unknown_imports_as_traps(&component).map_err(link)?;
-    let pre = linker.instantiate_pre(&component).map_err(link)?;
-    let pre = PoolModePluginPre::new(pre).map_err(link)?;
-    let instances = Instances::new(name, engine.clone(), pre, config.settings_text());
-    let mut first = match instances.instantiate() {
-        Ok(Ok(i)) => i,
-        Ok(Err(message)) => {
-            return Err(PluginError::Init {
-                name: name.to_string(),
-                message,
-            })
-        }
-        Err(e) => {
-            return Err(PluginError::Init {
-                name: name.to_string(),
-                message: format!("{e:#}"),
-            })
-        }
-    };
-    let version = first
-        .bindings
-        .switchyard_policy_lifecycle()
-        .call_version(&mut first.store)
-        .map_err(|e| PluginError::Init {
+    /// Reads, compiles (or loads from the cache), links, instantiates and initialises one
+    /// plugin. Blocking: call it off the async workers.
+    fn load(
+        &self,
+        name: &str,
+        config: &PluginConfig,
+        counters: Arc<PluginCounters>,
+    ) -> Result<Plugin, PluginError> {
+        let started = std::time::Instant::now();
+        let path = config.path.get_ref();
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
             name: name.to_string(),
-            message: format!("version(): {e:#}"),
+            path: path.to_path_buf(),
+            source,
         })?;
-    instances.park(first);
-    Ok(Plugin {
-        name: name.to_string(),
-        path: path.to_path_buf(),
-        hash,
-        version,
-        hooks: config.hooks.clone(),
-        loaded_at: SystemTime::now(),
-        instances,
-    })
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let compile = |e: wasmtime::Error| PluginError::Compile {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let (component, origin) = match &self.cache {
+            Some(cache) => cache.load(&self.engine, &bytes, &sha256).map_err(compile)?,
+            None => (
+                Component::new(&self.engine, &bytes).map_err(compile)?,
+                Origin::Compiled,
+            ),
+        };
+        let link = |reason: String| PluginError::Link {
+            name: name.to_string(),
+            reason,
+        };
+        let mut linker: Linker<StoreState> = Linker::new(&self.engine);
+        Bundle::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(|e| link(format!("{e:#}")))?;
+        stdio::add_to_linker(&mut linker).map_err(|e| link(format!("{e:#}")))?;
+        // Everything else a component imports (files, sockets, environment, ...) traps.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| link(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| link(format!("{e:#}")))?;
+        let indices = HookIndices::new(&pre).map_err(|e| link(format!("{e:#}")))?;
+        let exports = indices.exported();
+        if let Some(missing) = config.hooks.iter().find(|h| !exports.contains(h)) {
+            let exported: Vec<&str> = exports.iter().map(|h| h.as_str()).collect();
+            return Err(link(format!(
+                "hooks = [\"{missing}\"] is configured but the component does not export {} (it exports: {})",
+                hooks::interface_name(*missing),
+                if exported.is_empty() {
+                    "no hooks".to_string()
+                } else {
+                    exported.join(", ")
+                }
+            )));
+        }
+        let instances = Instances::new(
+            name,
+            self.engine.clone(),
+            pre,
+            indices,
+            config.settings_text(),
+            counters,
+        );
+        let init = |message: String| PluginError::Init {
+            name: name.to_string(),
+            message,
+        };
+        let mut first = match instances.instantiate() {
+            Ok(Ok(i)) => i,
+            Ok(Err(message)) => return Err(init(message)),
+            Err(e) => return Err(init(format!("{e:#}"))),
+        };
+        instances
+            .indices()
+            .check(&mut first.store, &first.handle)
+            .map_err(|e| link(format!("{e:#}")))?;
+        let version = first
+            .hooks
+            .lifecycle
+            .call_version(&mut first.store)
+            .map_err(|e| init(format!("version(): {e:#}")))?;
+        instances.park(first);
+        Ok(Plugin {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            hash: sha256[..12].to_string(),
+            version,
+            hooks: config.hooks.clone(),
+            exports,
+            loaded_at: SystemTime::now(),
+            load_time: started.elapsed(),
+            origin: origin.as_str(),
+            sha256,
+            settings: config.settings_text(),
+            instances,
+        })
+    }
 }

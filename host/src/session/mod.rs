@@ -87,8 +87,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
             return;
         }
     };
-    let plugin = state.plugins.pool_mode(&logged_in.database);
-    let mut session = Session::new(logged_in, pool, plugin);
+    let mut session = Session::new(logged_in, pool, peer, state.clone());
     let mut shutdown = state.shutdown.clone();
     let result = session.run(&mut shutdown).await;
     session.finish(result).await;
@@ -131,8 +130,12 @@ struct Session {
     skipping: bool,
     /// The server is in COPY FROM STDIN started by Execute, and the client has not ended it.
     copy_in: bool,
-    /// The pool-mode plugin for this database, if one is configured.
+    state: Arc<ProxyState>,
+    /// The pool-mode plugin for this database, if one is configured, as of the plugin-set
+    /// generation `plugin_generation`; refreshed when a transaction starts, so a reload
+    /// never switches versions inside a transaction.
     plugin: Option<Arc<Plugin>>,
+    plugin_generation: u64,
     /// What the plugin is told about this session.
     facts: SessionFacts,
     /// Statements run in the current transaction block.
@@ -142,7 +145,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(l: startup::LoggedIn, pool: Arc<Pool>, plugin: Option<Arc<Plugin>>) -> Session {
+    fn new(l: startup::LoggedIn, pool: Arc<Pool>, peer: SocketAddr, state: Arc<ProxyState>) -> Session {
         let cap = pool.settings.max_prepared_statements;
         let application_name = l
             .params
@@ -150,12 +153,24 @@ impl Session {
             .rev()
             .find(|(k, _)| k == "application_name")
             .map_or("", |(_, v)| v.as_str());
+        let read_only = l
+            .params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "default_transaction_read_only")
+            .is_some_and(|(_, v)| matches!(v.as_str(), "on" | "true" | "1" | "yes"));
         let facts = SessionFacts::new(
             l.cancel.process_id as u32,
             &l.user.name,
             &l.database,
             application_name,
+            peer.to_string(),
+            read_only,
         );
+        let plugins = state.plugins.current();
+        let plugin = plugins.pool_mode(&l.database);
+        let plugin_generation = plugins.generation();
+        drop(plugins);
         Session {
             client: l.stream,
             cbuf: l.buf,
@@ -175,7 +190,9 @@ impl Session {
             terminated: false,
             skipping: false,
             copy_in: false,
+            state,
             plugin,
+            plugin_generation,
             facts,
             tx_statements: 0,
             release_ready: false,
@@ -220,6 +237,9 @@ impl Session {
     /// The pool-mode decision at a ReadyForQuery boundary: the plugin's, or the built-in's
     /// when there is no plugin or it failed.
     fn ready_action(&mut self, status: TransactionStatus) -> ReadyAction {
+        if self.tx_statements == 0 {
+            self.refresh_plugin();
+        }
         self.tx_statements += 1;
         let facts = ReadyFacts {
             status,
@@ -231,10 +251,17 @@ impl Session {
         }
         let builtin = || pool_mode::decide(self.mode, facts);
         match &self.plugin {
-            Some(plugin) => plugin
-                .on_ready(&mut self.facts, facts)
-                .unwrap_or_else(|_| builtin()),
+            Some(plugin) => plugin.on_ready(&self.facts, facts).unwrap_or_else(|_| builtin()),
             None => builtin(),
+        }
+    }
+
+    /// Picks up a reloaded plugin set at the start of a transaction.
+    fn refresh_plugin(&mut self) {
+        let plugins = self.state.plugins.current();
+        if plugins.generation() != self.plugin_generation {
+            self.plugin = plugins.pool_mode(&self.database);
+            self.plugin_generation = plugins.generation();
         }
     }
 

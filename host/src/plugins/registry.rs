@@ -1,0 +1,312 @@
+//! The active plugin set and its replacement while traffic flows. Sessions read the set
+//! through an `ArcSwap` (a few nanoseconds, no lock) and keep the `Arc<Plugin>` they started
+//! a transaction with, so a transaction in flight finishes on the version it began with and
+//! the next one uses the new version. A reload loads only what changed (component bytes,
+//! settings or hooks); a plugin that fails to load leaves its previous version serving, and
+//! the reason is kept for `SHOW PLUGINS` and the `RELOAD` answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+use super::bindings::PluginCounters;
+use super::{Loader, Plugin, PluginError};
+use crate::config::{Config, HookKind};
+
+/// One generation of the plugin set: which plugin serves which hook for which database.
+#[derive(Default)]
+pub struct PluginHost {
+    generation: u64,
+    plugins: Vec<Arc<Plugin>>,
+    pool_mode: HashMap<String, Arc<Plugin>>,
+}
+
+impl PluginHost {
+    /// Changes with every reload that changed anything.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The plugin deciding pool mode for `database`, if any.
+    pub fn pool_mode(&self, database: &str) -> Option<Arc<Plugin>> {
+        self.pool_mode.get(database).cloned()
+    }
+
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
+    }
+
+    fn build(generation: u64, config: &Config, plugins: Vec<Arc<Plugin>>) -> PluginHost {
+        let mut pool_mode = HashMap::new();
+        for plugin in &plugins {
+            let plugin_config = &config.plugins[&plugin.name];
+            for db in config.databases.keys() {
+                if plugin_config.serves(HookKind::PoolMode, db) {
+                    pool_mode.insert(db.clone(), plugin.clone());
+                }
+            }
+        }
+        PluginHost {
+            generation,
+            plugins,
+            pool_mode,
+        }
+    }
+}
+
+/// What a reload did to one plugin.
+#[derive(Debug, Clone)]
+pub enum ReloadOutcome {
+    /// A new version serves.
+    Loaded {
+        version: String,
+        hash: String,
+        origin: &'static str,
+    },
+    /// Same file, settings and hooks: the running version stays.
+    Unchanged,
+    /// The new version failed; the previous one (if any) keeps serving.
+    Failed(String),
+    /// No longer configured: its hooks fall back to the built-in policies.
+    Removed,
+}
+
+/// One line per configured (or removed) plugin.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    pub plugins: Vec<(String, ReloadOutcome)>,
+}
+
+impl ReloadReport {
+    pub fn failures(&self) -> usize {
+        self.plugins
+            .iter()
+            .filter(|(_, o)| matches!(o, ReloadOutcome::Failed(_)))
+            .count()
+    }
+}
+
+/// A failed load, kept until the plugin loads again.
+#[derive(Debug, Clone)]
+pub struct LoadFailure {
+    pub at: SystemTime,
+    pub reason: String,
+}
+
+pub struct PluginRegistry {
+    cache_dir: Option<PathBuf>,
+    /// Created with the first plugin (no engine, no ticker thread without plugins).
+    loader: Mutex<Option<Arc<Loader>>>,
+    current: ArcSwap<PluginHost>,
+    /// The configuration the current set was built from (file-change reloads reuse it).
+    config: Mutex<Arc<Config>>,
+    failures: Mutex<BTreeMap<String, LoadFailure>>,
+    /// Plugin counters by plugin name, carried from one version to the next.
+    counters: Mutex<HashMap<String, Arc<PluginCounters>>>,
+    /// Serialises reloads (SIGHUP, RELOAD and the file watcher may race).
+    reloading: Mutex<()>,
+}
+
+impl PluginRegistry {
+    /// Loads every configured plugin; any failure is an error naming the plugin (the proxy
+    /// does not start with a plugin missing). Blocking: call it off the async workers.
+    pub fn start(config: &Config) -> Result<PluginRegistry, PluginError> {
+        let registry = PluginRegistry {
+            cache_dir: config.proxy.plugin_cache_dir.clone(),
+            loader: Mutex::new(None),
+            current: ArcSwap::from_pointee(PluginHost::default()),
+            config: Mutex::new(Arc::new(config.clone())),
+            failures: Mutex::new(BTreeMap::new()),
+            counters: Mutex::new(HashMap::new()),
+            reloading: Mutex::new(()),
+        };
+        let mut plugins = Vec::new();
+        for (name, plugin_config) in &config.plugins {
+            let loader = registry.loader()?;
+            let plugin = loader.load(name, plugin_config, registry.counters_for(name))?;
+            log_loaded(&plugin);
+            plugins.push(Arc::new(plugin));
+        }
+        registry
+            .current
+            .store(Arc::new(PluginHost::build(1, config, plugins)));
+        Ok(registry)
+    }
+
+    /// The active set. Cheap; sessions call it at transaction boundaries.
+    pub fn current(&self) -> arc_swap::Guard<Arc<PluginHost>> {
+        self.current.load()
+    }
+
+    /// The last failed load of `name`, while its previous version (or none) serves.
+    pub fn failure(&self, name: &str) -> Option<LoadFailure> {
+        lock(&self.failures).get(name).cloned()
+    }
+
+    /// Every failed load not yet superseded, by plugin name.
+    pub fn failures(&self) -> Vec<(String, LoadFailure)> {
+        lock(&self.failures)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Component files of the applied configuration, for the change watcher.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        lock(&self.config)
+            .plugins
+            .values()
+            .map(|p| p.path.get_ref().clone())
+            .collect()
+    }
+
+    /// Applies `config`'s `[plugins]`: loads what changed, keeps what did not, drops what
+    /// is gone, then swaps the set in one step. Blocking: call it off the async workers.
+    pub fn reload(&self, config: &Config) -> ReloadReport {
+        let _one_at_a_time = lock(&self.reloading);
+        let old = self.current.load_full();
+        let mut report = ReloadReport::default();
+        let mut plugins = Vec::new();
+        let mut changed = false;
+        for (name, plugin_config) in &config.plugins {
+            let previous = old.plugins.iter().find(|p| &p.name == name);
+            let outcome = match self.load_if_changed(name, plugin_config, previous) {
+                Ok(None) => {
+                    plugins.push(previous.expect("unchanged implies loaded").clone());
+                    ReloadOutcome::Unchanged
+                }
+                Ok(Some(plugin)) => {
+                    log_loaded(&plugin);
+                    lock(&self.failures).remove(name);
+                    let outcome = ReloadOutcome::Loaded {
+                        version: plugin.version.clone(),
+                        hash: plugin.hash.clone(),
+                        origin: plugin.origin,
+                    };
+                    plugins.push(Arc::new(plugin));
+                    changed = true;
+                    outcome
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    match previous {
+                        Some(p) => {
+                            tracing::error!(plugin = %name, error = %reason, version = %p.version, hash = %p.hash, "plugin reload failed; the previous version keeps serving");
+                            plugins.push(p.clone());
+                        }
+                        None => {
+                            tracing::error!(plugin = %name, error = %reason, "plugin load failed; its hooks use the built-in policies")
+                        }
+                    }
+                    lock(&self.failures).insert(
+                        name.clone(),
+                        LoadFailure {
+                            at: SystemTime::now(),
+                            reason: reason.clone(),
+                        },
+                    );
+                    ReloadOutcome::Failed(reason)
+                }
+            };
+            report.plugins.push((name.clone(), outcome));
+        }
+        for gone in old
+            .plugins
+            .iter()
+            .filter(|p| !config.plugins.contains_key(&p.name))
+        {
+            tracing::info!(plugin = %gone.name, "plugin removed from the configuration; built-in policies serve its hooks");
+            lock(&self.failures).remove(&gone.name);
+            report.plugins.push((gone.name.clone(), ReloadOutcome::Removed));
+            changed = true;
+        }
+        // A changed database list or assignment rebuilds the map even with the same plugins.
+        let applied = lock(&self.config).clone();
+        changed |= plugin_assignment_changed(&applied, config);
+        if changed {
+            self.current
+                .store(Arc::new(PluginHost::build(old.generation + 1, config, plugins)));
+        }
+        *lock(&self.config) = Arc::new(config.clone());
+        report
+    }
+
+    /// Re-reads the component files of the applied configuration (a file changed).
+    pub fn reload_files(&self) -> ReloadReport {
+        let config = lock(&self.config).clone();
+        self.reload(&config)
+    }
+
+    /// `Ok(None)` when `previous` is the same component with the same settings and hooks.
+    fn load_if_changed(
+        &self,
+        name: &str,
+        config: &crate::config::PluginConfig,
+        previous: Option<&Arc<Plugin>>,
+    ) -> Result<Option<Plugin>, PluginError> {
+        if let Some(p) = previous {
+            let path = config.path.get_ref();
+            let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+                name: name.to_string(),
+                path: path.clone(),
+                source,
+            })?;
+            if p.same_as(&format!("{:x}", Sha256::digest(&bytes)), config) {
+                return Ok(None);
+            }
+        }
+        let loader = self.loader()?;
+        loader.load(name, config, self.counters_for(name)).map(Some)
+    }
+
+    fn loader(&self) -> Result<Arc<Loader>, PluginError> {
+        let mut loader = lock(&self.loader);
+        if let Some(l) = &*loader {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(Loader::new(self.cache_dir.as_deref())?);
+        *loader = Some(l.clone());
+        Ok(l)
+    }
+
+    fn counters_for(&self, name: &str) -> Arc<PluginCounters> {
+        lock(&self.counters).entry(name.to_string()).or_default().clone()
+    }
+}
+
+fn plugin_assignment_changed(a: &Config, b: &Config) -> bool {
+    let assignment = |c: &Config| -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        for (name, p) in &c.plugins {
+            for db in c.databases.keys() {
+                for hook in &p.hooks {
+                    if p.serves(*hook, db) {
+                        v.push((format!("{hook}/{db}"), name.clone()));
+                    }
+                }
+            }
+        }
+        v
+    };
+    assignment(a) != assignment(b)
+}
+
+fn log_loaded(plugin: &Plugin) {
+    tracing::info!(
+        plugin = %plugin.name,
+        version = %plugin.version,
+        hash = %plugin.hash,
+        hooks = ?plugin.hooks.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+        load_ms = plugin.load_time.as_millis() as u64,
+        code = plugin.origin,
+        "plugin loaded"
+    );
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
