@@ -19,6 +19,7 @@ pub mod bed;
 pub mod client;
 pub mod cluster;
 pub mod env;
+pub mod plugin;
 pub mod ports;
 pub mod proxy;
 pub mod raw;

@@ -292,7 +292,7 @@ impl Proxy {
     }
 
     fn spawn(&mut self, binary: &Path) -> Result<()> {
-        let config_path = self.dir.join("switchyard.toml");
+        let config_path = self.config_path();
         std::fs::write(&config_path, self.config.to_toml()?)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log = File::create(self.log_path())?;
@@ -408,12 +408,23 @@ impl Proxy {
         }
     }
 
-    /// Rewrite the config file and send SIGHUP.
-    pub fn reload(&mut self, config: ProxyConfig) -> Result<()> {
+    /// Rewrite the config file (keeping the listen address), without telling the proxy.
+    pub fn write_config(&mut self, config: ProxyConfig) -> Result<()> {
         let listen = self.config.proxy.listen.clone();
         self.config = config;
         self.config.proxy.listen = listen;
-        std::fs::write(self.dir.join("switchyard.toml"), self.config.to_toml()?)?;
+        std::fs::write(self.config_path(), self.config.to_toml()?)?;
+        Ok(())
+    }
+
+    /// The config file the proxy was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("switchyard.toml")
+    }
+
+    /// Rewrite the config file and send SIGHUP.
+    pub fn reload(&mut self, config: ProxyConfig) -> Result<()> {
+        self.write_config(config)?;
         self.signal(libc::SIGHUP);
         Ok(())
     }

@@ -276,6 +276,7 @@ pub struct Pgbench {
     user: String,
     password: String,
     db: String,
+    select_only: bool,
 }
 
 /// Parsed summary of a pgbench run.
@@ -301,7 +302,15 @@ impl Pgbench {
             user: user.to_owned(),
             password: password.to_owned(),
             db: db.to_owned(),
+            select_only: false,
         }
+    }
+
+    /// Run the built-in select-only script (`-S`: autocommit SELECTs, no transaction
+    /// blocks) instead of TPC-B.
+    pub fn select_only(mut self) -> Self {
+        self.select_only = true;
+        self
     }
 
     fn command(&self) -> Result<Command> {
@@ -324,10 +333,13 @@ impl Pgbench {
         Ok(())
     }
 
-    /// Run the built-in TPC-B-like script with `clients` connections and
-    /// `jobs` threads, without the initial vacuum (`-n`).
+    /// Run the built-in TPC-B-like script (or select-only, see [`Pgbench::select_only`])
+    /// with `clients` connections and `jobs` threads, without the initial vacuum (`-n`).
     pub fn run(&self, mode: QueryMode, clients: u32, jobs: u32, length: Length) -> Result<PgbenchResult> {
         let mut cmd = self.command()?;
+        if self.select_only {
+            cmd.arg("-S");
+        }
         cmd.args([
             "-n",
             "-M",

@@ -6,61 +6,16 @@
 use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
-use switchyard_tests::proxy::{AdminSection, UserSection};
+use switchyard_tests::plugin::{count, policy_row, with_plugin};
 use switchyard_tests::tools::run_command;
 use switchyard_tests::{
     env, expect_sqlstate, skip_if_direct, Length, PgCluster, PgResultExt, ProxyConfig, QueryMode, TestBed,
 };
 
-fn component(name: &str) -> Result<PathBuf> {
-    let path = env::workspace_dir()
-        .join("plugins/dist")
-        .join(format!("{name}.wasm"));
-    ensure!(
-        path.exists(),
-        "{} is missing: run scripts/build-plugins",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// A proxy whose database `app` uses the plugin `name` for pool mode, with `settings`.
-fn with_plugin(cfg: ProxyConfig, name: &str, settings: &[(&str, &str)]) -> Result<ProxyConfig> {
-    let mut cfg = cfg
-        .set("plugins.policy.path", component(name)?.display().to_string())
-        .set(
-            "plugins.policy.hooks",
-            toml::Value::Array(vec!["pool-mode".into()]),
-        )
-        .user(
-            "admin",
-            UserSection {
-                password: "admin".into(),
-                server_password: None,
-                auth: None,
-            },
-        );
-    cfg.admin = Some(AdminSection {
-        users: vec!["admin".into()],
-    });
-    for (k, v) in settings {
-        cfg = cfg.set(&format!("plugins.policy.settings.{k}"), *v);
-    }
-    Ok(cfg)
-}
-
 /// (calls, failures) of the plugin, from SHOW PLUGINS.
 async fn plugin_counts(bed: &TestBed) -> Result<(u64, u64)> {
-    let admin = bed.endpoint().connect("admin", "admin", "switchyard").await?;
-    let rows = admin.simple_query("SHOW PLUGINS").await.ctx("SHOW PLUGINS")?;
-    for msg in rows {
-        if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
-            let calls = row.get("calls").unwrap_or("0").parse()?;
-            let failures = row.get("failures").unwrap_or("0").parse()?;
-            return Ok((calls, failures));
-        }
-    }
-    anyhow::bail!("SHOW PLUGINS returned no row")
+    let row = policy_row(&bed.endpoint()).await?;
+    Ok((count(&row, "calls")?, count(&row, "failures")?))
 }
 
 /// pgbench through a pool of 4 for 32 clients: every transaction must succeed.

@@ -7,10 +7,16 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 /// One epoch tick; call deadlines are counted in ticks.
 pub const TICK: Duration = Duration::from_millis(1);
-/// Budget of one hook call: 10 ticks, so 9 to 10 ms. Calls take microseconds; the margin is
-/// for a worker thread descheduled mid-call on a busy machine, which must not count as a
-/// runaway plugin.
+/// First check of one hook call: after 10 ticks (9 to 10 ms of wall time). Calls take
+/// microseconds. A call still running then is watched by CPU time (see `instance.rs`): a
+/// worker thread descheduled mid-call on a busy machine is not a runaway plugin.
 pub const CALL_DEADLINE_TICKS: u64 = 10;
+/// After the first check, the call is checked every this many ticks...
+pub const CHECK_TICKS: u64 = 5;
+/// ... and interrupted when its thread spent this much CPU since the previous check.
+pub const CHECK_CPU: Duration = Duration::from_micros(2500);
+/// A call is interrupted after this many checks whatever its CPU use (about a second).
+pub const MAX_CHECKS: u32 = 200;
 /// Budget of `init` (a plugin may build tables): 200 ms.
 pub const INIT_DEADLINE_TICKS: u64 = 200;
 /// Linear memory a plugin instance may grow to.

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::InstancePre;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
 use super::bindings::{CallSession, PluginCounters};
-use super::engine::{CALL_DEADLINE_TICKS, INIT_DEADLINE_TICKS, MAX_MEMORY};
+use super::engine::{
+    CALL_DEADLINE_TICKS, CHECK_CPU, CHECK_TICKS, INIT_DEADLINE_TICKS, MAX_CHECKS, MAX_MEMORY,
+};
 use super::hooks::{HookIndices, Hooks};
 use super::stdio::Captured;
 
@@ -36,6 +38,48 @@ pub struct StoreState {
     pub started: Instant,
     /// The session the current call is about (for `host.current-session`).
     pub session: CallSession,
+    /// The running call's deadline checks.
+    overrun: Overrun,
+}
+
+/// Deadline checks of the running call: the epoch deadline measures wall time, which a
+/// descheduled thread also spends; past it, a call is interrupted only if it keeps using
+/// the CPU.
+#[derive(Default)]
+struct Overrun {
+    checks: u32,
+    /// Thread CPU time at the previous check.
+    cpu_mark: Option<Duration>,
+}
+
+impl Overrun {
+    fn check(&mut self) -> UpdateDeadline {
+        self.checks += 1;
+        let now = thread_cpu_time();
+        let spinning = self
+            .cpu_mark
+            .is_some_and(|mark| now.saturating_sub(mark) >= CHECK_CPU);
+        self.cpu_mark = Some(now);
+        if spinning || self.checks > MAX_CHECKS {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(CHECK_TICKS)
+        }
+    }
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to; the clock id is a constant Linux knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::MAX; // unknown: treat as spinning, the safe side
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Why a call did not produce a decision; the caller falls back to the built-in policy.
@@ -154,9 +198,11 @@ impl Instances {
             counters: self.counters.clone(),
             started: Instant::now(),
             session: None,
+            overrun: Overrun::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().overrun.check()));
         store.set_epoch_deadline(INIT_DEADLINE_TICKS);
         let result = (|| -> wasmtime::Result<Result<(Hooks, _), String>> {
             let handle = self.pre.instantiate(&mut store)?;
@@ -205,7 +251,9 @@ impl Instances {
             },
         };
         instance.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
-        instance.store.data_mut().session = session;
+        let state = instance.store.data_mut();
+        state.session = session;
+        state.overrun = Overrun::default();
         let n = self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let result = if n.is_multiple_of(TIME_EVERY) {
             let start = Instant::now();

@@ -1,0 +1,94 @@
+//! Plugins in tests: the components built by `scripts/build-plugins` (in `plugins/dist`),
+//! configuration that loads one for pool mode, and the admin console's view of them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::client::{Endpoint, PgResultExt};
+use crate::env;
+use crate::proxy::{AdminSection, ProxyConfig, UserSection};
+
+/// `plugins/dist/<name>.wasm`, which must exist.
+pub fn component(name: &str) -> Result<PathBuf> {
+    let path = env::workspace_dir()
+        .join("plugins/dist")
+        .join(format!("{name}.wasm"));
+    ensure!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// `cfg` with the component at `path` serving pool mode (as plugin `policy`) for every
+/// database, with `settings`, and the admin user `admin`/`admin`.
+pub fn with_plugin_path(cfg: ProxyConfig, path: &Path, settings: &[(&str, &str)]) -> ProxyConfig {
+    let mut cfg = cfg
+        .set("plugins.policy.path", path.display().to_string())
+        .set(
+            "plugins.policy.hooks",
+            toml::Value::Array(vec!["pool-mode".into()]),
+        )
+        .user(
+            "admin",
+            UserSection {
+                password: "admin".into(),
+                server_password: None,
+                auth: None,
+            },
+        );
+    cfg.admin = Some(AdminSection {
+        users: vec!["admin".into()],
+    });
+    for (k, v) in settings {
+        cfg = cfg.set(&format!("plugins.policy.settings.{k}"), *v);
+    }
+    cfg
+}
+
+/// [`with_plugin_path`] for the built component `name` (see [`component`]).
+pub fn with_plugin(cfg: ProxyConfig, name: &str, settings: &[(&str, &str)]) -> Result<ProxyConfig> {
+    Ok(with_plugin_path(cfg, &component(name)?, settings))
+}
+
+/// Runs an admin command as `admin` and returns its rows as column → value maps.
+pub async fn admin_rows(endpoint: &Endpoint, command: &str) -> Result<Vec<HashMap<String, String>>> {
+    let admin = endpoint.connect("admin", "admin", "switchyard").await?;
+    let messages = admin.simple_query(command).await.ctx(command)?;
+    let mut rows = Vec::new();
+    for msg in messages {
+        if let SimpleQueryMessage::Row(row) = msg {
+            let mut map = HashMap::new();
+            for (i, column) in row.columns().iter().enumerate() {
+                map.insert(
+                    column.name().to_string(),
+                    row.get(i).unwrap_or_default().to_string(),
+                );
+            }
+            rows.push(map);
+        }
+    }
+    Ok(rows)
+}
+
+/// The `SHOW PLUGINS` row of the plugin named `policy` (the one [`with_plugin`] configures).
+pub async fn policy_row(endpoint: &Endpoint) -> Result<HashMap<String, String>> {
+    admin_rows(endpoint, "SHOW PLUGINS")
+        .await?
+        .into_iter()
+        .find(|r| r.get("name").map(String::as_str) == Some("policy"))
+        .context("SHOW PLUGINS has no row for plugin \"policy\"")
+}
+
+/// A numeric column of a `SHOW PLUGINS` row.
+pub fn count(row: &HashMap<String, String>, column: &str) -> Result<u64> {
+    let text = row
+        .get(column)
+        .with_context(|| format!("SHOW PLUGINS has no column {column}"))?;
+    text.parse()
+        .with_context(|| format!("SHOW PLUGINS {column} = {text:?}"))
+}
