@@ -214,21 +214,16 @@ impl Instances {
         Ok(result?.map(|(hooks, handle)| Instance { store, hooks, handle }))
     }
 
-    /// Adds ready instances to the pool (up to its cap), so the first calls after a load do
-    /// not pay for instantiation. Returns how many were added.
-    pub fn prewarm(&self, n: usize) -> wasmtime::Result<usize> {
-        let mut added = 0;
+    /// Makes `n` fresh instances and pools them (those beyond the pool's cap are dropped),
+    /// so the first calls after a load do not pay for instantiation.
+    pub fn prewarm(&self, n: usize) -> wasmtime::Result<()> {
         for _ in 0..n {
-            if self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_IDLE_INSTANCES {
-                break;
-            }
             match self.instantiate()? {
                 Ok(instance) => self.park(instance),
                 Err(message) => return Err(wasmtime::format_err!("init: {message}")),
             }
-            added += 1;
         }
-        Ok(added)
+        Ok(())
     }
 
     /// Runs `f` on a pooled instance under the call deadline, with `session` visible to

@@ -128,8 +128,10 @@ impl Plugin {
         })
     }
 
-    /// Adds `n` ready instances to the plugin's pool (benchmarks and warm-up).
-    pub fn prewarm(&self, n: usize) -> Result<usize, CallError> {
+    /// Makes `n` fresh instances (instantiate and `init`) for the plugin's pool, beyond
+    /// the one made at load: one per worker thread lets the first concurrent calls skip
+    /// instantiation.
+    pub fn prewarm(&self, n: usize) -> Result<(), CallError> {
         self.instances.prewarm(n).map_err(CallError::Failed)
     }
 

@@ -128,6 +128,7 @@ impl PluginRegistry {
         for (name, plugin_config) in &config.plugins {
             let loader = registry.loader()?;
             let plugin = loader.load(name, plugin_config, registry.counters_for(name))?;
+            prewarm(&plugin, config);
             log_loaded(&plugin);
             plugins.push(Arc::new(plugin));
         }
@@ -180,6 +181,7 @@ impl PluginRegistry {
                     ReloadOutcome::Unchanged
                 }
                 Ok(Some(plugin)) => {
+                    prewarm(&plugin, config);
                     log_loaded(&plugin);
                     lock(&self.failures).remove(name);
                     let outcome = ReloadOutcome::Loaded {
@@ -293,6 +295,17 @@ fn plugin_assignment_changed(a: &Config, b: &Config) -> bool {
         v
     };
     assignment(a) != assignment(b)
+}
+
+/// Instances made at load beyond the first: one per worker thread.
+fn prewarm(plugin: &Plugin, config: &Config) {
+    let workers = match config.proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if let Err(e) = plugin.prewarm(workers.saturating_sub(1)) {
+        tracing::warn!(plugin = %plugin.name, error = %e, "could not prewarm instances; calls will instantiate them");
+    }
 }
 
 fn log_loaded(plugin: &Plugin) {
