@@ -22,6 +22,12 @@ PG_VERSION="${PG_VERSION:-15}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/${PG_VERSION}/bin}"
 SWITCHYARD_VENV="${SWITCHYARD_VENV:-$SWITCHYARD_ROOT/.venv}"
 SWITCHYARD_NODE_DIR="$SWITCHYARD_ROOT/tests/clients/node"
+# Patroni from PyPI (Debian's 3.0.2 lacks `before_stop`), in a venv outside
+# the checkout so that the `postgres` user, which runs Patroni, can reach it
+# whatever the checkout's permissions. The version is in the path: changing
+# it makes a new venv instead of mutating one a concurrent run may be using.
+SWITCHYARD_PATRONI_VERSION="${SWITCHYARD_PATRONI_VERSION:-4.1.5}"
+SWITCHYARD_PATRONI_VENV="${SWITCHYARD_PATRONI_VENV:-/opt/switchyard/patroni-$SWITCHYARD_PATRONI_VERSION}"
 export PG_BIN
 
 # ---------------------------------------------------------------- output
@@ -137,6 +143,53 @@ install_python() {
     "$SWITCHYARD_VENV/bin/python" -c 'import psycopg' || die "psycopg did not install into $SWITCHYARD_VENV"
 }
 
+# install_etcd: etcd (Debian's etcd-server) for Patroni. The test bed and
+# the demo run private etcds on free loopback ports and never use the
+# system service; where systemd runs, the service Debian enables on install
+# is stopped and disabled right after that install (so it does not hold
+# 2379/2380 for nothing). An etcd that was already installed is left as it is.
+install_etcd() {
+    if ! pkg_installed etcd-server; then
+        apt_install etcd-server
+        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+            as_root systemctl disable --now etcd.service >/dev/null 2>&1 || true
+        fi
+    fi
+    [[ -x /usr/bin/etcd ]] || die "etcd missing in /usr/bin after installing etcd-server"
+}
+
+# install_patroni: a venv with patroni[etcd3,psycopg3]==$SWITCHYARD_PATRONI_VERSION
+# at $SWITCHYARD_PATRONI_VENV, made with Debian's /usr/bin/python3 (not a
+# pyenv or other python under /root, which the `postgres` user cannot run)
+# and readable by everyone. A venv that is missing, broken or half-made (an
+# interrupted install) fails the check below and is made again from scratch.
+install_patroni() {
+    local venv=$SWITCHYARD_PATRONI_VENV want=$SWITCHYARD_PATRONI_VERSION
+    local piplog="${TMPDIR:-/tmp}/switchyard-patroni-pip.log"
+    local check="import importlib.metadata as m, psycopg, etcd; assert m.version('patroni') == '$want'"
+    if [[ -x $venv/bin/patroni ]] && "$venv/bin/python" -c "$check" 2>/dev/null; then
+        return 0
+    fi
+    [[ -x /usr/bin/python3 ]] || apt_install python3
+    /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    log "creating $venv with patroni[etcd3,psycopg3]==$want"
+    as_root mkdir -p "$(dirname "$venv")"
+    as_root chmod 755 "$(dirname "$venv")"
+    as_root rm -rf "$venv"
+    (
+        umask 022
+        as_root /usr/bin/python3 -m venv "$venv" &&
+            as_root "$venv/bin/pip" install --quiet --disable-pip-version-check \
+                "patroni[etcd3,psycopg3]==$want"
+    ) >"$piplog" 2>&1 || die "installing patroni into $venv failed; see $piplog"
+    as_root chmod -R a+rX "$venv"
+    "$venv/bin/python" -c "$check" || die "patroni $want did not install into $venv; see $piplog"
+    if [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1; then
+        runuser -u postgres -- "$venv/bin/patroni" --version >/dev/null ||
+            die "the postgres user cannot run $venv/bin/patroni"
+    fi
+}
+
 # install_rust_extras: the wasm target for plugins, and fmt/clippy for CI.
 install_rust_extras() {
     command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
@@ -162,6 +215,8 @@ install() {
     install_java
     install_node
     install_python
+    install_etcd
+    install_patroni
     install_rust_extras
 }
 
