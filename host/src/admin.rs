@@ -25,6 +25,7 @@ const HELP: &[&str] = &[
     "SHOW HELP        this list",
     "SHOW POOLS       one row per (database, user) pool: mode, size, servers idle and in use, counters",
     "SHOW DATABASES   configured databases and where they route",
+    "SHOW NODES       every node of every cluster: role, timeline, LSN, lag, probe results",
     "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
     "SHOW VERSION     the proxy's version",
     "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
@@ -106,6 +107,7 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
         ["show", "pools"] => show_pools(state),
         ["show", "databases"] => show_databases(state),
         ["show", "plugins"] => show_plugins(state),
+        ["show", "nodes"] => show_nodes(state),
         _ => {
             return Err(
                 ErrorFields::error("42601", format!("unknown admin command: {command}"))
@@ -199,7 +201,9 @@ fn show_pools(state: &ProxyState) -> Table {
                 s.connects.load(Relaxed).to_string(),
                 s.connect_failures.load(Relaxed).to_string(),
                 s.wait_timeouts.load(Relaxed).to_string(),
-                p.node.to_string(),
+                p.cluster
+                    .primary()
+                    .map_or_else(|| "(none: holding)".to_string(), |(_, a)| a.to_string()),
             ]
         })
         .collect();
@@ -290,6 +294,59 @@ fn show_plugins(state: &ProxyState) -> Table {
     }
 }
 
+fn show_nodes(state: &ProxyState) -> Table {
+    let mut clusters: Vec<_> = state.topology.clusters.values().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows = Vec::new();
+    for cluster in clusters {
+        let view = cluster.view();
+        for (i, (addr, node)) in cluster.nodes.iter().zip(&view.nodes).enumerate() {
+            let lsn = node.sample.lsn;
+            rows.push(vec![
+                cluster.name.clone(),
+                addr.to_string(),
+                node.verdict.role.as_str().to_string(),
+                (view.primary == Some(i)).to_string(),
+                if !cluster.probed() {
+                    "not probed".to_string()
+                } else if node.sample.reachable {
+                    "up".to_string()
+                } else if node.last_probe.is_none() {
+                    "not yet probed".to_string()
+                } else {
+                    "down".to_string()
+                },
+                node.fenced.to_string(),
+                node.sample.timeline.to_string(),
+                format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
+                node.lag_bytes.to_string(),
+                node.probe_time
+                    .map_or_else(String::new, |d| format!("{:.1}ms", d.as_secs_f64() * 1000.0)),
+                node.last_probe
+                    .map_or_else(String::new, |t| humantime::format_rfc3339_millis(t).to_string()),
+                node.last_error.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    Table {
+        columns: vec![
+            "cluster",
+            "node",
+            "role",
+            "primary",
+            "state",
+            "fenced",
+            "timeline",
+            "lsn",
+            "lag_bytes",
+            "probe_time",
+            "last_probe",
+            "last_error",
+        ],
+        rows,
+    }
+}
+
 fn show_databases(state: &ProxyState) -> Table {
     let mut names: Vec<&String> = state.databases.keys().collect();
     names.sort();
@@ -300,14 +357,14 @@ fn show_databases(state: &ProxyState) -> Table {
             vec![
                 name.clone(),
                 r.server_database.clone(),
-                r.node.to_string(),
+                r.cluster.name.clone(),
                 format!("{:?}", r.settings.mode).to_ascii_lowercase(),
                 r.settings.size.to_string(),
             ]
         })
         .collect();
     Table {
-        columns: vec!["database", "server_database", "server", "pool_mode", "pool_size"],
+        columns: vec!["database", "server_database", "cluster", "pool_mode", "pool_size"],
         rows,
     }
 }

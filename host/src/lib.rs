@@ -16,3 +16,4 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod topology;

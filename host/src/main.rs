@@ -104,6 +104,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
     runtime.block_on(async move {
         tokio::spawn(switchyard::reload::run(state.clone()));
+        state.topology.spawn_probers(&state.shutdown);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

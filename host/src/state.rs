@@ -13,17 +13,18 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{ScramVerifier, UserAuth};
 use crate::cancel::CancelRegistry;
+use crate::config::Config;
 use crate::config::ConfigError;
-use crate::config::{Config, NodeRole};
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::pool::{Pool, PoolSettings};
-use crate::server::{connect, query_row, ConnectParams, NodeAddr, ServerError};
+use crate::server::{connect, query_row, ConnectParams, ServerError};
+use crate::topology::{Cluster, ProbeSettings, Topology};
 
 /// How to reach one configured database.
 pub struct DatabaseRoute {
     pub server_database: String,
-    pub node: NodeAddr,
+    pub cluster: Arc<Cluster>,
     pub settings: PoolSettings,
 }
 
@@ -68,6 +69,7 @@ pub struct ProxyState {
     source: Option<ConfigSource>,
     pub users: HashMap<String, Arc<UserAuth>>,
     pub databases: HashMap<String, DatabaseRoute>,
+    pub topology: Topology,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     pub cancels: Arc<CancelRegistry>,
     pub plugins: PluginRegistry,
@@ -112,16 +114,24 @@ impl ProxyState {
             users.insert(name.clone(), Arc::new(auth));
         }
         let server_tls = server_tls_connector(config.pool.server_tls, config.pool.server_tls_ca.as_deref())?;
+        let mut topology = Topology::default();
+        for (name, cluster) in &config.clusters {
+            let probe = cluster.probe_user.as_ref().map(|u| ProbeSettings {
+                user: users[u.get_ref()].clone(),
+                database: cluster.probe_database.clone(),
+                interval: cluster.probe_interval,
+                timeout: cluster.probe_timeout,
+                tls: server_tls.clone(),
+            });
+            if probe.is_none() && cluster.nodes.len() > 1 {
+                tracing::warn!(cluster = %name, "no probe_user: the nodes are not probed, the configured primary gets all traffic");
+            }
+            topology
+                .clusters
+                .insert(name.clone(), Arc::new(Cluster::new(name, cluster, probe)));
+        }
         let mut databases = HashMap::new();
         for (name, db) in &config.databases {
-            let cluster = &config.clusters[db.cluster.get_ref()];
-            // Until topology probing exists, the node marked primary (or the first) serves.
-            let node = cluster
-                .nodes
-                .iter()
-                .find(|n| n.get_ref().role == NodeRole::Primary)
-                .unwrap_or(&cluster.nodes[0])
-                .get_ref();
             let settings = PoolSettings {
                 mode: config.pool_mode(db),
                 size: config.pool_size(db),
@@ -136,10 +146,7 @@ impl ProxyState {
                 name.clone(),
                 DatabaseRoute {
                     server_database: db.dbname.clone().unwrap_or_else(|| name.clone()),
-                    node: NodeAddr {
-                        host: node.host.clone(),
-                        port: node.port,
-                    },
+                    cluster: topology.clusters[db.cluster.get_ref()].clone(),
                     settings,
                 },
             );
@@ -155,6 +162,7 @@ impl ProxyState {
             reloading: tokio::sync::Mutex::new(()),
             users,
             databases,
+            topology,
             pools: Mutex::new(HashMap::new()),
             cancels: Arc::new(CancelRegistry::default()),
             plugins,
@@ -177,7 +185,7 @@ impl ProxyState {
                     format!("{database}/{}", user.name),
                     user.clone(),
                     route.server_database.clone(),
-                    route.node.clone(),
+                    route.cluster.clone(),
                     route.settings.clone(),
                 ))
             });
@@ -212,8 +220,14 @@ impl ProxyState {
             return Ok(None);
         };
         let auth_user = &self.users[aq.user.get_ref()];
+        let deadline = Instant::now() + route.cluster.hold_timeout;
+        let Some((_, addr)) = route.cluster.wait_for_primary(deadline).await else {
+            return Err(AuthQueryError(ServerError::ConnectTimeout {
+                addr: route.cluster.nodes[0].clone(),
+            }));
+        };
         let params = ConnectParams {
-            addr: &route.node,
+            addr,
             user: &auth_user.name,
             database: aq.database.as_deref().unwrap_or(&route.server_database),
             secret: auth_user.server_secret(),
@@ -222,7 +236,7 @@ impl ProxyState {
             timeout: route.settings.connect_timeout,
         };
         let mut conn = connect(&params).await?;
-        let row = query_row(&mut conn, &aq.query, name).await?;
+        let row = query_row(&mut conn, &aq.query, &[name]).await?;
         let stored = row.and_then(|r| r.into_iter().nth(1).flatten());
         let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
         // Keep the same user object while the password is unchanged: it holds the SCRAM

@@ -9,7 +9,7 @@ use tokio_postgres::SimpleQueryMessage;
 
 use crate::client::{Endpoint, PgResultExt};
 use crate::env;
-use crate::proxy::{AdminSection, ProxyConfig, UserSection};
+use crate::proxy::ProxyConfig;
 
 /// `plugins/dist/<name>.wasm`, which must exist.
 pub fn component(name: &str) -> Result<PathBuf> {
@@ -33,17 +33,7 @@ pub fn with_plugin_path(cfg: ProxyConfig, path: &Path, settings: &[(&str, &str)]
             "plugins.policy.hooks",
             toml::Value::Array(vec!["pool-mode".into()]),
         )
-        .user(
-            "admin",
-            UserSection {
-                password: "admin".into(),
-                server_password: None,
-                auth: None,
-            },
-        );
-    cfg.admin = Some(AdminSection {
-        users: vec!["admin".into()],
-    });
+        .with_admin();
     for (k, v) in settings {
         cfg = cfg.set(&format!("plugins.policy.settings.{k}"), *v);
     }

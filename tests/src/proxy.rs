@@ -205,6 +205,22 @@ impl ProxyConfig {
     }
 
     /// Set (or replace) a user entry.
+    /// Adds the admin user `admin`/`admin`, allowed on the admin console.
+    pub fn with_admin(self) -> Self {
+        let mut cfg = self.user(
+            "admin",
+            UserSection {
+                password: "admin".into(),
+                server_password: None,
+                auth: None,
+            },
+        );
+        cfg.admin = Some(AdminSection {
+            users: vec!["admin".into()],
+        });
+        cfg
+    }
+
     pub fn user(mut self, name: &str, user: UserSection) -> Self {
         self.users.insert(name.to_owned(), user);
         self

@@ -246,6 +246,39 @@ impl Default for PoolDefaults {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub nodes: Vec<Spanned<NodeConfig>>,
+    /// A `[users]` entry the proxy logs in as to probe every node (role, timeline, LSNs).
+    /// Its password must be usable for a server login (plaintext, or `server_password`).
+    /// Without it the nodes are not probed and the configured roles are trusted.
+    pub probe_user: Option<Spanned<String>>,
+    /// Database the probes connect to.
+    #[serde(default = "default_probe_database")]
+    pub probe_database: String,
+    /// Time between probes of one node.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// A probe (connect and query) that takes longer has failed.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// While the cluster has no confirmed primary (a switchover or failover in progress), a
+    /// transaction that needs one waits up to this long for it, then gets an error.
+    #[serde(default = "default_hold_timeout", with = "humantime_serde")]
+    pub hold_timeout: Duration,
+}
+
+fn default_probe_database() -> String {
+    "postgres".into()
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_hold_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One Postgres server of a cluster.
@@ -306,6 +339,15 @@ pub struct UserConfig {
 pub struct AdminSettings {
     /// Users (from `[users]`) allowed to connect to the admin console.
     pub users: Vec<Spanned<String>>,
+}
+
+impl UserConfig {
+    /// Whether the proxy can log in to servers as this user without a client's help: a
+    /// plaintext password, an md5 hash (answered by md5 pass-through) or a
+    /// `server_password`. A SCRAM verifier alone needs a client's login first.
+    pub fn can_log_in_to_servers(&self) -> bool {
+        self.server_password.is_some() || !self.password.get_ref().starts_with("SCRAM-SHA-256$")
+    }
 }
 
 impl Config {

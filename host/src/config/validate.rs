@@ -117,6 +117,30 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
             ));
         }
     }
+    for (name, cluster) in &config.clusters {
+        if let Some(probe) = &cluster.probe_user {
+            match config.users.get(probe.get_ref()) {
+                None => {
+                    return Err(at(
+                        probe.span(),
+                        format!("clusters.{name}.probe_user"),
+                        format!("{:?} is not defined in [users]", probe.get_ref()),
+                    ))
+                }
+                Some(u) if !u.can_log_in_to_servers() => {
+                    return Err(at(
+                        probe.span(),
+                        format!("clusters.{name}.probe_user"),
+                        format!(
+                            "{:?} has no password the proxy can log in to servers with (give a plaintext password or server_password)",
+                            probe.get_ref()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
     for (name, plugin) in &config.plugins {
         if plugin.hooks.is_empty() {
             return Err(Violation {

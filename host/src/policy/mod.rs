@@ -3,3 +3,4 @@
 //! inputs, like the plugins that replace them.
 
 pub mod pool_mode;
+pub mod topology;

@@ -3,6 +3,12 @@
 //! idle. A session borrows a server with [`Pool::checkout`] and gives it back with
 //! [`Checkout::release`]; dropping a checkout closes the server instead, which is the safe
 //! default for every path that did not finish cleanly.
+//!
+//! Servers are opened on the cluster's current primary ([`Cluster`]). While the cluster has
+//! none (a switchover or failover), a checkout waits for one up to the cluster's
+//! `hold_timeout`; a failed connect makes the cluster re-probe that node and the checkout
+//! waits for the topology to change rather than fail at once. Servers on a node that is no
+//! longer the primary are closed when they come back to the pool or are found idle.
 
 mod statements;
 
@@ -20,6 +26,25 @@ use crate::auth::UserAuth;
 use crate::config::PoolMode;
 use crate::net::ServerTls;
 use crate::server::{connect, ConnectParams, NodeAddr, ServerConn, ServerError};
+use crate::topology::Cluster;
+
+/// Pause between connect attempts to a node that refused while the topology settles.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// A connect that failed because the node is not there or not accepting connections now
+/// (shutting down, starting up), as opposed to a refusal that will not change (password).
+fn unreachable(e: &ServerError) -> bool {
+    match e {
+        ServerError::Connect { .. }
+        | ServerError::ConnectTimeout { .. }
+        | ServerError::Io { .. }
+        | ServerError::Closed { .. } => true,
+        ServerError::Refused { fields, .. } => {
+            matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03" | "08006")
+        }
+        _ => false,
+    }
+}
 
 /// Everything a pool needs to open server connections and apply its limits.
 #[derive(Clone)]
@@ -45,6 +70,8 @@ pub enum PoolError {
     },
     #[error("pool {pool} is closed")]
     Closed { pool: String },
+    #[error("cluster {cluster} has had no primary for {waited:?} (hold_timeout); a switchover or failover is taking longer than that")]
+    NoPrimary { cluster: String, waited: Duration },
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -54,6 +81,7 @@ impl PoolError {
         match self {
             PoolError::Timeout { .. } => "53300",
             PoolError::Closed { .. } => "57P01",
+            PoolError::NoPrimary { .. } => "57P03",
             PoolError::Server(e) => e.sqlstate(),
         }
     }
@@ -75,7 +103,7 @@ pub struct Pool {
     /// The user's current credentials: replaced when `auth_query` sees a new password.
     user: ArcSwap<UserAuth>,
     pub server_database: String,
-    pub node: NodeAddr,
+    pub cluster: Arc<Cluster>,
     pub settings: PoolSettings,
     pub statements: StatementRegistry,
     pub stats: PoolStats,
@@ -92,14 +120,14 @@ impl Pool {
         name: String,
         user: Arc<UserAuth>,
         server_database: String,
-        node: NodeAddr,
+        cluster: Arc<Cluster>,
         settings: PoolSettings,
     ) -> Pool {
         Pool {
             name,
             user: ArcSwap::new(user),
             server_database,
-            node,
+            cluster,
             permits: Arc::new(Semaphore::new(settings.size)),
             settings,
             statements: StatementRegistry::default(),
@@ -139,19 +167,7 @@ impl Pool {
             }
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        while let Some(conn) = self.pop_idle() {
-            if conn.is_broken() || conn.created.elapsed() > self.settings.lifetime {
-                self.stats.discarded.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(pool = %self.name, server = conn.id, "closing stale idle server");
-                continue;
-            }
-            return Ok(Checkout {
-                conn: Some(conn),
-                _permit: permit,
-                pool: self.clone(),
-            });
-        }
-        let conn = self.connect().await?;
+        let conn = self.server_on_primary().await?;
         Ok(Checkout {
             conn: Some(conn),
             _permit: permit,
@@ -159,15 +175,55 @@ impl Pool {
         })
     }
 
+    /// An idle server on the primary, or a new one; waits for a primary (and retries
+    /// connects that failed because the node is down) until the cluster's `hold_timeout`.
+    async fn server_on_primary(&self) -> Result<ServerConn, PoolError> {
+        let started = Instant::now();
+        let deadline = started + self.cluster.hold_timeout;
+        loop {
+            let generation = self.cluster.view().generation;
+            let Some((node, addr)) = self.cluster.wait_for_primary(deadline).await else {
+                return Err(PoolError::NoPrimary {
+                    cluster: self.cluster.name.clone(),
+                    waited: started.elapsed(),
+                });
+            };
+            while let Some(conn) = self.pop_idle() {
+                if conn.addr != *addr {
+                    self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, "closing idle server: not on the primary");
+                    continue;
+                }
+                if conn.is_broken() || conn.created.elapsed() > self.settings.lifetime {
+                    self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(pool = %self.name, server = conn.id, "closing stale idle server");
+                    continue;
+                }
+                return Ok(conn);
+            }
+            match self.connect(addr).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if unreachable(&e) && self.cluster.probed() && Instant::now() < deadline => {
+                    // The node may be going away (a switchover): re-probe it now and wait
+                    // for the topology to move, a little at most, then try again.
+                    self.cluster.suspect(node);
+                    let retry_at = (Instant::now() + RECONNECT_PAUSE).min(deadline);
+                    self.cluster.wait_for_change(generation, retry_at).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn pop_idle(&self) -> Option<ServerConn> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    async fn connect(&self) -> Result<ServerConn, ServerError> {
+    async fn connect(&self, addr: &NodeAddr) -> Result<ServerConn, ServerError> {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let user = self.user.load_full();
         let params = ConnectParams {
-            addr: &self.node,
+            addr,
             user: &user.name,
             database: &self.server_database,
             secret: user.server_secret(),
@@ -253,10 +309,12 @@ impl Checkout {
         &self.pool
     }
 
-    /// Returns a server that is idle (ReadyForQuery 'I', nothing in flight) to the pool.
+    /// Returns a server that is idle (ReadyForQuery 'I', nothing in flight) to the pool;
+    /// one on a node that is no longer the primary is closed instead.
     pub fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            if conn.created.elapsed() > self.pool.settings.lifetime || !conn.rbuf.is_empty() {
+            let on_primary = self.pool.cluster.primary().is_some_and(|(_, a)| *a == conn.addr);
+            if !on_primary || conn.created.elapsed() > self.pool.settings.lifetime || !conn.rbuf.is_empty() {
                 self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
             }

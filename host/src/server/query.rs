@@ -1,5 +1,6 @@
 //! Running one parameterised query on a server connection for the proxy's own needs
-//! (`auth_query`), over the extended protocol so the parameter is never spliced into SQL.
+//! (`auth_query`, topology probes), over the extended protocol so parameters are never
+//! spliced into SQL.
 
 use bytes::{BufMut, BytesMut};
 use switchyard_protocol::backend::{parse_error_fields, tags};
@@ -9,21 +10,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ServerConn, ServerError};
 
-/// Runs `sql` with one text parameter and returns the first row (NULLs as None), or None if
+/// Runs `sql` with text parameters and returns the first row (NULLs as None), or None if
 /// the query returned no rows.
 pub async fn query_row(
     conn: &mut ServerConn,
     sql: &str,
-    param: &str,
+    params: &[&str],
 ) -> Result<Option<Vec<Option<String>>>, ServerError> {
     let addr = conn.addr.clone();
     let mut out = BytesMut::new();
     encode_parse(b"", sql.as_bytes(), &[], &mut out);
     let mut rest = BytesMut::new();
     rest.put_i16(0); // parameter formats: all text
-    rest.put_i16(1);
-    rest.put_i32(param.len() as i32);
-    rest.put_slice(param.as_bytes());
+    rest.put_i16(params.len() as i16);
+    for param in params {
+        rest.put_i32(param.len() as i32);
+        rest.put_slice(param.as_bytes());
+    }
     rest.put_i16(0); // result formats: all text
     encode_bind_renamed(b"", b"", &rest, &mut out);
     encode_execute(b"", 0, &mut out);
