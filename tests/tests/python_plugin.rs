@@ -1,0 +1,194 @@
+//! The example pool-mode policy written in Python (examples/python-pool-mode, a component
+//! built by componentize-py) on the data path: proof that the plugin interface is not tied to
+//! Rust. The test skips, saying so, when the component is not built, unless
+//! SWITCHYARD_REQUIRE_PYTHON_PLUGIN is set (scripts/test builds it and sets the variable).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use switchyard_tests::client::connect;
+use switchyard_tests::plugin::{admin_rows, count, policy_row, with_plugin_path};
+use switchyard_tests::tools::run_command;
+use switchyard_tests::{describe_error, env, skip_if_direct, Length, PgResultExt, QueryMode, TestBed};
+use tokio_postgres::Client;
+
+/// An application the plugin gives session pooling (its `session_apps` setting).
+const SESSION_APP: &str = "sticky-reporter";
+const VERSION_TAG: &str = "python-test";
+
+/// The built component, or `None` (with a message) when the test should skip.
+fn python_component() -> Result<Option<PathBuf>> {
+    let path = env::workspace_dir().join("examples/python-pool-mode/dist/python-pool-mode.wasm");
+    if path.exists() {
+        return Ok(Some(path));
+    }
+    ensure!(
+        std::env::var_os("SWITCHYARD_REQUIRE_PYTHON_PLUGIN").is_none(),
+        "{} is missing and SWITCHYARD_REQUIRE_PYTHON_PLUGIN is set: run examples/python-pool-mode/build",
+        path.display()
+    );
+    eprintln!(
+        "skipped: {} is not built (run examples/python-pool-mode/build, which needs PyPI; \
+         set SWITCHYARD_REQUIRE_PYTHON_PLUGIN=1 to make this a failure)",
+        path.display()
+    );
+    Ok(None)
+}
+
+/// `switchyard check-config` on a configuration that loads the component with `settings`
+/// (no server is contacted), with the plugin cache the test bed's proxies use, so the
+/// first run compiles the component (a whole CPython: tens of seconds, more than the test
+/// bed waits for a proxy to start) and caches it. Returns (success, stderr).
+fn check_config(component: &Path, settings: &str) -> Result<(bool, String)> {
+    let dir = env::scratch_root()?.join(format!("python-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("check.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:1\"\n\
+             [clusters.main]\nnodes = [{{ host = \"127.0.0.1\", port = 1, role = \"primary\" }}]\n\
+             [databases.app]\ncluster = \"main\"\n\
+             [users.app]\npassword = \"app\"\n\
+             [plugins.policy]\npath = {:?}\nhooks = [\"pool-mode\"]\n\
+             [plugins.policy.settings]\n{settings}\n",
+            component.display().to_string()
+        ),
+    )?;
+    let out = run_command(
+        std::process::Command::new(env::proxy_binary()?)
+            .arg("check-config")
+            .arg(&file)
+            // Where tests/src/proxy.rs points every proxy it starts.
+            .env("XDG_CACHE_HOME", env::scratch_root()?.join("xdg-cache")),
+        None,
+        Duration::from_secs(600),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    Ok((out.status_ok, out.stderr))
+}
+
+async fn backend_pid(client: &Client) -> Result<i32> {
+    Ok(client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .ctx("SELECT pg_backend_pid()")?
+        .get(0))
+}
+
+#[tokio::test]
+async fn python_plugin_pools_transactions_and_pins_session_apps() -> Result<()> {
+    skip_if_direct!();
+    let Some(component) = python_component()? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let (ok, stderr) = check_config(
+        &component,
+        &format!("session_apps = \"{SESSION_APP}\"\nversion_tag = \"{VERSION_TAG}\""),
+    )?;
+    ensure!(ok, "check-config refused the Python plugin: {stderr}");
+    eprintln!(
+        "check-config loaded the Python plugin in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // init refuses settings it does not know, and the operator reads why.
+    let (ok, stderr) = check_config(&component, "mode = \"session\"")?;
+    ensure!(
+        !ok && stderr.contains("unknown setting 'mode' (known settings: session_apps, version_tag)"),
+        "check-config with an unknown setting: expected the plugin's refusal, got: {stderr}"
+    );
+
+    // Pool mode "transaction" in the configuration too: only the plugin can pin a session.
+    let settings = [
+        ("session_apps", &*format!("some-other-app, {SESSION_APP}")),
+        ("version_tag", VERSION_TAG),
+    ];
+    let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
+        Ok(with_plugin_path(
+            cfg.mode("transaction").pool_size(4),
+            &component,
+            &settings,
+        ))
+    })?;
+    bed.direct().pgbench("app", "app", "app").init(1)?;
+
+    let mut sticky_config = bed.endpoint().config("app", "app", "app");
+    sticky_config.application_name(SESSION_APP);
+    let sticky = connect(&sticky_config)
+        .await
+        .map_err(|e| anyhow::anyhow!(describe_error(&e)))
+        .context("connecting the session-pooled client")?;
+    let other = bed.endpoint().connect_app().await?;
+
+    // pgbench's 8 clients share the pool while the session app and another client run
+    // transactions between theirs.
+    let pgbench = bed.endpoint().pgbench("app", "app", "app");
+    let pgbench = pgbench.run_async(QueryMode::Extended, 8, 2, Length::Seconds(4));
+    let probes = async {
+        let first = backend_pid(&sticky).await?;
+        let mut other_pids = BTreeSet::new();
+        for i in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let pid = backend_pid(&sticky).await?;
+            ensure!(
+                pid == first,
+                "session app {SESSION_APP:?} moved from server {first} to {pid} after {i} \
+                 transactions: the plugin did not keep its server"
+            );
+            other_pids.insert(backend_pid(&other).await?);
+        }
+        anyhow::Ok(other_pids)
+    };
+    let (bench, other_pids) = tokio::join!(pgbench, probes);
+    let (bench, other_pids) = (bench?, other_pids?);
+    ensure!(
+        bench.status_ok && bench.failed == 0 && bench.processed > 0,
+        "{}",
+        bench
+            .output
+            .describe("pgbench -c 8 through the Python plugin: expected 0 failed transactions")
+    );
+    eprintln!(
+        "pgbench: {} transactions; a transaction-pooled client saw {} server(s)",
+        bench.processed,
+        other_pids.len()
+    );
+
+    // All clients idle now: the session app still holds its server, the other client none.
+    let pools = admin_rows(&bed.endpoint(), "SHOW POOLS").await?;
+    let in_use: Vec<&str> = pools
+        .iter()
+        .filter_map(|p| p.get("in_use").map(String::as_str))
+        .collect();
+    ensure!(
+        in_use == ["1"],
+        "SHOW POOLS: expected exactly the session app's server in use while every client is \
+         idle, got in_use {in_use:?}"
+    );
+
+    let plugin = policy_row(&bed.endpoint()).await?;
+    let version = plugin.get("version").map_or("", String::as_str);
+    ensure!(
+        version.contains("python") && version.ends_with(&format!("+{VERSION_TAG}")),
+        "SHOW PLUGINS: expected the Python plugin's version with tag {VERSION_TAG:?}, got {version:?}"
+    );
+    let (calls, failures) = (count(&plugin, "calls")?, count(&plugin, "failures")?);
+    ensure!(
+        failures == 0,
+        "the Python plugin failed {failures} of {calls} calls"
+    );
+    ensure!(
+        calls >= bench.processed,
+        "{} transactions but only {calls} plugin calls: the plugin is not on the data path",
+        bench.processed
+    );
+    eprintln!(
+        "SHOW PLUGINS: version {version}, {calls} calls, p50 {}",
+        plugin.get("p50").map_or("-", String::as_str)
+    );
+    bed.ensure_proxy_alive()
+}
