@@ -1,11 +1,13 @@
 //! Cost of the plugin host on the data path, in a release build: one `pool-mode` hook call
-//! with its small record (Rust guest), the built-in policy it replaces, and making a fresh
-//! instance (instantiation from the pooling allocator plus `init`).
+//! with its small record (Rust guest, `reuse = "never"` so every decision is a call), a
+//! decision the plugin declared reusable (what the bundled plugin costs per transaction),
+//! the built-in policy they replace, and making a fresh instance (instantiation from the
+//! pooling allocator plus `init`).
 //!
 //!     scripts/build-plugins && cargo bench -p switchyard --bench plugin_call
 //!
 //! `SWITCHYARD_BENCH_PLUGIN=/path/to/component.wasm` measures another pool-mode component
-//! (e.g. the Python example) the same way. After criterion's estimates, the bench prints
+//! (e.g. the Python example) the same way (it must accept the `reuse` setting). After criterion's estimates, the bench prints
 //! p50 and p99 per call from batches of 100 calls.
 
 use std::hint::black_box;
@@ -25,7 +27,7 @@ fn component() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/pool-mode.wasm"))
 }
 
-fn load() -> (PluginRegistry, Arc<Plugin>) {
+fn load() -> (PluginRegistry, Arc<Plugin>, Arc<Plugin>) {
     let path = component();
     assert!(
         path.exists(),
@@ -41,18 +43,27 @@ workers = 1
 nodes = [{{ host = "127.0.0.1", port = 5432 }}]
 [databases.app]
 cluster = "main"
+[databases.reuse]
+cluster = "main"
 [users.app]
 password = "app"
-[plugins.bench]
-path = "{}"
+[plugins.call]
+path = "{path}"
 hooks = ["pool-mode"]
+databases = ["app"]
+settings = {{ reuse = "never" }}
+[plugins.reuse]
+path = "{path}"
+hooks = ["pool-mode"]
+databases = ["reuse"]
 "#,
-        path.display()
+        path = path.display()
     );
     let config = Config::parse(&text, "bench").expect("bench config");
     let registry = PluginRegistry::start(&config).expect("plugin loads");
-    let plugin = registry.current().pool_mode("app").expect("serves app");
-    (registry, plugin)
+    let call = registry.current().pool_mode("app").expect("serves app");
+    let reuse = registry.current().pool_mode("reuse").expect("serves reuse");
+    (registry, call, reuse)
 }
 
 const FACTS: ReadyFacts = ReadyFacts {
@@ -61,11 +72,18 @@ const FACTS: ReadyFacts = ReadyFacts {
     holds_server_state: false,
 };
 
-fn benches(c: &mut Criterion, plugin: &Plugin, session: &SessionFacts) {
+fn benches(c: &mut Criterion, plugin: &Plugin, reuse: &Plugin, session: &mut SessionFacts) {
     c.bench_function("pool-mode on-ready: plugin call", |b| {
         b.iter(|| {
             plugin
-                .on_ready(black_box(session), black_box(FACTS))
+                .on_ready(black_box(&mut *session), black_box(FACTS))
+                .expect("call")
+        })
+    });
+    c.bench_function("pool-mode on-ready: reused decision", |b| {
+        b.iter(|| {
+            reuse
+                .on_ready(black_box(&mut *session), black_box(FACTS))
                 .expect("call")
         })
     });
@@ -95,14 +113,17 @@ fn percentiles(name: &str, batch: u32, mut f: impl FnMut()) {
 }
 
 fn main() {
-    let (_registry, plugin) = load();
-    let session = SessionFacts::new(1, "app", "app", "bench", "127.0.0.1:1".into(), false);
+    let (_registry, plugin, reuse) = load();
+    let mut session = SessionFacts::new(1, "app", "app", "bench", "127.0.0.1:1".into(), false);
     let mut criterion = Criterion::default().configure_from_args();
-    benches(&mut criterion, &plugin, &session);
+    benches(&mut criterion, &plugin, &reuse, &mut session);
     criterion.final_summary();
     println!("component: {}", component().display());
-    percentiles("pool-mode on-ready (plugin)", 100, || {
-        black_box(plugin.on_ready(&session, FACTS).expect("call"));
+    percentiles("pool-mode on-ready (plugin call)", 100, || {
+        black_box(plugin.on_ready(&mut session, FACTS).expect("call"));
+    });
+    percentiles("pool-mode on-ready (reused decision)", 100, || {
+        black_box(reuse.on_ready(&mut session, FACTS).expect("call"));
     });
     percentiles("pool-mode on-ready (built-in)", 100, || {
         black_box(pool_mode::decide(PoolMode::Transaction, FACTS));

@@ -246,6 +246,7 @@ fn show_plugins(state: &ProxyState) -> Table {
                 hooks(&p.hooks),
                 hooks(&p.exports),
                 r.calls.to_string(),
+                r.reused.to_string(),
                 r.failures.to_string(),
                 r.instantiations.to_string(),
                 r.p50.map_or_else(
@@ -264,7 +265,7 @@ fn show_plugins(state: &ProxyState) -> Table {
     for (name, f) in state.plugins.failures() {
         if current.plugins().iter().all(|p| p.name != name) {
             let mut row = vec![name, "-".into(), "-".into()];
-            row.extend(std::iter::repeat_n(String::new(), 10));
+            row.extend(std::iter::repeat_n(String::new(), 11));
             row.push(format!(
                 "{}: {}",
                 humantime::format_rfc3339_seconds(f.at),
@@ -281,6 +282,7 @@ fn show_plugins(state: &ProxyState) -> Table {
             "hooks",
             "exports",
             "calls",
+            "reused",
             "failures",
             "instances",
             "p50",

@@ -82,3 +82,9 @@ pub fn count(row: &HashMap<String, String>, column: &str) -> Result<u64> {
     text.parse()
         .with_context(|| format!("SHOW PLUGINS {column} = {text:?}"))
 }
+
+/// Decisions a plugin made: hook calls plus decisions it declared reusable and the proxy
+/// answered for it.
+pub fn decisions(row: &HashMap<String, String>) -> Result<u64> {
+    Ok(count(row, "calls")? + count(row, "reused")?)
+}

@@ -6,16 +6,16 @@
 use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
-use switchyard_tests::plugin::{count, policy_row, with_plugin};
+use switchyard_tests::plugin::{count, decisions, policy_row, with_plugin};
 use switchyard_tests::tools::run_command;
 use switchyard_tests::{
     env, expect_sqlstate, skip_if_direct, Length, PgCluster, PgResultExt, ProxyConfig, QueryMode, TestBed,
 };
 
-/// (calls, failures) of the plugin, from SHOW PLUGINS.
+/// (decisions: calls plus reused decisions, failures) of the plugin, from SHOW PLUGINS.
 async fn plugin_counts(bed: &TestBed) -> Result<(u64, u64)> {
     let row = policy_row(&bed.endpoint()).await?;
-    Ok((count(&row, "calls")?, count(&row, "failures")?))
+    Ok((decisions(&row)?, count(&row, "failures")?))
 }
 
 /// pgbench through a pool of 4 for 32 clients: every transaction must succeed.
@@ -48,11 +48,17 @@ async fn transaction_mode_plugin_runs_pgbench_in_every_protocol() -> Result<()> 
     for mode in [QueryMode::Simple, QueryMode::Extended, QueryMode::Prepared] {
         processed += pgbench_ok(&bed, mode, 3).await?;
     }
-    let (calls, failures) = plugin_counts(&bed).await?;
+    let (decisions, failures) = plugin_counts(&bed).await?;
     ensure!(failures == 0, "the pool-mode plugin failed {failures} calls");
     ensure!(
-        calls >= processed,
-        "{processed} transactions but only {calls} plugin calls: the plugin is not on the data path"
+        decisions >= processed,
+        "{processed} transactions but only {decisions} plugin decisions: the plugin is not on the data path"
+    );
+    // Its decisions are declared reusable: a handful of calls answer every transaction.
+    let row = policy_row(&bed.endpoint()).await?;
+    ensure!(
+        count(&row, "calls")? < processed / 10,
+        "the plugin's reusable decisions were not reused: {row:?}"
     );
     bed.ensure_proxy_alive()
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
-use switchyard_tests::plugin::{admin_rows, component, count, policy_row, with_plugin_path};
+use switchyard_tests::plugin::{admin_rows, component, count, decisions, policy_row, with_plugin_path};
 use switchyard_tests::{
     expect_sqlstate, scratch, skip_if_direct, Endpoint, Length, PgResultExt, Proxy, ProxyConfig, QueryMode,
     TestBed,
@@ -217,7 +217,7 @@ async fn changed_plugin_files_reload_and_broken_ones_keep_the_old_version() -> R
             "is not a valid component",
         ),
     ] {
-        let calls_before = count(&policy_row(&endpoint).await?, "calls")?;
+        let calls_before = decisions(&policy_row(&endpoint).await?)?;
         install(&path, &bytes)?;
         let row = wait_for_row(
             &endpoint,
@@ -236,10 +236,10 @@ async fn changed_plugin_files_reload_and_broken_ones_keep_the_old_version() -> R
             let one: i32 = client.query_one("SELECT 1", &[]).await.ctx(bad)?.get(0);
             ensure!(one == 1);
         }
-        let calls_after = count(&policy_row(&endpoint).await?, "calls")?;
+        let calls_after = decisions(&policy_row(&endpoint).await?)?;
         ensure!(
             calls_after >= calls_before + 5,
-            "after {bad}: plugin calls went from {calls_before} to {calls_after}: v2 is not serving"
+            "after {bad}: plugin decisions went from {calls_before} to {calls_after}: v2 is not serving"
         );
     }
 

@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
     world: "bundle",
 });
 
-pub use self::exports::switchyard::policy::pool_mode::ReadyAction as WitReadyAction;
+pub use self::exports::switchyard::policy::pool_mode::{ReadyAction as WitReadyAction, Reuse as WitReuse};
 pub use self::switchyard::policy::types::{SessionDetails, SessionInfo, TxStatus};
 
 use self::switchyard::policy::host::LogLevel;

@@ -96,6 +96,8 @@ pub enum CallError {
 /// Call statistics for `SHOW PLUGINS`; updated without locks.
 pub struct CallStats {
     pub calls: AtomicU64,
+    /// Decisions answered from a reusable earlier decision (no call).
+    pub reused: AtomicU64,
     pub failures: AtomicU64,
     pub instantiations: AtomicU64,
     /// Durations in ns of recent timed calls (0: empty slot).
@@ -107,6 +109,7 @@ impl Default for CallStats {
     fn default() -> Self {
         CallStats {
             calls: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             instantiations: AtomicU64::new(0),
             recent: std::array::from_fn(|_| AtomicU64::new(0)),

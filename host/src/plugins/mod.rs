@@ -17,8 +17,8 @@ mod registry;
 mod stdio;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -26,7 +26,9 @@ use switchyard_protocol::TransactionStatus;
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
-use self::bindings::{Bundle, PluginCounters, SessionDetails, SessionInfo, TxStatus, WitReadyAction};
+use self::bindings::{
+    Bundle, PluginCounters, SessionDetails, SessionInfo, TxStatus, WitReadyAction, WitReuse,
+};
 use self::cache::{ArtifactCache, Origin};
 use self::hooks::HookIndices;
 pub use self::instance::CallError;
@@ -77,11 +79,32 @@ pub struct Plugin {
     sha256: String,
     settings: Vec<(String, String)>,
     instances: Instances,
+    /// Unique per loaded version (keys per-session reuse).
+    serial: u64,
+    /// Pool-mode decisions the plugin declared reusable by every session, by input.
+    reusable: [OnceLock<ReadyAction>; REUSE_KEYS],
+}
+
+/// Serials of loaded plugin versions; 0 is never used.
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// Distinct (tx-status, holds-server-state, read-only) inputs of a reusable decision.
+const REUSE_KEYS: usize = 12;
+
+fn reuse_key(status: TransactionStatus, holds_server_state: bool, read_only: bool) -> usize {
+    let tx = match status {
+        TransactionStatus::Idle => 0,
+        TransactionStatus::InTransaction => 1,
+        TransactionStatus::Failed => 2,
+    };
+    tx * 4 + usize::from(holds_server_state) * 2 + usize::from(read_only)
 }
 
 /// Call statistics of a plugin, for `SHOW PLUGINS`.
 pub struct PluginReport {
     pub calls: u64,
+    /// Decisions answered from a reusable earlier decision, without a call.
+    pub reused: u64,
     pub failures: u64,
     pub instantiations: u64,
     pub p50: Option<Duration>,
@@ -93,6 +116,7 @@ impl Plugin {
         let s = &self.instances.stats;
         PluginReport {
             calls: s.calls.load(Ordering::Relaxed),
+            reused: s.reused.load(Ordering::Relaxed),
             failures: s.failures.load(Ordering::Relaxed),
             instantiations: s.instantiations.load(Ordering::Relaxed),
             p50: s.p50(),
@@ -100,8 +124,23 @@ impl Plugin {
         }
     }
 
-    /// The `pool-mode` hook: what to do with the session's server at a ReadyForQuery.
-    pub fn on_ready(&self, session: &SessionFacts, facts: ReadyFacts) -> Result<ReadyAction, CallError> {
+    /// The `pool-mode` hook: what to do with the session's server at a ReadyForQuery. A
+    /// decision the plugin declared reusable is answered without calling it.
+    pub fn on_ready(&self, session: &mut SessionFacts, facts: ReadyFacts) -> Result<ReadyAction, CallError> {
+        let key = reuse_key(facts.status, facts.holds_server_state, session.read_only);
+        if let Some(action) = self.reusable[key].get() {
+            self.instances.stats.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(action.clone());
+        }
+        let owner = self.serial;
+        if session.reused_owner != owner {
+            session.reused = Default::default();
+            session.reused_owner = owner;
+        }
+        if let Some(action) = &session.reused[key] {
+            self.instances.stats.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(action.clone());
+        }
         let info = SessionInfo {
             id: session.id,
             tx_status: match facts.status {
@@ -113,7 +152,7 @@ impl Plugin {
             read_only: session.read_only,
             last_commit_lsn: 0,
         };
-        let action = self.instances.call(Some(session.details.clone()), |i| {
+        let decision = self.instances.call(Some(session.details.clone()), |i| {
             let hook = i
                 .hooks
                 .pool_mode
@@ -121,11 +160,19 @@ impl Plugin {
                 .ok_or_else(|| wasmtime::format_err!("the component does not export pool-mode"))?;
             hook.call_on_ready(&mut i.store, info, facts.statements)
         })?;
-        Ok(match action {
+        let action = match decision.action {
             WitReadyAction::Release => ReadyAction::Release,
             WitReadyAction::Keep => ReadyAction::Keep,
             WitReadyAction::RefuseTransaction(message) => ReadyAction::RefuseTransaction(message),
-        })
+        };
+        match decision.reuse {
+            WitReuse::Never => {}
+            WitReuse::Session => session.reused[key] = Some(action.clone()),
+            WitReuse::Always => {
+                let _ = self.reusable[key].set(action.clone());
+            }
+        }
+        Ok(action)
     }
 
     /// Makes `n` fresh instances (instantiate and `init`) for the plugin's pool, beyond
@@ -146,6 +193,10 @@ pub struct SessionFacts {
     id: u32,
     read_only: bool,
     details: Arc<SessionDetails>,
+    /// Decisions the plugin declared reusable for this session, by input; they belong to
+    /// the plugin version at `reused_owner` and are forgotten when another one answers.
+    reused: [Option<ReadyAction>; REUSE_KEYS],
+    reused_owner: u64,
 }
 
 impl SessionFacts {
@@ -166,6 +217,8 @@ impl SessionFacts {
                 application_name: application_name.to_string(),
                 client_addr,
             }),
+            reused: Default::default(),
+            reused_owner: 0,
         }
     }
 }
@@ -284,6 +337,8 @@ impl Loader {
             sha256,
             settings: config.settings_text(),
             instances,
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
+            reusable: Default::default(),
         })
     }
 }

@@ -251,7 +251,9 @@ impl Session {
         }
         let builtin = || pool_mode::decide(self.mode, facts);
         match &self.plugin {
-            Some(plugin) => plugin.on_ready(&self.facts, facts).unwrap_or_else(|_| builtin()),
+            Some(plugin) => plugin
+                .on_ready(&mut self.facts, facts)
+                .unwrap_or_else(|_| builtin()),
             None => builtin(),
         }
     }

@@ -3,10 +3,13 @@
 //!
 //! Settings (`[plugins.NAME.settings]`):
 //! - `mode`: `transaction` (default), `session` or `statement`;
-//! - `version_tag`: free text; `version()` returns "<crate version>+<tag>".
+//! - `version_tag`: free text; `version()` returns "<crate version>+<tag>";
+//! - `reuse`: `always` (default: decisions declared reusable by every session) or `never`.
 //!
 //! The decision lives in [`policy`] (plain Rust, unit-tested on the host target); this file is
-//! the thin wit-bindgen glue. The hot path (`on-ready`) calls no host function.
+//! the thin wit-bindgen glue. The hot path (`on-ready`) calls no host function, and its
+//! decisions are declared reusable (`reuse: always`), so the host calls it once per
+//! combination of inputs rather than once per transaction.
 
 pub mod policy;
 

@@ -6,7 +6,7 @@
 pub const STATEMENT_REFUSAL: &str = "transaction blocks are not allowed in statement pooling mode";
 
 /// Settings keys this plugin understands.
-pub const KNOWN_SETTINGS: [&str; 2] = ["mode", "version_tag"];
+pub const KNOWN_SETTINGS: [&str; 3] = ["mode", "version_tag", "reuse"];
 
 /// When a session's server connection goes back to the pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,15 +87,28 @@ pub fn decide(mode: Mode, tx: Tx, holds_server_state: bool) -> Decision {
 }
 
 /// The plugin's configuration, from its `[plugins.NAME.settings]` table.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub mode: Mode,
     /// Appended to the crate version by `version()` ("0.1.0+TAG"); an empty tag is none.
     pub version_tag: Option<String>,
+    /// Declare decisions reusable (`reuse = "always"`, the default) or have the host call
+    /// at every boundary (`"never"`: for measuring the call itself).
+    pub reuse: bool,
 }
 
-/// Parses the settings: `mode` (`transaction`, the default, `session` or `statement`) and
-/// `version_tag` (free text). Unknown keys, unknown modes and repeated keys are errors whose
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::default(),
+            version_tag: None,
+            reuse: true,
+        }
+    }
+}
+
+/// Parses the settings: `mode` (`transaction`, the default, `session` or `statement`),
+/// `version_tag` (free text) and `reuse` (`always`, the default, or `never`). Unknown keys, unknown modes and repeated keys are errors whose
 /// message is meant for the operator.
 pub fn parse_settings(settings: &[(String, String)]) -> Result<Config, String> {
     let unknown: Vec<String> = settings
@@ -128,6 +141,13 @@ pub fn parse_settings(settings: &[(String, String)]) -> Result<Config, String> {
             }
             "version_tag" => {
                 config.version_tag = (!value.is_empty()).then(|| value.clone());
+            }
+            "reuse" => {
+                config.reuse = match value.as_str() {
+                    "always" => true,
+                    "never" => false,
+                    other => return Err(format!("unknown reuse {other:?}: expected always or never")),
+                };
             }
             _ => unreachable!("unknown keys rejected above"),
         }
@@ -197,7 +217,8 @@ mod tests {
             config,
             Config {
                 mode: Mode::Transaction,
-                version_tag: None
+                version_tag: None,
+                reuse: true,
             }
         );
     }
@@ -234,13 +255,21 @@ mod tests {
         let err = parse_settings(&settings(&[("mode", "session"), ("pool_size", "3")])).unwrap_err();
         assert_eq!(
             err,
-            r#"unknown setting "pool_size" (known settings: mode, version_tag)"#
+            r#"unknown setting "pool_size" (known settings: mode, version_tag, reuse)"#
         );
         let err = parse_settings(&settings(&[("a", "1"), ("b", "2")])).unwrap_err();
         assert_eq!(
             err,
-            r#"unknown settings "a", "b" (known settings: mode, version_tag)"#
+            r#"unknown settings "a", "b" (known settings: mode, version_tag, reuse)"#
         );
+    }
+
+    #[test]
+    fn reuse_is_always_or_never() {
+        assert!(!parse_settings(&settings(&[("reuse", "never")])).unwrap().reuse);
+        assert!(parse_settings(&settings(&[("reuse", "always")])).unwrap().reuse);
+        let err = parse_settings(&settings(&[("reuse", "sometimes")])).unwrap_err();
+        assert_eq!(err, r#"unknown reuse "sometimes": expected always or never"#);
     }
 
     #[test]

@@ -10,7 +10,7 @@ wit_bindgen::generate!({
 });
 
 use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction};
+use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction, ReadyDecision, Reuse};
 use switchyard::policy::types::SessionInfo;
 
 /// The exact error `init` returns.
@@ -29,8 +29,11 @@ impl Lifecycle for Plugin {
 }
 
 impl PoolMode for Plugin {
-    fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyAction {
-        ReadyAction::Keep
+    fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyDecision {
+        ReadyDecision {
+            action: ReadyAction::Keep,
+            reuse: Reuse::Never,
+        }
     }
 }
 

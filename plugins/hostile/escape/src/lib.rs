@@ -24,7 +24,7 @@ wit_bindgen::generate!({
 });
 
 use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction};
+use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction, ReadyDecision, Reuse};
 use switchyard::policy::host::{self, LogLevel};
 use switchyard::policy::types::SessionInfo;
 
@@ -76,8 +76,11 @@ impl Lifecycle for Plugin {
 }
 
 impl PoolMode for Plugin {
-    fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyAction {
-        ReadyAction::Release
+    fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyDecision {
+        ReadyDecision {
+            action: ReadyAction::Release,
+            reuse: Reuse::Never,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ wit_bindgen::generate!({
 });
 
 use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction};
+use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyDecision};
 use switchyard::policy::types::SessionInfo;
 
 /// Never freed: the memory stays claimed across calls.
@@ -32,7 +32,7 @@ impl Lifecycle for Plugin {
 }
 
 impl PoolMode for Plugin {
-    fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyAction {
+    fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyDecision {
         let mut hoard = HOARD.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             // Non-zero fill so every page is written, not just reserved.

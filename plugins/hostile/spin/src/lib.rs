@@ -10,7 +10,7 @@ wit_bindgen::generate!({
 });
 
 use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction};
+use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyDecision};
 use switchyard::policy::types::SessionInfo;
 
 struct Plugin;
@@ -26,7 +26,7 @@ impl Lifecycle for Plugin {
 }
 
 impl PoolMode for Plugin {
-    fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyAction {
+    fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyDecision {
         // `black_box` keeps the loop a real loop the optimiser cannot reason away.
         let mut n: u64 = 0;
         loop {

@@ -15,7 +15,7 @@ wit_bindgen::generate!({
 });
 
 use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction};
+use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyDecision};
 use switchyard::policy::types::SessionInfo;
 
 struct Plugin;
@@ -32,7 +32,7 @@ impl Lifecycle for Plugin {
 }
 
 impl PoolMode for Plugin {
-    fn on_ready(session: SessionInfo, statements: u32) -> ReadyAction {
+    fn on_ready(session: SessionInfo, statements: u32) -> ReadyDecision {
         panic!(
             "hostile trap plugin: deliberate panic in on-ready (session {}, {statements} statements)",
             session.id
