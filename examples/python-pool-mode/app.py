@@ -5,7 +5,7 @@ server (session pooling)."""
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.exports.pool_mode import ReadyAction_Keep, ReadyAction_Release
+from wit_world.exports.pool_mode import ReadyAction_Keep, ReadyAction_Release, ReadyDecision, Reuse
 from wit_world.imports import host
 from wit_world.imports.types import TxStatus
 
@@ -15,7 +15,7 @@ RELEASE = ReadyAction_Release()
 KEEP = ReadyAction_Keep()
 
 config = policy.Config()
-# Session id -> whether its application gets session pooling: one `host.session-details`
+# Session id -> whether its application gets session pooling: one `host.current-session`
 # call per session and instance. Ids of ended sessions age out, oldest first.
 session_pooled = policy.BoundedCache(limit=4096)
 
@@ -45,4 +45,9 @@ class PoolMode(wit_world.exports.PoolMode):
                 pooled = details is not None and details.application_name in config.session_apps
                 session_pooled[session.id] = pooled
         in_transaction = session.tx_status != TxStatus.IDLE
-        return RELEASE if policy.release(in_transaction, session.holds_server_state, pooled) else KEEP
+        action = RELEASE if policy.release(in_transaction, session.holds_server_state, pooled) else KEEP
+        # The answer depends on the transaction status and server state, and on the
+        # session's application name when session_apps is set: the proxy may reuse it for
+        # this session (or for every session) instead of calling again each transaction.
+        reuse = Reuse.SESSION if config.session_apps else Reuse.ALWAYS
+        return ReadyDecision(action, reuse)
