@@ -9,7 +9,8 @@ use anyhow::{ensure, Context, Result};
 use switchyard_tests::plugin::{count, decisions, policy_row, with_plugin};
 use switchyard_tests::tools::run_command;
 use switchyard_tests::{
-    env, expect_sqlstate, skip_if_direct, Length, PgCluster, PgResultExt, ProxyConfig, QueryMode, TestBed,
+    env, expect_sqlstate, skip_if_direct, Driver, Length, PgCluster, PgResultExt, ProxyConfig, QueryMode,
+    TestBed,
 };
 
 /// (decisions: calls plus reused decisions, failures) of the plugin, from SHOW PLUGINS.
@@ -61,6 +62,33 @@ async fn transaction_mode_plugin_runs_pgbench_in_every_protocol() -> Result<()> 
         "the plugin's reusable decisions were not reused: {row:?}"
     );
     bed.ensure_proxy_alive()
+}
+
+/// psycopg 3 (auto-prepared statements, transactions) through the plugin's transaction
+/// pooling: every transaction commits, as with the built-in policy.
+#[tokio::test]
+async fn transaction_mode_plugin_serves_psycopg() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
+        with_plugin(cfg.pool_size(3), "pool-mode", &[("mode", "transaction")])
+    })?;
+    let target = bed.endpoint().client_target("app", "app", "app");
+    let report = Driver::Psycopg.run_async(&target, 8, 60).await?;
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        report.errors == 0 && report.ok == 8 * 60,
+        "{}",
+        report.output.describe(&format!(
+            "psycopg through the plugin: expected 480 committed transactions and 0 errors, got {} ok and {} errors",
+            report.ok, report.errors
+        ))
+    );
+    let (decisions, failures) = plugin_counts(&bed).await?;
+    ensure!(
+        failures == 0 && decisions >= 480,
+        "plugin decisions {decisions}, failures {failures}"
+    );
+    Ok(())
 }
 
 #[tokio::test]
