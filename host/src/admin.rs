@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::net::Stream;
 use crate::plugins::ReloadOutcome;
 use crate::session::SessionError;
-use crate::state::{ProxyState, ReloadError};
+use crate::state::{DatabaseRoute, ProxyState, ReloadError};
 
 /// Name of the virtual admin database.
 pub const ADMIN_DATABASE: &str = "switchyard";
@@ -28,6 +28,8 @@ const HELP: &[&str] = &[
     "SHOW NODES       every node of every cluster: role, timeline, LSN, lag, probe results",
     "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
     "SHOW VERSION     the proxy's version",
+    "PAUSE [db]       hold new transactions (all databases, or db), wait for running ones to finish; lifts by itself after hold_timeout",
+    "RESUME [db]      let held transactions go on",
     "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
 ];
 
@@ -57,14 +59,22 @@ pub async fn serve(
             FrontendMessage::Query { sql } => {
                 let text = String::from_utf8_lossy(&sql);
                 let command = text.trim().trim_end_matches(';').trim();
-                let answer = if command.eq_ignore_ascii_case("reload") {
-                    reload(state).await
-                } else {
-                    run(command, state)
+                let words: Vec<&str> = command.split_whitespace().collect();
+                let first = words.first().map(|w| w.to_ascii_lowercase());
+                let answer = match (first.as_deref(), &words[..]) {
+                    (Some("reload"), [_]) => reload(state).await,
+                    (Some("pause"), [_, rest @ ..]) if rest.len() <= 1 => {
+                        pause(state, rest.first().copied()).await
+                    }
+                    (Some("resume"), [_, rest @ ..]) if rest.len() <= 1 => {
+                        resume(state, rest.first().copied())
+                    }
+                    _ => run(command, state),
                 };
                 match answer {
                     Ok(Answer::Table(t, tag)) => write_table(&t, &tag, &mut out),
                     Ok(Answer::Empty) => be::empty_query_response(&mut out),
+                    Ok(Answer::Tag(tag)) => be::command_complete(&tag, &mut out),
                     Err(e) => be::error_response(&e, &mut out),
                 }
                 be::ready_for_query(TransactionStatus::Idle, &mut out);
@@ -88,6 +98,8 @@ pub async fn serve(
 
 enum Answer {
     Table(Table, String),
+    /// A command tag alone.
+    Tag(String),
     Empty,
 }
 
@@ -121,6 +133,74 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
         words[0].to_ascii_uppercase()
     };
     Ok(Answer::Table(table, tag))
+}
+
+/// The databases an admin command names: one, or all when none is given.
+fn databases<'a>(
+    state: &'a ProxyState,
+    name: Option<&str>,
+) -> Result<Vec<(&'a String, &'a DatabaseRoute)>, ErrorFields> {
+    match name {
+        None => {
+            let mut all: Vec<_> = state.databases.iter().collect();
+            all.sort_by(|a, b| a.0.cmp(b.0));
+            Ok(all)
+        }
+        Some(name) => {
+            let name = name.trim_matches('"');
+            state
+                .databases
+                .get_key_value(name)
+                .map(|db| vec![db])
+                .ok_or_else(|| ErrorFields::error("3D000", format!("database \"{name}\" does not exist")))
+        }
+    }
+}
+
+/// `PAUSE [db]`: new transactions wait; answers once the running ones have finished (their
+/// servers are back in the pool), or with an error naming what is still running when the
+/// pause's budget (the cluster's `hold_timeout`) runs out first.
+async fn pause(state: &Arc<ProxyState>, name: Option<&str>) -> Result<Answer, ErrorFields> {
+    let targets = databases(state, name)?;
+    let mut deadline = std::time::Instant::now();
+    for (db, route) in &targets {
+        let pause = route.pause.pause(route.cluster.hold_timeout);
+        deadline = deadline.max(pause.until);
+        tracing::info!(database = %db, budget = ?route.cluster.hold_timeout, "PAUSE: holding new transactions");
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let busy: usize = targets
+            .iter()
+            .flat_map(|(db, _)| state.pools_of(db))
+            .map(|p| p.counts().1)
+            .sum();
+        let resumed = targets.iter().all(|(_, r)| r.pause.paused().is_none());
+        if busy == 0 || resumed {
+            tracing::info!(drained_in = ?started.elapsed(), resumed, "PAUSE: running transactions finished");
+            return Ok(Answer::Tag("PAUSE".into()));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ErrorFields::error(
+                "57014",
+                format!(
+                    "PAUSE: {busy} transactions still running after {:?}; the pause has lifted",
+                    started.elapsed()
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// `RESUME [db]`: held transactions go on.
+fn resume(state: &ProxyState, name: Option<&str>) -> Result<Answer, ErrorFields> {
+    for (db, route) in databases(state, name)? {
+        if route.pause.resume() {
+            tracing::info!(database = %db, "RESUME: transactions go on");
+        }
+    }
+    Ok(Answer::Tag("RESUME".into()))
 }
 
 /// `RELOAD`: one row per plugin with what the reload did, and one for configuration
@@ -362,11 +442,19 @@ fn show_databases(state: &ProxyState) -> Table {
                 r.cluster.name.clone(),
                 format!("{:?}", r.settings.mode).to_ascii_lowercase(),
                 r.settings.size.to_string(),
+                r.pause.paused().is_some().to_string(),
             ]
         })
         .collect();
     Table {
-        columns: vec!["database", "server_database", "cluster", "pool_mode", "pool_size"],
+        columns: vec![
+            "database",
+            "server_database",
+            "cluster",
+            "pool_mode",
+            "pool_size",
+            "paused",
+        ],
         rows,
     }
 }

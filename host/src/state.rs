@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::config::ConfigError;
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{PauseGate, Pool, PoolSettings};
 use crate::server::{connect, query_row, ConnectParams, ServerError};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
@@ -25,6 +25,7 @@ use crate::topology::{Cluster, ProbeSettings, Topology};
 pub struct DatabaseRoute {
     pub server_database: String,
     pub cluster: Arc<Cluster>,
+    pub pause: Arc<PauseGate>,
     pub settings: PoolSettings,
 }
 
@@ -147,6 +148,7 @@ impl ProxyState {
                 DatabaseRoute {
                     server_database: db.dbname.clone().unwrap_or_else(|| name.clone()),
                     cluster: topology.clusters[db.cluster.get_ref()].clone(),
+                    pause: Arc::default(),
                     settings,
                 },
             );
@@ -186,6 +188,7 @@ impl ProxyState {
                     user.clone(),
                     route.server_database.clone(),
                     route.cluster.clone(),
+                    route.pause.clone(),
                     route.settings.clone(),
                 ))
             });
@@ -302,6 +305,17 @@ impl ProxyState {
                 tracing::error!(error = %e, "plugin reload failed unexpectedly");
                 ReloadReport::default()
             })
+    }
+
+    /// Pools of `database`.
+    pub fn pools_of(&self, database: &str) -> Vec<Arc<Pool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((db, _), _)| db == database)
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     pub fn all_pools(&self) -> Vec<Arc<Pool>> {

@@ -10,7 +10,10 @@
 //! waits for the topology to change rather than fail at once. Servers on a node that is no
 //! longer the primary are closed when they come back to the pool or are found idle.
 
+mod pause;
 mod statements;
+
+pub use pause::{Pause, PauseGate};
 
 pub use statements::{ServerStatements, StatementDef, StatementRegistry};
 
@@ -104,6 +107,8 @@ pub struct Pool {
     user: ArcSwap<UserAuth>,
     pub server_database: String,
     pub cluster: Arc<Cluster>,
+    /// The database's PAUSE/RESUME state, shared by its pools.
+    pub pause: Arc<PauseGate>,
     pub settings: PoolSettings,
     pub statements: StatementRegistry,
     pub stats: PoolStats,
@@ -121,6 +126,7 @@ impl Pool {
         user: Arc<UserAuth>,
         server_database: String,
         cluster: Arc<Cluster>,
+        pause: Arc<PauseGate>,
         settings: PoolSettings,
     ) -> Pool {
         Pool {
@@ -128,6 +134,7 @@ impl Pool {
             user: ArcSwap::new(user),
             server_database,
             cluster,
+            pause,
             permits: Arc::new(Semaphore::new(settings.size)),
             settings,
             statements: StatementRegistry::default(),
@@ -138,9 +145,14 @@ impl Pool {
         }
     }
 
-    /// Waits (FIFO, up to `query_wait_timeout`) for a slot, then reuses an idle server or
-    /// opens a new one.
+    /// Waits while the database is paused, then (FIFO, up to `query_wait_timeout`) for a
+    /// slot, then reuses an idle server or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        if self.pause.paused().is_some() {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            self.pause.wait().await;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
