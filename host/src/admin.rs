@@ -29,7 +29,9 @@ const HELP: &[&str] = &[
     "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
     "SHOW VERSION     the proxy's version",
     "PAUSE [db]       hold new transactions (all databases, or db), wait for running ones to finish; lifts by itself after hold_timeout",
+    "PAUSE NODE h:p   PAUSE the databases whose primary is h:p now (for an HA manager's before-stop hook); nothing if it is not a primary",
     "RESUME [db]      let held transactions go on",
+    "RESUME NODE h:p  RESUME the databases of the cluster that has node h:p",
     "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
 ];
 
@@ -63,11 +65,20 @@ pub async fn serve(
                 let first = words.first().map(|w| w.to_ascii_lowercase());
                 let answer = match (first.as_deref(), &words[..]) {
                     (Some("reload"), [_]) => reload(state).await,
+                    (Some("pause"), [_, node, addr]) if node.eq_ignore_ascii_case("node") => {
+                        pause(state, databases_of_primary(state, addr)).await
+                    }
+                    (Some("resume"), [_, node, addr]) if node.eq_ignore_ascii_case("node") => {
+                        resume(databases_of_node(state, addr))
+                    }
                     (Some("pause"), [_, rest @ ..]) if rest.len() <= 1 => {
-                        pause(state, rest.first().copied()).await
+                        match databases(state, rest.first().copied()) {
+                            Ok(dbs) => pause(state, dbs).await,
+                            Err(e) => Err(e),
+                        }
                     }
                     (Some("resume"), [_, rest @ ..]) if rest.len() <= 1 => {
-                        resume(state, rest.first().copied())
+                        databases(state, rest.first().copied()).and_then(resume)
                     }
                     _ => run(command, state),
                 };
@@ -157,14 +168,46 @@ fn databases<'a>(
     }
 }
 
-/// `PAUSE [db]`: new transactions wait; answers once the running ones have finished (their
+type Targets<'a> = Vec<(&'a String, &'a DatabaseRoute)>;
+
+/// Databases whose cluster's primary is `addr` now.
+fn databases_of_primary<'a>(state: &'a ProxyState, addr: &str) -> Targets<'a> {
+    let mut dbs: Targets<'a> = state
+        .databases
+        .iter()
+        .filter(|(_, r)| r.cluster.primary().is_some_and(|(_, a)| a.to_string() == addr))
+        .collect();
+    dbs.sort_by(|a, b| a.0.cmp(b.0));
+    if dbs.is_empty() {
+        tracing::info!(
+            node = addr,
+            "PAUSE NODE: not a primary the proxy sends to; nothing to hold"
+        );
+    }
+    dbs
+}
+
+/// Databases whose cluster has node `addr`.
+fn databases_of_node<'a>(state: &'a ProxyState, addr: &str) -> Targets<'a> {
+    let mut dbs: Targets<'a> = state
+        .databases
+        .iter()
+        .filter(|(_, r)| r.cluster.nodes.iter().any(|n| n.to_string() == addr))
+        .collect();
+    dbs.sort_by(|a, b| a.0.cmp(b.0));
+    dbs
+}
+
+/// `PAUSE`: new transactions wait; answers once the running ones have finished (their
 /// servers are back in the pool), or with an error naming what is still running when the
 /// pause's budget (the cluster's `hold_timeout`) runs out first.
-async fn pause(state: &Arc<ProxyState>, name: Option<&str>) -> Result<Answer, ErrorFields> {
-    let targets = databases(state, name)?;
+async fn pause(state: &Arc<ProxyState>, targets: Targets<'_>) -> Result<Answer, ErrorFields> {
     let mut deadline = std::time::Instant::now();
     for (db, route) in &targets {
-        let pause = route.pause.pause(route.cluster.hold_timeout);
+        let pause = route.pause.pause(
+            route.cluster.hold_timeout,
+            route.cluster.primary().map(|(i, _)| i),
+        );
         deadline = deadline.max(pause.until);
         tracing::info!(database = %db, budget = ?route.cluster.hold_timeout, "PAUSE: holding new transactions");
     }
@@ -193,9 +236,9 @@ async fn pause(state: &Arc<ProxyState>, name: Option<&str>) -> Result<Answer, Er
     }
 }
 
-/// `RESUME [db]`: held transactions go on.
-fn resume(state: &ProxyState, name: Option<&str>) -> Result<Answer, ErrorFields> {
-    for (db, route) in databases(state, name)? {
+/// `RESUME`: held transactions go on.
+fn resume(targets: Targets<'_>) -> Result<Answer, ErrorFields> {
+    for (db, route) in targets {
         if route.pause.resume() {
             tracing::info!(database = %db, "RESUME: transactions go on");
         }

@@ -150,7 +150,7 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         if self.pause.paused().is_some() {
             self.waiting.fetch_add(1, Ordering::Relaxed);
-            self.pause.wait().await;
+            self.pause.wait(&self.cluster).await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         let permit = match self.permits.clone().try_acquire_owned() {

@@ -3,6 +3,11 @@
 //! deadline (the cluster's `hold_timeout`) after which it lifts by itself, so a caller that
 //! never says `RESUME` (a crashed callback script) cannot stall clients for ever.
 //!
+//! A pause taken for a switchover also lifts when the cluster confirms a primary other
+//! than the one it had at `PAUSE`: held transactions then go to the new primary without
+//! waiting for a `RESUME` that may come late (Patroni's `on_role_change` runs after the
+//! promotion, asynchronously) or never.
+//!
 //! State is one value in a watch channel: `RESUME` clears it, a later `PAUSE` replaces it,
 //! and waiters look at the latest value, so a `RESUME` racing a `PAUSE` is never lost.
 
@@ -10,10 +15,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::topology::Cluster;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Pause {
     pub since: Instant,
     pub until: Instant,
+    /// The cluster's primary when the pause began.
+    pub primary: Option<usize>,
 }
 
 pub struct PauseGate {
@@ -29,12 +38,15 @@ impl Default for PauseGate {
 }
 
 impl PauseGate {
-    /// Pauses (or extends a pause) for at most `budget`.
-    pub fn pause(&self, budget: Duration) -> Pause {
+    /// Pauses (or extends a pause) for at most `budget`; `primary` is the cluster's primary
+    /// now.
+    pub fn pause(&self, budget: Duration, primary: Option<usize>) -> Pause {
         let now = Instant::now();
+        let earlier = self.paused();
         let pause = Pause {
-            since: self.paused().map_or(now, |p| p.since),
+            since: earlier.map_or(now, |p| p.since),
             until: now + budget,
+            primary: earlier.map_or(primary, |p| p.primary),
         };
         self.state.send_replace(Some(pause));
         pause
@@ -52,8 +64,9 @@ impl PauseGate {
         (*self.state.borrow()).filter(|p| Instant::now() < p.until)
     }
 
-    /// Waits while paused: until `RESUME` or the pause's deadline.
-    pub async fn wait(&self) {
+    /// Waits while paused: until `RESUME`, the pause's deadline, or `cluster` confirming a
+    /// primary other than the pause's.
+    pub async fn wait(&self, cluster: &Cluster) {
         let mut rx = self.state.subscribe();
         loop {
             let Some(pause) = *rx.borrow_and_update() else {
@@ -62,12 +75,20 @@ impl PauseGate {
             if Instant::now() >= pause.until {
                 return;
             }
-            if tokio::time::timeout_at(pause.until.into(), rx.changed())
-                .await
-                .is_err()
-            {
-                tracing::warn!("pause expired without RESUME: transactions go on");
-                return;
+            let moved = cluster.wait_for_primary_other_than(pause.primary);
+            tokio::select! {
+                changed = tokio::time::timeout_at(pause.until.into(), rx.changed()) => {
+                    if changed.is_err() {
+                        tracing::warn!(cluster = %cluster.name, "pause expired without RESUME: transactions go on");
+                        return;
+                    }
+                }
+                _ = moved => {
+                    if self.resume() {
+                        tracing::info!(cluster = %cluster.name, "new primary confirmed: pause lifted");
+                    }
+                    return;
+                }
             }
         }
     }
@@ -77,13 +98,23 @@ impl PauseGate {
 mod tests {
     use super::*;
 
+    fn cluster() -> std::sync::Arc<Cluster> {
+        let config: crate::config::Config = crate::config::Config::parse(
+            "[clusters.main]\nnodes = [{ host = \"127.0.0.1\", port = 1, role = \"primary\" }]\n",
+            "test",
+        )
+        .expect("config");
+        std::sync::Arc::new(Cluster::new("main", &config.clusters["main"], None))
+    }
+
     #[tokio::test]
     async fn resume_releases_waiters() {
         let gate = std::sync::Arc::new(PauseGate::default());
-        gate.pause(Duration::from_secs(60));
+        let cluster = cluster();
+        gate.pause(Duration::from_secs(60), Some(0));
         let waiter = tokio::spawn({
             let gate = gate.clone();
-            async move { gate.wait().await }
+            async move { gate.wait(&cluster).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
@@ -98,9 +129,9 @@ mod tests {
     #[tokio::test]
     async fn a_pause_expires_by_itself() {
         let gate = PauseGate::default();
-        gate.pause(Duration::from_millis(30));
+        gate.pause(Duration::from_millis(30), Some(0));
         let started = Instant::now();
-        gate.wait().await;
+        gate.wait(&cluster()).await;
         assert!(started.elapsed() >= Duration::from_millis(25));
         assert!(gate.paused().is_none());
     }
@@ -108,7 +139,7 @@ mod tests {
     #[tokio::test]
     async fn not_paused_does_not_wait() {
         let gate = PauseGate::default();
-        tokio::time::timeout(Duration::from_millis(50), gate.wait())
+        tokio::time::timeout(Duration::from_millis(50), gate.wait(&cluster()))
             .await
             .expect("no wait");
     }

@@ -148,6 +148,21 @@ impl Cluster {
         }
     }
 
+    /// Resolves once the cluster has a primary other than `previous` (never, if it keeps
+    /// `previous`).
+    pub async fn wait_for_primary_other_than(&self, previous: Option<usize>) {
+        let mut changed = self.changed.subscribe();
+        loop {
+            let primary = self.view.load().primary;
+            if primary.is_some() && primary != previous {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Waits until the primary changes from generation `seen`, or `deadline`.
     pub async fn wait_for_change(&self, seen: u64, deadline: Instant) {
         let mut changed = self.changed.subscribe();
