@@ -204,10 +204,9 @@ fn databases_of_node<'a>(state: &'a ProxyState, addr: &str) -> Targets<'a> {
 async fn pause(state: &Arc<ProxyState>, targets: Targets<'_>) -> Result<Answer, ErrorFields> {
     let mut deadline = std::time::Instant::now();
     for (db, route) in &targets {
-        let pause = route.pause.pause(
-            route.cluster.hold_timeout,
-            route.cluster.primary().map(|(i, _)| i),
-        );
+        let pause = route
+            .pause
+            .pause(route.cluster.hold_timeout, route.cluster.view().generation);
         deadline = deadline.max(pause.until);
         tracing::info!(database = %db, budget = ?route.cluster.hold_timeout, "PAUSE: holding new transactions");
     }

@@ -1,8 +1,8 @@
-//! A planned Patroni switchover (`patronictl switchover`, started outside the proxy) under
-//! load through the proxy, with the shipped callback script (examples/patroni): the old
-//! primary's `before_stop` pauses and drains the proxy, the proxy's probes confirm the new
-//! primary and the pause lifts. Clients see a stall, not an error, and no acknowledged
-//! write is lost.
+//! Planned events of a Patroni cluster under load through the proxy, with the shipped
+//! callback script (examples/patroni): a switchover started outside the proxy
+//! (`patronictl switchover`) and a rolling restart. The primary's `before_stop` pauses and
+//! drains the proxy; the proxy's probes confirm the primary again and the pause lifts.
+//! Clients see a stall, not an error, and no acknowledged write is lost.
 
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,11 @@ async fn wait_for_primary(endpoint: &Endpoint, node: &str, limit: Duration) -> R
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Result<()> {
-    skip_if_direct!();
-    const CLIENTS: usize = 4;
+const CLIENTS: usize = 4;
+
+/// A Patroni cluster whose nodes run the shipped callback against a proxy, and that proxy
+/// (probing every 100 ms, holding up to 20 s).
+fn cluster_behind_proxy() -> Result<(PatroniCluster, Proxy, Endpoint)> {
     let port = ports::free_port()?;
     let script = env::workspace_dir().join("examples/patroni/switchyard-callback");
     let callback = format!(
@@ -40,8 +41,8 @@ async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Res
     let opts = PatroniOptions::default()
         .before_stop(&format!("{callback} before-stop"))
         .on_role_change(&callback);
-    let cluster = block_in_place(|| PatroniCluster::start_with(opts))?;
-    let mut cfg = block_in_place(|| ProxyConfig::for_patroni(&cluster))?
+    let cluster = PatroniCluster::start_with(opts)?;
+    let mut cfg = ProxyConfig::for_patroni(&cluster)?
         .with_admin()
         .set("clusters.main.probe_user", "app")
         .set("clusters.main.probe_database", "app")
@@ -49,16 +50,22 @@ async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Res
         .set("clusters.main.hold_timeout", "20s");
     // The callbacks, configured before the cluster started, name this port.
     cfg.proxy.listen = format!("127.0.0.1:{port}");
-    let proxy = block_in_place(|| Proxy::start(cfg))?;
+    let proxy = Proxy::start(cfg)?;
     let endpoint = Endpoint::new(&proxy.host(), proxy.port());
+    Ok((cluster, proxy, endpoint))
+}
+
+fn addr(e: &Endpoint) -> String {
+    format!("{}:{}", e.host, e.port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Result<()> {
+    skip_if_direct!();
+    let (cluster, proxy, endpoint) = block_in_place(cluster_behind_proxy)?;
     let old = cluster.nodes()[0].endpoint();
     let new = cluster.nodes()[1].endpoint();
-    wait_for_primary(
-        &endpoint,
-        &format!("{}:{}", old.host, old.port),
-        Duration::from_secs(15),
-    )
-    .await?;
+    wait_for_primary(&endpoint, &addr(&old), Duration::from_secs(15)).await?;
 
     let load = Load::start(LoadOptions::new(vec![endpoint.clone()], CLIENTS)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -83,6 +90,42 @@ async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Res
     anyhow::ensure!(
         report.total_errors() == 0,
         "a planned switchover must cost clients no error:\n{report}\nproxy log:\n{}",
+        proxy.log_tail(80)
+    );
+    Ok(())
+}
+
+/// A rolling restart through Patroni's REST API, replica first, then the primary (which
+/// stays primary): the callback pauses the proxy before the primary stops, the pause lifts
+/// when the probes see it back, and clients see no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_gives_no_client_error() -> Result<()> {
+    skip_if_direct!();
+    let (cluster, proxy, endpoint) = block_in_place(cluster_behind_proxy)?;
+    let primary = cluster.nodes()[0].endpoint();
+    wait_for_primary(&endpoint, &addr(&primary), Duration::from_secs(15)).await?;
+    let load = Load::start(LoadOptions::new(vec![endpoint.clone()], CLIENTS)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let replica_restart = block_in_place(|| cluster.restart("node1"))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let primary_restart = block_in_place(|| cluster.restart("node0"))?;
+    wait_for_primary(&endpoint, &addr(&primary), Duration::from_secs(20)).await?;
+    let before = load.ops_ok();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = load.ops_ok();
+    let report = load.finish(&primary).await?;
+    eprintln!(
+        "{report}\nreplica restart took {replica_restart:?}, primary restart {primary_restart:?}\nproxy log:\n{}",
+        proxy.log_tail(30)
+    );
+    anyhow::ensure!(after > before, "no work after the restarts:\n{report}");
+    anyhow::ensure!(
+        report.lost == 0 && report.duplicated == 0,
+        "writes lost or doubled:\n{report}"
+    );
+    anyhow::ensure!(
+        report.total_errors() == 0,
+        "a rolling restart must cost clients no error:\n{report}\nproxy log:\n{}",
         proxy.log_tail(80)
     );
     Ok(())

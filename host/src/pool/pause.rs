@@ -3,10 +3,11 @@
 //! deadline (the cluster's `hold_timeout`) after which it lifts by itself, so a caller that
 //! never says `RESUME` (a crashed callback script) cannot stall clients for ever.
 //!
-//! A pause taken for a switchover also lifts when the cluster confirms a primary other
-//! than the one it had at `PAUSE`: held transactions then go to the new primary without
-//! waiting for a `RESUME` that may come late (Patroni's `on_role_change` runs after the
-//! promotion, asynchronously) or never.
+//! A pause also lifts when the cluster's primary changed after `PAUSE` and a primary is
+//! confirmed again: the old one stopped and another was promoted (a switchover), or it
+//! stopped and came back (a restart). Held transactions then go on without waiting for a
+//! `RESUME` that may come late (Patroni's `on_role_change` runs after the promotion,
+//! asynchronously) or never (a restart has no role change).
 //!
 //! State is one value in a watch channel: `RESUME` clears it, a later `PAUSE` replaces it,
 //! and waiters look at the latest value, so a `RESUME` racing a `PAUSE` is never lost.
@@ -21,8 +22,8 @@ use crate::topology::Cluster;
 pub struct Pause {
     pub since: Instant,
     pub until: Instant,
-    /// The cluster's primary when the pause began.
-    pub primary: Option<usize>,
+    /// The cluster view's generation (it changes with the primary) when the pause began.
+    pub generation: u64,
 }
 
 pub struct PauseGate {
@@ -38,15 +39,15 @@ impl Default for PauseGate {
 }
 
 impl PauseGate {
-    /// Pauses (or extends a pause) for at most `budget`; `primary` is the cluster's primary
+    /// Pauses (or extends a pause) for at most `budget`; `generation` is the cluster view's
     /// now.
-    pub fn pause(&self, budget: Duration, primary: Option<usize>) -> Pause {
+    pub fn pause(&self, budget: Duration, generation: u64) -> Pause {
         let now = Instant::now();
         let earlier = self.paused();
         let pause = Pause {
             since: earlier.map_or(now, |p| p.since),
             until: now + budget,
-            primary: earlier.map_or(primary, |p| p.primary),
+            generation: earlier.map_or(generation, |p| p.generation),
         };
         self.state.send_replace(Some(pause));
         pause
@@ -65,7 +66,7 @@ impl PauseGate {
     }
 
     /// Waits while paused: until `RESUME`, the pause's deadline, or `cluster` confirming a
-    /// primary other than the pause's.
+    /// primary after its primary changed since the pause.
     pub async fn wait(&self, cluster: &Cluster) {
         let mut rx = self.state.subscribe();
         loop {
@@ -75,7 +76,7 @@ impl PauseGate {
             if Instant::now() >= pause.until {
                 return;
             }
-            let moved = cluster.wait_for_primary_other_than(pause.primary);
+            let moved = cluster.wait_for_primary_after(pause.generation);
             tokio::select! {
                 changed = tokio::time::timeout_at(pause.until.into(), rx.changed()) => {
                     if changed.is_err() {
@@ -85,7 +86,7 @@ impl PauseGate {
                 }
                 _ = moved => {
                     if self.resume() {
-                        tracing::info!(cluster = %cluster.name, "new primary confirmed: pause lifted");
+                        tracing::info!(cluster = %cluster.name, "primary confirmed after the change: pause lifted");
                     }
                     return;
                 }
@@ -111,7 +112,7 @@ mod tests {
     async fn resume_releases_waiters() {
         let gate = std::sync::Arc::new(PauseGate::default());
         let cluster = cluster();
-        gate.pause(Duration::from_secs(60), Some(0));
+        gate.pause(Duration::from_secs(60), 1);
         let waiter = tokio::spawn({
             let gate = gate.clone();
             async move { gate.wait(&cluster).await }
@@ -129,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn a_pause_expires_by_itself() {
         let gate = PauseGate::default();
-        gate.pause(Duration::from_millis(30), Some(0));
+        gate.pause(Duration::from_millis(30), 1);
         let started = Instant::now();
         gate.wait(&cluster()).await;
         assert!(started.elapsed() >= Duration::from_millis(25));

@@ -148,13 +148,13 @@ impl Cluster {
         }
     }
 
-    /// Resolves once the cluster has a primary other than `previous` (never, if it keeps
-    /// `previous`).
-    pub async fn wait_for_primary_other_than(&self, previous: Option<usize>) {
+    /// Resolves once the primary has changed since view generation `since` (to none or
+    /// another node) and the cluster has a primary again.
+    pub async fn wait_for_primary_after(&self, since: u64) {
         let mut changed = self.changed.subscribe();
         loop {
-            let primary = self.view.load().primary;
-            if primary.is_some() && primary != previous {
+            let view = self.view.load();
+            if view.generation != since && view.primary.is_some() {
                 return;
             }
             if changed.changed().await.is_err() {
