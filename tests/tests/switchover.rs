@@ -31,7 +31,7 @@ const CLIENTS: usize = 4;
 
 /// A Patroni cluster whose nodes run the shipped callback against a proxy, and that proxy
 /// (probing every 100 ms, holding up to 20 s).
-fn cluster_behind_proxy() -> Result<(PatroniCluster, Proxy, Endpoint)> {
+fn cluster_behind_proxy(synchronous: bool) -> Result<(PatroniCluster, Proxy, Endpoint)> {
     let port = ports::free_port()?;
     let script = env::workspace_dir().join("examples/patroni/switchyard-callback");
     let callback = format!(
@@ -40,7 +40,8 @@ fn cluster_behind_proxy() -> Result<(PatroniCluster, Proxy, Endpoint)> {
     );
     let opts = PatroniOptions::default()
         .before_stop(&format!("{callback} before-stop"))
-        .on_role_change(&callback);
+        .on_role_change(&callback)
+        .synchronous(synchronous);
     let cluster = PatroniCluster::start_with(opts)?;
     let mut cfg = ProxyConfig::for_patroni(&cluster)?
         .with_admin()
@@ -59,10 +60,8 @@ fn addr(e: &Endpoint) -> String {
     format!("{}:{}", e.host, e.port)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Result<()> {
-    skip_if_direct!();
-    let (cluster, proxy, endpoint) = block_in_place(cluster_behind_proxy)?;
+async fn switchover_without_client_errors(synchronous: bool) -> Result<()> {
+    let (cluster, proxy, endpoint) = block_in_place(|| cluster_behind_proxy(synchronous))?;
     let old = cluster.nodes()[0].endpoint();
     let new = cluster.nodes()[1].endpoint();
     wait_for_primary(&endpoint, &addr(&old), Duration::from_secs(15)).await?;
@@ -95,13 +94,25 @@ async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Res
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Result<()> {
+    skip_if_direct!();
+    switchover_without_client_errors(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_in_synchronous_mode() -> Result<()> {
+    skip_if_direct!();
+    switchover_without_client_errors(true).await
+}
+
 /// A rolling restart through Patroni's REST API, replica first, then the primary (which
 /// stays primary): the callback pauses the proxy before the primary stops, the pause lifts
 /// when the probes see it back, and clients see no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_gives_no_client_error() -> Result<()> {
     skip_if_direct!();
-    let (cluster, proxy, endpoint) = block_in_place(cluster_behind_proxy)?;
+    let (cluster, proxy, endpoint) = block_in_place(|| cluster_behind_proxy(false))?;
     let primary = cluster.nodes()[0].endpoint();
     wait_for_primary(&endpoint, &addr(&primary), Duration::from_secs(15)).await?;
     let load = Load::start(LoadOptions::new(vec![endpoint.clone()], CLIENTS)).await?;
