@@ -31,6 +31,7 @@ const HELP: &[&str] = &[
     "PAUSE [db]       hold new transactions (all databases, or db), wait for running ones to finish; lifts by itself after hold_timeout",
     "PAUSE NODE h:p   PAUSE the databases whose primary is h:p now (for an HA manager's before-stop hook); nothing if it is not a primary",
     "RESUME [db]      let held transactions go on",
+    "SWITCHOVER [h:p] hold and drain, ask Patroni (patroni_api) to switch over (to node h:p), resume on the new primary",
     "RESUME NODE h:p  RESUME the databases of the cluster that has node h:p",
     "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
 ];
@@ -65,6 +66,9 @@ pub async fn serve(
                 let first = words.first().map(|w| w.to_ascii_lowercase());
                 let answer = match (first.as_deref(), &words[..]) {
                     (Some("reload"), [_]) => reload(state).await,
+                    (Some("switchover"), [_, rest @ ..]) if rest.len() <= 1 => {
+                        switchover(state, rest.first().copied()).await
+                    }
                     (Some("pause"), [_, node, addr]) if node.eq_ignore_ascii_case("node") => {
                         pause(state, databases_of_primary(state, addr)).await
                     }
@@ -232,6 +236,94 @@ async fn pause(state: &Arc<ProxyState>, targets: Targets<'_>) -> Result<Answer, 
             ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// `SWITCHOVER [host:port]`: holds new transactions on the cluster and drains it, asks
+/// Patroni to switch over (to that node, or its choice), and answers once the probes have
+/// confirmed the new primary (the hold lifts then).
+async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Answer, ErrorFields> {
+    use crate::topology::patroni;
+    let mut clusters: Vec<_> = state
+        .topology
+        .clusters
+        .values()
+        .filter(|c| c.patroni_apis.iter().any(Option::is_some))
+        .filter(|c| target.is_none_or(|t| c.nodes.iter().any(|n| n.to_string() == t)))
+        .collect();
+    let cluster = match clusters.len() {
+        1 => clusters.remove(0),
+        0 => {
+            return Err(ErrorFields::error(
+                "55000",
+                "SWITCHOVER needs a cluster with patroni_api set on its nodes (and containing the target node, if one is named)",
+            ))
+        }
+        _ => {
+            return Err(ErrorFields::error(
+                "55000",
+                "several clusters have Patroni: name the target node (SWITCHOVER host:port)",
+            ))
+        }
+    };
+    let primary = cluster.primary().map(|(i, _)| i);
+    let api = primary
+        .and_then(|p| cluster.patroni_apis[p].clone())
+        .or_else(|| cluster.patroni_apis.iter().flatten().next().cloned())
+        .expect("filtered on a configured API");
+    let api_error = |e: patroni::PatroniError| ErrorFields::error("08000", e.to_string());
+    let members = patroni::members(&api).await.map_err(api_error)?;
+    let leader = members
+        .iter()
+        .find(|(_, role, _)| role == "leader")
+        .map(|(name, _, _)| name.clone())
+        .ok_or_else(|| {
+            ErrorFields::error("55000", "Patroni reports no leader: nothing to switch over from")
+        })?;
+    let candidate = match target {
+        Some(t) => Some(
+            members
+                .iter()
+                .find(|(_, _, addr)| addr == t)
+                .map(|(name, _, _)| name.clone())
+                .ok_or_else(|| {
+                    ErrorFields::error("42704", format!("no Patroni member has Postgres at {t}"))
+                })?,
+        ),
+        None => None,
+    };
+    let dbs = databases_of_node(state, &cluster.nodes[0].to_string());
+    let generation = cluster.view().generation;
+    tracing::info!(cluster = %cluster.name, %leader, candidate = ?candidate, "SWITCHOVER: holding and draining");
+    pause(state, dbs.clone()).await?;
+    match patroni::switchover(&api, &leader, candidate.as_deref()).await {
+        Ok(message) => {
+            let deadline = std::time::Instant::now() + cluster.hold_timeout;
+            let _ =
+                tokio::time::timeout_at(deadline.into(), cluster.wait_for_primary_after(generation)).await;
+            let now = cluster
+                .primary()
+                .map_or_else(|| "none yet".to_string(), |(_, a)| a.to_string());
+            // The pause lifts when a waiting transaction sees the new primary; lift it now
+            // even if none is waiting.
+            resume(dbs)?;
+            tracing::info!(cluster = %cluster.name, primary = %now, "SWITCHOVER done");
+            Ok(Answer::Table(
+                Table {
+                    columns: vec!["cluster", "primary", "patroni"],
+                    rows: vec![vec![cluster.name.clone(), now, message]],
+                },
+                "SWITCHOVER".into(),
+            ))
+        }
+        Err(e) => {
+            resume(dbs)?;
+            tracing::warn!(cluster = %cluster.name, error = %e, "SWITCHOVER failed; traffic resumed");
+            Err(ErrorFields::error(
+                "55000",
+                format!("{e}; traffic resumed on the current primary"),
+            ))
+        }
     }
 }
 

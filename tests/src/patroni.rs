@@ -1490,6 +1490,7 @@ impl ProxyConfig {
                 host: n.host().to_owned(),
                 port: n.port(),
                 role: if n.name == leader { "primary" } else { "replica" }.to_owned(),
+                patroni_api: Some(n.api_addr()),
             })
             .collect();
         let mut databases = BTreeMap::new();

@@ -58,6 +58,9 @@ pub struct NodeEntry {
     pub port: u16,
     /// `"primary"` or `"replica"`.
     pub role: String,
+    /// Patroni's REST API (`host:port`) on this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patroni_api: Option<String>,
 }
 
 /// `[clusters.<name>]`
@@ -134,12 +137,14 @@ impl ProxyConfig {
             host: pg.primary().host().to_owned(),
             port: pg.primary().port(),
             role: "primary".to_owned(),
+            patroni_api: None,
         }];
         if let Some(replica) = pg.replica_opt() {
             nodes.push(NodeEntry {
                 host: replica.host().to_owned(),
                 port: replica.port(),
                 role: "replica".to_owned(),
+                patroni_api: None,
             });
         }
         let mut databases = BTreeMap::new();

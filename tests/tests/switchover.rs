@@ -107,6 +107,44 @@ async fn the_same_in_synchronous_mode() -> Result<()> {
     switchover_without_client_errors(true).await
 }
 
+/// The proxy's own `SWITCHOVER` (which holds and drains, then drives Patroni's REST API)
+/// under load: no client error, no lost write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_switchover_gives_no_client_error() -> Result<()> {
+    skip_if_direct!();
+    let (cluster, proxy, endpoint) = block_in_place(|| cluster_behind_proxy(false))?;
+    let old = cluster.nodes()[0].endpoint();
+    let new = cluster.nodes()[1].endpoint();
+    wait_for_primary(&endpoint, &addr(&old), Duration::from_secs(15)).await?;
+    let load = Load::start(LoadOptions::new(vec![endpoint.clone()], CLIENTS)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::SystemTime::now();
+    let rows = admin_rows(&endpoint, &format!("SWITCHOVER {}", addr(&new))).await?;
+    anyhow::ensure!(
+        rows.first().is_some_and(|r| r["primary"] == addr(&new)),
+        "SWITCHOVER answered {rows:?}"
+    );
+    let before = load.ops_ok();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = load.ops_ok();
+    let report = load.finish(&new).await?;
+    eprintln!(
+        "{report}\n{}\nproxy log:\n{}",
+        cluster.timeline_since(started),
+        proxy.log_tail(30)
+    );
+    anyhow::ensure!(after > before, "no work after the switchover:\n{report}");
+    anyhow::ensure!(
+        report.lost == 0 && report.duplicated == 0,
+        "writes lost or doubled:\n{report}"
+    );
+    anyhow::ensure!(
+        report.total_errors() == 0,
+        "the proxy's switchover must cost clients no error:\n{report}"
+    );
+    Ok(())
+}
+
 /// A rolling restart through Patroni's REST API, replica first, then the primary (which
 /// stays primary): the callback pauses the proxy before the primary stops, the pause lifts
 /// when the probes see it back, and clients see no error.

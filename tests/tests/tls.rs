@@ -539,6 +539,7 @@ async fn server_tls_verify_full_with_another_ca_fails_cleanly() -> Result<()> {
                 host: bad.primary().host().to_owned(),
                 port: bad.primary().port(),
                 role: "primary".to_owned(),
+                patroni_api: None,
             }],
         },
     );

@@ -290,6 +290,9 @@ pub struct NodeConfig {
     /// What the operator believes this node is; probing has the last word.
     #[serde(default)]
     pub role: NodeRole,
+    /// Patroni's REST API on this node (`host:port`, plain HTTP), for the admin console's
+    /// `SWITCHOVER`.
+    pub patroni_api: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

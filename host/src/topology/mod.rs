@@ -6,6 +6,7 @@
 //!
 //! Without a `probe_user` a cluster is not probed and its configured roles are trusted.
 
+pub mod patroni;
 mod probe;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ pub struct ProbeSettings {
 pub struct Cluster {
     pub name: String,
     pub nodes: Vec<NodeAddr>,
+    /// Patroni's REST API per node, where configured.
+    pub patroni_apis: Vec<Option<String>>,
     pub hold_timeout: Duration,
     probe: Option<ProbeSettings>,
     view: ArcSwap<ClusterView>,
@@ -106,6 +109,11 @@ impl Cluster {
         Cluster {
             name: name.to_string(),
             pokes: nodes.iter().map(|_| Notify::new()).collect(),
+            patroni_apis: config
+                .nodes
+                .iter()
+                .map(|n| n.get_ref().patroni_api.clone())
+                .collect(),
             nodes,
             hold_timeout: config.hold_timeout,
             probe,
