@@ -223,6 +223,26 @@ impl SessionFacts {
     }
 }
 
+/// A component file as read from disk, with its SHA-256 (hex): read once per load or
+/// reload, whether or not it turns out to have changed.
+struct ComponentFile {
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+impl ComponentFile {
+    fn read(name: &str, config: &PluginConfig) -> Result<ComponentFile, PluginError> {
+        let path = config.path.get_ref();
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        Ok(ComponentFile { bytes, sha256 })
+    }
+}
+
 /// Compiles and instantiates plugins: the wasmtime engine (one per process, with its epoch
 /// ticker) and the artifact cache.
 pub struct Loader {
@@ -240,22 +260,18 @@ impl Loader {
         Ok(Loader { engine, cache })
     }
 
-    /// Reads, compiles (or loads from the cache), links, instantiates and initialises one
-    /// plugin. Blocking: call it off the async workers.
+    /// Compiles (or loads from the cache), links, instantiates and initialises one plugin
+    /// from its component file. Blocking: call it off the async workers.
     fn load(
         &self,
         name: &str,
         config: &PluginConfig,
+        file: ComponentFile,
         counters: Arc<PluginCounters>,
     ) -> Result<Plugin, PluginError> {
         let started = std::time::Instant::now();
         let path = config.path.get_ref();
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-            name: name.to_string(),
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let ComponentFile { bytes, sha256 } = file;
         let compile = |e: wasmtime::Error| PluginError::Compile {
             name: name.to_string(),
             path: path.to_path_buf(),

@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use sha2::{Digest, Sha256};
 
 use super::bindings::PluginCounters;
-use super::{Loader, Plugin, PluginError};
+use super::{ComponentFile, Loader, Plugin, PluginError};
 use crate::config::{Config, HookKind};
 
 /// One generation of the plugin set: which plugin serves which hook for which database.
@@ -127,7 +126,8 @@ impl PluginRegistry {
         let mut plugins = Vec::new();
         for (name, plugin_config) in &config.plugins {
             let loader = registry.loader()?;
-            let plugin = loader.load(name, plugin_config, registry.counters_for(name))?;
+            let file = ComponentFile::read(name, plugin_config)?;
+            let plugin = loader.load(name, plugin_config, file, registry.counters_for(name))?;
             prewarm(&plugin, config);
             log_loaded(&plugin);
             plugins.push(Arc::new(plugin));
@@ -250,19 +250,12 @@ impl PluginRegistry {
         config: &crate::config::PluginConfig,
         previous: Option<&Arc<Plugin>>,
     ) -> Result<Option<Plugin>, PluginError> {
-        if let Some(p) = previous {
-            let path = config.path.get_ref();
-            let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-                name: name.to_string(),
-                path: path.clone(),
-                source,
-            })?;
-            if p.same_as(&format!("{:x}", Sha256::digest(&bytes)), config) {
-                return Ok(None);
-            }
+        let file = ComponentFile::read(name, config)?;
+        if previous.is_some_and(|p| p.same_as(&file.sha256, config)) {
+            return Ok(None);
         }
         let loader = self.loader()?;
-        loader.load(name, config, self.counters_for(name)).map(Some)
+        loader.load(name, config, file, self.counters_for(name)).map(Some)
     }
 
     fn loader(&self) -> Result<Arc<Loader>, PluginError> {
