@@ -151,16 +151,9 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
 }
 
 /// The databases an admin command names: one, or all when none is given.
-fn databases<'a>(
-    state: &'a ProxyState,
-    name: Option<&str>,
-) -> Result<Vec<(&'a String, &'a DatabaseRoute)>, ErrorFields> {
+fn databases<'a>(state: &'a ProxyState, name: Option<&str>) -> Result<Targets<'a>, ErrorFields> {
     match name {
-        None => {
-            let mut all: Vec<_> = state.databases.iter().collect();
-            all.sort_by(|a, b| a.0.cmp(b.0));
-            Ok(all)
-        }
+        None => Ok(databases_where(state, |_| true)),
         Some(name) => {
             let name = name.trim_matches('"');
             state
@@ -174,14 +167,18 @@ fn databases<'a>(
 
 type Targets<'a> = Vec<(&'a String, &'a DatabaseRoute)>;
 
+/// The databases whose route satisfies `keep`, by name.
+fn databases_where(state: &ProxyState, keep: impl Fn(&DatabaseRoute) -> bool) -> Targets<'_> {
+    let mut dbs: Targets<'_> = state.databases.iter().filter(|(_, r)| keep(r)).collect();
+    dbs.sort_by(|a, b| a.0.cmp(b.0));
+    dbs
+}
+
 /// Databases whose cluster's primary is `addr` now.
 fn databases_of_primary<'a>(state: &'a ProxyState, addr: &str) -> Targets<'a> {
-    let mut dbs: Targets<'a> = state
-        .databases
-        .iter()
-        .filter(|(_, r)| r.cluster.primary().is_some_and(|(_, a)| a.to_string() == addr))
-        .collect();
-    dbs.sort_by(|a, b| a.0.cmp(b.0));
+    let dbs = databases_where(state, |r| {
+        r.cluster.primary().is_some_and(|(_, a)| a.to_string() == addr)
+    });
     if dbs.is_empty() {
         tracing::info!(
             node = addr,
@@ -193,13 +190,7 @@ fn databases_of_primary<'a>(state: &'a ProxyState, addr: &str) -> Targets<'a> {
 
 /// Databases whose cluster has node `addr`.
 fn databases_of_node<'a>(state: &'a ProxyState, addr: &str) -> Targets<'a> {
-    let mut dbs: Targets<'a> = state
-        .databases
-        .iter()
-        .filter(|(_, r)| r.cluster.nodes.iter().any(|n| n.to_string() == addr))
-        .collect();
-    dbs.sort_by(|a, b| a.0.cmp(b.0));
-    dbs
+    databases_where(state, |r| r.cluster.nodes.iter().any(|n| n.to_string() == addr))
 }
 
 /// `PAUSE`: new transactions wait; answers once the running ones have finished (their
@@ -292,7 +283,7 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
         ),
         None => None,
     };
-    let dbs = databases_of_node(state, &cluster.nodes[0].to_string());
+    let dbs = databases_where(state, |r| Arc::ptr_eq(&r.cluster, cluster));
     let generation = cluster.view().generation;
     tracing::info!(cluster = %cluster.name, %leader, candidate = ?candidate, "SWITCHOVER: holding and draining");
     pause(state, dbs.clone()).await?;
