@@ -48,12 +48,11 @@
 //! Patroni comes from `SWITCHYARD_PATRONI_VENV` (default
 //! `/opt/switchyard/patroni-4.1.5`, made by `scripts/lib.sh install`).
 
-use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -63,10 +62,9 @@ use serde_json::json;
 use crate::client::Endpoint;
 use crate::cluster::roles;
 use crate::etcd::Etcd;
-use crate::proxy::{
-    ClusterSection, DatabaseSection, NodeEntry, PoolSection, ProxyConfig, ProxySection, UserSection,
-};
+use crate::proxy::{NodeEntry, ProxyConfig};
 use crate::tools::{run_command, CmdOutput, Psql};
+use crate::watchdog::Watchdog;
 use crate::{env, http, ports, scratch};
 
 /// Patroni's minimum `ttl`: it raises anything smaller to this.
@@ -1001,7 +999,7 @@ pub struct PatroniNode {
     pg_port: u16,
     api_port: u16,
     child: Option<Child>,
-    watchdog: Option<NodeWatchdog>,
+    watchdog: Option<Watchdog>,
 }
 
 impl PatroniNode {
@@ -1138,7 +1136,11 @@ impl PatroniNode {
         }
         let child = cmd.spawn().context("spawning patroni")?;
         scratch::record_process(&self.dir, "patroni", child.id());
-        self.watchdog = Some(NodeWatchdog::arm(child.id(), &self.data_dir())?);
+        self.watchdog = Some(Watchdog::arm_script(
+            "switchyard-patroni-watchdog",
+            NODE_WATCHDOG,
+            &[OsStr::new(&child.id().to_string()), self.data_dir().as_os_str()],
+        )?);
         self.child = Some(child);
         // Patroni exits at once on a bad config or a REST port in use.
         std::thread::sleep(Duration::from_millis(300));
@@ -1197,15 +1199,10 @@ impl PatroniNode {
     }
 }
 
-/// A companion that, if the test process dies, SIGKILLs the node's Patroni
-/// and then sends SIGQUIT (immediate shutdown) to whatever postmaster the
-/// data directory's `postmaster.pid` names, checked against its command
-/// line. Same pipe trick as [`crate::watchdog::Watchdog`].
-struct NodeWatchdog {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
+/// The script of a node's watchdog ([`Watchdog::arm_script`]): if the test process dies,
+/// SIGKILL the node's Patroni (`$1`), then SIGQUIT (immediate shutdown) whatever
+/// postmaster the data directory's (`$2`) `postmaster.pid` names, checked against its
+/// command line.
 const NODE_WATCHDOG: &str = r#"read -r line; [ "$line" = done ] && exit 0
 kill -s KILL "$1" 2>/dev/null
 pm=$(head -n 1 "$2/postmaster.pid" 2>/dev/null)
@@ -1216,38 +1213,6 @@ if tr '\0' ' ' <"/proc/$pm/cmdline" 2>/dev/null | grep -qF -- "$2"; then
     kill -s KILL "$pm" 2>/dev/null
 fi
 exit 0"#;
-
-impl NodeWatchdog {
-    fn arm(patroni: u32, data_dir: &Path) -> Result<Self> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(NODE_WATCHDOG)
-            .arg("switchyard-patroni-watchdog")
-            .arg(patroni.to_string())
-            .arg(data_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning watchdog (sh)")?;
-        let stdin = child.stdin.take();
-        Ok(Self { child, stdin })
-    }
-
-    fn disarm(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"done\n");
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeWatchdog {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
-    }
-}
 
 const PORT_IN_USE: &str = "port already in use";
 
@@ -1493,42 +1458,7 @@ impl ProxyConfig {
                 patroni_api: Some(n.api_addr()),
             })
             .collect();
-        let mut databases = BTreeMap::new();
-        for db in [roles::APP_DB, "postgres"] {
-            databases.insert(
-                db.to_owned(),
-                DatabaseSection {
-                    cluster: "main".to_owned(),
-                    ..Default::default()
-                },
-            );
-        }
-        let mut users = BTreeMap::new();
-        for (user, password) in [roles::APP, roles::MD5, roles::TRUST, roles::SUPERUSER] {
-            users.insert(user.to_owned(), UserSection::with_password(password));
-        }
-        Ok(Self {
-            proxy: ProxySection {
-                listen: String::new(),
-                max_client_conn: Some(10_000),
-                client_login_timeout: Some("10s".to_owned()),
-                tls_cert: None,
-                tls_key: None,
-            },
-            pool: PoolSection {
-                mode: "transaction".to_owned(),
-                size: 20,
-                connect_timeout: Some("5s".to_owned()),
-                query_wait_timeout: Some("30s".to_owned()),
-                idle_timeout: Some("10m".to_owned()),
-                lifetime: Some("1h".to_owned()),
-            },
-            clusters: BTreeMap::from([("main".to_owned(), ClusterSection { nodes })]),
-            databases,
-            users,
-            admin: None,
-            overrides: Vec::new(),
-        })
+        Ok(Self::for_nodes(nodes))
     }
 }
 

@@ -9,6 +9,7 @@
 //! closes that end, `read` hits EOF, and the companion signals the server.
 //! A normal teardown writes `done` first, which disarms it.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
@@ -24,12 +25,21 @@ impl Watchdog {
     /// Arm a watchdog for `pid`; `signal` is a name understood by `kill -s`
     /// (`QUIT` for a postmaster = immediate shutdown, `KILL` for the proxy).
     pub fn arm(pid: u32, signal: &str) -> Result<Self> {
+        Self::arm_script(
+            "switchyard-watchdog",
+            r#"read -r line; [ "$line" = done ] || kill -s "$1" "$2" 2>/dev/null; exit 0"#,
+            &[OsStr::new(signal), OsStr::new(&pid.to_string())],
+        )
+    }
+
+    /// Arm a companion running `script` (with `args` as `$1`, `$2`, ...), which must
+    /// start by reading one line and act only if that line is not `done`.
+    pub fn arm_script(name: &str, script: &str, args: &[&OsStr]) -> Result<Self> {
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(r#"read -r line; [ "$line" = done ] || kill -s "$1" "$2" 2>/dev/null; exit 0"#)
-            .arg("switchyard-watchdog")
-            .arg(signal)
-            .arg(pid.to_string())
+            .arg(script)
+            .arg(name)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
