@@ -147,6 +147,12 @@ impl ProxyConfig {
                 patroni_api: None,
             });
         }
+        Self::for_nodes(nodes)
+    }
+
+    /// The standard test configuration (see [`ProxyConfig::for_cluster`]) for a cluster
+    /// `main` of these nodes.
+    pub fn for_nodes(nodes: Vec<NodeEntry>) -> Self {
         let mut databases = BTreeMap::new();
         for db in [roles::APP_DB, "postgres"] {
             databases.insert(
