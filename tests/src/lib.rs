@@ -24,6 +24,7 @@
 //! `SWITCHYARD_ETCD` (default `/usr/bin/etcd`), `RUST_LOG` (passed to the
 //! proxy; default `info`).
 
+pub mod admin;
 pub mod bed;
 pub mod client;
 pub mod cluster;

@@ -4,12 +4,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
-use tokio_postgres::SimpleQueryMessage;
-
-use crate::client::{Endpoint, PgResultExt};
+use crate::admin::admin_rows;
+use crate::client::Endpoint;
 use crate::env;
 use crate::proxy::ProxyConfig;
+use anyhow::{ensure, Context, Result};
 
 /// `plugins/dist/<name>.wasm`, which must exist.
 pub fn component(name: &str) -> Result<PathBuf> {
@@ -43,26 +42,6 @@ pub fn with_plugin_path(cfg: ProxyConfig, path: &Path, settings: &[(&str, &str)]
 /// [`with_plugin_path`] for the built component `name` (see [`component`]).
 pub fn with_plugin(cfg: ProxyConfig, name: &str, settings: &[(&str, &str)]) -> Result<ProxyConfig> {
     Ok(with_plugin_path(cfg, &component(name)?, settings))
-}
-
-/// Runs an admin command as `admin` and returns its rows as column → value maps.
-pub async fn admin_rows(endpoint: &Endpoint, command: &str) -> Result<Vec<HashMap<String, String>>> {
-    let admin = endpoint.connect("admin", "admin", "switchyard").await?;
-    let messages = admin.simple_query(command).await.ctx(command)?;
-    let mut rows = Vec::new();
-    for msg in messages {
-        if let SimpleQueryMessage::Row(row) = msg {
-            let mut map = HashMap::new();
-            for (i, column) in row.columns().iter().enumerate() {
-                map.insert(
-                    column.name().to_string(),
-                    row.get(i).unwrap_or_default().to_string(),
-                );
-            }
-            rows.push(map);
-        }
-    }
-    Ok(rows)
 }
 
 /// The `SHOW PLUGINS` row of the plugin named `policy` (the one [`with_plugin`] configures).

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
+use switchyard_tests::admin::{admin_rows, wait_for_primary};
 use switchyard_tests::load::{Load, LoadOptions};
-use switchyard_tests::plugin::admin_rows;
 use switchyard_tests::{skip_if_direct, ClusterOptions, Endpoint, TestBed};
 
 /// `SHOW NODES` rows by node address.
@@ -17,24 +17,6 @@ async fn nodes(endpoint: &Endpoint) -> Result<HashMap<String, HashMap<String, St
         .into_iter()
         .map(|r| (r["node"].clone(), r))
         .collect())
-}
-
-/// Waits until `SHOW NODES` names `primary` as the primary with every node up.
-async fn wait_for_primary(endpoint: &Endpoint, primary: &str, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let rows = nodes(endpoint).await?;
-        let settled = rows
-            .get(primary)
-            .is_some_and(|r| r["primary"] == "true" && r["role"] == "primary");
-        if settled {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{primary} not shown as primary within {limit:?}: {rows:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

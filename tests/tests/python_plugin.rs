@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use switchyard_tests::admin::admin_rows;
 use switchyard_tests::client::connect;
-use switchyard_tests::plugin::{admin_rows, count, decisions, policy_row, with_plugin_path};
+use switchyard_tests::plugin::{count, decisions, policy_row, with_plugin_path};
 use switchyard_tests::tools::run_command;
 use switchyard_tests::{describe_error, env, skip_if_direct, Length, PgResultExt, QueryMode, TestBed};
 use tokio_postgres::Client;

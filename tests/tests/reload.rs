@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
-use switchyard_tests::plugin::{admin_rows, component, count, decisions, policy_row, with_plugin_path};
+use switchyard_tests::admin::admin_rows;
+use switchyard_tests::plugin::{component, count, decisions, policy_row, with_plugin_path};
 use switchyard_tests::{
     expect_sqlstate, scratch, skip_if_direct, Endpoint, Length, PgResultExt, Proxy, ProxyConfig, QueryMode,
     TestBed,
