@@ -3,4 +3,5 @@
 //! inputs, like the plugins that replace them.
 
 pub mod pool_mode;
+pub mod retry;
 pub mod topology;
