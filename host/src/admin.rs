@@ -406,6 +406,7 @@ fn show_pools(state: &ProxyState) -> Table {
                 s.connects.load(Relaxed).to_string(),
                 s.connect_failures.load(Relaxed).to_string(),
                 s.wait_timeouts.load(Relaxed).to_string(),
+                s.retried.load(Relaxed).to_string(),
                 p.cluster
                     .primary()
                     .map_or_else(|| "(none: holding)".to_string(), |(_, a)| a.to_string()),
@@ -424,6 +425,7 @@ fn show_pools(state: &ProxyState) -> Table {
             "connects",
             "connect_failures",
             "wait_timeouts",
+            "retried",
             "server",
         ],
         rows,

@@ -98,6 +98,8 @@ pub struct PoolStats {
     pub connect_failures: AtomicU64,
     pub wait_timeouts: AtomicU64,
     pub discarded: AtomicU64,
+    /// Requests run again after their server failed them without effect.
+    pub retried: AtomicU64,
 }
 
 /// Servers for one (database, user).
@@ -214,6 +216,22 @@ impl Pool {
                 return Ok(conn);
             }
             match self.connect(addr).await {
+                Ok(conn) if conn.params.get("in_hot_standby").is_some_and(|v| v == "on") => {
+                    // The topology is behind: the node the probes last saw as primary is
+                    // a standby now (a switchover). Writes sent here would get 25006, so
+                    // the connection is dropped and the pool waits for the probes.
+                    tracing::info!(pool = %self.name, node = %addr, "server is a hot standby, not the primary; waiting for the topology");
+                    self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                    self.cluster.suspect(node);
+                    if Instant::now() >= deadline {
+                        return Err(PoolError::NoPrimary {
+                            cluster: self.cluster.name.clone(),
+                            waited: started.elapsed(),
+                        });
+                    }
+                    let retry_at = (Instant::now() + RECONNECT_PAUSE).min(deadline);
+                    self.cluster.wait_for_change(generation, retry_at).await;
+                }
                 Ok(conn) => return Ok(conn),
                 Err(e) if unreachable(&e) && self.cluster.probed() && Instant::now() < deadline => {
                     // The node may be going away (a switchover): re-probe it now and wait

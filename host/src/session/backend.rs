@@ -82,10 +82,15 @@ impl Session {
             let end = offset + header.len;
             let forward = self.on_server_message(header.tag, &buf[offset + HEADER_LEN..end])?;
             let settle = matches!(self.expect.front(), Some(Expect::Synthetic(_) | Expect::CopyEnd));
-            if !forward || settle {
+            let anchor = self.replay.wants_anchor();
+            if !forward || settle || anchor {
                 let run_end = if forward { end } else { offset };
                 self.cout.extend_from_slice(&buf[run_start..run_end]);
                 run_start = end;
+                if anchor {
+                    // Replies after this point belong to the pipelined requests.
+                    self.replay.reanchor(self.cout.len());
+                }
                 self.settle_front();
             }
         }
@@ -136,6 +141,20 @@ impl Session {
 
     /// Updates the expectations for one server message; returns whether to forward it.
     fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<bool, SessionError> {
+        if self.replay.failed() {
+            return Ok(false); // the request will run again elsewhere; this server is done
+        }
+        if self.replay.is_open() && self.watch_for_retry(tag, body) {
+            return Ok(false);
+        }
+        if tag == tags::ERROR_RESPONSE && self.expect.is_empty() && self.tx_status == TransactionStatus::Idle
+        {
+            // Nothing was asked: the server is ending an idle connection (a shutdown, an
+            // idle timeout). The end of stream that follows decides what the session does.
+            let fields = switchyard_protocol::backend::parse_error_fields(body).ok();
+            tracing::debug!(error = ?fields, "idle server sent an error; not forwarded");
+            return Ok(false);
+        }
         let injected_query = matches!(self.expect.front(), Some(Expect::InjectedQuery));
         match tag {
             tags::READY_FOR_QUERY => {

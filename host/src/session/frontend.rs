@@ -26,12 +26,19 @@ impl Session {
             };
             let msg = FrontendMessage::decode(&frame)?;
             tracing::trace!(pid = self.cancel.process_id, msg = ?msg, "from client");
+            let replayable = super::retry::replayable(&msg);
             self.handle(msg, frame.raw()).await?;
+            self.replay.record(frame.into_raw(), replayable);
         }
         Ok(())
     }
 
-    async fn handle(&mut self, msg: FrontendMessage, raw: &Bytes) -> Result<(), SessionError> {
+    pub(super) async fn handle(&mut self, msg: FrontendMessage, raw: &Bytes) -> Result<(), SessionError> {
+        if let Some(lost) = self.lost_session.take() {
+            if !matches!(msg, FrontendMessage::Terminate) {
+                return Err(SessionError::Fatal(lost));
+            }
+        }
         if self.skipping {
             // A batch whose server could not be had: drop it up to its Sync, as Postgres
             // skips the rest of a batch after an error.
@@ -200,6 +207,7 @@ impl Session {
     }
 
     async fn on_query(&mut self, sql_text: &Bytes, raw: &Bytes) -> Result<(), SessionError> {
+        self.note_server_state(sql_text);
         let commands = if maybe_session_command(sql_text) {
             sql::commands(sql_text)
         } else {
@@ -299,8 +307,16 @@ impl Session {
         Some(out.freeze())
     }
 
+    /// Session pooling: remembers that the client may have created server-side state.
+    fn note_server_state(&mut self, sql_text: &[u8]) {
+        if self.mode == PoolMode::Session && !self.server_state {
+            self.server_state = sql::may_create_server_state(sql_text);
+        }
+    }
+
     /// Tracks session-level SET/RESET in a Parse'd statement.
     fn note_sql(&mut self, query: &Bytes) {
+        self.note_server_state(query);
         if maybe_session_command(query) {
             for cmd in sql::commands(query) {
                 self.params.note(cmd);
@@ -380,7 +396,7 @@ fn close_complete() -> Bytes {
 /// Cheap filter before lexing, run on every query: true only if the text may hold a
 /// statement that changes session state, i.e. its first keyword is SET, RESET, PREPARE,
 /// DEALLOCATE or DISCARD, or it holds more than one statement.
-fn maybe_session_command(sql: &[u8]) -> bool {
+pub(super) fn maybe_session_command(sql: &[u8]) -> bool {
     const KEYWORDS: [&[u8]; 5] = [b"set", b"reset", b"prepare", b"deallocate", b"discard"];
     let mut s = sql;
     loop {

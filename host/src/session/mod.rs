@@ -16,6 +16,7 @@ mod backend;
 mod error;
 mod frontend;
 mod params;
+mod retry;
 mod sql;
 mod startup;
 mod statements;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use switchyard_protocol::backend::{error_response, TransactionStatus};
+use switchyard_protocol::backend::{error_response, ErrorFields, TransactionStatus};
 use switchyard_protocol::frontend::encode_query;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,6 +41,7 @@ use tokio_util::io::poll_read_buf;
 
 use self::backend::Expect;
 use self::params::SessionParams;
+use self::retry::Replay;
 use self::statements::ClientStatements;
 use crate::cancel::{CancelRegistration, CancelTarget};
 use crate::config::PoolMode;
@@ -142,6 +144,14 @@ struct Session {
     tx_statements: u32,
     /// The pool-mode decision at the last boundary was to release the server.
     release_ready: bool,
+    /// The request that may still run again elsewhere if its server fails it.
+    replay: Replay,
+    /// Session pooling: the client may have created state on its server that the proxy
+    /// cannot carry to another (see `sql::may_create_server_state`).
+    server_state: bool,
+    /// Session pooling: the server, and the state above with it, was lost while the
+    /// client was idle; its next message gets this error.
+    lost_session: Option<Box<ErrorFields>>,
 }
 
 impl Session {
@@ -196,6 +206,9 @@ impl Session {
             facts,
             tx_statements: 0,
             release_ready: false,
+            replay: Replay::default(),
+            server_state: false,
+            lost_session: None,
         }
     }
 
@@ -211,17 +224,64 @@ impl Session {
             if *shutdown.borrow() && self.server.is_none() && self.cout.is_empty() {
                 return Err(SessionError::fatal("57P01", "switchyard is shutting down"));
             }
-            match self.wait_io(shutdown).await? {
-                Io::ClientRead | Io::Shutdown => {}
-                Io::ClientEof => return Ok(()),
-                Io::ServerRead => self.process_server()?,
-                Io::ServerEof => {
+            match self.wait_io(shutdown).await {
+                Ok(Io::ClientRead | Io::Shutdown) => {}
+                Ok(Io::ClientEof) => return Ok(()),
+                Ok(Io::ServerRead) => self.process_server()?,
+                Ok(Io::ServerEof) => {
                     self.process_server()?;
-                    self.flush_client().await?;
-                    return Err(SessionError::ServerClosed);
+                    if !self.replay.failed() && !self.server_gone_while_idle() {
+                        self.flush_client().await?;
+                        return Err(SessionError::ServerClosed);
+                    }
                 }
+                // The server reset the connection after failing the request, or while
+                // it owed nothing.
+                Err(SessionError::ServerIo(_)) if self.replay.failed() || self.server_gone_while_idle() => {}
+                Err(e) => return Err(e),
+            }
+            if self.replay.failed() {
+                self.retry().await?;
             }
         }
+    }
+
+    /// The server closed while the session owed it nothing and was not in a transaction
+    /// (a shutdown or an idle timeout of the server): the session goes on without it and
+    /// borrows another at its next statement. A session-pooled client that may have
+    /// created state there is told at its next message instead. Returns false when the
+    /// server was in the middle of something (the caller ends the session).
+    fn server_gone_while_idle(&mut self) -> bool {
+        let idle = self.expect.is_empty()
+            && !self.unsynced
+            && self.sout.is_empty()
+            && self.tx_status == TransactionStatus::Idle;
+        if !idle || self.server.is_none() {
+            return false;
+        }
+        self.server = None;
+        self.cancel.slot.set(None);
+        self.release_ready = false;
+        if self.mode == PoolMode::Session && self.server_state {
+            tracing::info!(
+                pid = self.cancel.process_id,
+                "server closed an idle session that may hold server-side state; the client will be told"
+            );
+            self.lost_session = Some(Box::new(
+                ErrorFields::fatal(
+                    "08006",
+                    "the server of this session closed its connection; session state kept there (temporary tables, LISTEN, advisory locks, SQL prepared statements, cursors) is gone",
+                )
+                .with_hint("reconnect and recreate the session state"),
+            ));
+        } else {
+            tracing::info!(
+                pid = self.cancel.process_id,
+                "server closed while the session was idle; the next statement borrows another"
+            );
+        }
+        self.server_state = false;
+        true
     }
 
     /// True when the server can go back to the pool: the pool-mode decision at the last
@@ -288,6 +348,9 @@ impl Session {
         // A client waiting for a server must have seen all earlier replies.
         self.flush_client().await?;
         let mut checkout = self.pool.checkout().await?;
+        if self.tx_status == TransactionStatus::Idle && self.mode != PoolMode::Session {
+            self.replay.open(self.cout.len());
+        }
         let conn = checkout.conn();
         tracing::debug!(pid = self.cancel.process_id, server = conn.id, "server acquired");
         self.cancel.slot.set(Some(CancelTarget {
@@ -314,6 +377,7 @@ impl Session {
                 .write_all(&self.cout)
                 .await
                 .map_err(SessionError::ClientIo)?;
+            self.replay.written(self.cout.len());
             self.cout.clear();
         }
         self.client.flush().await.map_err(SessionError::ClientIo)
@@ -330,15 +394,18 @@ impl Session {
 
     /// Makes progress on all four directions; returns when there is input to process.
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<Io, SessionError>> {
-        if let Err(e) = ready_err(poll_write_all(&mut self.client, cx, &mut self.cout)) {
+        let pending = self.cout.len();
+        let wrote = ready_err(poll_write_all(&mut self.client, cx, &mut self.cout));
+        self.replay.written(pending - self.cout.len());
+        if let Err(e) = wrote {
             return Poll::Ready(Err(SessionError::ClientIo(e)));
         }
         if let Some(server) = self.server.as_mut() {
             let conn = server.conn();
-            if let Err(e) = ready_err(poll_write_all(&mut conn.stream, cx, &mut self.sout)) {
-                return Poll::Ready(Err(SessionError::ServerIo(e)));
-            }
-            if self.cout.len() < HIGH_WATER {
+            // A server that closed refuses writes, but what it said before closing (a FATAL
+            // that decides whether the request can run again) is still to be read.
+            let write_error = ready_err(poll_write_all(&mut conn.stream, cx, &mut self.sout)).err();
+            if self.cout.len() < HIGH_WATER || write_error.is_some() {
                 if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
                     conn.rbuf.reserve(16 * 1024);
                 }
@@ -348,6 +415,9 @@ impl Session {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ServerIo(e))),
                     Poll::Pending => {}
                 }
+            }
+            if let Some(e) = write_error {
+                return Poll::Ready(Err(SessionError::ServerIo(e)));
             }
         }
         if self.sout.len() < HIGH_WATER {

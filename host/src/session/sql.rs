@@ -27,6 +27,20 @@ pub enum Command {
     Other,
 }
 
+/// Whether `sql` may create state that lives only on its server and that the proxy cannot
+/// carry to another one: temporary tables, LISTEN, session advisory locks, SQL PREPARE,
+/// WITH HOLD cursors. A keyword scan that errs towards yes (a column named `temperature`
+/// counts): the answer only decides whether a session that lost its server is told so
+/// or moved on silently.
+pub fn may_create_server_state(sql: &[u8]) -> bool {
+    const MARKERS: [&[u8]; 5] = [b"temp", b"listen", b"advisory", b"prepare", b"hold"];
+    (0..sql.len()).any(|i| {
+        MARKERS
+            .iter()
+            .any(|m| sql.get(i..i + m.len()).is_some_and(|s| s.eq_ignore_ascii_case(m)))
+    })
+}
+
 /// Splits `sql` into top-level statements (ignoring empty ones) and classifies each.
 pub fn commands(sql: &[u8]) -> Vec<Command> {
     split_statements(sql).into_iter().map(classify).collect()
@@ -309,6 +323,20 @@ mod tests {
                 value: "1".into()
             }
         );
+    }
+
+    #[test]
+    fn server_state_markers() {
+        use super::may_create_server_state as m;
+        assert!(m(b"CREATE TEMP TABLE t (a int)"));
+        assert!(m(b"create temporary table t (a int)"));
+        assert!(m(b"LISTEN jobs"));
+        assert!(m(b"SELECT pg_advisory_lock(1)"));
+        assert!(m(b"DECLARE c CURSOR WITH HOLD FOR SELECT 1"));
+        assert!(m(b"PREPARE p AS SELECT 1"));
+        assert!(!m(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"));
+        assert!(!m(b"INSERT INTO t VALUES (1)"));
+        assert!(!m(b"tem"));
     }
 
     #[test]

@@ -1,0 +1,298 @@
+//! Running a request again on another server when its server failed it without effect.
+//!
+//! A request that starts outside a transaction on a freshly borrowed server is recorded
+//! (the client's frames, and where its replies start in the client's output buffer) until
+//! its first reply reaches the client. If the server ends it with `FATAL 57P01` (a fast
+//! shutdown or `pg_terminate_backend`) before any CommandComplete, the transaction it ran
+//! in was rolled back, so the proxy drops the server, takes back the replies it had not
+//! sent yet, asks the retry policy (the `retry` plugin or the built-in), and handles the
+//! recorded frames again, which borrows a server on the primary the topology now shows.
+//!
+//! Everything else is never retried: once a reply went out, once a CommandComplete or a
+//! notice that the transaction "has already committed locally" was seen, or when the
+//! server just vanished (its fate is unknown), the client gets the error.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use switchyard_protocol::backend::{parse_error_fields, parse_ready_for_query, ErrorFields, Severity};
+use switchyard_protocol::frame::Frame;
+use switchyard_protocol::frontend::FrontendMessage;
+use switchyard_protocol::TransactionStatus;
+
+use super::backend::Expect;
+use super::{Session, SessionError};
+use crate::policy::retry::{self, FailedRequest, Fate, Phase, RetryDecision};
+
+/// The request in its retry window, if one is open.
+#[derive(Default)]
+pub(super) struct Replay {
+    open: bool,
+    /// The client's frames since the server was borrowed (kept across requests so the
+    /// allocation is reused).
+    frames: Vec<Bytes>,
+    /// Where the request's replies start in the client output buffer.
+    cout_start: usize,
+    started: Option<Instant>,
+    /// 1 for the first run of the request.
+    attempt: u32,
+    /// Set by a retry for the run it starts: (attempt, first start).
+    carry: Option<(u32, Instant)>,
+    /// The server failed the request; what the client would get if it is not retried.
+    failed: Option<(FailedRequest, ErrorFields)>,
+    /// What the server showed of the request's effect so far.
+    effect: Effect,
+    /// The request just ended at a ReadyForQuery with more requests pipelined behind it:
+    /// the window moves to them once that ReadyForQuery is in the output buffer.
+    anchor: bool,
+}
+
+/// Whether the request in the window may have taken effect.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Nothing completed: a `FATAL 57P01` now means it was rolled back.
+    #[default]
+    None,
+    /// A statement completed (or a commit was reported): it may have committed.
+    Some,
+}
+
+impl Replay {
+    /// A server was just borrowed for a request that starts outside a transaction.
+    pub(super) fn open(&mut self, cout_start: usize) {
+        let (attempt, started) = self.carry.take().unwrap_or((1, Instant::now()));
+        self.open = true;
+        self.frames.clear();
+        self.effect = Effect::None;
+        self.anchor = false;
+        self.cout_start = cout_start;
+        self.started = Some(started);
+        self.attempt = attempt;
+    }
+
+    pub(super) fn close(&mut self) {
+        if self.open {
+            self.open = false;
+            self.anchor = false;
+            self.frames.clear();
+        }
+    }
+
+    /// Drops the frames of the request that just ended (up to its Sync or Query); true
+    /// when frames of later requests remain.
+    fn next_request(&mut self) -> bool {
+        let Some(end) = self
+            .frames
+            .iter()
+            .position(|f| matches!(f.first(), Some(b'S' | b'Q')))
+        else {
+            return false;
+        };
+        self.frames.drain(..=end);
+        !self.frames.is_empty()
+    }
+
+    /// Whether the window moves to the next request at the message just handled.
+    pub(super) fn wants_anchor(&self) -> bool {
+        self.anchor
+    }
+
+    /// Moves the window to the pipelined requests, whose replies start at `cout_start`.
+    pub(super) fn reanchor(&mut self, cout_start: usize) {
+        self.anchor = false;
+        self.effect = Effect::None;
+        self.cout_start = cout_start;
+        self.started = Some(Instant::now());
+        self.attempt = 1;
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Records a client frame handled while the window is open, or closes the window for a
+    /// frame that must not run twice.
+    pub(super) fn record(&mut self, raw: Bytes, replayable: bool) {
+        if !self.open {
+            return;
+        }
+        if replayable {
+            self.frames.push(raw);
+        } else {
+            self.close();
+        }
+    }
+
+    /// `n` bytes at the front of the client output buffer were written to the client.
+    pub(super) fn written(&mut self, n: usize) {
+        if !self.open {
+            return;
+        }
+        if n > self.cout_start {
+            self.close(); // a reply of this request reached the client
+        } else {
+            self.cout_start -= n;
+        }
+    }
+
+    /// A server failure is pending for [`Session::retry`].
+    pub(super) fn failed(&self) -> bool {
+        self.failed.is_some()
+    }
+}
+
+/// Whether a client message may be sent to a server twice: not if it changes the session
+/// (its effect is tracked by the proxy as it is handled) or streams COPY data.
+pub(super) fn replayable(msg: &FrontendMessage) -> bool {
+    match msg {
+        FrontendMessage::Query { sql } => !super::frontend::maybe_session_command(sql),
+        FrontendMessage::Parse { query, .. } => !super::frontend::maybe_session_command(query),
+        FrontendMessage::Bind { .. }
+        | FrontendMessage::Describe { .. }
+        | FrontendMessage::Execute { .. }
+        | FrontendMessage::Close { .. }
+        | FrontendMessage::Sync
+        | FrontendMessage::Flush => true,
+        _ => false,
+    }
+}
+
+impl Session {
+    /// Looks at a server message while a retry window is open: returns `true` when the
+    /// message fails the request in a retryable way (it is then not forwarded). Marks the
+    /// request as having taken effect at any sign of it, and at its ReadyForQuery moves the
+    /// window on to the requests the client pipelined behind it.
+    pub(super) fn watch_for_retry(&mut self, tag: u8, body: &[u8]) -> bool {
+        use switchyard_protocol::backend::tags;
+        if tag == tags::ERROR_RESPONSE {
+            return self.replay.effect == Effect::None && self.note_failure(body);
+        }
+        if matches!(self.expect.front(), Some(Expect::InjectedQuery)) {
+            return false; // the proxy's own session settings, ahead of the request
+        }
+        match tag {
+            // "canceling the wait for synchronous replication ... The transaction has
+            // already committed locally": the server is going away after a commit.
+            tags::NOTICE_RESPONSE if parse_error_fields(body).is_ok_and(|f| f.code == "57P01") => {
+                self.replay.effect = Effect::Some;
+            }
+            tags::COMMAND_COMPLETE | tags::EMPTY_QUERY_RESPONSE | tags::PORTAL_SUSPENDED => {
+                self.replay.effect = Effect::Some;
+            }
+            tags::COPY_IN_RESPONSE | tags::COPY_OUT_RESPONSE | tags::COPY_BOTH_RESPONSE => {
+                self.replay.close()
+            }
+            tags::READY_FOR_QUERY => {
+                let idle = parse_ready_for_query(body).is_ok_and(|s| s == TransactionStatus::Idle);
+                // The request is over; requests pipelined behind it (already sent to this
+                // server, none of their replies out yet) get a window of their own.
+                if idle && self.replay.next_request() {
+                    self.replay.anchor = true;
+                } else {
+                    self.replay.close();
+                }
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// Records a `FATAL 57P01` ending the request; `false` for any other error.
+    fn note_failure(&mut self, body: &[u8]) -> bool {
+        let Ok(fields) = parse_error_fields(body) else {
+            return false;
+        };
+        if fields.severity != Severity::Fatal || fields.code != "57P01" {
+            return false;
+        }
+        let node = self.server_node().unwrap_or(0);
+        let failed = FailedRequest {
+            sqlstate: fields.code.clone(),
+            message: fields.message.clone(),
+            phase: Phase::BeforeAnyResult,
+            fate: Fate::NotApplied,
+            node,
+            attempt: self.replay.attempt,
+            elapsed: self.replay.started.map(|s| s.elapsed()).unwrap_or_default(),
+        };
+        self.replay.failed = Some((failed, fields));
+        true
+    }
+
+    /// The index of the current server's node in its cluster.
+    fn server_node(&mut self) -> Option<u32> {
+        let server = self.server.as_mut()?;
+        let addr = server.conn().addr.clone();
+        let cluster = &server.pool().cluster;
+        cluster.nodes.iter().position(|n| *n == addr).map(|i| i as u32)
+    }
+
+    /// Handles a failure recorded by [`Session::watch_for_retry`]: drops the server and the
+    /// replies not yet sent, then runs the request again or ends the session with the
+    /// server's error, as the retry policy decides.
+    pub(super) async fn retry(&mut self) -> Result<(), SessionError> {
+        let Some((failed, fields)) = self.replay.failed.take() else {
+            return Ok(());
+        };
+        let started = self.replay.started.unwrap_or_else(Instant::now);
+        let frames = std::mem::take(&mut self.replay.frames);
+        self.replay.open = false;
+        // The server is gone or going; whatever it owed dies with it.
+        self.server = None;
+        self.cancel.slot.set(None);
+        self.cout.truncate(self.replay.cout_start);
+        self.expect.clear();
+        self.unsynced = false;
+        self.skipping = false;
+        self.copy_in = false;
+        self.release_ready = false;
+        self.tx_status = TransactionStatus::Idle;
+        self.tx_statements = 0;
+
+        let budget = self.pool.cluster.hold_timeout;
+        let decision = retry::decide(&failed, budget);
+        let node = self
+            .pool
+            .cluster
+            .nodes
+            .get(failed.node as usize)
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let delay = match decision {
+            RetryDecision::Surface => {
+                tracing::info!(
+                    pid = self.cancel.process_id, %node, sqlstate = %failed.sqlstate,
+                    attempt = failed.attempt, "request failed by its server; not retried"
+                );
+                return Err(SessionError::Fatal(Box::new(fields)));
+            }
+            RetryDecision::RetryAfter(d) => d,
+            // The pool holds the request until the topology shows a primary it can reach;
+            // a short pause first lets the probes see the node go.
+            RetryDecision::Hold(_) => {
+                self.pool.cluster.suspect(failed.node as usize);
+                retry::backoff(failed.attempt)
+            }
+        };
+        tracing::info!(
+            pid = self.cancel.process_id, %node, sqlstate = %failed.sqlstate,
+            attempt = failed.attempt, delay_ms = delay.as_millis() as u64,
+            "request failed by its server before taking effect; running it again"
+        );
+        self.pool
+            .stats
+            .retried
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        self.replay.carry = Some((failed.attempt + 1, started));
+        for raw in frames {
+            let frame = Frame::new(raw)?;
+            let msg = FrontendMessage::decode(&frame)?;
+            let replay = replayable(&msg);
+            self.handle(msg, frame.raw()).await?;
+            self.replay.record(frame.into_raw(), replay);
+        }
+        self.replay.carry = None;
+        Ok(())
+    }
+}
