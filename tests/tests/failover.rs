@@ -195,3 +195,63 @@ async fn an_autocommit_write_cut_by_a_shutdown_runs_once_on_the_new_primary_and_
     );
     bed.ensure_proxy_alive()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_pooled_client_moves_on_unless_it_kept_state_on_the_lost_server() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_full(
+        ClusterOptions {
+            replica: true,
+            ..Default::default()
+        },
+        |cfg, _| {
+            Ok(cfg
+                .with_admin()
+                .set("databases.app.pool_mode", "session")
+                .set("clusters.main.probe_user", "app")
+                .set("clusters.main.probe_database", "app")
+                .set("clusters.main.probe_interval", "100ms")
+                .set("clusters.main.hold_timeout", "20s"))
+        },
+    )?;
+    let endpoint = bed.endpoint();
+    let old = format!("{}:{}", bed.pg().primary().host(), bed.pg().primary().port());
+    let new = format!("{}:{}", bed.pg().replica().host(), bed.pg().replica().port());
+    wait_for_primary(&endpoint, &old, Duration::from_secs(10)).await?;
+
+    // Both clients are idle in session pooling when the primary stops. One only set a
+    // setting and prepared a statement (both carried by the proxy); the other created a
+    // temporary table, which lived on the lost server.
+    let stateless = endpoint.connect_app().await?;
+    stateless
+        .batch_execute("SET application_name = 'stateless'")
+        .await?;
+    let statement = stateless
+        .prepare("SELECT current_setting('application_name')")
+        .await?;
+    let stateful = endpoint.connect_app().await?;
+    stateful
+        .batch_execute("CREATE TEMP TABLE scratch (a int)")
+        .await?;
+
+    bed.pg_mut().primary_mut().stop("fast")?;
+    bed.pg().replica().promote()?;
+    wait_for_primary(&endpoint, &new, Duration::from_secs(20)).await?;
+
+    let name: String = stateless.query_one(&statement, &[]).await?.get(0);
+    ensure!(
+        name == "stateless",
+        "the session's setting did not follow it to the new server: {name}"
+    );
+    let lost = stateful.batch_execute("SELECT count(*) FROM scratch").await;
+    let error = lost
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_db_error())
+        .map(|e| (e.code().code().to_string(), e.message().to_string()));
+    ensure!(
+        matches!(&error, Some((code, message)) if code == "08006" && message.contains("temporary tables")),
+        "a session whose server-side state was lost must be told so: {lost:?}"
+    );
+    bed.ensure_proxy_alive()
+}
