@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod incident;
 pub mod listener;
 pub mod net;
 pub mod plugins;

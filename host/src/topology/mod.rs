@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::auth::UserAuth;
 use crate::config::{ClusterConfig, NodeRole};
+use crate::incident::Incidents;
 use crate::net::ServerTls;
 use crate::policy::topology::{choose_primary, evaluate, ProbeSample, Role, Verdict};
 use crate::server::NodeAddr;
@@ -68,6 +69,8 @@ pub struct Cluster {
     changed: watch::Sender<u64>,
     /// Wakes a node's prober ahead of its interval (a pool could not connect to it).
     pokes: Vec<Notify>,
+    /// Failover events: what clients went through while the cluster had no primary.
+    pub incidents: Arc<Incidents>,
 }
 
 impl Cluster {
@@ -124,6 +127,7 @@ impl Cluster {
             }),
             update: Mutex::new(()),
             changed: watch::channel(1).0,
+            incidents: Arc::new(Incidents::new(name)),
         }
     }
 

@@ -1,0 +1,161 @@
+//! The decision log's summary of a failover event: from the moment a cluster loses its
+//! primary (or an operator holds its traffic) until a primary is confirmed and traffic
+//! flows, how many clients were held and for how long, how many requests ran again, and
+//! how many clients got an error. One info line closes each event, and the running totals
+//! are the counters behind `SHOW CLUSTERS`.
+//!
+//! Clients report what happened to them (`held`, `retried`, `client_error`); the topology
+//! and the pause gate open and close the event. Holds that end just after the event closes
+//! (the clients it released) still count towards it: the summary is written a moment later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long after an event closes its summary is written, so the clients it released can
+/// report their holds.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Counters since the proxy started, for one cluster.
+#[derive(Default)]
+pub struct Totals {
+    pub events: AtomicU64,
+    /// Clients that waited for a primary or a resume.
+    pub held: AtomicU64,
+    /// Longest single hold, in microseconds.
+    pub longest_hold_us: AtomicU64,
+    /// Requests run again after their server failed them without effect.
+    pub retried: AtomicU64,
+    /// Clients that got an error because of their server (lost connection, no primary
+    /// within the hold, a request that could not be retried).
+    pub client_errors: AtomicU64,
+}
+
+/// The open event, if any.
+struct Open {
+    reason: String,
+    started: Instant,
+    /// Totals when it opened; the summary reports the difference.
+    held: u64,
+    retried: u64,
+    errors: u64,
+    longest_before: u64,
+}
+
+/// Failover events of one cluster.
+pub struct Incidents {
+    cluster: String,
+    pub totals: Totals,
+    open: Mutex<Option<Open>>,
+    /// The last summary line, for `SHOW CLUSTERS`.
+    last: Mutex<Option<String>>,
+}
+
+impl Incidents {
+    pub fn new(cluster: &str) -> Incidents {
+        Incidents {
+            cluster: cluster.to_string(),
+            totals: Totals::default(),
+            open: Mutex::new(None),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Opens an event (no-op while one is open).
+    pub fn begin(&self, reason: &str) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.is_some() {
+            return;
+        }
+        let t = &self.totals;
+        t.events.fetch_add(1, Ordering::Relaxed);
+        *open = Some(Open {
+            reason: reason.to_string(),
+            started: Instant::now(),
+            held: t.held.load(Ordering::Relaxed),
+            retried: t.retried.load(Ordering::Relaxed),
+            errors: t.client_errors.load(Ordering::Relaxed),
+            longest_before: t.longest_hold_us.swap(0, Ordering::Relaxed),
+        });
+        tracing::info!(cluster = %self.cluster, reason, "failover event: holding new transactions");
+    }
+
+    /// Closes the open event; its summary is logged once the clients it released have
+    /// reported. Needs a Tokio runtime.
+    pub fn end(self: &Arc<Self>, outcome: &str) {
+        let Some(open) = self.open.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let duration = open.started.elapsed();
+        let this = self.clone();
+        let outcome = outcome.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(SETTLE).await;
+            this.summarize(open, duration, &outcome);
+        });
+    }
+
+    fn summarize(&self, open: Open, duration: Duration, outcome: &str) {
+        let t = &self.totals;
+        let held = t.held.load(Ordering::Relaxed) - open.held;
+        let retried = t.retried.load(Ordering::Relaxed) - open.retried;
+        let errors = t.client_errors.load(Ordering::Relaxed) - open.errors;
+        let longest = Duration::from_micros(t.longest_hold_us.load(Ordering::Relaxed));
+        t.longest_hold_us.fetch_max(open.longest_before, Ordering::Relaxed);
+        let line = format!(
+            "{} → {outcome} in {:.2} s: held {held} clients (longest {:.2} s), retried {retried} requests, {errors} client errors",
+            open.reason,
+            duration.as_secs_f64(),
+            longest.as_secs_f64(),
+        );
+        tracing::info!(cluster = %self.cluster, held, retried, client_errors = errors, "failover event over: {line}");
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The last event's summary line.
+    pub fn last_summary(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A client waited `waited` for a primary or a resume.
+    pub fn held(&self, waited: Duration) {
+        self.totals.held.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.totals.longest_hold_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn retried(&self) {
+        self.totals.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn client_error(&self) {
+        self.totals.client_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_reports_what_happened_during_it() {
+        let incidents = Arc::new(Incidents::new("main"));
+        incidents.held(Duration::from_secs(9)); // before the event: not in its summary
+        incidents.begin("primary 127.0.0.1:5432 lost");
+        incidents.begin("ignored while open");
+        incidents.held(Duration::from_millis(800));
+        incidents.retried();
+        incidents.end("primary 127.0.0.1:5433");
+        incidents.held(Duration::from_millis(1200)); // released by the end, reports late
+        tokio::time::sleep(SETTLE * 2).await;
+        let line = incidents.last_summary().expect("a summary");
+        assert!(line.starts_with("primary 127.0.0.1:5432 lost → primary 127.0.0.1:5433"), "{line}");
+        assert!(line.contains("held 2 clients (longest 1.20 s), retried 1 requests, 0 client errors"), "{line}");
+        assert_eq!(incidents.totals.events.load(Ordering::Relaxed), 1);
+        assert_eq!(incidents.totals.longest_hold_us.load(Ordering::Relaxed), 9_000_000);
+    }
+}
