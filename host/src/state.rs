@@ -73,7 +73,8 @@ pub struct ProxyState {
     pub topology: Topology,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     pub cancels: Arc<CancelRegistry>,
-    pub plugins: PluginRegistry,
+    /// Shared with the clusters, which ask their `health` and `switchover` plugins.
+    pub plugins: Arc<PluginRegistry>,
     /// Serialises reloads (SIGHUP, admin RELOAD, the plugin file watcher).
     reloading: tokio::sync::Mutex<()>,
     pub tls: Option<TlsAcceptor>,
@@ -115,6 +116,7 @@ impl ProxyState {
             users.insert(name.clone(), Arc::new(auth));
         }
         let server_tls = server_tls_connector(config.pool.server_tls, config.pool.server_tls_ca.as_deref())?;
+        let plugins = Arc::new(PluginRegistry::start(&config)?);
         let mut topology = Topology::default();
         for (name, cluster) in &config.clusters {
             let probe = cluster.probe_user.as_ref().map(|u| ProbeSettings {
@@ -127,9 +129,8 @@ impl ProxyState {
             if probe.is_none() && cluster.nodes.len() > 1 {
                 tracing::warn!(cluster = %name, "no probe_user: the nodes are not probed, the configured primary gets all traffic");
             }
-            topology
-                .clusters
-                .insert(name.clone(), Arc::new(Cluster::new(name, cluster, probe)));
+            let cluster = Cluster::new(name, cluster, probe).with_plugins(plugins.clone());
+            topology.clusters.insert(name.clone(), Arc::new(cluster));
         }
         let mut databases = HashMap::new();
         for (name, db) in &config.databases {
@@ -153,7 +154,6 @@ impl ProxyState {
                 },
             );
         }
-        let plugins = PluginRegistry::start(&config)?;
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(client_tls_acceptor(cert, key)?),
             _ => None,

@@ -68,3 +68,31 @@ fn zero_pool_size_is_refused() {
     let e = err(&GOOD.replace("size = 4", "size = 0"));
     assert!(e.contains("pool.size") && e.contains("t.toml:6"), "{e}");
 }
+
+#[test]
+fn topology_plugins_are_assigned_per_cluster() {
+    let with = |extra: &str| format!("{GOOD}\n[plugins.ha]\npath = \"ha.wasm\"\n{extra}");
+    let c = Config::parse(
+        &with("hooks = [\"health\", \"switchover\"]\nclusters = [\"main\"]\n"),
+        "t.toml",
+    )
+    .unwrap();
+    let ha = &c.plugins["ha"];
+    assert!(ha.serves_cluster(HookKind::Health, "main"));
+    assert!(
+        !ha.serves(HookKind::Health, "app"),
+        "health is not a session hook"
+    );
+    let e = err(&with("hooks = [\"health\"]\nclusters = [\"mian\"]\n"));
+    assert!(
+        e.contains("t.toml:24") && e.contains("plugins.ha.clusters") && e.contains("mian"),
+        "{e}"
+    );
+    let e = err(&with("hooks = [\"pool-mode\"]\nclusters = [\"main\"]\n"));
+    assert!(
+        e.contains("plugins.ha.clusters") && e.contains("t.toml:24"),
+        "{e}"
+    );
+    let e = err(&with("hooks = [\"health\"]\ndatabases = [\"app\"]\n"));
+    assert!(e.contains("plugins.ha.databases"), "{e}");
+}

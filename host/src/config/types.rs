@@ -62,6 +62,14 @@ impl HookKind {
     }
 }
 
+impl HookKind {
+    /// Topology hooks (`health`, `switchover`) are assigned per cluster (`clusters`); the
+    /// others per database (`databases`).
+    pub fn per_cluster(self) -> bool {
+        matches!(self, HookKind::Health | HookKind::Switchover)
+    }
+}
+
 impl std::fmt::Display for HookKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -76,8 +84,11 @@ pub struct PluginConfig {
     pub path: Spanned<PathBuf>,
     /// Hooks this plugin serves; each must be exported by the component.
     pub hooks: Vec<HookKind>,
-    /// Databases whose sessions use it; all when absent.
+    /// Databases whose sessions use it (hooks `pool-mode`, `router`, `retry`); all when
+    /// absent.
     pub databases: Option<Vec<Spanned<String>>>,
+    /// Clusters whose topology it judges (hooks `health`, `switchover`); all when absent.
+    pub clusters: Option<Vec<Spanned<String>>>,
     /// Passed to the plugin's `init` as text key/value pairs.
     #[serde(default)]
     pub settings: BTreeMap<String, toml::Value>,
@@ -98,12 +109,24 @@ impl PluginConfig {
             .collect()
     }
 
+    /// Whether it serves `hook` for `database` (a session hook).
     pub fn serves(&self, hook: HookKind, database: &str) -> bool {
-        self.hooks.contains(&hook)
+        !hook.per_cluster()
+            && self.hooks.contains(&hook)
             && self
                 .databases
                 .as_ref()
                 .is_none_or(|dbs| dbs.iter().any(|d| d.get_ref() == database))
+    }
+
+    /// Whether it serves `hook` for `cluster` (a topology hook).
+    pub fn serves_cluster(&self, hook: HookKind, cluster: &str) -> bool {
+        hook.per_cluster()
+            && self.hooks.contains(&hook)
+            && self
+                .clusters
+                .as_ref()
+                .is_none_or(|cs| cs.iter().any(|c| c.get_ref() == cluster))
     }
 }
 

@@ -158,6 +158,38 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
                 ));
             }
         }
+        for cluster in plugin.clusters.iter().flatten() {
+            if !config.clusters.contains_key(cluster.get_ref()) {
+                let known: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
+                return Err(at(
+                    cluster.span(),
+                    format!("plugins.{name}.clusters"),
+                    format!(
+                        "unknown cluster {:?}; defined clusters: {}",
+                        cluster.get_ref(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        if plugin.clusters.is_some() && !plugin.hooks.iter().any(|h| h.per_cluster()) {
+            return Err(Violation {
+                line: key_line(text, &format!("plugins.{name}"), "clusters"),
+                key: format!("plugins.{name}.clusters"),
+                message: "clusters applies to the health and switchover hooks, which this plugin does not serve (use databases)".into(),
+            });
+        }
+        if plugin.databases.is_some() && plugin.hooks.iter().all(|h| h.per_cluster()) {
+            return Err(Violation {
+                line: key_line(text, &format!("plugins.{name}"), "databases"),
+                key: format!("plugins.{name}.databases"),
+                message: "databases applies to the pool-mode, router and retry hooks; health and switchover are assigned with clusters".into(),
+            });
+        }
     }
     let mut served = std::collections::BTreeMap::new();
     for (name, plugin) in &config.plugins {
@@ -170,6 +202,24 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
                             key: format!("plugins.{name}.hooks"),
                             message: format!(
                                 "plugins {other:?} and {name:?} both serve {hook:?} for database {db:?}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mut judged = std::collections::BTreeMap::new();
+    for (name, plugin) in &config.plugins {
+        for cluster in config.clusters.keys() {
+            for hook in &plugin.hooks {
+                if plugin.serves_cluster(*hook, cluster) {
+                    if let Some(other) = judged.insert((cluster.clone(), *hook), name.clone()) {
+                        return Err(Violation {
+                            line: header_line(text, "plugins", name),
+                            key: format!("plugins.{name}.hooks"),
+                            message: format!(
+                                "plugins {other:?} and {name:?} both serve {hook:?} for cluster {cluster:?}"
                             ),
                         });
                     }

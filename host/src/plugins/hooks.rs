@@ -25,11 +25,14 @@ pub struct HookIndices {
     health: Option<health::GuestIndices>,
 }
 
-/// One instance's hook functions (those the host calls today; the failover hooks are
-/// type-checked at load by [`HookIndices::check`] and bound here with the topology work).
+/// One instance's hook functions (those the host calls; `router` is type-checked at load by
+/// [`HookIndices::check`] and bound here once the host routes).
 pub struct Hooks {
     pub lifecycle: lifecycle::Guest,
     pub pool_mode: Option<pool_mode::Guest>,
+    pub retry: Option<retry::Guest>,
+    pub switchover: Option<switchover::Guest>,
+    pub health: Option<health::Guest>,
 }
 
 impl HookIndices {
@@ -94,6 +97,21 @@ impl HookIndices {
                 .as_ref()
                 .map(|i| i.load(&mut store, instance))
                 .transpose()?,
+            retry: self
+                .retry
+                .as_ref()
+                .map(|i| i.load(&mut store, instance))
+                .transpose()?,
+            switchover: self
+                .switchover
+                .as_ref()
+                .map(|i| i.load(&mut store, instance))
+                .transpose()?,
+            health: self
+                .health
+                .as_ref()
+                .map(|i| i.load(&mut store, instance))
+                .transpose()?,
         })
     }
 
@@ -107,15 +125,6 @@ impl HookIndices {
         let mut store = store.as_context_mut();
         self.load(&mut store, instance)?;
         if let Some(i) = &self.router {
-            i.load(&mut store, instance)?;
-        }
-        if let Some(i) = &self.retry {
-            i.load(&mut store, instance)?;
-        }
-        if let Some(i) = &self.switchover {
-            i.load(&mut store, instance)?;
-        }
-        if let Some(i) = &self.health {
             i.load(&mut store, instance)?;
         }
         Ok(())

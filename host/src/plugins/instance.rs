@@ -279,7 +279,9 @@ impl Instances {
         }
     }
 
-    fn failed(&self, error: CallError) -> CallError {
+    /// Counts a failed call (also one whose answer the host could not use) toward the
+    /// breaker and `SHOW PLUGINS`.
+    pub fn failed(&self, error: CallError) -> CallError {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(plugin = &*self.name, error = %error, consecutive = n, "plugin call failed; built-in policy answers");

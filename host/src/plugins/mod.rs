@@ -11,6 +11,7 @@
 mod bindings;
 mod cache;
 mod engine;
+mod failover;
 mod hooks;
 mod instance;
 mod registry;

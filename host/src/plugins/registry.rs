@@ -16,12 +16,16 @@ use super::bindings::PluginCounters;
 use super::{ComponentFile, Loader, Plugin, PluginError};
 use crate::config::{Config, HookKind};
 
-/// One generation of the plugin set: which plugin serves which hook for which database.
+/// One generation of the plugin set: which plugin serves which hook for which database
+/// (session hooks) or cluster (topology hooks).
 #[derive(Default)]
 pub struct PluginHost {
     generation: u64,
     plugins: Vec<Arc<Plugin>>,
     pool_mode: HashMap<String, Arc<Plugin>>,
+    retry: HashMap<String, Arc<Plugin>>,
+    health: HashMap<String, Arc<Plugin>>,
+    switchover: HashMap<String, Arc<Plugin>>,
 }
 
 impl PluginHost {
@@ -35,25 +39,55 @@ impl PluginHost {
         self.pool_mode.get(database).cloned()
     }
 
+    /// The plugin deciding retries of failed requests for `database`, if any.
+    pub fn retry(&self, database: &str) -> Option<Arc<Plugin>> {
+        self.retry.get(database).cloned()
+    }
+
+    /// The plugin judging probes of `cluster`'s nodes, if any.
+    pub fn health(&self, cluster: &str) -> Option<Arc<Plugin>> {
+        self.health.get(cluster).cloned()
+    }
+
+    /// The plugin deciding what `cluster`'s topology events do to traffic, if any.
+    pub fn switchover(&self, cluster: &str) -> Option<Arc<Plugin>> {
+        self.switchover.get(cluster).cloned()
+    }
+
     pub fn plugins(&self) -> &[Arc<Plugin>] {
         &self.plugins
     }
 
     fn build(generation: u64, config: &Config, plugins: Vec<Arc<Plugin>>) -> PluginHost {
-        let mut pool_mode = HashMap::new();
+        let mut host = PluginHost {
+            generation,
+            ..PluginHost::default()
+        };
         for plugin in &plugins {
             let plugin_config = &config.plugins[&plugin.name];
-            for db in config.databases.keys() {
-                if plugin_config.serves(HookKind::PoolMode, db) {
-                    pool_mode.insert(db.clone(), plugin.clone());
+            for (hook, map) in [
+                (HookKind::PoolMode, &mut host.pool_mode),
+                (HookKind::Retry, &mut host.retry),
+            ] {
+                for db in config.databases.keys() {
+                    if plugin_config.serves(hook, db) {
+                        map.insert(db.clone(), plugin.clone());
+                    }
+                }
+            }
+            for (hook, map) in [
+                (HookKind::Health, &mut host.health),
+                (HookKind::Switchover, &mut host.switchover),
+            ] {
+                for cluster in config.clusters.keys() {
+                    if plugin_config.serves_cluster(hook, cluster) {
+                        map.insert(cluster.clone(), plugin.clone());
+                    }
                 }
             }
         }
-        PluginHost {
-            generation,
-            plugins,
-            pool_mode,
-        }
+        host.plugins = plugins;
+        host
     }
 }
 
@@ -277,10 +311,15 @@ fn plugin_assignment_changed(a: &Config, b: &Config) -> bool {
     let assignment = |c: &Config| -> Vec<(String, String)> {
         let mut v = Vec::new();
         for (name, p) in &c.plugins {
-            for db in c.databases.keys() {
-                for hook in &p.hooks {
+            for hook in &p.hooks {
+                for db in c.databases.keys() {
                     if p.serves(*hook, db) {
                         v.push((format!("{hook}/{db}"), name.clone()));
+                    }
+                }
+                for cluster in c.clusters.keys() {
+                    if p.serves_cluster(*hook, cluster) {
+                        v.push((format!("{hook}/cluster {cluster}"), name.clone()));
                     }
                 }
             }

@@ -4,4 +4,5 @@
 
 pub mod pool_mode;
 pub mod retry;
+pub mod switchover;
 pub mod topology;

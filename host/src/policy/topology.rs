@@ -34,6 +34,21 @@ pub struct ProbeSample {
     pub consecutive_failures: u32,
 }
 
+/// What a health policy judges: one probe of one node, with what the host knows around it
+/// (the twin of the WIT `probe-sample`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeInput<'a> {
+    /// Index of the node in its cluster's `nodes`.
+    pub node: usize,
+    pub sample: ProbeSample,
+    /// The primary's last known WAL position (0 when none), to judge a replica's lag.
+    pub primary_lsn: u64,
+    /// Round trip of the probe (none when it failed).
+    pub latency: Option<std::time::Duration>,
+    /// Why the probe failed.
+    pub error: Option<&'a str>,
+}
+
 /// What a node is good for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Verdict {

@@ -6,7 +6,9 @@
 //!
 //! Without a `probe_user` a cluster is not probed and its configured roles are trusted.
 
+mod events;
 pub mod patroni;
+mod policies;
 mod probe;
 
 use std::collections::HashMap;
@@ -20,16 +22,27 @@ use crate::auth::UserAuth;
 use crate::config::{ClusterConfig, NodeRole};
 use crate::incident::Incidents;
 use crate::net::ServerTls;
-use crate::policy::topology::{choose_primary, evaluate, ProbeSample, Role, Verdict};
+use crate::plugins::PluginRegistry;
+use crate::policy::switchover::{HoldPlan, TopologyEvent};
+use crate::policy::topology::{ProbeInput, ProbeSample, Role, Verdict};
 use crate::server::NodeAddr;
+
+use self::policies::Policies;
 
 /// One node as last probed.
 #[derive(Debug, Clone, Default)]
 pub struct NodeState {
     pub sample: ProbeSample,
     pub verdict: Verdict,
-    /// Claims to be primary on an older timeline than the primary: gets no writes.
+    /// Gets no writes: it claims to be primary on an older timeline than the primary, or
+    /// the switchover policy fenced it.
     pub fenced: bool,
+    /// Claims to be primary on an older timeline than the confirmed primary.
+    pub older_timeline: bool,
+    /// Fenced by the switchover policy, until it moves traffic to the node again.
+    pub fenced_by_policy: bool,
+    /// Servers on it are closed when they come back to the pool (switchover policy `drain`).
+    pub draining: bool,
     pub lag_bytes: u64,
     pub last_probe: Option<SystemTime>,
     pub probe_time: Option<Duration>,
@@ -41,8 +54,23 @@ pub struct NodeState {
 pub struct ClusterView {
     /// Changes whenever the primary changes.
     pub generation: u64,
+    /// The node new transactions go to: the confirmed primary once the switchover policy
+    /// moved traffic there; none while there is no confirmed primary (or the policy has not
+    /// moved yet).
     pub primary: Option<usize>,
+    /// The node the probes confirm as primary (usable for writes, newest timeline).
+    pub candidate: Option<usize>,
     pub nodes: Vec<NodeState>,
+}
+
+/// New transactions of a cluster's databases wait (switchover policy `hold`).
+#[derive(Debug, Clone, Copy)]
+pub struct Hold {
+    pub since: Instant,
+    /// Held transactions go on (and meet whatever the topology is then) at this point.
+    pub until: Instant,
+    /// Running transactions may finish until then.
+    pub drain_until: Instant,
 }
 
 /// How the proxy probes a cluster.
@@ -71,6 +99,10 @@ pub struct Cluster {
     pokes: Vec<Notify>,
     /// Failover events: what clients went through while the cluster had no primary.
     pub incidents: Arc<Incidents>,
+    /// The switchover policy's hold; waiters subscribe.
+    hold: watch::Sender<Option<Hold>>,
+    /// The cluster's health and switchover plugins (or the built-ins).
+    policies: Policies,
 }
 
 impl Cluster {
@@ -123,12 +155,22 @@ impl Cluster {
             view: ArcSwap::from_pointee(ClusterView {
                 generation: 1,
                 primary: Some(primary),
+                candidate: Some(primary),
                 nodes: states,
             }),
             update: Mutex::new(()),
             changed: watch::channel(1).0,
             incidents: Arc::new(Incidents::new(name)),
+            hold: watch::channel(None).0,
+            policies: Policies::default(),
         }
+    }
+
+    /// Asks the cluster's `health` and `switchover` plugins in `registry` (as it is at each
+    /// decision, so reloads apply) before the built-in policies.
+    pub fn with_plugins(mut self, registry: Arc<PluginRegistry>) -> Cluster {
+        self.policies = Policies::new(registry);
+        self
     }
 
     pub fn view(&self) -> Arc<ClusterView> {
@@ -188,35 +230,67 @@ impl Cluster {
         }
     }
 
-    /// Records a probe of `node` and recomputes the primary.
+    /// Records a probe of `node`: the cluster's health policy judges it, the view is
+    /// recomputed, and the topology events it causes go to the switchover policy, whose
+    /// actions are applied before the new view is published.
     fn record(&self, node: usize, sample: ProbeSample, probe_time: Option<Duration>, error: Option<String>) {
+        let primary_lsn = {
+            let view = self.view.load();
+            view.candidate.map_or(0, |p| view.nodes[p].sample.lsn)
+        };
+        // The health call runs before the lock: a slow plugin holds up only this prober.
+        let verdict = self.policies.judge(
+            self,
+            &ProbeInput {
+                node,
+                sample,
+                primary_lsn,
+                latency: probe_time,
+                error: error.as_deref(),
+            },
+        );
         let _one_writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.view.load_full();
         let mut view = (*old).clone();
         let state = &mut view.nodes[node];
         state.sample = sample;
-        state.verdict = evaluate(&sample);
+        state.verdict = verdict;
         state.last_probe = Some(SystemTime::now());
         state.probe_time = probe_time;
         state.last_error = error;
-        let inputs: Vec<(Verdict, u32)> = view
-            .nodes
-            .iter()
-            .map(|n| (n.verdict, n.sample.timeline))
-            .collect();
-        let (primary, fenced) = choose_primary(&inputs, old.primary);
-        let primary_lsn = primary.map_or(0, |p| view.nodes[p].sample.lsn);
-        for (i, n) in view.nodes.iter_mut().enumerate() {
-            n.fenced = fenced.contains(&i);
-            n.lag_bytes = match n.verdict.role {
-                Role::Replica if primary_lsn > 0 => primary_lsn.saturating_sub(n.sample.lsn),
-                _ => 0,
-            };
+        let mut events = events::follow_probes(&old, &mut view, node);
+        if let Some(expired) = self.take_expired_hold() {
+            tracing::info!(cluster = %self.name, held_for = ?expired.until.duration_since(expired.since), "hold expired");
+            events.push(TopologyEvent::HoldExpired);
         }
-        view.primary = primary;
-        if primary != old.primary {
+        self.decide_and_publish(&old, view, &events);
+    }
+
+    /// An operator or HA manager announced a planned stop of `node` (admin `PAUSE NODE`,
+    /// the proxy's `SWITCHOVER`): the switchover policy decides (the built-in holds new
+    /// transactions and drains the node when it is the primary). Returns the hold in force
+    /// afterwards, whose `drain_until` bounds how long running transactions may take.
+    pub fn planned_stop(&self, node: usize) -> Option<Hold> {
+        let _one_writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.view.load_full();
+        let view = (*old).clone();
+        self.decide_and_publish(&old, view, &[TopologyEvent::PlannedStop(node)]);
+        self.hold()
+    }
+
+    /// Runs `events` through the switchover policy, applies the actions to `view` and
+    /// publishes it. Called with `update` held.
+    fn decide_and_publish(&self, old: &ClusterView, mut view: ClusterView, events: &[TopologyEvent]) {
+        for &event in events {
+            let actions = self.policies.on_event(self, event, &view);
+            for action in actions {
+                events::apply(self, &mut view, action);
+            }
+        }
+        events::refresh(&mut view);
+        if view.primary != old.primary {
             view.generation += 1;
-            match (old.primary, primary) {
+            match (old.primary, view.primary) {
                 (_, Some(p)) => tracing::info!(
                     cluster = %self.name,
                     primary = %self.nodes[p],
@@ -227,13 +301,9 @@ impl Cluster {
                 (Some(o), None) => tracing::warn!(
                     cluster = %self.name,
                     lost = %self.nodes[o],
-                    "no primary: holding transactions that need one (hold_timeout {:?})",
-                    self.hold_timeout
+                    "no primary: holding transactions that need one"
                 ),
                 (None, None) => {}
-            }
-            for &f in &fenced {
-                tracing::warn!(cluster = %self.name, node = %self.nodes[f], timeline = view.nodes[f].sample.timeline, "node claims primary on an older timeline: fenced");
             }
         }
         let generation = view.generation;
@@ -241,6 +311,67 @@ impl Cluster {
         if generation != old.generation {
             self.changed.send_replace(generation);
         }
+    }
+
+    /// The hold in force, if any: new transactions of the cluster's databases wait (see
+    /// [`Cluster::wait_while_held`]).
+    pub fn hold(&self) -> Option<Hold> {
+        (*self.hold.borrow()).filter(|h| Instant::now() < h.until)
+    }
+
+    /// Waits while a hold is in force: until the switchover policy resumes, or the hold's
+    /// budget runs out.
+    pub async fn wait_while_held(&self) {
+        let mut rx = self.hold.subscribe();
+        loop {
+            let Some(hold) = *rx.borrow_and_update() else {
+                return;
+            };
+            if Instant::now() >= hold.until {
+                return;
+            }
+            if tokio::time::timeout_at(hold.until.into(), rx.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// How long a transaction that started at `started` may wait for a primary: to the end
+    /// of the hold in force, or else `hold_timeout` from its start.
+    pub fn hold_deadline(&self, started: Instant) -> Instant {
+        self.hold().map_or(started + self.hold_timeout, |h| h.until)
+    }
+
+    /// Whether servers on `node` are to be closed when they come back to the pool (the
+    /// switchover policy drained it; a `move-to` it undoes that).
+    pub fn draining(&self, node: usize) -> bool {
+        self.view.load().nodes.get(node).is_some_and(|n| n.draining)
+    }
+
+    /// Starts holding new transactions, or extends the hold in force.
+    fn start_hold(&self, plan: HoldPlan) {
+        let now = Instant::now();
+        let since = self.hold().map_or(now, |h| h.since);
+        self.hold.send_replace(Some(Hold {
+            since,
+            until: now + plan.hold,
+            drain_until: now + plan.drain,
+        }));
+    }
+
+    /// Releases held transactions.
+    fn end_hold(&self) {
+        self.hold.send_replace(None);
+    }
+
+    /// Clears and returns a hold whose budget ran out (once per hold).
+    fn take_expired_hold(&self) -> Option<Hold> {
+        let expired = (*self.hold.borrow()).filter(|h| Instant::now() >= h.until)?;
+        self.hold.send_replace(None);
+        Some(expired)
     }
 
     /// Starts one prober task per node (nothing for an unprobed cluster).
