@@ -1,0 +1,19 @@
+//! Switchyard's switchover plugin: what a cluster's topology events do to its traffic (world
+//! `switchyard:policy/switchover-plugin@0.1.0`): hold new transactions while the primary is
+//! going or gone, let running ones finish for a drain budget, move to the confirmed primary
+//! and resume, fence and drain a demoted node.
+//!
+//! Settings (`[plugins.NAME.settings]`):
+//! - `hold_ms`: how long new transactions wait for a new primary (default 30000);
+//! - `drain_ms`: how long transactions running on a primary that is about to stop may take
+//!   (default 5000);
+//! - `version_tag`: free text; `version()` returns "<crate version>+<tag>".
+//!
+//! The decision lives in [`policy`] (plain Rust, unit-tested on the host target); the
+//! wit-bindgen glue is compiled for wasm32 only.
+
+pub mod policy;
+
+// The host target cannot link a cdylib whose export names contain ':'.
+#[cfg(target_arch = "wasm32")]
+mod component;
