@@ -1,6 +1,6 @@
 //! The wit-bindgen glue: world `health-plugin`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::policy::{self, Config, Role, Sample, Verdict};
@@ -17,8 +17,9 @@ use switchyard::policy::types::Role as WitRole;
 
 static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
 /// Each node's last verdict from a probe that answered, as this instance saw it (an
-/// instance that has not seen a node up judges a failed probe of it as down).
-static LAST_UP: Mutex<Option<HashMap<u32, Verdict>>> = Mutex::new(None);
+/// instance that has not seen a node up judges a failed probe of it as down). A BTreeMap:
+/// std's HashMap seeds itself from WASI random interfaces the host does not offer.
+static LAST_UP: Mutex<BTreeMap<u32, Verdict>> = Mutex::new(BTreeMap::new());
 
 struct Plugin;
 
@@ -55,7 +56,6 @@ impl Health for Plugin {
         let config = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
         let config = config.clone().unwrap_or_default();
         let mut last_up = LAST_UP.lock().unwrap_or_else(|e| e.into_inner());
-        let last_up = last_up.get_or_insert_with(HashMap::new);
         let input = Sample {
             reachable: sample.reachable,
             in_recovery: sample.in_recovery,
