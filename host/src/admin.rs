@@ -26,6 +26,7 @@ const HELP: &[&str] = &[
     "SHOW POOLS       one row per (database, user) pool: mode, size, servers idle and in use, counters",
     "SHOW DATABASES   configured databases and where they route",
     "SHOW NODES       every node of every cluster: role, timeline, LSN, lag, probe results",
+    "SHOW CLUSTERS    every cluster: primary, failover events, clients held, requests retried, client errors, last event",
     "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
     "SHOW VERSION     the proxy's version",
     "PAUSE [db]       hold new transactions (all databases, or db), wait for running ones to finish; lifts by itself after hold_timeout",
@@ -33,6 +34,7 @@ const HELP: &[&str] = &[
     "RESUME [db]      let held transactions go on",
     "SWITCHOVER [h:p] hold and drain, ask Patroni (patroni_api) to switch over (to node h:p), resume on the new primary",
     "RESUME NODE h:p  RESUME the databases of the cluster that has node h:p",
+    "RECONNECT [db]   close every server connection (all databases, or db) once its transaction ends; new ones are opened",
     "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
 ];
 
@@ -70,19 +72,27 @@ pub async fn serve(
                         switchover(state, rest.first().copied()).await
                     }
                     (Some("pause"), [_, node, addr]) if node.eq_ignore_ascii_case("node") => {
-                        pause(state, databases_of_primary(state, addr)).await
+                        pause(
+                            state,
+                            databases_of_primary(state, addr),
+                            &format!("PAUSE NODE {addr}"),
+                        )
+                        .await
                     }
                     (Some("resume"), [_, node, addr]) if node.eq_ignore_ascii_case("node") => {
                         resume(databases_of_node(state, addr))
                     }
                     (Some("pause"), [_, rest @ ..]) if rest.len() <= 1 => {
                         match databases(state, rest.first().copied()) {
-                            Ok(dbs) => pause(state, dbs).await,
+                            Ok(dbs) => pause(state, dbs, "PAUSE").await,
                             Err(e) => Err(e),
                         }
                     }
                     (Some("resume"), [_, rest @ ..]) if rest.len() <= 1 => {
                         databases(state, rest.first().copied()).and_then(resume)
+                    }
+                    (Some("reconnect"), [_, rest @ ..]) if rest.len() <= 1 => {
+                        databases(state, rest.first().copied()).map(|dbs| reconnect(state, dbs))
                     }
                     _ => run(command, state),
                 };
@@ -135,6 +145,7 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
         ["show", "databases"] => show_databases(state),
         ["show", "plugins"] => show_plugins(state),
         ["show", "nodes"] => show_nodes(state),
+        ["show", "clusters"] => show_clusters(state),
         _ => {
             return Err(
                 ErrorFields::error("42601", format!("unknown admin command: {command}"))
@@ -196,9 +207,10 @@ fn databases_of_node<'a>(state: &'a ProxyState, addr: &str) -> Targets<'a> {
 /// `PAUSE`: new transactions wait; answers once the running ones have finished (their
 /// servers are back in the pool), or with an error naming what is still running when the
 /// pause's budget (the cluster's `hold_timeout`) runs out first.
-async fn pause(state: &Arc<ProxyState>, targets: Targets<'_>) -> Result<Answer, ErrorFields> {
+async fn pause(state: &Arc<ProxyState>, targets: Targets<'_>, reason: &str) -> Result<Answer, ErrorFields> {
     let mut deadline = std::time::Instant::now();
     for (db, route) in &targets {
+        route.cluster.incidents.begin(reason);
         let pause = route
             .pause
             .pause(route.cluster.hold_timeout, route.cluster.view().generation);
@@ -286,7 +298,7 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
     let dbs = databases_where(state, |r| Arc::ptr_eq(&r.cluster, cluster));
     let generation = cluster.view().generation;
     tracing::info!(cluster = %cluster.name, %leader, candidate = ?candidate, "SWITCHOVER: holding and draining");
-    pause(state, dbs.clone()).await?;
+    pause(state, dbs.clone(), "SWITCHOVER").await?;
     match patroni::switchover(&api, &leader, candidate.as_deref()).await {
         Ok(message) => {
             let deadline = std::time::Instant::now() + cluster.hold_timeout;
@@ -323,6 +335,7 @@ fn resume(targets: Targets<'_>) -> Result<Answer, ErrorFields> {
     for (db, route) in targets {
         if route.pause.resume() {
             tracing::info!(database = %db, "RESUME: transactions go on");
+            route.cluster.incidents.end("RESUME");
         }
     }
     Ok(Answer::Tag("RESUME".into()))
@@ -498,6 +511,59 @@ fn show_plugins(state: &ProxyState) -> Table {
             "path",
             "counters",
             "last_error",
+        ],
+        rows,
+    }
+}
+
+/// `RECONNECT`: servers of the databases' pools are closed at their next release, and
+/// idle ones at once; running transactions are not disturbed.
+fn reconnect(state: &ProxyState, targets: Targets<'_>) -> Answer {
+    for (db, _) in targets {
+        for pool in state.pools_of(db) {
+            pool.reconnect();
+        }
+        tracing::info!(database = %db, "RECONNECT: servers are replaced as their transactions end");
+    }
+    Answer::Tag("RECONNECT".into())
+}
+
+fn show_clusters(state: &ProxyState) -> Table {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut clusters: Vec<_> = state.topology.clusters.values().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows = clusters
+        .iter()
+        .map(|c| {
+            let i = &c.incidents;
+            let t = &i.totals;
+            vec![
+                c.name.clone(),
+                c.primary()
+                    .map_or_else(|| "(none: holding)".to_string(), |(_, a)| a.to_string()),
+                c.view().generation.to_string(),
+                t.events.load(Relaxed).to_string(),
+                i.is_open().to_string(),
+                t.held.load(Relaxed).to_string(),
+                format!("{:.1}", t.longest_hold_us.load(Relaxed) as f64 / 1000.0),
+                t.retried.load(Relaxed).to_string(),
+                t.client_errors.load(Relaxed).to_string(),
+                i.last_summary().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "cluster",
+            "primary",
+            "generation",
+            "events",
+            "event_open",
+            "held",
+            "longest_hold_ms",
+            "retried",
+            "client_errors",
+            "last_event",
         ],
         rows,
     }

@@ -35,11 +35,17 @@ pub struct Totals {
 struct Open {
     reason: String,
     started: Instant,
-    /// Totals when it opened; the summary reports the difference.
+    /// Totals when the previous event was summarized: the summary reports the difference,
+    /// so what happened just before the topology noticed (a statement cut by the shutdown
+    /// that started it) counts too.
+    since: Baseline,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Baseline {
     held: u64,
     retried: u64,
     errors: u64,
-    longest_before: u64,
 }
 
 /// Failover events of one cluster.
@@ -47,6 +53,9 @@ pub struct Incidents {
     cluster: String,
     pub totals: Totals,
     open: Mutex<Option<Open>>,
+    baseline: Mutex<Baseline>,
+    /// Longest hold since the last summary, in microseconds.
+    longest_us: AtomicU64,
     /// The last summary line, for `SHOW CLUSTERS`.
     last: Mutex<Option<String>>,
 }
@@ -57,6 +66,8 @@ impl Incidents {
             cluster: cluster.to_string(),
             totals: Totals::default(),
             open: Mutex::new(None),
+            baseline: Mutex::new(Baseline::default()),
+            longest_us: AtomicU64::new(0),
             last: Mutex::new(None),
         }
     }
@@ -67,15 +78,11 @@ impl Incidents {
         if open.is_some() {
             return;
         }
-        let t = &self.totals;
-        t.events.fetch_add(1, Ordering::Relaxed);
+        self.totals.events.fetch_add(1, Ordering::Relaxed);
         *open = Some(Open {
             reason: reason.to_string(),
             started: Instant::now(),
-            held: t.held.load(Ordering::Relaxed),
-            retried: t.retried.load(Ordering::Relaxed),
-            errors: t.client_errors.load(Ordering::Relaxed),
-            longest_before: t.longest_hold_us.swap(0, Ordering::Relaxed),
+            since: *self.baseline.lock().unwrap_or_else(|e| e.into_inner()),
         });
         tracing::info!(cluster = %self.cluster, reason, "failover event: holding new transactions");
     }
@@ -97,11 +104,16 @@ impl Incidents {
 
     fn summarize(&self, open: Open, duration: Duration, outcome: &str) {
         let t = &self.totals;
-        let held = t.held.load(Ordering::Relaxed) - open.held;
-        let retried = t.retried.load(Ordering::Relaxed) - open.retried;
-        let errors = t.client_errors.load(Ordering::Relaxed) - open.errors;
-        let longest = Duration::from_micros(t.longest_hold_us.load(Ordering::Relaxed));
-        t.longest_hold_us.fetch_max(open.longest_before, Ordering::Relaxed);
+        let now = Baseline {
+            held: t.held.load(Ordering::Relaxed),
+            retried: t.retried.load(Ordering::Relaxed),
+            errors: t.client_errors.load(Ordering::Relaxed),
+        };
+        *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        let held = now.held - open.since.held;
+        let retried = now.retried - open.since.retried;
+        let errors = now.errors - open.since.errors;
+        let longest = Duration::from_micros(self.longest_us.swap(0, Ordering::Relaxed));
         let line = format!(
             "{} → {outcome} in {:.2} s: held {held} clients (longest {:.2} s), retried {retried} requests, {errors} client errors",
             open.reason,
@@ -126,6 +138,7 @@ impl Incidents {
         self.totals.held.fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
         self.totals.longest_hold_us.fetch_max(us, Ordering::Relaxed);
+        self.longest_us.fetch_max(us, Ordering::Relaxed);
     }
 
     pub fn retried(&self) {
@@ -137,25 +150,67 @@ impl Incidents {
     }
 }
 
+/// Opens an event when `cluster` loses its primary and closes it when one is confirmed:
+/// runs for the life of the proxy, one task per probed cluster.
+pub async fn follow(cluster: Arc<crate::topology::Cluster>) {
+    let mut seen = cluster.view().generation;
+    let mut primary = cluster.primary().map(|(_, a)| a.to_string());
+    loop {
+        cluster
+            .wait_for_change(seen, Instant::now() + Duration::from_secs(3600))
+            .await;
+        let view = cluster.view();
+        if view.generation == seen {
+            continue;
+        }
+        seen = view.generation;
+        let now = view.primary.map(|p| cluster.nodes[p].to_string());
+        match (&primary, &now) {
+            (Some(old), None) => cluster.incidents.begin(&format!("primary {old} lost")),
+            (old, Some(new)) => {
+                if let Some(old) = old {
+                    cluster.incidents.begin(&format!("primary {old} replaced"));
+                }
+                cluster.incidents.end(&format!("primary {new} confirmed"));
+            }
+            (None, None) => {}
+        }
+        primary = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn an_event_reports_what_happened_during_it() {
+    async fn an_event_reports_what_happened_around_it() {
         let incidents = Arc::new(Incidents::new("main"));
-        incidents.held(Duration::from_secs(9)); // before the event: not in its summary
+        incidents.begin("PAUSE");
+        incidents.held(Duration::from_secs(9));
+        incidents.end("RESUME");
+        tokio::time::sleep(SETTLE * 2).await;
+        incidents.retried(); // just before the next event opens: counts towards it
         incidents.begin("primary 127.0.0.1:5432 lost");
         incidents.begin("ignored while open");
         incidents.held(Duration::from_millis(800));
         incidents.retried();
-        incidents.end("primary 127.0.0.1:5433");
+        incidents.end("primary 127.0.0.1:5433 confirmed");
         incidents.held(Duration::from_millis(1200)); // released by the end, reports late
         tokio::time::sleep(SETTLE * 2).await;
         let line = incidents.last_summary().expect("a summary");
-        assert!(line.starts_with("primary 127.0.0.1:5432 lost → primary 127.0.0.1:5433"), "{line}");
-        assert!(line.contains("held 2 clients (longest 1.20 s), retried 1 requests, 0 client errors"), "{line}");
-        assert_eq!(incidents.totals.events.load(Ordering::Relaxed), 1);
-        assert_eq!(incidents.totals.longest_hold_us.load(Ordering::Relaxed), 9_000_000);
+        assert!(
+            line.starts_with("primary 127.0.0.1:5432 lost → primary 127.0.0.1:5433 confirmed"),
+            "{line}"
+        );
+        assert!(
+            line.contains("held 2 clients (longest 1.20 s), retried 2 requests, 0 client errors"),
+            "{line}"
+        );
+        assert_eq!(incidents.totals.events.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            incidents.totals.longest_hold_us.load(Ordering::Relaxed),
+            9_000_000
+        );
     }
 }

@@ -105,6 +105,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     runtime.block_on(async move {
         tokio::spawn(switchyard::reload::run(state.clone()));
         state.topology.spawn_probers(&state.shutdown);
+        for cluster in state.topology.clusters.values().filter(|c| c.probed()) {
+            tokio::spawn(switchyard::incident::follow(cluster.clone()));
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

@@ -17,19 +17,22 @@ use tokio::task::block_in_place;
 
 const CLIENTS: usize = 4;
 
-/// A Patroni cluster whose nodes run the shipped callback against a proxy, and that proxy
-/// (probing every 100 ms, holding up to 40 s).
-fn cluster_behind_proxy(synchronous: bool) -> Result<(PatroniCluster, Proxy, Endpoint)> {
+/// A Patroni cluster whose nodes run the shipped callback against a proxy (unless
+/// `callbacks` is false), and that proxy (probing every 100 ms, holding up to 40 s).
+fn cluster_behind_proxy(synchronous: bool, callbacks: bool) -> Result<(PatroniCluster, Proxy, Endpoint)> {
     let port = ports::free_port()?;
     let script = env::workspace_dir().join("examples/patroni/switchyard-callback");
     let callback = format!(
         "{} --proxy 127.0.0.1:{port} --node 127.0.0.1:{{pg_port}} --user admin --password admin --budget 20",
         script.display()
     );
-    let opts = PatroniOptions::default()
-        .before_stop(&format!("{callback} before-stop"))
-        .on_role_change(&callback)
-        .synchronous(synchronous);
+    let opts = PatroniOptions::default().synchronous(synchronous);
+    let opts = if callbacks {
+        opts.before_stop(&format!("{callback} before-stop"))
+            .on_role_change(&callback)
+    } else {
+        opts
+    };
     let cluster = PatroniCluster::start_with(opts)?;
     let mut cfg = ProxyConfig::for_patroni(&cluster)?
         .with_admin()
@@ -72,7 +75,12 @@ async fn load_around<T>(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ops_after = load.ops_ok();
     let report = load.finish(after).await?;
-    eprintln!("{report}\nproxy log:\n{}", proxy.log_tail(30));
+    let clusters = admin_rows(&endpoint, "SHOW CLUSTERS").await?;
+    eprintln!(
+        "{report}\nproxy's event summary: {}\nproxy log:\n{}",
+        clusters[0]["last_event"],
+        proxy.log_tail(30)
+    );
     ensure!(ops_after > ops_before, "no work after the event:\n{report}");
     ensure!(
         report.lost == 0 && report.duplicated == 0,
@@ -81,8 +89,8 @@ async fn load_around<T>(
     Ok((report, done, confirmed))
 }
 
-async fn switchover_without_client_errors(synchronous: bool) -> Result<()> {
-    let (cluster, proxy, _) = block_in_place(|| cluster_behind_proxy(synchronous))?;
+async fn switchover_without_client_errors(synchronous: bool, callbacks: bool) -> Result<()> {
+    let (cluster, proxy, _) = block_in_place(|| cluster_behind_proxy(synchronous, callbacks))?;
     let (old, new) = (cluster.nodes()[0].endpoint(), cluster.nodes()[1].endpoint());
     let switchover = async { block_in_place(|| cluster.switchover(Some("node1"))) };
     let (report, s, _) = load_around(&proxy, &old, &new, Duration::from_secs(20), switchover).await?;
@@ -98,13 +106,22 @@ async fn switchover_without_client_errors(synchronous: bool) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Result<()> {
     skip_if_direct!();
-    switchover_without_client_errors(false).await
+    switchover_without_client_errors(false, true).await
+}
+
+/// No callback tells the proxy: it sees the old primary's backends end their statements
+/// with `FATAL 57P01` (Patroni's fast shutdown), runs those statements again once its
+/// probes confirm the new primary, and holds new ones meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_callbacks_probing_and_safe_retry_give_no_client_error() -> Result<()> {
+    skip_if_direct!();
+    switchover_without_client_errors(false, false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_in_synchronous_mode() -> Result<()> {
     skip_if_direct!();
-    switchover_without_client_errors(true).await
+    switchover_without_client_errors(true, true).await
 }
 
 /// The proxy's own `SWITCHOVER` (which holds and drains, then drives Patroni's REST API)
@@ -112,7 +129,7 @@ async fn the_same_in_synchronous_mode() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxys_switchover_gives_no_client_error() -> Result<()> {
     skip_if_direct!();
-    let (cluster, proxy, endpoint) = block_in_place(|| cluster_behind_proxy(false))?;
+    let (cluster, proxy, endpoint) = block_in_place(|| cluster_behind_proxy(false, true))?;
     let (old, new) = (cluster.nodes()[0].endpoint(), cluster.nodes()[1].endpoint());
     let started = SystemTime::now();
     let command = format!("SWITCHOVER {}", addr(&new));
@@ -142,7 +159,7 @@ async fn the_proxys_switchover_gives_no_client_error() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_gives_no_client_error() -> Result<()> {
     skip_if_direct!();
-    let (cluster, proxy, _) = block_in_place(|| cluster_behind_proxy(false))?;
+    let (cluster, proxy, _) = block_in_place(|| cluster_behind_proxy(false, true))?;
     let primary = cluster.nodes()[0].endpoint();
     let restarts = async {
         let replica = block_in_place(|| cluster.restart("node1"))?;
@@ -168,7 +185,7 @@ async fn rolling_restart_gives_no_client_error() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_primary_costs_only_the_work_in_flight() -> Result<()> {
     skip_if_direct!();
-    let (mut cluster, proxy, _) = block_in_place(|| cluster_behind_proxy(true))?;
+    let (mut cluster, proxy, _) = block_in_place(|| cluster_behind_proxy(true, true))?;
     let (old, new) = (cluster.nodes()[0].endpoint(), cluster.nodes()[1].endpoint());
     let kill = async { block_in_place(|| cluster.kill_node("node0")) };
     let (report, killed, confirmed) = load_around(&proxy, &old, &new, Duration::from_secs(45), kill).await?;

@@ -120,6 +120,9 @@ pub struct Pool {
     waiting: AtomicUsize,
     /// ParameterStatus values of the last server that connected, reported to new clients.
     server_params: Mutex<Option<Arc<HashMap<String, String>>>>,
+    /// `RECONNECT`: servers connected before this moment (nanoseconds after [`EPOCH`];
+    /// 0 for never) are closed instead of reused. Atomic: it is read at every release.
+    reconnect_before: AtomicU64,
 }
 
 impl Pool {
@@ -144,13 +147,17 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             server_params: Mutex::new(None),
+            reconnect_before: AtomicU64::new(0),
         }
     }
 
     /// Waits while the database is paused, then (FIFO, up to `query_wait_timeout`) for a
     /// slot, then reuses an idle server or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let started = Instant::now();
+        let mut held = false;
         if self.pause.paused().is_some() {
+            held = true;
             self.waiting.fetch_add(1, Ordering::Relaxed);
             self.pause.wait(&self.cluster).await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -181,7 +188,11 @@ impl Pool {
             }
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        let conn = self.server_on_primary().await?;
+        let conn = self.server_on_primary(&mut held).await;
+        if held {
+            self.cluster.incidents.held(started.elapsed());
+        }
+        let conn = conn?;
         Ok(Checkout {
             conn: Some(conn),
             _permit: permit,
@@ -191,11 +202,13 @@ impl Pool {
 
     /// An idle server on the primary, or a new one; waits for a primary (and retries
     /// connects that failed because the node is down) until the cluster's `hold_timeout`.
-    async fn server_on_primary(&self) -> Result<ServerConn, PoolError> {
+    /// Sets `held` when it had to wait.
+    async fn server_on_primary(&self, held: &mut bool) -> Result<ServerConn, PoolError> {
         let started = Instant::now();
         let deadline = started + self.cluster.hold_timeout;
         loop {
             let generation = self.cluster.view().generation;
+            *held |= self.cluster.primary().is_none();
             let Some((node, addr)) = self.cluster.wait_for_primary(deadline).await else {
                 return Err(PoolError::NoPrimary {
                     cluster: self.cluster.name.clone(),
@@ -208,7 +221,7 @@ impl Pool {
                     tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, "closing idle server: not on the primary");
                     continue;
                 }
-                if conn.is_broken() || conn.created.elapsed() > self.settings.lifetime {
+                if conn.is_broken() || self.expired(&conn) {
                     self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(pool = %self.name, server = conn.id, "closing stale idle server");
                     continue;
@@ -221,6 +234,7 @@ impl Pool {
                     // a standby now (a switchover). Writes sent here would get 25006, so
                     // the connection is dropped and the pool waits for the probes.
                     tracing::info!(pool = %self.name, node = %addr, "server is a hot standby, not the primary; waiting for the topology");
+                    *held = true;
                     self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                     self.cluster.suspect(node);
                     if Instant::now() >= deadline {
@@ -237,6 +251,7 @@ impl Pool {
                     // The node may be going away (a switchover): re-probe it now and wait
                     // for the topology to move, a little at most, then try again.
                     self.cluster.suspect(node);
+                    *held = true;
                     let retry_at = (Instant::now() + RECONNECT_PAUSE).min(deadline);
                     self.cluster.wait_for_change(generation, retry_at).await;
                 }
@@ -291,6 +306,20 @@ impl Pool {
             .clone()
     }
 
+    /// Past its lifetime, or connected before a `RECONNECT`.
+    fn expired(&self, conn: &ServerConn) -> bool {
+        conn.created.elapsed() > self.settings.lifetime
+            || since_epoch(conn.created) < self.reconnect_before.load(Ordering::Relaxed)
+    }
+
+    /// `RECONNECT`: closes the idle servers now and the busy ones when they come back.
+    pub fn reconnect(&self) {
+        self.reconnect_before
+            .store(since_epoch(Instant::now()), Ordering::Relaxed);
+        let closed = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner())).len();
+        self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
+    }
+
     /// Closes idle servers past their idle timeout or lifetime.
     pub fn reap(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -321,6 +350,14 @@ impl Pool {
     }
 }
 
+/// The reference point of `reconnect_before`: the first time anyone asked.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// Nanoseconds from [`EPOCH`] to `t` (0 for earlier), saturating.
+fn since_epoch(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A server lent to one session.
 pub struct Checkout {
     conn: Option<ServerConn>,
@@ -344,7 +381,7 @@ impl Checkout {
     pub fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
             let on_primary = self.pool.cluster.primary().is_some_and(|(_, a)| *a == conn.addr);
-            if !on_primary || conn.created.elapsed() > self.pool.settings.lifetime || !conn.rbuf.is_empty() {
+            if !on_primary || self.pool.expired(&conn) || !conn.rbuf.is_empty() {
                 self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
             }

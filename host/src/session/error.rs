@@ -33,6 +33,19 @@ impl SessionError {
         SessionError::Fatal(Box::new(ErrorFields::fatal(code, message)))
     }
 
+    /// The session ends because of its server (lost, broken or unobtainable), not
+    /// because of the client or the proxy's own shutdown.
+    pub fn server_caused(&self) -> bool {
+        matches!(
+            self,
+            SessionError::ServerIo(_)
+                | SessionError::ServerClosed
+                | SessionError::ServerProtocol(_)
+                | SessionError::Pool(_)
+                | SessionError::Server(_)
+        )
+    }
+
     /// The FATAL error the client gets before the proxy closes its connection, if any can
     /// still be sent.
     pub fn to_client(&self) -> Option<ErrorFields> {

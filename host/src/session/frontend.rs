@@ -36,6 +36,7 @@ impl Session {
     pub(super) async fn handle(&mut self, msg: FrontendMessage, raw: &Bytes) -> Result<(), SessionError> {
         if let Some(lost) = self.lost_session.take() {
             if !matches!(msg, FrontendMessage::Terminate) {
+                self.pool.cluster.incidents.client_error();
                 return Err(SessionError::Fatal(lost));
             }
         }
@@ -250,6 +251,7 @@ impl Session {
             Ok(()) => Ok(true),
             Err(SessionError::Pool(e)) => {
                 tracing::warn!(user = %self.user, database = %self.database, error = %e, "no server for client");
+                self.pool.cluster.incidents.client_error();
                 let fields = match &e {
                     crate::pool::PoolError::Server(crate::server::ServerError::Refused {
                         fields, ..

@@ -235,9 +235,10 @@ impl Session {
                         return Err(SessionError::ServerClosed);
                     }
                 }
-                // The server reset the connection after failing the request, or while
-                // it owed nothing.
-                Err(SessionError::ServerIo(_)) if self.replay.failed() || self.server_gone_while_idle() => {}
+                // The server reset the connection after failing the request, before it
+                // read the request, or while it owed nothing.
+                Err(SessionError::ServerIo(e))
+                    if self.replay.failed() || self.note_reset(&e) || self.server_gone_while_idle() => {}
                 Err(e) => return Err(e),
             }
             if self.replay.failed() {
@@ -404,7 +405,11 @@ impl Session {
             let conn = server.conn();
             // A server that closed refuses writes, but what it said before closing (a FATAL
             // that decides whether the request can run again) is still to be read.
+            let pending = self.sout.len();
             let write_error = ready_err(poll_write_all(&mut conn.stream, cx, &mut self.sout)).err();
+            if self.sout.len() < pending {
+                self.replay.server_wrote(pending - self.sout.len());
+            }
             if self.cout.len() < HIGH_WATER || write_error.is_some() {
                 if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
                     conn.rbuf.reserve(16 * 1024);
@@ -449,6 +454,9 @@ impl Session {
             }
         }
         if let Err(e) = &result {
+            if e.server_caused() {
+                self.pool.cluster.incidents.client_error();
+            }
             if let Some(fields) = e.to_client() {
                 error_response(&fields, &mut self.cout);
             }

@@ -24,6 +24,9 @@ use super::backend::Expect;
 use super::{Session, SessionError};
 use crate::policy::retry::{self, FailedRequest, Fate, Phase, RetryDecision};
 
+/// How long a connection reset waits for the probes to say whether its node went away.
+const RESET_CONFIRMATION: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The request in its retry window, if one is open.
 #[derive(Default)]
 pub(super) struct Replay {
@@ -45,6 +48,14 @@ pub(super) struct Replay {
     /// The request just ended at a ReadyForQuery with more requests pipelined behind it:
     /// the window moves to them once that ReadyForQuery is in the output buffer.
     anchor: bool,
+    /// Writes to the server in this window, and their bytes; `None` once the window moved
+    /// to pipelined requests (their bytes may have gone out with earlier ones).
+    writes: Option<(u32, usize)>,
+    /// The server sent anything in this window.
+    replied: bool,
+    /// The failure is a connection reset that counts as not applied only if the topology
+    /// confirms the node went away.
+    verify_reset: bool,
 }
 
 /// Whether the request in the window may have taken effect.
@@ -65,6 +76,8 @@ impl Replay {
         self.frames.clear();
         self.effect = Effect::None;
         self.anchor = false;
+        self.writes = Some((0, 0));
+        self.replied = false;
         self.cout_start = cout_start;
         self.started = Some(started);
         self.attempt = attempt;
@@ -101,6 +114,7 @@ impl Replay {
     pub(super) fn reanchor(&mut self, cout_start: usize) {
         self.anchor = false;
         self.effect = Effect::None;
+        self.writes = None;
         self.cout_start = cout_start;
         self.started = Some(Instant::now());
         self.attempt = 1;
@@ -135,6 +149,30 @@ impl Replay {
         }
     }
 
+    /// `n` bytes of the request went to the server in one write.
+    pub(super) fn server_wrote(&mut self, n: usize) {
+        if let Some((writes, bytes)) = &mut self.writes {
+            *writes += 1;
+            *bytes += n;
+        }
+    }
+
+    /// A connection reset (not a close) can only mean the server process ended while
+    /// bytes it had been sent were still unread in its socket. If the whole request went
+    /// out in one small write (one segment, which Postgres reads whole) and the server
+    /// answered nothing, none of it was read, so none of it ran; that is, if the reset came
+    /// from the server ending and not from something on the path, which the topology
+    /// is asked to confirm before the request runs again.
+    fn reset_is_clean(&self) -> bool {
+        /// What Postgres reads from its socket at once (`PQ_RECV_BUFFER_SIZE`).
+        const ONE_READ: usize = 8192;
+        self.open
+            && self.effect == Effect::None
+            && !self.replied
+            && self.failed.is_none()
+            && matches!(self.writes, Some((1, bytes)) if bytes <= ONE_READ)
+    }
+
     /// A server failure is pending for [`Session::retry`].
     pub(super) fn failed(&self) -> bool {
         self.failed.is_some()
@@ -164,6 +202,7 @@ impl Session {
     /// window on to the requests the client pipelined behind it.
     pub(super) fn watch_for_retry(&mut self, tag: u8, body: &[u8]) -> bool {
         use switchyard_protocol::backend::tags;
+        self.replay.replied = true;
         if tag == tags::ERROR_RESPONSE {
             return self.replay.effect == Effect::None && self.note_failure(body);
         }
@@ -219,6 +258,55 @@ impl Session {
         true
     }
 
+    /// The server connection was reset: records it as a failure to verify when
+    /// [`Replay::reset_is_clean`] says it may be retried. Returns whether it did.
+    pub(super) fn note_reset(&mut self, error: &std::io::Error) -> bool {
+        if error.kind() != std::io::ErrorKind::ConnectionReset || !self.replay.reset_is_clean() {
+            return false;
+        }
+        let node = self.server_node().unwrap_or(0);
+        let failed = FailedRequest {
+            sqlstate: "08006".to_string(),
+            message: error.to_string(),
+            phase: Phase::BeforeAnyResult,
+            fate: Fate::NotApplied,
+            node,
+            attempt: self.replay.attempt,
+            elapsed: self.replay.started.map(|s| s.elapsed()).unwrap_or_default(),
+        };
+        let fields = SessionError::ServerIo(std::io::Error::new(error.kind(), error.to_string()))
+            .to_client()
+            .unwrap_or_else(|| ErrorFields::fatal("08006", "server connection lost"));
+        self.replay.failed = Some((failed, fields));
+        self.replay.verify_reset = true;
+        true
+    }
+
+    /// After a reset: whether the probes show `node` gone (unreachable, or no longer the
+    /// primary) within a short wait. Without probes nothing can be confirmed.
+    async fn node_went_away(&self, node: usize) -> bool {
+        let cluster = &self.pool.cluster;
+        if !cluster.probed() {
+            return false;
+        }
+        let since = std::time::SystemTime::now();
+        cluster.suspect(node);
+        let deadline = Instant::now() + RESET_CONFIRMATION;
+        loop {
+            let view = cluster.view();
+            let state = &view.nodes[node];
+            if view.primary != Some(node)
+                || (state.last_probe.is_some_and(|t| t >= since) && !state.sample.reachable)
+            {
+                return true;
+            }
+            if state.last_probe.is_some_and(|t| t >= since) || Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// The index of the current server's node in its cluster.
     fn server_node(&mut self) -> Option<u32> {
         let server = self.server.as_mut()?;
@@ -250,7 +338,13 @@ impl Session {
         self.tx_statements = 0;
 
         let budget = self.pool.cluster.hold_timeout;
-        let decision = retry::decide(&failed, budget);
+        let confirmed =
+            !std::mem::take(&mut self.replay.verify_reset) || self.node_went_away(failed.node as usize).await;
+        let decision = if confirmed {
+            retry::decide(&failed, budget)
+        } else {
+            RetryDecision::Surface
+        };
         let node = self
             .pool
             .cluster
@@ -283,6 +377,7 @@ impl Session {
             .stats
             .retried
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pool.cluster.incidents.retried();
         tokio::time::sleep(delay).await;
         self.replay.carry = Some((failed.attempt + 1, started));
         for raw in frames {
