@@ -193,6 +193,18 @@ async fn an_autocommit_write_cut_by_a_shutdown_runs_once_on_the_new_primary_and_
         retried(&endpoint).await? >= 1,
         "SHOW POOLS counts no retried request"
     );
+    // The event is summarized a moment after the new primary is confirmed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cluster = admin_rows(&endpoint, "SHOW CLUSTERS").await?.remove(0);
+    eprintln!("SHOW CLUSTERS: {cluster:?}");
+    ensure!(
+        cluster["events"] != "0" && cluster["retried"] != "0" && cluster["client_errors"] != "0",
+        "SHOW CLUSTERS should count the event, the retried INSERT and the block's error: {cluster:?}"
+    );
+    ensure!(
+        cluster["last_event"].contains("retried"),
+        "no event summary: {cluster:?}"
+    );
     bed.ensure_proxy_alive()
 }
 

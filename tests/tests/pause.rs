@@ -1,6 +1,7 @@
 //! `PAUSE` and `RESUME` on the admin console: a pause waits for running transactions to
 //! finish and holds new ones without an error; `RESUME` lets them go on; a pause nobody
-//! lifts lifts itself after the cluster's `hold_timeout`.
+//! lifts lifts itself after the cluster's `hold_timeout`. `RECONNECT` replaces servers
+//! at transaction boundaries.
 
 use std::time::{Duration, Instant};
 
@@ -79,5 +80,30 @@ async fn a_pause_without_resume_lifts_after_hold_timeout() -> Result<()> {
     );
     let err = admin.simple_query("PAUSE nosuchdb").await;
     switchyard_tests::expect_sqlstate(err, &["3D000"], "PAUSE of an unknown database")?;
+    Ok(())
+}
+
+/// `RECONNECT`: the next transaction runs on a new server connection, and a transaction
+/// running during the command finishes on its own server first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_replaces_servers_at_transaction_boundaries() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_with(|cfg| cfg.pool_size(1).with_admin())?;
+    let endpoint = bed.endpoint();
+    let client = endpoint.connect_app().await?;
+    let pid = |row: tokio_postgres::Row| row.get::<_, i32>(0);
+    let before = pid(client.query_one("SELECT pg_backend_pid()", &[]).await?);
+    ensure!(
+        before == pid(client.query_one("SELECT pg_backend_pid()", &[]).await?),
+        "a pool of one should reuse its server"
+    );
+    client.batch_execute("BEGIN").await?;
+    let admin = endpoint.connect("admin", "admin", "switchyard").await?;
+    admin.simple_query("RECONNECT app").await.ctx("RECONNECT")?;
+    let inside = pid(client.query_one("SELECT pg_backend_pid()", &[]).await?);
+    client.batch_execute("COMMIT").await?;
+    ensure!(inside == before, "the open transaction moved to another server");
+    let after = pid(client.query_one("SELECT pg_backend_pid()", &[]).await?);
+    ensure!(after != before, "RECONNECT kept the old server ({before})");
     Ok(())
 }
