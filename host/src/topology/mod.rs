@@ -398,3 +398,6 @@ impl Topology {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,85 @@
+use super::*;
+
+/// A primary (port 1) and a replica (port 2), not probed: tests feed samples themselves.
+fn cluster(hold_timeout: &str) -> Cluster {
+    let text = format!(
+        "[clusters.main]\nhold_timeout = \"{hold_timeout}\"\nnodes = [{{ host = \"127.0.0.1\", port = 1, role = \"primary\" }}, {{ host = \"127.0.0.1\", port = 2, role = \"replica\" }}]\n"
+    );
+    let config = crate::config::Config::parse(&text, "test").expect("config");
+    Cluster::new("main", &config.clusters["main"], None)
+}
+
+fn answered(in_recovery: bool, timeline: u32) -> ProbeSample {
+    ProbeSample {
+        reachable: true,
+        in_recovery,
+        timeline,
+        lsn: 0x100,
+        consecutive_failures: 0,
+    }
+}
+
+fn failed() -> ProbeSample {
+    ProbeSample {
+        consecutive_failures: 1,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_planned_stop_of_the_primary_holds_and_drains_it() {
+    let c = cluster("30s");
+    assert!(c.planned_stop(1).is_none(), "a replica's stop holds nothing");
+    let hold = c.planned_stop(0).expect("the primary's stop holds");
+    assert!(c.draining(0) && !c.draining(1));
+    assert!(hold.until >= hold.since + Duration::from_secs(29));
+    assert_eq!(c.hold_deadline(Instant::now()), hold.until);
+    assert_eq!(c.primary().map(|(i, _)| i), Some(0), "traffic stays until the node goes");
+}
+
+#[test]
+fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
+    let c = cluster("30s");
+    c.record(0, answered(false, 1), None, None);
+    c.record(1, answered(true, 1), None, None);
+    let generation = c.view().generation;
+    assert_eq!(c.primary().map(|(i, _)| i), Some(0));
+    assert!(c.hold().is_none());
+
+    c.record(0, failed(), None, Some("connection refused".into()));
+    assert!(c.primary().is_none());
+    assert!(c.hold().is_some(), "the built-in holds while there is no primary");
+    assert!(c.draining(0));
+
+    c.record(1, answered(false, 2), None, None);
+    assert_eq!(c.primary().map(|(i, _)| i), Some(1));
+    assert!(c.hold().is_none(), "resumed on the confirmed primary");
+    assert!(c.view().generation > generation);
+    let started = Instant::now();
+    assert_eq!(c.hold_deadline(started), started + c.hold_timeout);
+}
+
+#[test]
+fn an_old_primary_still_up_on_an_older_timeline_is_fenced() {
+    let c = cluster("30s");
+    c.record(0, answered(false, 1), None, None);
+    c.record(1, answered(false, 2), None, None);
+    let view = c.view();
+    assert_eq!(view.primary, Some(1));
+    assert!(view.nodes[0].fenced && !view.nodes[1].fenced);
+    assert!(c.draining(0));
+}
+
+#[tokio::test]
+async fn a_hold_that_runs_out_releases_waiters_and_is_reported_once() {
+    let c = cluster("50ms");
+    c.record(0, failed(), None, None);
+    assert!(c.hold().is_some());
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), c.wait_while_held())
+        .await
+        .expect("released by the hold's budget");
+    assert!(started.elapsed() >= Duration::from_millis(40));
+    c.record(1, answered(true, 1), None, None);
+    assert!(c.take_expired_hold().is_none(), "reported by the probe above, once");
+}
