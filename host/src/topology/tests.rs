@@ -34,7 +34,11 @@ fn a_planned_stop_of_the_primary_holds_and_drains_it() {
     assert!(c.draining(0) && !c.draining(1));
     assert!(hold.until >= hold.since + Duration::from_secs(29));
     assert_eq!(c.hold_deadline(Instant::now()), hold.until);
-    assert_eq!(c.primary().map(|(i, _)| i), Some(0), "traffic stays until the node goes");
+    assert_eq!(
+        c.primary().map(|(i, _)| i),
+        Some(0),
+        "traffic stays until the node goes"
+    );
 }
 
 #[test]
@@ -81,5 +85,8 @@ async fn a_hold_that_runs_out_releases_waiters_and_is_reported_once() {
         .expect("released by the hold's budget");
     assert!(started.elapsed() >= Duration::from_millis(40));
     c.record(1, answered(true, 1), None, None);
-    assert!(c.take_expired_hold().is_none(), "reported by the probe above, once");
+    assert!(
+        c.take_expired_hold().is_none(),
+        "reported by the probe above, once"
+    );
 }
