@@ -282,16 +282,34 @@ impl Session {
         true
     }
 
-    /// After a reset: whether the probes show `node` gone (unreachable, or no longer the
-    /// primary) within a short wait. Without probes nothing can be confirmed.
-    async fn node_went_away(&self, node: usize) -> bool {
+    /// The retry policy's answer: the database's `retry` plugin, or the built-in when there
+    /// is none or its call failed. Whatever a plugin says, only what did not take effect
+    /// runs again.
+    fn retry_decision(&mut self, failed: &FailedRequest, budget: std::time::Duration) -> RetryDecision {
+        let plugin = self.state.plugins.current().retry(&self.database);
+        let decision = match plugin {
+            Some(plugin) => plugin
+                .on_error(&mut self.facts, TransactionStatus::Idle, failed)
+                .unwrap_or_else(|_| retry::decide(failed, budget)),
+            None => retry::decide(failed, budget),
+        };
+        if retry::allowed(failed) {
+            decision
+        } else {
+            RetryDecision::Surface
+        }
+    }
+
+    /// Probes `node` now and waits (up to `limit`) for the answer: whether it is gone
+    /// (unreachable, or no longer the primary). Without probes nothing can be confirmed.
+    async fn node_went_away(&self, node: usize, limit: std::time::Duration) -> bool {
         let cluster = &self.pool.cluster;
         if !cluster.probed() {
             return false;
         }
         let since = std::time::SystemTime::now();
         cluster.suspect(node);
-        let deadline = Instant::now() + RESET_CONFIRMATION;
+        let deadline = Instant::now() + limit;
         loop {
             let view = cluster.view();
             let state = &view.nodes[node];
@@ -338,10 +356,12 @@ impl Session {
         self.tx_statements = 0;
 
         let budget = self.pool.cluster.hold_timeout;
-        let confirmed =
-            !std::mem::take(&mut self.replay.verify_reset) || self.node_went_away(failed.node as usize).await;
+        let confirmed = !std::mem::take(&mut self.replay.verify_reset)
+            || self
+                .node_went_away(failed.node as usize, RESET_CONFIRMATION)
+                .await;
         let decision = if confirmed {
-            retry::decide(&failed, budget)
+            self.retry_decision(&failed, budget)
         } else {
             RetryDecision::Surface
         };
@@ -361,11 +381,11 @@ impl Session {
                 return Err(SessionError::Fatal(Box::new(fields)));
             }
             RetryDecision::RetryAfter(d) => d,
-            // The pool holds the request until the topology shows a primary it can reach;
-            // a short pause first lets the probes see the node go.
-            RetryDecision::Hold(_) => {
-                self.pool.cluster.suspect(failed.node as usize);
-                retry::backoff(failed.attempt)
+            // Until the node's next probe tells whether it is going away; if it is, the
+            // pool then holds the request until a primary is confirmed.
+            RetryDecision::Hold(limit) => {
+                self.node_went_away(failed.node as usize, limit).await;
+                std::time::Duration::ZERO
             }
         };
         tracing::info!(
