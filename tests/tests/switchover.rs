@@ -3,19 +3,42 @@
 //! (`patronictl switchover`, also in synchronous mode), the proxy's own `SWITCHOVER`, a
 //! rolling restart, and a crash of the primary's node. The primary's `before_stop` pauses and
 //! drains the proxy; the proxy's probes confirm the primary again and the pause lifts.
-//! Clients see a stall, not an error, and no acknowledged write is lost.
+//! Clients see a stall, not an error, and no acknowledged write is lost. Each scenario runs
+//! two drivers at once: tokio-postgres (named prepared statements) and psycopg 3 (unnamed
+//! extended-protocol statements).
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{ensure, Result};
 use switchyard_tests::admin::{admin_rows, wait_for_primary};
-use switchyard_tests::load::{Load, LoadOptions, LoadReport};
+use switchyard_tests::load::{Load, LoadOptions, LoadReport, PsycopgLoad};
 use switchyard_tests::patroni::{PatroniCluster, PatroniOptions};
 use switchyard_tests::{env, ports, skip_if_direct, Endpoint, Proxy, ProxyConfig};
 use tokio::task::block_in_place;
 
 const CLIENTS: usize = 4;
+/// psycopg 3 clients running beside the tokio-postgres ones.
+const PSYCOPG_CLIENTS: usize = 2;
+
+/// What both drivers' clients saw.
+struct Reports([LoadReport; 2]);
+
+impl Reports {
+    fn total_errors(&self) -> u64 {
+        self.0.iter().map(LoadReport::total_errors).sum()
+    }
+
+    fn errors_with(&self, code: &str) -> u64 {
+        self.0.iter().map(|r| r.errors_with(code)).sum()
+    }
+}
+
+impl std::fmt::Display for Reports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n{}", self.0[0], self.0[1])
+    }
+}
 
 /// A Patroni cluster whose nodes run the shipped callback against a proxy (unless
 /// `callbacks` is false), and that proxy (probing every 100 ms, holding up to 40 s).
@@ -63,10 +86,11 @@ async fn load_around<T>(
     after: &Endpoint,
     limit: Duration,
     event: impl Future<Output = Result<T>>,
-) -> Result<(LoadReport, T, SystemTime)> {
+) -> Result<(Reports, T, SystemTime)> {
     let endpoint = Endpoint::new(&proxy.host(), proxy.port());
     wait_for_primary(&endpoint, &addr(before), Duration::from_secs(15)).await?;
     let load = Load::start(LoadOptions::new(vec![endpoint.clone()], CLIENTS)).await?;
+    let psycopg = PsycopgLoad::start(LoadOptions::new(vec![endpoint.clone()], PSYCOPG_CLIENTS)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let done = event.await?;
     wait_for_primary(&endpoint, &addr(after), limit).await?;
@@ -74,7 +98,7 @@ async fn load_around<T>(
     let ops_before = load.ops_ok();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ops_after = load.ops_ok();
-    let report = load.finish(after).await?;
+    let report = Reports([load.finish(after).await?, psycopg.finish(after).await?]);
     let clusters = admin_rows(&endpoint, "SHOW CLUSTERS").await?;
     eprintln!(
         "{report}\nproxy's event summary: {}\nproxy log:\n{}",
@@ -83,7 +107,7 @@ async fn load_around<T>(
     );
     ensure!(ops_after > ops_before, "no work after the event:\n{report}");
     ensure!(
-        report.lost == 0 && report.duplicated == 0,
+        report.0.iter().all(|r| r.lost == 0 && r.duplicated == 0),
         "writes lost or doubled:\n{report}"
     );
     Ok((report, done, confirmed))
@@ -198,7 +222,7 @@ async fn a_crashed_primary_costs_only_the_work_in_flight() -> Result<()> {
         "a write reached a read-only node:\n{report}"
     );
     ensure!(
-        report.total_errors() <= CLIENTS as u64,
+        report.total_errors() <= (CLIENTS + PSYCOPG_CLIENTS) as u64,
         "at most one error per client (its work in flight at the crash) was expected:\n{report}"
     );
     Ok(())
