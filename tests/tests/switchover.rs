@@ -43,10 +43,23 @@ impl std::fmt::Display for Reports {
 /// A Patroni cluster whose nodes run the shipped callback against a proxy (unless
 /// `callbacks` is false), and that proxy (probing every 100 ms, holding up to 40 s).
 fn cluster_behind_proxy(synchronous: bool, callbacks: bool) -> Result<(PatroniCluster, Proxy, Endpoint)> {
-    let port = ports::free_port()?;
+    let (cluster, mut proxies) = cluster_behind_proxies(synchronous, callbacks, 1)?;
+    let proxy = proxies.remove(0);
+    let endpoint = Endpoint::new(&proxy.host(), proxy.port());
+    Ok((cluster, proxy, endpoint))
+}
+
+/// The same with `n` independent proxies, every one listed in the callbacks.
+fn cluster_behind_proxies(
+    synchronous: bool,
+    callbacks: bool,
+    n: usize,
+) -> Result<(PatroniCluster, Vec<Proxy>)> {
+    let ports = (0..n).map(|_| ports::free_port()).collect::<Result<Vec<_>>>()?;
     let script = env::workspace_dir().join("examples/patroni/switchyard-callback");
+    let proxies: String = ports.iter().map(|p| format!(" --proxy 127.0.0.1:{p}")).collect();
     let callback = format!(
-        "{} --proxy 127.0.0.1:{port} --node 127.0.0.1:{{pg_port}} --user admin --password admin --budget 20",
+        "{}{proxies} --node 127.0.0.1:{{pg_port}} --user admin --password admin --budget 20",
         script.display()
     );
     let opts = PatroniOptions::default().synchronous(synchronous);
@@ -57,18 +70,22 @@ fn cluster_behind_proxy(synchronous: bool, callbacks: bool) -> Result<(PatroniCl
         opts
     };
     let cluster = PatroniCluster::start_with(opts)?;
-    let mut cfg = ProxyConfig::for_patroni(&cluster)?
-        .with_admin()
-        .set("clusters.main.probe_user", "app")
-        .set("clusters.main.probe_database", "app")
-        .set("clusters.main.probe_interval", "100ms")
-        // Longer than Patroni's ttl (20 s): after a crash, transactions wait for the election.
-        .set("clusters.main.hold_timeout", "40s");
-    // The callbacks, configured before the cluster started, name this port.
-    cfg.proxy.listen = format!("127.0.0.1:{port}");
-    let proxy = Proxy::start(cfg)?;
-    let endpoint = Endpoint::new(&proxy.host(), proxy.port());
-    Ok((cluster, proxy, endpoint))
+    let proxies = ports
+        .iter()
+        .map(|port| {
+            let mut cfg = ProxyConfig::for_patroni(&cluster)?
+                .with_admin()
+                .set("clusters.main.probe_user", "app")
+                .set("clusters.main.probe_database", "app")
+                .set("clusters.main.probe_interval", "100ms")
+                // Longer than Patroni's ttl (20 s): after a crash, transactions wait for the election.
+                .set("clusters.main.hold_timeout", "40s");
+            // The callbacks, configured before the cluster started, name this port.
+            cfg.proxy.listen = format!("127.0.0.1:{port}");
+            Proxy::start(cfg)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((cluster, proxies))
 }
 
 fn addr(e: &Endpoint) -> String {
@@ -146,6 +163,42 @@ async fn without_callbacks_probing_and_safe_retry_give_no_client_error() -> Resu
 async fn the_same_in_synchronous_mode() -> Result<()> {
     skip_if_direct!();
     switchover_without_client_errors(true, true).await
+}
+
+/// Two proxies front the cluster (as behind a Kubernetes Service), each with its own probes;
+/// the callback reaches both. A `patronictl switchover` costs the clients of neither an
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_both_follow_a_switchover_without_client_errors() -> Result<()> {
+    skip_if_direct!();
+    let (cluster, proxies) = block_in_place(|| cluster_behind_proxies(false, true, 2))?;
+    let (old, new) = (cluster.nodes()[0].endpoint(), cluster.nodes()[1].endpoint());
+    let endpoints: Vec<Endpoint> = proxies
+        .iter()
+        .map(|p| Endpoint::new(&p.host(), p.port()))
+        .collect();
+    let mut loads = Vec::new();
+    for endpoint in &endpoints {
+        wait_for_primary(endpoint, &addr(&old), Duration::from_secs(15)).await?;
+        loads.push(Load::start(LoadOptions::new(vec![endpoint.clone()], CLIENTS / 2)).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = block_in_place(|| cluster.switchover(Some("node1")))?;
+    for endpoint in &endpoints {
+        wait_for_primary(endpoint, &addr(&new), Duration::from_secs(20)).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("{}", cluster.timeline_since(s.started));
+    for (i, load) in loads.into_iter().enumerate() {
+        let report = load.finish(&new).await?;
+        eprintln!("through proxy {i}:\n{report}");
+        ensure!(
+            report.total_errors() == 0 && report.lost == 0 && report.duplicated == 0,
+            "clients of proxy {i} saw errors or lost writes:\n{report}\nproxy log:\n{}",
+            proxies[i].log_tail(60)
+        );
+    }
+    Ok(())
 }
 
 /// The proxy's own `SWITCHOVER` (which holds and drains, then drives Patroni's REST API)
