@@ -25,11 +25,15 @@ pub(super) fn follow_probes(old: &ClusterView, view: &mut ClusterView, probed: u
     let mut events = Vec::new();
     if let Some(p) = old.primary.filter(|&p| candidate != Some(p)) {
         view.primary = None;
-        events.push(if older.contains(&p) {
-            TopologyEvent::Demoted(p)
-        } else {
-            TopologyEvent::PrimaryLost(p)
-        });
+        // A node the configuration named primary and no probe had confirmed yet is not
+        // lost: at start-up the probes merely found the primary elsewhere (or not yet).
+        if old.nodes[p].last_probe.is_some() {
+            events.push(if older.contains(&p) {
+                TopologyEvent::Demoted(p)
+            } else {
+                TopologyEvent::PrimaryLost(p)
+            });
+        }
     }
     if let Some(c) = candidate.filter(|&c| old.candidate != Some(c)) {
         events.push(TopologyEvent::PrimaryConfirmed(c));
@@ -104,6 +108,7 @@ mod tests {
         NodeState {
             sample,
             verdict: evaluate(&sample),
+            last_probe: Some(std::time::SystemTime::now()),
             ..Default::default()
         }
     }
@@ -144,6 +149,19 @@ mod tests {
         );
         refresh(&mut both);
         assert!(both.nodes[0].fenced && !both.nodes[1].fenced);
+    }
+
+    #[test]
+    fn a_configured_primary_never_probed_is_not_lost() {
+        let mut configured = node(true, false, 0);
+        configured.last_probe = None;
+        let old = view(Some(0), vec![configured, node(true, true, 1)]);
+        let mut found = old.clone();
+        found.nodes[0] = node(true, true, 1);
+        found.nodes[1] = node(true, false, 1);
+        let events = follow_probes(&old, &mut found, 1);
+        assert_eq!(events, vec![TopologyEvent::PrimaryConfirmed(1)]);
+        assert_eq!(found.primary, None, "until the policy moves traffic");
     }
 
     #[test]

@@ -77,6 +77,7 @@ fn an_old_primary_still_up_on_an_older_timeline_is_fenced() {
 #[tokio::test]
 async fn a_hold_that_runs_out_releases_waiters_and_is_reported_once() {
     let c = cluster("50ms");
+    c.record(0, answered(false, 1), None, None);
     c.record(0, failed(), None, None);
     assert!(c.hold().is_some());
     let started = Instant::now();
