@@ -319,22 +319,23 @@ impl Cluster {
         (*self.hold.borrow()).filter(|h| Instant::now() < h.until)
     }
 
-    /// Waits while a hold is in force: until the switchover policy resumes, or the hold's
-    /// budget runs out.
-    pub async fn wait_while_held(&self) {
+    /// Waits while a hold is in force: until the switchover policy resumes (true), or the
+    /// hold's budget runs out (false: a transaction that still finds no primary should get
+    /// its error now rather than wait again).
+    pub async fn wait_while_held(&self) -> bool {
         let mut rx = self.hold.subscribe();
         loop {
             let Some(hold) = *rx.borrow_and_update() else {
-                return;
+                return true;
             };
             if Instant::now() >= hold.until {
-                return;
+                return false;
             }
             if tokio::time::timeout_at(hold.until.into(), rx.changed())
                 .await
                 .is_err()
             {
-                return;
+                return false;
             }
         }
     }
@@ -345,10 +346,12 @@ impl Cluster {
         self.hold().map_or(started + self.hold_timeout, |h| h.until)
     }
 
-    /// Whether servers on `node` are to be closed when they come back to the pool (the
-    /// switchover policy drained it; a `move-to` it undoes that).
-    pub fn draining(&self, node: usize) -> bool {
-        self.view.load().nodes.get(node).is_some_and(|n| n.draining)
+    /// Whether a server on `addr` may go back to (or be taken from) the pool: the node is
+    /// the primary and the switchover policy has not drained it (a `move-to` undoes that).
+    pub fn keeps_servers_on(&self, addr: &NodeAddr) -> bool {
+        let view = self.view.load();
+        view.primary
+            .is_some_and(|p| self.nodes[p] == *addr && !view.nodes[p].draining)
     }
 
     /// Starts holding new transactions, or extends the hold in force.

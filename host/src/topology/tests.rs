@@ -31,7 +31,11 @@ fn a_planned_stop_of_the_primary_holds_and_drains_it() {
     let c = cluster("30s");
     assert!(c.planned_stop(1).is_none(), "a replica's stop holds nothing");
     let hold = c.planned_stop(0).expect("the primary's stop holds");
-    assert!(c.draining(0) && !c.draining(1));
+    assert!(c.view().nodes[0].draining && !c.view().nodes[1].draining);
+    assert!(
+        !c.keeps_servers_on(&c.nodes[0]),
+        "servers on a stopping primary are closed"
+    );
     assert!(hold.until >= hold.since + Duration::from_secs(29));
     assert_eq!(c.hold_deadline(Instant::now()), hold.until);
     assert_eq!(
@@ -41,9 +45,9 @@ fn a_planned_stop_of_the_primary_holds_and_drains_it() {
     );
 }
 
-#[test]
-fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
-    let c = cluster("30s");
+#[tokio::test]
+async fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
+    let c = Arc::new(cluster("30s"));
     c.record(0, answered(false, 1), None, None);
     c.record(1, answered(true, 1), None, None);
     let generation = c.view().generation;
@@ -53,12 +57,24 @@ fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
     c.record(0, failed(), None, Some("connection refused".into()));
     assert!(c.primary().is_none());
     assert!(c.hold().is_some(), "the built-in holds while there is no primary");
-    assert!(c.draining(0));
+    assert!(c.view().nodes[0].draining);
+    let waiter = tokio::spawn({
+        let c = c.clone();
+        async move { c.wait_while_held().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiter.is_finished(), "held");
 
     c.record(1, answered(false, 2), None, None);
+    let resumed = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+    assert!(
+        resumed.expect("released").unwrap(),
+        "resumed by the confirmed primary"
+    );
     assert_eq!(c.primary().map(|(i, _)| i), Some(1));
     assert!(c.hold().is_none(), "resumed on the confirmed primary");
     assert!(c.view().generation > generation);
+    assert!(c.keeps_servers_on(&c.nodes[1]) && !c.keeps_servers_on(&c.nodes[0]));
     let started = Instant::now();
     assert_eq!(c.hold_deadline(started), started + c.hold_timeout);
 }
@@ -71,7 +87,7 @@ fn an_old_primary_still_up_on_an_older_timeline_is_fenced() {
     let view = c.view();
     assert_eq!(view.primary, Some(1));
     assert!(view.nodes[0].fenced && !view.nodes[1].fenced);
-    assert!(c.draining(0));
+    assert!(view.nodes[0].draining);
 }
 
 #[tokio::test]
@@ -81,9 +97,10 @@ async fn a_hold_that_runs_out_releases_waiters_and_is_reported_once() {
     c.record(0, failed(), None, None);
     assert!(c.hold().is_some());
     let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), c.wait_while_held())
+    let resumed = tokio::time::timeout(Duration::from_secs(5), c.wait_while_held())
         .await
         .expect("released by the hold's budget");
+    assert!(!resumed, "the budget ran out, nothing resumed");
     assert!(started.elapsed() >= Duration::from_millis(40));
     c.record(1, answered(true, 1), None, None);
     assert!(
