@@ -5,6 +5,8 @@
 //! and a primary that stops being confirmed is dropped at once), and a node that claims to
 //! be primary on an older timeline is fenced.
 
+use std::time::Instant;
+
 use super::{Cluster, ClusterView};
 use crate::policy::switchover::{Action, TopologyEvent};
 use crate::policy::topology::{choose_primary, Role, Verdict};
@@ -57,12 +59,12 @@ pub(super) fn follow_probes(old: &ClusterView, view: &mut ClusterView, probed: u
 pub(super) fn apply(cluster: &Cluster, view: &mut ClusterView, action: Action) {
     match action {
         Action::Hold(plan) => cluster.start_hold(plan),
-        Action::Resume => cluster.end_hold(),
+        Action::Resume => {
+            cluster.release_hold();
+        }
         Action::MoveTo(n) if view.candidate == Some(n) => {
             view.primary = Some(n);
-            let node = &mut view.nodes[n];
-            node.fenced_by_policy = false;
-            node.draining = false;
+            view.nodes[n].fenced_by_policy = false;
         }
         Action::MoveTo(n) => tracing::warn!(
             cluster = %cluster.name,
@@ -76,7 +78,7 @@ pub(super) fn apply(cluster: &Cluster, view: &mut ClusterView, action: Action) {
                 view.primary = None;
             }
         }
-        Action::Drain(n) => view.nodes[n].draining = true,
+        Action::Drain(n) => view.nodes[n].drained_at = Some(Instant::now()),
     }
 }
 

@@ -41,8 +41,9 @@ pub struct NodeState {
     pub older_timeline: bool,
     /// Fenced by the switchover policy, until it moves traffic to the node again.
     pub fenced_by_policy: bool,
-    /// Servers on it are closed when they come back to the pool (switchover policy `drain`).
-    pub draining: bool,
+    /// When the switchover policy drained it: servers on it opened before then are closed
+    /// when they come back to the pool (or are found idle there).
+    pub drained_at: Option<Instant>,
     pub lag_bytes: u64,
     pub last_probe: Option<SystemTime>,
     pub probe_time: Option<Duration>,
@@ -346,12 +347,13 @@ impl Cluster {
         self.hold().map_or(started + self.hold_timeout, |h| h.until)
     }
 
-    /// Whether a server on `addr` may go back to (or be taken from) the pool: the node is
-    /// the primary and the switchover policy has not drained it (a `move-to` undoes that).
-    pub fn keeps_servers_on(&self, addr: &NodeAddr) -> bool {
+    /// Whether a server on `addr` opened at `created` may go back to (or be taken from)
+    /// the pool: the node is the primary and the switchover policy has not drained it since
+    /// the server was opened.
+    pub fn keeps_server(&self, addr: &NodeAddr, created: Instant) -> bool {
         let view = self.view.load();
         view.primary
-            .is_some_and(|p| self.nodes[p] == *addr && !view.nodes[p].draining)
+            .is_some_and(|p| self.nodes[p] == *addr && view.nodes[p].drained_at.is_none_or(|d| created > d))
     }
 
     /// Starts holding new transactions, or extends the hold in force.
@@ -365,9 +367,12 @@ impl Cluster {
         }));
     }
 
-    /// Releases held transactions.
-    fn end_hold(&self) {
-        self.hold.send_replace(None);
+    /// Releases held transactions (switchover policy `resume`, or an operator's `RESUME
+    /// NODE`); returns whether a hold was in force.
+    pub fn release_hold(&self) -> bool {
+        self.hold
+            .send_replace(None)
+            .is_some_and(|h| Instant::now() < h.until)
     }
 
     /// Clears and returns a hold whose budget ran out (once per hold).

@@ -31,10 +31,15 @@ fn a_planned_stop_of_the_primary_holds_and_drains_it() {
     let c = cluster("30s");
     assert!(c.planned_stop(1).is_none(), "a replica's stop holds nothing");
     let hold = c.planned_stop(0).expect("the primary's stop holds");
-    assert!(c.view().nodes[0].draining && !c.view().nodes[1].draining);
+    let view = c.view();
+    assert!(view.nodes[0].drained_at.is_some() && view.nodes[1].drained_at.is_none());
     assert!(
-        !c.keeps_servers_on(&c.nodes[0]),
+        !c.keeps_server(&c.nodes[0], hold.since - Duration::from_millis(1)),
         "servers on a stopping primary are closed"
+    );
+    assert!(
+        c.keeps_server(&c.nodes[0], Instant::now()),
+        "a drain closes the servers open then, not later ones"
     );
     assert!(hold.until >= hold.since + Duration::from_secs(29));
     assert_eq!(c.hold_deadline(Instant::now()), hold.until);
@@ -57,7 +62,7 @@ async fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
     c.record(0, failed(), None, Some("connection refused".into()));
     assert!(c.primary().is_none());
     assert!(c.hold().is_some(), "the built-in holds while there is no primary");
-    assert!(c.view().nodes[0].draining);
+    assert!(c.view().nodes[0].drained_at.is_some());
     let waiter = tokio::spawn({
         let c = c.clone();
         async move { c.wait_while_held().await }
@@ -74,7 +79,8 @@ async fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
     assert_eq!(c.primary().map(|(i, _)| i), Some(1));
     assert!(c.hold().is_none(), "resumed on the confirmed primary");
     assert!(c.view().generation > generation);
-    assert!(c.keeps_servers_on(&c.nodes[1]) && !c.keeps_servers_on(&c.nodes[0]));
+    let now = Instant::now();
+    assert!(c.keeps_server(&c.nodes[1], now) && !c.keeps_server(&c.nodes[0], now));
     let started = Instant::now();
     assert_eq!(c.hold_deadline(started), started + c.hold_timeout);
 }
@@ -87,7 +93,7 @@ fn an_old_primary_still_up_on_an_older_timeline_is_fenced() {
     let view = c.view();
     assert_eq!(view.primary, Some(1));
     assert!(view.nodes[0].fenced && !view.nodes[1].fenced);
-    assert!(view.nodes[0].draining);
+    assert!(view.nodes[0].drained_at.is_some());
 }
 
 #[tokio::test]
