@@ -30,10 +30,10 @@ const HELP: &[&str] = &[
     "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
     "SHOW VERSION     the proxy's version",
     "PAUSE [db]       hold new transactions (all databases, or db), wait for running ones to finish; lifts by itself after hold_timeout",
-    "PAUSE NODE h:p   PAUSE the databases whose primary is h:p now (for an HA manager's before-stop hook); nothing if it is not a primary",
+    "PAUSE NODE h:p   a planned stop of node h:p (an HA manager's before-stop hook): the switchover policy holds and drains if it is the primary",
     "RESUME [db]      let held transactions go on",
     "SWITCHOVER [h:p] hold and drain, ask Patroni (patroni_api) to switch over (to node h:p), resume on the new primary",
-    "RESUME NODE h:p  RESUME the databases of the cluster that has node h:p",
+    "RESUME NODE h:p  release the hold (and PAUSE) of the clusters that have node h:p",
     "RECONNECT [db]   close every server connection (all databases, or db) once its transaction ends; new ones are opened",
     "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
 ];
@@ -72,14 +72,14 @@ pub async fn serve(
                         switchover(state, rest.first().copied()).await
                     }
                     (Some("pause"), [_, node, addr]) if node.eq_ignore_ascii_case("node") => {
-                        pause(
-                            state,
-                            databases_of_primary(state, addr),
-                            &format!("PAUSE NODE {addr}"),
-                        )
-                        .await
+                        planned_stop(state, addr, &format!("PAUSE NODE {addr}")).await
                     }
                     (Some("resume"), [_, node, addr]) if node.eq_ignore_ascii_case("node") => {
+                        for (cluster, _) in clusters_with_node(state, addr) {
+                            if cluster.release_hold() {
+                                tracing::info!(cluster = %cluster.name, node = addr, "RESUME NODE: hold released");
+                            }
+                        }
                         resume(databases_of_node(state, addr))
                     }
                     (Some("pause"), [_, rest @ ..]) if rest.len() <= 1 => {
@@ -185,18 +185,67 @@ fn databases_where(state: &ProxyState, keep: impl Fn(&DatabaseRoute) -> bool) ->
     dbs
 }
 
-/// Databases whose cluster's primary is `addr` now.
-fn databases_of_primary<'a>(state: &'a ProxyState, addr: &str) -> Targets<'a> {
-    let dbs = databases_where(state, |r| {
-        r.cluster.primary().is_some_and(|(_, a)| a.to_string() == addr)
-    });
-    if dbs.is_empty() {
+/// The clusters that have a node at `addr`, with its index.
+fn clusters_with_node<'a>(
+    state: &'a ProxyState,
+    addr: &str,
+) -> Vec<(&'a Arc<crate::topology::Cluster>, usize)> {
+    let mut found: Vec<_> = state
+        .topology
+        .clusters
+        .values()
+        .filter_map(|c| c.nodes.iter().position(|n| n.to_string() == addr).map(|i| (c, i)))
+        .collect();
+    found.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    found
+}
+
+/// `PAUSE NODE h:p` (an HA manager's before-stop hook): a planned stop of that node for
+/// each cluster's switchover policy (the built-in holds new transactions and drains the
+/// node when it is the primary); answers once the transactions running on the held
+/// clusters' databases have finished, or with an error when the hold's drain budget runs
+/// out first.
+async fn planned_stop(state: &Arc<ProxyState>, addr: &str, reason: &str) -> Result<Answer, ErrorFields> {
+    let mut deadline = std::time::Instant::now();
+    let mut held = Vec::new();
+    for (cluster, node) in clusters_with_node(state, addr) {
+        if let Some(hold) = cluster.planned_stop(node) {
+            cluster.incidents.begin(reason);
+            deadline = deadline.max(hold.drain_until);
+            held.push(cluster);
+        }
+    }
+    if held.is_empty() {
         tracing::info!(
             node = addr,
-            "PAUSE NODE: not a primary the proxy sends to; nothing to hold"
+            "PAUSE NODE: no switchover policy holds for this node; nothing to hold"
         );
+        return Ok(Answer::Tag("PAUSE".into()));
     }
-    dbs
+    let targets = databases_where(state, |r| held.iter().any(|c| Arc::ptr_eq(c, &r.cluster)));
+    let started = std::time::Instant::now();
+    loop {
+        let busy: usize = targets
+            .iter()
+            .flat_map(|(db, _)| state.pools_of(db))
+            .map(|p| p.counts().1)
+            .sum();
+        let resumed = held.iter().all(|c| c.hold().is_none());
+        if busy == 0 || resumed {
+            tracing::info!(reason, drained_in = ?started.elapsed(), resumed, "planned stop: running transactions finished");
+            return Ok(Answer::Tag("PAUSE".into()));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ErrorFields::error(
+                "57014",
+                format!(
+                    "{reason}: {busy} transactions still running after {:?} (the drain budget); new ones stay held",
+                    started.elapsed()
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// Databases whose cluster has node `addr`.
@@ -298,7 +347,15 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
     let dbs = databases_where(state, |r| Arc::ptr_eq(&r.cluster, cluster));
     let generation = cluster.view().generation;
     tracing::info!(cluster = %cluster.name, %leader, candidate = ?candidate, "SWITCHOVER: holding and draining");
-    pause(state, dbs.clone(), "SWITCHOVER").await?;
+    // A planned stop of the primary: the switchover policy holds and drains (the
+    // built-in: new transactions wait, running ones finish), and resumes when the probes
+    // confirm the new primary.
+    if let Some(p) = primary {
+        if let Err(e) = planned_stop(state, &cluster.nodes[p].to_string(), "SWITCHOVER").await {
+            cluster.release_hold();
+            return Err(e);
+        }
+    }
     match patroni::switchover(&api, &leader, candidate.as_deref()).await {
         Ok(message) => {
             let deadline = std::time::Instant::now() + cluster.hold_timeout;
@@ -309,6 +366,7 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
                 .map_or_else(|| "none yet".to_string(), |(_, a)| a.to_string());
             // The pause lifts when a waiting transaction sees the new primary; lift it now
             // even if none is waiting.
+            cluster.release_hold();
             resume(dbs)?;
             tracing::info!(cluster = %cluster.name, primary = %now, "SWITCHOVER done");
             Ok(Answer::Table(
@@ -320,6 +378,7 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
             ))
         }
         Err(e) => {
+            cluster.release_hold();
             resume(dbs)?;
             tracing::warn!(cluster = %cluster.name, error = %e, "SWITCHOVER failed; traffic resumed");
             Err(ErrorFields::error(

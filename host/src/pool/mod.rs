@@ -162,6 +162,15 @@ impl Pool {
             self.pause.wait(&self.cluster).await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
+        // The switchover policy's hold (a planned stop, a lost primary): wait for its
+        // resume or its budget; a hold that ran out leaves no further wait for a primary.
+        let mut hold_ran_out = false;
+        if self.cluster.hold().is_some() {
+            held = true;
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            hold_ran_out = !self.cluster.wait_while_held().await;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -188,7 +197,7 @@ impl Pool {
             }
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        let conn = self.server_on_primary(&mut held).await;
+        let conn = self.server_on_primary(&mut held, hold_ran_out).await;
         if held {
             self.cluster.incidents.held(started.elapsed());
         }
@@ -203,9 +212,13 @@ impl Pool {
     /// An idle server on the primary, or a new one; waits for a primary (and retries
     /// connects that failed because the node is down) until the cluster's `hold_timeout`.
     /// Sets `held` when it had to wait.
-    async fn server_on_primary(&self, held: &mut bool) -> Result<ServerConn, PoolError> {
+    async fn server_on_primary(&self, held: &mut bool, hold_ran_out: bool) -> Result<ServerConn, PoolError> {
         let started = Instant::now();
-        let deadline = started + self.cluster.hold_timeout;
+        let deadline = if hold_ran_out {
+            started
+        } else {
+            self.cluster.hold_deadline(started)
+        };
         loop {
             let generation = self.cluster.view().generation;
             *held |= self.cluster.primary().is_none();
@@ -216,7 +229,7 @@ impl Pool {
                 });
             };
             while let Some(conn) = self.pop_idle() {
-                if conn.addr != *addr {
+                if conn.addr != *addr || !self.cluster.keeps_server(&conn.addr, conn.created) {
                     self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, "closing idle server: not on the primary");
                     continue;
@@ -380,7 +393,7 @@ impl Checkout {
     /// one on a node that is no longer the primary is closed instead.
     pub fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            let on_primary = self.pool.cluster.primary().is_some_and(|(_, a)| *a == conn.addr);
+            let on_primary = self.pool.cluster.keeps_server(&conn.addr, conn.created);
             if !on_primary || self.pool.expired(&conn) || !conn.rbuf.is_empty() {
                 self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
