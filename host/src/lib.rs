@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod config;
 pub mod incident;
 pub mod listener;
+pub mod metrics;
 pub mod net;
 pub mod plugins;
 pub mod policy;

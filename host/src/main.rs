@@ -108,6 +108,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         for cluster in state.topology.clusters.values().filter(|c| c.probed()) {
             tokio::spawn(switchyard::incident::follow(cluster.clone()));
         }
+        if let Some(addr) = state.config.proxy.metrics_listen {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+            tokio::spawn(switchyard::metrics::serve(metrics, state.clone()));
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

@@ -96,3 +96,30 @@ fn topology_plugins_are_assigned_per_cluster() {
     let e = err(&with("hooks = [\"health\"]\ndatabases = [\"app\"]\n"));
     assert!(e.contains("plugins.ha.databases"), "{e}");
 }
+
+#[test]
+fn metrics_listen_is_an_address_apart_from_listen() {
+    let with = |value: &str| {
+        GOOD.replace(
+            "listen = \"127.0.0.1:6432\"",
+            &format!("listen = \"127.0.0.1:6432\"\nmetrics_listen = {value}"),
+        )
+    };
+    let c = Config::parse(&with("\"127.0.0.1:9127\""), "t.toml").unwrap();
+    assert_eq!(c.proxy.metrics_listen, Some("127.0.0.1:9127".parse().unwrap()));
+    assert_eq!(Config::parse(GOOD, "t.toml").unwrap().proxy.metrics_listen, None);
+    // A reload reports it as needing a restart, like `listen`.
+    assert_eq!(
+        Config::changed_sections(GOOD, &with("\"127.0.0.1:9127\"")),
+        ["proxy"]
+    );
+    let e = err(&with("\"localhost\""));
+    assert!(e.contains("line 4") && e.contains("metrics_listen"), "{e}");
+    let e = err(&with("9127"));
+    assert!(e.contains("line 4") && e.contains("metrics_listen"), "{e}");
+    let e = err(&with("\"127.0.0.1:6432\""));
+    assert!(
+        e.contains("t.toml:4") && e.contains("proxy.metrics_listen"),
+        "{e}"
+    );
+}

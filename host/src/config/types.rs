@@ -182,6 +182,8 @@ pub struct ProxySettings {
     /// disables the check (SIGHUP and `RELOAD` still reload).
     #[serde(with = "humantime_serde")]
     pub plugin_watch_interval: Duration,
+    /// Address of the Prometheus endpoint (`GET /metrics`); none when absent.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ProxySettings {
@@ -196,6 +198,7 @@ impl Default for ProxySettings {
             workers: 0,
             plugin_cache_dir: None,
             plugin_watch_interval: Duration::from_secs(1),
+            metrics_listen: None,
         }
     }
 }

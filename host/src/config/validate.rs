@@ -61,6 +61,13 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
             message: "tls_cert and tls_key must be given together".into(),
         });
     }
+    if config.proxy.metrics_listen == Some(config.proxy.listen) {
+        return Err(Violation {
+            line: key_line(text, "proxy", "metrics_listen"),
+            key: "proxy.metrics_listen".into(),
+            message: format!("{} is already `listen`", config.proxy.listen),
+        });
+    }
     for (name, cluster) in &config.clusters {
         if cluster.nodes.is_empty() {
             return Err(Violation {
