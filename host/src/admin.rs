@@ -223,6 +223,24 @@ async fn planned_stop(state: &Arc<ProxyState>, addr: &str, reason: &str) -> Resu
         return Ok(Answer::Tag("PAUSE".into()));
     }
     let targets = databases_where(state, |r| held.iter().any(|c| Arc::ptr_eq(c, &r.cluster)));
+    drain(state, &targets, deadline, || held.iter().all(|c| c.hold().is_none()))
+        .await
+        .map_err(|(busy, waited)| {
+            ErrorFields::error(
+                "57014",
+                format!("{reason}: {busy} transactions still running after {waited:?} (the drain budget); new ones stay held"),
+            )
+        })
+}
+
+/// Waits until no server of `targets`' pools is in use (their transactions finished), or
+/// `released` says the hold is gone; `Err((busy, waited))` when `deadline` comes first.
+async fn drain(
+    state: &ProxyState,
+    targets: &Targets<'_>,
+    deadline: std::time::Instant,
+    released: impl Fn() -> bool,
+) -> Result<Answer, (usize, std::time::Duration)> {
     let started = std::time::Instant::now();
     loop {
         let busy: usize = targets
@@ -230,19 +248,13 @@ async fn planned_stop(state: &Arc<ProxyState>, addr: &str, reason: &str) -> Resu
             .flat_map(|(db, _)| state.pools_of(db))
             .map(|p| p.counts().1)
             .sum();
-        let resumed = held.iter().all(|c| c.hold().is_none());
+        let resumed = released();
         if busy == 0 || resumed {
-            tracing::info!(reason, drained_in = ?started.elapsed(), resumed, "planned stop: running transactions finished");
+            tracing::info!(drained_in = ?started.elapsed(), resumed, "running transactions finished");
             return Ok(Answer::Tag("PAUSE".into()));
         }
         if std::time::Instant::now() >= deadline {
-            return Err(ErrorFields::error(
-                "57014",
-                format!(
-                    "{reason}: {busy} transactions still running after {:?} (the drain budget); new ones stay held",
-                    started.elapsed()
-                ),
-            ));
+            return Err((busy, started.elapsed()));
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
@@ -266,29 +278,16 @@ async fn pause(state: &Arc<ProxyState>, targets: Targets<'_>, reason: &str) -> R
         deadline = deadline.max(pause.until);
         tracing::info!(database = %db, budget = ?route.cluster.hold_timeout, "PAUSE: holding new transactions");
     }
-    let started = std::time::Instant::now();
-    loop {
-        let busy: usize = targets
-            .iter()
-            .flat_map(|(db, _)| state.pools_of(db))
-            .map(|p| p.counts().1)
-            .sum();
-        let resumed = targets.iter().all(|(_, r)| r.pause.paused().is_none());
-        if busy == 0 || resumed {
-            tracing::info!(drained_in = ?started.elapsed(), resumed, "PAUSE: running transactions finished");
-            return Ok(Answer::Tag("PAUSE".into()));
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(ErrorFields::error(
-                "57014",
-                format!(
-                    "PAUSE: {busy} transactions still running after {:?}; the pause has lifted",
-                    started.elapsed()
-                ),
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    drain(state, &targets, deadline, || {
+        targets.iter().all(|(_, r)| r.pause.paused().is_none())
+    })
+    .await
+    .map_err(|(busy, waited)| {
+        ErrorFields::error(
+            "57014",
+            format!("PAUSE: {busy} transactions still running after {waited:?}; the pause has lifted"),
+        )
+    })
 }
 
 /// `SWITCHOVER [host:port]`: holds new transactions on the cluster and drains it, asks

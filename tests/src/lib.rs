@@ -35,6 +35,7 @@ pub mod load;
 pub mod patroni;
 pub mod plugin;
 pub mod ports;
+pub mod promotion;
 pub mod proxy;
 pub mod raw;
 pub mod scratch;

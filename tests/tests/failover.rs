@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use switchyard_tests::admin::{admin_rows, wait_for_primary};
-use switchyard_tests::load::{Load, LoadOptions};
-use switchyard_tests::{skip_if_direct, ClusterOptions, Endpoint, TestBed};
+use switchyard_tests::promotion::{probed_pair, stop_and_promote_under_load};
+use switchyard_tests::{skip_if_direct, Endpoint};
 
 /// `SHOW NODES` rows by node address.
 async fn nodes(endpoint: &Endpoint) -> Result<HashMap<String, HashMap<String, String>>> {
@@ -26,47 +26,10 @@ async fn nodes(endpoint: &Endpoint) -> Result<HashMap<String, HashMap<String, St
 async fn promotion_without_an_ha_manager_moves_clients_to_the_new_primary() -> Result<()> {
     skip_if_direct!();
     const CLIENTS: usize = 4;
-    let mut bed = TestBed::start_full(
-        ClusterOptions {
-            replica: true,
-            ..Default::default()
-        },
-        |cfg, _| {
-            Ok(cfg
-                .pool_size(8)
-                .with_admin()
-                .set("clusters.main.probe_user", "app")
-                .set("clusters.main.probe_database", "app")
-                .set("clusters.main.probe_interval", "100ms")
-                .set("clusters.main.hold_timeout", "20s"))
-        },
-    )?;
-    let endpoint = bed.endpoint();
-    let old = format!("{}:{}", bed.pg().primary().host(), bed.pg().primary().port());
-    let new = format!("{}:{}", bed.pg().replica().host(), bed.pg().replica().port());
-    wait_for_primary(&endpoint, &old, Duration::from_secs(10)).await?;
+    let (mut bed, endpoint, old, new) = probed_pair(|cfg| Ok(cfg.pool_size(8))).await?;
     let before = nodes(&endpoint).await?;
     ensure!(before[&new]["role"] == "replica", "{before:#?}");
-
-    let load = Load::start(LoadOptions::new(vec![endpoint.clone()], CLIENTS)).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ops_before = load.ops_ok();
-
-    let t0 = Instant::now();
-    bed.pg_mut().primary_mut().stop("fast")?;
-    let stopped = t0.elapsed();
-    bed.pg().replica().promote()?;
-    let promoted = t0.elapsed();
-    wait_for_primary(&endpoint, &new, Duration::from_secs(20)).await?;
-    let confirmed = t0.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let ops_after = load.ops_ok();
-
-    let direct_new = Endpoint::new(bed.pg().replica().host(), bed.pg().replica().port());
-    let report = load.finish(&direct_new).await?;
-    eprintln!(
-        "{report}\nprimary stopped after {stopped:?}, replica writable after {promoted:?}, proxy confirmed it after {confirmed:?}"
-    );
+    let report = stop_and_promote_under_load(&mut bed, CLIENTS).await?.report;
     if let Some(proxy) = bed.proxy() {
         let log = proxy.log();
         let decisions: Vec<&str> = log
@@ -77,16 +40,6 @@ async fn promotion_without_an_ha_manager_moves_clients_to_the_new_primary() -> R
             .collect();
         eprintln!("proxy decisions:\n{}", decisions.join("\n"));
     }
-    ensure!(
-        ops_after > ops_before + CLIENTS as u64,
-        "work did not resume after the promotion: {ops_before} operations before, {ops_after} after\n{report}"
-    );
-    ensure!(report.lost == 0, "acknowledged writes lost:\n{report}");
-    ensure!(report.duplicated == 0, "writes applied twice:\n{report}");
-    ensure!(
-        report.errors_with("25006") == 0,
-        "writes sent to a read-only node:\n{report}"
-    );
     ensure!(
         report.total_errors() == 0,
         "work in flight at a fast shutdown did not take effect and should have run again on the new primary:\n{report}"
@@ -109,24 +62,7 @@ async fn retried(endpoint: &Endpoint) -> Result<u64> {
 async fn an_autocommit_write_cut_by_a_shutdown_runs_once_on_the_new_primary_and_a_transaction_block_gets_the_error(
 ) -> Result<()> {
     skip_if_direct!();
-    let mut bed = TestBed::start_full(
-        ClusterOptions {
-            replica: true,
-            ..Default::default()
-        },
-        |cfg, _| {
-            Ok(cfg
-                .with_admin()
-                .set("clusters.main.probe_user", "app")
-                .set("clusters.main.probe_database", "app")
-                .set("clusters.main.probe_interval", "100ms")
-                .set("clusters.main.hold_timeout", "20s"))
-        },
-    )?;
-    let endpoint = bed.endpoint();
-    let old = format!("{}:{}", bed.pg().primary().host(), bed.pg().primary().port());
-    let new = format!("{}:{}", bed.pg().replica().host(), bed.pg().replica().port());
-    wait_for_primary(&endpoint, &old, Duration::from_secs(10)).await?;
+    let (mut bed, endpoint, _, new) = probed_pair(Ok).await?;
     let setup = endpoint.connect_app().await?;
     setup.batch_execute("CREATE TABLE retried (v int)").await?;
     let direct_new = Endpoint::new(bed.pg().replica().host(), bed.pg().replica().port());
@@ -211,25 +147,8 @@ async fn an_autocommit_write_cut_by_a_shutdown_runs_once_on_the_new_primary_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_pooled_client_moves_on_unless_it_kept_state_on_the_lost_server() -> Result<()> {
     skip_if_direct!();
-    let mut bed = TestBed::start_full(
-        ClusterOptions {
-            replica: true,
-            ..Default::default()
-        },
-        |cfg, _| {
-            Ok(cfg
-                .with_admin()
-                .set("databases.app.pool_mode", "session")
-                .set("clusters.main.probe_user", "app")
-                .set("clusters.main.probe_database", "app")
-                .set("clusters.main.probe_interval", "100ms")
-                .set("clusters.main.hold_timeout", "20s"))
-        },
-    )?;
-    let endpoint = bed.endpoint();
-    let old = format!("{}:{}", bed.pg().primary().host(), bed.pg().primary().port());
-    let new = format!("{}:{}", bed.pg().replica().host(), bed.pg().replica().port());
-    wait_for_primary(&endpoint, &old, Duration::from_secs(10)).await?;
+    let (mut bed, endpoint, _, new) =
+        probed_pair(|cfg| Ok(cfg.set("databases.app.pool_mode", "session"))).await?;
 
     // Both clients are idle in session pooling when the primary stops. One only set a
     // setting and prepared a statement (both carried by the proxy); the other created a

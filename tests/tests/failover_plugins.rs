@@ -6,25 +6,14 @@
 //! call leaves the topology to the built-in policies, its failures counted.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use switchyard_tests::admin::{admin_rows, wait_for_primary};
-use switchyard_tests::load::{Load, LoadOptions};
+use switchyard_tests::admin::admin_rows;
 use switchyard_tests::plugin::{component, count};
-use switchyard_tests::{skip_if_direct, ClusterOptions, Endpoint, ProxyConfig, TestBed};
+use switchyard_tests::promotion::{probed_pair, stop_and_promote_under_load};
+use switchyard_tests::{skip_if_direct, Endpoint, ProxyConfig, TestBed};
 
 const CLIENTS: usize = 4;
-
-/// `cfg` probing the cluster every 100 ms, with the admin console.
-fn probed(cfg: ProxyConfig) -> ProxyConfig {
-    cfg.pool_size(8)
-        .with_admin()
-        .set("clusters.main.probe_user", "app")
-        .set("clusters.main.probe_database", "app")
-        .set("clusters.main.probe_interval", "100ms")
-        .set("clusters.main.hold_timeout", "20s")
-}
 
 /// `cfg` with the component `plugins/dist/<file>.wasm` loaded as plugin `name` for `hooks`
 /// with `settings`.
@@ -57,38 +46,10 @@ async fn plugins(endpoint: &Endpoint) -> Result<HashMap<String, HashMap<String, 
         .collect())
 }
 
-/// Stops the primary (fast) and promotes the replica under a load of [`CLIENTS`] clients,
-/// and checks what `failover.rs` checks, allowing one error per client for work in flight.
+/// The stop + promote scenario under [`CLIENTS`] clients: the checks of
+/// [`stop_and_promote_under_load`], and at most one error per client (work in flight).
 async fn stop_and_promote(bed: &mut TestBed) -> Result<()> {
-    let endpoint = bed.endpoint();
-    let old = format!("{}:{}", bed.pg().primary().host(), bed.pg().primary().port());
-    let new = format!("{}:{}", bed.pg().replica().host(), bed.pg().replica().port());
-    wait_for_primary(&endpoint, &old, Duration::from_secs(10)).await?;
-
-    let load = Load::start(LoadOptions::new(vec![endpoint.clone()], CLIENTS)).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ops_before = load.ops_ok();
-    let t0 = Instant::now();
-    bed.pg_mut().primary_mut().stop("fast")?;
-    bed.pg().replica().promote()?;
-    wait_for_primary(&endpoint, &new, Duration::from_secs(20)).await?;
-    let confirmed = t0.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let ops_after = load.ops_ok();
-
-    let direct_new = Endpoint::new(bed.pg().replica().host(), bed.pg().replica().port());
-    let report = load.finish(&direct_new).await?;
-    eprintln!("{report}\nproxy confirmed the new primary {confirmed:?} after the stop");
-    ensure!(
-        ops_after > ops_before + CLIENTS as u64,
-        "work did not resume after the promotion: {ops_before} operations before, {ops_after} after\n{report}"
-    );
-    ensure!(report.lost == 0, "acknowledged writes lost:\n{report}");
-    ensure!(report.duplicated == 0, "writes applied twice:\n{report}");
-    ensure!(
-        report.errors_with("25006") == 0,
-        "writes sent to a read-only node:\n{report}"
-    );
+    let report = stop_and_promote_under_load(bed, CLIENTS).await?.report;
     ensure!(
         report.total_errors() <= CLIENTS as u64,
         "more errors than clients with work in flight:\n{report}"
@@ -99,29 +60,24 @@ async fn stop_and_promote(bed: &mut TestBed) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundled_health_and_switchover_plugins_follow_a_promotion() -> Result<()> {
     skip_if_direct!();
-    let mut bed = TestBed::start_full(
-        ClusterOptions {
-            replica: true,
-            ..Default::default()
-        },
-        |cfg, _| {
-            let cfg = plugin(
-                probed(cfg),
-                "health",
-                "health",
-                &["health"],
-                &[("failures_before_down", "1")],
-            )?;
-            let cfg = plugin(
-                cfg,
-                "switchover",
-                "switchover",
-                &["switchover"],
-                &[("hold_ms", "20000"), ("drain_ms", "2000")],
-            )?;
-            plugin(cfg, "retry", "retry", &["retry"], &[("max_attempts", "5")])
-        },
-    )?;
+    let (mut bed, _, _, _) = probed_pair(|cfg| {
+        let cfg = plugin(
+            cfg.pool_size(8),
+            "health",
+            "health",
+            &["health"],
+            &[("failures_before_down", "1")],
+        )?;
+        let cfg = plugin(
+            cfg,
+            "switchover",
+            "switchover",
+            &["switchover"],
+            &[("hold_ms", "20000"), ("drain_ms", "2000")],
+        )?;
+        plugin(cfg, "retry", "retry", &["retry"], &[("max_attempts", "5")])
+    })
+    .await?;
     stop_and_promote(&mut bed).await?;
     let rows = plugins(&bed.endpoint()).await?;
     eprintln!("SHOW PLUGINS: {rows:#?}");
@@ -151,21 +107,16 @@ async fn bundled_health_and_switchover_plugins_follow_a_promotion() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_health_and_switchover_plugin_leaves_the_topology_to_the_built_ins() -> Result<()> {
     skip_if_direct!();
-    let mut bed = TestBed::start_full(
-        ClusterOptions {
-            replica: true,
-            ..Default::default()
-        },
-        |cfg, _| {
-            plugin(
-                probed(cfg),
-                "hostile",
-                "hostile-trap",
-                &["health", "switchover"],
-                &[],
-            )
-        },
-    )?;
+    let (mut bed, _, _, _) = probed_pair(|cfg| {
+        plugin(
+            cfg.pool_size(8),
+            "hostile",
+            "hostile-trap",
+            &["health", "switchover"],
+            &[],
+        )
+    })
+    .await?;
     stop_and_promote(&mut bed).await?;
     let rows = plugins(&bed.endpoint()).await?;
     let row = rows.get("hostile").context("no SHOW PLUGINS row for hostile")?;

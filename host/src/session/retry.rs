@@ -313,12 +313,17 @@ impl Session {
         loop {
             let view = cluster.view();
             let state = &view.nodes[node];
-            if view.primary != Some(node)
-                || (state.last_probe.is_some_and(|t| t >= since) && !state.sample.reachable)
-            {
+            let failed_since = state.last_probe.is_some_and(|t| t >= since) && !state.sample.reachable;
+            if view.primary != Some(node) || failed_since {
                 return true;
             }
-            if state.last_probe.is_some_and(|t| t >= since) || Instant::now() >= deadline {
+            // Only a probe that started after the reset can vouch for the node: one that
+            // was already running may have been answered just before the node went away.
+            let answered_since = state
+                .last_probe
+                .zip(state.probe_time)
+                .is_some_and(|(end, took)| end.checked_sub(took).is_some_and(|start| start >= since));
+            if answered_since || Instant::now() >= deadline {
                 return false;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
