@@ -111,57 +111,29 @@ impl Default for Config {
 /// `version_tag` (free text) and `reuse` (`always`, the default, or `never`). Unknown keys, unknown modes and repeated keys are errors whose
 /// message is meant for the operator.
 pub fn parse_settings(settings: &[(String, String)]) -> Result<Config, String> {
-    let unknown: Vec<String> = settings
-        .iter()
-        .filter(|(key, _)| !KNOWN_SETTINGS.contains(&key.as_str()))
-        .map(|(key, _)| format!("{key:?}"))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(format!(
-            "unknown setting{} {} (known settings: {})",
-            if unknown.len() == 1 { "" } else { "s" },
-            unknown.join(", "),
-            KNOWN_SETTINGS.join(", ")
-        ));
-    }
-    for (i, (key, _)) in settings.iter().enumerate() {
-        if settings[..i].iter().any(|(k, _)| k == key) {
-            return Err(format!("setting {key:?} given more than once"));
-        }
-    }
-
+    let settings = plugin_settings::Settings::new(settings, &KNOWN_SETTINGS)?;
     let mut config = Config::default();
-    for (key, value) in settings {
-        match key.as_str() {
-            "mode" => {
-                config.mode = Mode::parse(value).ok_or_else(|| {
-                    let valid: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
-                    format!("unknown mode {value:?}: expected one of {}", valid.join(", "))
-                })?;
-            }
-            "version_tag" => {
-                config.version_tag = (!value.is_empty()).then(|| value.clone());
-            }
-            "reuse" => {
-                config.reuse = match value.as_str() {
-                    "always" => true,
-                    "never" => false,
-                    other => return Err(format!("unknown reuse {other:?}: expected always or never")),
-                };
-            }
-            _ => unreachable!("unknown keys rejected above"),
-        }
+    if let Some(value) = settings.text("mode") {
+        config.mode = Mode::parse(value).ok_or_else(|| {
+            let valid: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+            format!("unknown mode {value:?}: expected one of {}", valid.join(", "))
+        })?;
     }
+    config.version_tag = settings
+        .text("version_tag")
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    config.reuse = match settings.text("reuse").unwrap_or("always") {
+        "always" => true,
+        "never" => false,
+        other => return Err(format!("unknown reuse {other:?}: expected always or never")),
+    };
     Ok(config)
 }
 
 /// The `version()` string: the crate version, then `+TAG` when a tag is set.
 pub fn version(tag: Option<&str>) -> String {
-    let base = env!("CARGO_PKG_VERSION");
-    match tag {
-        Some(tag) => format!("{base}+{tag}"),
-        None => base.to_string(),
-    }
+    plugin_settings::version(env!("CARGO_PKG_VERSION"), tag)
 }
 
 #[cfg(test)]
