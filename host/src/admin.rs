@@ -25,7 +25,7 @@ const HELP: &[&str] = &[
     "SHOW HELP        this list",
     "SHOW POOLS       one row per (database, user) pool: mode, size, servers idle and in use, counters",
     "SHOW DATABASES   configured databases and where they route",
-    "SHOW NODES       every node of every cluster: role, timeline, LSN, lag, probe results",
+    "SHOW NODES       every node of every cluster: role, timeline, LSN, lag, probe results, Patroni's role and state",
     "SHOW CLUSTERS    every cluster: primary, failover events, clients held, requests retried, client errors, last event",
     "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
     "SHOW VERSION     the proxy's version",
@@ -326,8 +326,8 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
     let members = patroni::members(&api).await.map_err(api_error)?;
     let leader = members
         .iter()
-        .find(|(_, role, _)| role == "leader")
-        .map(|(name, _, _)| name.clone())
+        .find(|m| m.role == "leader")
+        .map(|m| m.name.clone())
         .ok_or_else(|| {
             ErrorFields::error("55000", "Patroni reports no leader: nothing to switch over from")
         })?;
@@ -335,8 +335,8 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
         Some(t) => Some(
             members
                 .iter()
-                .find(|(_, _, addr)| addr == t)
-                .map(|(name, _, _)| name.clone())
+                .find(|m| m.addr == t)
+                .map(|m| m.name.clone())
                 .ok_or_else(|| {
                     ErrorFields::error("42704", format!("no Patroni member has Postgres at {t}"))
                 })?,
@@ -633,7 +633,9 @@ fn show_nodes(state: &ProxyState) -> Table {
     let mut rows = Vec::new();
     for cluster in clusters {
         let view = cluster.view();
+        let patroni = cluster.patroni.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (i, (addr, node)) in cluster.nodes.iter().zip(&view.nodes).enumerate() {
+            let member = patroni.members.get(i).and_then(Option::as_ref);
             let lsn = node.sample.lsn;
             rows.push(vec![
                 cluster.name.clone(),
@@ -658,6 +660,8 @@ fn show_nodes(state: &ProxyState) -> Table {
                 node.last_probe
                     .map_or_else(String::new, |t| humantime::format_rfc3339_millis(t).to_string()),
                 node.last_error.clone().unwrap_or_default(),
+                member.map_or_else(String::new, |m| m.role.clone()),
+                member.map_or_else(String::new, |m| m.state.clone()),
             ]);
         }
     }
@@ -675,6 +679,8 @@ fn show_nodes(state: &ProxyState) -> Table {
             "probe_time",
             "last_probe",
             "last_error",
+            "patroni_role",
+            "patroni_state",
         ],
         rows,
     }

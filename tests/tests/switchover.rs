@@ -189,6 +189,28 @@ async fn two_proxies_both_follow_a_switchover_without_client_errors() -> Result<
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     eprintln!("{}", cluster.timeline_since(s.started));
+    // Each proxy also reads Patroni's view (GET /cluster) and shows it beside its probes.
+    for endpoint in &endpoints {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let rows = admin_rows(endpoint, "SHOW NODES").await?;
+            let role = |a: &str| {
+                rows.iter()
+                    .find(|r| r["node"] == a)
+                    .map(|r| r["patroni_role"].clone())
+            };
+            if role(&addr(&new)).as_deref() == Some("leader")
+                && role(&addr(&old)).as_deref() == Some("replica")
+            {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "SHOW NODES does not show Patroni's roles after the switchover: {rows:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     for (i, load) in loads.into_iter().enumerate() {
         let report = load.finish(&new).await?;
         eprintln!("through proxy {i}:\n{report}");

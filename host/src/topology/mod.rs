@@ -100,6 +100,8 @@ pub struct Cluster {
     pokes: Vec<Notify>,
     /// Failover events: what clients went through while the cluster had no primary.
     pub incidents: Arc<Incidents>,
+    /// Patroni's view of the nodes (with `patroni_api` configured), for `SHOW NODES`.
+    pub patroni: Mutex<patroni::PatroniView>,
     /// The switchover policy's hold; waiters subscribe.
     hold: watch::Sender<Option<Hold>>,
     /// The cluster's health and switchover plugins (or the built-ins).
@@ -162,6 +164,7 @@ impl Cluster {
             update: Mutex::new(()),
             changed: watch::channel(1).0,
             incidents: Arc::new(Incidents::new(name)),
+            patroni: Mutex::new(patroni::PatroniView::default()),
             hold: watch::channel(None).0,
             policies: Policies::default(),
         }
@@ -382,8 +385,10 @@ impl Cluster {
         Some(expired)
     }
 
-    /// Starts one prober task per node (nothing for an unprobed cluster).
+    /// Starts one prober task per node (nothing for an unprobed cluster), and the reader
+    /// of Patroni's view when a node has a `patroni_api`.
     pub fn spawn_probers(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        tokio::spawn(patroni::watch(self.clone(), shutdown.clone()));
         if self.probe.is_none() {
             return;
         }
