@@ -43,7 +43,7 @@ pub struct FailedRequest {
     pub node: u32,
     /// Attempts so far (1 on the first failure).
     pub attempt: u32,
-    /// Since the request first started.
+    /// Since the request's first failure (zero at the first).
     pub elapsed: Duration,
 }
 

@@ -154,10 +154,11 @@ impl Pool {
     /// Waits while the database is paused, then (FIFO, up to `query_wait_timeout`) for a
     /// slot, then reuses an idle server or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
-        let started = Instant::now();
-        let mut held = false;
+        // When this checkout started waiting (a pause, a hold, no primary), if it did:
+        // reported to the cluster's failover event. Read from the clock only then.
+        let mut held_since: Option<Instant> = None;
         if self.pause.paused().is_some() {
-            held = true;
+            held_since = Some(Instant::now());
             self.waiting.fetch_add(1, Ordering::Relaxed);
             self.pause.wait(&self.cluster).await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -166,7 +167,7 @@ impl Pool {
         // resume or its budget; a hold that ran out leaves no further wait for a primary.
         let mut hold_ran_out = false;
         if self.cluster.hold().is_some() {
-            held = true;
+            held_since.get_or_insert_with(Instant::now);
             self.waiting.fetch_add(1, Ordering::Relaxed);
             hold_ran_out = !self.cluster.wait_while_held().await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -197,9 +198,9 @@ impl Pool {
             }
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        let conn = self.server_on_primary(&mut held, hold_ran_out).await;
-        if held {
-            self.cluster.incidents.held(started.elapsed());
+        let conn = self.server_on_primary(&mut held_since, hold_ran_out).await;
+        if let Some(since) = held_since {
+            self.cluster.incidents.held(since.elapsed());
         }
         let conn = conn?;
         Ok(Checkout {
@@ -211,8 +212,21 @@ impl Pool {
 
     /// An idle server on the primary, or a new one; waits for a primary (and retries
     /// connects that failed because the node is down) until the cluster's `hold_timeout`.
-    /// Sets `held` when it had to wait.
-    async fn server_on_primary(&self, held: &mut bool, hold_ran_out: bool) -> Result<ServerConn, PoolError> {
+    /// Sets `held_since` when it has to wait.
+    async fn server_on_primary(
+        &self,
+        held_since: &mut Option<Instant>,
+        hold_ran_out: bool,
+    ) -> Result<ServerConn, PoolError> {
+        // The common case, with no clock reading and one look at the topology: a primary
+        // is confirmed and an idle server on it can be reused.
+        if !hold_ran_out {
+            if let Some((_, addr)) = self.cluster.primary() {
+                if let Some(conn) = self.reusable_idle(addr) {
+                    return Ok(conn);
+                }
+            }
+        }
         let started = Instant::now();
         let deadline = if hold_ran_out {
             started
@@ -221,24 +235,16 @@ impl Pool {
         };
         loop {
             let generation = self.cluster.view().generation;
-            *held |= self.cluster.primary().is_none();
+            if self.cluster.primary().is_none() {
+                held_since.get_or_insert(started);
+            }
             let Some((node, addr)) = self.cluster.wait_for_primary(deadline).await else {
                 return Err(PoolError::NoPrimary {
                     cluster: self.cluster.name.clone(),
                     waited: started.elapsed(),
                 });
             };
-            while let Some(conn) = self.pop_idle() {
-                if conn.addr != *addr || !self.cluster.keeps_server(&conn.addr, conn.created) {
-                    self.stats.discarded.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, "closing idle server: not on the primary");
-                    continue;
-                }
-                if conn.is_broken() || self.expired(&conn) {
-                    self.stats.discarded.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(pool = %self.name, server = conn.id, "closing stale idle server");
-                    continue;
-                }
+            if let Some(conn) = self.reusable_idle(addr) {
                 return Ok(conn);
             }
             match self.connect(addr).await {
@@ -247,7 +253,7 @@ impl Pool {
                     // a standby now (a switchover). Writes sent here would get 25006, so
                     // the connection is dropped and the pool waits for the probes.
                     tracing::info!(pool = %self.name, node = %addr, "server is a hot standby, not the primary; waiting for the topology");
-                    *held = true;
+                    held_since.get_or_insert(started);
                     self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                     self.cluster.suspect(node);
                     if Instant::now() >= deadline {
@@ -264,7 +270,7 @@ impl Pool {
                     // The node may be going away (a switchover): re-probe it now and wait
                     // for the topology to move, a little at most, then try again.
                     self.cluster.suspect(node);
-                    *held = true;
+                    held_since.get_or_insert(started);
                     let retry_at = (Instant::now() + RECONNECT_PAUSE).min(deadline);
                     self.cluster.wait_for_change(generation, retry_at).await;
                 }
@@ -275,6 +281,25 @@ impl Pool {
 
     fn pop_idle(&self) -> Option<ServerConn> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// An idle server on `addr` that may be reused; the idle servers tried on the way that
+    /// may not (on another node, drained, broken, past their lifetime) are closed.
+    fn reusable_idle(&self, addr: &NodeAddr) -> Option<ServerConn> {
+        while let Some(conn) = self.pop_idle() {
+            if conn.addr != *addr || !self.cluster.keeps_server(&conn.addr, conn.created) {
+                self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, "closing idle server: not on the primary");
+                continue;
+            }
+            if conn.is_broken() || self.expired(&conn) {
+                self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pool = %self.name, server = conn.id, "closing stale idle server");
+                continue;
+            }
+            return Some(conn);
+        }
+        None
     }
 
     async fn connect(&self, addr: &NodeAddr) -> Result<ServerConn, ServerError> {

@@ -36,10 +36,12 @@ pub(super) struct Replay {
     frames: Vec<Bytes>,
     /// Where the request's replies start in the client output buffer.
     cout_start: usize,
-    started: Option<Instant>,
+    /// When the request first failed (kept across its runs); read from the clock only on
+    /// a failure, never on the common path.
+    first_failure: Option<Instant>,
     /// 1 for the first run of the request.
     attempt: u32,
-    /// Set by a retry for the run it starts: (attempt, first start).
+    /// Set by a retry for the run it starts: (attempt, first failure).
     carry: Option<(u32, Instant)>,
     /// The server failed the request; what the client would get if it is not retried.
     failed: Option<(FailedRequest, ErrorFields)>,
@@ -71,7 +73,10 @@ enum Effect {
 impl Replay {
     /// A server was just borrowed for a request that starts outside a transaction.
     pub(super) fn open(&mut self, cout_start: usize) {
-        let (attempt, started) = self.carry.take().unwrap_or((1, Instant::now()));
+        let (attempt, first_failure) = match self.carry.take() {
+            Some((attempt, at)) => (attempt, Some(at)),
+            None => (1, None),
+        };
         self.open = true;
         self.frames.clear();
         self.effect = Effect::None;
@@ -79,7 +84,7 @@ impl Replay {
         self.writes = Some((0, 0));
         self.replied = false;
         self.cout_start = cout_start;
-        self.started = Some(started);
+        self.first_failure = first_failure;
         self.attempt = attempt;
     }
 
@@ -116,7 +121,7 @@ impl Replay {
         self.effect = Effect::None;
         self.writes = None;
         self.cout_start = cout_start;
-        self.started = Some(Instant::now());
+        self.first_failure = None;
         self.attempt = 1;
     }
 
@@ -171,6 +176,11 @@ impl Replay {
             && !self.replied
             && self.failed.is_none()
             && matches!(self.writes, Some((1, bytes)) if bytes <= ONE_READ)
+    }
+
+    /// Time since the request's first failure (zero at the first).
+    fn since_first_failure(&self) -> std::time::Duration {
+        self.first_failure.map(|t| t.elapsed()).unwrap_or_default()
     }
 
     /// A server failure is pending for [`Session::retry`].
@@ -252,7 +262,7 @@ impl Session {
             fate: Fate::NotApplied,
             node,
             attempt: self.replay.attempt,
-            elapsed: self.replay.started.map(|s| s.elapsed()).unwrap_or_default(),
+            elapsed: self.replay.since_first_failure(),
         };
         self.replay.failed = Some((failed, fields));
         true
@@ -272,7 +282,7 @@ impl Session {
             fate: Fate::NotApplied,
             node,
             attempt: self.replay.attempt,
-            elapsed: self.replay.started.map(|s| s.elapsed()).unwrap_or_default(),
+            elapsed: self.replay.since_first_failure(),
         };
         let fields = SessionError::ServerIo(std::io::Error::new(error.kind(), error.to_string()))
             .to_client()
@@ -345,7 +355,7 @@ impl Session {
         let Some((failed, fields)) = self.replay.failed.take() else {
             return Ok(());
         };
-        let started = self.replay.started.unwrap_or_else(Instant::now);
+        let first_failure = *self.replay.first_failure.get_or_insert_with(Instant::now);
         let frames = std::mem::take(&mut self.replay.frames);
         self.replay.open = false;
         // The server is gone or going; whatever it owed dies with it.
@@ -404,7 +414,7 @@ impl Session {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pool.cluster.incidents.retried();
         tokio::time::sleep(delay).await;
-        self.replay.carry = Some((failed.attempt + 1, started));
+        self.replay.carry = Some((failed.attempt + 1, first_failure));
         for raw in frames {
             let frame = Frame::new(raw)?;
             let msg = FrontendMessage::decode(&frame)?;
