@@ -90,10 +90,17 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         path: path.to_path_buf(),
         text,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.proxy.workers > 0 {
-        builder.worker_threads(config.proxy.workers);
-    }
+    // One worker: tokio's single-threaded scheduler, which skips the work-stealing
+    // bookkeeping (idle transitions, poll-time statistics) that costs every wake-up.
+    let mut builder = match config.proxy.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     let runtime = builder
         .enable_all()
         .build()

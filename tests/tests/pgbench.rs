@@ -3,6 +3,9 @@
 //! succeed and every one must have written its pgbench_history row (no lost
 //! or duplicated writes), and the proxy must stay within its pool size.
 //!
+//! The same runs with `workers = 1`, where the proxy uses tokio's single-threaded
+//! scheduler instead of the multi-threaded one.
+//!
 //! `SWITCHYARD_PGBENCH_SECONDS` sets the length of each run (default 5).
 
 use anyhow::{ensure, Result};
@@ -18,8 +21,14 @@ fn seconds() -> u32 {
         .unwrap_or(5)
 }
 
-async fn pgbench_through_pool(mode: QueryMode) -> Result<()> {
-    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(POOL_SIZE))?;
+async fn pgbench_through_pool(mode: QueryMode, workers: Option<i64>) -> Result<()> {
+    let mut bed = TestBed::start_with(|cfg| {
+        let cfg = cfg.mode("transaction").pool_size(POOL_SIZE);
+        match workers {
+            Some(n) => cfg.set("proxy.workers", n),
+            None => cfg,
+        }
+    })?;
     // Initialise directly: the subject is the benchmark run, not pgbench -i.
     bed.direct().pgbench("app", "app", "app").init(1)?;
 
@@ -94,15 +103,25 @@ async fn pgbench_through_pool(mode: QueryMode) -> Result<()> {
 
 #[tokio::test]
 async fn pgbench_simple_protocol() -> Result<()> {
-    pgbench_through_pool(QueryMode::Simple).await
+    pgbench_through_pool(QueryMode::Simple, None).await
 }
 
 #[tokio::test]
 async fn pgbench_extended_protocol() -> Result<()> {
-    pgbench_through_pool(QueryMode::Extended).await
+    pgbench_through_pool(QueryMode::Extended, None).await
 }
 
 #[tokio::test]
 async fn pgbench_prepared_statements() -> Result<()> {
-    pgbench_through_pool(QueryMode::Prepared).await
+    pgbench_through_pool(QueryMode::Prepared, None).await
+}
+
+#[tokio::test]
+async fn pgbench_simple_protocol_single_worker() -> Result<()> {
+    pgbench_through_pool(QueryMode::Simple, Some(1)).await
+}
+
+#[tokio::test]
+async fn pgbench_prepared_statements_single_worker() -> Result<()> {
+    pgbench_through_pool(QueryMode::Prepared, Some(1)).await
 }

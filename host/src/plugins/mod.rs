@@ -140,7 +140,7 @@ impl Plugin {
         }
         if let Some(action) = &session.reused[key] {
             self.instances.stats.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(action.clone());
+            return Ok(ReadyAction::clone(action));
         }
         let info = SessionInfo {
             id: session.id,
@@ -168,7 +168,7 @@ impl Plugin {
         };
         match decision.reuse {
             WitReuse::Never => {}
-            WitReuse::Session => session.reused[key] = Some(action.clone()),
+            WitReuse::Session => session.reused[key] = Some(Arc::new(action.clone())),
             WitReuse::Always => {
                 let _ = self.reusable[key].set(action.clone());
             }
@@ -196,7 +196,8 @@ pub struct SessionFacts {
     details: Arc<SessionDetails>,
     /// Decisions the plugin declared reusable for this session, by input; they belong to
     /// the plugin version at `reused_owner` and are forgotten when another one answers.
-    reused: [Option<ReadyAction>; REUSE_KEYS],
+    /// Behind pointers, so that every session (idle ones included) carries 8 bytes per key.
+    reused: [Option<Arc<ReadyAction>>; REUSE_KEYS],
     reused_owner: u64,
 }
 

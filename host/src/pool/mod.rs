@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::UserAuth;
 use crate::config::PoolMode;
 use crate::net::ServerTls;
-use crate::server::{connect, ConnectParams, NodeAddr, ServerConn, ServerError};
+use crate::server::{connect, ConnectParams, NodeAddr, ServerConn, ServerError, Settings};
 use crate::topology::Cluster;
 
 /// Pause between connect attempts to a node that refused while the topology settles.
@@ -114,7 +114,8 @@ pub struct Pool {
     pub settings: PoolSettings,
     pub statements: StatementRegistry,
     pub stats: PoolStats,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed, so a server moves between the pool and a session as a pointer.
+    idle: Mutex<Vec<IdleServer>>,
     permits: Arc<Semaphore>,
     /// Clients queued for a server right now.
     waiting: AtomicUsize,
@@ -123,6 +124,19 @@ pub struct Pool {
     /// `RECONNECT`: servers connected before this moment (nanoseconds after [`EPOCH`];
     /// 0 for never) are closed instead of reused. Atomic: it is read at every release.
     reconnect_before: AtomicU64,
+    /// The time (milliseconds after [`EPOCH`]) as of the last [`Pool::reap`], once a
+    /// second: lifetimes and idle times are measured against it, so lending and returning
+    /// a server read no clock.
+    coarse_now_ms: AtomicU64,
+    /// The startup settings of the last client, shared with the next one that sent the
+    /// same: an idle client then holds no map of its own.
+    last_startup: Mutex<Arc<Settings>>,
+}
+
+/// A server in the idle list and when it was returned, by the pool's coarse clock.
+struct IdleServer {
+    conn: Box<ServerConn>,
+    since_ms: u64,
 }
 
 impl Pool {
@@ -148,12 +162,49 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             server_params: Mutex::new(None),
             reconnect_before: AtomicU64::new(0),
+            coarse_now_ms: AtomicU64::new(since_epoch_ms(Instant::now())),
+            last_startup: Mutex::default(),
         }
     }
 
     /// Waits while the database is paused, then (FIFO, up to `query_wait_timeout`) for a
     /// slot, then reuses an idle server or opens a new one.
+    ///
+    /// The common case (not paused or held, a slot free, an idle server on the confirmed
+    /// primary) is answered without waiting; everything else runs in a boxed future, so
+    /// the state of connects and waits does not weigh on every session's task.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let permit = if self.pause.paused().is_none() && self.cluster.hold().is_none() {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => match self
+                    .cluster
+                    .primary()
+                    .and_then(|(_, addr)| self.reusable_idle(addr))
+                {
+                    Some(conn) => {
+                        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Checkout {
+                            conn: Some(conn),
+                            _permit: permit,
+                            pool: self.clone(),
+                        });
+                    }
+                    None => Some(permit),
+                },
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        Box::pin(self.checkout_waiting(permit)).await
+    }
+
+    /// [`Pool::checkout`] when it may wait: for a pause, a hold, a slot (unless `permit`
+    /// already holds one), a primary or a connect.
+    async fn checkout_waiting(
+        self: &Arc<Self>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Checkout, PoolError> {
         // When this checkout started waiting (a pause, a hold, no primary), if it did:
         // reported to the cluster's failover event. Read from the clock only then.
         let mut held_since: Option<Instant> = None;
@@ -172,7 +223,7 @@ impl Pool {
             hold_ran_out = !self.cluster.wait_while_held().await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
-        let permit = match self.permits.clone().try_acquire_owned() {
+        let permit = match permit.map_or_else(|| self.permits.clone().try_acquire_owned(), Ok) {
             Ok(p) => p,
             Err(_) => {
                 let wait = self.settings.query_wait_timeout;
@@ -217,7 +268,7 @@ impl Pool {
         &self,
         held_since: &mut Option<Instant>,
         hold_ran_out: bool,
-    ) -> Result<ServerConn, PoolError> {
+    ) -> Result<Box<ServerConn>, PoolError> {
         // The common case, with no clock reading and one look at the topology: a primary
         // is confirmed and an idle server on it can be reused.
         if !hold_ran_out {
@@ -279,13 +330,17 @@ impl Pool {
         }
     }
 
-    fn pop_idle(&self) -> Option<ServerConn> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    fn pop_idle(&self) -> Option<Box<ServerConn>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .map(|i| i.conn)
     }
 
     /// An idle server on `addr` that may be reused; the idle servers tried on the way that
     /// may not (on another node, drained, broken, past their lifetime) are closed.
-    fn reusable_idle(&self, addr: &NodeAddr) -> Option<ServerConn> {
+    fn reusable_idle(&self, addr: &NodeAddr) -> Option<Box<ServerConn>> {
         while let Some(conn) = self.pop_idle() {
             if conn.addr != *addr || !self.cluster.keeps_server(&conn.addr, conn.created) {
                 self.stats.discarded.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +357,7 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, addr: &NodeAddr) -> Result<ServerConn, ServerError> {
+    async fn connect(&self, addr: &NodeAddr) -> Result<Box<ServerConn>, ServerError> {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let user = self.user.load_full();
         let params = ConnectParams {
@@ -319,7 +374,7 @@ impl Pool {
                 tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, pid = conn.backend_pid, "server connected");
                 *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Arc::new(conn.params.clone()));
-                Ok(conn)
+                Ok(Box::new(conn))
             }
             Err(e) => {
                 self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -336,6 +391,15 @@ impl Pool {
         }
     }
 
+    /// `settings`, or an equal map already shared by an earlier client of this pool.
+    pub fn shared_settings(&self, settings: &Arc<Settings>) -> Arc<Settings> {
+        let mut last = self.last_startup.lock().unwrap_or_else(|e| e.into_inner());
+        if **last != **settings {
+            *last = settings.clone();
+        }
+        last.clone()
+    }
+
     /// Parameters to report to a client at login; `None` until a server has connected.
     pub fn server_params(&self) -> Option<Arc<HashMap<String, String>>> {
         self.server_params
@@ -344,10 +408,15 @@ impl Pool {
             .clone()
     }
 
-    /// Past its lifetime, or connected before a `RECONNECT`.
+    /// Past its lifetime (by the coarse clock), or connected before a `RECONNECT`.
     fn expired(&self, conn: &ServerConn) -> bool {
-        conn.created.elapsed() > self.settings.lifetime
-            || since_epoch(conn.created) < self.reconnect_before.load(Ordering::Relaxed)
+        let created = since_epoch(conn.created);
+        let age_ms = self
+            .coarse_now_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(created / 1_000_000);
+        u128::from(age_ms) > self.settings.lifetime.as_millis()
+            || created < self.reconnect_before.load(Ordering::Relaxed)
     }
 
     /// `RECONNECT`: closes the idle servers now and the busy ones when they come back.
@@ -358,12 +427,18 @@ impl Pool {
         self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
     }
 
-    /// Closes idle servers past their idle timeout or lifetime.
+    /// Advances the coarse clock and closes idle servers past their idle timeout or
+    /// lifetime. Called once a second.
     pub fn reap(&self) {
+        let now_ms = since_epoch_ms(Instant::now());
+        self.coarse_now_ms.store(now_ms, Ordering::Relaxed);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let before = idle.len();
         let s = &self.settings;
-        idle.retain(|c| c.last_used.elapsed() < s.idle_timeout && c.created.elapsed() < s.lifetime);
+        idle.retain(|i| {
+            u128::from(now_ms.saturating_sub(i.since_ms)) < s.idle_timeout.as_millis()
+                && i.conn.created.elapsed() < s.lifetime
+        });
         let closed = before - idle.len();
         if closed > 0 {
             self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
@@ -396,9 +471,14 @@ fn since_epoch(t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Milliseconds from [`EPOCH`] to `t`.
+fn since_epoch_ms(t: Instant) -> u64 {
+    since_epoch(t) / 1_000_000
+}
+
 /// A server lent to one session.
 pub struct Checkout {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     _permit: OwnedSemaphorePermit,
     pool: Arc<Pool>,
 }
@@ -417,18 +497,18 @@ impl Checkout {
     /// Returns a server that is idle (ReadyForQuery 'I', nothing in flight) to the pool;
     /// one on a node that is no longer the primary is closed instead.
     pub fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
+        if let Some(conn) = self.conn.take() {
             let on_primary = self.pool.cluster.keeps_server(&conn.addr, conn.created);
             if !on_primary || self.pool.expired(&conn) || !conn.rbuf.is_empty() {
                 self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            conn.last_used = Instant::now();
+            let since_ms = self.pool.coarse_now_ms.load(Ordering::Relaxed);
             self.pool
                 .idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
+                .push(IdleServer { conn, since_ms });
         }
     }
 }

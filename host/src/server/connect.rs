@@ -151,7 +151,6 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
             write(&mut stream, &addr, &out).await?;
         }
     }
-    let now = Instant::now();
     Ok(ServerConn {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         stream,
@@ -163,8 +162,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
         statements: ServerStatements::default(),
         settings: Default::default(),
         settings_signature: 0,
-        created: now,
-        last_used: now,
+        created: Instant::now(),
     })
 }
 

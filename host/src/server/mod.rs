@@ -89,7 +89,6 @@ pub struct ServerConn {
     /// Signature of `settings` as the session that applied them computed it; 0 = unknown.
     pub settings_signature: u64,
     pub created: Instant,
-    pub last_used: Instant,
 }
 
 impl ServerConn {

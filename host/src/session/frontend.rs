@@ -415,17 +415,25 @@ pub(super) fn maybe_session_command(sql: &[u8]) -> bool {
             break;
         }
     }
-    let word_end = s.iter().position(|c| !c.is_ascii_alphabetic()).unwrap_or(s.len());
-    if KEYWORDS.iter().any(|k| s[..word_end].eq_ignore_ascii_case(k)) {
-        return true;
+    // Every keyword starts with one of these letters: most statements are let through
+    // on their first byte.
+    if matches!(
+        s.first().map(u8::to_ascii_lowercase),
+        Some(b's' | b'r' | b'p' | b'd')
+    ) {
+        let word_end = s.iter().position(|c| !c.is_ascii_alphabetic()).unwrap_or(s.len());
+        if KEYWORDS.iter().any(|k| s[..word_end].eq_ignore_ascii_case(k)) {
+            return true;
+        }
     }
     // A `;` before the end means another statement may follow (or it sits in a literal,
     // which the lexer will tell).
-    let mut end = s;
-    while let Some(rest) = end.trim_ascii_end().strip_suffix(b";") {
-        end = rest;
-    }
-    end.contains(&b';')
+    let Some(first_semicolon) = memchr::memchr(b';', s) else {
+        return false;
+    };
+    s[first_semicolon..]
+        .iter()
+        .any(|&c| c != b';' && !c.is_ascii_whitespace())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! right place.
 
 mod backend;
+mod buffers;
 mod error;
 mod frontend;
 mod params;
@@ -29,7 +30,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use switchyard_protocol::backend::{error_response, ErrorFields, TransactionStatus};
@@ -59,7 +60,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
     let _ = tcp.set_nodelay(true);
     let login = tokio::time::timeout(
         state.config.proxy.client_login_timeout,
-        startup::handshake(tcp, &state),
+        // Boxed: login state (SCRAM, auth_query) is freed once the client is in.
+        Box::pin(startup::handshake(tcp, &state)),
     )
     .await;
     let logged_in = match login {
@@ -83,7 +85,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
     let pool = match &logged_in.destination {
         startup::Destination::Pool(pool) => pool.clone(),
         startup::Destination::Admin => {
-            if let Err(e) = crate::admin::serve(logged_in.stream, logged_in.buf, &state).await {
+            if let Err(e) = Box::pin(crate::admin::serve(logged_in.stream, logged_in.buf, &state)).await {
                 tracing::info!(%peer, error = %e, "admin session ended");
             }
             return;
@@ -106,7 +108,8 @@ enum Io {
 
 struct Session {
     client: Stream,
-    /// Bytes read from the client, not yet processed.
+    /// Bytes read from the client, not yet processed. The three buffers are parked (see
+    /// `buffers`) while the session waits for its client with nothing in them.
     cbuf: BytesMut,
     /// Bytes for the client, not yet written.
     cout: BytesMut,
@@ -177,6 +180,8 @@ impl Session {
             peer.to_string(),
             read_only,
         );
+        let mut params = SessionParams::from_startup(&l.params);
+        params.share_startup(|s| pool.shared_settings(s));
         let plugins = state.plugins.current();
         let plugin = plugins.pool_mode(&l.database);
         let plugin_generation = plugins.generation();
@@ -184,8 +189,8 @@ impl Session {
         Session {
             client: l.stream,
             cbuf: l.buf,
-            cout: BytesMut::with_capacity(8192),
-            sout: BytesMut::with_capacity(8192),
+            cout: BytesMut::new(),
+            sout: BytesMut::new(),
             mode: pool.settings.mode,
             pool,
             server: None,
@@ -193,7 +198,7 @@ impl Session {
             unsynced: false,
             tx_status: TransactionStatus::Idle,
             statements: ClientStatements::new(cap),
-            params: SessionParams::from_startup(&l.params),
+            params,
             cancel: l.cancel,
             user: l.user.name.clone(),
             database: l.database,
@@ -242,7 +247,8 @@ impl Session {
                 Err(e) => return Err(e),
             }
             if self.replay.failed() {
-                self.retry().await?;
+                // Boxed: rare, and its state would otherwise sit in every session's task.
+                Box::pin(self.retry()).await?;
             }
         }
     }
@@ -426,8 +432,15 @@ impl Session {
             }
         }
         if self.sout.len() < HIGH_WATER {
-            if self.cbuf.capacity() - self.cbuf.len() < 4096 {
-                self.cbuf.reserve(16 * 1024);
+            if self.cbuf.capacity() == 0 && !self.client.is_tls() {
+                // Buffers parked: wait until the client has something to say first.
+                if let Err(e) = ready!(self.client.tcp().poll_read_ready(cx)) {
+                    return Poll::Ready(Err(SessionError::ClientIo(e)));
+                }
+                self.unpark_buffers();
+            }
+            if self.cbuf.capacity() - self.cbuf.len() < 1024 {
+                self.cbuf.reserve(8 * 1024);
             }
             match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Io::ClientEof)),
@@ -436,7 +449,40 @@ impl Session {
                 Poll::Pending => {}
             }
         }
+        self.park_buffers_if_quiet();
         Poll::Pending
+    }
+
+    /// About to wait for the client with no server and nothing buffered: hands the empty
+    /// buffers to the thread's spares, so an idle client holds none. Not with TLS, whose
+    /// decrypted bytes may be waiting where socket readiness cannot see them.
+    fn park_buffers_if_quiet(&mut self) {
+        if self.server.is_none()
+            && self.cbuf.is_empty()
+            && self.cout.is_empty()
+            && self.sout.is_empty()
+            && self.cbuf.capacity() != 0
+            && !self.client.is_tls()
+        {
+            buffers::park(&mut self.cbuf);
+            buffers::park(&mut self.cout);
+            buffers::park(&mut self.sout);
+        }
+    }
+
+    /// Takes buffers for the ones that are parked: one to read into, and spares (if the
+    /// thread has any) for the output.
+    fn unpark_buffers(&mut self) {
+        if self.cbuf.capacity() == 0 {
+            self.cbuf = buffers::take();
+        }
+        for buf in [&mut self.cout, &mut self.sout] {
+            if buf.capacity() == 0 {
+                if let Some(spare) = buffers::take_spare() {
+                    *buf = spare;
+                }
+            }
+        }
     }
 
     /// Ends the session: tells the client why if it should know, and returns or closes the

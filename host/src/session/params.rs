@@ -6,6 +6,7 @@
 //! client sees its own settings whatever server it lands on.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use super::sql::Command;
 
@@ -14,11 +15,12 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
 pub use crate::server::Settings;
 
-/// What one client expects of its session.
+/// What one client expects of its session. `desired` shares `startup`'s map until the
+/// client changes a setting (most never do), so an idle client keeps one copy.
 #[derive(Debug, Default)]
 pub struct SessionParams {
-    startup: Settings,
-    desired: Settings,
+    startup: Arc<Settings>,
+    desired: Arc<Settings>,
     /// Hash of `desired`, compared with a server's to skip the diff in the common case.
     signature: u64,
     /// SET/RESET seen in the transaction in progress, applied when it commits.
@@ -69,6 +71,7 @@ impl SessionParams {
                 startup.insert(k.to_ascii_lowercase(), quote_literal(v));
             }
         }
+        let startup = Arc::new(startup);
         let mut s = SessionParams {
             desired: startup.clone(),
             startup,
@@ -113,21 +116,22 @@ impl SessionParams {
             return;
         }
         for cmd in std::mem::take(&mut self.pending) {
+            let desired = Arc::make_mut(&mut self.desired);
             match cmd {
                 Command::Set { name, value } if valid_name(&name) => {
                     if value.eq_ignore_ascii_case("default") {
-                        self.desired.remove(&name);
+                        desired.remove(&name);
                     } else {
-                        self.desired.insert(name, value);
+                        desired.insert(name, value);
                     }
                 }
                 Command::Reset { name } => match self.startup.get(&name) {
                     // RESET goes back to the connection's startup value, as on Postgres.
                     Some(v) => {
-                        self.desired.insert(name, v.clone());
+                        desired.insert(name, v.clone());
                     }
                     None => {
-                        self.desired.remove(&name);
+                        desired.remove(&name);
                     }
                 },
                 Command::ResetAll | Command::DiscardAll => self.desired = self.startup.clone(),
@@ -140,7 +144,7 @@ impl SessionParams {
     /// The statements that turn a server's `applied` settings into ours, or None if equal.
     pub fn diff(&self, applied: &Settings) -> Option<String> {
         let mut sql = String::new();
-        for (k, v) in &self.desired {
+        for (k, v) in self.desired.iter() {
             if applied.get(k) != Some(v) {
                 sql.push_str(&format!("SET {k} TO {v};"));
             }
@@ -151,6 +155,16 @@ impl SessionParams {
             }
         }
         (!sql.is_empty()).then_some(sql)
+    }
+
+    /// Swaps the startup map for an equal one that other sessions share (the pool keeps
+    /// the last one it saw; clients of one pool mostly send the same). Called before any
+    /// command was noted.
+    pub fn share_startup(&mut self, share: impl FnOnce(&Arc<Settings>) -> Arc<Settings>) {
+        debug_assert!(Arc::ptr_eq(&self.startup, &self.desired) && self.pending.is_empty());
+        let shared = share(&self.startup);
+        self.desired = shared.clone();
+        self.startup = shared;
     }
 
     pub fn desired(&self) -> &Settings {

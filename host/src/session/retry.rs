@@ -44,7 +44,7 @@ pub(super) struct Replay {
     /// Set by a retry for the run it starts: (attempt, first failure).
     carry: Option<(u32, Instant)>,
     /// The server failed the request; what the client would get if it is not retried.
-    failed: Option<(FailedRequest, ErrorFields)>,
+    failed: Option<Box<(FailedRequest, ErrorFields)>>,
     /// What the server showed of the request's effect so far.
     effect: Effect,
     /// The request just ended at a ReadyForQuery with more requests pipelined behind it:
@@ -264,7 +264,7 @@ impl Session {
             attempt: self.replay.attempt,
             elapsed: self.replay.since_first_failure(),
         };
-        self.replay.failed = Some((failed, fields));
+        self.replay.failed = Some(Box::new((failed, fields)));
         true
     }
 
@@ -287,7 +287,7 @@ impl Session {
         let fields = SessionError::ServerIo(std::io::Error::new(error.kind(), error.to_string()))
             .to_client()
             .unwrap_or_else(|| ErrorFields::fatal("08006", "server connection lost"));
-        self.replay.failed = Some((failed, fields));
+        self.replay.failed = Some(Box::new((failed, fields)));
         self.replay.verify_reset = true;
         true
     }
@@ -352,7 +352,7 @@ impl Session {
     /// replies not yet sent, then runs the request again or ends the session with the
     /// server's error, as the retry policy decides.
     pub(super) async fn retry(&mut self) -> Result<(), SessionError> {
-        let Some((failed, fields)) = self.replay.failed.take() else {
+        let Some((failed, fields)) = self.replay.failed.take().map(|b| *b) else {
             return Ok(());
         };
         let first_failure = *self.replay.first_failure.get_or_insert_with(Instant::now);
