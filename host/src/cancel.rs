@@ -96,7 +96,7 @@ impl CancelRegistry {
         };
         let mut msg = BytesMut::new();
         switchyard_protocol::frontend::encode_cancel_request(t.process_id, t.secret_key, &mut msg);
-        match TcpStream::connect((t.addr.host.as_str(), t.addr.port)).await {
+        match TcpStream::connect((&*t.addr.host, t.addr.port)).await {
             Ok(mut s) => {
                 if let Err(e) = s.write_all(&msg).await {
                     tracing::warn!(server = %t.addr, error = %e, "cannot forward cancel request");

@@ -223,6 +223,14 @@ impl SessionFacts {
             reused_owner: 0,
         }
     }
+
+    pub fn user(&self) -> &str {
+        &self.details.user
+    }
+
+    pub fn database(&self) -> &str {
+        &self.details.database
+    }
 }
 
 /// A component file as read from disk, with its SHA-256 (hex): read once per load or

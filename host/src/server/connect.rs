@@ -50,7 +50,7 @@ pub async fn connect(params: &ConnectParams<'_>) -> Result<ServerConn, ServerErr
 
 async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError> {
     let addr = p.addr.clone();
-    let tcp = TcpStream::connect((p.addr.host.as_str(), p.addr.port))
+    let tcp = TcpStream::connect((&*p.addr.host, p.addr.port))
         .await
         .map_err(|source| ServerError::Connect {
             addr: addr.clone(),
@@ -183,7 +183,7 @@ async fn negotiate_tls(mut tcp: TcpStream, p: &ConnectParams<'_>) -> Result<Stre
     })?;
     match answer {
         b'S' => {
-            let name = rustls::pki_types::ServerName::try_from(p.addr.host.clone()).map_err(|e| {
+            let name = rustls::pki_types::ServerName::try_from(p.addr.host.to_string()).map_err(|e| {
                 ServerError::Tls {
                     addr: addr.clone(),
                     source: std::io::Error::other(e),

@@ -8,6 +8,7 @@ pub use connect::{connect, ConnectParams};
 pub use query::query_row;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -19,10 +20,11 @@ use crate::pool::ServerStatements;
 /// Session settings as name → SQL text of the value.
 pub type Settings = BTreeMap<String, String>;
 
-/// Where a server listens.
+/// Where a server listens. Cheap to clone: a session publishes its server's address for
+/// cancel requests on every checkout.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeAddr {
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
 }
 

@@ -250,7 +250,7 @@ impl Session {
         match self.acquire().await {
             Ok(()) => Ok(true),
             Err(SessionError::Pool(e)) => {
-                tracing::warn!(user = %self.user, database = %self.database, error = %e, "no server for client");
+                tracing::warn!(user = self.facts.user(), database = self.facts.database(), error = %e, "no server for client");
                 self.pool.cluster.incidents.client_error();
                 let fields = match &e {
                     crate::pool::PoolError::Server(crate::server::ServerError::Refused {

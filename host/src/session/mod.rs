@@ -13,11 +13,11 @@
 //! right place.
 
 mod backend;
-mod buffers;
 mod error;
 mod frontend;
 mod params;
 mod retry;
+mod spares;
 mod sql;
 mod startup;
 mod statements;
@@ -109,7 +109,7 @@ enum Io {
 struct Session {
     client: Stream,
     /// Bytes read from the client, not yet processed. The three buffers are parked (see
-    /// `buffers`) while the session waits for its client with nothing in them.
+    /// `spares`) while the session waits for its client with nothing in them.
     cbuf: BytesMut,
     /// Bytes for the client, not yet written.
     cout: BytesMut,
@@ -128,8 +128,6 @@ struct Session {
     statements: ClientStatements,
     params: SessionParams,
     cancel: CancelRegistration,
-    user: String,
-    database: String,
     terminated: bool,
     /// Dropping client messages up to the next Sync (their batch could not get a server).
     skipping: bool,
@@ -200,8 +198,6 @@ impl Session {
             statements: ClientStatements::new(cap),
             params,
             cancel: l.cancel,
-            user: l.user.name.clone(),
-            database: l.database,
             terminated: false,
             skipping: false,
             copy_in: false,
@@ -329,7 +325,7 @@ impl Session {
     fn refresh_plugin(&mut self) {
         let plugins = self.state.plugins.current();
         if plugins.generation() != self.plugin_generation {
-            self.plugin = plugins.pool_mode(&self.database);
+            self.plugin = plugins.pool_mode(self.facts.database());
             self.plugin_generation = plugins.generation();
         }
     }
@@ -437,7 +433,7 @@ impl Session {
                 if let Err(e) = ready!(self.client.tcp().poll_read_ready(cx)) {
                     return Poll::Ready(Err(SessionError::ClientIo(e)));
                 }
-                self.unpark_buffers();
+                self.unpark();
             }
             if self.cbuf.capacity() - self.cbuf.len() < 1024 {
                 self.cbuf.reserve(8 * 1024);
@@ -449,40 +445,47 @@ impl Session {
                 Poll::Pending => {}
             }
         }
-        self.park_buffers_if_quiet();
+        self.park_if_quiet();
         Poll::Pending
     }
 
     /// About to wait for the client with no server and nothing buffered: hands the empty
-    /// buffers to the thread's spares, so an idle client holds none. Not with TLS, whose
-    /// decrypted bytes may be waiting where socket readiness cannot see them.
-    fn park_buffers_if_quiet(&mut self) {
+    /// buffers and queues to the thread's spares, so an idle client holds none. Not with
+    /// TLS, whose decrypted bytes may be waiting where socket readiness cannot see them.
+    fn park_if_quiet(&mut self) {
         if self.server.is_none()
             && self.cbuf.is_empty()
             && self.cout.is_empty()
             && self.sout.is_empty()
+            && self.expect.is_empty()
             && self.cbuf.capacity() != 0
             && !self.client.is_tls()
         {
-            buffers::park(&mut self.cbuf);
-            buffers::park(&mut self.cout);
-            buffers::park(&mut self.sout);
+            spares::park(&mut self.cbuf);
+            spares::park(&mut self.cout);
+            spares::park(&mut self.sout);
+            spares::park_expects(&mut self.expect);
+            self.replay.park();
         }
     }
 
-    /// Takes buffers for the ones that are parked: one to read into, and spares (if the
-    /// thread has any) for the output.
-    fn unpark_buffers(&mut self) {
+    /// Takes back what `park_if_quiet` parked: a buffer to read into, and spares (if the
+    /// thread has any) for the rest.
+    fn unpark(&mut self) {
         if self.cbuf.capacity() == 0 {
-            self.cbuf = buffers::take();
+            self.cbuf = spares::take();
         }
         for buf in [&mut self.cout, &mut self.sout] {
             if buf.capacity() == 0 {
-                if let Some(spare) = buffers::take_spare() {
+                if let Some(spare) = spares::take_spare() {
                     *buf = spare;
                 }
             }
         }
+        if self.expect.capacity() == 0 {
+            self.expect = spares::take_expects();
+        }
+        self.replay.unpark();
     }
 
     /// Ends the session: tells the client why if it should know, and returns or closes the
@@ -490,13 +493,18 @@ impl Session {
     async fn finish(&mut self, result: Result<(), SessionError>) {
         match &result {
             Ok(()) => {
-                tracing::info!(user = %self.user, database = %self.database, pid = self.cancel.process_id, "client disconnected")
+                tracing::info!(
+                    user = self.facts.user(),
+                    database = self.facts.database(),
+                    pid = self.cancel.process_id,
+                    "client disconnected"
+                )
             }
             Err(SessionError::ClientIo(e)) => {
-                tracing::info!(user = %self.user, database = %self.database, error = %e, "client connection lost")
+                tracing::info!(user = self.facts.user(), database = self.facts.database(), error = %e, "client connection lost")
             }
             Err(e) => {
-                tracing::warn!(user = %self.user, database = %self.database, error = %e, "session ended")
+                tracing::warn!(user = self.facts.user(), database = self.facts.database(), error = %e, "session ended")
             }
         }
         if let Err(e) = &result {

@@ -125,6 +125,20 @@ impl Replay {
         self.attempt = 1;
     }
 
+    /// The session goes quiet: its (empty) frame list goes to the thread's spares.
+    pub(super) fn park(&mut self) {
+        if self.frames.is_empty() {
+            super::spares::park_frames(&mut self.frames);
+        }
+    }
+
+    /// The session has work again: takes a spare frame list if it parked its own.
+    pub(super) fn unpark(&mut self) {
+        if self.frames.capacity() == 0 {
+            self.frames = super::spares::take_frames();
+        }
+    }
+
     pub(super) fn is_open(&self) -> bool {
         self.open
     }
@@ -296,7 +310,7 @@ impl Session {
     /// is none or its call failed. Whatever a plugin says, only what did not take effect
     /// runs again.
     fn retry_decision(&mut self, failed: &FailedRequest, budget: std::time::Duration) -> RetryDecision {
-        let plugin = self.state.plugins.current().retry(&self.database);
+        let plugin = self.state.plugins.current().retry(self.facts.database());
         let decision = match plugin {
             Some(plugin) => plugin
                 .on_error(&mut self.facts, TransactionStatus::Idle, failed)

@@ -114,7 +114,7 @@ impl Cluster {
             .nodes
             .iter()
             .map(|n| NodeAddr {
-                host: n.get_ref().host.clone(),
+                host: n.get_ref().host.as_str().into(),
                 port: n.get_ref().port,
             })
             .collect();
