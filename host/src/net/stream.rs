@@ -18,6 +18,7 @@ pub enum Stream {
 
 impl Stream {
     /// The TCP socket underneath.
+    #[inline]
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
@@ -26,12 +27,14 @@ impl Stream {
         }
     }
 
+    #[inline]
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }
 }
 
 impl AsyncRead for Stream {
+    #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -42,6 +45,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
+    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
@@ -50,6 +54,7 @@ impl AsyncWrite for Stream {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),

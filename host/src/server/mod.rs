@@ -96,6 +96,7 @@ pub struct ServerConn {
 impl ServerConn {
     /// True if the server sent something or closed while idle: an idle server has nothing to
     /// say, so any byte (typically a FATAL before a shutdown) means it is unusable.
+    #[inline]
     pub fn is_broken(&self) -> bool {
         let mut probe = [0u8; 1];
         match self.stream.tcp().try_read(&mut probe) {

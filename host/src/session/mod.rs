@@ -461,31 +461,31 @@ impl Session {
             && self.cbuf.capacity() != 0
             && !self.client.is_tls()
         {
-            spares::park(&mut self.cbuf);
-            spares::park(&mut self.cout);
-            spares::park(&mut self.sout);
-            spares::park_expects(&mut self.expect);
-            self.replay.park();
+            spares::park(spares::Parked {
+                cbuf: std::mem::take(&mut self.cbuf),
+                cout: std::mem::take(&mut self.cout),
+                sout: std::mem::take(&mut self.sout),
+                expect: std::mem::take(&mut self.expect),
+                frames: self.replay.park_frames(),
+            });
         }
     }
 
-    /// Takes back what `park_if_quiet` parked: a buffer to read into, and spares (if the
-    /// thread has any) for the rest.
+    /// Takes a parked set (see `park_if_quiet`) for the buffers and queues: a buffer to
+    /// read into and the rest. Whatever the session gained while parked (output queued
+    /// for an idle client) is kept.
     fn unpark(&mut self) {
-        if self.cbuf.capacity() == 0 {
-            self.cbuf = spares::take();
-        }
-        for buf in [&mut self.cout, &mut self.sout] {
-            if buf.capacity() == 0 {
-                if let Some(spare) = spares::take_spare() {
-                    *buf = spare;
-                }
+        let set = spares::take();
+        self.cbuf = set.cbuf;
+        for (mine, spare) in [(&mut self.cout, set.cout), (&mut self.sout, set.sout)] {
+            if mine.capacity() == 0 {
+                *mine = spare;
             }
         }
         if self.expect.capacity() == 0 {
-            self.expect = spares::take_expects();
+            self.expect = set.expect;
         }
-        self.replay.unpark();
+        self.replay.unpark_frames(set.frames);
     }
 
     /// Ends the session: tells the client why if it should know, and returns or closes the

@@ -125,17 +125,20 @@ impl Replay {
         self.attempt = 1;
     }
 
-    /// The session goes quiet: its (empty) frame list goes to the thread's spares.
-    pub(super) fn park(&mut self) {
+    /// The session goes quiet: its frame list, to be parked if empty (a new empty one
+    /// otherwise, the frames staying here).
+    pub(super) fn park_frames(&mut self) -> Vec<Bytes> {
         if self.frames.is_empty() {
-            super::spares::park_frames(&mut self.frames);
+            std::mem::take(&mut self.frames)
+        } else {
+            Vec::new()
         }
     }
 
-    /// The session has work again: takes a spare frame list if it parked its own.
-    pub(super) fn unpark(&mut self) {
+    /// The session has work again: takes `frames` (empty) if it parked its own.
+    pub(super) fn unpark_frames(&mut self, frames: Vec<Bytes>) {
         if self.frames.capacity() == 0 {
-            self.frames = super::spares::take_frames();
+            self.frames = frames;
         }
     }
 

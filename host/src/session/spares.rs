@@ -5,140 +5,129 @@
 //! has work, and none of them while it waits for its client's next message. Thousands of
 //! idle clients would otherwise each pin some kilobytes of empty buffer; allocating afresh
 //! for every transaction would cost a `malloc` and `free` each instead. So a session that
-//! goes quiet parks its empty buffers and queues here, and takes them back when its client
-//! speaks again: a push and a pop on a thread-local list.
+//! goes quiet parks its empty buffers and queues here as one [`Parked`] set, and takes a set
+//! back when its client speaks again: one push and one pop on a thread-local list per
+//! transaction.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::thread::LocalKey;
 
 use bytes::{Bytes, BytesMut};
 
 use super::backend::Expect;
 
-/// Capacity of a new buffer.
+/// Free space of the input buffer a session takes back.
 pub(super) const CAPACITY: usize = 4 * 1024;
 /// Larger buffers (a big COPY or result went through them) are freed, not kept.
 const KEEP_UP_TO: usize = 32 * 1024;
 /// Longer queues (a long pipeline went through them) are freed, not kept.
 const KEEP_QUEUE_UP_TO: usize = 64;
-/// Spares of each kind kept per thread (three buffers per busy session): at most 1 MiB of
-/// buffers per thread.
+/// Sets kept per thread: at most about 3 MiB of buffers per thread.
 const SPARES: usize = 32;
 
-type List<T> = RefCell<Vec<T>>;
+/// What a session holds only while it has work, all empty.
+#[derive(Default)]
+pub(super) struct Parked {
+    pub cbuf: BytesMut,
+    pub cout: BytesMut,
+    pub sout: BytesMut,
+    pub expect: VecDeque<Expect>,
+    pub frames: Vec<Bytes>,
+}
 
 thread_local! {
-    static BUFFERS: List<BytesMut> = const { RefCell::new(Vec::new()) };
-    static EXPECTS: List<VecDeque<Expect>> = const { RefCell::new(Vec::new()) };
-    static FRAMES: List<Vec<Bytes>> = const { RefCell::new(Vec::new()) };
+    static PARKED: RefCell<Vec<Parked>> = const { RefCell::new(Vec::new()) };
 }
 
-fn pop<T: 'static>(list: &'static LocalKey<List<T>>) -> Option<T> {
-    list.with(|s| s.borrow_mut().pop())
-}
-
-/// Keeps `item` (empty, with an allocation worth keeping) as a spare, or drops it.
-fn push<T: 'static>(list: &'static LocalKey<List<T>>, item: T) {
-    list.with(|s| {
+/// Keeps `set` (all of it empty) for the next session on this thread that has work, minus
+/// what grew too large to be worth keeping; drops it if the thread has enough spares.
+pub(super) fn park(mut set: Parked) {
+    for buf in [&mut set.cbuf, &mut set.cout, &mut set.sout] {
+        debug_assert!(buf.is_empty());
+        // A buffer written out to its end reports no capacity but still owns its
+        // allocation: moving its start back (no copy, no allocation) keeps that allocation
+        // rather than freeing it here and allocating again for the next transaction.
+        let _kept = buf.try_reclaim(1);
+        if buf.capacity() > KEEP_UP_TO {
+            *buf = BytesMut::new();
+        }
+    }
+    debug_assert!(set.expect.is_empty() && set.frames.is_empty());
+    if set.expect.capacity() > KEEP_QUEUE_UP_TO {
+        set.expect = VecDeque::new();
+    }
+    if set.frames.capacity() > KEEP_QUEUE_UP_TO {
+        set.frames = Vec::new();
+    }
+    PARKED.with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < SPARES {
-            s.push(item);
+            s.push(set);
         }
     });
 }
 
-/// A buffer with at least [`CAPACITY`] bytes free: a spare, or a new one.
-pub(super) fn take() -> BytesMut {
-    let mut buf = take_spare().unwrap_or_else(|| BytesMut::with_capacity(CAPACITY));
-    // A spare may have been advanced; reserving on an empty unique buffer reclaims the
-    // space in place.
-    buf.reserve(CAPACITY);
-    buf
-}
-
-/// A spare buffer if there is one. Output buffers start from this or from nothing (they
-/// grow to what is written), so a burst of sessions waking at once allocates only what
-/// their messages need.
-pub(super) fn take_spare() -> Option<BytesMut> {
-    pop(&BUFFERS)
-}
-
-/// Parks `buf` (which the caller has emptied) as a spare, or frees it; leaves an empty
-/// buffer with no allocation in its place.
-pub(super) fn park(buf: &mut BytesMut) {
-    debug_assert!(buf.is_empty());
-    let buf = std::mem::take(buf);
-    if buf.capacity() != 0 && buf.capacity() <= KEEP_UP_TO {
-        push(&BUFFERS, buf);
-    }
-}
-
-/// Parks an empty queue of expected replies; leaves one with no allocation in its place.
-pub(super) fn park_expects(queue: &mut VecDeque<Expect>) {
-    debug_assert!(queue.is_empty());
-    let queue = std::mem::take(queue);
-    if queue.capacity() != 0 && queue.capacity() <= KEEP_QUEUE_UP_TO {
-        push(&EXPECTS, queue);
-    }
-}
-
-/// A spare queue of expected replies, or a new empty one.
-pub(super) fn take_expects() -> VecDeque<Expect> {
-    pop(&EXPECTS).unwrap_or_default()
-}
-
-/// Parks an empty list of client frames; leaves one with no allocation in its place.
-pub(super) fn park_frames(frames: &mut Vec<Bytes>) {
-    debug_assert!(frames.is_empty());
-    let frames = std::mem::take(frames);
-    if frames.capacity() != 0 && frames.capacity() <= KEEP_QUEUE_UP_TO {
-        push(&FRAMES, frames);
-    }
-}
-
-/// A spare list of client frames, or a new empty one.
-pub(super) fn take_frames() -> Vec<Bytes> {
-    pop(&FRAMES).unwrap_or_default()
+/// A parked set, or a new one; its input buffer has at least [`CAPACITY`] bytes free.
+/// The output buffers and queues start from what was parked or from nothing (they grow to
+/// what is written), so a burst of sessions waking at once allocates only what it needs.
+pub(super) fn take() -> Parked {
+    let mut set = PARKED.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    // Reserving on an empty unique buffer reclaims its space in place.
+    set.cbuf.reserve(CAPACITY);
+    set
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn clear_spares() {
+        PARKED.with(|s| s.borrow_mut().clear());
+    }
+
     #[test]
-    fn parked_buffers_come_back_and_the_session_keeps_none() {
-        let mut b = take();
-        assert!(b.capacity() >= CAPACITY);
-        b.extend_from_slice(b"hello");
-        b.clear();
-        park(&mut b);
-        assert_eq!(b.capacity(), 0);
+    fn a_parked_set_comes_back_whole() {
+        clear_spares();
+        let mut set = take();
+        assert!(set.cbuf.capacity() >= CAPACITY);
+        set.cout.extend_from_slice(b"hello");
+        set.cout.clear();
+        set.expect.push_back(Expect::Sync);
+        set.expect.clear();
+        set.frames.push(Bytes::from_static(b"Q"));
+        set.frames.clear();
+        park(set);
         let again = take();
-        assert!(again.capacity() >= CAPACITY);
+        assert!(again.cbuf.capacity() >= CAPACITY);
+        assert!(again.cout.capacity() >= 5);
+        assert!(again.expect.capacity() >= 1);
+        assert!(again.frames.capacity() >= 1);
     }
 
     #[test]
-    fn large_buffers_are_freed() {
-        let mut b = BytesMut::with_capacity(KEEP_UP_TO * 2);
-        park(&mut b);
-        assert_eq!(b.capacity(), 0);
-        BUFFERS.with(|s| assert!(s.borrow().iter().all(|b| b.capacity() <= KEEP_UP_TO)));
+    fn a_buffer_written_to_its_end_keeps_its_allocation() {
+        clear_spares();
+        let mut cout = BytesMut::new();
+        cout.extend_from_slice(&[7; 100]);
+        let _ = cout.split_to(cout.len());
+        assert_eq!(cout.capacity(), 0);
+        park(Parked {
+            cout,
+            ..Parked::default()
+        });
+        assert!(take().cout.capacity() >= 100);
     }
 
     #[test]
-    fn parked_queues_come_back_and_long_ones_are_freed() {
-        let mut q = VecDeque::new();
-        q.push_back(Expect::Sync);
-        q.clear();
-        let cap = q.capacity();
-        park_expects(&mut q);
-        assert_eq!(q.capacity(), 0);
-        assert_eq!(take_expects().capacity(), cap);
-
-        let mut f = Vec::with_capacity(KEEP_QUEUE_UP_TO * 2);
-        park_frames(&mut f);
-        assert_eq!(f.capacity(), 0);
-        FRAMES.with(|s| assert!(s.borrow().iter().all(|f| f.capacity() <= KEEP_QUEUE_UP_TO)));
+    fn large_buffers_and_long_queues_are_freed() {
+        clear_spares();
+        park(Parked {
+            sout: BytesMut::with_capacity(KEEP_UP_TO * 2),
+            frames: Vec::with_capacity(KEEP_QUEUE_UP_TO * 2),
+            ..Parked::default()
+        });
+        let set = take();
+        assert_eq!(set.sout.capacity(), 0);
+        assert_eq!(set.frames.capacity(), 0);
     }
 }
