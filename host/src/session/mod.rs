@@ -108,8 +108,9 @@ enum Io {
 
 struct Session {
     client: Stream,
-    /// Bytes read from the client, not yet processed. The three buffers are parked (see
-    /// `spares`) while the session waits for its client with nothing in them.
+    /// Bytes read from the client, not yet processed. The three buffers, `expect` and the
+    /// replay's frame list are parked (see `spares`) while the session waits for its client
+    /// with nothing in them.
     cbuf: BytesMut,
     /// Bytes for the client, not yet written.
     cout: BytesMut,
