@@ -277,6 +277,7 @@ struct PoolRow {
     idle: i64,
     in_use: i64,
     waiting: i64,
+    pinned: i64,
     checkouts: u64,
     connects: u64,
     connect_failures: u64,
@@ -317,6 +318,7 @@ impl StateCollector {
                     idle: as_i64(idle),
                     in_use: as_i64(in_use),
                     waiting: as_i64(waiting),
+                    pinned: as_i64(s.pinned.load(Ordering::Relaxed)),
                     checkouts: s.checkouts.load(Ordering::Relaxed),
                     connects: s.connects.load(Ordering::Relaxed),
                     connect_failures: s.connect_failures.load(Ordering::Relaxed),
@@ -354,6 +356,13 @@ impl StateCollector {
             "Clients queued for a server of the pool now.",
             None,
             pools.iter().map(|p| (p.labels.clone(), p.waiting)),
+        )?;
+        gauge(
+            enc,
+            "switchyard_pool_clients_pinned",
+            "Clients that keep their server because they hold state that lives only there (temporary tables, LISTEN, advisory locks, WITH HOLD cursors, untracked settings); transaction and statement modes.",
+            None,
+            pools.iter().map(|p| (p.labels.clone(), p.pinned)),
         )?;
         let counters: [Counter<PoolRow>; 6] = [
             ("switchyard_pool_checkouts", "Servers handed to clients.", |p| p.checkouts),

@@ -32,7 +32,8 @@ pub fn decide(mode: PoolMode, facts: ReadyFacts) -> ReadyAction {
         PoolMode::Session => ReadyAction::Keep,
         PoolMode::Transaction if idle && !facts.holds_server_state => ReadyAction::Release,
         PoolMode::Transaction => ReadyAction::Keep,
-        PoolMode::Statement if idle => ReadyAction::Release,
+        PoolMode::Statement if idle && !facts.holds_server_state => ReadyAction::Release,
+        PoolMode::Statement if idle => ReadyAction::Keep,
         PoolMode::Statement => ReadyAction::RefuseTransaction(STATEMENT_MODE_REFUSAL.to_string()),
     }
 }
@@ -69,6 +70,7 @@ mod tests {
             decide(PoolMode::Statement, facts(Idle, false)),
             ReadyAction::Release
         );
+        assert_eq!(decide(PoolMode::Statement, facts(Idle, true)), ReadyAction::Keep);
         assert!(matches!(
             decide(PoolMode::Statement, facts(Failed, false)),
             ReadyAction::RefuseTransaction(_)

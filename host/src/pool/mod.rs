@@ -100,6 +100,9 @@ pub struct PoolStats {
     pub discarded: AtomicU64,
     /// Requests run again after their server failed them without effect.
     pub retried: AtomicU64,
+    /// Clients (transaction or statement mode) that keep their server because they hold
+    /// state that lives only there (temporary tables, LISTEN, advisory locks, ...).
+    pub pinned: AtomicUsize,
 }
 
 /// Servers for one (database, user).

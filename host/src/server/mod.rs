@@ -5,7 +5,7 @@ mod connect;
 mod query;
 
 pub use connect::{connect, ConnectParams};
-pub use query::query_row;
+pub use query::{query_row, simple_query, Answer};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

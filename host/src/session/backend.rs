@@ -44,7 +44,8 @@ pub(super) enum Expect {
     },
     /// The proxy's own Close of an evicted statement: swallow CloseComplete.
     InjectedClose,
-    /// The proxy's own simple query (session settings): swallow everything to ReadyForQuery.
+    /// The proxy's own simple query (the ROLLBACK that refuses a transaction block in
+    /// statement mode): swallow everything to ReadyForQuery.
     InjectedQuery,
     /// A reply the proxy makes, sent when every earlier reply has been forwarded.
     Synthetic(Bytes),
@@ -164,6 +165,9 @@ impl Session {
                     return Ok(false);
                 }
                 self.tx_status = status;
+                if self.expect.is_empty() {
+                    self.params.settle_reports();
+                }
                 if status == TransactionStatus::Idle && self.params.has_pending() {
                     self.params.commit_pending();
                     let desired = self.params.desired().clone();
@@ -194,7 +198,7 @@ impl Session {
                     Some(Expect::Query) => Ok(true),
                     Some(Expect::InjectedQuery) => {
                         let fields = switchyard_protocol::backend::parse_error_fields(body).ok();
-                        tracing::warn!(error = ?fields, "replaying session settings failed");
+                        tracing::warn!(error = ?fields, "the proxy's own query failed");
                         Ok(false)
                     }
                     _ => {
@@ -217,6 +221,10 @@ impl Session {
                         Ok(true)
                     }
                 }
+            }
+            tags::PARAMETER_STATUS if !injected_query => {
+                self.check_report(body);
+                Ok(true)
             }
             tags::COPY_IN_RESPONSE => {
                 self.on_copy_in();
@@ -276,6 +284,29 @@ impl Session {
         self.expect.push_back(Expect::Synthetic(reply.freeze()));
         self.tx_status = TransactionStatus::Idle;
         self.tx_statements = 0;
+    }
+
+    /// A ParameterStatus report while relaying: one that no tracked command explains means
+    /// the server's settings changed where the proxy could not see (a SET run by a
+    /// function, `set_config` with a computed argument), so the server stays with this
+    /// client from now on and is reset before anyone else gets it.
+    fn check_report(&mut self, body: &[u8]) {
+        /// Reports that are not session settings a client changes.
+        const NOT_SETTINGS: [&str; 6] = [
+            "in_hot_standby",
+            "server_version",
+            "server_encoding",
+            "integer_datetimes",
+            "is_superuser",
+            "session_authorization",
+        ];
+        let Ok((name, _)) = switchyard_protocol::backend::parse_parameter_status(body) else {
+            return;
+        };
+        if !NOT_SETTINGS.contains(&name.as_str()) && !self.params.expects_report(&name) {
+            tracing::debug!(setting = %name, "server reported a setting change the proxy did not track");
+            self.pin("a setting changed by the server itself");
+        }
     }
 
     fn pop_if(&mut self, f: impl Fn(&Expect) -> bool) {

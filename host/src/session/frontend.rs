@@ -233,7 +233,7 @@ impl Session {
                 self.synthesize(out.freeze());
                 return Ok(());
             }
-            self.params.note(cmd);
+            self.note_command(cmd);
         }
         if self.acquire_or_refuse(false).await? {
             self.sout.extend_from_slice(raw);
@@ -309,10 +309,12 @@ impl Session {
         Some(out.freeze())
     }
 
-    /// Session pooling: remembers that the client may have created server-side state.
+    /// Pins the server if the client creates state that lives only there.
     fn note_server_state(&mut self, sql_text: &[u8]) {
-        if self.mode == PoolMode::Session && !self.server_state {
-            self.server_state = sql::may_create_server_state(sql_text);
+        if !self.server_state {
+            if let Some(what) = sql::server_state(sql_text) {
+                self.pin(what);
+            }
         }
     }
 
@@ -321,8 +323,17 @@ impl Session {
         self.note_server_state(query);
         if maybe_session_command(query) {
             for cmd in sql::commands(query) {
-                self.params.note(cmd);
+                self.note_command(cmd);
             }
+        }
+    }
+
+    /// A session command the client sent: settings are tracked, what cannot be tracked pins.
+    fn note_command(&mut self, cmd: Command) {
+        if let Command::Untracked(what) = cmd {
+            self.pin(what);
+        } else {
+            self.params.note(cmd);
         }
     }
 

@@ -34,7 +34,6 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use switchyard_protocol::backend::{error_response, ErrorFields, TransactionStatus};
-use switchyard_protocol::frontend::encode_query;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -148,11 +147,11 @@ struct Session {
     release_ready: bool,
     /// The request that may still run again elsewhere if its server fails it.
     replay: Replay,
-    /// Session pooling: the client may have created state on its server that the proxy
-    /// cannot carry to another (see `sql::may_create_server_state`).
+    /// The client created state on its server that the proxy cannot carry to another
+    /// (`sql::server_state`, an untracked setting): the server stays with it (see `pin`).
     server_state: bool,
-    /// Session pooling: the server, and the state above with it, was lost while the
-    /// client was idle; its next message gets this error.
+    /// The server, and the state above with it, was lost while the client was idle; its
+    /// next message gets this error.
     lost_session: Option<Box<ErrorFields>>,
 }
 
@@ -221,6 +220,9 @@ impl Session {
                 return Ok(());
             }
             if self.releasable() {
+                if self.params.uncertain() {
+                    Box::pin(self.read_back_settings()).await;
+                }
                 self.release();
             }
             if *shutdown.borrow() && self.server.is_none() && self.cout.is_empty() {
@@ -266,7 +268,7 @@ impl Session {
         self.server = None;
         self.cancel.slot.set(None);
         self.release_ready = false;
-        if self.mode == PoolMode::Session && self.server_state {
+        if self.server_state {
             tracing::info!(
                 pid = self.cancel.process_id,
                 "server closed an idle session that may hold server-side state; the client will be told"
@@ -284,7 +286,6 @@ impl Session {
                 "server closed while the session was idle; the next statement borrows another"
             );
         }
-        self.server_state = false;
         true
     }
 
@@ -308,18 +309,23 @@ impl Session {
         let facts = ReadyFacts {
             status,
             statements: self.tx_statements,
-            holds_server_state: false,
+            holds_server_state: self.server_state,
         };
         if status == TransactionStatus::Idle {
             self.tx_statements = 0;
         }
         let builtin = || pool_mode::decide(self.mode, facts);
-        match &self.plugin {
+        let action = match &self.plugin {
             Some(plugin) => plugin
                 .on_ready(&mut self.facts, facts)
                 .unwrap_or_else(|_| builtin()),
             None => builtin(),
+        };
+        // Whatever a plugin answers, a server holding this client's state stays with it.
+        if action == ReadyAction::Release && self.server_state {
+            return ReadyAction::Keep;
         }
+        action
     }
 
     /// Picks up a reloaded plugin set at the start of a transaction.
@@ -352,6 +358,7 @@ impl Session {
         // A client waiting for a server must have seen all earlier replies.
         self.flush_client().await?;
         let mut checkout = self.pool.checkout().await?;
+        self.apply_settings(&mut checkout).await?;
         if self.tx_status == TransactionStatus::Idle && self.mode != PoolMode::Session {
             self.replay.open(self.cout.len());
         }
@@ -362,17 +369,110 @@ impl Session {
             process_id: conn.backend_pid,
             secret_key: conn.secret_key,
         }));
-        if conn.settings_signature != self.params.signature() {
-            if let Some(sql) = self.params.diff(&conn.settings) {
-                tracing::debug!(server = conn.id, %sql, "applying session settings");
-                encode_query(sql.as_bytes(), &mut self.sout);
-                self.expect.push_back(Expect::InjectedQuery);
-            }
-            conn.settings = self.params.desired().clone();
-            conn.settings_signature = self.params.signature();
-        }
         self.server = Some(checkout);
         Ok(())
+    }
+
+    /// Brings a freshly borrowed server to this client's settings, in one round trip
+    /// before any of the client's messages: the server's settings are recorded only once
+    /// it confirmed them. If it refused them, the server is closed and the client gets
+    /// the server's error: its session cannot be set up as it asked.
+    async fn apply_settings(&mut self, checkout: &mut Checkout) -> Result<(), SessionError> {
+        let conn = checkout.conn();
+        if conn.settings_signature == self.params.signature() {
+            return Ok(());
+        }
+        if let Some(sql) = self.params.diff(&conn.settings) {
+            tracing::debug!(server = conn.id, %sql, "applying session settings");
+            let limit = self.pool.settings.connect_timeout;
+            let answer = match tokio::time::timeout(limit, crate::server::simple_query(conn, &sql)).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => return Err(SessionError::Pool(e.into())),
+                Err(_) => {
+                    return Err(SessionError::Pool(
+                        crate::server::ServerError::ConnectTimeout {
+                            addr: conn.addr.clone(),
+                        }
+                        .into(),
+                    ))
+                }
+            };
+            if let Some(mut fields) = answer.error {
+                tracing::warn!(
+                    user = self.facts.user(), server = conn.id, sqlstate = %fields.code,
+                    error = %fields.message, "a server refused this session's settings; closing it"
+                );
+                fields.severity = switchyard_protocol::backend::Severity::Fatal;
+                fields.detail = Some(
+                    "switchyard could not apply this session's settings (startup parameters and SET commands) on a server"
+                        .into(),
+                );
+                return Err(SessionError::Fatal(Box::new(fields)));
+            }
+        }
+        conn.settings = self.params.desired().clone();
+        conn.settings_signature = self.params.signature();
+        Ok(())
+    }
+
+    /// A transaction whose settings commands failed or rolled back (maybe only to a
+    /// savepoint) ended: reads back from the server what the session's settings now are,
+    /// so that neither this client nor the next user of the server is misled. A server
+    /// that cannot tell is closed.
+    async fn read_back_settings(&mut self) {
+        const SESSION_SETTINGS: &str = "SELECT name, setting FROM pg_catalog.pg_settings \
+             WHERE source = 'session' AND name NOT IN ('role', 'session_authorization', 'is_superuser') \
+             AND name NOT LIKE 'transaction\\_%'";
+        let Some(checkout) = self.server.as_mut() else {
+            return;
+        };
+        let conn = checkout.conn();
+        let limit = self.pool.settings.connect_timeout;
+        match tokio::time::timeout(limit, crate::server::simple_query(conn, SESSION_SETTINGS)).await {
+            Ok(Ok(answer)) if answer.error.is_none() => {
+                let session = answer
+                    .rows
+                    .into_iter()
+                    .filter_map(|row| match row.as_slice() {
+                        [Some(name), Some(value)] => Some((name.clone(), value.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                self.params.read_back(session);
+                conn.settings = self.params.desired().clone();
+                conn.settings_signature = self.params.signature();
+            }
+            _ => {
+                tracing::info!(
+                    server = conn.id,
+                    "cannot read back session settings; closing the server"
+                );
+                self.params.forget_uncertainty();
+                self.server = None; // dropping the checkout closes the server
+                self.cancel.slot.set(None);
+                self.release_ready = false;
+            }
+        }
+    }
+
+    /// The client made state that lives only on its server (`what`): from now on its
+    /// server stays with it until it disconnects, whatever the pool mode, and is reset
+    /// (`DISCARD ALL`) before anyone else gets it. Counted in SHOW POOLS and the metrics.
+    fn pin(&mut self, what: &str) {
+        if self.server_state {
+            return;
+        }
+        self.server_state = true;
+        if self.mode != PoolMode::Session {
+            self.pool.stats.pinned.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                user = self.facts.user(),
+                database = self.facts.database(),
+                pid = self.cancel.process_id,
+                state = what,
+                "client holds server-side state; its server stays with it until it disconnects"
+            );
+        }
     }
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
@@ -519,7 +619,10 @@ impl Session {
         let _ = self.flush_client().await;
         let _ = self.client.shutdown().await;
         self.cancel.slot.set(None);
-        let releasable = self.releasable();
+        if self.server_state && self.mode != PoolMode::Session {
+            self.pool.stats.pinned.fetch_sub(1, Ordering::Relaxed);
+        }
+        let releasable = self.releasable() && !self.params.uncertain();
         let Some(checkout) = self.server.take() else {
             return;
         };
@@ -533,9 +636,10 @@ impl Session {
         }
         // The session kept its server (session mode, an open transaction, server-side state):
         // whatever it left there must not reach the next client.
-        let reset = match self.tx_status {
-            TransactionStatus::Idle => "DISCARD ALL",
-            _ => "ROLLBACK; DISCARD ALL",
+        let reset: &'static [&'static str] = match self.tx_status {
+            TransactionStatus::Idle => &["DISCARD ALL"],
+            // Two queries: DISCARD ALL cannot run in a transaction block.
+            _ => &["ROLLBACK", "DISCARD ALL"],
         };
         tokio::spawn(reset_server(checkout, reset));
     }
@@ -543,40 +647,22 @@ impl Session {
 
 /// Brings a server back to a clean state after its client left, then returns it to the pool;
 /// on any trouble the server is closed instead.
-async fn reset_server(mut checkout: Checkout, sql: &'static str) {
+async fn reset_server(mut checkout: Checkout, queries: &'static [&'static str]) {
     let conn = checkout.conn();
-    let queries: Vec<&str> = sql.split("; ").collect();
-    let mut out = BytesMut::new();
-    for q in &queries {
-        encode_query(q.as_bytes(), &mut out);
-    }
     let work = async {
-        conn.stream.write_all(&out).await?;
-        let mut remaining = queries.len();
-        while remaining > 0 {
-            if tokio::io::AsyncReadExt::read_buf(&mut conn.stream, &mut conn.rbuf).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            while let Some(frame) = switchyard_protocol::frame::split_frame(
-                &mut conn.rbuf,
-                switchyard_protocol::DEFAULT_MAX_MESSAGE_LEN,
-            )
-            .map_err(std::io::Error::other)?
-            {
-                if frame.tag() == switchyard_protocol::backend::tags::READY_FOR_QUERY {
-                    remaining -= 1;
-                }
+        for sql in queries {
+            if crate::server::simple_query(conn, sql).await?.error.is_some() {
+                return Ok(false);
             }
         }
-        Ok::<(), std::io::Error>(())
+        Ok::<bool, crate::server::ServerError>(true)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), work).await {
-        Ok(Ok(())) => {
-            if sql.contains("DISCARD") {
-                conn.statements.clear();
-                conn.settings.clear();
-                conn.settings_signature = 0;
-            }
+        Ok(Ok(true)) => {
+            // DISCARD ALL dropped the proxy's statements and the client's settings.
+            conn.statements.clear();
+            conn.settings.clear();
+            conn.settings_signature = 0;
             checkout.release();
         }
         _ => tracing::debug!("server reset failed; closing it"),

@@ -2,13 +2,18 @@
 //!
 //! A client's session state lives in the proxy, not on a server: the startup parameters it
 //! sent and the session-level `SET`s it ran. Before a transaction runs on a server whose
-//! settings differ, the proxy replays the difference (`SET`/`RESET`) in one round trip, so the
-//! client sees its own settings whatever server it lands on.
+//! settings differ, the proxy replays the difference in one round trip, so the client sees
+//! its own settings whatever server it lands on.
+//!
+//! Each setting is kept as the statement that establishes it, built from parsed names and
+//! values (`sql::Command::Set`), never from the client's text: a comment or a quote in what
+//! the client sent cannot swallow or change the statements replayed after it. Startup
+//! values, which reach Postgres as raw setting strings, are replayed with `set_config`.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use super::sql::Command;
+use super::sql::{quote_literal, quote_setting_name, Command};
 
 /// Startup parameters that are connection properties, not settings to replay.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
@@ -25,14 +30,32 @@ pub struct SessionParams {
     signature: u64,
     /// SET/RESET seen in the transaction in progress, applied when it commits.
     pending: Vec<Command>,
+    /// Settings named by commands sent since the session last had nothing in flight: the
+    /// ParameterStatus reports the server may send for them are expected.
+    touched: Vec<String>,
+    /// A RESET ALL or DISCARD ALL is among those commands: every report is expected.
+    touched_all: bool,
+    /// A transaction with pending commands failed or rolled back (possibly only to a
+    /// savepoint): which of them took effect is read back from the server.
+    uncertain: bool,
 }
 
-/// A quoted SQL literal.
-pub fn quote_literal(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
+/// The statement that gives setting `name` the raw value `value`, as a startup packet or
+/// `pg_settings` states it.
+pub fn set_config_statement(name: &str, value: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, false)",
+        quote_literal(name),
+        quote_literal(value)
+    )
 }
 
-/// Parameter names are replayed unquoted, so accept only what needs no quoting.
+/// The statement run for a parsed `SET name TO value`.
+fn set_statement(name: &str, value: &str) -> String {
+    format!("SET {} TO {value}", quote_setting_name(name))
+}
+
+/// Setting names as the startup packet may carry them: anything else is not replayed.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -57,20 +80,37 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The settings a startup packet asks for, name → raw value, later ones winning.
+pub fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut add = |k: String, v: String| {
+        let k = k.to_ascii_lowercase();
+        out.retain(|(old, _)| *old != k);
+        out.push((k, v));
+    };
+    for (k, v) in params {
+        if k == "options" {
+            for (k, v) in parse_options(v) {
+                if valid_name(&k) {
+                    add(k, v);
+                }
+            }
+        } else if !NOT_SETTINGS.contains(&k.as_str()) && valid_name(k) && !k.starts_with("_pq_.") {
+            add(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
 impl SessionParams {
     pub fn from_startup(params: &[(String, String)]) -> SessionParams {
-        let mut startup = Settings::new();
-        for (k, v) in params {
-            if k == "options" {
-                for (k, v) in parse_options(v) {
-                    if valid_name(&k) {
-                        startup.insert(k.to_ascii_lowercase(), quote_literal(&v));
-                    }
-                }
-            } else if !NOT_SETTINGS.contains(&k.as_str()) && valid_name(k) && !k.starts_with("_pq_.") {
-                startup.insert(k.to_ascii_lowercase(), quote_literal(v));
-            }
-        }
+        let startup: Settings = startup_settings(params)
+            .into_iter()
+            .map(|(k, v)| {
+                let stmt = set_config_statement(&k, &v);
+                (k, stmt)
+            })
+            .collect();
         let startup = Arc::new(startup);
         let mut s = SessionParams {
             desired: startup.clone(),
@@ -93,21 +133,44 @@ impl SessionParams {
 
     /// Records a SET/RESET the client sent; it takes effect if its transaction commits.
     pub fn note(&mut self, cmd: Command) {
-        if matches!(
-            cmd,
-            Command::Set { .. } | Command::Reset { .. } | Command::ResetAll | Command::DiscardAll
-        ) {
-            self.pending.push(cmd);
+        match &cmd {
+            Command::Set { name, .. } | Command::Reset { name } => self.touched.push(name.clone()),
+            Command::ResetAll | Command::DiscardAll => self.touched_all = true,
+            _ => return,
         }
+        self.pending.push(cmd);
     }
 
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
-    /// The transaction that ran the pending commands failed or rolled back.
+    /// The transaction that ran the pending commands failed or rolled back, maybe only to
+    /// a savepoint: the commands are dropped, and what the server really has is read back
+    /// before it is trusted again (see [`SessionParams::uncertain`]).
     pub fn abort_pending(&mut self) {
-        self.pending.clear();
+        if !self.pending.is_empty() {
+            self.uncertain = true;
+            self.pending.clear();
+        }
+    }
+
+    /// Whether the server's settings must be read back (`read_back`) before its release.
+    pub fn uncertain(&self) -> bool {
+        self.uncertain
+    }
+
+    /// Whether a ParameterStatus report for `name` follows from a command the proxy
+    /// tracked; a report nobody asked for means the server's settings changed behind the
+    /// proxy's back (a SET inside a function, say).
+    pub fn expects_report(&self, name: &str) -> bool {
+        self.touched_all || self.uncertain || self.touched.iter().any(|t| t.eq_ignore_ascii_case(name))
+    }
+
+    /// Nothing is in flight any more: later reports need later commands.
+    pub fn settle_reports(&mut self) {
+        self.touched.clear();
+        self.touched_all = false;
     }
 
     /// The transaction committed (or the statement ran outside one).
@@ -118,12 +181,9 @@ impl SessionParams {
         for cmd in std::mem::take(&mut self.pending) {
             let desired = Arc::make_mut(&mut self.desired);
             match cmd {
-                Command::Set { name, value } if valid_name(&name) => {
-                    if value.eq_ignore_ascii_case("default") {
-                        desired.remove(&name);
-                    } else {
-                        desired.insert(name, value);
-                    }
+                Command::Set { name, value } => {
+                    let stmt = set_statement(&name, &value);
+                    desired.insert(name, stmt);
                 }
                 Command::Reset { name } => match self.startup.get(&name) {
                     // RESET goes back to the connection's startup value, as on Postgres.
@@ -141,17 +201,42 @@ impl SessionParams {
         self.resign();
     }
 
+    /// Replaces the settings with what a server reports its session holds (name, raw
+    /// value from `pg_settings`), after a transaction whose effect on them was uncertain.
+    pub fn read_back(&mut self, session: Vec<(String, String)>) {
+        let desired: Settings = session
+            .into_iter()
+            .map(|(k, v)| {
+                let stmt = set_config_statement(&k, &v);
+                (k, stmt)
+            })
+            .collect();
+        self.desired = Arc::new(desired);
+        self.uncertain = false;
+        self.resign();
+    }
+
+    /// The uncertainty could not be resolved on the server (it is being closed): the
+    /// proxy's own account, without the aborted commands, stands.
+    pub fn forget_uncertainty(&mut self) {
+        self.uncertain = false;
+    }
+
     /// The statements that turn a server's `applied` settings into ours, or None if equal.
+    /// Each statement is complete in itself, so none can change how the next is read.
     pub fn diff(&self, applied: &Settings) -> Option<String> {
         let mut sql = String::new();
         for (k, v) in self.desired.iter() {
             if applied.get(k) != Some(v) {
-                sql.push_str(&format!("SET {k} TO {v};"));
+                sql.push_str(v);
+                sql.push(';');
             }
         }
         for k in applied.keys() {
             if !self.desired.contains_key(k) {
-                sql.push_str(&format!("RESET {k};"));
+                sql.push_str("RESET ");
+                sql.push_str(&quote_setting_name(k));
+                sql.push(';');
             }
         }
         (!sql.is_empty()).then_some(sql)
@@ -170,20 +255,21 @@ impl SessionParams {
     pub fn desired(&self) -> &Settings {
         &self.desired
     }
-
-    /// The value the client gave at startup, unquoted, for ParameterStatus at login.
-    pub fn startup_value(&self, name: &str) -> Option<String> {
-        let v = self.startup.get(&name.to_ascii_lowercase())?;
-        Some(v[1..v.len() - 1].replace("''", "'"))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::sql::commands;
 
     fn p(k: &str, v: &str) -> (String, String) {
         (k.into(), v.into())
+    }
+
+    fn note_all(s: &mut SessionParams, sql: &str) {
+        for c in commands(sql.as_bytes()) {
+            s.note(c);
+        }
     }
 
     #[test]
@@ -194,38 +280,90 @@ mod tests {
             p("application_name", "it's"),
             p("options", "-c search_path=a,b --work-mem=64MB"),
         ]);
-        assert_eq!(s.desired().get("application_name").unwrap(), "'it''s'");
-        assert_eq!(s.desired().get("search_path").unwrap(), "'a,b'");
-        assert_eq!(s.desired().get("work_mem").unwrap(), "'64MB'");
+        assert_eq!(
+            s.desired().get("application_name").unwrap(),
+            "SELECT pg_catalog.set_config('application_name', 'it''s', false)"
+        );
+        assert_eq!(
+            s.desired().get("search_path").unwrap(),
+            "SELECT pg_catalog.set_config('search_path', 'a,b', false)"
+        );
+        assert!(s.desired().contains_key("work_mem"));
         assert!(!s.desired().contains_key("user"));
-        assert_eq!(s.startup_value("application_name").unwrap(), "it's");
     }
 
     #[test]
     fn diff_sets_and_resets() {
         let mut s = SessionParams::from_startup(&[p("application_name", "a")]);
         let mut applied = Settings::new();
-        applied.insert("timezone".into(), "'UTC'".into());
+        applied.insert("timezone".into(), "SET timezone TO 'UTC'".into());
         assert_eq!(
             s.diff(&applied).unwrap(),
-            "SET application_name TO 'a';RESET timezone;"
+            "SELECT pg_catalog.set_config('application_name', 'a', false);RESET timezone;"
         );
         let sig = s.signature();
-        s.note(Command::Set {
-            name: "search_path".into(),
-            value: "x".into(),
-        });
+        note_all(&mut s, "SET search_path TO x");
         s.abort_pending();
+        assert!(s.uncertain());
+        s.forget_uncertainty();
         assert_eq!(s.signature(), sig);
-        s.note(Command::Set {
-            name: "search_path".into(),
-            value: "x".into(),
-        });
+        note_all(&mut s, "SET search_path TO x");
         s.commit_pending();
         assert_ne!(s.signature(), sig);
         assert!(s.diff(s.desired()).is_none());
-        s.note(Command::ResetAll);
+        note_all(&mut s, "RESET ALL");
         s.commit_pending();
         assert_eq!(s.signature(), sig);
+    }
+
+    /// What issue 15 found: a comment after a SET value swallowed the RESETs replayed
+    /// after it. The replay is built from parsed values, so no client text survives.
+    #[test]
+    fn client_text_never_reaches_the_replay() {
+        let mut s = SessionParams::from_startup(&[]);
+        note_all(
+            &mut s,
+            "SET application_name TO 'x' -- note\n; SET search_path = /* c */ \"My\"\"S\", public;\
+             SET app.path = E'a\\\\b'; SET timezone = $t$Europe/Paris$t$",
+        );
+        s.commit_pending();
+        let mut applied = Settings::new();
+        applied.insert("statement_timeout".into(), "SET statement_timeout TO '1s'".into());
+        let sql = s.diff(&applied).unwrap();
+        assert_eq!(
+            sql,
+            "SET app.path TO E'a\\\\b';SET application_name TO 'x';\
+             SET search_path TO 'My\"S', 'public';SET timezone TO 'Europe/Paris';\
+             RESET statement_timeout;"
+        );
+        assert!(!sql.contains("--") && !sql.contains("/*"));
+    }
+
+    #[test]
+    fn set_default_and_reset_return_to_the_startup_value() {
+        let mut s = SessionParams::from_startup(&[p("search_path", "s1")]);
+        let startup = s.desired().clone();
+        note_all(&mut s, "SET search_path TO s2");
+        s.commit_pending();
+        note_all(&mut s, "SET search_path TO DEFAULT");
+        s.commit_pending();
+        assert_eq!(s.desired(), &startup);
+        note_all(&mut s, "SET search_path TO s2; RESET search_path");
+        s.commit_pending();
+        assert_eq!(s.desired(), &startup);
+    }
+
+    #[test]
+    fn reports_are_expected_only_for_tracked_commands() {
+        let mut s = SessionParams::from_startup(&[]);
+        assert!(!s.expects_report("application_name"));
+        note_all(&mut s, "SET application_name = 'x'");
+        assert!(s.expects_report("application_name"));
+        assert!(!s.expects_report("DateStyle"));
+        note_all(&mut s, "SET TIME ZONE 'UTC'");
+        assert!(s.expects_report("TimeZone"));
+        s.commit_pending();
+        s.settle_reports();
+        assert!(!s.expects_report("application_name"));
     }
 }

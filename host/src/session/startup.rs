@@ -234,12 +234,13 @@ async fn login(
         (Destination::Pool(pool), server_params)
     };
     backend::auth_ok(&mut out);
-    let session_params = super::params::SessionParams::from_startup(&params);
+    let asked = super::params::startup_settings(&params);
     for (name, value) in server_params.iter() {
         let value = if CLIENT_REPORTED.contains(&name.as_str()) {
-            session_params
-                .startup_value(name)
-                .unwrap_or_else(|| value.clone())
+            asked
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map_or_else(|| value.clone(), |(_, v)| v.clone())
         } else {
             value.clone()
         };
