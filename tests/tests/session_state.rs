@@ -199,22 +199,3 @@ async fn set_follows_the_client_and_does_not_leak() -> Result<()> {
 
     bed.ensure_proxy_alive()
 }
-
-/// `set_config(..., false)` changes a setting without a SET statement, and
-/// PostgreSQL 15 reports only GUC_REPORT settings (not search_path) with
-/// ParameterStatus, so a pooler cannot see it; PgBouncer has the same
-/// limitation. Run with `--ignored` to see whether the proxy handles it.
-#[tokio::test]
-#[ignore = "known pooler limitation: set_config() is invisible to the proxy"]
-async fn set_config_does_not_leak() -> Result<()> {
-    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(1))?;
-    let ep = bed.endpoint();
-    let a = ep.connect_app().await?;
-    let b = ep.connect_app().await?;
-    a.query("SELECT set_config('search_path', 'pg_catalog', false)", &[])
-        .await
-        .ctx("set_config")?;
-    let b_path = show(&b, "search_path").await?;
-    ensure!(b_path != "pg_catalog", "set_config by a leaked to b: {b_path}");
-    bed.ensure_proxy_alive()
-}

@@ -169,14 +169,9 @@ impl Session {
                     self.params.settle_reports();
                 }
                 if status == TransactionStatus::Idle && self.params.has_pending() {
-                    self.params.commit_pending();
-                    let desired = self.params.desired().clone();
-                    let signature = self.params.signature();
-                    if let Some(server) = self.server.as_mut() {
-                        let conn = server.conn();
-                        conn.settings = desired;
-                        conn.settings_signature = signature;
-                    }
+                    let server = self.server.as_mut().map(|s| s.conn());
+                    self.params
+                        .commit_pending(server.map(|c| (&mut c.settings, &mut c.settings_signature)));
                 }
                 let at_boundary = self.expect.is_empty() && !self.unsynced;
                 self.release_ready = false;

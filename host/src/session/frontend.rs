@@ -300,7 +300,7 @@ impl Session {
             Command::DiscardAll if self.mode == PoolMode::Transaction && self.server.is_none() => {
                 self.statements.clear();
                 self.params.note(Command::DiscardAll);
-                self.params.commit_pending();
+                self.params.commit_pending(None);
                 be::command_complete("DISCARD ALL", &mut out);
             }
             _ => return None,

@@ -420,25 +420,23 @@ impl Session {
     /// so that neither this client nor the next user of the server is misled. A server
     /// that cannot tell is closed.
     async fn read_back_settings(&mut self) {
-        const SESSION_SETTINGS: &str = "SELECT name, setting FROM pg_catalog.pg_settings \
-             WHERE source = 'session' AND name NOT IN ('role', 'session_authorization', 'is_superuser') \
-             AND name NOT LIKE 'transaction\\_%'";
         let Some(checkout) = self.server.as_mut() else {
             return;
         };
         let conn = checkout.conn();
         let limit = self.pool.settings.connect_timeout;
-        match tokio::time::timeout(limit, crate::server::simple_query(conn, SESSION_SETTINGS)).await {
+        let query = self.params.read_back_query();
+        match tokio::time::timeout(limit, crate::server::simple_query(conn, &query)).await {
             Ok(Ok(answer)) if answer.error.is_none() => {
-                let session = answer
+                let rows = answer
                     .rows
                     .into_iter()
-                    .filter_map(|row| match row.as_slice() {
-                        [Some(name), Some(value)] => Some((name.clone(), value.clone())),
+                    .filter_map(|row| match <[_; 2]>::try_from(row) {
+                        Ok([Some(name), value]) => Some((name, value)),
                         _ => None,
                     })
                     .collect();
-                self.params.read_back(session);
+                self.params.read_back(rows);
                 conn.settings = self.params.desired().clone();
                 conn.settings_signature = self.params.signature();
             }

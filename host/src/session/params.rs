@@ -38,6 +38,8 @@ pub struct SessionParams {
     /// A transaction with pending commands failed or rolled back (possibly only to a
     /// savepoint): which of them took effect is read back from the server.
     uncertain: bool,
+    /// The settings those commands named.
+    uncertain_names: Vec<String>,
 }
 
 /// The statement that gives setting `name` the raw value `value`, as a startup packet or
@@ -149,10 +151,36 @@ impl SessionParams {
     /// a savepoint: the commands are dropped, and what the server really has is read back
     /// before it is trusted again (see [`SessionParams::uncertain`]).
     pub fn abort_pending(&mut self) {
-        if !self.pending.is_empty() {
-            self.uncertain = true;
-            self.pending.clear();
+        if self.pending.is_empty() {
+            return;
         }
+        self.uncertain = true;
+        for cmd in self.pending.drain(..) {
+            match cmd {
+                Command::Set { name, .. } | Command::Reset { name } => self.uncertain_names.push(name),
+                // Whatever RESET ALL touched is among the settings the client has.
+                _ => {}
+            }
+        }
+    }
+
+    /// The query that reads back, after an uncertain transaction, the current value of every
+    /// setting the client has or the transaction named (NULL for a custom setting that does
+    /// not exist), as (name, value) rows.
+    pub fn read_back_query(&self) -> String {
+        let mut names: Vec<&str> = self
+            .desired
+            .keys()
+            .map(String::as_str)
+            .chain(self.uncertain_names.iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let list: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+        format!(
+            "SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n",
+            list.join(", ")
+        )
     }
 
     /// Whether the server's settings must be read back (`read_back`) before its release.
@@ -173,46 +201,74 @@ impl SessionParams {
         self.touched_all = false;
     }
 
-    /// The transaction committed (or the statement ran outside one).
-    pub fn commit_pending(&mut self) {
+    /// The transaction committed (or the statement ran outside one), on the server whose
+    /// settings and signature are `server`, if any. The client's settings and the server's
+    /// can then differ: `RESET name` on a pooled server goes back to the server's default,
+    /// while the client expects its own startup value, which its next transaction replays.
+    pub fn commit_pending(&mut self, server: Option<(&mut Settings, &mut u64)>) {
         if self.pending.is_empty() {
             return;
         }
+        let mut applied = server;
         for cmd in std::mem::take(&mut self.pending) {
             let desired = Arc::make_mut(&mut self.desired);
             match cmd {
                 Command::Set { name, value } => {
                     let stmt = set_statement(&name, &value);
+                    if let Some((settings, _)) = applied.as_mut() {
+                        settings.insert(name.clone(), stmt.clone());
+                    }
                     desired.insert(name, stmt);
                 }
-                Command::Reset { name } => match self.startup.get(&name) {
-                    // RESET goes back to the connection's startup value, as on Postgres.
-                    Some(v) => {
-                        desired.insert(name, v.clone());
+                Command::Reset { name } => {
+                    if let Some((settings, _)) = applied.as_mut() {
+                        settings.remove(&name);
                     }
-                    None => {
-                        desired.remove(&name);
+                    match self.startup.get(&name) {
+                        // RESET goes back to the connection's startup value, as on Postgres.
+                        Some(v) => {
+                            desired.insert(name, v.clone());
+                        }
+                        None => {
+                            desired.remove(&name);
+                        }
                     }
-                },
-                Command::ResetAll | Command::DiscardAll => self.desired = self.startup.clone(),
+                }
+                Command::ResetAll | Command::DiscardAll => {
+                    if let Some((settings, _)) = applied.as_mut() {
+                        settings.clear();
+                    }
+                    self.desired = self.startup.clone();
+                }
                 _ => {}
             }
         }
         self.resign();
+        if let Some((settings, signature)) = applied {
+            *signature = if *settings == *self.desired {
+                self.signature
+            } else {
+                0
+            };
+        }
     }
 
-    /// Replaces the settings with what a server reports its session holds (name, raw
-    /// value from `pg_settings`), after a transaction whose effect on them was uncertain.
-    pub fn read_back(&mut self, session: Vec<(String, String)>) {
-        let desired: Settings = session
-            .into_iter()
-            .map(|(k, v)| {
-                let stmt = set_config_statement(&k, &v);
-                (k, stmt)
-            })
-            .collect();
-        self.desired = Arc::new(desired);
-        self.uncertain = false;
+    /// Takes the values a server reports (`read_back_query`'s rows) as the session's
+    /// settings, after a transaction whose effect on them was uncertain.
+    pub fn read_back(&mut self, rows: Vec<(String, Option<String>)>) {
+        let desired = Arc::make_mut(&mut self.desired);
+        for (name, value) in rows {
+            match value {
+                Some(v) => {
+                    let stmt = set_config_statement(&name, &v);
+                    desired.insert(name, stmt);
+                }
+                None => {
+                    desired.remove(&name);
+                }
+            }
+        }
+        self.forget_uncertainty();
         self.resign();
     }
 
@@ -220,6 +276,7 @@ impl SessionParams {
     /// proxy's own account, without the aborted commands, stands.
     pub fn forget_uncertainty(&mut self) {
         self.uncertain = false;
+        self.uncertain_names.clear();
     }
 
     /// The statements that turn a server's `applied` settings into ours, or None if equal.
@@ -308,11 +365,11 @@ mod tests {
         s.forget_uncertainty();
         assert_eq!(s.signature(), sig);
         note_all(&mut s, "SET search_path TO x");
-        s.commit_pending();
+        s.commit_pending(None);
         assert_ne!(s.signature(), sig);
         assert!(s.diff(s.desired()).is_none());
         note_all(&mut s, "RESET ALL");
-        s.commit_pending();
+        s.commit_pending(None);
         assert_eq!(s.signature(), sig);
     }
 
@@ -326,7 +383,7 @@ mod tests {
             "SET application_name TO 'x' -- note\n; SET search_path = /* c */ \"My\"\"S\", public;\
              SET app.path = E'a\\\\b'; SET timezone = $t$Europe/Paris$t$",
         );
-        s.commit_pending();
+        s.commit_pending(None);
         let mut applied = Settings::new();
         applied.insert("statement_timeout".into(), "SET statement_timeout TO '1s'".into());
         let sql = s.diff(&applied).unwrap();
@@ -344,12 +401,12 @@ mod tests {
         let mut s = SessionParams::from_startup(&[p("search_path", "s1")]);
         let startup = s.desired().clone();
         note_all(&mut s, "SET search_path TO s2");
-        s.commit_pending();
+        s.commit_pending(None);
         note_all(&mut s, "SET search_path TO DEFAULT");
-        s.commit_pending();
+        s.commit_pending(None);
         assert_eq!(s.desired(), &startup);
         note_all(&mut s, "SET search_path TO s2; RESET search_path");
-        s.commit_pending();
+        s.commit_pending(None);
         assert_eq!(s.desired(), &startup);
     }
 
@@ -362,7 +419,7 @@ mod tests {
         assert!(!s.expects_report("DateStyle"));
         note_all(&mut s, "SET TIME ZONE 'UTC'");
         assert!(s.expects_report("TimeZone"));
-        s.commit_pending();
+        s.commit_pending(None);
         s.settle_reports();
         assert!(!s.expects_report("application_name"));
     }

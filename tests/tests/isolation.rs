@@ -1,0 +1,442 @@
+//! Isolation between clients that share servers (issue 15): one client's settings and
+//! server-side state never reach another client, however it writes its commands, and a
+//! client keeps what it set itself.
+//!
+//! Most tests use a pool of one server, so every client runs on the same server
+//! connection and anything left behind would be seen by the next one. "Fresh" clients log
+//! in with only `user` and `database`, so they have no settings of their own to replay and
+//! see exactly what the server holds.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use switchyard_tests::admin::admin_rows;
+use switchyard_tests::raw::RawConn;
+use switchyard_tests::TestBed;
+
+const APP: [(&str, &str); 2] = [("user", "app"), ("database", "app")];
+
+async fn login(bed: &TestBed, extra: &[(&str, &str)]) -> Result<RawConn> {
+    let mut params = APP.to_vec();
+    params.extend_from_slice(extra);
+    RawConn::login(&bed.endpoint().addr(), &params, "app").await
+}
+
+/// One value, or the query's first error as `Err("SQLSTATE message")`.
+async fn value(conn: &mut RawConn, sql: &str) -> Result<std::result::Result<String, String>> {
+    let r = conn.simple_query(sql).await?;
+    if let Some(e) = r.errors.first() {
+        return Ok(Err(format!(
+            "{} {}",
+            e.sqlstate().unwrap_or_default(),
+            e.message().unwrap_or_default()
+        )));
+    }
+    match r.rows.as_slice() {
+        [row] if row.len() == 1 => Ok(Ok(row[0].clone().unwrap_or_default())),
+        rows => bail!("{sql:?}: expected one value, got {rows:?}"),
+    }
+}
+
+async fn must(conn: &mut RawConn, sql: &str) -> Result<String> {
+    value(conn, sql)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{sql:?} failed: {e}"))
+}
+
+async fn exec(conn: &mut RawConn, sql: &str) -> Result<()> {
+    let r = conn.simple_query(sql).await?;
+    if let Some(e) = r.errors.first() {
+        bail!("{sql:?} failed: {}", e.describe());
+    }
+    Ok(())
+}
+
+/// The server's default search_path, read directly.
+async fn default_search_path(bed: &TestBed) -> Result<String> {
+    let direct = bed.direct().connect_app().await?;
+    let row = direct.query_one("SHOW search_path", &[]).await?;
+    Ok(row.get(0))
+}
+
+fn transaction_pool_of_one(
+    bed_cfg: switchyard_tests::proxy::ProxyConfig,
+) -> switchyard_tests::proxy::ProxyConfig {
+    bed_cfg.mode("transaction").pool_size(1).query_wait_timeout("10s")
+}
+
+async fn create_schemas(bed: &TestBed) -> Result<()> {
+    bed.direct()
+        .connect_app()
+        .await?
+        .batch_execute("CREATE SCHEMA IF NOT EXISTS s1; CREATE SCHEMA IF NOT EXISTS s2")
+        .await
+        .context("creating schemas")
+}
+
+/// Client B ends a SET with a comment (`--` and `/* */` forms) while client A, on the same
+/// server, keeps `search_path = s1`. Checks that B's `SHOW search_path` is the default, not
+/// A's (at 5e4167b the comment swallowed the RESET the proxy appended after B's replayed
+/// SET), that B keeps its own application_name, that A keeps s1, and that a fresh client
+/// afterwards sees the default.
+#[tokio::test]
+async fn a_comment_in_a_set_cannot_hide_another_clients_setting() -> Result<()> {
+    let mut bed = TestBed::start_with(transaction_pool_of_one)?;
+    create_schemas(&bed).await?;
+    let default = default_search_path(&bed).await?;
+    for (form, set) in [
+        ("--", "SET application_name TO 'x' -- note"),
+        ("/* */", "SET application_name TO 'x' /* note */ -- and more"),
+        ("/* */ inside", "SET application_name /* a */ = /* b */ 'x'"),
+    ] {
+        let mut a = login(&bed, &[]).await?;
+        let mut b = login(&bed, &[]).await?;
+        exec(&mut a, "SET search_path TO s1").await?;
+        exec(&mut b, set).await?;
+        // A runs again: the server now holds A's search_path; B's next transaction must
+        // undo it.
+        ensure!(
+            must(&mut a, "SHOW search_path").await? == "s1",
+            "{form}: a lost s1"
+        );
+        let b_path = must(&mut b, "SHOW search_path").await?;
+        ensure!(
+            b_path == default,
+            "{form}: client b sees search_path {b_path:?} (a's), expected the default {default:?}"
+        );
+        let b_app = must(&mut b, "SHOW application_name").await?;
+        ensure!(
+            b_app == "x",
+            "{form}: client b's application_name is {b_app:?}, expected x"
+        );
+        ensure!(
+            must(&mut a, "SHOW search_path").await? == "s1",
+            "{form}: a lost s1"
+        );
+        a.terminate().await?;
+        b.terminate().await?;
+        let mut d = login(&bed, &[]).await?;
+        let d_path = must(&mut d, "SHOW search_path").await?;
+        ensure!(
+            d_path == default,
+            "{form}: a fresh client sees search_path {d_path:?}"
+        );
+        d.terminate().await?;
+    }
+    bed.ensure_proxy_alive()
+}
+
+/// Client C logs in with a startup parameter the server rejects (`work_mem=not_a_size`)
+/// while A's `search_path = s1` is on the only server. Checks that C's first statement gets
+/// the server's own error (SQLSTATE 22023), not a result run with A's settings, and that a
+/// fresh client afterwards sees the default search_path (at 5e4167b the failed replay was
+/// recorded as applied and both C and the fresh client saw s1).
+#[tokio::test]
+async fn a_rejected_startup_parameter_is_the_clients_error_and_leaks_nothing() -> Result<()> {
+    let mut bed = TestBed::start_with(transaction_pool_of_one)?;
+    create_schemas(&bed).await?;
+    let default = default_search_path(&bed).await?;
+    let mut a = login(&bed, &[]).await?;
+    exec(&mut a, "SET search_path TO s1").await?;
+    ensure!(must(&mut a, "SHOW search_path").await? == "s1", "a lost s1");
+
+    let mut c = login(&bed, &[("work_mem", "not_a_size")]).await?;
+    let mut query = bytes::BytesMut::new();
+    switchyard_tests::raw::msg::query(&mut query, "SHOW search_path");
+    c.send(&query).await?;
+    let replies = c.read_until_eof(Duration::from_secs(10)).await?;
+    let got: Vec<String> = replies.iter().map(|m| m.describe()).collect();
+    ensure!(
+        replies.iter().any(|m| m.sqlstate().as_deref() == Some("22023"))
+            && !replies.iter().any(|m| m.tag == b'D'),
+        "client c with work_mem=not_a_size: expected error 22023 and no row, got {got:?}"
+    );
+
+    ensure!(must(&mut a, "SHOW search_path").await? == "s1", "a lost s1");
+    a.terminate().await?;
+    let mut d = login(&bed, &[]).await?;
+    let d_path = must(&mut d, "SHOW search_path").await?;
+    ensure!(
+        d_path == default,
+        "a fresh client sees search_path {d_path:?}, expected {default:?}"
+    );
+    bed.ensure_proxy_alive()
+}
+
+/// Client B's transaction sets search_path, then a SET fails and is rolled back to a
+/// savepoint, and the transaction commits. Checks that B keeps its committed search_path
+/// (s2), that A (same server) keeps s1, and that a fresh client sees the default (at
+/// 5e4167b the error made the proxy forget B's SET while the server kept it, so the next
+/// client got s2).
+#[tokio::test]
+async fn a_rejected_set_in_a_committed_transaction_leaks_nothing() -> Result<()> {
+    let mut bed = TestBed::start_with(transaction_pool_of_one)?;
+    create_schemas(&bed).await?;
+    let default = default_search_path(&bed).await?;
+    let mut a = login(&bed, &[]).await?;
+    let mut b = login(&bed, &[]).await?;
+    exec(&mut a, "SET search_path TO s1").await?;
+    exec(&mut b, "BEGIN; SET search_path TO s2; SAVEPOINT before_bad").await?;
+    let r = b.simple_query("SET work_mem TO 'bad'").await?;
+    ensure!(
+        r.errors.first().and_then(|e| e.sqlstate()).as_deref() == Some("22023"),
+        "the bad SET did not fail with 22023: {r:?}"
+    );
+    exec(&mut b, "ROLLBACK TO SAVEPOINT before_bad; COMMIT").await?;
+    let b_path = must(&mut b, "SHOW search_path").await?;
+    ensure!(
+        b_path == "s2",
+        "b's committed search_path is {b_path:?}, expected s2"
+    );
+    ensure!(must(&mut a, "SHOW search_path").await? == "s1", "a lost s1");
+    ensure!(must(&mut b, "SHOW search_path").await? == "s2", "b lost s2");
+    a.terminate().await?;
+    b.terminate().await?;
+    let mut d = login(&bed, &[]).await?;
+    let d_path = must(&mut d, "SHOW search_path").await?;
+    ensure!(
+        d_path == default,
+        "a fresh client sees search_path {d_path:?}, expected {default:?}"
+    );
+    bed.ensure_proxy_alive()
+}
+
+/// `SET ROLE` cannot be replayed safely (`RESET ALL` does not undo it), so the client keeps
+/// its server. Checks that A stays `tenant` across transactions, that SHOW POOLS counts one
+/// pinned client while A is connected, and that after A leaves a fresh client on the same
+/// server is `app` again (`current_user`), with SHOW POOLS back to 0 pinned.
+#[tokio::test]
+async fn set_role_pins_the_server_and_never_reaches_the_next_client() -> Result<()> {
+    let mut bed = TestBed::start_with(|c| transaction_pool_of_one(c).with_admin())?;
+    bed.pg()
+        .primary()
+        .admin_sql("app", "CREATE ROLE tenant NOLOGIN; GRANT tenant TO app;")?;
+    let mut a = login(&bed, &[]).await?;
+    exec(&mut a, "SET ROLE tenant").await?;
+    ensure!(
+        must(&mut a, "SELECT current_user").await? == "tenant",
+        "SET ROLE had no effect"
+    );
+    ensure!(
+        must(&mut a, "SELECT current_user").await? == "tenant",
+        "a lost its role in its next transaction"
+    );
+    let count = pinned(&bed).await?;
+    ensure!(count == 1, "SHOW POOLS shows {count} pinned clients, expected 1");
+    a.terminate().await?;
+    let mut d = login(&bed, &[]).await?;
+    let who = must(&mut d, "SELECT current_user").await?;
+    ensure!(who == "app", "a fresh client runs as {who:?}");
+    let count = pinned(&bed).await?;
+    ensure!(
+        count == 0,
+        "SHOW POOLS shows {count} pinned clients after the client left"
+    );
+    bed.ensure_proxy_alive()
+}
+
+async fn pinned(bed: &TestBed) -> Result<u64> {
+    let rows = admin_rows(&bed.endpoint(), "SHOW POOLS").await?;
+    let row = rows
+        .iter()
+        .find(|r| r["pool"] == "app/app")
+        .context("no app/app pool in SHOW POOLS")?;
+    Ok(row["pinned"].parse()?)
+}
+
+/// Client A creates a temporary table and sets a custom setting with
+/// `set_config(..., false)` (pool of 20). Checks that A keeps its temporary table and
+/// setting across transactions (its server is pinned), and, after A leaves, that none of
+/// 20 clients holding every server of the pool at once (each inside a transaction) sees the
+/// table or the value (at 5e4167b the one on A's backend saw both).
+#[tokio::test]
+async fn temporary_tables_and_set_config_stay_with_their_client() -> Result<()> {
+    let mut bed = TestBed::start_with(|c| c.mode("transaction").pool_size(20).query_wait_timeout("20s"))?;
+    let mut a = login(&bed, &[]).await?;
+    exec(
+        &mut a,
+        "CREATE TEMP TABLE mine (v text); INSERT INTO mine VALUES ('a')",
+    )
+    .await?;
+    exec(&mut a, "SELECT set_config('x.y', 'secret', false)").await?;
+    for _ in 0..3 {
+        ensure!(
+            must(&mut a, "SELECT v FROM mine").await? == "a",
+            "a lost its temporary table"
+        );
+        ensure!(
+            must(&mut a, "SELECT current_setting('x.y', true)").await? == "secret",
+            "a lost its set_config value"
+        );
+    }
+    a.terminate().await?;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = login(&bed, &[]).await?;
+        exec(&mut c, "BEGIN").await?;
+        clients.push(c);
+    }
+    let mut seen = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let table = must(c, "SELECT coalesce(to_regclass('pg_temp.mine')::text, '')").await?;
+        let setting = must(c, "SELECT coalesce(current_setting('x.y', true), '')").await?;
+        if !table.is_empty() || !setting.is_empty() {
+            seen.push((i, table, setting));
+        }
+    }
+    ensure!(seen.is_empty(), "clients saw a's state: {seen:?}");
+    for mut c in clients {
+        exec(&mut c, "COMMIT").await?;
+        c.terminate().await?;
+    }
+    bed.ensure_proxy_alive()
+}
+
+/// LISTEN, a session advisory lock and a WITH HOLD cursor each keep the client's server:
+/// checks that the client still holds them in later transactions (the lock is held, seen
+/// from another client's failed `pg_try_advisory_lock`; the cursor can be fetched) and that
+/// once it leaves the next client on that server (pool of one) can take the lock and has
+/// no cursor.
+#[tokio::test]
+async fn listen_advisory_locks_and_cursors_stay_with_their_client() -> Result<()> {
+    let mut bed = TestBed::start_with(|c| c.mode("transaction").pool_size(2).query_wait_timeout("10s"))?;
+    let mut a = login(&bed, &[]).await?;
+    exec(&mut a, "SELECT pg_advisory_lock(4242)").await?;
+    exec(
+        &mut a,
+        "DECLARE held CURSOR WITH HOLD FOR SELECT generate_series(1, 3)",
+    )
+    .await?;
+    exec(&mut a, "LISTEN jobs").await?;
+    let mut b = login(&bed, &[]).await?;
+    ensure!(
+        must(&mut b, "SELECT pg_try_advisory_lock(4242)").await? == "f",
+        "another client got a's advisory lock"
+    );
+    ensure!(
+        must(&mut a, "FETCH 1 FROM held").await? == "1",
+        "a lost its cursor"
+    );
+    exec(&mut b, "NOTIFY jobs, 'hello'").await?;
+    let r = a.simple_query("SELECT 1").await?;
+    ensure!(r.errors.is_empty(), "a's next statement failed: {r:?}");
+    a.terminate().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both servers are free now; take both so one of them is a's old one.
+    let mut c = login(&bed, &[]).await?;
+    exec(&mut b, "BEGIN").await?;
+    exec(&mut c, "BEGIN").await?;
+    for (name, conn) in [("b", &mut b), ("c", &mut c)] {
+        let cursor = value(conn, "FETCH 1 FROM held").await?;
+        ensure!(cursor.is_err(), "client {name} can fetch a's cursor: {cursor:?}");
+        exec(conn, "ROLLBACK").await?;
+    }
+    ensure!(
+        must(&mut b, "SELECT pg_try_advisory_lock(4242)").await? == "t",
+        "a's advisory lock outlived a"
+    );
+    bed.ensure_proxy_alive()
+}
+
+/// One step of the random settings workload: the SQL and what it does to the client's own
+/// idea of its settings (None = not a settings change the client keeps).
+fn random_step(rng: &mut StdRng, names: &[&str], values: &[&str]) -> String {
+    let name = names[rng.gen_range(0..names.len())];
+    let value = values[rng.gen_range(0..values.len())];
+    let comment = match rng.gen_range(0..4) {
+        0 => " -- trailing comment; RESET ALL",
+        1 => " /* block ; comment */",
+        _ => "",
+    };
+    let quoted = match rng.gen_range(0..4) {
+        0 => format!("'{value}'"),
+        1 => format!("$q${value}$q$"),
+        2 => format!("E'{value}'"),
+        _ => format!("'{value}'"),
+    };
+    match rng.gen_range(0..10) {
+        0..=3 => format!("SET {name} TO {quoted}{comment}"),
+        4 => format!("SET SESSION {name} = {quoted}{comment}"),
+        5 => format!("BEGIN; SET LOCAL {name} TO {quoted}; COMMIT"),
+        6 => format!("RESET {name}{comment}"),
+        7 => "RESET ALL".to_string(),
+        8 => format!("BEGIN; SET {name} TO {quoted}; ROLLBACK"),
+        _ => format!("SET {name} TO DEFAULT{comment}"),
+    }
+}
+
+/// Property test: four clients (some with startup settings) run random sequences of
+/// SET / SET SESSION / SET LOCAL / RESET / RESET ALL / SET DEFAULT / rolled-back SET, with
+/// random comments and quoting, over one pooled server; each has a twin connected directly
+/// to Postgres that runs the same statements. After every step, every client's `SHOW` of
+/// every setting must equal its twin's: a client always sees exactly what it set itself.
+#[tokio::test]
+async fn random_settings_always_match_a_direct_connection() -> Result<()> {
+    let mut bed = TestBed::start_with(transaction_pool_of_one)?;
+    create_schemas(&bed).await?;
+    let names = ["search_path", "application_name", "statement_timeout", "x.custom"];
+    let values = ["s1", "s2", "5s", "a b", "it''s"];
+    let seed: u64 = std::env::var("SWITCHYARD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (SWITCHYARD_SEED={seed} repeats this run)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let direct = bed.direct().addr();
+    let startups: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("application_name", "startup-b"), ("search_path", "s2")],
+        &[("options", "-c statement_timeout=3s")],
+        &[("x.custom", "from-startup")],
+    ];
+    let mut pairs = Vec::new();
+    for extra in startups {
+        let mut params = APP.to_vec();
+        params.extend_from_slice(extra);
+        let proxied = RawConn::login(&bed.endpoint().addr(), &params, "app").await?;
+        let twin = RawConn::login(&direct, &params, "app").await?;
+        pairs.push((proxied, twin));
+    }
+    for step in 0..120 {
+        let i = rng.gen_range(0..pairs.len());
+        let sql = random_step(&mut rng, &names, &values);
+        let (proxied, twin) = &mut pairs[i];
+        let p = proxied.simple_query(&sql).await?;
+        let t = twin.simple_query(&sql).await?;
+        // A statement that failed inside BEGIN leaves the transaction open: end it.
+        if p.status != b'I' || t.status != b'I' {
+            ensure!(
+                p.status == t.status,
+                "seed {seed} step {step}: transaction status differs"
+            );
+            proxied.simple_query("ROLLBACK").await?;
+            twin.simple_query("ROLLBACK").await?;
+        }
+        let codes = |r: &switchyard_tests::raw::SimpleResult| {
+            r.errors
+                .iter()
+                .map(|e| e.sqlstate().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        ensure!(
+            codes(&p) == codes(&t),
+            "seed {seed} step {step} client {i} {sql:?}: proxy errors {:?}, direct {:?}",
+            codes(&p),
+            codes(&t)
+        );
+        for (j, (proxied, twin)) in pairs.iter_mut().enumerate() {
+            for name in names {
+                let show = format!("SELECT current_setting('{name}', true)");
+                let got = value(proxied, &show).await?;
+                let want = value(twin, &show).await?;
+                ensure!(
+                    got == want,
+                    "seed {seed} after step {step} ({sql:?} by client {i}): client {j} sees {name} = {got:?}, a direct connection {want:?}"
+                );
+            }
+        }
+    }
+    bed.ensure_proxy_alive()
+}
