@@ -21,7 +21,10 @@ const SWEEP_BEFORE: Duration = Duration::from_millis(10);
 const SWEEP_AFTER: Duration = Duration::from_millis(2);
 
 /// Runs `sql` on `client` in a task, so that the caller can do something while it runs.
-fn spawn_query(client: &Arc<Client>, sql: &'static str) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
+fn spawn_query(
+    client: &Arc<Client>,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
     let c = client.clone();
     tokio::spawn(async move { c.simple_query(sql).await.map(|_| ()) })
 }
@@ -62,19 +65,27 @@ async fn a_late_cancel_never_reaches_the_next_clients_query() -> Result<()> {
     }
     took.sort();
     let a_takes = took[took.len() / 2];
-    println!("client A's query takes {a_takes:?} (median of 10; range {:?} to {:?})", took[0], took[took.len() - 1]);
+    println!(
+        "client A's query takes {a_takes:?} (median of 10; range {:?} to {:?})",
+        took[0],
+        took[took.len() - 1]
+    );
 
     let sweep_len = (SWEEP_BEFORE + SWEEP_AFTER).as_micros() as u32 / 500;
     let (mut a_cancelled, mut a_completed, mut foreign) = (0u32, 0u32, Vec::new());
     let started = Instant::now();
     for round in 0..ROUNDS {
-        let at = (a_takes + Duration::from_micros(500 * u64::from(round % sweep_len))).saturating_sub(SWEEP_BEFORE);
+        let at = (a_takes + Duration::from_micros(500 * u64::from(round % sweep_len)))
+            .saturating_sub(SWEEP_BEFORE);
         let start = Instant::now();
         let a_run = spawn_query(&a, A_SQL);
         tokio::time::sleep(Duration::from_millis(3)).await;
         let b_run = spawn_query(&b, B_SQL);
         tokio::time::sleep_until((start + at).into()).await;
-        a_cancel.cancel_query(NoTls).await.ctx("sending client A's cancel")?;
+        a_cancel
+            .cancel_query(NoTls)
+            .await
+            .ctx("sending client A's cancel")?;
         match a_run.await? {
             Ok(()) => a_completed += 1,
             Err(e) if sqlstate(&e) == Some("57014") => a_cancelled += 1,
@@ -104,13 +115,27 @@ async fn a_late_cancel_never_reaches_the_next_clients_query() -> Result<()> {
         let a_run = spawn_query(&a, "SELECT pg_sleep(10)");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let sent = Instant::now();
-        a_cancel.cancel_query(NoTls).await.ctx("sending client A's cancel")?;
+        a_cancel
+            .cancel_query(NoTls)
+            .await
+            .ctx("sending client A's cancel")?;
         let result = tokio::time::timeout(Duration::from_secs(5), a_run)
             .await
-            .with_context(|| format!("round {round}: client A's pg_sleep(10) still ran 5 s after its cancel"))??;
-        expect_sqlstate(result, &["57014"], &format!("round {round}: client A's cancelled pg_sleep(10)"))?;
-        println!("round {round}: A's long query cancelled {:?} after the cancel was sent", sent.elapsed());
+            .with_context(|| {
+                format!("round {round}: client A's pg_sleep(10) still ran 5 s after its cancel")
+            })??;
+        expect_sqlstate(
+            result,
+            &["57014"],
+            &format!("round {round}: client A's cancelled pg_sleep(10)"),
+        )?;
+        println!(
+            "round {round}: A's long query cancelled {:?} after the cancel was sent",
+            sent.elapsed()
+        );
     }
-    b.simple_query("SELECT 1").await.ctx("client B after the cancels")?;
+    b.simple_query("SELECT 1")
+        .await
+        .ctx("client B after the cancels")?;
     bed.ensure_proxy_alive()
 }

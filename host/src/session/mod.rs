@@ -44,7 +44,7 @@ use self::backend::Expect;
 use self::params::SessionParams;
 use self::retry::Replay;
 use self::statements::ClientStatements;
-use crate::cancel::{CancelRegistration, CancelTarget};
+use crate::cancel::{CancelRegistration, CancelTarget, CancelsInFlight};
 use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::plugins::{Plugin, SessionFacts};
@@ -264,7 +264,8 @@ impl Session {
             return false;
         }
         self.server = None;
-        self.cancel.slot.set(None);
+        // The server is closed: a cancel still on its way to it can reach no one else.
+        self.cancel.slot.vacate();
         self.release_ready = false;
         if self.mode == PoolMode::Session && self.server_state {
             tracing::info!(
@@ -334,13 +335,13 @@ impl Session {
     fn release(&mut self) {
         self.release_ready = false;
         if let Some(mut checkout) = self.server.take() {
-            self.cancel.slot.set(None);
+            let cancels = self.cancel.slot.vacate();
             tracing::debug!(
                 pid = self.cancel.process_id,
                 server = checkout.conn().id,
                 "server released"
             );
-            checkout.release();
+            give_back(checkout, cancels);
         }
     }
 
@@ -357,11 +358,11 @@ impl Session {
         }
         let conn = checkout.conn();
         tracing::debug!(pid = self.cancel.process_id, server = conn.id, "server acquired");
-        self.cancel.slot.set(Some(CancelTarget {
+        self.cancel.slot.hold(CancelTarget {
             addr: conn.addr.clone(),
             process_id: conn.backend_pid,
             secret_key: conn.secret_key,
-        }));
+        });
         if conn.settings_signature != self.params.signature() {
             if let Some(sql) = self.params.diff(&conn.settings) {
                 tracing::debug!(server = conn.id, %sql, "applying session settings");
@@ -518,7 +519,7 @@ impl Session {
         }
         let _ = self.flush_client().await;
         let _ = self.client.shutdown().await;
-        self.cancel.slot.set(None);
+        let cancels = self.cancel.slot.vacate();
         let releasable = self.releasable();
         let Some(checkout) = self.server.take() else {
             return;
@@ -528,7 +529,7 @@ impl Session {
             return; // dropping the checkout closes the server
         }
         if releasable {
-            checkout.release();
+            give_back(checkout, cancels);
             return;
         }
         // The session kept its server (session mode, an open transaction, server-side state):
@@ -537,13 +538,35 @@ impl Session {
             TransactionStatus::Idle => "DISCARD ALL",
             _ => "ROLLBACK; DISCARD ALL",
         };
-        tokio::spawn(reset_server(checkout, reset));
+        tokio::spawn(reset_server(checkout, reset, cancels));
+    }
+}
+
+/// Returns a server to the pool, at once when no cancel was forwarded to it while its
+/// session held it; otherwise once those cancels have reached Postgres, so that none can
+/// cancel the next client's query, or closes it when one may still arrive.
+fn give_back(checkout: Checkout, cancels: Option<CancelsInFlight>) {
+    match cancels {
+        None => checkout.release(),
+        Some(cancels) => {
+            tokio::spawn(async move {
+                if cancels.delivered().await {
+                    checkout.release();
+                }
+            });
+        }
     }
 }
 
 /// Brings a server back to a clean state after its client left, then returns it to the pool;
-/// on any trouble the server is closed instead.
-async fn reset_server(mut checkout: Checkout, sql: &'static str) {
+/// on any trouble the server is closed instead. The cancels its client sent are delivered
+/// first, so that none of them can cancel the reset itself.
+async fn reset_server(mut checkout: Checkout, sql: &'static str, cancels: Option<CancelsInFlight>) {
+    if let Some(cancels) = cancels {
+        if !cancels.delivered().await {
+            return;
+        }
+    }
     let conn = checkout.conn();
     let queries: Vec<&str> = sql.split("; ").collect();
     let mut out = BytesMut::new();
