@@ -8,7 +8,7 @@
 //! server then waits out of the pool until Postgres has closed the cancel connection, which
 //! it does after signalling the backend ([`CancelsInFlight::delivered`]). A backend that gets
 //! the signal while it waits for its next command ignores it. A cancel whose delivery cannot
-//! be confirmed in [`DELIVERY_TIMEOUT`] gets its server closed instead of returned.
+//! be confirmed in `DELIVERY_TIMEOUT` (5 s) gets its server closed instead of returned.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +24,7 @@ use crate::server::NodeAddr;
 
 /// How long a forwarded cancel may take, from the connect to Postgres to its closing the
 /// connection; past it, the server the cancel was meant for is closed, not reused.
-pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server a client's query runs on, as its CancelRequest must name it.
 #[derive(Debug, Clone)]
