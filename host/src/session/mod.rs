@@ -43,7 +43,7 @@ use self::backend::Expect;
 use self::params::SessionParams;
 use self::retry::Replay;
 use self::statements::ClientStatements;
-use crate::cancel::{CancelRegistration, CancelTarget};
+use crate::cancel::{CancelRegistration, CancelTarget, CancelsInFlight};
 use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::plugins::{Plugin, SessionFacts};
@@ -266,7 +266,8 @@ impl Session {
             return false;
         }
         self.server = None;
-        self.cancel.slot.set(None);
+        // The server is closed: a cancel still on its way to it can reach no one else.
+        self.cancel.slot.vacate();
         self.release_ready = false;
         if self.server_state {
             tracing::info!(
@@ -340,13 +341,13 @@ impl Session {
     fn release(&mut self) {
         self.release_ready = false;
         if let Some(mut checkout) = self.server.take() {
-            self.cancel.slot.set(None);
+            let cancels = self.cancel.slot.vacate();
             tracing::debug!(
                 pid = self.cancel.process_id,
                 server = checkout.conn().id,
                 "server released"
             );
-            checkout.release();
+            give_back(checkout, cancels);
         }
     }
 
@@ -364,11 +365,11 @@ impl Session {
         }
         let conn = checkout.conn();
         tracing::debug!(pid = self.cancel.process_id, server = conn.id, "server acquired");
-        self.cancel.slot.set(Some(CancelTarget {
+        self.cancel.slot.hold(CancelTarget {
             addr: conn.addr.clone(),
             process_id: conn.backend_pid,
             secret_key: conn.secret_key,
-        }));
+        });
         self.server = Some(checkout);
         Ok(())
     }
@@ -447,7 +448,7 @@ impl Session {
                 );
                 self.params.forget_uncertainty();
                 self.server = None; // dropping the checkout closes the server
-                self.cancel.slot.set(None);
+                self.cancel.slot.vacate();
                 self.release_ready = false;
             }
         }
@@ -616,7 +617,7 @@ impl Session {
         }
         let _ = self.flush_client().await;
         let _ = self.client.shutdown().await;
-        self.cancel.slot.set(None);
+        let cancels = self.cancel.slot.vacate();
         if self.server_state && self.mode != PoolMode::Session {
             self.pool.stats.pinned.fetch_sub(1, Ordering::Relaxed);
         }
@@ -629,7 +630,7 @@ impl Session {
             return; // dropping the checkout closes the server
         }
         if releasable {
-            checkout.release();
+            give_back(checkout, cancels);
             return;
         }
         // The session kept its server (session mode, an open transaction, server-side state):
@@ -639,13 +640,39 @@ impl Session {
             // Two queries: DISCARD ALL cannot run in a transaction block.
             _ => &["ROLLBACK", "DISCARD ALL"],
         };
-        tokio::spawn(reset_server(checkout, reset));
+        tokio::spawn(reset_server(checkout, reset, cancels));
+    }
+}
+
+/// Returns a server to the pool, at once when no cancel was forwarded to it while its
+/// session held it; otherwise once those cancels have reached Postgres, so that none can
+/// cancel the next client's query, or closes it when one may still arrive.
+fn give_back(checkout: Checkout, cancels: Option<CancelsInFlight>) {
+    match cancels {
+        None => checkout.release(),
+        Some(cancels) => {
+            tokio::spawn(async move {
+                if cancels.delivered().await {
+                    checkout.release();
+                }
+            });
+        }
     }
 }
 
 /// Brings a server back to a clean state after its client left, then returns it to the pool;
-/// on any trouble the server is closed instead.
-async fn reset_server(mut checkout: Checkout, queries: &'static [&'static str]) {
+/// on any trouble the server is closed instead. The cancels its client sent are delivered
+/// first, so that none of them can cancel the reset itself.
+async fn reset_server(
+    mut checkout: Checkout,
+    queries: &'static [&'static str],
+    cancels: Option<CancelsInFlight>,
+) {
+    if let Some(cancels) = cancels {
+        if !cancels.delivered().await {
+            return;
+        }
+    }
     let conn = checkout.conn();
     let work = async {
         for sql in queries {

@@ -377,7 +377,7 @@ impl Session {
         self.replay.open = false;
         // The server is gone or going; whatever it owed dies with it.
         self.server = None;
-        self.cancel.slot.set(None);
+        self.cancel.slot.vacate();
         self.cout.truncate(self.replay.cout_start);
         self.expect.clear();
         self.unsynced = false;
