@@ -94,29 +94,36 @@ async fn steps(client: &Client, tag: &str) -> Result<(i64, i64)> {
     Ok((row.get(0), row.get(1)))
 }
 
+/// A client's result and when it came.
+type Answer = (Result<(), tokio_postgres::Error>, Instant);
+
 /// A client of `endpoint` running `sql` in the background, with the extended protocol
 /// (a prepared statement) or a simple query.
-async fn run(endpoint: &Endpoint, sql: &'static str, extended: bool) -> Result<JoinHandle<Result<(), tokio_postgres::Error>>> {
+async fn run(endpoint: &Endpoint, sql: &'static str, extended: bool) -> Result<JoinHandle<Answer>> {
     let client = endpoint.connect_app().await?;
     Ok(tokio::spawn(async move {
-        if extended {
+        let result = if extended {
             client.execute(sql, &[]).await.map(drop)
         } else {
             client.batch_execute(sql).await
-        }
+        };
+        (result, Instant::now())
     }))
 }
 
-/// The client's answer, which must come within `limit`.
+/// The client's answer, which must come within `limit`; prints how long after `t0` it came.
 async fn answer(
-    client: JoinHandle<Result<(), tokio_postgres::Error>>,
+    client: JoinHandle<Answer>,
+    t0: Instant,
     limit: Duration,
     what: &str,
 ) -> Result<Result<(), tokio_postgres::Error>> {
-    tokio::time::timeout(limit, client)
+    let (result, at) = tokio::time::timeout(limit, client)
         .await
         .with_context(|| format!("{what}: the client got no answer within {limit:?} (the statement runs again?)"))?
-        .context("client task")
+        .context("client task")?;
+    eprintln!("{what}: answered {:?} after the cut", at.duration_since(t0));
+    Ok(result)
 }
 
 /// A bed with the probed configuration of the failover tests (probes every 100 ms) on a
@@ -145,8 +152,7 @@ async fn a_committing_procedure_or_do_block_cut_by_pg_terminate_backend_runs_onc
         let pid = backend_running(&dba, sql).await?;
         let t0 = Instant::now();
         dba.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-        let result = answer(client, Duration::from_secs(2), tag).await?;
-        eprintln!("{tag}: {:?} after the termination", t0.elapsed());
+        let result = answer(client, t0, Duration::from_secs(2), tag).await?;
         let error = expect_sqlstate(result, &["08007"], &format!("{tag} cut by pg_terminate_backend"))?;
         ensure!(
             error.message().contains("outcome is unknown"),
@@ -180,8 +186,7 @@ async fn a_query_killed_by_pg_terminate_backend_on_a_node_that_stays_up_gets_the
         running(&dba, runaway).await? == 0,
         "the terminated query was sent again"
     );
-    let result = answer(client, Duration::from_secs(2), "runaway SELECT").await?;
-    eprintln!("runaway SELECT: error {:?} after the termination", t0.elapsed());
+    let result = answer(client, t0, Duration::from_secs(2), "runaway SELECT").await?;
     expect_sqlstate(result, &["57P01"], "runaway SELECT killed by pg_terminate_backend")?;
 
     // An autocommit INSERT killed before it commits, extended protocol.
@@ -190,8 +195,7 @@ async fn a_query_killed_by_pg_terminate_backend_on_a_node_that_stays_up_gets_the
     let pid = backend_running(&dba, insert).await?;
     let t0 = Instant::now();
     dba.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-    let result = answer(client, Duration::from_millis(1500), "INSERT").await?;
-    eprintln!("INSERT: error {:?} after the termination", t0.elapsed());
+    let result = answer(client, t0, Duration::from_millis(1500), "INSERT").await?;
     expect_sqlstate(result, &["57P01"], "INSERT killed by pg_terminate_backend")?;
     // Past the time a rerun would have taken to commit.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -245,20 +249,18 @@ async fn a_fast_shutdown_reruns_an_autocommit_insert_once_but_never_a_committing
     eprintln!("new primary confirmed {:?} after the stop", t0.elapsed());
 
     for (tag, client) in [("call", call), ("do", do_block)] {
-        let result = answer(client, Duration::from_secs(10), tag).await?;
-        eprintln!("{tag}: answered {:?} after the stop", t0.elapsed());
+        let result = answer(client, t0, Duration::from_secs(10), tag).await?;
         let error = expect_sqlstate(result, &["08007"], &format!("{tag} cut by a fast shutdown"))?;
         ensure!(
             error.message().contains("outcome is unknown"),
             "{tag}: the client should be told the outcome is unknown: {error:?}"
         );
     }
-    match answer(insert, Duration::from_secs(20), "INSERT").await? {
-        Ok(()) => eprintln!("INSERT: succeeded {:?} after the stop", t0.elapsed()),
-        Err(e) => bail!(
+    if let Err(e) = answer(insert, t0, Duration::from_secs(20), "INSERT").await? {
+        bail!(
             "the INSERT cut by the shutdown should have run again on the new primary: {}",
             describe_error(&e)
-        ),
+        );
     }
     // Long enough for a rerun of the procedure to commit its step 1.
     tokio::time::sleep(Duration::from_secs(1)).await;
