@@ -120,7 +120,9 @@ async fn answer(
 ) -> Result<Result<(), tokio_postgres::Error>> {
     let (result, at) = tokio::time::timeout(limit, client)
         .await
-        .with_context(|| format!("{what}: the client got no answer within {limit:?} (the statement runs again?)"))?
+        .with_context(|| {
+            format!("{what}: the client got no answer within {limit:?} (the statement runs again?)")
+        })?
         .context("client task")?;
     eprintln!("{what}: answered {:?} after the cut", at.duration_since(t0));
     Ok(result)
@@ -187,7 +189,11 @@ async fn a_query_killed_by_pg_terminate_backend_on_a_node_that_stays_up_gets_the
         "the terminated query was sent again"
     );
     let result = answer(client, t0, Duration::from_secs(2), "runaway SELECT").await?;
-    expect_sqlstate(result, &["57P01"], "runaway SELECT killed by pg_terminate_backend")?;
+    expect_sqlstate(
+        result,
+        &["57P01"],
+        "runaway SELECT killed by pg_terminate_backend",
+    )?;
 
     // An autocommit INSERT killed before it commits, extended protocol.
     let insert = "INSERT INTO killed SELECT 1 FROM pg_sleep(2)";
@@ -199,7 +205,10 @@ async fn a_query_killed_by_pg_terminate_backend_on_a_node_that_stays_up_gets_the
     expect_sqlstate(result, &["57P01"], "INSERT killed by pg_terminate_backend")?;
     // Past the time a rerun would have taken to commit.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    ensure!(running(&dba, insert).await? == 0, "the terminated INSERT runs again");
+    ensure!(
+        running(&dba, insert).await? == 0,
+        "the terminated INSERT runs again"
+    );
     let rows: i64 = dba.query_one("SELECT count(*) FROM killed", &[]).await?.get(0);
     ensure!(rows == 0, "the terminated INSERT was run again: {rows} rows");
 
@@ -271,7 +280,13 @@ async fn a_fast_shutdown_reruns_an_autocommit_insert_once_but_never_a_committing
             "{tag}: step 1 committed before the shutdown must be there exactly once and step 2 never: {rows:?}"
         );
     }
-    let inserted: i64 = replica.query_one("SELECT count(*) FROM killed", &[]).await?.get(0);
-    ensure!(inserted == 1, "the INSERT should have run exactly once: {inserted} rows");
+    let inserted: i64 = replica
+        .query_one("SELECT count(*) FROM killed", &[])
+        .await?
+        .get(0);
+    ensure!(
+        inserted == 1,
+        "the INSERT should have run exactly once: {inserted} rows"
+    );
     bed.ensure_proxy_alive()
 }

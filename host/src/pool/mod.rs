@@ -358,7 +358,12 @@ impl Pool {
     }
 
     /// How this pool logs in to `addr`, giving up after `timeout`.
-    fn connect_params<'a>(&'a self, addr: &'a NodeAddr, user: &'a UserAuth, timeout: Duration) -> ConnectParams<'a> {
+    fn connect_params<'a>(
+        &'a self,
+        addr: &'a NodeAddr,
+        user: &'a UserAuth,
+        timeout: Duration,
+    ) -> ConnectParams<'a> {
         ConnectParams {
             addr,
             user: &user.name,
@@ -377,7 +382,9 @@ impl Pool {
     pub async fn try_login(&self, addr: &NodeAddr, limit: Duration) -> Result<(), ServerError> {
         let user = self.user.load_full();
         let timeout = limit.min(self.settings.connect_timeout);
-        connect(&self.connect_params(addr, &user, timeout)).await.map(drop)
+        connect(&self.connect_params(addr, &user, timeout))
+            .await
+            .map(drop)
     }
 
     async fn connect(&self, addr: &NodeAddr) -> Result<Box<ServerConn>, ServerError> {

@@ -322,7 +322,13 @@ impl Session {
             .to_client()
             .unwrap_or_else(|| ErrorFields::fatal("08006", "server connection lost"));
         let message = error.to_string();
-        self.fail("08006", &message, Phase::BeforeAnyResult, Fate::NotApplied, fields)
+        self.fail(
+            "08006",
+            &message,
+            Phase::BeforeAnyResult,
+            Fate::NotApplied,
+            fields,
+        )
     }
 
     /// Records the request's failure on the current server, for [`Session::retry`].

@@ -411,7 +411,10 @@ mod tests {
         assert_eq!(c("ANALYSE"), Some("ANALYZE"));
         assert_eq!(c("CLUSTER"), Some("CLUSTER"));
         assert_eq!(c("REINDEX TABLE CONCURRENTLY t"), Some("REINDEX"));
-        assert_eq!(c("CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)"), Some("CREATE INDEX CONCURRENTLY"));
+        assert_eq!(
+            c("CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)"),
+            Some("CREATE INDEX CONCURRENTLY")
+        );
         assert_eq!(c("drop index concurrently i"), Some("DROP INDEX CONCURRENTLY"));
         assert_eq!(c("CREATE DATABASE x"), Some("CREATE DATABASE"));
         assert_eq!(c("DROP DATABASE x"), Some("DROP DATABASE"));
