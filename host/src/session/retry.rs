@@ -512,6 +512,7 @@ impl Session {
                     pid = self.cancel.process_id, %node, sqlstate = %failed.sqlstate,
                     attempt = failed.attempt, "request failed by its server; not retried"
                 );
+                self.pool.cluster.incidents.client_error();
                 // The replies not yet written go out before the error, as from the server.
                 return Err(SessionError::Fatal(Box::new(failure.fields)));
             }
