@@ -12,8 +12,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use bytes::BytesMut;
 use switchyard_tests::admin::wait_for_primary;
 use switchyard_tests::promotion::{probed, probed_pair};
+use switchyard_tests::raw::{msg, RawConn};
 use switchyard_tests::{
     describe_error, expect_sqlstate, roles, skip_if_direct, ClusterOptions, Endpoint, TestBed,
 };
@@ -169,6 +171,34 @@ async fn a_committing_procedure_or_do_block_cut_by_pg_terminate_backend_runs_onc
             "{tag}: step 1 committed before the termination must be there exactly once and step 2 never: {rows:?}"
         );
     }
+
+    // The unnamed statement, parsed in the same request (as psycopg and pgjdbc send it).
+    let sql = "CALL commit_then_sleep('call-unnamed')";
+    let mut raw = RawConn::login(
+        &endpoint.addr(),
+        &[("user", roles::APP.0), ("database", roles::APP_DB)],
+        roles::APP.1,
+    )
+    .await?;
+    let mut batch = BytesMut::new();
+    msg::parse(&mut batch, "", sql);
+    msg::bind(&mut batch, "", "", &[]);
+    msg::execute(&mut batch, "", 0);
+    msg::sync(&mut batch);
+    raw.send(&batch).await?;
+    first_step_committed(&dba, "call-unnamed").await?;
+    let pid = backend_running(&dba, sql).await?;
+    dba.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+    let got = raw.read_until_eof(Duration::from_secs(2)).await?;
+    let codes: Vec<String> = got.iter().filter_map(|m| m.sqlstate()).collect();
+    ensure!(
+        codes == ["08007"],
+        "the unnamed CALL cut by pg_terminate_backend should get 08007 alone: {:?}",
+        got.iter().map(|m| m.describe()).collect::<Vec<_>>()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = steps(&dba, "call-unnamed").await?;
+    ensure!(rows == (1, 0), "call-unnamed: {rows:?}");
     bed.ensure_proxy_alive()
 }
 
