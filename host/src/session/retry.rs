@@ -563,3 +563,26 @@ fn outcome_unknown(kind: &str, server_message: &str) -> ErrorFields {
     ))
     .with_hint("reconnect and check which of its effects are present before running it again")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(sql: &str) -> FrontendMessage {
+        FrontendMessage::Query {
+            sql: Bytes::copy_from_slice(sql.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn only_session_commands_are_kept_from_running_twice() {
+        assert!(replayable(&query("SELECT 1")));
+        assert!(replayable(&query("SELECT 1; SELECT 2")));
+        // Semicolons inside the body: the window stays open, so a cut DO is reported as
+        // of unknown outcome rather than forwarded as a bare FATAL.
+        assert!(replayable(&query("DO $$BEGIN COMMIT; PERFORM 1; END$$")));
+        assert!(!replayable(&query("SET search_path TO a")));
+        assert!(!replayable(&query("SELECT 1; RESET work_mem")));
+        assert!(!replayable(&FrontendMessage::Terminate));
+    }
+}
