@@ -360,19 +360,40 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, addr: &NodeAddr) -> Result<Box<ServerConn>, ServerError> {
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        let user = self.user.load_full();
-        let params = ConnectParams {
+    /// How this pool logs in to `addr`, giving up after `timeout`.
+    fn connect_params<'a>(
+        &'a self,
+        addr: &'a NodeAddr,
+        user: &'a UserAuth,
+        timeout: Duration,
+    ) -> ConnectParams<'a> {
+        ConnectParams {
             addr,
             user: &user.name,
             database: &self.server_database,
             secret: user.server_secret(),
             options: &[],
             tls: &self.settings.tls,
-            timeout: self.settings.connect_timeout,
-        };
-        match connect(&params).await {
+            timeout,
+        }
+    }
+
+    /// Logs in to `addr` as this pool's user (within `limit`, and the pool's own
+    /// `connect_timeout`) and closes the connection at once: how a session asks whether a
+    /// node still takes connections after its server ended a request (a node shutting down
+    /// answers 57P03, a stopped one refuses). Not one of the pool's connects.
+    pub async fn try_login(&self, addr: &NodeAddr, limit: Duration) -> Result<(), ServerError> {
+        let user = self.user.load_full();
+        let timeout = limit.min(self.settings.connect_timeout);
+        connect(&self.connect_params(addr, &user, timeout))
+            .await
+            .map(drop)
+    }
+
+    async fn connect(&self, addr: &NodeAddr) -> Result<Box<ServerConn>, ServerError> {
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let user = self.user.load_full();
+        match connect(&self.connect_params(addr, &user, self.settings.connect_timeout)).await {
             Ok(conn) => {
                 tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, pid = conn.backend_pid, "server connected");
                 *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =

@@ -1,18 +1,29 @@
-//! Running a request again on another server when its server failed it without effect.
+//! Running a request again on another server when its server failed it without effect,
+//! because its node is going away.
 //!
 //! A request that starts outside a transaction on a freshly borrowed server is recorded
 //! (the client's frames, and where its replies start in the client's output buffer) until
-//! its first reply reaches the client. If the server ends it with `FATAL 57P01` (a fast
-//! shutdown or `pg_terminate_backend`) before any CommandComplete, the transaction it ran
-//! in was rolled back, so the proxy drops the server, takes back the replies it had not
-//! sent yet, asks the retry policy (the `retry` plugin or the built-in), and handles the
-//! recorded frames again, which borrows a server on the primary the topology now shows.
+//! its first reply reaches the client. If the server ends it with `FATAL 57P01` before any
+//! CommandComplete, the transaction it ran in was rolled back. But `FATAL 57P01` is what
+//! both a fast shutdown and `pg_terminate_backend` send, and a DBA who terminated one
+//! backend wants its query stopped, not run again: so the proxy runs the request again
+//! only once the node is shown to be going away (the topology no longer lends servers on
+//! it, or a login to it is refused or answered `57P03`, which a postmaster says from the
+//! moment it starts a shutdown, before it signals its backends). Then it drops the server,
+//! takes back the replies it had not sent yet, asks the retry policy (the `retry` plugin
+//! or the built-in), and handles the recorded frames again, which borrows a server on the
+//! primary the topology now shows. On a node that stays up, the client gets the server's
+//! error as the server sent it.
+//!
+//! A request holding a statement that may commit before it ends (`CALL`, `DO`, `VACUUM`,
+//! ...: see `sql::commits_before_end`) may have committed part of its work before the
+//! FATAL: it is never run again, and the client is told its outcome is unknown (`08007`).
 //!
 //! Everything else is never retried: once a reply went out, once a CommandComplete or a
 //! notice that the transaction "has already committed locally" was seen, or when the
 //! server just vanished (its fate is unknown), the client gets the error.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchyard_protocol::backend::{parse_error_fields, parse_ready_for_query, ErrorFields, Severity};
@@ -21,11 +32,25 @@ use switchyard_protocol::frontend::FrontendMessage;
 use switchyard_protocol::TransactionStatus;
 
 use super::backend::Expect;
-use super::{Session, SessionError};
+use super::{sql, Session, SessionError};
 use crate::policy::retry::{self, FailedRequest, Fate, Phase, RetryDecision};
+use crate::server::{NodeAddr, ServerError};
 
-/// How long a connection reset waits for the probes to say whether its node went away.
-const RESET_CONFIRMATION: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the proxy waits for a node to say whether it is going away. A node that is
+/// shutting down or stopped answers at once; one that does not answer within this is not
+/// taken to be going away.
+const CONFIRMATION_LIMIT: Duration = Duration::from_secs(2);
+
+/// A request its server failed: what the retry policy is asked about, what the client
+/// gets if it does not run again, and the server it failed on.
+struct Failure {
+    request: FailedRequest,
+    fields: ErrorFields,
+    addr: NodeAddr,
+    /// When that server was opened (a server opened before its node was drained is on
+    /// its way out).
+    opened: Instant,
+}
 
 /// The request in its retry window, if one is open.
 #[derive(Default)]
@@ -43,8 +68,8 @@ pub(super) struct Replay {
     attempt: u32,
     /// Set by a retry for the run it starts: (attempt, first failure).
     carry: Option<(u32, Instant)>,
-    /// The server failed the request; what the client would get if it is not retried.
-    failed: Option<Box<(FailedRequest, ErrorFields)>>,
+    /// The server failed the request.
+    failed: Option<Box<Failure>>,
     /// What the server showed of the request's effect so far.
     effect: Effect,
     /// The request just ended at a ReadyForQuery with more requests pipelined behind it:
@@ -55,9 +80,6 @@ pub(super) struct Replay {
     writes: Option<(u32, usize)>,
     /// The server sent anything in this window.
     replied: bool,
-    /// The failure is a connection reset that counts as not applied only if the topology
-    /// confirms the node went away.
-    verify_reset: bool,
 }
 
 /// Whether the request in the window may have taken effect.
@@ -184,7 +206,7 @@ impl Replay {
     /// out in one small write (one segment, which Postgres reads whole) and the server
     /// answered nothing, none of it was read, so none of it ran; that is, if the reset came
     /// from the server ending and not from something on the path, which the topology
-    /// is asked to confirm before the request runs again.
+    /// is asked to confirm (as for a FATAL) before the request runs again.
     fn reset_is_clean(&self) -> bool {
         /// What Postgres reads from its socket at once (`PQ_RECV_BUFFER_SIZE`).
         const ONE_READ: usize = 8192;
@@ -210,8 +232,8 @@ impl Replay {
 /// (its effect is tracked by the proxy as it is handled) or streams COPY data.
 pub(super) fn replayable(msg: &FrontendMessage) -> bool {
     match msg {
-        FrontendMessage::Query { sql } => !super::frontend::maybe_session_command(sql),
-        FrontendMessage::Parse { query, .. } => !super::frontend::maybe_session_command(query),
+        FrontendMessage::Query { sql } => !changes_session(sql),
+        FrontendMessage::Parse { query, .. } => !changes_session(query),
         FrontendMessage::Bind { .. }
         | FrontendMessage::Describe { .. }
         | FrontendMessage::Execute { .. }
@@ -220,6 +242,15 @@ pub(super) fn replayable(msg: &FrontendMessage) -> bool {
         | FrontendMessage::Flush => true,
         _ => false,
     }
+}
+
+/// Whether `text` holds a statement whose effect on the session the proxy tracks as it
+/// handles it (SET, RESET, PREPARE, DEALLOCATE, DISCARD). The lexer runs only for the
+/// texts the cheap filter cannot clear, such as several statements or a `DO` block whose
+/// body holds semicolons (which may then run again, or be reported as of unknown outcome).
+fn changes_session(text: &[u8]) -> bool {
+    super::frontend::maybe_session_command(text)
+        && sql::commands(text).iter().any(|c| *c != sql::Command::Other)
 }
 
 impl Session {
@@ -263,7 +294,9 @@ impl Session {
         false
     }
 
-    /// Records a `FATAL 57P01` ending the request; `false` for any other error.
+    /// Records a `FATAL 57P01` ending the request; `false` for any other error. A request
+    /// that may have committed part of its work is recorded as of unknown outcome, with the
+    /// error its client gets.
     fn note_failure(&mut self, body: &[u8]) -> bool {
         let Ok(fields) = parse_error_fields(body) else {
             return false;
@@ -271,42 +304,93 @@ impl Session {
         if fields.severity != Severity::Fatal || fields.code != "57P01" {
             return false;
         }
-        let node = self.server_node().unwrap_or(0);
-        let failed = FailedRequest {
-            sqlstate: fields.code.clone(),
-            message: fields.message.clone(),
-            phase: Phase::BeforeAnyResult,
-            fate: Fate::NotApplied,
-            node,
-            attempt: self.replay.attempt,
-            elapsed: self.replay.since_first_failure(),
+        let message = fields.message.clone();
+        let (phase, fate, fields) = match self.running_commits_before_end() {
+            None => (Phase::BeforeAnyResult, Fate::NotApplied, fields),
+            Some(kind) => (Phase::Commit, Fate::Unknown, outcome_unknown(kind, &message)),
         };
-        self.replay.failed = Some(Box::new((failed, fields)));
-        true
+        self.fail("57P01", &message, phase, fate, fields)
     }
 
-    /// The server connection was reset: records it as a failure to verify when
+    /// The server connection was reset: records it as a failure when
     /// [`Replay::reset_is_clean`] says it may be retried. Returns whether it did.
     pub(super) fn note_reset(&mut self, error: &std::io::Error) -> bool {
         if error.kind() != std::io::ErrorKind::ConnectionReset || !self.replay.reset_is_clean() {
             return false;
         }
-        let node = self.server_node().unwrap_or(0);
-        let failed = FailedRequest {
-            sqlstate: "08006".to_string(),
-            message: error.to_string(),
-            phase: Phase::BeforeAnyResult,
-            fate: Fate::NotApplied,
+        let fields = SessionError::ServerIo(std::io::Error::new(error.kind(), error.to_string()))
+            .to_client()
+            .unwrap_or_else(|| ErrorFields::fatal("08006", "server connection lost"));
+        let message = error.to_string();
+        self.fail(
+            "08006",
+            &message,
+            Phase::BeforeAnyResult,
+            Fate::NotApplied,
+            fields,
+        )
+    }
+
+    /// Records the request's failure on the current server, for [`Session::retry`].
+    fn fail(&mut self, sqlstate: &str, message: &str, phase: Phase, fate: Fate, fields: ErrorFields) -> bool {
+        let Some(node) = self.server_node() else {
+            return false; // not a server of the cluster: nothing to confirm against
+        };
+        let Some(server) = self.server.as_mut() else {
+            return false;
+        };
+        let conn = server.conn();
+        let request = FailedRequest {
+            sqlstate: sqlstate.to_string(),
+            message: message.to_string(),
+            phase,
+            fate,
             node,
             attempt: self.replay.attempt,
             elapsed: self.replay.since_first_failure(),
         };
-        let fields = SessionError::ServerIo(std::io::Error::new(error.kind(), error.to_string()))
-            .to_client()
-            .unwrap_or_else(|| ErrorFields::fatal("08006", "server connection lost"));
-        self.replay.failed = Some(Box::new((failed, fields)));
-        self.replay.verify_reset = true;
+        self.replay.failed = Some(Box::new(Failure {
+            request,
+            fields,
+            addr: conn.addr.clone(),
+            opened: conn.created,
+        }));
         true
+    }
+
+    /// What the statement of the running request (the frames up to its Sync or Query) that
+    /// may commit before it ends is called, if it holds one. A Bind names the statement it
+    /// runs; an unnamed one parsed before the request cannot be read, and counts as one.
+    fn running_commits_before_end(&mut self) -> Option<&'static str> {
+        let frames = &self.replay.frames;
+        let end = frames
+            .iter()
+            .position(|f| matches!(f.first(), Some(b'S' | b'Q')))
+            .map_or(frames.len(), |p| p + 1);
+        let frames = frames[..end].to_vec();
+        let mut unnamed_parsed = false;
+        for raw in frames {
+            let Ok(frame) = Frame::new(raw) else { continue };
+            let kind = match FrontendMessage::decode(&frame) {
+                Ok(FrontendMessage::Query { sql }) => sql::commits_before_end(&sql),
+                Ok(FrontendMessage::Parse { name, query, .. }) => {
+                    unnamed_parsed |= name.is_empty();
+                    sql::commits_before_end(&query)
+                }
+                Ok(FrontendMessage::Bind { statement, .. }) if statement.is_empty() => {
+                    (!unnamed_parsed).then_some("a statement prepared earlier")
+                }
+                Ok(FrontendMessage::Bind { statement, .. }) => self
+                    .statements
+                    .get(&statement)
+                    .and_then(|def| sql::commits_before_end(&def.query)),
+                _ => None,
+            };
+            if kind.is_some() {
+                return kind;
+            }
+        }
+        None
     }
 
     /// The retry policy's answer: the database's `retry` plugin, or the built-in when there
@@ -324,6 +408,26 @@ impl Session {
             decision
         } else {
             RetryDecision::Surface
+        }
+    }
+
+    /// Whether the node that failed a request is going away, rather than having ended one
+    /// backend (`pg_terminate_backend`) or lost one connection on the path: the topology no
+    /// longer lends servers like the failed one (the node is no longer the primary, or was
+    /// drained for a planned stop), or a login to the node now is refused, cut, or answered
+    /// `57P0x` (a postmaster answers `57P03` from the moment it starts a shutdown, before
+    /// it tells its backends to end, so before the FATAL was sent). A node that lets the
+    /// login in, answers anything else, or does not answer within [`CONFIRMATION_LIMIT`]
+    /// is not going away.
+    async fn node_going_away(&self, failure: &Failure) -> bool {
+        if !self.pool.cluster.keeps_server(&failure.addr, failure.opened) {
+            return true;
+        }
+        match self.pool.try_login(&failure.addr, CONFIRMATION_LIMIT).await {
+            Ok(()) => false,
+            Err(ServerError::Refused { fields, .. }) => fields.code.starts_with("57P0"),
+            Err(ServerError::Connect { .. } | ServerError::Closed { .. } | ServerError::Io { .. }) => true,
+            Err(_) => false,
         }
     }
 
@@ -369,7 +473,7 @@ impl Session {
     /// replies not yet sent, then runs the request again or ends the session with the
     /// server's error, as the retry policy decides.
     pub(super) async fn retry(&mut self) -> Result<(), SessionError> {
-        let Some((failed, fields)) = self.replay.failed.take().map(|b| *b) else {
+        let Some(failure) = self.replay.failed.take() else {
             return Ok(());
         };
         let first_failure = *self.replay.first_failure.get_or_insert_with(Instant::now);
@@ -378,7 +482,6 @@ impl Session {
         // The server is gone or going; whatever it owed dies with it.
         self.server = None;
         self.cancel.slot.vacate();
-        self.cout.truncate(self.replay.cout_start);
         self.expect.clear();
         self.unsynced = false;
         self.skipping = false;
@@ -387,30 +490,31 @@ impl Session {
         self.tx_status = TransactionStatus::Idle;
         self.tx_statements = 0;
 
+        let failed = &failure.request;
         let budget = self.pool.cluster.hold_timeout;
-        let confirmed = !std::mem::take(&mut self.replay.verify_reset)
-            || self
-                .node_went_away(failed.node as usize, RESET_CONFIRMATION)
-                .await;
-        let decision = if confirmed {
-            self.retry_decision(&failed, budget)
-        } else {
+        // Only what did not take effect, on a node that is going away; the policy may
+        // narrow that further.
+        let decision = if !retry::allowed(failed) {
             RetryDecision::Surface
+        } else if !self.node_going_away(&failure).await {
+            tracing::info!(
+                pid = self.cancel.process_id, node = %failure.addr, sqlstate = %failed.sqlstate,
+                "the server ended the request but its node is not going away (a terminated backend?)"
+            );
+            RetryDecision::Surface
+        } else {
+            self.retry_decision(failed, budget)
         };
-        let node = self
-            .pool
-            .cluster
-            .nodes
-            .get(failed.node as usize)
-            .map(|n| n.to_string())
-            .unwrap_or_default();
+        let node = failure.addr.to_string();
         let delay = match decision {
             RetryDecision::Surface => {
                 tracing::info!(
                     pid = self.cancel.process_id, %node, sqlstate = %failed.sqlstate,
                     attempt = failed.attempt, "request failed by its server; not retried"
                 );
-                return Err(SessionError::Fatal(Box::new(fields)));
+                self.pool.cluster.incidents.client_error();
+                // The replies not yet written go out before the error, as from the server.
+                return Err(SessionError::Fatal(Box::new(failure.fields)));
             }
             RetryDecision::RetryAfter(d) => d,
             // Until the node's next probe tells whether it is going away; if it is, the
@@ -430,6 +534,8 @@ impl Session {
             .retried
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pool.cluster.incidents.retried();
+        // The replies the client has not been sent are taken back: the request runs again.
+        self.cout.truncate(self.replay.cout_start);
         tokio::time::sleep(delay).await;
         self.replay.carry = Some((failed.attempt + 1, first_failure));
         for raw in frames {
@@ -441,5 +547,42 @@ impl Session {
         }
         self.replay.carry = None;
         Ok(())
+    }
+}
+
+/// What the client gets when its server ended a statement that may commit before it ends
+/// (`kind`, e.g. `CALL`): class 08, so that drivers treat it as a lost connection, with
+/// the server's own message as detail.
+fn outcome_unknown(kind: &str, server_message: &str) -> ErrorFields {
+    ErrorFields::fatal(
+        "08007",
+        format!("the server ended the connection during {kind}: its outcome is unknown, it may have committed part of its work"),
+    )
+    .with_detail(format!(
+        "The server said: {server_message}. A statement that may commit before it ends is never run again by switchyard."
+    ))
+    .with_hint("reconnect and check which of its effects are present before running it again")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(sql: &str) -> FrontendMessage {
+        FrontendMessage::Query {
+            sql: Bytes::copy_from_slice(sql.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn only_session_commands_are_kept_from_running_twice() {
+        assert!(replayable(&query("SELECT 1")));
+        assert!(replayable(&query("SELECT 1; SELECT 2")));
+        // Semicolons inside the body: the window stays open, so a cut DO is reported as
+        // of unknown outcome rather than forwarded as a bare FATAL.
+        assert!(replayable(&query("DO $$BEGIN COMMIT; PERFORM 1; END$$")));
+        assert!(!replayable(&query("SET search_path TO a")));
+        assert!(!replayable(&query("SELECT 1; RESET work_mem")));
+        assert!(!replayable(&FrontendMessage::Terminate));
     }
 }
