@@ -2,9 +2,9 @@
 //!
 //! A login with a made-up name is the cheapest thing a stranger can send, so every part of a
 //! lookup is bounded: lookups share a small [`Pool`] of server connections (`pool_size` per
-//! server database they run in), at most [`WAITING_PER_CONNECTION`] logins per connection
-//! wait for one (the next gets 53300 at once), and a lookup taking longer than `timeout`
-//! fails. Answers are cached for `cache_ttl`: passwords per role, and names with no usable
+//! server database they run in), at most [`LOOKUPS_PER_CONNECTION`] × `pool_size` lookups
+//! run or wait at once (the next login gets 53300 at once), and a lookup taking longer than
+//! `timeout` fails. Answers are cached for `cache_ttl`: passwords per role, and names with no usable
 //! password in a bounded cache (at most [`MAX_UNKNOWN_NAMES`], the oldest answer dropped
 //! first), so a flood of random names neither grows memory nor reaches the server more than
 //! once per name and `cache_ttl`, and a role created later becomes usable once its name's
@@ -12,6 +12,7 @@
 //! authentication is unavailable, before it has proved anything.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,8 @@ use crate::pool::{Pool, PoolError, PoolSettings};
 use crate::server::{query_row, ServerError};
 use crate::state::DatabaseRoute;
 
-/// Logins allowed to wait for each lookup connection.
-pub const WAITING_PER_CONNECTION: usize = 64;
+/// Lookups allowed to run or wait at once, per lookup connection (`pool_size`).
+pub const LOOKUPS_PER_CONNECTION: usize = 64;
 
 /// Names with no usable password remembered at once.
 pub const MAX_UNKNOWN_NAMES: usize = 10_000;
@@ -31,8 +32,8 @@ pub const MAX_UNKNOWN_NAMES: usize = 10_000;
 /// [`LookupError::sqlstate`] and [`LookupError::client_message`].
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("{waiting} logins are already waiting for a lookup connection of pool {pool}")]
-    Busy { pool: String, waiting: usize },
+    #[error("{0} lookups are already running or waiting for a lookup connection")]
+    Busy(usize),
     #[error("the lookup took longer than auth_query.timeout ({0:?})")]
     Timeout(Duration),
     #[error("auth_query failed: {0}")]
@@ -45,7 +46,7 @@ impl LookupError {
     /// 53300 when too many logins wait (try again shortly), 08006 otherwise.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            LookupError::Busy { .. } | LookupError::Pool(PoolError::Timeout { .. }) => "53300",
+            LookupError::Busy(_) | LookupError::Pool(PoolError::Timeout { .. }) => "53300",
             _ => "08006",
         }
     }
@@ -117,6 +118,17 @@ pub struct AuthQuery {
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     known: Mutex<HashMap<String, Known>>,
     unknown: Mutex<UnknownNames>,
+    /// Lookups running or waiting for a connection now.
+    in_flight: AtomicUsize,
+}
+
+/// One lookup counted in [`AuthQuery::in_flight`] until it is dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AuthQuery {
@@ -127,6 +139,7 @@ impl AuthQuery {
             pools: Mutex::default(),
             known: Mutex::default(),
             unknown: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -140,14 +153,13 @@ impl AuthQuery {
         if let Cached::Hit(user) = self.cached(name) {
             return Ok(user);
         }
-        let pool = self.pool_for(route);
-        let (_, _, waiting) = pool.counts();
-        if waiting >= WAITING_PER_CONNECTION * pool.settings.size {
-            return Err(LookupError::Busy {
-                pool: pool.name.clone(),
-                waiting,
-            });
+        let limit = LOOKUPS_PER_CONNECTION * self.settings.pool_size;
+        let running = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _counted = InFlight(&self.in_flight);
+        if running >= limit {
+            return Err(LookupError::Busy(running));
         }
+        let pool = self.pool_for(route);
         tokio::time::timeout(self.settings.timeout, self.ask(&pool, name))
             .await
             .unwrap_or(Err(LookupError::Timeout(self.settings.timeout)))
