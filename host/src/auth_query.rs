@@ -234,7 +234,10 @@ impl AuthQuery {
             },
         );
         drop(known);
-        self.unknown.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.unknown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         user
     }
 
@@ -290,18 +293,27 @@ mod tests {
         }
         assert_eq!(names.at.len(), MAX_UNKNOWN_NAMES);
         assert!(names.order.len() <= MAX_UNKNOWN_NAMES);
-        assert!(!names.fresh("n0", Duration::from_secs(60)), "the oldest went first");
+        assert!(
+            !names.fresh("n0", Duration::from_secs(60)),
+            "the oldest went first"
+        );
         assert!(names.fresh(&format!("n{}", MAX_UNKNOWN_NAMES + 9), Duration::from_secs(60)));
         assert!(!names.fresh("n20", Duration::ZERO), "a zero TTL caches nothing");
         // The same name asked again and again takes one place, however often it is asked.
         for _ in 0..3 * MAX_UNKNOWN_NAMES {
             names.insert("again", Instant::now());
         }
-        assert_eq!((names.order.len(), names.at.len()), (MAX_UNKNOWN_NAMES, MAX_UNKNOWN_NAMES));
+        assert_eq!(
+            (names.order.len(), names.at.len()),
+            (MAX_UNKNOWN_NAMES, MAX_UNKNOWN_NAMES)
+        );
         assert!(names.fresh("again", Duration::from_secs(60)));
         assert!(names.fresh(&format!("n{}", MAX_UNKNOWN_NAMES + 9), Duration::from_secs(60)));
         names.remove("again");
         assert!(!names.fresh("again", Duration::from_secs(60)));
-        assert_eq!((names.order.len(), names.at.len()), (MAX_UNKNOWN_NAMES - 1, MAX_UNKNOWN_NAMES - 1));
+        assert_eq!(
+            (names.order.len(), names.at.len()),
+            (MAX_UNKNOWN_NAMES - 1, MAX_UNKNOWN_NAMES - 1)
+        );
     }
 }

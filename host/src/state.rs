@@ -192,7 +192,11 @@ impl ProxyState {
 
     /// A user from `[users]`, or else from `auth_query` (looked up in the client's
     /// database, or any configured one).
-    pub async fn lookup_user(&self, name: &str, database: &str) -> Result<Option<Arc<UserAuth>>, LookupError> {
+    pub async fn lookup_user(
+        &self,
+        name: &str,
+        database: &str,
+    ) -> Result<Option<Arc<UserAuth>>, LookupError> {
         if let Some(u) = self.users.get(name) {
             return Ok(Some(u.clone()));
         }
