@@ -115,25 +115,32 @@ impl Decoys {
         }
     }
 
-    /// Credentials for an unknown `name` that no client can satisfy: a SCRAM verifier with
-    /// the made-up salt and keys nobody knows a password for, and an md5 hash likewise.
-    /// Cheap (a few HMACs, no PBKDF2), so a flood of unknown names costs nothing extra.
+    /// Credentials for an unknown `name` that no client can satisfy, for the method it is
+    /// challenged with: a SCRAM verifier with the made-up salt and a key nobody knows a
+    /// password for, or an md5 hash likewise. Cheap (two HMACs, no PBKDF2), so answering an
+    /// unknown name costs about what a configured one does, and a flood of them nothing.
     pub fn user(&self, name: &str) -> UserAuth {
-        let md5: String = self.key.derive("md5", name)[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        UserAuth::unknown(
-            name,
-            self.method,
-            ScramVerifier {
-                iterations: self.iterations,
-                salt: self.key.salt(name).to_vec(),
-                stored_key: self.key.derive("stored key", name),
-                server_key: self.key.derive("server key", name),
-            },
-            format!("md5{md5}"),
-        )
+        let (scram, md5) = match self.method {
+            ClientAuthMethod::ScramSha256 => {
+                let key = self.key.derive("stored key", name);
+                let verifier = ScramVerifier {
+                    iterations: self.iterations,
+                    salt: self.key.salt(name).to_vec(),
+                    stored_key: key,
+                    // Only sent after a proof passed, which never happens here.
+                    server_key: key,
+                };
+                (Some(verifier), None)
+            }
+            ClientAuthMethod::Md5 => {
+                let hex: String = self.key.derive("md5", name)[..16]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                (None, Some(format!("md5{hex}")))
+            }
+        };
+        UserAuth::unknown(name, self.method, scram, md5)
     }
 }
 
@@ -215,5 +222,6 @@ mod tests {
         let d = decoys(&cfg).user("nobody");
         assert_eq!(d.method, ClientAuthMethod::Md5);
         assert!(d.md5.is_some_and(|h| h.len() == 35 && h.starts_with("md5")));
+        assert!(d.scram.is_none());
     }
 }

@@ -90,12 +90,17 @@ impl UserAuth {
     }
 
     /// A user nobody can log in as (see [`Decoys`]).
-    fn unknown(name: &str, method: ClientAuthMethod, scram: ScramVerifier, md5: String) -> UserAuth {
+    fn unknown(
+        name: &str,
+        method: ClientAuthMethod,
+        scram: Option<ScramVerifier>,
+        md5: Option<String>,
+    ) -> UserAuth {
         UserAuth {
             name: name.to_string(),
             method,
-            scram: Some(scram),
-            md5: Some(md5),
+            scram,
+            md5,
             server_password: None,
             client_key: OnceLock::new(),
             server_keys: DerivedKeys::default(),
