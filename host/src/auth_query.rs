@@ -4,12 +4,13 @@
 //! lookup is bounded: lookups share a small [`Pool`] of server connections (`pool_size` per
 //! server database they run in), at most [`LOOKUPS_PER_CONNECTION`] × `pool_size` lookups
 //! run or wait at once (the next login gets 53300 at once), and a lookup taking longer than
-//! `timeout` fails. Answers are cached for `cache_ttl`: passwords per role, and names with no usable
-//! password in a bounded cache (at most [`MAX_UNKNOWN_NAMES`], the oldest answer dropped
-//! first), so a flood of random names neither grows memory nor reaches the server more than
-//! once per name and `cache_ttl`, and a role created later becomes usable once its name's
-//! answer expires. Why a lookup failed is logged; the client is told only that
-//! authentication is unavailable, before it has proved anything.
+//! `timeout` fails. Answers are cached for `cache_ttl`: passwords per role, and names with no
+//! usable password in a bounded cache (at most [`MAX_UNKNOWN_NAMES`], the oldest answer
+//! dropped first), so a flood of random names neither grows memory nor reaches the server
+//! more than once per name and `cache_ttl`, and a role created later becomes usable once
+//! its name's answer expires. Names longer than a role name can be are not looked up at all.
+//! Why a lookup failed is logged; the client is told only that authentication is
+//! unavailable, before it has proved anything.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +28,10 @@ pub const LOOKUPS_PER_CONNECTION: usize = 64;
 
 /// Names with no usable password remembered at once.
 pub const MAX_UNKNOWN_NAMES: usize = 10_000;
+
+/// The longest role name Postgres keeps (`NAMEDATALEN` - 1 bytes): a longer name is no
+/// role's, so it is not looked up (nor cached, which bounds the cache's memory).
+const MAX_ROLE_NAME_LEN: usize = 63;
 
 /// Why a lookup gave no answer. Shown in the proxy's log; the client gets only
 /// [`LookupError::sqlstate`] and [`LookupError::client_message`].
@@ -150,6 +155,9 @@ impl AuthQuery {
         name: &str,
         route: &DatabaseRoute,
     ) -> Result<Option<Arc<UserAuth>>, LookupError> {
+        if name.len() > MAX_ROLE_NAME_LEN {
+            return Ok(None);
+        }
         if let Cached::Hit(user) = self.cached(name) {
             return Ok(user);
         }
