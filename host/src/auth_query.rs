@@ -180,9 +180,13 @@ impl AuthQuery {
             checkout.release();
             return Ok(user);
         }
-        let row = query_row(checkout.conn(), &self.settings.query, &[name]).await?;
-        checkout.release();
-        let stored = row.and_then(|r| r.into_iter().nth(1).flatten());
+        let row = query_row(checkout.conn(), &self.settings.query, &[name]).await;
+        // After the query's error the server said ReadyForQuery: the connection is clean.
+        // Any other failure left it broken, and dropping the checkout closes it.
+        if matches!(row, Ok(_) | Err(ServerError::Refused { .. })) {
+            checkout.release();
+        }
+        let stored = row?.and_then(|r| r.into_iter().nth(1).flatten());
         Ok(self.remember(name, stored))
     }
 
