@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_query;
 pub mod cancel;
 pub mod config;
 pub mod incident;

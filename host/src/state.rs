@@ -6,19 +6,18 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{ScramVerifier, UserAuth};
+use crate::auth::{Decoys, SaltKey, UserAuth};
+use crate::auth_query::{AuthQuery, LookupError};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::pool::{PauseGate, Pool, PoolSettings};
-use crate::server::{connect, query_row, ConnectParams, ServerError};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
 /// How to reach one configured database.
@@ -82,22 +81,11 @@ pub struct ProxyState {
     pub clients: AtomicUsize,
     /// Becomes true when the proxy is shutting down.
     pub shutdown: watch::Receiver<bool>,
-    /// Verifier used to fail unknown users the same way as wrong passwords.
-    pub decoy_verifier: ScramVerifier,
-    /// Users found by `auth_query`: name → (stored password, user, when looked up).
-    auth_cache: Mutex<HashMap<String, CachedUser>>,
+    /// What unknown users are challenged with, so that they fail as a wrong password does.
+    pub decoys: Decoys,
+    /// `[auth_query]`: users not in `[users]` looked up on the server.
+    auth_query: Option<AuthQuery>,
 }
-
-struct CachedUser {
-    stored: Option<String>,
-    user: Option<Arc<UserAuth>>,
-    at: Instant,
-}
-
-/// `auth_query` could not run.
-#[derive(Debug, thiserror::Error)]
-#[error("auth_query failed: {0}")]
-pub struct AuthQueryError(#[from] ServerError);
 
 impl ProxyState {
     /// Builds the runtime objects, loading plugins (blocking: compiling a plugin can take
@@ -107,14 +95,20 @@ impl ProxyState {
         source: Option<ConfigSource>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<ProxyState, StateError> {
+        let salt_key = SaltKey::from_config(&config);
         let mut users = HashMap::new();
         for (name, user) in &config.users {
-            let auth = UserAuth::from_config(name, user).map_err(|message| StateError::User {
+            let auth = UserAuth::from_config(name, user, &salt_key).map_err(|message| StateError::User {
                 user: name.clone(),
                 message,
             })?;
             users.insert(name.clone(), Arc::new(auth));
         }
+        let decoys = Decoys::new(salt_key, users.values().map(|u| &**u));
+        let auth_query = config
+            .auth_query
+            .as_ref()
+            .map(|aq| AuthQuery::new(aq.clone(), users[aq.user.get_ref()].clone()));
         let server_tls = server_tls_connector(config.pool.server_tls, config.pool.server_tls_ca.as_deref())?;
         let plugins = Arc::new(PluginRegistry::start(&config)?);
         let mut topology = Topology::default();
@@ -171,8 +165,8 @@ impl ProxyState {
             tls,
             clients: AtomicUsize::new(0),
             shutdown,
-            decoy_verifier: ScramVerifier::from_password(&format!("{:x}", rand::random::<u128>())),
-            auth_cache: Mutex::new(HashMap::new()),
+            decoys,
+            auth_query,
         })
     }
 
@@ -196,25 +190,19 @@ impl ProxyState {
         Some(pool.clone())
     }
 
-    /// A user from `[users]`, or else from `auth_query` (cached for `cache_ttl`).
+    /// A user from `[users]`, or else from `auth_query` (looked up in the client's
+    /// database, or any configured one).
     pub async fn lookup_user(
         &self,
         name: &str,
         database: &str,
-    ) -> Result<Option<Arc<UserAuth>>, AuthQueryError> {
+    ) -> Result<Option<Arc<UserAuth>>, LookupError> {
         if let Some(u) = self.users.get(name) {
             return Ok(Some(u.clone()));
         }
-        let Some(aq) = &self.config.auth_query else {
+        let Some(aq) = &self.auth_query else {
             return Ok(None);
         };
-        {
-            let cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = cache.get(name).filter(|c| c.at.elapsed() < aq.cache_ttl) {
-                return Ok(c.user.clone());
-            }
-        }
-        // Any route reaches the cluster; the client's database is preferred.
         let Some(route) = self
             .databases
             .get(database)
@@ -222,48 +210,7 @@ impl ProxyState {
         else {
             return Ok(None);
         };
-        let auth_user = &self.users[aq.user.get_ref()];
-        let deadline = Instant::now() + route.cluster.hold_timeout;
-        let Some((_, addr)) = route.cluster.wait_for_primary(deadline).await else {
-            return Err(AuthQueryError(ServerError::ConnectTimeout {
-                addr: route.cluster.nodes[0].clone(),
-            }));
-        };
-        let params = ConnectParams {
-            addr,
-            user: &auth_user.name,
-            database: aq.database.as_deref().unwrap_or(&route.server_database),
-            secret: auth_user.server_secret(),
-            options: &[],
-            tls: &route.settings.tls,
-            timeout: route.settings.connect_timeout,
-        };
-        let mut conn = connect(&params).await?;
-        let row = query_row(&mut conn, &aq.query, &[name]).await?;
-        let stored = row.and_then(|r| r.into_iter().nth(1).flatten());
-        let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
-        // Keep the same user object while the password is unchanged: it holds the SCRAM
-        // pass-through key learnt from earlier logins.
-        let user = match cache.get(name) {
-            Some(c) if c.stored == stored => c.user.clone(),
-            _ => match stored.as_deref().map(|s| UserAuth::from_stored(name, s)) {
-                Some(Ok(u)) => Some(Arc::new(u)),
-                Some(Err(e)) => {
-                    tracing::warn!(user = name, error = %e, "auth_query returned an unusable password");
-                    None
-                }
-                None => None,
-            },
-        };
-        cache.insert(
-            name.to_string(),
-            CachedUser {
-                stored,
-                user: user.clone(),
-                at: Instant::now(),
-            },
-        );
-        Ok(user)
+        aq.lookup(name, route).await
     }
 
     /// Re-reads the configuration file and applies its `[plugins]` section (SIGHUP and
@@ -318,12 +265,16 @@ impl ProxyState {
             .collect()
     }
 
+    /// The clients' pools and `auth_query`'s lookup pools.
     pub fn all_pools(&self) -> Vec<Arc<Pool>> {
-        self.pools
+        let mut pools: Vec<Arc<Pool>> = self
+            .pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect()
+            .collect();
+        pools.extend(self.auth_query.iter().flat_map(AuthQuery::pools));
+        pools
     }
 }

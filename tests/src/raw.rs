@@ -126,6 +126,25 @@ pub enum Startup {
     Error(Msg),
 }
 
+/// How a server (or the proxy) challenges a login, as far as a client sees before it has
+/// to prove anything.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Challenge {
+    /// SASL: the mechanisms offered, then the SCRAM server-first message's salt (decoded)
+    /// and iteration count.
+    Scram {
+        mechanisms: Vec<String>,
+        salt: Vec<u8>,
+        iterations: u32,
+    },
+    /// An md5 challenge (its 4-byte salt is random per attempt).
+    Md5,
+    /// Any other authentication request code.
+    Other(i32),
+    /// An ErrorResponse before any challenge: SQLSTATE and message.
+    Error(String, String),
+}
+
 /// Result of a simple query.
 #[derive(Debug, Default)]
 pub struct SimpleResult {
@@ -272,6 +291,68 @@ impl RawConn {
                 b'Z' => return Ok(Startup::Ready),
                 b'N' => {}
                 other => bail!("unexpected message '{}' during startup", other as char),
+            }
+        }
+    }
+
+    /// Send a StartupMessage with `params` and answer a SASL request with a SCRAM
+    /// client-first message, up to the server-first message; the connection is then left
+    /// in the middle of the exchange (drop it).
+    pub async fn challenge(&mut self, params: &[(&str, &str)]) -> Result<Challenge> {
+        use base64::Engine;
+        let mut buf = BytesMut::new();
+        frontend::startup_message(params.iter().copied(), &mut buf)?;
+        self.send(&buf).await?;
+        let mut mechanisms = Vec::new();
+        loop {
+            let msg = self.expect_msg().await?;
+            match msg.tag {
+                b'E' => {
+                    return Ok(Challenge::Error(
+                        msg.sqlstate().unwrap_or_default(),
+                        msg.message().unwrap_or_default(),
+                    ))
+                }
+                b'N' => continue,
+                b'R' => {}
+                other => bail!("unexpected message '{}' before a challenge", other as char),
+            }
+            let kind = i32::from_be_bytes(
+                msg.body
+                    .get(..4)
+                    .ok_or_else(|| anyhow!("short auth message"))?
+                    .try_into()?,
+            );
+            let data = &msg.body[4..];
+            match kind {
+                5 => return Ok(Challenge::Md5),
+                10 => {
+                    mechanisms = data
+                        .split(|&b| b == 0)
+                        .filter(|m| !m.is_empty())
+                        .map(|m| String::from_utf8_lossy(m).into_owned())
+                        .collect();
+                    let s = ScramSha256::new(b"not-the-password", ChannelBinding::unsupported());
+                    let mut out = BytesMut::new();
+                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                    self.send(&out).await?;
+                }
+                11 => {
+                    let text = String::from_utf8_lossy(data).into_owned();
+                    let attr = |name: &str| text.split(',').find_map(|a| a.strip_prefix(name));
+                    let salt = attr("s=")
+                        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                        .ok_or_else(|| anyhow!("server-first message without a salt: {text:?}"))?;
+                    let iterations = attr("i=")
+                        .and_then(|i| i.parse().ok())
+                        .ok_or_else(|| anyhow!("server-first message without iterations: {text:?}"))?;
+                    return Ok(Challenge::Scram {
+                        mechanisms,
+                        salt,
+                        iterations,
+                    });
+                }
+                other => return Ok(Challenge::Other(other)),
             }
         }
     }

@@ -4,10 +4,12 @@
 //! for a wrong password (28P01), an unknown user (28P01 as well, with nothing
 //! that reveals whether the user exists) and an unknown database (3D000).
 
+use std::time::Instant;
+
 use anyhow::{bail, ensure, Result};
 use switchyard_tests::client::connect;
-use switchyard_tests::proxy::UserSection;
-use switchyard_tests::raw::{expect_unknown_user_refused, RawConn, Startup};
+use switchyard_tests::proxy::{Proxy, UserSection};
+use switchyard_tests::raw::{expect_unknown_user_refused, Challenge, RawConn, Startup};
 use switchyard_tests::{expect_sqlstate, roles, PgResultExt, TestBed};
 
 /// Log in and check who the *server* thinks we are.
@@ -185,5 +187,179 @@ async fn wrong_password_unknown_user_unknown_database() -> Result<()> {
 
     // Failed logins leave the proxy healthy.
     check_login(&bed, "app", "app").await?;
+    bed.ensure_proxy_alive()
+}
+
+/// The salt and iteration count a login of `user` is challenged with.
+async fn scram_challenge(addr: &str, user: &str) -> Result<(Vec<u8>, u32)> {
+    let mut raw = RawConn::connect(addr).await?;
+    match raw
+        .challenge(&[("user", user), ("database", roles::APP_DB)])
+        .await?
+    {
+        Challenge::Scram {
+            mechanisms,
+            salt,
+            iterations,
+        } => {
+            ensure!(
+                mechanisms == ["SCRAM-SHA-256"],
+                "{user}: SASL mechanisms offered {mechanisms:?}"
+            );
+            Ok((salt, iterations))
+        }
+        other => bail!("{user}: expected a SCRAM challenge, got {other:?}"),
+    }
+}
+
+/// Median times, in milliseconds, of `n` runs of `attempt` for each of `users`, taken in
+/// turn so that a busy moment of the machine weighs on both alike.
+async fn medians_ms<F, Fut>(users: [&str; 2], n: usize, attempt: F) -> Result<[f64; 2]>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut times = [Vec::with_capacity(n), Vec::with_capacity(n)];
+    for _ in 0..n {
+        for (user, times) in users.iter().zip(times.iter_mut()) {
+            let started = Instant::now();
+            attempt(user.to_string()).await?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[n / 2]
+    }))
+}
+
+/// A login of `user` with a wrong password, which must fail with 28P01.
+async fn failed_login(addr: &str, user: &str) -> Result<()> {
+    let mut raw = RawConn::connect(addr).await?;
+    match raw
+        .startup(&[("user", user), ("database", roles::APP_DB)], "not-the-password")
+        .await?
+    {
+        Startup::Error(e) if e.sqlstate().as_deref() == Some("28P01") => Ok(()),
+        Startup::Error(e) => bail!("{user}: {}", e.describe()),
+        Startup::Ready => bail!("{user} logged in with a wrong password"),
+    }
+}
+
+/// No user enumeration through the SCRAM challenge: an unknown user is offered the same
+/// mechanism, the same iteration count and a 16-byte salt like configured users; its salt is
+/// stable across attempts, differs between two unknown names and from real users' salts, and
+/// a real user keeps its own. A second proxy with the same configuration (a restart, or a
+/// second instance behind a load balancer) shows the same salts for the same names, known or
+/// not. Median times of a real and an unknown user, to the challenge and of a whole failed
+/// login, are printed (not asserted).
+/// Fails on the old code, where every unknown name got one per-process decoy salt.
+#[tokio::test]
+async fn unknown_users_get_salts_of_their_own_like_real_users() -> Result<()> {
+    switchyard_tests::skip_if_direct!();
+    let mut bed = TestBed::start()?;
+    let addr = bed.endpoint().addr();
+    let (app_salt, app_iter) = scram_challenge(&addr, roles::APP.0).await?;
+    let (pg_salt, pg_iter) = scram_challenge(&addr, roles::SUPERUSER.0).await?;
+    let (ghost_a, ghost_a_iter) = scram_challenge(&addr, "ghost_a").await?;
+    let (ghost_a2, _) = scram_challenge(&addr, "ghost_a").await?;
+    let (ghost_b, ghost_b_iter) = scram_challenge(&addr, "ghost_b").await?;
+    ensure!(
+        [pg_iter, ghost_a_iter, ghost_b_iter] == [app_iter; 3],
+        "iteration counts differ: app {app_iter}, postgres {pg_iter}, unknown {ghost_a_iter} and {ghost_b_iter}"
+    );
+    for (who, salt) in [
+        ("app", &app_salt),
+        ("postgres", &pg_salt),
+        ("ghost_a", &ghost_a),
+        ("ghost_b", &ghost_b),
+    ] {
+        ensure!(salt.len() == 16, "{who}'s salt has {} bytes, not 16", salt.len());
+    }
+    ensure!(
+        ghost_a == ghost_a2,
+        "an unknown user's salt changed between two attempts"
+    );
+    ensure!(
+        ghost_a != ghost_b,
+        "two unknown users share one salt, which marks them as unknown"
+    );
+    ensure!(
+        app_salt != pg_salt && ![&app_salt, &pg_salt].contains(&&ghost_a),
+        "salts of real and unknown users collide"
+    );
+    ensure!(
+        scram_challenge(&addr, roles::APP.0).await?.0 == app_salt,
+        "a real user's salt changed between two attempts"
+    );
+
+    // A second proxy with the same configuration answers alike.
+    let mut cfg = bed.proxy().expect("not direct").config().clone();
+    cfg.proxy.listen = String::new();
+    let second = Proxy::start(cfg)?;
+    let second_addr = second.addr().to_string();
+    ensure!(
+        scram_challenge(&second_addr, "ghost_a").await?.0 == ghost_a,
+        "another proxy with the same configuration shows another salt for an unknown user"
+    );
+    ensure!(
+        scram_challenge(&second_addr, roles::APP.0).await?.0 == app_salt,
+        "another proxy with the same configuration shows another salt for a real user"
+    );
+
+    // Up to the challenge: all the proxy does before the proof.
+    let users = [roles::APP.0, "ghost_a"];
+    let [real, unknown] = medians_ms(users, 200, |u| {
+        let addr = addr.clone();
+        async move { scram_challenge(&addr, &u).await.map(drop) }
+    })
+    .await?;
+    println!(
+        "median time to the SCRAM challenge (200 each): real user {real:.3} ms, unknown user {unknown:.3} ms"
+    );
+    // A whole failed login; the client's own key derivation (unoptimised) is most of it.
+    let [real, unknown] = medians_ms(users, 20, |u| {
+        let addr = addr.clone();
+        async move { failed_login(&addr, &u).await }
+    })
+    .await?;
+    println!("median failed login (20 each): real user {real:.3} ms, unknown user {unknown:.3} ms");
+    check_login(&bed, roles::APP.0, roles::APP.1).await?;
+    bed.ensure_proxy_alive()
+}
+
+/// When the configured users are challenged with md5, so is an unknown user (an md5
+/// challenge, then 28P01), rather than with SCRAM, which would mark it as unknown.
+/// Fails on the old code, which always challenged unknown users with SCRAM.
+#[tokio::test]
+async fn unknown_users_get_md5_when_configured_users_do() -> Result<()> {
+    switchyard_tests::skip_if_direct!();
+    let mut bed = TestBed::start_with(|mut cfg| {
+        for user in cfg.users.values_mut() {
+            user.auth = Some("md5".into());
+        }
+        cfg
+    })?;
+    let addr = bed.endpoint().addr();
+    for user in [roles::APP.0, "ghost_md5"] {
+        let mut raw = RawConn::connect(&addr).await?;
+        let got = raw
+            .challenge(&[("user", user), ("database", roles::APP_DB)])
+            .await?;
+        ensure!(
+            got == Challenge::Md5,
+            "{user}: expected an md5 challenge, got {got:?}"
+        );
+    }
+    let mut raw = RawConn::connect(&addr).await?;
+    match raw
+        .startup(&[("user", "ghost_md5"), ("database", roles::APP_DB)], "x")
+        .await?
+    {
+        Startup::Error(e) if e.sqlstate().as_deref() == Some("28P01") => {}
+        Startup::Error(e) => bail!("unknown md5 user: {}", e.describe()),
+        Startup::Ready => bail!("an unknown user logged in"),
+    }
+    check_login(&bed, roles::APP.0, roles::APP.1).await?;
     bed.ensure_proxy_alive()
 }

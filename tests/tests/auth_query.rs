@@ -12,11 +12,13 @@
 //! must be a `[users]` entry, which `switchyard check-config` enforces,
 //! naming the key.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::client::connect;
-use switchyard_tests::raw::{expect_unknown_user_refused, RawConn, Startup};
+use switchyard_tests::raw::{expect_unknown_user_refused, Challenge, RawConn, Startup};
 use switchyard_tests::tools::run_command;
 use switchyard_tests::{
     env, expect_sqlstate, roles, scratch, skip_if_direct, ClusterOptions, Endpoint, PgCluster, PgResultExt,
@@ -240,7 +242,9 @@ async fn later_logins_reuse_the_pass_through_key() -> Result<()> {
 
 #[tokio::test]
 async fn many_concurrent_logins_of_a_looked_up_role() -> Result<()> {
-    let mut bed = auth_query_bed(|cfg| cfg.pool_size(10))?;
+    // Each client derives its SCRAM keys (unoptimised, on the test's one thread): on a busy
+    // machine the last of 40 may finish after the default 10 s login timeout.
+    let mut bed = auth_query_bed(|cfg| cfg.pool_size(10).client_login_timeout("60s"))?;
     let ep = bed.endpoint();
     let (user, password) = SCRAM_ROLE;
     // From a cold cache: every client arrives before any lookup finished.
@@ -373,4 +377,239 @@ fn auth_query_user_must_be_in_users() -> Result<()> {
     }
     scratch::remove_dir(&dir);
     Ok(())
+}
+
+/// The salt and iteration count a login of `user` is challenged with (SCRAM only).
+async fn scram_challenge(ep: &Endpoint, user: &str) -> Result<(Vec<String>, Vec<u8>, u32)> {
+    let mut raw = RawConn::connect(&ep.addr()).await?;
+    match raw
+        .challenge(&[("user", user), ("database", roles::APP_DB)])
+        .await?
+    {
+        Challenge::Scram {
+            mechanisms,
+            salt,
+            iterations,
+        } => Ok((mechanisms, salt, iterations)),
+        other => bail!("{user}: expected a SCRAM challenge, got {other:?}"),
+    }
+}
+
+/// With `auth_query`, a role that exists on the server and names that exist nowhere are
+/// challenged alike: the same mechanisms, iteration count and salt length; the existing role
+/// gets its own salt from `pg_authid`, and each unknown name a salt of its own, stable across
+/// attempts. Fails on the old code, where all unknown names shared one decoy salt.
+#[tokio::test]
+async fn existing_and_unknown_roles_are_challenged_alike() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = auth_query_bed(|cfg| cfg)?;
+    let ep = bed.endpoint();
+    let stored = stored_password(&bed, SCRAM_ROLE.0)?;
+    let (real_mech, real_salt, real_iter) = scram_challenge(&ep, SCRAM_ROLE.0).await?;
+    let (a_mech, a_salt, a_iter) = scram_challenge(&ep, "aq_ghost_a").await?;
+    let (_, a_salt2, _) = scram_challenge(&ep, "aq_ghost_a").await?;
+    let (b_mech, b_salt, b_iter) = scram_challenge(&ep, "aq_ghost_b").await?;
+    ensure!(
+        real_mech == a_mech && a_mech == b_mech,
+        "mechanisms differ: {real_mech:?} {a_mech:?} {b_mech:?}"
+    );
+    ensure!(
+        real_iter == a_iter && a_iter == b_iter,
+        "iterations differ: existing {real_iter}, unknown {a_iter} and {b_iter}"
+    );
+    ensure!(
+        real_salt.len() == a_salt.len() && a_salt.len() == b_salt.len(),
+        "salt lengths differ: {} {} {}",
+        real_salt.len(),
+        a_salt.len(),
+        b_salt.len()
+    );
+    let real_b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&real_salt)
+    };
+    ensure!(
+        stored.contains(&format!(":{real_b64}$")),
+        "the existing role is not challenged with its own salt ({real_b64}); pg_authid has {stored}"
+    );
+    ensure!(
+        a_salt == a_salt2,
+        "an unknown name's salt changed between attempts"
+    );
+    ensure!(a_salt != b_salt, "two unknown names share one salt");
+    ensure!(
+        a_salt != real_salt,
+        "an unknown name got the existing role's salt"
+    );
+    bed.ensure_proxy_alive()
+}
+
+/// The default query refuses a password past the role's `VALID UNTIL`: such a role gets
+/// 28P01 from the proxy even though the server itself trusts it (pg_hba `trust`, so only the
+/// proxy checks the password), while a role valid until a future date logs in.
+/// Fails on the old code, whose default query ignored `valuntil`.
+#[tokio::test]
+async fn expired_password_cannot_log_in() -> Result<()> {
+    skip_if_direct!();
+    let opts = ClusterOptions::default()
+        .hba_first("host all aq_expired 127.0.0.1/32 trust\nhost all aq_valid 127.0.0.1/32 trust")?;
+    let mut bed = TestBed::start_full(opts, |cfg, _| Ok(cfg.set("auth_query.user", roles::SUPERUSER.0)))?;
+    bed.pg().primary().admin_sql(
+        "postgres",
+        "SET password_encryption = 'scram-sha-256';\n\
+         CREATE ROLE aq_expired LOGIN PASSWORD 'expired-secret' VALID UNTIL '2001-01-01';\n\
+         CREATE ROLE aq_valid LOGIN PASSWORD 'valid-secret' VALID UNTIL '2999-01-01';\n\
+         GRANT ALL ON DATABASE app TO aq_expired, aq_valid;",
+    )?;
+    let ep = bed.endpoint();
+    let expired = connect(&ep.config("aq_expired", "expired-secret", roles::APP_DB)).await;
+    expect_sqlstate(expired, &["28P01"], "role whose password expired in 2001")?;
+    check_login(&ep, "aq_valid", "valid-secret").await?;
+    bed.ensure_proxy_alive()
+}
+
+/// Connections the auth user holds on the primary now (not counting `psql` and the
+/// connection asking).
+async fn auth_user_connections(watcher: &tokio_postgres::Client) -> Result<i64> {
+    let row = watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'postgres' \
+             AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+             AND application_name <> 'psql'",
+            &[],
+        )
+        .await
+        .ctx("counting the auth user's connections")?;
+    Ok(row.get(0))
+}
+
+/// A flood of 200 concurrent logins with random unknown names: the lookups never hold more
+/// server connections than `auth_query.pool_size` (2; sampled in `pg_stat_activity` all
+/// along), every flooded login is challenged (its name looked up), or refused with 53300
+/// once too many lookups wait (or 08006 if one outlives `auth_query.timeout` on a loaded
+/// machine), and
+/// meanwhile a configured user and a looked-up role logged in earlier (cached) log in and
+/// query. A role created afterwards under a flooded name logs in once the cached "unknown"
+/// answer expires (`cache_ttl`). Fails on the old code, which opened one server connection
+/// per lookup.
+#[tokio::test]
+async fn a_flood_of_unknown_names_stays_within_the_lookup_pool() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = auth_query_bed(|cfg| cfg.set("auth_query.cache_ttl", "2s"))?;
+    let ep = bed.endpoint();
+    // Logged in once: its answer is cached for the flood.
+    check_login(&ep, SCRAM_ROLE.0, SCRAM_ROLE.1).await?;
+    let watcher = bed
+        .direct()
+        .connect(roles::SUPERUSER.0, roles::SUPERUSER.1, "postgres")
+        .await
+        .context("watcher connection to the primary")?;
+    let idle_before = auth_user_connections(&watcher).await?;
+
+    let flooding = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let flooding = flooding.clone();
+        tokio::spawn(async move {
+            let mut max = 0;
+            while flooding.load(Ordering::Relaxed) {
+                max = max.max(auth_user_connections(&watcher).await?);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<_, anyhow::Error>((max, watcher))
+        })
+    };
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let addr = ep.addr();
+        // Up to the challenge, which comes after the lookup: no client-side key derivation,
+        // so the flood is as fast as the proxy lets it be.
+        set.spawn(async move {
+            let user = format!("aq_flood_{i}");
+            let mut raw = RawConn::connect(&addr).await?;
+            raw.challenge(&[("user", &user), ("database", roles::APP_DB)])
+                .await
+        });
+    }
+    // Meanwhile, users that need no lookup log in.
+    check_login(&ep, roles::APP.0, roles::APP.1).await?;
+    check_login(&ep, SCRAM_ROLE.0, SCRAM_ROLE.1).await?;
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    while let Some(r) = set.join_next().await {
+        let code = match r?? {
+            Challenge::Scram { .. } => "challenged".to_string(),
+            Challenge::Error(code, message) => {
+                ensure!(
+                    code == "53300" || code == "08006",
+                    "a flooded login got {code} {message}"
+                );
+                code
+            }
+            other => bail!("a flooded login got {other:?}"),
+        };
+        *codes.entry(code).or_default() += 1;
+    }
+    let flood_time = started.elapsed();
+    flooding.store(false, Ordering::Relaxed);
+    let (max, watcher) = sampler.await??;
+    println!(
+        "200 unknown-name logins in {flood_time:?}: {codes:?}; auth user's connections: {idle_before} before, at most {max} during"
+    );
+    ensure!(
+        max <= 2,
+        "the lookups held {max} server connections at once; auth_query.pool_size is 2"
+    );
+    ensure!(
+        auth_user_connections(&watcher).await? <= 2,
+        "lookup connections left open beyond the pool size"
+    );
+
+    // A role created under a flooded name becomes usable once the answer expires.
+    bed.pg()
+        .primary()
+        .admin_sql("postgres", "CREATE ROLE aq_flood_7 LOGIN PASSWORD 'flood-secret'")?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    check_login(&ep, "aq_flood_7", "flood-secret").await?;
+    bed.ensure_proxy_alive()
+}
+
+/// A lookup that fails on the server (here the query names a missing table) gives the
+/// client a generic FATAL 08006 that says nothing of the server's error (no table name, no
+/// "relation", no "auth_query"), while the proxy's log has the server's message.
+/// Fails on the old code, which passed the server's error text to the client.
+#[tokio::test]
+async fn a_failing_lookup_tells_the_client_nothing_of_the_server() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = auth_query_bed(|cfg| {
+        cfg.set(
+            "auth_query.query",
+            "SELECT usename, passwd FROM aq_missing_table WHERE usename = $1",
+        )
+    })?;
+    let ep = bed.endpoint();
+    let mut raw = RawConn::connect(&ep.addr()).await?;
+    let e = match raw
+        .startup(&[("user", "aq_whoever"), ("database", roles::APP_DB)], "x")
+        .await?
+    {
+        Startup::Error(e) => e,
+        Startup::Ready => bail!("logged in although the lookup cannot work"),
+    };
+    let text = format!("{} {:?} {:?}", e.describe(), e.field(b'D'), e.field(b'H'));
+    ensure!(
+        e.sqlstate().as_deref() == Some("08006"),
+        "expected 08006 for a failing lookup, got {text}"
+    );
+    for leak in ["aq_missing_table", "relation", "auth_query", "does not exist"] {
+        ensure!(!text.contains(leak), "the client sees {leak:?} in {text}");
+    }
+    // A configured user is not affected.
+    check_login(&ep, roles::APP.0, roles::APP.1).await?;
+    let log = bed.proxy().expect("not direct").log();
+    ensure!(
+        log.contains("aq_missing_table"),
+        "the proxy's log should name the server's error; log tail:\n{}",
+        bed.proxy().expect("not direct").log_tail(20)
+    );
+    bed.ensure_proxy_alive()
 }

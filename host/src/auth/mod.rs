@@ -2,9 +2,11 @@
 //! proof. The exchange itself (which messages go on the wire) lives in `session::startup`;
 //! this module is the cryptography and the stored secrets, with no I/O.
 
+mod decoy;
 mod md5;
 mod scram;
 
+pub use decoy::{Decoys, SaltKey, MIN_SALT_SECRET_LEN};
 pub use md5::{md5_hash, Md5Challenge};
 pub use scram::{
     DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
@@ -87,6 +89,24 @@ impl UserAuth {
         }
     }
 
+    /// A user nobody can log in as (see [`Decoys`]).
+    fn unknown(
+        name: &str,
+        method: ClientAuthMethod,
+        scram: Option<ScramVerifier>,
+        md5: Option<String>,
+    ) -> UserAuth {
+        UserAuth {
+            name: name.to_string(),
+            method,
+            scram,
+            md5,
+            server_password: None,
+            client_key: OnceLock::new(),
+            server_keys: DerivedKeys::default(),
+        }
+    }
+
     /// A user found by `auth_query`: the server's own stored password.
     pub fn from_stored(name: &str, stored: &str) -> Result<UserAuth, String> {
         let stored = StoredPassword::parse(stored)?;
@@ -113,7 +133,9 @@ impl UserAuth {
 }
 
 impl UserAuth {
-    pub fn from_config(name: &str, user: &UserConfig) -> Result<UserAuth, String> {
+    /// A `[users]` entry; a plaintext password gets its SCRAM verifier with the salt `key`
+    /// gives this name.
+    pub fn from_config(name: &str, user: &UserConfig, key: &SaltKey) -> Result<UserAuth, String> {
         let stored = StoredPassword::parse(user.password.get_ref())?;
         let method = user.auth.unwrap_or(match stored {
             StoredPassword::Md5(_) => ClientAuthMethod::Md5,
@@ -121,7 +143,7 @@ impl UserAuth {
         });
         let (scram, md5, plain) = match stored {
             StoredPassword::Plain(p) => (
-                Some(ScramVerifier::from_password(&p)),
+                Some(ScramVerifier::derive(&p, &key.salt(name))),
                 Some(md5_hash(&p, name)),
                 Some(p),
             ),

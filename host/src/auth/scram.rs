@@ -12,6 +12,9 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Postgres' default `scram_iterations`.
+pub const DEFAULT_ITERATIONS: u32 = 4096;
+
 /// What Postgres stores for a SCRAM user: enough to verify a proof, not to impersonate.
 #[derive(Clone)]
 pub struct ScramVerifier {
@@ -44,13 +47,12 @@ impl ScramVerifier {
         })
     }
 
-    /// Derives a verifier from a plaintext password with a fresh salt and 4096 iterations,
-    /// as Postgres' `password_encryption = scram-sha-256` does.
-    pub fn from_password(password: &str) -> ScramVerifier {
-        let salt: [u8; 16] = rand::random();
-        let keys = ScramKeys::derive(password, &salt, 4096);
+    /// Derives a verifier from a plaintext password with `salt` and 4096 iterations, as
+    /// Postgres' `password_encryption = scram-sha-256` does.
+    pub fn derive(password: &str, salt: &[u8]) -> ScramVerifier {
+        let keys = ScramKeys::derive(password, salt, DEFAULT_ITERATIONS);
         ScramVerifier {
-            iterations: 4096,
+            iterations: DEFAULT_ITERATIONS,
             salt: salt.to_vec(),
             stored_key: Sha256::digest(keys.client_key).into(),
             server_key: keys.server_key,
@@ -324,7 +326,7 @@ mod tests {
 
     /// Runs postgres-protocol's client against our server side.
     fn run(password_stored: &str, password_given: &str) -> Result<(), ScramError> {
-        let verifier = ScramVerifier::from_password(password_stored);
+        let verifier = ScramVerifier::derive(password_stored, &rand::random::<[u8; 16]>());
         let mut client = ScramSha256::new(password_given.as_bytes(), ChannelBinding::unsupported());
         let (exchange, server_first) = ScramExchange::start(&verifier, client.message())?;
         client
@@ -341,7 +343,7 @@ mod tests {
     fn pass_through_keys_log_in_like_the_password() {
         // A client logs in with the password; the proxy keeps its ClientKey and uses it to
         // log in to a "server" holding the same verifier.
-        let verifier = ScramVerifier::from_password("pw");
+        let verifier = ScramVerifier::derive("pw", &rand::random::<[u8; 16]>());
         let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
         let (exchange, server_first) = ScramExchange::start(&verifier, client.message()).unwrap();
         client.update(server_first.as_bytes()).unwrap();
@@ -373,7 +375,7 @@ mod tests {
     #[test]
     fn password_keys_match_postgres_verifier_and_log_in() {
         // Our derivation must agree with postgres-protocol's (and so with Postgres).
-        let ours = ScramVerifier::from_password("pässword");
+        let ours = ScramVerifier::derive("pässword", &rand::random::<[u8; 16]>());
         let theirs = ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"x")).unwrap();
         assert_eq!(ours.iterations, theirs.iterations);
         let keys = ScramKeys::derive("x", &theirs.salt, theirs.iterations);
@@ -405,7 +407,7 @@ mod tests {
 
     #[test]
     fn garbage_is_a_protocol_error() {
-        let v = ScramVerifier::from_password("x");
+        let v = ScramVerifier::derive("x", &rand::random::<[u8; 16]>());
         assert!(matches!(
             ScramExchange::start(&v, b"\xff\xfe"),
             Err(ScramError::Protocol(_))

@@ -123,3 +123,33 @@ fn metrics_listen_is_an_address_apart_from_listen() {
         "{e}"
     );
 }
+
+#[test]
+fn auth_salt_secret_and_auth_query_limits_are_checked() {
+    let with_secret = |s: &str| {
+        GOOD.replace(
+            "listen = \"127.0.0.1:6432\"",
+            &format!("listen = \"127.0.0.1:6432\"\nauth_salt_secret = \"{s}\""),
+        )
+    };
+    let c = Config::parse(&with_secret("0123456789abcdef"), "t.toml").unwrap();
+    assert_eq!(c.proxy.auth_salt_secret.as_deref(), Some("0123456789abcdef"));
+    let e = err(&with_secret("short"));
+    assert!(
+        e.contains("t.toml:4") && e.contains("proxy.auth_salt_secret"),
+        "{e}"
+    );
+
+    let with_aq = |extra: &str| format!("{GOOD}\n[auth_query]\nuser = \"app\"\n{extra}");
+    let c = Config::parse(&with_aq(""), "t.toml").unwrap();
+    let aq = c.auth_query.unwrap();
+    assert_eq!((aq.pool_size, aq.timeout), (2, std::time::Duration::from_secs(5)));
+    assert!(aq.query.contains("valuntil"), "{}", aq.query);
+    let e = err(&with_aq("pool_size = 0\n"));
+    assert!(
+        e.contains("auth_query.pool_size") && e.contains("t.toml:23"),
+        "{e}"
+    );
+    let e = err(&with_aq("timeout = \"0s\"\n"));
+    assert!(e.contains("auth_query.timeout") && e.contains("t.toml:23"), "{e}");
+}

@@ -142,17 +142,35 @@ pub struct AuthQuerySettings {
     pub query: String,
     /// Server database to run the query in; by default the client's.
     pub database: Option<String>,
-    /// How long a looked-up password is reused before asking the server again.
+    /// How long an answer (a password, or that there is none) is reused before asking the
+    /// server again.
     #[serde(default = "default_auth_cache_ttl", with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Server connections the lookups share, per server database they run in.
+    #[serde(default = "default_auth_pool_size")]
+    pub pool_size: usize,
+    /// A lookup (waiting for a connection, connecting, the query) taking longer has failed.
+    #[serde(default = "default_auth_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
+/// `pg_shadow` lists the roles that may log in; a password past its `valuntil` is not
+/// returned, so such a role fails like a wrong password, as on Postgres.
 fn default_auth_query() -> String {
-    "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into()
+    "SELECT usename, passwd FROM pg_shadow WHERE usename = $1 AND (valuntil IS NULL OR valuntil > now())"
+        .into()
 }
 
 fn default_auth_cache_ttl() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_auth_pool_size() -> usize {
+    2
+}
+
+fn default_auth_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[proxy]`: the client-facing side.
@@ -184,6 +202,9 @@ pub struct ProxySettings {
     pub plugin_watch_interval: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`); none when absent.
     pub metrics_listen: Option<SocketAddr>,
+    /// Key of the SCRAM salts the proxy makes up (unknown users, plaintext passwords); by
+    /// default derived from the secrets in `[users]`.
+    pub auth_salt_secret: Option<String>,
 }
 
 impl Default for ProxySettings {
@@ -199,6 +220,7 @@ impl Default for ProxySettings {
             plugin_cache_dir: None,
             plugin_watch_interval: Duration::from_secs(1),
             metrics_listen: None,
+            auth_salt_secret: None,
         }
     }
 }

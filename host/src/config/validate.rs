@@ -61,6 +61,21 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
             message: "tls_cert and tls_key must be given together".into(),
         });
     }
+    if config
+        .proxy
+        .auth_salt_secret
+        .as_ref()
+        .is_some_and(|s| s.len() < crate::auth::MIN_SALT_SECRET_LEN)
+    {
+        return Err(Violation {
+            line: key_line(text, "proxy", "auth_salt_secret"),
+            key: "proxy.auth_salt_secret".into(),
+            message: format!(
+                "must be at least {} characters (it keys the salts shown to unknown users)",
+                crate::auth::MIN_SALT_SECRET_LEN
+            ),
+        });
+    }
     if config.proxy.metrics_listen == Some(config.proxy.listen) {
         return Err(Violation {
             line: key_line(text, "proxy", "metrics_listen"),
@@ -113,6 +128,20 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
         check_user(name, user).map_err(|m| at(user.password.span(), format!("users.{name}.password"), m))?;
     }
     if let Some(aq) = &config.auth_query {
+        if aq.pool_size == 0 {
+            return Err(Violation {
+                line: key_line(text, "auth_query", "pool_size"),
+                key: "auth_query.pool_size".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if aq.timeout.is_zero() {
+            return Err(Violation {
+                line: key_line(text, "auth_query", "timeout"),
+                key: "auth_query.timeout".into(),
+                message: "must be longer than 0s".into(),
+            });
+        }
         if !config.users.contains_key(aq.user.get_ref()) {
             return Err(at(
                 aq.user.span(),

@@ -2,8 +2,10 @@
 //! authentication (SCRAM-SHA-256 or md5 against the configured users), then the login
 //! messages (ParameterStatus, BackendKeyData, ReadyForQuery).
 //!
-//! Unknown users go through the same SCRAM exchange against a decoy verifier and fail with the
-//! same 28P01 as a wrong password, so the proxy does not reveal which users exist.
+//! Unknown users go through the same exchange as configured ones, against made-up
+//! credentials (`auth::Decoys`: the same method and iteration count, a salt of their own,
+//! stable per name), and fail with the same 28P01 as a wrong password, so the proxy does not
+//! reveal which users exist.
 
 use std::sync::Arc;
 
@@ -199,15 +201,16 @@ async fn login(
     let user = match state.lookup_user(&user_name, &database).await {
         Ok(u) => u,
         Err(e) => {
-            tracing::warn!(user = %user_name, error = %e, "cannot authenticate");
-            return Err(fatal(
-                "08006",
-                format!("cannot look up user \"{user_name}\": {e}"),
-            ));
+            tracing::warn!(user = %user_name, error = %e, "cannot authenticate: the user lookup failed");
+            return Err(fatal(e.sqlstate(), e.client_message()));
         }
     };
-    authenticate(stream, buf, &mut out, state, &user_name, user.as_deref()).await?;
-    let user = user.expect("authentication fails for unknown users");
+    let Some(user) = user else {
+        let decoy = state.decoys.user(&user_name);
+        authenticate(stream, buf, &mut out, &decoy, false).await?;
+        return Err(password_failed(&user_name)); // not reached: a decoy never passes
+    };
+    authenticate(stream, buf, &mut out, &user, true).await?;
 
     let (destination, server_params) = if database == crate::admin::ADMIN_DATABASE {
         if !state.config.admin.users.iter().any(|u| u.get_ref() == &user.name) {
@@ -278,26 +281,19 @@ fn admin_params() -> std::collections::HashMap<String, String> {
     .collect()
 }
 
+/// Challenges the client as `user` asks; `known` is false for an unknown user's decoy,
+/// which goes through the same steps and always fails.
 async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
-    state: &ProxyState,
-    user_name: &str,
-    user: Option<&UserAuth>,
+    user: &UserAuth,
+    known: bool,
 ) -> Result<(), SessionError> {
-    let failed = || {
-        fatal(
-            "28P01",
-            format!("password authentication failed for user \"{user_name}\""),
-        )
-    };
-    let method = user.map(|u| u.method).unwrap_or(ClientAuthMethod::ScramSha256);
-    match method {
+    let failed = || password_failed(&user.name);
+    match user.method {
         ClientAuthMethod::ScramSha256 => {
-            let verifier = user
-                .and_then(|u| u.scram.as_ref())
-                .unwrap_or(&state.decoy_verifier);
+            let verifier = user.scram.as_ref().ok_or_else(failed)?;
             backend::auth_sasl(&[SCRAM_SHA_256], out);
             send(stream, out).await?;
             let body = read_auth_message(stream, buf).await?;
@@ -313,10 +309,8 @@ async fn authenticate(
             send(stream, out).await?;
             let body = read_auth_message(stream, buf).await?;
             let server_final = match exchange.finish(verifier, &body) {
-                Ok((f, client_key)) if user.is_some() => {
-                    if let Some(u) = user {
-                        let _ = u.client_key.set(client_key);
-                    }
+                Ok((f, client_key)) if known => {
+                    let _ = user.client_key.set(client_key);
                     f
                 }
                 Ok(_) | Err(ScramError::BadProof) => return Err(failed()),
@@ -330,13 +324,20 @@ async fn authenticate(
             send(stream, out).await?;
             let body = read_auth_message(stream, buf).await?;
             let response = decode_password(&body)?;
-            let stored = user.and_then(|u| u.md5.as_deref()).ok_or_else(failed)?;
-            if !challenge.verify(stored, &response) {
+            let stored = user.md5.as_deref().ok_or_else(failed)?;
+            if !challenge.verify(stored, &response) || !known {
                 return Err(failed());
             }
         }
     }
     Ok(())
+}
+
+fn password_failed(user: &str) -> SessionError {
+    fatal(
+        "28P01",
+        format!("password authentication failed for user \"{user}\""),
+    )
 }
 
 fn scram_error(e: ScramError) -> SessionError {
