@@ -15,6 +15,7 @@
 mod backend;
 mod error;
 mod frontend;
+mod large;
 mod params;
 mod retry;
 mod spares;
@@ -54,6 +55,12 @@ use crate::state::ProxyState;
 
 /// Stop reading a side when this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
+
+/// Stop taking client messages while this many replies are owed to the client (each
+/// message sent to a server and each synthetic reply queued behind one is an [`Expect`]).
+/// With the two buffers' high-water marks, this bounds what a pipelining client can make
+/// the proxy hold.
+const MAX_OWED: usize = 1024;
 
 /// Entry point for an accepted client connection.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
@@ -154,6 +161,16 @@ struct Session {
     /// Session pooling: the server, and the state above with it, was lost while the
     /// client was idle; its next message gets this error.
     lost_session: Option<Box<ErrorFields>>,
+    /// The client message passing through to the server in pieces, if any (`large`).
+    inflow: large::Passing,
+    /// The server message passing through to the client in pieces, if any.
+    outflow: large::Passing,
+    /// Client input is waiting in `cbuf` for the session to catch up
+    /// ([`Session::input_blocked`]); the relay comes back to it when it has.
+    input_held: bool,
+    /// A query too large to scan for session commands ran on the current server: its
+    /// session state is unknown, so it is reset (`DISCARD ALL`) before anyone reuses it.
+    unscanned: bool,
 }
 
 impl Session {
@@ -211,6 +228,10 @@ impl Session {
             replay: Replay::default(),
             server_state: false,
             lost_session: None,
+            inflow: large::Passing::default(),
+            outflow: large::Passing::default(),
+            input_held: false,
+            unscanned: false,
         }
     }
 
@@ -259,6 +280,7 @@ impl Session {
         let idle = self.expect.is_empty()
             && !self.unsynced
             && self.sout.is_empty()
+            && !self.inflow.active()
             && self.tx_status == TransactionStatus::Idle;
         if !idle || self.server.is_none() {
             return false;
@@ -296,6 +318,7 @@ impl Session {
             && self.expect.is_empty()
             && !self.unsynced
             && self.sout.is_empty()
+            && !self.inflow.active()
     }
 
     /// The pool-mode decision at a ReadyForQuery boundary: the plugin's, or the built-in's
@@ -340,6 +363,10 @@ impl Session {
                 server = checkout.conn().id,
                 "server released"
             );
+            if std::mem::take(&mut self.unscanned) {
+                tokio::spawn(reset_server(checkout, "DISCARD ALL"));
+                return;
+            }
             checkout.release();
         }
     }
@@ -428,7 +455,11 @@ impl Session {
                 return Poll::Ready(Err(SessionError::ServerIo(e)));
             }
         }
-        if self.sout.len() < HIGH_WATER {
+        if !self.input_blocked() {
+            if self.input_held {
+                // Input was left in the buffer while the session was behind; it caught up.
+                return Poll::Ready(Ok(Io::ClientRead));
+            }
             if self.cbuf.capacity() == 0 && !self.client.is_tls() {
                 // Buffers parked: wait until the client has something to say first.
                 if let Err(e) = ready!(self.client.tcp().poll_read_ready(cx)) {
@@ -519,11 +550,15 @@ impl Session {
         let _ = self.flush_client().await;
         let _ = self.client.shutdown().await;
         self.cancel.slot.set(None);
-        let releasable = self.releasable();
+        let releasable = self.releasable() && !self.unscanned;
         let Some(checkout) = self.server.take() else {
             return;
         };
-        let clean = result.is_ok() && self.expect.is_empty() && !self.unsynced && self.sout.is_empty();
+        let clean = result.is_ok()
+            && self.expect.is_empty()
+            && !self.unsynced
+            && self.sout.is_empty()
+            && !self.inflow.active();
         if !clean {
             return; // dropping the checkout closes the server
         }
@@ -531,8 +566,8 @@ impl Session {
             checkout.release();
             return;
         }
-        // The session kept its server (session mode, an open transaction, server-side state):
-        // whatever it left there must not reach the next client.
+        // The session kept its server (session mode, an open transaction, server-side state,
+        // an unscanned query): whatever it left there must not reach the next client.
         let reset = match self.tx_status {
             TransactionStatus::Idle => "DISCARD ALL",
             _ => "ROLLBACK; DISCARD ALL",

@@ -1,0 +1,354 @@
+//! Memory per client stays bounded however the client behaves: one that pipelines without
+//! reading, one that holds a huge message half-sent, many that send huge Binds at once, one
+//! that reads a huge row slowly; and a message over `max_message_size` ends only its own
+//! session with 54000.
+//!
+//! Each test reads the proxy's peak resident memory (`VmHWM` in `/proc/<pid>/status`) before
+//! and after, prints both, and asserts the growth against a generous stated bound: the
+//! figures are what the proxy itself holds, whatever the clients send.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::{BufMut, BytesMut};
+use switchyard_tests::cluster::roles;
+use switchyard_tests::raw::{msg, Msg, RawConn};
+use switchyard_tests::{skip_if_direct, PgResultExt, TestBed};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: u64 = 1024 * 1024;
+
+/// The proxy's peak (`VmHWM`) and current (`VmRSS`) resident memory, in bytes.
+fn memory(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the proxy's status")?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} in /proc/{pid}/status"))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing {line:?}"))?;
+        Ok(kib * 1024)
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// Peak memory of the proxy from a starting point.
+struct Peak {
+    pid: u32,
+    start_hwm: u64,
+}
+
+impl Peak {
+    fn start(bed: &mut TestBed) -> Result<Peak> {
+        let pid = bed.proxy().and_then(|p| p.pid()).context("the proxy's pid")?;
+        let (start_hwm, _) = memory(pid)?;
+        Ok(Peak { pid, start_hwm })
+    }
+
+    /// Prints the figures and returns the growth of the peak, in bytes.
+    fn report(&self, what: &str) -> Result<u64> {
+        let (hwm, rss) = memory(self.pid)?;
+        let growth = hwm.saturating_sub(self.start_hwm);
+        println!(
+            "{what}: proxy peak RSS {} MiB -> {} MiB (growth {:.1} MiB), RSS now {} MiB",
+            self.start_hwm / MIB,
+            hwm / MIB,
+            growth as f64 / MIB as f64,
+            rss / MIB
+        );
+        Ok(growth)
+    }
+}
+
+async fn login(bed: &TestBed) -> Result<RawConn> {
+    let (user, password) = roles::APP;
+    RawConn::login(&bed.endpoint().addr(), &[("user", user), ("database", roles::APP_DB)], password).await
+}
+
+/// Runs `SELECT 1` through the proxy on a connection of its own and prints how long it took:
+/// other clients must keep being served while one misbehaves.
+async fn other_client_served(bed: &TestBed, while_: &str) -> Result<()> {
+    let started = Instant::now();
+    let client = bed.endpoint().connect_app().await?;
+    let one: i32 = client.query_one("SELECT 1", &[]).await.ctx("SELECT 1")?.get(0);
+    ensure!(one == 1);
+    println!("another client was served in {:?} while {while_}", started.elapsed());
+    Ok(())
+}
+
+/// A client pipelines 16 MiB of `Close` messages (answered by the proxy itself) behind a
+/// running `pg_sleep` and never reads a reply. Checks that the proxy's peak memory grows by
+/// less than 32 MiB (at 5e4167b it queued every reply and recorded every frame: about
+/// 300 MiB) and that another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_client_that_never_reads_is_bounded() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(4))?;
+    let raw = login(&bed).await?;
+    let peak = Peak::start(&mut bed)?;
+    let mut one_close = BytesMut::new();
+    msg::close(&mut one_close, b'S', "s1");
+    let mut pipeline = BytesMut::new();
+    msg::query(&mut pipeline, "SELECT pg_sleep(2)");
+    pipeline.put_slice(&one_close.repeat((16 << 20) / one_close.len()));
+    msg::sync(&mut pipeline);
+    let sent = pipeline.len();
+    let (mut stream, _) = raw.into_parts();
+    let mut writer = tokio::spawn(async move {
+        stream.write_all(&pipeline).await?;
+        Ok::<_, std::io::Error>(stream)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    other_client_served(&bed, "a client pipelines without reading").await?;
+    let finished = tokio::time::timeout(Duration::from_secs(6), &mut writer).await.is_ok();
+    println!(
+        "{} MiB pipelined; the proxy {} all of it",
+        sent as u64 / MIB,
+        if finished { "read" } else { "stopped reading before" }
+    );
+    let growth = peak.report("pipelining without reading")?;
+    writer.abort();
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        growth < 32 * MIB,
+        "the proxy's peak memory grew by {} MiB for one client pipelining {} MiB (bound 32 MiB)",
+        growth / MIB,
+        sent as u64 / MIB
+    );
+    Ok(())
+}
+
+/// Four clients each send all but the last byte of a 60 MiB Query and hold it there. Checks
+/// that the proxy's peak memory grows by less than 32 MiB (at 5e4167b each message was
+/// buffered whole: about 240 MiB) and that another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_holding_partial_huge_messages_are_bounded() -> Result<()> {
+    skip_if_direct!();
+    const CLIENTS: usize = 4;
+    const DECLARED: usize = 60 << 20;
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(CLIENTS as u32 + 2))?;
+    let mut conns = Vec::new();
+    for _ in 0..CLIENTS {
+        conns.push(login(&bed).await?);
+    }
+    let peak = Peak::start(&mut bed)?;
+    let mut partial = BytesMut::with_capacity(DECLARED);
+    partial.put_u8(b'Q');
+    partial.put_i32(DECLARED as i32 + 4);
+    partial.put_slice(b"SELECT '");
+    partial.resize(5 + DECLARED - 1, b'x'); // the closing quote and NUL never come
+    let partial = Arc::new(partial.freeze());
+    let mut writers = Vec::new();
+    for conn in conns {
+        let partial = partial.clone();
+        let (mut stream, _) = conn.into_parts();
+        writers.push(tokio::spawn(async move {
+            for chunk in partial.chunks(1 << 20) {
+                stream.write_all(chunk).await?;
+            }
+            Ok::<_, std::io::Error>(stream)
+        }));
+    }
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for w in writers {
+        match tokio::time::timeout(Duration::from_secs(30), w).await {
+            Ok(joined) => held.push(joined.context("writer")?.context("sending the partial message")?),
+            Err(_) => bail!("the proxy did not take a 60 MiB partial message within 30 s"),
+        }
+    }
+    println!(
+        "{CLIENTS} clients sent {} MiB each of a {} MiB Query in {:?}",
+        (DECLARED - 1) as u64 / MIB,
+        DECLARED as u64 / MIB,
+        started.elapsed()
+    );
+    other_client_served(&bed, "clients hold partial huge messages").await?;
+    let growth = peak.report("partial huge messages")?;
+    drop(held);
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        growth < 32 * MIB,
+        "the proxy's peak memory grew by {} MiB for {CLIENTS} partial 60 MiB messages (bound 32 MiB)",
+        growth / MIB
+    );
+    Ok(())
+}
+
+/// 100 clients over a pool of 10 servers each run `SELECT length($1)` with a 10 MiB text
+/// parameter (named statement, so the proxy renames it in the Bind), all at once. Checks
+/// every answer (10485760) and that the proxy's peak memory grows by less than 64 MiB
+/// while 1000 MiB pass through it (at 5e4167b each Bind was buffered whole: over 1 GiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_clients_sending_10_mib_binds_are_bounded() -> Result<()> {
+    skip_if_direct!();
+    const CLIENTS: usize = 100;
+    const PARAM: usize = 10 << 20;
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(10))?;
+    let mut conns = Vec::new();
+    for _ in 0..CLIENTS {
+        conns.push(login(&bed).await?);
+    }
+    let peak = Peak::start(&mut bed)?;
+    // Parse, then a Bind whose 10 MiB parameter is sent from one shared buffer.
+    let mut head = BytesMut::new();
+    msg::parse(&mut head, "s1", "SELECT length($1::text)");
+    let bind_body_len = 1 + 3 + 2 + 2 + 4 + PARAM + 2;
+    head.put_u8(b'B');
+    head.put_i32(bind_body_len as i32 + 4);
+    head.put_slice(b"\0s1\0");
+    head.put_i16(0);
+    head.put_i16(1);
+    head.put_i32(PARAM as i32);
+    let mut tail = BytesMut::new();
+    tail.put_i16(0);
+    msg::execute(&mut tail, "", 0);
+    msg::sync(&mut tail);
+    let (head, tail) = (head.freeze(), tail.freeze());
+    let param = Arc::new(vec![b'a'; PARAM]);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut conn in conns {
+        let (head, tail, param) = (head.clone(), tail.clone(), param.clone());
+        tasks.push(tokio::spawn(async move {
+            conn.send(&head).await?;
+            conn.send(&param).await?;
+            conn.send(&tail).await?;
+            let mut replies = Vec::new();
+            while replies.last().is_none_or(|m: &Msg| m.tag != b'Z') {
+                match conn.read_msg_within(Duration::from_secs(120)).await? {
+                    Some(m) => replies.push(m),
+                    None => bail!("the proxy closed the connection"),
+                }
+            }
+            let values: Vec<_> = replies.iter().filter_map(|m| m.data_row()).collect();
+            let errors: Vec<_> = replies.iter().filter(|m| m.tag == b'E').map(|m| m.describe()).collect();
+            ensure!(
+                values == [vec![Some(PARAM.to_string())]],
+                "expected one row {PARAM}, got {values:?}, errors {errors:?}"
+            );
+            Ok(())
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.context("client task")?);
+    }
+    println!(
+        "{CLIENTS} clients x {} MiB Bind over 10 servers answered in {:?}",
+        PARAM as u64 / MIB,
+        started.elapsed()
+    );
+    let growth = peak.report("100 clients x 10 MiB Bind")?;
+    bed.ensure_proxy_alive()?;
+    outcomes.into_iter().collect::<Result<Vec<()>>>()?;
+    ensure!(
+        growth < 64 * MIB,
+        "the proxy's peak memory grew by {} MiB for {CLIENTS} x 10 MiB Binds (bound 64 MiB)",
+        growth / MIB
+    );
+    Ok(())
+}
+
+/// With `max_message_size = "1MiB"`, a client declaring a 2 MiB Query gets ErrorResponse
+/// 54000 naming the limit and is disconnected, before sending the body; another client
+/// connected at the same time goes on, and runs a 900 KiB Bind under the limit (checked by
+/// its result).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_size_message_gets_54000_and_ends_only_its_session() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_with(|cfg| cfg.pool_size(2).set("proxy.max_message_size", "1MiB"))?;
+    let mut victim = login(&bed).await?;
+    let mut other = login(&bed).await?;
+    let mut header = BytesMut::new();
+    header.put_u8(b'Q');
+    header.put_i32((2 << 20) + 4);
+    header.put_slice(b"SELECT '");
+    victim.send(&header).await?;
+    let replies = victim.read_until_eof(Duration::from_secs(10)).await?;
+    let error = replies
+        .iter()
+        .find(|m| m.tag == b'E')
+        .with_context(|| format!("no ErrorResponse before the close; got {:?}", replies.iter().map(|m| m.describe()).collect::<Vec<_>>()))?;
+    println!("over-size message answered: {}", error.describe());
+    ensure!(error.sqlstate().as_deref() == Some("54000"), "expected 54000, got {}", error.describe());
+    ensure!(
+        error.message().unwrap_or_default().contains("max_message_size"),
+        "the message should name the setting: {}",
+        error.describe()
+    );
+    ensure!(other.query_one_value("SELECT 1").await?.as_deref() == Some("1"));
+    let value = "b".repeat(900 * 1024);
+    let mut batch = BytesMut::new();
+    msg::parse(&mut batch, "", "SELECT length($1::text)");
+    msg::bind(&mut batch, "", "", &[Some(&value)]);
+    msg::execute(&mut batch, "", 0);
+    msg::sync(&mut batch);
+    other.send(&batch).await?;
+    let rows: Vec<_> = other.read_until_ready().await?.iter().filter_map(|m| m.data_row()).collect();
+    ensure!(rows == [vec![Some(value.len().to_string())]], "900 KiB Bind: got {rows:?}");
+    Ok(())
+}
+
+/// A 128 MiB row read by a slow client (at most 256 KiB at a time, 1 ms apart). Checks the row's
+/// size as received and that the proxy's peak memory grows by less than 32 MiB (the row is
+/// relayed as it arrives, not held whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_row_to_slow_reader_is_bounded() -> Result<()> {
+    skip_if_direct!();
+    const ROW: usize = 128 << 20;
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(2))?;
+    let mut conn = login(&bed).await?;
+    let peak = Peak::start(&mut bed)?;
+    let mut query = BytesMut::new();
+    msg::query(&mut query, &format!("SELECT repeat('x', {ROW})"));
+    conn.send(&query).await?;
+    let (mut stream, mut buf) = conn.into_parts();
+    let started = Instant::now();
+    // Walk the replies by their headers, skipping bodies: (tag, declared length) of each.
+    let mut seen = Vec::new();
+    let mut skip = 0usize;
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let take = skip.min(buf.len());
+        let _ = buf.split_to(take);
+        skip -= take;
+        if skip == 0 && buf.len() >= 5 {
+            let tag = buf[0];
+            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            seen.push((tag, len));
+            let _ = buf.split_to(5);
+            skip = len - 4;
+            if tag == b'Z' || tag == b'E' {
+                break;
+            }
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk))
+            .await
+            .context("no data from the proxy within 30 s")??;
+        ensure!(n > 0, "the proxy closed the connection; replies so far {seen:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!("a {} MiB row read slowly in {:?}", ROW as u64 / MIB, started.elapsed());
+    let row_len = 4 + 2 + 4 + ROW;
+    ensure!(
+        seen.iter().any(|&(tag, len)| tag == b'D' && len == row_len) && seen.last().is_some_and(|s| s.0 == b'Z'),
+        "expected a DataRow of length {row_len} then ReadyForQuery, got {seen:?}"
+    );
+    let growth = peak.report("128 MiB row, slow reader")?;
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        growth < 32 * MIB,
+        "the proxy's peak memory grew by {} MiB relaying a 128 MiB row (bound 32 MiB)",
+        growth / MIB
+    );
+    Ok(())
+}
