@@ -82,10 +82,38 @@ async fn other_client_served(bed: &TestBed, while_: &str) -> Result<()> {
     Ok(())
 }
 
+/// A client that writes a long extended-protocol batch of messages with tiny replies
+/// (5000 portal Closes, then Sync) before reading gets every reply: the proxy's bound on
+/// owed replies must not leave the server holding replies it has not flushed.
+async fn well_behaved_pipeline(bed: &TestBed) -> Result<()> {
+    const CLOSES: usize = 5000;
+    let mut conn = login(bed).await?;
+    let mut batch = BytesMut::new();
+    for _ in 0..CLOSES {
+        msg::close(&mut batch, b'P', "");
+    }
+    msg::sync(&mut batch);
+    let started = Instant::now();
+    conn.send(&batch).await?;
+    let mut closes = 0;
+    loop {
+        let m = conn.expect_msg().await?;
+        match m.tag {
+            b'3' => closes += 1,
+            b'Z' => break,
+            _ => bail!("unexpected reply in a batch of Closes: {}", m.describe()),
+        }
+    }
+    ensure!(closes == CLOSES, "{closes} CloseComplete for {CLOSES} Closes");
+    println!("a batch of {CLOSES} Closes was answered in {:?}", started.elapsed());
+    Ok(())
+}
+
 /// A client pipelines 16 MiB of `Close` messages (answered by the proxy itself) behind a
 /// running `pg_sleep` and never reads a reply. Checks that the proxy's peak memory grows by
 /// less than 32 MiB (at 5e4167b it queued every reply and recorded every frame: about
-/// 300 MiB) and that another client is served meanwhile.
+/// 300 MiB) and that other clients are served meanwhile, one of them pipelining a long
+/// batch of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelining_client_that_never_reads_is_bounded() -> Result<()> {
     skip_if_direct!();
@@ -106,6 +134,7 @@ async fn pipelining_client_that_never_reads_is_bounded() -> Result<()> {
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
     other_client_served(&bed, "a client pipelines without reading").await?;
+    well_behaved_pipeline(&bed).await?;
     let finished = tokio::time::timeout(Duration::from_secs(6), &mut writer).await.is_ok();
     println!(
         "{} MiB pipelined; the proxy {} all of it",
@@ -349,6 +378,35 @@ async fn huge_row_to_slow_reader_is_bounded() -> Result<()> {
         growth < 32 * MIB,
         "the proxy's peak memory grew by {} MiB relaying a 128 MiB row (bound 32 MiB)",
         growth / MIB
+    );
+    Ok(())
+}
+
+/// A Query too large to scan for session commands (over 256 KiB, so it streams) runs
+/// `set_config('sy.secret', 'leaked', false)` (which outlives the transaction) over a pool of
+/// one server; a second client, given the same server next, must not see the value. Checks
+/// the first client's result too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_query_leaves_no_state_for_the_next_client() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_with(|cfg| cfg.pool_size(1))?;
+    let mut first = login(&bed).await?;
+    let filler = "x".repeat(1 << 20);
+    let sql = format!("SELECT set_config('sy.secret', 'leaked', false), length('{filler}')");
+    let res = first.simple_query(&sql).await?;
+    ensure!(res.errors.is_empty(), "large query failed: {:?}", res.errors.iter().map(|m| m.describe()).collect::<Vec<_>>());
+    ensure!(
+        res.rows == [vec![Some("leaked".to_string()), Some(filler.len().to_string())]],
+        "large query returned {:?}",
+        res.rows
+    );
+    first.terminate().await?;
+    let mut second = login(&bed).await?;
+    let seen = second.query_one_value("SELECT current_setting('sy.secret', true)").await?;
+    println!("the next client sees sy.secret = {seen:?}");
+    ensure!(
+        seen.as_deref().unwrap_or("").is_empty(),
+        "the next client on the same server sees sy.secret = {seen:?}"
     );
     Ok(())
 }
