@@ -1092,7 +1092,10 @@ mod tests {
         encode_bind_head(portal, b"sy_7", body.len() - at, &mut out);
         out.extend_from_slice(&body[at..]);
         let f = split_frame(&mut out, 1024).unwrap().unwrap();
-        let FrontendMessage::Bind { portal, statement, .. } = FrontendMessage::decode(&f).unwrap() else {
+        let FrontendMessage::Bind {
+            portal, statement, ..
+        } = FrontendMessage::decode(&f).unwrap()
+        else {
             unreachable!()
         };
         assert_eq!((&portal[..], &statement[..]), (&b"p1"[..], &b"sy_7"[..]));

@@ -21,7 +21,8 @@ const MIB: u64 = 1024 * 1024;
 
 /// The proxy's peak (`VmHWM`) and current (`VmRSS`) resident memory, in bytes.
 fn memory(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the proxy's status")?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the proxy's status")?;
     let field = |name: &str| -> Result<u64> {
         let line = status
             .lines()
@@ -68,7 +69,12 @@ impl Peak {
 
 async fn login(bed: &TestBed) -> Result<RawConn> {
     let (user, password) = roles::APP;
-    RawConn::login(&bed.endpoint().addr(), &[("user", user), ("database", roles::APP_DB)], password).await
+    RawConn::login(
+        &bed.endpoint().addr(),
+        &[("user", user), ("database", roles::APP_DB)],
+        password,
+    )
+    .await
 }
 
 /// Runs `SELECT 1` through the proxy on a connection of its own and prints how long it took:
@@ -78,7 +84,10 @@ async fn other_client_served(bed: &TestBed, while_: &str) -> Result<()> {
     let client = bed.endpoint().connect_app().await?;
     let one: i32 = client.query_one("SELECT 1", &[]).await.ctx("SELECT 1")?.get(0);
     ensure!(one == 1);
-    println!("another client was served in {:?} while {while_}", started.elapsed());
+    println!(
+        "another client was served in {:?} while {while_}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -105,7 +114,10 @@ async fn well_behaved_pipeline(bed: &TestBed) -> Result<()> {
         }
     }
     ensure!(closes == CLOSES, "{closes} CloseComplete for {CLOSES} Closes");
-    println!("a batch of {CLOSES} Closes was answered in {:?}", started.elapsed());
+    println!(
+        "a batch of {CLOSES} Closes was answered in {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -135,11 +147,17 @@ async fn pipelining_client_that_never_reads_is_bounded() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     other_client_served(&bed, "a client pipelines without reading").await?;
     well_behaved_pipeline(&bed).await?;
-    let finished = tokio::time::timeout(Duration::from_secs(6), &mut writer).await.is_ok();
+    let finished = tokio::time::timeout(Duration::from_secs(6), &mut writer)
+        .await
+        .is_ok();
     println!(
         "{} MiB pipelined; the proxy {} all of it",
         sent as u64 / MIB,
-        if finished { "read" } else { "stopped reading before" }
+        if finished {
+            "read"
+        } else {
+            "stopped reading before"
+        }
     );
     let growth = peak.report("pipelining without reading")?;
     writer.abort();
@@ -257,7 +275,11 @@ async fn hundred_clients_sending_10_mib_binds_are_bounded() -> Result<()> {
                 }
             }
             let values: Vec<_> = replies.iter().filter_map(|m| m.data_row()).collect();
-            let errors: Vec<_> = replies.iter().filter(|m| m.tag == b'E').map(|m| m.describe()).collect();
+            let errors: Vec<_> = replies
+                .iter()
+                .filter(|m| m.tag == b'E')
+                .map(|m| m.describe())
+                .collect();
             ensure!(
                 values == [vec![Some(PARAM.to_string())]],
                 "expected one row {PARAM}, got {values:?}, errors {errors:?}"
@@ -301,12 +323,18 @@ async fn over_size_message_gets_54000_and_ends_only_its_session() -> Result<()> 
     header.put_slice(b"SELECT '");
     victim.send(&header).await?;
     let replies = victim.read_until_eof(Duration::from_secs(10)).await?;
-    let error = replies
-        .iter()
-        .find(|m| m.tag == b'E')
-        .with_context(|| format!("no ErrorResponse before the close; got {:?}", replies.iter().map(|m| m.describe()).collect::<Vec<_>>()))?;
+    let error = replies.iter().find(|m| m.tag == b'E').with_context(|| {
+        format!(
+            "no ErrorResponse before the close; got {:?}",
+            replies.iter().map(|m| m.describe()).collect::<Vec<_>>()
+        )
+    })?;
     println!("over-size message answered: {}", error.describe());
-    ensure!(error.sqlstate().as_deref() == Some("54000"), "expected 54000, got {}", error.describe());
+    ensure!(
+        error.sqlstate().as_deref() == Some("54000"),
+        "expected 54000, got {}",
+        error.describe()
+    );
     ensure!(
         error.message().unwrap_or_default().contains("max_message_size"),
         "the message should name the setting: {}",
@@ -320,8 +348,16 @@ async fn over_size_message_gets_54000_and_ends_only_its_session() -> Result<()> 
     msg::execute(&mut batch, "", 0);
     msg::sync(&mut batch);
     other.send(&batch).await?;
-    let rows: Vec<_> = other.read_until_ready().await?.iter().filter_map(|m| m.data_row()).collect();
-    ensure!(rows == [vec![Some(value.len().to_string())]], "900 KiB Bind: got {rows:?}");
+    let rows: Vec<_> = other
+        .read_until_ready()
+        .await?
+        .iter()
+        .filter_map(|m| m.data_row())
+        .collect();
+    ensure!(
+        rows == [vec![Some(value.len().to_string())]],
+        "900 KiB Bind: got {rows:?}"
+    );
     Ok(())
 }
 
@@ -366,10 +402,15 @@ async fn huge_row_to_slow_reader_is_bounded() -> Result<()> {
         buf.extend_from_slice(&chunk[..n]);
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    println!("a {} MiB row read slowly in {:?}", ROW as u64 / MIB, started.elapsed());
+    println!(
+        "a {} MiB row read slowly in {:?}",
+        ROW as u64 / MIB,
+        started.elapsed()
+    );
     let row_len = 4 + 2 + 4 + ROW;
     ensure!(
-        seen.iter().any(|&(tag, len)| tag == b'D' && len == row_len) && seen.last().is_some_and(|s| s.0 == b'Z'),
+        seen.iter().any(|&(tag, len)| tag == b'D' && len == row_len)
+            && seen.last().is_some_and(|s| s.0 == b'Z'),
         "expected a DataRow of length {row_len} then ReadyForQuery, got {seen:?}"
     );
     let growth = peak.report("128 MiB row, slow reader")?;
@@ -394,7 +435,11 @@ async fn streamed_query_leaves_no_state_for_the_next_client() -> Result<()> {
     let filler = "x".repeat(1 << 20);
     let sql = format!("SELECT set_config('sy.secret', 'leaked', false), length('{filler}')");
     let res = first.simple_query(&sql).await?;
-    ensure!(res.errors.is_empty(), "large query failed: {:?}", res.errors.iter().map(|m| m.describe()).collect::<Vec<_>>());
+    ensure!(
+        res.errors.is_empty(),
+        "large query failed: {:?}",
+        res.errors.iter().map(|m| m.describe()).collect::<Vec<_>>()
+    );
     ensure!(
         res.rows == [vec![Some("leaked".to_string()), Some(filler.len().to_string())]],
         "large query returned {:?}",
@@ -402,7 +447,9 @@ async fn streamed_query_leaves_no_state_for_the_next_client() -> Result<()> {
     );
     first.terminate().await?;
     let mut second = login(&bed).await?;
-    let seen = second.query_one_value("SELECT current_setting('sy.secret', true)").await?;
+    let seen = second
+        .query_one_value("SELECT current_setting('sy.secret', true)")
+        .await?;
     println!("the next client sees sy.secret = {seen:?}");
     ensure!(
         seen.as_deref().unwrap_or("").is_empty(),

@@ -228,7 +228,11 @@ impl ByteSize {
             "kB" | "KB" | "KiB" => 10,
             "MB" | "MiB" => 20,
             "GB" | "GiB" => 30,
-            other => return Err(format!("unknown unit {other:?} in {text:?}; use B, kB, MB or GB (or KiB, MiB, GiB)")),
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?}; use B, kB, MB or GB (or KiB, MiB, GiB)"
+                ))
+            }
         };
         number
             .checked_mul(1 << shift)

@@ -71,7 +71,9 @@ impl Session {
     pub(super) fn pass_client_bytes(&mut self) -> bool {
         let forward = self.inflow.forward && self.server.is_some();
         let available = if forward {
-            self.cbuf.len().min(super::HIGH_WATER.saturating_sub(self.sout.len()))
+            self.cbuf
+                .len()
+                .min(super::HIGH_WATER.saturating_sub(self.sout.len()))
         } else {
             self.cbuf.len()
         };
@@ -157,7 +159,12 @@ impl Session {
     /// A server message larger than [`STREAM_ABOVE`] of which `available` bytes (header
     /// included) have arrived, `forward` saying whether it goes to the client: starts
     /// passing it through. Returns how many of those bytes it took.
-    pub(super) fn start_server_stream(&mut self, header: &FrameHeader, forward: bool, available: usize) -> usize {
+    pub(super) fn start_server_stream(
+        &mut self,
+        header: &FrameHeader,
+        forward: bool,
+        available: usize,
+    ) -> usize {
         self.outflow = Passing {
             left: header.len,
             forward,
