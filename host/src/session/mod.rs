@@ -288,6 +288,7 @@ impl Session {
         self.server = None;
         self.cancel.slot.set(None);
         self.release_ready = false;
+        self.unscanned = false;
         if self.mode == PoolMode::Session && self.server_state {
             tracing::info!(
                 pid = self.cancel.process_id,
