@@ -524,3 +524,65 @@ async fn large_copy_data_streams() -> Result<()> {
     );
     Ok(())
 }
+
+/// Four clients at once call `length(text)` through the fast-path protocol (FunctionCall)
+/// with a 16 MiB argument. Checks each result (16777216) and that the proxy's peak memory
+/// grows by less than 16 MiB (the calls stream; at 5e4167b each was held whole and copied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_function_calls_stream() -> Result<()> {
+    skip_if_direct!();
+    const CLIENTS: usize = 4;
+    const ARG: usize = 16 << 20;
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(CLIENTS as u32))?;
+    let mut conns = Vec::new();
+    for _ in 0..CLIENTS {
+        conns.push(login(&bed).await?);
+    }
+    let oid: i32 = conns[0]
+        .query_one_value("SELECT 'length(text)'::regprocedure::oid")
+        .await?
+        .context("oid of length(text)")?
+        .parse()?;
+    let peak = Peak::start(&mut bed)?;
+    let mut head = BytesMut::new();
+    head.put_u8(b'F');
+    head.put_i32((4 + 4 + 2 + 2 + 2 + 4 + ARG + 2) as i32);
+    head.put_i32(oid);
+    head.put_i16(1); // one format code for all arguments: text
+    head.put_i16(0);
+    head.put_i16(1); // one argument
+    head.put_i32(ARG as i32);
+    let head = head.freeze();
+    let arg = Arc::new(vec![b'f'; ARG]);
+    let mut tasks = Vec::new();
+    for mut conn in conns {
+        let (head, arg) = (head.clone(), arg.clone());
+        tasks.push(tokio::spawn(async move {
+            conn.send(&head).await?;
+            conn.send(&arg).await?;
+            conn.send(&0i16.to_be_bytes()).await?; // result in text
+            let replies = conn.read_until_ready().await?;
+            let results: Vec<String> = replies
+                .iter()
+                .filter(|m| m.tag == b'V')
+                .map(|m| String::from_utf8_lossy(m.body.get(4..).unwrap_or_default()).into_owned())
+                .collect();
+            let all: Vec<String> = replies.iter().map(|m| m.describe()).collect();
+            ensure!(results == [ARG.to_string()], "FunctionCall replies: {all:?}");
+            Ok(())
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.context("client task")?);
+    }
+    let growth = peak.report("4 x 16 MiB FunctionCall")?;
+    bed.ensure_proxy_alive()?;
+    outcomes.into_iter().collect::<Result<Vec<()>>>()?;
+    ensure!(
+        growth < 16 * MIB,
+        "the proxy's peak memory grew by {} MiB for {CLIENTS} x 16 MiB FunctionCalls (bound 16 MiB)",
+        growth / MIB
+    );
+    Ok(())
+}
