@@ -586,3 +586,61 @@ async fn large_function_calls_stream() -> Result<()> {
     );
     Ok(())
 }
+
+/// Four clients at once run a 16 MiB statement through an unnamed Parse
+/// (`SELECT length('fff...')`), then Bind, Execute, Sync. Checks each result and that the
+/// proxy's peak memory grows by less than 16 MiB (an unnamed Parse streams; at 5e4167b each
+/// was held whole and copied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_unnamed_parse_streams() -> Result<()> {
+    skip_if_direct!();
+    const CLIENTS: usize = 4;
+    const TEXT: usize = 16 << 20;
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(CLIENTS as u32))?;
+    let mut conns = Vec::new();
+    for _ in 0..CLIENTS {
+        conns.push(login(&bed).await?);
+    }
+    let peak = Peak::start(&mut bed)?;
+    let (open, close) = (&b"SELECT length('"[..], &b"')\0"[..]);
+    let mut head = BytesMut::new();
+    head.put_u8(b'P');
+    head.put_i32((4 + 1 + open.len() + TEXT + close.len() + 2) as i32);
+    head.put_u8(0); // unnamed statement
+    head.put_slice(open);
+    let mut tail = BytesMut::new();
+    tail.put_slice(close);
+    tail.put_i16(0); // no parameter types
+    msg::bind(&mut tail, "", "", &[]);
+    msg::execute(&mut tail, "", 0);
+    msg::sync(&mut tail);
+    let (head, tail) = (head.freeze(), tail.freeze());
+    let text = Arc::new(vec![b'f'; TEXT]);
+    let mut tasks = Vec::new();
+    for mut conn in conns {
+        let (head, tail, text) = (head.clone(), tail.clone(), text.clone());
+        tasks.push(tokio::spawn(async move {
+            conn.send(&head).await?;
+            conn.send(&text).await?;
+            conn.send(&tail).await?;
+            let replies = conn.read_until_ready().await?;
+            let rows: Vec<_> = replies.iter().filter_map(|m| m.data_row()).collect();
+            let all: Vec<String> = replies.iter().map(|m| m.describe()).collect();
+            ensure!(rows == [vec![Some(TEXT.to_string())]], "replies: {all:?}");
+            Ok(())
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.context("client task")?);
+    }
+    let growth = peak.report("4 x 16 MiB unnamed Parse")?;
+    bed.ensure_proxy_alive()?;
+    outcomes.into_iter().collect::<Result<Vec<()>>>()?;
+    ensure!(
+        growth < 16 * MIB,
+        "the proxy's peak memory grew by {} MiB for {CLIENTS} x 16 MiB unnamed Parses (bound 16 MiB)",
+        growth / MIB
+    );
+    Ok(())
+}

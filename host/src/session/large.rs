@@ -4,12 +4,12 @@
 //! A client message whose header declares more than [`STREAM_ABOVE`] bytes is streamed to
 //! the server once one is assigned, if the proxy needs no more of it than its start: Bind
 //! (its portal and statement names, which the proxy renames, come first; its parameters pass
-//! through), Query, FunctionCall and CopyData. A Parse is held whole (its text is interned
-//! proxy-wide), as is every other message, up to `max_message_size`. A streamed message is
-//! never run again (it is not kept), so it closes the retry window. A streamed Query is not
-//! scanned for session commands: the server it ran on may hold settings or state the proxy
-//! cannot know, so that server is closed, not returned to the pool, when the session lets
-//! it go.
+//! through), Query, unnamed Parse, FunctionCall and CopyData. A named Parse is held whole
+//! (its text is interned proxy-wide), as is every other message, up to `max_message_size`.
+//! A streamed message is never run again (it is not kept), so it closes the retry window.
+//! The SQL of a streamed Query or Parse is not scanned for session commands: the server it
+//! ran on may hold settings or state the proxy cannot know, so that server is reset
+//! (`DISCARD ALL`) before the pool lends it again.
 //!
 //! A server message over [`STREAM_ABOVE`] whose body the proxy does not read (DataRow,
 //! CopyData, FunctionCallResponse) is forwarded to the client as it arrives, under the same
@@ -48,12 +48,15 @@ impl Passing {
     }
 }
 
-/// Client messages that may stream: the proxy needs at most their first bytes.
-fn client_streams(tag: u8) -> bool {
-    matches!(
-        tag,
-        tags::BIND | tags::QUERY | tags::FUNCTION_CALL | tags::COPY_DATA
-    )
+/// Client messages that may stream: the proxy needs at most their first bytes. `body` is
+/// what has arrived of the body: a Parse streams only if it is unnamed (a named one is
+/// interned by its text).
+fn client_streams(tag: u8, body: &[u8]) -> bool {
+    match tag {
+        tags::BIND | tags::QUERY | tags::FUNCTION_CALL | tags::COPY_DATA => true,
+        tags::PARSE => body.first() == Some(&0),
+        _ => false,
+    }
 }
 
 /// Server messages that may stream: the proxy reads nothing of their bodies.
@@ -90,10 +93,10 @@ impl Session {
     /// whole (or its start is not in yet); true once its head is handled and the rest
     /// passes through [`Session::pass_client_bytes`].
     pub(super) async fn start_client_stream(&mut self, header: FrameHeader) -> Result<bool, SessionError> {
-        if header.len <= STREAM_ABOVE || !client_streams(header.tag) {
+        let body = &self.cbuf[HEADER_LEN..];
+        if header.len <= STREAM_ABOVE || !client_streams(header.tag, body) {
             return Ok(false);
         }
-        let body = &self.cbuf[HEADER_LEN..];
         let names = if header.tag == tags::BIND {
             match bind_names(body) {
                 Some((portal, statement, at)) => Some((portal.to_vec(), statement.to_vec(), at)),
@@ -109,7 +112,7 @@ impl Session {
         let forward = match header.tag {
             _ if self.skipping => false,
             tags::COPY_DATA => self.server.is_some(),
-            tags::BIND => self.acquire_or_refuse(true).await?,
+            tags::BIND | tags::PARSE => self.acquire_or_refuse(true).await?,
             _ => self.acquire_or_refuse(false).await?,
         };
         // Not kept, so never run again: the request it belongs to leaves the retry window
@@ -135,6 +138,12 @@ impl Session {
                     self.unscanned = true;
                     self.server_state = true;
                     self.expect.push_back(Expect::Query);
+                }
+                (tags::PARSE, _) => {
+                    self.unscanned = true;
+                    self.server_state = true;
+                    self.unsynced = true;
+                    self.expect.push_back(Expect::Parse { prepared: None });
                 }
                 (tags::FUNCTION_CALL, _) => self.expect.push_back(Expect::Query),
                 _ => {}

@@ -168,8 +168,9 @@ struct Session {
     /// Client input is waiting in `cbuf` for the session to catch up
     /// ([`Session::input_blocked`]); the relay comes back to it when it has.
     input_held: bool,
-    /// A query too large to scan for session commands ran on the current server: its
-    /// session state is unknown, so it is reset (`DISCARD ALL`) before anyone reuses it.
+    /// SQL too large to scan for session commands (a streamed Query or Parse) ran on the
+    /// current server: its session state is unknown, so it is reset (`DISCARD ALL`) before
+    /// anyone reuses it.
     unscanned: bool,
 }
 
