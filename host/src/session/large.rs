@@ -187,3 +187,44 @@ impl Session {
         self.outflow.take(available)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passing_counts_down_to_the_end_of_its_message() {
+        let mut p = Passing {
+            left: 10,
+            forward: true,
+        };
+        assert_eq!(p.take(4), (4, true));
+        assert!(p.active());
+        assert_eq!(p.take(100), (6, true));
+        assert!(!p.active());
+        assert_eq!(p.take(100), (0, true));
+    }
+
+    #[test]
+    fn only_messages_whose_start_is_enough_stream() {
+        for tag in [tags::BIND, tags::QUERY, tags::FUNCTION_CALL, tags::COPY_DATA] {
+            assert!(client_streams(tag, b""));
+        }
+        assert!(client_streams(tags::PARSE, b"\0SELECT"));
+        assert!(!client_streams(tags::PARSE, b"s1\0SELECT"));
+        assert!(!client_streams(tags::PARSE, b""));
+        for tag in [
+            tags::DESCRIBE,
+            tags::CLOSE,
+            tags::EXECUTE,
+            tags::COPY_FAIL,
+            tags::PASSWORD,
+        ] {
+            assert!(!client_streams(tag, b"\0"));
+        }
+        let row = |tag, len| FrameHeader { tag, len };
+        assert!(server_streams(&row(server_tags::DATA_ROW, STREAM_ABOVE + 1)));
+        assert!(!server_streams(&row(server_tags::DATA_ROW, STREAM_ABOVE)));
+        assert!(!server_streams(&row(server_tags::ERROR_RESPONSE, 1 << 29)));
+    }
+}
