@@ -607,14 +607,43 @@ pub fn encode_parse(name: &[u8], query: &[u8], param_types: &[u32], out: &mut By
 /// `portal` and `statement` must not contain NUL bytes.
 #[inline]
 pub fn encode_bind_renamed(portal: &[u8], statement: &[u8], rest: &[u8], out: &mut BytesMut) {
-    put_header(
-        out,
-        tags::BIND,
-        portal.len() + 1 + statement.len() + 1 + rest.len(),
-    );
+    out.reserve(HEADER_LEN + portal.len() + 1 + statement.len() + 1 + rest.len());
+    encode_bind_head(portal, statement, rest.len(), out);
+    out.put_slice(rest);
+}
+
+/// Appends the start of a `Bind` message for `portal` and `statement`: its
+/// header and the two names, the header counting `rest_len` more bytes that
+/// the caller sends after it (the rest of a client's `Bind`, passed through as
+/// it arrives). Nothing is reserved for those bytes.
+///
+/// `portal` and `statement` must not contain NUL bytes.
+#[inline]
+pub fn encode_bind_head(portal: &[u8], statement: &[u8], rest_len: usize, out: &mut BytesMut) {
+    let body_len = portal.len() + 1 + statement.len() + 1 + rest_len;
+    out.put_u8(tags::BIND);
+    out.put_i32(wire_len(body_len.saturating_add(4)));
     put_cstr(out, portal);
     put_cstr(out, statement);
-    out.put_slice(rest);
+}
+
+/// The portal and statement names at the start of a `Bind` body, and the
+/// offset in `body` where the rest starts, once both names have arrived; `None`
+/// while either is incomplete. For a `Bind` too large to hold whole: its names
+/// come first, so it can be renamed while the rest streams.
+pub fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8], usize)> {
+    let portal_end = memchr0(body)?;
+    let statement_start = portal_end + 1;
+    let statement_end = statement_start + memchr0(body.get(statement_start..)?)?;
+    Some((
+        body.get(..portal_end)?,
+        body.get(statement_start..statement_end)?,
+        statement_end + 1,
+    ))
+}
+
+fn memchr0(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == 0)
 }
 
 #[inline]
@@ -1045,6 +1074,32 @@ mod tests {
         assert!(decode(b'f', b"oops").is_err());
         assert_eq!(decode(b'Z', b""), Err(ProtocolError::UnknownMessage { tag: 'Z' }));
         assert_eq!(FrontendMessage::tag_name(b'Z'), "unknown");
+    }
+
+    #[test]
+    fn bind_names_then_head_renames_a_bind_in_pieces() {
+        let rest = b"\0\0\0\x01\0\0\0\x03abc\0\0";
+        let mut original = BytesMut::new();
+        encode_bind_renamed(b"p1", b"client_stmt", rest, &mut original);
+        let body = &original[HEADER_LEN..];
+        for cut in 0..b"p1\0client_stmt".len() + 1 {
+            assert_eq!(bind_names(&body[..cut]), None, "{cut}");
+        }
+        let (portal, statement, at) = bind_names(body).unwrap();
+        assert_eq!((portal, statement), (&b"p1"[..], &b"client_stmt"[..]));
+        assert_eq!(&body[at..], rest);
+        let mut out = BytesMut::new();
+        encode_bind_head(portal, b"sy_7", body.len() - at, &mut out);
+        out.extend_from_slice(&body[at..]);
+        let f = split_frame(&mut out, 1024).unwrap().unwrap();
+        let FrontendMessage::Bind {
+            portal, statement, ..
+        } = FrontendMessage::decode(&f).unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!((&portal[..], &statement[..]), (&b"p1"[..], &b"sy_7"[..]));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -384,6 +384,11 @@ impl Proxy {
         self.addr
     }
 
+    /// Process id of the running proxy (for reading its `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The configuration it was started with.
     pub fn config(&self) -> &ProxyConfig {
         &self.config

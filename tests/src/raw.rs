@@ -199,6 +199,12 @@ impl RawConn {
         self.stream.write_all(bytes).await.context("writing to socket")
     }
 
+    /// The socket and the bytes already read from it but not yet taken as messages, for
+    /// tests that read at their own pace (a slow reader) or write without reading.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     /// Close our sending side (the peer sees EOF).
     pub async fn shutdown_write(&mut self) -> Result<()> {
         self.stream.shutdown().await.context("shutting down socket")

@@ -153,3 +153,39 @@ fn auth_salt_secret_and_auth_query_limits_are_checked() {
     let e = err(&with_aq("timeout = \"0s\"\n"));
     assert!(e.contains("auth_query.timeout") && e.contains("t.toml:23"), "{e}");
 }
+
+#[test]
+fn max_message_size_takes_bytes_or_a_unit() {
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(c.proxy.max_message_size, ByteSize(64 << 20));
+    for (text, bytes) in [
+        ("65536", 65536),
+        ("\"512kB\"", 512 << 10),
+        ("\"16 MiB\"", 16 << 20),
+        ("\"1GB\"", 1 << 30),
+    ] {
+        let c = Config::parse(
+            &GOOD.replace("listen = ", &format!("max_message_size = {text}\nlisten = ")),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.proxy.max_message_size, ByteSize(bytes), "{text}");
+    }
+}
+
+#[test]
+fn bad_max_message_size_names_key_and_line() {
+    let with = |v: &str| err(&GOOD.replace("listen = ", &format!("max_message_size = {v}\nlisten = ")));
+    let e = with("\"64 furlongs\"");
+    assert!(e.contains("line 3") && e.contains("furlongs"), "{e}");
+    let e = with("\"2GiB\"");
+    assert!(
+        e.contains("t.toml:3") && e.contains("proxy.max_message_size") && e.contains("1GiB"),
+        "{e}"
+    );
+    let e = with("100");
+    assert!(
+        e.contains("t.toml:3") && e.contains("proxy.max_message_size"),
+        "{e}"
+    );
+}

@@ -205,6 +205,11 @@ pub struct ProxySettings {
     /// Key of the SCRAM salts the proxy makes up (unknown users, plaintext passwords); by
     /// default derived from the secrets in `[users]`.
     pub auth_salt_secret: Option<String>,
+    /// Largest message a client may send, in bytes or as a size (`"64MiB"`); a larger one
+    /// is refused from its header with 54000 and ends that session. At most 1 GiB,
+    /// Postgres' own limit. A named Parse is held whole, so this also bounds what one
+    /// client can make the proxy hold; larger messages of other kinds stream through.
+    pub max_message_size: ByteSize,
 }
 
 impl Default for ProxySettings {
@@ -221,6 +226,54 @@ impl Default for ProxySettings {
             plugin_watch_interval: Duration::from_secs(1),
             metrics_listen: None,
             auth_salt_secret: None,
+            max_message_size: ByteSize(64 * 1024 * 1024),
+        }
+    }
+}
+
+/// A size in bytes, written as an integer or as a string with a unit: `B`, `kB`/`KiB`,
+/// `MB`/`MiB`, `GB`/`GiB`, all powers of 1024 as in `postgresql.conf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl ByteSize {
+    /// Parses `"64MiB"`, `"512 kB"`, `"1GB"`, `"4096"`.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(digits);
+        let number: usize = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size; write e.g. 65536, \"64MiB\" or \"1GiB\""))?;
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "kB" | "KB" | "KiB" => 10,
+            "MB" | "MiB" => 20,
+            "GB" | "GiB" => 30,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?}; use B, kB, MB or GB (or KiB, MiB, GiB)"
+                ))
+            }
+        };
+        number
+            .checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => usize::try_from(n).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
         }
     }
 }

@@ -2,6 +2,11 @@
 
 use super::{line_col, Config, UserConfig};
 
+/// Bounds of `proxy.max_message_size`: room for an ordinary statement, and Postgres' own
+/// limit on a message (`PQ_LARGE_MESSAGE_LIMIT`, 1 GiB).
+const MIN_MESSAGE_SIZE: usize = 8 * 1024;
+const MAX_MESSAGE_SIZE: usize = 1 << 30;
+
 /// One problem found, located in the source text.
 pub(super) struct Violation {
     pub line: usize,
@@ -81,6 +86,16 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
             line: key_line(text, "proxy", "metrics_listen"),
             key: "proxy.metrics_listen".into(),
             message: format!("{} is already `listen`", config.proxy.listen),
+        });
+    }
+    let size = config.proxy.max_message_size.0;
+    if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&size) {
+        return Err(Violation {
+            line: key_line(text, "proxy", "max_message_size"),
+            key: "proxy.max_message_size".into(),
+            message: format!(
+                "{size} bytes is out of range: between 8KiB and 1GiB (Postgres refuses larger messages)"
+            ),
         });
     }
     for (name, cluster) in &config.clusters {

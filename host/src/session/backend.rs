@@ -16,11 +16,11 @@ use switchyard_protocol::backend::{parse_command_complete, parse_ready_for_query
 use switchyard_protocol::frame::{frames, HEADER_LEN};
 use switchyard_protocol::frontend::encode_query;
 
-/// Largest server message relayed: Postgres' own limit on a message (1 GiB). Server messages
-/// are buffered whole; streaming oversized rows without buffering is future work.
+/// Largest server message relayed: Postgres' own limit on a message (1 GiB). Large rows and
+/// COPY data pass through in pieces (`large`); other server messages are held whole.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
-use super::{Session, SessionError};
+use super::{large, Session, SessionError};
 use crate::policy::pool_mode::ReadyAction;
 use crate::pool::StatementDef;
 
@@ -76,6 +76,19 @@ impl Session {
     /// per run, breaking runs where a message is swallowed or a synthetic reply goes in.
     /// Returns the bytes consumed.
     fn relay(&mut self, buf: &[u8]) -> Result<usize, SessionError> {
+        // The rest of a large message passing through, first.
+        let mut passed = 0;
+        if self.outflow.active() {
+            let (n, forward) = self.take_server_bytes(buf.len());
+            if forward {
+                self.cout.extend_from_slice(&buf[..n]);
+            }
+            if self.outflow.active() {
+                return Ok(n);
+            }
+            passed = n;
+        }
+        let buf = &buf[passed..];
         let mut messages = frames(buf, MAX_SERVER_MESSAGE);
         let mut run_start = 0;
         for item in messages.by_ref() {
@@ -95,9 +108,18 @@ impl Session {
                 self.settle_front();
             }
         }
-        let consumed = messages.consumed();
+        let mut consumed = messages.consumed();
         self.cout.extend_from_slice(&buf[run_start..consumed]);
-        Ok(consumed)
+        // A large message whose body the proxy does not read starts passing through.
+        if let Some(header) = messages.pending_header().filter(large::server_streams) {
+            let forward = self.on_server_message(header.tag, &[])?;
+            let n = self.start_server_stream(&header, forward, buf.len() - consumed);
+            if forward {
+                self.cout.extend_from_slice(&buf[consumed..consumed + n]);
+            }
+            consumed += n;
+        }
+        Ok(passed + consumed)
     }
 
     /// Sends synthetic replies that have reached the front of the queue, and drops markers.

@@ -5,24 +5,58 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use switchyard_protocol::backend::{self as be, ErrorFields};
-use switchyard_protocol::frame::split_frame;
+use switchyard_protocol::frame::{peek_header, split_frame};
 use switchyard_protocol::frontend::{
-    encode_bind_renamed, encode_close, encode_describe, FrontendMessage, Target,
+    encode_bind_renamed, encode_close, encode_describe, encode_flush, FrontendMessage, Target,
 };
-use switchyard_protocol::DEFAULT_MAX_MESSAGE_LEN;
+use switchyard_protocol::ProtocolError;
 
 use super::backend::Expect;
 use super::sql::{self, Command};
-use super::{Session, SessionError, HIGH_WATER};
+use super::{Session, SessionError, HIGH_WATER, MAX_OWED};
 use crate::config::PoolMode;
 use crate::pool::StatementDef;
 
 impl Session {
-    /// Handles every complete client message in the buffer (while the server side keeps up).
+    /// Handles every complete client message in the buffer, and passes on what has arrived
+    /// of a message streaming through (`large`), while neither the server nor the client
+    /// is behind (see [`Session::input_blocked`]). Notes when it stopped with input left,
+    /// so that the session comes back to it once they caught up.
     pub(super) async fn process_client(&mut self) -> Result<(), SessionError> {
-        while self.sout.len() < HIGH_WATER && !self.terminated {
-            let Some(frame) = split_frame(&mut self.cbuf, DEFAULT_MAX_MESSAGE_LEN)? else {
+        let max = self.state.config.proxy.max_message_size.0;
+        loop {
+            self.input_held = self.input_blocked() && !self.cbuf.is_empty();
+            if self.input_held {
+                if self.expect.len() >= MAX_OWED
+                    && self.unsynced
+                    && !self.copy_in
+                    && !self.inflow.active()
+                    && self.server.is_some()
+                {
+                    // The server may be keeping the replies to this batch until a Flush
+                    // or Sync that sits behind the messages not read yet: ask for them.
+                    encode_flush(&mut self.sout);
+                }
                 break;
+            }
+            if self.terminated {
+                break;
+            }
+            if self.inflow.active() {
+                if !self.pass_client_bytes() {
+                    break;
+                }
+                continue;
+            }
+            let frame = match split_frame(&mut self.cbuf, max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => match peek_header(&self.cbuf, max)? {
+                    // Incomplete: pass it through if it is large and may stream, else wait.
+                    Some(header) if self.start_client_stream(header).await? => continue,
+                    _ => break,
+                },
+                Err(ProtocolError::TooLarge { len, max }) => return Err(too_large(len, max)),
+                Err(e) => return Err(e.into()),
             };
             let msg = FrontendMessage::decode(&frame)?;
             tracing::trace!(pid = self.cancel.process_id, msg = ?msg, "from client");
@@ -31,6 +65,14 @@ impl Session {
             self.replay.record(frame.into_raw(), replayable);
         }
         Ok(())
+    }
+
+    /// Whether taking more client input waits: the server has not taken what it was sent,
+    /// the client has not read its replies, or too many replies are owed to it. Each bounds
+    /// what one client can make the proxy hold, however it pipelines.
+    #[inline]
+    pub(super) fn input_blocked(&self) -> bool {
+        self.sout.len() >= HIGH_WATER || self.cout.len() >= HIGH_WATER || self.expect.len() >= MAX_OWED
     }
 
     pub(super) async fn handle(&mut self, msg: FrontendMessage, raw: &Bytes) -> Result<(), SessionError> {
@@ -246,7 +288,7 @@ impl Session {
     /// down), the client gets an ERROR instead of losing its connection: a simple query ends
     /// with ReadyForQuery, an extended batch is skipped up to its Sync. Returns whether a
     /// server is held.
-    async fn acquire_or_refuse(&mut self, extended: bool) -> Result<bool, SessionError> {
+    pub(super) async fn acquire_or_refuse(&mut self, extended: bool) -> Result<bool, SessionError> {
         match self.acquire().await {
             Ok(()) => Ok(true),
             Err(SessionError::Pool(e)) => {
@@ -337,7 +379,7 @@ impl Session {
         }
     }
 
-    fn lookup(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
+    pub(super) fn lookup(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
         if name.is_empty() {
             None
         } else {
@@ -376,7 +418,7 @@ impl Session {
     }
 
     /// Before a Bind/Describe of `def`: prepare it on this server if it is not there yet.
-    fn ensure_prepared(&mut self, def: &Arc<StatementDef>) {
+    pub(super) fn ensure_prepared(&mut self, def: &Arc<StatementDef>) {
         if !self.server_has(def) {
             self.prepare_on_server(def);
             self.sout.extend_from_slice(&def.parse_message);
@@ -392,6 +434,17 @@ impl Session {
             self.expect.push_back(Expect::Synthetic(reply));
         }
     }
+}
+
+/// A client message over `max_message_size`, refused from its header.
+fn too_large(len: usize, max: usize) -> SessionError {
+    SessionError::Fatal(Box::new(
+        ErrorFields::fatal(
+            "54000",
+            format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
+        )
+        .with_hint("send smaller messages, or raise max_message_size in the proxy's [proxy] settings"),
+    ))
 }
 
 fn parse_complete() -> Bytes {

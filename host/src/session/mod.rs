@@ -15,6 +15,7 @@
 mod backend;
 mod error;
 mod frontend;
+mod large;
 mod params;
 mod retry;
 mod spares;
@@ -53,6 +54,12 @@ use crate::state::ProxyState;
 
 /// Stop reading a side when this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
+
+/// Stop taking client messages while this many replies are owed to the client (each
+/// message sent to a server and each synthetic reply queued behind one is an [`Expect`]).
+/// With the two buffers' high-water marks, this bounds what a pipelining client can make
+/// the proxy hold.
+const MAX_OWED: usize = 1024;
 
 /// Entry point for an accepted client connection.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
@@ -150,9 +157,21 @@ struct Session {
     /// The client created state on its server that the proxy cannot carry to another
     /// (`sql::server_state`, an untracked setting): the server stays with it (see `pin`).
     server_state: bool,
+    /// SQL too large to scan for session commands (a streamed Query or Parse) ran on the
+    /// current server: what it did to the server's session is unknown, so the server is
+    /// reset (`DISCARD ALL`) before anyone reuses it, and this client's own settings are
+    /// replayed on its next server (a `SET` inside such SQL is not carried).
+    unscanned: bool,
     /// The server, and the state above with it, was lost while the client was idle; its
     /// next message gets this error.
     lost_session: Option<Box<ErrorFields>>,
+    /// The client message passing through to the server in pieces, if any (`large`).
+    inflow: large::Passing,
+    /// The server message passing through to the client in pieces, if any.
+    outflow: large::Passing,
+    /// Client input is waiting in `cbuf` for the session to catch up
+    /// ([`Session::input_blocked`]); the relay comes back to it when it has.
+    input_held: bool,
 }
 
 impl Session {
@@ -209,7 +228,11 @@ impl Session {
             release_ready: false,
             replay: Replay::default(),
             server_state: false,
+            unscanned: false,
             lost_session: None,
+            inflow: large::Passing::default(),
+            outflow: large::Passing::default(),
+            input_held: false,
         }
     }
 
@@ -261,6 +284,7 @@ impl Session {
         let idle = self.expect.is_empty()
             && !self.unsynced
             && self.sout.is_empty()
+            && !self.inflow.active()
             && self.tx_status == TransactionStatus::Idle;
         if !idle || self.server.is_none() {
             return false;
@@ -269,6 +293,7 @@ impl Session {
         // The server is closed: a cancel still on its way to it can reach no one else.
         self.cancel.slot.vacate();
         self.release_ready = false;
+        self.unscanned = false;
         if self.server_state {
             tracing::info!(
                 pid = self.cancel.process_id,
@@ -298,6 +323,7 @@ impl Session {
             && self.expect.is_empty()
             && !self.unsynced
             && self.sout.is_empty()
+            && !self.inflow.active()
     }
 
     /// The pool-mode decision at a ReadyForQuery boundary: the plugin's, or the built-in's
@@ -347,6 +373,10 @@ impl Session {
                 server = checkout.conn().id,
                 "server released"
             );
+            if std::mem::take(&mut self.unscanned) {
+                tokio::spawn(reset_server(checkout, &["DISCARD ALL"], cancels));
+                return;
+            }
             give_back(checkout, cancels);
         }
     }
@@ -527,7 +557,11 @@ impl Session {
                 return Poll::Ready(Err(SessionError::ServerIo(e)));
             }
         }
-        if self.sout.len() < HIGH_WATER {
+        if !self.input_blocked() {
+            if self.input_held {
+                // Input was left in the buffer while the session was behind; it caught up.
+                return Poll::Ready(Ok(Io::ClientRead));
+            }
             if self.cbuf.capacity() == 0 && !self.client.is_tls() {
                 // Buffers parked: wait until the client has something to say first.
                 if let Err(e) = ready!(self.client.tcp().poll_read_ready(cx)) {
@@ -621,11 +655,15 @@ impl Session {
         if self.server_state && self.mode != PoolMode::Session {
             self.pool.stats.pinned.fetch_sub(1, Ordering::Relaxed);
         }
-        let releasable = self.releasable() && !self.params.uncertain();
+        let releasable = self.releasable() && !self.params.uncertain() && !self.unscanned;
         let Some(checkout) = self.server.take() else {
             return;
         };
-        let clean = result.is_ok() && self.expect.is_empty() && !self.unsynced && self.sout.is_empty();
+        let clean = result.is_ok()
+            && self.expect.is_empty()
+            && !self.unsynced
+            && self.sout.is_empty()
+            && !self.inflow.active();
         if !clean {
             return; // dropping the checkout closes the server
         }
@@ -633,8 +671,8 @@ impl Session {
             give_back(checkout, cancels);
             return;
         }
-        // The session kept its server (session mode, an open transaction, server-side state):
-        // whatever it left there must not reach the next client.
+        // The session kept its server (session mode, an open transaction, server-side state,
+        // unscanned SQL): whatever it left there must not reach the next client.
         let reset: &'static [&'static str] = match self.tx_status {
             TransactionStatus::Idle => &["DISCARD ALL"],
             // Two queries: DISCARD ALL cannot run in a transaction block.

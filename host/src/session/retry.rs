@@ -486,6 +486,7 @@ impl Session {
         self.unsynced = false;
         self.skipping = false;
         self.copy_in = false;
+        self.outflow = Default::default();
         self.release_ready = false;
         self.tx_status = TransactionStatus::Idle;
         self.tx_statements = 0;
