@@ -440,3 +440,31 @@ async fn random_settings_always_match_a_direct_connection() -> Result<()> {
     }
     bed.ensure_proxy_alive()
 }
+
+/// A client whose server stays with it (session mode, or transaction mode after it created
+/// a temporary table) runs `DISCARD ALL` itself, which drops every prepared statement on
+/// the server, the proxy's included. Checks that preparing and running the same statement
+/// again works (the proxy prepares it anew instead of trusting a server copy that is gone).
+#[tokio::test]
+async fn discard_all_on_a_kept_server_forgets_the_proxys_statements() -> Result<()> {
+    for mode in ["session", "transaction"] {
+        let mut bed = TestBed::start_with(|c| c.mode(mode).pool_size(2))?;
+        let client = bed.endpoint().connect_app().await?;
+        if mode == "transaction" {
+            client.batch_execute("CREATE TEMP TABLE keep_me (a int)").await?;
+        }
+        let sql = "SELECT $1::int + 1";
+        let first = client.prepare(sql).await?;
+        let row = client.query_one(&first, &[&1i32]).await?;
+        ensure!(row.get::<_, i32>(0) == 2, "{mode}: first run");
+        client.batch_execute("DISCARD ALL").await.context("DISCARD ALL")?;
+        let again = client.prepare(sql).await.context("prepare after DISCARD ALL")?;
+        let row = client
+            .query_one(&again, &[&41i32])
+            .await
+            .with_context(|| format!("{mode}: running the statement prepared again after DISCARD ALL"))?;
+        ensure!(row.get::<_, i32>(0) == 42, "{mode}: second run");
+        bed.ensure_proxy_alive()?;
+    }
+    Ok(())
+}

@@ -277,10 +277,18 @@ impl Session {
                     return Ok(false);
                 }
                 if tag == tags::COMMAND_COMPLETE {
-                    if let Ok(t) = parse_command_complete(body) {
-                        if t == "ROLLBACK" {
-                            self.params.abort_pending();
+                    match parse_command_complete(body) {
+                        Ok("ROLLBACK") => self.params.abort_pending(),
+                        // A pinned or session-mode client's own DISCARD ALL or DEALLOCATE
+                        // ALL reached the server: the proxy's statements there are gone,
+                        // and so are the client's names, as on Postgres.
+                        Ok("DISCARD ALL" | "DEALLOCATE ALL") => {
+                            self.statements.clear();
+                            if let Some(server) = self.server.as_mut() {
+                                server.conn().statements.clear();
+                            }
                         }
+                        _ => {}
                     }
                 }
                 self.pop_if(|e| matches!(e, Expect::Execute));
