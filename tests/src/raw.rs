@@ -155,6 +155,12 @@ pub struct SimpleResult {
     pub status: u8,
 }
 
+/// An Authentication message's request code and the data after it.
+fn auth_request(msg: &Msg) -> Result<(i32, &[u8])> {
+    let kind = msg.body.get(..4).ok_or_else(|| anyhow!("short auth message"))?;
+    Ok((i32::from_be_bytes(kind.try_into()?), &msg.body[4..]))
+}
+
 /// A raw connection.
 pub struct RawConn {
     stream: TcpStream,
@@ -229,13 +235,7 @@ impl RawConn {
             match msg.tag {
                 b'E' => return Ok(Startup::Error(msg)),
                 b'R' => {
-                    let kind = i32::from_be_bytes(
-                        msg.body
-                            .get(..4)
-                            .ok_or_else(|| anyhow!("short auth message"))?
-                            .try_into()?,
-                    );
-                    let data = &msg.body[4..];
+                    let (kind, data) = auth_request(&msg)?;
                     self.auth_requests.push(kind);
                     let mut out = BytesMut::new();
                     match kind {
@@ -323,13 +323,7 @@ impl RawConn {
                 b'R' => {}
                 other => bail!("unexpected message '{}' before a challenge", other as char),
             }
-            let kind = i32::from_be_bytes(
-                msg.body
-                    .get(..4)
-                    .ok_or_else(|| anyhow!("short auth message"))?
-                    .try_into()?,
-            );
-            let data = &msg.body[4..];
+            let (kind, data) = auth_request(&msg)?;
             match kind {
                 5 => return Ok(Challenge::Md5),
                 10 => {

@@ -61,6 +61,17 @@ async fn default_search_path(bed: &TestBed) -> Result<String> {
     Ok(row.get(0))
 }
 
+/// A client with no settings of its own logs in and must see the default search_path.
+async fn fresh_client_sees(bed: &TestBed, default: &str) -> Result<()> {
+    let mut d = login(bed, &[]).await?;
+    let d_path = must(&mut d, "SHOW search_path").await?;
+    ensure!(
+        d_path == default,
+        "a fresh client sees search_path {d_path:?}, expected {default:?}"
+    );
+    d.terminate().await
+}
+
 fn transaction_pool_of_one(
     bed_cfg: switchyard_tests::proxy::ProxyConfig,
 ) -> switchyard_tests::proxy::ProxyConfig {
@@ -117,13 +128,9 @@ async fn a_comment_in_a_set_cannot_hide_another_clients_setting() -> Result<()> 
         );
         a.terminate().await?;
         b.terminate().await?;
-        let mut d = login(&bed, &[]).await?;
-        let d_path = must(&mut d, "SHOW search_path").await?;
-        ensure!(
-            d_path == default,
-            "{form}: a fresh client sees search_path {d_path:?}"
-        );
-        d.terminate().await?;
+        fresh_client_sees(&bed, &default)
+            .await
+            .with_context(|| format!("after the {form} form"))?;
     }
     bed.ensure_proxy_alive()
 }
@@ -156,12 +163,7 @@ async fn a_rejected_startup_parameter_is_the_clients_error_and_leaks_nothing() -
 
     ensure!(must(&mut a, "SHOW search_path").await? == "s1", "a lost s1");
     a.terminate().await?;
-    let mut d = login(&bed, &[]).await?;
-    let d_path = must(&mut d, "SHOW search_path").await?;
-    ensure!(
-        d_path == default,
-        "a fresh client sees search_path {d_path:?}, expected {default:?}"
-    );
+    fresh_client_sees(&bed, &default).await?;
     bed.ensure_proxy_alive()
 }
 
@@ -194,12 +196,7 @@ async fn a_rejected_set_in_a_committed_transaction_leaks_nothing() -> Result<()>
     ensure!(must(&mut b, "SHOW search_path").await? == "s2", "b lost s2");
     a.terminate().await?;
     b.terminate().await?;
-    let mut d = login(&bed, &[]).await?;
-    let d_path = must(&mut d, "SHOW search_path").await?;
-    ensure!(
-        d_path == default,
-        "a fresh client sees search_path {d_path:?}, expected {default:?}"
-    );
+    fresh_client_sees(&bed, &default).await?;
     bed.ensure_proxy_alive()
 }
 

@@ -140,7 +140,7 @@ impl Decoys {
                 (None, Some(format!("md5{hex}")))
             }
         };
-        UserAuth::unknown(name, self.method, scram, md5)
+        UserAuth::without_server_password(name, self.method, scram, md5)
     }
 }
 

@@ -89,8 +89,9 @@ impl UserAuth {
         }
     }
 
-    /// A user nobody can log in as (see [`Decoys`]).
-    fn unknown(
+    /// A user whose secrets are only what clients prove themselves with: one nobody can
+    /// log in as (see [`Decoys`]), or one `auth_query` found.
+    fn without_server_password(
         name: &str,
         method: ClientAuthMethod,
         scram: Option<ScramVerifier>,
@@ -120,15 +121,7 @@ impl UserAuth {
                 )
             }
         };
-        Ok(UserAuth {
-            name: name.to_string(),
-            method,
-            scram,
-            md5,
-            server_password: None,
-            client_key: OnceLock::new(),
-            server_keys: DerivedKeys::default(),
-        })
+        Ok(UserAuth::without_server_password(name, method, scram, md5))
     }
 }
 

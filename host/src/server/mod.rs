@@ -86,7 +86,8 @@ pub struct ServerConn {
     pub params: HashMap<String, String>,
     /// Statements this server has prepared under proxy-chosen names.
     pub statements: ServerStatements,
-    /// Session settings the proxy has applied (name → SQL value), to diff against a client's.
+    /// Session settings the proxy has applied and the server confirmed (name → the statement
+    /// that established it), to diff against a client's.
     pub settings: Settings,
     /// Signature of `settings` as the session that applied them computed it; 0 = unknown.
     pub settings_signature: u64,
