@@ -205,8 +205,9 @@ async fn login(
             return Err(fatal(e.sqlstate(), e.client_message()));
         }
     };
+    // Made for every name, known or not, so the time to the challenge does not tell them apart.
+    let decoy = std::hint::black_box(state.decoys.user(&user_name));
     let Some(user) = user else {
-        let decoy = state.decoys.user(&user_name);
         authenticate(stream, buf, &mut out, &decoy, false).await?;
         return Err(password_failed(&user_name)); // not reached: a decoy never passes
     };
