@@ -465,3 +465,38 @@ async fn discard_all_on_a_kept_server_forgets_the_proxys_statements() -> Result<
     }
     Ok(())
 }
+
+/// A setting changed where the proxy cannot see it (a `DO` block running `SET` through
+/// `EXECUTE`) is caught by the server's ParameterStatus report: checks that the client is
+/// counted as pinned, keeps its value, and that a fresh client on the same server (pool of
+/// one) afterwards sees an empty application_name. A `SET LOCAL` sent as its own message,
+/// which the server also reports, must not pin: checks 0 pinned after it.
+#[tokio::test]
+async fn a_reported_setting_nobody_asked_for_pins_the_server() -> Result<()> {
+    let mut bed = TestBed::start_with(|c| transaction_pool_of_one(c).with_admin())?;
+    let mut a = login(&bed, &[]).await?;
+    exec(&mut a, "BEGIN").await?;
+    exec(&mut a, "SET LOCAL application_name = 'local-only'").await?;
+    exec(&mut a, "COMMIT").await?;
+    let count = pinned(&bed).await?;
+    ensure!(count == 0, "SET LOCAL pinned the server ({count} pinned)");
+    exec(
+        &mut a,
+        "DO $$ BEGIN EXECUTE 'SET application_name = ''from-do'''; END $$",
+    )
+    .await?;
+    let count = pinned(&bed).await?;
+    ensure!(
+        count == 1,
+        "SHOW POOLS shows {count} pinned clients after the DO block, expected 1"
+    );
+    ensure!(
+        must(&mut a, "SHOW application_name").await? == "from-do",
+        "a lost the setting its DO block made"
+    );
+    a.terminate().await?;
+    let mut d = login(&bed, &[]).await?;
+    let app = must(&mut d, "SHOW application_name").await?;
+    ensure!(app.is_empty(), "a fresh client sees application_name {app:?}");
+    bed.ensure_proxy_alive()
+}

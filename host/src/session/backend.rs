@@ -187,7 +187,8 @@ impl Session {
                     return Ok(false);
                 }
                 self.tx_status = status;
-                if self.expect.is_empty() {
+                // Reports come until the transaction ends (a SET LOCAL reverts at COMMIT).
+                if self.expect.is_empty() && status == TransactionStatus::Idle {
                     self.params.settle_reports();
                 }
                 if status == TransactionStatus::Idle && self.params.has_pending() {

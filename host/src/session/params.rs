@@ -30,8 +30,8 @@ pub struct SessionParams {
     signature: u64,
     /// SET/RESET seen in the transaction in progress, applied when it commits.
     pending: Vec<Command>,
-    /// Settings named by commands sent since the session last had nothing in flight: the
-    /// ParameterStatus reports the server may send for them are expected.
+    /// Settings named by commands sent since the session was last idle with nothing in
+    /// flight: the ParameterStatus reports the server may send for them are expected.
     touched: Vec<String>,
     /// A RESET ALL or DISCARD ALL is among those commands: every report is expected.
     touched_all: bool,
@@ -138,6 +138,10 @@ impl SessionParams {
         match &cmd {
             Command::Set { name, .. } | Command::Reset { name } => self.touched.push(name.clone()),
             Command::ResetAll | Command::DiscardAll => self.touched_all = true,
+            Command::Local { name } => {
+                self.touched.push(name.clone());
+                return;
+            }
             _ => return,
         }
         self.pending.push(cmd);
@@ -195,7 +199,7 @@ impl SessionParams {
         self.touched_all || self.uncertain || self.touched.iter().any(|t| t.eq_ignore_ascii_case(name))
     }
 
-    /// Nothing is in flight any more: later reports need later commands.
+    /// Nothing is in flight and no transaction is open: later reports need later commands.
     pub fn settle_reports(&mut self) {
         self.touched.clear();
         self.touched_all = false;
@@ -419,6 +423,8 @@ mod tests {
         assert!(!s.expects_report("DateStyle"));
         note_all(&mut s, "SET TIME ZONE 'UTC'");
         assert!(s.expects_report("TimeZone"));
+        note_all(&mut s, "SET LOCAL datestyle = 'ISO, DMY'");
+        assert!(s.expects_report("DateStyle"));
         s.commit_pending(None);
         s.settle_reports();
         assert!(!s.expects_report("application_name"));

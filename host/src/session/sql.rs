@@ -26,6 +26,10 @@ pub enum Command {
     },
     DeallocateAll,
     DiscardAll,
+    /// `SET LOCAL name ...`: gone when its transaction ends, but the server may report it.
+    Local {
+        name: String,
+    },
     /// A session-level change the proxy does not carry to another server (`SET ROLE`,
     /// `SET SESSION AUTHORIZATION`, a value it cannot parse): the session keeps its server.
     Untracked(&'static str),
@@ -339,7 +343,16 @@ fn classify(stmt: &[u8]) -> Command {
 /// their transaction and are `Other`.
 fn classify_set(t: &[&[u8]]) -> Command {
     let mut k = 1;
-    if is(t.get(1), "local") || is(t.get(1), "transaction") || is(t.get(1), "constraints") {
+    if is(t.get(1), "local") {
+        // Ends with its transaction; the server may still report the change meanwhile.
+        let name = if is(t.get(2), "time") && is(t.get(3), "zone") {
+            Some("timezone".to_string())
+        } else {
+            setting_name(&t[2..]).map(|(name, _)| name)
+        };
+        return name.map_or(Command::Other, |name| Command::Local { name });
+    }
+    if is(t.get(1), "transaction") || is(t.get(1), "constraints") {
         return Command::Other;
     }
     if is(t.get(1), "session") {
@@ -663,7 +676,18 @@ mod tests {
                 name: "search_path".into()
             }
         );
-        assert_eq!(one("SET LOCAL work_mem = 1"), Command::Other);
+        assert_eq!(
+            one("SET LOCAL work_mem = 1"),
+            Command::Local {
+                name: "work_mem".into()
+            }
+        );
+        assert_eq!(
+            one("SET LOCAL TIME ZONE 'UTC'"),
+            Command::Local {
+                name: "timezone".into()
+            }
+        );
         assert_eq!(
             one("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
             Command::Other
