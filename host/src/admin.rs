@@ -15,8 +15,7 @@ use crate::plugins::ReloadOutcome;
 use crate::session::SessionError;
 use crate::state::{DatabaseRoute, ProxyState, ReloadError};
 
-/// Name of the virtual admin database.
-pub const ADMIN_DATABASE: &str = "switchyard";
+pub use crate::config::ADMIN_DATABASE;
 
 /// Admin commands are short; this bounds what a confused client can make us buffer.
 const MAX_ADMIN_MESSAGE: usize = 64 * 1024;

@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// Name of the virtual admin database (a configured database may not take it).
+pub const ADMIN_DATABASE: &str = "switchyard";
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

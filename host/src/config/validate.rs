@@ -131,7 +131,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
                 message: "must be at least 1".into(),
             });
         }
-        if name == crate::admin::ADMIN_DATABASE {
+        if name == super::ADMIN_DATABASE {
             return Err(Violation {
                 line: header_line(text, "databases", name),
                 key: format!("databases.{name}"),
