@@ -30,8 +30,11 @@ pub struct DatabaseRoute {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("users.{user}: {message}")]
-    User { user: String, message: String },
+    #[error("users.{user}: {source}")]
+    User {
+        user: String,
+        source: crate::auth::AuthError,
+    },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -98,9 +101,9 @@ impl ProxyState {
         let salt_key = SaltKey::from_config(&config);
         let mut users = HashMap::new();
         for (name, user) in &config.users {
-            let auth = UserAuth::from_config(name, user, &salt_key).map_err(|message| StateError::User {
+            let auth = UserAuth::from_config(name, user, &salt_key).map_err(|source| StateError::User {
                 user: name.clone(),
-                message,
+                source,
             })?;
             users.insert(name.clone(), Arc::new(auth));
         }

@@ -28,13 +28,22 @@ pub enum StoredPassword {
     Md5(String),
 }
 
+/// Why stored credentials cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)")]
+    MalformedScramVerifier,
+    #[error("auth_query returned a plaintext password; Postgres stores hashes, check the query")]
+    PlaintextFromAuthQuery,
+}
+
 impl StoredPassword {
     /// Recognises the three forms Postgres itself stores in `pg_authid.rolpassword`.
-    pub fn parse(text: &str) -> Result<StoredPassword, String> {
+    pub fn parse(text: &str) -> Result<StoredPassword, AuthError> {
         if text.starts_with("SCRAM-SHA-256$") {
             return ScramVerifier::parse(text)
                 .map(StoredPassword::Scram)
-                .ok_or_else(|| "malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)".to_string());
+                .ok_or(AuthError::MalformedScramVerifier);
         }
         if text.len() == 35 && text.starts_with("md5") && text[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(StoredPassword::Md5(text.to_ascii_lowercase()));
@@ -109,17 +118,12 @@ impl UserAuth {
     }
 
     /// A user found by `auth_query`: the server's own stored password.
-    pub fn from_stored(name: &str, stored: &str) -> Result<UserAuth, String> {
+    pub fn from_stored(name: &str, stored: &str) -> Result<UserAuth, AuthError> {
         let stored = StoredPassword::parse(stored)?;
         let (method, scram, md5) = match stored {
             StoredPassword::Scram(v) => (ClientAuthMethod::ScramSha256, Some(v), None),
             StoredPassword::Md5(h) => (ClientAuthMethod::Md5, None, Some(h)),
-            StoredPassword::Plain(_) => {
-                return Err(
-                    "auth_query returned a plaintext password; Postgres stores hashes, check the query"
-                        .into(),
-                )
-            }
+            StoredPassword::Plain(_) => return Err(AuthError::PlaintextFromAuthQuery),
         };
         Ok(UserAuth::without_server_password(name, method, scram, md5))
     }
@@ -128,7 +132,7 @@ impl UserAuth {
 impl UserAuth {
     /// A `[users]` entry; a plaintext password gets its SCRAM verifier with the salt `key`
     /// gives this name.
-    pub fn from_config(name: &str, user: &UserConfig, key: &SaltKey) -> Result<UserAuth, String> {
+    pub fn from_config(name: &str, user: &UserConfig, key: &SaltKey) -> Result<UserAuth, AuthError> {
         let stored = StoredPassword::parse(user.password.get_ref())?;
         let method = user.auth.unwrap_or(match stored {
             StoredPassword::Md5(_) => ClientAuthMethod::Md5,
