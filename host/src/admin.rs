@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use switchyard_protocol::backend::{self as be, ErrorFields, TransactionStatus};
 use switchyard_protocol::frame::split_frame;
 use switchyard_protocol::frontend::FrontendMessage;
+use switchyard_protocol::sqlstate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use std::sync::Arc;
@@ -111,7 +112,10 @@ pub async fn serve(
                     "the admin console speaks the simple query protocol only (got {})",
                     FrontendMessage::tag_name(other.tag())
                 );
-                be::error_response(&ErrorFields::error("0A000", msg), &mut out);
+                be::error_response(
+                    &ErrorFields::error(sqlstate::FEATURE_NOT_SUPPORTED, msg),
+                    &mut out,
+                );
             }
         }
         stream.write_all(&out).await.map_err(SessionError::ClientIo)?;
@@ -146,10 +150,11 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
         ["show", "nodes"] => show_nodes(state),
         ["show", "clusters"] => show_clusters(state),
         _ => {
-            return Err(
-                ErrorFields::error("42601", format!("unknown admin command: {command}"))
-                    .with_hint("SHOW HELP lists the commands"),
+            return Err(ErrorFields::error(
+                sqlstate::SYNTAX_ERROR,
+                format!("unknown admin command: {command}"),
             )
+            .with_hint("SHOW HELP lists the commands"))
         }
     };
     let tag = if words[0] == "show" {
@@ -170,7 +175,12 @@ fn databases<'a>(state: &'a ProxyState, name: Option<&str>) -> Result<Targets<'a
                 .databases
                 .get_key_value(name)
                 .map(|db| vec![db])
-                .ok_or_else(|| ErrorFields::error("3D000", format!("database \"{name}\" does not exist")))
+                .ok_or_else(|| {
+                    ErrorFields::error(
+                        sqlstate::INVALID_CATALOG_NAME,
+                        format!("database \"{name}\" does not exist"),
+                    )
+                })
         }
     }
 }
@@ -226,7 +236,7 @@ async fn planned_stop(state: &Arc<ProxyState>, addr: &str, reason: &str) -> Resu
         .await
         .map_err(|(busy, waited)| {
             ErrorFields::error(
-                "57014",
+                sqlstate::QUERY_CANCELED,
                 format!("{reason}: {busy} transactions still running after {waited:?} (the drain budget); new ones stay held"),
             )
         })
@@ -283,7 +293,7 @@ async fn pause(state: &Arc<ProxyState>, targets: Targets<'_>, reason: &str) -> R
     .await
     .map_err(|(busy, waited)| {
         ErrorFields::error(
-            "57014",
+            sqlstate::QUERY_CANCELED,
             format!("PAUSE: {busy} transactions still running after {waited:?}; the pause has lifted"),
         )
     })
@@ -305,13 +315,13 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
         1 => clusters.remove(0),
         0 => {
             return Err(ErrorFields::error(
-                "55000",
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "SWITCHOVER needs a cluster with patroni_api set on its nodes (and containing the target node, if one is named)",
             ))
         }
         _ => {
             return Err(ErrorFields::error(
-                "55000",
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "several clusters have Patroni: name the target node (SWITCHOVER host:port)",
             ))
         }
@@ -321,14 +331,18 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
         .and_then(|p| cluster.patroni_apis[p].clone())
         .or_else(|| cluster.patroni_apis.iter().flatten().next().cloned())
         .expect("filtered on a configured API");
-    let api_error = |e: patroni::PatroniError| ErrorFields::error("08000", e.to_string());
+    let api_error =
+        |e: patroni::PatroniError| ErrorFields::error(sqlstate::CONNECTION_EXCEPTION, e.to_string());
     let members = patroni::members(&api).await.map_err(api_error)?;
     let leader = members
         .iter()
         .find(|m| m.role == "leader")
         .map(|m| m.name.clone())
         .ok_or_else(|| {
-            ErrorFields::error("55000", "Patroni reports no leader: nothing to switch over from")
+            ErrorFields::error(
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "Patroni reports no leader: nothing to switch over from",
+            )
         })?;
     let candidate = match target {
         Some(t) => Some(
@@ -337,7 +351,10 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
                 .find(|m| m.addr == t)
                 .map(|m| m.name.clone())
                 .ok_or_else(|| {
-                    ErrorFields::error("42704", format!("no Patroni member has Postgres at {t}"))
+                    ErrorFields::error(
+                        sqlstate::UNDEFINED_OBJECT,
+                        format!("no Patroni member has Postgres at {t}"),
+                    )
                 })?,
         ),
         None => None,
@@ -380,7 +397,7 @@ async fn switchover(state: &Arc<ProxyState>, target: Option<&str>) -> Result<Ans
             resume(dbs)?;
             tracing::warn!(cluster = %cluster.name, error = %e, "SWITCHOVER failed; traffic resumed");
             Err(ErrorFields::error(
-                "55000",
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("{e}; traffic resumed on the current primary"),
             ))
         }

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use switchyard_protocol::sqlstate;
+
 use crate::auth::UserAuth;
 use crate::config::AuthQuerySettings;
 use crate::pool::{Pool, PoolError, PoolSettings};
@@ -51,15 +53,19 @@ impl LookupError {
     /// 53300 when too many logins wait (try again shortly), 08006 otherwise.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            LookupError::Busy(_) | LookupError::Pool(PoolError::Timeout { .. }) => "53300",
-            _ => "08006",
+            LookupError::Busy(_) | LookupError::Pool(PoolError::Timeout { .. }) => {
+                sqlstate::TOO_MANY_CONNECTIONS
+            }
+            _ => sqlstate::CONNECTION_FAILURE,
         }
     }
 
     /// Says nothing of the server, the query or the user.
     pub fn client_message(&self) -> &'static str {
         match self.sqlstate() {
-            "53300" => "too many logins are waiting to be authenticated; try again later",
+            sqlstate::TOO_MANY_CONNECTIONS => {
+                "too many logins are waiting to be authenticated; try again later"
+            }
             _ => "authentication is unavailable right now; try again later",
         }
     }

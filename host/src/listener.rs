@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use switchyard_protocol::backend::{error_response, ErrorFields};
+use switchyard_protocol::sqlstate;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -84,7 +85,7 @@ async fn refuse(mut tcp: tokio::net::TcpStream, _guard: ClientGuard) {
     // shows, so send it right away.
     let mut out = BytesMut::new();
     error_response(
-        &ErrorFields::fatal("53300", "sorry, too many clients already"),
+        &ErrorFields::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
         &mut out,
     );
     let _ = tcp.write_all(&out).await;

@@ -42,6 +42,7 @@ mod cursor;
 pub mod error;
 pub mod frame;
 pub mod frontend;
+pub mod sqlstate;
 
 pub use backend::TransactionStatus;
 pub use error::ProtocolError;

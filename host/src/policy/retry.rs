@@ -3,6 +3,7 @@
 //! retried; the session enforces that whatever a `retry` plugin answers (see [`allowed`]).
 
 use std::time::Duration;
+use switchyard_protocol::sqlstate;
 
 /// Where in its life a request failed (the host-side twin of the WIT `error-phase`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +71,12 @@ pub fn decide(failed: &FailedRequest, budget: Duration) -> RetryDecision {
     match failed.sqlstate.as_str() {
         // The node is shutting down or refused a write: a new primary is coming; wait for
         // the topology rather than hammering the old node.
-        "57P01" | "57P02" | "57P03" | "25006" | "08006" | "08001" => {
+        sqlstate::ADMIN_SHUTDOWN
+        | sqlstate::CRASH_SHUTDOWN
+        | sqlstate::CANNOT_CONNECT_NOW
+        | sqlstate::READ_ONLY_SQL_TRANSACTION
+        | sqlstate::CONNECTION_FAILURE
+        | sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION => {
             RetryDecision::Hold(budget.saturating_sub(failed.elapsed))
         }
         _ => RetryDecision::RetryAfter(backoff(failed.attempt)),
@@ -109,22 +115,32 @@ mod tests {
     #[test]
     fn only_what_did_not_take_effect_is_retried() {
         let budget = Duration::from_secs(30);
-        let shutdown = failed("57P01", Phase::BeforeAnyResult, Fate::NotApplied, 1);
+        let shutdown = failed(
+            sqlstate::ADMIN_SHUTDOWN,
+            Phase::BeforeAnyResult,
+            Fate::NotApplied,
+            1,
+        );
         assert!(matches!(decide(&shutdown, budget), RetryDecision::Hold(_)));
-        let lost = failed("08006", Phase::Commit, Fate::Unknown, 1);
+        let lost = failed(sqlstate::CONNECTION_FAILURE, Phase::Commit, Fate::Unknown, 1);
         assert_eq!(decide(&lost, budget), RetryDecision::Surface);
-        let committed = failed("57P01", Phase::Commit, Fate::Committed, 1);
+        let committed = failed(sqlstate::ADMIN_SHUTDOWN, Phase::Commit, Fate::Committed, 1);
         assert_eq!(decide(&committed, budget), RetryDecision::Surface);
-        let streamed = failed("57P01", Phase::MidResult, Fate::NotApplied, 1);
+        let streamed = failed(sqlstate::ADMIN_SHUTDOWN, Phase::MidResult, Fate::NotApplied, 1);
         assert_eq!(decide(&streamed, budget), RetryDecision::Surface);
     }
 
     #[test]
     fn attempts_and_budget_are_bounded() {
         let budget = Duration::from_secs(30);
-        let many = failed("40001", Phase::Connect, Fate::NotSent, MAX_ATTEMPTS + 1);
+        let many = failed(
+            sqlstate::SERIALIZATION_FAILURE,
+            Phase::Connect,
+            Fate::NotSent,
+            MAX_ATTEMPTS + 1,
+        );
         assert_eq!(decide(&many, budget), RetryDecision::Surface);
-        let late = failed("57P01", Phase::Connect, Fate::NotSent, 1);
+        let late = failed(sqlstate::ADMIN_SHUTDOWN, Phase::Connect, Fate::NotSent, 1);
         assert_eq!(decide(&late, Duration::from_millis(50)), RetryDecision::Surface);
     }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use switchyard_protocol::sqlstate;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::UserAuth;
@@ -43,7 +44,13 @@ fn unreachable(e: &ServerError) -> bool {
         | ServerError::Io { .. }
         | ServerError::Closed { .. } => true,
         ServerError::Refused { fields, .. } => {
-            matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03" | "08006")
+            matches!(
+                fields.code.as_str(),
+                sqlstate::ADMIN_SHUTDOWN
+                    | sqlstate::CRASH_SHUTDOWN
+                    | sqlstate::CANNOT_CONNECT_NOW
+                    | sqlstate::CONNECTION_FAILURE
+            )
         }
         _ => false,
     }
@@ -82,9 +89,9 @@ pub enum PoolError {
 impl PoolError {
     pub fn sqlstate(&self) -> &str {
         match self {
-            PoolError::Timeout { .. } => "53300",
-            PoolError::Closed { .. } => "57P01",
-            PoolError::NoPrimary { .. } => "57P03",
+            PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+            PoolError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
+            PoolError::NoPrimary { .. } => sqlstate::CANNOT_CONNECT_NOW,
             PoolError::Server(e) => e.sqlstate(),
         }
     }

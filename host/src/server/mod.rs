@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use switchyard_protocol::backend::ErrorFields;
+use switchyard_protocol::sqlstate;
 
 use crate::net::Stream;
 use crate::pool::ServerStatements;
@@ -67,8 +68,10 @@ impl ServerError {
     pub fn sqlstate(&self) -> &str {
         match self {
             ServerError::Refused { fields, .. } => &fields.code,
-            ServerError::NoPassword { .. } | ServerError::UnsupportedAuth { .. } => "28000",
-            _ => "08006",
+            ServerError::NoPassword { .. } | ServerError::UnsupportedAuth { .. } => {
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
+            }
+            _ => sqlstate::CONNECTION_FAILURE,
         }
     }
 }

@@ -15,6 +15,7 @@ use switchyard_protocol::backend::{error_response, ready_for_query, ErrorFields}
 use switchyard_protocol::backend::{parse_command_complete, parse_ready_for_query, tags, TransactionStatus};
 use switchyard_protocol::frame::{frames, HEADER_LEN};
 use switchyard_protocol::frontend::encode_query;
+use switchyard_protocol::sqlstate;
 
 /// Largest server message relayed: Postgres' own limit on a message (1 GiB). Large rows and
 /// COPY data pass through in pieces (`large`); other server messages are held whole.
@@ -305,7 +306,10 @@ impl Session {
         encode_query(b"ROLLBACK", &mut self.sout);
         self.expect.push_back(Expect::InjectedQuery);
         let mut reply = BytesMut::new();
-        error_response(&ErrorFields::error("25000", message), &mut reply);
+        error_response(
+            &ErrorFields::error(sqlstate::INVALID_TRANSACTION_STATE, message),
+            &mut reply,
+        );
         ready_for_query(TransactionStatus::Idle, &mut reply);
         self.expect.push_back(Expect::Synthetic(reply.freeze()));
         self.tx_status = TransactionStatus::Idle;

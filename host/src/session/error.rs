@@ -1,6 +1,7 @@
 //! Why a session ended. Each variant knows what, if anything, the client should be told.
 
 use switchyard_protocol::backend::ErrorFields;
+use switchyard_protocol::sqlstate;
 use switchyard_protocol::ProtocolError;
 
 use crate::pool::PoolError;
@@ -58,7 +59,7 @@ impl SessionError {
             SessionError::Fatal(f) => Some((**f).clone()),
             SessionError::ServerIo(_) | SessionError::ServerClosed | SessionError::ServerProtocol(_) => Some(
                 ErrorFields::fatal(
-                    "08006",
+                    sqlstate::CONNECTION_FAILURE,
                     "server connection lost; the transaction's outcome is unknown",
                 )
                 .with_hint("reconnect and check whether your last transaction was committed"),

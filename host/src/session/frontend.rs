@@ -9,6 +9,7 @@ use switchyard_protocol::frame::{peek_header, split_frame};
 use switchyard_protocol::frontend::{
     encode_bind_renamed, encode_close, encode_describe, encode_flush, FrontendMessage, Target,
 };
+use switchyard_protocol::sqlstate;
 use switchyard_protocol::ProtocolError;
 
 use super::backend::Expect;
@@ -241,7 +242,7 @@ impl Session {
             FrontendMessage::Terminate => self.terminated = true,
             FrontendMessage::Password(_) => {
                 return Err(SessionError::fatal(
-                    "08P01",
+                    sqlstate::PROTOCOL_VIOLATION,
                     "unexpected password message after authentication",
                 ));
             }
@@ -266,7 +267,7 @@ impl Session {
             if cmd == Command::Prepare && self.mode == PoolMode::Transaction {
                 let mut out = BytesMut::new();
                 be::error_response(
-                    &ErrorFields::error("0A000", "SQL PREPARE is not supported in transaction pooling mode")
+                    &ErrorFields::error(sqlstate::FEATURE_NOT_SUPPORTED, "SQL PREPARE is not supported in transaction pooling mode")
                         .with_detail("The statement would exist on one server only, and the next transaction may run on another.")
                         .with_hint("Use your driver's protocol-level prepared statements, which switchyard tracks, or session pooling."),
                     &mut out,
@@ -324,7 +325,10 @@ impl Session {
             Command::Deallocate { name } => {
                 if !self.statements.remove(name.as_bytes()) {
                     be::error_response(
-                        &ErrorFields::error("26000", format!("prepared statement \"{name}\" does not exist")),
+                        &ErrorFields::error(
+                            sqlstate::INVALID_SQL_STATEMENT_NAME,
+                            format!("prepared statement \"{name}\" does not exist"),
+                        ),
                         &mut out,
                     );
                     be::ready_for_query(self.tx_status, &mut out);
@@ -440,7 +444,7 @@ impl Session {
 fn too_large(len: usize, max: usize) -> SessionError {
     SessionError::Fatal(Box::new(
         ErrorFields::fatal(
-            "54000",
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
             format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
         )
         .with_hint("send smaller messages, or raise max_message_size in the proxy's [proxy] settings"),

@@ -35,6 +35,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use switchyard_protocol::backend::{error_response, ErrorFields, TransactionStatus};
+use switchyard_protocol::sqlstate;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -249,7 +250,10 @@ impl Session {
                 self.release();
             }
             if *shutdown.borrow() && self.server.is_none() && self.cout.is_empty() {
-                return Err(SessionError::fatal("57P01", "switchyard is shutting down"));
+                return Err(SessionError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "switchyard is shutting down",
+                ));
             }
             match self.wait_io(shutdown).await {
                 Ok(Io::ClientRead | Io::Shutdown) => {}
@@ -301,7 +305,7 @@ impl Session {
             );
             self.lost_session = Some(Box::new(
                 ErrorFields::fatal(
-                    "08006",
+                    sqlstate::CONNECTION_FAILURE,
                     "the server of this session closed its connection; session state kept there (temporary tables, LISTEN, advisory locks, SQL prepared statements, cursors) is gone",
                 )
                 .with_hint("reconnect and recreate the session state"),

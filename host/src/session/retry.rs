@@ -29,6 +29,7 @@ use bytes::Bytes;
 use switchyard_protocol::backend::{parse_error_fields, parse_ready_for_query, ErrorFields, Severity};
 use switchyard_protocol::frame::Frame;
 use switchyard_protocol::frontend::FrontendMessage;
+use switchyard_protocol::sqlstate;
 use switchyard_protocol::TransactionStatus;
 
 use super::backend::Expect;
@@ -270,7 +271,9 @@ impl Session {
         match tag {
             // "canceling the wait for synchronous replication ... The transaction has
             // already committed locally": the server is going away after a commit.
-            tags::NOTICE_RESPONSE if parse_error_fields(body).is_ok_and(|f| f.code == "57P01") => {
+            tags::NOTICE_RESPONSE
+                if parse_error_fields(body).is_ok_and(|f| f.code == sqlstate::ADMIN_SHUTDOWN) =>
+            {
                 self.replay.effect = Effect::Some;
             }
             tags::COMMAND_COMPLETE | tags::EMPTY_QUERY_RESPONSE | tags::PORTAL_SUSPENDED => {
@@ -301,7 +304,7 @@ impl Session {
         let Ok(fields) = parse_error_fields(body) else {
             return false;
         };
-        if fields.severity != Severity::Fatal || fields.code != "57P01" {
+        if fields.severity != Severity::Fatal || fields.code != sqlstate::ADMIN_SHUTDOWN {
             return false;
         }
         let message = fields.message.clone();
@@ -309,7 +312,7 @@ impl Session {
             None => (Phase::BeforeAnyResult, Fate::NotApplied, fields),
             Some(kind) => (Phase::Commit, Fate::Unknown, outcome_unknown(kind, &message)),
         };
-        self.fail("57P01", &message, phase, fate, fields)
+        self.fail(sqlstate::ADMIN_SHUTDOWN, &message, phase, fate, fields)
     }
 
     /// The server connection was reset: records it as a failure when
@@ -320,10 +323,10 @@ impl Session {
         }
         let fields = SessionError::ServerIo(std::io::Error::new(error.kind(), error.to_string()))
             .to_client()
-            .unwrap_or_else(|| ErrorFields::fatal("08006", "server connection lost"));
+            .unwrap_or_else(|| ErrorFields::fatal(sqlstate::CONNECTION_FAILURE, "server connection lost"));
         let message = error.to_string();
         self.fail(
-            "08006",
+            sqlstate::CONNECTION_FAILURE,
             &message,
             Phase::BeforeAnyResult,
             Fate::NotApplied,
@@ -556,7 +559,7 @@ impl Session {
 /// the server's own message as detail.
 fn outcome_unknown(kind: &str, server_message: &str) -> ErrorFields {
     ErrorFields::fatal(
-        "08007",
+        sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
         format!("the server ended the connection during {kind}: its outcome is unknown, it may have committed part of its work"),
     )
     .with_detail(format!(

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use switchyard_protocol::backend::{self, ErrorFields, TransactionStatus};
 use switchyard_protocol::frame::split_frame;
 use switchyard_protocol::frontend::{self, decode_password, decode_sasl_initial_response, StartupPacket};
+use switchyard_protocol::sqlstate;
 use switchyard_protocol::PROTOCOL_VERSION_3_0;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -74,7 +75,10 @@ pub async fn handshake(
                     // Bytes after SSLRequest before our answer would be trusted as if encrypted.
                     return Err((
                         Some(stream),
-                        fatal("08P01", "received unencrypted data after SSL request"),
+                        fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "received unencrypted data after SSL request",
+                        ),
                     ));
                 }
                 let answer = if state.tls.is_some() && !stream.is_tls() {
@@ -140,7 +144,7 @@ async fn read_auth_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<by
         if let Some(frame) = split_frame(buf, MAX_AUTH_MESSAGE)? {
             if frame.tag() != frontend::tags::PASSWORD {
                 return Err(fatal(
-                    "08P01",
+                    sqlstate::PROTOCOL_VIOLATION,
                     format!(
                         "expected a password message, got {}",
                         frontend::FrontendMessage::tag_name(frame.tag())
@@ -178,14 +182,18 @@ async fn login(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let user_name =
-        get("user").ok_or_else(|| fatal("28000", "no PostgreSQL user name specified in startup packet"))?;
+    let user_name = get("user").ok_or_else(|| {
+        fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user_name.clone());
     if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
         return Err(fatal(
-            "0A000",
+            sqlstate::FEATURE_NOT_SUPPORTED,
             "replication connections are not supported by switchyard",
         ));
     }
@@ -216,15 +224,21 @@ async fn login(
     let (destination, server_params) = if database == crate::admin::ADMIN_DATABASE {
         if !state.config.admin.users.iter().any(|u| u.get_ref() == &user.name) {
             return Err(SessionError::Fatal(Box::new(
-                ErrorFields::fatal("42501", format!("permission denied for database \"{database}\""))
-                    .with_hint("admin users are listed in [admin] users"),
+                ErrorFields::fatal(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("permission denied for database \"{database}\""),
+                )
+                .with_hint("admin users are listed in [admin] users"),
             )));
         }
         (Destination::Admin, Arc::new(admin_params()))
     } else {
-        let pool = state
-            .pool(&database, &user)
-            .ok_or_else(|| fatal("3D000", format!("database \"{database}\" does not exist")))?;
+        let pool = state.pool(&database, &user).ok_or_else(|| {
+            fatal(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!("database \"{database}\" does not exist"),
+            )
+        })?;
         let server_params = match pool.server_params() {
             Some(p) => p,
             None => {
@@ -301,7 +315,7 @@ async fn authenticate(
             let (mechanism, data) = decode_sasl_initial_response(&body)?;
             if mechanism != SCRAM_SHA_256 {
                 return Err(fatal(
-                    "28000",
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                     format!("unsupported SASL mechanism {mechanism:?}"),
                 ));
             }
@@ -336,15 +350,21 @@ async fn authenticate(
 
 fn password_failed(user: &str) -> SessionError {
     fatal(
-        "28P01",
+        sqlstate::INVALID_PASSWORD,
         format!("password authentication failed for user \"{user}\""),
     )
 }
 
 fn scram_error(e: ScramError) -> SessionError {
     match e {
-        ScramError::BadProof => fatal("28P01", "password authentication failed"),
-        ScramError::ChannelBinding => fatal("28000", "channel binding is not supported"),
-        ScramError::Protocol(m) => fatal("08P01", format!("malformed SCRAM message: {m}")),
+        ScramError::BadProof => fatal(sqlstate::INVALID_PASSWORD, "password authentication failed"),
+        ScramError::ChannelBinding => fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "channel binding is not supported",
+        ),
+        ScramError::Protocol(m) => fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("malformed SCRAM message: {m}"),
+        ),
     }
 }
