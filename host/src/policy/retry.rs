@@ -3,6 +3,7 @@
 //! retried; the session enforces that whatever a `retry` plugin answers (see [`allowed`]).
 
 use std::time::Duration;
+
 use switchyard_protocol::sqlstate;
 
 /// Where in its life a request failed (the host-side twin of the WIT `error-phase`).
