@@ -1,7 +1,8 @@
 //! Pool mode decided by a WebAssembly plugin on the data path (plugins/dist, built by
 //! scripts/build-plugins): the bundled pool-mode plugin in transaction, session and
 //! statement mode, and hostile plugins that loop, exhaust memory or trap on every call
-//! while clients see no error, plus plugins that must be refused at start-up.
+//! while clients see no error, plus plugins that must be refused at start-up, and a plugin
+//! that uses Rust's std (HashMap, Instant, stderr, a panic) as any author would.
 
 use std::path::PathBuf;
 

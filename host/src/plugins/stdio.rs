@@ -128,12 +128,16 @@ pub fn imported_versions(component: &Component, engine: &Engine) -> BTreeSet<Str
     component
         .component_type()
         .imports(engine)
-        .filter_map(|(name, _)| {
-            let (_, version) = name.strip_prefix("wasi:")?.split_once('@')?;
-            let patch = version.strip_prefix(WASI_MINOR)?;
-            (!patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit())).then(|| version.to_string())
-        })
+        .filter_map(|(name, _)| wasi_version(name).map(str::to_string))
         .collect()
+}
+
+/// `0.2.N` of a `wasi:PACKAGE/INTERFACE@0.2.N` import name; `None` for another package or
+/// version, or a pre-release (whose functions may differ).
+fn wasi_version(name: &str) -> Option<&str> {
+    let (_, version) = name.strip_prefix("wasi:")?.split_once('@')?;
+    let patch = version.strip_prefix(WASI_MINOR)?;
+    (!patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit())).then_some(version)
 }
 
 /// Defines the served interfaces at each of `versions` (see [`imported_versions`]).
@@ -262,4 +266,21 @@ fn add_clocks_and_random(linker: &mut Linker<StoreState>, version: &str) -> wasm
         Ok(((rand::random::<u64>(), rand::random::<u64>()),))
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wasi_version;
+
+    #[test]
+    fn served_versions_are_released_wasi_0_2() {
+        assert_eq!(wasi_version("wasi:io/streams@0.2.0"), Some("0.2.0"));
+        assert_eq!(wasi_version("wasi:random/insecure-seed@0.2.4"), Some("0.2.4"));
+        assert_eq!(wasi_version("wasi:cli/stderr@0.2.10"), Some("0.2.10"));
+        assert_eq!(wasi_version("wasi:cli/stderr@0.2.0-rc-2023-11-10"), None);
+        assert_eq!(wasi_version("wasi:cli/stderr@0.3.0"), None);
+        assert_eq!(wasi_version("wasi:cli/stderr@0.2."), None);
+        assert_eq!(wasi_version("switchyard:policy/host@0.1.0"), None);
+        assert_eq!(wasi_version("wasi:cli/stderr"), None);
+    }
 }
