@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use std::sync::Arc;
 
 use crate::net::Stream;
-use crate::plugins::ReloadOutcome;
+use crate::plugins::{PluginReport, ReloadOutcome};
 use crate::session::SessionError;
 use crate::state::{DatabaseRoute, ProxyState, ReloadError};
 
@@ -523,10 +523,17 @@ fn show_pools(state: &ProxyState) -> Table {
 
 fn show_plugins(state: &ProxyState) -> Table {
     let hooks = |h: &[crate::config::HookKind]| h.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(",");
-    let failure = |name: &str| {
-        state.plugins.failure(name).map_or_else(String::new, |f| {
-            format!("{}: {}", humantime::format_rfc3339_seconds(f.at), f.reason)
-        })
+    // A failed load of a newer version first (it says why the running one is old), else
+    // the running version's last failed call.
+    let last_error = |name: &str, report: &PluginReport| {
+        let (at, reason) = match state.plugins.failure(name) {
+            Some(f) => (f.at, f.reason),
+            None => match &report.last_error {
+                Some((at, reason)) => (*at, reason.clone()),
+                None => return String::new(),
+            },
+        };
+        format!("{}: {reason}", humantime::format_rfc3339_seconds(at))
     };
     let current = state.plugins.current();
     let mut rows: Vec<Vec<String>> = current
@@ -553,7 +560,7 @@ fn show_plugins(state: &ProxyState) -> Table {
                 format!("{}ms {}", p.load_time.as_millis(), p.origin),
                 p.path.display().to_string(),
                 counters.join(" "),
-                failure(&p.name),
+                last_error(&p.name, &r),
             ]
         })
         .collect();

@@ -1,7 +1,8 @@
 //! Pool mode decided by a WebAssembly plugin on the data path (plugins/dist, built by
 //! scripts/build-plugins): the bundled pool-mode plugin in transaction, session and
 //! statement mode, and hostile plugins that loop, exhaust memory or trap on every call
-//! while clients see no error, plus plugins that must be refused at start-up.
+//! while clients see no error, plus plugins that must be refused at start-up, and a plugin
+//! that uses Rust's std (HashMap, Instant, stderr, a panic) as any author would.
 
 use std::path::PathBuf;
 
@@ -209,4 +210,62 @@ fn tempdir_in_target() -> Result<PathBuf> {
     let dir = env::scratch_root()?.join(format!("plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// A plugin written with Rust's std and no precautions (`testing-std-user`: a `HashMap`,
+/// `Instant::now()` and `eprintln!` on every `on-ready`, std's default panic hook) serves:
+/// with ordinary clients its calls succeed (SHOW PLUGINS: calls > 0, failures 0, empty
+/// `last_error`) and its stderr line is in the proxy's log. A client whose
+/// `application_name` is `panic-now` makes it panic: that client still gets its rows (the
+/// built-in policy answers), the proxy stays up, and the panic's message is in the proxy's
+/// log and in SHOW PLUGINS' `last_error`, with the failure counted.
+#[tokio::test]
+async fn std_using_plugin_serves_and_its_panic_message_is_reported() -> Result<()> {
+    skip_if_direct!();
+    const PANIC: &str = "std-user: deliberate panic for application_name panic-now";
+    let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
+        with_plugin(cfg.pool_size(4), "testing-std-user", &[])
+    })?;
+    let endpoint = bed.endpoint();
+    let client = endpoint.connect_app().await?;
+    for i in 0..5 {
+        let n: i32 = client.query_one("SELECT $1::int", &[&i]).await?.get(0);
+        ensure!(n == i, "SELECT {i} returned {n}");
+    }
+    let row = policy_row(&endpoint).await?;
+    ensure!(
+        count(&row, "calls")? > 0 && count(&row, "failures")? == 0 && row["last_error"].is_empty(),
+        "a plugin using HashMap, Instant and stderr must answer without failures: {row:?}"
+    );
+    let log = bed.proxy().context("proxy")?.log();
+    ensure!(
+        log.contains("stderr: std-user: on-ready session"),
+        "the plugin's stderr line is not in the proxy's log:\n{}",
+        bed.proxy().context("proxy")?.log_tail(40)
+    );
+
+    let mut cfg = endpoint.config("app", "app", "app");
+    cfg.application_name("panic-now");
+    let panicking = switchyard_tests::client::connect(&cfg).await?;
+    let n: i32 = panicking
+        .query_one("SELECT 42", &[])
+        .await
+        .context("the client that made the plugin panic must get its answer")?
+        .get(0);
+    ensure!(n == 42, "SELECT 42 returned {n}");
+    let row = policy_row(&endpoint).await?;
+    ensure!(
+        count(&row, "failures")? > 0 && row["last_error"].contains(PANIC),
+        "SHOW PLUGINS must count the panic and give its message as last_error: {row:?}"
+    );
+    let log = bed.proxy().context("proxy")?.log();
+    ensure!(
+        log.contains(PANIC),
+        "the panic's message is not in the proxy's log:\n{}",
+        bed.proxy().context("proxy")?.log_tail(40)
+    );
+    // Other sessions go on, through the plugin again.
+    let one: i32 = client.query_one("SELECT 1", &[]).await?.get(0);
+    ensure!(one == 1);
+    bed.ensure_proxy_alive()
 }

@@ -372,3 +372,64 @@ async fn compiled_plugins_are_cached_across_restarts() -> Result<()> {
     third.stop();
     Ok(())
 }
+
+/// `SHOW PLUGINS`' `last_error` follows what serves: a panic of the serving version
+/// (`testing-std-user`, made to panic by a client named `panic-now`) shows with its message;
+/// a broken file shows its load error instead; putting the serving version's file back
+/// removes the load error (the panic, still this version's last failed call, shows again);
+/// a new version loaded starts with an empty `last_error`.
+#[tokio::test]
+async fn last_error_follows_the_serving_version() -> Result<()> {
+    skip_if_direct!();
+    const PANIC: &str = "std-user: deliberate panic for application_name panic-now";
+    let dir = plugin_dir("reload-last-error")?;
+    let path = dir.join("policy.wasm");
+    let original = std::fs::read(component("testing-std-user")?)?;
+    install(&path, &original)?;
+    let bed = TestBed::start_full(Default::default(), |cfg, _| {
+        Ok(with_plugin_path(cfg.pool_size(2), &path, &[]).set("proxy.plugin_watch_interval", "200ms"))
+    })?;
+    let endpoint = bed.endpoint();
+    let mut cfg = endpoint.config("app", "app", "app");
+    cfg.application_name("panic-now");
+    let panicking = switchyard_tests::client::connect(&cfg).await?;
+    let one: i32 = panicking
+        .query_one("SELECT 1", &[])
+        .await
+        .ctx("panic-now")?
+        .get(0);
+    ensure!(one == 1);
+    let limit = Duration::from_secs(15);
+    wait_for_row(&endpoint, limit, "the panic as last_error", |r| {
+        r["last_error"].contains(PANIC)
+    })
+    .await?;
+
+    install(&path, b"\0asm not really")?;
+    wait_for_row(&endpoint, limit, "the broken file's load error", |r| {
+        r["last_error"].contains("is not a valid component")
+    })
+    .await?;
+
+    install(&path, &original)?;
+    let row = wait_for_row(&endpoint, limit, "the load error cleared", |r| {
+        !r["last_error"].contains("is not a valid component")
+    })
+    .await?;
+    ensure!(
+        row["hash"] == short_hash(&original) && row["last_error"].contains(PANIC),
+        "the serving version's file is back: its own last failed call shows again: {row:?}"
+    );
+
+    let v2 = rebuilt(&original, "v2");
+    install(&path, &v2)?;
+    let row = wait_for_row(&endpoint, limit, "the new version", |r| {
+        r["hash"] == short_hash(&v2)
+    })
+    .await?;
+    ensure!(
+        row["last_error"].is_empty(),
+        "a new version starts with no last_error: {row:?}"
+    );
+    Ok(())
+}

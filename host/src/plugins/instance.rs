@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
@@ -93,6 +93,23 @@ pub enum CallError {
     BreakerOpen,
 }
 
+impl CallError {
+    /// One line for `SHOW PLUGINS`: the outermost context (the guest's stderr, see
+    /// `with_stderr`) and the root cause (the trap), without the wasm backtrace between.
+    pub fn summary(&self) -> String {
+        match self {
+            CallError::Failed(e) => {
+                let root = e.root_cause();
+                match e.downcast_ref::<GuestStderr>() {
+                    Some(stderr) => format!("plugin failed: {stderr}: {root}"),
+                    None => format!("plugin failed: {root}"),
+                }
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Call statistics for `SHOW PLUGINS`; updated without locks.
 pub struct CallStats {
     pub calls: AtomicU64,
@@ -159,6 +176,8 @@ pub struct Instances {
     pub stats: CallStats,
     consecutive_failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
+    /// The last failed call of this version and when, for `SHOW PLUGINS`.
+    last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
 impl Instances {
@@ -181,6 +200,7 @@ impl Instances {
             stats: CallStats::default(),
             consecutive_failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -213,8 +233,9 @@ impl Instances {
             let init = hooks.lifecycle.call_init(&mut store, &self.settings)?;
             Ok(init.map(|()| (hooks, handle)))
         })();
-        store.data_mut().output.flush(&self.name);
-        Ok(result?.map(|(hooks, handle)| Instance { store, hooks, handle }))
+        let stderr = store.data_mut().output.flush(&self.name);
+        let result = result.map_err(|e| with_stderr(e, stderr))?;
+        Ok(result.map(|(hooks, handle)| Instance { store, hooks, handle }))
     }
 
     /// Makes `n` fresh instances and pools them (those beyond the pool's cap are dropped),
@@ -263,9 +284,11 @@ impl Instances {
         };
         let state = instance.store.data_mut();
         state.session = None;
-        if !state.output.stdout.is_empty() || !state.output.stderr.is_empty() {
-            state.output.flush(&self.name);
-        }
+        let stderr = if !state.output.stdout.is_empty() || !state.output.stderr.is_empty() {
+            state.output.flush(&self.name)
+        } else {
+            String::new()
+        };
         match result {
             Ok(value) => {
                 if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
@@ -275,7 +298,7 @@ impl Instances {
                 Ok(value)
             }
             // The instance is dropped here: a store that trapped is never reused.
-            Err(e) => Err(self.failed(CallError::Failed(e))),
+            Err(e) => Err(self.failed(CallError::Failed(with_stderr(e, stderr)))),
         }
     }
 
@@ -285,12 +308,19 @@ impl Instances {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(plugin = &*self.name, error = %error, consecutive = n, "plugin call failed; built-in policy answers");
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((SystemTime::now(), error.summary()));
         if n >= BREAKER_THRESHOLD {
             *self.open_until.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(Instant::now() + BREAKER_COOL_DOWN);
             tracing::error!(plugin = &*self.name, cool_down = ?BREAKER_COOL_DOWN, "circuit breaker open: built-in policy serves alone");
         }
         error
+    }
+
+    /// The last failed call of this version and when.
+    pub fn last_error(&self) -> Option<(SystemTime, String)> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn breaker_open(&self) -> bool {
@@ -319,5 +349,25 @@ impl Instances {
         if idle.len() < MAX_IDLE_INSTANCES {
             idle.push(instance);
         }
+    }
+}
+
+/// What the guest wrote to stderr during a failed call: a panic's message, which the trap
+/// itself does not carry.
+#[derive(Debug)]
+struct GuestStderr(String);
+
+impl std::fmt::Display for GuestStderr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stderr: {}", self.0)
+    }
+}
+
+/// `error` with the guest's stderr as its context, if it wrote any.
+fn with_stderr(error: wasmtime::Error, stderr: String) -> wasmtime::Error {
+    if stderr.is_empty() {
+        error
+    } else {
+        error.context(GuestStderr(stderr))
     }
 }

@@ -110,6 +110,8 @@ pub struct PluginReport {
     pub instantiations: u64,
     pub p50: Option<Duration>,
     pub counters: Vec<(String, i64)>,
+    /// The last failed call of this version (trap, deadline, memory, refused init) and when.
+    pub last_error: Option<(SystemTime, String)>,
 }
 
 impl Plugin {
@@ -122,6 +124,7 @@ impl Plugin {
             instantiations: s.instantiations.load(Ordering::Relaxed),
             p50: s.p50(),
             counters: self.instances.counters.snapshot(),
+            last_error: self.instances.last_error(),
         }
     }
 
@@ -301,7 +304,8 @@ impl Loader {
         let mut linker: Linker<StoreState> = Linker::new(&self.engine);
         Bundle::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(|e| link(format!("{e:#}")))?;
-        stdio::add_to_linker(&mut linker).map_err(|e| link(format!("{e:#}")))?;
+        let wasi_versions = stdio::imported_versions(&component, &self.engine);
+        stdio::add_to_linker(&mut linker, &wasi_versions).map_err(|e| link(format!("{e:#}")))?;
         // Everything else a component imports (files, sockets, environment, ...) traps.
         linker
             .define_unknown_imports_as_traps(&component)

@@ -211,6 +211,9 @@ impl PluginRegistry {
             let previous = old.plugins.iter().find(|p| &p.name == name);
             let outcome = match self.load_if_changed(name, plugin_config, previous) {
                 Ok(None) => {
+                    // The configuration names the serving version again: an earlier failed
+                    // load of another one no longer applies.
+                    lock(&self.failures).remove(name);
                     plugins.push(previous.expect("unchanged implies loaded").clone());
                     ReloadOutcome::Unchanged
                 }
