@@ -496,13 +496,26 @@ impl Proxy {
             w.disarm();
         }
     }
+
+    /// Lines of the log where the proxy itself panicked: Rust's panic message, which starts
+    /// a line, unlike a plugin's captured stderr, which the proxy logs inside its own lines.
+    pub fn panics(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with("thread '") && l.contains("panicked at"))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 impl Drop for Proxy {
+    /// Stops the proxy; fails the test if its log shows a panic, even when the clients
+    /// tolerated the errors it caused.
     fn drop(&mut self) {
         let crashed = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
         self.stop();
-        if std::thread::panicking() || output_captured() || crashed.is_some() {
+        let panics = self.panics();
+        if std::thread::panicking() || output_captured() || crashed.is_some() || !panics.is_empty() {
             eprintln!(
                 "---- switchyard log tail ({}){} ----\n{}\n---- end of switchyard log ----",
                 self.log_path().display(),
@@ -513,8 +526,15 @@ impl Drop for Proxy {
                 self.log_tail(80)
             );
         }
-        if !std::thread::panicking() {
-            scratch::remove_dir(&self.dir);
+        if std::thread::panicking() {
+            return;
         }
+        assert!(
+            panics.is_empty(),
+            "the proxy panicked (log: {}):\n{}",
+            self.log_path().display(),
+            panics.join("\n")
+        );
+        scratch::remove_dir(&self.dir);
     }
 }

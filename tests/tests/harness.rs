@@ -2,7 +2,8 @@
 //! if these fail, proxy test failures mean nothing. They check that clusters
 //! start with the documented roles and authentication methods, that the
 //! replica streams, and that every tool and client driver the proxy tests
-//! rely on works when pointed at a real server.
+//! rely on works when pointed at a real server. One test checks the bed's own rule that a
+//! panic in the proxy's log fails the test.
 
 use std::time::{Duration, Instant};
 
@@ -304,4 +305,45 @@ fn watchdog_kills_servers_of_a_killed_test_process() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The proxy's log is read when its test ends: a line where the proxy itself panicked fails
+/// the test (the drop of the bed panics), even if every client got its answer; a plugin's
+/// captured stderr that mentions a panic, which the proxy logs inside its own lines, does not.
+#[test]
+fn a_panic_in_the_proxys_log_fails_the_test() {
+    fn bed_with_log_line(line: &str) -> std::thread::Result<()> {
+        let line = line.to_owned();
+        std::panic::catch_unwind(move || {
+            let mut bed = switchyard_tests::TestBed::start().expect("bed");
+            let Some(proxy) = bed.proxy() else {
+                return; // direct mode: no proxy, no log
+            };
+            // After the proxy stopped: its own writes do not append, and would overwrite.
+            proxy.stop();
+            use std::io::Write;
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(proxy.log_path())
+                .expect("proxy log");
+            writeln!(log, "{line}").expect("append to the proxy log");
+            drop(bed);
+        })
+    }
+    if switchyard_tests::TestBed::direct_mode() {
+        return;
+    }
+    let plugin_output = bed_with_log_line(
+        "2026-12-06T10:00:00.000000Z  WARN plugin call failed plugin=p error=stderr: thread '<unnamed>' (1) panicked at src/lib.rs:1:1: boom",
+    );
+    assert!(
+        plugin_output.is_ok(),
+        "a plugin's captured panic text failed the test"
+    );
+    let proxy_panic =
+        bed_with_log_line("thread 'tokio-runtime-worker' (7) panicked at host/src/session/mod.rs:1:1:");
+    assert!(
+        proxy_panic.is_err(),
+        "a panic line in the proxy's log did not fail the test"
+    );
 }
