@@ -155,6 +155,23 @@ pub struct SimpleResult {
     pub status: u8,
 }
 
+/// The SASL mechanisms, salt and iteration count a login of `user` to database `app` is
+/// challenged with at `addr`; an error if the challenge is not SCRAM.
+pub async fn scram_challenge(addr: &str, user: &str) -> Result<(Vec<String>, Vec<u8>, u32)> {
+    let mut raw = RawConn::connect(addr).await?;
+    match raw
+        .challenge(&[("user", user), ("database", crate::cluster::roles::APP_DB)])
+        .await?
+    {
+        Challenge::Scram {
+            mechanisms,
+            salt,
+            iterations,
+        } => Ok((mechanisms, salt, iterations)),
+        other => bail!("{user}: expected a SCRAM challenge, got {other:?}"),
+    }
+}
+
 /// An Authentication message's request code and the data after it.
 fn auth_request(msg: &Msg) -> Result<(i32, &[u8])> {
     let kind = msg.body.get(..4).ok_or_else(|| anyhow!("short auth message"))?;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Result};
 use switchyard_tests::client::connect;
 use switchyard_tests::proxy::{Proxy, UserSection};
-use switchyard_tests::raw::{expect_unknown_user_refused, Challenge, RawConn, Startup};
+use switchyard_tests::raw::{self, expect_unknown_user_refused, Challenge, RawConn, Startup};
 use switchyard_tests::{expect_sqlstate, roles, PgResultExt, TestBed};
 
 /// Log in and check who the *server* thinks we are.
@@ -190,26 +190,15 @@ async fn wrong_password_unknown_user_unknown_database() -> Result<()> {
     bed.ensure_proxy_alive()
 }
 
-/// The salt and iteration count a login of `user` is challenged with.
+/// The salt and iteration count a login of `user` is challenged with, which must offer
+/// SCRAM-SHA-256 alone.
 async fn scram_challenge(addr: &str, user: &str) -> Result<(Vec<u8>, u32)> {
-    let mut raw = RawConn::connect(addr).await?;
-    match raw
-        .challenge(&[("user", user), ("database", roles::APP_DB)])
-        .await?
-    {
-        Challenge::Scram {
-            mechanisms,
-            salt,
-            iterations,
-        } => {
-            ensure!(
-                mechanisms == ["SCRAM-SHA-256"],
-                "{user}: SASL mechanisms offered {mechanisms:?}"
-            );
-            Ok((salt, iterations))
-        }
-        other => bail!("{user}: expected a SCRAM challenge, got {other:?}"),
-    }
+    let (mechanisms, salt, iterations) = raw::scram_challenge(addr, user).await?;
+    ensure!(
+        mechanisms == ["SCRAM-SHA-256"],
+        "{user}: SASL mechanisms offered {mechanisms:?}"
+    );
+    Ok((salt, iterations))
 }
 
 /// Median times, in milliseconds, of `n` runs of `attempt` for each of `users`, taken in

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::client::connect;
-use switchyard_tests::raw::{expect_unknown_user_refused, Challenge, RawConn, Startup};
+use switchyard_tests::raw::{self, expect_unknown_user_refused, Challenge, RawConn, Startup};
 use switchyard_tests::tools::run_command;
 use switchyard_tests::{
     env, expect_sqlstate, roles, scratch, skip_if_direct, ClusterOptions, Endpoint, PgCluster, PgResultExt,
@@ -379,22 +379,6 @@ fn auth_query_user_must_be_in_users() -> Result<()> {
     Ok(())
 }
 
-/// The salt and iteration count a login of `user` is challenged with (SCRAM only).
-async fn scram_challenge(ep: &Endpoint, user: &str) -> Result<(Vec<String>, Vec<u8>, u32)> {
-    let mut raw = RawConn::connect(&ep.addr()).await?;
-    match raw
-        .challenge(&[("user", user), ("database", roles::APP_DB)])
-        .await?
-    {
-        Challenge::Scram {
-            mechanisms,
-            salt,
-            iterations,
-        } => Ok((mechanisms, salt, iterations)),
-        other => bail!("{user}: expected a SCRAM challenge, got {other:?}"),
-    }
-}
-
 /// With `auth_query`, a role that exists on the server and names that exist nowhere are
 /// challenged alike: the same mechanisms, iteration count and salt length; the existing role
 /// gets its own salt from `pg_authid`, and each unknown name a salt of its own, stable across
@@ -405,10 +389,10 @@ async fn existing_and_unknown_roles_are_challenged_alike() -> Result<()> {
     let mut bed = auth_query_bed(|cfg| cfg)?;
     let ep = bed.endpoint();
     let stored = stored_password(&bed, SCRAM_ROLE.0)?;
-    let (real_mech, real_salt, real_iter) = scram_challenge(&ep, SCRAM_ROLE.0).await?;
-    let (a_mech, a_salt, a_iter) = scram_challenge(&ep, "aq_ghost_a").await?;
-    let (_, a_salt2, _) = scram_challenge(&ep, "aq_ghost_a").await?;
-    let (b_mech, b_salt, b_iter) = scram_challenge(&ep, "aq_ghost_b").await?;
+    let (real_mech, real_salt, real_iter) = raw::scram_challenge(&ep.addr(), SCRAM_ROLE.0).await?;
+    let (a_mech, a_salt, a_iter) = raw::scram_challenge(&ep.addr(), "aq_ghost_a").await?;
+    let (_, a_salt2, _) = raw::scram_challenge(&ep.addr(), "aq_ghost_a").await?;
+    let (b_mech, b_salt, b_iter) = raw::scram_challenge(&ep.addr(), "aq_ghost_b").await?;
     ensure!(
         real_mech == a_mech && a_mech == b_mech,
         "mechanisms differ: {real_mech:?} {a_mech:?} {b_mech:?}"
