@@ -5,7 +5,7 @@ mod connect;
 mod query;
 
 pub use connect::{connect, ConnectParams};
-pub use query::{query_row, simple_query, Answer};
+pub use query::{query_row, simple_query, simple_query_within, Answer};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -42,6 +42,11 @@ pub enum ServerError {
     Connect { addr: NodeAddr, source: std::io::Error },
     #[error("connecting to {addr} timed out")]
     ConnectTimeout { addr: NodeAddr },
+    #[error("server {addr} did not answer the proxy's own query within {limit:?}")]
+    Timeout {
+        addr: NodeAddr,
+        limit: std::time::Duration,
+    },
     #[error("i/o error with server {addr}: {source}")]
     Io { addr: NodeAddr, source: std::io::Error },
     #[error("server {addr} closed the connection")]

@@ -91,6 +91,18 @@ pub async fn simple_query(conn: &mut ServerConn, sql: &str) -> Result<Answer, Se
     Ok(answer)
 }
 
+/// [`simple_query`], given up (an error) when the server has not answered within `limit`.
+pub async fn simple_query_within(
+    conn: &mut ServerConn,
+    sql: &str,
+    limit: std::time::Duration,
+) -> Result<Answer, ServerError> {
+    let addr = conn.addr.clone();
+    tokio::time::timeout(limit, simple_query(conn, sql))
+        .await
+        .unwrap_or(Err(ServerError::Timeout { addr, limit }))
+}
+
 async fn write(conn: &mut ServerConn, out: &[u8]) -> Result<(), ServerError> {
     conn.stream
         .write_all(out)

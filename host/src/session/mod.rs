@@ -293,11 +293,7 @@ impl Session {
         if !idle || self.server.is_none() {
             return false;
         }
-        self.server = None;
-        // The server is closed: a cancel still on its way to it can reach no one else.
-        self.cancel.slot.vacate();
-        self.release_ready = false;
-        self.unscanned = false;
+        self.drop_server();
         if self.server_state {
             tracing::info!(
                 pid = self.cancel.process_id,
@@ -368,6 +364,15 @@ impl Session {
         }
     }
 
+    /// Closes the server (dropping the checkout closes it) and forgets what was kept about
+    /// it; a cancel still on its way to it can reach no one else.
+    fn drop_server(&mut self) {
+        self.server = None;
+        self.cancel.slot.vacate();
+        self.release_ready = false;
+        self.unscanned = false;
+    }
+
     fn release(&mut self) {
         self.release_ready = false;
         if let Some(mut checkout) = self.server.take() {
@@ -420,18 +425,9 @@ impl Session {
         if let Some(sql) = self.params.diff(&conn.settings) {
             tracing::debug!(server = conn.id, %sql, "applying session settings");
             let limit = self.pool.settings.connect_timeout;
-            let answer = match tokio::time::timeout(limit, crate::server::simple_query(conn, &sql)).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => return Err(SessionError::Pool(e.into())),
-                Err(_) => {
-                    return Err(SessionError::Pool(
-                        crate::server::ServerError::ConnectTimeout {
-                            addr: conn.addr.clone(),
-                        }
-                        .into(),
-                    ))
-                }
-            };
+            let answer = crate::server::simple_query_within(conn, &sql, limit)
+                .await
+                .map_err(|e| SessionError::Pool(e.into()))?;
             if let Some(mut fields) = answer.error {
                 tracing::warn!(
                     user = self.facts.user(), server = conn.id, sqlstate = %fields.code,
@@ -461,8 +457,8 @@ impl Session {
         let conn = checkout.conn();
         let limit = self.pool.settings.connect_timeout;
         let query = self.params.read_back_query();
-        match tokio::time::timeout(limit, crate::server::simple_query(conn, &query)).await {
-            Ok(Ok(answer)) if answer.error.is_none() => {
+        match crate::server::simple_query_within(conn, &query, limit).await {
+            Ok(answer) if answer.error.is_none() => {
                 let rows = answer
                     .rows
                     .into_iter()
@@ -481,9 +477,7 @@ impl Session {
                     "cannot read back session settings; closing the server"
                 );
                 self.params.forget_uncertainty();
-                self.server = None; // dropping the checkout closes the server
-                self.cancel.slot.vacate();
-                self.release_ready = false;
+                self.drop_server();
             }
         }
     }

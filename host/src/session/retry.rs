@@ -483,14 +483,12 @@ impl Session {
         let frames = std::mem::take(&mut self.replay.frames);
         self.replay.open = false;
         // The server is gone or going; whatever it owed dies with it.
-        self.server = None;
-        self.cancel.slot.vacate();
+        self.drop_server();
         self.expect.clear();
         self.unsynced = false;
         self.skipping = false;
         self.copy_in = false;
         self.outflow = Default::default();
-        self.release_ready = false;
         self.tx_status = TransactionStatus::Idle;
         self.tx_statements = 0;
 
