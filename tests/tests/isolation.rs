@@ -291,11 +291,11 @@ async fn temporary_tables_and_set_config_stay_with_their_client() -> Result<()> 
     bed.ensure_proxy_alive()
 }
 
-/// LISTEN, a session advisory lock and a WITH HOLD cursor each keep the client's server:
-/// checks that the client still holds them in later transactions (the lock is held, seen
-/// from another client's failed `pg_try_advisory_lock`; the cursor can be fetched) and that
-/// once it leaves the next client on that server (pool of one) can take the lock and has
-/// no cursor.
+/// LISTEN, a session advisory lock and a WITH HOLD cursor each keep the client's server
+/// (pool of two): checks that the client still holds them in later transactions (the lock
+/// is held, seen from another client's failed `pg_try_advisory_lock`; the cursor can be
+/// fetched; another client's NOTIFY reaches it) and that once it leaves, the clients that
+/// hold both servers can take the lock and have no cursor.
 #[tokio::test]
 async fn listen_advisory_locks_and_cursors_stay_with_their_client() -> Result<()> {
     let mut bed = TestBed::start_with(|c| c.mode("transaction").pool_size(2).query_wait_timeout("10s"))?;
@@ -317,8 +317,15 @@ async fn listen_advisory_locks_and_cursors_stay_with_their_client() -> Result<()
         "a lost its cursor"
     );
     exec(&mut b, "NOTIFY jobs, 'hello'").await?;
-    let r = a.simple_query("SELECT 1").await?;
-    ensure!(r.errors.is_empty(), "a's next statement failed: {r:?}");
+    let mut query = bytes::BytesMut::new();
+    switchyard_tests::raw::msg::query(&mut query, "SELECT 1");
+    a.send(&query).await?;
+    let replies = a.read_until_ready().await?;
+    let got: Vec<String> = replies.iter().map(|m| m.describe()).collect();
+    ensure!(
+        replies.iter().any(|m| m.tag == b'A') && !replies.iter().any(|m| m.tag == b'E'),
+        "a, listening on jobs, did not get b's notification with its next statement: {got:?}"
+    );
     a.terminate().await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Both servers are free now; take both so one of them is a's old one.
