@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -108,14 +108,22 @@ pub fn start_postgres(opt: &Options, work: &Path) -> Result<(PgCluster, String)>
     Ok((pg, verifier))
 }
 
-/// A PgBouncer in the foreground, run as the Postgres OS user when root, with its ini,
-/// user list and log in its own directory.
+/// A PgBouncer, daemonized (`-d`) as the old script ran it: a foreground PgBouncer holds
+/// about 4 MiB more RSS, which would change the memory-per-idle-client comparison. Run as
+/// the Postgres OS user when root, with its ini, user list and log in its own directory,
+/// and a [`Watchdog`] on the daemon's pid.
 pub struct PgBouncer {
     pub name: &'static str,
     pub port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    pid: Option<u32>,
     watchdog: Option<Watchdog>,
+}
+
+/// Whether `pid` is alive and still the PgBouncer started with `ini` (not a reused pid).
+fn is_pgbouncer(pid: u32, ini: &Path) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*ini.to_string_lossy()))
 }
 
 impl PgBouncer {
@@ -138,9 +146,9 @@ impl PgBouncer {
         let userlist = dir.join("userlist.txt");
         fs::write(&userlist, format!("\"bench\" \"{verifier}\"\n"))?;
         env::set_mode(&userlist, 0o600)?;
-        let ini = dir.join(format!("{name}.ini"));
+        let pidfile = dir.join(format!("{name}.pid"));
         fs::write(
-            &ini,
+            dir.join(format!("{name}.ini")),
             format!(
                 "[databases]\n\
                  bench = host=127.0.0.1 port={pg_port} dbname=bench\n\
@@ -165,27 +173,40 @@ impl PgBouncer {
                  log_pooler_errors = 1\n\
                  stats_period = 3600\n",
                 log = dir.join(format!("{name}.log")).display(),
-                pid = dir.join(format!("{name}.pid")).display(),
+                pid = pidfile.display(),
                 userlist = userlist.display(),
             ),
         )?;
         env::chown_to_pg(&dir)?;
+        let mut bouncer = Self {
+            name,
+            port,
+            dir,
+            pid: None,
+            watchdog: None,
+        };
         let mut cmd = Command::new(PGBOUNCER);
-        cmd.arg("-q").arg(&ini).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(["-d", "-q"]).arg(bouncer.ini()).stdin(Stdio::null());
         if let Some(user) = env::pg_os_user()? {
             cmd.uid(user.uid).gid(user.gid);
         }
         // Spawned directly (no runuser and its PAM session), PgBouncer keeps this process's
         // open-files limit, raised to the hard limit in main: the idle clients need it.
-        let child = cmd.spawn().with_context(|| format!("spawning {PGBOUNCER}"))?;
-        let watchdog = Some(Watchdog::arm(child.id(), "KILL")?);
-        let mut bouncer = Self {
-            name,
-            port,
-            dir,
-            child: Some(child),
-            watchdog,
-        };
+        let status = cmd.status().with_context(|| format!("running {PGBOUNCER}"))?;
+        if !status.success() {
+            bail!("{name} did not start ({status})\n{}", env::tail(&bouncer.log_path(), 20));
+        }
+        for _ in 0..50 {
+            if let Some(pid) = fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse().ok()) {
+                bouncer.pid = Some(pid);
+                bouncer.watchdog = Some(Watchdog::arm(pid, "KILL")?);
+                break;
+            }
+            interrupt::sleep(Duration::from_millis(100))?;
+        }
+        if bouncer.pid.is_none() {
+            bail!("{name} wrote no pidfile");
+        }
         if let Some(nofile) = bouncer.open_files_limit() {
             if nofile < u64::from(idle_clients + 100) {
                 crate::log!("WARNING: {name} may open only {nofile} files; it will refuse clients beyond that");
@@ -194,18 +215,21 @@ impl PgBouncer {
         if let Err(e) = wait_ready(name, port, 30, 2) {
             bail!("{name} not ready: {e:#}\n{}", env::tail(&bouncer.log_path(), 20));
         }
-        bouncer.ensure_running()?;
         Ok(bouncer)
     }
 
+    fn ini(&self) -> PathBuf {
+        self.dir.join(format!("{}.ini", self.name))
+    }
+
     fn open_files_limit(&self) -> Option<u64> {
-        let limits = fs::read_to_string(format!("/proc/{}/limits", self.pid()?)).ok()?;
+        let limits = fs::read_to_string(format!("/proc/{}/limits", self.pid?)).ok()?;
         let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
         line.split_whitespace().nth(3)?.parse().ok()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.pid
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -213,27 +237,30 @@ impl PgBouncer {
     }
 
     /// `Err` with the log's tail when it died.
-    pub fn ensure_running(&mut self) -> Result<()> {
-        match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => Ok(()),
+    pub fn ensure_running(&self) -> Result<()> {
+        match self.pid {
+            Some(pid) if is_pgbouncer(pid, &self.ini()) => Ok(()),
             _ => bail!("{} died\n{}", self.name, env::tail(&self.log_path(), 20)),
         }
     }
 
     /// SIGTERM (PgBouncer's immediate shutdown), SIGKILL after 10 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        if matches!(child.try_wait(), Ok(None)) {
-            crate::log!("stopping {} (pid {})", self.name, child.id());
-            // SAFETY: kill(2) on our own child, alive and unreaped just above.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let Some(pid) = self.pid.take() else { return };
+        let ini = self.ini();
+        if is_pgbouncer(pid, &ini) {
+            crate::log!("stopping {} (pid {pid})", self.name);
+            // SAFETY: kill(2) on the daemon we started, checked by its command line above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            while is_pgbouncer(pid, &ini) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
+            if is_pgbouncer(pid, &ini) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
         }
-        let _ = child.wait();
         if let Some(mut w) = self.watchdog.take() {
             w.disarm();
         }
@@ -288,7 +315,8 @@ pub fn prepare_plugin(opt: &Options, work: &Path) -> Result<PluginCopy> {
             if let Some(reason) = reason {
                 crate::log!("building plugins (scripts/build-plugins): {reason}");
                 let status = Command::new(root.join("scripts/build-plugins"))
-                    .stdout(Stdio::inherit())
+                    // Its listing too: stdout is the report's.
+                    .stdout(std::io::stderr())
                     .stderr(Stdio::inherit())
                     .status()
                     .context("running scripts/build-plugins")?;
