@@ -254,7 +254,7 @@ build_tool() {
     local name=$1 profile=${2:-debug} flags=()
     command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
     [[ $profile == release ]] && flags=(--release)
-    log "cargo build ${flags[*]} -p switchyard-tests --bin $name"
+    log "cargo build${flags[*]:+ ${flags[*]}} -p switchyard-tests --bin $name"
     (cd "$SWITCHYARD_ROOT" && cargo build -q "${flags[@]}" -p switchyard-tests --bin "$name") >&2
     echo "${CARGO_TARGET_DIR:-$SWITCHYARD_ROOT/target}/$profile/$name"
 }

@@ -151,22 +151,40 @@ fn work_dir() -> Result<std::path::PathBuf> {
     bail!("no free work directory name in {}", std::env::temp_dir().display())
 }
 
-/// The whole benchmark; `Ok(true)` when every run completed cleanly.
-fn run(opt: &Options) -> Result<bool> {
+/// The settings and the number of pgbench runs, on stderr (and on stdout for --dry-run).
+fn plan(opt: &Options) -> Vec<String> {
     let cells = opt.tax_cells.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
-    if opt.tax_only {
-        log!(
+    let config = if opt.tax_only {
+        format!(
             "config: plugin tax only: cells=[{cells}] duration={}s pool={} scale={} jobs={} rounds={} callgrind={}",
             opt.duration, opt.pool_size, opt.scale, opt.jobs, opt.rounds, u8::from(opt.callgrind)
-        );
+        )
     } else {
-        log!(
+        format!(
             "config: modes=[{}] clients=[{}] duration={}s pool={} scale={} jobs={} rounds={}; plugin tax: cells=[{cells}] callgrind={}",
             opt.modes.join(" "),
             opt.clients.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
             opt.duration, opt.pool_size, opt.scale, opt.jobs, opt.rounds, u8::from(opt.callgrind)
-        );
+        )
+    };
+    let total = measure::planned_runs(opt);
+    let runs = format!(
+        "{total} pgbench runs of {}s (about {} min){}",
+        opt.duration,
+        total * (opt.duration + 1) / 60 + 1,
+        if opt.callgrind { ", then callgrind (about a minute)" } else { "" }
+    );
+    vec![config, runs]
+}
+
+/// The whole benchmark; `Ok(true)` when every run completed cleanly.
+fn run(opt: &Options) -> Result<bool> {
+    let [config, runs] = <[String; 2]>::try_from(plan(opt)).expect("two lines");
+    if opt.dry_run {
+        println!("{config}\n{runs}");
+        return Ok(true);
     }
+    log!("{config}");
     check_prerequisites(opt)?;
     let binary = env::proxy_binary()?;
     log!("switchyard binary: {}", binary.display());
@@ -174,7 +192,7 @@ fn run(opt: &Options) -> Result<bool> {
     raise_open_files();
     let work = work_dir()?;
     log!("work dir {}", work.display());
-    let result = measure_all(opt, &work, proxy_name);
+    let result = measure_all(opt, &work, proxy_name, &runs);
     let (findings, plugin_source, plugin_sha) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -208,7 +226,12 @@ fn remove_work(opt: &Options, work: &std::path::Path) {
 }
 
 /// Starts the servers, measures, and stops them again (also on an error or a signal).
-fn measure_all(opt: &Options, work: &std::path::Path, proxy_name: String) -> Result<(measure::Findings, String, String)> {
+fn measure_all(
+    opt: &Options,
+    work: &std::path::Path,
+    proxy_name: String,
+    runs: &str,
+) -> Result<(measure::Findings, String, String)> {
     let mut bench = Bench::start(opt, work.to_path_buf(), proxy_name)?;
     if opt.tax_only {
         bench.warm_up(&TAX_TARGETS)?;
@@ -221,20 +244,7 @@ fn measure_all(opt: &Options, work: &std::path::Path, proxy_name: String) -> Res
             bench.idle_memory("pgbouncer")?;
         }
     }
-    let mut runs: u32 = 0;
-    for mode in &opt.modes {
-        for c in opt.all_clients() {
-            runs += TARGETS.iter().filter(|t| !measure::skip_cell(opt, mode, c, t)).count() as u32 * opt.rounds;
-        }
-    }
-    runs += opt.reconnect_clients.len() as u32 * 3 * opt.rounds;
-    let total = runs + 2 * opt.rounds * opt.tax_cells.len() as u32;
-    log!(
-        "running {total} pgbench runs of {}s (about {} min){}",
-        opt.duration,
-        total * (opt.duration + 1) / 60 + 1,
-        if opt.callgrind { ", then callgrind (about a minute)" } else { "" }
-    );
+    log!("running {runs}");
     bench.run_matrix()?;
     let cells = opt.tax_cells.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
     log!("plugin tax: tps, built-in vs pool-mode plugin, cells [{cells}], {} round(s)", opt.rounds);

@@ -949,6 +949,18 @@ fn is_numbered_dump(f: &Path, name: &str) -> bool {
         .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// How many pgbench runs the settings ask for (the matrix, the reconnect rows, the tax cells).
+pub fn planned_runs(opt: &Options) -> u32 {
+    let mut runs = 0;
+    for mode in &opt.modes {
+        for c in opt.all_clients() {
+            runs += TARGETS.iter().filter(|t| !skip_cell(opt, mode, c, t)).count() as u32 * opt.rounds;
+        }
+    }
+    runs += opt.reconnect_clients.len() as u32 * TARGETS.len() as u32 * opt.rounds;
+    runs + TAX_TARGETS.len() as u32 * opt.rounds * opt.tax_cells.len() as u32
+}
+
 /// Cells not measured: direct Postgres at the pooler-only client counts, and -M prepared
 /// through PgBouncer above its session pool.
 pub fn skip_cell(opt: &Options, mode: &str, c: u32, target: &str) -> bool {
@@ -986,6 +998,23 @@ tps = 19712.409811 (without initial connection time)
         assert_eq!(summary_field(out, "number of failed transactions: "), Some("2"));
         assert_eq!(summary_field(out, "number of transactions actually processed: "), Some("1000/1000"));
         assert_eq!(summary_field("", "tps = "), None);
+    }
+
+    /// A full run: 4 client counts x 3 targets x 3 modes, 1000 clients through the two
+    /// poolers (and not through the session PgBouncer for -M prepared), the reconnect row and
+    /// the two tax cells, 3 rounds each; --quick: 2 x 3, the reconnect row and one tax cell.
+    #[test]
+    fn planned_runs_of_the_usual_settings() {
+        let opt = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            match crate::options::parse(&args, |_| None).unwrap() {
+                crate::options::Command::Run(o) => o,
+                crate::options::Command::Help => unreachable!(),
+            }
+        };
+        assert_eq!(planned_runs(&opt(&[])), (3 * 12 + 2 + 2 + 1 + 3 + 4) * 3);
+        assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2);
+        assert_eq!(planned_runs(&opt(&["--plugin-tax"])), 12);
     }
 
     /// Numbered dumps are `.out.N-T`, not the final `.out-T` nor another proxy's files.

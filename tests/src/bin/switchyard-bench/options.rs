@@ -40,6 +40,8 @@ impl fmt::Display for TaxCell {
 /// Every setting of a run (see `help.txt` for what each does).
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// `--dry-run`: check the settings, print the plan, run nothing.
+    pub dry_run: bool,
     pub tax_only: bool,
     pub keep: bool,
     pub clients: Vec<u32>,
@@ -112,12 +114,13 @@ fn number(name: &str, v: &str) -> Result<u32, UsageError> {
 /// Parses the flags and reads the settings through `env` (the process environment in
 /// `main`, a map in the tests).
 pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, UsageError> {
-    let (mut quick, mut tax_only, mut keep) = (false, false, false);
+    let (mut quick, mut tax_only, mut keep, mut dry_run) = (false, false, false, false);
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
             "--plugin-tax" => tax_only = true,
             "--keep" => keep = true,
+            "--dry-run" => dry_run = true,
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(UsageError(format!("unknown argument: {other} (try --help)"))),
         }
@@ -221,6 +224,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         return Err(UsageError(format!("MODES: unknown mode '{m}'")));
     }
     Ok(Command::Run(Options {
+        dry_run,
         tax_only,
         keep,
         clients,
