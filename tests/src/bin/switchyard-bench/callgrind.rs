@@ -98,21 +98,27 @@ pub fn names_nanosleep(text: &str) -> bool {
 /// The functions with the most extra self Ir per transaction: `plus` minus `minus` (each a
 /// sum over files), divided by `tx`, highest first, the top `n`. Addresses without a symbol
 /// are code wasmtime compiled at run time and are counted as one.
-pub fn top_extra(plus: &HashMap<String, i64>, minus: &HashMap<String, i64>, tx: u64, n: usize) -> Vec<(f64, String)> {
+pub fn top_extra(
+    plus: &HashMap<String, i64>,
+    minus: &HashMap<String, i64>,
+    tx: u64,
+    n: usize,
+) -> Vec<(f64, String)> {
     let mut diff: HashMap<String, i64> = HashMap::new();
     for (sign, costs) in [(1, plus), (-1, minus)] {
         for (f, ir) in costs {
             let is_addr = f
                 .strip_prefix("0x")
                 .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
-            let f = if is_addr { "(no symbol: JIT code)".to_owned() } else { f.clone() };
+            let f = if is_addr {
+                "(no symbol: JIT code)".to_owned()
+            } else {
+                f.clone()
+            };
             *diff.entry(f).or_default() += sign * ir;
         }
     }
-    let mut rows: Vec<(f64, String)> = diff
-        .into_iter()
-        .map(|(f, d)| (d as f64 / tx as f64, f))
-        .collect();
+    let mut rows: Vec<(f64, String)> = diff.into_iter().map(|(f, d)| (d as f64 / tx as f64, f)).collect();
     rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     rows.truncate(n);
     rows
@@ -184,7 +190,10 @@ totals: 1497
         assert_eq!(sleeps(FILE), 7);
         assert!(names_nanosleep(FILE));
         assert!(!names_nanosleep("fn=(1) main\n16 5\n"));
-        assert_eq!(sleeps("fn=(1) nanosleep_loop\ncfn=(2) clock_nanosleep\ncalls=4 0\n0 1\n"), 0);
+        assert_eq!(
+            sleeps("fn=(1) nanosleep_loop\ncfn=(2) clock_nanosleep\ncalls=4 0\n0 1\n"),
+            0
+        );
     }
 
     /// plugin minus built-in, per transaction, highest first, JIT addresses counted as one.

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             print!("{}", options::HELP);
             return ExitCode::SUCCESS;
         }
-        Ok(Cli::Run(opt)) => opt,
+        Ok(Cli::Run(opt)) => *opt,
         Err(e) => {
             eprintln!("bench: {e}");
             return ExitCode::from(2);
@@ -80,13 +80,26 @@ fn version_of(program: &str) -> String {
     Command::new(program)
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
         .unwrap_or_default()
 }
 
 fn git(args: &[&str]) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(env::workspace_dir()).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(env::workspace_dir())
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// What is measured: the prebuilt binary, or the commit (and whether the proxy's sources
@@ -100,7 +113,11 @@ fn what(opt: &Options) -> String {
                 .is_some_and(|s| !s.is_empty());
             format!(
                 "switchyard {rev}{}",
-                if dirty { " + uncommitted changes in host/ or protocol/" } else { "" }
+                if dirty {
+                    " + uncommitted changes in host/ or protocol/"
+                } else {
+                    ""
+                }
             )
         }
     }
@@ -109,9 +126,17 @@ fn what(opt: &Options) -> String {
 fn check_prerequisites(opt: &Options) -> Result<()> {
     env::pg_program("pgbench")?;
     env::pg_program("psql")?;
-    let found = |p: &str| Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success());
+    let found = |p: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if !opt.tax_only && !std::path::Path::new(servers::PGBOUNCER).exists() {
-        bail!("pgbouncer not found at {} (scripts/bench installs it)", servers::PGBOUNCER);
+        bail!(
+            "pgbouncer not found at {} (scripts/bench installs it)",
+            servers::PGBOUNCER
+        );
     }
     if opt.callgrind && !(found("valgrind") && found("callgrind_control")) {
         bail!("valgrind's callgrind_control not found (CALLGRIND=0 skips that measurement; scripts/bench installs it)");
@@ -127,7 +152,10 @@ fn check_prerequisites(opt: &Options) -> Result<()> {
 fn raise_open_files() {
     // SAFETY: getrlimit/setrlimit on this process with a valid, initialised struct.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
@@ -148,12 +176,20 @@ fn work_dir() -> Result<std::path::PathBuf> {
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
     }
-    bail!("no free work directory name in {}", std::env::temp_dir().display())
+    bail!(
+        "no free work directory name in {}",
+        std::env::temp_dir().display()
+    )
 }
 
 /// The settings and the number of pgbench runs, on stderr (and on stdout for --dry-run).
 fn plan(opt: &Options) -> Vec<String> {
-    let cells = opt.tax_cells.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    let cells = opt
+        .tax_cells
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
     let config = if opt.tax_only {
         format!(
             "config: plugin tax only: cells=[{cells}] duration={}s pool={} scale={} jobs={} rounds={} callgrind={}",
@@ -172,7 +208,11 @@ fn plan(opt: &Options) -> Vec<String> {
         "{total} pgbench runs of {}s (about {} min){}",
         opt.duration,
         total * (opt.duration + 1) / 60 + 1,
-        if opt.callgrind { ", then callgrind (about a minute)" } else { "" }
+        if opt.callgrind {
+            ", then callgrind (about a minute)"
+        } else {
+            ""
+        }
     );
     vec![config, runs]
 }
@@ -188,7 +228,10 @@ fn run(opt: &Options) -> Result<bool> {
     check_prerequisites(opt)?;
     let binary = env::proxy_binary()?;
     log!("switchyard binary: {}", binary.display());
-    let proxy_name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let proxy_name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     raise_open_files();
     let work = work_dir()?;
     log!("work dir {}", work.display());
@@ -246,8 +289,16 @@ fn measure_all(
     }
     log!("running {runs}");
     bench.run_matrix()?;
-    let cells = opt.tax_cells.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
-    log!("plugin tax: tps, built-in vs pool-mode plugin, cells [{cells}], {} round(s)", opt.rounds);
+    let cells = opt
+        .tax_cells
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    log!(
+        "plugin tax: tps, built-in vs pool-mode plugin, cells [{cells}], {} round(s)",
+        opt.rounds
+    );
     bench.plugin_tax_tps()?;
     bench.check_plugin();
     if opt.callgrind {

@@ -254,7 +254,15 @@ impl<'a> Bench<'a> {
 
     fn start_bouncer(&mut self, name: &'static str, mode: &str, size: u32) -> Result<()> {
         let port = self.pg.primary().port();
-        let b = PgBouncer::start(name, mode, size, port, &self.verifier, self.opt.idle_clients, &self.work)?;
+        let b = PgBouncer::start(
+            name,
+            mode,
+            size,
+            port,
+            &self.verifier,
+            self.opt.idle_clients,
+            &self.work,
+        )?;
         self.bouncers.push(b);
         Ok(())
     }
@@ -285,7 +293,10 @@ impl<'a> Bench<'a> {
             "pgbouncer" => self.bouncer("pgbouncer")?.port,
             other => {
                 let flavour = flavour_of(other).with_context(|| format!("unknown target {other}"))?;
-                self.proxies.get(&flavour).map(Proxy::port).context("proxy not running")?
+                self.proxies
+                    .get(&flavour)
+                    .map(Proxy::port)
+                    .context("proxy not running")?
             }
         })
     }
@@ -313,7 +324,9 @@ impl<'a> Bench<'a> {
 
     fn note_panics(&mut self, flavour: Flavour, proxy: &Proxy) {
         for line in proxy.panics() {
-            self.findings.problems.push(format!("{} panicked: {line}", flavour.name()));
+            self.findings
+                .problems
+                .push(format!("{} panicked: {line}", flavour.name()));
         }
     }
 
@@ -357,7 +370,11 @@ impl<'a> Bench<'a> {
         }
         match target {
             "pgbouncer" => {
-                let name = if mode == "prepared" { "pgbouncer-session" } else { "pgbouncer" };
+                let name = if mode == "prepared" {
+                    "pgbouncer-session"
+                } else {
+                    "pgbouncer"
+                };
                 if let Err(e) = self.bouncer(name)?.ensure_running() {
                     self.findings.problems.push(format!("{name} died; see log"));
                     return Err(e);
@@ -374,7 +391,15 @@ impl<'a> Bench<'a> {
 
     /// `pgbench -S -M mode -c clients -j min(clients, JOBS) -T secs` plus `extra`, under a
     /// hang guard of twice the duration plus two minutes.
-    fn pgbench(&self, port: u16, mode: &str, clients: u32, secs: u32, extra: &[String], out: &Path) -> Result<Ended> {
+    fn pgbench(
+        &self,
+        port: u16,
+        mode: &str,
+        clients: u32,
+        secs: u32,
+        extra: &[String],
+        out: &Path,
+    ) -> Result<Ended> {
         let mut args: Vec<String> = ["-S", "-M", mode, "-c"].iter().map(|s| s.to_string()).collect();
         args.extend([
             clients.to_string(),
@@ -384,7 +409,9 @@ impl<'a> Bench<'a> {
             secs.to_string(),
         ]);
         args.extend_from_slice(extra);
-        let mut child = pgbench_command(port, &args, out)?.spawn().context("spawning pgbench")?;
+        let mut child = pgbench_command(port, &args, out)?
+            .spawn()
+            .context("spawning pgbench")?;
         wait_child(&mut child, Duration::from_secs(u64::from(secs) * 2 + 120))
     }
 
@@ -409,7 +436,10 @@ impl<'a> Bench<'a> {
         self.run_no += 1;
         let n = self.run_no;
         let tag = prefix.trim_end_matches(':');
-        let out_name = format!("{n}-{tag}{}{mode}-c{c}-{target}-r{round}.out", if tag.is_empty() { "" } else { "-" });
+        let out_name = format!(
+            "{n}-{tag}{}{mode}-c{c}-{target}-r{round}.out",
+            if tag.is_empty() { "" } else { "-" }
+        );
         let out = self.work.join("runs").join(&out_name);
         let mut note = String::new();
         if !self.check_alive(target, &format!("before {mode} c={c}"), mode)? {
@@ -418,7 +448,10 @@ impl<'a> Bench<'a> {
         let port = self.port_of(target, mode)?;
         let mut extra = vec![
             "-l".to_owned(),
-            format!("--log-prefix={}", self.work.join(format!("runs/lat-{n}")).display()),
+            format!(
+                "--log-prefix={}",
+                self.work.join(format!("runs/lat-{n}")).display()
+            ),
             format!("--sampling-rate={}", self.opt.sampling),
         ];
         if prefix == "reconnect:" {
@@ -442,7 +475,10 @@ impl<'a> Bench<'a> {
         let share = match pidstat.as_mut() {
             Some(p) => {
                 let _ = wait_child(p, Duration::from_secs(u64::from(self.opt.duration) + 30));
-                Some(stats::cpu_share(&fs::read_to_string(&pidstat_out).unwrap_or_default(), &self.proxy_name))
+                Some(stats::cpu_share(
+                    &fs::read_to_string(&pidstat_out).unwrap_or_default(),
+                    &self.proxy_name,
+                ))
             }
             None => None,
         };
@@ -484,7 +520,10 @@ impl<'a> Bench<'a> {
                 l.contains("error") || l.contains("fatal")
             });
             if let Some(e) = first_err {
-                note.push_str(&format!("first error: {}; ", e.strip_prefix("pgbench: ").unwrap_or(e)));
+                note.push_str(&format!(
+                    "first error: {}; ",
+                    e.strip_prefix("pgbench: ").unwrap_or(e)
+                ));
             }
             let what = note.trim_end_matches("; ");
             self.findings.problems.push(format!(
@@ -501,7 +540,11 @@ impl<'a> Bench<'a> {
         crate::log!(
             "  {mode:<8} c={c:<3} {target:<17} tps={tps_text} lat={}ms failed={failed}{}",
             lat.map_or("ERR".to_owned(), |l: f64| l.to_string()),
-            if note.is_empty() { String::new() } else { format!("  [{}]", note.trim_end_matches("; ")) }
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", note.trim_end_matches("; "))
+            }
         );
         let cell = self.findings.cells.entry(key).or_default();
         cell.samples.push(Sample {
@@ -599,17 +642,36 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
-    fn connect_idle(&mut self, name: &str, port: u16, script: &Path, children: &mut Vec<Child>) -> Result<()> {
+    fn connect_idle(
+        &mut self,
+        name: &str,
+        port: u16,
+        script: &Path,
+        children: &mut Vec<Child>,
+    ) -> Result<()> {
         let total = self.opt.idle_clients;
         let mut started = 0;
         while started < total {
             let n = (total - started).min(500);
-            let args: Vec<String> = ["-f", &script.display().to_string(), "-c", &n.to_string(), "-j", "1", "-t", "1"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let args: Vec<String> = [
+                "-f",
+                &script.display().to_string(),
+                "-c",
+                &n.to_string(),
+                "-j",
+                "1",
+                "-t",
+                "1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             let out = self.work.join(format!("runs/idle-{name}-{started}.out"));
-            children.push(pgbench_command(port, &args, &out)?.spawn().context("spawning pgbench")?);
+            children.push(
+                pgbench_command(port, &args, &out)?
+                    .spawn()
+                    .context("spawning pgbench")?,
+            );
             started += n;
             let mut up = 0;
             for _ in 0..600 {
@@ -620,9 +682,9 @@ impl<'a> Bench<'a> {
                 interrupt::sleep(Duration::from_millis(200))?;
             }
             if up < started as usize {
-                self.findings
-                    .problems
-                    .push(format!("idle clients: only {up} of {started} connected to {name}"));
+                self.findings.problems.push(format!(
+                    "idle clients: only {up} of {started} connected to {name}"
+                ));
                 break;
             }
         }
@@ -636,7 +698,11 @@ impl<'a> Bench<'a> {
         let opt = self.opt;
         for cell in &opt.tax_cells {
             for r in 1..=opt.rounds {
-                let order = if r % 2 == 1 { TAX_TARGETS } else { [TAX_TARGETS[1], TAX_TARGETS[0]] };
+                let order = if r % 2 == 1 {
+                    TAX_TARGETS
+                } else {
+                    [TAX_TARGETS[1], TAX_TARGETS[0]]
+                };
                 for t in order {
                     self.bench_one(t, &cell.mode, cell.clients, r, "tax:")?;
                 }
@@ -666,7 +732,9 @@ impl<'a> Bench<'a> {
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                self.findings.problems.push(format!("{name}: SHOW PLUGINS failed: {e:#}"));
+                self.findings
+                    .problems
+                    .push(format!("{name}: SHOW PLUGINS failed: {e:#}"));
                 return (None, false);
             }
         };
@@ -786,7 +854,11 @@ impl<'a> Bench<'a> {
             if !callgrind::names_nanosleep(&text) {
                 return None;
             }
-            let thread = f.file_name()?.to_string_lossy().strip_prefix(&format!("{name}.out.3"))?.to_owned();
+            let thread = f
+                .file_name()?
+                .to_string_lossy()
+                .strip_prefix(&format!("{name}.out.3"))?
+                .to_owned();
             let at = |n: u32| dir.join(format!("{name}.out.{n}{thread}"));
             let read = |n: u32| fs::read_to_string(at(n)).unwrap_or_default();
             Some(Ticker {
@@ -813,7 +885,10 @@ impl<'a> Bench<'a> {
             cg.all,
             cg.ticker
                 .as_ref()
-                .map(|t| format!(" (epoch ticker thread {}: {}, {})", t.thread, t.run1_ir, t.run2_ir))
+                .map(|t| format!(
+                    " (epoch ticker thread {}: {}, {})",
+                    t.thread, t.run1_ir, t.run2_ir
+                ))
                 .unwrap_or_default()
         );
         Ok(Some(cg))
@@ -827,11 +902,23 @@ impl<'a> Bench<'a> {
         let out_name = format!("{name}-{label}.out");
         let out = self.work.join("runs").join(&out_name);
         crate::log!("{name}: pgbench -S -M simple -c {c} -j 1 -t {tx} ({label}, {want} transactions)");
-        let args: Vec<String> = ["-S", "-M", "simple", "-c", &c.to_string(), "-j", "1", "-t", &tx.to_string()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let mut child = pgbench_command(port, &args, &out)?.spawn().context("spawning pgbench")?;
+        let args: Vec<String> = [
+            "-S",
+            "-M",
+            "simple",
+            "-c",
+            &c.to_string(),
+            "-j",
+            "1",
+            "-t",
+            &tx.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut child = pgbench_command(port, &args, &out)?
+            .spawn()
+            .context("spawning pgbench")?;
         let ended = wait_child(&mut child, Duration::from_secs(want / 2 + 600))?;
         let output = fs::read_to_string(&out).unwrap_or_default();
         let got = summary_field(&output, "number of transactions actually processed: ")
@@ -864,11 +951,15 @@ impl<'a> Bench<'a> {
             Ok(o) if o.status_ok => {}
             Ok(o) => {
                 let said = format!("{} {}", o.stdout, o.stderr).replace('\n', " ");
-                self.findings.problems.push(format!("callgrind: {name}: callgrind_control -d failed: {said}"));
+                self.findings
+                    .problems
+                    .push(format!("callgrind: {name}: callgrind_control -d failed: {said}"));
                 return Ok(false);
             }
             Err(e) => {
-                self.findings.problems.push(format!("callgrind: {name}: callgrind_control -d failed: {e:#}"));
+                self.findings
+                    .problems
+                    .push(format!("callgrind: {name}: callgrind_control -d failed: {e:#}"));
                 return Ok(false);
             }
         }
@@ -879,15 +970,20 @@ impl<'a> Bench<'a> {
             }
             interrupt::sleep(Duration::from_millis(100))?;
         }
-        self.findings
-            .problems
-            .push(format!("callgrind: {name}: dump {n} wrote no callgrind/{prefix}*"));
+        self.findings.problems.push(format!(
+            "callgrind: {name}: dump {n} wrote no callgrind/{prefix}*"
+        ));
         Ok(false)
     }
 
     /// Counts the WARN/ERROR lines of each proxy's log (a problem when there are any).
     fn summarise_logs(&mut self) {
-        let names = ["switchyard-plugin", "switchyard", "callgrind-builtin", "callgrind-plugin"];
+        let names = [
+            "switchyard-plugin",
+            "switchyard",
+            "callgrind-builtin",
+            "callgrind-plugin",
+        ];
         for name in names {
             let text = fs::read_to_string(self.work.join(format!("{name}.log"))).unwrap_or_default();
             let bad: Vec<&str> = text
@@ -943,7 +1039,10 @@ fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 
 /// `<name>.out.<digits>-<thread>`: a dump of callgrind_control (not the final one).
 fn is_numbered_dump(f: &Path, name: &str) -> bool {
-    let file = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = f
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     file.strip_prefix(&format!("{name}.out."))
         .and_then(|rest| rest.split_once('-'))
         .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -964,7 +1063,8 @@ pub fn planned_runs(opt: &Options) -> u32 {
 /// Cells not measured: direct Postgres at the pooler-only client counts, and -M prepared
 /// through PgBouncer above its session pool.
 pub fn skip_cell(opt: &Options, mode: &str, c: u32, target: &str) -> bool {
-    (target == "direct" && opt.pooler_only(c)) || (mode == "prepared" && target == "pgbouncer" && c > opt.session_pool_size())
+    (target == "direct" && opt.pooler_only(c))
+        || (mode == "prepared" && target == "pgbouncer" && c > opt.session_pool_size())
 }
 
 #[cfg(test)]
@@ -996,7 +1096,10 @@ tps = 19712.409811 (without initial connection time)
         assert_eq!(summary_field(out, "tps = "), Some("19712.409811"));
         assert_eq!(summary_field(out, "latency average = "), Some("0.812"));
         assert_eq!(summary_field(out, "number of failed transactions: "), Some("2"));
-        assert_eq!(summary_field(out, "number of transactions actually processed: "), Some("1000/1000"));
+        assert_eq!(
+            summary_field(out, "number of transactions actually processed: "),
+            Some("1000/1000")
+        );
         assert_eq!(summary_field("", "tps = "), None);
     }
 
@@ -1008,7 +1111,7 @@ tps = 19712.409811 (without initial connection time)
         let opt = |args: &[&str]| {
             let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
             match crate::options::parse(&args, |_| None).unwrap() {
-                crate::options::Command::Run(o) => o,
+                crate::options::Command::Run(o) => *o,
                 crate::options::Command::Help => unreachable!(),
             }
         };

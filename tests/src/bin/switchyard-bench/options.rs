@@ -21,7 +21,7 @@ impl fmt::Display for UsageError {
 #[derive(Debug)]
 pub enum Command {
     Help,
-    Run(Options),
+    Run(Box<Options>),
 }
 
 /// One plugin-tax cell: `MODE:CLIENTS`.
@@ -99,7 +99,9 @@ impl Options {
 fn positive(name: &str, v: &str) -> Result<u32, UsageError> {
     match v.parse::<u32>() {
         Ok(n) if n > 0 && !v.starts_with('0') && !v.starts_with('+') => Ok(n),
-        _ => Err(UsageError(format!("{name} must be a positive integer, got '{v}'"))),
+        _ => Err(UsageError(format!(
+            "{name} must be a positive integer, got '{v}'"
+        ))),
     }
 }
 
@@ -126,7 +128,11 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         }
     }
     // `${VAR:-default}`: unset or empty means the default.
-    let var = |name: &str, default: &str| env(name).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned());
+    let var = |name: &str, default: &str| {
+        env(name)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    };
 
     let mut clients = var("CLIENTS", "1 16 64 256");
     let mut pooler_clients = var("POOLER_CLIENTS", "1000");
@@ -180,7 +186,11 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         other => return Err(UsageError(format!("CALLGRIND must be 0 or 1, got '{other}'"))),
     };
     let cg_tx = {
-        let bad = || UsageError(format!("CG_TX must be two positive integers, the second larger, got '{cg_tx}'"));
+        let bad = || {
+            UsageError(format!(
+                "CG_TX must be two positive integers, the second larger, got '{cg_tx}'"
+            ))
+        };
         let parts: Vec<&str> = cg_tx.split_whitespace().collect();
         let [a, b] = parts[..] else { return Err(bad()) };
         match (positive("CG_TX", a), positive("CG_TX", b)) {
@@ -190,7 +200,11 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     };
     let mut cells = Vec::new();
     for cell in tax_cells.split_whitespace() {
-        let bad = || UsageError(format!("TAX_CELLS entries are MODE:CLIENTS (e.g. simple:64), got '{cell}'"));
+        let bad = || {
+            UsageError(format!(
+                "TAX_CELLS entries are MODE:CLIENTS (e.g. simple:64), got '{cell}'"
+            ))
+        };
         let (mode, c) = cell.split_once(':').ok_or_else(bad)?;
         if !["simple", "extended", "prepared"].contains(&mode) {
             return Err(bad());
@@ -220,10 +234,13 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let idle_clients = number("IDLE_CLIENTS", &idle_clients)?;
     let workers = workers.map(|w| number("WORKERS", &w)).transpose()?;
     let modes: Vec<String> = modes.split_whitespace().map(str::to_owned).collect();
-    if let Some(m) = modes.iter().find(|m| !["simple", "extended", "prepared"].contains(&m.as_str())) {
+    if let Some(m) = modes
+        .iter()
+        .find(|m| !["simple", "extended", "prepared"].contains(&m.as_str()))
+    {
         return Err(UsageError(format!("MODES: unknown mode '{m}'")));
     }
-    Ok(Command::Run(Options {
+    Ok(Command::Run(Box::new(Options {
         dry_run,
         tax_only,
         keep,
@@ -247,7 +264,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         cg_workers,
         plugin: env("PLUGIN").filter(|v| !v.is_empty()),
         prebuilt: env("SWITCHYARD_BIN").filter(|v| !v.is_empty()),
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -259,7 +276,7 @@ mod tests {
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         match parse(&args, |k| env.get(k).cloned())? {
-            Command::Run(o) => Ok(o),
+            Command::Run(o) => Ok(*o),
             Command::Help => panic!("expected a run"),
         }
     }
@@ -271,11 +288,20 @@ mod tests {
         assert_eq!(o.clients, [1, 16, 64, 256]);
         assert_eq!(o.pooler_clients, [1000]);
         assert_eq!(o.reconnect_clients, [16]);
-        assert_eq!((o.duration, o.rounds, o.idle_clients, o.pool_size, o.scale, o.jobs), (10, 3, 10_000, 20, 10, 2));
+        assert_eq!(
+            (o.duration, o.rounds, o.idle_clients, o.pool_size, o.scale, o.jobs),
+            (10, 3, 10_000, 20, 10, 2)
+        );
         assert_eq!(o.modes, ["simple", "extended", "prepared"]);
-        assert_eq!(o.tax_cells.iter().map(ToString::to_string).collect::<Vec<_>>(), ["simple:64", "extended:16"]);
+        assert_eq!(
+            o.tax_cells.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["simple:64", "extended:16"]
+        );
         assert!(o.callgrind);
-        assert_eq!((o.cg_clients, o.cg_tx, o.cg_warmup, o.cg_workers), (1, (1000, 10_000), 200, 1));
+        assert_eq!(
+            (o.cg_clients, o.cg_tx, o.cg_warmup, o.cg_workers),
+            (1, (1000, 10_000), 200, 1)
+        );
         assert_eq!(o.session_pool_size(), 256);
         assert!(o.pooler_only(1000) && !o.pooler_only(64));
     }
@@ -284,7 +310,11 @@ mod tests {
     /// IDLE_CLIENTS when given.
     #[test]
     fn quick_overrides() {
-        let o = run(&["--quick"], &[("CLIENTS", "1"), ("DURATION", "2"), ("MODES", "extended")]).unwrap();
+        let o = run(
+            &["--quick"],
+            &[("CLIENTS", "1"), ("DURATION", "2"), ("MODES", "extended")],
+        )
+        .unwrap();
         assert_eq!(o.clients, [16, 64]);
         assert!(o.pooler_clients.is_empty());
         assert_eq!((o.duration, o.rounds, o.idle_clients), (5, 1, 1000));
@@ -307,7 +337,11 @@ mod tests {
     /// An empty RECONNECT_CLIENTS skips the reconnect rows; other empty settings take defaults.
     #[test]
     fn empty_settings() {
-        let o = run(&[], &[("RECONNECT_CLIENTS", ""), ("DURATION", ""), ("WORKERS", "")]).unwrap();
+        let o = run(
+            &[],
+            &[("RECONNECT_CLIENTS", ""), ("DURATION", ""), ("WORKERS", "")],
+        )
+        .unwrap();
         assert!(o.reconnect_clients.is_empty());
         assert_eq!(o.duration, 10);
         assert_eq!(o.workers, None);
@@ -318,9 +352,18 @@ mod tests {
     fn bad_settings_are_refused() {
         let err = |args: &[&str], env: &[(&str, &str)]| run(args, env).unwrap_err().0;
         assert_eq!(err(&["--fast"], &[]), "unknown argument: --fast (try --help)");
-        assert_eq!(err(&[], &[("DURATION", "0")]), "DURATION must be a positive integer, got '0'");
-        assert_eq!(err(&[], &[("ROUNDS", "x")]), "ROUNDS must be a positive integer, got 'x'");
-        assert_eq!(err(&[], &[("CALLGRIND", "yes")]), "CALLGRIND must be 0 or 1, got 'yes'");
+        assert_eq!(
+            err(&[], &[("DURATION", "0")]),
+            "DURATION must be a positive integer, got '0'"
+        );
+        assert_eq!(
+            err(&[], &[("ROUNDS", "x")]),
+            "ROUNDS must be a positive integer, got 'x'"
+        );
+        assert_eq!(
+            err(&[], &[("CALLGRIND", "yes")]),
+            "CALLGRIND must be 0 or 1, got 'yes'"
+        );
         assert_eq!(
             err(&[], &[("CG_TX", "100 100")]),
             "CG_TX must be two positive integers, the second larger, got '100 100'"
@@ -332,8 +375,14 @@ mod tests {
         );
         assert!(err(&[], &[("TAX_CELLS", "copy:4")]).starts_with("TAX_CELLS entries"));
         assert!(err(&[], &[("CLIENTS", "1 -4")]).ends_with("got '-4'"));
-        assert_eq!(err(&[], &[("IDLE_CLIENTS", "lots")]), "IDLE_CLIENTS must be a number, got 'lots'");
-        assert_eq!(err(&[], &[("MODES", "simple copy")]), "MODES: unknown mode 'copy'");
+        assert_eq!(
+            err(&[], &[("IDLE_CLIENTS", "lots")]),
+            "IDLE_CLIENTS must be a number, got 'lots'"
+        );
+        assert_eq!(
+            err(&[], &[("MODES", "simple copy")]),
+            "MODES: unknown mode 'copy'"
+        );
         let args: Vec<String> = vec!["--help".into()];
         assert!(matches!(parse(&args, |_| None), Ok(Command::Help)));
     }

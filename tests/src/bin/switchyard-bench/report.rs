@@ -82,7 +82,11 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
         let _ = writeln!(o, "- {}; {}", cx.what, cx.postgres_version);
     } else {
         let _ = writeln!(o, "## Switchyard benchmark ({})\n", cx.date);
-        let _ = writeln!(o, "- {}; {}; {}", cx.what, cx.postgres_version, cx.pgbouncer_version);
+        let _ = writeln!(
+            o,
+            "- {}; {}; {}",
+            cx.what, cx.postgres_version, cx.pgbouncer_version
+        );
     }
     let _ = writeln!(
         o,
@@ -99,7 +103,8 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
     let _ = writeln!(
         o,
         "- Switchyard workers: {}",
-        opt.workers.map_or("default (one per core)".to_owned(), |w| w.to_string())
+        opt.workers
+            .map_or("default (one per core)".to_owned(), |w| w.to_string())
     );
     let _ = writeln!(o, "- total wall time: {}s", cx.elapsed_secs);
     if !opt.tax_only {
@@ -122,7 +127,11 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
             let _ = writeln!(o, "- {p}");
         }
         if cx.keep {
-            let _ = writeln!(o, "- pgbench outputs (runs/), server logs and callgrind files are kept in {}", cx.work);
+            let _ = writeln!(
+                o,
+                "- pgbench outputs (runs/), server logs and callgrind files are kept in {}",
+                cx.work
+            );
         } else {
             let _ = writeln!(
                 o,
@@ -144,7 +153,11 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
 
 fn matrix(o: &mut String, opt: &Options, f: &Findings) {
     let spool = opt.session_pool_size();
-    let pooler = if opt.pooler_clients.is_empty() { "none".to_owned() } else { join(&opt.pooler_clients) };
+    let pooler = if opt.pooler_clients.is_empty() {
+        "none".to_owned()
+    } else {
+        join(&opt.pooler_clients)
+    };
     let _ = writeln!(
         o,
         "Switchyard runs with the pool-mode WebAssembly plugin on the data path (`{SY}`); PgBouncer in transaction mode, and for -M prepared (which PgBouncer 1.18 cannot pool by transaction) a second PgBouncer in session mode with a pool of {spool}, one server per client, n/a above that. Direct Postgres is n/a at the pooler-only client counts ({pooler}: max_connections would have to exceed them).\n"
@@ -163,7 +176,11 @@ fn matrix(o: &mut String, opt: &Options, f: &Findings) {
                 }
                 let key = format!("{mode}:{c}:{t}");
                 let m = median(f, &key);
-                let (r_pgb, r_dir) = if t == SY { (ratio(s, p, 2), ratio(s, d, 2)) } else { Default::default() };
+                let (r_pgb, r_dir) = if t == SY {
+                    (ratio(s, p, 2), ratio(s, d, 2))
+                } else {
+                    Default::default()
+                };
                 let _ = writeln!(
                     o,
                     "| {mode} | {c} | {} | {}{} | {} | {} | {} | {r_pgb} | {r_dir} |",
@@ -185,7 +202,9 @@ fn added_latency(o: &mut String, opt: &Options, f: &Findings) {
         return;
     }
     o.push_str("### Added latency at -c 1 (average latency over direct Postgres)\n\n");
-    o.push_str("| mode | switchyard (plugins) µs | pgbouncer µs | target: switchyard ≤ pgbouncer + 10 µs |\n");
+    o.push_str(
+        "| mode | switchyard (plugins) µs | pgbouncer µs | target: switchyard ≤ pgbouncer + 10 µs |\n",
+    );
     o.push_str("|---|---:|---:|---|\n");
     for mode in &opt.modes {
         let lat = |t: &str| median(f, &format!("{mode}:1:{t}")).and_then(|s| s.latency.value());
@@ -195,7 +214,11 @@ fn added_latency(o: &mut String, opt: &Options, f: &Findings) {
                 let _ = writeln!(
                     o,
                     "| {mode}{} | {a_s:+.1} | {a_p:+.1} | {} |",
-                    if mode == "prepared" { " (pgbouncer in session mode)" } else { "" },
+                    if mode == "prepared" {
+                        " (pgbouncer in session mode)"
+                    } else {
+                        ""
+                    },
                     if a_s <= a_p + 10.0 { "met" } else { "missed" }
                 );
             }
@@ -216,10 +239,18 @@ fn reconnect(o: &mut String, opt: &Options, f: &Findings) {
     o.push_str("|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for &c in &opt.reconnect_clients {
         let key = |t: &str| format!("reconnect:simple:{c}:{t}");
-        let (d, p, s) = (median_tps(f, &key("direct")), median_tps(f, &key("pgbouncer")), median_tps(f, &key(SY)));
+        let (d, p, s) = (
+            median_tps(f, &key("direct")),
+            median_tps(f, &key("pgbouncer")),
+            median_tps(f, &key(SY)),
+        );
         for t in TARGETS {
             let m = median(f, &key(t));
-            let (r1, r2) = if t == SY { (ratio(s, p, 2), ratio(s, d, 2)) } else { Default::default() };
+            let (r1, r2) = if t == SY {
+                (ratio(s, p, 2), ratio(s, d, 2))
+            } else {
+                Default::default()
+            };
             let _ = writeln!(
                 o,
                 "| {c} | {} | {} | {} | {} | {} | {r1} | {r2} |",
@@ -265,12 +296,22 @@ fn idle_memory(o: &mut String, opt: &Options, f: &Findings) {
         "### Memory per idle client ({} clients logged in with SCRAM, no TLS, ran SELECT 1, then idle)\n",
         opt.idle_clients
     );
-    o.push_str("| proxy | idle clients connected | RSS before KiB | RSS with them KiB | KiB per idle client |\n");
+    o.push_str(
+        "| proxy | idle clients connected | RSS before KiB | RSS with them KiB | KiB per idle client |\n",
+    );
     o.push_str("|---|---:|---:|---:|---:|\n");
     for n in [SY, "pgbouncer"] {
         let row = f.idle.get(n).map_or_else(
             || "- | - | - | -".to_owned(),
-            |m| format!("{} | {} | {} | {:.2}", m.connected, m.before_kib, m.after_kib, m.per_client()),
+            |m| {
+                format!(
+                    "{} | {} | {} | {:.2}",
+                    m.connected,
+                    m.before_kib,
+                    m.after_kib,
+                    m.per_client()
+                )
+            },
         );
         let _ = writeln!(o, "| {} | {row} |", label(n, "simple"));
     }
@@ -311,7 +352,13 @@ fn tax(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
         );
         let runs = |k: &str| {
             f.cell(k)
-                .map(|c| c.samples.iter().map(|s| s.tps_text.as_str()).collect::<Vec<_>>().join(" "))
+                .map(|c| {
+                    c.samples
+                        .iter()
+                        .map(|s| s.tps_text.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
                 .unwrap_or_default()
         };
         let (b, p) = (median(f, &kb), median(f, &kp));
@@ -368,7 +415,11 @@ fn tax(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
     o.push_str("| Ir | built-in | plugin | plugin − built-in | tax |\n");
     o.push_str("|---|---:|---:|---:|---:|\n");
     let rows = [
-        ("per transaction, without the epoch ticker thread (headline)".to_owned(), bn, pn),
+        (
+            "per transaction, without the epoch ticker thread (headline)".to_owned(),
+            bn,
+            pn,
+        ),
         ("per transaction, whole process".to_owned(), bt, pt),
         (
             format!(
@@ -378,11 +429,24 @@ fn tax(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
             bf,
             pf,
         ),
-        ("startup (plugin compilation included) + the first login + warm-up".to_owned(), bs, ps),
-        (format!("whole process, start to exit, over all {all_tx} transactions"), ball, pall),
+        (
+            "startup (plugin compilation included) + the first login + warm-up".to_owned(),
+            bs,
+            ps,
+        ),
+        (
+            format!("whole process, start to exit, over all {all_tx} transactions"),
+            ball,
+            pall,
+        ),
     ];
     for (what, b, p) in rows {
-        let _ = writeln!(o, "| {what} | {b} | {p} | {} | {} |", p - b, pct(p as f64, b as f64));
+        let _ = writeln!(
+            o,
+            "| {what} | {b} | {p} | {} | {} |",
+            p - b,
+            pct(p as f64, b as f64)
+        );
     }
     o.push('\n');
     match &p.ticker {
@@ -444,7 +508,11 @@ pub fn tax_lines(opt: &Options, f: &Findings) -> String {
     match &f.callgrind {
         Some(cg) => {
             let (bn, pn) = (per_tx(&cg.builtin, opt, true), per_tx(&cg.plugin, opt, true));
-            let _ = writeln!(s, "instructions/tx builtin={bn} plugin={pn} tax={}", pct(pn as f64, bn as f64));
+            let _ = writeln!(
+                s,
+                "instructions/tx builtin={bn} plugin={pn} tax={}",
+                pct(pn as f64, bn as f64)
+            );
         }
         None => s.push_str("instructions/tx builtin=n/a plugin=n/a tax=n/a\n"),
     }
@@ -456,7 +524,11 @@ pub fn ratio_line(f: &Findings) -> String {
     let s = median_tps(f, &format!("simple:64:{SY}"));
     let p = median_tps(f, "simple:64:pgbouncer");
     let d = median_tps(f, "simple:64:direct");
-    format!("switchyard/pgbouncer={} switchyard/direct={}\n", ratio(s, p, 2), ratio(s, d, 2))
+    format!(
+        "switchyard/pgbouncer={} switchyard/direct={}\n",
+        ratio(s, p, 2),
+        ratio(s, d, 2)
+    )
 }
 
 #[cfg(test)]
@@ -469,7 +541,7 @@ mod tests {
     fn options(args: &[&str]) -> Options {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         match parse(&args, |_| None).unwrap() {
-            Command::Run(o) => o,
+            Command::Run(o) => *o,
             Command::Help => unreachable!(),
         }
     }
@@ -523,9 +595,12 @@ mod tests {
                 "switchyard/pgbouncer=0.90 switchyard/direct=0.68",
             ]
         );
-        assert!(report.contains("| simple | 64 | switchyard (plugins) | 27000.0 | 2.370 | 9.000 | 0 | 0.90 | 0.68 |\n"));
+        assert!(report.contains(
+            "| simple | 64 | switchyard (plugins) | 27000.0 | 2.370 | 9.000 | 0 | 0.90 | 0.68 |\n"
+        ));
         assert!(report.contains("| simple | 16 | direct | - | - | - | 0 |  |  |\n"));
-        assert!(report.contains("| simple | 64 | pool-mode.wasm | 27300.6 | 2.344 | 0 | 0.975 | 27300.600000 |\n"));
+        assert!(report
+            .contains("| simple | 64 | pool-mode.wasm | 27300.6 | 2.344 | 0 | 0.975 | 27300.600000 |\n"));
         assert!(report.contains("Instructions per transaction: not measured (--quick or CALLGRIND=0)."));
     }
 
@@ -557,8 +632,13 @@ mod tests {
             plugin: cg(10_500_000, 105_000_000 + 900_000, (100_000, 1_000_000)),
         });
         let report = render(&opt, &f, &context());
-        assert_eq!(report.lines().last(), Some("instructions/tx builtin=10000 plugin=10500 tax=+5.0%"));
-        assert!(report.contains("| per transaction, without the epoch ticker thread (headline) | 10000 | 10500 | 500 | +5.0% |"));
+        assert_eq!(
+            report.lines().last(),
+            Some("instructions/tx builtin=10000 plugin=10500 tax=+5.0%")
+        );
+        assert!(report.contains(
+            "| per transaction, without the epoch ticker thread (headline) | 10000 | 10500 | 500 | +5.0% |"
+        ));
         assert!(report.contains("| per transaction, whole process | 10000 | 10600 | 600 | +6.0% |"));
         assert!(report.contains("(callgrind thread 02) wakes every 1 ms whatever the load: 100 ticks in the two runs, 11000 Ir per tick"));
         assert!(!report.contains("switchyard/pgbouncer="));

@@ -99,7 +99,10 @@ pub fn start_postgres(opt: &Options, work: &Path) -> Result<(PgCluster, String)>
     }
     primary.admin_sql("bench", "CHECKPOINT")?;
     let verifier = primary
-        .admin_sql("postgres", "select rolpassword from pg_authid where rolname = 'bench'")?
+        .admin_sql(
+            "postgres",
+            "select rolpassword from pg_authid where rolname = 'bench'",
+        )?
         .trim()
         .to_owned();
     if !verifier.starts_with("SCRAM-SHA-256$") {
@@ -194,10 +197,16 @@ impl PgBouncer {
         // open-files limit, raised to the hard limit in main: the idle clients need it.
         let status = cmd.status().with_context(|| format!("running {PGBOUNCER}"))?;
         if !status.success() {
-            bail!("{name} did not start ({status})\n{}", env::tail(&bouncer.log_path(), 20));
+            bail!(
+                "{name} did not start ({status})\n{}",
+                env::tail(&bouncer.log_path(), 20)
+            );
         }
         for _ in 0..50 {
-            if let Some(pid) = fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse().ok()) {
+            if let Some(pid) = fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
                 bouncer.pid = Some(pid);
                 bouncer.watchdog = Some(Watchdog::arm(pid, "KILL")?);
                 break;
@@ -209,7 +218,9 @@ impl PgBouncer {
         }
         if let Some(nofile) = bouncer.open_files_limit() {
             if nofile < u64::from(idle_clients + 100) {
-                crate::log!("WARNING: {name} may open only {nofile} files; it will refuse clients beyond that");
+                crate::log!(
+                    "WARNING: {name} may open only {nofile} files; it will refuse clients beyond that"
+                );
             }
         }
         if let Err(e) = wait_ready(name, port, 30, 2) {
@@ -340,13 +351,21 @@ pub fn prepare_plugin(opt: &Options, work: &Path) -> Result<PluginCopy> {
         bail!("could not copy {}", src.display());
     }
     let bytes = fs::read(&path)?;
-    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let copy = PluginCopy {
         source: relative(&src),
         path,
         sha: sha[..12].to_owned(),
     };
-    crate::log!("pool-mode plugin: {} (sha256 {}, {} bytes)", copy.source, copy.sha, bytes.len());
+    crate::log!(
+        "pool-mode plugin: {} (sha256 {}, {} bytes)",
+        copy.source,
+        copy.sha,
+        bytes.len()
+    );
     Ok(copy)
 }
 
@@ -362,7 +381,11 @@ fn relative(path: &Path) -> String {
 fn newer_file(path: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
     let meta = fs::metadata(path).ok()?;
     if meta.is_file() {
-        return meta.modified().ok().filter(|m| *m > than).map(|_| path.to_path_buf());
+        return meta
+            .modified()
+            .ok()
+            .filter(|m| *m > than)
+            .map(|_| path.to_path_buf());
     }
     let entries = fs::read_dir(path).ok()?;
     entries
@@ -405,7 +428,13 @@ impl Flavour {
 /// (nothing written to the home directory; the startup Ir under callgrind includes
 /// compiling the plugin); with the pool-mode plugin serving every database for the plugin
 /// flavours; with login and connect timeouts that survive valgrind under callgrind.
-pub fn proxy_config(flavour: Flavour, opt: &Options, pg: &PgCluster, plugin: &Path, listen: Option<String>) -> ProxyConfig {
+pub fn proxy_config(
+    flavour: Flavour,
+    opt: &Options,
+    pg: &PgCluster,
+    plugin: &Path,
+    listen: Option<String>,
+) -> ProxyConfig {
     let mut cfg = ProxyConfig::for_cluster(pg).with_admin();
     cfg.proxy.listen = listen.unwrap_or_default();
     cfg.proxy.max_client_conn = Some(opt.idle_clients + 2000);
@@ -440,7 +469,10 @@ pub fn proxy_config(flavour: Flavour, opt: &Options, pg: &PgCluster, plugin: &Pa
     if flavour.has_plugin() {
         cfg = cfg
             .set("plugins.pool-mode.path", plugin.display().to_string())
-            .set("plugins.pool-mode.hooks", toml::Value::Array(vec!["pool-mode".into()]))
+            .set(
+                "plugins.pool-mode.hooks",
+                toml::Value::Array(vec!["pool-mode".into()]),
+            )
             .set("plugins.pool-mode.settings.mode", "transaction");
     }
     cfg
@@ -468,8 +500,14 @@ pub fn start_switchyard(
             "--tool=callgrind".to_owned(),
             "--separate-threads=yes".to_owned(),
             "--trace-children=yes".to_owned(),
-            format!("--callgrind-out-file={}", cg_dir.join(format!("{name}.out")).display()),
-            format!("--log-file={}", cg_dir.join(format!("{name}.valgrind.log")).display()),
+            format!(
+                "--callgrind-out-file={}",
+                cg_dir.join(format!("{name}.out")).display()
+            ),
+            format!(
+                "--log-file={}",
+                cg_dir.join(format!("{name}.valgrind.log")).display()
+            ),
         ];
         launch.ready_within = Duration::from_secs(600);
         // The graceful shutdown and the final callgrind dump take a while under valgrind.
@@ -484,7 +522,11 @@ pub fn start_switchyard(
         "started {name} on {} (transaction mode, pool {}{})",
         proxy.addr(),
         opt.pool_size,
-        if flavour.has_plugin() { ", pool-mode plugin" } else { "" }
+        if flavour.has_plugin() {
+            ", pool-mode plugin"
+        } else {
+            ""
+        }
     );
     if let Err(e) = wait_ready(name, proxy.port(), ready_secs, login) {
         bail!("{name} not ready: {e:#}\n{}", proxy.log_tail(20));

@@ -58,7 +58,9 @@ impl Cell {
         let mut order: Vec<usize> = (0..self.samples.len()).collect();
         let key = |i: usize| self.samples[i].tps.value().unwrap_or(-1.0);
         order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
-        order.get((self.samples.len().max(1) - 1) / 2).map(|&i| &self.samples[i])
+        order
+            .get((self.samples.len().max(1) - 1) / 2)
+            .map(|&i| &self.samples[i])
     }
 
     /// The median run's tps, when it has one.
@@ -145,10 +147,7 @@ pub fn cpu_share(pidstat: &str, proxy_name: &str) -> CpuShare {
 
 fn is_clock(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 8
-        && b[2] == b':'
-        && b[5] == b':'
-        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
+    b.len() == 8 && b[2] == b':' && b[5] == b':' && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
 }
 
 /// Established TCP connections to `port` on this machine (the client side's remote port),
@@ -194,8 +193,14 @@ mod tests {
     /// higher; of 1 itself; a failed run (ERR) counts as the lowest; no run, no median.
     #[test]
     fn median_is_the_middle_run_by_tps() {
-        assert_eq!(cell(&[Some(10.0), Some(30.0), Some(20.0)]).median_tps(), Some(20.0));
-        assert_eq!(cell(&[Some(30.0), Some(20.0), Some(10.0)]).median_tps(), Some(20.0));
+        assert_eq!(
+            cell(&[Some(10.0), Some(30.0), Some(20.0)]).median_tps(),
+            Some(20.0)
+        );
+        assert_eq!(
+            cell(&[Some(30.0), Some(20.0), Some(10.0)]).median_tps(),
+            Some(20.0)
+        );
         assert_eq!(cell(&[Some(5.0), Some(7.0)]).median_tps(), Some(7.0));
         assert_eq!(cell(&[Some(5.0)]).median_tps(), Some(5.0));
         assert_eq!(cell(&[None, Some(9.0), Some(3.0)]).median_tps(), Some(3.0));
@@ -240,7 +245,10 @@ mod tests {
     /// that line; lines without a number are skipped; none at all gives none.
     #[test]
     fn p99_from_pgbench_log_lines() {
-        let lines: Vec<String> = (1..=200).rev().map(|i| format!("0 {i} {i} 0 1700000000 1")).collect();
+        let lines: Vec<String> = (1..=200)
+            .rev()
+            .map(|i| format!("0 {i} {i} 0 1700000000 1"))
+            .collect();
         assert_eq!(p99_ms(lines.iter().map(String::as_str)), Some(0.198));
         assert_eq!(p99_ms(["3 1 4500 0 1 2"]), Some(4.5));
         assert_eq!(p99_ms(["garbage", "0 1 1000 0 1 1"]), Some(1.0));
@@ -269,8 +277,22 @@ Linux 6.1.0 (host) \t12/06/26 \t_x86_64_\t(2 CPU)
 Average:      104      1001   40.00   10.00    0.00    0.00   50.00     -  postgres
 ";
         let s = cpu_share(log, "my-proxy-build-with-a-long-name");
-        assert_eq!(s, CpuShare { postgres: 65.0, pgbench: 30.0, proxy: 50.0 });
-        assert_eq!(cpu_share("", "switchyard"), CpuShare { postgres: 0.0, pgbench: 0.0, proxy: 0.0 });
+        assert_eq!(
+            s,
+            CpuShare {
+                postgres: 65.0,
+                pgbench: 30.0,
+                proxy: 50.0
+            }
+        );
+        assert_eq!(
+            cpu_share("", "switchyard"),
+            CpuShare {
+                postgres: 0.0,
+                pgbench: 0.0,
+                proxy: 0.0
+            }
+        );
     }
 
     /// Only established connections whose remote port is the proxy's count (not listening
@@ -278,7 +300,8 @@ Average:      104      1001   40.00   10.00    0.00    0.00   50.00     -  postg
     #[test]
     fn established_connections_from_proc_net_tcp() {
         // 6432 = 0x1920; state 01 established, 0A listen.
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+        let tcp =
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1920 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1
    1: 0100007F:9C40 0100007F:1920 01 00000000:00000000 00:00000000 00000000     0        0 2
    2: 0100007F:9C41 0100007F:1920 01 00000000:00000000 00:00000000 00000000     0        0 3
