@@ -225,10 +225,12 @@ install_bench() {
     apt_install valgrind sysstat
 }
 
-# install: everything the build, the tests and the demo need.
+# install: everything the build, the tests (tests/tests/bench.rs runs the benchmark), the
+# demo and the bench need.
 install() {
     log "checking prerequisites"
     install_postgres
+    install_bench
     install_java
     install_node
     install_python
