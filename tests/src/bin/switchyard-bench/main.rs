@@ -31,6 +31,7 @@ mod options;
 mod report;
 mod servers;
 mod stats;
+mod under_callgrind;
 
 use measure::{Bench, SY, TARGETS, TAX_TARGETS};
 use options::{Command as Cli, Options};

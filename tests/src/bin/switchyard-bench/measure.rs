@@ -1,8 +1,9 @@
-//! The measurements: pgbench runs against each target (with their p99 and CPU shares),
-//! memory per idle client, the plugin tax's interleaved runs and SHOW PLUGINS check, and
-//! the callgrind runs. What they find goes into [`Findings`], which `report.rs` prints.
+//! The measurements: the servers of a run ([`Bench`]), pgbench runs against each target
+//! (with their p99 and CPU shares), memory per idle client, the plugin tax's interleaved runs
+//! and SHOW PLUGINS check (the callgrind runs are in `under_callgrind.rs`). What they find
+//! goes into [`Findings`], which `report.rs` prints.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use switchyard_tests::admin::admin_rows;
-use switchyard_tests::tools::{libpq_command, run_command};
+use switchyard_tests::tools::libpq_command;
 use switchyard_tests::{env, Endpoint, PgCluster, Proxy};
 
-use crate::callgrind;
 use crate::interrupt;
 use crate::options::Options;
 use crate::servers::{self, Flavour, PgBouncer, PluginCopy};
@@ -45,36 +45,6 @@ impl IdleMemory {
     }
 }
 
-/// The epoch ticker thread of a proxy under callgrind.
-#[derive(Clone, Debug, Default)]
-pub struct Ticker {
-    /// callgrind's thread suffix, e.g. `-02`.
-    pub thread: String,
-    pub run1_ir: u64,
-    pub run2_ir: u64,
-    pub ticks: u64,
-}
-
-/// Instructions of one proxy under callgrind: each dump's total, and self Ir by function
-/// of the two measured runs.
-#[derive(Clone, Debug, Default)]
-pub struct CgProxy {
-    pub startup: u64,
-    pub run1: u64,
-    pub run2: u64,
-    pub all: u64,
-    pub ticker: Option<Ticker>,
-    pub run1_costs: HashMap<String, i64>,
-    pub run2_costs: HashMap<String, i64>,
-}
-
-/// The callgrind measurement, when both proxies completed it.
-#[derive(Clone, Debug)]
-pub struct Callgrind {
-    pub builtin: CgProxy,
-    pub plugin: CgProxy,
-}
-
 /// Everything measured, for the report.
 #[derive(Debug, Default)]
 pub struct Findings {
@@ -83,7 +53,7 @@ pub struct Findings {
     pub idle: BTreeMap<&'static str, IdleMemory>,
     /// SHOW PLUGINS of the plugin proxy after the tps runs.
     pub plugin_stats: Option<String>,
-    pub callgrind: Option<Callgrind>,
+    pub callgrind: Option<crate::under_callgrind::Callgrind>,
     pub problems: Vec<String>,
     /// Per proxy log with WARN/ERROR lines: a count and the first ones.
     pub log_summary: Vec<String>,
@@ -97,7 +67,7 @@ impl Findings {
 
 /// The servers and what was measured on them.
 pub struct Bench<'a> {
-    opt: &'a Options,
+    pub(crate) opt: &'a Options,
     pub work: PathBuf,
     pg: PgCluster,
     verifier: String,
@@ -119,13 +89,13 @@ fn flavour_of(target: &str) -> Option<Flavour> {
 }
 
 /// A child process run to its end: exit code (none when killed), or killed at the limit.
-struct Ended {
-    code: Option<i32>,
-    timed_out: bool,
+pub(crate) struct Ended {
+    pub(crate) code: Option<i32>,
+    pub(crate) timed_out: bool,
 }
 
 /// Waits for `child` until `limit`, killing it then, or on a signal (then `Err`).
-fn wait_child(child: &mut Child, limit: Duration) -> Result<Ended> {
+pub(crate) fn wait_child(child: &mut Child, limit: Duration) -> Result<Ended> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -152,7 +122,7 @@ fn wait_child(child: &mut Child, limit: Duration) -> Result<Ended> {
 }
 
 /// `pgbench -n` against `port` as bench, output to `out`.
-fn pgbench_command(port: u16, args: &[String], out: &Path) -> Result<Command> {
+pub(crate) fn pgbench_command(port: u16, args: &[String], out: &Path) -> Result<Command> {
     let mut cmd = libpq_command("pgbench")?;
     cmd.arg("-n")
         .args(args)
@@ -168,7 +138,7 @@ fn pgbench_command(port: u16, args: &[String], out: &Path) -> Result<Command> {
 }
 
 /// The value after `prefix` on pgbench's summary line starting with it.
-fn summary_field<'a>(output: &'a str, prefix: &str) -> Option<&'a str> {
+pub(crate) fn summary_field<'a>(output: &'a str, prefix: &str) -> Option<&'a str> {
     output
         .lines()
         .find_map(|l| l.strip_prefix(prefix))
@@ -216,7 +186,7 @@ fn established_to(port: u16) -> usize {
     stats::established_to(&fs::read_to_string("/proc/net/tcp").unwrap_or_default(), port)
 }
 
-fn last_lines(text: &str, n: usize) -> Vec<&str> {
+pub(crate) fn last_lines(text: &str, n: usize) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
@@ -267,7 +237,7 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
-    fn start_switchyard(&self, flavour: Flavour, listen: Option<String>) -> Result<Proxy> {
+    pub(crate) fn start_switchyard(&self, flavour: Flavour, listen: Option<String>) -> Result<Proxy> {
         servers::start_switchyard(
             flavour,
             self.opt,
@@ -303,7 +273,7 @@ impl<'a> Bench<'a> {
 
     /// Appends a proxy's log to `<name>.log` in the work directory (and writes its config
     /// there), so that restarts and the end of the run lose nothing.
-    fn archive_log(&self, flavour: Flavour, proxy: &Proxy) {
+    pub(crate) fn archive_log(&self, flavour: Flavour, proxy: &Proxy) {
         let name = flavour.name();
         if let Ok(mut f) = OpenOptions::new()
             .create(true)
@@ -322,7 +292,7 @@ impl<'a> Bench<'a> {
         self.archive_log(flavour, &proxy);
     }
 
-    fn note_panics(&mut self, flavour: Flavour, proxy: &Proxy) {
+    pub(crate) fn note_panics(&mut self, flavour: Flavour, proxy: &Proxy) {
         for line in proxy.panics() {
             self.findings
                 .problems
@@ -714,7 +684,7 @@ impl<'a> Bench<'a> {
     /// SHOW PLUGINS on a proxy's admin console: the plugin must have been called and never
     /// failed, or what was measured is the built-in fallback. Returns the summary line (when
     /// SHOW PLUGINS answered) and whether the check passed.
-    fn plugin_calls(&mut self, name: &str, port: u16) -> (Option<String>, bool) {
+    pub(crate) fn plugin_calls(&mut self, name: &str, port: u16) -> (Option<String>, bool) {
         let rows = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -768,214 +738,6 @@ impl<'a> Bench<'a> {
         self.findings.plugin_stats = self.plugin_calls(Flavour::Plugin.name(), port).0;
     }
 
-    /// Instructions per transaction, built-in then plugin.
-    pub fn plugin_tax_callgrind(&mut self) -> Result<()> {
-        let opt = self.opt;
-        crate::log!(
-            "callgrind: instructions per transaction, built-in then plugin (pgbench -t {}, {}, {} per client, {} clients)",
-            opt.cg_warmup,
-            opt.cg_tx.0,
-            opt.cg_tx.1,
-            opt.cg_clients
-        );
-        let builtin = self.callgrind_one(Flavour::CallgrindBuiltin)?;
-        let plugin = match builtin {
-            Some(_) => self.callgrind_one(Flavour::CallgrindPlugin)?,
-            None => None,
-        };
-        match (builtin, plugin) {
-            (Some(builtin), Some(plugin)) => self.findings.callgrind = Some(Callgrind { builtin, plugin }),
-            _ => crate::log!("callgrind measurement failed (see Problems)"),
-        }
-        Ok(())
-    }
-
-    /// One proxy under callgrind: start, warm up, dump (startup + warm-up); CG_TX1 per
-    /// client, dump; CG_TX2 per client, dump; stop (the final dump is the shutdown).
-    fn callgrind_one(&mut self, flavour: Flavour) -> Result<Option<CgProxy>> {
-        let name = flavour.name();
-        let dir = self.work.join("callgrind");
-        fs::create_dir_all(&dir)?;
-        crate::log!("{name}: starting switchyard under valgrind --tool=callgrind");
-        let mut proxy = match self.start_switchyard(flavour, None) {
-            Ok(p) => p,
-            Err(e) => {
-                interrupt::check()?;
-                self.findings.problems.push(format!(
-                    "callgrind: {name} did not answer within 600s (log: {name}.log, callgrind/{name}.valgrind.log): {}",
-                    format!("{e:#}").lines().next().unwrap_or("")
-                ));
-                return Ok(None);
-            }
-        };
-        let port = proxy.port();
-        let pid = proxy.pid().context("proxy has no pid")?;
-        let (w, t1, t2) = (self.opt.cg_warmup, self.opt.cg_tx.0, self.opt.cg_tx.1);
-        let mut ok = self.cg_pgbench(name, port, w, "warmup")?
-            && self.cg_dump(name, pid, &dir, 1)?
-            && self.cg_pgbench(name, port, t1, "run1")?
-            && self.cg_dump(name, pid, &dir, 2)?
-            && self.cg_pgbench(name, port, t2, "run2")?
-            && self.cg_dump(name, pid, &dir, 3)?;
-        if ok && flavour.has_plugin() {
-            ok = self.plugin_calls(name, port).1;
-        }
-        crate::log!("stopping {name} (pid {pid})");
-        proxy.stop();
-        self.note_panics(flavour, &proxy);
-        self.archive_log(flavour, &proxy);
-        drop(proxy);
-        if !ok {
-            return Ok(None);
-        }
-        let dump = |n: &str| files_with_prefix(&dir, &format!("{name}.out.{n}-"));
-        let ir = |files: &[PathBuf]| -> u64 {
-            files
-                .iter()
-                .map(|f| callgrind::summary_ir(&fs::read_to_string(f).unwrap_or_default()))
-                .sum()
-        };
-        let costs = |files: &[PathBuf]| {
-            let mut m = HashMap::new();
-            for f in files {
-                callgrind::add_fn_costs(&fs::read_to_string(f).unwrap_or_default(), &mut m);
-            }
-            m
-        };
-        let mut all = files_with_prefix(&dir, &format!("{name}.out-"));
-        all.extend(
-            files_with_prefix(&dir, &format!("{name}.out."))
-                .into_iter()
-                .filter(|f| is_numbered_dump(f, name)),
-        );
-        let (d1, d2, d3) = (dump("1"), dump("2"), dump("3"));
-        let ticker = d3.iter().find_map(|f| {
-            let text = fs::read_to_string(f).ok()?;
-            if !callgrind::names_nanosleep(&text) {
-                return None;
-            }
-            let thread = f
-                .file_name()?
-                .to_string_lossy()
-                .strip_prefix(&format!("{name}.out.3"))?
-                .to_owned();
-            let at = |n: u32| dir.join(format!("{name}.out.{n}{thread}"));
-            let read = |n: u32| fs::read_to_string(at(n)).unwrap_or_default();
-            Some(Ticker {
-                run1_ir: callgrind::summary_ir(&read(2)),
-                run2_ir: callgrind::summary_ir(&read(3)),
-                ticks: callgrind::sleeps(&read(2)) + callgrind::sleeps(&read(3)),
-                thread,
-            })
-        });
-        let cg = CgProxy {
-            startup: ir(&d1),
-            run1: ir(&d2),
-            run2: ir(&d3),
-            all: ir(&all),
-            ticker,
-            run1_costs: costs(&d2),
-            run2_costs: costs(&d3),
-        };
-        crate::log!(
-            "{name}: Ir startup+warm-up={} run1={} run2={} whole process={}{}",
-            cg.startup,
-            cg.run1,
-            cg.run2,
-            cg.all,
-            cg.ticker
-                .as_ref()
-                .map(|t| format!(
-                    " (epoch ticker thread {}: {}, {})",
-                    t.thread, t.run1_ir, t.run2_ir
-                ))
-                .unwrap_or_default()
-        );
-        Ok(Some(cg))
-    }
-
-    /// `pgbench -S -M simple -c CG_CLIENTS -j 1 -t tx` against a proxy under valgrind;
-    /// `false` (noted) unless every transaction went through.
-    fn cg_pgbench(&mut self, name: &str, port: u16, tx: u32, label: &str) -> Result<bool> {
-        let c = self.opt.cg_clients;
-        let want = u64::from(c) * u64::from(tx);
-        let out_name = format!("{name}-{label}.out");
-        let out = self.work.join("runs").join(&out_name);
-        crate::log!("{name}: pgbench -S -M simple -c {c} -j 1 -t {tx} ({label}, {want} transactions)");
-        let args: Vec<String> = [
-            "-S",
-            "-M",
-            "simple",
-            "-c",
-            &c.to_string(),
-            "-j",
-            "1",
-            "-t",
-            &tx.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut child = pgbench_command(port, &args, &out)?
-            .spawn()
-            .context("spawning pgbench")?;
-        let ended = wait_child(&mut child, Duration::from_secs(want / 2 + 600))?;
-        let output = fs::read_to_string(&out).unwrap_or_default();
-        let got = summary_field(&output, "number of transactions actually processed: ")
-            .and_then(|v| v.split('/').next())
-            .and_then(|v| v.parse::<u64>().ok());
-        if ended.code == Some(0) && got == Some(want) {
-            return Ok(true);
-        }
-        let rc = ended.code.map_or("killed".to_owned(), |c| c.to_string());
-        let got = got.map_or("no".to_owned(), |g| g.to_string());
-        self.findings.problems.push(format!(
-            "callgrind: {name}: pgbench {label} exit {rc}, {got} of {want} transactions (output: {out_name})"
-        ));
-        crate::log!("  PROBLEM: pgbench exit {rc}, {got} of {want} transactions");
-        for line in last_lines(&output, 15) {
-            eprintln!("    | {line}");
-        }
-        Ok(false)
-    }
-
-    /// Dumps (and zeroes) the callgrind counters of a proxy: files `<name>.out.<n>-<thread>`.
-    fn cg_dump(&mut self, name: &str, pid: u32, dir: &Path, n: u32) -> Result<bool> {
-        interrupt::sleep(Duration::from_secs(2))?; // the sessions of the run that just ended log out
-        let out = run_command(
-            Command::new("callgrind_control").args(["-d", &pid.to_string()]),
-            None,
-            Duration::from_secs(300),
-        );
-        match out {
-            Ok(o) if o.status_ok => {}
-            Ok(o) => {
-                let said = format!("{} {}", o.stdout, o.stderr).replace('\n', " ");
-                self.findings
-                    .problems
-                    .push(format!("callgrind: {name}: callgrind_control -d failed: {said}"));
-                return Ok(false);
-            }
-            Err(e) => {
-                self.findings
-                    .problems
-                    .push(format!("callgrind: {name}: callgrind_control -d failed: {e:#}"));
-                return Ok(false);
-            }
-        }
-        let prefix = format!("{name}.out.{n}-");
-        for _ in 0..600 {
-            if !files_with_prefix(dir, &prefix).is_empty() {
-                return Ok(true);
-            }
-            interrupt::sleep(Duration::from_millis(100))?;
-        }
-        self.findings.problems.push(format!(
-            "callgrind: {name}: dump {n} wrote no callgrind/{prefix}*"
-        ));
-        Ok(false)
-    }
-
     /// Counts the WARN/ERROR lines of each proxy's log (a problem when there are any).
     fn summarise_logs(&mut self) {
         let names = [
@@ -1022,30 +784,6 @@ impl<'a> Bench<'a> {
         drop(pg);
         findings
     }
-}
-
-/// Files in `dir` whose names start with `prefix`, sorted.
-fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| e.path())
-        .collect();
-    v.sort();
-    v
-}
-
-/// `<name>.out.<digits>-<thread>`: a dump of callgrind_control (not the final one).
-fn is_numbered_dump(f: &Path, name: &str) -> bool {
-    let file = f
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    file.strip_prefix(&format!("{name}.out."))
-        .and_then(|rest| rest.split_once('-'))
-        .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// How many pgbench runs the settings ask for (the matrix, the reconnect rows, the tax cells).
@@ -1118,13 +856,5 @@ tps = 19712.409811 (without initial connection time)
         assert_eq!(planned_runs(&opt(&[])), (3 * 12 + 2 + 2 + 1 + 3 + 4) * 3);
         assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2);
         assert_eq!(planned_runs(&opt(&["--plugin-tax"])), 12);
-    }
-
-    /// Numbered dumps are `.out.N-T`, not the final `.out-T` nor another proxy's files.
-    #[test]
-    fn numbered_dumps() {
-        assert!(is_numbered_dump(Path::new("/x/cg.out.12-01"), "cg"));
-        assert!(!is_numbered_dump(Path::new("/x/cg.out-01"), "cg"));
-        assert!(!is_numbered_dump(Path::new("/x/cg.out.valgrind.log"), "cg"));
     }
 }

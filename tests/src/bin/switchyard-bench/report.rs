@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::callgrind;
-use crate::measure::{skip_cell, CgProxy, Findings, SY, TARGETS, TAX_TARGETS};
+use crate::measure::{skip_cell, Findings, SY, TARGETS, TAX_TARGETS};
 use crate::options::Options;
 use crate::stats::{fmt_figure, fmt_opt, pct, ratio, Cell, Sample};
+use crate::under_callgrind::CgProxy;
 
 /// Facts about the run that are not measurements.
 pub struct Context {
@@ -534,9 +535,9 @@ pub fn ratio_line(f: &Findings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::measure::{Callgrind, Ticker};
     use crate::options::{parse, Command};
     use crate::stats::Figure;
+    use crate::under_callgrind::{Callgrind, Ticker};
 
     fn options(args: &[&str]) -> Options {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
