@@ -1,6 +1,7 @@
 //! Reading callgrind's output files: instructions (Ir) per dump, self Ir per function, and
 //! the wasmtime epoch ticker thread (the one thread that sleeps in `clock_nanosleep`). The
-//! measurement that writes the files is in `measure.rs`; this is pure text in, numbers out.
+//! measurement that writes the files is in `under_callgrind.rs`; this is pure text in,
+//! numbers out.
 
 use std::collections::HashMap;
 
