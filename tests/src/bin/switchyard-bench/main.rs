@@ -184,7 +184,7 @@ fn work_dir() -> Result<std::path::PathBuf> {
 }
 
 /// The settings and the number of pgbench runs, on stderr (and on stdout for --dry-run).
-fn plan(opt: &Options) -> Vec<String> {
+fn plan(opt: &Options) -> (String, String) {
     let cells = opt
         .tax_cells
         .iter()
@@ -215,12 +215,12 @@ fn plan(opt: &Options) -> Vec<String> {
             ""
         }
     );
-    vec![config, runs]
+    (config, runs)
 }
 
 /// The whole benchmark; `Ok(true)` when every run completed cleanly.
 fn run(opt: &Options) -> Result<bool> {
-    let [config, runs] = <[String; 2]>::try_from(plan(opt)).expect("two lines");
+    let (config, runs) = plan(opt);
     if opt.dry_run {
         println!("{config}\n{runs}");
         return Ok(true);

@@ -484,6 +484,11 @@ impl<'a> Bench<'a> {
             ),
             None => ("ERR".to_owned(), Figure::Err, Figure::Err),
         };
+        if tps == Figure::Err && note.is_empty() {
+            // pgbench exits 0 when no client got as far as a transaction (e.g. logins slower
+            // than the run): an ERR cell is a problem even then.
+            note.push_str("no tps in pgbench's output (no transaction completed); ");
+        }
         if !note.is_empty() {
             let first_err = output.lines().find(|l| {
                 let l = l.to_ascii_lowercase();
