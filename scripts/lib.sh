@@ -5,6 +5,7 @@
 # Or run a function directly:  scripts/lib.sh install
 #                              scripts/lib.sh pg_start /tmp/pg 15432 15433
 #                              scripts/lib.sh pg_stop /tmp/pg
+#                              scripts/lib.sh install_bench
 #
 # Everything here is idempotent: installing twice costs a few checks, not a
 # reinstall. A fresh CI machine needs only Rust (and apt, sudo if not root).
@@ -208,16 +209,56 @@ install_rust_extras() {
     fi
 }
 
-# install: everything the build, the tests and the demo need.
+# install_bench: what scripts/bench needs besides PostgreSQL and pgbench: PgBouncer (the
+# comparison), valgrind (callgrind_control: instructions per transaction) and sysstat
+# (pidstat: CPU shares). The bench runs private PgBouncers on free ports; where systemd
+# runs, the service Debian enables on install (port 6432, the demo's) is stopped and
+# disabled right after that install.
+install_bench() {
+    install_postgres
+    if ! pkg_installed pgbouncer; then
+        apt_install pgbouncer
+        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+            as_root systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
+        fi
+    fi
+    apt_install valgrind sysstat
+}
+
+# install: everything the build, the tests (tests/tests/bench.rs runs the benchmark), the
+# demo and the bench need.
 install() {
     log "checking prerequisites"
     install_postgres
+    install_bench
     install_java
     install_node
     install_python
     install_etcd
     install_patroni
     install_rust_extras
+}
+
+# ---------------------------------------------------------------- build
+
+# build_proxy: the proxy in release mode, for the demo and the bench; waits if another cargo
+# holds the build lock; prints the binary's path.
+build_proxy() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+    log "cargo build --release -p switchyard"
+    (cd "$SWITCHYARD_ROOT" && cargo build --release -p switchyard) >&2
+    echo "${CARGO_TARGET_DIR:-$SWITCHYARD_ROOT/target}/release/switchyard"
+}
+
+# build_tool NAME [release]: a program of the test bed (tests/src/bin/NAME), in the dev
+# profile (the one the tests build too) or in release; prints its path.
+build_tool() {
+    local name=$1 profile=${2:-debug} flags=()
+    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+    [[ $profile == release ]] && flags=(--release)
+    log "cargo build${flags[*]:+ ${flags[*]}} -p switchyard-tests --bin $name"
+    (cd "$SWITCHYARD_ROOT" && cargo build -q "${flags[@]}" -p switchyard-tests --bin "$name") >&2
+    echo "${CARGO_TARGET_DIR:-$SWITCHYARD_ROOT/target}/$profile/$name"
 }
 
 # ---------------------------------------------------------------- PostgreSQL

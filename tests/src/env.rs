@@ -86,9 +86,16 @@ pub fn proxy_binary() -> Result<PathBuf> {
     }
     let profile = proxy_profile();
     let mut candidates = Vec::new();
-    // Test executables live in <target>/<profile>/deps/<name>-<hash>.
+    // Test executables live in <target>/<profile>/deps/<name>-<hash>, this crate's
+    // programs (switchyard-bench) in <target>/<profile>/<name>.
     if let Ok(exe) = std::env::current_exe() {
-        if let Some(target) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+        let profile_dir = exe.parent();
+        let deps = profile_dir.filter(|d| d.ends_with("deps"));
+        let target = match deps {
+            Some(deps) => deps.parent().and_then(Path::parent),
+            None => profile_dir.and_then(Path::parent),
+        };
+        if let Some(target) = target {
             candidates.push(target.join(&profile).join("switchyard"));
         }
     }

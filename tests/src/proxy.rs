@@ -274,10 +274,37 @@ fn output_captured() -> bool {
         && std::env::var_os("RUST_TEST_NOCAPTURE").is_none_or(|v| v == "0")
 }
 
+/// How [`Proxy::start_with`] runs the binary. The default is the tests' way.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// A program (with its arguments) that runs the proxy's command line, e.g.
+    /// `valgrind --tool=callgrind`; it must exec the proxy in place (the pid is the proxy's).
+    pub wrapper: Vec<String>,
+    /// How long start-up may take until the proxy accepts connections.
+    pub ready_within: Duration,
+    /// How long after SIGTERM [`Proxy::stop`] waits before SIGKILL.
+    pub stop_grace: Duration,
+    /// The tests' rule on drop: print the log tail (the harness shows it for failing tests)
+    /// and fail when the log shows a panic. A benchmark checks [`Proxy::panics`] itself.
+    pub checks_on_drop: bool,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Self {
+            wrapper: Vec::new(),
+            ready_within: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(5),
+            checks_on_drop: true,
+        }
+    }
+}
+
 /// A running Switchyard process.
 pub struct Proxy {
     dir: PathBuf,
     config: ProxyConfig,
+    launch: Launch,
     addr: SocketAddr,
     child: Option<Child>,
     watchdog: Option<Watchdog>,
@@ -286,7 +313,12 @@ pub struct Proxy {
 impl Proxy {
     /// Write `config` (choosing a free listen port if `proxy.listen` is
     /// empty), start the binary, and wait until it accepts connections.
-    pub fn start(mut config: ProxyConfig) -> Result<Self> {
+    pub fn start(config: ProxyConfig) -> Result<Self> {
+        Self::start_with(config, Launch::default())
+    }
+
+    /// [`Proxy::start`], run as `launch` says.
+    pub fn start_with(mut config: ProxyConfig, launch: Launch) -> Result<Self> {
         let binary = env::proxy_binary()?;
         let dir = scratch::fresh_dir("proxy")?;
         let pick_port = config.proxy.listen.is_empty();
@@ -304,6 +336,7 @@ impl Proxy {
                     .parse()
                     .with_context(|| format!("proxy.listen = {:?}", config.proxy.listen))?,
                 config: config.clone(),
+                launch: launch.clone(),
                 child: None,
                 watchdog: None,
             };
@@ -323,7 +356,14 @@ impl Proxy {
         std::fs::write(&config_path, self.config.to_toml()?)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log = File::create(self.log_path())?;
-        let mut cmd = Command::new(binary);
+        let mut cmd = match self.launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("--config")
             .arg(&config_path)
             .current_dir(&self.dir)
@@ -342,7 +382,7 @@ impl Proxy {
         scratch::record_process(&self.dir, "switchyard", child.id());
         self.watchdog = Some(Watchdog::arm(child.id(), "KILL")?);
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30))
+        self.wait_ready(self.launch.ready_within)
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {
@@ -461,7 +501,7 @@ impl Proxy {
         Ok(())
     }
 
-    /// SIGTERM, then SIGKILL if it is still running after 5 s.
+    /// SIGTERM, then SIGKILL if it is still running after the launch's grace (5 s).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         // Once reaped, the pid may belong to another process: never signal it then.
@@ -469,7 +509,7 @@ impl Proxy {
             // SAFETY: kill(2) on our own child, alive and unreaped just above.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + self.launch.stop_grace;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
@@ -514,6 +554,10 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let crashed = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
         self.stop();
+        if !self.launch.checks_on_drop {
+            scratch::remove_dir(&self.dir);
+            return;
+        }
         let panics = self.panics();
         if std::thread::panicking() || output_captured() || crashed.is_some() || !panics.is_empty() {
             eprintln!(

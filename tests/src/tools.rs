@@ -136,7 +136,8 @@ fn tail_str(s: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn libpq_command(program: &str) -> Result<Command> {
+/// A PostgreSQL client program, isolated from the caller's `PG*` environment.
+pub fn libpq_command(program: &str) -> Result<Command> {
     let mut cmd = Command::new(env::pg_program(program)?);
     for var in PG_ENV {
         cmd.env_remove(var);

@@ -1,0 +1,865 @@
+//! The measurements: the servers of a run ([`Bench`]), pgbench runs against each target
+//! (with their p99 and CPU shares), memory per idle client, the plugin tax's interleaved runs
+//! and SHOW PLUGINS check (the callgrind runs are in `under_callgrind.rs`). What they find
+//! goes into [`Findings`], which `report.rs` prints.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use switchyard_tests::admin::admin_rows;
+use switchyard_tests::tools::libpq_command;
+use switchyard_tests::{env, Endpoint, PgCluster, Proxy};
+
+use crate::interrupt;
+use crate::options::Options;
+use crate::servers::{self, Flavour, PgBouncer, PluginCopy};
+use crate::stats::{self, Cell, Figure, Sample};
+
+/// The matrix's targets, in the order of each round and of the tables.
+pub const TARGETS: [&str; 3] = ["direct", "pgbouncer", "switchyard-plugin"];
+/// The Switchyard of the matrix (plugins on).
+pub const SY: &str = "switchyard-plugin";
+/// The plugin tax compares these two.
+pub const TAX_TARGETS: [&str; 2] = ["switchyard", "switchyard-plugin"];
+
+/// Memory per idle client of one proxy.
+#[derive(Clone, Debug)]
+pub struct IdleMemory {
+    pub before_kib: u64,
+    pub after_kib: u64,
+    pub connected: usize,
+}
+
+impl IdleMemory {
+    /// KiB per connected idle client.
+    pub fn per_client(&self) -> f64 {
+        if self.connected == 0 {
+            return 0.0;
+        }
+        (self.after_kib as f64 - self.before_kib as f64) / self.connected as f64
+    }
+}
+
+/// Everything measured, for the report.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Runs by cell key: `[tax:|reconnect:]MODE:CLIENTS:TARGET`.
+    pub cells: BTreeMap<String, Cell>,
+    pub idle: BTreeMap<&'static str, IdleMemory>,
+    /// SHOW PLUGINS of the plugin proxy after the tps runs.
+    pub plugin_stats: Option<String>,
+    pub callgrind: Option<crate::under_callgrind::Callgrind>,
+    pub problems: Vec<String>,
+    /// Per proxy log with WARN/ERROR lines: a count and the first ones.
+    pub log_summary: Vec<String>,
+}
+
+impl Findings {
+    pub fn cell(&self, key: &str) -> Option<&Cell> {
+        self.cells.get(key)
+    }
+}
+
+/// The servers and what was measured on them.
+pub struct Bench<'a> {
+    pub(crate) opt: &'a Options,
+    pub work: PathBuf,
+    pg: PgCluster,
+    verifier: String,
+    pub plugin: PluginCopy,
+    bouncers: Vec<PgBouncer>,
+    proxies: BTreeMap<Flavour, Proxy>,
+    /// The proxy binary's name (pidstat shows processes by it).
+    proxy_name: String,
+    run_no: u32,
+    pub findings: Findings,
+}
+
+fn flavour_of(target: &str) -> Option<Flavour> {
+    match target {
+        "switchyard" => Some(Flavour::Builtin),
+        "switchyard-plugin" => Some(Flavour::Plugin),
+        _ => None,
+    }
+}
+
+/// A child process run to its end: exit code (none when killed), or killed at the limit.
+pub(crate) struct Ended {
+    pub(crate) code: Option<i32>,
+    pub(crate) timed_out: bool,
+}
+
+/// Waits for `child` until `limit`, killing it then, or on a signal (then `Err`).
+pub(crate) fn wait_child(child: &mut Child, limit: Duration) -> Result<Ended> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Ended {
+                code: status.code(),
+                timed_out: false,
+            });
+        }
+        if let Err(e) = interrupt::check() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.into());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Ended {
+                code: None,
+                timed_out: true,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `pgbench -n` against `port` as bench, output to `out`.
+pub(crate) fn pgbench_command(port: u16, args: &[String], out: &Path) -> Result<Command> {
+    let mut cmd = libpq_command("pgbench")?;
+    cmd.arg("-n")
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-U", "bench", "bench"])
+        .env("PGPASSWORD", "bench")
+        .env("PGSSLMODE", "disable")
+        .stdin(Stdio::null());
+    let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    cmd.stdout(file.try_clone()?).stderr(file);
+    Ok(cmd)
+}
+
+/// The value after `prefix` on pgbench's summary line starting with it.
+pub(crate) fn summary_field<'a>(output: &'a str, prefix: &str) -> Option<&'a str> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().next())
+}
+
+/// Distinct clients pgbench reports as aborted (`client N [script N ]aborted`).
+fn aborted_clients(output: &str) -> usize {
+    let mut ids = std::collections::BTreeSet::new();
+    for line in output.lines() {
+        let mut rest = line;
+        while let Some(i) = rest.find("client ") {
+            rest = &rest[i + "client ".len()..];
+            let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if id.is_empty() {
+                continue;
+            }
+            let mut after = &rest[id.len()..];
+            if let Some(s) = after.strip_prefix(" script ") {
+                let n = s.chars().take_while(char::is_ascii_digit).count();
+                if n > 0 {
+                    after = &s[n..];
+                }
+            }
+            if after.starts_with(" aborted") {
+                ids.insert(id);
+            }
+        }
+    }
+    ids.len()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn established_to(port: u16) -> usize {
+    stats::established_to(&fs::read_to_string("/proc/net/tcp").unwrap_or_default(), port)
+}
+
+pub(crate) fn last_lines(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+impl<'a> Bench<'a> {
+    /// Starts Postgres, the PgBouncers (not for the plugin tax alone) and both Switchyards.
+    pub fn start(opt: &'a Options, work: PathBuf, proxy_name: String) -> Result<Self> {
+        fs::create_dir_all(work.join("runs"))?;
+        let plugin = servers::prepare_plugin(opt, &work)?;
+        let (pg, verifier) = servers::start_postgres(opt, &work)?;
+        let mut bench = Self {
+            opt,
+            work,
+            pg,
+            verifier,
+            plugin,
+            bouncers: Vec::new(),
+            proxies: BTreeMap::new(),
+            proxy_name,
+            run_no: 0,
+            findings: Findings::default(),
+        };
+        if !opt.tax_only {
+            bench.start_bouncer("pgbouncer", "transaction", opt.pool_size)?;
+            if opt.session_pool_size() > 0 {
+                bench.start_bouncer("pgbouncer-session", "session", opt.session_pool_size())?;
+            }
+        }
+        for flavour in [Flavour::Builtin, Flavour::Plugin] {
+            let proxy = bench.start_switchyard(flavour, None)?;
+            bench.proxies.insert(flavour, proxy);
+        }
+        Ok(bench)
+    }
+
+    fn start_bouncer(&mut self, name: &'static str, mode: &str, size: u32) -> Result<()> {
+        let port = self.pg.primary().port();
+        let b = PgBouncer::start(
+            name,
+            mode,
+            size,
+            port,
+            &self.verifier,
+            self.opt.idle_clients,
+            &self.work,
+        )?;
+        self.bouncers.push(b);
+        Ok(())
+    }
+
+    pub(crate) fn start_switchyard(&self, flavour: Flavour, listen: Option<String>) -> Result<Proxy> {
+        servers::start_switchyard(
+            flavour,
+            self.opt,
+            &self.pg,
+            &self.plugin.path,
+            listen,
+            &self.work.join("callgrind"),
+        )
+    }
+
+    fn bouncer(&mut self, name: &str) -> Result<&mut PgBouncer> {
+        self.bouncers
+            .iter_mut()
+            .find(|b| b.name == name)
+            .with_context(|| format!("{name} is not running"))
+    }
+
+    fn port_of(&mut self, target: &str, mode: &str) -> Result<u16> {
+        Ok(match target {
+            "direct" => self.pg.primary().port(),
+            // PgBouncer 1.18 pools prepared statements only by session.
+            "pgbouncer" if mode == "prepared" => self.bouncer("pgbouncer-session")?.port,
+            "pgbouncer" => self.bouncer("pgbouncer")?.port,
+            other => {
+                let flavour = flavour_of(other).with_context(|| format!("unknown target {other}"))?;
+                self.proxies
+                    .get(&flavour)
+                    .map(Proxy::port)
+                    .context("proxy not running")?
+            }
+        })
+    }
+
+    /// Appends a proxy's log to `<name>.log` in the work directory (and writes its config
+    /// there), so that restarts and the end of the run lose nothing.
+    pub(crate) fn archive_log(&self, flavour: Flavour, proxy: &Proxy) {
+        let name = flavour.name();
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work.join(format!("{name}.log")))
+        {
+            let _ = f.write_all(proxy.log().as_bytes());
+        }
+        let _ = fs::copy(proxy.config_path(), self.work.join(format!("{name}.toml")));
+    }
+
+    fn stop_switchyard(&mut self, flavour: Flavour, mut proxy: Proxy) {
+        crate::log!("stopping {} (pid {})", flavour.name(), proxy.pid().unwrap_or(0));
+        proxy.stop();
+        self.note_panics(flavour, &proxy);
+        self.archive_log(flavour, &proxy);
+    }
+
+    pub(crate) fn note_panics(&mut self, flavour: Flavour, proxy: &Proxy) {
+        for line in proxy.panics() {
+            self.findings
+                .problems
+                .push(format!("{} panicked: {line}", flavour.name()));
+        }
+    }
+
+    /// Whether `target` is still up before/after a run. A Switchyard that died is noted,
+    /// restarted on its port and re-warmed (`Ok(false)`); a dead PgBouncer or Postgres ends
+    /// the benchmark.
+    fn check_alive(&mut self, target: &str, when: &str, mode: &str) -> Result<bool> {
+        if let Some(flavour) = flavour_of(target) {
+            let Some(proxy) = self.proxies.get_mut(&flavour) else {
+                bail!("{target} is not running");
+            };
+            if proxy.is_running() {
+                return Ok(true);
+            }
+            let mut proxy = self.proxies.remove(&flavour).expect("looked up above");
+            let status = proxy.stop().map_or("unknown".to_owned(), |s| s.to_string());
+            let tail = proxy.log_tail(20);
+            self.findings.problems.push(format!(
+                "{target} exited ({status}), noticed {when}; restarted it{}",
+                if tail.is_empty() { "" } else { "; log tail:" }
+            ));
+            crate::log!("{target} DIED ({status}), noticed {when}; last log lines:");
+            for line in tail.lines() {
+                eprintln!("    {line}");
+            }
+            for line in last_lines(&tail, 10) {
+                self.findings.problems.push(format!("    {line}"));
+            }
+            self.note_panics(flavour, &proxy);
+            self.archive_log(flavour, &proxy);
+            let listen = proxy.config().proxy.listen.clone();
+            drop(proxy);
+            let proxy = self.start_switchyard(flavour, Some(listen))?;
+            let port = proxy.port();
+            self.proxies.insert(flavour, proxy);
+            crate::log!("re-warming {target}'s pool (3s)");
+            let out = self.work.join(format!("runs/rewarm-{}.out", self.run_no));
+            let c = self.opt.pool_size.min(16);
+            let _ = self.pgbench(port, "simple", c, 3, &[], &out)?;
+            return Ok(false);
+        }
+        match target {
+            "pgbouncer" => {
+                let name = if mode == "prepared" {
+                    "pgbouncer-session"
+                } else {
+                    "pgbouncer"
+                };
+                if let Err(e) = self.bouncer(name)?.ensure_running() {
+                    self.findings.problems.push(format!("{name} died; see log"));
+                    return Err(e);
+                }
+            }
+            _ => {
+                if !self.pg.primary_mut().is_running() {
+                    bail!("postgres died\n{}", env::tail(&self.pg.primary().log_path(), 20));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// `pgbench -S -M mode -c clients -j min(clients, JOBS) -T secs` plus `extra`, under a
+    /// hang guard of twice the duration plus two minutes.
+    fn pgbench(
+        &self,
+        port: u16,
+        mode: &str,
+        clients: u32,
+        secs: u32,
+        extra: &[String],
+        out: &Path,
+    ) -> Result<Ended> {
+        let mut args: Vec<String> = ["-S", "-M", mode, "-c"].iter().map(|s| s.to_string()).collect();
+        args.extend([
+            clients.to_string(),
+            "-j".into(),
+            clients.min(self.opt.jobs).to_string(),
+            "-T".into(),
+            secs.to_string(),
+        ]);
+        args.extend_from_slice(extra);
+        let mut child = pgbench_command(port, &args, out)?
+            .spawn()
+            .context("spawning pgbench")?;
+        wait_child(&mut child, Duration::from_secs(u64::from(secs) * 2 + 120))
+    }
+
+    /// Warms up each target's pool: 3 s of `-M simple` at min(POOL_SIZE, 16) clients.
+    pub fn warm_up(&mut self, targets: &[&str]) -> Result<()> {
+        let c = self.opt.pool_size.min(16);
+        for t in targets {
+            crate::log!("warm-up: {t}, 3s, {c} clients");
+            let port = self.port_of(t, "simple")?;
+            let out = self.work.join(format!("runs/warmup-{t}.out"));
+            let end = self.pgbench(port, "simple", c, 3, &[], &out)?;
+            if end.code != Some(0) {
+                bail!("warm-up against {t} failed:\n{}", env::tail(&out, 20));
+            }
+        }
+        Ok(())
+    }
+
+    /// One pgbench run of a cell (`prefix`: "" for the matrix, "tax:" or "reconnect:").
+    pub fn bench_one(&mut self, target: &str, mode: &str, c: u32, round: u32, prefix: &str) -> Result<()> {
+        let key = format!("{prefix}{mode}:{c}:{target}");
+        self.run_no += 1;
+        let n = self.run_no;
+        let tag = prefix.trim_end_matches(':');
+        let out_name = format!(
+            "{n}-{tag}{}{mode}-c{c}-{target}-r{round}.out",
+            if tag.is_empty() { "" } else { "-" }
+        );
+        let out = self.work.join("runs").join(&out_name);
+        let mut note = String::new();
+        if !self.check_alive(target, &format!("before {mode} c={c}"), mode)? {
+            note.push_str("switchyard had died (restarted) before this run; ");
+        }
+        let port = self.port_of(target, mode)?;
+        let mut extra = vec![
+            "-l".to_owned(),
+            format!(
+                "--log-prefix={}",
+                self.work.join(format!("runs/lat-{n}")).display()
+            ),
+            format!("--sampling-rate={}", self.opt.sampling),
+        ];
+        if prefix == "reconnect:" {
+            extra.push("-C".into());
+        }
+        let pidstat_out = out.with_extension("out.pidstat");
+        let mut pidstat = if prefix.is_empty() && mode == "simple" && c == 64 {
+            let file = File::create(&pidstat_out)?;
+            Command::new("pidstat")
+                .args(["-u", "1", &self.opt.duration.to_string()])
+                .env("LC_ALL", "C")
+                .stdin(Stdio::null())
+                .stdout(file)
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()
+        } else {
+            None
+        };
+        let ended = self.pgbench(port, mode, c, self.opt.duration, &extra, &out);
+        let share = match pidstat.as_mut() {
+            Some(p) => {
+                let _ = wait_child(p, Duration::from_secs(u64::from(self.opt.duration) + 30));
+                Some(stats::cpu_share(
+                    &fs::read_to_string(&pidstat_out).unwrap_or_default(),
+                    &self.proxy_name,
+                ))
+            }
+            None => None,
+        };
+        let ended = ended?;
+        let p99 = self.p99_of_run(n);
+        let output = fs::read_to_string(&out).unwrap_or_default();
+        let tps_text = summary_field(&output, "tps = ").map(str::to_owned);
+        let lat = summary_field(&output, "latency average = ").and_then(|v| v.parse().ok());
+        let failed: u64 = summary_field(&output, "number of failed transactions: ")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let aborted = aborted_clients(&output);
+        if ended.timed_out {
+            note.push_str(&format!(
+                "HUNG: pgbench killed after {}s; ",
+                self.opt.duration * 2 + 120
+            ));
+        } else if ended.code != Some(0) {
+            let code = ended.code.map_or("by signal".to_owned(), |c| c.to_string());
+            note.push_str(&format!("pgbench exit {code}; "));
+        }
+        if aborted > 0 {
+            note.push_str(&format!("{aborted} client(s) aborted; "));
+        }
+        if failed > 0 {
+            note.push_str(&format!("{failed} failed tx; "));
+        }
+        let (tps_text, tps, latency) = match tps_text.as_deref().and_then(|t| t.parse::<f64>().ok()) {
+            Some(tps) => (
+                tps_text.unwrap_or_default(),
+                Figure::Value(tps),
+                lat.map_or(Figure::Err, Figure::Value),
+            ),
+            None => ("ERR".to_owned(), Figure::Err, Figure::Err),
+        };
+        if tps == Figure::Err && note.is_empty() {
+            // pgbench exits 0 when no client got as far as a transaction (e.g. logins slower
+            // than the run): an ERR cell is a problem even then.
+            note.push_str("no tps in pgbench's output (no transaction completed); ");
+        }
+        if !note.is_empty() {
+            let first_err = output.lines().find(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("error") || l.contains("fatal")
+            });
+            if let Some(e) = first_err {
+                note.push_str(&format!(
+                    "first error: {}; ",
+                    e.strip_prefix("pgbench: ").unwrap_or(e)
+                ));
+            }
+            let what = note.trim_end_matches("; ");
+            self.findings.problems.push(format!(
+                "{prefix}{mode} c={c} {target} round {round}: {what} (output: {out_name})"
+            ));
+            crate::log!("  PROBLEM: {what}");
+            for line in last_lines(&output, 15) {
+                eprintln!("    | {line}");
+            }
+        }
+        if !self.check_alive(target, &format!("after {mode} c={c}"), mode)? {
+            note.push_str("switchyard died during this run; ");
+        }
+        crate::log!(
+            "  {mode:<8} c={c:<3} {target:<17} tps={tps_text} lat={}ms failed={failed}{}",
+            lat.map_or("ERR".to_owned(), |l: f64| l.to_string()),
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", note.trim_end_matches("; "))
+            }
+        );
+        let cell = self.findings.cells.entry(key).or_default();
+        cell.samples.push(Sample {
+            tps_text,
+            tps,
+            latency,
+            p99,
+            share,
+        });
+        cell.failed += failed;
+        cell.noted |= !note.is_empty();
+        Ok(())
+    }
+
+    /// p99 of run `n`'s sampled latency logs (`lat-N.*`), which are removed.
+    fn p99_of_run(&self, n: u32) -> Option<f64> {
+        let runs = self.work.join("runs");
+        let prefix = format!("lat-{n}.");
+        let mut text = String::new();
+        for entry in fs::read_dir(&runs).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                text.push_str(&fs::read_to_string(entry.path()).unwrap_or_default());
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        stats::p99_ms(text.lines())
+    }
+
+    /// The matrix, then the reconnect rows; rounds interleaved across targets.
+    pub fn run_matrix(&mut self) -> Result<()> {
+        let opt = self.opt;
+        for mode in &opt.modes {
+            for c in opt.all_clients() {
+                for r in 1..=opt.rounds {
+                    for t in TARGETS {
+                        if !skip_cell(opt, mode, c, t) {
+                            self.bench_one(t, mode, c, r, "")?;
+                        }
+                    }
+                }
+            }
+        }
+        for &c in &opt.reconnect_clients {
+            for r in 1..=opt.rounds {
+                for t in TARGETS {
+                    self.bench_one(t, "simple", c, r, "reconnect:")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Memory per idle client of `name` (a proxy of the matrix or the transaction PgBouncer):
+    /// its RSS with IDLE_CLIENTS clients that logged in (SCRAM, no TLS), ran SELECT 1 and
+    /// sit idle, minus its RSS with none. Clients come from pgbench processes of at most 500
+    /// each, started one after another so that logins are not all at once.
+    pub fn idle_memory(&mut self, name: &'static str) -> Result<()> {
+        let (port, pid) = match name {
+            "pgbouncer" => {
+                let b = self.bouncer(name)?;
+                (b.port, b.pid())
+            }
+            _ => {
+                let p = &self.proxies[&flavour_of(name).context("not a proxy")?];
+                (p.port(), p.pid())
+            }
+        };
+        let pid = pid.context("not running")?;
+        let script = self.work.join("idle.sql");
+        fs::write(&script, "SELECT 1;\n\\sleep 900 s\n")?;
+        let before = rss_kib(pid);
+        let total = self.opt.idle_clients;
+        crate::log!("idle clients: {total} against {name} (RSS now {before} KiB)");
+        let mut children = Vec::new();
+        let result = self.connect_idle(name, port, &script, &mut children);
+        let measured = result.map(|()| {
+            let after = rss_kib(pid);
+            (after, established_to(port))
+        });
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (after, connected) = measured?;
+        crate::log!("  {name}: RSS {before} -> {after} KiB with {connected} idle clients");
+        self.findings.idle.insert(
+            name,
+            IdleMemory {
+                before_kib: before,
+                after_kib: after,
+                connected,
+            },
+        );
+        interrupt::sleep(Duration::from_secs(2))?; // let the proxy close the sessions
+        Ok(())
+    }
+
+    fn connect_idle(
+        &mut self,
+        name: &str,
+        port: u16,
+        script: &Path,
+        children: &mut Vec<Child>,
+    ) -> Result<()> {
+        let total = self.opt.idle_clients;
+        let mut started = 0;
+        while started < total {
+            let n = (total - started).min(500);
+            let args: Vec<String> = [
+                "-f",
+                &script.display().to_string(),
+                "-c",
+                &n.to_string(),
+                "-j",
+                "1",
+                "-t",
+                "1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let out = self.work.join(format!("runs/idle-{name}-{started}.out"));
+            children.push(
+                pgbench_command(port, &args, &out)?
+                    .spawn()
+                    .context("spawning pgbench")?,
+            );
+            started += n;
+            let mut up = 0;
+            for _ in 0..600 {
+                up = established_to(port);
+                if up >= started as usize {
+                    break;
+                }
+                interrupt::sleep(Duration::from_millis(200))?;
+            }
+            if up < started as usize {
+                self.findings.problems.push(format!(
+                    "idle clients: only {up} of {started} connected to {name}"
+                ));
+                break;
+            }
+        }
+        interrupt::sleep(Duration::from_secs(3)) // the last batch runs its SELECT 1 and settles
+            .map_err(Into::into)
+    }
+
+    /// tps of built-in vs plugin, interleaved, the order alternating per round so that a
+    /// trend in the machine's load hits both alike.
+    pub fn plugin_tax_tps(&mut self) -> Result<()> {
+        let opt = self.opt;
+        for cell in &opt.tax_cells {
+            for r in 1..=opt.rounds {
+                let order = if r % 2 == 1 {
+                    TAX_TARGETS
+                } else {
+                    [TAX_TARGETS[1], TAX_TARGETS[0]]
+                };
+                for t in order {
+                    self.bench_one(t, &cell.mode, cell.clients, r, "tax:")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SHOW PLUGINS on a proxy's admin console: the plugin must have been called and never
+    /// failed, or what was measured is the built-in fallback. Returns the summary line (when
+    /// SHOW PLUGINS answered) and whether the check passed.
+    pub(crate) fn plugin_calls(&mut self, name: &str, port: u16) -> (Option<String>, bool) {
+        let rows = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(120),
+                        admin_rows(&Endpoint::new("127.0.0.1", port), "SHOW PLUGINS"),
+                    )
+                    .await
+                    .context("no answer within 120 s")?
+                })
+            });
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.findings
+                    .problems
+                    .push(format!("{name}: SHOW PLUGINS failed: {e:#}"));
+                return (None, false);
+            }
+        };
+        let field = |c: &str| {
+            rows.first()
+                .and_then(|r| r.get(c))
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "?".to_owned())
+        };
+        let (calls, failures) = (field("calls"), field("failures"));
+        let stats = format!(
+            "calls={calls} failures={failures} instances={} p50={} version={}",
+            field("instances"),
+            field("p50"),
+            field("version")
+        );
+        crate::log!("{name}: SHOW PLUGINS: {stats}");
+        let ok = matches!((calls.parse::<u64>(), failures.parse::<u64>()), (Ok(c), Ok(0)) if c > 0);
+        if !ok {
+            self.findings.problems.push(format!(
+                "{name}: the pool-mode plugin was not called or failed (SHOW PLUGINS: {rows:?})"
+            ));
+        }
+        (Some(stats), ok)
+    }
+
+    /// SHOW PLUGINS of the plugin proxy after the tps runs.
+    pub fn check_plugin(&mut self) {
+        let port = self.proxies[&Flavour::Plugin].port();
+        self.findings.plugin_stats = self.plugin_calls(Flavour::Plugin.name(), port).0;
+    }
+
+    /// Counts the WARN/ERROR lines of each proxy's log (a problem when there are any).
+    fn summarise_logs(&mut self) {
+        let names = [
+            "switchyard-plugin",
+            "switchyard",
+            "callgrind-builtin",
+            "callgrind-plugin",
+        ];
+        for name in names {
+            let text = fs::read_to_string(self.work.join(format!("{name}.log"))).unwrap_or_default();
+            let bad: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            if bad.is_empty() {
+                continue;
+            }
+            let mut summary = format!("{name}.log: {} WARN/ERROR lines, first ones:", bad.len());
+            for l in bad.iter().take(5) {
+                summary.push_str(&format!("\n    {l}"));
+            }
+            self.findings.log_summary.push(summary);
+            self.findings
+                .problems
+                .push(format!("{name} logged {} WARN/ERROR lines", bad.len()));
+        }
+    }
+
+    /// Stops every server (so that nothing prints after the report), keeps the logs in the
+    /// work directory, and returns what was measured.
+    pub fn finish(mut self) -> Findings {
+        let proxies = std::mem::take(&mut self.proxies);
+        for (flavour, proxy) in proxies {
+            self.stop_switchyard(flavour, proxy);
+        }
+        for mut b in std::mem::take(&mut self.bouncers) {
+            b.stop();
+            let _ = fs::copy(b.log_path(), self.work.join(format!("{}.log", b.name)));
+        }
+        let _ = fs::copy(self.pg.primary().log_path(), self.work.join("postgres.log"));
+        crate::log!("stopping postgres");
+        self.summarise_logs();
+        let Bench { pg, findings, .. } = self;
+        drop(pg);
+        findings
+    }
+}
+
+/// How many pgbench runs the settings ask for (the matrix, the reconnect rows, the tax cells).
+pub fn planned_runs(opt: &Options) -> u32 {
+    let mut runs = 0;
+    for mode in &opt.modes {
+        for c in opt.all_clients() {
+            runs += TARGETS.iter().filter(|t| !skip_cell(opt, mode, c, t)).count() as u32 * opt.rounds;
+        }
+    }
+    runs += opt.reconnect_clients.len() as u32 * TARGETS.len() as u32 * opt.rounds;
+    runs + TAX_TARGETS.len() as u32 * opt.rounds * opt.tax_cells.len() as u32
+}
+
+/// Cells not measured: direct Postgres at the pooler-only client counts, and -M prepared
+/// through PgBouncer above its session pool.
+pub fn skip_cell(opt: &Options, mode: &str, c: u32, target: &str) -> bool {
+    (target == "direct" && opt.pooler_only(c))
+        || (mode == "prepared" && target == "pgbouncer" && c > opt.session_pool_size())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Aborted clients are counted once each, with or without a script number.
+    #[test]
+    fn aborted_clients_are_counted_once() {
+        let out = "\
+pgbench: error: client 3 script 0 aborted in command 1 query 0: ERROR:  boom
+pgbench: error: client 3 aborted in command 2
+pgbench: error: client 12 aborted in state 4
+client 7 received an error
+";
+        assert_eq!(aborted_clients(out), 2);
+        assert_eq!(aborted_clients("number of clients: 16\n"), 0);
+    }
+
+    /// Summary fields are read from pgbench's summary lines.
+    #[test]
+    fn pgbench_summary_fields() {
+        let out = "\
+number of transactions actually processed: 1000/1000
+number of failed transactions: 2 (0.200%)
+latency average = 0.812 ms
+tps = 19712.409811 (without initial connection time)
+";
+        assert_eq!(summary_field(out, "tps = "), Some("19712.409811"));
+        assert_eq!(summary_field(out, "latency average = "), Some("0.812"));
+        assert_eq!(summary_field(out, "number of failed transactions: "), Some("2"));
+        assert_eq!(
+            summary_field(out, "number of transactions actually processed: "),
+            Some("1000/1000")
+        );
+        assert_eq!(summary_field("", "tps = "), None);
+    }
+
+    /// A full run: 4 client counts x 3 targets x 3 modes, 1000 clients through the two
+    /// poolers (and not through the session PgBouncer for -M prepared), the reconnect row and
+    /// the two tax cells, 3 rounds each; --quick: 2 x 3, the reconnect row and one tax cell.
+    #[test]
+    fn planned_runs_of_the_usual_settings() {
+        let opt = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            match crate::options::parse(&args, |_| None).unwrap() {
+                crate::options::Command::Run(o) => *o,
+                crate::options::Command::Help => unreachable!(),
+            }
+        };
+        assert_eq!(planned_runs(&opt(&[])), (3 * 12 + 2 + 2 + 1 + 3 + 4) * 3);
+        assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2);
+        assert_eq!(planned_runs(&opt(&["--plugin-tax"])), 12);
+    }
+}

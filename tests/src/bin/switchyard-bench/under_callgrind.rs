@@ -1,0 +1,294 @@
+//! The callgrind measurement of the plugin tax: each proxy in turn under valgrind, its
+//! counters dumped around two pgbench runs, and the dumps read (with `callgrind.rs`) into
+//! instructions per dump, per function and for the epoch ticker thread.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use switchyard_tests::tools::run_command;
+
+use crate::callgrind;
+use crate::interrupt;
+use crate::measure::{last_lines, pgbench_command, summary_field, wait_child, Bench};
+use crate::servers::Flavour;
+
+/// The epoch ticker thread of a proxy under callgrind.
+#[derive(Clone, Debug, Default)]
+pub struct Ticker {
+    /// callgrind's thread suffix, e.g. `-02`.
+    pub thread: String,
+    pub run1_ir: u64,
+    pub run2_ir: u64,
+    pub ticks: u64,
+}
+
+/// Instructions of one proxy under callgrind: each dump's total, and self Ir by function
+/// of the two measured runs.
+#[derive(Clone, Debug, Default)]
+pub struct CgProxy {
+    pub startup: u64,
+    pub run1: u64,
+    pub run2: u64,
+    pub all: u64,
+    pub ticker: Option<Ticker>,
+    pub run1_costs: HashMap<String, i64>,
+    pub run2_costs: HashMap<String, i64>,
+}
+
+/// The callgrind measurement, when both proxies completed it.
+#[derive(Clone, Debug)]
+pub struct Callgrind {
+    pub builtin: CgProxy,
+    pub plugin: CgProxy,
+}
+
+impl Bench<'_> {
+    /// Instructions per transaction, built-in then plugin.
+    pub fn plugin_tax_callgrind(&mut self) -> Result<()> {
+        let opt = self.opt;
+        crate::log!(
+            "callgrind: instructions per transaction, built-in then plugin (pgbench -t {}, {}, {} per client, {} clients)",
+            opt.cg_warmup,
+            opt.cg_tx.0,
+            opt.cg_tx.1,
+            opt.cg_clients
+        );
+        let builtin = self.callgrind_one(Flavour::CallgrindBuiltin)?;
+        let plugin = match builtin {
+            Some(_) => self.callgrind_one(Flavour::CallgrindPlugin)?,
+            None => None,
+        };
+        match (builtin, plugin) {
+            (Some(builtin), Some(plugin)) => self.findings.callgrind = Some(Callgrind { builtin, plugin }),
+            _ => crate::log!("callgrind measurement failed (see Problems)"),
+        }
+        Ok(())
+    }
+
+    /// One proxy under callgrind: start, warm up, dump (startup + warm-up); CG_TX1 per
+    /// client, dump; CG_TX2 per client, dump; stop (the final dump is the shutdown).
+    fn callgrind_one(&mut self, flavour: Flavour) -> Result<Option<CgProxy>> {
+        let name = flavour.name();
+        let dir = self.work.join("callgrind");
+        fs::create_dir_all(&dir)?;
+        crate::log!("{name}: starting switchyard under valgrind --tool=callgrind");
+        let mut proxy = match self.start_switchyard(flavour, None) {
+            Ok(p) => p,
+            Err(e) => {
+                interrupt::check()?;
+                self.findings.problems.push(format!(
+                    "callgrind: {name} did not answer within 600s (log: {name}.log, callgrind/{name}.valgrind.log): {}",
+                    format!("{e:#}").lines().next().unwrap_or("")
+                ));
+                return Ok(None);
+            }
+        };
+        let port = proxy.port();
+        let pid = proxy.pid().context("proxy has no pid")?;
+        let (w, t1, t2) = (self.opt.cg_warmup, self.opt.cg_tx.0, self.opt.cg_tx.1);
+        let mut ok = self.cg_pgbench(name, port, w, "warmup")?
+            && self.cg_dump(name, pid, &dir, 1)?
+            && self.cg_pgbench(name, port, t1, "run1")?
+            && self.cg_dump(name, pid, &dir, 2)?
+            && self.cg_pgbench(name, port, t2, "run2")?
+            && self.cg_dump(name, pid, &dir, 3)?;
+        if ok && flavour.has_plugin() {
+            ok = self.plugin_calls(name, port).1;
+        }
+        crate::log!("stopping {name} (pid {pid})");
+        proxy.stop();
+        self.note_panics(flavour, &proxy);
+        self.archive_log(flavour, &proxy);
+        drop(proxy);
+        if !ok {
+            return Ok(None);
+        }
+        let dump = |n: &str| files_with_prefix(&dir, &format!("{name}.out.{n}-"));
+        let ir = |files: &[PathBuf]| -> u64 {
+            files
+                .iter()
+                .map(|f| callgrind::summary_ir(&fs::read_to_string(f).unwrap_or_default()))
+                .sum()
+        };
+        let costs = |files: &[PathBuf]| {
+            let mut m = HashMap::new();
+            for f in files {
+                callgrind::add_fn_costs(&fs::read_to_string(f).unwrap_or_default(), &mut m);
+            }
+            m
+        };
+        let mut all = files_with_prefix(&dir, &format!("{name}.out-"));
+        all.extend(
+            files_with_prefix(&dir, &format!("{name}.out."))
+                .into_iter()
+                .filter(|f| is_numbered_dump(f, name)),
+        );
+        let (d1, d2, d3) = (dump("1"), dump("2"), dump("3"));
+        let ticker = d3.iter().find_map(|f| {
+            let text = fs::read_to_string(f).ok()?;
+            if !callgrind::names_nanosleep(&text) {
+                return None;
+            }
+            let thread = f
+                .file_name()?
+                .to_string_lossy()
+                .strip_prefix(&format!("{name}.out.3"))?
+                .to_owned();
+            let at = |n: u32| dir.join(format!("{name}.out.{n}{thread}"));
+            let read = |n: u32| fs::read_to_string(at(n)).unwrap_or_default();
+            Some(Ticker {
+                run1_ir: callgrind::summary_ir(&read(2)),
+                run2_ir: callgrind::summary_ir(&read(3)),
+                ticks: callgrind::sleeps(&read(2)) + callgrind::sleeps(&read(3)),
+                thread,
+            })
+        });
+        let cg = CgProxy {
+            startup: ir(&d1),
+            run1: ir(&d2),
+            run2: ir(&d3),
+            all: ir(&all),
+            ticker,
+            run1_costs: costs(&d2),
+            run2_costs: costs(&d3),
+        };
+        crate::log!(
+            "{name}: Ir startup+warm-up={} run1={} run2={} whole process={}{}",
+            cg.startup,
+            cg.run1,
+            cg.run2,
+            cg.all,
+            cg.ticker
+                .as_ref()
+                .map(|t| format!(
+                    " (epoch ticker thread {}: {}, {})",
+                    t.thread, t.run1_ir, t.run2_ir
+                ))
+                .unwrap_or_default()
+        );
+        Ok(Some(cg))
+    }
+
+    /// `pgbench -S -M simple -c CG_CLIENTS -j 1 -t tx` against a proxy under valgrind;
+    /// `false` (noted) unless every transaction went through.
+    fn cg_pgbench(&mut self, name: &str, port: u16, tx: u32, label: &str) -> Result<bool> {
+        let c = self.opt.cg_clients;
+        let want = u64::from(c) * u64::from(tx);
+        let out_name = format!("{name}-{label}.out");
+        let out = self.work.join("runs").join(&out_name);
+        crate::log!("{name}: pgbench -S -M simple -c {c} -j 1 -t {tx} ({label}, {want} transactions)");
+        let args: Vec<String> = [
+            "-S",
+            "-M",
+            "simple",
+            "-c",
+            &c.to_string(),
+            "-j",
+            "1",
+            "-t",
+            &tx.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut child = pgbench_command(port, &args, &out)?
+            .spawn()
+            .context("spawning pgbench")?;
+        let ended = wait_child(&mut child, Duration::from_secs(want / 2 + 600))?;
+        let output = fs::read_to_string(&out).unwrap_or_default();
+        let got = summary_field(&output, "number of transactions actually processed: ")
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        if ended.code == Some(0) && got == Some(want) {
+            return Ok(true);
+        }
+        let rc = ended.code.map_or("killed".to_owned(), |c| c.to_string());
+        let got = got.map_or("no".to_owned(), |g| g.to_string());
+        self.findings.problems.push(format!(
+            "callgrind: {name}: pgbench {label} exit {rc}, {got} of {want} transactions (output: {out_name})"
+        ));
+        crate::log!("  PROBLEM: pgbench exit {rc}, {got} of {want} transactions");
+        for line in last_lines(&output, 15) {
+            eprintln!("    | {line}");
+        }
+        Ok(false)
+    }
+
+    /// Dumps (and zeroes) the callgrind counters of a proxy: files `<name>.out.<n>-<thread>`.
+    fn cg_dump(&mut self, name: &str, pid: u32, dir: &Path, n: u32) -> Result<bool> {
+        interrupt::sleep(Duration::from_secs(2))?; // the sessions of the run that just ended log out
+        let out = run_command(
+            Command::new("callgrind_control").args(["-d", &pid.to_string()]),
+            None,
+            Duration::from_secs(300),
+        );
+        match out {
+            Ok(o) if o.status_ok => {}
+            Ok(o) => {
+                let said = format!("{} {}", o.stdout, o.stderr).replace('\n', " ");
+                self.findings
+                    .problems
+                    .push(format!("callgrind: {name}: callgrind_control -d failed: {said}"));
+                return Ok(false);
+            }
+            Err(e) => {
+                self.findings
+                    .problems
+                    .push(format!("callgrind: {name}: callgrind_control -d failed: {e:#}"));
+                return Ok(false);
+            }
+        }
+        let prefix = format!("{name}.out.{n}-");
+        for _ in 0..600 {
+            if !files_with_prefix(dir, &prefix).is_empty() {
+                return Ok(true);
+            }
+            interrupt::sleep(Duration::from_millis(100))?;
+        }
+        self.findings.problems.push(format!(
+            "callgrind: {name}: dump {n} wrote no callgrind/{prefix}*"
+        ));
+        Ok(false)
+    }
+}
+
+/// Files in `dir` whose names start with `prefix`, sorted.
+fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `<name>.out.<digits>-<thread>`: a dump of callgrind_control (not the final one).
+fn is_numbered_dump(f: &Path, name: &str) -> bool {
+    let file = f
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.strip_prefix(&format!("{name}.out."))
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Numbered dumps are `.out.N-T`, not the final `.out-T` nor another proxy's files.
+    #[test]
+    fn numbered_dumps() {
+        assert!(is_numbered_dump(Path::new("/x/cg.out.12-01"), "cg"));
+        assert!(!is_numbered_dump(Path::new("/x/cg.out-01"), "cg"));
+        assert!(!is_numbered_dump(Path::new("/x/cg.out.valgrind.log"), "cg"));
+    }
+}

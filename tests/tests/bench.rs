@@ -1,0 +1,92 @@
+//! The benchmark program of `scripts/bench` (`switchyard-bench`) end to end, with the
+//! shortest settings that still measure the `-S -M simple -c 64` cell of all three targets
+//! and the plugin tax: its report must end with the lines users and docs/performance.md
+//! parse, in their format. Its statistics and report have unit tests in the program itself;
+//! this checks that the servers start, the runs run and everything is stopped again.
+//! Against the proxy under test (`SWITCHYARD_BIN` or `target/<profile>/switchyard`).
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use switchyard_tests::{env, tools::run_command, TestBed};
+
+/// A number with `decimals` decimals, or `n/a` when the cell could not be measured.
+fn is_ratio(v: &str, decimals: usize) -> bool {
+    v == "n/a"
+        || v.split_once('.').is_some_and(|(i, d)| {
+            !i.is_empty()
+                && i.bytes().all(|b| b.is_ascii_digit())
+                && d.len() == decimals
+                && d.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// One pgbench run of 3 s per cell, one round, 20 idle clients, no callgrind: exit status 0
+/// or 1 (1: some run had a problem, which a loaded machine may cause), the plugin was
+/// called (SHOW PLUGINS), and the last three lines are the plugin tax line, the
+/// instructions line (n/a without callgrind) and, very last,
+/// `switchyard/pgbouncer=<r> switchyard/direct=<r>`.
+#[test]
+fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
+    if TestBed::direct_mode() {
+        return Ok(()); // the benchmark measures the proxy
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard-bench"));
+    cmd.env("SWITCHYARD_PROFILE", env::proxy_profile())
+        .env("SWITCHYARD_BIN", env::proxy_binary()?)
+        .envs([
+            ("CLIENTS", "64"),
+            ("POOLER_CLIENTS", "16"),
+            ("MODES", "simple"),
+            ("DURATION", "3"),
+            ("ROUNDS", "1"),
+            ("RECONNECT_CLIENTS", ""),
+            ("IDLE_CLIENTS", "20"),
+            ("TAX_CELLS", "simple:4"),
+            ("CALLGRIND", "0"),
+            ("SCALE", "1"),
+        ]);
+    let out = run_command(&mut cmd, None, Duration::from_secs(300))?;
+    ensure!(
+        matches!(out.code, Some(0 | 1)),
+        "{}",
+        out.describe("expected exit status 0 or 1")
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    ensure!(lines.len() > 3, "{}", out.describe("expected a report"));
+    let [tax, ir, last] = [
+        lines[lines.len() - 3],
+        lines[lines.len() - 2],
+        lines[lines.len() - 1],
+    ];
+
+    let ratio = tax
+        .strip_prefix("plugin tax: tps builtin=")
+        .and_then(|r| r.split_once(" plugin="))
+        .and_then(|(_, r)| r.split_once(" ratio="))
+        .map(|(_, r)| r);
+    ensure!(ratio.is_some_and(|r| is_ratio(r, 3)), "plugin tax line: {tax:?}");
+    ensure!(
+        ir == "instructions/tx builtin=n/a plugin=n/a tax=n/a",
+        "instructions line: {ir:?}"
+    );
+    let ratios = last
+        .strip_prefix("switchyard/pgbouncer=")
+        .and_then(|r| r.split_once(" switchyard/direct="));
+    ensure!(
+        ratios.is_some_and(|(p, d)| is_ratio(p, 2) && is_ratio(d, 2)),
+        "last line: {last:?}"
+    );
+    ensure!(
+        out.stdout.contains("- SHOW PLUGINS after the tps runs: calls="),
+        "{}",
+        out.describe("expected SHOW PLUGINS figures in the report")
+    );
+    ensure!(
+        out.stdout.contains("| simple | 64 | switchyard (plugins) |"),
+        "{}",
+        out.describe("expected the -c 64 row of the matrix")
+    );
+    Ok(())
+}
