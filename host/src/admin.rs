@@ -13,10 +13,9 @@ use std::sync::Arc;
 
 use crate::net::Stream;
 use crate::plugins::{PluginReport, ReloadOutcome};
+use crate::pool::DatabaseRoute;
 use crate::session::SessionError;
-use crate::state::{DatabaseRoute, ProxyState, ReloadError};
-
-pub use crate::config::ADMIN_DATABASE;
+use crate::state::{ProxyState, ReloadError};
 
 /// Admin commands are short; this bounds what a confused client can make us buffer.
 const MAX_ADMIN_MESSAGE: usize = 64 * 1024;

@@ -21,9 +21,9 @@ use switchyard_protocol::sqlstate;
 
 use crate::auth::UserAuth;
 use crate::config::AuthQuerySettings;
+use crate::pool::DatabaseRoute;
 use crate::pool::{Pool, PoolError, PoolSettings};
 use crate::server::{query_row, ServerError};
-use crate::state::DatabaseRoute;
 
 /// Lookups allowed to run or wait at once, per lookup connection (`pool_size`).
 pub const LOOKUPS_PER_CONNECTION: usize = 64;

@@ -2,6 +2,7 @@
 //! reaper, and drives graceful shutdown: stop accepting, let sessions finish their
 //! transactions up to `shutdown_timeout`, then exit.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +11,11 @@ use bytes::BytesMut;
 use switchyard_protocol::backend::{error_response, ErrorFields};
 use switchyard_protocol::sqlstate;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::session::{self, ClientGuard};
+use crate::session::{self, ClientGuard, Destination};
 use crate::state::ProxyState;
 
 /// Serves clients on `listener` until `stop` resolves, then drains sessions.
@@ -50,7 +51,7 @@ pub async fn serve(
                 let state = state.clone();
                 sessions.spawn(async move {
                     let _guard = guard;
-                    session::serve(tcp, peer, state).await;
+                    connection(tcp, peer, state).await;
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -97,6 +98,24 @@ async fn reap_pools(state: Arc<ProxyState>) {
         tick.tick().await;
         for pool in state.all_pools() {
             pool.reap();
+        }
+    }
+}
+
+/// One accepted client: its login, then its pool session or the admin console.
+async fn connection(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
+    let Some(client) = session::login(tcp, peer, &state).await else {
+        return;
+    };
+    match &client.destination {
+        Destination::Pool(pool) => {
+            let pool = pool.clone();
+            session::serve(client, pool, peer, state).await;
+        }
+        Destination::Admin => {
+            if let Err(e) = Box::pin(crate::admin::serve(client.stream, client.buf, &state)).await {
+                tracing::info!(%peer, error = %e, "admin session ended");
+            }
         }
     }
 }

@@ -113,7 +113,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tokio::spawn(switchyard::reload::run(state.clone()));
         state.topology.spawn_probers(&state.shutdown);
         for cluster in state.topology.clusters.values().filter(|c| c.probed()) {
-            tokio::spawn(switchyard::incident::follow(cluster.clone()));
+            tokio::spawn(switchyard::topology::follow_incidents(cluster.clone()));
         }
         if let Some(addr) = state.config.proxy.metrics_listen {
             let metrics = tokio::net::TcpListener::bind(addr)

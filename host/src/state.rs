@@ -17,16 +17,8 @@ use crate::config::Config;
 use crate::config::ConfigError;
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
-use crate::pool::{PauseGate, Pool, PoolSettings};
+use crate::pool::{DatabaseRoute, Pool, PoolSettings};
 use crate::topology::{Cluster, ProbeSettings, Topology};
-
-/// How to reach one configured database.
-pub struct DatabaseRoute {
-    pub server_database: String,
-    pub cluster: Arc<Cluster>,
-    pub pause: Arc<PauseGate>,
-    pub settings: PoolSettings,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

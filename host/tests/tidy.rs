@@ -136,47 +136,153 @@ fn protocol_depends_on_bytes_and_thiserror_only() {
     );
 }
 
-/// The module rules of `host/tidy-rules.txt`.
-#[test]
-fn module_rules_hold() {
-    let rules_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tidy-rules.txt");
-    let rules = fs::read_to_string(&rules_path).expect("host/tidy-rules.txt");
+/// A use of one top-level module by another: `crate::<to>` at `file:line` in `from`.
+struct Use {
+    from: String,
+    to: String,
+    at: String,
+}
+
+/// Every use of a top-level module of `host/src` by another.
+fn module_uses() -> (Vec<String>, Vec<Use>) {
     let files = rust_files(&host_src());
-    let modules: Vec<String> = files.iter().filter_map(|f| module_of(f)).collect();
-    let mut broken = Vec::new();
-    for (i, rule) in rules.lines().enumerate() {
-        let rule = rule.trim();
-        if rule.is_empty() || rule.starts_with('#') {
+    let mut modules: Vec<String> = files.iter().filter_map(|f| module_of(f)).collect();
+    modules.dedup();
+    let mut uses = Vec::new();
+    for file in &files {
+        let Some(from) = module_of(file) else { continue };
+        for to in modules.iter().filter(|m| **m != from) {
+            for at in occurrences(std::slice::from_ref(file), &format!("crate::{to}")) {
+                uses.push(Use {
+                    from: from.clone(),
+                    to: to.clone(),
+                    at,
+                });
+            }
+        }
+    }
+    (modules, uses)
+}
+
+/// The rules file: its layers (bottom first) and its `may not use` rules, each with its line.
+struct Rules {
+    path: PathBuf,
+    layers: Vec<(usize, Vec<String>)>,
+    forbidden: Vec<(usize, String, Vec<String>)>,
+}
+
+fn rules(modules: &[String]) -> Rules {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tidy-rules.txt");
+    let text = fs::read_to_string(&path).expect("host/tidy-rules.txt");
+    let mut rules = Rules {
+        path: path.clone(),
+        layers: Vec::new(),
+        forbidden: Vec::new(),
+    };
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let n = i + 1;
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (module, forbidden) = rule.split_once(" may not use ").unwrap_or_else(|| {
+        let names: Vec<String> = if let Some(rest) = line.strip_prefix("layer ") {
+            let names: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+            rules.layers.push((n, names.clone()));
+            names
+        } else if let Some((module, forbidden)) = line.split_once(" may not use ") {
+            let forbidden: Vec<String> = forbidden.split_whitespace().map(str::to_string).collect();
+            rules.forbidden.push((n, module.to_string(), forbidden.clone()));
+            std::iter::once(module.to_string()).chain(forbidden).collect()
+        } else {
             panic!(
-                "{}:{}: expected `<module> may not use <module> ...`",
-                rules_path.display(),
-                i + 1
+                "{}:{n}: expected `layer <module> ...` or `<module> may not use <module> ...`",
+                path.display()
             )
-        });
-        for name in std::iter::once(module).chain(forbidden.split_whitespace()) {
+        };
+        for name in names {
             assert!(
-                modules.iter().any(|m| m == name),
-                "{}:{}: {name:?} is not a top-level module of host/src",
-                rules_path.display(),
-                i + 1
+                modules.contains(&name),
+                "{}:{n}: {name:?} is not a top-level module of host/src",
+                path.display()
             );
         }
-        let own: Vec<PathBuf> = files
+    }
+    rules
+}
+
+/// The layers of `host/tidy-rules.txt` hold every module once, and each module uses only
+/// modules on layers below its own: the top-level modules form a DAG.
+#[test]
+fn module_graph_follows_the_layers() {
+    let (modules, uses) = module_uses();
+    let rules = rules(&modules);
+    print_graph(&rules, &uses);
+    let layer_of = |m: &str| rules.layers.iter().position(|(_, l)| l.iter().any(|x| x == m));
+    for m in &modules {
+        let on: Vec<usize> = rules
+            .layers
             .iter()
-            .filter(|f| module_of(f).as_deref() == Some(module))
-            .cloned()
+            .filter(|(_, l)| l.contains(m))
+            .map(|(n, _)| *n)
             .collect();
-        for target in forbidden.split_whitespace() {
-            for hit in occurrences(&own, &format!("crate::{target}")) {
-                broken.push(format!(
-                    "{hit}\n    breaks `{rule}` ({}:{})",
-                    rules_path.display(),
-                    i + 1
-                ));
-            }
+        assert!(
+            on.len() == 1,
+            "{}: module {m:?} must be on exactly one `layer` line (it is on lines {on:?})",
+            rules.path.display()
+        );
+    }
+    let broken: Vec<String> = uses
+        .iter()
+        .filter(|u| layer_of(&u.to) >= layer_of(&u.from))
+        .map(|u| {
+            let line = |m: &str| rules.layers[layer_of(m).expect("checked above")].0;
+            format!(
+                "{}\n    {} (layer at {}:{}) may use only modules on lower layers; {} is at line {}",
+                u.at,
+                u.from,
+                rules.path.display(),
+                line(&u.from),
+                u.to,
+                line(&u.to)
+            )
+        })
+        .collect();
+    assert!(broken.is_empty(), "module layers broken:\n{}", broken.join("\n"));
+}
+
+/// The module graph, top layer first (`--nocapture` shows it).
+fn print_graph(rules: &Rules, uses: &[Use]) {
+    for (_, layer) in rules.layers.iter().rev() {
+        for m in layer {
+            let mut to: Vec<&str> = uses
+                .iter()
+                .filter(|u| &u.from == m)
+                .map(|u| u.to.as_str())
+                .collect();
+            to.sort();
+            to.dedup();
+            println!("{m:>12} -> {}", to.join(" "));
+        }
+    }
+}
+
+/// The `may not use` rules of `host/tidy-rules.txt`.
+#[test]
+fn module_rules_hold() {
+    let (modules, uses) = module_uses();
+    let rules = rules(&modules);
+    let mut broken = Vec::new();
+    for (n, module, forbidden) in &rules.forbidden {
+        for u in uses
+            .iter()
+            .filter(|u| &u.from == module && forbidden.contains(&u.to))
+        {
+            broken.push(format!(
+                "{}\n    breaks `{module} may not use {}` ({}:{n})",
+                u.at,
+                forbidden.join(" "),
+                rules.path.display()
+            ));
         }
     }
     assert!(broken.is_empty(), "module rules broken:\n{}", broken.join("\n"));

@@ -25,9 +25,6 @@ use crate::config::{ClientAuthMethod, Config};
 /// Length of the salts the proxy makes up, as Postgres' (`SCRAM_DEFAULT_SALT_LEN`).
 pub const SALT_LEN: usize = 16;
 
-/// The shortest `proxy.auth_salt_secret` accepted.
-pub const MIN_SALT_SECRET_LEN: usize = 16;
-
 /// The key every made-up salt and decoy secret is derived from.
 pub struct SaltKey([u8; 32]);
 

@@ -6,7 +6,7 @@ mod decoy;
 mod md5;
 mod scram;
 
-pub use decoy::{Decoys, SaltKey, MIN_SALT_SECRET_LEN};
+pub use decoy::{Decoys, SaltKey};
 pub use md5::{md5_hash, Md5Challenge};
 pub use scram::{
     DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
@@ -17,39 +17,15 @@ use std::sync::OnceLock;
 /// The only SASL mechanism spoken, to clients and to servers.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
-use crate::config::{ClientAuthMethod, UserConfig};
-
-/// A password as the configuration stores it.
-#[derive(Debug, Clone)]
-pub enum StoredPassword {
-    Plain(String),
-    Scram(ScramVerifier),
-    /// `md5` followed by 32 hex digits: md5(password || username).
-    Md5(String),
-}
+use crate::config::{ClientAuthMethod, MalformedVerifier, StoredPassword, UserConfig};
 
 /// Why stored credentials cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)")]
-    MalformedScramVerifier,
+    #[error(transparent)]
+    MalformedScramVerifier(#[from] MalformedVerifier),
     #[error("auth_query returned a plaintext password; Postgres stores hashes, check the query")]
     PlaintextFromAuthQuery,
-}
-
-impl StoredPassword {
-    /// Recognises the three forms Postgres itself stores in `pg_authid.rolpassword`.
-    pub fn parse(text: &str) -> Result<StoredPassword, AuthError> {
-        if text.starts_with("SCRAM-SHA-256$") {
-            return ScramVerifier::parse(text)
-                .map(StoredPassword::Scram)
-                .ok_or(AuthError::MalformedScramVerifier);
-        }
-        if text.len() == 35 && text.starts_with("md5") && text[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(StoredPassword::Md5(text.to_ascii_lowercase()));
-        }
-        Ok(StoredPassword::Plain(text.to_string()))
-    }
 }
 
 /// Everything the proxy needs to authenticate one user, prepared once at config load.

@@ -10,43 +10,14 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+pub use crate::config::ScramVerifier;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Postgres' default `scram_iterations`.
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 
-/// What Postgres stores for a SCRAM user: enough to verify a proof, not to impersonate.
-#[derive(Clone)]
-pub struct ScramVerifier {
-    pub iterations: u32,
-    pub salt: Vec<u8>,
-    pub stored_key: [u8; 32],
-    pub server_key: [u8; 32],
-}
-
-impl std::fmt::Debug for ScramVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScramVerifier")
-            .field("iterations", &self.iterations)
-            .finish_non_exhaustive()
-    }
-}
-
 impl ScramVerifier {
-    /// Parses `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
-    pub fn parse(text: &str) -> Option<ScramVerifier> {
-        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
-        let (params, keys) = rest.split_once('$')?;
-        let (iter, salt) = params.split_once(':')?;
-        let (stored, server) = keys.split_once(':')?;
-        Some(ScramVerifier {
-            iterations: iter.parse().ok().filter(|i| *i > 0)?,
-            salt: B64.decode(salt).ok()?,
-            stored_key: B64.decode(stored).ok()?.try_into().ok()?,
-            server_key: B64.decode(server).ok()?.try_into().ok()?,
-        })
-    }
-
     /// Derives a verifier from a plaintext password with `salt` and 4096 iterations, as
     /// Postgres' `password_encryption = scram-sha-256` does.
     pub fn derive(password: &str, salt: &[u8]) -> ScramVerifier {

@@ -5,9 +5,11 @@
 //! `toml` parser with its own position; cross-references (a database naming an unknown
 //! cluster, an admin user that does not exist) are checked here with the spans serde kept.
 
+mod password;
 mod types;
 mod validate;
 
+pub use password::{MalformedVerifier, ScramVerifier, StoredPassword, MIN_SALT_SECRET_LEN};
 pub use types::*;
 
 use std::path::Path;

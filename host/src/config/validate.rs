@@ -46,252 +46,272 @@ fn key_line(text: &str, section: &str, key: &str) -> usize {
 }
 
 pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
-    let at = |span: std::ops::Range<usize>, key: String, message: String| Violation {
-        line: line_col(text, span.start).0,
-        key,
-        message,
-    };
+    let check = Check { config, text };
+    check.proxy()?;
+    check.clusters_and_databases()?;
+    check.users()?;
+    check.plugins()?;
+    check.plugin_overlaps()
+}
 
-    if config.pool.size == 0 {
-        return Err(Violation {
-            line: key_line(text, "pool", "size"),
-            key: "pool.size".into(),
-            message: "must be at least 1".into(),
-        });
-    }
-    if config.proxy.tls_cert.is_some() != config.proxy.tls_key.is_some() {
-        return Err(Violation {
-            line: key_line(text, "proxy", "tls_cert"),
-            key: "proxy.tls_cert".into(),
-            message: "tls_cert and tls_key must be given together".into(),
-        });
-    }
-    if config
-        .proxy
-        .auth_salt_secret
-        .as_ref()
-        .is_some_and(|s| s.len() < crate::auth::MIN_SALT_SECRET_LEN)
-    {
-        return Err(Violation {
-            line: key_line(text, "proxy", "auth_salt_secret"),
-            key: "proxy.auth_salt_secret".into(),
-            message: format!(
-                "must be at least {} characters (it keys the salts shown to unknown users)",
-                crate::auth::MIN_SALT_SECRET_LEN
-            ),
-        });
-    }
-    if config.proxy.metrics_listen == Some(config.proxy.listen) {
-        return Err(Violation {
-            line: key_line(text, "proxy", "metrics_listen"),
-            key: "proxy.metrics_listen".into(),
-            message: format!("{} is already `listen`", config.proxy.listen),
-        });
-    }
-    let size = config.proxy.max_message_size.0;
-    if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&size) {
-        return Err(Violation {
-            line: key_line(text, "proxy", "max_message_size"),
-            key: "proxy.max_message_size".into(),
-            message: format!(
-                "{size} bytes is out of range: between 8KiB and 1GiB (Postgres refuses larger messages)"
-            ),
-        });
-    }
-    for (name, cluster) in &config.clusters {
-        if cluster.nodes.is_empty() {
-            return Err(Violation {
-                line: header_line(text, "clusters", name),
-                key: format!("clusters.{name}.nodes"),
-                message: "a cluster needs at least one node".into(),
-            });
+/// The configuration under check and its source text, for locating each violation.
+struct Check<'a> {
+    config: &'a Config,
+    text: &'a str,
+}
+
+impl Check<'_> {
+    /// A violation at a value whose span serde kept.
+    fn at(&self, span: std::ops::Range<usize>, key: String, message: String) -> Violation {
+        Violation {
+            line: line_col(self.text, span.start).0,
+            key,
+            message,
         }
     }
-    for (name, db) in &config.databases {
-        if !config.clusters.contains_key(db.cluster.get_ref()) {
-            let known: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
-            return Err(at(
-                db.cluster.span(),
-                format!("databases.{name}.cluster"),
+
+    /// A violation of `key` in the table `[section]`.
+    fn key(&self, section: &str, key: &str, message: String) -> Violation {
+        Violation {
+            line: key_line(self.text, section, key),
+            key: format!("{section}.{key}"),
+            message,
+        }
+    }
+
+    /// A violation of a whole `[section.name]` entry, reported as `key`.
+    fn entry(&self, section: &str, name: &str, key: String, message: String) -> Violation {
+        Violation {
+            line: header_line(self.text, section, name),
+            key,
+            message,
+        }
+    }
+
+    /// `unknown cluster "x"; defined clusters: a, b`.
+    fn unknown_cluster(&self, name: &str) -> String {
+        let known: Vec<&str> = self.config.clusters.keys().map(String::as_str).collect();
+        let known = if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        };
+        format!("unknown cluster {name:?}; defined clusters: {known}")
+    }
+
+    /// `[pool]` and `[proxy]`.
+    fn proxy(&self) -> Result<(), Violation> {
+        let proxy = &self.config.proxy;
+        if self.config.pool.size == 0 {
+            return Err(self.key("pool", "size", "must be at least 1".into()));
+        }
+        if proxy.tls_cert.is_some() != proxy.tls_key.is_some() {
+            return Err(self.key(
+                "proxy",
+                "tls_cert",
+                "tls_cert and tls_key must be given together".into(),
+            ));
+        }
+        if proxy
+            .auth_salt_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < super::MIN_SALT_SECRET_LEN)
+        {
+            return Err(self.key(
+                "proxy",
+                "auth_salt_secret",
                 format!(
-                    "unknown cluster {:?}; defined clusters: {}",
-                    db.cluster.get_ref(),
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
+                    "must be at least {} characters (it keys the salts shown to unknown users)",
+                    super::MIN_SALT_SECRET_LEN
                 ),
             ));
         }
-        if db.pool_size == Some(0) {
-            return Err(Violation {
-                line: key_line(text, &format!("databases.{name}"), "pool_size"),
-                key: format!("databases.{name}.pool_size"),
-                message: "must be at least 1".into(),
-            });
+        if proxy.metrics_listen == Some(proxy.listen) {
+            return Err(self.key(
+                "proxy",
+                "metrics_listen",
+                format!("{} is already `listen`", proxy.listen),
+            ));
         }
-        if name == super::ADMIN_DATABASE {
-            return Err(Violation {
-                line: header_line(text, "databases", name),
-                key: format!("databases.{name}"),
-                message: format!("{name:?} is reserved for the admin console"),
-            });
-        }
-    }
-    for (name, user) in &config.users {
-        check_user(name, user).map_err(|m| at(user.password.span(), format!("users.{name}.password"), m))?;
-    }
-    if let Some(aq) = &config.auth_query {
-        if aq.pool_size == 0 {
-            return Err(Violation {
-                line: key_line(text, "auth_query", "pool_size"),
-                key: "auth_query.pool_size".into(),
-                message: "must be at least 1".into(),
-            });
-        }
-        if aq.timeout.is_zero() {
-            return Err(Violation {
-                line: key_line(text, "auth_query", "timeout"),
-                key: "auth_query.timeout".into(),
-                message: "must be longer than 0s".into(),
-            });
-        }
-        if !config.users.contains_key(aq.user.get_ref()) {
-            return Err(at(
-                aq.user.span(),
-                "auth_query.user".into(),
+        let size = proxy.max_message_size.0;
+        if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&size) {
+            return Err(self.key(
+                "proxy",
+                "max_message_size",
                 format!(
-                    "{:?} is not defined in [users]; the proxy needs its password to run the query",
-                    aq.user.get_ref()
+                    "{size} bytes is out of range: between 8KiB and 1GiB (Postgres refuses larger messages)"
                 ),
             ));
         }
+        Ok(())
     }
-    for (name, cluster) in &config.clusters {
-        if let Some(probe) = &cluster.probe_user {
-            match config.users.get(probe.get_ref()) {
-                None => {
-                    return Err(at(
-                        probe.span(),
-                        format!("clusters.{name}.probe_user"),
-                        format!("{:?} is not defined in [users]", probe.get_ref()),
-                    ))
+
+    /// `[clusters]` and the `[databases]` on them.
+    fn clusters_and_databases(&self) -> Result<(), Violation> {
+        let config = self.config;
+        for (name, cluster) in &config.clusters {
+            if cluster.nodes.is_empty() {
+                return Err(self.entry(
+                    "clusters",
+                    name,
+                    format!("clusters.{name}.nodes"),
+                    "a cluster needs at least one node".into(),
+                ));
+            }
+            if let Some(probe) = &cluster.probe_user {
+                let problem = match config.users.get(probe.get_ref()) {
+                    None => Some(format!("{:?} is not defined in [users]", probe.get_ref())),
+                    Some(u) if !u.can_log_in_to_servers() => Some(format!(
+                        "{:?} has no password the proxy can log in to servers with (give a plaintext password or server_password)",
+                        probe.get_ref()
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(message) = problem {
+                    return Err(self.at(probe.span(), format!("clusters.{name}.probe_user"), message));
                 }
-                Some(u) if !u.can_log_in_to_servers() => {
-                    return Err(at(
-                        probe.span(),
-                        format!("clusters.{name}.probe_user"),
-                        format!(
-                            "{:?} has no password the proxy can log in to servers with (give a plaintext password or server_password)",
-                            probe.get_ref()
-                        ),
-                    ))
-                }
-                Some(_) => {}
             }
         }
-    }
-    for (name, plugin) in &config.plugins {
-        if plugin.hooks.is_empty() {
-            return Err(Violation {
-                line: header_line(text, "plugins", name),
-                key: format!("plugins.{name}.hooks"),
-                message: "list the hooks this plugin serves, e.g. hooks = [\"pool-mode\"]".into(),
-            });
-        }
-        for db in plugin.databases.iter().flatten() {
-            if !config.databases.contains_key(db.get_ref()) {
-                return Err(at(
-                    db.span(),
-                    format!("plugins.{name}.databases"),
-                    format!("unknown database {:?}", db.get_ref()),
+        for (name, db) in &config.databases {
+            if !config.clusters.contains_key(db.cluster.get_ref()) {
+                return Err(self.at(
+                    db.cluster.span(),
+                    format!("databases.{name}.cluster"),
+                    self.unknown_cluster(db.cluster.get_ref()),
+                ));
+            }
+            if db.pool_size == Some(0) {
+                return Err(self.key(
+                    &format!("databases.{name}"),
+                    "pool_size",
+                    "must be at least 1".into(),
+                ));
+            }
+            if name == super::ADMIN_DATABASE {
+                return Err(self.entry(
+                    "databases",
+                    name,
+                    format!("databases.{name}"),
+                    format!("{name:?} is reserved for the admin console"),
                 ));
             }
         }
-        for cluster in plugin.clusters.iter().flatten() {
-            if !config.clusters.contains_key(cluster.get_ref()) {
-                let known: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
-                return Err(at(
-                    cluster.span(),
-                    format!("plugins.{name}.clusters"),
+        Ok(())
+    }
+
+    /// `[users]`, `[auth_query]` and `[admin] users`.
+    fn users(&self) -> Result<(), Violation> {
+        let config = self.config;
+        for (name, user) in &config.users {
+            check_user(name, user)
+                .map_err(|m| self.at(user.password.span(), format!("users.{name}.password"), m))?;
+        }
+        if let Some(aq) = &config.auth_query {
+            if aq.pool_size == 0 {
+                return Err(self.key("auth_query", "pool_size", "must be at least 1".into()));
+            }
+            if aq.timeout.is_zero() {
+                return Err(self.key("auth_query", "timeout", "must be longer than 0s".into()));
+            }
+            if !config.users.contains_key(aq.user.get_ref()) {
+                return Err(self.at(
+                    aq.user.span(),
+                    "auth_query.user".into(),
                     format!(
-                        "unknown cluster {:?}; defined clusters: {}",
-                        cluster.get_ref(),
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
+                        "{:?} is not defined in [users]; the proxy needs its password to run the query",
+                        aq.user.get_ref()
                     ),
                 ));
             }
         }
-        if plugin.clusters.is_some() && !plugin.hooks.iter().any(|h| h.per_cluster()) {
-            return Err(Violation {
-                line: key_line(text, &format!("plugins.{name}"), "clusters"),
-                key: format!("plugins.{name}.clusters"),
-                message: "clusters applies to the health and switchover hooks, which this plugin does not serve (use databases)".into(),
-            });
+        for admin in &config.admin.users {
+            if !config.users.contains_key(admin.get_ref()) {
+                return Err(self.at(
+                    admin.span(),
+                    "admin.users".into(),
+                    format!("{:?} is not defined in [users]", admin.get_ref()),
+                ));
+            }
         }
-        if plugin.databases.is_some() && plugin.hooks.iter().all(|h| h.per_cluster()) {
-            return Err(Violation {
-                line: key_line(text, &format!("plugins.{name}"), "databases"),
-                key: format!("plugins.{name}.databases"),
-                message: "databases applies to the pool-mode, router and retry hooks; health and switchover are assigned with clusters".into(),
-            });
-        }
+        Ok(())
     }
-    let mut served = std::collections::BTreeMap::new();
-    for (name, plugin) in &config.plugins {
-        for db in config.databases.keys() {
-            for hook in &plugin.hooks {
-                if plugin.serves(*hook, db) {
-                    if let Some(other) = served.insert((db.clone(), *hook), name.clone()) {
-                        return Err(Violation {
-                            line: header_line(text, "plugins", name),
-                            key: format!("plugins.{name}.hooks"),
-                            message: format!(
-                                "plugins {other:?} and {name:?} both serve {hook:?} for database {db:?}"
+
+    /// Each `[plugins.NAME]` entry on its own.
+    fn plugins(&self) -> Result<(), Violation> {
+        let config = self.config;
+        for (name, plugin) in &config.plugins {
+            let section = format!("plugins.{name}");
+            if plugin.hooks.is_empty() {
+                return Err(self.entry(
+                    "plugins",
+                    name,
+                    format!("{section}.hooks"),
+                    "list the hooks this plugin serves, e.g. hooks = [\"pool-mode\"]".into(),
+                ));
+            }
+            for db in plugin.databases.iter().flatten() {
+                if !config.databases.contains_key(db.get_ref()) {
+                    return Err(self.at(
+                        db.span(),
+                        format!("{section}.databases"),
+                        format!("unknown database {:?}", db.get_ref()),
+                    ));
+                }
+            }
+            for cluster in plugin.clusters.iter().flatten() {
+                if !config.clusters.contains_key(cluster.get_ref()) {
+                    return Err(self.at(
+                        cluster.span(),
+                        format!("{section}.clusters"),
+                        self.unknown_cluster(cluster.get_ref()),
+                    ));
+                }
+            }
+            if plugin.clusters.is_some() && !plugin.hooks.iter().any(|h| h.per_cluster()) {
+                return Err(self.key(&section, "clusters", "clusters applies to the health and switchover hooks, which this plugin does not serve (use databases)".into()));
+            }
+            if plugin.databases.is_some() && plugin.hooks.iter().all(|h| h.per_cluster()) {
+                return Err(self.key(&section, "databases", "databases applies to the pool-mode, router and retry hooks; health and switchover are assigned with clusters".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// No two plugins serve one hook of one database, or of one cluster.
+    fn plugin_overlaps(&self) -> Result<(), Violation> {
+        let config = self.config;
+        let databases = config.databases.keys().map(|db| ("database", db));
+        let clusters = config.clusters.keys().map(|c| ("cluster", c));
+        let mut served = std::collections::BTreeMap::new();
+        for (name, plugin) in &config.plugins {
+            for (kind, target) in databases.clone().chain(clusters.clone()) {
+                for hook in &plugin.hooks {
+                    let serves = match kind {
+                        "database" => plugin.serves(*hook, target),
+                        _ => plugin.serves_cluster(*hook, target),
+                    };
+                    if !serves {
+                        continue;
+                    }
+                    if let Some(other) = served.insert((kind, target, *hook), name) {
+                        return Err(self.entry(
+                            "plugins",
+                            name,
+                            format!("plugins.{name}.hooks"),
+                            format!(
+                                "plugins {other:?} and {name:?} both serve {hook:?} for {kind} {target:?}"
                             ),
-                        });
+                        ));
                     }
                 }
             }
         }
+        Ok(())
     }
-    let mut judged = std::collections::BTreeMap::new();
-    for (name, plugin) in &config.plugins {
-        for cluster in config.clusters.keys() {
-            for hook in &plugin.hooks {
-                if plugin.serves_cluster(*hook, cluster) {
-                    if let Some(other) = judged.insert((cluster.clone(), *hook), name.clone()) {
-                        return Err(Violation {
-                            line: header_line(text, "plugins", name),
-                            key: format!("plugins.{name}.hooks"),
-                            message: format!(
-                                "plugins {other:?} and {name:?} both serve {hook:?} for cluster {cluster:?}"
-                            ),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    for admin in &config.admin.users {
-        if !config.users.contains_key(admin.get_ref()) {
-            return Err(at(
-                admin.span(),
-                "admin.users".into(),
-                format!("{:?} is not defined in [users]", admin.get_ref()),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn check_user(name: &str, user: &UserConfig) -> Result<(), String> {
-    use crate::auth::StoredPassword;
+    use super::StoredPassword;
     let stored = StoredPassword::parse(user.password.get_ref()).map_err(|e| format!("user {name:?}: {e}"))?;
     if user.auth == Some(super::ClientAuthMethod::ScramSha256) && matches!(stored, StoredPassword::Md5(_)) {
         return Err(

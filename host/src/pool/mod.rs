@@ -15,7 +15,7 @@ mod statements;
 
 pub use pause::{Pause, PauseGate};
 
-pub use statements::{ServerStatements, StatementDef, StatementRegistry};
+pub use statements::{StatementDef, StatementRegistry};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +31,14 @@ use crate::config::PoolMode;
 use crate::net::ServerTls;
 use crate::server::{connect, ConnectParams, NodeAddr, ServerConn, ServerError, Settings};
 use crate::topology::Cluster;
+
+/// How to reach one configured database.
+pub struct DatabaseRoute {
+    pub server_database: String,
+    pub cluster: Arc<Cluster>,
+    pub pause: Arc<PauseGate>,
+    pub settings: PoolSettings,
+}
 
 /// Pause between connect attempts to a node that refused while the topology settles.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);

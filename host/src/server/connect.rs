@@ -16,11 +16,10 @@ use switchyard_protocol::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{NodeAddr, ServerConn, ServerError};
+use super::{NodeAddr, ServerConn, ServerError, ServerStatements};
 use crate::auth::{md5_hash, KeySource, Md5Challenge, ScramKeyClient, ServerSecret, SCRAM_SHA_256};
 use crate::config::ServerTlsMode;
 use crate::net::{ServerTls, Stream};
-use crate::pool::ServerStatements;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 

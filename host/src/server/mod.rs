@@ -3,9 +3,11 @@
 
 mod connect;
 mod query;
+mod statements;
 
 pub use connect::{connect, ConnectParams};
 pub use query::{query_row, simple_query, simple_query_within, Answer};
+pub use statements::ServerStatements;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +18,6 @@ use switchyard_protocol::backend::ErrorFields;
 use switchyard_protocol::sqlstate;
 
 use crate::net::Stream;
-use crate::pool::ServerStatements;
 
 /// Session settings as name → SQL text of the value.
 pub type Settings = BTreeMap<String, String>;

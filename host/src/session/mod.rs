@@ -24,6 +24,7 @@ mod startup;
 mod statements;
 
 pub use error::SessionError;
+pub use startup::{Destination, LoggedIn};
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -62,18 +63,18 @@ const HIGH_WATER: usize = 256 * 1024;
 /// the proxy hold.
 const MAX_OWED: usize = 1024;
 
-/// Entry point for an accepted client connection.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
+/// Logs an accepted client in (within `client_login_timeout`), or tells it why not. The
+/// listener then hands a pool client to [`serve`] and a console client to the admin console.
+pub async fn login(tcp: TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) -> Option<LoggedIn> {
     let _ = tcp.set_nodelay(true);
     let login = tokio::time::timeout(
         state.config.proxy.client_login_timeout,
         // Boxed: login state (SCRAM, auth_query) is freed once the client is in.
-        Box::pin(startup::handshake(tcp, &state)),
+        Box::pin(startup::handshake(tcp, state)),
     )
     .await;
-    let logged_in = match login {
-        Ok(Ok(Some(l))) => l,
-        Ok(Ok(None)) => return,
+    match login {
+        Ok(Ok(l)) => l,
         Ok(Err((stream, e))) => {
             tracing::info!(%peer, error = %e, "login failed");
             if let (Some(mut stream), Some(fields)) = (stream, e.to_client()) {
@@ -82,22 +83,17 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
                 let _ = stream.write_all(&out).await;
                 let _ = stream.shutdown().await;
             }
-            return;
+            None
         }
         Err(_) => {
             tracing::info!(%peer, "client did not log in within client_login_timeout");
-            return;
+            None
         }
-    };
-    let pool = match &logged_in.destination {
-        startup::Destination::Pool(pool) => pool.clone(),
-        startup::Destination::Admin => {
-            if let Err(e) = Box::pin(crate::admin::serve(logged_in.stream, logged_in.buf, &state)).await {
-                tracing::info!(%peer, error = %e, "admin session ended");
-            }
-            return;
-        }
-    };
+    }
+}
+
+/// Serves a logged-in client of `pool` until it leaves.
+pub async fn serve(logged_in: LoggedIn, pool: Arc<Pool>, peer: SocketAddr, state: Arc<ProxyState>) {
     let mut session = Session::new(logged_in, pool, peer, state.clone());
     let mut shutdown = state.shutdown.clone();
     let result = session.run(&mut shutdown).await;

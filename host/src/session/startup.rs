@@ -221,7 +221,7 @@ async fn login(
     };
     authenticate(stream, buf, &mut out, &user, true).await?;
 
-    let (destination, server_params) = if database == crate::admin::ADMIN_DATABASE {
+    let (destination, server_params) = if database == crate::config::ADMIN_DATABASE {
         if !state.config.admin.users.iter().any(|u| u.get_ref() == &user.name) {
             return Err(SessionError::Fatal(Box::new(
                 ErrorFields::fatal(

@@ -414,3 +414,32 @@ impl Topology {
 
 #[cfg(test)]
 mod tests;
+
+/// Opens an incident (see `crate::incident`) when `cluster` loses its primary and closes it when one is confirmed:
+/// runs for the life of the proxy, one task per probed cluster.
+pub async fn follow_incidents(cluster: Arc<Cluster>) {
+    let mut seen = cluster.view().generation;
+    let mut primary = cluster.primary().map(|(_, a)| a.to_string());
+    loop {
+        cluster
+            .wait_for_change(seen, Instant::now() + Duration::from_secs(3600))
+            .await;
+        let view = cluster.view();
+        if view.generation == seen {
+            continue;
+        }
+        seen = view.generation;
+        let now = view.primary.map(|p| cluster.nodes[p].to_string());
+        match (&primary, &now) {
+            (Some(old), None) => cluster.incidents.begin(&format!("primary {old} lost")),
+            (old, Some(new)) => {
+                if let Some(old) = old {
+                    cluster.incidents.begin(&format!("primary {old} replaced"));
+                }
+                cluster.incidents.end(&format!("primary {new} confirmed"));
+            }
+            (None, None) => {}
+        }
+        primary = now;
+    }
+}
