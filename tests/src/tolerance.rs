@@ -72,7 +72,9 @@ impl Allowance {
                     }
                 }
                 for (code, &n) in &c.connect_failures {
-                    broken.push(format!("{who}: {n} failed connection attempts ({code}), allowed 0"));
+                    broken.push(format!(
+                        "{who}: {n} failed connection attempts ({code}), allowed 0"
+                    ));
                 }
                 if c.last_ok <= after {
                     broken.push(format!("{who}: no operation completed after the event"));

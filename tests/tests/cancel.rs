@@ -262,7 +262,11 @@ async fn with_four_clients_on_one_server_a_late_cancel_reaches_none_of_the_other
     let ep = bed.endpoint();
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
-        clients.push(Arc::new(ep.connect_app().await.with_context(|| format!("client {i} connects"))?));
+        clients.push(Arc::new(
+            ep.connect_app()
+                .await
+                .with_context(|| format!("client {i} connects"))?,
+        ));
     }
     let a_takes = a_query_time("four clients", async || {
         Ok(Pair {
@@ -290,7 +294,10 @@ async fn with_four_clients_on_one_server_a_late_cancel_reaches_none_of_the_other
         match a_run.await? {
             Ok(()) => completed += 1,
             Err(e) if sqlstate(&e) == Some("57014") => cancelled += 1,
-            Err(e) => bail!("round {round}: client {first}'s query failed: {}", describe_error(&e)),
+            Err(e) => bail!(
+                "round {round}: client {first}'s query failed: {}",
+                describe_error(&e)
+            ),
         }
         for (i, run) in queued {
             if let Err(e) = run.await? {
@@ -344,7 +351,10 @@ async fn a_cancel_with_a_real_key_and_a_wrong_secret_cancels_nothing() -> Result
         let msgs = client.read_until_ready().await?;
         let error = msgs.iter().find(|m| m.tag == b'E').and_then(|m| m.sqlstate());
         let rows = msgs.iter().filter(|m| m.tag == b'D').count();
-        println!("cancel with {} secret: error {error:?}, {rows} rows", if expect_cancel { "the right" } else { "a wrong" });
+        println!(
+            "cancel with {} secret: error {error:?}, {rows} rows",
+            if expect_cancel { "the right" } else { "a wrong" }
+        );
         if expect_cancel {
             ensure!(
                 error.as_deref() == Some("57014"),
@@ -378,7 +388,11 @@ async fn a_cancel_while_queued_for_a_server_never_reaches_the_server_holder() ->
     tokio::time::sleep(Duration::from_millis(100)).await;
     let queued = {
         let w = waiter.clone();
-        tokio::spawn(async move { w.query_one("SELECT 'served'::text", &[]).await.map(|r| r.get::<_, String>(0)) })
+        tokio::spawn(async move {
+            w.query_one("SELECT 'served'::text", &[])
+                .await
+                .map(|r| r.get::<_, String>(0))
+        })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     waiter
@@ -437,14 +451,21 @@ async fn a_cancel_during_copy_ends_the_copy_with_57014_and_the_server_serves_on(
     let result = tokio::time::timeout(Duration::from_secs(20), copy_in)
         .await
         .context("COPY FROM STDIN with a cancel did not end within 20 s")?;
-    expect_sqlstate(result, &["57014"], "COPY FROM STDIN cancelled while waiting for data")?;
+    expect_sqlstate(
+        result,
+        &["57014"],
+        "COPY FROM STDIN cancelled while waiting for data",
+    )?;
     let stored: i64 = client
         .query_one("SELECT count(*) FROM cancel_copy", &[])
         .await
         .ctx("the client after its cancelled COPY FROM")?
         .get(0);
     ensure!(stored == 0, "the cancelled COPY stored {stored} rows");
-    other.batch_execute("SELECT 1").await.ctx("the other client after COPY FROM")?;
+    other
+        .batch_execute("SELECT 1")
+        .await
+        .ctx("the other client after COPY FROM")?;
 
     let copy_out = async {
         let stream = client
@@ -466,7 +487,13 @@ async fn a_cancel_during_copy_ends_the_copy_with_57014_and_the_server_serves_on(
         .await
         .context("COPY TO STDOUT with a cancel did not end within 30 s")?;
     expect_sqlstate(result, &["57014"], "COPY TO STDOUT cancelled while streaming")?;
-    client.batch_execute("SELECT 1").await.ctx("the client after its cancelled COPY TO")?;
-    other.batch_execute("SELECT 1").await.ctx("the other client after COPY TO")?;
+    client
+        .batch_execute("SELECT 1")
+        .await
+        .ctx("the client after its cancelled COPY TO")?;
+    other
+        .batch_execute("SELECT 1")
+        .await
+        .ctx("the other client after COPY TO")?;
     bed.ensure_proxy_alive()
 }

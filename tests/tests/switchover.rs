@@ -155,7 +155,8 @@ async fn patronictl_switchover_with_the_callbacks_gives_no_client_error() -> Res
 /// almost every run; each client may see one `08006` (a connection that ends without the
 /// FATAL has an unknown outcome and is surfaced) and nothing else, and every one resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_callbacks_probing_and_safe_retry_cost_at_most_one_unknown_outcome_per_client() -> Result<()> {
+async fn without_callbacks_probing_and_safe_retry_cost_at_most_one_unknown_outcome_per_client() -> Result<()>
+{
     skip_if_direct!();
     switchover_within(false, false, Allowance::ONE_UNKNOWN_OUTCOME).await
 }
@@ -223,9 +224,12 @@ async fn two_proxies_both_follow_a_switchover_without_client_errors() -> Result<
             "clients of proxy {i} lost writes:\n{report}\nproxy log:\n{}",
             proxies[i].log_tail(60)
         );
-        Allowance::NONE
-            .check(&[&report], confirmed)
-            .map_err(|e| e.context(format!("through proxy {i}; its log:\n{}", proxies[i].log_tail(60))))?;
+        Allowance::NONE.check(&[&report], confirmed).map_err(|e| {
+            e.context(format!(
+                "through proxy {i}; its log:\n{}",
+                proxies[i].log_tail(60)
+            ))
+        })?;
     }
     Ok(())
 }
