@@ -104,3 +104,56 @@ impl Allowance {
         format!("{}; 0 of anything else", codes.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::load::ClientOutcome;
+
+    fn client(id: u32, errors: &[(&str, u64)], last_ok: f64) -> ClientOutcome {
+        ClientOutcome {
+            client: id,
+            errors: errors
+                .iter()
+                .map(|&(c, n)| (c.to_owned(), n))
+                .collect::<BTreeMap<_, _>>(),
+            last_ok,
+            ..Default::default()
+        }
+    }
+
+    fn report(clients: Vec<ClientOutcome>) -> LoadReport {
+        LoadReport {
+            driver: "test".to_owned(),
+            per_client: clients,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_client_is_judged_on_its_own_per_sqlstate() {
+        let event = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let after = 1001.0;
+        let one = Allowance::ONE_UNKNOWN_OUTCOME;
+        // One 08006 for each client is allowed; the total (3) does not matter.
+        let fine = report((0..3).map(|i| client(i, &[("08006", 1)], after)).collect());
+        assert!(one.check(&[&fine], event).is_ok());
+        // Two for one client is not, though the total (2) is below the number of clients.
+        let twice = report(vec![client(0, &[("08006", 2)], after), client(1, &[], after)]);
+        assert!(one.check(&[&twice], event).is_err());
+        // Any other code is allowed 0 times.
+        let fatal = report(vec![client(0, &[("57P01", 1)], after)]);
+        assert!(one.check(&[&fatal], event).is_err());
+        assert!(Allowance::NONE.check(&[&fine], event).is_err());
+        // A failed connection attempt counts.
+        let mut refused = client(0, &[], after);
+        refused.connect_failures.insert("08001".to_owned(), 1);
+        assert!(one.check(&[&report(vec![refused])], event).is_err());
+        // A client whose last success came before the event did not resume.
+        let stuck = report(vec![client(0, &[], after), client(1, &[], 999.0)]);
+        assert!(Allowance::NONE.check(&[&stuck], event).is_err());
+    }
+}
