@@ -92,13 +92,13 @@ impl TestBed {
 }
 
 /// Return early from a test that needs the proxy when running in direct
-/// mode (`SWITCHYARD_TARGET=direct`).
+/// mode (`SWITCHYARD_TARGET=direct`), through [`env::skip`](crate::env::skip)
+/// (which makes it a failure when `SWITCHYARD_NO_SKIP` is set).
 #[macro_export]
 macro_rules! skip_if_direct {
     () => {
         if $crate::TestBed::direct_mode() {
-            eprintln!("skipped: this test needs the proxy (SWITCHYARD_TARGET=direct)");
-            return Ok(());
+            return $crate::env::skip("this test needs the proxy (SWITCHYARD_TARGET=direct)");
         }
     };
 }

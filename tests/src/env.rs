@@ -53,6 +53,17 @@ pub fn pg_program(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// A test that cannot run here says so and passes, or, when `SWITCHYARD_NO_SKIP` is set
+/// (`.ci/run` sets it), fails: CI must not pass on tests that did not run. Use as
+/// `return env::skip("why");` from a test returning `Result<()>`.
+pub fn skip(reason: &str) -> Result<()> {
+    if std::env::var_os("SWITCHYARD_NO_SKIP").is_some() {
+        bail!("this test would be skipped ({reason}), and SWITCHYARD_NO_SKIP is set");
+    }
+    eprintln!("skipped: {reason}");
+    Ok(())
+}
+
 /// Root of the cargo workspace (the parent of this crate's directory).
 pub fn workspace_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -33,12 +33,14 @@ pub mod etcd;
 pub mod http;
 pub mod load;
 pub mod patroni;
+pub mod peak;
 pub mod plugin;
 pub mod ports;
 pub mod promotion;
 pub mod proxy;
 pub mod raw;
 pub mod scratch;
+pub mod tolerance;
 pub mod tools;
 pub mod watchdog;
 

@@ -210,6 +210,10 @@ pub struct ClientOutcome {
     pub stall_to: f64,
     /// Whether it was still going on when the load stopped.
     pub stall_ongoing: bool,
+    /// When its last operation succeeded, Unix seconds (0 if none did): a client resumed
+    /// after an event when this is later than the event.
+    #[serde(default)]
+    pub last_ok: f64,
 }
 
 impl ClientOutcome {
@@ -473,6 +477,7 @@ async fn run_client(
         match result {
             Ok(Ok(read)) => {
                 stall.tick(&mut out, false);
+                out.last_ok = unix_seconds(SystemTime::now());
                 out.ops_ok += 1;
                 ops_ok.fetch_add(1, Ordering::Relaxed);
                 match read {
@@ -571,6 +576,7 @@ impl LoadOutcome {
             table: self.table.clone(),
             clients: self.clients.len(),
             duration: Duration::from_secs_f64(self.duration.max(0.0)),
+            per_client: self.clients.clone(),
             ..Default::default()
         };
         let mut acked_ids = std::collections::HashSet::new();
@@ -668,6 +674,9 @@ pub struct LoadReport {
     pub connects: u64,
     /// Rows in the table.
     pub rows: u64,
+    /// What each client did, for allowances per client
+    /// ([`crate::tolerance::Allowance`]).
+    pub per_client: Vec<ClientOutcome>,
 }
 
 impl LoadReport {

@@ -429,6 +429,11 @@ impl Proxy {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The proxy's resident memory now (see [`resident_memory`]).
+    pub fn memory(&self) -> Result<ResidentMemory> {
+        resident_memory(self.pid().context("the proxy is not running")?)
+    }
+
     /// The configuration it was started with.
     pub fn config(&self) -> &ProxyConfig {
         &self.config
@@ -581,4 +586,36 @@ impl Drop for Proxy {
         );
         scratch::remove_dir(&self.dir);
     }
+}
+
+/// A process's resident memory, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct ResidentMemory {
+    /// The peak so far (`VmHWM`).
+    pub peak: u64,
+    /// Now (`VmRSS`).
+    pub now: u64,
+}
+
+/// The resident memory of process `pid`, from `/proc/<pid>/status`.
+pub fn resident_memory(pid: u32) -> Result<ResidentMemory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} in /proc/{pid}/status"))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing {line:?}"))?;
+        Ok(kib * 1024)
+    };
+    Ok(ResidentMemory {
+        peak: field("VmHWM:")?,
+        now: field("VmRSS:")?,
+    })
 }

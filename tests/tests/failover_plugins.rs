@@ -11,6 +11,7 @@ use anyhow::{ensure, Context, Result};
 use switchyard_tests::admin::admin_rows;
 use switchyard_tests::plugin::{component, count};
 use switchyard_tests::promotion::{probed_pair, stop_and_promote_under_load};
+use switchyard_tests::tolerance::Allowance;
 use switchyard_tests::{skip_if_direct, Endpoint, ProxyConfig, TestBed};
 
 const CLIENTS: usize = 4;
@@ -46,19 +47,22 @@ async fn plugins(endpoint: &Endpoint) -> Result<HashMap<String, HashMap<String, 
         .collect())
 }
 
-/// The stop + promote scenario under [`CLIENTS`] clients: the checks of
-/// [`stop_and_promote_under_load`], and at most one error per client (work in flight).
+/// The stop + promote scenario under [`CLIENTS`] tokio-postgres clients and psycopg ones:
+/// the checks of [`stop_and_promote_under_load`], every client completes work after the new
+/// primary is confirmed, and each sees at most one `08006` and no other error
+/// ([`Allowance::ONE_UNKNOWN_OUTCOME`]).
 async fn stop_and_promote(bed: &mut TestBed) -> Result<()> {
-    let report = stop_and_promote_under_load(bed, CLIENTS).await?.report;
-    ensure!(
-        report.total_errors() <= CLIENTS as u64,
-        "more errors than clients with work in flight:\n{report}"
-    );
-    Ok(())
+    let promotion = stop_and_promote_under_load(bed, CLIENTS).await?;
+    let [tokio, psycopg] = &promotion.reports;
+    Allowance::ONE_UNKNOWN_OUTCOME.check(&[tokio, psycopg], promotion.confirmed_at)
 }
 
+/// The bundled health, switchover and retry plugins judge the stop + promote scenario: the
+/// checks of [`stop_and_promote`], both plugins called without failure, and the switchover
+/// plugin saw (and logged) the new primary confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bundled_health_and_switchover_plugins_follow_a_promotion() -> Result<()> {
+async fn bundled_health_and_switchover_plugins_follow_a_promotion_with_at_most_one_unknown_outcome_per_client(
+) -> Result<()> {
     skip_if_direct!();
     let (mut bed, _, _, _) = probed_pair(|cfg| {
         let cfg = plugin(
@@ -104,6 +108,9 @@ async fn bundled_health_and_switchover_plugins_follow_a_promotion() -> Result<()
     bed.ensure_proxy_alive()
 }
 
+/// A plugin that traps on every health and switchover call: the checks of
+/// [`stop_and_promote`] hold with the built-ins answering, its failures are counted, and the
+/// fallback is logged when it starts (1 to 10 lines per hook), not at every call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_health_and_switchover_plugin_leaves_the_topology_to_the_built_ins() -> Result<()> {
     skip_if_direct!();

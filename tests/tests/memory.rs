@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{BufMut, BytesMut};
 use switchyard_tests::cluster::roles;
+use switchyard_tests::proxy::resident_memory;
 use switchyard_tests::raw::{msg, Msg, RawConn};
 use switchyard_tests::{skip_if_direct, PgResultExt, TestBed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,22 +22,8 @@ const MIB: u64 = 1024 * 1024;
 
 /// The proxy's peak (`VmHWM`) and current (`VmRSS`) resident memory, in bytes.
 fn memory(pid: u32) -> Result<(u64, u64)> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the proxy's status")?;
-    let field = |name: &str| -> Result<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("{name} in /proc/{pid}/status"))?;
-        let kib: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .with_context(|| format!("parsing {line:?}"))?;
-        Ok(kib * 1024)
-    };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
+    let m = resident_memory(pid)?;
+    Ok((m.peak, m.now))
 }
 
 /// Peak memory of the proxy from a starting point.

@@ -1,7 +1,8 @@
 //! The example pool-mode policy written in Python (examples/python-pool-mode, a component
 //! built by componentize-py) on the data path: proof that the plugin interface is not tied to
 //! Rust. The test skips, saying so, when the component is not built, unless
-//! SWITCHYARD_REQUIRE_PYTHON_PLUGIN is set (scripts/test builds it and sets the variable).
+//! SWITCHYARD_REQUIRE_PYTHON_PLUGIN is set (scripts/test builds it and sets the variable) or
+//! SWITCHYARD_NO_SKIP is (`.ci/run`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,11 +31,11 @@ fn python_component() -> Result<Option<PathBuf>> {
         "{} is missing and SWITCHYARD_REQUIRE_PYTHON_PLUGIN is set: run examples/python-pool-mode/build",
         path.display()
     );
-    eprintln!(
-        "skipped: {} is not built (run examples/python-pool-mode/build, which needs PyPI; \
+    env::skip(&format!(
+        "{} is not built (run examples/python-pool-mode/build, which needs PyPI; \
          set SWITCHYARD_REQUIRE_PYTHON_PLUGIN=1 to make this a failure)",
         path.display()
-    );
+    ))?;
     Ok(None)
 }
 

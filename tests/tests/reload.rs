@@ -1,10 +1,13 @@
 //! Replacing plugins while traffic flows: SIGHUP and the admin console's RELOAD re-read the
-//! configuration, a changed component file is picked up by itself, and a version that fails
+//! configuration and swap one component for another (a transaction in flight finishes on
+//! the old version, the next one runs on the new), a changed component file is picked up by itself, and a version that fails
 //! to compile, link or init leaves the previous one serving with the reason visible. The
 //! compiled-artifact cache makes a restart skip compilation.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -12,7 +15,7 @@ use sha2::{Digest, Sha256};
 use switchyard_tests::admin::admin_rows;
 use switchyard_tests::plugin::{component, count, decisions, policy_row, with_plugin_path};
 use switchyard_tests::{
-    expect_sqlstate, scratch, skip_if_direct, Endpoint, Length, PgResultExt, Proxy, ProxyConfig, QueryMode,
+    describe_error, expect_sqlstate, scratch, skip_if_direct, Endpoint, PgResultExt, Proxy, ProxyConfig,
     TestBed,
 };
 
@@ -33,24 +36,6 @@ async fn wait_for_row(
             bail!("{what}: not seen within {limit:?}; SHOW PLUGINS says {row:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A new client's `BEGIN`: accepted in transaction mode, refused with 25000 in statement
-/// mode. Returns whether it was refused.
-async fn begin_is_refused(endpoint: &Endpoint) -> Result<bool> {
-    let c = endpoint.connect_app().await?;
-    // BEGIN on its own: a transaction block inside one Query message ends before the
-    // ReadyForQuery the pool-mode hook sees, and statement mode lets it through.
-    match c.batch_execute("BEGIN").await {
-        Ok(()) => {
-            c.batch_execute("SELECT 1; COMMIT").await.ctx("COMMIT")?;
-            Ok(false)
-        }
-        Err(e) => {
-            expect_sqlstate(Err::<(), _>(e), &["25000"], "BEGIN")?;
-            Ok(true)
-        }
     }
 }
 
@@ -83,91 +68,261 @@ fn plugin_dir(name: &str) -> Result<PathBuf> {
     scratch::fresh_dir(name)
 }
 
-/// pgbench -S -c 32 -T 30 runs while the plugin is swapped 10 times between statement and
-/// transaction pooling (alternately by SIGHUP and by RELOAD): no failed transaction, no
-/// dropped connection, and after each swap a new client sees the new version's behaviour.
-#[tokio::test]
-async fn swaps_under_load_lose_nothing_and_take_effect() -> Result<()> {
+/// The two different components the swap test alternates between, and what each decides
+/// when a transaction ends: `testing-std-user` releases the server (transaction pooling,
+/// version `…+std-user`), the bundled `pool-mode` in session mode keeps it (version
+/// `…+v<i>`, the swap's number).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Version {
+    StdUserReleases,
+    PoolModeKeeps,
+}
+
+impl Version {
+    /// The configuration serving this version as swap `i`.
+    fn config(self, base: ProxyConfig, i: usize) -> Result<ProxyConfig> {
+        Ok(match self {
+            Version::StdUserReleases => with_plugin_path(base, &component("testing-std-user")?, &[]),
+            Version::PoolModeKeeps => with_plugin_path(
+                base,
+                &component("pool-mode")?,
+                &[("mode", "session"), ("version_tag", &format!("v{i}"))],
+            ),
+        })
+    }
+
+    /// Whether SHOW PLUGINS' `version` is this version as swap `i`.
+    fn shown(self, version: &str, i: usize) -> bool {
+        match self {
+            Version::StdUserReleases => version.ends_with("+std-user"),
+            Version::PoolModeKeeps => version.ends_with(&format!("+v{i}")),
+        }
+    }
+
+    /// Checkouts the next transaction of a client makes after a transaction this version
+    /// ended: 1 if it released the server, 0 if it kept it.
+    fn checkouts_after(self) -> u64 {
+        match self {
+            Version::StdUserReleases => 1,
+            Version::PoolModeKeeps => 0,
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Version::StdUserReleases => Version::PoolModeKeeps,
+            Version::PoolModeKeeps => Version::StdUserReleases,
+        }
+    }
+}
+
+/// The `checkouts` counter of `pool` in SHOW POOLS.
+async fn checkouts(endpoint: &Endpoint, pool: &str) -> Result<u64> {
+    let rows = admin_rows(endpoint, "SHOW POOLS").await?;
+    let row = rows
+        .iter()
+        .find(|r| r["pool"] == pool)
+        .with_context(|| format!("no pool {pool} in SHOW POOLS: {rows:?}"))?;
+    Ok(row["checkouts"].parse()?)
+}
+
+/// One transaction of the load: when it began and ended, and how it ended.
+struct Tx {
+    began: Instant,
+    ended: Instant,
+    outcome: Result<(), String>,
+}
+
+/// A load client: `BEGIN; SELECT pg_sleep(0.4); SELECT 1; COMMIT` (each its own statement,
+/// so each ReadyForQuery inside the block asks the pool-mode plugin) until `stop`.
+async fn hold_transactions(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> Vec<Tx> {
+    let mut done = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let began = Instant::now();
+        let run = async {
+            for sql in ["BEGIN", "SELECT pg_sleep(0.4)", "SELECT 1", "COMMIT"] {
+                client
+                    .batch_execute(sql)
+                    .await
+                    .map_err(|e| format!("{sql}: {}", describe_error(&e)))?;
+            }
+            Ok(())
+        };
+        let outcome = match tokio::time::timeout(Duration::from_secs(20), run).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err("no answer within 20 s".to_owned()),
+        };
+        let failed = outcome.is_err();
+        done.push(Tx {
+            began,
+            ended: Instant::now(),
+            outcome,
+        });
+        if failed {
+            break;
+        }
+    }
+    done
+}
+
+/// The plugin serving pool mode is swapped 10 times between two different components
+/// ([`Version`]: `testing-std-user`, which releases the server when a transaction ends, and
+/// `pool-mode` in session mode, which keeps it), alternately by SIGHUP and by RELOAD, while
+/// 4 clients hold transactions open (`BEGIN; SELECT pg_sleep(0.4); SELECT 1; COMMIT`) the
+/// whole time. Around each swap a witness client (its own pool, `app/md5user`, so its
+/// `checkouts` count is its own) opens a transaction before the swap and commits it after
+/// the new version shows in SHOW PLUGINS; the checkouts its next two transactions make show
+/// who decided: the first must make 1 checkout if the OLD version ended the in-flight
+/// transaction by releasing, 0 if by keeping (so the in-flight transaction finished on the
+/// old version), the second likewise for the NEW version (so the next transaction ran on
+/// the new one). Asserts also: every load transaction commits, at least one was in flight
+/// across each swap, every load client began a transaction between each swap and the next
+/// and committed it (the load ran through all 10), and the plugin never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_between_two_components_finish_transactions_on_the_old_and_start_the_next_on_the_new(
+) -> Result<()> {
     skip_if_direct!();
-    let plugin = component("pool-mode")?;
+    const CLIENTS: usize = 4;
+    const WITNESS_POOL: &str = "app/md5user";
+    let mut base = None;
     let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
-        Ok(with_plugin_path(
-            cfg.pool_size(4),
-            &plugin,
-            &[("mode", "transaction"), ("version_tag", "v0")],
-        ))
+        let cfg = cfg.pool_size(8);
+        base = Some(cfg.clone());
+        Version::StdUserReleases.config(cfg, 0)
     })?;
-    bed.direct().pgbench("app", "app", "app").init(1)?;
+    let base = base.context("base configuration")?;
     let endpoint = bed.endpoint();
-    ensure!(!begin_is_refused(&endpoint).await?, "v0 is transaction mode");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = endpoint.connect_app().await?;
+        load.push(tokio::spawn(hold_transactions(client, stop.clone())));
+    }
+    let (user, password) = switchyard_tests::roles::MD5;
+    let witness = endpoint.connect(user, password, "app").await?;
+    witness.batch_execute("SELECT 1").await.ctx("witness")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let bench = endpoint.pgbench("app", "app", "app").select_only();
-    let load = tokio::spawn(async move {
-        bench
-            .run_async(QueryMode::Simple, 32, 2, Length::Seconds(30))
-            .await
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let mut swap_times = Vec::new();
+    let mut serving = Version::StdUserReleases;
+    // (when the swap was asked for, when SHOW PLUGINS showed it)
+    let mut swaps = Vec::new();
     for i in 1..=10 {
-        let statement = i % 2 == 1;
-        let mode = if statement { "statement" } else { "transaction" };
-        let tag = format!("v{i}-{mode}");
-        let started = bed.proxy().context("proxy")?.config().clone();
-        let cfg = with_plugin_path(started, &plugin, &[("mode", mode), ("version_tag", tag.as_str())]);
-        let t0 = Instant::now();
+        let next = serving.other();
+        // The witness's in-flight transaction begins on the serving version.
+        witness.batch_execute("BEGIN").await.ctx("witness BEGIN")?;
+        witness.batch_execute("SELECT 1").await.ctx("witness SELECT 1")?;
+        let cfg = next.config(base.clone(), i)?;
+        let asked = Instant::now();
         let proxy = bed.proxy().context("proxy")?;
-        if statement {
+        if i % 2 == 1 {
             proxy.reload(cfg)?; // SIGHUP
         } else {
             proxy.write_config(cfg)?;
             let rows = admin_rows(&endpoint, "RELOAD").await?;
-            let policy = rows
-                .iter()
-                .find(|r| r.get("item").map(String::as_str) == Some("plugin policy"))
-                .with_context(|| format!("RELOAD answered {rows:?}"))?;
             ensure!(
-                policy.get("outcome").map(String::as_str) == Some("loaded"),
-                "RELOAD #{i}: {policy:?}"
+                rows.iter()
+                    .any(|r| r["item"] == "plugin policy" && r["outcome"] == "loaded"),
+                "RELOAD #{i}: {rows:?}"
             );
         }
-        let suffix = format!("+{tag}");
         wait_for_row(
             &endpoint,
             Duration::from_secs(20),
-            &format!("swap #{i} to {tag}"),
-            |r| r.get("version").is_some_and(|v| v.ends_with(&suffix)),
+            &format!("swap #{i} to {next:?}"),
+            |r| next.shown(&r["version"], i),
         )
         .await?;
-        swap_times.push(t0.elapsed());
-        ensure!(
-            begin_is_refused(&endpoint).await? == statement,
-            "after swap #{i} to {tag}, a new client's BEGIN should be {}",
-            if statement {
-                "refused (statement mode)"
-            } else {
-                "accepted (transaction mode)"
-            }
+        let shown = Instant::now();
+        swaps.push((asked, shown));
+        // The in-flight transaction goes on and ends after the swap.
+        for sql in ["SELECT pg_sleep(0.05)", "SELECT 2", "COMMIT"] {
+            witness
+                .batch_execute(sql)
+                .await
+                .with_context(|| format!("swap #{i}: the witness's in-flight transaction, {sql}"))?;
+        }
+        let mut made = Vec::new();
+        for _ in 0..2 {
+            let before = checkouts(&endpoint, WITNESS_POOL).await?;
+            witness
+                .batch_execute("BEGIN; SELECT 1; COMMIT")
+                .await
+                .with_context(|| format!("swap #{i}: the witness's next transaction"))?;
+            made.push(checkouts(&endpoint, WITNESS_POOL).await? - before);
+        }
+        eprintln!(
+            "swap #{i} to {next:?}: visible after {:?}; the witness's next two transactions made {made:?} checkouts",
+            shown - asked
         );
+        ensure!(
+            made[0] == serving.checkouts_after(),
+            "swap #{i}: the transaction in flight across the swap was ended by the new version \
+             ({next:?}), not the old one ({serving:?}): the next transaction made {} checkouts, expected {}",
+            made[0],
+            serving.checkouts_after()
+        );
+        ensure!(
+            made[1] == next.checkouts_after(),
+            "swap #{i}: the first transaction after the swap did not run on the new version ({next:?}): \
+             the one after it made {} checkouts, expected {}",
+            made[1],
+            next.checkouts_after()
+        );
+        serving = next;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
+    stop.store(true, Ordering::Relaxed);
+    let ended = Instant::now();
+    let mut per_client = Vec::new();
+    for task in load {
+        per_client.push(task.await?);
+    }
 
-    let result = load.await??;
+    let mut failures = Vec::new();
+    for (c, txs) in per_client.iter().enumerate() {
+        for tx in txs {
+            if let Err(e) = &tx.outcome {
+                failures.push(format!("client {c}: {e}"));
+            }
+        }
+        // The client began a transaction between each swap and the next (or the end), on
+        // the version that swap installed, and it committed.
+        for (i, (_, shown)) in swaps.iter().enumerate() {
+            let until = swaps.get(i + 1).map_or(ended, |(asked, _)| *asked);
+            if !txs
+                .iter()
+                .any(|t| t.outcome.is_ok() && t.began >= *shown && t.began < until)
+            {
+                failures.push(format!(
+                    "client {c}: no transaction began between swap #{} and the next and committed",
+                    i + 1
+                ));
+            }
+        }
+    }
+    let across: Vec<usize> = swaps
+        .iter()
+        .map(|(asked, _)| {
+            per_client
+                .iter()
+                .flatten()
+                .filter(|t| t.outcome.is_ok() && t.began < *asked && t.ended > *asked)
+                .count()
+        })
+        .collect();
+    let committed = per_client.iter().flatten().filter(|t| t.outcome.is_ok()).count();
+    eprintln!("{committed} load transactions committed; in flight across each swap: {across:?}");
     ensure!(
-        result.status_ok && result.failed == 0 && result.processed > 0,
-        "{}",
-        result.output.describe(&format!(
-            "pgbench during 10 swaps: expected 0 failed transactions and no aborted client, got {} failed",
-            result.failed
-        ))
+        failures.is_empty(),
+        "the load through 10 swaps:\n  {}",
+        failures.join("\n  ")
+    );
+    ensure!(
+        across.iter().all(|&n| n > 0),
+        "some swap had no load transaction in flight across it: {across:?}"
     );
     let row = policy_row(&endpoint).await?;
     ensure!(count(&row, "failures")? == 0, "plugin call failures: {row:?}");
-    eprintln!(
-        "10 swaps under pgbench -S -c 32: {} transactions, {:.0} tps, 0 failed; swap to visible: {:?}",
-        result.processed, result.tps, swap_times
-    );
     bed.ensure_proxy_alive()
 }
 

@@ -41,7 +41,7 @@ class Client:
             "client": cid, "ops_ok": 0, "inserts_ok": 0, "selects_ok": 0, "acked": [],
             "errors": {}, "connect_failures": {}, "samples": [], "connects": 0,
             "stale_reads": 0, "max_stall": 0.0, "stall_from": 0.0, "stall_to": 0.0,
-            "stall_ongoing": False,
+            "stall_ongoing": False, "last_ok": 0.0,
         }
         self.last = time.monotonic()
         self.last_wall = now_unix()
@@ -112,6 +112,7 @@ class Client:
                         self.out["stale_reads"] += 1
                     self.out["selects_ok"] += 1
                 self.tick()
+                self.out["last_ok"] = now_unix()
                 self.out["ops_ok"] += 1
             except psycopg.Error as e:
                 code = getattr(e, "sqlstate", None) or "08006"
