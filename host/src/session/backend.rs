@@ -316,7 +316,8 @@ impl Session {
         self.tx_statements = 0;
     }
 
-    /// A ParameterStatus report while relaying: one that no tracked command explains means
+    /// A ParameterStatus report while relaying: an `application_name` report updates what
+    /// the hooks learn about the session (`current-session`); one that no tracked command explains means
     /// the server's settings changed where the proxy could not see (a SET run by a
     /// function, `set_config` with a computed argument), so the server stays with this
     /// client from now on and is reset before anyone else gets it.
@@ -330,9 +331,13 @@ impl Session {
             "is_superuser",
             "session_authorization",
         ];
-        let Ok((name, _)) = switchyard_protocol::backend::parse_parameter_status(body) else {
+        let Ok((name, value)) = switchyard_protocol::backend::parse_parameter_status(body) else {
             return;
         };
+        // What the hooks learn about the session follows the client's own name for it.
+        if name == "application_name" {
+            self.facts.set_application_name(&value);
+        }
         if !NOT_SETTINGS.contains(&name.as_str()) && !self.params.expects_report(&name) {
             tracing::debug!(setting = %name, "server reported a setting change the proxy did not track");
             self.pin("a setting changed by the server itself");
