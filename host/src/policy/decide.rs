@@ -531,7 +531,7 @@ mod tests {
     #[test]
     fn only_what_did_not_take_effect_is_retried_whatever_the_hook_says() {
         let policies = installed(1, |a| a.serve_retry("db", Arc::new(Reckless)));
-        let (mut session, mut about) = (policies.session("db"), facts());
+        let mut about = facts();
         let mut failed = FailedRequest {
             sqlstate: "08006".into(),
             message: String::new(),
