@@ -272,7 +272,7 @@ async fn std_using_plugin_serves_and_its_panic_message_is_reported() -> Result<(
 
 /// Lines of the proxy's log where `testing-std-user` reports an on-ready call for a
 /// session named `application_name` (its stderr line, captured into the log).
-fn on_ready_lines(bed: &TestBed, application_name: &str) -> Result<usize> {
+fn on_ready_lines(bed: &mut TestBed, application_name: &str) -> Result<usize> {
     let needle = format!("(application_name {application_name:?})");
     let log = bed.proxy().context("proxy")?.log();
     Ok(log
@@ -308,7 +308,7 @@ async fn current_session_follows_set_application_name() -> Result<()> {
         }
     };
     select(1).await?;
-    let at_login = on_ready_lines(&bed, "at-login")?;
+    let at_login = on_ready_lines(&mut bed, "at-login")?;
     ensure!(
         at_login > 0,
         "the plugin was not told the login name:\n{}",
@@ -318,7 +318,7 @@ async fn current_session_follows_set_application_name() -> Result<()> {
     client.batch_execute("SET application_name = 'set-later'").await?;
     select(2).await?;
     select(3).await?;
-    let set_later = on_ready_lines(&bed, "set-later")?;
+    let set_later = on_ready_lines(&mut bed, "set-later")?;
     println!("on-ready calls told: at-login {at_login}, set-later {set_later}");
     ensure!(
         set_later >= 2,
@@ -329,7 +329,7 @@ async fn current_session_follows_set_application_name() -> Result<()> {
     client.batch_execute("RESET application_name").await?;
     select(4).await?;
     ensure!(
-        on_ready_lines(&bed, "at-login")? > at_login,
+        on_ready_lines(&mut bed, "at-login")? > at_login,
         "after RESET application_name the plugin must be told the login name again:\n{}",
         bed.proxy().context("proxy")?.log_tail(20)
     );

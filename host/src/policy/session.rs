@@ -16,6 +16,9 @@ pub struct SessionDetails {
     pub database: String,
     pub application_name: String,
     pub client_addr: String,
+    /// The name the client logged in with, which a RESET goes back to (not told to
+    /// plugins; kept here, on the heap, so that a session stays the size it was).
+    login_application_name: String,
 }
 
 /// Distinct (tx-status, holds-server-state, read-only) inputs of a reusable pool-mode
@@ -85,6 +88,7 @@ impl SessionFacts {
                 database: database.to_string(),
                 application_name: application_name.to_string(),
                 client_addr,
+                login_application_name: application_name.to_string(),
             }),
             reuse: ReuseCache::default(),
         }
@@ -112,11 +116,20 @@ impl SessionFacts {
         &self.details.database
     }
 
-    /// The client changed its `application_name` (a SET, a RESET, `set_config`: the
-    /// server's report of it); later hook calls see the new name.
+    /// The client changed its `application_name` (a SET, `set_config`, a rollback of
+    /// either: the server's report of it); later hook calls see the new name.
     pub fn set_application_name(&mut self, name: &str) {
         if self.details.application_name != name {
             Arc::make_mut(&mut self.details).application_name = name.to_string();
+        }
+    }
+
+    /// The client's `application_name` went back to the one it logged in with (RESET,
+    /// RESET ALL, DISCARD ALL committed).
+    pub fn reset_application_name(&mut self) {
+        if self.details.application_name != self.details.login_application_name {
+            let details = Arc::make_mut(&mut self.details);
+            details.application_name = details.login_application_name.clone();
         }
     }
 }
