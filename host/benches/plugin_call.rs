@@ -17,8 +17,10 @@ use std::time::Instant;
 
 use criterion::Criterion;
 use switchyard::config::{Config, PoolMode};
-use switchyard::plugins::{Plugin, PluginRegistry, SessionFacts};
+use switchyard::plugins::{Plugin, PluginRegistry};
+use switchyard::policy::hooks::PoolModeHook;
 use switchyard::policy::pool_mode::{self, ReadyFacts};
+use switchyard::policy::SessionFacts;
 use switchyard_protocol::TransactionStatus;
 
 fn component() -> PathBuf {
@@ -61,8 +63,16 @@ databases = ["reuse"]
     );
     let config = Config::parse(&text, "bench").expect("bench config");
     let registry = PluginRegistry::start(&config).expect("plugin loads");
-    let call = registry.current().pool_mode("app").expect("serves app");
-    let reuse = registry.current().pool_mode("reuse").expect("serves reuse");
+    let named = |name: &str| {
+        registry
+            .current()
+            .plugins()
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .expect("plugin loaded")
+    };
+    let (call, reuse) = (named("call"), named("reuse"));
     (registry, call, reuse)
 }
 
@@ -76,14 +86,14 @@ fn benches(c: &mut Criterion, plugin: &Plugin, reuse: &Plugin, session: &mut Ses
     c.bench_function("pool-mode on-ready: plugin call", |b| {
         b.iter(|| {
             plugin
-                .on_ready(black_box(&mut *session), black_box(FACTS))
+                .on_ready(black_box(&mut *session), PoolMode::Transaction, black_box(FACTS))
                 .expect("call")
         })
     });
     c.bench_function("pool-mode on-ready: reused decision", |b| {
         b.iter(|| {
             reuse
-                .on_ready(black_box(&mut *session), black_box(FACTS))
+                .on_ready(black_box(&mut *session), PoolMode::Transaction, black_box(FACTS))
                 .expect("call")
         })
     });
@@ -120,10 +130,18 @@ fn main() {
     criterion.final_summary();
     println!("component: {}", component().display());
     percentiles("pool-mode on-ready (plugin call)", 100, || {
-        black_box(plugin.on_ready(&mut session, FACTS).expect("call"));
+        black_box(
+            plugin
+                .on_ready(&mut session, PoolMode::Transaction, FACTS)
+                .expect("call"),
+        );
     });
     percentiles("pool-mode on-ready (reused decision)", 100, || {
-        black_box(reuse.on_ready(&mut session, FACTS).expect("call"));
+        black_box(
+            reuse
+                .on_ready(&mut session, PoolMode::Transaction, FACTS)
+                .expect("call"),
+        );
     });
     percentiles("pool-mode on-ready (built-in)", 100, || {
         black_box(pool_mode::decide(PoolMode::Transaction, FACTS));

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::config::ConfigError;
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
+use crate::policy::Policies;
 use crate::pool::{DatabaseRoute, Pool, PoolSettings};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
@@ -67,8 +68,11 @@ pub struct ProxyState {
     pub topology: Topology,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     pub cancels: Arc<CancelRegistry>,
-    /// Shared with the clusters, which ask their `health` and `switchover` plugins.
+    /// The loaded plugins (reloads, `SHOW PLUGINS`); decisions go through `policies`.
     pub plugins: Arc<PluginRegistry>,
+    /// The facade sessions ask (pool mode, retries), shared with the clusters (health,
+    /// switchover); the plugin registry installs each new plugin set there.
+    pub policies: Arc<Policies>,
     /// Serialises reloads (SIGHUP, admin RELOAD, the plugin file watcher).
     reloading: tokio::sync::Mutex<()>,
     pub tls: Option<TlsAcceptor>,
@@ -106,6 +110,7 @@ impl ProxyState {
             .map(|aq| AuthQuery::new(aq.clone(), users[aq.user.get_ref()].clone()));
         let server_tls = server_tls_connector(config.pool.server_tls, config.pool.server_tls_ca.as_deref())?;
         let plugins = Arc::new(PluginRegistry::start(&config)?);
+        let policies = plugins.policies();
         let mut topology = Topology::default();
         for (name, cluster) in &config.clusters {
             let probe = cluster.probe_user.as_ref().map(|u| ProbeSettings {
@@ -118,7 +123,7 @@ impl ProxyState {
             if probe.is_none() && cluster.nodes.len() > 1 {
                 tracing::warn!(cluster = %name, "no probe_user: the nodes are not probed, the configured primary gets all traffic");
             }
-            let cluster = Cluster::new(name, cluster, probe).with_plugins(plugins.clone());
+            let cluster = Cluster::new(name, cluster, probe).with_policies(policies.clone());
             topology.clusters.insert(name.clone(), Arc::new(cluster));
         }
         let mut databases = HashMap::new();
@@ -157,6 +162,7 @@ impl ProxyState {
             pools: Mutex::new(HashMap::new()),
             cancels: Arc::new(CancelRegistry::default()),
             plugins,
+            policies,
             tls,
             clients: AtomicUsize::new(0),
             shutdown,

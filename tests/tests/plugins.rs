@@ -454,3 +454,82 @@ async fn std_using_plugin_serves_and_its_panic_message_is_reported() -> Result<(
     ensure!(one == 1);
     bed.ensure_proxy_alive()
 }
+
+/// Lines of the proxy's log where `testing-std-user` reports an on-ready call for a
+/// session named `application_name` (its stderr line, captured into the log).
+fn on_ready_lines(bed: &mut TestBed, application_name: &str) -> Result<usize> {
+    let needle = format!("(application_name {application_name:?})");
+    let log = bed.proxy().context("proxy")?.log();
+    Ok(log
+        .lines()
+        .filter(|l| l.contains("std-user: on-ready session") && l.contains(&needle))
+        .count())
+}
+
+/// `host.current-session` follows the client's own `SET application_name`, not only the
+/// name it logged in with: through `testing-std-user` (which logs the name it is told on
+/// every on-ready), a client that logged in as `at-login` and then ran
+/// `SET application_name = 'set-later'` is reported as `set-later` at its next statements,
+/// and as `at-login` again after `RESET application_name`. A later
+/// `SET application_name = 'panic-now'` makes the plugin panic: the failure is counted in
+/// SHOW PLUGINS while the client still gets its rows. (Before, the facts kept the startup
+/// name: no `set-later` line, and no failure after the SET.)
+#[tokio::test]
+async fn current_session_follows_set_application_name() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
+        with_plugin(cfg.pool_size(2), "testing-std-user", &[])
+    })?;
+    let endpoint = bed.endpoint();
+    let mut cfg = endpoint.config("app", "app", "app");
+    cfg.application_name("at-login");
+    let client = switchyard_tests::client::connect(&cfg).await?;
+    let select = |n: i32| {
+        let client = &client;
+        async move {
+            let got: i32 = client.query_one("SELECT $1::int", &[&n]).await?.get(0);
+            ensure!(got == n, "SELECT {n} returned {got}");
+            anyhow::Ok(())
+        }
+    };
+    select(1).await?;
+    let at_login = on_ready_lines(&mut bed, "at-login")?;
+    ensure!(
+        at_login > 0,
+        "the plugin was not told the login name:\n{}",
+        bed.proxy().context("proxy")?.log_tail(20)
+    );
+
+    client.batch_execute("SET application_name = 'set-later'").await?;
+    select(2).await?;
+    select(3).await?;
+    let set_later = on_ready_lines(&mut bed, "set-later")?;
+    println!("on-ready calls told: at-login {at_login}, set-later {set_later}");
+    ensure!(
+        set_later >= 2,
+        "after SET application_name the plugin must be told the new name ({set_later} calls were):\n{}",
+        bed.proxy().context("proxy")?.log_tail(20)
+    );
+
+    client.batch_execute("RESET application_name").await?;
+    select(4).await?;
+    ensure!(
+        on_ready_lines(&mut bed, "at-login")? > at_login,
+        "after RESET application_name the plugin must be told the login name again:\n{}",
+        bed.proxy().context("proxy")?.log_tail(20)
+    );
+
+    let (_, failures_before) = plugin_counts(&bed).await?;
+    ensure!(
+        failures_before == 0,
+        "the plugin failed {failures_before} calls before the SET"
+    );
+    client.batch_execute("SET application_name = 'panic-now'").await?;
+    select(5).await?;
+    let (_, failures) = plugin_counts(&bed).await?;
+    ensure!(
+        failures > 0,
+        "a session renamed panic-now by SET must make the plugin panic (failures counted: {failures})"
+    );
+    bed.ensure_proxy_alive()
+}

@@ -12,8 +12,9 @@ wasmtime::component::bindgen!({
     world: "bundle",
 });
 
-pub use self::exports::switchyard::policy::pool_mode::{ReadyAction as WitReadyAction, Reuse as WitReuse};
-pub use self::switchyard::policy::types::{SessionDetails, SessionInfo, TxStatus};
+pub use self::exports::switchyard::policy::pool_mode::Reuse as WitReuse;
+use self::switchyard::policy::types::SessionDetails;
+pub use self::switchyard::policy::types::SessionInfo;
 
 use self::switchyard::policy::host::LogLevel;
 
@@ -40,7 +41,7 @@ impl self::switchyard::policy::host::Host for StoreState {
     }
 
     fn current_session(&mut self) -> Option<SessionDetails> {
-        self.session.as_deref().cloned()
+        self.session.as_deref().map(SessionDetails::from)
     }
 }
 
@@ -78,4 +79,4 @@ impl PluginCounters {
 }
 
 /// The session a hook call is about, for `host.current-session`.
-pub type CallSession = Option<Arc<SessionDetails>>;
+pub type CallSession = Option<Arc<crate::policy::SessionDetails>>;

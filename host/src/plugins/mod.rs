@@ -10,6 +10,7 @@
 
 mod bindings;
 mod cache;
+mod convert;
 mod engine;
 mod failover;
 mod hooks;
@@ -23,20 +24,20 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use switchyard_protocol::TransactionStatus;
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
-use self::bindings::{
-    Bundle, PluginCounters, SessionDetails, SessionInfo, TxStatus, WitReadyAction, WitReuse,
-};
+use self::bindings::{Bundle, PluginCounters, SessionInfo, WitReuse};
 use self::cache::{ArtifactCache, Origin};
 use self::hooks::HookIndices;
 pub use self::instance::CallError;
 use self::instance::{Instances, StoreState};
 pub use self::registry::{PluginHost, PluginRegistry, ReloadOutcome, ReloadReport};
-use crate::config::{HookKind, PluginConfig};
+use crate::config::{HookKind, PluginConfig, PoolMode};
+use crate::policy::hooks::{Decider, PoolModeHook};
 use crate::policy::pool_mode::{ReadyAction, ReadyFacts};
+use crate::policy::session::{reuse_key, REUSE_KEYS};
+use crate::policy::{HookError, SessionFacts};
 
 /// Why a plugin could not be loaded; the proxy does not start (or, on reload, keeps the
 /// previous version).
@@ -89,18 +90,6 @@ pub struct Plugin {
 /// Serials of loaded plugin versions; 0 is never used.
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
-/// Distinct (tx-status, holds-server-state, read-only) inputs of a reusable decision.
-const REUSE_KEYS: usize = 12;
-
-fn reuse_key(status: TransactionStatus, holds_server_state: bool, read_only: bool) -> usize {
-    let tx = match status {
-        TransactionStatus::Idle => 0,
-        TransactionStatus::InTransaction => 1,
-        TransactionStatus::Failed => 2,
-    };
-    tx * 4 + usize::from(holds_server_state) * 2 + usize::from(read_only)
-}
-
 /// Call statistics of a plugin, for `SHOW PLUGINS`.
 pub struct PluginReport {
     pub calls: u64,
@@ -128,57 +117,6 @@ impl Plugin {
         }
     }
 
-    /// The `pool-mode` hook: what to do with the session's server at a ReadyForQuery. A
-    /// decision the plugin declared reusable is answered without calling it.
-    pub fn on_ready(&self, session: &mut SessionFacts, facts: ReadyFacts) -> Result<ReadyAction, CallError> {
-        let key = reuse_key(facts.status, facts.holds_server_state, session.read_only);
-        if let Some(action) = self.reusable[key].get() {
-            self.instances.stats.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(action.clone());
-        }
-        let owner = self.serial;
-        if session.reused_owner != owner {
-            session.reused = Default::default();
-            session.reused_owner = owner;
-        }
-        if let Some(action) = &session.reused[key] {
-            self.instances.stats.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(ReadyAction::clone(action));
-        }
-        let info = SessionInfo {
-            id: session.id,
-            tx_status: match facts.status {
-                TransactionStatus::Idle => TxStatus::Idle,
-                TransactionStatus::InTransaction => TxStatus::InTransaction,
-                TransactionStatus::Failed => TxStatus::Failed,
-            },
-            holds_server_state: facts.holds_server_state,
-            read_only: session.read_only,
-            last_commit_lsn: 0,
-        };
-        let decision = self.instances.call(Some(session.details.clone()), |i| {
-            let hook = i
-                .hooks
-                .pool_mode
-                .as_ref()
-                .ok_or_else(|| wasmtime::format_err!("the component does not export pool-mode"))?;
-            hook.call_on_ready(&mut i.store, info, facts.statements)
-        })?;
-        let action = match decision.action {
-            WitReadyAction::Release => ReadyAction::Release,
-            WitReadyAction::Keep => ReadyAction::Keep,
-            WitReadyAction::RefuseTransaction(message) => ReadyAction::RefuseTransaction(message),
-        };
-        match decision.reuse {
-            WitReuse::Never => {}
-            WitReuse::Session => session.reused[key] = Some(Arc::new(action.clone())),
-            WitReuse::Always => {
-                let _ = self.reusable[key].set(action.clone());
-            }
-        }
-        Ok(action)
-    }
-
     /// Makes `n` fresh instances (instantiate and `init`) for the plugin's pool, beyond
     /// the one made at load: one per worker thread lets the first concurrent calls skip
     /// instantiation.
@@ -192,47 +130,53 @@ impl Plugin {
     }
 }
 
-/// What hooks learn about a session, built once per session.
-pub struct SessionFacts {
-    id: u32,
-    read_only: bool,
-    details: Arc<SessionDetails>,
-    /// Decisions the plugin declared reusable for this session, by input; they belong to
-    /// the plugin version at `reused_owner` and are forgotten when another one answers.
-    /// Behind pointers, so that every session (idle ones included) carries 8 bytes per key.
-    reused: [Option<Arc<ReadyAction>>; REUSE_KEYS],
-    reused_owner: u64,
+impl Decider for Plugin {
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
-impl SessionFacts {
-    pub fn new(
-        id: u32,
-        user: &str,
-        database: &str,
-        application_name: &str,
-        client_addr: String,
-        read_only: bool,
-    ) -> SessionFacts {
-        SessionFacts {
-            id,
-            read_only,
-            details: Arc::new(SessionDetails {
-                user: user.to_string(),
-                database: database.to_string(),
-                application_name: application_name.to_string(),
-                client_addr,
-            }),
-            reused: Default::default(),
-            reused_owner: 0,
+impl PoolModeHook for Plugin {
+    /// A decision the plugin declared reusable is answered without calling it.
+    fn on_ready(
+        &self,
+        session: &mut SessionFacts,
+        _mode: PoolMode,
+        facts: ReadyFacts,
+    ) -> Result<ReadyAction, HookError> {
+        let key = reuse_key(&facts, session.read_only());
+        if let Some(action) = self.reusable[key].get() {
+            self.instances.stats.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(action.clone());
         }
-    }
-
-    pub fn user(&self) -> &str {
-        &self.details.user
-    }
-
-    pub fn database(&self) -> &str {
-        &self.details.database
+        if let Some(action) = session.reuse.get(self.serial, key) {
+            self.instances.stats.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(action.clone());
+        }
+        let info = SessionInfo {
+            id: session.id(),
+            tx_status: facts.status.into(),
+            holds_server_state: facts.holds_server_state,
+            read_only: session.read_only(),
+            last_commit_lsn: 0,
+        };
+        let decision = self.instances.call(Some(session.details().clone()), |i| {
+            let hook = i
+                .hooks
+                .pool_mode
+                .as_ref()
+                .ok_or_else(|| wasmtime::format_err!("the component does not export pool-mode"))?;
+            hook.call_on_ready(&mut i.store, info, facts.statements)
+        })?;
+        let action = ReadyAction::from(decision.action);
+        match decision.reuse {
+            WitReuse::Never => {}
+            WitReuse::Session => session.reuse.set(key, action.clone()),
+            WitReuse::Always => {
+                let _ = self.reusable[key].set(action.clone());
+            }
+        }
+        Ok(action)
     }
 }
 

@@ -1,7 +1,7 @@
-//! The active plugin set and its replacement while traffic flows. Sessions read the set
-//! through an `ArcSwap` (a few nanoseconds, no lock) and keep the `Arc<Plugin>` they started
-//! a transaction with, so a transaction in flight finishes on the version it began with and
-//! the next one uses the new version. A reload loads only what changed (component bytes,
+//! The active plugin set and its replacement while traffic flows. Each new set is installed
+//! in the policy facade (`policy::Policies`) as an `Assignment` of plugins to hooks;
+//! sessions keep the hook they started a transaction with, so a transaction in flight
+//! finishes on the version it began with and the next one uses the new version. A reload loads only what changed (component bytes,
 //! settings or hooks); a plugin that fails to load leaves its previous version serving, and
 //! the reason is kept for `SHOW PLUGINS` and the `RELOAD` answer.
 
@@ -15,79 +15,46 @@ use arc_swap::ArcSwap;
 use super::bindings::PluginCounters;
 use super::{ComponentFile, Loader, Plugin, PluginError};
 use crate::config::{Config, HookKind};
+use crate::policy::{Assignment, Policies};
 
-/// One generation of the plugin set: which plugin serves which hook for which database
-/// (session hooks) or cluster (topology hooks).
+/// One generation of the plugin set. Which plugin serves which hook for which database
+/// (session hooks) or cluster (topology hooks) is the policy facade's [`Assignment`],
+/// built from the same generation and installed with it.
 #[derive(Default)]
 pub struct PluginHost {
+    /// Changes with every reload that changed anything.
     generation: u64,
     plugins: Vec<Arc<Plugin>>,
-    pool_mode: HashMap<String, Arc<Plugin>>,
-    retry: HashMap<String, Arc<Plugin>>,
-    health: HashMap<String, Arc<Plugin>>,
-    switchover: HashMap<String, Arc<Plugin>>,
 }
 
 impl PluginHost {
-    /// Changes with every reload that changed anything.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// The plugin deciding pool mode for `database`, if any.
-    pub fn pool_mode(&self, database: &str) -> Option<Arc<Plugin>> {
-        self.pool_mode.get(database).cloned()
-    }
-
-    /// The plugin deciding retries of failed requests for `database`, if any.
-    pub fn retry(&self, database: &str) -> Option<Arc<Plugin>> {
-        self.retry.get(database).cloned()
-    }
-
-    /// The plugin judging probes of `cluster`'s nodes, if any.
-    pub fn health(&self, cluster: &str) -> Option<Arc<Plugin>> {
-        self.health.get(cluster).cloned()
-    }
-
-    /// The plugin deciding what `cluster`'s topology events do to traffic, if any.
-    pub fn switchover(&self, cluster: &str) -> Option<Arc<Plugin>> {
-        self.switchover.get(cluster).cloned()
-    }
-
     pub fn plugins(&self) -> &[Arc<Plugin>] {
         &self.plugins
     }
 
-    fn build(generation: u64, config: &Config, plugins: Vec<Arc<Plugin>>) -> PluginHost {
-        let mut host = PluginHost {
-            generation,
-            ..PluginHost::default()
-        };
+    /// The set, and who serves each hook of each database and cluster.
+    fn build(generation: u64, config: &Config, plugins: Vec<Arc<Plugin>>) -> (PluginHost, Assignment) {
+        let mut assignment = Assignment::new(generation);
         for plugin in &plugins {
             let plugin_config = &config.plugins[&plugin.name];
-            for (hook, map) in [
-                (HookKind::PoolMode, &mut host.pool_mode),
-                (HookKind::Retry, &mut host.retry),
-            ] {
-                for db in config.databases.keys() {
-                    if plugin_config.serves(hook, db) {
-                        map.insert(db.clone(), plugin.clone());
-                    }
+            for db in config.databases.keys() {
+                if plugin_config.serves(HookKind::PoolMode, db) {
+                    assignment.serve_pool_mode(db, plugin.clone());
+                }
+                if plugin_config.serves(HookKind::Retry, db) {
+                    assignment.serve_retry(db, plugin.clone());
                 }
             }
-            for (hook, map) in [
-                (HookKind::Health, &mut host.health),
-                (HookKind::Switchover, &mut host.switchover),
-            ] {
-                for cluster in config.clusters.keys() {
-                    if plugin_config.serves_cluster(hook, cluster) {
-                        map.insert(cluster.clone(), plugin.clone());
-                    }
+            for cluster in config.clusters.keys() {
+                if plugin_config.serves_cluster(HookKind::Health, cluster) {
+                    assignment.serve_health(cluster, plugin.clone());
+                }
+                if plugin_config.serves_cluster(HookKind::Switchover, cluster) {
+                    assignment.serve_switchover(cluster, plugin.clone());
                 }
             }
         }
-        host.plugins = plugins;
-        host
+        (PluginHost { generation, plugins }, assignment)
     }
 }
 
@@ -135,6 +102,8 @@ pub struct PluginRegistry {
     /// Created with the first plugin (no engine, no ticker thread without plugins).
     loader: Mutex<Option<Arc<Loader>>>,
     current: ArcSwap<PluginHost>,
+    /// The facade the proxy's decisions go through; each new set is installed there.
+    policies: Arc<Policies>,
     /// The configuration the current set was built from (file-change reloads reuse it).
     config: Mutex<Arc<Config>>,
     failures: Mutex<BTreeMap<String, LoadFailure>>,
@@ -152,6 +121,7 @@ impl PluginRegistry {
             cache_dir: config.proxy.plugin_cache_dir.clone(),
             loader: Mutex::new(None),
             current: ArcSwap::from_pointee(PluginHost::default()),
+            policies: Arc::new(Policies::default()),
             config: Mutex::new(Arc::new(config.clone())),
             failures: Mutex::new(BTreeMap::new()),
             counters: Mutex::new(HashMap::new()),
@@ -166,15 +136,24 @@ impl PluginRegistry {
             log_loaded(&plugin);
             plugins.push(Arc::new(plugin));
         }
-        registry
-            .current
-            .store(Arc::new(PluginHost::build(1, config, plugins)));
+        registry.publish(PluginHost::build(1, config, plugins));
         Ok(registry)
     }
 
-    /// The active set. Cheap; sessions call it at transaction boundaries.
+    /// The facade every decision goes through, kept current by this registry.
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies.clone()
+    }
+
+    /// The active set (for `SHOW PLUGINS` and the metrics).
     pub fn current(&self) -> arc_swap::Guard<Arc<PluginHost>> {
         self.current.load()
+    }
+
+    /// Makes a new set active, and its assignment the facade's.
+    fn publish(&self, (host, assignment): (PluginHost, Assignment)) {
+        self.current.store(Arc::new(host));
+        self.policies.install(assignment);
     }
 
     /// The last failed load of `name`, while its previous version (or none) serves.
@@ -267,8 +246,7 @@ impl PluginRegistry {
         let applied = lock(&self.config).clone();
         changed |= plugin_assignment_changed(&applied, config);
         if changed {
-            self.current
-                .store(Arc::new(PluginHost::build(old.generation + 1, config, plugins)));
+            self.publish(PluginHost::build(old.generation + 1, config, plugins));
         }
         *lock(&self.config) = Arc::new(config.clone());
         report

@@ -194,8 +194,12 @@ impl Session {
                 }
                 if status == TransactionStatus::Idle && self.params.has_pending() {
                     let server = self.server.as_mut().map(|s| s.conn());
-                    self.params
-                        .commit_pending(server.map(|c| (&mut c.settings, &mut c.settings_signature)));
+                    if self
+                        .params
+                        .commit_pending(server.map(|c| (&mut c.settings, &mut c.settings_signature)))
+                    {
+                        self.facts.reset_application_name();
+                    }
                 }
                 let at_boundary = self.expect.is_empty() && !self.unsynced;
                 self.release_ready = false;
@@ -316,10 +320,12 @@ impl Session {
         self.tx_statements = 0;
     }
 
-    /// A ParameterStatus report while relaying: one that no tracked command explains means
-    /// the server's settings changed where the proxy could not see (a SET run by a
-    /// function, `set_config` with a computed argument), so the server stays with this
-    /// client from now on and is reset before anyone else gets it.
+    /// A ParameterStatus report while relaying: an `application_name` report (a SET,
+    /// `set_config`, a rollback of either) updates what the hooks learn about the session
+    /// (`current-session`); one that no tracked command explains means the server's
+    /// settings changed where the proxy could not see (a SET run by a function,
+    /// `set_config` with a computed argument), so the server stays with this client from
+    /// now on and is reset before anyone else gets it.
     fn check_report(&mut self, body: &[u8]) {
         /// Reports that are not session settings a client changes.
         const NOT_SETTINGS: [&str; 6] = [
@@ -330,9 +336,12 @@ impl Session {
             "is_superuser",
             "session_authorization",
         ];
-        let Ok((name, _)) = switchyard_protocol::backend::parse_parameter_status(body) else {
+        let Ok((name, value)) = switchyard_protocol::backend::parse_parameter_status(body) else {
             return;
         };
+        if name == "application_name" {
+            self.facts.set_application_name(&value);
+        }
         if !NOT_SETTINGS.contains(&name.as_str()) && !self.params.expects_report(&name) {
             tracing::debug!(setting = %name, "server reported a setting change the proxy did not track");
             self.pin("a setting changed by the server itself");

@@ -346,7 +346,9 @@ impl Session {
             Command::DiscardAll if self.mode == PoolMode::Transaction && self.server.is_none() => {
                 self.statements.clear();
                 self.params.note(Command::DiscardAll);
-                self.params.commit_pending(None);
+                if self.params.commit_pending(None) {
+                    self.facts.reset_application_name();
+                }
                 be::command_complete("DISCARD ALL", &mut out);
             }
             _ => return None,

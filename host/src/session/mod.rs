@@ -49,8 +49,8 @@ use self::statements::ClientStatements;
 use crate::cancel::{CancelRegistration, CancelTarget, CancelsInFlight};
 use crate::config::PoolMode;
 use crate::net::Stream;
-use crate::plugins::{Plugin, SessionFacts};
-use crate::policy::pool_mode::{self, ReadyAction, ReadyFacts};
+use crate::policy::pool_mode::{ReadyAction, ReadyFacts};
+use crate::policy::{SessionFacts, SessionPolicies};
 use crate::pool::{Checkout, Pool};
 use crate::state::ProxyState;
 
@@ -138,12 +138,10 @@ struct Session {
     /// The server is in COPY FROM STDIN started by Execute, and the client has not ended it.
     copy_in: bool,
     state: Arc<ProxyState>,
-    /// The pool-mode plugin for this database, if one is configured, as of the plugin-set
-    /// generation `plugin_generation`; refreshed when a transaction starts, so a reload
-    /// never switches versions inside a transaction.
-    plugin: Option<Arc<Plugin>>,
-    plugin_generation: u64,
-    /// What the plugin is told about this session.
+    /// This session's pool-mode hook, as the policy facade last gave it; refreshed when a
+    /// transaction starts, so a reload never switches versions inside a transaction.
+    policies: SessionPolicies,
+    /// What the hooks are told about this session.
     facts: SessionFacts,
     /// Statements run in the current transaction block.
     tx_statements: u32,
@@ -196,10 +194,7 @@ impl Session {
         );
         let mut params = SessionParams::from_startup(&l.params);
         params.share_startup(|s| pool.shared_settings(s));
-        let plugins = state.plugins.current();
-        let plugin = plugins.pool_mode(&l.database);
-        let plugin_generation = plugins.generation();
-        drop(plugins);
+        let policies = state.policies.session(&l.database);
         Session {
             client: l.stream,
             cbuf: l.buf,
@@ -218,8 +213,7 @@ impl Session {
             skipping: false,
             copy_in: false,
             state,
-            plugin,
-            plugin_generation,
+            policies,
             facts,
             tx_statements: 0,
             release_ready: false,
@@ -322,12 +316,9 @@ impl Session {
             && !self.inflow.active()
     }
 
-    /// The pool-mode decision at a ReadyForQuery boundary: the plugin's, or the built-in's
-    /// when there is no plugin or it failed.
+    /// The pool-mode decision at a ReadyForQuery boundary, from the policy facade (the
+    /// plugin's, or the built-in's when there is no plugin or it failed).
     fn ready_action(&mut self, status: TransactionStatus) -> ReadyAction {
-        if self.tx_statements == 0 {
-            self.refresh_plugin();
-        }
         self.tx_statements += 1;
         let facts = ReadyFacts {
             status,
@@ -337,27 +328,9 @@ impl Session {
         if status == TransactionStatus::Idle {
             self.tx_statements = 0;
         }
-        let builtin = || pool_mode::decide(self.mode, facts);
-        let action = match &self.plugin {
-            Some(plugin) => plugin
-                .on_ready(&mut self.facts, facts)
-                .unwrap_or_else(|_| builtin()),
-            None => builtin(),
-        };
-        // Whatever a plugin answers, a server holding this client's state stays with it.
-        if action == ReadyAction::Release && self.server_state {
-            return ReadyAction::Keep;
-        }
-        action
-    }
-
-    /// Picks up a reloaded plugin set at the start of a transaction.
-    fn refresh_plugin(&mut self) {
-        let plugins = self.state.plugins.current();
-        if plugins.generation() != self.plugin_generation {
-            self.plugin = plugins.pool_mode(self.facts.database());
-            self.plugin_generation = plugins.generation();
-        }
+        self.state
+            .policies
+            .on_ready(&mut self.policies, &mut self.facts, self.mode, facts)
     }
 
     /// Closes the server (dropping the checkout closes it) and forgets what was kept about

@@ -209,12 +209,20 @@ impl SessionParams {
     /// settings and signature are `server`, if any. The client's settings and the server's
     /// can then differ: `RESET name` on a pooled server goes back to the server's default,
     /// while the client expects its own startup value, which its next transaction replays.
-    pub fn commit_pending(&mut self, server: Option<(&mut Settings, &mut u64)>) {
+    /// Returns whether `application_name` went back to its startup value (a RESET of it,
+    /// RESET ALL, DISCARD ALL), which the server's report does not show in that case.
+    pub fn commit_pending(&mut self, server: Option<(&mut Settings, &mut u64)>) -> bool {
         if self.pending.is_empty() {
-            return;
+            return false;
         }
         let mut applied = server;
+        let mut application_name_reset = false;
         for cmd in std::mem::take(&mut self.pending) {
+            application_name_reset |= match &cmd {
+                Command::Reset { name } => name.eq_ignore_ascii_case("application_name"),
+                Command::ResetAll | Command::DiscardAll => true,
+                _ => false,
+            };
             let desired = Arc::make_mut(&mut self.desired);
             match cmd {
                 Command::Set { name, value } => {
@@ -255,6 +263,7 @@ impl SessionParams {
                 0
             };
         }
+        application_name_reset
     }
 
     /// Takes the values a server reports (`read_back_query`'s rows) as the session's

@@ -396,22 +396,13 @@ impl Session {
         None
     }
 
-    /// The retry policy's answer: the database's `retry` plugin, or the built-in when there
-    /// is none or its call failed. Whatever a plugin says, only what did not take effect
-    /// runs again.
+    /// The retry policy's answer, from the policy facade (the database's `retry` plugin,
+    /// or the built-in when there is none or its call failed; only what did not take
+    /// effect runs again, whatever a plugin says).
     fn retry_decision(&mut self, failed: &FailedRequest, budget: std::time::Duration) -> RetryDecision {
-        let plugin = self.state.plugins.current().retry(self.facts.database());
-        let decision = match plugin {
-            Some(plugin) => plugin
-                .on_error(&mut self.facts, TransactionStatus::Idle, failed)
-                .unwrap_or_else(|_| retry::decide(failed, budget)),
-            None => retry::decide(failed, budget),
-        };
-        if retry::allowed(failed) {
-            decision
-        } else {
-            RetryDecision::Surface
-        }
+        self.state
+            .policies
+            .on_error(&mut self.facts, TransactionStatus::Idle, failed, budget)
     }
 
     /// Whether the node that failed a request is going away, rather than having ended one

@@ -62,16 +62,11 @@ pub(super) fn apply(cluster: &Cluster, view: &mut ClusterView, action: Action) {
         Action::Resume => {
             cluster.release_hold();
         }
-        Action::MoveTo(n) if view.candidate == Some(n) => {
+        // The policy facade passes a move only to the node the probes confirm.
+        Action::MoveTo(n) => {
             view.primary = Some(n);
             view.nodes[n].fenced_by_policy = false;
         }
-        Action::MoveTo(n) => tracing::warn!(
-            cluster = %cluster.name,
-            node = %cluster.nodes[n],
-            confirmed = ?view.candidate.map(|c| cluster.nodes[c].to_string()),
-            "switchover policy: move-to ignored, the probes do not confirm that node as primary"
-        ),
         Action::Fence(n) => {
             view.nodes[n].fenced_by_policy = true;
             if view.primary == Some(n) {

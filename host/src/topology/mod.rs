@@ -8,7 +8,6 @@
 
 mod events;
 pub mod patroni;
-mod policies;
 mod probe;
 
 use std::collections::HashMap;
@@ -22,12 +21,10 @@ use crate::auth::UserAuth;
 use crate::config::{ClusterConfig, NodeRole};
 use crate::incident::Incidents;
 use crate::net::ServerTls;
-use crate::plugins::PluginRegistry;
-use crate::policy::switchover::{HoldPlan, TopologyEvent};
+use crate::policy::switchover::{Action, Described, HoldPlan, NodeInfo, TopologyEvent};
 use crate::policy::topology::{ProbeInput, ProbeSample, Role, Verdict};
+use crate::policy::{Policies, SwitchoverDecision};
 use crate::server::NodeAddr;
-
-use self::policies::Policies;
 
 /// One node as last probed.
 #[derive(Debug, Clone, Default)]
@@ -104,8 +101,9 @@ pub struct Cluster {
     pub patroni: Mutex<patroni::PatroniView>,
     /// The switchover policy's hold; waiters subscribe.
     hold: watch::Sender<Option<Hold>>,
-    /// The cluster's health and switchover plugins (or the built-ins).
-    policies: Policies,
+    /// The policy facade, which asks the cluster's health and switchover plugins (or the
+    /// built-ins).
+    policies: Arc<Policies>,
 }
 
 impl Cluster {
@@ -166,14 +164,14 @@ impl Cluster {
             incidents: Arc::new(Incidents::new(name)),
             patroni: Mutex::new(patroni::PatroniView::default()),
             hold: watch::channel(None).0,
-            policies: Policies::default(),
+            policies: Arc::default(),
         }
     }
 
-    /// Asks the cluster's `health` and `switchover` plugins in `registry` (as it is at each
-    /// decision, so reloads apply) before the built-in policies.
-    pub fn with_plugins(mut self, registry: Arc<PluginRegistry>) -> Cluster {
-        self.policies = Policies::new(registry);
+    /// Decides through `policies` (the cluster's `health` and `switchover` plugins as
+    /// installed at each decision, so reloads apply) instead of the built-ins alone.
+    pub fn with_policies(mut self, policies: Arc<Policies>) -> Cluster {
+        self.policies = policies;
         self
     }
 
@@ -244,7 +242,7 @@ impl Cluster {
         };
         // The health call runs before the lock: a slow plugin holds up only this prober.
         let verdict = self.policies.judge(
-            self,
+            &self.name,
             &ProbeInput {
                 node,
                 sample,
@@ -286,7 +284,7 @@ impl Cluster {
     /// publishes it. Called with `update` held.
     fn decide_and_publish(&self, old: &ClusterView, mut view: ClusterView, events: &[TopologyEvent]) {
         for &event in events {
-            let actions = self.policies.on_event(self, event, &view);
+            let actions = self.decide(event, &view);
             for action in actions {
                 events::apply(self, &mut view, action);
             }
@@ -315,6 +313,38 @@ impl Cluster {
         if generation != old.generation {
             self.changed.send_replace(generation);
         }
+    }
+
+    /// The switchover policy's actions for `event`, logged as one decision line.
+    fn decide(&self, event: TopologyEvent, view: &ClusterView) -> Vec<Action> {
+        let nodes: Vec<NodeInfo> = view
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeInfo {
+                role: n.verdict.role,
+                reachable: n.sample.reachable,
+                fenced: n.fenced,
+                timeline: n.sample.timeline,
+                lsn: n.sample.lsn,
+                lag_bytes: n.lag_bytes,
+                primary: view.primary == Some(i),
+            })
+            .collect();
+        let SwitchoverDecision { actions, by } =
+            self.policies
+                .on_event(&self.name, event, &nodes, view.candidate, self.hold_timeout);
+        let name = |n: usize| self.nodes[n].to_string();
+        let subject = event
+            .node()
+            .map_or_else(String::new, |n| format!("(node {})", name(n)));
+        let decided = Described(&actions, name);
+        if actions.is_empty() && matches!(event, TopologyEvent::NodeChanged(_)) {
+            tracing::debug!(cluster = %self.name, "switchover {by}: event {}{subject} → {decided}", event.name());
+        } else {
+            tracing::info!(cluster = %self.name, "switchover {by}: event {}{subject} → {decided}", event.name());
+        }
+        actions
     }
 
     /// The hold in force, if any: new transactions of the cluster's databases wait (see
