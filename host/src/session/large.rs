@@ -29,7 +29,9 @@ pub(super) const STREAM_ABOVE: usize = 256 * 1024;
 /// whether they are forwarded or dropped.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Passing {
-    left: usize,
+    /// 32 bits are enough (a message's length comes from an `i32` on the wire) and keep
+    /// the server side of a session, which holds two of these, small.
+    left: u32,
     forward: bool,
 }
 
@@ -40,10 +42,18 @@ impl Passing {
         self.left != 0
     }
 
+    /// A message of `len` bytes (a frame's length, at most 2^31) starts passing.
+    fn new(len: usize, forward: bool) -> Passing {
+        Passing {
+            left: u32::try_from(len).unwrap_or(u32::MAX),
+            forward,
+        }
+    }
+
     /// Takes up to `available` bytes of the message: how many, and whether to forward them.
     fn take(&mut self, available: usize) -> (usize, bool) {
-        let n = self.left.min(available);
-        self.left -= n;
+        let n = (self.left as usize).min(available);
+        self.left -= n as u32; // n <= left
         (n, self.forward)
     }
 }
@@ -155,10 +165,7 @@ impl Session {
             "client message streams through"
         );
         bytes::Buf::advance(&mut self.cbuf, done);
-        self.server.inflow = Passing {
-            left: header.len - done,
-            forward,
-        };
+        self.server.inflow = Passing::new(header.len - done, forward);
         self.pass_client_bytes();
         Ok(true)
     }
@@ -172,10 +179,7 @@ impl Session {
         forward: bool,
         available: usize,
     ) -> usize {
-        self.server.outflow = Passing {
-            left: header.len,
-            forward,
-        };
+        self.server.outflow = Passing::new(header.len, forward);
         self.server.outflow.take(available).0
     }
 
@@ -192,10 +196,7 @@ mod tests {
 
     #[test]
     fn passing_counts_down_to_the_end_of_its_message() {
-        let mut p = Passing {
-            left: 10,
-            forward: true,
-        };
+        let mut p = Passing::new(10, true);
         assert_eq!(p.take(4), (4, true));
         assert!(p.active());
         assert_eq!(p.take(100), (6, true));
