@@ -105,10 +105,7 @@ impl Session {
             FrontendMessage::CopyData(_) => self.on_copy_data(raw),
             FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => self.on_copy_end(raw),
             FrontendMessage::Terminate => self.on_terminate(),
-            FrontendMessage::Password(_) => Err(SessionError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "unexpected password message after authentication",
-            )),
+            FrontendMessage::Password(_) => Err(password_after_login()),
         }
     }
 
@@ -180,6 +177,14 @@ impl Session {
     pub(super) fn synthesize(&mut self, reply: Bytes) {
         self.server.replies.synthesize(reply, &mut self.cout);
     }
+}
+
+/// A password message from a client that is logged in already.
+fn password_after_login() -> SessionError {
+    SessionError::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        "unexpected password message after authentication",
+    )
 }
 
 /// A client message over `max_message_size`, refused from its header.
