@@ -113,16 +113,31 @@ impl Session {
         Ok(())
     }
 
-    /// An extended-protocol message the server gets as it is (Execute, a Close of a portal
-    /// or the unnamed statement), answered by `expect`.
-    pub(super) async fn on_extended(&mut self, expect: Expect, raw: &Bytes) -> Result<(), SessionError> {
+    /// Execute: to the server as it is.
+    pub(super) async fn on_execute(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+        if self.pass_extended(raw).await? {
+            self.server.replies.push(Expect::Execute);
+        }
+        Ok(())
+    }
+
+    /// Close of a portal or of the unnamed statement: to the server as it is.
+    pub(super) async fn on_close(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+        if self.pass_extended(raw).await? {
+            self.server.replies.push(Expect::Close);
+        }
+        Ok(())
+    }
+
+    /// Sends an extended-protocol message as it is, in the open batch; false when no
+    /// server could be had (the batch is then skipped to its Sync).
+    async fn pass_extended(&mut self, raw: &Bytes) -> Result<bool, SessionError> {
         if !self.acquire_or_refuse(true).await? {
-            return Ok(());
+            return Ok(false);
         }
         self.server.replies.open_batch();
         self.server.sout.extend_from_slice(raw);
-        self.server.replies.push(expect);
-        Ok(())
+        Ok(true)
     }
 
     /// Sync: ends the batch on the server, or, with no server held, is answered here.

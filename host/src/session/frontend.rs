@@ -10,7 +10,6 @@ use switchyard_protocol::frontend::{encode_flush, FrontendMessage, Target};
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::ProtocolError;
 
-use super::replies::Expect;
 use super::{Session, SessionError, HIGH_WATER, MAX_OWED};
 
 impl Session {
@@ -97,8 +96,8 @@ impl Session {
                 target: Target::Statement,
                 name,
             } if !name.is_empty() => self.on_close_statement(&name),
-            FrontendMessage::Close { .. } => self.on_extended(Expect::Close, raw).await,
-            FrontendMessage::Execute { .. } => self.on_extended(Expect::Execute, raw).await,
+            FrontendMessage::Close { .. } => self.on_close(raw).await,
+            FrontendMessage::Execute { .. } => self.on_execute(raw).await,
             FrontendMessage::Sync => self.on_sync(raw),
             FrontendMessage::Flush => self.on_flush(raw),
             FrontendMessage::FunctionCall(_) => self.on_function_call(raw).await,
