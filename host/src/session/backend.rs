@@ -1,74 +1,35 @@
-//! Server replies: forwarded to the client in order, except replies to messages the proxy
-//! injected (swallowed) and replies the proxy makes itself (inserted where the server's
-//! reply would have been).
-//!
-//! Each message sent to the server pushes an [`Expect`]; the reply that completes it pops it.
-//! After an error in the extended protocol, Postgres skips everything up to Sync, so the
-//! expectations up to the Sync are dropped too, and statements the proxy had meant to prepare
-//! there are forgotten.
+//! Server replies: read from the server's buffer and relayed to the client in runs, as the
+//! reply queue (`replies`) says each message is to be treated, with what a reply changes
+//! in the session applied here: the transaction status, the settings confirmed or rolled
+//! back, the statements the server dropped, the pool-mode decision at a boundary.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-use bytes::{Buf, BytesMut};
-use switchyard_protocol::backend::{error_response, ready_for_query, ErrorFields};
-use switchyard_protocol::backend::{parse_command_complete, parse_ready_for_query, tags, TransactionStatus};
+use bytes::Buf;
+use switchyard_protocol::backend::{parse_command_complete, tags, TransactionStatus};
 use switchyard_protocol::frame::{frames, HEADER_LEN};
-use switchyard_protocol::frontend::encode_query;
-use switchyard_protocol::sqlstate;
 
 /// Largest server message relayed: Postgres' own limit on a message (1 GiB). Large rows and
 /// COPY data pass through in pieces (`large`); other server messages are held whole.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
+use super::replies::Reply;
 use super::{large, Session, SessionError};
 use crate::policy::pool_mode::ReadyAction;
-use crate::pool::StatementDef;
-
-/// A reply the server owes.
-#[derive(Debug)]
-pub(super) enum Expect {
-    /// A client Query or FunctionCall: ends with ReadyForQuery.
-    Query,
-    /// A client Parse; for a named statement, the proxy's statement and the client's name.
-    Parse {
-        prepared: Option<(Arc<StatementDef>, Bytes)>,
-    },
-    Bind,
-    Describe,
-    Execute,
-    Close,
-    Sync,
-    /// The proxy's own Parse of a statement this server lacked: swallow ParseComplete.
-    InjectedParse {
-        def: Arc<StatementDef>,
-    },
-    /// The proxy's own Close of an evicted statement: swallow CloseComplete.
-    InjectedClose,
-    /// The proxy's own simple query (the ROLLBACK that refuses a transaction block in
-    /// statement mode): swallow everything to ReadyForQuery.
-    InjectedQuery,
-    /// A reply the proxy makes, sent when every earlier reply has been forwarded.
-    Synthetic(Bytes),
-    /// Where the client ended a COPY FROM STDIN (CopyDone/CopyFail); no reply of its own.
-    CopyEnd,
-}
 
 impl Session {
     /// Handles every complete server message in the read buffer.
     pub(super) fn process_server(&mut self) -> Result<(), SessionError> {
-        let Some(server) = self.server.as_mut() else {
+        let Some(conn) = self.server.conn() else {
             return Ok(());
         };
         // The buffer leaves the connection while its messages are handled, so the handlers
         // may update the connection (statements, settings) without aliasing it.
-        let mut rbuf = std::mem::take(&mut server.conn().rbuf);
+        let mut rbuf = std::mem::take(&mut conn.rbuf);
         let result = self.relay(&rbuf);
         if let Ok(consumed) = result {
             rbuf.advance(consumed);
         }
-        if let Some(server) = self.server.as_mut() {
-            server.conn().rbuf = rbuf;
+        if let Some(conn) = self.server.conn() {
+            conn.rbuf = rbuf;
         }
         result.map(|_| ())
     }
@@ -79,12 +40,12 @@ impl Session {
     fn relay(&mut self, buf: &[u8]) -> Result<usize, SessionError> {
         // The rest of a large message passing through, first.
         let mut passed = 0;
-        if self.outflow.active() {
+        if self.server.outflow.active() {
             let (n, forward) = self.take_server_bytes(buf.len());
             if forward {
                 self.cout.extend_from_slice(&buf[..n]);
             }
-            if self.outflow.active() {
+            if self.server.outflow.active() {
                 return Ok(n);
             }
             passed = n;
@@ -96,7 +57,7 @@ impl Session {
             let (header, offset) = item.map_err(SessionError::ServerProtocol)?;
             let end = offset + header.len;
             let forward = self.on_server_message(header.tag, &buf[offset + HEADER_LEN..end])?;
-            let settle = matches!(self.expect.front(), Some(Expect::Synthetic(_) | Expect::CopyEnd));
+            let settle = self.server.replies.settles_next();
             let anchor = self.replay.wants_anchor();
             if !forward || settle || anchor {
                 let run_end = if forward { end } else { offset };
@@ -106,7 +67,7 @@ impl Session {
                     // Replies after this point belong to the pipelined requests.
                     self.replay.reanchor(self.cout.len());
                 }
-                self.settle_front();
+                self.server.replies.settle_front(&mut self.cout);
             }
         }
         let mut consumed = messages.consumed();
@@ -123,47 +84,8 @@ impl Session {
         Ok(passed + consumed)
     }
 
-    /// Sends synthetic replies that have reached the front of the queue, and drops markers.
-    fn settle_front(&mut self) {
-        loop {
-            match self.expect.front() {
-                Some(Expect::Synthetic(_)) => {
-                    if let Some(Expect::Synthetic(reply)) = self.expect.pop_front() {
-                        self.cout.extend_from_slice(&reply);
-                    }
-                }
-                Some(Expect::CopyEnd) => {
-                    self.expect.pop_front();
-                }
-                _ => return,
-            }
-        }
-    }
-
-    /// COPY FROM STDIN started by an Execute: Postgres ignores every Sync the client sends
-    /// until CopyDone/CopyFail, so the Syncs already queued for that stretch owe nothing.
-    fn on_copy_in(&mut self) {
-        if !matches!(self.expect.front(), Some(Expect::Execute)) {
-            return; // simple query COPY: the Query ends at ReadyForQuery as usual
-        }
-        let mut i = 1;
-        while i < self.expect.len() {
-            match self.expect[i] {
-                Expect::Sync => {
-                    self.expect.remove(i);
-                    self.unsynced = true;
-                }
-                Expect::CopyEnd => {
-                    self.expect.remove(i);
-                    return;
-                }
-                _ => i += 1,
-            }
-        }
-        self.copy_in = true;
-    }
-
-    /// Updates the expectations for one server message; returns whether to forward it.
+    /// Handles one server message: asks the reply queue what it means, and applies that to
+    /// the session. Returns whether to forward it.
     fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<bool, SessionError> {
         if self.replay.failed() {
             return Ok(false); // the request will run again elsewhere; this server is done
@@ -171,7 +93,9 @@ impl Session {
         if self.replay.is_open() && self.watch_for_retry(tag, body) {
             return Ok(false);
         }
-        if tag == tags::ERROR_RESPONSE && self.expect.is_empty() && self.tx_status == TransactionStatus::Idle
+        if tag == tags::ERROR_RESPONSE
+            && self.server.replies.is_empty()
+            && self.tx_status == TransactionStatus::Idle
         {
             // Nothing was asked: the server is ending an idle connection (a shutdown, an
             // idle timeout). The end of stream that follows decides what the session does.
@@ -179,143 +103,95 @@ impl Session {
             tracing::debug!(error = ?fields, "idle server sent an error; not forwarded");
             return Ok(false);
         }
-        let injected_query = matches!(self.expect.front(), Some(Expect::InjectedQuery));
-        match tag {
-            tags::READY_FOR_QUERY => {
-                let status = parse_ready_for_query(body).map_err(SessionError::ServerProtocol)?;
-                let ended = self.expect.pop_front();
-                if matches!(ended, Some(Expect::InjectedQuery)) {
-                    return Ok(false);
-                }
-                self.tx_status = status;
-                // Reports come until the transaction ends (a SET LOCAL reverts at COMMIT).
-                if self.expect.is_empty() && status == TransactionStatus::Idle {
-                    self.params.settle_reports();
-                }
-                if status == TransactionStatus::Idle && self.params.has_pending() {
-                    let server = self.server.as_mut().map(|s| s.conn());
-                    if self
-                        .params
-                        .commit_pending(server.map(|c| (&mut c.settings, &mut c.settings_signature)))
-                    {
-                        self.facts.reset_application_name();
-                    }
-                }
-                let at_boundary = self.expect.is_empty() && !self.unsynced;
-                self.release_ready = false;
-                if at_boundary {
-                    match self.ready_action(status) {
-                        ReadyAction::Release => self.release_ready = true,
-                        ReadyAction::Keep => {}
-                        ReadyAction::RefuseTransaction(message) => {
-                            self.refuse_transaction(&message);
-                            return Ok(false);
-                        }
-                    }
-                }
-                Ok(true)
+        if tag == tags::ERROR_RESPONSE {
+            self.params.abort_pending();
+        }
+        // The statements the server dropped when it skipped to Sync.
+        let statements = &mut self.statements;
+        let checkout = &mut self.server.checkout;
+        let reply = self.server.replies.on_message(tag, body, |def, name| {
+            if let Some(server) = checkout.as_mut() {
+                server.conn().statements.remove(def.id);
             }
-            tags::ERROR_RESPONSE => {
-                self.params.abort_pending();
-                match self.expect.front() {
-                    Some(Expect::Query) => Ok(true),
-                    Some(Expect::InjectedQuery) => {
-                        let fields = switchyard_protocol::backend::parse_error_fields(body).ok();
-                        tracing::warn!(error = ?fields, "the proxy's own query failed");
-                        Ok(false)
-                    }
-                    _ => {
-                        // Extended protocol: the server now skips to Sync.
-                        while let Some(front) = self.expect.front() {
-                            if matches!(front, Expect::Sync) {
-                                break;
-                            }
-                            match self.expect.pop_front() {
-                                Some(Expect::InjectedParse { def }) => self.forget_on_server(def.id),
-                                Some(Expect::Parse {
-                                    prepared: Some((def, name)),
-                                }) => {
-                                    self.forget_on_server(def.id);
-                                    self.statements.remove(&name);
-                                }
-                                _ => {}
-                            }
-                        }
-                        Ok(true)
-                    }
-                }
+            if let Some(name) = name {
+                statements.remove(&name);
             }
-            tags::PARAMETER_STATUS if !injected_query => {
+        });
+        match reply.map_err(SessionError::ServerProtocol)? {
+            Reply::Forward => Ok(true),
+            Reply::Swallow => Ok(false),
+            Reply::Ready { status, boundary } => Ok(self.on_ready_for_query(status, boundary)),
+            Reply::Report => {
                 self.check_report(body);
                 Ok(true)
             }
-            tags::COPY_IN_RESPONSE => {
-                self.on_copy_in();
+            Reply::Complete => {
+                self.on_command_complete(body);
                 Ok(true)
             }
-            tags::PARSE_COMPLETE => Ok(match self.expect.pop_front() {
-                Some(Expect::InjectedParse { def }) => {
-                    def.mark_validated();
-                    false
-                }
-                Some(Expect::Parse {
-                    prepared: Some((def, _)),
-                }) => {
-                    def.mark_validated();
-                    true
-                }
-                _ => true,
-            }),
-            tags::CLOSE_COMPLETE => Ok(!matches!(self.expect.pop_front(), Some(Expect::InjectedClose))),
-            tags::BIND_COMPLETE => {
-                self.pop_if(|e| matches!(e, Expect::Bind));
-                Ok(true)
+            Reply::OwnQueryFailed => {
+                let fields = switchyard_protocol::backend::parse_error_fields(body).ok();
+                tracing::warn!(error = ?fields, "the proxy's own query failed");
+                Ok(false)
             }
-            tags::ROW_DESCRIPTION | tags::NO_DATA => {
-                if injected_query {
-                    return Ok(false);
-                }
-                self.pop_if(|e| matches!(e, Expect::Describe));
-                Ok(true)
+        }
+    }
+
+    /// A ReadyForQuery for the client: the transaction status, the settings it confirms,
+    /// and at a boundary the pool-mode decision. Returns whether to forward it (not when the
+    /// transaction block is refused: the client gets the refusal in its place).
+    fn on_ready_for_query(&mut self, status: TransactionStatus, at_boundary: bool) -> bool {
+        self.tx_status = status;
+        // Reports come until the transaction ends (a SET LOCAL reverts at COMMIT).
+        if self.server.replies.is_empty() && status == TransactionStatus::Idle {
+            self.params.settle_reports();
+        }
+        if status == TransactionStatus::Idle && self.params.has_pending() {
+            let server = self.server.conn();
+            if self
+                .params
+                .commit_pending(server.map(|c| (&mut c.settings, &mut c.settings_signature)))
+            {
+                self.facts.reset_application_name();
             }
-            tags::COMMAND_COMPLETE | tags::EMPTY_QUERY_RESPONSE | tags::PORTAL_SUSPENDED => {
-                if injected_query {
-                    return Ok(false);
+        }
+        self.server.release_ready = false;
+        if at_boundary {
+            match self.ready_action(status) {
+                ReadyAction::Release => self.server.release_ready = true,
+                ReadyAction::Keep => {}
+                ReadyAction::RefuseTransaction(message) => {
+                    self.refuse_transaction(&message);
+                    return false;
                 }
-                if tag == tags::COMMAND_COMPLETE {
-                    match parse_command_complete(body) {
-                        Ok("ROLLBACK") => self.params.abort_pending(),
-                        // A pinned or session-mode client's own DISCARD ALL or DEALLOCATE
-                        // ALL reached the server: the proxy's statements there are gone,
-                        // and so are the client's names, as on Postgres.
-                        Ok("DISCARD ALL" | "DEALLOCATE ALL") => {
-                            self.statements.clear();
-                            if let Some(server) = self.server.as_mut() {
-                                server.conn().statements.clear();
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                self.pop_if(|e| matches!(e, Expect::Execute));
-                Ok(true)
             }
-            _ => Ok(!injected_query),
+        }
+        true
+    }
+
+    /// A CommandComplete for the client whose tag changes what the proxy tracks.
+    fn on_command_complete(&mut self, body: &[u8]) {
+        match parse_command_complete(body) {
+            Ok("ROLLBACK") => self.params.abort_pending(),
+            // A pinned or session-mode client's own DISCARD ALL or DEALLOCATE ALL reached
+            // the server: the proxy's statements there are gone, and so are the client's
+            // names, as on Postgres.
+            Ok("DISCARD ALL" | "DEALLOCATE ALL") => {
+                self.statements.clear();
+                if let Some(conn) = self.server.conn() {
+                    conn.statements.clear();
+                }
+            }
+            _ => {}
         }
     }
 
     /// Rolls back the transaction block the client just opened (statement pooling) and
     /// answers with an error in place of this ReadyForQuery.
     fn refuse_transaction(&mut self, message: &str) {
-        encode_query(b"ROLLBACK", &mut self.sout);
-        self.expect.push_back(Expect::InjectedQuery);
-        let mut reply = BytesMut::new();
-        error_response(
-            &ErrorFields::error(sqlstate::INVALID_TRANSACTION_STATE, message),
-            &mut reply,
-        );
-        ready_for_query(TransactionStatus::Idle, &mut reply);
-        self.expect.push_back(Expect::Synthetic(reply.freeze()));
+        self.server
+            .replies
+            .refuse_transaction(message, &mut self.server.sout);
         self.tx_status = TransactionStatus::Idle;
         self.tx_statements = 0;
     }
@@ -345,18 +221,6 @@ impl Session {
         if !NOT_SETTINGS.contains(&name.as_str()) && !self.params.expects_report(&name) {
             tracing::debug!(setting = %name, "server reported a setting change the proxy did not track");
             self.pin("a setting changed by the server itself");
-        }
-    }
-
-    fn pop_if(&mut self, f: impl Fn(&Expect) -> bool) {
-        if self.expect.front().is_some_and(f) {
-            self.expect.pop_front();
-        }
-    }
-
-    fn forget_on_server(&mut self, id: u64) {
-        if let Some(server) = self.server.as_mut() {
-            server.conn().statements.remove(id);
         }
     }
 }

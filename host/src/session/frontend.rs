@@ -1,22 +1,16 @@
-//! Client messages: what each one needs (a server, a rewrite, a synthetic reply) and what
-//! the server will owe for it.
+//! Client messages: taken from the client's buffer and handed, one by one, to the step for
+//! their kind (`simple` for Query and FunctionCall, `extended` for the extended protocol,
+//! `copy` for COPY data), each of which says what the message needs (a server, a rewrite, a
+//! synthetic reply) and what the server will owe for it.
 
-use std::sync::Arc;
-
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use switchyard_protocol::backend::{self as be, ErrorFields};
 use switchyard_protocol::frame::{peek_header, split_frame};
-use switchyard_protocol::frontend::{
-    encode_bind_renamed, encode_close, encode_describe, encode_flush, FrontendMessage, Target,
-};
+use switchyard_protocol::frontend::{encode_flush, FrontendMessage, Target};
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::ProtocolError;
 
-use super::backend::Expect;
-use super::sql::{self, Command};
 use super::{Session, SessionError, HIGH_WATER, MAX_OWED};
-use crate::config::PoolMode;
-use crate::pool::StatementDef;
 
 impl Session {
     /// Handles every complete client message in the buffer, and passes on what has arrived
@@ -28,22 +22,23 @@ impl Session {
         loop {
             self.input_held = self.input_blocked() && !self.cbuf.is_empty();
             if self.input_held {
-                if self.expect.len() >= MAX_OWED
-                    && self.unsynced
-                    && !self.copy_in
-                    && !self.inflow.active()
-                    && self.server.is_some()
+                let server = &self.server;
+                if server.replies.len() >= MAX_OWED
+                    && server.replies.unsynced()
+                    && !server.replies.copy_in()
+                    && !server.inflow.active()
+                    && server.held()
                 {
                     // The server may be keeping the replies to this batch until a Flush
                     // or Sync that sits behind the messages not read yet: ask for them.
-                    encode_flush(&mut self.sout);
+                    encode_flush(&mut self.server.sout);
                 }
                 break;
             }
             if self.terminated {
                 break;
             }
-            if self.inflow.active() {
+            if self.server.inflow.active() {
                 if !self.pass_client_bytes() {
                     break;
                 }
@@ -73,215 +68,75 @@ impl Session {
     /// what one client can make the proxy hold, however it pipelines.
     #[inline]
     pub(super) fn input_blocked(&self) -> bool {
-        self.sout.len() >= HIGH_WATER || self.cout.len() >= HIGH_WATER || self.expect.len() >= MAX_OWED
+        self.server.sout.len() >= HIGH_WATER
+            || self.cout.len() >= HIGH_WATER
+            || self.server.replies.len() >= MAX_OWED
     }
 
+    /// Handles one client message: the step for its kind.
     pub(super) async fn handle(&mut self, msg: FrontendMessage, raw: &Bytes) -> Result<(), SessionError> {
+        self.report_lost_session(&msg)?;
+        if self.skipping {
+            return self.skip(&msg);
+        }
+        match msg {
+            FrontendMessage::Query { sql } => self.on_query(&sql, raw).await,
+            FrontendMessage::Parse {
+                name,
+                query,
+                param_types,
+            } => self.on_parse(name, &query, &param_types, raw).await,
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                rest,
+            } => self.on_bind(&portal, &statement, &rest, raw).await,
+            FrontendMessage::Describe { target, name } => self.on_describe(target, &name, raw).await,
+            FrontendMessage::Close {
+                target: Target::Statement,
+                name,
+            } if !name.is_empty() => self.on_close_statement(&name),
+            FrontendMessage::Close { .. } => self.on_close(raw).await,
+            FrontendMessage::Execute { .. } => self.on_execute(raw).await,
+            FrontendMessage::Sync => self.on_sync(raw),
+            FrontendMessage::Flush => self.on_flush(raw),
+            FrontendMessage::FunctionCall(_) => self.on_function_call(raw).await,
+            FrontendMessage::CopyData(_) => self.on_copy_data(raw),
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => self.on_copy_end(raw),
+            FrontendMessage::Terminate => self.on_terminate(),
+            FrontendMessage::Password(_) => Err(password_after_login()),
+        }
+    }
+
+    /// The server and the state with it were lost while the client was idle
+    /// ([`Session::server_gone_while_idle`]): the client's next message (but Terminate) ends
+    /// the session with the error saying so.
+    fn report_lost_session(&mut self, msg: &FrontendMessage) -> Result<(), SessionError> {
         if let Some(lost) = self.lost_session.take() {
             if !matches!(msg, FrontendMessage::Terminate) {
                 self.pool.cluster.incidents.client_error();
                 return Err(SessionError::Fatal(lost));
             }
         }
-        if self.skipping {
-            // A batch whose server could not be had: drop it up to its Sync, as Postgres
-            // skips the rest of a batch after an error.
-            match msg {
-                FrontendMessage::Sync => {
-                    self.skipping = false;
-                    be::ready_for_query(self.tx_status, &mut self.cout);
-                }
-                FrontendMessage::Terminate => self.terminated = true,
-                _ => {}
-            }
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// A batch whose server could not be had: dropped up to its Sync, as Postgres skips the
+    /// rest of a batch after an error.
+    fn skip(&mut self, msg: &FrontendMessage) -> Result<(), SessionError> {
         match msg {
-            FrontendMessage::Query { sql } => self.on_query(&sql, raw).await?,
-            FrontendMessage::Parse {
-                name,
-                query,
-                param_types,
-            } => {
-                self.note_sql(&query);
-                if name.is_empty() {
-                    if !self.acquire_or_refuse(true).await? {
-                        return Ok(());
-                    }
-                    self.unsynced = true;
-                    self.sout.extend_from_slice(raw);
-                    self.expect.push_back(Expect::Parse { prepared: None });
-                    return Ok(());
-                }
-                let def = self.pool.statements.intern(&query, &param_types);
-                self.statements.insert(name.clone(), def.clone());
-                if self.server.is_none() && def.is_validated() {
-                    // Known-good SQL: no need to borrow a server just to hear "ParseComplete"
-                    // (and a client blocked in a synchronous prepare cannot deadlock the pool).
-                    self.synthesize(parse_complete());
-                    return Ok(());
-                }
-                if !self.acquire_or_refuse(true).await? {
-                    self.statements.remove(&name);
-                    return Ok(());
-                }
-                self.unsynced = true;
-                if self.server_has(&def) {
-                    self.synthesize(parse_complete());
-                } else {
-                    self.prepare_on_server(&def);
-                    self.sout.extend_from_slice(&def.parse_message);
-                    self.expect.push_back(Expect::Parse {
-                        prepared: Some((def, name)),
-                    });
-                }
-            }
-            FrontendMessage::Bind {
-                portal,
-                statement,
-                rest,
-            } => {
-                if !self.acquire_or_refuse(true).await? {
-                    return Ok(());
-                }
-                self.unsynced = true;
-                match self.lookup(&statement) {
-                    Some(def) => {
-                        self.ensure_prepared(&def);
-                        encode_bind_renamed(&portal, &def.server_name, &rest, &mut self.sout);
-                    }
-                    // Unnamed, or unknown: the server gives the same answer Postgres would.
-                    None => self.sout.extend_from_slice(raw),
-                }
-                self.expect.push_back(Expect::Bind);
-            }
-            FrontendMessage::Describe { target, name } => {
-                if !self.acquire_or_refuse(true).await? {
-                    return Ok(());
-                }
-                self.unsynced = true;
-                match (target, self.lookup_target(target, &name)) {
-                    (Target::Statement, Some(def)) => {
-                        self.ensure_prepared(&def);
-                        encode_describe(Target::Statement, &def.server_name, &mut self.sout);
-                    }
-                    _ => self.sout.extend_from_slice(raw),
-                }
-                self.expect.push_back(Expect::Describe);
-            }
-            FrontendMessage::Close {
-                target: Target::Statement,
-                name,
-            } if !name.is_empty() => {
-                // The server keeps its copy for other clients; this client forgets the name.
-                self.statements.remove(&name);
-                self.synthesize(close_complete());
-            }
-            FrontendMessage::Close { .. } => {
-                if !self.acquire_or_refuse(true).await? {
-                    return Ok(());
-                }
-                self.unsynced = true;
-                self.sout.extend_from_slice(raw);
-                self.expect.push_back(Expect::Close);
-            }
-            FrontendMessage::Execute { .. } => {
-                if !self.acquire_or_refuse(true).await? {
-                    return Ok(());
-                }
-                self.unsynced = true;
-                self.sout.extend_from_slice(raw);
-                self.expect.push_back(Expect::Execute);
-            }
-            FrontendMessage::Sync if self.copy_in => {
-                // The server ignores Sync during COPY FROM STDIN; the batch stays open.
-                self.sout.extend_from_slice(raw);
-            }
             FrontendMessage::Sync => {
-                if self.server.is_some() {
-                    self.sout.extend_from_slice(raw);
-                    self.expect.push_back(Expect::Sync);
-                    self.unsynced = false;
-                } else {
-                    // Everything since the last Sync was answered by the proxy itself.
-                    let mut out = BytesMut::new();
-                    be::ready_for_query(self.tx_status, &mut out);
-                    self.synthesize(out.freeze());
-                }
-            }
-            FrontendMessage::Flush => {
-                if self.server.is_some() {
-                    self.sout.extend_from_slice(raw);
-                }
-            }
-            FrontendMessage::FunctionCall(_) => {
-                if !self.acquire_or_refuse(false).await? {
-                    return Ok(());
-                }
-                self.sout.extend_from_slice(raw);
-                self.expect.push_back(Expect::Query);
-            }
-            FrontendMessage::CopyData(_) => {
-                // Outside COPY a server ignores these, and so do we when no server is held.
-                if self.server.is_some() {
-                    self.sout.extend_from_slice(raw);
-                }
-            }
-            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
-                if self.server.is_some() {
-                    self.sout.extend_from_slice(raw);
-                    if self.copy_in {
-                        self.copy_in = false;
-                    } else if !self.expect.is_empty() {
-                        // The server may not have said CopyInResponse yet: mark where the
-                        // copy ended, so Syncs sent before this point are known to be ignored.
-                        self.expect.push_back(Expect::CopyEnd);
-                    }
-                }
+                self.skipping = false;
+                be::ready_for_query(self.tx_status, &mut self.cout);
             }
             FrontendMessage::Terminate => self.terminated = true,
-            FrontendMessage::Password(_) => {
-                return Err(SessionError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "unexpected password message after authentication",
-                ));
-            }
+            _ => {}
         }
         Ok(())
     }
 
-    async fn on_query(&mut self, sql_text: &Bytes, raw: &Bytes) -> Result<(), SessionError> {
-        self.note_server_state(sql_text);
-        let commands = if maybe_session_command(sql_text) {
-            sql::commands(sql_text)
-        } else {
-            Vec::new()
-        };
-        if let [only] = commands.as_slice() {
-            if let Some(reply) = self.answer_locally(only) {
-                self.synthesize(reply);
-                return Ok(());
-            }
-        }
-        for cmd in commands {
-            if cmd == Command::Prepare && self.mode == PoolMode::Transaction {
-                let mut out = BytesMut::new();
-                be::error_response(
-                    &ErrorFields::error(sqlstate::FEATURE_NOT_SUPPORTED, "SQL PREPARE is not supported in transaction pooling mode")
-                        .with_detail("The statement would exist on one server only, and the next transaction may run on another.")
-                        .with_hint("Use your driver's protocol-level prepared statements, which switchyard tracks, or session pooling."),
-                    &mut out,
-                );
-                be::ready_for_query(self.tx_status, &mut out);
-                self.synthesize(out.freeze());
-                return Ok(());
-            }
-            self.note_command(cmd);
-        }
-        if self.acquire_or_refuse(false).await? {
-            self.sout.extend_from_slice(raw);
-            self.expect.push_back(Expect::Query);
-        }
+    fn on_terminate(&mut self) -> Result<(), SessionError> {
+        self.terminated = true;
         Ok(())
     }
 
@@ -317,129 +172,18 @@ impl Session {
         }
     }
 
-    /// Statements about the client's own prepared statements that the proxy answers itself,
-    /// because the server never saw the client's names.
-    fn answer_locally(&mut self, cmd: &Command) -> Option<Bytes> {
-        let mut out = BytesMut::new();
-        match cmd {
-            Command::Deallocate { name } => {
-                if !self.statements.remove(name.as_bytes()) {
-                    be::error_response(
-                        &ErrorFields::error(
-                            sqlstate::INVALID_SQL_STATEMENT_NAME,
-                            format!("prepared statement \"{name}\" does not exist"),
-                        ),
-                        &mut out,
-                    );
-                    be::ready_for_query(self.tx_status, &mut out);
-                    return Some(out.freeze());
-                }
-                be::command_complete("DEALLOCATE", &mut out);
-            }
-            Command::DeallocateAll => {
-                if self.mode == PoolMode::Session {
-                    return None;
-                }
-                self.statements.clear();
-                be::command_complete("DEALLOCATE ALL", &mut out);
-            }
-            Command::DiscardAll if self.mode == PoolMode::Transaction && self.server.is_none() => {
-                self.statements.clear();
-                self.params.note(Command::DiscardAll);
-                if self.params.commit_pending(None) {
-                    self.facts.reset_application_name();
-                }
-                be::command_complete("DISCARD ALL", &mut out);
-            }
-            _ => return None,
-        }
-        be::ready_for_query(self.tx_status, &mut out);
-        Some(out.freeze())
-    }
-
-    /// Pins the server if the client creates state that lives only there.
-    fn note_server_state(&mut self, sql_text: &[u8]) {
-        if !self.server_state {
-            if let Some(what) = sql::server_state(sql_text) {
-                self.pin(what);
-            }
-        }
-    }
-
-    /// Tracks session-level SET/RESET in a Parse'd statement.
-    fn note_sql(&mut self, query: &Bytes) {
-        self.note_server_state(query);
-        if maybe_session_command(query) {
-            for cmd in sql::commands(query) {
-                self.note_command(cmd);
-            }
-        }
-    }
-
-    /// A session command the client sent: settings are tracked, what cannot be tracked pins.
-    fn note_command(&mut self, cmd: Command) {
-        if let Command::Untracked(what) = cmd {
-            self.pin(what);
-        } else {
-            self.params.note(cmd);
-        }
-    }
-
-    pub(super) fn lookup(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
-        if name.is_empty() {
-            None
-        } else {
-            self.statements.get(name)
-        }
-    }
-
-    fn lookup_target(&mut self, target: Target, name: &[u8]) -> Option<Arc<StatementDef>> {
-        match target {
-            Target::Statement => self.lookup(name),
-            Target::Portal => None,
-        }
-    }
-
-    fn server_has(&mut self, def: &StatementDef) -> bool {
-        self.server
-            .as_mut()
-            .is_some_and(|s| s.conn().statements.touch(def.id))
-    }
-
-    /// Records that the server will have `def`, closing its least recently used statement if
-    /// it holds too many.
-    fn prepare_on_server(&mut self, def: &StatementDef) {
-        let cap = self.pool.settings.max_prepared_statements.saturating_mul(2);
-        let Some(server) = self.server.as_mut() else {
-            return;
-        };
-        if let Some(evicted) = server.conn().statements.insert(def.id, cap) {
-            encode_close(
-                Target::Statement,
-                format!("sy_{evicted}").as_bytes(),
-                &mut self.sout,
-            );
-            self.expect.push_back(Expect::InjectedClose);
-        }
-    }
-
-    /// Before a Bind/Describe of `def`: prepare it on this server if it is not there yet.
-    pub(super) fn ensure_prepared(&mut self, def: &Arc<StatementDef>) {
-        if !self.server_has(def) {
-            self.prepare_on_server(def);
-            self.sout.extend_from_slice(&def.parse_message);
-            self.expect.push_back(Expect::InjectedParse { def: def.clone() });
-        }
-    }
-
     /// Queues a reply the proxy makes itself, after every reply the server still owes.
     pub(super) fn synthesize(&mut self, reply: Bytes) {
-        if self.expect.is_empty() {
-            self.cout.extend_from_slice(&reply);
-        } else {
-            self.expect.push_back(Expect::Synthetic(reply));
-        }
+        self.server.replies.synthesize(reply, &mut self.cout);
     }
+}
+
+/// A password message from a client that is logged in already.
+fn password_after_login() -> SessionError {
+    SessionError::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        "unexpected password message after authentication",
+    )
 }
 
 /// A client message over `max_message_size`, refused from its header.
@@ -451,18 +195,6 @@ fn too_large(len: usize, max: usize) -> SessionError {
         )
         .with_hint("send smaller messages, or raise max_message_size in the proxy's [proxy] settings"),
     ))
-}
-
-fn parse_complete() -> Bytes {
-    let mut out = BytesMut::new();
-    be::parse_complete(&mut out);
-    out.freeze()
-}
-
-fn close_complete() -> Bytes {
-    let mut out = BytesMut::new();
-    be::close_complete(&mut out);
-    out.freeze()
 }
 
 /// Cheap filter before lexing, run on every query: true only if the text may hold a

@@ -19,7 +19,7 @@ use switchyard_protocol::backend::tags as server_tags;
 use switchyard_protocol::frame::{FrameHeader, HEADER_LEN};
 use switchyard_protocol::frontend::{bind_names, encode_bind_head, tags};
 
-use super::backend::Expect;
+use super::replies::Expect;
 use super::{Session, SessionError};
 
 /// Messages larger than this pass through in pieces (when their kind allows it).
@@ -29,7 +29,9 @@ pub(super) const STREAM_ABOVE: usize = 256 * 1024;
 /// whether they are forwarded or dropped.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Passing {
-    left: usize,
+    /// 32 bits are enough (a message's length comes from an `i32` on the wire) and keep
+    /// the server side of a session, which holds two of these, small.
+    left: u32,
     forward: bool,
 }
 
@@ -40,10 +42,18 @@ impl Passing {
         self.left != 0
     }
 
+    /// A message of `len` bytes (a frame's length, at most 2^31) starts passing.
+    fn new(len: usize, forward: bool) -> Passing {
+        Passing {
+            left: u32::try_from(len).unwrap_or(u32::MAX),
+            forward,
+        }
+    }
+
     /// Takes up to `available` bytes of the message: how many, and whether to forward them.
     fn take(&mut self, available: usize) -> (usize, bool) {
-        let n = self.left.min(available);
-        self.left -= n;
+        let n = (self.left as usize).min(available);
+        self.left -= n as u32; // n <= left
         (n, self.forward)
     }
 }
@@ -72,20 +82,20 @@ impl Session {
     /// Moves what has arrived of the client message passing through to the server's buffer
     /// (or drops it, for a message nobody will run). Returns true once it has all passed.
     pub(super) fn pass_client_bytes(&mut self) -> bool {
-        let forward = self.inflow.forward && self.server.is_some();
+        let forward = self.server.inflow.forward && self.server.held();
         let available = if forward {
             self.cbuf
                 .len()
-                .min(super::HIGH_WATER.saturating_sub(self.sout.len()))
+                .min(super::HIGH_WATER.saturating_sub(self.server.sout.len()))
         } else {
             self.cbuf.len()
         };
-        let (n, _) = self.inflow.take(available);
+        let (n, _) = self.server.inflow.take(available);
         if forward {
-            self.sout.extend_from_slice(&self.cbuf[..n]);
+            self.server.sout.extend_from_slice(&self.cbuf[..n]);
         }
         bytes::Buf::advance(&mut self.cbuf, n);
-        !self.inflow.active()
+        !self.server.inflow.active()
     }
 
     /// A client message larger than [`STREAM_ABOVE`] of which only a part has arrived:
@@ -111,7 +121,7 @@ impl Session {
         }
         let forward = match header.tag {
             _ if self.skipping => false,
-            tags::COPY_DATA => self.server.is_some(),
+            tags::COPY_DATA => self.server.held(),
             tags::BIND | tags::PARSE => self.acquire_or_refuse(true).await?,
             _ => self.acquire_or_refuse(false).await?,
         };
@@ -123,27 +133,27 @@ impl Session {
         if forward {
             match (header.tag, names) {
                 (tags::BIND, Some((portal, statement, at))) => {
-                    self.unsynced = true;
+                    self.server.replies.open_batch();
                     let def = self.lookup(&statement);
                     let server_name = def.as_ref().map(|def| {
                         self.ensure_prepared(def);
                         def.server_name.clone()
                     });
                     let name = server_name.as_deref().unwrap_or(&statement);
-                    encode_bind_head(&portal, name, header.len - HEADER_LEN - at, &mut self.sout);
-                    self.expect.push_back(Expect::Bind);
+                    encode_bind_head(&portal, name, header.len - HEADER_LEN - at, &mut self.server.sout);
+                    self.server.replies.push(Expect::Bind);
                     done = HEADER_LEN + at;
                 }
                 (tags::QUERY, _) => {
-                    self.unscanned = true;
-                    self.expect.push_back(Expect::Query);
+                    self.server.unscanned = true;
+                    self.server.replies.push(Expect::Query);
                 }
                 (tags::PARSE, _) => {
-                    self.unscanned = true;
-                    self.unsynced = true;
-                    self.expect.push_back(Expect::Parse { prepared: None });
+                    self.server.unscanned = true;
+                    self.server.replies.open_batch();
+                    self.server.replies.push(Expect::Parse { prepared: None });
                 }
-                (tags::FUNCTION_CALL, _) => self.expect.push_back(Expect::Query),
+                (tags::FUNCTION_CALL, _) => self.server.replies.push(Expect::Query),
                 _ => {}
             }
         }
@@ -155,10 +165,7 @@ impl Session {
             "client message streams through"
         );
         bytes::Buf::advance(&mut self.cbuf, done);
-        self.inflow = Passing {
-            left: header.len - done,
-            forward,
-        };
+        self.server.inflow = Passing::new(header.len - done, forward);
         self.pass_client_bytes();
         Ok(true)
     }
@@ -172,17 +179,14 @@ impl Session {
         forward: bool,
         available: usize,
     ) -> usize {
-        self.outflow = Passing {
-            left: header.len,
-            forward,
-        };
-        self.outflow.take(available).0
+        self.server.outflow = Passing::new(header.len, forward);
+        self.server.outflow.take(available).0
     }
 
     /// Takes the next bytes of the server message passing through from `buf`: returns how
     /// many, and whether they go to the client.
     pub(super) fn take_server_bytes(&mut self, available: usize) -> (usize, bool) {
-        self.outflow.take(available)
+        self.server.outflow.take(available)
     }
 }
 
@@ -192,10 +196,7 @@ mod tests {
 
     #[test]
     fn passing_counts_down_to_the_end_of_its_message() {
-        let mut p = Passing {
-            left: 10,
-            forward: true,
-        };
+        let mut p = Passing::new(10, true);
         assert_eq!(p.take(4), (4, true));
         assert!(p.active());
         assert_eq!(p.take(100), (6, true));

@@ -13,11 +13,16 @@
 //! right place.
 
 mod backend;
+mod copy;
 mod error;
+mod extended;
 mod frontend;
 mod large;
 mod params;
+mod replies;
 mod retry;
+mod server_side;
+mod simple;
 mod spares;
 mod sql;
 mod startup;
@@ -26,7 +31,6 @@ mod statements;
 pub use error::SessionError;
 pub use startup::{Destination, LoggedIn};
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -42,9 +46,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::io::poll_read_buf;
 
-use self::backend::Expect;
 use self::params::SessionParams;
 use self::retry::Replay;
+use self::server_side::ServerSide;
 use self::statements::ClientStatements;
 use crate::cancel::{CancelRegistration, CancelTarget, CancelsInFlight};
 use crate::config::PoolMode;
@@ -58,7 +62,8 @@ use crate::state::ProxyState;
 const HIGH_WATER: usize = 256 * 1024;
 
 /// Stop taking client messages while this many replies are owed to the client (each
-/// message sent to a server and each synthetic reply queued behind one is an [`Expect`]).
+/// message sent to a server and each synthetic reply queued behind one is an
+/// [`replies::Expect`]).
 /// With the two buffers' high-water marks, this bounds what a pipelining client can make
 /// the proxy hold.
 const MAX_OWED: usize = 1024;
@@ -111,22 +116,16 @@ enum Io {
 
 struct Session {
     client: Stream,
-    /// Bytes read from the client, not yet processed. The three buffers, `expect` and the
-    /// replay's frame list are parked (see `spares`) while the session waits for its client
-    /// with nothing in them.
+    /// Bytes read from the client, not yet processed. The three buffers (with the server
+    /// side's), the reply queue and the replay's frame list are parked (see `spares`) while
+    /// the session waits for its client with nothing in them.
     cbuf: BytesMut,
     /// Bytes for the client, not yet written.
     cout: BytesMut,
-    /// Bytes for the server, not yet written.
-    sout: BytesMut,
     pool: Arc<Pool>,
     mode: PoolMode,
-    server: Option<Checkout>,
-    /// Replies owed by the server, in order.
-    expect: VecDeque<Expect>,
-    /// Extended-protocol messages were sent since the last Sync: the server holds state
-    /// (unnamed statement/portal, implicit transaction) until the Sync.
-    unsynced: bool,
+    /// The server held, if any, and everything that is only about it.
+    server: ServerSide,
     /// Status of the last ReadyForQuery sent to the client.
     tx_status: TransactionStatus,
     statements: ClientStatements,
@@ -135,8 +134,6 @@ struct Session {
     terminated: bool,
     /// Dropping client messages up to the next Sync (their batch could not get a server).
     skipping: bool,
-    /// The server is in COPY FROM STDIN started by Execute, and the client has not ended it.
-    copy_in: bool,
     state: Arc<ProxyState>,
     /// This session's pool-mode hook, as the policy facade last gave it; refreshed when a
     /// transaction starts, so a reload never switches versions inside a transaction.
@@ -145,25 +142,14 @@ struct Session {
     facts: SessionFacts,
     /// Statements run in the current transaction block.
     tx_statements: u32,
-    /// The pool-mode decision at the last boundary was to release the server.
-    release_ready: bool,
     /// The request that may still run again elsewhere if its server fails it.
     replay: Replay,
     /// The client created state on its server that the proxy cannot carry to another
     /// (`sql::server_state`, an untracked setting): the server stays with it (see `pin`).
     server_state: bool,
-    /// SQL too large to scan for session commands (a streamed Query or Parse) ran on the
-    /// current server: what it did to the server's session is unknown, so the server is
-    /// reset (`DISCARD ALL`) before anyone reuses it, and this client's own settings are
-    /// replayed on its next server (a `SET` inside such SQL is not carried).
-    unscanned: bool,
     /// The server, and the state above with it, was lost while the client was idle; its
     /// next message gets this error.
     lost_session: Option<Box<ErrorFields>>,
-    /// The client message passing through to the server in pieces, if any (`large`).
-    inflow: large::Passing,
-    /// The server message passing through to the client in pieces, if any.
-    outflow: large::Passing,
     /// Client input is waiting in `cbuf` for the session to catch up
     /// ([`Session::input_blocked`]); the relay comes back to it when it has.
     input_held: bool,
@@ -199,30 +185,22 @@ impl Session {
             client: l.stream,
             cbuf: l.buf,
             cout: BytesMut::new(),
-            sout: BytesMut::new(),
             mode: pool.settings.mode,
             pool,
-            server: None,
-            expect: VecDeque::new(),
-            unsynced: false,
+            server: ServerSide::default(),
             tx_status: TransactionStatus::Idle,
             statements: ClientStatements::new(cap),
             params,
             cancel: l.cancel,
             terminated: false,
             skipping: false,
-            copy_in: false,
             state,
             policies,
             facts,
             tx_statements: 0,
-            release_ready: false,
             replay: Replay::default(),
             server_state: false,
-            unscanned: false,
             lost_session: None,
-            inflow: large::Passing::default(),
-            outflow: large::Passing::default(),
             input_held: false,
         }
     }
@@ -233,13 +211,13 @@ impl Session {
             if self.terminated {
                 return Ok(());
             }
-            if self.releasable() {
+            if self.server.releasable() {
                 if self.params.uncertain() {
                     Box::pin(self.read_back_settings()).await;
                 }
                 self.release();
             }
-            if *shutdown.borrow() && self.server.is_none() && self.cout.is_empty() {
+            if *shutdown.borrow() && !self.server.held() && self.cout.is_empty() {
                 return Err(SessionError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "switchyard is shutting down",
@@ -275,12 +253,8 @@ impl Session {
     /// created state there is told at its next message instead. Returns false when the
     /// server was in the middle of something (the caller ends the session).
     fn server_gone_while_idle(&mut self) -> bool {
-        let idle = self.expect.is_empty()
-            && !self.unsynced
-            && self.sout.is_empty()
-            && !self.inflow.active()
-            && self.tx_status == TransactionStatus::Idle;
-        if !idle || self.server.is_none() {
+        let idle = self.server.owes_nothing() && self.tx_status == TransactionStatus::Idle;
+        if !idle || !self.server.held() {
             return false;
         }
         self.drop_server();
@@ -305,17 +279,6 @@ impl Session {
         true
     }
 
-    /// True when the server can go back to the pool: the pool-mode decision at the last
-    /// boundary said so, and since then nothing was sent, owed or half-sent.
-    fn releasable(&self) -> bool {
-        self.server.is_some()
-            && self.release_ready
-            && self.expect.is_empty()
-            && !self.unsynced
-            && self.sout.is_empty()
-            && !self.inflow.active()
-    }
-
     /// The pool-mode decision at a ReadyForQuery boundary, from the policy facade (the
     /// plugin's, or the built-in's when there is no plugin or it failed).
     fn ready_action(&mut self, status: TransactionStatus) -> ReadyAction {
@@ -333,17 +296,15 @@ impl Session {
             .on_ready(&mut self.policies, &mut self.facts, self.mode, facts)
     }
 
-    /// Closes the server (dropping the checkout closes it) and forgets what was kept about
-    /// it; a cancel still on its way to it can reach no one else.
+    /// Closes the server (dropping the checkout closes it) and forgets everything about it
+    /// ([`ServerSide::take`]); a cancel still on its way to it can reach no one else.
     fn drop_server(&mut self) {
-        self.server = None;
+        drop(self.server.take());
         self.cancel.slot.vacate();
-        self.release_ready = false;
-        self.unscanned = false;
     }
 
     fn release(&mut self) {
-        self.release_ready = false;
+        let unscanned = self.server.unscanned;
         if let Some(mut checkout) = self.server.take() {
             let cancels = self.cancel.slot.vacate();
             tracing::debug!(
@@ -351,7 +312,7 @@ impl Session {
                 server = checkout.conn().id,
                 "server released"
             );
-            if std::mem::take(&mut self.unscanned) {
+            if unscanned {
                 tokio::spawn(reset_server(checkout, &["DISCARD ALL"], cancels));
                 return;
             }
@@ -361,7 +322,7 @@ impl Session {
 
     /// Borrows a server and brings it to this client's settings.
     async fn acquire(&mut self) -> Result<(), SessionError> {
-        if self.server.is_some() {
+        if self.server.held() {
             return Ok(());
         }
         // A client waiting for a server must have seen all earlier replies.
@@ -378,7 +339,7 @@ impl Session {
             process_id: conn.backend_pid,
             secret_key: conn.secret_key,
         });
-        self.server = Some(checkout);
+        self.server.checkout = Some(checkout);
         Ok(())
     }
 
@@ -420,10 +381,9 @@ impl Session {
     /// so that neither this client nor the next user of the server is misled. A server
     /// that cannot tell is closed.
     async fn read_back_settings(&mut self) {
-        let Some(checkout) = self.server.as_mut() else {
+        let Some(conn) = self.server.conn() else {
             return;
         };
-        let conn = checkout.conn();
         let limit = self.pool.settings.connect_timeout;
         let query = self.params.read_back_query();
         match crate::server::simple_query_within(conn, &query, limit).await {
@@ -484,7 +444,7 @@ impl Session {
     }
 
     async fn wait_io(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Io, SessionError> {
-        let idle_for_shutdown = self.server.is_none() && !*shutdown.borrow();
+        let idle_for_shutdown = !self.server.held() && !*shutdown.borrow();
         tokio::select! {
             biased;
             r = poll_fn(|cx| self.poll_io(cx)) => r,
@@ -500,14 +460,15 @@ impl Session {
         if let Err(e) = wrote {
             return Poll::Ready(Err(SessionError::ClientIo(e)));
         }
-        if let Some(server) = self.server.as_mut() {
-            let conn = server.conn();
+        let server = &mut self.server;
+        if let Some(checkout) = server.checkout.as_mut() {
+            let conn = checkout.conn();
             // A server that closed refuses writes, but what it said before closing (a FATAL
             // that decides whether the request can run again) is still to be read.
-            let pending = self.sout.len();
-            let write_error = ready_err(poll_write_all(&mut conn.stream, cx, &mut self.sout)).err();
-            if self.sout.len() < pending {
-                self.replay.server_wrote(pending - self.sout.len());
+            let pending = server.sout.len();
+            let write_error = ready_err(poll_write_all(&mut conn.stream, cx, &mut server.sout)).err();
+            if server.sout.len() < pending {
+                self.replay.server_wrote(pending - server.sout.len());
             }
             if self.cout.len() < HIGH_WATER || write_error.is_some() {
                 if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
@@ -554,19 +515,19 @@ impl Session {
     /// buffers and queues to the thread's spares, so an idle client holds none. Not with
     /// TLS, whose decrypted bytes may be waiting where socket readiness cannot see them.
     fn park_if_quiet(&mut self) {
-        if self.server.is_none()
+        if !self.server.held()
             && self.cbuf.is_empty()
             && self.cout.is_empty()
-            && self.sout.is_empty()
-            && self.expect.is_empty()
+            && self.server.sout.is_empty()
+            && self.server.replies.is_empty()
             && self.cbuf.capacity() != 0
             && !self.client.is_tls()
         {
             spares::park(spares::Parked {
                 cbuf: std::mem::take(&mut self.cbuf),
                 cout: std::mem::take(&mut self.cout),
-                sout: std::mem::take(&mut self.sout),
-                expect: std::mem::take(&mut self.expect),
+                sout: std::mem::take(&mut self.server.sout),
+                expect: self.server.replies.take_queue(),
                 frames: self.replay.park_frames(),
             });
         }
@@ -578,14 +539,12 @@ impl Session {
     fn unpark(&mut self) {
         let set = spares::take();
         self.cbuf = set.cbuf;
-        for (mine, spare) in [(&mut self.cout, set.cout), (&mut self.sout, set.sout)] {
+        for (mine, spare) in [(&mut self.cout, set.cout), (&mut self.server.sout, set.sout)] {
             if mine.capacity() == 0 {
                 *mine = spare;
             }
         }
-        if self.expect.capacity() == 0 {
-            self.expect = set.expect;
-        }
+        self.server.replies.give_queue(set.expect);
         self.replay.unpark_frames(set.frames);
     }
 
@@ -622,15 +581,11 @@ impl Session {
         if self.server_state && self.mode != PoolMode::Session {
             self.pool.stats.pinned.fetch_sub(1, Ordering::Relaxed);
         }
-        let releasable = self.releasable() && !self.params.uncertain() && !self.unscanned;
+        let releasable = self.server.releasable() && !self.params.uncertain() && !self.server.unscanned;
+        let clean = result.is_ok() && self.server.owes_nothing();
         let Some(checkout) = self.server.take() else {
             return;
         };
-        let clean = result.is_ok()
-            && self.expect.is_empty()
-            && !self.unsynced
-            && self.sout.is_empty()
-            && !self.inflow.active();
         if !clean {
             return; // dropping the checkout closes the server
         }

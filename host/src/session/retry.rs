@@ -32,7 +32,6 @@ use switchyard_protocol::frontend::FrontendMessage;
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::TransactionStatus;
 
-use super::backend::Expect;
 use super::{sql, Session, SessionError};
 use crate::policy::retry::{self, FailedRequest, Fate, Phase, RetryDecision};
 use crate::server::{NodeAddr, ServerError};
@@ -227,6 +226,47 @@ impl Replay {
     pub(super) fn failed(&self) -> bool {
         self.failed.is_some()
     }
+
+    /// Looks at a server message while the window is open (`own_query`: it answers the
+    /// proxy's own session settings, ahead of the request): returns `true` for an error
+    /// while nothing has taken effect, which fails the request if it is a `FATAL 57P01`.
+    /// Marks the request as having taken effect at any sign of it, and at its ReadyForQuery
+    /// moves the window on to the requests the client pipelined behind it.
+    fn watch(&mut self, tag: u8, body: &[u8], own_query: bool) -> bool {
+        use switchyard_protocol::backend::tags;
+        self.replied = true;
+        if tag == tags::ERROR_RESPONSE {
+            return self.effect == Effect::None;
+        }
+        if own_query {
+            return false;
+        }
+        match tag {
+            // "canceling the wait for synchronous replication ... The transaction has
+            // already committed locally": the server is going away after a commit.
+            tags::NOTICE_RESPONSE
+                if parse_error_fields(body).is_ok_and(|f| f.code == sqlstate::ADMIN_SHUTDOWN) =>
+            {
+                self.effect = Effect::Some;
+            }
+            tags::COMMAND_COMPLETE | tags::EMPTY_QUERY_RESPONSE | tags::PORTAL_SUSPENDED => {
+                self.effect = Effect::Some;
+            }
+            tags::COPY_IN_RESPONSE | tags::COPY_OUT_RESPONSE | tags::COPY_BOTH_RESPONSE => self.close(),
+            tags::READY_FOR_QUERY => {
+                let idle = parse_ready_for_query(body).is_ok_and(|s| s == TransactionStatus::Idle);
+                // The request is over; requests pipelined behind it (already sent to this
+                // server, none of their replies out yet) get a window of their own.
+                if idle && self.next_request() {
+                    self.anchor = true;
+                } else {
+                    self.close();
+                }
+            }
+            _ => {}
+        }
+        false
+    }
 }
 
 /// Whether a client message may be sent to a server twice: not if it changes the session
@@ -256,45 +296,10 @@ fn changes_session(text: &[u8]) -> bool {
 
 impl Session {
     /// Looks at a server message while a retry window is open: returns `true` when the
-    /// message fails the request in a retryable way (it is then not forwarded). Marks the
-    /// request as having taken effect at any sign of it, and at its ReadyForQuery moves the
-    /// window on to the requests the client pipelined behind it.
+    /// message fails the request in a retryable way (it is then not forwarded).
     pub(super) fn watch_for_retry(&mut self, tag: u8, body: &[u8]) -> bool {
-        use switchyard_protocol::backend::tags;
-        self.replay.replied = true;
-        if tag == tags::ERROR_RESPONSE {
-            return self.replay.effect == Effect::None && self.note_failure(body);
-        }
-        if matches!(self.expect.front(), Some(Expect::InjectedQuery)) {
-            return false; // the proxy's own session settings, ahead of the request
-        }
-        match tag {
-            // "canceling the wait for synchronous replication ... The transaction has
-            // already committed locally": the server is going away after a commit.
-            tags::NOTICE_RESPONSE
-                if parse_error_fields(body).is_ok_and(|f| f.code == sqlstate::ADMIN_SHUTDOWN) =>
-            {
-                self.replay.effect = Effect::Some;
-            }
-            tags::COMMAND_COMPLETE | tags::EMPTY_QUERY_RESPONSE | tags::PORTAL_SUSPENDED => {
-                self.replay.effect = Effect::Some;
-            }
-            tags::COPY_IN_RESPONSE | tags::COPY_OUT_RESPONSE | tags::COPY_BOTH_RESPONSE => {
-                self.replay.close()
-            }
-            tags::READY_FOR_QUERY => {
-                let idle = parse_ready_for_query(body).is_ok_and(|s| s == TransactionStatus::Idle);
-                // The request is over; requests pipelined behind it (already sent to this
-                // server, none of their replies out yet) get a window of their own.
-                if idle && self.replay.next_request() {
-                    self.replay.anchor = true;
-                } else {
-                    self.replay.close();
-                }
-            }
-            _ => {}
-        }
-        false
+        let own_query = self.server.replies.own_query_in_front();
+        self.replay.watch(tag, body, own_query) && self.note_failure(body)
     }
 
     /// Records a `FATAL 57P01` ending the request; `false` for any other error. A request
@@ -339,10 +344,9 @@ impl Session {
         let Some(node) = self.server_node() else {
             return false; // not a server of the cluster: nothing to confirm against
         };
-        let Some(server) = self.server.as_mut() else {
+        let Some(conn) = self.server.conn() else {
             return false;
         };
-        let conn = server.conn();
         let request = FailedRequest {
             sqlstate: sqlstate.to_string(),
             message: message.to_string(),
@@ -457,9 +461,9 @@ impl Session {
 
     /// The index of the current server's node in its cluster.
     fn server_node(&mut self) -> Option<u32> {
-        let server = self.server.as_mut()?;
-        let addr = server.conn().addr.clone();
-        let cluster = &server.pool().cluster;
+        let checkout = self.server.checkout.as_mut()?;
+        let addr = checkout.conn().addr.clone();
+        let cluster = &checkout.pool().cluster;
         cluster.nodes.iter().position(|n| *n == addr).map(|i| i as u32)
     }
 
@@ -475,11 +479,7 @@ impl Session {
         self.replay.open = false;
         // The server is gone or going; whatever it owed dies with it.
         self.drop_server();
-        self.expect.clear();
-        self.unsynced = false;
         self.skipping = false;
-        self.copy_in = false;
-        self.outflow = Default::default();
         self.tx_status = TransactionStatus::Idle;
         self.tx_statements = 0;
 
@@ -559,7 +559,120 @@ fn outcome_unknown(kind: &str, server_message: &str) -> ErrorFields {
 
 #[cfg(test)]
 mod tests {
+    use super::super::replies::{Expect, Replies, Reply};
     use super::*;
+    use bytes::{Buf, BytesMut};
+    use switchyard_protocol::backend as be;
+    use switchyard_protocol::frame::{frames, HEADER_LEN};
+    use switchyard_protocol::frontend::encode_query;
+
+    /// Server messages as the session's relay takes them while a retry window is open: the
+    /// window looks first, and a failure it reports stops the relay (the message is not
+    /// forwarded); otherwise the reply queue says what is forwarded, and the window moves
+    /// to pipelined requests where it asks to. Returns whether the window reported a
+    /// failure.
+    fn relay(replay: &mut Replay, q: &mut Replies, server: &[u8], cout: &mut BytesMut) -> bool {
+        for item in frames(server, 1 << 20) {
+            let (header, offset) = item.expect("well-formed test input");
+            let body = &server[offset + HEADER_LEN..offset + header.len];
+            if replay.is_open() && replay.watch(header.tag, body, q.own_query_in_front()) {
+                return true;
+            }
+            let reply = q.on_message(header.tag, body, |_, _| {}).expect("valid message");
+            if !matches!(reply, Reply::Swallow | Reply::OwnQueryFailed) {
+                cout.extend_from_slice(&server[offset..offset + header.len]);
+            }
+            if replay.wants_anchor() {
+                replay.reanchor(cout.len());
+            }
+            q.settle_front(cout);
+        }
+        false
+    }
+
+    fn rows(n: u8, out: &mut BytesMut) {
+        be::row_description(&[("n", 23)], out);
+        be::data_row(&[Some(&[b'0' + n][..])], out);
+    }
+
+    fn fatal_shutdown(out: &mut BytesMut) {
+        be::error_response(
+            &ErrorFields::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            ),
+            out,
+        );
+    }
+
+    /// Two queries pipelined into one window, after replies from before the window that the
+    /// client has been sent. The first completes: its replies are the client's, and the
+    /// window moves on to the second. The second's server fails before any CommandComplete:
+    /// the window reports it, keeps the second query's frame to run again, and cutting the
+    /// client's output at the window's start takes back exactly the second query's replies.
+    #[test]
+    fn a_failed_request_takes_back_only_its_own_replies() {
+        let (mut replay, mut q) = (Replay::default(), Replies::default());
+        let mut cout = BytesMut::from(&b"earlier"[..]);
+        replay.open(cout.len());
+        for sql in ["SELECT 1", "SELECT 2"] {
+            let mut raw = BytesMut::new();
+            encode_query(sql.as_bytes(), &mut raw);
+            replay.record(raw.freeze(), true);
+            q.push(Expect::Query);
+        }
+        // The client is sent what came before the window.
+        cout.advance(7);
+        replay.written(7);
+        assert!(replay.is_open());
+
+        let mut first = BytesMut::new();
+        rows(1, &mut first);
+        be::command_complete("SELECT 1", &mut first);
+        be::ready_for_query(TransactionStatus::Idle, &mut first);
+        let mut server = first.clone();
+        rows(2, &mut server);
+        fatal_shutdown(&mut server);
+        assert!(
+            relay(&mut replay, &mut q, &server, &mut cout),
+            "the failure is reported"
+        );
+        assert!(replay.is_open());
+        assert_eq!(replay.frames.len(), 1, "only the second query runs again");
+        assert_eq!(replay.frames[0][0], b'Q');
+
+        cout.truncate(replay.cout_start);
+        assert_eq!(cout, first, "the client keeps the first query's replies only");
+    }
+
+    /// Once a reply of the request reached the client, or a statement of it completed, a
+    /// FATAL can no longer take the request back: the window closes, or reports nothing.
+    #[test]
+    fn a_request_seen_or_done_is_not_taken_back() {
+        let (mut replay, mut q) = (Replay::default(), Replies::default());
+        let mut cout = BytesMut::new();
+        replay.open(0);
+        q.push(Expect::Query);
+        let mut server = BytesMut::new();
+        rows(1, &mut server);
+        assert!(!relay(&mut replay, &mut q, &server, &mut cout));
+        let sent = cout.len();
+        cout.advance(sent);
+        replay.written(sent);
+        assert!(!replay.is_open(), "a reply reached the client");
+
+        let (mut replay, mut q) = (Replay::default(), Replies::default());
+        replay.open(0);
+        q.push(Expect::Query);
+        let mut server = BytesMut::new();
+        rows(1, &mut server);
+        be::command_complete("INSERT 0 1", &mut server);
+        fatal_shutdown(&mut server);
+        assert!(
+            !relay(&mut replay, &mut q, &server, &mut cout),
+            "it may have committed"
+        );
+    }
 
     fn query(sql: &str) -> FrontendMessage {
         FrontendMessage::Query {

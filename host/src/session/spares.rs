@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::backend::Expect;
+use super::replies::Expect;
 
 /// Free space of the input buffer a session takes back.
 pub(super) const CAPACITY: usize = 4 * 1024;

@@ -1,0 +1,228 @@
+//! The extended protocol's messages (Parse, Bind, Describe, Close, Execute, Sync, Flush):
+//! the client's statement names become the proxy's, prepared on whichever server the client
+//! has when it first uses them, and a batch stays on its server until its Sync.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use switchyard_protocol::backend as be;
+use switchyard_protocol::frontend::{encode_bind_renamed, encode_close, encode_describe, Target};
+
+use super::replies::Expect;
+use super::{Session, SessionError};
+use crate::pool::StatementDef;
+
+impl Session {
+    /// Parse: an unnamed statement goes to the server as it is; a named one becomes the
+    /// proxy's statement for its text, prepared on the server unless it has it already (or
+    /// answered here, when no server is held and the text is known to be valid).
+    pub(super) async fn on_parse(
+        &mut self,
+        name: Bytes,
+        query: &Bytes,
+        param_types: &[u32],
+        raw: &Bytes,
+    ) -> Result<(), SessionError> {
+        self.note_sql(query);
+        if name.is_empty() {
+            if !self.acquire_or_refuse(true).await? {
+                return Ok(());
+            }
+            self.server.replies.open_batch();
+            self.server.sout.extend_from_slice(raw);
+            self.server.replies.push(Expect::Parse { prepared: None });
+            return Ok(());
+        }
+        let def = self.pool.statements.intern(query, param_types);
+        self.statements.insert(name.clone(), def.clone());
+        if !self.server.held() && def.is_validated() {
+            // Known-good SQL: no need to borrow a server just to hear "ParseComplete"
+            // (and a client blocked in a synchronous prepare cannot deadlock the pool).
+            self.synthesize(parse_complete());
+            return Ok(());
+        }
+        if !self.acquire_or_refuse(true).await? {
+            self.statements.remove(&name);
+            return Ok(());
+        }
+        self.server.replies.open_batch();
+        if self.server_has(&def) {
+            self.synthesize(parse_complete());
+        } else {
+            self.prepare_on_server(&def);
+            self.server.sout.extend_from_slice(&def.parse_message);
+            self.server.replies.push(Expect::Parse {
+                prepared: Some((def, name)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Bind: a named statement is bound under the proxy's name, prepared first if this
+    /// server lacks it.
+    pub(super) async fn on_bind(
+        &mut self,
+        portal: &[u8],
+        statement: &[u8],
+        rest: &[u8],
+        raw: &Bytes,
+    ) -> Result<(), SessionError> {
+        if !self.acquire_or_refuse(true).await? {
+            return Ok(());
+        }
+        self.server.replies.open_batch();
+        match self.lookup(statement) {
+            Some(def) => {
+                self.ensure_prepared(&def);
+                encode_bind_renamed(portal, &def.server_name, rest, &mut self.server.sout);
+            }
+            // Unnamed, or unknown: the server gives the same answer Postgres would.
+            None => self.server.sout.extend_from_slice(raw),
+        }
+        self.server.replies.push(Expect::Bind);
+        Ok(())
+    }
+
+    /// Describe: of a named statement, under the proxy's name (prepared first if needed).
+    pub(super) async fn on_describe(
+        &mut self,
+        target: Target,
+        name: &[u8],
+        raw: &Bytes,
+    ) -> Result<(), SessionError> {
+        if !self.acquire_or_refuse(true).await? {
+            return Ok(());
+        }
+        self.server.replies.open_batch();
+        match (target, self.lookup_target(target, name)) {
+            (Target::Statement, Some(def)) => {
+                self.ensure_prepared(&def);
+                encode_describe(Target::Statement, &def.server_name, &mut self.server.sout);
+            }
+            _ => self.server.sout.extend_from_slice(raw),
+        }
+        self.server.replies.push(Expect::Describe);
+        Ok(())
+    }
+
+    /// Close of a named statement: the server keeps its copy for other clients; this client
+    /// forgets the name, and is answered here.
+    pub(super) fn on_close_statement(&mut self, name: &[u8]) -> Result<(), SessionError> {
+        self.statements.remove(name);
+        self.synthesize(close_complete());
+        Ok(())
+    }
+
+    /// Execute: to the server as it is.
+    pub(super) async fn on_execute(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+        if self.pass_extended(raw).await? {
+            self.server.replies.push(Expect::Execute);
+        }
+        Ok(())
+    }
+
+    /// Close of a portal or of the unnamed statement: to the server as it is.
+    pub(super) async fn on_close(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+        if self.pass_extended(raw).await? {
+            self.server.replies.push(Expect::Close);
+        }
+        Ok(())
+    }
+
+    /// Sends an extended-protocol message as it is, in the open batch; false when no
+    /// server could be had (the batch is then skipped to its Sync).
+    async fn pass_extended(&mut self, raw: &Bytes) -> Result<bool, SessionError> {
+        if !self.acquire_or_refuse(true).await? {
+            return Ok(false);
+        }
+        self.server.replies.open_batch();
+        self.server.sout.extend_from_slice(raw);
+        Ok(true)
+    }
+
+    /// Sync: ends the batch on the server, or, with no server held, is answered here.
+    pub(super) fn on_sync(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+        if self.server.replies.copy_in() {
+            // The server ignores Sync during COPY FROM STDIN; the batch stays open.
+            self.server.sout.extend_from_slice(raw);
+        } else if self.server.held() {
+            self.server.sout.extend_from_slice(raw);
+            self.server.replies.sync();
+        } else {
+            // Everything since the last Sync was answered by the proxy itself.
+            let mut out = BytesMut::new();
+            be::ready_for_query(self.tx_status, &mut out);
+            self.synthesize(out.freeze());
+        }
+        Ok(())
+    }
+
+    /// Flush: to the server, if one is held (else everything was answered already).
+    pub(super) fn on_flush(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+        if self.server.held() {
+            self.server.sout.extend_from_slice(raw);
+        }
+        Ok(())
+    }
+
+    pub(super) fn lookup(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
+        if name.is_empty() {
+            None
+        } else {
+            self.statements.get(name)
+        }
+    }
+
+    fn lookup_target(&mut self, target: Target, name: &[u8]) -> Option<Arc<StatementDef>> {
+        match target {
+            Target::Statement => self.lookup(name),
+            Target::Portal => None,
+        }
+    }
+
+    fn server_has(&mut self, def: &StatementDef) -> bool {
+        self.server
+            .conn()
+            .is_some_and(|conn| conn.statements.touch(def.id))
+    }
+
+    /// Records that the server will have `def`, closing its least recently used statement if
+    /// it holds too many.
+    fn prepare_on_server(&mut self, def: &StatementDef) {
+        let cap = self.pool.settings.max_prepared_statements.saturating_mul(2);
+        let Some(conn) = self.server.conn() else {
+            return;
+        };
+        if let Some(evicted) = conn.statements.insert(def.id, cap) {
+            encode_close(
+                Target::Statement,
+                format!("sy_{evicted}").as_bytes(),
+                &mut self.server.sout,
+            );
+            self.server.replies.push(Expect::InjectedClose);
+        }
+    }
+
+    /// Before a Bind/Describe of `def`: prepare it on this server if it is not there yet.
+    pub(super) fn ensure_prepared(&mut self, def: &Arc<StatementDef>) {
+        if !self.server_has(def) {
+            self.prepare_on_server(def);
+            self.server.sout.extend_from_slice(&def.parse_message);
+            self.server
+                .replies
+                .push(Expect::InjectedParse { def: def.clone() });
+        }
+    }
+}
+
+fn parse_complete() -> Bytes {
+    let mut out = BytesMut::new();
+    be::parse_complete(&mut out);
+    out.freeze()
+}
+
+fn close_complete() -> Bytes {
+    let mut out = BytesMut::new();
+    be::close_complete(&mut out);
+    out.freeze()
+}

@@ -1,0 +1,129 @@
+//! Simple-protocol messages (Query, FunctionCall): the session commands in a query are
+//! tracked (settings replayed on the next server, state that lives on the server pins it),
+//! and the statements about the client's own prepared statements are answered here.
+
+use bytes::{Bytes, BytesMut};
+use switchyard_protocol::backend::{self as be, ErrorFields};
+use switchyard_protocol::sqlstate;
+
+use super::frontend::maybe_session_command;
+use super::replies::Expect;
+use super::sql::{self, Command};
+use super::{Session, SessionError};
+use crate::config::PoolMode;
+
+impl Session {
+    /// Query: answered here when it only touches the client's own prepared statements,
+    /// refused when it would PREPARE in transaction mode, else sent to a server.
+    pub(super) async fn on_query(&mut self, sql_text: &Bytes, raw: &Bytes) -> Result<(), SessionError> {
+        self.note_server_state(sql_text);
+        let commands = if maybe_session_command(sql_text) {
+            sql::commands(sql_text)
+        } else {
+            Vec::new()
+        };
+        if let [only] = commands.as_slice() {
+            if let Some(reply) = self.answer_locally(only) {
+                self.synthesize(reply);
+                return Ok(());
+            }
+        }
+        for cmd in commands {
+            if cmd == Command::Prepare && self.mode == PoolMode::Transaction {
+                let mut out = BytesMut::new();
+                be::error_response(
+                    &ErrorFields::error(sqlstate::FEATURE_NOT_SUPPORTED, "SQL PREPARE is not supported in transaction pooling mode")
+                        .with_detail("The statement would exist on one server only, and the next transaction may run on another.")
+                        .with_hint("Use your driver's protocol-level prepared statements, which switchyard tracks, or session pooling."),
+                    &mut out,
+                );
+                be::ready_for_query(self.tx_status, &mut out);
+                self.synthesize(out.freeze());
+                return Ok(());
+            }
+            self.note_command(cmd);
+        }
+        if self.acquire_or_refuse(false).await? {
+            self.server.sout.extend_from_slice(raw);
+            self.server.replies.push(Expect::Query);
+        }
+        Ok(())
+    }
+
+    /// FunctionCall: to a server as it is; ends with ReadyForQuery like a Query.
+    pub(super) async fn on_function_call(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+        if self.acquire_or_refuse(false).await? {
+            self.server.sout.extend_from_slice(raw);
+            self.server.replies.push(Expect::Query);
+        }
+        Ok(())
+    }
+
+    /// Statements about the client's own prepared statements that the proxy answers itself,
+    /// because the server never saw the client's names.
+    fn answer_locally(&mut self, cmd: &Command) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        match cmd {
+            Command::Deallocate { name } => {
+                if !self.statements.remove(name.as_bytes()) {
+                    be::error_response(
+                        &ErrorFields::error(
+                            sqlstate::INVALID_SQL_STATEMENT_NAME,
+                            format!("prepared statement \"{name}\" does not exist"),
+                        ),
+                        &mut out,
+                    );
+                    be::ready_for_query(self.tx_status, &mut out);
+                    return Some(out.freeze());
+                }
+                be::command_complete("DEALLOCATE", &mut out);
+            }
+            Command::DeallocateAll => {
+                if self.mode == PoolMode::Session {
+                    return None;
+                }
+                self.statements.clear();
+                be::command_complete("DEALLOCATE ALL", &mut out);
+            }
+            Command::DiscardAll if self.mode == PoolMode::Transaction && !self.server.held() => {
+                self.statements.clear();
+                self.params.note(Command::DiscardAll);
+                if self.params.commit_pending(None) {
+                    self.facts.reset_application_name();
+                }
+                be::command_complete("DISCARD ALL", &mut out);
+            }
+            _ => return None,
+        }
+        be::ready_for_query(self.tx_status, &mut out);
+        Some(out.freeze())
+    }
+
+    /// Pins the server if the client creates state that lives only there.
+    fn note_server_state(&mut self, sql_text: &[u8]) {
+        if !self.server_state {
+            if let Some(what) = sql::server_state(sql_text) {
+                self.pin(what);
+            }
+        }
+    }
+
+    /// Tracks session-level SET/RESET in a Parse'd statement.
+    pub(super) fn note_sql(&mut self, query: &Bytes) {
+        self.note_server_state(query);
+        if maybe_session_command(query) {
+            for cmd in sql::commands(query) {
+                self.note_command(cmd);
+            }
+        }
+    }
+
+    /// A session command the client sent: settings are tracked, what cannot be tracked pins.
+    fn note_command(&mut self, cmd: Command) {
+        if let Command::Untracked(what) = cmd {
+            self.pin(what);
+        } else {
+            self.params.note(cmd);
+        }
+    }
+}
