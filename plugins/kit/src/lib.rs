@@ -83,9 +83,12 @@ macro_rules! plugin {
         }
 
         impl bindings::exports::switchyard::policy::lifecycle::Guest for $plugin {
-            fn init(settings: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::std::result::Result<(), ::std::string::String> {
+            fn init(
+                settings: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                use bindings::switchyard::policy::host;
                 __SWITCHYARD_PLUGIN_INSTANCE.init(env!("CARGO_PKG_VERSION"), &settings, |line| {
-                    bindings::switchyard::policy::host::log(bindings::switchyard::policy::host::LogLevel::Info, line)
+                    host::log(host::LogLevel::Info, line)
                 })
             }
 

@@ -57,7 +57,10 @@ pub struct Configured<P> {
 /// What `init` does, without its side effects: checks `pairs` against `P::SETTINGS` (and
 /// [`VERSION_TAG`]), then makes the plugin. `crate_version` is the plugin crate's version.
 /// Plugins' unit tests call it to see exactly what `init` accepts and refuses.
-pub fn configure<P: Plugin>(crate_version: &str, pairs: &[(String, String)]) -> Result<Configured<P>, String> {
+pub fn configure<P: Plugin>(
+    crate_version: &str,
+    pairs: &[(String, String)],
+) -> Result<Configured<P>, String> {
     let settings = if P::SETTINGS.contains(&VERSION_TAG) {
         Settings::new(pairs, P::SETTINGS)?
     } else {
@@ -98,13 +101,20 @@ pub struct Instance<P> {
 impl<P: Plugin> Instance<P> {
     #[allow(clippy::new_without_default)] // const, for a static
     pub const fn new() -> Instance<P> {
-        Instance { cell: OnceLock::new() }
+        Instance {
+            cell: OnceLock::new(),
+        }
     }
 
     /// `lifecycle.init`: installs a panic hook that writes `NAME: <panic>` to stderr (the host
     /// logs it and shows it in `SHOW PLUGINS`), makes the plugin from `pairs`, and `log`s one
     /// line (`NAME VERSION: description`).
-    pub fn init(&self, crate_version: &str, pairs: &[(String, String)], log: impl FnOnce(&str)) -> Result<(), String> {
+    pub fn init(
+        &self,
+        crate_version: &str,
+        pairs: &[(String, String)],
+        log: impl FnOnce(&str),
+    ) -> Result<(), String> {
         std::panic::set_hook(Box::new(|info| eprintln!("{}: {info}", P::NAME)));
         let configured = configure::<P>(crate_version, pairs)?;
         let line = init_line(&configured);
@@ -185,7 +195,9 @@ mod tests {
         assert_eq!(instance.version("1.2.3"), "1.2.3");
         let mut logged = Vec::new();
         instance
-            .init("1.2.3", &pairs(&[("version_tag", "v2")]), |l| logged.push(l.to_string()))
+            .init("1.2.3", &pairs(&[("version_tag", "v2")]), |l| {
+                logged.push(l.to_string())
+            })
             .unwrap();
         assert_eq!(logged, ["probe 1.2.3+v2: limit 3"]);
         assert_eq!(instance.version("1.2.3"), "1.2.3+v2");

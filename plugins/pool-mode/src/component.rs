@@ -26,11 +26,7 @@ impl Guest for Config {
         };
         // The decision is a function of the mode (fixed until a reload) and the session's
         // transaction status and server state: the host may reuse it for every session.
-        let reuse = if config.reuse {
-            Reuse::Always
-        } else {
-            Reuse::Never
-        };
+        let reuse = if config.reuse { Reuse::Always } else { Reuse::Never };
         ReadyDecision { action, reuse }
     }
 }
