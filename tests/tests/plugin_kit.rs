@@ -69,7 +69,10 @@ fn build_out_of_tree(dir: &Path) -> Result<PathBuf> {
         None,
         Duration::from_secs(600),
     )?;
-    out.ensure_success()?;
+    out.ensure_success().context(
+        "building the out-of-tree plugin (offline: the kit's dependencies must be in cargo's \
+         registry already, as scripts/build-plugins leaves them)",
+    )?;
     eprintln!(
         "built {} from the kit in {:.1} s",
         dir.display(),

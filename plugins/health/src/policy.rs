@@ -217,6 +217,23 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_remembers_each_node_that_answered() {
+        let pairs = [("failures_before_down".to_string(), "2".to_string())];
+        let health = switchyard_plugin_kit::configure::<Health>("0.1.0", &pairs)
+            .unwrap()
+            .plugin;
+        let primary = health.judge(1, &up(false, 1, 0));
+        assert_eq!(primary.role, Role::Primary);
+        assert_eq!(
+            health.judge(1, &failed(1)),
+            primary,
+            "one lost probe is tolerated"
+        );
+        assert_eq!(health.judge(2, &failed(1)), DOWN, "node 2 never answered here");
+        assert_eq!(health.judge(1, &failed(2)), DOWN);
+    }
+
+    #[test]
     fn settings() {
         let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
             p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
