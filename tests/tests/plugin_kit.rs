@@ -52,7 +52,10 @@ fn build_out_of_tree(dir: &Path) -> Result<PathBuf> {
     let kit = repo.join("plugins/kit");
     let manifest = manifest.replace(
         KIT_DEPENDENCY,
-        &format!("switchyard-plugin-kit = {{ path = {:?} }}", kit.display().to_string()),
+        &format!(
+            "switchyard-plugin-kit = {{ path = {:?} }}",
+            kit.display().to_string()
+        ),
     );
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("Cargo.toml"), manifest)?;
@@ -125,7 +128,11 @@ async fn a_plugin_built_from_the_kit_outside_the_repository_serves_and_reports_i
 
     let settings = [("session_apps", SESSION_APP), ("panic_app", PANIC_APP)];
     let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
-        Ok(with_plugin_path(cfg.mode("transaction").pool_size(4), &component, &settings))
+        Ok(with_plugin_path(
+            cfg.mode("transaction").pool_size(4),
+            &component,
+            &settings,
+        ))
     })?;
     let endpoint = bed.endpoint();
     let reporting = connect_as(&bed, SESSION_APP).await?;
