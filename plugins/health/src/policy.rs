@@ -1,6 +1,9 @@
 //! The health verdict and the settings contract, as plain Rust.
 
-use plugin_settings::Settings;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use switchyard_plugin_kit::{Plugin, Settings};
 
 /// Settings keys this plugin understands.
 pub const KNOWN_SETTINGS: [&str; 3] = ["max_lag_bytes", "failures_before_down", "version_tag"];
@@ -46,7 +49,6 @@ pub const DOWN: Verdict = Verdict {
 pub struct Config {
     pub max_lag_bytes: Option<u64>,
     pub failures_before_down: u32,
-    pub version_tag: Option<String>,
 }
 
 impl Default for Config {
@@ -54,28 +56,67 @@ impl Default for Config {
         Config {
             max_lag_bytes: None,
             failures_before_down: 1,
-            version_tag: None,
         }
     }
 }
 
-pub fn parse_settings(pairs: &[(String, String)]) -> Result<Config, String> {
-    let s = Settings::new(pairs, &KNOWN_SETTINGS)?;
-    let failures_before_down = s.number("failures_before_down", 1u32)?;
-    if failures_before_down == 0 {
-        return Err("setting \"failures_before_down\" must be at least 1".into());
+impl Config {
+    fn from_settings(s: &Settings<'_>) -> Result<Config, String> {
+        let failures_before_down = s.number("failures_before_down", 1u32)?;
+        if failures_before_down == 0 {
+            return Err("setting \"failures_before_down\" must be at least 1".into());
+        }
+        Ok(Config {
+            max_lag_bytes: s
+                .text("max_lag_bytes")
+                .map(|_| s.number("max_lag_bytes", 0u64))
+                .transpose()?,
+            failures_before_down,
+        })
     }
-    Ok(Config {
-        max_lag_bytes: s
-            .text("max_lag_bytes")
-            .map(|_| s.number("max_lag_bytes", 0u64))
-            .transpose()?,
-        failures_before_down,
-        version_tag: s
-            .text("version_tag")
-            .filter(|t| !t.is_empty())
-            .map(str::to_string),
-    })
+}
+
+/// The plugin: its settings, and each node's last verdict from a probe that answered, as this
+/// instance saw it (an instance that has not seen a node up judges a failed probe of it as
+/// down).
+pub struct Health {
+    pub config: Config,
+    last_up: Mutex<BTreeMap<u32, Verdict>>,
+}
+
+impl Health {
+    /// The verdict on `sample` of `node` ([`evaluate`]), remembered when the node answered.
+    pub fn judge(&self, node: u32, sample: &Sample) -> Verdict {
+        let mut last_up = self.last_up.lock().unwrap_or_else(|e| e.into_inner());
+        let verdict = evaluate(&self.config, sample, last_up.get(&node).copied());
+        if sample.reachable {
+            last_up.insert(node, verdict);
+        }
+        verdict
+    }
+}
+
+impl Plugin for Health {
+    const NAME: &'static str = "health";
+    const SETTINGS: &'static [&'static str] = &KNOWN_SETTINGS;
+
+    fn new(s: &Settings<'_>) -> Result<Health, String> {
+        Ok(Health {
+            config: Config::from_settings(s)?,
+            last_up: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// `init` logs `health VERSION: max_lag_bytes M, failures_before_down F`.
+    fn describe(&self) -> String {
+        format!(
+            "max_lag_bytes {}, failures_before_down {}",
+            self.config
+                .max_lag_bytes
+                .map_or("unlimited".to_string(), |m| m.to_string()),
+            self.config.failures_before_down
+        )
+    }
 }
 
 /// The verdict on `sample`. `last_up` is this node's last verdict from a probe that
@@ -111,6 +152,11 @@ pub fn evaluate(config: &Config, sample: &Sample, last_up: Option<Verdict>) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `init` makes of these settings.
+    fn parse_settings(pairs: &[(String, String)]) -> Result<Config, String> {
+        switchyard_plugin_kit::configure::<Health>("0.1.0", pairs).map(|c| c.plugin.config)
+    }
 
     fn up(in_recovery: bool, lsn: u64, primary_lsn: u64) -> Sample {
         Sample {
@@ -168,6 +214,23 @@ mod tests {
         assert_eq!(evaluate(&tolerant, &failed(1), Some(primary)), primary);
         assert_eq!(evaluate(&tolerant, &failed(2), Some(primary)), DOWN);
         assert_eq!(evaluate(&tolerant, &failed(1), None), DOWN, "never seen up");
+    }
+
+    #[test]
+    fn an_instance_remembers_each_node_that_answered() {
+        let pairs = [("failures_before_down".to_string(), "2".to_string())];
+        let health = switchyard_plugin_kit::configure::<Health>("0.1.0", &pairs)
+            .unwrap()
+            .plugin;
+        let primary = health.judge(1, &up(false, 1, 0));
+        assert_eq!(primary.role, Role::Primary);
+        assert_eq!(
+            health.judge(1, &failed(1)),
+            primary,
+            "one lost probe is tolerated"
+        );
+        assert_eq!(health.judge(2, &failed(1)), DOWN, "node 2 never answered here");
+        assert_eq!(health.judge(1, &failed(2)), DOWN);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The pool-mode decision and the settings contract, as plain Rust: nothing here depends on
 //! the generated bindings, so `cargo test` exercises it on the host target.
 
+use switchyard_plugin_kit::{Plugin, Settings};
+
 /// The message of `refuse-transaction` in statement mode (the host answers the client with
 /// it, SQLSTATE 25000).
 pub const STATEMENT_REFUSAL: &str = "transaction blocks are not allowed in statement pooling mode";
@@ -10,15 +12,14 @@ pub const KNOWN_SETTINGS: [&str; 3] = ["mode", "version_tag", "reuse"];
 
 /// When a session's server connection goes back to the pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Mode {
     /// After each transaction, unless the session holds server-side state (the default).
     #[default]
-    Transaction = 0,
+    Transaction,
     /// Never: the server stays with the session until it ends.
-    Session = 1,
+    Session,
     /// After each statement; transaction blocks are refused.
-    Statement = 2,
+    Statement,
 }
 
 impl Mode {
@@ -37,16 +38,6 @@ impl Mode {
     /// The mode a settings value names (exact, lower case, as PgBouncer's `pool_mode`).
     pub fn parse(value: &str) -> Option<Mode> {
         Mode::ALL.into_iter().find(|m| m.as_str() == value)
-    }
-
-    /// Inverse of `self as u8`, for keeping the mode in an atomic; unknown values are the
-    /// default mode.
-    pub fn from_u8(value: u8) -> Mode {
-        match value {
-            1 => Mode::Session,
-            2 => Mode::Statement,
-            _ => Mode::Transaction,
-        }
     }
 }
 
@@ -86,12 +77,11 @@ pub fn decide(mode: Mode, tx: Tx, holds_server_state: bool) -> Decision {
     }
 }
 
-/// The plugin's configuration, from its `[plugins.NAME.settings]` table.
+/// The plugin's configuration, from its `[plugins.NAME.settings]` table (`version_tag` is
+/// the kit's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub mode: Mode,
-    /// Appended to the crate version by `version()` ("0.1.0+TAG"); an empty tag is none.
-    pub version_tag: Option<String>,
     /// Declare decisions reusable (`reuse = "always"`, the default) or have the host call
     /// at every boundary (`"never"`: for measuring the call itself).
     pub reuse: bool,
@@ -101,44 +91,53 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             mode: Mode::default(),
-            version_tag: None,
             reuse: true,
         }
     }
 }
 
-/// Parses the settings: `mode` (`transaction`, the default, `session` or `statement`),
-/// `version_tag` (free text) and `reuse` (`always`, the default, or `never`). Unknown keys, unknown modes and repeated keys are errors whose
-/// message is meant for the operator.
-pub fn parse_settings(settings: &[(String, String)]) -> Result<Config, String> {
-    let settings = plugin_settings::Settings::new(settings, &KNOWN_SETTINGS)?;
-    let mut config = Config::default();
-    if let Some(value) = settings.text("mode") {
-        config.mode = Mode::parse(value).ok_or_else(|| {
-            let valid: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
-            format!("unknown mode {value:?}: expected one of {}", valid.join(", "))
-        })?;
-    }
-    config.version_tag = settings
-        .text("version_tag")
-        .filter(|t| !t.is_empty())
-        .map(str::to_string);
-    config.reuse = match settings.text("reuse").unwrap_or("always") {
-        "always" => true,
-        "never" => false,
-        other => return Err(format!("unknown reuse {other:?}: expected always or never")),
-    };
-    Ok(config)
-}
+impl Plugin for Config {
+    const NAME: &'static str = "pool-mode";
+    const SETTINGS: &'static [&'static str] = &KNOWN_SETTINGS;
 
-/// The `version()` string: the crate version, then `+TAG` when a tag is set.
-pub fn version(tag: Option<&str>) -> String {
-    plugin_settings::version(env!("CARGO_PKG_VERSION"), tag)
+    /// `mode` (`transaction`, the default, `session` or `statement`) and `reuse` (`always`,
+    /// the default, or `never`); an unknown value is an error whose message is meant for the
+    /// operator.
+    fn new(settings: &Settings<'_>) -> Result<Config, String> {
+        let mut config = Config::default();
+        if let Some(value) = settings.text("mode") {
+            config.mode = Mode::parse(value).ok_or_else(|| {
+                let valid: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+                format!("unknown mode {value:?}: expected one of {}", valid.join(", "))
+            })?;
+        }
+        config.reuse = match settings.text("reuse").unwrap_or("always") {
+            "always" => true,
+            "never" => false,
+            other => return Err(format!("unknown reuse {other:?}: expected always or never")),
+        };
+        Ok(config)
+    }
+
+    /// `init` logs `pool-mode VERSION: MODE pooling`.
+    fn describe(&self) -> String {
+        format!("{} pooling", self.mode)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_plugin_kit::{configure, init_line, Configured};
+
+    /// What `init` makes of these settings.
+    fn init(settings: &[(String, String)]) -> Result<Configured<Config>, String> {
+        configure::<Config>(env!("CARGO_PKG_VERSION"), settings)
+    }
+
+    fn parse_settings(settings: &[(String, String)]) -> Result<Config, String> {
+        init(settings).map(|c| c.plugin)
+    }
 
     fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -189,7 +188,6 @@ mod tests {
             config,
             Config {
                 mode: Mode::Transaction,
-                version_tag: None,
                 reuse: true,
             }
         );
@@ -200,17 +198,10 @@ mod tests {
         for mode in Mode::ALL {
             let config = parse_settings(&settings(&[("mode", mode.as_str())])).unwrap();
             assert_eq!(config.mode, mode);
-            assert_eq!(Mode::from_u8(mode as u8), mode);
         }
-        let config = parse_settings(&settings(&[("version_tag", "blue"), ("mode", "session")])).unwrap();
-        assert_eq!(config.mode, Mode::Session);
-        assert_eq!(config.version_tag.as_deref(), Some("blue"));
-        assert_eq!(
-            parse_settings(&settings(&[("version_tag", "")]))
-                .unwrap()
-                .version_tag,
-            None
-        );
+        let init = init(&settings(&[("version_tag", "blue"), ("mode", "session")])).unwrap();
+        assert_eq!(init.plugin.mode, Mode::Session);
+        assert_eq!(init.version, format!("{}+blue", env!("CARGO_PKG_VERSION")));
     }
 
     #[test]
@@ -251,11 +242,15 @@ mod tests {
     }
 
     #[test]
-    fn version_appends_the_tag() {
-        assert_eq!(version(None), env!("CARGO_PKG_VERSION"));
+    fn version_appends_the_tag_and_init_logs_the_mode() {
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(init(&[]).unwrap().version, version);
+        assert_eq!(init(&settings(&[("version_tag", "")])).unwrap().version, version);
+        let tagged = init(&settings(&[("version_tag", "blue"), ("mode", "statement")])).unwrap();
+        assert_eq!(tagged.version, format!("{version}+blue"));
         assert_eq!(
-            version(Some("blue")),
-            format!("{}+blue", env!("CARGO_PKG_VERSION"))
+            init_line(&tagged),
+            format!("pool-mode {version}+blue: statement pooling")
         );
     }
 }

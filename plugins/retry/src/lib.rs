@@ -11,11 +11,9 @@
 //!   (default 30000);
 //! - `version_tag`: free text; `version()` returns "<crate version>+<tag>".
 //!
-//! The decision lives in [`policy`] (plain Rust, unit-tested on the host target); the
-//! wit-bindgen glue is compiled for wasm32 only.
+//! The decision and the settings live in [`policy`] (plain Rust, unit-tested on the host
+//! target); `component.rs` maps the WIT records onto it, and the kit
+//! (`switchyard-plugin-kit`) does the rest of the component.
 
-pub mod policy;
-
-// The host target cannot link a cdylib whose export names contain ':'.
-#[cfg(target_arch = "wasm32")]
 mod component;
+pub mod policy;

@@ -1,6 +1,6 @@
 //! The retry decision and the settings contract, as plain Rust.
 
-use plugin_settings::Settings;
+use switchyard_plugin_kit::{Plugin, Settings};
 
 /// Settings keys this plugin understands.
 pub const KNOWN_SETTINGS: [&str; 3] = ["max_attempts", "budget_ms", "version_tag"];
@@ -45,7 +45,6 @@ pub enum Decision {
 pub struct Config {
     pub max_attempts: u32,
     pub budget_ms: u32,
-    pub version_tag: Option<String>,
 }
 
 impl Default for Config {
@@ -53,22 +52,29 @@ impl Default for Config {
         Config {
             max_attempts: 5,
             budget_ms: 30_000,
-            version_tag: None,
         }
     }
 }
 
-pub fn parse_settings(pairs: &[(String, String)]) -> Result<Config, String> {
-    let s = Settings::new(pairs, &KNOWN_SETTINGS)?;
-    let defaults = Config::default();
-    Ok(Config {
-        max_attempts: s.number("max_attempts", defaults.max_attempts)?,
-        budget_ms: s.number("budget_ms", defaults.budget_ms)?,
-        version_tag: s
-            .text("version_tag")
-            .filter(|t| !t.is_empty())
-            .map(str::to_string),
-    })
+impl Plugin for Config {
+    const NAME: &'static str = "retry";
+    const SETTINGS: &'static [&'static str] = &KNOWN_SETTINGS;
+
+    fn new(s: &Settings<'_>) -> Result<Config, String> {
+        let defaults = Config::default();
+        Ok(Config {
+            max_attempts: s.number("max_attempts", defaults.max_attempts)?,
+            budget_ms: s.number("budget_ms", defaults.budget_ms)?,
+        })
+    }
+
+    /// `init` logs `retry VERSION: at most N attempts within B ms`.
+    fn describe(&self) -> String {
+        format!(
+            "at most {} attempts within {} ms",
+            self.max_attempts, self.budget_ms
+        )
+    }
 }
 
 /// Whether the request provably did not take effect and the client saw none of it.
@@ -98,6 +104,11 @@ pub fn decide(config: &Config, f: &Failure<'_>) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `init` makes of these settings.
+    fn parse_settings(pairs: &[(String, String)]) -> Result<Config, String> {
+        switchyard_plugin_kit::configure::<Config>("0.1.0", pairs).map(|c| c.plugin)
+    }
 
     fn failure(sqlstate: &str, phase: Phase, fate: Fate, attempt: u32) -> Failure<'_> {
         Failure {
@@ -136,7 +147,6 @@ mod tests {
         let c = Config {
             max_attempts: 2,
             budget_ms: 50,
-            version_tag: None,
         };
         let third = failure("53300", Phase::Connect, Fate::NotSent, 3);
         assert_eq!(decide(&c, &third), Decision::Surface);

@@ -1,58 +1,17 @@
-//! The wit-bindgen glue: world `switchover-plugin`.
+//! The WIT mapping: world `switchover-plugin`, its `on-event` onto [`policy::on_event`].
 
-use std::sync::Mutex;
+use switchyard_plugin_kit::Plugin;
 
 use crate::policy::{self, Config, Event};
 
-wit_bindgen::generate!({
-    world: "switchover-plugin",
-    path: "../../wit",
-});
+switchyard_plugin_kit::plugin!(Config, world = "switchover-plugin");
 
-use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::switchover::{
-    Action as WitAction, Guest as Switchover, HoldPlan, TopologyEvent,
-};
-use switchyard::policy::host::{self, LogLevel};
-use switchyard::policy::types::{NodeInfo, Role};
+use bindings::exports::switchyard::policy::switchover::{Action, Guest, HoldPlan, TopologyEvent};
+use bindings::switchyard::policy::host;
+use bindings::switchyard::policy::types::{NodeInfo, Role};
 
-static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
-
-struct Plugin;
-
-impl Lifecycle for Plugin {
-    fn init(settings: Vec<(String, String)>) -> Result<(), String> {
-        std::panic::set_hook(Box::new(|info| eprintln!("switchover: {info}")));
-        let config = policy::parse_settings(&settings)?;
-        host::log(
-            LogLevel::Info,
-            &format!(
-                "switchover {}: hold {} ms, drain {} ms",
-                plugin_settings::version(env!("CARGO_PKG_VERSION"), config.version_tag.as_deref()),
-                config.hold_ms,
-                config.drain_ms
-            ),
-        );
-        *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
-        Ok(())
-    }
-
-    fn version() -> String {
-        let config = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
-        plugin_settings::version(
-            env!("CARGO_PKG_VERSION"),
-            config.as_ref().and_then(|c| c.version_tag.as_deref()),
-        )
-    }
-}
-
-impl Switchover for Plugin {
-    fn on_event(event: TopologyEvent, nodes: Vec<NodeInfo>) -> Vec<WitAction> {
-        let config = CONFIG
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_default();
+impl Guest for Config {
+    fn on_event(event: TopologyEvent, nodes: Vec<NodeInfo>) -> Vec<Action> {
         let event = match event {
             TopologyEvent::PlannedStop(n) => Event::PlannedStop(n),
             TopologyEvent::PrimaryLost(n) => Event::PrimaryLost(n),
@@ -69,17 +28,15 @@ impl Switchover for Plugin {
                 .iter()
                 .any(|i| i.id == n && i.role == Role::Primary && !i.fenced)
         };
-        policy::on_event(&config, event, is_primary)
+        policy::on_event(Config::get(), event, is_primary)
             .into_iter()
             .map(|a| match a {
-                policy::Action::Hold { hold_ms, drain_ms } => WitAction::Hold(HoldPlan { hold_ms, drain_ms }),
-                policy::Action::MoveTo(n) => WitAction::MoveTo(n),
-                policy::Action::Resume => WitAction::Resume,
-                policy::Action::Fence(n) => WitAction::Fence(n),
-                policy::Action::Drain(n) => WitAction::Drain(n),
+                policy::Action::Hold { hold_ms, drain_ms } => Action::Hold(HoldPlan { hold_ms, drain_ms }),
+                policy::Action::MoveTo(n) => Action::MoveTo(n),
+                policy::Action::Resume => Action::Resume,
+                policy::Action::Fence(n) => Action::Fence(n),
+                policy::Action::Drain(n) => Action::Drain(n),
             })
             .collect()
     }
 }
-
-export!(Plugin);

@@ -1,6 +1,6 @@
 //! The switchover decision and the settings contract, as plain Rust.
 
-use plugin_settings::Settings;
+use switchyard_plugin_kit::{Plugin, Settings};
 
 /// Settings keys this plugin understands.
 pub const KNOWN_SETTINGS: [&str; 3] = ["hold_ms", "drain_ms", "version_tag"];
@@ -44,7 +44,6 @@ pub enum Action {
 pub struct Config {
     pub hold_ms: u32,
     pub drain_ms: u32,
-    pub version_tag: Option<String>,
 }
 
 impl Default for Config {
@@ -52,22 +51,26 @@ impl Default for Config {
         Config {
             hold_ms: 30_000,
             drain_ms: 5_000,
-            version_tag: None,
         }
     }
 }
 
-pub fn parse_settings(pairs: &[(String, String)]) -> Result<Config, String> {
-    let s = Settings::new(pairs, &KNOWN_SETTINGS)?;
-    let defaults = Config::default();
-    Ok(Config {
-        hold_ms: s.number("hold_ms", defaults.hold_ms)?,
-        drain_ms: s.number("drain_ms", defaults.drain_ms)?,
-        version_tag: s
-            .text("version_tag")
-            .filter(|t| !t.is_empty())
-            .map(str::to_string),
-    })
+impl Plugin for Config {
+    const NAME: &'static str = "switchover";
+    const SETTINGS: &'static [&'static str] = &KNOWN_SETTINGS;
+
+    fn new(s: &Settings<'_>) -> Result<Config, String> {
+        let defaults = Config::default();
+        Ok(Config {
+            hold_ms: s.number("hold_ms", defaults.hold_ms)?,
+            drain_ms: s.number("drain_ms", defaults.drain_ms)?,
+        })
+    }
+
+    /// `init` logs `switchover VERSION: hold H ms, drain D ms`.
+    fn describe(&self) -> String {
+        format!("hold {} ms, drain {} ms", self.hold_ms, self.drain_ms)
+    }
 }
 
 /// The actions for `event`. `is_primary(n)` says whether node `n` gets new transactions now.
@@ -100,6 +103,11 @@ pub fn on_event(config: &Config, event: Event, is_primary: impl Fn(u32) -> bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `init` makes of these settings.
+    fn parse_settings(pairs: &[(String, String)]) -> Result<Config, String> {
+        switchyard_plugin_kit::configure::<Config>("0.1.0", pairs).map(|c| c.plugin)
+    }
 
     fn primary_is(p: u32) -> impl Fn(u32) -> bool {
         move |n| n == p

@@ -13,20 +13,15 @@
 //! traps, `init` traps at the first attempt (the last "trying" line says where). `on-ready`
 //! always releases.
 
-// Component glue only: the host target cannot link a cdylib whose export names contain ':'.
-#![cfg(target_arch = "wasm32")]
-
 use std::fmt::Display;
 
-wit_bindgen::generate!({
-    world: "pool-mode-plugin",
-    path: "../../../wit",
-});
+use switchyard_plugin_kit::{Plugin, Settings};
 
-use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyAction, ReadyDecision, Reuse};
-use switchyard::policy::host::{self, LogLevel};
-use switchyard::policy::types::SessionInfo;
+switchyard_plugin_kit::plugin!(Escape, world = "pool-mode-plugin");
+
+use bindings::exports::switchyard::policy::pool_mode::{Guest, ReadyAction, ReadyDecision, Reuse};
+use bindings::switchyard::policy::host::{self, LogLevel};
+use bindings::switchyard::policy::types::SessionInfo;
 
 fn trying(what: &str) {
     host::log(LogLevel::Warn, &format!("escape: trying {what}"));
@@ -40,10 +35,14 @@ fn report<T, E: Display>(what: &str, result: Result<T, E>, ok: impl FnOnce(T) ->
     host::log(LogLevel::Warn, &format!("escape: {what}: {outcome}"));
 }
 
-struct Plugin;
+struct Escape;
 
-impl Lifecycle for Plugin {
-    fn init(_settings: Vec<(String, String)>) -> Result<(), String> {
+impl Plugin for Escape {
+    const NAME: &'static str = "hostile-escape";
+    const SETTINGS: &'static [&'static str] = &[];
+
+    /// The attempts, at `init`.
+    fn new(_: &Settings<'_>) -> Result<Escape, String> {
         trying("fs /etc/passwd");
         report("fs /etc/passwd", std::fs::read("/etc/passwd"), |bytes| {
             format!("READ {} bytes", bytes.len())
@@ -67,15 +66,11 @@ impl Lifecycle for Plugin {
             LogLevel::Warn,
             &format!("escape: env: {} variables{list}", names.len()),
         );
-        Ok(())
-    }
-
-    fn version() -> String {
-        concat!(env!("CARGO_PKG_VERSION"), "+escape").to_string()
+        Ok(Escape)
     }
 }
 
-impl PoolMode for Plugin {
+impl Guest for Escape {
     fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyDecision {
         ReadyDecision {
             action: ReadyAction::Release,
@@ -83,5 +78,3 @@ impl PoolMode for Plugin {
         }
     }
 }
-
-export!(Plugin);

@@ -2,43 +2,36 @@
 //! them until an allocation fails; the failed allocation aborts (a trap). The host must cap
 //! the instance's memory and survive the trap.
 
-// Component glue only: the host target cannot link a cdylib whose export names contain ':'.
-#![cfg(target_arch = "wasm32")]
-
 use std::sync::Mutex;
 
-wit_bindgen::generate!({
-    world: "pool-mode-plugin",
-    path: "../../../wit",
-});
+use switchyard_plugin_kit::{Plugin, Settings};
 
-use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyDecision};
-use switchyard::policy::types::SessionInfo;
+switchyard_plugin_kit::plugin!(Membomb, world = "pool-mode-plugin");
 
-/// Never freed: the memory stays claimed across calls.
-static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+use bindings::exports::switchyard::policy::pool_mode::{Guest, ReadyDecision};
+use bindings::switchyard::policy::types::SessionInfo;
 
-struct Plugin;
+struct Membomb {
+    /// Never freed: the memory stays claimed across calls.
+    hoard: Mutex<Vec<Vec<u8>>>,
+}
 
-impl Lifecycle for Plugin {
-    fn init(_settings: Vec<(String, String)>) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn version() -> String {
-        concat!(env!("CARGO_PKG_VERSION"), "+membomb").to_string()
+impl Plugin for Membomb {
+    const NAME: &'static str = "hostile-membomb";
+    const SETTINGS: &'static [&'static str] = &[];
+    fn new(_: &Settings<'_>) -> Result<Membomb, String> {
+        Ok(Membomb {
+            hoard: Mutex::new(Vec::new()),
+        })
     }
 }
 
-impl PoolMode for Plugin {
+impl Guest for Membomb {
     fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyDecision {
-        let mut hoard = HOARD.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hoard = Membomb::get().hoard.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             // Non-zero fill so every page is written, not just reserved.
             hoard.push(std::hint::black_box(vec![0xa5u8; 1 << 20]));
         }
     }
 }
-
-export!(Plugin);

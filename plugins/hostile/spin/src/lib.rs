@@ -1,31 +1,24 @@
 //! Hostile test plugin: `on-ready` never returns (a busy loop). The host must interrupt it
 //! (fuel or epoch deadline) and answer with the built-in policy.
 
-// Component glue only: the host target cannot link a cdylib whose export names contain ':'.
-#![cfg(target_arch = "wasm32")]
+use switchyard_plugin_kit::{Plugin, Settings};
 
-wit_bindgen::generate!({
-    world: "pool-mode-plugin",
-    path: "../../../wit",
-});
+switchyard_plugin_kit::plugin!(Spin, world = "pool-mode-plugin");
 
-use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyDecision};
-use switchyard::policy::types::SessionInfo;
+use bindings::exports::switchyard::policy::pool_mode::{Guest, ReadyDecision};
+use bindings::switchyard::policy::types::SessionInfo;
 
-struct Plugin;
+struct Spin;
 
-impl Lifecycle for Plugin {
-    fn init(_settings: Vec<(String, String)>) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn version() -> String {
-        concat!(env!("CARGO_PKG_VERSION"), "+spin").to_string()
+impl Plugin for Spin {
+    const NAME: &'static str = "hostile-spin";
+    const SETTINGS: &'static [&'static str] = &[];
+    fn new(_: &Settings<'_>) -> Result<Spin, String> {
+        Ok(Spin)
     }
 }
 
-impl PoolMode for Plugin {
+impl Guest for Spin {
     fn on_ready(_session: SessionInfo, _statements: u32) -> ReadyDecision {
         // `black_box` keeps the loop a real loop the optimiser cannot reason away.
         let mut n: u64 = 0;
@@ -34,5 +27,3 @@ impl PoolMode for Plugin {
         }
     }
 }
-
-export!(Plugin);

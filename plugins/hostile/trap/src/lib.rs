@@ -4,36 +4,26 @@
 //! `health` and `switchover` in the topology, for `retry` in the session. Built for the
 //! `bundle` world so one component can be configured for any hook.
 //!
-//! `init` installs a panic hook that only writes to stderr: std's default hook first reads
-//! the environment (`RUST_BACKTRACE`), which traps before printing anything under a host that
-//! gives plugins stdout/stderr and nothing else.
+//! The kit's panic hook writes `hostile-trap: panicked at ...: <message>` to stderr.
 
-// Component glue only: the host target cannot link a cdylib whose export names contain ':'.
-#![cfg(target_arch = "wasm32")]
+use switchyard_plugin_kit::Settings;
 
-wit_bindgen::generate!({
-    world: "bundle",
-    path: "../../../wit",
-});
+switchyard_plugin_kit::plugin!(Plugin, world = "bundle");
 
-use exports::switchyard::policy::health::{Guest as Health, ProbeSample, Verdict};
-use exports::switchyard::policy::lifecycle::Guest as Lifecycle;
-use exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyDecision};
-use exports::switchyard::policy::retry::{Guest as Retry, RetryDecision};
-use exports::switchyard::policy::router::{Guest as Router, RouteDecision};
-use exports::switchyard::policy::switchover::{Action, Guest as Switchover, TopologyEvent};
-use switchyard::policy::types::{ErrorInfo, NodeInfo, QueryInfo, SessionInfo};
+use bindings::exports::switchyard::policy::health::{Guest as Health, ProbeSample, Verdict};
+use bindings::exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyDecision};
+use bindings::exports::switchyard::policy::retry::{Guest as Retry, RetryDecision};
+use bindings::exports::switchyard::policy::router::{Guest as Router, RouteDecision};
+use bindings::exports::switchyard::policy::switchover::{Action, Guest as Switchover, TopologyEvent};
+use bindings::switchyard::policy::types::{ErrorInfo, NodeInfo, QueryInfo, SessionInfo};
 
 struct Plugin;
 
-impl Lifecycle for Plugin {
-    fn init(_settings: Vec<(String, String)>) -> Result<(), String> {
-        std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
-        Ok(())
-    }
-
-    fn version() -> String {
-        concat!(env!("CARGO_PKG_VERSION"), "+trap").to_string()
+impl switchyard_plugin_kit::Plugin for Plugin {
+    const NAME: &'static str = "hostile-trap";
+    const SETTINGS: &'static [&'static str] = &[];
+    fn new(_: &Settings<'_>) -> Result<Plugin, String> {
+        Ok(Plugin)
     }
 }
 
@@ -81,5 +71,3 @@ impl Health for Plugin {
         );
     }
 }
-
-export!(Plugin);

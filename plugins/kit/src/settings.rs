@@ -1,5 +1,5 @@
-//! The `[plugins.NAME.settings]` table as the bundled plugins read it: text pairs from
-//! `lifecycle.init`, checked against the keys a plugin knows, with typed getters. Every
+//! The `[plugins.NAME.settings]` table as a plugin reads it: text pairs from
+//! `lifecycle.init`, checked against the keys the plugin knows, with typed getters. Every
 //! error is a message for the operator (the host shows it when `init` refuses).
 
 /// A plugin's settings, checked against its known keys.
@@ -47,14 +47,6 @@ impl<'a> Settings<'a> {
     }
 }
 
-/// The `version()` string: `base` (a crate version), then `+TAG` for a non-empty tag.
-pub fn version(base: &str, tag: Option<&str>) -> String {
-    match tag.filter(|t| !t.is_empty()) {
-        Some(tag) => format!("{base}+{tag}"),
-        None => base.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,12 +78,5 @@ mod tests {
             s.number("b", 0u32),
             Err(r#"setting "b": "-1" is not a whole number in range"#.to_string())
         );
-    }
-
-    #[test]
-    fn version_appends_a_tag() {
-        assert_eq!(version("0.1.0", None), "0.1.0");
-        assert_eq!(version("0.1.0", Some("")), "0.1.0");
-        assert_eq!(version("0.1.0", Some("blue")), "0.1.0+blue");
     }
 }
