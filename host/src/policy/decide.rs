@@ -61,7 +61,7 @@ impl<H: ?Sized + Decider> Slot<H> {
     }
 
     fn builtin(&self) -> bool {
-        self.scope == Scope::Everywhere
+        matches!(self.scope, Scope::Everywhere)
     }
 
     /// The hook's answer, or `fallback`'s when the call fails (`Err` carries it). A
@@ -266,13 +266,18 @@ impl Policies {
                 session.generation = current.generation;
             }
         }
-        let action = session
-            .pool_mode
-            .ask(
-                |hook| hook.on_ready(about, mode, facts),
-                || pool_mode::decide(mode, facts),
-            )
-            .unwrap_or_else(|fallback| fallback);
+        // The built-in answers directly: no plugin, no indirect call on the hot path.
+        let action = if session.pool_mode.builtin() {
+            pool_mode::decide(mode, facts)
+        } else {
+            session
+                .pool_mode
+                .ask(
+                    |hook| hook.on_ready(about, mode, facts),
+                    || pool_mode::decide(mode, facts),
+                )
+                .unwrap_or_else(|fallback| fallback)
+        };
         if action == ReadyAction::Release && facts.holds_server_state {
             return ReadyAction::Keep;
         }
