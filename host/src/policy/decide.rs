@@ -216,6 +216,9 @@ pub struct SwitchoverDecision {
     pub actions: Vec<Action>,
     /// `built-in`, `plugin NAME`, or `built-in (plugin NAME failed)`.
     pub by: String,
+    /// Nodes the answer moved traffic to that the probes do not confirm as primary: those
+    /// `move-to`s were dropped (the caller, which knows the nodes' addresses, logs them).
+    pub ignored: Vec<usize>,
 }
 
 /// The facade: see the module docs.
@@ -323,8 +326,8 @@ impl Policies {
     }
 
     /// The actions for `event` in `cluster`, whose nodes are `nodes` and whose primary as
-    /// the probes confirm it is `confirmed`. A `move-to` any other node is dropped (with a
-    /// warning): traffic goes only to the confirmed primary.
+    /// the probes confirm it is `confirmed`. A `move-to` any other node is dropped (and
+    /// reported in `ignored`): traffic goes only to the confirmed primary.
     pub fn on_event(
         &self,
         cluster: &str,
@@ -343,14 +346,15 @@ impl Policies {
             Ok(actions) => (actions, format!("plugin {}", slot.hook.name())),
             Err(actions) => (actions, format!("built-in (plugin {} failed)", slot.hook.name())),
         };
+        let mut ignored = Vec::new();
         actions.retain(|action| match *action {
             Action::MoveTo(n) if confirmed != Some(n) => {
-                tracing::warn!(%cluster, node = n, ?confirmed, "switchover policy: move-to ignored, the probes do not confirm that node as primary");
+                ignored.push(n);
                 false
             }
             _ => true,
         });
-        SwitchoverDecision { actions, by }
+        SwitchoverDecision { actions, by, ignored }
     }
 }
 
@@ -576,6 +580,7 @@ mod tests {
         let event = TopologyEvent::PrimaryConfirmed(0);
         let unconfirmed = policies.on_event("main", event, &nodes, Some(0), hold);
         assert_eq!(unconfirmed.actions, vec![Action::Resume]);
+        assert_eq!(unconfirmed.ignored, vec![1]);
         assert_eq!(unconfirmed.by, "plugin reckless");
         let confirmed = policies.on_event("main", event, &nodes, Some(1), hold);
         assert_eq!(confirmed.actions, vec![Action::MoveTo(1), Action::Resume]);

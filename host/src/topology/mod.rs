@@ -331,10 +331,13 @@ impl Cluster {
                 primary: view.primary == Some(i),
             })
             .collect();
-        let SwitchoverDecision { actions, by } =
+        let SwitchoverDecision { actions, by, ignored } =
             self.policies
                 .on_event(&self.name, event, &nodes, view.candidate, self.hold_timeout);
         let name = |n: usize| self.nodes[n].to_string();
+        for n in ignored {
+            tracing::warn!(cluster = %self.name, "switchover {by}: move-to {} ignored, the probes do not confirm that node as primary", name(n));
+        }
         let subject = event
             .node()
             .map_or_else(String::new, |n| format!("(node {})", name(n)));
