@@ -183,14 +183,18 @@ fn work_dir() -> Result<std::path::PathBuf> {
     )
 }
 
-/// The settings and the number of pgbench runs, on stderr (and on stdout for --dry-run).
-fn plan(opt: &Options) -> (String, String) {
-    let cells = opt
-        .tax_cells
+/// The plugin tax cells as the settings give them, `MODE:CLIENTS ...`.
+fn tax_cells(opt: &Options) -> String {
+    opt.tax_cells
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(" ")
+}
+
+/// The settings and the number of pgbench runs, on stderr (and on stdout for --dry-run).
+fn plan(opt: &Options) -> (String, String) {
+    let cells = tax_cells(opt);
     let config = if opt.tax_only {
         format!(
             "config: plugin tax only: cells=[{cells}] duration={}s pool={} scale={} jobs={} rounds={} callgrind={}",
@@ -290,12 +294,7 @@ fn measure_all(
     }
     log!("running {runs}");
     bench.run_matrix()?;
-    let cells = opt
-        .tax_cells
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let cells = tax_cells(opt);
     log!(
         "plugin tax: tps, built-in vs pool-mode plugin, cells [{cells}], {} round(s)",
         opt.rounds
