@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::{env, ports, scratch, watchdog::Watchdog};
+use crate::{deadline::Deadline, env, ports, scratch, watchdog::Watchdog};
 
 /// Roles every cluster has, with their passwords (as the client sends them).
 pub mod roles {
@@ -91,6 +91,8 @@ pub struct PgCluster {
     dir: PathBuf,
     primary: PgNode,
     replica: Option<PgNode>,
+    /// Last: disarmed only after the servers are down.
+    _deadline: Deadline,
 }
 
 impl PgCluster {
@@ -124,10 +126,12 @@ impl PgCluster {
         }
         let mut primary = PgNode::new("primary", &dir, primary_data, opts.settings.clone());
         primary.start().context("starting primary")?;
+        let deadline = Deadline::arm(format!("the PostgreSQL cluster in {}", dir.display()), None);
         let mut cluster = Self {
             dir: dir.clone(),
             primary,
             replica: None,
+            _deadline: deadline,
         };
         if opts.replica {
             let replica_data = dir.join("replica");

@@ -19,6 +19,7 @@
 //!
 //! Environment knobs: `SWITCHYARD_BIN`, `SWITCHYARD_PROFILE`,
 //! `SWITCHYARD_TARGET=direct`, `PG_BIN`, `SWITCHYARD_TEST_TMP`,
+//! `SWITCHYARD_TEST_DEADLINE` (seconds a test may hold a cluster or proxy; see [`deadline`]),
 //! `SWITCHYARD_KEEP_TMP=1`, `SWITCHYARD_PYTHON`, `SWITCHYARD_JDBC_JAR`,
 //! `SWITCHYARD_PATRONI_VENV` (default `/opt/switchyard/patroni-4.1.5`),
 //! `SWITCHYARD_ETCD` (default `/usr/bin/etcd`), `RUST_LOG` (passed to the
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod bed;
 pub mod client;
 pub mod cluster;
+pub mod deadline;
 pub mod env;
 pub mod etcd;
 pub mod http;

@@ -61,6 +61,7 @@ use serde_json::json;
 
 use crate::client::Endpoint;
 use crate::cluster::roles;
+use crate::deadline::Deadline;
 use crate::etcd::Etcd;
 use crate::proxy::{NodeEntry, ProxyConfig};
 use crate::tools::{run_command, CmdOutput, Psql};
@@ -274,6 +275,8 @@ pub struct PatroniCluster {
     dir: PathBuf,
     scope: String,
     opts: PatroniOptions,
+    /// Last: disarmed only after every node and etcd are down.
+    _deadline: Deadline,
 }
 
 impl PatroniCluster {
@@ -340,12 +343,14 @@ impl PatroniCluster {
                 watchdog: None,
             });
         }
+        let deadline = Deadline::arm(format!("the Patroni cluster in {}", dir.display()), None);
         let mut cluster = Self {
             nodes,
             etcd,
             dir,
             scope,
             opts,
+            _deadline: deadline,
         };
         for i in 0..cluster.nodes.len() {
             cluster.write_config(i)?;

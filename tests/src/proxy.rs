@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::cluster::{roles, PgCluster};
-use crate::{env, ports, scratch, watchdog::Watchdog};
+use crate::{deadline::Deadline, env, ports, scratch, watchdog::Watchdog};
 
 /// `[proxy]`
 #[derive(Clone, Debug, Serialize)]
@@ -308,6 +308,8 @@ pub struct Proxy {
     addr: SocketAddr,
     child: Option<Child>,
     watchdog: Option<Watchdog>,
+    /// Last: disarmed only after the proxy has stopped.
+    _deadline: Deadline,
 }
 
 impl Proxy {
@@ -339,6 +341,10 @@ impl Proxy {
                 launch: launch.clone(),
                 child: None,
                 watchdog: None,
+                _deadline: Deadline::arm(
+                    format!("the proxy on {}", config.proxy.listen),
+                    Some(dir.join("switchyard.log")),
+                ),
             };
             match proxy.spawn(&binary) {
                 Ok(()) => return Ok(proxy),

@@ -307,6 +307,62 @@ fn watchdog_kills_servers_of_a_killed_test_process() -> Result<()> {
     Ok(())
 }
 
+/// A test that keeps its cluster past the deadline (`SWITCHYARD_TEST_DEADLINE`, here 3 s)
+/// is ended: its process exits with status 124 within seconds, says which test ran over,
+/// and its postmaster is gone afterwards. Checked on a child run of this binary whose test
+/// hangs in a wait with no bound of its own.
+#[test]
+fn a_test_that_hangs_is_ended_at_its_deadline() -> Result<()> {
+    if std::env::var_os("SWITCHYARD_DEADLINE_CHILD").is_some() {
+        let pg = PgCluster::start()?;
+        println!("POSTMASTER_DATA {}", pg.primary().data_dir().display());
+        std::thread::sleep(Duration::from_secs(600));
+        return Ok(());
+    }
+    let started = Instant::now();
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "a_test_that_hangs_is_ended_at_its_deadline",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SWITCHYARD_DEADLINE_CHILD", "1")
+        .env("SWITCHYARD_TEST_DEADLINE", "3")
+        .output()?;
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!(
+        "the hanging child test ended after {took:?} with {}",
+        output.status
+    );
+    ensure!(
+        output.status.code() == Some(124),
+        "the child should exit with 124 at its deadline, got {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("a_test_that_hangs_is_ended_at_its_deadline") && stderr.contains("after 3 s"),
+        "the message should name the test and its bound:\n{stderr}"
+    );
+    let data = stdout
+        .lines()
+        .find_map(|l| l.split_once("POSTMASTER_DATA ").map(|(_, d)| d.trim().to_owned()))
+        .ok_or_else(|| anyhow::anyhow!("the child did not report its cluster:\n{stdout}"))?;
+    let pid_file = std::path::Path::new(&data).join("postmaster.pid");
+    let gone_by = Instant::now() + Duration::from_secs(20);
+    while pid_file.exists() {
+        ensure!(
+            Instant::now() < gone_by,
+            "{} still exists 20 s after the test process ended",
+            pid_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// The proxy's log is read when its test ends: a line where the proxy itself panicked fails
 /// the test (the drop of the bed panics), even if every client got its answer; a plugin's
 /// captured stderr that mentions a panic, which the proxy logs inside its own lines, does not.

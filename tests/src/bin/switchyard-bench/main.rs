@@ -44,6 +44,8 @@ fn started() -> &'static Instant {
 
 fn main() -> ExitCode {
     started();
+    // The benchmark runs for many minutes and stops its servers itself.
+    switchyard_tests::deadline::disable();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = match options::parse(&args, |k| std::env::var(k).ok()) {
         Ok(Cli::Help) => {
