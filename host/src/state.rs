@@ -18,7 +18,8 @@ use crate::config::ConfigError;
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
-use crate::pool::{DatabaseRoute, Pool, PoolSettings};
+use crate::pool::{DatabaseRoute, Pool, PoolSettings, RoutingSettings};
+use crate::topology::reads::LagBudget;
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,15 @@ impl ProxyState {
                 lifetime: config.pool.lifetime,
                 max_prepared_statements: config.pool.max_prepared_statements,
                 tls: server_tls.clone(),
+                routing: RoutingSettings {
+                    read_routing: db.read_routing,
+                    budget: LagBudget {
+                        bytes: db.max_replica_lag_bytes.0 as u64,
+                        time: db.max_replica_lag,
+                    },
+                    read_your_writes: db.read_your_writes,
+                    database_commits: Arc::default(),
+                },
             };
             databases.insert(
                 name.clone(),

@@ -14,6 +14,8 @@ pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 pub const PROTOCOL_VIOLATION: &str = "08P01";
 /// 0A000: not supported (here, or in this pooling mode).
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// 22023: a setting's value is not one it accepts.
+pub const INVALID_PARAMETER_VALUE: &str = "22023";
 /// 25000: not allowed in the current transaction state.
 pub const INVALID_TRANSACTION_STATE: &str = "25000";
 /// 25006: a write in a read-only transaction (a demoted primary).

@@ -57,8 +57,8 @@ const SETUP_SQL: &str = include_str!("../pg/setup.sql");
 /// Options for [`PgCluster::start_with`].
 #[derive(Clone, Debug, Default)]
 pub struct ClusterOptions {
-    /// Also start a streaming replica of the primary.
-    pub replica: bool,
+    /// Streaming replicas of the primary to start (`replica`, `replica2`, ...).
+    pub replicas: usize,
     /// Extra `postgresql.conf` settings passed as `-c name=value`.
     pub settings: Vec<(String, String)>,
 }
@@ -86,11 +86,11 @@ impl ClusterOptions {
     }
 }
 
-/// A primary and an optional streaming replica.
+/// A primary and its streaming replicas, if any.
 pub struct PgCluster {
     dir: PathBuf,
     primary: PgNode,
-    replica: Option<PgNode>,
+    replicas: Vec<PgNode>,
     /// Last: disarmed only after the servers are down.
     _deadline: Deadline,
 }
@@ -103,8 +103,13 @@ impl PgCluster {
 
     /// Start a primary and a streaming replica.
     pub fn start_with_replica() -> Result<Self> {
+        Self::start_with_replicas(1)
+    }
+
+    /// Start a primary and `n` streaming replicas.
+    pub fn start_with_replicas(n: usize) -> Result<Self> {
         Self::start_with(ClusterOptions {
-            replica: true,
+            replicas: n,
             ..Default::default()
         })
     }
@@ -130,11 +135,12 @@ impl PgCluster {
         let mut cluster = Self {
             dir: dir.clone(),
             primary,
-            replica: None,
+            replicas: Vec::new(),
             _deadline: deadline,
         };
-        if opts.replica {
-            let replica_data = dir.join("replica");
+        for i in 0..opts.replicas {
+            let name = if i == 0 { "replica".to_owned() } else { format!("replica{}", i + 1) };
+            let replica_data = dir.join(&name);
             cluster.primary.run_as_pg(
                 Command::new(env::pg_program("pg_basebackup")?)
                     .arg("-h")
@@ -146,9 +152,9 @@ impl PgCluster {
                     .args(["-R", "-c", "fast", "-X", "stream", "--no-sync"]),
                 "pg_basebackup",
             )?;
-            let mut replica = PgNode::new("replica", &dir, replica_data, opts.settings);
-            replica.start().context("starting replica")?;
-            cluster.replica = Some(replica);
+            let mut replica = PgNode::new(&name, &dir, replica_data, opts.settings.clone());
+            replica.start().with_context(|| format!("starting {name}"))?;
+            cluster.replicas.push(replica);
             cluster.wait_streaming()?;
         }
         Ok(cluster)
@@ -164,23 +170,21 @@ impl PgCluster {
         &mut self.primary
     }
 
-    /// The replica; panics if the cluster was started without one.
+    /// The first replica; panics if the cluster was started without one.
     pub fn replica(&self) -> &PgNode {
-        self.replica
-            .as_ref()
+        self.replicas
+            .first()
             .expect("cluster was started without a replica")
     }
 
-    /// The replica, if the cluster has one.
-    pub fn replica_opt(&self) -> Option<&PgNode> {
-        self.replica.as_ref()
+    /// Every replica, in the order started.
+    pub fn replicas(&self) -> &[PgNode] {
+        &self.replicas
     }
 
-    /// The replica, for stopping/promoting it.
-    pub fn replica_mut(&mut self) -> &mut PgNode {
-        self.replica
-            .as_mut()
-            .expect("cluster was started without a replica")
+    /// A replica, for stopping/promoting it; panics if there is no replica `i`.
+    pub fn replica_mut(&mut self, i: usize) -> &mut PgNode {
+        &mut self.replicas[i]
     }
 
     /// Directory holding the data dirs, sockets and server logs.
@@ -188,7 +192,7 @@ impl PgCluster {
         &self.dir
     }
 
-    /// Wait until the primary reports a streaming replica.
+    /// Wait until the primary reports every replica streaming.
     pub fn wait_streaming(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -196,20 +200,22 @@ impl PgCluster {
                 "postgres",
                 "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
             )?;
-            if n.trim() != "0" {
+            if n.trim().parse::<usize>().is_ok_and(|n| n >= self.replicas.len()) {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let last = self.replicas.last().expect("waiting for a replica");
                 bail!(
-                    "replica did not start streaming within 30 s\n--- replica log ---\n{}",
-                    env::tail(&self.replica().log_path(), 30)
+                    "replica did not start streaming within 30 s\n--- {} log ---\n{}",
+                    last.name,
+                    env::tail(&last.log_path(), 30)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Wait until the replica has replayed everything the primary has
+    /// Wait until every replica has replayed everything the primary has
     /// written so far.
     pub fn wait_replica_caught_up(&self) -> Result<()> {
         let lsn = self
@@ -217,25 +223,28 @@ impl PgCluster {
             .admin_sql("postgres", "SELECT pg_current_wal_lsn()")?;
         let lsn = lsn.trim();
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let caught_up = self.replica().admin_sql(
-                "postgres",
-                &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
-            )?;
-            if caught_up.trim() == "t" {
-                return Ok(());
+        for replica in &self.replicas {
+            loop {
+                let caught_up = replica.admin_sql(
+                    "postgres",
+                    &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+                )?;
+                if caught_up.trim() == "t" {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("{} did not replay up to {lsn} within 30 s", replica.name);
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            if Instant::now() > deadline {
-                bail!("replica did not replay up to {lsn} within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 }
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        if let Some(r) = self.replica.as_mut() {
+        for r in &mut self.replicas {
             r.shutdown();
         }
         self.primary.shutdown();
@@ -245,7 +254,7 @@ impl Drop for PgCluster {
 
 /// One PostgreSQL server process and its data directory.
 pub struct PgNode {
-    name: &'static str,
+    name: String,
     socket_dir: PathBuf,
     data: PathBuf,
     port: u16,
@@ -255,9 +264,9 @@ pub struct PgNode {
 }
 
 impl PgNode {
-    fn new(name: &'static str, socket_dir: &Path, data: PathBuf, settings: Vec<(String, String)>) -> Self {
+    fn new(name: &str, socket_dir: &Path, data: PathBuf, settings: Vec<(String, String)>) -> Self {
         Self {
-            name,
+            name: name.to_owned(),
             socket_dir: socket_dir.to_path_buf(),
             data,
             port: 0,
@@ -344,7 +353,7 @@ impl PgNode {
             .stderr(log);
         self.as_pg_user(&mut cmd)?;
         let child = cmd.spawn().context("spawning postgres")?;
-        scratch::record_process(&self.socket_dir, self.name, child.id());
+        scratch::record_process(&self.socket_dir, &self.name, child.id());
         self.watchdog = Some(Watchdog::arm(child.id(), "QUIT")?);
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);

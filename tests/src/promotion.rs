@@ -29,7 +29,7 @@ pub async fn probed_pair(
 ) -> Result<(TestBed, Endpoint, String, String)> {
     let bed = TestBed::start_full(
         ClusterOptions {
-            replica: true,
+            replicas: 1,
             ..Default::default()
         },
         |cfg, _| configure(probed(cfg)),

@@ -139,7 +139,7 @@ impl ProxyConfig {
             role: "primary".to_owned(),
             patroni_api: None,
         }];
-        if let Some(replica) = pg.replica_opt() {
+        for replica in pg.replicas() {
             nodes.push(NodeEntry {
                 host: replica.host().to_owned(),
                 port: replica.port(),

@@ -83,7 +83,7 @@ async fn proxy_starts_with_a_primary_and_a_replica() -> Result<()> {
     skip_if_direct!();
     let mut bed = TestBed::start_full(
         switchyard_tests::ClusterOptions {
-            replica: true,
+            replicas: 1,
             ..Default::default()
         },
         |cfg, _| Ok(cfg),

@@ -417,6 +417,62 @@ pub struct DatabaseConfig {
     pub dbname: Option<String>,
     pub pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    /// Which work may run on the cluster's replicas (docs/routing.md); the database's
+    /// router (plugin or built-in) reads it as a hint, the host's safety rules apply
+    /// whatever it answers.
+    #[serde(default)]
+    pub read_routing: ReadRouting,
+    /// A replica further behind the primary than this, in WAL bytes, gets no reads.
+    #[serde(default = "default_max_replica_lag_bytes")]
+    pub max_replica_lag_bytes: ByteSize,
+    /// A replica further behind the primary than this, in time, gets no reads.
+    #[serde(default = "default_max_replica_lag", with = "humantime_serde")]
+    pub max_replica_lag: Duration,
+    /// Whose writes a read must see: after a commit in this scope, reads go only to a
+    /// replica that replayed past it (or to the primary).
+    #[serde(default)]
+    pub read_your_writes: ReadYourWrites,
+    /// Functions that count as reads whatever `pg_proc.provolatile` says.
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
+    /// Functions that count as writes (they win over `read_only_functions`).
+    #[serde(default)]
+    pub write_functions: Vec<String>,
+}
+
+/// `read_routing`: where reads may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadRouting {
+    /// Everything runs on the primary.
+    #[default]
+    Off,
+    /// Reads run on replicas; on the primary only when no replica may take them.
+    Replicas,
+    /// Reads are spread over the replicas and the primary.
+    ReplicasOrPrimary,
+}
+
+/// `read_your_writes`: the scope of the commits a later read must see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadYourWrites {
+    Off,
+    /// A session's reads see its own commits.
+    #[default]
+    Session,
+    /// Every session of a user sees that user's commits.
+    User,
+    /// Every session sees every commit made through the proxy to the database.
+    Database,
+}
+
+fn default_max_replica_lag_bytes() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
+
+fn default_max_replica_lag() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// How the proxy asks a client to prove who it is.

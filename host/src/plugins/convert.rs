@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use switchyard_protocol::TransactionStatus;
 
-use super::bindings::exports::switchyard::policy::{health, pool_mode, retry, switchover};
+use super::bindings::exports::switchyard::policy::{health, pool_mode, retry, router, switchover};
 use super::bindings::switchyard::policy::types;
 use super::instance::CallError;
 use crate::policy::pool_mode::ReadyAction;
 use crate::policy::retry::{FailedRequest, Fate, Phase, RetryDecision};
+use crate::policy::router::{QueryKind, Route};
 use crate::policy::switchover::{HoldPlan, NodeInfo, TopologyEvent};
 use crate::policy::topology::{ProbeInput, Role, Verdict};
 use crate::policy::{HookError, SessionDetails};
@@ -124,6 +125,35 @@ impl From<TopologyEvent> for switchover::TopologyEvent {
 }
 
 /// A node with its index in the cluster's `nodes`.
+impl From<QueryKind> for types::QueryKind {
+    fn from(k: QueryKind) -> types::QueryKind {
+        match k {
+            QueryKind::Read => types::QueryKind::Read,
+            QueryKind::Write => types::QueryKind::Write,
+            QueryKind::Ddl => types::QueryKind::Ddl,
+            QueryKind::TransactionControl => types::QueryKind::TransactionControl,
+            QueryKind::SessionControl => types::QueryKind::SessionControl,
+            QueryKind::Unknown => types::QueryKind::Unknown,
+        }
+    }
+}
+
+/// A `node` is taken as the index it names; the caller checks it against the cluster.
+impl From<router::RouteDecision> for Route {
+    fn from(d: router::RouteDecision) -> Route {
+        match d {
+            router::RouteDecision::Primary => Route::Primary,
+            router::RouteDecision::Node(n) => Route::Node(n as usize),
+            router::RouteDecision::AnyReplica => Route::AnyReplica,
+            router::RouteDecision::Wait(ms) => Route::Wait(Duration::from_millis(ms.into())),
+            router::RouteDecision::Reject(r) => Route::Reject {
+                sqlstate: r.sqlstate,
+                message: r.message,
+            },
+        }
+    }
+}
+
 impl From<(usize, &NodeInfo)> for types::NodeInfo {
     fn from((i, n): (usize, &NodeInfo)) -> types::NodeInfo {
         types::NodeInfo {

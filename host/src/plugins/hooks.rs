@@ -25,11 +25,11 @@ pub struct HookIndices {
     health: Option<health::GuestIndices>,
 }
 
-/// One instance's hook functions (those the host calls; `router` is type-checked at load by
-/// [`HookIndices::check`] and bound here once the host routes).
+/// One instance's hook functions.
 pub struct Hooks {
     pub lifecycle: lifecycle::Guest,
     pub pool_mode: Option<pool_mode::Guest>,
+    pub router: Option<router::Guest>,
     pub retry: Option<retry::Guest>,
     pub switchover: Option<switchover::Guest>,
     pub health: Option<health::Guest>,
@@ -97,6 +97,11 @@ impl HookIndices {
                 .as_ref()
                 .map(|i| i.load(&mut store, instance))
                 .transpose()?,
+            router: self
+                .router
+                .as_ref()
+                .map(|i| i.load(&mut store, instance))
+                .transpose()?,
             retry: self
                 .retry
                 .as_ref()
@@ -122,11 +127,6 @@ impl HookIndices {
         mut store: impl AsContextMut<Data = StoreState>,
         instance: &Instance,
     ) -> wasmtime::Result<()> {
-        let mut store = store.as_context_mut();
-        self.load(&mut store, instance)?;
-        if let Some(i) = &self.router {
-            i.load(&mut store, instance)?;
-        }
-        Ok(())
+        self.load(store.as_context_mut(), instance).map(drop)
     }
 }

@@ -16,6 +16,7 @@ mod failover;
 mod hooks;
 mod instance;
 mod registry;
+mod routing;
 mod stdio;
 
 use std::path::PathBuf;

@@ -44,6 +44,9 @@ impl PluginHost {
                 if plugin_config.serves(HookKind::Retry, db) {
                     assignment.serve_retry(db, plugin.clone());
                 }
+                if plugin_config.serves(HookKind::Router, db) {
+                    assignment.serve_router(db, plugin.clone());
+                }
             }
             for cluster in config.clusters.keys() {
                 if plugin_config.serves_cluster(HookKind::Health, cluster) {

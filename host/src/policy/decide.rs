@@ -1,5 +1,5 @@
-//! The facade every decision point asks (sessions for pool mode and retries, the topology
-//! for health and switchover, the router once reads are routed): the one path from a
+//! The facade every decision point asks (sessions for pool mode, routing and retries, the
+//! topology for health and switchover): the one path from a
 //! decision to a plugin. It holds, per hook and per database or cluster, what answers now
 //! (a plugin or [`BuiltIn`]) and does in one place what every decision needs:
 //!
@@ -10,7 +10,8 @@
 //!   topology decisions see it at once, a session at its next transaction (a transaction
 //!   in flight finishes with the hook it began with), checked with one generation compare;
 //! - the safety clamps, whatever a hook answers: a server holding the client's state stays
-//!   with it, only what provably did not take effect is retried ([`retry::allowed`]), and
+//!   with it, only what provably did not take effect is retried ([`retry::allowed`]), work
+//!   not classified as fit for a replica runs on the primary ([`router::clamp`]), and
 //!   traffic moves only to the primary the probes confirm.
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use super::hooks::{
 };
 use super::pool_mode::{self, ReadyAction, ReadyFacts};
 use super::retry::{self, FailedRequest, RetryDecision};
-use super::router::{self, Route};
+use super::router::{self, Route, RouteRequest};
 use super::session::SessionFacts;
 use super::switchover::{self, Action, NodeInfo, TopologyEvent};
 use super::topology::{self, ProbeInput, Verdict};
@@ -116,6 +117,7 @@ pub struct Assignment {
     generation: u64,
     pool_mode: HashMap<String, Arc<Slot<dyn PoolModeHook>>>,
     retry: HashMap<String, Arc<Slot<dyn RetryHook>>>,
+    router: HashMap<String, Arc<Slot<dyn RouterHook>>>,
     health: HashMap<String, Arc<Slot<dyn HealthHook>>>,
     switchover: HashMap<String, Arc<Slot<dyn SwitchoverHook>>>,
     builtin_pool_mode: Arc<Slot<dyn PoolModeHook>>,
@@ -133,6 +135,7 @@ impl Assignment {
             generation,
             pool_mode: HashMap::new(),
             retry: HashMap::new(),
+            router: HashMap::new(),
             health: HashMap::new(),
             switchover: HashMap::new(),
             builtin_pool_mode: Slot::new(
@@ -175,6 +178,12 @@ impl Assignment {
         self.retry.insert(database.to_string(), slot);
     }
 
+    /// `hook` routes `database`'s transactions.
+    pub fn serve_router(&mut self, database: &str, hook: Arc<dyn RouterHook>) {
+        let slot = Slot::new(HookKind::Router, Scope::Database(database.to_string()), hook);
+        self.router.insert(database.to_string(), slot);
+    }
+
     /// `hook` judges probes of `cluster`'s nodes.
     pub fn serve_health(&mut self, cluster: &str, hook: Arc<dyn HealthHook>) {
         let slot = Slot::new(HookKind::Health, Scope::Cluster(cluster.to_string()), hook);
@@ -195,6 +204,10 @@ impl Assignment {
         self.retry.get(database).unwrap_or(&self.builtin_retry)
     }
 
+    fn router(&self, database: &str) -> &Arc<Slot<dyn RouterHook>> {
+        self.router.get(database).unwrap_or(&self.builtin_router)
+    }
+
     fn health(&self, cluster: &str) -> &Arc<Slot<dyn HealthHook>> {
         self.health.get(cluster).unwrap_or(&self.builtin_health)
     }
@@ -204,11 +217,19 @@ impl Assignment {
     }
 }
 
-/// A session's side of the facade: its pool-mode hook as of the assignment `generation`
-/// (refreshed when a transaction starts).
+/// A session's side of the facade: its pool-mode and router hooks as of the assignment
+/// `generation` (refreshed when a transaction starts).
 pub struct SessionPolicies {
     pool_mode: Arc<Slot<dyn PoolModeHook>>,
+    router: Arc<Slot<dyn RouterHook>>,
     generation: u64,
+}
+
+impl SessionPolicies {
+    /// Whether the built-in router answers this session (as of its last refresh).
+    pub fn builtin_router(&self) -> bool {
+        self.router.builtin()
+    }
 }
 
 /// A switchover decision and who made it, for the decision log.
@@ -247,6 +268,7 @@ impl Policies {
         let current = self.current.load();
         SessionPolicies {
             pool_mode: current.pool_mode(database).clone(),
+            router: current.router(database).clone(),
             generation: current.generation,
         }
     }
@@ -263,11 +285,7 @@ impl Policies {
         facts: ReadyFacts,
     ) -> ReadyAction {
         if facts.statements == 1 {
-            let current = self.current.load();
-            if current.generation != session.generation {
-                session.pool_mode = current.pool_mode(about.database()).clone();
-                session.generation = current.generation;
-            }
+            self.refresh(session, about);
         }
         // The built-in answers directly: no plugin, no indirect call on the hot path.
         let action = if session.pool_mode.builtin() {
@@ -310,12 +328,40 @@ impl Policies {
         }
     }
 
-    /// Where the session's next transaction runs. The router slot is the built-in's until
-    /// read routing assigns router plugins.
-    pub fn route(&self, session: &SessionFacts) -> Route {
-        let slot = self.current.load().builtin_router.clone();
-        slot.ask(|hook| hook.route(session), router::route)
-            .unwrap_or_else(|fallback| fallback)
+    /// A session's hooks, brought to the installed assignment (one generation compare).
+    fn refresh(&self, session: &mut SessionPolicies, about: &SessionFacts) {
+        let current = self.current.load();
+        if current.generation != session.generation {
+            session.pool_mode = current.pool_mode(about.database()).clone();
+            session.router = current.router(about.database()).clone();
+            session.generation = current.generation;
+        }
+    }
+
+    /// Where the session's next transaction (or autocommit statement) runs; `nodes` gives
+    /// the cluster's nodes to a router plugin (the built-in needs none, and is answered
+    /// without building them). Whatever the router answers, work the host did not
+    /// classify as fit for a replica runs on the primary.
+    pub fn route(
+        &self,
+        session: &mut SessionPolicies,
+        about: &mut SessionFacts,
+        request: &RouteRequest,
+        nodes: impl FnOnce() -> Vec<NodeInfo>,
+    ) -> Route {
+        self.refresh(session, about);
+        if session.router.builtin() {
+            return router::route(request);
+        }
+        let nodes = nodes();
+        let route = session
+            .router
+            .ask(
+                |hook| hook.route(about, request, &nodes),
+                || router::route(request),
+            )
+            .unwrap_or_else(|fallback| fallback);
+        router::clamp(request, route)
     }
 
     /// The verdict on one probe of a node of `cluster`.
@@ -361,7 +407,9 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReadRouting;
     use crate::policy::retry::{Fate, Phase};
+    use crate::policy::router::QueryKind;
     use crate::policy::topology::{ProbeSample, Role};
 
     /// A hook that fails every call, as a trapping plugin does.
@@ -389,7 +437,7 @@ mod tests {
     }
 
     /// A hook that answers what the built-in would not: release always, retry always,
-    /// move traffic to node 1.
+    /// move traffic to node 1, route everything to node 1.
     struct Reckless;
 
     impl Decider for Reckless {
@@ -418,6 +466,12 @@ mod tests {
             _: Duration,
         ) -> Result<RetryDecision, HookError> {
             Ok(RetryDecision::RetryAfter(Duration::ZERO))
+        }
+    }
+
+    impl RouterHook for Reckless {
+        fn route(&self, _: &mut SessionFacts, _: &RouteRequest, _: &[NodeInfo]) -> Result<Route, HookError> {
+            Ok(Route::Node(1))
         }
     }
 
@@ -460,7 +514,17 @@ mod tests {
             policies.on_ready(&mut session, &mut about, PoolMode::Session, idle),
             ReadyAction::Keep
         );
-        assert_eq!(policies.route(&about), Route::Primary);
+        let read = RouteRequest {
+            kind: QueryKind::Read,
+            replica_ok: true,
+            in_transaction: false,
+            read_routing: ReadRouting::Off,
+            last_commit_lsn: 0,
+        };
+        assert_eq!(
+            policies.route(&mut session, &mut about, &read, Vec::new),
+            Route::Primary
+        );
         let sample = ProbeSample {
             reachable: true,
             ..Default::default()
@@ -561,6 +625,29 @@ mod tests {
         assert_eq!(
             policies.on_error(&mut about, status, &failed, budget),
             RetryDecision::RetryAfter(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn work_not_fit_for_a_replica_runs_on_the_primary_whatever_the_router_says() {
+        let policies = installed(1, |a| a.serve_router("db", Arc::new(Reckless)));
+        let (mut session, mut about) = (policies.session("db"), facts());
+        let mut request = RouteRequest {
+            kind: QueryKind::Write,
+            replica_ok: false,
+            in_transaction: false,
+            read_routing: ReadRouting::Replicas,
+            last_commit_lsn: 0,
+        };
+        assert_eq!(
+            policies.route(&mut session, &mut about, &request, Vec::new),
+            Route::Primary
+        );
+        request.replica_ok = true;
+        request.kind = QueryKind::Read;
+        assert_eq!(
+            policies.route(&mut session, &mut about, &request, Vec::new),
+            Route::Node(1)
         );
     }
 

@@ -11,7 +11,7 @@ use switchyard_protocol::TransactionStatus;
 
 use super::pool_mode::{self, ReadyAction, ReadyFacts};
 use super::retry::{self, FailedRequest, RetryDecision};
-use super::router::{self, Route};
+use super::router::{self, Route, RouteRequest};
 use super::session::SessionFacts;
 use super::switchover::{self, Action, NodeInfo, TopologyEvent};
 use super::topology::{self, ProbeInput, Verdict};
@@ -72,10 +72,19 @@ pub trait RetryHook: Decider {
 
 /// `router`: which node runs a session's next transaction.
 pub trait RouterHook: Decider {
-    /// The route for the session's next transaction. Built-in: the primary.
-    fn route(&self, session: &SessionFacts) -> Result<Route, HookError> {
-        let _ = session;
-        Ok(router::route())
+    /// The route for `request`, the session's next transaction or autocommit statement, in
+    /// a cluster whose nodes are `nodes`. Built-in: [`router::route`] (reads to replicas
+    /// when the database's `read_routing` allows it, else the primary). Whatever the
+    /// answer, work the host did not classify as fit for a replica runs on the primary
+    /// ([`router::clamp`], applied by the facade).
+    fn route(
+        &self,
+        session: &mut SessionFacts,
+        request: &RouteRequest,
+        nodes: &[NodeInfo],
+    ) -> Result<Route, HookError> {
+        let _ = (session, nodes);
+        Ok(router::route(request))
     }
 }
 

@@ -11,11 +11,16 @@
 //! longer the primary are closed when they come back to the pool or are found idle.
 
 mod pause;
+mod reads;
+mod servers;
 mod statements;
 
 pub use pause::{Pause, PauseGate};
 
+pub use reads::{ReadStats, RoutingSettings};
 pub use statements::{StatementDef, StatementRegistry};
+
+use servers::{IdleServer, Servers};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use switchyard_protocol::sqlstate;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::UserAuth;
 use crate::config::PoolMode;
@@ -75,6 +80,7 @@ pub struct PoolSettings {
     pub lifetime: Duration,
     pub max_prepared_statements: usize,
     pub tls: ServerTls,
+    pub routing: RoutingSettings,
 }
 
 /// Why a client could not get a server.
@@ -90,6 +96,9 @@ pub enum PoolError {
     Closed { pool: String },
     #[error("cluster {cluster} has had no primary for {waited:?} (hold_timeout); a switchover or failover is taking longer than that")]
     NoPrimary { cluster: String, waited: Duration },
+    /// The database's router refused the work (`route-decision.reject`).
+    #[error("{message}")]
+    Rejected { sqlstate: String, message: String },
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -100,6 +109,7 @@ impl PoolError {
             PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
             PoolError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
             PoolError::NoPrimary { .. } => sqlstate::CANNOT_CONNECT_NOW,
+            PoolError::Rejected { sqlstate, .. } => sqlstate,
             PoolError::Server(e) => e.sqlstate(),
         }
     }
@@ -132,9 +142,12 @@ pub struct Pool {
     pub settings: PoolSettings,
     pub statements: StatementRegistry,
     pub stats: PoolStats,
-    /// Boxed, so a server moves between the pool and a session as a pointer.
-    idle: Mutex<Vec<IdleServer>>,
-    permits: Arc<Semaphore>,
+    /// Servers on the primary.
+    primary: Servers,
+    /// Servers for reads, per node of the cluster (read routing); a node's list fills only
+    /// while it is a replica that takes reads.
+    replicas: Box<[Servers]>,
+    pub reads: ReadStats,
     /// Clients queued for a server right now.
     waiting: AtomicUsize,
     /// ParameterStatus values of the last server that connected, reported to new clients.
@@ -151,12 +164,6 @@ pub struct Pool {
     last_startup: Mutex<Arc<Settings>>,
 }
 
-/// A server in the idle list and when it was returned, by the pool's coarse clock.
-struct IdleServer {
-    conn: Box<ServerConn>,
-    since_ms: u64,
-}
-
 impl Pool {
     pub fn new(
         name: String,
@@ -170,13 +177,14 @@ impl Pool {
             name,
             user: ArcSwap::new(user),
             server_database,
-            cluster,
             pause,
-            permits: Arc::new(Semaphore::new(settings.size)),
+            primary: Servers::new(settings.size),
+            replicas: (0..cluster.nodes.len()).map(|_| Servers::new(settings.size)).collect(),
+            reads: ReadStats::new(cluster.nodes.len()),
+            cluster,
             settings,
             statements: StatementRegistry::default(),
             stats: PoolStats::default(),
-            idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             server_params: Mutex::new(None),
             reconnect_before: AtomicU64::new(0),
@@ -193,8 +201,8 @@ impl Pool {
     /// the state of connects and waits does not weigh on every session's task.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         let permit = if self.pause.paused().is_none() && self.cluster.hold().is_none() {
-            match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => match self
+            match self.primary.try_permit() {
+                Some(permit) => match self
                     .cluster
                     .primary()
                     .and_then(|(_, addr)| self.reusable_idle(addr))
@@ -205,11 +213,12 @@ impl Pool {
                             conn: Some(conn),
                             _permit: permit,
                             pool: self.clone(),
+                            read_node: None,
                         });
                     }
                     None => Some(permit),
                 },
-                Err(_) => None,
+                None => None,
             }
         } else {
             None
@@ -241,30 +250,9 @@ impl Pool {
             hold_ran_out = !self.cluster.wait_while_held().await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
-        let permit = match permit.map_or_else(|| self.permits.clone().try_acquire_owned(), Ok) {
-            Ok(p) => p,
-            Err(_) => {
-                let wait = self.settings.query_wait_timeout;
-                self.waiting.fetch_add(1, Ordering::Relaxed);
-                let acquired = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                match acquired {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => {
-                        return Err(PoolError::Closed {
-                            pool: self.name.clone(),
-                        })
-                    }
-                    Err(_) => {
-                        self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-                        return Err(PoolError::Timeout {
-                            waited: wait,
-                            size: self.settings.size,
-                            pool: self.name.clone(),
-                        });
-                    }
-                }
-            }
+        let permit = match permit {
+            Some(p) => p,
+            None => self.wait_permit(&self.primary).await?,
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         let conn = self.server_on_primary(&mut held_since, hold_ran_out).await;
@@ -276,7 +264,34 @@ impl Pool {
             conn: Some(conn),
             _permit: permit,
             pool: self.clone(),
+            read_node: None,
         })
+    }
+
+    /// A slot among `servers`: at once if one is free, else in FIFO order up to
+    /// `query_wait_timeout`.
+    async fn wait_permit(&self, servers: &Servers) -> Result<OwnedSemaphorePermit, PoolError> {
+        if let Some(p) = servers.try_permit() {
+            return Ok(p);
+        }
+        let wait = self.settings.query_wait_timeout;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = tokio::time::timeout(wait, servers.permit()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match acquired {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(PoolError::Closed {
+                pool: self.name.clone(),
+            }),
+            Err(_) => {
+                self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(PoolError::Timeout {
+                    waited: wait,
+                    size: self.settings.size,
+                    pool: self.name.clone(),
+                })
+            }
+        }
     }
 
     /// An idle server on the primary, or a new one; waits for a primary (and retries
@@ -348,18 +363,10 @@ impl Pool {
         }
     }
 
-    fn pop_idle(&self) -> Option<Box<ServerConn>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .map(|i| i.conn)
-    }
-
     /// An idle server on `addr` that may be reused; the idle servers tried on the way that
     /// may not (on another node, drained, broken, past their lifetime) are closed.
     fn reusable_idle(&self, addr: &NodeAddr) -> Option<Box<ServerConn>> {
-        while let Some(conn) = self.pop_idle() {
+        while let Some(conn) = self.primary.pop_idle() {
             if conn.addr != *addr || !self.cluster.keeps_server(&conn.addr, conn.created) {
                 self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, "closing idle server: not on the primary");
@@ -462,8 +469,13 @@ impl Pool {
     pub fn reconnect(&self) {
         self.reconnect_before
             .store(since_epoch(Instant::now()), Ordering::Relaxed);
-        let closed = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner())).len();
+        let closed: usize = self.all_servers().map(Servers::clear).sum();
         self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
+    }
+
+    /// The primary's servers and every node's read servers.
+    fn all_servers(&self) -> impl Iterator<Item = &Servers> {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
     }
 
     /// Advances the coarse clock and closes idle servers past their idle timeout or
@@ -471,14 +483,16 @@ impl Pool {
     pub fn reap(&self) {
         let now_ms = since_epoch_ms(Instant::now());
         self.coarse_now_ms.store(now_ms, Ordering::Relaxed);
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let before = idle.len();
         let s = &self.settings;
-        idle.retain(|i| {
-            u128::from(now_ms.saturating_sub(i.since_ms)) < s.idle_timeout.as_millis()
-                && i.conn.created.elapsed() < s.lifetime
-        });
-        let closed = before - idle.len();
+        let closed: usize = self
+            .all_servers()
+            .map(|servers| {
+                servers.retain(|i| {
+                    u128::from(now_ms.saturating_sub(i.since_ms)) < s.idle_timeout.as_millis()
+                        && i.conn.created.elapsed() < s.lifetime
+                })
+            })
+            .sum();
         if closed > 0 {
             self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
             tracing::debug!(pool = %self.name, closed, "closed idle servers");
@@ -487,18 +501,19 @@ impl Pool {
 
     /// (idle servers, servers in use, clients waiting) for the admin console.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
-        let in_use = self
-            .settings
-            .size
-            .saturating_sub(self.permits.available_permits());
+        let size = self.settings.size;
+        let (idle, in_use) = self
+            .all_servers()
+            .map(|s| s.counts(size))
+            .fold((0, 0), |(i, u), (si, su)| (i + si, u + su));
         (idle, in_use, self.waiting.load(Ordering::Relaxed))
     }
 
     /// Closes every idle server and refuses new checkouts; used at shutdown.
     pub fn close(&self) {
-        self.permits.close();
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for servers in self.all_servers() {
+            servers.close();
+        }
     }
 }
 
@@ -520,6 +535,8 @@ pub struct Checkout {
     conn: Option<Box<ServerConn>>,
     _permit: OwnedSemaphorePermit,
     pool: Arc<Pool>,
+    /// The node, when the server was lent for reads on it (read routing).
+    read_node: Option<usize>,
 }
 
 impl Checkout {
@@ -533,27 +550,36 @@ impl Checkout {
         &self.pool
     }
 
+    /// The node serving reads through this server, when read routing sent it to one.
+    pub fn read_node(&self) -> Option<usize> {
+        self.read_node
+    }
+
     /// Returns a server that is idle (ReadyForQuery 'I', nothing in flight) to the pool;
-    /// one on a node that is no longer the primary is closed instead.
+    /// one on a node that no longer serves what it was lent for (writes: the primary;
+    /// reads: a replica on the newest timeline) is closed instead.
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            let on_primary = self.pool.cluster.keeps_server(&conn.addr, conn.created);
-            if !on_primary || self.pool.expired(&conn) || !conn.rbuf.is_empty() {
-                self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            let pool = &self.pool;
+            let (keep, servers) = match self.read_node {
+                None => (pool.cluster.keeps_server(&conn.addr, conn.created), &pool.primary),
+                Some(node) => (pool.keeps_read_server(node, &conn), &pool.replicas[node]),
+            };
+            if !keep || pool.expired(&conn) || !conn.rbuf.is_empty() {
+                pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let since_ms = self.pool.coarse_now_ms.load(Ordering::Relaxed);
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(IdleServer { conn, since_ms });
+            let since_ms = pool.coarse_now_ms.load(Ordering::Relaxed);
+            servers.push(IdleServer { conn, since_ms });
         }
     }
 }
 
 impl Drop for Checkout {
     fn drop(&mut self) {
+        if let Some(node) = self.read_node {
+            self.pool.reads.finished(node);
+        }
         if let Some(conn) = self.conn.take() {
             self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(pool = %self.pool.name, server = conn.id, "closing server not returned cleanly");

@@ -9,7 +9,7 @@ use switchyard_protocol::backend as be;
 use switchyard_protocol::frontend::{encode_bind_renamed, encode_close, encode_describe, Target};
 
 use super::replies::Expect;
-use super::{Session, SessionError};
+use super::{Session, SessionError, Work};
 use crate::pool::StatementDef;
 
 impl Session {
@@ -25,7 +25,8 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.note_sql(query);
         if name.is_empty() {
-            if !self.acquire_or_refuse(true).await? {
+            let work = self.work_of_batch(Some(query));
+            if !self.acquire_or_refuse(true, work).await? {
                 return Ok(());
             }
             self.server.replies.open_batch();
@@ -41,7 +42,8 @@ impl Session {
             self.synthesize(parse_complete());
             return Ok(());
         }
-        if !self.acquire_or_refuse(true).await? {
+        let work = self.work_of_batch(Some(query));
+        if !self.acquire_or_refuse(true, work).await? {
             self.statements.remove(&name);
             return Ok(());
         }
@@ -67,7 +69,8 @@ impl Session {
         rest: &[u8],
         raw: &Bytes,
     ) -> Result<(), SessionError> {
-        if !self.acquire_or_refuse(true).await? {
+        let work = self.work_of_batch(self.statements.peek(statement).map(|d| &d.query[..]));
+        if !self.acquire_or_refuse(true, work).await? {
             return Ok(());
         }
         self.server.replies.open_batch();
@@ -90,7 +93,12 @@ impl Session {
         name: &[u8],
         raw: &Bytes,
     ) -> Result<(), SessionError> {
-        if !self.acquire_or_refuse(true).await? {
+        let first = match target {
+            Target::Statement => self.statements.peek(name).map(|d| &d.query[..]),
+            Target::Portal => None,
+        };
+        let work = self.work_of_batch(first);
+        if !self.acquire_or_refuse(true, work).await? {
             return Ok(());
         }
         self.server.replies.open_batch();
@@ -132,7 +140,7 @@ impl Session {
     /// Sends an extended-protocol message as it is, in the open batch; false when no
     /// server could be had (the batch is then skipped to its Sync).
     async fn pass_extended(&mut self, raw: &Bytes) -> Result<bool, SessionError> {
-        if !self.acquire_or_refuse(true).await? {
+        if !self.acquire_or_refuse(true, Work::PRIMARY).await? {
             return Ok(false);
         }
         self.server.replies.open_batch();

@@ -10,7 +10,7 @@ use switchyard_protocol::frontend::{encode_flush, FrontendMessage, Target};
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::ProtocolError;
 
-use super::{Session, SessionError, HIGH_WATER, MAX_OWED};
+use super::{Session, SessionError, Work, HIGH_WATER, MAX_OWED};
 
 impl Session {
     /// Handles every complete client message in the buffer, and passes on what has arrived
@@ -144,8 +144,8 @@ impl Session {
     /// down), the client gets an ERROR instead of losing its connection: a simple query ends
     /// with ReadyForQuery, an extended batch is skipped up to its Sync. Returns whether a
     /// server is held.
-    pub(super) async fn acquire_or_refuse(&mut self, extended: bool) -> Result<bool, SessionError> {
-        match self.acquire().await {
+    pub(super) async fn acquire_or_refuse(&mut self, extended: bool, work: Work) -> Result<bool, SessionError> {
+        match self.acquire(work).await {
             Ok(()) => Ok(true),
             Err(SessionError::Pool(e)) => {
                 tracing::warn!(user = self.facts.user(), database = self.facts.database(), error = %e, "no server for client");

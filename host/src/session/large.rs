@@ -20,7 +20,7 @@ use switchyard_protocol::frame::{FrameHeader, HEADER_LEN};
 use switchyard_protocol::frontend::{bind_names, encode_bind_head, tags};
 
 use super::replies::Expect;
-use super::{Session, SessionError};
+use super::{Session, SessionError, Work};
 
 /// Messages larger than this pass through in pieces (when their kind allows it).
 pub(super) const STREAM_ABOVE: usize = 256 * 1024;
@@ -122,8 +122,9 @@ impl Session {
         let forward = match header.tag {
             _ if self.skipping => false,
             tags::COPY_DATA => self.server.held(),
-            tags::BIND | tags::PARSE => self.acquire_or_refuse(true).await?,
-            _ => self.acquire_or_refuse(false).await?,
+            // A message too large to hold is not classified: it runs on the primary.
+            tags::BIND | tags::PARSE => self.acquire_or_refuse(true, Work::PRIMARY).await?,
+            _ => self.acquire_or_refuse(false, Work::PRIMARY).await?,
         };
         // Not kept, so never run again: the request it belongs to leaves the retry window
         // (which the server just borrowed may have opened).

@@ -21,6 +21,7 @@ mod large;
 mod params;
 mod replies;
 mod retry;
+mod route;
 mod server_side;
 mod simple;
 mod spares;
@@ -48,6 +49,7 @@ use tokio_util::io::poll_read_buf;
 
 use self::params::SessionParams;
 use self::retry::Replay;
+use self::route::{Routing, Work};
 use self::server_side::ServerSide;
 use self::statements::ClientStatements;
 use crate::cancel::{CancelRegistration, CancelTarget, CancelsInFlight};
@@ -153,6 +155,8 @@ struct Session {
     /// Client input is waiting in `cbuf` for the session to catch up
     /// ([`Session::input_blocked`]); the relay comes back to it when it has.
     input_held: bool,
+    /// Read routing: the session's hint and its last commit (`route`).
+    routing: Routing,
 }
 
 impl Session {
@@ -178,6 +182,9 @@ impl Session {
             peer.to_string(),
             read_only,
         );
+        let routing = Routing::new(
+            params::proxy_setting(&l.params, "switchyard.route").and_then(|v| route::parse_hint(&v).ok()),
+        );
         let mut params = SessionParams::from_startup(&l.params);
         params.share_startup(|s| pool.shared_settings(s));
         let policies = state.policies.session(&l.database);
@@ -202,6 +209,7 @@ impl Session {
             server_state: false,
             lost_session: None,
             input_held: false,
+            routing,
         }
     }
 
@@ -306,6 +314,7 @@ impl Session {
     fn release(&mut self) {
         let unscanned = self.server.unscanned;
         if let Some(mut checkout) = self.server.take() {
+            self.note_commit(checkout.read_node().is_none());
             let cancels = self.cancel.slot.vacate();
             tracing::debug!(
                 pid = self.cancel.process_id,
@@ -320,14 +329,15 @@ impl Session {
         }
     }
 
-    /// Borrows a server and brings it to this client's settings.
-    async fn acquire(&mut self) -> Result<(), SessionError> {
+    /// Borrows a server where `work` should run (`route`) and brings it to this client's
+    /// settings.
+    async fn acquire(&mut self, work: Work) -> Result<(), SessionError> {
         if self.server.held() {
             return Ok(());
         }
         // A client waiting for a server must have seen all earlier replies.
         self.flush_client().await?;
-        let mut checkout = self.pool.checkout().await?;
+        let mut checkout = self.checkout_for(work).await?;
         self.apply_settings(&mut checkout).await?;
         if self.tx_status == TransactionStatus::Idle && self.mode != PoolMode::Session {
             self.replay.open(self.cout.len());

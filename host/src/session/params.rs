@@ -84,6 +84,27 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
 
 /// The settings a startup packet asks for, name → raw value, later ones winning.
 pub fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
+    every_startup_setting(params)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(PROXY_PREFIX))
+        .collect()
+}
+
+/// Startup settings in the `switchyard.` namespace are the proxy's own (the routing hint
+/// `switchyard.route`): read by the proxy, never sent to a server.
+const PROXY_PREFIX: &str = "switchyard.";
+
+/// The value of the proxy's own startup setting `name` (`switchyard.…`), given as a
+/// startup parameter or as `-c name=value` in `options`; the last one wins.
+pub fn proxy_setting(params: &[(String, String)], name: &str) -> Option<String> {
+    every_startup_setting(params)
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+fn every_startup_setting(params: &[(String, String)]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut add = |k: String, v: String| {
         let k = k.to_ascii_lowercase();

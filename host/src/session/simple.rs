@@ -9,7 +9,7 @@ use switchyard_protocol::sqlstate;
 use super::frontend::maybe_session_command;
 use super::replies::Expect;
 use super::sql::{self, Command};
-use super::{Session, SessionError};
+use super::{Session, SessionError, Work};
 use crate::config::PoolMode;
 
 impl Session {
@@ -43,7 +43,12 @@ impl Session {
             }
             self.note_command(cmd);
         }
-        if self.acquire_or_refuse(false).await? {
+        let work = if self.routes_reads() && !self.server.held() {
+            super::route::classify(sql_text)
+        } else {
+            Work::PRIMARY
+        };
+        if self.acquire_or_refuse(false, work).await? {
             self.server.sout.extend_from_slice(raw);
             self.server.replies.push(Expect::Query);
         }
@@ -52,7 +57,7 @@ impl Session {
 
     /// FunctionCall: to a server as it is; ends with ReadyForQuery like a Query.
     pub(super) async fn on_function_call(&mut self, raw: &Bytes) -> Result<(), SessionError> {
-        if self.acquire_or_refuse(false).await? {
+        if self.acquire_or_refuse(false, Work::PRIMARY).await? {
             self.server.sout.extend_from_slice(raw);
             self.server.replies.push(Expect::Query);
         }

@@ -197,6 +197,9 @@ async fn login(
             "replication connections are not supported by switchyard",
         ));
     }
+    if let Some(hint) = super::params::proxy_setting(&params, "switchyard.route") {
+        super::route::parse_hint(&hint).map_err(|e| SessionError::Fatal(Box::new(e)))?;
+    }
     let unrecognized: Vec<&str> = params
         .iter()
         .filter(|(k, _)| k.starts_with("_pq_."))

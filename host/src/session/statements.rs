@@ -33,6 +33,11 @@ impl ClientStatements {
         })
     }
 
+    /// The statement named `name`, without counting it as used.
+    pub fn peek(&self, name: &[u8]) -> Option<&Arc<StatementDef>> {
+        self.map.get(name).map(|(def, _)| def)
+    }
+
     #[cfg(test)]
     pub fn contains(&self, name: &[u8]) -> bool {
         self.map.contains_key(name)

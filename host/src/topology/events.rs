@@ -77,9 +77,18 @@ pub(super) fn apply(cluster: &Cluster, view: &mut ClusterView, action: Action) {
     }
 }
 
-/// Derived fields: fencing and replica lag behind the confirmed primary.
+/// Derived fields: fencing, the newest timeline seen (it never goes back) and replica lag
+/// behind the confirmed primary in bytes.
 pub(super) fn refresh(view: &mut ClusterView) {
     let primary_lsn = view.candidate.map_or(0, |p| view.nodes[p].sample.lsn);
+    view.newest_timeline = view
+        .nodes
+        .iter()
+        .filter(|n| n.sample.reachable)
+        .map(|n| n.sample.timeline)
+        .max()
+        .unwrap_or(0)
+        .max(view.newest_timeline);
     for n in &mut view.nodes {
         n.fenced = n.older_timeline || n.fenced_by_policy;
         n.lag_bytes = match n.verdict.role {
@@ -115,6 +124,7 @@ mod tests {
             generation: 1,
             primary,
             candidate: primary,
+            newest_timeline: 0,
             nodes,
         }
     }

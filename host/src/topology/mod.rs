@@ -9,8 +9,10 @@
 mod events;
 pub mod patroni;
 mod probe;
+pub mod reads;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,6 +44,9 @@ pub struct NodeState {
     /// when they come back to the pool (or are found idle there).
     pub drained_at: Option<Instant>,
     pub lag_bytes: u64,
+    /// How far behind the primary a replica is in time, at most (see
+    /// [`reads::WalHistory::lag`]); `None` when unknown.
+    pub lag_time: Option<Duration>,
     pub last_probe: Option<SystemTime>,
     pub probe_time: Option<Duration>,
     pub last_error: Option<String>,
@@ -58,7 +63,28 @@ pub struct ClusterView {
     pub primary: Option<usize>,
     /// The node the probes confirm as primary (usable for writes, newest timeline).
     pub candidate: Option<usize>,
+    /// The newest timeline any node answered with: a replica behind it gets no reads.
+    pub newest_timeline: u32,
     pub nodes: Vec<NodeState>,
+}
+
+impl ClusterView {
+    /// The nodes as the policies see them (switchover and router hooks).
+    pub fn node_infos(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeInfo {
+                role: n.verdict.role,
+                reachable: n.sample.reachable,
+                fenced: n.fenced,
+                timeline: n.sample.timeline,
+                lsn: n.sample.lsn,
+                lag_bytes: n.lag_bytes,
+                primary: self.primary == Some(i),
+            })
+            .collect()
+    }
 }
 
 /// New transactions of a cluster's databases wait (switchover policy `hold`).
@@ -104,6 +130,11 @@ pub struct Cluster {
     /// The policy facade, which asks the cluster's health and switchover plugins (or the
     /// built-ins).
     policies: Arc<Policies>,
+    /// Probes started so far, all nodes: a probe numbered above a commit's mark started
+    /// after the commit.
+    probe_seq: AtomicU64,
+    /// The confirmed primary's WAL position over time.
+    wal: Mutex<reads::WalHistory>,
 }
 
 impl Cluster {
@@ -157,6 +188,7 @@ impl Cluster {
                 generation: 1,
                 primary: Some(primary),
                 candidate: Some(primary),
+                newest_timeline: 0,
                 nodes: states,
             }),
             update: Mutex::new(()),
@@ -165,6 +197,8 @@ impl Cluster {
             patroni: Mutex::new(patroni::PatroniView::default()),
             hold: watch::channel(None).0,
             policies: Arc::default(),
+            probe_seq: AtomicU64::new(0),
+            wal: Mutex::default(),
         }
     }
 
@@ -232,10 +266,34 @@ impl Cluster {
         }
     }
 
-    /// Records a probe of `node`: the cluster's health policy judges it, the view is
-    /// recomputed, and the topology events it causes go to the switchover policy, whose
-    /// actions are applied before the new view is published.
-    fn record(&self, node: usize, sample: ProbeSample, probe_time: Option<Duration>, error: Option<String>) {
+    /// Numbers a probe about to start (see [`Cluster::commit_mark`]).
+    fn next_probe_seq(&self) -> u64 {
+        self.probe_seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// A mark for a commit acknowledged now: [`Cluster::commit_position`] turns it into the
+    /// WAL position the commit reached, once a probe of the primary started after it.
+    pub fn commit_mark(&self) -> u64 {
+        self.probe_seq.load(Ordering::Acquire)
+    }
+
+    /// The WAL position a commit marked `mark` reached, at most (see
+    /// [`reads::WalHistory::position_after`]); `None` until a probe proves one.
+    pub fn commit_position(&self, mark: u64) -> Option<u64> {
+        self.wal.lock().unwrap_or_else(|e| e.into_inner()).position_after(mark)
+    }
+
+    /// Records a probe of `node` (started as probe `seq`): the cluster's health policy
+    /// judges it, the view is recomputed, and the topology events it causes go to the
+    /// switchover policy, whose actions are applied before the new view is published.
+    fn record(
+        &self,
+        node: usize,
+        seq: u64,
+        sample: ProbeSample,
+        probe_time: Option<Duration>,
+        error: Option<String>,
+    ) {
         let primary_lsn = {
             let view = self.view.load();
             view.candidate.map_or(0, |p| view.nodes[p].sample.lsn)
@@ -261,6 +319,15 @@ impl Cluster {
         state.probe_time = probe_time;
         state.last_error = error;
         let mut events = events::follow_probes(&old, &mut view, node);
+        if view.candidate != old.candidate {
+            self.wal.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        if view.candidate == Some(node) {
+            self.wal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(seq, Instant::now(), sample.lsn);
+        }
         if let Some(expired) = self.take_expired_hold() {
             tracing::info!(cluster = %self.name, held_for = ?expired.until.duration_since(expired.since), "hold expired");
             events.push(TopologyEvent::HoldExpired);
@@ -290,6 +357,7 @@ impl Cluster {
             }
         }
         events::refresh(&mut view);
+        self.refresh_lag_times(&mut view);
         if view.primary != old.primary {
             view.generation += 1;
             match (old.primary, view.primary) {
@@ -315,22 +383,22 @@ impl Cluster {
         }
     }
 
+    /// Each replica's lag in time, from the primary's WAL history.
+    fn refresh_lag_times(&self, view: &mut ClusterView) {
+        let wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for n in &mut view.nodes {
+            n.lag_time = match n.verdict.role {
+                Role::Replica if n.sample.reachable => wal.lag(n.sample.lsn, now),
+                Role::Primary => Some(Duration::ZERO),
+                _ => None,
+            };
+        }
+    }
+
     /// The switchover policy's actions for `event`, logged as one decision line.
     fn decide(&self, event: TopologyEvent, view: &ClusterView) -> Vec<Action> {
-        let nodes: Vec<NodeInfo> = view
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| NodeInfo {
-                role: n.verdict.role,
-                reachable: n.sample.reachable,
-                fenced: n.fenced,
-                timeline: n.sample.timeline,
-                lsn: n.sample.lsn,
-                lag_bytes: n.lag_bytes,
-                primary: view.primary == Some(i),
-            })
-            .collect();
+        let nodes = view.node_infos();
         let SwitchoverDecision { actions, by, ignored } =
             self.policies
                 .on_event(&self.name, event, &nodes, view.candidate, self.hold_timeout);

@@ -12,11 +12,12 @@ use super::Cluster;
 use crate::policy::topology::ProbeSample;
 use crate::server::{connect, query_row, ConnectParams, ServerConn, ServerError};
 
-/// In recovery; WAL position (replayed on a replica, current on a primary); timeline (the
+/// In recovery; WAL position (replayed on a replica; on a primary, where the next record
+/// goes, so a commit acknowledged before the probe is at or below it); timeline (the
 /// WAL receiver's on a replica, else the last checkpoint's; the current WAL file's on a
 /// primary, which changes at promotion, unlike `pg_control_checkpoint()`).
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
      CASE WHEN pg_is_in_recovery() \
           THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
                         (SELECT timeline_id FROM pg_control_checkpoint())) \
@@ -31,6 +32,7 @@ pub async fn run(cluster: Arc<Cluster>, node: usize, mut shutdown: watch::Receiv
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
+        let seq = cluster.next_probe_seq();
         let result = tokio::time::timeout(settings.timeout, async {
             if conn.is_none() {
                 let params = ConnectParams {
@@ -60,7 +62,7 @@ pub async fn run(cluster: Arc<Cluster>, node: usize, mut shutdown: watch::Receiv
                     tracing::info!(cluster = %cluster.name, node = %addr, "node answers probes again");
                 }
                 failures = 0;
-                cluster.record(node, sample, Some(started.elapsed()), None);
+                cluster.record(node, seq, sample, Some(started.elapsed()), None);
             }
             Err(error) => {
                 conn = None;
@@ -72,7 +74,7 @@ pub async fn run(cluster: Arc<Cluster>, node: usize, mut shutdown: watch::Receiv
                     consecutive_failures: failures,
                     ..Default::default()
                 };
-                cluster.record(node, sample, None, Some(error));
+                cluster.record(node, seq, sample, None, Some(error));
             }
         }
         // Probe again after the interval, at once when a pool reports the node failing,

@@ -53,13 +53,13 @@ fn a_planned_stop_of_the_primary_holds_and_drains_it() {
 #[tokio::test]
 async fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
     let c = Arc::new(cluster("30s"));
-    c.record(0, answered(false, 1), None, None);
-    c.record(1, answered(true, 1), None, None);
+    c.record(0, 0, answered(false, 1), None, None);
+    c.record(1, 0, answered(true, 1), None, None);
     let generation = c.view().generation;
     assert_eq!(c.primary().map(|(i, _)| i), Some(0));
     assert!(c.hold().is_none());
 
-    c.record(0, failed(), None, Some("connection refused".into()));
+    c.record(0, 0, failed(), None, Some("connection refused".into()));
     assert!(c.primary().is_none());
     assert!(c.hold().is_some(), "the built-in holds while there is no primary");
     assert!(c.view().nodes[0].drained_at.is_some());
@@ -70,7 +70,7 @@ async fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!waiter.is_finished(), "held");
 
-    c.record(1, answered(false, 2), None, None);
+    c.record(1, 0, answered(false, 2), None, None);
     let resumed = tokio::time::timeout(Duration::from_secs(5), waiter).await;
     assert!(
         resumed.expect("released").unwrap(),
@@ -88,8 +88,8 @@ async fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
 #[test]
 fn an_old_primary_still_up_on_an_older_timeline_is_fenced() {
     let c = cluster("30s");
-    c.record(0, answered(false, 1), None, None);
-    c.record(1, answered(false, 2), None, None);
+    c.record(0, 0, answered(false, 1), None, None);
+    c.record(1, 0, answered(false, 2), None, None);
     let view = c.view();
     assert_eq!(view.primary, Some(1));
     assert!(view.nodes[0].fenced && !view.nodes[1].fenced);
@@ -99,8 +99,8 @@ fn an_old_primary_still_up_on_an_older_timeline_is_fenced() {
 #[tokio::test]
 async fn a_hold_that_runs_out_releases_waiters_and_is_reported_once() {
     let c = cluster("50ms");
-    c.record(0, answered(false, 1), None, None);
-    c.record(0, failed(), None, None);
+    c.record(0, 0, answered(false, 1), None, None);
+    c.record(0, 0, failed(), None, None);
     assert!(c.hold().is_some());
     let started = Instant::now();
     let resumed = tokio::time::timeout(Duration::from_secs(5), c.wait_while_held())
@@ -108,7 +108,7 @@ async fn a_hold_that_runs_out_releases_waiters_and_is_reported_once() {
         .expect("released by the hold's budget");
     assert!(!resumed, "the budget ran out, nothing resumed");
     assert!(started.elapsed() >= Duration::from_millis(40));
-    c.record(1, answered(true, 1), None, None);
+    c.record(1, 0, answered(true, 1), None, None);
     assert!(
         c.take_expired_hold().is_none(),
         "reported by the probe above, once"

@@ -1,0 +1,191 @@
+//! Servers on replicas for reads (read routing): which replica a read goes to (the least
+//! busy of those the topology allows, see `topology::reads`), lending a server there, and
+//! the counts `SHOW NODES` and the metrics report. A read that finds no replica, or whose
+//! replica cannot be reached, goes to the primary: a read never fails for want of one.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::{Checkout, Pool, PoolError};
+use crate::config::{ReadRouting, ReadYourWrites};
+use crate::server::ServerError;
+use crate::topology::reads::{skip_reason, LagBudget, Skip};
+use crate::topology::ClusterView;
+
+/// A database's read routing, from its `[databases]` entry.
+#[derive(Clone)]
+pub struct RoutingSettings {
+    pub read_routing: ReadRouting,
+    pub budget: LagBudget,
+    pub read_your_writes: ReadYourWrites,
+    /// The mark of the latest commit that may have written, through any of the database's
+    /// pools (`read_your_writes = "database"`); see `Cluster::commit_mark`.
+    pub database_commits: Arc<AtomicU64>,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            read_routing: ReadRouting::Off,
+            budget: LagBudget {
+                bytes: 0,
+                time: std::time::Duration::ZERO,
+            },
+            read_your_writes: ReadYourWrites::Off,
+            database_commits: Arc::default(),
+        }
+    }
+}
+
+/// Read routing's counters for one pool, per node of its cluster.
+pub struct ReadStats {
+    /// Servers lent for reads now: the least busy replica gets the next read.
+    busy: Box<[AtomicUsize]>,
+    /// Where the next choice starts looking, so that equally busy replicas take turns.
+    turn: AtomicUsize,
+    /// Transactions classified as reads that ran on each node (the primary included).
+    pub reads: Box<[AtomicU64]>,
+    /// Transactions that ran on each node because they write (or may).
+    pub writes: Box<[AtomicU64]>,
+    /// Replicas passed over by a routing decision, per reason (in [`Skip::ALL`] order).
+    pub skipped: [AtomicU64; Skip::ALL.len()],
+    /// Reads that went to the primary because no replica could take them.
+    pub fell_back: AtomicU64,
+    /// The mark of the latest commit that may have written, through this pool
+    /// (`read_your_writes = "user"`).
+    pub user_commits: AtomicU64,
+}
+
+impl ReadStats {
+    pub fn new(nodes: usize) -> ReadStats {
+        ReadStats {
+            busy: (0..nodes).map(|_| AtomicUsize::new(0)).collect(),
+            turn: AtomicUsize::new(0),
+            reads: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            writes: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            skipped: Default::default(),
+            fell_back: AtomicU64::new(0),
+            user_commits: AtomicU64::new(0),
+        }
+    }
+
+    /// A server lent for reads on `node` came back or was closed.
+    pub(super) fn finished(&self, node: usize) {
+        self.busy[node].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a transaction that ran on `node`.
+    pub fn ran(&self, node: usize, read: bool) {
+        let per_node = if read { &self.reads } else { &self.writes };
+        if let Some(n) = per_node.get(node) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn skip(&self, why: Skip) {
+        let i = Skip::ALL.iter().position(|&s| s == why).unwrap_or(0);
+        self.skipped[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    /// The replica a read goes to: `wanted` if it may serve it, else the least busy replica
+    /// (equally busy ones in turn) that may (a replica within `budget` of the primary that has replayed `min_lsn`, on
+    /// the newest timeline). With `with_primary`, the primary competes as one more node.
+    /// `None`: the primary.
+    pub fn pick_read_node(
+        &self,
+        view: &ClusterView,
+        budget: &LagBudget,
+        min_lsn: u64,
+        wanted: Option<usize>,
+        with_primary: bool,
+    ) -> Option<usize> {
+        let may_serve = |i: usize| match skip_reason(view, &view.nodes[i], budget, min_lsn) {
+            None => true,
+            Some(why) => {
+                self.reads.skip(why);
+                false
+            }
+        };
+        if let Some(node) = wanted.filter(|&n| n < view.nodes.len() && view.primary != Some(n)) {
+            if may_serve(node) {
+                return Some(node);
+            }
+        }
+        let mut best: Option<(usize, usize)> = None;
+        if with_primary && view.primary.is_some() {
+            let (_, in_use) = self.primary.counts(self.settings.size);
+            best = Some((usize::MAX, in_use));
+        }
+        let count = view.nodes.len();
+        let start = self.reads.turn.fetch_add(1, Ordering::Relaxed);
+        for i in (0..count).map(|k| (start + k) % count) {
+            if view.primary == Some(i) || !may_serve(i) {
+                continue;
+            }
+            let busy = self.reads.busy[i].load(Ordering::Relaxed);
+            if best.is_none_or(|(_, b)| busy < b) {
+                best = Some((i, busy));
+            }
+        }
+        match best {
+            Some((node, _)) if node != usize::MAX => Some(node),
+            Some(_) => None,
+            None => {
+                self.reads.fell_back.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Lends a server on `node` for reads: an idle one there, or a new connection. Waits
+    /// for a paused database like any checkout, but not for a switchover's hold: reads go
+    /// on on a replica while writes wait for the new primary. An error means the node
+    /// could not be used now; the caller sends the read to the primary instead.
+    pub async fn checkout_read(self: &Arc<Self>, node: usize) -> Result<Checkout, PoolError> {
+        if self.pause.paused().is_some() {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            self.pause.wait(&self.cluster).await;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        let servers = &self.replicas[node];
+        let permit = self.wait_permit(servers).await?;
+        let conn = loop {
+            match servers.pop_idle() {
+                Some(conn) if conn.is_broken() || self.expired(&conn) || !self.keeps_read_server(node, &conn) => {
+                    self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(conn) => break conn,
+                None => {
+                    let addr = &self.cluster.nodes[node];
+                    break self.connect(addr).await.inspect_err(|e: &ServerError| {
+                        if super::unreachable(e) {
+                            self.cluster.suspect(node);
+                        }
+                    })?;
+                }
+            }
+        };
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        self.reads.busy[node].fetch_add(1, Ordering::Relaxed);
+        Ok(Checkout {
+            conn: Some(conn),
+            _permit: permit,
+            pool: self.clone(),
+            read_node: Some(node),
+        })
+    }
+
+    /// Whether a read server on `node` may go back to (or be taken from) the pool: the node
+    /// still answers on the newest timeline, unfenced and not drained since the server
+    /// was opened. (Lag is judged per read, not per server.)
+    pub(super) fn keeps_read_server(&self, node: usize, conn: &crate::server::ServerConn) -> bool {
+        let view = self.cluster.view();
+        let n = &view.nodes[node];
+        n.sample.reachable
+            && !n.fenced
+            && n.sample.timeline >= view.newest_timeline
+            && n.drained_at.is_none_or(|d| conn.created > d)
+    }
+}

@@ -1,0 +1,298 @@
+//! Read routing, the session's side: when a session without a server starts a transaction or
+//! an autocommit statement, the work is classified (`sql::route`), the database's router is
+//! asked through the policy facade, and the answer becomes a server on the primary or on a
+//! replica. The host's rules hold whatever the router says: what is not classified as fit
+//! for a replica runs on the primary, a replica must be within the database's lag budget
+//! and have replayed the session's last commit (read-your-writes), and a read that finds no
+//! replica runs on the primary.
+//!
+//! A database with `read_routing = "off"`, no router plugin and no session hint never gets
+//! here past one comparison: its work is not even classified.
+
+use std::time::{Duration, Instant};
+
+use switchyard_protocol::backend::ErrorFields;
+use switchyard_protocol::frame::peek_header;
+use switchyard_protocol::frontend::tags;
+
+use super::{Session, SessionError};
+use crate::config::{PoolMode, ReadRouting, ReadYourWrites};
+use crate::policy::router::{QueryKind, Route, RouteRequest};
+use crate::pool::{Checkout, PoolError};
+
+/// What the session is about to run, as far as routing is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Work {
+    pub kind: QueryKind,
+    /// Every classification rule lets a replica run it.
+    pub replica_ok: bool,
+}
+
+impl Work {
+    /// Work that runs on the primary, unclassified (routing off, or nothing to classify).
+    pub const PRIMARY: Work = Work {
+        kind: QueryKind::Unknown,
+        replica_ok: false,
+    };
+}
+
+/// Where a session's next server comes from.
+enum Target {
+    Primary,
+    Read(usize),
+}
+
+/// The session's routing state.
+#[derive(Debug, Default)]
+pub(super) struct Routing {
+    /// The session's hint from its startup parameters (`switchyard.route`), over the
+    /// database's `read_routing`.
+    hint: Option<ReadRouting>,
+    /// The mark of the session's last commit that may have written (0: none); see
+    /// `Cluster::commit_mark`.
+    commit_mark: u64,
+    /// The transaction now running was routed as read-only work.
+    read_only_tx: bool,
+}
+
+impl Routing {
+    pub fn new(hint: Option<ReadRouting>) -> Routing {
+        Routing {
+            hint,
+            ..Routing::default()
+        }
+    }
+}
+
+/// Parses the `switchyard.route` startup setting.
+pub(super) fn parse_hint(value: &str) -> Result<ReadRouting, ErrorFields> {
+    match value.to_ascii_lowercase().as_str() {
+        "primary" | "off" => Ok(ReadRouting::Off),
+        "replica" | "replicas" => Ok(ReadRouting::Replicas),
+        "replicas_or_primary" | "any" => Ok(ReadRouting::ReplicasOrPrimary),
+        _ => Err(ErrorFields::fatal(
+            switchyard_protocol::sqlstate::INVALID_PARAMETER_VALUE,
+            format!("invalid value for switchyard.route: \"{value}\""),
+        )
+        .with_hint("use primary, replica or replicas_or_primary")),
+    }
+}
+
+impl Work {
+    /// Work made of `self` and `other` (a batch, or a query of several statements): fit
+    /// for a replica only if both are.
+    fn and(self, other: Work) -> Work {
+        Work {
+            kind: if self.kind == QueryKind::Read { other.kind } else { self.kind },
+            replica_ok: self.replica_ok && other.replica_ok,
+        }
+    }
+}
+
+/// Classifies one statement text (a Query's, or a Parse's).
+pub(super) fn classify(sql: &[u8]) -> Work {
+    let _ = sql;
+    Work::PRIMARY
+}
+
+/// The first two NUL-terminated strings of a message body.
+fn two_cstrs(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let a = memchr::memchr(0, body)?;
+    let rest = &body[a + 1..];
+    let b = memchr::memchr(0, rest)?;
+    Some((&body[..a], &rest[..b]))
+}
+
+impl Session {
+    /// The work of the extended-protocol batch that starts (for routing) with a message of
+    /// statement text `first` (a Parse's, or the text a Bind names; `None` for the unnamed
+    /// statement or one the session does not know): that and every Parse and Bind after it
+    /// in the client's buffer up to the batch's Sync, which must be there already. A batch
+    /// whose end has not arrived (a Flush and a wait for replies) runs on the primary,
+    /// since what follows may write.
+    pub(super) fn work_of_batch(&self, first: Option<&[u8]>) -> Work {
+        if self.server.held() || !self.routes_reads() {
+            return Work::PRIMARY;
+        }
+        let Some(text) = first else {
+            return Work::PRIMARY;
+        };
+        let mut work = classify(text);
+        let mut rest = &self.cbuf[..];
+        let max = self.state.config.proxy.max_message_size.0;
+        while work.replica_ok {
+            let Ok(Some(header)) = peek_header(rest, max) else {
+                return Work::PRIMARY;
+            };
+            let Some(frame) = rest.get(..header.len) else {
+                return Work::PRIMARY;
+            };
+            let body = &frame[5..];
+            match header.tag {
+                tags::SYNC => return work,
+                tags::PARSE => match two_cstrs(body) {
+                    Some((_, query)) => work = work.and(classify(query)),
+                    None => return Work::PRIMARY,
+                },
+                tags::BIND => match two_cstrs(body) {
+                    // The unnamed statement: parsed in this batch, or earlier (unknown).
+                    Some((_, b"")) => {}
+                    Some((_, name)) => match self.statements.peek(name) {
+                        Some(def) => work = work.and(classify(&def.query)),
+                        None => return Work::PRIMARY,
+                    },
+                    None => return Work::PRIMARY,
+                },
+                tags::EXECUTE | tags::DESCRIBE | tags::CLOSE | tags::FLUSH => {}
+                _ => return Work::PRIMARY,
+            }
+            rest = &rest[header.len..];
+        }
+        work
+    }
+
+    /// Whether this session's work may go anywhere but the primary, so that it is worth
+    /// classifying: transaction or statement pooling, no state pinned to a server, and a
+    /// database (or session hint, or router plugin) that routes reads.
+    pub(super) fn routes_reads(&self) -> bool {
+        self.mode != PoolMode::Session
+            && !self.server_state
+            && (self.read_routing() != ReadRouting::Off || !self.policies.builtin_router())
+    }
+
+    fn read_routing(&self) -> ReadRouting {
+        self.routing
+            .hint
+            .unwrap_or(self.pool.settings.routing.read_routing)
+    }
+
+    /// Borrows a server where `work` should run (see the module docs).
+    pub(super) async fn checkout_for(&mut self, work: Work) -> Result<Checkout, SessionError> {
+        self.routing.read_only_tx = false;
+        if !self.routes_reads() {
+            return Ok(self.pool.checkout().await?);
+        }
+        let checkout = self.routed_checkout(work).await?;
+        self.routing.read_only_tx = checkout.read_node().is_some();
+        let node = checkout
+            .read_node()
+            .or_else(|| self.pool.cluster.primary().map(|(i, _)| i));
+        if let Some(node) = node {
+            self.pool.reads.ran(node, work.replica_ok);
+        }
+        Ok(checkout)
+    }
+
+    /// [`Session::checkout_for`] once routing applies: asks the router (again, after a
+    /// `wait`), and falls back to the primary when the replica chosen cannot be used.
+    async fn routed_checkout(&mut self, work: Work) -> Result<Checkout, SessionError> {
+        let started = Instant::now();
+        loop {
+            match self.target(work)? {
+                Ok(Target::Primary) => return Ok(self.pool.checkout().await?),
+                Ok(Target::Read(node)) => match self.pool.checkout_read(node).await {
+                    Ok(checkout) => return Ok(checkout),
+                    Err(e) => {
+                        tracing::info!(
+                            pid = self.cancel.process_id, node = %self.pool.cluster.nodes[node], error = %e,
+                            "cannot read on this replica now; the read goes to the primary"
+                        );
+                        self.pool.reads.fell_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(self.pool.checkout().await?);
+                    }
+                },
+                Err(wait) => {
+                    // The router waits (for a replica to catch up), within the hold budget.
+                    let budget = self.pool.cluster.hold_timeout;
+                    let left = budget.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(PoolError::NoPrimary {
+                            cluster: self.pool.cluster.name.clone(),
+                            waited: started.elapsed(),
+                        }
+                        .into());
+                    }
+                    tokio::time::sleep(wait.min(left)).await;
+                }
+            }
+        }
+    }
+
+    /// The router's answer for `work`, made a target: `Err(wait)` to ask again later, an
+    /// error for a rejection.
+    fn target(&mut self, work: Work) -> Result<Result<Target, Duration>, SessionError> {
+        let min_lsn = self.required_lsn();
+        let request = RouteRequest {
+            kind: work.kind,
+            replica_ok: work.replica_ok,
+            in_transaction: false,
+            read_routing: self.read_routing(),
+            last_commit_lsn: min_lsn,
+        };
+        let cluster = self.pool.cluster.clone();
+        let view = cluster.view();
+        let route = self
+            .state
+            .policies
+            .route(&mut self.policies, &mut self.facts, &request, || view.node_infos());
+        let wanted = match route {
+            Route::Primary => return Ok(Ok(Target::Primary)),
+            Route::Wait(d) => return Ok(Err(d)),
+            Route::Reject { sqlstate, message } => {
+                return Err(PoolError::Rejected { sqlstate, message }.into())
+            }
+            Route::Node(n) => Some(n),
+            Route::AnyReplica => None,
+        };
+        let routing = &self.pool.settings.routing;
+        let with_primary = request.read_routing == ReadRouting::ReplicasOrPrimary;
+        Ok(Ok(self
+            .pool
+            .pick_read_node(&view, &routing.budget, min_lsn, wanted, with_primary)
+            .map_or(Target::Primary, Target::Read)))
+    }
+
+    /// The WAL position this session's reads must see: 0 for none, `u64::MAX` while the
+    /// position of the last commit in its scope is not known yet (no probe of the primary
+    /// has started since).
+    fn required_lsn(&self) -> u64 {
+        let routing = &self.pool.settings.routing;
+        let mark = match routing.read_your_writes {
+            ReadYourWrites::Off => 0,
+            ReadYourWrites::Session => self.routing.commit_mark,
+            ReadYourWrites::User => self.pool.reads.user_commits.load(std::sync::atomic::Ordering::Relaxed),
+            ReadYourWrites::Database => routing
+                .database_commits
+                .load(std::sync::atomic::Ordering::Relaxed),
+        };
+        if mark == 0 {
+            return 0;
+        }
+        self.pool.cluster.commit_position(mark).unwrap_or(u64::MAX)
+    }
+
+    /// A transaction that ran on the primary ended: unless it was routed as read-only work,
+    /// it may have written, and later reads in the read-your-writes scope must see it.
+    pub(super) fn note_commit(&mut self, on_primary: bool) {
+        if !on_primary || self.routing.read_only_tx || !self.routes_reads() {
+            return;
+        }
+        let routing = &self.pool.settings.routing;
+        let mark = self.pool.cluster.commit_mark();
+        match routing.read_your_writes {
+            ReadYourWrites::Off => {}
+            ReadYourWrites::Session => self.routing.commit_mark = mark,
+            ReadYourWrites::User => {
+                self.pool
+                    .reads
+                    .user_commits
+                    .fetch_max(mark, std::sync::atomic::Ordering::Relaxed);
+            }
+            ReadYourWrites::Database => {
+                routing
+                    .database_commits
+                    .fetch_max(mark, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
