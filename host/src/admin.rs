@@ -24,7 +24,7 @@ const HELP: &[&str] = &[
     "SHOW HELP        this list",
     "SHOW POOLS       one row per (database, user) pool: mode, size, servers idle and in use, counters",
     "SHOW DATABASES   configured databases and where they route",
-    "SHOW NODES       every node of every cluster: role, timeline, LSN, lag, probe results, Patroni's role and state",
+    "SHOW NODES       every node of every cluster: role, timeline, LSN, lag (bytes, time), reads and writes routed there, skips, probe results, Patroni's role and state",
     "SHOW CLUSTERS    every cluster: primary, failover events, clients held, requests retried, client errors, last event",
     "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
     "SHOW VERSION     the proxy's version",
@@ -658,6 +658,7 @@ fn show_nodes(state: &ProxyState) -> Table {
     for cluster in clusters {
         let view = cluster.view();
         let patroni = cluster.patroni.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let traffic = state.node_traffic(cluster);
         for (i, (addr, node)) in cluster.nodes.iter().zip(&view.nodes).enumerate() {
             let member = patroni.members.get(i).and_then(Option::as_ref);
             let lsn = node.sample.lsn;
@@ -679,6 +680,11 @@ fn show_nodes(state: &ProxyState) -> Table {
                 node.sample.timeline.to_string(),
                 format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
                 node.lag_bytes.to_string(),
+                node.lag_time
+                    .map_or_else(String::new, |d| format!("{:.1}ms", d.as_secs_f64() * 1000.0)),
+                traffic[i].reads.to_string(),
+                traffic[i].writes.to_string(),
+                traffic[i].skipped_text(),
                 node.probe_time
                     .map_or_else(String::new, |d| format!("{:.1}ms", d.as_secs_f64() * 1000.0)),
                 node.last_probe
@@ -700,6 +706,10 @@ fn show_nodes(state: &ProxyState) -> Table {
             "timeline",
             "lsn",
             "lag_bytes",
+            "lag_time",
+            "reads",
+            "writes",
+            "skipped",
             "probe_time",
             "last_probe",
             "last_error",

@@ -284,6 +284,8 @@ struct PoolRow {
     wait_timeouts: u64,
     discarded: u64,
     retried: u64,
+    reads_fell_back: u64,
+    misrouted: u64,
 }
 
 fn as_i64(n: usize) -> i64 {
@@ -325,6 +327,8 @@ impl StateCollector {
                     wait_timeouts: s.wait_timeouts.load(Ordering::Relaxed),
                     discarded: s.discarded.load(Ordering::Relaxed),
                     retried: s.retried.load(Ordering::Relaxed),
+                    reads_fell_back: pool.reads.fell_back.load(Ordering::Relaxed),
+                    misrouted: pool.reads.misrouted.load(Ordering::Relaxed),
                 });
             }
         }
@@ -364,7 +368,7 @@ impl StateCollector {
             None,
             pools.iter().map(|p| (p.labels.clone(), p.pinned)),
         )?;
-        let counters: [Counter<PoolRow>; 6] = [
+        let counters: [Counter<PoolRow>; 8] = [
             ("switchyard_pool_checkouts", "Servers handed to clients.", |p| p.checkouts),
             ("switchyard_pool_server_connects", "Server connections opened.", |p| p.connects),
             (
@@ -386,6 +390,16 @@ impl StateCollector {
                 "switchyard_pool_requests_retried",
                 "Requests run again after their server failed them without effect.",
                 |p| p.retried,
+            ),
+            (
+                "switchyard_pool_reads_to_primary",
+                "Reads routed to a replica that ran on the primary: no replica could take them (lag, read-your-writes, down), or the one chosen could not be reached.",
+                |p| p.reads_fell_back,
+            ),
+            (
+                "switchyard_pool_reads_misrouted",
+                "Statements classified as reads that a replica refused as writes (25006) and that ran again on the primary.",
+                |p| p.misrouted,
             ),
         ];
         for (name, help, value) in counters {
@@ -514,6 +528,53 @@ impl StateCollector {
             "How far the node's replay is behind the primary's WAL position (probed clusters only).",
             Some(&Unit::Bytes),
             probed().map(|(_, labels, _, n)| (labels.clone(), n.lag_bytes)),
+        )?;
+        gauge(
+            enc,
+            "switchyard_node_lag_time",
+            "How far, at most, the node's replay is behind the primary in time (probed clusters, replicas whose lag is known).",
+            Some(&Unit::Seconds),
+            probed().filter_map(|(_, labels, _, n)| n.lag_time.map(|t| (labels.clone(), t.as_secs_f64()))),
+        )?;
+        // Read routing, summed over the clients' pools of each cluster.
+        let traffic: Vec<(Labels, crate::state::NodeTraffic)> = views
+            .iter()
+            .flat_map(|(c, _)| {
+                let totals = self.0.node_traffic(c);
+                c.nodes
+                    .iter()
+                    .zip(totals)
+                    .map(|(addr, t)| (vec![("cluster", c.name.clone()), ("node", addr.to_string())], t))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        counter(
+            enc,
+            "switchyard_node_reads",
+            "Transactions classified as reads that ran on the node.",
+            traffic.iter().map(|(l, t)| (l.clone(), t.reads)),
+        )?;
+        counter(
+            enc,
+            "switchyard_node_writes",
+            "Transactions that ran on the node because they write, or may (everything not classified as a read).",
+            traffic.iter().map(|(l, t)| (l.clone(), t.writes)),
+        )?;
+        counter(
+            enc,
+            "switchyard_node_read_skips",
+            "Routing decisions that passed the replica over, by reason.",
+            traffic.iter().flat_map(|(l, t)| {
+                crate::topology::reads::Skip::ALL
+                    .iter()
+                    .zip(t.skipped)
+                    .map(|(why, n)| {
+                        let mut labels = l.clone();
+                        labels.push(("reason", why.as_str().to_string()));
+                        (labels, n)
+                    })
+                    .collect::<Vec<_>>()
+            }),
         )?;
         gauge(
             enc,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -19,7 +19,7 @@ use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
 use crate::pool::{DatabaseRoute, Pool, PoolSettings, RoutingSettings};
-use crate::topology::reads::LagBudget;
+use crate::topology::reads::{LagBudget, Skip};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,27 @@ pub struct Reloaded {
     pub plugins: ReloadReport,
     /// Sections that changed but take effect only after a restart.
     pub needs_restart: Vec<String>,
+}
+
+/// Read routing's counts for one node (see [`ProxyState::node_traffic`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeTraffic {
+    pub reads: u64,
+    pub writes: u64,
+    pub skipped: [u64; Skip::ALL.len()],
+}
+
+impl NodeTraffic {
+    /// `reason=count` for each reason the node was skipped, e.g. `lag-time=3 behind-commit=10`.
+    pub fn skipped_text(&self) -> String {
+        Skip::ALL
+            .iter()
+            .zip(self.skipped)
+            .filter(|(_, n)| *n > 0)
+            .map(|(why, n)| format!("{}={n}", why.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 pub struct ProxyState {
@@ -274,6 +295,23 @@ impl ProxyState {
             .filter(|((db, _), _)| db == database)
             .map(|(_, p)| p.clone())
             .collect()
+    }
+
+    /// Read routing's counts for each node of `cluster`, summed over the clients' pools on
+    /// it: (reads, writes, skips per reason in `Skip::ALL` order).
+    pub fn node_traffic(&self, cluster: &Arc<Cluster>) -> Vec<NodeTraffic> {
+        let mut totals = vec![NodeTraffic::default(); cluster.nodes.len()];
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        for pool in pools.values().filter(|p| Arc::ptr_eq(&p.cluster, cluster)) {
+            for (total, node) in totals.iter_mut().zip(pool.reads.nodes.iter()) {
+                total.reads += node.reads.load(Ordering::Relaxed);
+                total.writes += node.writes.load(Ordering::Relaxed);
+                for (t, n) in total.skipped.iter_mut().zip(&node.skipped) {
+                    *t += n.load(Ordering::Relaxed);
+                }
+            }
+        }
+        totals
     }
 
     /// The clients' pools and `auth_query`'s lookup pools.

@@ -37,20 +37,29 @@ impl Default for RoutingSettings {
     }
 }
 
-/// Read routing's counters for one pool, per node of its cluster.
+/// Read routing's counters for one pool and one node of its cluster.
+#[derive(Default)]
+pub struct NodeReads {
+    /// Servers lent for reads on the node now: the least busy replica gets the next read.
+    busy: AtomicUsize,
+    /// Transactions classified as reads that ran on the node (the primary included).
+    pub reads: AtomicU64,
+    /// Transactions that ran on the node because they write (or may).
+    pub writes: AtomicU64,
+    /// Routing decisions that passed the node over, per reason (in [`Skip::ALL`] order).
+    pub skipped: [AtomicU64; Skip::ALL.len()],
+}
+
+/// Read routing's counters for one pool.
 pub struct ReadStats {
-    /// Servers lent for reads now: the least busy replica gets the next read.
-    busy: Box<[AtomicUsize]>,
+    /// Per node of the pool's cluster.
+    pub nodes: Box<[NodeReads]>,
     /// Where the next choice starts looking, so that equally busy replicas take turns.
     turn: AtomicUsize,
-    /// Transactions classified as reads that ran on each node (the primary included).
-    pub reads: Box<[AtomicU64]>,
-    /// Transactions that ran on each node because they write (or may).
-    pub writes: Box<[AtomicU64]>,
-    /// Replicas passed over by a routing decision, per reason (in [`Skip::ALL`] order).
-    pub skipped: [AtomicU64; Skip::ALL.len()],
     /// Reads that went to the primary because no replica could take them.
     pub fell_back: AtomicU64,
+    /// Reads a replica refused as writes (25006), run again on the primary.
+    pub misrouted: AtomicU64,
     /// The mark of the latest commit that may have written, through this pool
     /// (`read_your_writes = "user"`).
     pub user_commits: AtomicU64,
@@ -59,32 +68,30 @@ pub struct ReadStats {
 impl ReadStats {
     pub fn new(nodes: usize) -> ReadStats {
         ReadStats {
-            busy: (0..nodes).map(|_| AtomicUsize::new(0)).collect(),
+            nodes: (0..nodes).map(|_| NodeReads::default()).collect(),
             turn: AtomicUsize::new(0),
-            reads: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
-            writes: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
-            skipped: Default::default(),
             fell_back: AtomicU64::new(0),
+            misrouted: AtomicU64::new(0),
             user_commits: AtomicU64::new(0),
         }
     }
 
     /// A server lent for reads on `node` came back or was closed.
     pub(super) fn finished(&self, node: usize) {
-        self.busy[node].fetch_sub(1, Ordering::Relaxed);
+        self.nodes[node].busy.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counts a transaction that ran on `node`.
     pub fn ran(&self, node: usize, read: bool) {
-        let per_node = if read { &self.reads } else { &self.writes };
-        if let Some(n) = per_node.get(node) {
-            n.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.nodes.get(node) {
+            let counter = if read { &n.reads } else { &n.writes };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn skip(&self, why: Skip) {
+    fn skip(&self, node: usize, why: Skip) {
         let i = Skip::ALL.iter().position(|&s| s == why).unwrap_or(0);
-        self.skipped[i].fetch_add(1, Ordering::Relaxed);
+        self.nodes[node].skipped[i].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -104,7 +111,7 @@ impl Pool {
         let may_serve = |i: usize| match skip_reason(view, &view.nodes[i], budget, min_lsn) {
             None => true,
             Some(why) => {
-                self.reads.skip(why);
+                self.reads.skip(i, why);
                 false
             }
         };
@@ -124,7 +131,7 @@ impl Pool {
             if view.primary == Some(i) || !may_serve(i) {
                 continue;
             }
-            let busy = self.reads.busy[i].load(Ordering::Relaxed);
+            let busy = self.reads.nodes[i].busy.load(Ordering::Relaxed);
             if best.is_none_or(|(_, b)| busy < b) {
                 best = Some((i, busy));
             }
@@ -168,7 +175,7 @@ impl Pool {
             }
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        self.reads.busy[node].fetch_add(1, Ordering::Relaxed);
+        self.reads.nodes[node].busy.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
             conn: Some(conn),
             _permit: permit,

@@ -340,7 +340,8 @@ impl Session {
         let mut checkout = self.checkout_for(work).await?;
         self.apply_settings(&mut checkout).await?;
         if self.tx_status == TransactionStatus::Idle && self.mode != PoolMode::Session {
-            self.replay.open(self.cout.len());
+            let on_replica = checkout.read_node().is_some() && !self.routing.declared_read_only();
+            self.replay.open(self.cout.len(), on_replica);
         }
         let conn = checkout.conn();
         tracing::debug!(pid = self.cancel.process_id, server = conn.id, "server acquired");

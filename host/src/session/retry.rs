@@ -22,6 +22,13 @@
 //! Everything else is never retried: once a reply went out, once a CommandComplete or a
 //! notice that the transaction "has already committed locally" was seen, or when the
 //! server just vanished (its fate is unknown), the client gets the error.
+//!
+//! One more failure runs again, for read routing: work classified as a read that a
+//! replica refuses with `25006` (a function that writes, declared stable) before any
+//! reply reached the client runs once more on the primary. A replica can have written
+//! nothing, so statements it completed before the error do not stand in the way; the
+//! misclassification is logged and counted. A transaction the client declared
+//! `READ ONLY` is not in this net: the primary would refuse the write too.
 
 use std::time::{Duration, Instant};
 
@@ -50,6 +57,8 @@ struct Failure {
     /// When that server was opened (a server opened before its node was drained is on
     /// its way out).
     opened: Instant,
+    /// A replica refused a write in work routed there as a read: it runs on the primary.
+    misrouted: bool,
 }
 
 /// The request in its retry window, if one is open.
@@ -80,6 +89,9 @@ pub(super) struct Replay {
     writes: Option<(u32, usize)>,
     /// The server sent anything in this window.
     replied: bool,
+    /// The request runs on a replica as a read (not in a transaction declared read-only):
+    /// a `25006` from it is a misclassification, whatever completed before.
+    on_replica: bool,
 }
 
 /// Whether the request in the window may have taken effect.
@@ -93,8 +105,9 @@ enum Effect {
 }
 
 impl Replay {
-    /// A server was just borrowed for a request that starts outside a transaction.
-    pub(super) fn open(&mut self, cout_start: usize) {
+    /// A server was just borrowed for a request that starts outside a transaction
+    /// (`on_replica`: as a read, on a replica).
+    pub(super) fn open(&mut self, cout_start: usize, on_replica: bool) {
         let (attempt, first_failure) = match self.carry.take() {
             Some((attempt, at)) => (attempt, Some(at)),
             None => (1, None),
@@ -105,6 +118,7 @@ impl Replay {
         self.anchor = false;
         self.writes = Some((0, 0));
         self.replied = false;
+        self.on_replica = on_replica;
         self.cout_start = cout_start;
         self.first_failure = first_failure;
         self.attempt = attempt;
@@ -236,7 +250,7 @@ impl Replay {
         use switchyard_protocol::backend::tags;
         self.replied = true;
         if tag == tags::ERROR_RESPONSE {
-            return self.effect == Effect::None;
+            return self.effect == Effect::None || self.on_replica;
         }
         if own_query {
             return false;
@@ -302,13 +316,28 @@ impl Session {
         self.replay.watch(tag, body, own_query) && self.note_failure(body)
     }
 
-    /// Records a `FATAL 57P01` ending the request; `false` for any other error. A request
-    /// that may have committed part of its work is recorded as of unknown outcome, with the
-    /// error its client gets.
+    /// Records a `FATAL 57P01` ending the request, or a replica's `25006` refusing work
+    /// routed there as a read; `false` for any other error. A request that may have
+    /// committed part of its work is recorded as of unknown outcome, with the error its
+    /// client gets.
     fn note_failure(&mut self, body: &[u8]) -> bool {
         let Ok(fields) = parse_error_fields(body) else {
             return false;
         };
+        if self.replay.on_replica && fields.code == sqlstate::READ_ONLY_SQL_TRANSACTION {
+            let message = fields.message.clone();
+            let noted = self.fail(
+                sqlstate::READ_ONLY_SQL_TRANSACTION,
+                &message,
+                Phase::BeforeAnyResult,
+                Fate::NotApplied,
+                fields,
+            );
+            if let Some(failure) = self.replay.failed.as_mut() {
+                failure.misrouted = true;
+            }
+            return noted;
+        }
         if fields.severity != Severity::Fatal || fields.code != sqlstate::ADMIN_SHUTDOWN {
             return false;
         }
@@ -361,6 +390,7 @@ impl Session {
             fields,
             addr: conn.addr.clone(),
             opened: conn.created,
+            misrouted: false,
         }));
         true
     }
@@ -486,8 +516,19 @@ impl Session {
         let failed = &failure.request;
         let budget = self.pool.cluster.hold_timeout;
         // Only what did not take effect, on a node that is going away; the policy may
-        // narrow that further.
-        let decision = if !retry::allowed(failed) {
+        // narrow that further. A misrouted read runs once on the primary.
+        let decision = if failure.misrouted {
+            tracing::warn!(
+                pid = self.cancel.process_id, node = %failure.addr, error = %failed.message,
+                "a replica refused work classified as a read (a function that writes, declared stable or immutable?); running it on the primary"
+            );
+            self.pool
+                .reads
+                .misrouted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.routing_force_primary();
+            RetryDecision::RetryAfter(std::time::Duration::ZERO)
+        } else if !retry::allowed(failed) {
             RetryDecision::Surface
         } else if !self.node_going_away(&failure).await {
             tracing::info!(
@@ -614,7 +655,7 @@ mod tests {
     fn a_failed_request_takes_back_only_its_own_replies() {
         let (mut replay, mut q) = (Replay::default(), Replies::default());
         let mut cout = BytesMut::from(&b"earlier"[..]);
-        replay.open(cout.len());
+        replay.open(cout.len(), false);
         for sql in ["SELECT 1", "SELECT 2"] {
             let mut raw = BytesMut::new();
             encode_query(sql.as_bytes(), &mut raw);
@@ -651,7 +692,7 @@ mod tests {
     fn a_request_seen_or_done_is_not_taken_back() {
         let (mut replay, mut q) = (Replay::default(), Replies::default());
         let mut cout = BytesMut::new();
-        replay.open(0);
+        replay.open(0, false);
         q.push(Expect::Query);
         let mut server = BytesMut::new();
         rows(1, &mut server);
@@ -662,7 +703,7 @@ mod tests {
         assert!(!replay.is_open(), "a reply reached the client");
 
         let (mut replay, mut q) = (Replay::default(), Replies::default());
-        replay.open(0);
+        replay.open(0, false);
         q.push(Expect::Query);
         let mut server = BytesMut::new();
         rows(1, &mut server);

@@ -53,6 +53,11 @@ pub(super) struct Routing {
     commit_mark: u64,
     /// The transaction now running was routed as read-only work.
     read_only_tx: bool,
+    /// ... and the client declared it read-only (`BEGIN READ ONLY`): a `25006` in it is
+    /// the client's, not a misclassification.
+    declared_read_only: bool,
+    /// The next checkout goes to the primary whatever the work (a replica refused it).
+    force_primary: bool,
 }
 
 impl Routing {
@@ -61,6 +66,11 @@ impl Routing {
             hint,
             ..Routing::default()
         }
+    }
+
+    /// The transaction now running on a replica was declared read-only by the client.
+    pub fn declared_read_only(&self) -> bool {
+        self.declared_read_only
     }
 }
 
@@ -169,9 +179,15 @@ impl Session {
     /// Borrows a server where `work` should run (see the module docs).
     pub(super) async fn checkout_for(&mut self, work: Work) -> Result<Checkout, SessionError> {
         self.routing.read_only_tx = false;
+        self.routing.declared_read_only = false;
         if !self.routes_reads() {
             return Ok(self.pool.checkout().await?);
         }
+        let work = if std::mem::take(&mut self.routing.force_primary) {
+            Work::PRIMARY
+        } else {
+            work
+        };
         let checkout = self.routed_checkout(work).await?;
         self.routing.read_only_tx = checkout.read_node().is_some();
         let node = checkout
@@ -269,6 +285,11 @@ impl Session {
             return 0;
         }
         self.pool.cluster.commit_position(mark).unwrap_or(u64::MAX)
+    }
+
+    /// The request the session runs again goes to the primary (a replica refused it).
+    pub(super) fn routing_force_primary(&mut self) {
+        self.routing.force_primary = true;
     }
 
     /// A transaction that ran on the primary ended: unless it was routed as read-only work,
