@@ -24,7 +24,6 @@ mod retry;
 mod server_side;
 mod simple;
 mod spares;
-mod sql;
 mod startup;
 mod statements;
 
