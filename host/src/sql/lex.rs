@@ -61,6 +61,11 @@ impl<'a> Lexer<'a> {
         self.pos
     }
 
+    /// Steps back before `tok`, the token just returned, so that it is returned again.
+    pub fn put_back(&mut self, tok: Token<'a>) {
+        self.pos = tok.text.as_ptr() as usize - self.sql.as_ptr() as usize;
+    }
+
     /// Whether a string, quoted identifier, dollar quote or block comment ran to the end of
     /// the input without being closed: the text is not SQL the server would accept.
     pub fn unterminated(&self) -> bool {
@@ -101,10 +106,10 @@ impl<'a> Iterator for Lexer<'a> {
                 self.unterminated |= end.is_none();
                 (TokenKind::Dollar, end.unwrap_or(sql.len()).max(i + 1))
             } else if is_word_start(c) {
-                let end = sql[i..]
-                    .iter()
-                    .position(|&c| !(is_word_start(c) || c == b'.'))
-                    .map_or(sql.len(), |p| i + p);
+                let mut end = i + 1;
+                while end < sql.len() && CLASS[sql[end] as usize] & IN_WORD != 0 {
+                    end += 1;
+                }
                 (TokenKind::Word, end)
             } else {
                 (TokenKind::Punct, i + 1)
@@ -118,8 +123,27 @@ impl<'a> Iterator for Lexer<'a> {
     }
 }
 
+const WORD_START: u8 = 1;
+const IN_WORD: u8 = 2;
+
+/// Byte classes, looked up once a byte.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
+            t[i] = WORD_START | IN_WORD;
+        } else if c == b'.' {
+            t[i] = IN_WORD;
+        }
+        i += 1;
+    }
+    t
+};
+
 fn is_word_start(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+    CLASS[c as usize] & WORD_START != 0
 }
 
 /// Byte ranges of statements, split at top-level semicolons (ignoring empty ones).

@@ -263,6 +263,9 @@ pub struct Classification {
     modes: Modes,
     /// The text changes the session's transaction defaults.
     changes_defaults: bool,
+    /// The text has words that may create server-side state although no rule fired
+    /// (`DECLARE`, a `pg_temp.` name): `server_state` must read it.
+    state_words: bool,
 }
 
 impl Classification {
@@ -276,6 +279,7 @@ impl Classification {
             begins: false,
             modes: Modes::default(),
             changes_defaults: false,
+            state_words: false,
         }
     }
 
@@ -356,6 +360,7 @@ impl Classification {
                 },
             },
             changes_defaults: self.changes_defaults || later.changes_defaults,
+            state_words: self.state_words || later.state_words,
         }
     }
 
@@ -395,7 +400,9 @@ pub fn classify(sql: &[u8], functions: &impl Functions) -> Classification {
         out.forced = Some(Rule::Unrecognised);
         out.kind = Kind::Unknown;
     }
-    if out.pin.is_none() {
+    // Server-side state comes only with statements a rule already sends to the primary, a
+    // cursor, or a temporary table's name: the common read skips `server_state`'s pass.
+    if out.pin.is_none() && (out.forced.is_some() || out.state_words) {
         out.pin = server_state(sql);
     }
     out.hint = hint(sql);
@@ -537,7 +544,9 @@ fn explain(lexer: &mut Lexer, functions: &impl Functions) -> Classification {
 fn declare(lexer: &mut Lexer, functions: &impl Functions) -> Classification {
     while let Some(tok) = next_in(lexer) {
         if tok.is("for") {
-            return query(lexer, functions);
+            let mut c = query(lexer, functions);
+            c.state_words = true;
+            return c;
         }
     }
     unrecognised()
@@ -747,28 +756,26 @@ fn setting_modes(setting: &str, lexer: &mut Lexer) -> Modes {
 
 /// The next token of the statement; `None` at its `;` (not consumed) or the end.
 fn next_in<'a>(lexer: &mut Lexer<'a>) -> Option<Token<'a>> {
-    let mut peek = lexer.clone();
-    let tok = peek.next().filter(|t| !t.is_punct(b';'))?;
-    *lexer = peek;
+    let tok = lexer.next()?;
+    if tok.is_punct(b';') {
+        lexer.put_back(tok);
+        return None;
+    }
     Some(tok)
 }
 
 /// Skips to the statement's `;` or end, or to a `)` closing a parenthesis opened before it.
 fn skip_rest(lexer: &mut Lexer) {
     let mut depth = 0usize;
-    loop {
-        let at = lexer.clone();
-        match next_in(lexer) {
-            None => return,
-            Some(tok) if tok.is_punct(b'(') => depth += 1,
-            Some(tok) if tok.is_punct(b')') => {
-                if depth == 0 {
-                    *lexer = at;
-                    return;
-                }
-                depth -= 1;
+    while let Some(tok) = next_in(lexer) {
+        if tok.is_punct(b'(') {
+            depth += 1;
+        } else if tok.is_punct(b')') {
+            if depth == 0 {
+                lexer.put_back(tok);
+                return;
             }
-            Some(_) => {}
+            depth -= 1;
         }
     }
 }
@@ -786,13 +793,11 @@ fn scan(lexer: &mut Lexer, functions: &impl Functions, c: &mut Classification) {
     let mut depth = 0usize;
     let mut before: Option<Token> = None;
     let mut last: Option<Token> = None;
-    loop {
-        let at = lexer.clone();
-        let Some(tok) = lexer.next() else { return };
+    while let Some(tok) = lexer.next() {
         match tok.kind {
             TokenKind::Punct => match tok.text[0] {
                 b';' => {
-                    *lexer = at;
+                    lexer.put_back(tok);
                     return;
                 }
                 b'(' => {
@@ -804,7 +809,7 @@ fn scan(lexer: &mut Lexer, functions: &impl Functions, c: &mut Classification) {
                     depth += 1;
                 }
                 b')' if depth == 0 => {
-                    *lexer = at;
+                    lexer.put_back(tok);
                     return;
                 }
                 b')' => depth -= 1,
@@ -819,6 +824,8 @@ fn scan(lexer: &mut Lexer, functions: &impl Functions, c: &mut Classification) {
                     }
                 } else if lower == b'i' && tok.is("into") {
                     c.force(Rule::SelectInto);
+                } else if lower == b'p' && tok.text.len() > 8 && tok.text[..8].eq_ignore_ascii_case(b"pg_temp.") {
+                    c.state_words = true;
                 } else if matches!(lower, b'i' | b'u' | b'd' | b'm')
                     && (tok.is("insert") || tok.is("update") || tok.is("delete") || tok.is("merge"))
                 {
@@ -1189,6 +1196,7 @@ mod tests {
             // Session pins that are no write go to the primary.
             ("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM t", PinsSession, Kind::Read, true),
             ("DECLARE c NO SCROLL CURSOR FOR SELECT * FROM t", Read, Kind::Read, false),
+            ("SELECT * FROM pg_temp.t", PinsSession, Kind::Read, true),
             ("DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE", LockingClause, Write, false),
             ("PREPARE p (int) AS SELECT * FROM t WHERE a = $1", PinsSession, Kind::Read, true),
             ("PREPARE p AS INSERT INTO t VALUES (1)", WriteStatement, Write, true),
