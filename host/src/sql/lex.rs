@@ -106,11 +106,7 @@ impl<'a> Iterator for Lexer<'a> {
                 self.unterminated |= end.is_none();
                 (TokenKind::Dollar, end.unwrap_or(sql.len()).max(i + 1))
             } else if is_word_start(c) {
-                let mut end = i + 1;
-                while end < sql.len() && CLASS[sql[end] as usize] & IN_WORD != 0 {
-                    end += 1;
-                }
-                (TokenKind::Word, end)
+                (TokenKind::Word, word_end(sql, i + 1))
             } else {
                 (TokenKind::Punct, i + 1)
             };
@@ -125,6 +121,8 @@ impl<'a> Iterator for Lexer<'a> {
 
 const WORD_START: u8 = 1;
 const IN_WORD: u8 = 2;
+/// Whitespace, and operator bytes that never start a quote, a comment or a parenthesis.
+const PLAIN: u8 = 4;
 
 /// Byte classes, looked up once a byte.
 static CLASS: [u8; 256] = {
@@ -135,15 +133,66 @@ static CLASS: [u8; 256] = {
         if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
             t[i] = WORD_START | IN_WORD;
         } else if c == b'.' {
-            t[i] = IN_WORD;
+            t[i] = IN_WORD | PLAIN;
+        } else if c.is_ascii_whitespace()
+            || matches!(c, b'=' | b'<' | b'>' | b',' | b'*' | b'+' | b'%' | b':')
+        {
+            t[i] = PLAIN;
         }
         i += 1;
     }
     t
 };
 
+/// The fast path for the common statement: calls `word` on each word of `sql` in order, as
+/// long as the text is plain (words, whitespace, `$n` parameters, operator bytes and at most
+/// a last `;`: no string, quoted identifier, dollar quote, comment or parenthesis) and `word`
+/// returns true. True if it read the whole text so; false as soon as it is not plain (then
+/// the caller reads it with [`Lexer`]). One look at each byte, nothing allocated.
+pub fn plain_words(sql: &[u8], mut word: impl FnMut(&[u8]) -> bool) -> bool {
+    let n = sql.len();
+    let mut i = 0;
+    while i < n {
+        let c = sql[i];
+        let class = CLASS[c as usize];
+        if class & WORD_START != 0 {
+            let start = i;
+            i = word_end(sql, i + 1);
+            if !word(&sql[start..i]) {
+                return false;
+            }
+            continue;
+        }
+        if class & PLAIN == 0 {
+            let next = sql.get(i + 1).copied();
+            match c {
+                b'$' if next.is_some_and(|d| d.is_ascii_digit()) => {
+                    i += 1;
+                    while i + 1 < n && sql[i + 1].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+                b'-' if next != Some(b'-') => {}
+                b'/' if next != Some(b'*') => {}
+                b';' => return sql[i + 1..].iter().all(u8::is_ascii_whitespace),
+                _ => return false,
+            }
+        }
+        i += 1;
+    }
+    true
+}
+
 fn is_word_start(c: u8) -> bool {
     CLASS[c as usize] & WORD_START != 0
+}
+
+/// The index of the first byte at or after `i` that is not in a word.
+fn word_end(sql: &[u8], mut i: usize) -> usize {
+    while i < sql.len() && CLASS[sql[i] as usize] & IN_WORD != 0 {
+        i += 1;
+    }
+    i
 }
 
 /// Byte ranges of statements, split at top-level semicolons (ignoring empty ones).
@@ -352,6 +401,39 @@ mod tests {
         let mut lexer = Lexer::new(b"SELECT 'x', $1, $$y$$ -- z");
         lexer.by_ref().for_each(drop);
         assert!(!lexer.unterminated());
+    }
+
+    #[test]
+    fn plain_words_only_for_plain_text() {
+        let words = |sql: &str| {
+            let mut out = Vec::new();
+            plain_words(sql.as_bytes(), |w| {
+                out.push(String::from_utf8_lossy(w).into_owned());
+                true
+            })
+            .then_some(out)
+        };
+        assert_eq!(
+            words("SELECT a.b, c FROM t WHERE x >= $12 - 1.5 / 2;\n"),
+            Some(
+                ["SELECT", "a.b", "c", "FROM", "t", "WHERE", "x", "1.5", "2"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        for not_plain in [
+            "SELECT 'x'",
+            "SELECT \"x\"",
+            "SELECT $$x$$",
+            "SELECT f(1)",
+            "SELECT 1; SELECT 2",
+            "SELECT 1 -- c",
+            "SELECT /* c */ 1",
+            "SELECT $a",
+        ] {
+            assert_eq!(words(not_plain), None, "{not_plain}");
+        }
+        assert!(!plain_words(b"SELECT 1", |w| w != b"1"));
     }
 
     #[test]

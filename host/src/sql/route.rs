@@ -55,7 +55,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
-use super::lex::{leading_comments, unqualified, Lexer, Token, TokenKind};
+use super::lex::{leading_comments, plain_words, unqualified, Lexer, Token, TokenKind};
 use super::session::server_state;
 
 /// A function's volatility, as `pg_proc.provolatile` says.
@@ -226,9 +226,13 @@ pub enum Transaction {
     /// / `default_transaction_isolation`: the modes of the session's later transactions.
     SetDefaults(Modes),
     /// `COMMIT` / `END`; `chain` for `AND CHAIN` (a new transaction with the same modes).
-    Commit { chain: bool },
+    Commit {
+        chain: bool,
+    },
     /// `ROLLBACK` / `ABORT`.
-    Rollback { chain: bool },
+    Rollback {
+        chain: bool,
+    },
     /// `PREPARE TRANSACTION`: the block ends, the prepared transaction stays on its node.
     PrepareTransaction,
     /// `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`.
@@ -263,8 +267,9 @@ pub struct Classification {
     modes: Modes,
     /// The text changes the session's transaction defaults.
     changes_defaults: bool,
-    /// The text has words that may create server-side state although no rule fired
-    /// (`DECLARE`, a `pg_temp.` name): `server_state` must read it.
+    /// The text has words that may create server-side state (`CREATE`, `LISTEN`, `DECLARE`,
+    /// `INTO TEMP`, a `pg_temp.` name, an advisory lock or `set_config` call):
+    /// `server_state` must read it.
     state_words: bool,
 }
 
@@ -377,6 +382,40 @@ impl Classification {
 /// Classifies the text of one simple Query message (one or more statements) or one Parse's
 /// statement.
 pub fn classify(sql: &[u8], functions: &impl Functions) -> Classification {
+    if plain_read(sql) {
+        return Classification::new(Kind::Read);
+    }
+    classify_lexed(sql, functions)
+}
+
+/// The common read, decided in one look at each byte: a plain text (see
+/// [`plain_words`]: no parenthesis, so no function call or CTE; no comment, so no hint)
+/// that begins with `SELECT`, `TABLE` or `SHOW` and has none of the words a rule reads in a
+/// query (`FOR`, `INTO`, `INSERT`, `UPDATE`, `DELETE`, `MERGE`, a `pg_temp.` name).
+fn plain_read(sql: &[u8]) -> bool {
+    let mut first = true;
+    let plain = plain_words(sql, |word| {
+        let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+        if std::mem::take(&mut first) {
+            return is(b"select") || is(b"table") || is(b"show");
+        }
+        if !matches!(word[0] | 0x20, b'f' | b'i' | b'm' | b'u' | b'd' | b'p') {
+            return true;
+        }
+        match word.len() {
+            3 => !is(b"for"),
+            4 => !is(b"into"),
+            5 => !is(b"merge"),
+            6 => !(is(b"insert") || is(b"update") || is(b"delete")),
+            9.. => !word[..8].eq_ignore_ascii_case(b"pg_temp."),
+            _ => true,
+        }
+    });
+    plain && !first
+}
+
+/// Every other text, token by token.
+fn classify_lexed(sql: &[u8], functions: &impl Functions) -> Classification {
     let mut lexer = Lexer::new(sql);
     let mut out: Option<Classification> = None;
     loop {
@@ -400,9 +439,8 @@ pub fn classify(sql: &[u8], functions: &impl Functions) -> Classification {
         out.forced = Some(Rule::Unrecognised);
         out.kind = Kind::Unknown;
     }
-    // Server-side state comes only with statements a rule already sends to the primary, a
-    // cursor, or a temporary table's name: the common read skips `server_state`'s pass.
-    if out.pin.is_none() && (out.forced.is_some() || out.state_words) {
+    // Only texts with the words that begin server-side state pay for `server_state`'s pass.
+    if out.pin.is_none() && out.state_words {
         out.pin = server_state(sql);
     }
     out.hint = hint(sql);
@@ -426,7 +464,8 @@ fn hint(sql: &[u8]) -> Option<Hint> {
 
 fn strip_word<'a>(text: &'a [u8], word: &str) -> Option<&'a [u8]> {
     let head = text.get(..word.len())?;
-    head.eq_ignore_ascii_case(word.as_bytes()).then(|| &text[word.len()..])
+    head.eq_ignore_ascii_case(word.as_bytes())
+        .then(|| &text[word.len()..])
 }
 
 /// One statement, read from `lexer` up to (not including) its `;`, the end of the text, or
@@ -468,17 +507,20 @@ fn first_word(lexer: &mut Lexer, functions: &impl Functions) -> Classification {
         "set" => return set(lexer),
         "reset" | "discard" | "deallocate" => (Kind::SessionControl, None),
         "listen" | "unlisten" => (Kind::SessionControl, Some(Rule::WriteStatement)),
-        "insert" | "update" | "delete" | "merge" | "truncate" | "call" | "do" | "vacuum"
-        | "analyze" | "analyse" | "cluster" | "reindex" | "refresh" | "lock" | "checkpoint"
-        | "notify" => (Kind::Write, Some(Rule::WriteStatement)),
-        "create" | "alter" | "drop" | "comment" | "grant" | "revoke" | "security" | "reassign"
-        | "import" => (Kind::Ddl, Some(Rule::Ddl)),
+        "insert" | "update" | "delete" | "merge" | "truncate" | "call" | "do" | "vacuum" | "analyze"
+        | "analyse" | "cluster" | "reindex" | "refresh" | "lock" | "checkpoint" | "notify" => {
+            (Kind::Write, Some(Rule::WriteStatement))
+        }
+        "create" | "alter" | "drop" | "comment" | "grant" | "revoke" | "security" | "reassign" | "import" => {
+            (Kind::Ddl, Some(Rule::Ddl))
+        }
         _ => (Kind::Unknown, Some(Rule::Unrecognised)),
     };
     let mut c = Classification::new(kind);
     if let Some(rule) = rule {
         c.force(rule);
     }
+    c.state_words = matches!(word, "create" | "listen");
     scan(lexer, functions, &mut c);
     c
 }
@@ -628,7 +670,8 @@ fn modes(lexer: &mut Lexer) -> Option<Modes> {
             if level.is("serializable") {
                 modes.serializable = Some(true);
             } else if level.is("repeatable") && next_in(lexer)?.is("read")
-                || level.is("read") && next_in(lexer).is_some_and(|t| t.is("committed") || t.is("uncommitted"))
+                || level.is("read")
+                    && next_in(lexer).is_some_and(|t| t.is("committed") || t.is("uncommitted"))
             {
                 modes.serializable = Some(false);
             } else {
@@ -731,7 +774,9 @@ fn set(lexer: &mut Lexer) -> Classification {
 /// for a value it cannot read (`DEFAULT`, an expression).
 fn setting_modes(setting: &str, lexer: &mut Lexer) -> Modes {
     let mut modes = Modes::default();
-    let Some(value) = next_in(lexer).filter(|t| t.is("to") || t.is_punct(b'=')).and_then(|_| next_in(lexer))
+    let Some(value) = next_in(lexer)
+        .filter(|t| t.is("to") || t.is_punct(b'='))
+        .and_then(|_| next_in(lexer))
     else {
         return modes;
     };
@@ -824,7 +869,14 @@ fn scan(lexer: &mut Lexer, functions: &impl Functions, c: &mut Classification) {
                     }
                 } else if lower == b'i' && tok.is("into") {
                     c.force(Rule::SelectInto);
-                } else if lower == b'p' && tok.text.len() > 8 && tok.text[..8].eq_ignore_ascii_case(b"pg_temp.") {
+                    let next = lexer.clone().next();
+                    c.state_words |= next.is_some_and(|t| {
+                        t.is("temp") || t.is("temporary") || t.is("global") || t.is("local")
+                    });
+                } else if lower == b'p'
+                    && tok.text.len() > 8
+                    && tok.text[..8].eq_ignore_ascii_case(b"pg_temp.")
+                {
                     c.state_words = true;
                 } else if matches!(lower, b'i' | b'u' | b'd' | b'm')
                     && (tok.is("insert") || tok.is("update") || tok.is("delete") || tok.is("merge"))
@@ -879,11 +931,15 @@ fn call(
             c.force(Rule::SequenceFunction);
             c.pin("currval/lastval (the session's last sequence values)");
         }
-        "set_config" => c.force(Rule::SetConfig),
+        "set_config" => {
+            c.force(Rule::SetConfig);
+            c.state_words = true;
+        }
         "lo_creat" | "lo_create" | "lo_import" | "lo_unlink" | "lowrite" | "lo_put" | "lo_from_bytea"
         | "lo_truncate" | "lo_truncate64" | "lo_open" => c.force(Rule::LargeObjectWrite),
         f if (f.starts_with("pg_advisory") || f.starts_with("pg_try_advisory")) && f.contains("lock") => {
-            c.force(Rule::AdvisoryLock)
+            c.force(Rule::AdvisoryLock);
+            c.state_words = true;
         }
         // Only the first rule is kept: no need to ask once one decided.
         _ if c.forced.is_some() => {}
@@ -1252,14 +1308,44 @@ mod tests {
         ];
         for &(sql, rule, kind, pin) in table {
             check(sql, rule, kind, pin);
+            // The fast path answers only what the full reading answers too.
+            if plain_read(sql.as_bytes()) {
+                assert_eq!(
+                    classify_lexed(sql.as_bytes(), &catalog()),
+                    Classification::new(Kind::Read),
+                    "{sql:?}"
+                );
+            }
         }
+        for sql in [
+            "SELECT a FROM t FOR UPDATE",
+            "SELECT a INTO b FROM t",
+            "SELECT * FROM pg_temp.t",
+            "SHOW x; DELETE FROM t",
+            "INSERT INTO t SELECT 1",
+            "SELECT nextval('s')",
+        ] {
+            assert!(!plain_read(sql.as_bytes()), "{sql:?}");
+        }
+        assert!(plain_read(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        ));
+        assert!(plain_read(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 4711;"
+        ));
     }
 
     #[test]
     fn hints_are_reported() {
         let f = catalog();
-        assert_eq!(classify(b"/* Switchyard:  replica */ SELECT 1", &f).hint, Some(Hint::Replica));
-        assert_eq!(classify(b"/* switchyard: primary */ SELECT 1", &f).hint, Some(Hint::Primary));
+        assert_eq!(
+            classify(b"/* Switchyard:  replica */ SELECT 1", &f).hint,
+            Some(Hint::Replica)
+        );
+        assert_eq!(
+            classify(b"/* switchyard: primary */ SELECT 1", &f).hint,
+            Some(Hint::Primary)
+        );
         assert_eq!(classify(b"SELECT 1", &f).hint, None);
         let replica = classify(b"/* switchyard: replica */ SELECT 1", &f);
         assert_eq!(replica.rule(), Rule::Read);
@@ -1274,7 +1360,10 @@ mod tests {
             serializable,
         };
         assert_eq!(t("BEGIN"), Transaction::Begin(modes(None, None)));
-        assert_eq!(t("BEGIN WORK READ ONLY"), Transaction::Begin(modes(Some(true), None)));
+        assert_eq!(
+            t("BEGIN WORK READ ONLY"),
+            Transaction::Begin(modes(Some(true), None))
+        );
         assert_eq!(
             t("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE"),
             Transaction::Begin(modes(Some(false), Some(true)))
@@ -1295,7 +1384,10 @@ mod tests {
             t("SET SESSION default_transaction_isolation = 'repeatable read'"),
             Transaction::SetDefaults(modes(None, Some(false)))
         );
-        assert_eq!(t("SET LOCAL default_transaction_read_only = on"), Transaction::None);
+        assert_eq!(
+            t("SET LOCAL default_transaction_read_only = on"),
+            Transaction::None
+        );
         assert_eq!(t("COMMIT AND CHAIN"), Transaction::Commit { chain: true });
         assert_eq!(t("COMMIT AND NO CHAIN"), Transaction::Commit { chain: false });
         assert_eq!(t("ABORT"), Transaction::Rollback { chain: false });
@@ -1321,7 +1413,10 @@ mod tests {
         let rule = |sql: &str, d| classify(sql.as_bytes(), &f).rule_under(d);
         assert_eq!(rule("BEGIN", read_only), Rule::ReadOnlyTransaction);
         assert_eq!(rule("BEGIN READ WRITE", read_only), Rule::ReadWriteTransaction);
-        assert_eq!(rule("BEGIN; INSERT INTO t VALUES (1)", read_only), Rule::WriteStatement);
+        assert_eq!(
+            rule("BEGIN; INSERT INTO t VALUES (1)", read_only),
+            Rule::WriteStatement
+        );
         assert_eq!(
             rule("SET default_transaction_read_only = off; BEGIN", read_only),
             Rule::ReadWriteTransaction
@@ -1331,7 +1426,10 @@ mod tests {
             rule("BEGIN ISOLATION LEVEL REPEATABLE READ", serializable),
             Rule::ReadOnlyTransaction
         );
-        assert_eq!(rule("/* switchyard: primary */ BEGIN", read_only), Rule::HintPrimary);
+        assert_eq!(
+            rule("/* switchyard: primary */ BEGIN", read_only),
+            Rule::HintPrimary
+        );
     }
 
     /// A pipelined batch: statements merged in order as the session would.
@@ -1340,11 +1438,19 @@ mod tests {
         let f = catalog();
         let c = |sql: &str| classify(sql.as_bytes(), &f);
         let batch = c("BEGIN READ ONLY").merge(c("SELECT 1")).merge(c("SELECT 2"));
-        assert_eq!((batch.rule(), batch.kind), (Rule::ReadOnlyTransaction, Kind::Read));
-        let batch = c("SELECT 1").merge(c("UPDATE t SET a = 1")).merge(c("SELECT nextval('s')"));
+        assert_eq!(
+            (batch.rule(), batch.kind),
+            (Rule::ReadOnlyTransaction, Kind::Read)
+        );
+        let batch = c("SELECT 1")
+            .merge(c("UPDATE t SET a = 1"))
+            .merge(c("SELECT nextval('s')"));
         assert_eq!((batch.rule(), batch.kind), (Rule::WriteStatement, Kind::Write));
         let batch = c("SELECT 1").merge(c("SELECT currval('s')"));
-        assert_eq!(batch.pin, Some("currval/lastval (the session's last sequence values)"));
+        assert_eq!(
+            batch.pin,
+            Some("currval/lastval (the session's last sequence values)")
+        );
         let batch = c("/* switchyard: primary */ SELECT 1").merge(c("/* switchyard: replica */ SELECT 2"));
         assert_eq!(batch.rule(), Rule::HintPrimary);
     }
@@ -1352,7 +1458,9 @@ mod tests {
     #[test]
     fn rule_ids_are_distinct_kebab_case() {
         let mut ids: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
-        assert!(ids.iter().all(|id| id.bytes().all(|c| c.is_ascii_lowercase() || c == b'-')));
+        assert!(ids
+            .iter()
+            .all(|id| id.bytes().all(|c| c.is_ascii_lowercase() || c == b'-')));
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), Rule::ALL.len());
