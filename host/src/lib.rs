@@ -23,5 +23,6 @@ pub mod pool;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod sql;
 pub mod state;
 pub mod topology;

@@ -25,7 +25,6 @@ mod route;
 mod server_side;
 mod simple;
 mod spares;
-mod sql;
 mod startup;
 mod statements;
 

@@ -13,7 +13,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use super::sql::{quote_literal, quote_setting_name, Command};
+use crate::sql::{quote_literal, quote_setting_name, Command};
 
 /// Startup parameters that are connection properties, not settings to replay.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
@@ -351,7 +351,7 @@ impl SessionParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::sql::commands;
+    use crate::sql::commands;
 
     fn p(k: &str, v: &str) -> (String, String) {
         (k.into(), v.into())

@@ -39,9 +39,10 @@ use switchyard_protocol::frontend::FrontendMessage;
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::TransactionStatus;
 
-use super::{sql, Session, SessionError};
+use super::{Session, SessionError};
 use crate::policy::retry::{self, FailedRequest, Fate, Phase, RetryDecision};
 use crate::server::{NodeAddr, ServerError};
+use crate::sql;
 
 /// How long the proxy waits for a node to say whether it is going away. A node that is
 /// shutting down or stopped answers at once; one that does not answer within this is not

@@ -8,9 +8,9 @@ use switchyard_protocol::sqlstate;
 
 use super::frontend::maybe_session_command;
 use super::replies::Expect;
-use super::sql::{self, Command};
 use super::{Session, SessionError, Work};
 use crate::config::PoolMode;
+use crate::sql::{self, Command};
 
 impl Session {
     /// Query: answered here when it only touches the client's own prepared statements,
