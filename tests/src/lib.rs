@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod env;
 pub mod etcd;
 pub mod http;
+pub mod interrupt;
 pub mod load;
 pub mod patroni;
 pub mod peak;
