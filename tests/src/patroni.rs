@@ -398,7 +398,11 @@ impl PatroniCluster {
         }
         if let Some(layout) = &opts.layout {
             if layout.ports.len() != opts.nodes {
-                bail!("the layout has ports for {} nodes, not {}", layout.ports.len(), opts.nodes);
+                bail!(
+                    "the layout has ports for {} nodes, not {}",
+                    layout.ports.len(),
+                    opts.nodes
+                );
             }
         }
         if let Some(t) = &opts.template {
@@ -422,9 +426,7 @@ impl PatroniCluster {
             match Self::try_start(opts.clone()) {
                 Ok(c) => return Ok(c),
                 // Free ports were taken meanwhile: others are free (fixed ones are not).
-                Err(e)
-                    if attempt < 3 && opts.layout.is_none() && format!("{e:#}").contains(PORT_IN_USE) =>
-                {
+                Err(e) if attempt < 3 && opts.layout.is_none() && format!("{e:#}").contains(PORT_IN_USE) => {
                     continue
                 }
                 Err(e) => return Err(e),
@@ -439,7 +441,12 @@ impl PatroniCluster {
                     .with_context(|| format!("creating {}", layout.dir.display()))?;
                 env::set_mode(&layout.dir, 0o755)?;
                 let etcd = Etcd::start_at(&layout.dir.join("etcd"), layout.etcd_port)?;
-                (layout.dir.clone(), layout.scope.clone(), etcd, layout.ports.clone())
+                (
+                    layout.dir.clone(),
+                    layout.scope.clone(),
+                    etcd,
+                    layout.ports.clone(),
+                )
             }
             None => {
                 let dir = scratch::fresh_dir("patroni")?;
@@ -1749,7 +1756,10 @@ mod tests {
     #[test]
     fn renders_templates_and_names_a_missing_value() {
         let value = |name: &str| (name == "A").then(|| "1".to_owned());
-        assert_eq!(render_template("a: ${A}\nb: $A ${A}x", value).unwrap(), "a: 1\nb: $A 1x");
+        assert_eq!(
+            render_template("a: ${A}\nb: $A ${A}x", value).unwrap(),
+            "a: 1\nb: $A 1x"
+        );
         let e = render_template("a: ${A}\nb: ${B}\n", value).unwrap_err();
         assert_eq!(e.to_string(), "line 2: placeholder ${B} has no value");
         let e = render_template("a: ${A", value).unwrap_err();

@@ -113,7 +113,15 @@ fn parse(args: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Cli, S
 /// Fails, naming every port the demo needs, when one of them is taken.
 fn check_ports(opt: &Options) -> Result<(), String> {
     let etcd_peer = opt.etcd_port + 1;
-    let needed = [PG_PORTS[0], PG_PORTS[1], API_PORTS[0], API_PORTS[1], opt.etcd_port, etcd_peer, opt.port];
+    let needed = [
+        PG_PORTS[0],
+        PG_PORTS[1],
+        API_PORTS[0],
+        API_PORTS[1],
+        opt.etcd_port,
+        etcd_peer,
+        opt.port,
+    ];
     match needed.into_iter().find(|&p| !ports::port_is_free(p)) {
         None => Ok(()),
         Some(busy) => Err(format!(
@@ -264,7 +272,10 @@ impl Demo {
         );
 
         let config = proxy_config(cluster, &proxy_addr)?;
-        log!("starting switchyard on {proxy_addr} (log {})", self.dir.join("switchyard.log").display());
+        log!(
+            "starting switchyard on {proxy_addr} (log {})",
+            self.dir.join("switchyard.log").display()
+        );
         let launch = Launch {
             dir: Some(self.dir.clone()),
             checks_on_drop: false,
@@ -436,7 +447,13 @@ fn proxy_config(cluster: &PatroniCluster, listen: &str) -> Result<ProxyConfig> {
         "switchover",
         &[("hold_ms", "40000"), ("drain_ms", "20000")],
     );
-    Ok(plugin::with_component(config, "retry", &plugin::component("retry")?, "retry", &[]))
+    Ok(plugin::with_component(
+        config,
+        "retry",
+        &plugin::component("retry")?,
+        "retry",
+        &[],
+    ))
 }
 
 /// Writes a row through the proxy into table `demo` (made if missing); the rows in it.
@@ -472,7 +489,11 @@ mod tests {
         assert_eq!((opt.port, opt.etcd_port, opt.dir), (6432, 12379, None));
         let opt = run(
             &["--tour", "--no-serve"],
-            &[("DEMO_PORT", "7432"), ("DEMO_ETCD_PORT", "22379"), ("DEMO_DIR", "/x")],
+            &[
+                ("DEMO_PORT", "7432"),
+                ("DEMO_ETCD_PORT", "22379"),
+                ("DEMO_DIR", "/x"),
+            ],
         )
         .unwrap();
         assert!(opt.tour && !opt.serve);
