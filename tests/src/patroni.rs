@@ -182,9 +182,9 @@ pub struct FixedLayout {
 /// A Patroni configuration file with `${NAME}` placeholders (such as
 /// `examples/patroni/patroni.yml`), rendered once per node.
 ///
-/// The cluster gives `SCOPE`, `NODE_NAME`, `NODE_HOST`, `PG_PORT`, `API_PORT`, `NODE_DIR`,
-/// `PG_BIN`, `ETCD_HOSTS` and `POST_BOOTSTRAP` (the test bed's roles and databases); `vars`
-/// gives the others. A placeholder without a value fails the start, naming it and its
+/// The cluster gives [`TEMPLATE_VARS`] (`SCOPE`, `NODE_NAME`, `NODE_HOST`, `PG_PORT`,
+/// `API_PORT`, `NODE_DIR`, `PG_BIN`, `ETCD_HOSTS`, and `POST_BOOTSTRAP`: the test bed's roles
+/// and databases); `vars` gives the others. A placeholder without a value fails the start, naming it and its
 /// line. The template decides Patroni's settings, so the options that shape the test bed's
 /// own file (`before_stop`, `on_role_change`, `parameters`, `synchronous_mode`) are refused
 /// with one.
@@ -193,6 +193,19 @@ pub struct ConfigTemplate {
     pub path: PathBuf,
     pub vars: Vec<(String, String)>,
 }
+
+/// The placeholders of a [`ConfigTemplate`] the cluster fills, per node.
+pub const TEMPLATE_VARS: [&str; 9] = [
+    "SCOPE",
+    "NODE_NAME",
+    "NODE_HOST",
+    "PG_PORT",
+    "API_PORT",
+    "NODE_DIR",
+    "PG_BIN",
+    "ETCD_HOSTS",
+    "POST_BOOTSTRAP",
+];
 
 /// `text` with every `${NAME}` replaced by `value(NAME)`; an error names the first
 /// placeholder without a value (or left open) and its line.
@@ -573,20 +586,21 @@ impl PatroniCluster {
         let node = &self.nodes[i];
         let text = std::fs::read_to_string(&template.path)
             .with_context(|| format!("reading {}", template.path.display()))?;
-        let own = [
-            ("SCOPE", self.scope.clone()),
-            ("NODE_NAME", node.name.clone()),
-            ("NODE_HOST", node.host().to_owned()),
-            ("PG_PORT", node.pg_port.to_string()),
-            ("API_PORT", node.api_port.to_string()),
-            ("NODE_DIR", node.dir.display().to_string()),
-            ("PG_BIN", env::pg_bin_dir().display().to_string()),
-            ("ETCD_HOSTS", self.etcd.client_addr()),
-            (
-                "POST_BOOTSTRAP",
+        // In the order of TEMPLATE_VARS.
+        let own: Vec<(&str, String)> = TEMPLATE_VARS
+            .into_iter()
+            .zip([
+                self.scope.clone(),
+                node.name.clone(),
+                node.host().to_owned(),
+                node.pg_port.to_string(),
+                node.api_port.to_string(),
+                node.dir.display().to_string(),
+                env::pg_bin_dir().display().to_string(),
+                self.etcd.client_addr(),
                 self.dir.join("post_bootstrap.sh").display().to_string(),
-            ),
-        ];
+            ])
+            .collect();
         let config = render_template(&text, |name| {
             own.iter()
                 .find(|(k, _)| *k == name)

@@ -233,23 +233,7 @@ impl Demo {
         let proxy_addr = format!("127.0.0.1:{}", opt.port);
         let password_file = self.dir.join("admin.pass");
         write_admin_password(&password_file)?;
-        let template = ConfigTemplate {
-            path: env::workspace_dir().join("examples/patroni/patroni.yml"),
-            vars: [
-                (
-                    "CALLBACK",
-                    env::workspace_dir()
-                        .join("examples/patroni/switchyard-callback")
-                        .display()
-                        .to_string(),
-                ),
-                ("PROXY", proxy_addr.clone()),
-                ("ADMIN_PASSWORD_FILE", password_file.display().to_string()),
-                ("CALLBACK_BUDGET", CALLBACK_BUDGET.to_owned()),
-            ]
-            .map(|(k, v)| (k.to_owned(), v))
-            .into(),
-        };
+        let template = template(&proxy_addr, &password_file);
         let layout = FixedLayout {
             dir: self.dir.clone(),
             scope: SCOPE.to_owned(),
@@ -405,6 +389,26 @@ fn fresh_temp_dir() -> Result<PathBuf> {
     anyhow::bail!("no free name like {} in the temporary directory", base.display())
 }
 
+/// Each node's Patroni configuration: `examples/patroni/patroni.yml` with Switchyard's
+/// callbacks (`examples/patroni/switchyard-callback`) pointed at the proxy.
+fn template(proxy_addr: &str, password_file: &Path) -> ConfigTemplate {
+    let examples = env::workspace_dir().join("examples/patroni");
+    ConfigTemplate {
+        path: examples.join("patroni.yml"),
+        vars: [
+            (
+                "CALLBACK",
+                examples.join("switchyard-callback").display().to_string(),
+            ),
+            ("PROXY", proxy_addr.to_owned()),
+            ("ADMIN_PASSWORD_FILE", password_file.display().to_string()),
+            ("CALLBACK_BUDGET", CALLBACK_BUDGET.to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into(),
+    }
+}
+
 /// The admin password for the callbacks (`--password-file`), readable only by the OS user
 /// that runs Patroni.
 fn write_admin_password(path: &Path) -> Result<()> {
@@ -472,6 +476,7 @@ async fn write_demo_row(proxy: &Endpoint) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_tests::patroni::{render_template, TEMPLATE_VARS};
 
     fn run(args: &[&str], vars: &[(&str, &str)]) -> Result<Options, String> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -509,5 +514,21 @@ mod tests {
             run(&[], &[("DEMO_PORT", "x")]).unwrap_err(),
             "DEMO_PORT=\"x\" is not a port number"
         );
+    }
+
+    /// The template users copy has a value for every placeholder from the cluster or the
+    /// demo (a new placeholder, or one in a comment, fails here before it fails the demo).
+    #[test]
+    fn the_patroni_template_renders_with_the_demos_values() {
+        let t = template("127.0.0.1:6432", Path::new("/d/admin.pass"));
+        let text = std::fs::read_to_string(&t.path).unwrap();
+        let value = |name: &str| {
+            let demo = t.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            demo.or_else(|| TEMPLATE_VARS.contains(&name).then(|| format!("<{name}>")))
+        };
+        let config = render_template(&text, value).unwrap();
+        assert!(config.contains(
+            "--proxy 127.0.0.1:6432 --node <NODE_HOST>:<PG_PORT> --password-file /d/admin.pass --budget 20"
+        ));
     }
 }
