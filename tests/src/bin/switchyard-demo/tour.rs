@@ -35,13 +35,25 @@ pub fn run(runtime: &Runtime, cluster: &PatroniCluster, proxy: &Endpoint) -> Res
     let old = cluster.leader()?.name().to_owned();
     let since = SystemTime::now();
     log!("patronictl switchover --leader {old} --force");
-    let switchover = cluster.switchover(None);
-    match &switchover {
-        Ok(s) => eprint!("{}", indent(&s.output)),
-        Err(e) => eprint!("{}", indent(&format!("{e:#}"))),
-    }
-    interrupt::sleep(SECONDS.saturating_sub(started.elapsed()))?;
-    let report = runtime.block_on(load.finish(proxy));
+    // The switchover (patronictl, then until the cluster is healthy again) on a thread of its
+    // own: the load stops at 15 s whatever it takes.
+    let (switchover, waited, report) = std::thread::scope(|s| {
+        let switchover = s.spawn(|| {
+            let result = cluster.switchover(None);
+            match &result {
+                Ok(s) => eprint!("{}", indent(&s.output)),
+                Err(e) => eprint!("{}", indent(&format!("{e:#}"))),
+            }
+            result
+        });
+        let waited = interrupt::sleep(SECONDS.saturating_sub(started.elapsed()));
+        let report = runtime.block_on(load.finish(proxy));
+        let switchover = switchover
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the switchover thread panicked")));
+        (switchover, waited, report)
+    });
+    waited?;
     let timeline = cluster.timeline_since(since);
 
     let load_clean = match &report {
