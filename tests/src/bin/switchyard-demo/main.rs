@@ -12,19 +12,21 @@
 //! stopped by a signal, 1 on an error or when the proxy exits by itself.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use switchyard_tests::interrupt;
-use switchyard_tests::patroni::{
-    patroni_program, ConfigTemplate, FixedLayout, PatroniCluster, PatroniOptions,
-};
-use switchyard_tests::proxy::{Launch, Proxy, ProxyConfig};
-use switchyard_tests::{env, plugin, ports, roles, Endpoint};
+use switchyard_tests::patroni::{patroni_program, FixedLayout, PatroniCluster, PatroniOptions};
+use switchyard_tests::proxy::{Launch, Proxy};
+use switchyard_tests::{env, roles, Endpoint};
 
+use options::{Cli, Options, API_PORTS, HELP, PG_PORTS};
+
+mod config;
 mod follow;
+mod options;
 mod tour;
 
 /// A progress line on stderr, as `scripts/lib.sh`'s `log` writes them: `==> message`.
@@ -44,96 +46,8 @@ fn progress(message: &str) {
     }
 }
 
-const HELP: &str = include_str!("help.txt");
-const USAGE: &str = "usage: scripts/demo [--tour [--no-serve]]";
-
-/// Postgres and Patroni's REST API of `node0` and `node1`.
-const PG_PORTS: [u16; 2] = [15432, 15433];
-const API_PORTS: [u16; 2] = [8008, 8009];
 /// Patroni's scope (cluster name).
 const SCOPE: &str = "demo";
-/// The callback's longest before-stop wait (see examples/patroni/README.md); the proxy's
-/// hold_timeout (40 s) is above it and above Patroni's ttl (20 s).
-const CALLBACK_BUDGET: &str = "20";
-
-/// What the command line and the environment ask for.
-#[derive(Debug)]
-struct Options {
-    tour: bool,
-    serve: bool,
-    /// `--check`: the options and the ports only.
-    check: bool,
-    /// The proxy's port (`DEMO_PORT`).
-    port: u16,
-    /// etcd's client port (`DEMO_ETCD_PORT`); the peer port is the next one.
-    etcd_port: u16,
-    /// `DEMO_DIR`: data kept there.
-    dir: Option<PathBuf>,
-}
-
-enum Cli {
-    Help,
-    Run(Options),
-}
-
-fn parse(args: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Cli, String> {
-    let mut opt = Options {
-        tour: false,
-        serve: true,
-        check: false,
-        port: 6432,
-        etcd_port: 12379,
-        dir: var("DEMO_DIR").filter(|d| !d.is_empty()).map(PathBuf::from),
-    };
-    for arg in args {
-        match arg.as_str() {
-            "--tour" => opt.tour = true,
-            "--no-serve" => opt.serve = false,
-            "--check" => opt.check = true,
-            "-h" | "--help" => return Ok(Cli::Help),
-            _ => return Err(USAGE.to_owned()),
-        }
-    }
-    if !opt.serve && !opt.tour {
-        return Err("--no-serve only makes sense with --tour".to_owned());
-    }
-    let port = |name: &str, default: u16| match var(name).filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0 && *p < u16::MAX)
-            .ok_or_else(|| format!("{name}={v:?} is not a port number")),
-    };
-    opt.port = port("DEMO_PORT", opt.port)?;
-    opt.etcd_port = port("DEMO_ETCD_PORT", opt.etcd_port)?;
-    Ok(Cli::Run(opt))
-}
-
-/// Fails, naming every port the demo needs, when one of them is taken.
-fn check_ports(opt: &Options) -> Result<(), String> {
-    let etcd_peer = opt.etcd_port + 1;
-    let needed = [
-        PG_PORTS[0],
-        PG_PORTS[1],
-        API_PORTS[0],
-        API_PORTS[1],
-        opt.etcd_port,
-        etcd_peer,
-        opt.port,
-    ];
-    match needed.into_iter().find(|&p| !ports::port_is_free(p)) {
-        None => Ok(()),
-        Some(busy) => Err(format!(
-            "127.0.0.1:{busy} is already in use (a system PostgreSQL, PgBouncer, Patroni or etcd \
-             service, or another demo?); the demo needs 127.0.0.1:{}, :{} (Postgres), :{}, :{} \
-             (Patroni), :{}, :{etcd_peer} (etcd, or DEMO_ETCD_PORT=<free port>) and :{} (the \
-             proxy, or DEMO_PORT=<free port>)",
-            PG_PORTS[0], PG_PORTS[1], API_PORTS[0], API_PORTS[1], opt.etcd_port, opt.port
-        )),
-    }
-}
-
 fn error(message: &str) {
     if std::io::stderr().is_terminal() {
         eprintln!("\x1b[31merror: {message}\x1b[0m");
@@ -144,7 +58,7 @@ fn error(message: &str) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = match parse(&args, |k| std::env::var(k).ok()) {
+    let opt = match options::parse(&args, |k| std::env::var(k).ok()) {
         Ok(Cli::Help) => {
             print!("{HELP}");
             return ExitCode::SUCCESS;
@@ -155,7 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = check_ports(&opt) {
+    if let Err(e) = options::check_ports(&opt) {
         error(&e);
         return ExitCode::FAILURE;
     }
@@ -232,8 +146,8 @@ impl Demo {
     fn run(&mut self, opt: &Options) -> Result<u8> {
         let proxy_addr = format!("127.0.0.1:{}", opt.port);
         let password_file = self.dir.join("admin.pass");
-        write_admin_password(&password_file)?;
-        let template = template(&proxy_addr, &password_file);
+        config::write_admin_password(&password_file)?;
+        let template = config::template(&proxy_addr, &password_file);
         let layout = FixedLayout {
             dir: self.dir.clone(),
             scope: SCOPE.to_owned(),
@@ -255,7 +169,7 @@ impl Demo {
             leader.addr()
         );
 
-        let config = proxy_config(cluster, &proxy_addr)?;
+        let config = config::proxy_config(cluster, &proxy_addr)?;
         log!(
             "starting switchyard on {proxy_addr} (log {})",
             self.dir.join("switchyard.log").display()
@@ -389,77 +303,6 @@ fn fresh_temp_dir() -> Result<PathBuf> {
     anyhow::bail!("no free name like {} in the temporary directory", base.display())
 }
 
-/// Each node's Patroni configuration: `examples/patroni/patroni.yml` with Switchyard's
-/// callbacks (`examples/patroni/switchyard-callback`) pointed at the proxy.
-fn template(proxy_addr: &str, password_file: &Path) -> ConfigTemplate {
-    let examples = env::workspace_dir().join("examples/patroni");
-    ConfigTemplate {
-        path: examples.join("patroni.yml"),
-        vars: [
-            (
-                "CALLBACK",
-                examples.join("switchyard-callback").display().to_string(),
-            ),
-            ("PROXY", proxy_addr.to_owned()),
-            ("ADMIN_PASSWORD_FILE", password_file.display().to_string()),
-            ("CALLBACK_BUDGET", CALLBACK_BUDGET.to_owned()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v))
-        .into(),
-    }
-}
-
-/// The admin password for the callbacks (`--password-file`), readable only by the OS user
-/// that runs Patroni.
-fn write_admin_password(path: &Path) -> Result<()> {
-    std::fs::write(path, "admin\n").with_context(|| format!("writing {}", path.display()))?;
-    env::set_mode(path, 0o600)?;
-    env::chown_to_pg(path)
-}
-
-/// The proxy's configuration: cluster `main` of both nodes (with their REST APIs, for the
-/// admin console's SWITCHOVER), database `app` for user app/app, the admin console for
-/// admin/admin, transaction pooling (20 per pool), and the four bundled plugins.
-fn proxy_config(cluster: &PatroniCluster, listen: &str) -> Result<ProxyConfig> {
-    let mut config = ProxyConfig::for_patroni(cluster)?;
-    config.proxy.listen = listen.to_owned();
-    config.databases.retain(|name, _| name == roles::APP_DB);
-    config.users.retain(|name, _| name == roles::APP.0);
-    // Roles are only a hint: the proxy probes every node (as probe_user) and follows the
-    // primary. hold_timeout is above Patroni's ttl (20 s): after a crash, transactions
-    // wait for the election.
-    let config = config
-        .with_admin()
-        .set("clusters.main.probe_user", roles::APP.0)
-        .set("clusters.main.probe_database", roles::APP_DB)
-        .set("clusters.main.probe_interval", "100ms")
-        .set("clusters.main.hold_timeout", "40s");
-    // The bundled plugins decide pool mode, node health, what a topology event does to
-    // traffic, and which failed requests run again (SHOW PLUGINS on the admin console).
-    let config = plugin::with_component(
-        config,
-        "pool",
-        &plugin::component("pool-mode")?,
-        "pool-mode",
-        &[("mode", "transaction")],
-    );
-    let config = plugin::with_component(config, "health", &plugin::component("health")?, "health", &[]);
-    let config = plugin::with_component(
-        config,
-        "switchover",
-        &plugin::component("switchover")?,
-        "switchover",
-        &[("hold_ms", "40000"), ("drain_ms", "20000")],
-    );
-    Ok(plugin::with_component(
-        config,
-        "retry",
-        &plugin::component("retry")?,
-        "retry",
-        &[],
-    ))
-}
-
 /// Writes a row through the proxy into table `demo` (made if missing); the rows in it.
 async fn write_demo_row(proxy: &Endpoint) -> Result<i64> {
     let client = proxy.connect(roles::APP.0, roles::APP.1, roles::APP_DB).await?;
@@ -471,64 +314,4 @@ async fn write_demo_row(proxy: &Endpoint) -> Result<i64> {
         .await
         .context("writing a row into table demo through switchyard")?;
     Ok(client.query_one("SELECT count(*) FROM demo", &[]).await?.get(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use switchyard_tests::patroni::{render_template, TEMPLATE_VARS};
-
-    fn run(args: &[&str], vars: &[(&str, &str)]) -> Result<Options, String> {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let var = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
-        match parse(&args, var)? {
-            Cli::Run(opt) => Ok(opt),
-            Cli::Help => Err("help".to_owned()),
-        }
-    }
-
-    #[test]
-    fn options_and_settings() {
-        let opt = run(&[], &[]).unwrap();
-        assert!(!opt.tour && opt.serve && !opt.check);
-        assert_eq!((opt.port, opt.etcd_port, opt.dir), (6432, 12379, None));
-        let opt = run(
-            &["--tour", "--no-serve"],
-            &[
-                ("DEMO_PORT", "7432"),
-                ("DEMO_ETCD_PORT", "22379"),
-                ("DEMO_DIR", "/x"),
-            ],
-        )
-        .unwrap();
-        assert!(opt.tour && !opt.serve);
-        assert_eq!((opt.port, opt.etcd_port), (7432, 22379));
-        assert_eq!(opt.dir, Some(PathBuf::from("/x")));
-        assert_eq!(run(&["--help"], &[]).unwrap_err(), "help");
-        assert_eq!(run(&["--bogus"], &[]).unwrap_err(), USAGE);
-        assert_eq!(
-            run(&["--no-serve"], &[]).unwrap_err(),
-            "--no-serve only makes sense with --tour"
-        );
-        assert_eq!(
-            run(&[], &[("DEMO_PORT", "x")]).unwrap_err(),
-            "DEMO_PORT=\"x\" is not a port number"
-        );
-    }
-
-    /// The template users copy has a value for every placeholder from the cluster or the
-    /// demo (a new placeholder, or one in a comment, fails here before it fails the demo).
-    #[test]
-    fn the_patroni_template_renders_with_the_demos_values() {
-        let t = template("127.0.0.1:6432", Path::new("/d/admin.pass"));
-        let text = std::fs::read_to_string(&t.path).unwrap();
-        let value = |name: &str| {
-            let demo = t.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-            demo.or_else(|| TEMPLATE_VARS.contains(&name).then(|| format!("<{name}>")))
-        };
-        let config = render_template(&text, value).unwrap();
-        assert!(config.contains(
-            "--proxy 127.0.0.1:6432 --node <NODE_HOST>:<PG_PORT> --password-file /d/admin.pass --budget 20"
-        ));
-    }
 }
