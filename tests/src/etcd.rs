@@ -3,11 +3,15 @@
 //! Each [`Etcd`] listens on two free loopback ports of its own (client and
 //! peer; never Debian's 2379/2380, which a system etcd may hold), keeps its
 //! data and log in a scratch directory, is killed on `Drop`, and is guarded
-//! by a [`Watchdog`] so it never outlives the test process. The binary is
-//! `/usr/bin/etcd` from Debian's `etcd-server` (`scripts/lib.sh install`),
-//! or `SWITCHYARD_ETCD`.
+//! by a [`Watchdog`] so it never outlives the test process. [`Etcd::start_at`]
+//! is the demo's variant: fixed ports and a directory of the caller's, kept
+//! (a second start finds the same data). etcd runs in a process group of its
+//! own: a Ctrl-C on the terminal reaches only the program that started it,
+//! which stops it. The binary is `/usr/bin/etcd` from Debian's `etcd-server`
+//! (`scripts/lib.sh install`), or `SWITCHYARD_ETCD`.
 
-use std::fs::File;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +27,8 @@ pub struct Etcd {
     peer_port: u16,
     child: Option<Child>,
     watchdog: Option<Watchdog>,
+    /// Whether `dir` is the caller's (kept on drop) rather than scratch.
+    keep_dir: bool,
 }
 
 /// The etcd binary: `SWITCHYARD_ETCD`, else `/usr/bin/etcd`.
@@ -54,6 +60,7 @@ impl Etcd {
                 peer_port: ports::free_port()?,
                 child: None,
                 watchdog: None,
+                keep_dir: false,
             };
             match etcd.spawn(&binary) {
                 Ok(()) => return Ok(etcd),
@@ -72,8 +79,35 @@ impl Etcd {
         Err(last.expect("at least one attempt"))
     }
 
+    /// Start etcd on 127.0.0.1:`client_port` (its peer port is the next one) with its data
+    /// in `dir/data` and its log in `dir/etcd.log` (appended), and wait until it is healthy.
+    /// `dir` is the caller's: nothing in it is removed, and a second start with the same
+    /// `dir` serves the same data. No retry: a port in use is an error.
+    pub fn start_at(dir: &Path, client_port: u16) -> Result<Self> {
+        let binary = etcd_binary()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut etcd = Self {
+            dir: dir.to_owned(),
+            client_port,
+            peer_port: client_port
+                .checked_add(1)
+                .context("etcd's peer port is the client port + 1")?,
+            child: None,
+            watchdog: None,
+            keep_dir: true,
+        };
+        etcd.spawn(&binary)?;
+        Ok(etcd)
+    }
+
     fn spawn(&mut self, binary: &Path) -> Result<()> {
-        let log = File::create(self.log_path())?;
+        // A kept directory keeps its log too.
+        let mut open = OpenOptions::new();
+        match self.keep_dir {
+            true => open.create(true).append(true),
+            false => open.create(true).write(true).truncate(true),
+        };
+        let log = open.open(self.log_path())?;
         let client = self.client_url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(binary);
@@ -94,6 +128,7 @@ impl Etcd {
             .args(["--initial-cluster-state", "new"])
             .args(["--logger", "zap", "--log-level", "warn"])
             .current_dir(&self.dir)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -160,6 +195,22 @@ impl Etcd {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// SIGTERM, then SIGKILL if it is still running after `grace` (for data that is kept).
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(child) = self.child.as_mut() {
+            // Once reaped, the pid may belong to another process: never signal it then.
+            if matches!(child.try_wait(), Ok(None)) {
+                // SAFETY: kill(2) on our own child, alive and unreaped just above.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                let deadline = Instant::now() + grace;
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        self.kill();
+    }
+
     /// SIGKILL and reap (etcd's data is scratch: no need to be gentle).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -182,6 +233,8 @@ impl Drop for Etcd {
                 env::tail(&self.log_path(), 15)
             );
         }
-        scratch::remove_dir(&self.dir);
+        if !self.keep_dir {
+            scratch::remove_dir(&self.dir);
+        }
     }
 }

@@ -33,6 +33,7 @@ pub mod deadline;
 pub mod env;
 pub mod etcd;
 pub mod http;
+pub mod interrupt;
 pub mod load;
 pub mod patroni;
 pub mod peak;

@@ -704,6 +704,38 @@ impl LoadReport {
     pub fn max_stall(&self) -> Option<&Stall> {
         self.stalls.iter().max_by(|a, b| a.seconds.total_cmp(&b.seconds))
     }
+
+    /// The four lines a person reads first (`switchyard-load` and `scripts/demo --tour` print
+    /// them after the full report): client errors by SQLSTATE, lost and duplicated writes,
+    /// the longest stall, the operations done.
+    pub fn summary(&self) -> String {
+        let mut codes = self.errors.clone();
+        for (k, v) in &self.connect_failures {
+            *codes.entry(format!("{k} (connect)")).or_default() += v;
+        }
+        let stall = self.max_stall().map_or(0.0, |s| s.seconds);
+        format!(
+            "client errors: {}{}\nlost acknowledged writes: {} (duplicated: {})\nlongest stall: {:.3} s\n\
+             operations ok: {} in {:.1} s",
+            self.total_errors(),
+            if codes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", counts(&codes))
+            },
+            self.lost,
+            self.duplicated,
+            stall,
+            self.ops_ok,
+            self.duration.as_secs_f64()
+        )
+    }
+
+    /// Whether the run was clean: no client saw an error, no acknowledged write is missing
+    /// or doubled.
+    pub fn clean(&self) -> bool {
+        self.total_errors() == 0 && self.lost == 0 && self.duplicated == 0
+    }
 }
 
 fn counts(m: &BTreeMap<String, u64>) -> String {

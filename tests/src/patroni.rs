@@ -35,6 +35,15 @@
 //! ([`LogEvent`], [`SwitchoverTimeline`] read them). Errors from waits carry
 //! the tails of every log ([`PatroniCluster::logs_tail`]).
 //!
+//! The demo's variant (`scripts/demo`): a [`FixedLayout`] puts the cluster at
+//! fixed ports in a directory of the caller's, which is kept (a second start
+//! finds the data and starts every node at once; any may become the leader),
+//! and a [`ConfigTemplate`] renders each node's `patroni.yml` from a template
+//! (`examples/patroni/patroni.yml`) instead of the test bed's own. Patroni and
+//! etcd run in process groups of their own: a Ctrl-C on the terminal reaches
+//! only the program that started them, which stops them
+//! ([`PatroniCluster::stop`]: replicas first, then the leader, then etcd).
+//!
 //! Teardown: everything is killed on `Drop` (Patroni with SIGKILL, then each
 //! postmaster with SIGQUIT, i.e. immediate shutdown; data is scratch), also
 //! when a test panics. Patroni starts PostgreSQL detached (its own session,
@@ -140,6 +149,84 @@ pub struct PatroniOptions {
     pub retry_timeout: u32,
     /// Extra PostgreSQL settings for every node (`postgresql.parameters`).
     pub parameters: Vec<(String, String)>,
+    /// Fixed ports and directory instead of free ports in scratch (see [`FixedLayout`]).
+    pub layout: Option<FixedLayout>,
+    /// Each node's `patroni.yml` from this template instead of the test bed's own (see
+    /// [`ConfigTemplate`]).
+    pub template: Option<ConfigTemplate>,
+    /// Called with a progress line at each step of start-up that may take a while
+    /// (default: nothing is said).
+    pub progress: fn(&str),
+    /// Asked while start-up and the other waits poll: `true` ends the wait with an
+    /// "interrupted" error (the demo's Ctrl-C). Default: never.
+    pub interrupted: fn() -> bool,
+}
+
+/// Where a cluster with fixed ports lives (the demo's layout).
+///
+/// `dir` holds `etcd/` (data and `etcd.log`), one directory per node (`node0/`, ...),
+/// `patronictl.yml` and the bootstrap scripts. It is the caller's: created if missing,
+/// never removed. When a node other than `node0` already has a data directory (an earlier
+/// run), every node starts at once and any may become the leader.
+#[derive(Clone, Debug)]
+pub struct FixedLayout {
+    pub dir: PathBuf,
+    /// Patroni's scope (cluster name).
+    pub scope: String,
+    /// Per node, `node0` first: (PostgreSQL port, REST API port). As many as
+    /// [`PatroniOptions::nodes`].
+    pub ports: Vec<(u16, u16)>,
+    /// etcd's client port on 127.0.0.1; its peer port is the next one.
+    pub etcd_port: u16,
+}
+
+/// A Patroni configuration file with `${NAME}` placeholders (such as
+/// `examples/patroni/patroni.yml`), rendered once per node.
+///
+/// The cluster gives [`TEMPLATE_VARS`] (`SCOPE`, `NODE_NAME`, `NODE_HOST`, `PG_PORT`,
+/// `API_PORT`, `NODE_DIR`, `PG_BIN`, `ETCD_HOSTS`, and `POST_BOOTSTRAP`: the test bed's roles
+/// and databases); `vars` gives the others. A placeholder without a value fails the start, naming it and its
+/// line. The template decides Patroni's settings, so the options that shape the test bed's
+/// own file (`before_stop`, `on_role_change`, `parameters`, `synchronous_mode`) are refused
+/// with one.
+#[derive(Clone, Debug)]
+pub struct ConfigTemplate {
+    pub path: PathBuf,
+    pub vars: Vec<(String, String)>,
+}
+
+/// The placeholders of a [`ConfigTemplate`] the cluster fills, per node.
+pub const TEMPLATE_VARS: [&str; 9] = [
+    "SCOPE",
+    "NODE_NAME",
+    "NODE_HOST",
+    "PG_PORT",
+    "API_PORT",
+    "NODE_DIR",
+    "PG_BIN",
+    "ETCD_HOSTS",
+    "POST_BOOTSTRAP",
+];
+
+/// `text` with every `${NAME}` replaced by `value(NAME)`; an error names the first
+/// placeholder without a value (or left open) and its line.
+pub fn render_template(text: &str, value: impl Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let line = text[..text.len() - rest.len() + start].matches('\n').count() + 1;
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .with_context(|| format!("line {line}: `${{` without a closing `}}`"))?;
+        let name = &after[..end];
+        let v = value(name).with_context(|| format!("line {line}: placeholder ${{{name}}} has no value"))?;
+        out.push_str(&v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 impl Default for PatroniOptions {
@@ -153,6 +240,10 @@ impl Default for PatroniOptions {
             loop_wait: 1,
             retry_timeout: 5,
             parameters: Vec::new(),
+            layout: None,
+            template: None,
+            progress: |_| {},
+            interrupted: || false,
         }
     }
 }
@@ -179,6 +270,31 @@ impl PatroniOptions {
     /// Add a PostgreSQL setting for every node.
     pub fn parameter(mut self, name: &str, value: impl ToString) -> Self {
         self.parameters.push((name.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Fixed ports and directory (see [`FixedLayout`]); also sets the number of nodes.
+    pub fn layout(mut self, layout: FixedLayout) -> Self {
+        self.nodes = layout.ports.len();
+        self.layout = Some(layout);
+        self
+    }
+
+    /// Render each node's configuration from a template (see [`ConfigTemplate`]).
+    pub fn template(mut self, template: ConfigTemplate) -> Self {
+        self.template = Some(template);
+        self
+    }
+
+    /// Report start-up's steps (see [`PatroniOptions::progress`]).
+    pub fn progress(mut self, progress: fn(&str)) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// End waits early when `interrupted` says so (see [`PatroniOptions::interrupted`]).
+    pub fn interruptible(mut self, interrupted: fn() -> bool) -> Self {
+        self.interrupted = interrupted;
         self
     }
 }
@@ -296,6 +412,28 @@ impl PatroniCluster {
         if opts.loop_wait + 2 * opts.retry_timeout > opts.ttl.max(MIN_TTL) {
             bail!("Patroni requires loop_wait + 2 * retry_timeout <= ttl");
         }
+        if let Some(layout) = &opts.layout {
+            if layout.ports.len() != opts.nodes {
+                bail!(
+                    "the layout has ports for {} nodes, not {}",
+                    layout.ports.len(),
+                    opts.nodes
+                );
+            }
+        }
+        if let Some(t) = &opts.template {
+            if opts.before_stop.is_some()
+                || opts.on_role_change.is_some()
+                || !opts.parameters.is_empty()
+                || opts.synchronous_mode
+            {
+                bail!(
+                    "with a config template ({}), before_stop, on_role_change, parameters and \
+                     synchronous_mode are the template's",
+                    t.path.display()
+                );
+            }
+        }
         patroni_program("patroni")?;
         env::pg_program("postgres")?;
         let mut attempt = 0;
@@ -303,21 +441,49 @@ impl PatroniCluster {
             attempt += 1;
             match Self::try_start(opts.clone()) {
                 Ok(c) => return Ok(c),
-                Err(e) if attempt < 3 && format!("{e:#}").contains(PORT_IN_USE) => continue,
+                // Free ports were taken meanwhile: others are free (fixed ones are not).
+                Err(e) if attempt < 3 && opts.layout.is_none() && format!("{e:#}").contains(PORT_IN_USE) => {
+                    continue
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
     fn try_start(opts: PatroniOptions) -> Result<Self> {
-        let dir = scratch::fresh_dir("patroni")?;
-        let scope = format!(
-            "sy-{}-{}",
-            std::process::id(),
-            dir.file_name().and_then(|n| n.to_str()).unwrap_or("patroni")
-        );
-        let etcd = Etcd::start()?;
+        let (dir, scope, etcd, ports) = match &opts.layout {
+            Some(layout) => {
+                std::fs::create_dir_all(&layout.dir)
+                    .with_context(|| format!("creating {}", layout.dir.display()))?;
+                env::set_mode(&layout.dir, 0o755)?;
+                let etcd = Etcd::start_at(&layout.dir.join("etcd"), layout.etcd_port)?;
+                (
+                    layout.dir.clone(),
+                    layout.scope.clone(),
+                    etcd,
+                    layout.ports.clone(),
+                )
+            }
+            None => {
+                let dir = scratch::fresh_dir("patroni")?;
+                let scope = format!(
+                    "sy-{}-{}",
+                    std::process::id(),
+                    dir.file_name().and_then(|n| n.to_str()).unwrap_or("patroni")
+                );
+                let ports = (0..opts.nodes)
+                    .map(|_| Ok((ports::free_port()?, ports::free_port()?)))
+                    .collect::<Result<Vec<_>>>()?;
+                (dir, scope, Etcd::start()?, ports)
+            }
+        };
+        (opts.progress)(&format!(
+            "etcd on {} (log {})",
+            etcd.client_addr(),
+            etcd.log_path().display()
+        ));
         std::fs::write(dir.join("setup.sql"), SETUP_SQL)?;
+        env::set_mode(&dir.join("setup.sql"), 0o644)?;
         let script = dir.join("post_bootstrap.sh");
         std::fs::write(
             &script,
@@ -330,15 +496,15 @@ impl PatroniCluster {
         )?;
         env::set_mode(&script, 0o755)?;
         let mut nodes = Vec::new();
-        for i in 0..opts.nodes {
+        for (i, (pg_port, api_port)) in ports.into_iter().enumerate() {
             let name = format!("node{i}");
             let node_dir = dir.join(&name);
             std::fs::create_dir_all(&node_dir)?;
             nodes.push(PatroniNode {
                 name,
                 dir: node_dir,
-                pg_port: ports::free_port()?,
-                api_port: ports::free_port()?,
+                pg_port,
+                api_port,
                 child: None,
                 watchdog: None,
             });
@@ -356,17 +522,53 @@ impl PatroniCluster {
             cluster.write_config(i)?;
         }
         cluster.write_ctl_config()?;
-        env::chown_to_pg(&cluster.dir)?;
-
-        cluster.nodes[0].spawn()?;
-        cluster
-            .wait_for_leader(Duration::from_secs(90))
-            .context("waiting for node0 to bootstrap")?;
-        for i in 1..cluster.nodes.len() {
-            cluster.nodes[i].spawn()?;
+        // Patroni (as the `postgres` OS user) writes only in its node's directory.
+        for node in &cluster.nodes {
+            env::chown_to_pg(&node.dir)?;
         }
-        cluster.wait_healthy(Duration::from_secs(90))?;
+
+        // A cluster made by an earlier run (a kept layout): every node at once, as any of
+        // them may have been the leader. Otherwise node0 bootstraps and the others copy it.
+        let existing = cluster.nodes[1..]
+            .iter()
+            .any(|n| n.data_dir().join("PG_VERSION").exists());
+        let first = if existing { cluster.nodes.len() } else { 1 };
+        for i in 0..first {
+            cluster.spawn_node(i)?;
+        }
+        if !existing {
+            (cluster.opts.progress)("waiting for node0 to bootstrap");
+            cluster
+                .wait_for_leader(Duration::from_secs(90))
+                .context("waiting for node0 to bootstrap")?;
+            for i in 1..cluster.nodes.len() {
+                cluster.spawn_node(i)?;
+            }
+        }
+        (cluster.opts.progress)(&format!(
+            "waiting for a leader{}",
+            if cluster.nodes.len() > 1 {
+                " and every other node streaming from it"
+            } else {
+                ""
+            }
+        ));
+        cluster.wait_healthy(Duration::from_secs(120))?;
         Ok(cluster)
+    }
+
+    /// Start node `i`'s Patroni and say so.
+    fn spawn_node(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        node.spawn()?;
+        (self.opts.progress)(&format!(
+            "Patroni {}: Postgres {}, REST API {} (log {})",
+            node.name,
+            node.addr(),
+            node.api_addr(),
+            node.patroni_log_path().display()
+        ));
+        Ok(())
     }
 
     fn substitute(&self, cmd: &str, node: &PatroniNode) -> String {
@@ -378,6 +580,51 @@ impl PatroniCluster {
     }
 
     fn write_config(&self, i: usize) -> Result<()> {
+        match &self.opts.template {
+            Some(t) => self.render_config(i, t),
+            None => self.write_own_config(i),
+        }
+    }
+
+    /// Node `i`'s configuration from `template` (see [`ConfigTemplate`]).
+    fn render_config(&self, i: usize, template: &ConfigTemplate) -> Result<()> {
+        let node = &self.nodes[i];
+        let text = std::fs::read_to_string(&template.path)
+            .with_context(|| format!("reading {}", template.path.display()))?;
+        // In the order of TEMPLATE_VARS.
+        let own: Vec<(&str, String)> = TEMPLATE_VARS
+            .into_iter()
+            .zip([
+                self.scope.clone(),
+                node.name.clone(),
+                node.host().to_owned(),
+                node.pg_port.to_string(),
+                node.api_port.to_string(),
+                node.dir.display().to_string(),
+                env::pg_bin_dir().display().to_string(),
+                self.etcd.client_addr(),
+                self.dir.join("post_bootstrap.sh").display().to_string(),
+            ])
+            .collect();
+        let config = render_template(&text, |name| {
+            own.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| {
+                    template
+                        .vars
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                })
+        })
+        .with_context(|| format!("rendering {}", template.path.display()))?;
+        std::fs::write(node.config_path(), config)?;
+        Ok(())
+    }
+
+    /// Node `i`'s configuration: the test bed's own, from the options.
+    fn write_own_config(&self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
         let hba: Vec<String> = HBA
             .lines()
@@ -488,7 +735,7 @@ impl PatroniCluster {
             "etcd3": {"hosts": [self.etcd.client_addr()]},
         });
         std::fs::write(self.ctl_config_path(), serde_json::to_string_pretty(&config)?)?;
-        Ok(())
+        env::set_mode(&self.ctl_config_path(), 0o644)
     }
 
     /// Patroni's scope (cluster name) in etcd.
@@ -585,6 +832,7 @@ impl PatroniCluster {
         let mut last;
         let mut checked = Instant::now();
         loop {
+            self.check_interrupted()?;
             if checked.elapsed() > Duration::from_secs(1) {
                 self.check_ports()?;
                 checked = Instant::now();
@@ -617,6 +865,14 @@ impl PatroniCluster {
         }
     }
 
+    /// Fail when [`PatroniOptions::interrupted`] says so.
+    fn check_interrupted(&self) -> Result<()> {
+        if (self.opts.interrupted)() {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
     /// Fail fast (with [`PORT_IN_USE`] in the message, so that start-up
     /// retries with other ports) when a node's PostgreSQL or REST API lost
     /// its port to another process between the check and the bind.
@@ -638,6 +894,7 @@ impl PatroniCluster {
         let leader = self.wait_for_leader(timeout)?.name.clone();
         let mut last;
         loop {
+            self.check_interrupted()?;
             let alive: Vec<&str> = self
                 .nodes
                 .iter()
@@ -845,6 +1102,31 @@ impl PatroniCluster {
         n.terminate(Duration::from_secs(120))
     }
 
+    /// Stop the whole cluster as an operator does, keeping its data: SIGTERM to every
+    /// node's Patroni, the replicas' first and the leader's last (a leader's Patroni that
+    /// stops first releases the leader key, and a replica's Patroni would promote its
+    /// node), each waited for up to 60 s (Patroni stops its PostgreSQL, running
+    /// `before_stop`), then etcd. Whatever still runs after a failure is left to `Drop`.
+    pub fn stop(&mut self) -> Result<()> {
+        let leader = self
+            .cluster_state()
+            .ok()
+            .and_then(|s| s.leader().map(|m| m.name.clone()));
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        order.sort_by_key(|&i| Some(&self.nodes[i].name) == leader.as_ref());
+        let mut failures = Vec::new();
+        for i in order {
+            if let Err(e) = self.nodes[i].terminate(Duration::from_secs(60)) {
+                failures.push(format!("{e:#}"));
+            }
+        }
+        self.etcd.stop(Duration::from_secs(10));
+        if !failures.is_empty() {
+            bail!("{}", failures.join("; "));
+        }
+        Ok(())
+    }
+
     /// Start Patroni on `node` again (after [`Self::kill_node`] or
     /// [`Self::stop_node`]) and wait until the cluster is healthy.
     pub fn start_node(&mut self, node: &str) -> Result<()> {
@@ -993,7 +1275,10 @@ impl Drop for PatroniCluster {
                 self.logs_tail(40)
             );
         }
-        scratch::remove_dir(&self.dir);
+        // A fixed layout's directory is the caller's.
+        if self.opts.layout.is_none() {
+            scratch::remove_dir(&self.dir);
+        }
     }
 }
 
@@ -1132,6 +1417,7 @@ impl PatroniNode {
             .open(self.patroni_log_path())?;
         let mut cmd = Command::new(patroni_program("patroni")?);
         cmd.arg(self.config_path())
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -1484,5 +1770,18 @@ mod tests {
         );
         assert_eq!(clock(pg), "18:56:28.123");
         assert!(parse_log_time("waiting for server").is_none());
+    }
+
+    #[test]
+    fn renders_templates_and_names_a_missing_value() {
+        let value = |name: &str| (name == "A").then(|| "1".to_owned());
+        assert_eq!(
+            render_template("a: ${A}\nb: $A ${A}x", value).unwrap(),
+            "a: 1\nb: $A 1x"
+        );
+        let e = render_template("a: ${A}\nb: ${B}\n", value).unwrap_err();
+        assert_eq!(e.to_string(), "line 2: placeholder ${B} has no value");
+        let e = render_template("a: ${A", value).unwrap_err();
+        assert_eq!(e.to_string(), "line 1: `${` without a closing `}`");
     }
 }

@@ -23,20 +23,31 @@ pub fn component(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `cfg` with plugin `name`: the component at `path` serving `hook` (`[plugins.<name>]`),
+/// with `settings`.
+pub fn with_component(
+    cfg: ProxyConfig,
+    name: &str,
+    path: &Path,
+    hook: &str,
+    settings: &[(&str, &str)],
+) -> ProxyConfig {
+    let mut cfg = cfg
+        .set(&format!("plugins.{name}.path"), path.display().to_string())
+        .set(
+            &format!("plugins.{name}.hooks"),
+            toml::Value::Array(vec![hook.into()]),
+        );
+    for (k, v) in settings {
+        cfg = cfg.set(&format!("plugins.{name}.settings.{k}"), *v);
+    }
+    cfg
+}
+
 /// `cfg` with the component at `path` serving pool mode (as plugin `policy`) for every
 /// database, with `settings`, and the admin user `admin`/`admin`.
 pub fn with_plugin_path(cfg: ProxyConfig, path: &Path, settings: &[(&str, &str)]) -> ProxyConfig {
-    let mut cfg = cfg
-        .set("plugins.policy.path", path.display().to_string())
-        .set(
-            "plugins.policy.hooks",
-            toml::Value::Array(vec!["pool-mode".into()]),
-        )
-        .with_admin();
-    for (k, v) in settings {
-        cfg = cfg.set(&format!("plugins.policy.settings.{k}"), *v);
-    }
-    cfg
+    with_component(cfg, "policy", path, "pool-mode", settings).with_admin()
 }
 
 /// [`with_plugin_path`] for the built component `name` (see [`component`]).

@@ -6,11 +6,13 @@
 //! binary (`switchyard --config <file>`) as a black box, waits until it
 //! accepts TCP connections, keeps its output in a log file, shows the log's
 //! tail when a test fails, and kills it on `Drop` (or via a [`Watchdog`] if
-//! the test process dies).
+//! the test process dies). It runs in a process group of its own: a Ctrl-C on
+//! the terminal reaches only the program that started it, which stops it.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -287,6 +289,10 @@ pub struct Launch {
     /// The tests' rule on drop: print the log tail (the harness shows it for failing tests)
     /// and fail when the log shows a panic. A benchmark checks [`Proxy::panics`] itself.
     pub checks_on_drop: bool,
+    /// Where the config file (`switchyard.toml`) and the log (`switchyard.log`, appended)
+    /// go. `None` (the default): a fresh scratch directory, removed on drop; a directory
+    /// given here is the caller's and is kept (the demo's).
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for Launch {
@@ -296,6 +302,7 @@ impl Default for Launch {
             ready_within: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
             checks_on_drop: true,
+            dir: None,
         }
     }
 }
@@ -322,7 +329,10 @@ impl Proxy {
     /// [`Proxy::start`], run as `launch` says.
     pub fn start_with(mut config: ProxyConfig, launch: Launch) -> Result<Self> {
         let binary = env::proxy_binary()?;
-        let dir = scratch::fresh_dir("proxy")?;
+        let dir = match &launch.dir {
+            Some(dir) => dir.clone(),
+            None => scratch::fresh_dir("proxy")?,
+        };
         let pick_port = config.proxy.listen.is_empty();
         let mut attempt = 0;
         loop {
@@ -361,7 +371,13 @@ impl Proxy {
         let config_path = self.config_path();
         std::fs::write(&config_path, self.config.to_toml()?)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let log = File::create(self.log_path())?;
+        // A kept directory keeps its log too.
+        let mut open = OpenOptions::new();
+        match self.launch.dir {
+            Some(_) => open.create(true).append(true),
+            None => open.create(true).write(true).truncate(true),
+        };
+        let log = open.open(self.log_path())?;
         let mut cmd = match self.launch.wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -373,6 +389,7 @@ impl Proxy {
         cmd.arg("--config")
             .arg(&config_path)
             .current_dir(&self.dir)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -566,7 +583,9 @@ impl Drop for Proxy {
         let crashed = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
         self.stop();
         if !self.launch.checks_on_drop {
-            scratch::remove_dir(&self.dir);
+            if self.launch.dir.is_none() {
+                scratch::remove_dir(&self.dir);
+            }
             return;
         }
         let panics = self.panics();
@@ -590,7 +609,9 @@ impl Drop for Proxy {
             self.log_path().display(),
             panics.join("\n")
         );
-        scratch::remove_dir(&self.dir);
+        if self.launch.dir.is_none() {
+            scratch::remove_dir(&self.dir);
+        }
     }
 }
 

@@ -7,10 +7,13 @@
 //! end lives in the test process (Rust opens pipes close-on-exec, so no other
 //! child inherits it). When the test process exits for any reason, the kernel
 //! closes that end, `read` hits EOF, and the companion signals the server.
-//! A normal teardown writes `done` first, which disarms it.
+//! A normal teardown writes `done` first, which disarms it. The companion runs in a process
+//! group of its own, so that a Ctrl-C on the terminal (SIGINT to the foreground group) does not
+//! end it before the test process's end closes the pipe.
 
 use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
 use anyhow::{Context, Result};
@@ -43,6 +46,7 @@ impl Watchdog {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .context("spawning watchdog (sh)")?;
         let stdin = child.stdin.take();

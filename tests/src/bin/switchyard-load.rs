@@ -1,5 +1,6 @@
 //! `switchyard-load`: the failover load tool of the test bed ([`switchyard_tests::load`]) as a
-//! command, for `scripts/demo --tour` and for trying a switchover by hand.
+//! command, for trying a switchover by hand (`scripts/demo` shows how; its `--tour` runs the
+//! same load in-process).
 //!
 //! N clients alternate an INSERT and a SELECT (autocommit, prepared statements) into a fresh
 //! table for a while, counting every client-visible error by SQLSTATE and the longest stall;
@@ -101,36 +102,6 @@ async fn run(args: Args) -> Result<LoadReport> {
     load.finish(&verify).await
 }
 
-/// The lines `scripts/demo --tour` shows, after the full report.
-fn summary(r: &LoadReport) -> String {
-    let by_code = |m: &std::collections::BTreeMap<String, u64>| {
-        m.iter()
-            .map(|(k, v)| format!("{k} x {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut codes = r.errors.clone();
-    for (k, v) in &r.connect_failures {
-        *codes.entry(format!("{k} (connect)")).or_default() += v;
-    }
-    let stall = r.max_stall().map_or(0.0, |s| s.seconds);
-    format!(
-        "client errors: {}{}\nlost acknowledged writes: {} (duplicated: {})\nlongest stall: {:.3} s\n\
-         operations ok: {} in {:.1} s",
-        r.total_errors(),
-        if codes.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", by_code(&codes))
-        },
-        r.lost,
-        r.duplicated,
-        stall,
-        r.ops_ok,
-        r.duration.as_secs_f64()
-    )
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = match parse_args() {
@@ -142,11 +113,11 @@ async fn main() -> ExitCode {
     };
     match run(args).await {
         Ok(report) => {
-            println!("{report}\n\n{}", summary(&report));
-            if report.total_errors() > 0 || report.lost > 0 || report.duplicated > 0 {
-                ExitCode::from(1)
-            } else {
+            println!("{report}\n\n{}", report.summary());
+            if report.clean() {
                 ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
         Err(e) => {

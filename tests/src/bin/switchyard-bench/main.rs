@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use switchyard_tests::env;
+use switchyard_tests::{env, interrupt};
 
 /// A progress line on stderr: `[bench   12s] message`.
 #[macro_export]
@@ -25,7 +25,6 @@ macro_rules! log {
 }
 
 mod callgrind;
-mod interrupt;
 mod measure;
 mod options;
 mod report;

@@ -1,6 +1,8 @@
-//! Ctrl-C, SIGTERM and SIGHUP end the benchmark cleanly: the handler only records the
-//! signal; every wait of the benchmark checks it ([`check`], [`sleep`]) and returns
-//! [`Interrupted`], which unwinds to `main`, whose drops stop every server started.
+//! Ctrl-C, SIGTERM and SIGHUP end a program of the test bed (the benchmark, the demo)
+//! cleanly: the handler only records the signal; every wait of the program checks it
+//! ([`check`], [`sleep`]) and returns [`Interrupted`], which unwinds to `main`, whose drops
+//! stop every server started. A second signal changes nothing, so it cannot cut a cleanup
+//! short.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
