@@ -218,15 +218,12 @@ impl Session {
                     }
                 },
                 Err(wait) => {
-                    // The router waits (for a replica to catch up), within the hold budget.
-                    let budget = self.pool.cluster.hold_timeout;
-                    let left = budget.saturating_sub(started.elapsed());
+                    // The router waits (for a replica to catch up), within the cluster's
+                    // hold budget; past it the work runs on the primary.
+                    let left = self.pool.cluster.hold_timeout.saturating_sub(started.elapsed());
                     if left.is_zero() {
-                        return Err(PoolError::NoPrimary {
-                            cluster: self.pool.cluster.name.clone(),
-                            waited: started.elapsed(),
-                        }
-                        .into());
+                        self.pool.reads.fell_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(self.pool.checkout().await?);
                     }
                     tokio::time::sleep(wait.min(left)).await;
                 }
