@@ -18,7 +18,7 @@ use crate::config::ConfigError;
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
-use crate::pool::{DatabaseRoute, Pool, PoolSettings, RoutingSettings};
+use crate::pool::{DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings};
 use crate::topology::reads::{LagBudget, Skip};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
@@ -167,6 +167,7 @@ impl ProxyState {
                     },
                     read_your_writes: db.read_your_writes,
                     database_commits: Arc::default(),
+                    functions: Arc::new(FunctionCatalog::new(&db.read_only_functions, &db.write_functions)),
                 },
             };
             databases.insert(
@@ -265,6 +266,10 @@ impl ProxyState {
                 tracing::warn!(sections = ?needs_restart, "configuration changes outside [plugins] take effect at restart");
             }
             let plugins = state.plugins.reload(&config);
+            // Functions may have changed volatility: read the catalogs again when next needed.
+            for route in state.databases.values() {
+                route.settings.routing.functions.invalidate();
+            }
             Ok(Reloaded {
                 plugins,
                 needs_restart,

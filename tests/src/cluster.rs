@@ -139,7 +139,11 @@ impl PgCluster {
             _deadline: deadline,
         };
         for i in 0..opts.replicas {
-            let name = if i == 0 { "replica".to_owned() } else { format!("replica{}", i + 1) };
+            let name = if i == 0 {
+                "replica".to_owned()
+            } else {
+                format!("replica{}", i + 1)
+            };
             let replica_data = dir.join(&name);
             cluster.primary.run_as_pg(
                 Command::new(env::pg_program("pg_basebackup")?)

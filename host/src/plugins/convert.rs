@@ -10,10 +10,11 @@ use super::bindings::switchyard::policy::types;
 use super::instance::CallError;
 use crate::policy::pool_mode::ReadyAction;
 use crate::policy::retry::{FailedRequest, Fate, Phase, RetryDecision};
-use crate::policy::router::{QueryKind, Route};
+use crate::policy::router::Route;
 use crate::policy::switchover::{HoldPlan, NodeInfo, TopologyEvent};
 use crate::policy::topology::{ProbeInput, Role, Verdict};
 use crate::policy::{HookError, SessionDetails};
+use crate::sql::route::Kind;
 
 /// A node index or count as the WIT carries it.
 fn index(n: usize) -> u32 {
@@ -125,15 +126,15 @@ impl From<TopologyEvent> for switchover::TopologyEvent {
 }
 
 /// A node with its index in the cluster's `nodes`.
-impl From<QueryKind> for types::QueryKind {
-    fn from(k: QueryKind) -> types::QueryKind {
+impl From<Kind> for types::QueryKind {
+    fn from(k: Kind) -> types::QueryKind {
         match k {
-            QueryKind::Read => types::QueryKind::Read,
-            QueryKind::Write => types::QueryKind::Write,
-            QueryKind::Ddl => types::QueryKind::Ddl,
-            QueryKind::TransactionControl => types::QueryKind::TransactionControl,
-            QueryKind::SessionControl => types::QueryKind::SessionControl,
-            QueryKind::Unknown => types::QueryKind::Unknown,
+            Kind::Read => types::QueryKind::Read,
+            Kind::Write => types::QueryKind::Write,
+            Kind::Ddl => types::QueryKind::Ddl,
+            Kind::TransactionControl => types::QueryKind::TransactionControl,
+            Kind::SessionControl => types::QueryKind::SessionControl,
+            Kind::Unknown => types::QueryKind::Unknown,
         }
     }
 }

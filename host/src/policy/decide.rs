@@ -409,8 +409,8 @@ mod tests {
     use super::*;
     use crate::config::ReadRouting;
     use crate::policy::retry::{Fate, Phase};
-    use crate::policy::router::QueryKind;
     use crate::policy::topology::{ProbeSample, Role};
+    use crate::sql::route::Kind;
 
     /// A hook that fails every call, as a trapping plugin does.
     struct Failing;
@@ -515,7 +515,7 @@ mod tests {
             ReadyAction::Keep
         );
         let read = RouteRequest {
-            kind: QueryKind::Read,
+            kind: Kind::Read,
             replica_ok: true,
             in_transaction: false,
             read_routing: ReadRouting::Off,
@@ -633,7 +633,7 @@ mod tests {
         let policies = installed(1, |a| a.serve_router("db", Arc::new(Reckless)));
         let (mut session, mut about) = (policies.session("db"), facts());
         let mut request = RouteRequest {
-            kind: QueryKind::Write,
+            kind: Kind::Write,
             replica_ok: false,
             in_transaction: false,
             read_routing: ReadRouting::Replicas,
@@ -644,7 +644,7 @@ mod tests {
             Route::Primary
         );
         request.replica_ok = true;
-        request.kind = QueryKind::Read;
+        request.kind = Kind::Read;
         assert_eq!(
             policies.route(&mut session, &mut about, &request, Vec::new),
             Route::Node(1)

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::config::ReadRouting;
+use crate::sql::route::Kind;
 
 /// Where a transaction runs (the twin of the WIT `route-decision`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,22 +25,10 @@ pub enum Route {
     Reject { sqlstate: String, message: String },
 }
 
-/// What a statement or transaction is about to do, as the host's classification tells
-/// (the twin of the WIT `query-kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryKind {
-    Read,
-    Write,
-    Ddl,
-    TransactionControl,
-    SessionControl,
-    Unknown,
-}
-
 /// The work a router decides about.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteRequest {
-    pub kind: QueryKind,
+    pub kind: Kind,
     /// Every rule of the host's classification lets a replica run it: a read-only
     /// statement or a transaction declared read-only. When false, the work goes to the
     /// primary whatever the router answers.
@@ -77,7 +66,7 @@ mod tests {
 
     fn request(replica_ok: bool, read_routing: ReadRouting) -> RouteRequest {
         RouteRequest {
-            kind: if replica_ok { QueryKind::Read } else { QueryKind::Write },
+            kind: if replica_ok { Kind::Read } else { Kind::Write },
             replica_ok,
             in_transaction: false,
             read_routing,
@@ -89,7 +78,10 @@ mod tests {
     fn the_built_in_sends_reads_to_replicas_only_when_routing_is_on() {
         assert_eq!(route(&request(true, ReadRouting::Off)), Route::Primary);
         assert_eq!(route(&request(true, ReadRouting::Replicas)), Route::AnyReplica);
-        assert_eq!(route(&request(true, ReadRouting::ReplicasOrPrimary)), Route::AnyReplica);
+        assert_eq!(
+            route(&request(true, ReadRouting::ReplicasOrPrimary)),
+            Route::AnyReplica
+        );
         assert_eq!(route(&request(false, ReadRouting::Replicas)), Route::Primary);
     }
 
@@ -98,7 +90,10 @@ mod tests {
         let write = request(false, ReadRouting::Replicas);
         assert_eq!(clamp(&write, Route::Node(1)), Route::Primary);
         assert_eq!(clamp(&write, Route::AnyReplica), Route::Primary);
-        assert_eq!(clamp(&write, Route::Wait(Duration::from_millis(5))), Route::Wait(Duration::from_millis(5)));
+        assert_eq!(
+            clamp(&write, Route::Wait(Duration::from_millis(5))),
+            Route::Wait(Duration::from_millis(5))
+        );
         let read = request(true, ReadRouting::Off);
         assert_eq!(clamp(&read, Route::Node(1)), Route::Node(1));
     }

@@ -10,6 +10,7 @@
 //! waits for the topology to change rather than fail at once. Servers on a node that is no
 //! longer the primary are closed when they come back to the pool or are found idle.
 
+mod functions;
 mod pause;
 mod reads;
 mod servers;
@@ -17,6 +18,7 @@ mod statements;
 
 pub use pause::{Pause, PauseGate};
 
+pub use functions::FunctionCatalog;
 pub use reads::{ReadStats, RoutingSettings};
 pub use statements::{StatementDef, StatementRegistry};
 
@@ -179,7 +181,9 @@ impl Pool {
             server_database,
             pause,
             primary: Servers::new(settings.size),
-            replicas: (0..cluster.nodes.len()).map(|_| Servers::new(settings.size)).collect(),
+            replicas: (0..cluster.nodes.len())
+                .map(|_| Servers::new(settings.size))
+                .collect(),
             reads: ReadStats::new(cluster.nodes.len()),
             cluster,
             settings,

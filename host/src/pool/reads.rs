@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::functions::FunctionCatalog;
 use super::{Checkout, Pool, PoolError};
 use crate::config::{ReadRouting, ReadYourWrites};
 use crate::server::ServerError;
@@ -21,6 +22,8 @@ pub struct RoutingSettings {
     /// The mark of the latest commit that may have written, through any of the database's
     /// pools (`read_your_writes = "database"`); see `Cluster::commit_mark`.
     pub database_commits: Arc<AtomicU64>,
+    /// The database's functions and their volatility.
+    pub functions: Arc<FunctionCatalog>,
 }
 
 impl Default for RoutingSettings {
@@ -33,6 +36,7 @@ impl Default for RoutingSettings {
             },
             read_your_writes: ReadYourWrites::Off,
             database_commits: Arc::default(),
+            functions: Arc::default(),
         }
     }
 }
@@ -54,7 +58,7 @@ pub struct NodeReads {
 pub struct ReadStats {
     /// Per node of the pool's cluster.
     pub nodes: Box<[NodeReads]>,
-    /// Where the next choice starts looking, so that equally busy replicas take turns.
+    /// Counts choices, so that equally busy replicas take turns.
     turn: AtomicUsize,
     /// Reads that went to the primary because no replica could take them.
     pub fell_back: AtomicU64,
@@ -120,30 +124,47 @@ impl Pool {
                 return Some(node);
             }
         }
-        let mut best: Option<(usize, usize)> = None;
-        if with_primary && view.primary.is_some() {
-            let (_, in_use) = self.primary.counts(self.settings.size);
-            best = Some((usize::MAX, in_use));
-        }
-        let count = view.nodes.len();
-        let start = self.reads.turn.fetch_add(1, Ordering::Relaxed);
-        for i in (0..count).map(|k| (start + k) % count) {
+        // The least busy of the nodes that may serve it, as a bit set; equally busy ones
+        // take turns. (Bit `PRIMARY_BIT` is the primary, when it competes.)
+        const PRIMARY_BIT: usize = 127;
+        let busy = |i: usize| self.reads.nodes[i].busy.load(Ordering::Relaxed);
+        let mut least = usize::MAX;
+        let mut candidates: u128 = 0;
+        for i in 0..view.nodes.len().min(PRIMARY_BIT) {
             if view.primary == Some(i) || !may_serve(i) {
                 continue;
             }
-            let busy = self.reads.nodes[i].busy.load(Ordering::Relaxed);
-            if best.is_none_or(|(_, b)| busy < b) {
-                best = Some((i, busy));
+            let b = busy(i);
+            if b < least {
+                least = b;
+                candidates = 0;
+            }
+            if b == least {
+                candidates |= 1 << i;
             }
         }
-        match best {
-            Some((node, _)) if node != usize::MAX => Some(node),
-            Some(_) => None,
-            None => {
-                self.reads.fell_back.fetch_add(1, Ordering::Relaxed);
-                None
+        if with_primary && view.primary.is_some() {
+            let (_, in_use) = self.primary.counts(self.settings.size);
+            if in_use < least {
+                candidates = 0;
+            }
+            if in_use <= least {
+                candidates |= 1 << PRIMARY_BIT;
             }
         }
+        if candidates == 0 {
+            self.reads.fell_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // A counter, scrambled: a client whose every query takes two decisions (Parse, then
+        // Bind) must not always meet the same parity.
+        let n = self.reads.turn.fetch_add(1, Ordering::Relaxed) as u64;
+        let turn = (splitmix(n) % u64::from(candidates.count_ones())) as usize;
+        let pick = (0..=PRIMARY_BIT)
+            .filter(|&i| candidates & (1 << i) != 0)
+            .nth(turn)
+            .unwrap_or(PRIMARY_BIT);
+        (pick != PRIMARY_BIT).then_some(pick)
     }
 
     /// Lends a server on `node` for reads: an idle one there, or a new connection. Waits
@@ -160,7 +181,9 @@ impl Pool {
         let permit = self.wait_permit(servers).await?;
         let conn = loop {
             match servers.pop_idle() {
-                Some(conn) if conn.is_broken() || self.expired(&conn) || !self.keeps_read_server(node, &conn) => {
+                Some(conn)
+                    if conn.is_broken() || self.expired(&conn) || !self.keeps_read_server(node, &conn) =>
+                {
                     self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(conn) => break conn,
@@ -195,4 +218,12 @@ impl Pool {
             && n.sample.timeline >= view.newest_timeline
             && n.drained_at.is_none_or(|d| conn.created > d)
     }
+}
+
+/// SplitMix64's output function: consecutive inputs give unrelated outputs.
+fn splitmix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

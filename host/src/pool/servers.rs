@@ -61,7 +61,10 @@ impl Servers {
 
     /// (idle servers, servers lent out) of a list of `size` slots.
     pub fn counts(&self, size: usize) -> (usize, usize) {
-        (self.lock().len(), size.saturating_sub(self.permits.available_permits()))
+        (
+            self.lock().len(),
+            size.saturating_sub(self.permits.available_permits()),
+        )
     }
 
     /// Closes the idle servers and refuses new slots (shutdown).

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::{Bytes, BytesMut};
 use switchyard_protocol::frontend::encode_parse;
 
+use crate::sql::route::Classification;
+
 /// One statement as the proxy prepares it on servers.
 #[derive(Debug)]
 pub struct StatementDef {
@@ -25,6 +27,9 @@ pub struct StatementDef {
     /// Some server accepted this Parse, so the text is valid SQL: a client's Parse of it can
     /// be answered without borrowing a server.
     validated: AtomicBool,
+    /// Its routing classification, and the generation of the function catalog it was made
+    /// with (read routing).
+    route: Mutex<Option<(u64, Classification)>>,
 }
 
 impl StatementDef {
@@ -34,6 +39,20 @@ impl StatementDef {
 
     pub fn mark_validated(&self) {
         self.validated.store(true, Ordering::Relaxed);
+    }
+
+    /// Its routing classification made with function catalog `generation`: the one kept,
+    /// or `classify`'s, kept for the next Bind.
+    pub fn route_class(&self, generation: u64, classify: impl FnOnce() -> Classification) -> Classification {
+        let mut kept = self.route.lock().unwrap_or_else(|e| e.into_inner());
+        match *kept {
+            Some((g, class)) if g == generation => class,
+            _ => {
+                let class = classify();
+                *kept = Some((generation, class));
+                class
+            }
+        }
     }
 }
 
@@ -72,6 +91,7 @@ impl StatementRegistry {
             param_types: param_types.to_vec(),
             parse_message: parse.freeze(),
             validated: AtomicBool::new(false),
+            route: Mutex::new(None),
         });
         inner.by_key.insert(key, Arc::downgrade(&def));
         if inner.by_key.len() > inner.sweep_at {

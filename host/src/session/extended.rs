@@ -25,7 +25,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.note_sql(query);
         if name.is_empty() {
-            let work = self.work_of_batch(Some(query));
+            let work = self.work_of_parse(query);
             if !self.acquire_or_refuse(true, work).await? {
                 return Ok(());
             }
@@ -42,7 +42,7 @@ impl Session {
             self.synthesize(parse_complete());
             return Ok(());
         }
-        let work = self.work_of_batch(Some(query));
+        let work = self.work_of_parse(query);
         if !self.acquire_or_refuse(true, work).await? {
             self.statements.remove(&name);
             return Ok(());
@@ -69,7 +69,7 @@ impl Session {
         rest: &[u8],
         raw: &Bytes,
     ) -> Result<(), SessionError> {
-        let work = self.work_of_batch(self.statements.peek(statement).map(|d| &d.query[..]));
+        let work = self.work_of_statement(statement);
         if !self.acquire_or_refuse(true, work).await? {
             return Ok(());
         }
@@ -93,11 +93,10 @@ impl Session {
         name: &[u8],
         raw: &Bytes,
     ) -> Result<(), SessionError> {
-        let first = match target {
-            Target::Statement => self.statements.peek(name).map(|d| &d.query[..]),
-            Target::Portal => None,
+        let work = match target {
+            Target::Statement => self.work_of_statement(name),
+            Target::Portal => Work::PRIMARY,
         };
-        let work = self.work_of_batch(first);
         if !self.acquire_or_refuse(true, work).await? {
             return Ok(());
         }

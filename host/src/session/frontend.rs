@@ -144,7 +144,11 @@ impl Session {
     /// down), the client gets an ERROR instead of losing its connection: a simple query ends
     /// with ReadyForQuery, an extended batch is skipped up to its Sync. Returns whether a
     /// server is held.
-    pub(super) async fn acquire_or_refuse(&mut self, extended: bool, work: Work) -> Result<bool, SessionError> {
+    pub(super) async fn acquire_or_refuse(
+        &mut self,
+        extended: bool,
+        work: Work,
+    ) -> Result<bool, SessionError> {
         match self.acquire(work).await {
             Ok(()) => Ok(true),
             Err(SessionError::Pool(e)) => {

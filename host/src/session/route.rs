@@ -17,23 +17,41 @@ use switchyard_protocol::frontend::tags;
 
 use super::{Session, SessionError};
 use crate::config::{PoolMode, ReadRouting, ReadYourWrites};
-use crate::policy::router::{QueryKind, Route, RouteRequest};
-use crate::pool::{Checkout, PoolError};
+use crate::policy::router::{Route, RouteRequest};
+use crate::pool::{Checkout, StatementDef};
+use crate::sql::route::{classify, Classification, Hint, Kind, Rule, SessionDefaults};
 
 /// What the session is about to run, as far as routing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Work {
-    pub kind: QueryKind,
-    /// Every classification rule lets a replica run it.
-    pub replica_ok: bool,
+    pub kind: Kind,
+    /// The classification rule that decided where it may run.
+    pub rule: Rule,
+    /// A leading comment asked for a replica (`/* switchyard: replica */`).
+    pub replica_hint: bool,
 }
 
 impl Work {
-    /// Work that runs on the primary, unclassified (routing off, or nothing to classify).
+    /// Work that runs on the primary, unclassified (routing off, a message too large to
+    /// hold, or nothing to classify).
     pub const PRIMARY: Work = Work {
-        kind: QueryKind::Unknown,
-        replica_ok: false,
+        kind: Kind::Unknown,
+        rule: Rule::Unrecognised,
+        replica_hint: false,
     };
+
+    /// Whether every classification rule lets a replica run it.
+    pub fn replica_ok(&self) -> bool {
+        self.rule.allows_replica()
+    }
+
+    fn of(c: &Classification, defaults: SessionDefaults) -> Work {
+        Work {
+            kind: c.kind,
+            rule: c.rule_under(defaults),
+            replica_hint: c.hint == Some(Hint::Replica),
+        }
+    }
 }
 
 /// Where a session's next server comes from.
@@ -88,21 +106,9 @@ pub(super) fn parse_hint(value: &str) -> Result<ReadRouting, ErrorFields> {
     }
 }
 
-impl Work {
-    /// Work made of `self` and `other` (a batch, or a query of several statements): fit
-    /// for a replica only if both are.
-    fn and(self, other: Work) -> Work {
-        Work {
-            kind: if self.kind == QueryKind::Read { other.kind } else { self.kind },
-            replica_ok: self.replica_ok && other.replica_ok,
-        }
-    }
-}
-
-/// Classifies one statement text (a Query's, or a Parse's).
-pub(super) fn classify(sql: &[u8]) -> Work {
-    let _ = sql;
-    Work::PRIMARY
+/// Whether `sql` begins with a comment (where a routing hint may be), after whitespace.
+fn leading_comment(sql: &[u8]) -> bool {
+    sql.trim_ascii_start().starts_with(b"/*")
 }
 
 /// The first two NUL-terminated strings of a message body.
@@ -114,23 +120,46 @@ fn two_cstrs(body: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 impl Session {
-    /// The work of the extended-protocol batch that starts (for routing) with a message of
-    /// statement text `first` (a Parse's, or the text a Bind names; `None` for the unnamed
-    /// statement or one the session does not know): that and every Parse and Bind after it
-    /// in the client's buffer up to the batch's Sync, which must be there already. A batch
-    /// whose end has not arrived (a Flush and a wait for replies) runs on the primary,
-    /// since what follows may write.
-    pub(super) fn work_of_batch(&self, first: Option<&[u8]>) -> Work {
-        if self.server.held() || !self.routes_reads() {
+    /// The work of the extended-protocol batch whose first message that needs a server is
+    /// a Parse of `query`.
+    pub(super) fn work_of_parse(&self, query: &[u8]) -> Work {
+        if !self.wants_classification(query) {
             return Work::PRIMARY;
         }
-        let Some(text) = first else {
-            return Work::PRIMARY;
-        };
-        let mut work = classify(text);
+        self.work_of_batch(self.classify(query))
+    }
+
+    /// The work of the extended-protocol batch whose first message that needs a server
+    /// names statement `name` (a Bind, or a Describe): the unnamed statement, or one the
+    /// session does not know, runs on the primary.
+    pub(super) fn work_of_statement(&self, name: &[u8]) -> Work {
+        match self.statements.peek(name) {
+            Some(def) if !name.is_empty() && self.wants_classification(&def.query) => {
+                self.work_of_batch(self.classify_statement(def))
+            }
+            _ => Work::PRIMARY,
+        }
+    }
+
+    /// Whether work of text `sql` is to be classified: the session has no server and may
+    /// route reads, or the text begins with a comment that may hold a hint.
+    fn wants_classification(&self, sql: &[u8]) -> bool {
+        !self.server.held() && (self.routes_reads() || leading_comment(sql))
+    }
+
+    /// The work of an extended-protocol batch whose first message classifies as `first`:
+    /// that and every Parse and Bind after it in the client's buffer up to the batch's
+    /// Sync, which must be there already. A batch whose end has not arrived (a Flush and a
+    /// wait for replies) runs on the primary, since what follows may write.
+    fn work_of_batch(&self, first: Classification) -> Work {
+        let mut class = first;
         let mut rest = &self.cbuf[..];
         let max = self.state.config.proxy.max_message_size.0;
-        while work.replica_ok {
+        loop {
+            if !class.rule().allows_replica() && class.hint != Some(Hint::Replica) {
+                // Decided: the primary, whatever follows.
+                return Work::of(&class, self.defaults());
+            }
             let Ok(Some(header)) = peek_header(rest, max) else {
                 return Work::PRIMARY;
             };
@@ -139,16 +168,16 @@ impl Session {
             };
             let body = &frame[5..];
             match header.tag {
-                tags::SYNC => return work,
+                tags::SYNC => return Work::of(&class, self.defaults()),
                 tags::PARSE => match two_cstrs(body) {
-                    Some((_, query)) => work = work.and(classify(query)),
+                    Some((_, query)) => class = class.merge(self.classify(query)),
                     None => return Work::PRIMARY,
                 },
                 tags::BIND => match two_cstrs(body) {
                     // The unnamed statement: parsed in this batch, or earlier (unknown).
                     Some((_, b"")) => {}
                     Some((_, name)) => match self.statements.peek(name) {
-                        Some(def) => work = work.and(classify(&def.query)),
+                        Some(def) => class = class.merge(self.classify_statement(def)),
                         None => return Work::PRIMARY,
                     },
                     None => return Work::PRIMARY,
@@ -158,12 +187,43 @@ impl Session {
             }
             rest = &rest[header.len..];
         }
-        work
+    }
+
+    /// The work of a simple Query's text.
+    pub(super) fn work_of_query(&self, sql: &[u8]) -> Work {
+        if !self.wants_classification(sql) {
+            return Work::PRIMARY;
+        }
+        Work::of(&self.classify(sql), self.defaults())
+    }
+
+    /// The routing classification of `sql`, with the database's function catalog (read in
+    /// the background the first time it is needed).
+    fn classify(&self, sql: &[u8]) -> Classification {
+        let functions = &self.pool.settings.routing.functions;
+        functions.ensure_loaded(&self.pool);
+        classify(sql, &**functions)
+    }
+
+    /// The classification of a prepared statement, kept with it until the function
+    /// catalog changes.
+    fn classify_statement(&self, def: &StatementDef) -> Classification {
+        let functions = &self.pool.settings.routing.functions;
+        def.route_class(functions.generation(), || self.classify(&def.query))
+    }
+
+    /// The session's transaction defaults as it logged in.
+    fn defaults(&self) -> SessionDefaults {
+        SessionDefaults {
+            read_only: self.facts.read_only(),
+            serializable: false,
+        }
     }
 
     /// Whether this session's work may go anywhere but the primary, so that it is worth
     /// classifying: transaction or statement pooling, no state pinned to a server, and a
-    /// database (or session hint, or router plugin) that routes reads.
+    /// database (or session hint, or router plugin) that routes reads. (A statement with a
+    /// leading comment is classified anyway, for its hint.)
     pub(super) fn routes_reads(&self) -> bool {
         self.mode != PoolMode::Session
             && !self.server_state
@@ -180,7 +240,7 @@ impl Session {
     pub(super) async fn checkout_for(&mut self, work: Work) -> Result<Checkout, SessionError> {
         self.routing.read_only_tx = false;
         self.routing.declared_read_only = false;
-        if !self.routes_reads() {
+        if !self.routes_reads() && !work.replica_hint {
             return Ok(self.pool.checkout().await?);
         }
         let work = if std::mem::take(&mut self.routing.force_primary) {
@@ -190,11 +250,12 @@ impl Session {
         };
         let checkout = self.routed_checkout(work).await?;
         self.routing.read_only_tx = checkout.read_node().is_some();
+        self.routing.declared_read_only = self.routing.read_only_tx && work.rule == Rule::ReadOnlyTransaction;
         let node = checkout
             .read_node()
             .or_else(|| self.pool.cluster.primary().map(|(i, _)| i));
         if let Some(node) = node {
-            self.pool.reads.ran(node, work.replica_ok);
+            self.pool.reads.ran(node, work.replica_ok());
         }
         Ok(checkout)
     }
@@ -213,7 +274,10 @@ impl Session {
                             pid = self.cancel.process_id, node = %self.pool.cluster.nodes[node], error = %e,
                             "cannot read on this replica now; the read goes to the primary"
                         );
-                        self.pool.reads.fell_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.pool
+                            .reads
+                            .fell_back
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return Ok(self.pool.checkout().await?);
                     }
                 },
@@ -222,7 +286,10 @@ impl Session {
                     // hold budget; past it the work runs on the primary.
                     let left = self.pool.cluster.hold_timeout.saturating_sub(started.elapsed());
                     if left.is_zero() {
-                        self.pool.reads.fell_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.pool
+                            .reads
+                            .fell_back
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return Ok(self.pool.checkout().await?);
                     }
                     tokio::time::sleep(wait.min(left)).await;
@@ -237,9 +304,13 @@ impl Session {
         let min_lsn = self.required_lsn();
         let request = RouteRequest {
             kind: work.kind,
-            replica_ok: work.replica_ok,
+            replica_ok: work.replica_ok(),
             in_transaction: false,
-            read_routing: self.read_routing(),
+            read_routing: if work.replica_hint {
+                ReadRouting::Replicas
+            } else {
+                self.read_routing()
+            },
             last_commit_lsn: min_lsn,
         };
         let cluster = self.pool.cluster.clone();
@@ -247,12 +318,14 @@ impl Session {
         let route = self
             .state
             .policies
-            .route(&mut self.policies, &mut self.facts, &request, || view.node_infos());
+            .route(&mut self.policies, &mut self.facts, &request, || {
+                view.node_infos()
+            });
         let wanted = match route {
             Route::Primary => return Ok(Ok(Target::Primary)),
             Route::Wait(d) => return Ok(Err(d)),
             Route::Reject { sqlstate, message } => {
-                return Err(PoolError::Rejected { sqlstate, message }.into())
+                return Err(crate::pool::PoolError::Rejected { sqlstate, message }.into())
             }
             Route::Node(n) => Some(n),
             Route::AnyReplica => None,
@@ -273,7 +346,11 @@ impl Session {
         let mark = match routing.read_your_writes {
             ReadYourWrites::Off => 0,
             ReadYourWrites::Session => self.routing.commit_mark,
-            ReadYourWrites::User => self.pool.reads.user_commits.load(std::sync::atomic::Ordering::Relaxed),
+            ReadYourWrites::User => self
+                .pool
+                .reads
+                .user_commits
+                .load(std::sync::atomic::Ordering::Relaxed),
             ReadYourWrites::Database => routing
                 .database_commits
                 .load(std::sync::atomic::Ordering::Relaxed),

@@ -43,11 +43,7 @@ impl Session {
             }
             self.note_command(cmd);
         }
-        let work = if self.routes_reads() && !self.server.held() {
-            super::route::classify(sql_text)
-        } else {
-            Work::PRIMARY
-        };
+        let work = self.work_of_query(sql_text);
         if self.acquire_or_refuse(false, work).await? {
             self.server.sout.extend_from_slice(raw);
             self.server.replies.push(Expect::Query);

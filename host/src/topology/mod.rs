@@ -280,7 +280,10 @@ impl Cluster {
     /// The WAL position a commit marked `mark` reached, at most (see
     /// [`reads::WalHistory::position_after`]); `None` until a probe proves one.
     pub fn commit_position(&self, mark: u64) -> Option<u64> {
-        self.wal.lock().unwrap_or_else(|e| e.into_inner()).position_after(mark)
+        self.wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .position_after(mark)
     }
 
     /// Records a probe of `node` (started as probe `seq`): the cluster's health policy

@@ -12,12 +12,13 @@ use super::Cluster;
 use crate::policy::topology::ProbeSample;
 use crate::server::{connect, query_row, ConnectParams, ServerConn, ServerError};
 
-/// In recovery; WAL position (replayed on a replica; on a primary, where the next record
-/// goes, so a commit acknowledged before the probe is at or below it); timeline (the
+/// In recovery; WAL position (replayed on a replica; flushed on a primary: what replicas can
+/// have, and at or past every commit acknowledged before the probe, since a commit is
+/// flushed before it is acknowledged unless `synchronous_commit = off`); timeline (the
 /// WAL receiver's on a replica, else the last checkpoint's; the current WAL file's on a
 /// primary, which changes at promotion, unlike `pg_control_checkpoint()`).
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END, \
      CASE WHEN pg_is_in_recovery() \
           THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
                         (SELECT timeline_id FROM pg_control_checkpoint())) \

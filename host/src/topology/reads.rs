@@ -164,9 +164,21 @@ mod tests {
         h.record(3, ms(500), 200);
         h.record(4, ms(750), 300);
         assert_eq!(h.lag(300, ms(800)), Some(Duration::ZERO), "caught up");
-        assert_eq!(h.lag(350, ms(800)), Some(Duration::ZERO), "ahead of the last probe");
-        assert_eq!(h.lag(250, ms(800)), Some(Duration::from_millis(300)), "last seen at 200 at 500 ms");
-        assert_eq!(h.lag(100, ms(800)), Some(Duration::from_millis(550)), "last seen at 100 at 250 ms");
+        assert_eq!(
+            h.lag(350, ms(800)),
+            Some(Duration::ZERO),
+            "ahead of the last probe"
+        );
+        assert_eq!(
+            h.lag(250, ms(800)),
+            Some(Duration::from_millis(300)),
+            "last seen at 200 at 500 ms"
+        );
+        assert_eq!(
+            h.lag(100, ms(800)),
+            Some(Duration::from_millis(550)),
+            "last seen at 100 at 250 ms"
+        );
         assert_eq!(h.lag(50, ms(800)), None, "before the history");
     }
 

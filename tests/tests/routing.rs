@@ -1,0 +1,260 @@
+//! Read routing against a real primary and two streaming replicas: where each kind of work
+//! runs is read from the rows themselves (`inet_server_port()` of the server that ran the
+//! statement), not from the proxy's counters.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use switchyard_tests::client::connect;
+use switchyard_tests::{expect_sqlstate, skip_if_direct, ClusterOptions, PgResultExt, ProxyConfig, TestBed};
+use tokio_postgres::Client;
+
+/// A primary, two replicas, and the proxy probing them every 100 ms, with `configure`
+/// applied on top.
+fn bed(configure: impl FnOnce(ProxyConfig) -> ProxyConfig) -> Result<TestBed> {
+    TestBed::start_full(
+        ClusterOptions {
+            replicas: 2,
+            ..Default::default()
+        },
+        |cfg, _| {
+            Ok(configure(
+                cfg.mode("transaction")
+                    .with_admin()
+                    .set("clusters.main.probe_user", "postgres")
+                    .set("clusters.main.probe_interval", "100ms"),
+            ))
+        },
+    )
+}
+
+/// The port of the server that ran `sql` (which must return `inet_server_port()` as its
+/// first column).
+async fn port_of(client: &Client, sql: &str) -> Result<u16> {
+    let row = client.query_one(sql, &[]).await.ctx(sql)?;
+    let port: i32 = row.get(0);
+    Ok(u16::try_from(port)?)
+}
+
+/// Runs `sql` until it runs on a replica (the probes have confirmed both and measured
+/// their lag), for at most 10 s.
+async fn until_on_a_replica(client: &Client, sql: &str, replicas: &[u16]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if replicas.contains(&port_of(client, sql).await?) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("`{sql}` did not run on a replica ({replicas:?}) within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `read_routing = "replicas"`: 200 autocommit reads from one client all run on a
+/// replica, both replicas serve some; every kind of write (INSERT, UPDATE ... RETURNING,
+/// `FOR UPDATE`, `nextval`, a writing CTE, a multi-statement query with one write, a
+/// volatile user function, a read-write transaction) runs on the primary.
+#[tokio::test]
+async fn reads_spread_over_both_replicas_and_writes_stay_on_the_primary() -> Result<()> {
+    skip_if_direct!();
+    let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
+    let direct = bed.direct().connect_app().await?;
+    direct
+        .batch_execute(
+            "CREATE TABLE routed (id serial PRIMARY KEY, v int);
+             INSERT INTO routed (v) VALUES (1);
+             CREATE SEQUENCE routed_seq;
+             CREATE FUNCTION bump() RETURNS int LANGUAGE sql VOLATILE AS 'UPDATE routed SET v = v + 1 RETURNING v';",
+        )
+        .await
+        .ctx("setup")?;
+    bed.pg().wait_replica_caught_up()?;
+    let primary = bed.pg().primary().port();
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let client = bed.endpoint().connect_app().await?;
+    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+
+    let mut reads: BTreeMap<u16, u32> = BTreeMap::new();
+    for _ in 0..200 {
+        *reads
+            .entry(port_of(&client, "SELECT inet_server_port(), count(*) FROM routed").await?)
+            .or_default() += 1;
+    }
+    println!("200 reads ran on (port: count) {reads:?}; primary {primary}, replicas {replicas:?}");
+    ensure!(
+        !reads.contains_key(&primary),
+        "reads ran on the primary: {reads:?}"
+    );
+    for r in &replicas {
+        ensure!(
+            reads.get(r).copied().unwrap_or(0) > 0,
+            "replica {r} served no read: {reads:?}"
+        );
+    }
+
+    for write in [
+        "INSERT INTO routed (v) VALUES (2) RETURNING inet_server_port()",
+        "UPDATE routed SET v = v WHERE id = 1 RETURNING inet_server_port()",
+        "SELECT inet_server_port() FROM routed WHERE id = 1 FOR UPDATE",
+        "SELECT inet_server_port(), nextval('routed_seq')",
+        "WITH w AS (INSERT INTO routed (v) VALUES (3) RETURNING v) SELECT inet_server_port() FROM w",
+        "SELECT inet_server_port(), bump()",
+    ] {
+        let port = port_of(&client, write).await?;
+        ensure!(
+            port == primary,
+            "`{write}` ran on port {port}, not the primary {primary}"
+        );
+    }
+    let messages = client
+        .simple_query("SELECT inet_server_port(); INSERT INTO routed (v) VALUES (4)")
+        .await
+        .ctx("multi-statement")?;
+    let port = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default();
+    ensure!(
+        port == primary.to_string(),
+        "a query of a read and a write ran on {port}, not the primary {primary}"
+    );
+    client.batch_execute("BEGIN").await.ctx("BEGIN")?;
+    let port = port_of(&client, "SELECT inet_server_port()").await?;
+    client.batch_execute("COMMIT").await.ctx("COMMIT")?;
+    ensure!(
+        port == primary,
+        "a read in a read-write transaction ran on {port}"
+    );
+    Ok(())
+}
+
+/// `BEGIN READ ONLY` opens a transaction a replica may run: all its statements run on one
+/// replica; a database with `read_routing = "off"` (the default) runs everything on the
+/// primary, unless the session asked for replicas with `-c switchyard.route=replica`, a
+/// setting no server ever sees.
+#[tokio::test]
+async fn read_only_transactions_and_the_session_hint_route_to_replicas() -> Result<()> {
+    skip_if_direct!();
+    let bed = bed(|cfg| cfg.set("databases.postgres.read_routing", "replicas"))?;
+    let primary = bed.pg().primary().port();
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let ep = bed.endpoint();
+
+    let routed = ep.connect("app", "app", "postgres").await?;
+    until_on_a_replica(&routed, "SELECT inet_server_port()", &replicas).await?;
+    routed
+        .batch_execute("BEGIN READ ONLY")
+        .await
+        .ctx("BEGIN READ ONLY")?;
+    let first = port_of(&routed, "SELECT inet_server_port()").await?;
+    let second = port_of(&routed, "SELECT inet_server_port()").await?;
+    routed.batch_execute("COMMIT").await.ctx("COMMIT")?;
+    ensure!(
+        replicas.contains(&first) && first == second,
+        "a read-only transaction ran on {first} then {second} (replicas {replicas:?})"
+    );
+
+    let plain = ep.connect_app().await?;
+    for _ in 0..20 {
+        let port = port_of(&plain, "SELECT inet_server_port()").await?;
+        ensure!(
+            port == primary,
+            "database app routes nothing, yet a read ran on {port}"
+        );
+    }
+
+    let mut cfg = ep.config("app", "app", "app");
+    cfg.options("-c switchyard.route=replica");
+    let hinted = connect(&cfg).await?;
+    until_on_a_replica(&hinted, "SELECT inet_server_port()", &replicas).await?;
+    let seen = hinted
+        .simple_query("SELECT current_setting('switchyard.route', true)")
+        .await
+        .ctx("current_setting")?;
+    let value = seen.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+        _ => None,
+    });
+    ensure!(
+        value == Some(None),
+        "the server saw switchyard.route = {value:?}; the proxy must consume it"
+    );
+    Ok(())
+}
+
+/// An unknown value of `switchyard.route` is refused at login with 22023 and a message
+/// naming the setting.
+#[tokio::test]
+async fn an_invalid_route_hint_is_refused_at_login() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start()?;
+    let mut cfg = bed.endpoint().config("app", "app", "app");
+    cfg.options("-c switchyard.route=sideways");
+    let err = expect_sqlstate(connect(&cfg).await, &["22023"], "login with a bad hint")?;
+    ensure!(
+        err.message().contains("switchyard.route"),
+        "message: {}",
+        err.message()
+    );
+    Ok(())
+}
+
+/// Read-your-writes (the default, per session) with one replica's replay paused: a client
+/// that writes a row and reads it back 300 times through the proxy never misses it, and
+/// after replay resumes, its reads run on the replicas again.
+#[tokio::test]
+async fn a_session_reads_its_own_writes_while_a_replica_is_paused() -> Result<()> {
+    skip_if_direct!();
+    let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
+    let direct = bed.direct().connect_app().await?;
+    direct
+        .batch_execute("CREATE TABLE ryw (id int PRIMARY KEY)")
+        .await
+        .ctx("setup")?;
+    bed.pg().wait_replica_caught_up()?;
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let client = bed.endpoint().connect_app().await?;
+    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+    bed.pg().replicas()[0].admin_sql("postgres", "SELECT pg_wal_replay_pause()")?;
+
+    let mut stale = 0;
+    let mut ran: BTreeMap<u16, u32> = BTreeMap::new();
+    for id in 0..300 {
+        client
+            .execute(&format!("INSERT INTO ryw VALUES ({id})"), &[])
+            .await
+            .ctx("insert")?;
+        let row = client
+            .query_one(
+                &format!("SELECT inet_server_port(), count(*) FROM ryw WHERE id = {id}"),
+                &[],
+            )
+            .await
+            .ctx("read back")?;
+        let (port, seen): (i32, i64) = (row.get(0), row.get(1));
+        *ran.entry(u16::try_from(port)?).or_default() += 1;
+        if seen != 1 {
+            stale += 1;
+        }
+    }
+    println!(
+        "reads after writes ran on (port: count) {ran:?}; paused replica {}",
+        replicas[0]
+    );
+    ensure!(stale == 0, "{stale} of 300 reads did not see the write just made");
+    ensure!(
+        !ran.contains_key(&replicas[0]),
+        "reads ran on the paused replica {}: {ran:?}",
+        replicas[0]
+    );
+
+    bed.pg().replicas()[0].admin_sql("postgres", "SELECT pg_wal_replay_resume()")?;
+    bed.pg().wait_replica_caught_up()?;
+    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas[..1]).await?;
+    Ok(())
+}
