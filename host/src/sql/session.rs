@@ -119,8 +119,6 @@ fn statement_state(t: &[&[u8]]) -> Option<&'static str> {
     None
 }
 
-/// `pg_catalog.f` → `f`.
-
 /// Whether the argument list starting after `(` has a literal true as its third argument
 /// (`set_config(name, value, true)` only changes the current transaction).
 fn third_argument_is_true(args: &[&[u8]]) -> bool {
@@ -416,11 +414,6 @@ pub fn quote_setting_name(name: &str) -> String {
         .collect::<Vec<_>>()
         .join(".")
 }
-
-/// What a statement in `sql` is called if it may commit before it ends, so that a server
-/// that ends it early may have left part of its work committed: a request holding one is
-/// never run again (see `session/retry.rs`). These are procedures and DO blocks (which may
-/// `COMMIT` inside), commands that run a transaction per table or index or that act outside
 
 #[cfg(test)]
 mod tests {
