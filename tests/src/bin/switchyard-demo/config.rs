@@ -41,8 +41,9 @@ pub fn write_admin_password(path: &Path) -> Result<()> {
 }
 
 /// The proxy's configuration: cluster `main` of both nodes (with their REST APIs, for the
-/// admin console's SWITCHOVER), database `app` for user app/app, the admin console for
-/// admin/admin, transaction pooling (20 per pool), and the four bundled plugins.
+/// admin console's SWITCHOVER), database `app` for user app/app with read routing on (reads
+/// on the replica, read-your-writes per session), the admin console for admin/admin,
+/// transaction pooling (20 per pool), and the five bundled plugins.
 pub fn proxy_config(cluster: &PatroniCluster, listen: &str) -> Result<ProxyConfig> {
     let mut config = ProxyConfig::for_patroni(cluster)?;
     config.proxy.listen = listen.to_owned();
@@ -56,7 +57,9 @@ pub fn proxy_config(cluster: &PatroniCluster, listen: &str) -> Result<ProxyConfi
         .set("clusters.main.probe_user", roles::APP.0)
         .set("clusters.main.probe_database", roles::APP_DB)
         .set("clusters.main.probe_interval", "100ms")
-        .set("clusters.main.hold_timeout", "40s");
+        .set("clusters.main.hold_timeout", "40s")
+        .set("databases.app.read_routing", "replicas")
+        .set("databases.app.read_your_writes", "session");
     // The bundled plugins decide pool mode, node health, what a topology event does to
     // traffic, and which failed requests run again (SHOW PLUGINS on the admin console).
     let config = plugin::with_component(
@@ -74,12 +77,15 @@ pub fn proxy_config(cluster: &PatroniCluster, listen: &str) -> Result<ProxyConfi
         "switchover",
         &[("hold_ms", "40000"), ("drain_ms", "20000")],
     );
+    let config = plugin::with_component(config, "retry", &plugin::component("retry")?, "retry", &[]);
+    // Reads go to the replica, except a session's reads right after its own commit, which
+    // wait up to 50 ms for the replica to replay it (SHOW NODES shows reads and writes).
     Ok(plugin::with_component(
         config,
-        "retry",
-        &plugin::component("retry")?,
-        "retry",
-        &[],
+        "router",
+        &plugin::component("router")?,
+        "router",
+        &[("read_your_writes_wait_ms", "50")],
     ))
 }
 

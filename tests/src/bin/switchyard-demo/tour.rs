@@ -2,11 +2,13 @@
 //! error counted by SQLSTATE, every acknowledged write looked up afterwards) run through the
 //! proxy for 15 s while `patronictl switchover` moves the primary at 5 s. Prints the load's
 //! report, the switchover (from, to, how long patronictl took), the physical switchover
-//! from the PostgreSQL logs, and PASS or FAIL.
+//! from the PostgreSQL logs, the reads and writes each node ran (the admin console's
+//! `SHOW NODES`: the demo routes reads to the replica), and PASS or FAIL.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
+use switchyard_tests::admin::admin_rows;
 use switchyard_tests::interrupt;
 use switchyard_tests::load::{Load, LoadOptions};
 use switchyard_tests::patroni::PatroniCluster;
@@ -86,6 +88,27 @@ pub fn run(runtime: &Runtime, cluster: &PatroniCluster, proxy: &Endpoint) -> Res
             ready.clock()
         ),
         _ => println!("  physical switchover: unknown"),
+    }
+    match runtime.block_on(admin_rows(proxy, "SHOW NODES")) {
+        Ok(rows) => {
+            for row in rows {
+                let field = |k: &str| row.get(k).map_or("?", String::as_str);
+                let skipped = field("skipped");
+                println!(
+                    "  node {} ({} now): {} reads, {} writes since the demo started{}",
+                    field("node"),
+                    field("role"),
+                    field("reads"),
+                    field("writes"),
+                    if skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; skipped for reads: {skipped}")
+                    }
+                );
+            }
+        }
+        Err(e) => println!("  reads and writes per node: unknown ({e:#})"),
     }
     let passed = load_clean && switchover.is_ok();
     if passed {
