@@ -332,10 +332,18 @@ impl Session {
         };
         let routing = &self.pool.settings.routing;
         let with_primary = request.read_routing == ReadRouting::ReplicasOrPrimary;
-        Ok(Ok(self
+        let picked = self
             .pool
-            .pick_read_node(&view, &routing.budget, min_lsn, wanted, with_primary)
-            .map_or(Target::Primary, Target::Read)))
+            .pick_read_node(&view, &routing.budget, min_lsn, wanted, with_primary);
+        Ok(Ok(match picked {
+            Some(node) => Target::Read(node),
+            // No replica, and writes are held (a switchover): the read runs on the node the
+            // probes confirm as the new primary rather than wait for traffic to move there.
+            None => match view.candidate {
+                Some(c) if cluster.hold().is_some() && c < view.nodes.len() => Target::Read(c),
+                _ => Target::Primary,
+            },
+        }))
     }
 
     /// The WAL position this session's reads must see: 0 for none, `u64::MAX` while the

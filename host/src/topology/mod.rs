@@ -278,12 +278,21 @@ impl Cluster {
     }
 
     /// The WAL position a commit marked `mark` reached, at most (see
-    /// [`reads::WalHistory::position_after`]); `None` until a probe proves one.
+    /// [`reads::WalHistory::position_after`]). `None` until a probe proves one; the
+    /// primary's prober is then woken, so that a probe starts after the commit now rather
+    /// than at its next interval (one probe in flight at a time, however many ask).
     pub fn commit_position(&self, mark: u64) -> Option<u64> {
-        self.wal
+        let position = self
+            .wal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .position_after(mark)
+            .position_after(mark);
+        if position.is_none() {
+            if let Some(primary) = self.view.load().candidate {
+                self.suspect(primary);
+            }
+        }
+        position
     }
 
     /// Records a probe of `node` (started as probe `seq`): the cluster's health policy
@@ -322,9 +331,9 @@ impl Cluster {
         state.probe_time = probe_time;
         state.last_error = error;
         let mut events = events::follow_probes(&old, &mut view, node);
-        if view.candidate != old.candidate {
-            self.wal.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        }
+        // The history outlives a primary's loss: replicas that replayed the old primary's
+        // last position stay readable through a switchover. A new primary continues from
+        // there (one starting below it restarts the history, see `WalHistory::record`).
         if view.candidate == Some(node) {
             self.wal
                 .lock()

@@ -24,6 +24,11 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
                         (SELECT timeline_id FROM pg_control_checkpoint())) \
           ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
 
+/// The shortest time between the starts of two probes of one node when woken early: bounds
+/// what read-your-writes sessions asking for commit positions cost the primary (at most 500
+/// probes a second, one at a time).
+const POKE_GAP: Duration = Duration::from_millis(2);
+
 pub async fn run(cluster: Arc<Cluster>, node: usize, mut shutdown: watch::Receiver<bool>) {
     let Some(settings) = cluster.probe.clone() else {
         return;
@@ -78,17 +83,22 @@ pub async fn run(cluster: Arc<Cluster>, node: usize, mut shutdown: watch::Receiv
                 cluster.record(node, seq, sample, None, Some(error));
             }
         }
-        // Probe again after the interval, at once when a pool reports the node failing,
-        // or stop at shutdown. A node that keeps failing is probed at the same pace: a
-        // failover is exactly when fresh answers matter.
+        // Probe again after the interval; sooner when woken (a pool could not connect to
+        // the node, or a session waits for the position of its commit on the primary), but
+        // not more often than every POKE_GAP; or stop at shutdown. A node that keeps
+        // failing is probed at the same pace: a failover is exactly when fresh answers
+        // matter.
         let wait = settings
             .interval
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(10));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = cluster.pokes[node].notified() => {}
+        let woken = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = cluster.pokes[node].notified() => true,
             _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        if woken {
+            tokio::time::sleep_until((started + POKE_GAP).into()).await;
         }
     }
 }

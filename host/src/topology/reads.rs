@@ -55,11 +55,6 @@ impl WalHistory {
         self.samples.push_back(WalSample { seq, at, lsn });
     }
 
-    /// Forgets everything (a new primary).
-    pub fn clear(&mut self) {
-        self.samples.clear();
-    }
-
     /// How far behind, in time, a replica that replayed up to `replayed` is at `now`: an
     /// upper bound, `now` minus the last time the primary was seen at or below that
     /// position (zero when it is at the newest position seen). `None` when the history does

@@ -79,13 +79,14 @@ pub fn proxy_config(cluster: &PatroniCluster, listen: &str) -> Result<ProxyConfi
     );
     let config = plugin::with_component(config, "retry", &plugin::component("retry")?, "retry", &[]);
     // Reads go to the replica, except a session's reads right after its own commit, which
-    // wait up to 50 ms for the replica to replay it (SHOW NODES shows reads and writes).
+    // go to the primary until the replica has replayed it (SHOW NODES shows reads and
+    // writes per node).
     Ok(plugin::with_component(
         config,
         "router",
         &plugin::component("router")?,
         "router",
-        &[("read_your_writes_wait_ms", "50")],
+        &[],
     ))
 }
 
