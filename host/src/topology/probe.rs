@@ -12,13 +12,13 @@ use super::Cluster;
 use crate::policy::topology::ProbeSample;
 use crate::server::{connect, query_row, ConnectParams, ServerConn, ServerError};
 
-/// In recovery; WAL position (replayed on a replica; flushed on a primary: what replicas can
-/// have, and at or past every commit acknowledged before the probe, since a commit is
-/// flushed before it is acknowledged unless `synchronous_commit = off`); timeline (the
+/// In recovery; WAL position (replayed on a replica; on a primary, where the next record
+/// goes, so at or past every commit acknowledged before the probe, `synchronous_commit =
+/// off` or not: see [`record_end`]); timeline (the
 /// WAL receiver's on a replica, else the last checkpoint's; the current WAL file's on a
 /// primary, which changes at promotion, unlike `pg_control_checkpoint()`).
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END, \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
      CASE WHEN pg_is_in_recovery() \
           THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
                         (SELECT timeline_id FROM pg_control_checkpoint())) \
@@ -118,6 +118,7 @@ fn parse(row: &[Option<String>]) -> Option<ProbeSample> {
     };
     // A replica that has not replayed anything yet reports a NULL LSN.
     let lsn = row.get(1)?.as_deref().map_or(Some(0), parse_lsn)?;
+    let lsn = if in_recovery { lsn } else { record_end(lsn) };
     let timeline = row.get(2)?.as_deref().map_or(Some(0), |t| t.parse().ok())?;
     Some(ProbeSample {
         reachable: true,
@@ -126,6 +127,21 @@ fn parse(row: &[Option<String>]) -> Option<ProbeSample> {
         lsn,
         consecutive_failures: 0,
     })
+}
+
+/// The end of the last record before `insert`, a primary's insert position. Where the last
+/// record ended exactly at a page boundary, the insert position is past the next page's
+/// header (24 bytes, or 40 at a segment's start), where no replica's replay position ever
+/// is: it is taken back to the boundary. No record ends 24 or 40 bytes into a page (a
+/// record has a 24-byte header of its own), so nothing else is moved.
+fn record_end(insert: u64) -> u64 {
+    /// `XLOG_BLCKSZ`, `SizeOfXLogShortPHD`, `SizeOfXLogLongPHD`.
+    const PAGE: u64 = 8192;
+    match insert % PAGE {
+        24 => insert - 24,
+        40 => insert - 40,
+        _ => insert,
+    }
 }
 
 /// `"16/B374D848"` → 0x16_B374D848.
@@ -137,6 +153,14 @@ fn parse_lsn(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_insert_position_past_a_page_header_is_taken_back_to_the_boundary() {
+        assert_eq!(record_end(0x2_0000_2000 + 24), 0x2_0000_2000);
+        assert_eq!(record_end(0x100_0000 + 40), 0x100_0000);
+        assert_eq!(record_end(0x2000 + 80), 0x2000 + 80);
+        assert_eq!(record_end(0x2000 + 23), 0x2000 + 23);
+    }
 
     fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
         values.iter().map(|v| v.map(str::to_string)).collect()
