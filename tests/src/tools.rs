@@ -430,6 +430,28 @@ pub struct ClientReport {
     pub output: CmdOutput,
 }
 
+impl ClientReport {
+    /// The `ports=<port>:<n>,...` of the script's RESULT line (read-your-writes mode): how
+    /// many reads each server port answered.
+    pub fn ports(&self) -> std::collections::BTreeMap<u16, u64> {
+        self.output
+            .stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("RESULT "))
+            .and_then(|r| r.split_whitespace().find_map(|kv| kv.strip_prefix("ports=")))
+            .map(|list| {
+                list.split(',')
+                    .filter_map(|pn| {
+                        let (p, n) = pn.split_once(':')?;
+                        Some((p.parse().ok()?, n.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// The third-party drivers exercised by `tests/clients/`.
 #[derive(Clone, Copy, Debug)]
 pub enum Driver {
@@ -488,6 +510,18 @@ impl Driver {
     /// checking every result. Fails only if the script cannot run or
     /// reports no summary; errors are in the report for the test to assert.
     pub fn run(self, target: &ClientTarget, concurrency: u32, transactions: u32) -> Result<ClientReport> {
+        self.run_with(target, concurrency, transactions, &[])
+    }
+
+    /// [`Driver::run`] with `extra` arguments for the script (e.g. the psycopg and pgjdbc
+    /// scripts' read-your-writes mode: `--read-your-writes true`).
+    pub fn run_with(
+        self,
+        target: &ClientTarget,
+        concurrency: u32,
+        transactions: u32,
+        extra: &[&str],
+    ) -> Result<ClientReport> {
         let mut cmd = self.command()?;
         for var in PG_ENV {
             cmd.env_remove(var);
@@ -508,6 +542,7 @@ impl Driver {
             "--transactions",
             &transactions.to_string(),
         ]);
+        cmd.args(extra);
         let output = run_command(&mut cmd, None, Duration::from_secs(300))?;
         let summary = output
             .stdout

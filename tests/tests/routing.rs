@@ -345,3 +345,155 @@ async fn a_replica_stopped_under_read_load_costs_no_client_an_error() -> Result<
     }
     Ok(())
 }
+
+/// A custom router built in the suite (`plugins/testing/app-router`: the reads of
+/// application `reporting` go to node 2, the second replica; everything else to the primary)
+/// replaces the bundled router by hot reload (SIGHUP) while two clients read in a loop, one
+/// as `reporting`: no client sees an error, and every read that starts after `SHOW PLUGINS`
+/// shows the new router runs where it says (reporting's on node 2's port, the other's on
+/// the primary's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_router_swapped_in_under_load_routes_as_it_says() -> Result<()> {
+    skip_if_direct!();
+    use switchyard_tests::plugin::{component, with_component};
+    let mut base = None;
+    let mut bed = bed(|cfg| {
+        let cfg = cfg.set("databases.app.read_routing", "replicas");
+        base = Some(cfg.clone());
+        with_component(
+            cfg,
+            "router",
+            &component("router").expect("router.wasm"),
+            "router",
+            &[],
+        )
+    })?;
+    let base = base.expect("configured");
+    let primary = bed.pg().primary().port();
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let ep = bed.endpoint();
+    let probe = ep.connect_app().await?;
+    until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for app in ["reporting", "web"] {
+        let mut cfg = ep.config("app", "app", "app");
+        cfg.application_name(app);
+        let client = connect(&cfg).await?;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            // (when the read started, the port that ran it) and errors.
+            let mut reads: Vec<(Instant, u16)> = Vec::new();
+            let mut errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                match client.query_one("SELECT inet_server_port()", &[]).await {
+                    Ok(row) => reads.push((started, row.get::<_, i32>(0) as u16)),
+                    Err(e) => errors.push(switchyard_tests::describe_error(&e)),
+                }
+            }
+            (reads, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let custom = with_component(
+        base,
+        "router",
+        &component("testing-app-router")?,
+        "router",
+        &[
+            ("application", "reporting"),
+            ("node", "2"),
+            ("version_tag", "custom"),
+        ],
+    );
+    bed.proxy().expect("a proxy").reload(custom)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let rows = switchyard_tests::admin::admin_rows(&ep, "SHOW PLUGINS").await?;
+        if rows
+            .iter()
+            .any(|r| r["name"] == "router" && r["version"].ends_with("+custom"))
+        {
+            break Instant::now();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the custom router not loaded within 20 s: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let expected = [("reporting", replicas[1]), ("web", primary)];
+    for (task, (app, port)) in readers.into_iter().zip(expected) {
+        let (reads, errors) = task.await?;
+        ensure!(errors.is_empty(), "{app} saw errors: {errors:?}");
+        let before: BTreeMap<u16, usize> =
+            reads
+                .iter()
+                .filter(|(t, _)| *t < shown)
+                .fold(BTreeMap::new(), |mut m, (_, p)| {
+                    *m.entry(*p).or_default() += 1;
+                    m
+                });
+        let after: Vec<u16> = reads
+            .iter()
+            .filter(|(t, _)| *t >= shown)
+            .map(|(_, p)| *p)
+            .collect();
+        println!(
+            "{app}: before the swap reads ran on {before:?}; after it {} reads, on {:?}",
+            after.len(),
+            after.iter().collect::<std::collections::BTreeSet<_>>()
+        );
+        ensure!(!after.is_empty(), "{app} read nothing after the swap");
+        ensure!(
+            after.iter().all(|p| *p == port),
+            "after the swap {app}'s reads should all run on port {port}: {after:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Read-your-writes with real drivers while one replica's replay is paused: psycopg 3 and
+/// pgjdbc clients (2 connections each, autocommit) write a row and at once read it back,
+/// 1,000 times per connection: 0 stale reads and 0 errors, and no read on the paused
+/// replica. The ports the reads ran on are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_read_their_own_writes_while_a_replica_is_paused() -> Result<()> {
+    skip_if_direct!();
+    use switchyard_tests::tools::Driver;
+    let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let probe = bed.endpoint().connect_app().await?;
+    until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
+    bed.pg().replicas()[0].admin_sql("postgres", "SELECT pg_wal_replay_pause()")?;
+    let target = bed.endpoint().client_target("app", "app", "app");
+    for driver in [Driver::Psycopg, Driver::Jdbc] {
+        let t = target.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            driver.run_with(&t, 2, 1000, &["--read-your-writes", "true"])
+        })
+        .await??;
+        let ports = report.ports();
+        println!(
+            "{driver:?}: {} ok, {} errors, reads per port {ports:?}",
+            report.ok, report.errors
+        );
+        ensure!(
+            report.errors == 0 && report.ok == 2000,
+            "{driver:?}: {} ok, {} errors (stale reads count as errors):\n{}",
+            report.ok,
+            report.errors,
+            report.output.stderr
+        );
+        ensure!(
+            !ports.contains_key(&replicas[0]),
+            "{driver:?} read on the paused replica {}: {ports:?}",
+            replicas[0]
+        );
+    }
+    Ok(())
+}

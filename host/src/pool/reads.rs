@@ -9,9 +9,10 @@ use std::sync::Arc;
 use super::functions::FunctionCatalog;
 use super::{Checkout, Pool, PoolError};
 use crate::config::{ReadRouting, ReadYourWrites};
-use crate::server::ServerError;
+use crate::server::{ServerConn, ServerError};
 use crate::topology::reads::{skip_reason, LagBudget, Skip};
 use crate::topology::ClusterView;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// A database's read routing, from its `[databases]` entry.
 #[derive(Clone)]
@@ -172,45 +173,82 @@ impl Pool {
     /// on on a replica while writes wait for the new primary. An error means the node
     /// could not be used now; the caller sends the read to the primary instead.
     pub async fn checkout_read(self: &Arc<Self>, node: usize) -> Result<Checkout, PoolError> {
+        // The common case (not paused, a slot free, an idle server there) is answered
+        // without waiting; the rest runs in a boxed future, so that connects and waits do
+        // not weigh on every session's task (as for `Pool::checkout`).
+        let mut permit = None;
+        if self.pause.paused().is_none() {
+            permit = self.replicas[node].try_permit();
+            if let Some(conn) = permit.is_some().then(|| self.reusable_read(node)).flatten() {
+                return Ok(self.lend_read(node, conn, permit.take().expect("checked")));
+            }
+        }
+        Box::pin(self.checkout_read_waiting(node, permit)).await
+    }
+
+    /// [`Pool::checkout_read`] when it may wait: for a pause, a slot (unless `permit`
+    /// holds one), a connect.
+    async fn checkout_read_waiting(
+        self: &Arc<Self>,
+        node: usize,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Checkout, PoolError> {
         if self.pause.paused().is_some() {
             self.waiting.fetch_add(1, Ordering::Relaxed);
             self.pause.wait(&self.cluster).await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
-        let servers = &self.replicas[node];
-        let permit = self.wait_permit(servers).await?;
-        let conn = loop {
-            match servers.pop_idle() {
-                Some(conn)
-                    if conn.is_broken() || self.expired(&conn) || !self.keeps_read_server(node, &conn) =>
-                {
-                    self.stats.discarded.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(conn) => break conn,
-                None => {
-                    let addr = &self.cluster.nodes[node];
-                    break self.connect(addr).await.inspect_err(|e: &ServerError| {
-                        if super::unreachable(e) {
-                            self.cluster.suspect(node);
-                        }
-                    })?;
-                }
-            }
+        let permit = match permit {
+            Some(p) => p,
+            None => self.wait_permit(&self.replicas[node]).await?,
         };
+        let conn = match self.reusable_read(node) {
+            Some(conn) => conn,
+            None => self
+                .connect(&self.cluster.nodes[node])
+                .await
+                .inspect_err(|e: &ServerError| {
+                    if super::unreachable(e) {
+                        self.cluster.suspect(node);
+                    }
+                })?,
+        };
+        Ok(self.lend_read(node, conn, permit))
+    }
+
+    /// An idle read server on `node` that may be reused; those tried on the way that may
+    /// not (broken, too old, on a node that no longer serves reads) are closed.
+    fn reusable_read(&self, node: usize) -> Option<Box<ServerConn>> {
+        while let Some(conn) = self.replicas[node].pop_idle() {
+            if conn.is_broken() || self.expired(&conn) || !self.keeps_read_server(node, &conn) {
+                self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            return Some(conn);
+        }
+        None
+    }
+
+    fn lend_read(
+        self: &Arc<Self>,
+        node: usize,
+        conn: Box<ServerConn>,
+        permit: OwnedSemaphorePermit,
+    ) -> Checkout {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         self.reads.nodes[node].busy.fetch_add(1, Ordering::Relaxed);
-        Ok(Checkout {
+        Checkout {
             conn: Some(conn),
             _permit: permit,
             pool: self.clone(),
             read_node: Some(node),
-        })
+        }
     }
 
     /// Whether a read server on `node` may go back to (or be taken from) the pool: the node
     /// still answers on the newest timeline, unfenced and not drained since the server
     /// was opened. (Lag is judged per read, not per server.)
-    pub(super) fn keeps_read_server(&self, node: usize, conn: &crate::server::ServerConn) -> bool {
+    pub(super) fn keeps_read_server(&self, node: usize, conn: &ServerConn) -> bool {
         let view = self.cluster.view();
         let n = &view.nodes[node];
         n.sample.reachable

@@ -292,7 +292,8 @@ impl Session {
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return Ok(self.pool.checkout().await?);
                     }
-                    tokio::time::sleep(wait.min(left)).await;
+                    // Boxed: rare, and a timer would otherwise sit in every session's task.
+                    Box::pin(tokio::time::sleep(wait.min(left))).await;
                 }
             }
         }

@@ -10,6 +10,12 @@
 // checking every result; the final check compares row counts with what was
 // committed.
 //
+// With --read-your-writes true, each connection instead runs in autocommit mode:
+// each of its --transactions iterations inserts a row and at once reads it back
+// (with the port of the server that answered); a read that misses the row just
+// written is an error ("stale"). The RESULT line then also has
+// `ports=<port>:<n>,...`.
+//
 // Prints errors to stderr and, last on stdout, `RESULT ok=<n> errors=<n>`.
 // Exit status is 0 only if there were no errors.
 
@@ -25,6 +31,7 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
+import java.util.TreeMap;
 import java.util.concurrent.atomic.AtomicLong;
 
 public class PreparedStress {
@@ -34,6 +41,7 @@ public class PreparedStress {
         Map<String, String> a = new HashMap<>();
         a.put("concurrency", "8");
         a.put("transactions", "100");
+        a.put("read-your-writes", "false");
         for (int i = 0; i + 1 < argv.length; i += 2) {
             a.put(argv[i].replaceFirst("^--", ""), argv[i + 1]);
         }
@@ -54,17 +62,24 @@ public class PreparedStress {
 
         AtomicLong ok = new AtomicLong();
         List<String> errors = Collections.synchronizedList(new ArrayList<>());
+        Map<Integer, Long> ports = Collections.synchronizedMap(new TreeMap<>());
+        boolean ryw = Boolean.parseBoolean(a.get("read-your-writes"));
         List<Thread> threads = new ArrayList<>();
         for (int id = 0; id < concurrency; id++) {
             final int client = id;
-            Thread t = new Thread(() -> worker(url, props, client, transactions, ok, errors));
+            Thread t = new Thread(() -> {
+                if (ryw) rywWorker(url, props, client, transactions, ok, errors, ports);
+                else worker(url, props, client, transactions, ok, errors);
+            });
             t.start();
             threads.add(t);
         }
         for (Thread t : threads) t.join();
 
         try (Connection c = DriverManager.getConnection(url, props); Statement s = c.createStatement();
-             ResultSet rs = s.executeQuery("SELECT count(*) FROM " + TABLE)) {
+             // On the primary (a hint for a read-routing proxy; a comment elsewhere): a new
+             // session has no commit of its own that a replica would have to show.
+             ResultSet rs = s.executeQuery("/* switchyard: primary */ SELECT count(*) FROM " + TABLE)) {
             rs.next();
             long rows = rs.getLong(1);
             if (rows != ok.get()) {
@@ -75,7 +90,13 @@ public class PreparedStress {
         synchronized (errors) {
             for (int i = 0; i < Math.min(20, errors.size()); i++) System.err.println(errors.get(i));
         }
-        System.out.println("RESULT ok=" + ok.get() + " errors=" + errors.size());
+        StringBuilder portList = new StringBuilder();
+        synchronized (ports) {
+            for (Map.Entry<Integer, Long> e : ports.entrySet()) {
+                portList.append(portList.length() == 0 ? " ports=" : ",").append(e.getKey()).append(':').append(e.getValue());
+            }
+        }
+        System.out.println("RESULT ok=" + ok.get() + " errors=" + errors.size() + portList);
         System.exit(errors.isEmpty() ? 0 : 1);
     }
 
@@ -123,6 +144,39 @@ public class PreparedStress {
                     } catch (SQLException re) {
                         break;
                     }
+                }
+            }
+        } catch (SQLException e) {
+            errors.add("client " + client + ": " + e.getSQLState() + " " + e.getMessage());
+        }
+    }
+
+    static void rywWorker(String url, Properties props, int client, int transactions, AtomicLong ok, List<String> errors,
+                          Map<Integer, Long> ports) {
+        try (Connection c = DriverManager.getConnection(url, props);
+             PreparedStatement insert = c.prepareStatement("INSERT INTO " + TABLE + " (client, n) VALUES (?, ?)");
+             PreparedStatement read = c.prepareStatement(
+                 "SELECT count(*), inet_server_port() FROM " + TABLE + " WHERE client = ? AND n = ?")) {
+            c.setAutoCommit(true);
+            for (int i = 0; i < transactions; i++) {
+                try {
+                    insert.setInt(1, client);
+                    insert.setInt(2, i);
+                    insert.executeUpdate();
+                    read.setInt(1, client);
+                    read.setInt(2, i);
+                    try (ResultSet rs = read.executeQuery()) {
+                        rs.next();
+                        int port = rs.getInt(2);
+                        ports.merge(port, 1L, Long::sum);
+                        if (rs.getLong(1) != 1) {
+                            throw new IllegalStateException("stale read on port " + port + ": the row just written is missing");
+                        }
+                    }
+                    ok.incrementAndGet();
+                } catch (SQLException | RuntimeException e) {
+                    String state = e instanceof SQLException ? ((SQLException) e).getSQLState() + " " : "";
+                    errors.add("client " + client + " iteration " + i + ": " + state + e.getMessage());
                 }
             }
         } catch (SQLException e) {

@@ -7,6 +7,11 @@ server-side prepared statements) and runs --transactions transactions on each.
 Every transaction repeats the same parameterised queries and checks their
 results; the final check compares row counts with what was committed.
 
+With --read-your-writes true, each connection instead runs in autocommit mode: each
+of its --transactions iterations inserts a row and at once reads it back (with
+the port of the server that answered); a read that misses the row just written
+is an error ("stale"). The RESULT line then also has `ports=<port>:<n>,...`.
+
 Prints any errors to stderr and, last on stdout, `RESULT ok=<n> errors=<n>`.
 Exit status is 0 only if there were no errors.
 """
@@ -58,6 +63,36 @@ def worker(a, client_id, results, lock):
         results["errors"].extend(errors)
 
 
+def ryw_worker(a, client_id, results, lock):
+    ok = 0
+    errors = []
+    ports = {}
+    try:
+        with psycopg.connect(conninfo(a), autocommit=True) as conn:
+            for i in range(a.transactions):
+                try:
+                    conn.execute(f"INSERT INTO {TABLE} (client, n) VALUES (%s, %s)", (client_id, i))
+                    count, port = conn.execute(
+                        f"SELECT count(*), inet_server_port() FROM {TABLE} WHERE client = %s AND n = %s",
+                        (client_id, i),
+                    ).fetchone()
+                    ports[port] = ports.get(port, 0) + 1
+                    if count != 1:
+                        raise AssertionError(f"stale read on port {port}: the row just written is missing")
+                    ok += 1
+                except Exception as e:  # noqa: BLE001 - every failure counts
+                    errors.append(f"client {client_id} iteration {i}: {type(e).__name__}: {e}")
+                    if conn.closed:
+                        break
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"client {client_id}: {type(e).__name__}: {e}")
+    with lock:
+        results["ok"] += ok
+        results["errors"].extend(errors)
+        for port, n in ports.items():
+            results["ports"][port] = results["ports"].get(port, 0) + n
+
+
 def main():
     p = argparse.ArgumentParser()
     for name in ("host", "user", "password", "dbname"):
@@ -65,28 +100,33 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--transactions", type=int, default=100)
+    p.add_argument("--read-your-writes", choices=("true", "false"), default="false")
     a = p.parse_args()
 
     with psycopg.connect(conninfo(a), autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
         conn.execute(f"CREATE TABLE {TABLE} (client int NOT NULL, n int NOT NULL)")
 
-    results = {"ok": 0, "errors": []}
+    results = {"ok": 0, "errors": [], "ports": {}}
     lock = threading.Lock()
-    threads = [threading.Thread(target=worker, args=(a, c, results, lock)) for c in range(a.concurrency)]
+    target = ryw_worker if a.read_your_writes == "true" else worker
+    threads = [threading.Thread(target=target, args=(a, c, results, lock)) for c in range(a.concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
 
     with psycopg.connect(conninfo(a), autocommit=True) as conn:
-        (rows,) = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
+        # On the primary (a hint for a read-routing proxy; a comment elsewhere): a new
+        # session has no commit of its own that a replica would have to show.
+        (rows,) = conn.execute(f"/* switchyard: primary */ SELECT count(*) FROM {TABLE}").fetchone()
         if rows != results["ok"]:
             results["errors"].append(f"table has {rows} rows but {results['ok']} transactions committed")
 
     for e in results["errors"][:20]:
         print(e, file=sys.stderr)
-    print(f"RESULT ok={results['ok']} errors={len(results['errors'])}")
+    ports = ",".join(f"{p}:{n}" for p, n in sorted(results["ports"].items()))
+    print(f"RESULT ok={results['ok']} errors={len(results['errors'])}" + (f" ports={ports}" if ports else ""))
     return 0 if not results["errors"] else 1
 
 
