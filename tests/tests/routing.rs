@@ -497,3 +497,68 @@ async fn drivers_read_their_own_writes_while_a_replica_is_paused() -> Result<()>
     }
     Ok(())
 }
+
+/// A rolling restart of both replicas (fast stop, start, wait until it streams; one after
+/// the other) under a mixed load: 4 clients writing and reading back their rows, and 2
+/// read-only clients. No client sees an error, no acknowledged write is lost or read stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_replicas_costs_no_client_an_error() -> Result<()> {
+    skip_if_direct!();
+    use switchyard_tests::load::{Load, LoadOptions};
+    let mut bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let ep = bed.endpoint();
+    let probe = ep.connect_app().await?;
+    until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
+    let load = Load::start(LoadOptions::new(vec![ep.clone()], 4)).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let client = ep.connect_app().await?;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut ran: BTreeMap<u16, u32> = BTreeMap::new();
+            let mut errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.query_one("SELECT inet_server_port()", &[]).await {
+                    Ok(row) => *ran.entry(row.get::<_, i32>(0) as u16).or_default() += 1,
+                    Err(e) => errors.push(switchyard_tests::describe_error(&e)),
+                }
+            }
+            (ran, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..replicas.len() {
+        let took = Instant::now();
+        tokio::task::block_in_place(|| -> Result<()> {
+            bed.pg_mut().replica_mut(i).stop("fast")?;
+            bed.pg_mut().replica_mut(i).start()?;
+            bed.pg().wait_streaming()
+        })?;
+        println!(
+            "replica {} restarted and streaming after {:?}",
+            replicas[i],
+            took.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let primary = bed.direct();
+    let report = load.finish(&primary).await?;
+    println!("{report}");
+    for (i, r) in readers.into_iter().enumerate() {
+        let (ran, errors) = r.await?;
+        println!("read-only client {i}: reads per port {ran:?}");
+        ensure!(errors.is_empty(), "read-only client {i} saw errors: {errors:?}");
+    }
+    ensure!(
+        report.errors.is_empty() && report.connect_failures.is_empty(),
+        "the mixed load saw errors:\n{report}"
+    );
+    ensure!(
+        report.lost == 0 && report.duplicated == 0 && report.stale_reads == 0,
+        "writes lost, doubled or read stale:\n{report}"
+    );
+    Ok(())
+}
