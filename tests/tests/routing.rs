@@ -529,7 +529,7 @@ async fn a_rolling_restart_of_the_replicas_costs_no_client_an_error() -> Result<
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for i in 0..replicas.len() {
+    for (i, port) in replicas.iter().enumerate() {
         let took = Instant::now();
         tokio::task::block_in_place(|| -> Result<()> {
             bed.pg_mut().replica_mut(i).stop("fast")?;
