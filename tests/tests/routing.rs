@@ -537,8 +537,7 @@ async fn a_rolling_restart_of_the_replicas_costs_no_client_an_error() -> Result<
             bed.pg().wait_streaming()
         })?;
         println!(
-            "replica {} restarted and streaming after {:?}",
-            replicas[i],
+            "replica {port} restarted and streaming after {:?}",
             took.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
