@@ -561,3 +561,46 @@ async fn a_rolling_restart_of_the_replicas_costs_no_client_an_error() -> Result<
     );
     Ok(())
 }
+
+/// The session's transaction defaults route as the client set them: after
+/// `SET default_transaction_isolation = serializable` its reads run on the primary (a hot
+/// standby refuses serializable transactions: a replica would give an error), and after
+/// `SET default_transaction_read_only = on` a plain `BEGIN` block runs on a replica.
+#[tokio::test]
+async fn session_transaction_defaults_route_as_set() -> Result<()> {
+    skip_if_direct!();
+    let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
+    let primary = bed.pg().primary().port();
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let client = bed.endpoint().connect_app().await?;
+    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+
+    client
+        .batch_execute("SET default_transaction_isolation = serializable")
+        .await
+        .ctx("SET serializable")?;
+    for _ in 0..10 {
+        let port = port_of(&client, "SELECT inet_server_port()").await?;
+        ensure!(port == primary, "a serializable session's read ran on {port}");
+    }
+    client
+        .batch_execute("RESET default_transaction_isolation; SET default_transaction_read_only = on")
+        .await
+        .ctx("SET read only")?;
+    // The SET ran on the primary, so read-your-writes keeps the session there until the
+    // probes show a replica past it (milliseconds): a few tries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        client.batch_execute("BEGIN").await.ctx("BEGIN")?;
+        let port = port_of(&client, "SELECT inet_server_port()").await?;
+        client.batch_execute("COMMIT").await.ctx("COMMIT")?;
+        if replicas.contains(&port) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "a BEGIN in a read-only session still ran on {port}, not a replica {replicas:?}, after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

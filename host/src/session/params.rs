@@ -346,12 +346,84 @@ impl SessionParams {
     pub fn desired(&self) -> &Settings {
         &self.desired
     }
+
+    /// The session's transaction defaults as it asked for them (startup parameters and
+    /// committed `SET`s): (`default_transaction_read_only` is on,
+    /// `default_transaction_isolation` is serializable). Read routing classifies with them.
+    pub fn transaction_defaults(&self) -> (bool, bool) {
+        let value = |name: &str| {
+            self.desired
+                .get(name)
+                .and_then(|stmt| statement_value(stmt))
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        };
+        let read_only = matches!(
+            value("default_transaction_read_only").as_str(),
+            "on" | "true" | "tru" | "tr" | "t" | "yes" | "ye" | "y" | "1"
+        );
+        let serializable = value("default_transaction_isolation") == "serializable";
+        (read_only, serializable)
+    }
+}
+
+/// The value a replay statement of this module gives its setting: `SET name TO value`
+/// (the value as the proxy re-quoted it) or `SELECT pg_catalog.set_config('name',
+/// 'value', false)`.
+fn statement_value(stmt: &str) -> Option<String> {
+    if let Some(args) = stmt.strip_prefix("SELECT pg_catalog.set_config(") {
+        let (_, rest) = literal(args)?;
+        let rest = rest.trim_start().strip_prefix(',')?.trim_start();
+        return literal(rest).map(|(v, _)| v);
+    }
+    let (_, value) = stmt.split_once(" TO ")?;
+    let value = value.trim();
+    Some(literal(value).map_or_else(|| value.to_owned(), |(v, _)| v))
+}
+
+/// A quoted literal at the start of `text` (`'...'` with `''` escapes, or `E'...'` as
+/// `quote_literal` writes it), and the text after it.
+fn literal(text: &str) -> Option<(String, &str)> {
+    let (escaped, body) = match text.strip_prefix("E'") {
+        Some(body) => (true, body),
+        None => (false, text.strip_prefix('\'')?),
+    };
+    let mut out = String::new();
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\'' if chars.peek().is_some_and(|&(_, n)| n == '\'') => {
+                chars.next();
+                out.push('\'');
+            }
+            '\'' => return Some((out, &body[i + 1..])),
+            '\\' if escaped => out.push(chars.next()?.1),
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sql::commands;
+
+    #[test]
+    fn transaction_defaults_follow_startup_and_committed_sets() {
+        let mut s = SessionParams::from_startup(&[p("default_transaction_read_only", "on")]);
+        assert_eq!(s.transaction_defaults(), (true, false));
+        note_all(&mut s, "SET default_transaction_read_only = off");
+        note_all(&mut s, "SET default_transaction_isolation TO 'serializable'");
+        s.commit_pending(None);
+        assert_eq!(s.transaction_defaults(), (false, true));
+        let s = SessionParams::from_startup(&[p("options", "-c default_transaction_isolation=SERIALIZABLE")]);
+        assert_eq!(s.transaction_defaults(), (false, true));
+        assert_eq!(
+            statement_value("SELECT pg_catalog.set_config('a', E'x\\\\y''z', false)").as_deref(),
+            Some("x\\y'z")
+        );
+    }
 
     fn p(k: &str, v: &str) -> (String, String) {
         (k.into(), v.into())

@@ -212,11 +212,12 @@ impl Session {
         def.route_class(functions.generation(), || self.classify(&def.query))
     }
 
-    /// The session's transaction defaults as it logged in.
+    /// The session's transaction defaults (startup parameters and committed `SET`s).
     fn defaults(&self) -> SessionDefaults {
+        let (read_only, serializable) = self.params.transaction_defaults();
         SessionDefaults {
-            read_only: self.facts.read_only(),
-            serializable: false,
+            read_only,
+            serializable,
         }
     }
 
