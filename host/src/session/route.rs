@@ -69,10 +69,12 @@ pub(super) struct Routing {
     /// The mark of the session's last commit that may have written (0: none); see
     /// `Cluster::commit_mark`.
     commit_mark: u64,
-    /// The transaction now running was routed as read-only work.
-    read_only_tx: bool,
-    /// ... and the client declared it read-only (`BEGIN READ ONLY`): a `25006` in it is
-    /// the client's, not a misclassification.
+    /// The transaction now running may write: it was not classified as fit for a replica
+    /// (wherever it runs). Only such a transaction's end marks a commit for
+    /// read-your-writes; a read that ran on the primary does not.
+    may_write: bool,
+    /// It runs on a replica and the client declared it read-only (`BEGIN READ ONLY`): a
+    /// `25006` in it is the client's, not a misclassification.
     declared_read_only: bool,
     /// The next checkout goes to the primary whatever the work (a replica refused it).
     force_primary: bool,
@@ -239,7 +241,7 @@ impl Session {
 
     /// Borrows a server where `work` should run (see the module docs).
     pub(super) async fn checkout_for(&mut self, work: Work) -> Result<Checkout, SessionError> {
-        self.routing.read_only_tx = false;
+        self.routing.may_write = true;
         self.routing.declared_read_only = false;
         if !self.routes_reads() && !work.replica_hint {
             return Ok(self.pool.checkout().await?);
@@ -250,8 +252,9 @@ impl Session {
             work
         };
         let checkout = self.routed_checkout(work).await?;
-        self.routing.read_only_tx = checkout.read_node().is_some();
-        self.routing.declared_read_only = self.routing.read_only_tx && work.rule == Rule::ReadOnlyTransaction;
+        self.routing.may_write = !work.replica_ok();
+        self.routing.declared_read_only =
+            checkout.read_node().is_some() && work.rule == Rule::ReadOnlyTransaction;
         let node = checkout
             .read_node()
             .or_else(|| self.pool.cluster.primary().map(|(i, _)| i));
@@ -376,10 +379,11 @@ impl Session {
         self.routing.force_primary = true;
     }
 
-    /// A transaction that ran on the primary ended: unless it was routed as read-only work,
-    /// it may have written, and later reads in the read-your-writes scope must see it.
+    /// A transaction ended: if it ran on the primary and may have written (it was not
+    /// classified as fit for a replica), later reads in the read-your-writes scope must see
+    /// it.
     pub(super) fn note_commit(&mut self, on_primary: bool) {
-        if !on_primary || self.routing.read_only_tx || !self.routes_reads() {
+        if !on_primary || !self.routing.may_write || !self.routes_reads() {
             return;
         }
         let routing = &self.pool.settings.routing;
