@@ -236,7 +236,7 @@ impl Session {
                 Ok(Io::ServerRead) => self.process_server()?,
                 Ok(Io::ServerEof) => {
                     self.process_server()?;
-                    if !self.replay.failed() && !self.server_gone_while_idle() {
+                    if !self.replay.failed() && !self.note_replica_lost() && !self.server_gone_while_idle() {
                         self.flush_client().await?;
                         return Err(SessionError::ServerClosed);
                     }
@@ -244,7 +244,10 @@ impl Session {
                 // The server reset the connection after failing the request, before it
                 // read the request, or while it owed nothing.
                 Err(SessionError::ServerIo(e))
-                    if self.replay.failed() || self.note_reset(&e) || self.server_gone_while_idle() => {}
+                    if self.replay.failed()
+                        || self.note_reset(&e)
+                        || self.note_replica_lost()
+                        || self.server_gone_while_idle() => {}
                 Err(e) => return Err(e),
             }
             if self.replay.failed() {

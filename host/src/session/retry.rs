@@ -28,7 +28,10 @@
 //! reply reached the client runs once more on the primary. A replica can have written
 //! nothing, so statements it completed before the error do not stand in the way; the
 //! misclassification is logged and counted. A transaction the client declared
-//! `READ ONLY` is not in this net: the primary would refuse the write too.
+//! `READ ONLY` is not in this net: the primary would refuse the write too. Nor is a read
+//! whose replica closes its connection (a stopped or restarted replica) before any reply
+//! reached the client lost: a replica can have done nothing, so the read runs again,
+//! routed afresh.
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +63,8 @@ struct Failure {
     opened: Instant,
     /// A replica refused a write in work routed there as a read: it runs on the primary.
     misrouted: bool,
+    /// A replica's connection ended under a read: the read runs again, routed afresh.
+    replica_lost: bool,
 }
 
 /// The request in its retry window, if one is open.
@@ -369,6 +374,32 @@ impl Session {
         )
     }
 
+    /// The server of a read running on a replica closed or reset the connection before any
+    /// reply reached the client: a replica can have done nothing, so the outcome is known
+    /// (nothing happened) and the read runs again, routed afresh. Returns whether it was
+    /// recorded.
+    pub(super) fn note_replica_lost(&mut self) -> bool {
+        if !self.replay.is_open() || !self.replay.on_replica || self.replay.failed() {
+            return false;
+        }
+        let fields = ErrorFields::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "the replica running this read closed its connection",
+        );
+        let message = fields.message.clone();
+        let noted = self.fail(
+            sqlstate::CONNECTION_FAILURE,
+            &message,
+            Phase::BeforeAnyResult,
+            Fate::NotApplied,
+            fields,
+        );
+        if let Some(failure) = self.replay.failed.as_mut() {
+            failure.replica_lost = true;
+        }
+        noted
+    }
+
     /// Records the request's failure on the current server, for [`Session::retry`].
     fn fail(&mut self, sqlstate: &str, message: &str, phase: Phase, fate: Fate, fields: ErrorFields) -> bool {
         let Some(node) = self.server_node() else {
@@ -392,6 +423,7 @@ impl Session {
             addr: conn.addr.clone(),
             opened: conn.created,
             misrouted: false,
+            replica_lost: false,
         }));
         true
     }
@@ -528,6 +560,13 @@ impl Session {
                 .misrouted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.routing_force_primary();
+            RetryDecision::RetryAfter(std::time::Duration::ZERO)
+        } else if failure.replica_lost {
+            tracing::info!(
+                pid = self.cancel.process_id, node = %failure.addr,
+                "a replica closed its connection under a read; running the read again"
+            );
+            self.pool.cluster.suspect(failed.node as usize);
             RetryDecision::RetryAfter(std::time::Duration::ZERO)
         } else if !retry::allowed(failed) {
             RetryDecision::Surface
