@@ -3,6 +3,8 @@
 //! statement), not from the proxy's counters.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
@@ -50,6 +52,42 @@ async fn until_on_a_replica(client: &Client, sql: &str, replicas: &[u16]) -> Res
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// What a [`reader`] saw: when each read started and the port of the server that ran it,
+/// and the errors.
+struct Reads {
+    ran: Vec<(Instant, u16)>,
+    errors: Vec<String>,
+}
+
+impl Reads {
+    /// Reads per port, of those that started in `when`.
+    fn per_port(&self, when: impl Fn(Instant) -> bool) -> BTreeMap<u16, u32> {
+        let mut ports = BTreeMap::new();
+        for (_, port) in self.ran.iter().filter(|(t, _)| when(*t)) {
+            *ports.entry(*port).or_default() += 1;
+        }
+        ports
+    }
+}
+
+/// A client reading `SELECT inet_server_port()` in a loop until `stop`.
+fn reader(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Reads> {
+    tokio::spawn(async move {
+        let mut reads = Reads {
+            ran: Vec::new(),
+            errors: Vec::new(),
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            match client.query_one("SELECT inet_server_port()", &[]).await {
+                Ok(row) => reads.ran.push((started, row.get::<_, i32>(0) as u16)),
+                Err(e) => reads.errors.push(switchyard_tests::describe_error(&e)),
+            }
+        }
+        reads
+    })
 }
 
 /// With `read_routing = "replicas"`: 200 autocommit reads from one client all run on a
@@ -309,22 +347,10 @@ async fn a_replica_stopped_under_read_load_costs_no_client_an_error() -> Result<
     let ep = bed.endpoint();
     let probe = ep.connect_app().await?;
     until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let client = ep.connect_app().await?;
-        let stop = stop.clone();
-        clients.push(tokio::spawn(async move {
-            let mut ran: BTreeMap<u16, u32> = BTreeMap::new();
-            let mut errors = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match client.query_one("SELECT inet_server_port()", &[]).await {
-                    Ok(row) => *ran.entry(row.get::<_, i32>(0) as u16).or_default() += 1,
-                    Err(e) => errors.push(switchyard_tests::describe_error(&e)),
-                }
-            }
-            (ran, errors)
-        }));
+        clients.push(reader(ep.connect_app().await?, stop.clone()));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stopped_at = Instant::now();
@@ -333,9 +359,10 @@ async fn a_replica_stopped_under_read_load_costs_no_client_an_error() -> Result<
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::block_in_place(|| bed.pg_mut().replica_mut(0).start())?;
     until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas[..1]).await?;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     for (i, c) in clients.into_iter().enumerate() {
-        let (ran, errors) = c.await?;
+        let reads = c.await?;
+        let (ran, errors) = (reads.per_port(|_| true), &reads.errors);
         println!("client {i}: reads ran on {ran:?}; errors {errors:?}");
         ensure!(errors.is_empty(), "client {i} saw errors: {errors:?}");
         ensure!(
@@ -375,26 +402,12 @@ async fn a_custom_router_swapped_in_under_load_routes_as_it_says() -> Result<()>
     let probe = ep.connect_app().await?;
     until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for app in ["reporting", "web"] {
         let mut cfg = ep.config("app", "app", "app");
         cfg.application_name(app);
-        let client = connect(&cfg).await?;
-        let stop = stop.clone();
-        readers.push(tokio::spawn(async move {
-            // (when the read started, the port that ran it) and errors.
-            let mut reads: Vec<(Instant, u16)> = Vec::new();
-            let mut errors = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let started = Instant::now();
-                match client.query_one("SELECT inet_server_port()", &[]).await {
-                    Ok(row) => reads.push((started, row.get::<_, i32>(0) as u16)),
-                    Err(e) => errors.push(switchyard_tests::describe_error(&e)),
-                }
-            }
-            (reads, errors)
-        }));
+        readers.push(reader(connect(&cfg).await?, stop.clone()));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let custom = with_component(
@@ -425,32 +438,17 @@ async fn a_custom_router_swapped_in_under_load_routes_as_it_says() -> Result<()>
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let expected = [("reporting", replicas[1]), ("web", primary)];
     for (task, (app, port)) in readers.into_iter().zip(expected) {
-        let (reads, errors) = task.await?;
-        ensure!(errors.is_empty(), "{app} saw errors: {errors:?}");
-        let before: BTreeMap<u16, usize> =
-            reads
-                .iter()
-                .filter(|(t, _)| *t < shown)
-                .fold(BTreeMap::new(), |mut m, (_, p)| {
-                    *m.entry(*p).or_default() += 1;
-                    m
-                });
-        let after: Vec<u16> = reads
-            .iter()
-            .filter(|(t, _)| *t >= shown)
-            .map(|(_, p)| *p)
-            .collect();
-        println!(
-            "{app}: before the swap reads ran on {before:?}; after it {} reads, on {:?}",
-            after.len(),
-            after.iter().collect::<std::collections::BTreeSet<_>>()
-        );
+        let reads = task.await?;
+        ensure!(reads.errors.is_empty(), "{app} saw errors: {:?}", reads.errors);
+        let before = reads.per_port(|t| t < shown);
+        let after = reads.per_port(|t| t >= shown);
+        println!("{app}: before the swap reads ran on {before:?}; after it on {after:?}");
         ensure!(!after.is_empty(), "{app} read nothing after the swap");
         ensure!(
-            after.iter().all(|p| *p == port),
+            after.keys().all(|p| *p == port),
             "after the swap {app}'s reads should all run on port {port}: {after:?}"
         );
     }
@@ -511,22 +509,10 @@ async fn a_rolling_restart_of_the_replicas_costs_no_client_an_error() -> Result<
     let probe = ep.connect_app().await?;
     until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
     let load = Load::start(LoadOptions::new(vec![ep.clone()], 4)).await?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for _ in 0..2 {
-        let client = ep.connect_app().await?;
-        let stop = stop.clone();
-        readers.push(tokio::spawn(async move {
-            let mut ran: BTreeMap<u16, u32> = BTreeMap::new();
-            let mut errors = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match client.query_one("SELECT inet_server_port()", &[]).await {
-                    Ok(row) => *ran.entry(row.get::<_, i32>(0) as u16).or_default() += 1,
-                    Err(e) => errors.push(switchyard_tests::describe_error(&e)),
-                }
-            }
-            (ran, errors)
-        }));
+        readers.push(reader(ep.connect_app().await?, stop.clone()));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (i, port) in replicas.iter().enumerate() {
@@ -542,14 +528,21 @@ async fn a_rolling_restart_of_the_replicas_costs_no_client_an_error() -> Result<
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let primary = bed.direct();
     let report = load.finish(&primary).await?;
     println!("{report}");
     for (i, r) in readers.into_iter().enumerate() {
-        let (ran, errors) = r.await?;
-        println!("read-only client {i}: reads per port {ran:?}");
-        ensure!(errors.is_empty(), "read-only client {i} saw errors: {errors:?}");
+        let reads = r.await?;
+        println!(
+            "read-only client {i}: reads per port {:?}",
+            reads.per_port(|_| true)
+        );
+        ensure!(
+            reads.errors.is_empty(),
+            "read-only client {i} saw errors: {:?}",
+            reads.errors
+        );
     }
     ensure!(
         report.errors.is_empty() && report.connect_failures.is_empty(),
