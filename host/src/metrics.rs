@@ -327,7 +327,7 @@ impl StateCollector {
                     wait_timeouts: s.wait_timeouts.load(Ordering::Relaxed),
                     discarded: s.discarded.load(Ordering::Relaxed),
                     retried: s.retried.load(Ordering::Relaxed),
-                    reads_fell_back: pool.reads.fell_back.load(Ordering::Relaxed),
+                    reads_fell_back: pool.reads.fell_back_reads.load(Ordering::Relaxed),
                     misrouted: pool.reads.misrouted.load(Ordering::Relaxed),
                 });
             }

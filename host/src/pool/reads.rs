@@ -62,7 +62,7 @@ pub struct ReadStats {
     /// Counts choices, so that equally busy replicas take turns.
     turn: AtomicUsize,
     /// Reads that went to the primary because no replica could take them.
-    pub fell_back: AtomicU64,
+    pub fell_back_reads: AtomicU64,
     /// Reads a replica refused as writes (25006), run again on the primary.
     pub misrouted: AtomicU64,
     /// The mark of the latest commit that may have written, through this pool
@@ -75,7 +75,7 @@ impl ReadStats {
         ReadStats {
             nodes: (0..nodes).map(|_| NodeReads::default()).collect(),
             turn: AtomicUsize::new(0),
-            fell_back: AtomicU64::new(0),
+            fell_back_reads: AtomicU64::new(0),
             misrouted: AtomicU64::new(0),
             user_commits: AtomicU64::new(0),
         }
@@ -92,6 +92,11 @@ impl ReadStats {
             let counter = if read { &n.reads } else { &n.writes };
             counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a read that runs on the primary because no replica could take it.
+    pub fn fell_back(&self) {
+        self.fell_back_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     fn skip(&self, node: usize, why: Skip) {
@@ -154,7 +159,7 @@ impl Pool {
             }
         }
         if candidates == 0 {
-            self.reads.fell_back.fetch_add(1, Ordering::Relaxed);
+            self.reads.fell_back();
             return None;
         }
         // A counter, scrambled: a client whose every query takes two decisions (Parse, then

@@ -9,6 +9,7 @@
 //! A database with `read_routing = "off"`, no router plugin and no session hint never gets
 //! here past one comparison: its work is not even classified.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use switchyard_protocol::backend::ErrorFields;
@@ -278,10 +279,7 @@ impl Session {
                             pid = self.cancel.process_id, node = %self.pool.cluster.nodes[node], error = %e,
                             "cannot read on this replica now; the read goes to the primary"
                         );
-                        self.pool
-                            .reads
-                            .fell_back
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.pool.reads.fell_back();
                         return Ok(self.pool.checkout().await?);
                     }
                 },
@@ -290,10 +288,7 @@ impl Session {
                     // hold budget; past it the work runs on the primary.
                     let left = self.pool.cluster.hold_timeout.saturating_sub(started.elapsed());
                     if left.is_zero() {
-                        self.pool
-                            .reads
-                            .fell_back
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.pool.reads.fell_back();
                         return Ok(self.pool.checkout().await?);
                     }
                     // Boxed: rare, and a timer would otherwise sit in every session's task.
@@ -318,8 +313,7 @@ impl Session {
             },
             last_commit_lsn: min_lsn,
         };
-        let cluster = self.pool.cluster.clone();
-        let view = cluster.view();
+        let view = self.pool.cluster.view();
         let route = self
             .state
             .policies
@@ -345,7 +339,7 @@ impl Session {
             // No replica, and writes are held (a switchover): the read runs on the node the
             // probes confirm as the new primary rather than wait for traffic to move there.
             None => match view.candidate {
-                Some(c) if cluster.hold().is_some() && c < view.nodes.len() => Target::Read(c),
+                Some(c) if self.pool.cluster.hold().is_some() && c < view.nodes.len() => Target::Read(c),
                 _ => Target::Primary,
             },
         }))
@@ -359,14 +353,8 @@ impl Session {
         let mark = match routing.read_your_writes {
             ReadYourWrites::Off => 0,
             ReadYourWrites::Session => self.routing.commit_mark,
-            ReadYourWrites::User => self
-                .pool
-                .reads
-                .user_commits
-                .load(std::sync::atomic::Ordering::Relaxed),
-            ReadYourWrites::Database => routing
-                .database_commits
-                .load(std::sync::atomic::Ordering::Relaxed),
+            ReadYourWrites::User => self.pool.reads.user_commits.load(Ordering::Relaxed),
+            ReadYourWrites::Database => routing.database_commits.load(Ordering::Relaxed),
         };
         if mark == 0 {
             return 0;
@@ -392,15 +380,10 @@ impl Session {
             ReadYourWrites::Off => {}
             ReadYourWrites::Session => self.routing.commit_mark = mark,
             ReadYourWrites::User => {
-                self.pool
-                    .reads
-                    .user_commits
-                    .fetch_max(mark, std::sync::atomic::Ordering::Relaxed);
+                self.pool.reads.user_commits.fetch_max(mark, Ordering::Relaxed);
             }
             ReadYourWrites::Database => {
-                routing
-                    .database_commits
-                    .fetch_max(mark, std::sync::atomic::Ordering::Relaxed);
+                routing.database_commits.fetch_max(mark, Ordering::Relaxed);
             }
         }
     }
