@@ -32,53 +32,44 @@ def conninfo(a):
     )
 
 
-def worker(a, client_id, results, lock):
-    ok = 0
-    errors = []
-    try:
-        with psycopg.connect(conninfo(a)) as conn:
-            for i in range(a.transactions):
-                try:
-                    with conn.transaction():
-                        cur = conn.cursor()
-                        for k in range(3):
-                            cur.execute("SELECT %s::int + %s::int, %s::text", (i, k, f"c{client_id}"))
-                            row = cur.fetchone()
-                            if row != (i + k, f"c{client_id}"):
-                                raise AssertionError(f"sum query returned {row!r}, expected {(i + k, f'c{client_id}')!r}")
-                        cur.execute(f"INSERT INTO {TABLE} (client, n) VALUES (%s, %s)", (client_id, i))
-                        cur.execute(f"SELECT count(*) FROM {TABLE} WHERE client = %s", (client_id,))
-                        (count,) = cur.fetchone()
-                        if count != i + 1:
-                            raise AssertionError(f"client {client_id} sees {count} own rows in transaction {i}, expected {i + 1}")
-                    ok += 1
-                except Exception as e:  # noqa: BLE001 - every failure counts
-                    errors.append(f"client {client_id} transaction {i}: {type(e).__name__}: {e}")
-                    if conn.closed:
-                        break
-    except Exception as e:  # noqa: BLE001
-        errors.append(f"client {client_id}: {type(e).__name__}: {e}")
-    with lock:
-        results["ok"] += ok
-        results["errors"].extend(errors)
+def transaction(conn, client_id, i, ports):
+    """The default mode's iteration: one transaction of checked queries."""
+    with conn.transaction():
+        cur = conn.cursor()
+        for k in range(3):
+            cur.execute("SELECT %s::int + %s::int, %s::text", (i, k, f"c{client_id}"))
+            row = cur.fetchone()
+            if row != (i + k, f"c{client_id}"):
+                raise AssertionError(f"sum query returned {row!r}, expected {(i + k, f'c{client_id}')!r}")
+        cur.execute(f"INSERT INTO {TABLE} (client, n) VALUES (%s, %s)", (client_id, i))
+        cur.execute(f"SELECT count(*) FROM {TABLE} WHERE client = %s", (client_id,))
+        (count,) = cur.fetchone()
+        if count != i + 1:
+            raise AssertionError(f"client {client_id} sees {count} own rows in transaction {i}, expected {i + 1}")
 
 
-def ryw_worker(a, client_id, results, lock):
+def write_then_read(conn, client_id, i, ports):
+    """The read-your-writes mode's iteration (autocommit): a row written, then read back."""
+    conn.execute(f"INSERT INTO {TABLE} (client, n) VALUES (%s, %s)", (client_id, i))
+    count, port = conn.execute(
+        f"SELECT count(*), inet_server_port() FROM {TABLE} WHERE client = %s AND n = %s",
+        (client_id, i),
+    ).fetchone()
+    ports[port] = ports.get(port, 0) + 1
+    if count != 1:
+        raise AssertionError(f"stale read on port {port}: the row just written is missing")
+
+
+def worker(a, client_id, results, lock, iteration, autocommit):
+    """One connection running --transactions iterations; every failure is counted."""
     ok = 0
     errors = []
     ports = {}
     try:
-        with psycopg.connect(conninfo(a), autocommit=True) as conn:
+        with psycopg.connect(conninfo(a), autocommit=autocommit) as conn:
             for i in range(a.transactions):
                 try:
-                    conn.execute(f"INSERT INTO {TABLE} (client, n) VALUES (%s, %s)", (client_id, i))
-                    count, port = conn.execute(
-                        f"SELECT count(*), inet_server_port() FROM {TABLE} WHERE client = %s AND n = %s",
-                        (client_id, i),
-                    ).fetchone()
-                    ports[port] = ports.get(port, 0) + 1
-                    if count != 1:
-                        raise AssertionError(f"stale read on port {port}: the row just written is missing")
+                    iteration(conn, client_id, i, ports)
                     ok += 1
                 except Exception as e:  # noqa: BLE001 - every failure counts
                     errors.append(f"client {client_id} iteration {i}: {type(e).__name__}: {e}")
@@ -109,8 +100,11 @@ def main():
 
     results = {"ok": 0, "errors": [], "ports": {}}
     lock = threading.Lock()
-    target = ryw_worker if a.read_your_writes == "true" else worker
-    threads = [threading.Thread(target=target, args=(a, c, results, lock)) for c in range(a.concurrency)]
+    ryw = a.read_your_writes == "true"
+    iteration = write_then_read if ryw else transaction
+    threads = [
+        threading.Thread(target=worker, args=(a, c, results, lock, iteration, ryw)) for c in range(a.concurrency)
+    ]
     for t in threads:
         t.start()
     for t in threads:
