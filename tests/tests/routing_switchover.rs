@@ -53,10 +53,11 @@ async fn reader(endpoint: Endpoint, stop: Arc<AtomicBool>) -> Result<Reads> {
 /// `patronictl switchover` node0 → node1 of a three-node cluster with read routing on
 /// (`replicas`, read-your-writes per session): the write load (4 clients, INSERT then
 /// SELECT of the row) sees 0 errors, 0 lost or doubled writes and 0 stale reads; two
-/// read-only clients see 0 errors and read throughout (their longest stall and the physical
-/// switchover are printed: the point is that reads do not wait for the new primary).
+/// read-only clients see 0 errors. Measured and printed, not asserted: the read-only
+/// clients' longest stall against the physical switchover (reads need not wait for the new
+/// primary).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_flow_on_a_replica_through_a_switchover_and_writes_see_no_error() -> Result<()> {
+async fn a_switchover_with_read_routing_costs_no_client_an_error() -> Result<()> {
     skip_if_direct!();
     let port = ports::free_port()?;
     let script = env::workspace_dir().join("examples/patroni/switchyard-callback");
