@@ -225,6 +225,93 @@ async fn read_only_transactions_and_the_session_hint_route_to_replicas() -> Resu
     Ok(())
 }
 
+/// A lone `BEGIN` message is held back until the block's first statement: a
+/// `SET TRANSACTION READ ONLY` sent as that next message lets a replica run the block (its
+/// reads run on one replica, which reports `transaction_read_only = on`); a plain block runs
+/// on the primary and its INSERT is committed there. The `BEGIN` really reaches the server
+/// with the first statement: after an error in the block the next statement gets 25P02, and
+/// `DISCARD ALL` in a block gets the server's 25001; an empty `BEGIN`/`COMMIT` works.
+#[tokio::test]
+async fn a_lone_begin_lets_set_transaction_read_only_route_the_block() -> Result<()> {
+    skip_if_direct!();
+    let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
+    let primary = bed.pg().primary().port();
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    bed.pg().primary().admin_sql(
+        "app",
+        "CREATE TABLE lone_begin (n int); GRANT ALL ON lone_begin TO app",
+    )?;
+    let client = bed.endpoint().connect_app().await?;
+    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+
+    let step = |sql: &'static str| {
+        let client = &client;
+        async move { client.batch_execute(sql).await.ctx(sql) }
+    };
+    step("BEGIN").await?;
+    step("SET TRANSACTION READ ONLY").await?;
+    let first = port_of(&client, "SELECT inet_server_port()").await?;
+    let read_only: String = client
+        .query_one("SHOW transaction_read_only", &[])
+        .await
+        .ctx("SHOW transaction_read_only")?
+        .get(0);
+    let second = port_of(&client, "SELECT inet_server_port()").await?;
+    step("COMMIT").await?;
+    ensure!(
+        replicas.contains(&first) && first == second && read_only == "on",
+        "BEGIN, SET TRANSACTION READ ONLY as two messages ran on {first} then {second} \
+         (replicas {replicas:?}) with transaction_read_only = {read_only}"
+    );
+
+    step("BEGIN").await?;
+    let port = port_of(&client, "SELECT inet_server_port()").await?;
+    client
+        .execute("INSERT INTO lone_begin VALUES (1)", &[])
+        .await
+        .ctx("INSERT")?;
+    step("COMMIT").await?;
+    ensure!(
+        port == primary,
+        "a plain BEGIN block ran on {port}, not the primary {primary}"
+    );
+    let rows = bed
+        .pg()
+        .primary()
+        .admin_sql("app", "SELECT count(*) FROM lone_begin")?;
+    ensure!(
+        rows.trim() == "1",
+        "the block's INSERT left {} rows on the primary",
+        rows.trim()
+    );
+
+    step("BEGIN").await?;
+    step("COMMIT").await?;
+
+    step("BEGIN").await?;
+    expect_sqlstate(
+        client.batch_execute("SELECT 1/0").await,
+        &["22012"],
+        "1/0 in a block",
+    )?;
+    expect_sqlstate(
+        client.batch_execute("SELECT 1").await,
+        &["25P02"],
+        "a statement after an error in the block",
+    )?;
+    step("ROLLBACK").await?;
+
+    step("BEGIN").await?;
+    expect_sqlstate(
+        client.batch_execute("DISCARD ALL").await,
+        &["25001"],
+        "DISCARD ALL in a block",
+    )?;
+    step("ROLLBACK").await?;
+    ensure!(port_of(&client, "SELECT inet_server_port()").await? > 0);
+    Ok(())
+}
+
 /// An unknown value of `switchyard.route` is refused at login with 22023 and a message
 /// naming the setting.
 #[tokio::test]

@@ -353,6 +353,7 @@ impl Session {
             secret_key: conn.secret_key,
         });
         self.server.checkout = Some(checkout);
+        self.send_deferred_begin();
         Ok(())
     }
 

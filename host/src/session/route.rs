@@ -12,7 +12,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use switchyard_protocol::backend::ErrorFields;
+use bytes::{Bytes, BytesMut};
+use switchyard_protocol::backend::{self as be, ErrorFields, TransactionStatus};
 use switchyard_protocol::frame::peek_header;
 use switchyard_protocol::frontend::tags;
 
@@ -20,7 +21,7 @@ use super::{Session, SessionError};
 use crate::config::{PoolMode, ReadRouting, ReadYourWrites};
 use crate::policy::router::{Route, RouteRequest};
 use crate::pool::{Checkout, StatementDef};
-use crate::sql::route::{classify, Classification, Hint, Kind, Rule, SessionDefaults};
+use crate::sql::route::{classify, lone_begin, Classification, Hint, Kind, Rule, SessionDefaults};
 
 /// What the session is about to run, as far as routing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,10 @@ pub(super) struct Routing {
     declared_read_only: bool,
     /// The next checkout goes to the primary whatever the work (a replica refused it).
     force_primary: bool,
+    /// The client's lone `BEGIN`, answered by the proxy and not sent to any server yet:
+    /// it goes ahead of the block's first statement, which decides where the block runs
+    /// (see [`Session::defer_begin`]).
+    deferred_begin: Option<Bytes>,
 }
 
 impl Routing {
@@ -161,7 +166,7 @@ impl Session {
         loop {
             if !class.rule().allows_replica() && class.hint != Some(Hint::Replica) {
                 // Decided: the primary, whatever follows.
-                return Work::of(&class, self.defaults());
+                return self.work(class);
             }
             let Ok(Some(header)) = peek_header(rest, max) else {
                 return Work::PRIMARY;
@@ -171,7 +176,7 @@ impl Session {
             };
             let body = &frame[5..];
             match header.tag {
-                tags::SYNC => return Work::of(&class, self.defaults()),
+                tags::SYNC => return self.work(class),
                 tags::PARSE => match two_cstrs(body) {
                     Some((_, query)) => class = class.merge(self.classify(query)),
                     None => return Work::PRIMARY,
@@ -197,7 +202,56 @@ impl Session {
         if !self.wants_classification(sql) {
             return Work::PRIMARY;
         }
-        Work::of(&self.classify(sql), self.defaults())
+        self.work(self.classify(sql))
+    }
+
+    /// The work of a text (or batch) classified as `class`, in the block a deferred `BEGIN`
+    /// opened if there is one, under the session's transaction defaults.
+    fn work(&self, class: Classification) -> Work {
+        let class = match self.routing.deferred_begin {
+            Some(_) => self.classify(b"BEGIN").merge(class),
+            None => class,
+        };
+        Work::of(&class, self.defaults())
+    }
+
+    /// A lone `BEGIN` that declares no access mode (`work` is its routing), from a session
+    /// in transaction pooling that routes reads: the proxy answers it and holds it back,
+    /// so that the block's first statement decides where the block runs. A
+    /// `SET TRANSACTION READ ONLY` there lets a replica run it, as it would have in the
+    /// same message as the `BEGIN`; anything else runs on the primary. The `BEGIN` goes to
+    /// the server ahead of that statement ([`Session::send_deferred_begin`]), its replies
+    /// swallowed, so the client's path gains no round trip (it loses one). Returns whether
+    /// the `BEGIN` was held back.
+    pub(super) fn defer_begin(&mut self, work: Work, sql: &[u8], raw: &Bytes) -> bool {
+        if work.rule != Rule::ReadWriteTransaction
+            || self.mode != PoolMode::Transaction
+            || self.tx_status != TransactionStatus::Idle
+            || self.server.held()
+            || !self.routes_reads()
+        {
+            return false;
+        }
+        let Some(tag) = lone_begin(sql) else {
+            return false;
+        };
+        self.routing.deferred_begin = Some(raw.clone());
+        self.tx_status = TransactionStatus::InTransaction;
+        self.tx_statements += 1;
+        let mut reply = BytesMut::new();
+        be::command_complete(tag, &mut reply);
+        be::ready_for_query(self.tx_status, &mut reply);
+        self.synthesize(reply.freeze());
+        true
+    }
+
+    /// A server was just borrowed: a `BEGIN` held back goes to it first, its replies
+    /// swallowed (the client had them from the proxy).
+    pub(super) fn send_deferred_begin(&mut self) {
+        if let Some(begin) = self.routing.deferred_begin.take() {
+            self.server.sout.extend_from_slice(&begin);
+            self.server.replies.push(super::replies::Expect::InjectedQuery);
+        }
     }
 
     /// The routing classification of `sql`, with the database's function catalog (read in

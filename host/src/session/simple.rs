@@ -3,7 +3,7 @@
 //! and the statements about the client's own prepared statements are answered here.
 
 use bytes::{Bytes, BytesMut};
-use switchyard_protocol::backend::{self as be, ErrorFields};
+use switchyard_protocol::backend::{self as be, ErrorFields, TransactionStatus};
 use switchyard_protocol::sqlstate;
 
 use super::frontend::maybe_session_command;
@@ -44,6 +44,9 @@ impl Session {
             self.note_command(cmd);
         }
         let work = self.work_of_query(sql_text);
+        if self.defer_begin(work, sql_text, raw) {
+            return Ok(());
+        }
         if self.acquire_or_refuse(false, work).await? {
             self.server.sout.extend_from_slice(raw);
             self.server.replies.push(Expect::Query);
@@ -86,7 +89,12 @@ impl Session {
                 self.statements.clear();
                 be::command_complete("DEALLOCATE ALL", &mut out);
             }
-            Command::DiscardAll if self.mode == PoolMode::Transaction && !self.server.held() => {
+            // Not in a block (a deferred `BEGIN` holds no server): the server's 25001 then.
+            Command::DiscardAll
+                if self.mode == PoolMode::Transaction
+                    && !self.server.held()
+                    && self.tx_status == TransactionStatus::Idle =>
+            {
                 self.statements.clear();
                 self.params.note(Command::DiscardAll);
                 if self.params.commit_pending(None) {

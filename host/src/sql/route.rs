@@ -455,6 +455,32 @@ fn classify_lexed(sql: &[u8], functions: &impl Functions) -> Classification {
     out
 }
 
+/// Whether `sql` is one plain `BEGIN [WORK | TRANSACTION]` or `START TRANSACTION`, with no
+/// transaction mode and no hint, and nothing after it but a `;`: a block whose access mode
+/// the client may still declare with a `SET TRANSACTION` as its first statement. Returns the
+/// command tag Postgres answers it with.
+pub fn lone_begin(sql: &[u8]) -> Option<&'static str> {
+    let mut lexer = Lexer::new(sql);
+    let first = lexer.next()?;
+    let tag = if first.is("begin") {
+        let mut peek = lexer.clone();
+        if peek.next().is_some_and(|t| t.is("work") || t.is("transaction")) {
+            lexer = peek;
+        }
+        "BEGIN"
+    } else if first.is("start") && lexer.next()?.is("transaction") {
+        "START TRANSACTION"
+    } else {
+        return None;
+    };
+    let rest_is_empty = match lexer.next() {
+        None => true,
+        Some(semicolon) if semicolon.is_punct(b';') => lexer.next().is_none(),
+        Some(_) => false,
+    };
+    (rest_is_empty && !lexer.unterminated() && hint(sql).is_none()).then_some(tag)
+}
+
 /// The hint of the first leading comment that is one.
 fn hint(sql: &[u8]) -> Option<Hint> {
     leading_comments(sql).find_map(|body| {
@@ -1357,6 +1383,38 @@ mod tests {
         assert_eq!(classify(b"SELECT 1", &f).hint, None);
         let replica = classify(b"/* switchyard: replica */ SELECT 1", &f);
         assert_eq!(replica.rule(), Rule::Read);
+    }
+
+    /// A lone plain `BEGIN` is recognised with its tag; one with modes, a hint, another
+    /// statement after it, or an open quote is not.
+    #[test]
+    fn lone_begins() {
+        for (sql, tag) in [
+            ("BEGIN", "BEGIN"),
+            ("begin;", "BEGIN"),
+            ("  BEGIN WORK ; ", "BEGIN"),
+            ("Begin Transaction", "BEGIN"),
+            ("-- why\nSTART TRANSACTION", "START TRANSACTION"),
+            ("/* a comment */ BEGIN", "BEGIN"),
+        ] {
+            assert_eq!(lone_begin(sql.as_bytes()), Some(tag), "{sql:?}");
+        }
+        for sql in [
+            "BEGIN READ ONLY",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "START TRANSACTION READ WRITE",
+            "BEGIN; SELECT 1",
+            "BEGIN; COMMIT",
+            "BEGIN;;",
+            "START",
+            "BEGINNING",
+            "SELECT 1",
+            "/* switchyard: primary */ BEGIN",
+            "BEGIN /* open",
+            "",
+        ] {
+            assert_eq!(lone_begin(sql.as_bytes()), None, "{sql:?}");
+        }
     }
 
     #[test]
