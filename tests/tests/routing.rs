@@ -15,10 +15,18 @@ use tokio_postgres::Client;
 /// A primary, two replicas, and the proxy probing them every 100 ms, with `configure`
 /// applied on top.
 fn bed(configure: impl FnOnce(ProxyConfig) -> ProxyConfig) -> Result<TestBed> {
+    bed_with(ClusterOptions::default(), configure)
+}
+
+/// [`bed`] with the servers' `options` (two replicas whatever they say).
+fn bed_with(
+    options: ClusterOptions,
+    configure: impl FnOnce(ProxyConfig) -> ProxyConfig,
+) -> Result<TestBed> {
     TestBed::start_full(
         ClusterOptions {
             replicas: 2,
-            ..Default::default()
+            ..options
         },
         |cfg, _| {
             Ok(configure(
@@ -381,6 +389,84 @@ async fn a_session_reads_its_own_writes_while_a_replica_is_paused() -> Result<()
     bed.pg().replicas()[0].admin_sql("postgres", "SELECT pg_wal_replay_resume()")?;
     bed.pg().wait_replica_caught_up()?;
     until_on_a_replica(&client, "SELECT inet_server_port()", &replicas[..1]).await?;
+    Ok(())
+}
+
+/// The bundled router with `read_your_writes_wait_ms = 2000` (probes every 2 s, so only
+/// the probes a waiting read wakes bring news in time; `synchronous_commit = on`, as in
+/// production, so a commit streams to the replicas at once rather than at the WAL writer's
+/// next round, 200 ms later): a client that writes a row and reads
+/// it back at once, 200 times, always sees its row, and more than half of those reads run on
+/// a replica after waiting for it to replay the write (with no wait budget every one of them
+/// would run on the primary: the write's position is not known yet when the read comes).
+/// SHOW PLUGINS' counters show the waits; the reads' median and longest latency are printed.
+#[tokio::test]
+async fn the_router_plugin_waits_for_a_replica_to_replay_the_sessions_write() -> Result<()> {
+    skip_if_direct!();
+    use switchyard_tests::plugin::{component, with_component};
+    let servers = ClusterOptions::default().setting("synchronous_commit", "on");
+    let bed = bed_with(servers, |cfg| {
+        let cfg = cfg
+            .set("databases.app.read_routing", "replicas")
+            .set("clusters.main.probe_interval", "2s");
+        with_component(
+            cfg,
+            "router",
+            &component("router").expect("router.wasm"),
+            "router",
+            &[("read_your_writes_wait_ms", "2000")],
+        )
+    })?;
+    let direct = bed.direct().connect_app().await?;
+    direct
+        .batch_execute("CREATE TABLE ryw_wait (id int PRIMARY KEY)")
+        .await
+        .ctx("setup")?;
+    bed.pg().wait_replica_caught_up()?;
+    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let client = bed.endpoint().connect_app().await?;
+    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+
+    let (mut stale, mut on_replicas) = (0, 0);
+    let mut latencies = Vec::new();
+    for id in 0..200 {
+        client
+            .execute(&format!("INSERT INTO ryw_wait VALUES ({id})"), &[])
+            .await
+            .ctx("insert")?;
+        let started = Instant::now();
+        let row = client
+            .query_one(
+                &format!("SELECT inet_server_port(), count(*) FROM ryw_wait WHERE id = {id}"),
+                &[],
+            )
+            .await
+            .ctx("read back")?;
+        latencies.push(started.elapsed());
+        let (port, seen): (i32, i64) = (row.get(0), row.get(1));
+        if replicas.contains(&u16::try_from(port)?) {
+            on_replicas += 1;
+        }
+        if seen != 1 {
+            stale += 1;
+        }
+    }
+    latencies.sort();
+    let rows = switchyard_tests::admin::admin_rows(&bed.endpoint(), "SHOW PLUGINS").await?;
+    let counters = rows
+        .iter()
+        .find(|r| r["name"] == "router")
+        .map(|r| r["counters"].clone())
+        .unwrap_or_default();
+    println!(
+        "200 reads right after a write: {on_replicas} on a replica; latency median {:?}, longest {:?}; router counters: {counters}",
+        latencies[100], latencies[199]
+    );
+    ensure!(stale == 0, "{stale} of 200 reads did not see the write just made");
+    ensure!(
+        on_replicas > 100,
+        "only {on_replicas} of 200 reads after a write ran on a replica; the router's wait does not work (counters: {counters})"
+    );
     Ok(())
 }
 

@@ -346,7 +346,7 @@ impl Session {
                         return Ok(self.pool.checkout().await?);
                     }
                     // Boxed: rare, and a timer would otherwise sit in every session's task.
-                    Box::pin(tokio::time::sleep(wait.min(left))).await;
+                    Box::pin(self.pool.cluster.replica_news(wait.min(left))).await;
                 }
             }
         }

@@ -121,6 +121,9 @@ pub struct Cluster {
     changed: watch::Sender<u64>,
     /// Wakes a node's prober ahead of its interval (a pool could not connect to it).
     pokes: Vec<Notify>,
+    /// A new view was published (any probe answered): reads waiting for a replica to
+    /// catch up look again.
+    published: Notify,
     /// Failover events: what clients went through while the cluster had no primary.
     pub incidents: Arc<Incidents>,
     /// Patroni's view of the nodes (with `patroni_api` configured), for `SHOW NODES`.
@@ -176,6 +179,7 @@ impl Cluster {
         Cluster {
             name: name.to_string(),
             pokes: nodes.iter().map(|_| Notify::new()).collect(),
+            published: Notify::new(),
             patroni_apis: config
                 .nodes
                 .iter()
@@ -393,6 +397,22 @@ impl Cluster {
         if generation != old.generation {
             self.changed.send_replace(generation);
         }
+        self.published.notify_waiters();
+    }
+
+    /// Waits, at most `limit`, for fresh news of the replicas: every replica's prober is
+    /// woken (at most one probe per `POKE_GAP` each, however many sessions wait), and the
+    /// wait ends at the next view published. A read waiting for a replica to replay its
+    /// session's commit so learns of it within a probe's round trip, not a
+    /// `probe_interval`.
+    pub async fn replica_news(&self, limit: Duration) {
+        let published = self.published.notified();
+        for (node, state) in self.view.load().nodes.iter().enumerate() {
+            if state.verdict.role == Role::Replica {
+                self.suspect(node);
+            }
+        }
+        let _ = tokio::time::timeout(limit, published).await;
     }
 
     /// Each replica's lag in time, from the primary's WAL history.

@@ -28,11 +28,12 @@
 //! `node-info` does not carry), and a second check here could only disagree with it. The
 //! plugin compares replay positions only to decide whether waiting is worth it.
 //!
-//! What `wait` costs: the host holds the client's read (no server is held meanwhile) for the
-//! step, then calls `route` again: at most one plugin call per 20 ms per waiting session,
-//! and the read's latency grows by up to `read_your_writes_wait_ms`. Writes never wait. The
-//! waits count against the cluster's `hold_timeout`, and a session that exhausts that budget
-//! gets an error rather than the primary: keep `read_your_writes_wait_ms` well under it.
+//! What `wait` costs: the host holds the client's read (no server is held meanwhile), wakes
+//! the replicas' probers, and calls `route` again as soon as a probe answers (so a replica
+//! that caught up is seen within a probe's round trip), or when the step ends: a few plugin
+//! calls per waiting read, and the read's latency grows by up to
+//! `read_your_writes_wait_ms`. Writes never wait. The waits count against the cluster's
+//! `hold_timeout`, past which the host runs the read on the primary.
 //! Right after a commit its position is unknown (`last-commit-lsn` = `u64::MAX`) until the
 //! next probe of the primary, up to one `probe_interval`: with a budget shorter than that,
 //! most reads just after a write go to the primary.
