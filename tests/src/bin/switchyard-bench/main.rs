@@ -200,7 +200,11 @@ fn plan(opt: &Options) -> (String, String) {
         parts.push(format!(
             "modes=[{}] clients=[{}]",
             opt.modes.join(" "),
-            opt.clients.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
+            opt.clients
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
         ));
     }
     parts.push(format!(
@@ -301,7 +305,11 @@ fn measure_all(
     if opt.matrix {
         targets.extend(TARGETS);
     }
-    for t in TAX_TARGETS.iter().filter(|_| opt.tax).chain(ROUTING_TARGETS.iter().filter(|_| opt.routing)) {
+    for t in TAX_TARGETS
+        .iter()
+        .filter(|_| opt.tax)
+        .chain(ROUTING_TARGETS.iter().filter(|_| opt.routing))
+    {
         if !targets.contains(t) {
             targets.push(t);
         }

@@ -706,16 +706,16 @@ impl<'a> Bench<'a> {
         let opt = self.opt;
         let before = self.node_counts();
         self.interleaved(&opt.routing_cells, ROUTING_TARGETS, "routing:")?;
-        // Idle backends report their transaction counts to the statistics within a second.
-        interrupt::sleep(Duration::from_secs(2))?;
+        // A backend that went idle less than a second after its last report reports the
+        // rest 10 s later (PGSTAT_IDLE_INTERVAL).
+        interrupt::sleep(Duration::from_secs(11))?;
         let after = self.node_counts();
         let nodes: Vec<NodeReads> = after
             .iter()
             .map(|a| {
                 let b = before.iter().find(|b| b.node == a.node);
-                let delta = |f: fn(&NodeReads) -> Option<u64>| {
-                    Some(f(a)?.saturating_sub(b.map_or(Some(0), f)?))
-                };
+                let delta =
+                    |f: fn(&NodeReads) -> Option<u64>| Some(f(a)?.saturating_sub(b.map_or(Some(0), f)?));
                 NodeReads {
                     node: a.node.clone(),
                     primary: a.primary,
@@ -753,8 +753,8 @@ impl<'a> Bench<'a> {
                 Vec::new()
             }
         };
-        let nodes = std::iter::once((self.pg.primary(), true))
-            .chain(self.pg.replicas().iter().map(|r| (r, false)));
+        let nodes =
+            std::iter::once((self.pg.primary(), true)).chain(self.pg.replicas().iter().map(|r| (r, false)));
         nodes
             .map(|(node, primary)| {
                 let name = format!("{}:{}", node.host(), node.port());

@@ -330,7 +330,10 @@ mod tests {
             ["simple:64", "extended:16"]
         );
         assert_eq!(
-            o.routing_cells.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            o.routing_cells
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             ["simple:16", "simple:64"]
         );
         assert!(o.matrix && o.tax && o.routing);
@@ -390,7 +393,10 @@ mod tests {
         assert!(o.clients.is_empty() && o.modes.is_empty() && o.reconnect_clients.is_empty());
         assert!(o.tax_cells.is_empty());
         assert_eq!(
-            o.routing_cells.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            o.routing_cells
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             ["extended:8", "simple:32"]
         );
         assert_eq!((o.idle_clients, o.rounds), (0, 3));

@@ -351,7 +351,14 @@ fn per_tx(cg: &CgRuns, opt: &Options, without_ticker: bool) -> i64 {
 
 /// The rows of a pair of targets run interleaved (the plugin tax, the read-routing row):
 /// per cell the first target, then the second with the ratio of the medians.
-fn pair_rows(o: &mut String, f: &Findings, cells: &[CellSpec], prefix: &str, targets: [&str; 2], labels: [&str; 2]) {
+fn pair_rows(
+    o: &mut String,
+    f: &Findings,
+    cells: &[CellSpec],
+    prefix: &str,
+    targets: [&str; 2],
+    labels: [&str; 2],
+) {
     let runs = |k: &str| {
         f.cell(k)
             .map(|c| {
@@ -479,7 +486,14 @@ fn tax(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
     );
     o.push_str("| mode | clients | policy | tps | avg latency ms | failed tx | plugin/built-in | tps of each round |\n");
     o.push_str("|---|---:|---|---:|---:|---:|---:|---|\n");
-    pair_rows(o, f, &opt.tax_cells, "tax:", TAX_TARGETS, ["built-in", "pool-mode.wasm"]);
+    pair_rows(
+        o,
+        f,
+        &opt.tax_cells,
+        "tax:",
+        TAX_TARGETS,
+        ["built-in", "pool-mode.wasm"],
+    );
     if !opt.callgrind {
         o.push_str("Instructions per transaction: not measured (--quick or CALLGRIND=0).\n");
         return;
@@ -571,7 +585,11 @@ fn routing(o: &mut String, opt: &Options, f: &Findings) {
         o.push_str("Instructions per transaction: not measured (--quick or CALLGRIND=0).\n");
         return;
     }
-    let Some((off, on)) = f.cg_builtin.as_ref().and_then(|b| Some((&b.runs, b.routed.as_ref()?))) else {
+    let Some((off, on)) = f
+        .cg_builtin
+        .as_ref()
+        .and_then(|b| Some((&b.runs, b.routed.as_ref()?)))
+    else {
         o.push_str("Instructions per transaction: the callgrind measurement failed (see Problems).\n");
         return;
     };
@@ -594,7 +612,14 @@ fn routing(o: &mut String, opt: &Options, f: &Findings) {
 /// `plugin tax: tps ...` and `instructions/tx ...`: medians of the first tax cell, and the
 /// headline Ir per transaction (n/a when callgrind was skipped or failed).
 pub fn tax_lines(opt: &Options, f: &Findings) -> String {
-    let mut s = tps_line(f, "plugin tax: tps", "tax:", &opt.tax_cells[0], TAX_TARGETS, ["builtin", "plugin"]);
+    let mut s = tps_line(
+        f,
+        "plugin tax: tps",
+        "tax:",
+        &opt.tax_cells[0],
+        TAX_TARGETS,
+        ["builtin", "plugin"],
+    );
     let ir = match (&f.cg_builtin, &f.cg_plugin) {
         (Some(b), Some(p)) => Some((&b.runs, &p.runs)),
         _ => None,
@@ -618,12 +643,25 @@ pub fn routing_lines(opt: &Options, f: &Findings) -> String {
         .cg_builtin
         .as_ref()
         .and_then(|b| Some((&b.runs, b.routed.as_ref()?)));
-    s.push_str(&ir_line(opt, "instructions/tx routing", ["off", "on"], "cost", ir));
+    s.push_str(&ir_line(
+        opt,
+        "instructions/tx routing",
+        ["off", "on"],
+        "cost",
+        ir,
+    ));
     s
 }
 
 /// `<what> <a>=<tps> <b>=<tps> ratio=<b/a>` of a cell's two targets.
-fn tps_line(f: &Findings, what: &str, prefix: &str, cell: &CellSpec, targets: [&str; 2], names: [&str; 2]) -> String {
+fn tps_line(
+    f: &Findings,
+    what: &str,
+    prefix: &str,
+    cell: &CellSpec,
+    targets: [&str; 2],
+    names: [&str; 2],
+) -> String {
     let [a, b] = targets.map(|t| median(f, &format!("{prefix}{cell}:{t}")));
     format!(
         "{what} {}={} {}={} ratio={}\n",
@@ -636,7 +674,13 @@ fn tps_line(f: &Findings, what: &str, prefix: &str, cell: &CellSpec, targets: [&
 }
 
 /// `<what> <a>=<Ir> <b>=<Ir> <diff>=<+x.x%>`: headline Ir per transaction, n/a without.
-fn ir_line(opt: &Options, what: &str, names: [&str; 2], diff: &str, runs: Option<(&CgRuns, &CgRuns)>) -> String {
+fn ir_line(
+    opt: &Options,
+    what: &str,
+    names: [&str; 2],
+    diff: &str,
+    runs: Option<(&CgRuns, &CgRuns)>,
+) -> String {
     let [a, b] = names;
     match runs {
         Some((x, y)) => {
@@ -743,7 +787,9 @@ mod tests {
                 "switchyard/pgbouncer=0.90 switchyard/direct=0.68",
             ]
         );
-        assert!(report.contains("| simple | 64 | bench (primary) | 25000.0 | 2.560 | 0 |  | 25000.000000 |\n"));
+        assert!(
+            report.contains("| simple | 64 | bench (primary) | 25000.0 | 2.560 | 0 |  | 25000.000000 |\n")
+        );
         assert!(report.contains(
             "| simple | 64 | bench_reads (replicas) | 30000.0 | 2.133 | 0 | 1.200 | 30000.000000 |\n"
         ));
@@ -812,8 +858,16 @@ mod tests {
     fn read_routing_only() {
         let opt = options(&["--read-routing"]);
         let mut f = Findings::default();
-        add(&mut f, "routing:simple:16:switchyard", &[20_000.0, 21_000.0, 19_000.0]);
-        add(&mut f, "routing:simple:16:switchyard-reads", &[26_000.0, 25_000.0, 24_000.0]);
+        add(
+            &mut f,
+            "routing:simple:16:switchyard",
+            &[20_000.0, 21_000.0, 19_000.0],
+        );
+        add(
+            &mut f,
+            "routing:simple:16:switchyard-reads",
+            &[26_000.0, 25_000.0, 24_000.0],
+        );
         // 9000 transactions between the runs: off 10,000 Ir/tx, on 10,250.
         f.cg_builtin = Some(CgProxy {
             startup: 1_000_000,

@@ -147,10 +147,12 @@ impl Bench<'_> {
         let ticker = |r: &CgRuns| {
             r.ticker
                 .as_ref()
-                .map(|t| format!(
-                    " (epoch ticker thread {}: {}, {})",
-                    t.thread, t.run1_ir, t.run2_ir
-                ))
+                .map(|t| {
+                    format!(
+                        " (epoch ticker thread {}: {}, {})",
+                        t.thread, t.run1_ir, t.run2_ir
+                    )
+                })
                 .unwrap_or_default()
         };
         crate::log!(
@@ -174,7 +176,10 @@ impl Bench<'_> {
         let want = u64::from(self.opt.cg_clients) * u64::from(self.opt.cg_tx.0 + self.opt.cg_tx.1);
         match (before, after) {
             (Some(b), Some(a)) if a.saturating_sub(b) >= want => {
-                crate::log!("{name}: {} reads routed to the replicas ({want} transactions)", a - b);
+                crate::log!(
+                    "{name}: {} reads routed to the replicas ({want} transactions)",
+                    a - b
+                );
                 true
             }
             (Some(b), Some(a)) => {
