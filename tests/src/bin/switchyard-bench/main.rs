@@ -1,9 +1,10 @@
 //! `switchyard-bench`: the project's benchmark (docs/performance.md), run by `scripts/bench`
 //! after it has installed the prerequisites and built the proxy. pgbench throughput and
 //! latency of Switchyard against PgBouncer and direct Postgres, memory per idle client, the
-//! plugin tax and the read-routing row, on the test bed's own parts: the Postgres of [`switchyard_tests::cluster`],
-//! the proxy process of [`switchyard_tests::proxy`], the clients of
-//! [`switchyard_tests::tools`]. `--help` prints the method, settings and output format.
+//! plugin tax and the read-routing row, on the test bed's own parts: the Postgres of
+//! [`switchyard_tests::cluster`], the proxy process of [`switchyard_tests::proxy`], the
+//! clients of [`switchyard_tests::tools`]. `--help` prints the method, settings and output
+//! format.
 //!
 //! Progress goes to stderr, the report to stdout; exit status 0 when every run completed
 //! cleanly, 1 when some did not (the report is printed anyway), 2 for a bad setting, 130
@@ -301,15 +302,14 @@ fn measure_all(
     runs: &str,
 ) -> Result<(measure::Findings, Option<(String, String)>)> {
     let mut bench = Bench::start(opt, work.to_path_buf(), proxy_name)?;
-    let mut targets = Vec::new();
-    if opt.matrix {
-        targets.extend(TARGETS);
-    }
-    for t in TAX_TARGETS
-        .iter()
-        .filter(|_| opt.tax)
-        .chain(ROUTING_TARGETS.iter().filter(|_| opt.routing))
-    {
+    // Every target of the parts that run, once each.
+    let mut targets: Vec<&str> = Vec::new();
+    let parts: [(bool, &[&str]); 3] = [
+        (opt.matrix, &TARGETS),
+        (opt.tax, &TAX_TARGETS),
+        (opt.routing, &ROUTING_TARGETS),
+    ];
+    for t in parts.into_iter().filter(|p| p.0).flat_map(|p| p.1) {
         if !targets.contains(t) {
             targets.push(t);
         }

@@ -704,26 +704,18 @@ impl<'a> Bench<'a> {
     /// node's own count, before and after the runs.
     pub fn read_routing_tps(&mut self) -> Result<()> {
         let opt = self.opt;
+        // A backend that went idle less than a second after its last report to the
+        // statistics reports the rest 10 s later (PGSTAT_IDLE_INTERVAL): so the counts are
+        // read that long after the runs before (the warm-up, the plugin tax) and these.
+        let settled = Duration::from_secs(11);
+        interrupt::sleep(settled)?;
         let before = self.node_counts();
         self.interleaved(&opt.routing_cells, ROUTING_TARGETS, "routing:")?;
-        // A backend that went idle less than a second after its last report reports the
-        // rest 10 s later (PGSTAT_IDLE_INTERVAL).
-        interrupt::sleep(Duration::from_secs(11))?;
+        interrupt::sleep(settled)?;
         let after = self.node_counts();
         let nodes: Vec<NodeReads> = after
             .iter()
-            .map(|a| {
-                let b = before.iter().find(|b| b.node == a.node);
-                let delta =
-                    |f: fn(&NodeReads) -> Option<u64>| Some(f(a)?.saturating_sub(b.map_or(Some(0), f)?));
-                NodeReads {
-                    node: a.node.clone(),
-                    primary: a.primary,
-                    reads: delta(|n| n.reads),
-                    writes: delta(|n| n.writes),
-                    committed: delta(|n| n.committed),
-                }
-            })
+            .map(|a| a.since(before.iter().find(|b| b.node == a.node)))
             .collect();
         for n in &nodes {
             crate::log!(

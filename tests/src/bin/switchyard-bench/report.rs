@@ -603,9 +603,11 @@ fn routing(o: &mut String, opt: &Options, f: &Findings) {
         "| Ir | routing off | routing on | on − off | cost |",
         &ir_rows(opt, off, on),
     );
+    o.push_str("- The first run against `bench_reads` opens the proxy's servers on the replicas (SCRAM logins), which is why its fixed cost is higher.\n");
     if on.ticker.is_some() {
-        o.push_str("- The epoch ticker thread is left out of the headline, as in the plugin tax.\n\n");
+        o.push_str("- The epoch ticker thread is left out of the headline, as in the plugin tax.\n");
     }
+    o.push('\n');
     extra_by_function(o, opt, "routing on minus off", off, on);
 }
 

@@ -1,6 +1,7 @@
 //! The benchmark's arithmetic: what one pgbench run measured, which run of a cell is its
-//! median, and how numbers, ratios and percentages are printed. Every figure in the report
-//! goes through here, so it is unit-tested against the formats users and docs parse.
+//! median, whether the read-routing row's reads spread over the replicas, and how numbers,
+//! ratios and percentages are printed. Every figure in the report goes through here, so it
+//! is unit-tested against the formats users and docs parse.
 
 /// One figure of a run: measured, or an error (`ERR`: pgbench printed no summary).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -183,6 +184,22 @@ pub struct NodeReads {
     pub committed: Option<u64>,
 }
 
+impl NodeReads {
+    /// The counts since `before` (the same node earlier; none: all of them), each unknown
+    /// when unknown then or now.
+    pub fn since(&self, before: Option<&NodeReads>) -> NodeReads {
+        let delta =
+            |f: fn(&NodeReads) -> Option<u64>| Some(f(self)?.saturating_sub(before.map_or(Some(0), f)?));
+        NodeReads {
+            node: self.node.clone(),
+            primary: self.primary,
+            reads: delta(|n| n.reads),
+            writes: delta(|n| n.writes),
+            committed: delta(|n| n.committed),
+        }
+    }
+}
+
 /// A count, `-` when missing.
 pub fn fmt_count(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
@@ -362,7 +379,8 @@ Average:      104      1001   40.00   10.00    0.00    0.00   50.00     -  postg
 
     /// Reads spread over both replicas: no problem. A replica below 5 % of the primary's
     /// transactions by its own count, one SHOW NODES routed nothing to, and a count that
-    /// could not be read are problems, named by node.
+    /// could not be read are problems, named by node. Counts over the row are differences,
+    /// unknown when either end is.
     #[test]
     fn reads_that_did_not_spread_are_problems() {
         let spread = [
@@ -381,6 +399,14 @@ Average:      104      1001   40.00   10.00    0.00    0.00   50.00     -  postg
         assert!(p[0].contains("replica 127.0.0.1:3 ran 4000 transactions, the primary 100000"));
         assert!(p[1].contains("no read routed to replica 127.0.0.1:3"));
         let unknown = [node(1, true, None, Some(10)), node(2, false, None, None)];
+        assert_eq!(
+            node(2, false, Some(50), Some(70)).since(Some(&node(2, false, Some(20), None))),
+            node(2, false, Some(30), None)
+        );
+        assert_eq!(
+            node(2, false, Some(50), Some(70)).since(None),
+            node(2, false, Some(50), Some(70))
+        );
         assert_eq!(spread_problems(&unknown).len(), 2);
         assert_eq!(fmt_count(None), "-");
         assert_eq!(fmt_count(Some(7)), "7");
