@@ -1,7 +1,7 @@
 //! The benchmark program of `scripts/bench` (`switchyard-bench`) end to end, with the
-//! shortest settings that still measure the `-S -M simple -c 64` cell of all three targets
-//! and the plugin tax: its report must end with the lines users and docs/performance.md
-//! parse, in their format. Its statistics and report have unit tests in the program itself;
+//! shortest settings that still measure the `-S -M simple -c 64` cell of all three targets,
+//! the plugin tax and the read-routing row: its report must end with the lines users and
+//! docs/performance.md parse, in their format. Its statistics and report have unit tests in the program itself;
 //! this checks that the servers start, the runs run and everything is stopped again.
 //! Against the proxy under test (`SWITCHYARD_BIN` or `target/<profile>/switchyard`).
 
@@ -24,9 +24,10 @@ fn is_ratio(v: &str, decimals: usize) -> bool {
 
 /// One pgbench run of 3 s per cell, one round, 20 idle clients, no callgrind: exit status 0
 /// or 1 (1: some run had a problem, which a loaded machine may cause), the plugin was
-/// called (SHOW PLUGINS), and the last three lines are the plugin tax line, the
-/// instructions line (n/a without callgrind) and, very last,
-/// `switchyard/pgbouncer=<r> switchyard/direct=<r>`.
+/// called (SHOW PLUGINS), both replicas got reads in the read-routing row (SHOW NODES, as
+/// the report's node table shows it), and the last five lines are the plugin tax line and
+/// its instructions line, the read-routing line and its instructions line (n/a without
+/// callgrind) and, very last, `switchyard/pgbouncer=<r> switchyard/direct=<r>`.
 #[test]
 fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
     if TestBed::direct_mode() {
@@ -44,6 +45,7 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
             ("RECONNECT_CLIENTS", ""),
             ("IDLE_CLIENTS", "20"),
             ("TAX_CELLS", "simple:4"),
+            ("ROUTING_CELLS", "simple:4"),
             ("CALLGRIND", "0"),
             ("SCALE", "1"),
         ]);
@@ -54,12 +56,8 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
         out.describe("expected exit status 0 or 1")
     );
     let lines: Vec<&str> = out.stdout.lines().collect();
-    ensure!(lines.len() > 3, "{}", out.describe("expected a report"));
-    let [tax, ir, last] = [
-        lines[lines.len() - 3],
-        lines[lines.len() - 2],
-        lines[lines.len() - 1],
-    ];
+    ensure!(lines.len() > 5, "{}", out.describe("expected a report"));
+    let [tax, ir, routing, routing_ir, last] = [5, 4, 3, 2, 1].map(|i| lines[lines.len() - i]);
 
     let ratio = tax
         .strip_prefix("plugin tax: tps builtin=")
@@ -70,6 +68,32 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
     ensure!(
         ir == "instructions/tx builtin=n/a plugin=n/a tax=n/a",
         "instructions line: {ir:?}"
+    );
+    let ratio = routing
+        .strip_prefix("read routing: tps primary=")
+        .and_then(|r| r.split_once(" replicas="))
+        .and_then(|(_, r)| r.split_once(" ratio="))
+        .map(|(_, r)| r);
+    ensure!(
+        ratio.is_some_and(|r| is_ratio(r, 3)),
+        "read routing line: {routing:?}"
+    );
+    ensure!(
+        routing_ir == "instructions/tx routing off=n/a on=n/a cost=n/a",
+        "routing instructions line: {routing_ir:?}"
+    );
+    // | node | role | reads routed | writes routed | transactions committed |
+    let replica_reads: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("| 127.0.0.1:"))
+        .map(|l| l.split(" | ").map(str::trim).collect::<Vec<_>>())
+        .filter(|cells| cells.get(1) == Some(&"replica"))
+        .filter_map(|cells| cells.get(2)?.parse().ok())
+        .collect();
+    ensure!(
+        replica_reads.len() == 2 && replica_reads.iter().all(|&r| r > 0),
+        "{}",
+        out.describe(&format!("expected reads on both replicas, got {replica_reads:?}"))
     );
     let ratios = last
         .strip_prefix("switchyard/pgbouncer=")

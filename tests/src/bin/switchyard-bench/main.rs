@@ -1,9 +1,10 @@
 //! `switchyard-bench`: the project's benchmark (docs/performance.md), run by `scripts/bench`
 //! after it has installed the prerequisites and built the proxy. pgbench throughput and
-//! latency of Switchyard against PgBouncer and direct Postgres, memory per idle client, and
-//! the plugin tax, on the test bed's own parts: the Postgres of [`switchyard_tests::cluster`],
-//! the proxy process of [`switchyard_tests::proxy`], the clients of
-//! [`switchyard_tests::tools`]. `--help` prints the method, settings and output format.
+//! latency of Switchyard against PgBouncer and direct Postgres, memory per idle client, the
+//! plugin tax and the read-routing row, on the test bed's own parts: the Postgres of
+//! [`switchyard_tests::cluster`], the proxy process of [`switchyard_tests::proxy`], the
+//! clients of [`switchyard_tests::tools`]. `--help` prints the method, settings and output
+//! format.
 //!
 //! Progress goes to stderr, the report to stdout; exit status 0 when every run completed
 //! cleanly, 1 when some did not (the report is printed anyway), 2 for a bad setting, 130
@@ -32,8 +33,8 @@ mod servers;
 mod stats;
 mod under_callgrind;
 
-use measure::{Bench, SY, TARGETS, TAX_TARGETS};
-use options::{Command as Cli, Options};
+use measure::{Bench, ROUTING_TARGETS, SY, TARGETS, TAX_TARGETS};
+use options::{CellSpec, Command as Cli, Options};
 
 /// When the benchmark started (the progress lines' clock and the wall time).
 fn started() -> &'static Instant {
@@ -134,7 +135,7 @@ fn check_prerequisites(opt: &Options) -> Result<()> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if !opt.tax_only && !std::path::Path::new(servers::PGBOUNCER).exists() {
+    if opt.matrix && !std::path::Path::new(servers::PGBOUNCER).exists() {
         bail!(
             "pgbouncer not found at {} (scripts/bench installs it)",
             servers::PGBOUNCER
@@ -184,9 +185,9 @@ fn work_dir() -> Result<std::path::PathBuf> {
     )
 }
 
-/// The plugin tax cells as the settings give them, `MODE:CLIENTS ...`.
-fn tax_cells(opt: &Options) -> String {
-    opt.tax_cells
+/// Cells as the settings give them, `MODE:CLIENTS ...`.
+fn cells(cells: &[CellSpec]) -> String {
+    cells
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
@@ -195,20 +196,40 @@ fn tax_cells(opt: &Options) -> String {
 
 /// The settings and the number of pgbench runs, on stderr (and on stdout for --dry-run).
 fn plan(opt: &Options) -> (String, String) {
-    let cells = tax_cells(opt);
-    let config = if opt.tax_only {
-        format!(
-            "config: plugin tax only: cells=[{cells}] duration={}s pool={} scale={} jobs={} rounds={} callgrind={}",
-            opt.duration, opt.pool_size, opt.scale, opt.jobs, opt.rounds, u8::from(opt.callgrind)
-        )
-    } else {
-        format!(
-            "config: modes=[{}] clients=[{}] duration={}s pool={} scale={} jobs={} rounds={}; plugin tax: cells=[{cells}] callgrind={}",
+    let mut parts = Vec::new();
+    if opt.matrix {
+        parts.push(format!(
+            "modes=[{}] clients=[{}]",
             opt.modes.join(" "),
-            opt.clients.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
-            opt.duration, opt.pool_size, opt.scale, opt.jobs, opt.rounds, u8::from(opt.callgrind)
-        )
+            opt.clients
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ));
+    }
+    parts.push(format!(
+        "duration={}s pool={} scale={} jobs={} rounds={}",
+        opt.duration, opt.pool_size, opt.scale, opt.jobs, opt.rounds
+    ));
+    if opt.tax {
+        parts.push(format!("plugin tax: cells=[{}]", cells(&opt.tax_cells)));
+    }
+    if opt.routing {
+        parts.push(format!(
+            "read routing: cells=[{}] replicas={}",
+            cells(&opt.routing_cells),
+            servers::REPLICAS
+        ));
+    }
+    parts.push(format!("callgrind={}", u8::from(opt.callgrind)));
+    let only = match (opt.matrix, opt.tax, opt.routing) {
+        (false, true, false) => "plugin tax only: ",
+        (false, false, true) => "read routing only: ",
+        (false, true, true) => "plugin tax and read routing only: ",
+        _ => "",
     };
+    let config = format!("config: {only}{}", parts.join("; "));
     let total = measure::planned_runs(opt);
     let runs = format!(
         "{total} pgbench runs of {}s (about {} min){}",
@@ -242,7 +263,7 @@ fn run(opt: &Options) -> Result<bool> {
     let work = work_dir()?;
     log!("work dir {}", work.display());
     let result = measure_all(opt, &work, proxy_name, &runs);
-    let (findings, plugin_source, plugin_sha) = match result {
+    let (findings, plugin) = match result {
         Ok(r) => r,
         Err(e) => {
             remove_work(opt, &work);
@@ -256,8 +277,7 @@ fn run(opt: &Options) -> Result<bool> {
         pgbouncer_version: version_of(servers::PGBOUNCER),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         elapsed_secs: started().elapsed().as_secs(),
-        plugin_source,
-        plugin_sha,
+        plugin,
         work: work.display().to_string(),
         keep: opt.keep,
     };
@@ -280,35 +300,51 @@ fn measure_all(
     work: &std::path::Path,
     proxy_name: String,
     runs: &str,
-) -> Result<(measure::Findings, String, String)> {
+) -> Result<(measure::Findings, Option<(String, String)>)> {
     let mut bench = Bench::start(opt, work.to_path_buf(), proxy_name)?;
-    if opt.tax_only {
-        bench.warm_up(&TAX_TARGETS)?;
-    } else {
-        let mut targets = TARGETS.to_vec();
-        targets.push("switchyard");
-        bench.warm_up(&targets)?;
-        if opt.idle_clients > 0 {
-            bench.idle_memory(SY)?;
-            bench.idle_memory("pgbouncer")?;
+    // Every target of the parts that run, once each.
+    let mut targets: Vec<&str> = Vec::new();
+    let parts: [(bool, &[&str]); 3] = [
+        (opt.matrix, &TARGETS),
+        (opt.tax, &TAX_TARGETS),
+        (opt.routing, &ROUTING_TARGETS),
+    ];
+    for t in parts.into_iter().filter(|p| p.0).flat_map(|p| p.1) {
+        if !targets.contains(t) {
+            targets.push(t);
         }
+    }
+    bench.warm_up(&targets)?;
+    if opt.matrix && opt.idle_clients > 0 {
+        bench.idle_memory(SY)?;
+        bench.idle_memory("pgbouncer")?;
     }
     log!("running {runs}");
     bench.run_matrix()?;
-    let cells = tax_cells(opt);
-    log!(
-        "plugin tax: tps, built-in vs pool-mode plugin, cells [{cells}], {} round(s)",
-        opt.rounds
-    );
-    bench.plugin_tax_tps()?;
-    bench.check_plugin();
-    if opt.callgrind {
-        bench.plugin_tax_callgrind()?;
+    if opt.tax {
+        log!(
+            "plugin tax: tps, built-in vs pool-mode plugin, cells [{}], {} round(s)",
+            cells(&opt.tax_cells),
+            opt.rounds
+        );
+        bench.plugin_tax_tps()?;
+        bench.check_plugin();
     }
-    let source = bench.plugin.source.clone();
-    let sha = bench.plugin.sha.clone();
-    // Stop everything before printing so that the ratio line really is the last line.
-    Ok((bench.finish(), source, sha))
+    if opt.routing {
+        log!(
+            "read routing: tps, bench (primary) vs {} (replicas), cells [{}], {} round(s)",
+            servers::READS_DB,
+            cells(&opt.routing_cells),
+            opt.rounds
+        );
+        bench.read_routing_tps()?;
+    }
+    if opt.callgrind {
+        bench.callgrind()?;
+    }
+    let plugin = bench.plugin.as_ref().map(|p| (p.source.clone(), p.sha.clone()));
+    // Stop everything before printing so that the last line really is the last line.
+    Ok((bench.finish(), plugin))
 }
 
 /// The current UTC time as `YYYY-MM-DD HH:MM UTC` (from `date`, to need no date crate).

@@ -1,7 +1,8 @@
 //! The measurements: the servers of a run ([`Bench`]), pgbench runs against each target
-//! (with their p99 and CPU shares), memory per idle client, the plugin tax's interleaved runs
-//! and SHOW PLUGINS check (the callgrind runs are in `under_callgrind.rs`). What they find
-//! goes into [`Findings`], which `report.rs` prints.
+//! (with their p99 and CPU shares), memory per idle client, the interleaved runs of the
+//! plugin tax (and its SHOW PLUGINS check) and of the read-routing row (and where its reads
+//! ran: SHOW NODES and each node's own transaction count); the callgrind runs are in
+//! `under_callgrind.rs`. What they find goes into [`Findings`], which `report.rs` prints.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -16,9 +17,9 @@ use switchyard_tests::tools::libpq_command;
 use switchyard_tests::{env, Endpoint, PgCluster, Proxy};
 
 use crate::interrupt;
-use crate::options::Options;
-use crate::servers::{self, Flavour, PgBouncer, PluginCopy};
-use crate::stats::{self, Cell, Figure, Sample};
+use crate::options::{CellSpec, Options};
+use crate::servers::{self, Flavour, PgBouncer, PluginCopy, READS_DB};
+use crate::stats::{self, Cell, Figure, NodeReads, Sample};
 
 /// The matrix's targets, in the order of each round and of the tables.
 pub const TARGETS: [&str; 3] = ["direct", "pgbouncer", "switchyard-plugin"];
@@ -26,6 +27,9 @@ pub const TARGETS: [&str; 3] = ["direct", "pgbouncer", "switchyard-plugin"];
 pub const SY: &str = "switchyard-plugin";
 /// The plugin tax compares these two.
 pub const TAX_TARGETS: [&str; 2] = ["switchyard", "switchyard-plugin"];
+/// The read-routing row compares these two: the built-in Switchyard's database `bench`
+/// (routing off: the primary) and [`READS_DB`] (reads over the replicas).
+pub const ROUTING_TARGETS: [&str; 2] = ["switchyard", "switchyard-reads"];
 
 /// Memory per idle client of one proxy.
 #[derive(Clone, Debug)]
@@ -48,12 +52,17 @@ impl IdleMemory {
 /// Everything measured, for the report.
 #[derive(Debug, Default)]
 pub struct Findings {
-    /// Runs by cell key: `[tax:|reconnect:]MODE:CLIENTS:TARGET`.
+    /// Runs by cell key: `[tax:|reconnect:|routing:]MODE:CLIENTS:TARGET`.
     pub cells: BTreeMap<String, Cell>,
     pub idle: BTreeMap<&'static str, IdleMemory>,
     /// SHOW PLUGINS of the plugin proxy after the tps runs.
     pub plugin_stats: Option<String>,
-    pub callgrind: Option<crate::under_callgrind::Callgrind>,
+    /// The read-routing row's transactions per node (primary first).
+    pub routing_nodes: Vec<NodeReads>,
+    /// callgrind of the built-in proxy (with the read-routing runs when that row runs) and
+    /// of the plugin proxy (for the plugin tax).
+    pub cg_builtin: Option<crate::under_callgrind::CgProxy>,
+    pub cg_plugin: Option<crate::under_callgrind::CgProxy>,
     pub problems: Vec<String>,
     /// Per proxy log with WARN/ERROR lines: a count and the first ones.
     pub log_summary: Vec<String>,
@@ -71,7 +80,8 @@ pub struct Bench<'a> {
     pub work: PathBuf,
     pg: PgCluster,
     verifier: String,
-    pub plugin: PluginCopy,
+    /// The pool-mode plugin (not needed by the read-routing row alone).
+    pub plugin: Option<PluginCopy>,
     bouncers: Vec<PgBouncer>,
     proxies: BTreeMap<Flavour, Proxy>,
     /// The proxy binary's name (pidstat shows processes by it).
@@ -82,9 +92,18 @@ pub struct Bench<'a> {
 
 fn flavour_of(target: &str) -> Option<Flavour> {
     match target {
-        "switchyard" => Some(Flavour::Builtin),
+        "switchyard" | "switchyard-reads" => Some(Flavour::Builtin),
         "switchyard-plugin" => Some(Flavour::Plugin),
         _ => None,
+    }
+}
+
+/// The database a target's clients ask for: [`READS_DB`] for `switchyard-reads`.
+fn database_of(target: &str) -> &'static str {
+    if target == "switchyard-reads" {
+        READS_DB
+    } else {
+        "bench"
     }
 }
 
@@ -121,14 +140,14 @@ pub(crate) fn wait_child(child: &mut Child, limit: Duration) -> Result<Ended> {
     }
 }
 
-/// `pgbench -n` against `port` as bench, output to `out`.
-pub(crate) fn pgbench_command(port: u16, args: &[String], out: &Path) -> Result<Command> {
+/// `pgbench -n` against database `db` on `port` as bench, output to `out`.
+pub(crate) fn pgbench_command(port: u16, db: &str, args: &[String], out: &Path) -> Result<Command> {
     let mut cmd = libpq_command("pgbench")?;
     cmd.arg("-n")
         .args(args)
         .args(["-h", "127.0.0.1", "-p"])
         .arg(port.to_string())
-        .args(["-U", "bench", "bench"])
+        .args(["-U", "bench", db])
         .env("PGPASSWORD", "bench")
         .env("PGSSLMODE", "disable")
         .stdin(Stdio::null());
@@ -192,10 +211,15 @@ pub(crate) fn last_lines(text: &str, n: usize) -> Vec<&str> {
 }
 
 impl<'a> Bench<'a> {
-    /// Starts Postgres, the PgBouncers (not for the plugin tax alone) and both Switchyards.
+    /// Starts Postgres, the PgBouncers (for the matrix), the built-in Switchyard and the
+    /// plugin's (for the matrix and the plugin tax).
     pub fn start(opt: &'a Options, work: PathBuf, proxy_name: String) -> Result<Self> {
         fs::create_dir_all(work.join("runs"))?;
-        let plugin = servers::prepare_plugin(opt, &work)?;
+        let plugin = if opt.matrix || opt.tax {
+            Some(servers::prepare_plugin(opt, &work)?)
+        } else {
+            None
+        };
         let (pg, verifier) = servers::start_postgres(opt, &work)?;
         let mut bench = Self {
             opt,
@@ -209,13 +233,16 @@ impl<'a> Bench<'a> {
             run_no: 0,
             findings: Findings::default(),
         };
-        if !opt.tax_only {
+        if opt.matrix {
             bench.start_bouncer("pgbouncer", "transaction", opt.pool_size)?;
             if opt.session_pool_size() > 0 {
                 bench.start_bouncer("pgbouncer-session", "session", opt.session_pool_size())?;
             }
         }
         for flavour in [Flavour::Builtin, Flavour::Plugin] {
+            if flavour.has_plugin() && bench.plugin.is_none() {
+                continue;
+            }
             let proxy = bench.start_switchyard(flavour, None)?;
             bench.proxies.insert(flavour, proxy);
         }
@@ -242,20 +269,20 @@ impl<'a> Bench<'a> {
             flavour,
             self.opt,
             &self.pg,
-            &self.plugin.path,
+            self.plugin.as_ref().map(|p| p.path.as_path()),
             listen,
             &self.work.join("callgrind"),
         )
     }
 
-    fn bouncer(&mut self, name: &str) -> Result<&mut PgBouncer> {
+    fn bouncer(&self, name: &str) -> Result<&PgBouncer> {
         self.bouncers
-            .iter_mut()
+            .iter()
             .find(|b| b.name == name)
             .with_context(|| format!("{name} is not running"))
     }
 
-    fn port_of(&mut self, target: &str, mode: &str) -> Result<u16> {
+    fn port_of(&self, target: &str, mode: &str) -> Result<u16> {
         Ok(match target {
             "direct" => self.pg.primary().port(),
             // PgBouncer 1.18 pools prepared statements only by session.
@@ -330,12 +357,11 @@ impl<'a> Bench<'a> {
             let listen = proxy.config().proxy.listen.clone();
             drop(proxy);
             let proxy = self.start_switchyard(flavour, Some(listen))?;
-            let port = proxy.port();
             self.proxies.insert(flavour, proxy);
             crate::log!("re-warming {target}'s pool (3s)");
             let out = self.work.join(format!("runs/rewarm-{}.out", self.run_no));
             let c = self.opt.pool_size.min(16);
-            let _ = self.pgbench(port, "simple", c, 3, &[], &out)?;
+            let _ = self.pgbench(target, "simple", c, 3, &[], &out)?;
             return Ok(false);
         }
         match target {
@@ -359,11 +385,11 @@ impl<'a> Bench<'a> {
         Ok(true)
     }
 
-    /// `pgbench -S -M mode -c clients -j min(clients, JOBS) -T secs` plus `extra`, under a
-    /// hang guard of twice the duration plus two minutes.
+    /// `pgbench -S -M mode -c clients -j min(clients, JOBS) -T secs` plus `extra` against
+    /// `target`, under a hang guard of twice the duration plus two minutes.
     fn pgbench(
         &self,
-        port: u16,
+        target: &str,
         mode: &str,
         clients: u32,
         secs: u32,
@@ -379,7 +405,8 @@ impl<'a> Bench<'a> {
             secs.to_string(),
         ]);
         args.extend_from_slice(extra);
-        let mut child = pgbench_command(port, &args, out)?
+        let port = self.port_of(target, mode)?;
+        let mut child = pgbench_command(port, database_of(target), &args, out)?
             .spawn()
             .context("spawning pgbench")?;
         wait_child(&mut child, Duration::from_secs(u64::from(secs) * 2 + 120))
@@ -390,9 +417,8 @@ impl<'a> Bench<'a> {
         let c = self.opt.pool_size.min(16);
         for t in targets {
             crate::log!("warm-up: {t}, 3s, {c} clients");
-            let port = self.port_of(t, "simple")?;
             let out = self.work.join(format!("runs/warmup-{t}.out"));
-            let end = self.pgbench(port, "simple", c, 3, &[], &out)?;
+            let end = self.pgbench(t, "simple", c, 3, &[], &out)?;
             if end.code != Some(0) {
                 bail!("warm-up against {t} failed:\n{}", env::tail(&out, 20));
             }
@@ -400,7 +426,8 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
-    /// One pgbench run of a cell (`prefix`: "" for the matrix, "tax:" or "reconnect:").
+    /// One pgbench run of a cell (`prefix`: "" for the matrix, "tax:", "routing:" or
+    /// "reconnect:").
     pub fn bench_one(&mut self, target: &str, mode: &str, c: u32, round: u32, prefix: &str) -> Result<()> {
         let key = format!("{prefix}{mode}:{c}:{target}");
         self.run_no += 1;
@@ -415,7 +442,6 @@ impl<'a> Bench<'a> {
         if !self.check_alive(target, &format!("before {mode} c={c}"), mode)? {
             note.push_str("switchyard had died (restarted) before this run; ");
         }
-        let port = self.port_of(target, mode)?;
         let mut extra = vec![
             "-l".to_owned(),
             format!(
@@ -441,7 +467,7 @@ impl<'a> Bench<'a> {
         } else {
             None
         };
-        let ended = self.pgbench(port, mode, c, self.opt.duration, &extra, &out);
+        let ended = self.pgbench(target, mode, c, self.opt.duration, &extra, &out);
         let share = match pidstat.as_mut() {
             Some(p) => {
                 let _ = wait_child(p, Duration::from_secs(u64::from(self.opt.duration) + 30));
@@ -643,7 +669,7 @@ impl<'a> Bench<'a> {
             .collect();
             let out = self.work.join(format!("runs/idle-{name}-{started}.out"));
             children.push(
-                pgbench_command(port, &args, &out)?
+                pgbench_command(port, "bench", &args, &out)?
                     .spawn()
                     .context("spawning pgbench")?,
             );
@@ -667,19 +693,95 @@ impl<'a> Bench<'a> {
             .map_err(Into::into)
     }
 
-    /// tps of built-in vs plugin, interleaved, the order alternating per round so that a
-    /// trend in the machine's load hits both alike.
+    /// tps of built-in vs plugin, interleaved (see [`Self::interleaved`]).
     pub fn plugin_tax_tps(&mut self) -> Result<()> {
         let opt = self.opt;
-        for cell in &opt.tax_cells {
-            for r in 1..=opt.rounds {
+        self.interleaved(&opt.tax_cells, TAX_TARGETS, "tax:")
+    }
+
+    /// tps of the built-in Switchyard's `bench` (the primary) vs [`READS_DB`] (the
+    /// replicas), interleaved, and where their transactions ran: SHOW NODES and each
+    /// node's own count, before and after the runs.
+    pub fn read_routing_tps(&mut self) -> Result<()> {
+        let opt = self.opt;
+        // A backend that went idle less than a second after its last report to the
+        // statistics reports the rest 10 s later (PGSTAT_IDLE_INTERVAL): so the counts are
+        // read that long after the runs before (the warm-up, the plugin tax) and these.
+        let settled = Duration::from_secs(11);
+        interrupt::sleep(settled)?;
+        let before = self.node_counts();
+        self.interleaved(&opt.routing_cells, ROUTING_TARGETS, "routing:")?;
+        interrupt::sleep(settled)?;
+        let after = self.node_counts();
+        let nodes: Vec<NodeReads> = after
+            .iter()
+            .map(|a| a.since(before.iter().find(|b| b.node == a.node)))
+            .collect();
+        for n in &nodes {
+            crate::log!(
+                "read routing: {} ({}): reads={} writes={} (SHOW NODES), {} transactions committed (pg_stat_database)",
+                n.node,
+                if n.primary { "primary" } else { "replica" },
+                stats::fmt_count(n.reads),
+                stats::fmt_count(n.writes),
+                stats::fmt_count(n.committed)
+            );
+        }
+        self.findings.problems.extend(stats::spread_problems(&nodes));
+        self.findings.routing_nodes = nodes;
+        Ok(())
+    }
+
+    /// Each node of the cluster (primary first) with the built-in proxy's SHOW NODES
+    /// counters (none when it did not answer) and the node's own `xact_commit` of `bench`.
+    fn node_counts(&mut self) -> Vec<NodeReads> {
+        let port = self.proxies[&Flavour::Builtin].port();
+        let rows = match admin_query(port, "SHOW NODES") {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.findings
+                    .problems
+                    .push(format!("read routing: SHOW NODES failed: {e:#}"));
+                Vec::new()
+            }
+        };
+        let nodes =
+            std::iter::once((self.pg.primary(), true)).chain(self.pg.replicas().iter().map(|r| (r, false)));
+        nodes
+            .map(|(node, primary)| {
+                let name = format!("{}:{}", node.host(), node.port());
+                let row = rows.iter().find(|r| r.get("node") == Some(&name));
+                let field = |c: &str| row.and_then(|r| r.get(c)?.parse().ok());
+                let committed = node
+                    .admin_sql(
+                        "bench",
+                        "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'",
+                    )
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+                NodeReads {
+                    reads: field("reads"),
+                    writes: field("writes"),
+                    committed,
+                    node: name,
+                    primary,
+                }
+            })
+            .collect()
+    }
+
+    /// Runs each cell's two targets one after the other for ROUNDS rounds, the order
+    /// alternating per round so that a trend in the machine's load hits both alike.
+    fn interleaved(&mut self, cells: &[CellSpec], targets: [&str; 2], prefix: &str) -> Result<()> {
+        for cell in cells {
+            for r in 1..=self.opt.rounds {
                 let order = if r % 2 == 1 {
-                    TAX_TARGETS
+                    targets
                 } else {
-                    [TAX_TARGETS[1], TAX_TARGETS[0]]
+                    [targets[1], targets[0]]
                 };
                 for t in order {
-                    self.bench_one(t, &cell.mode, cell.clients, r, "tax:")?;
+                    self.bench_one(t, &cell.mode, cell.clients, r, prefix)?;
                 }
             }
         }
@@ -690,21 +792,7 @@ impl<'a> Bench<'a> {
     /// failed, or what was measured is the built-in fallback. Returns the summary line (when
     /// SHOW PLUGINS answered) and whether the check passed.
     pub(crate) fn plugin_calls(&mut self, name: &str, port: u16) -> (Option<String>, bool) {
-        let rows = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(async {
-                    tokio::time::timeout(
-                        Duration::from_secs(120),
-                        admin_rows(&Endpoint::new("127.0.0.1", port), "SHOW PLUGINS"),
-                    )
-                    .await
-                    .context("no answer within 120 s")?
-                })
-            });
-        let rows = match rows {
+        let rows = match admin_query(port, "SHOW PLUGINS") {
             Ok(rows) => rows,
             Err(e) => {
                 self.findings
@@ -791,6 +879,32 @@ impl<'a> Bench<'a> {
     }
 }
 
+/// `command`'s rows on the admin console of the proxy on `port` (120 s at most: a proxy
+/// under valgrind is slow).
+fn admin_query(port: u16, command: &str) -> Result<Vec<std::collections::HashMap<String, String>>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            admin_rows(&Endpoint::new("127.0.0.1", port), command),
+        )
+        .await
+        .context("no answer within 120 s")?
+    })
+}
+
+/// Reads SHOW NODES of the proxy on `port` counts as routed to a node other than the
+/// primary; none when it did not answer.
+pub(crate) fn replica_reads(port: u16) -> Option<u64> {
+    let rows = admin_query(port, "SHOW NODES").ok()?;
+    rows.iter()
+        .filter(|r| r.get("primary").is_some_and(|p| p != "true"))
+        .map(|r| r.get("reads")?.parse::<u64>().ok())
+        .sum()
+}
+
 /// How many pgbench runs the settings ask for (the matrix, the reconnect rows, the tax cells).
 pub fn planned_runs(opt: &Options) -> u32 {
     let mut runs = 0;
@@ -800,7 +914,8 @@ pub fn planned_runs(opt: &Options) -> u32 {
         }
     }
     runs += opt.reconnect_clients.len() as u32 * TARGETS.len() as u32 * opt.rounds;
-    runs + TAX_TARGETS.len() as u32 * opt.rounds * opt.tax_cells.len() as u32
+    let cells = opt.tax_cells.len() + opt.routing_cells.len();
+    runs + 2 * opt.rounds * cells as u32
 }
 
 /// Cells not measured: direct Postgres at the pooler-only client counts, and -M prepared
@@ -847,8 +962,9 @@ tps = 19712.409811 (without initial connection time)
     }
 
     /// A full run: 4 client counts x 3 targets x 3 modes, 1000 clients through the two
-    /// poolers (and not through the session PgBouncer for -M prepared), the reconnect row and
-    /// the two tax cells, 3 rounds each; --quick: 2 x 3, the reconnect row and one tax cell.
+    /// poolers (and not through the session PgBouncer for -M prepared), the reconnect row,
+    /// the two tax cells and the two routing cells, 3 rounds each; --quick: 2 x 3, the
+    /// reconnect row, one tax cell and one routing cell.
     #[test]
     fn planned_runs_of_the_usual_settings() {
         let opt = |args: &[&str]| {
@@ -858,8 +974,10 @@ tps = 19712.409811 (without initial connection time)
                 crate::options::Command::Help => unreachable!(),
             }
         };
-        assert_eq!(planned_runs(&opt(&[])), (3 * 12 + 2 + 2 + 1 + 3 + 4) * 3);
-        assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2);
+        assert_eq!(planned_runs(&opt(&[])), (3 * 12 + 2 + 2 + 1 + 3 + 4 + 4) * 3);
+        assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2 + 2);
         assert_eq!(planned_runs(&opt(&["--plugin-tax"])), 12);
+        assert_eq!(planned_runs(&opt(&["--read-routing"])), 12);
+        assert_eq!(planned_runs(&opt(&["--read-routing", "--plugin-tax"])), 24);
     }
 }

@@ -1,6 +1,6 @@
-//! The benchmark's settings: three flags and environment variables, with the defaults,
-//! the `--quick` and `--plugin-tax` overrides and the checks of the shell script this
-//! program replaced (same names, same messages, exit status 2 on a bad one).
+//! The benchmark's settings: the flags and environment variables, with the defaults, the
+//! `--quick`, `--plugin-tax` and `--read-routing` overrides and the checks of the shell
+//! script this program replaced (same names, same messages, exit status 2 on a bad one).
 
 use std::fmt;
 
@@ -24,14 +24,14 @@ pub enum Command {
     Run(Box<Options>),
 }
 
-/// One plugin-tax cell: `MODE:CLIENTS`.
+/// One cell of the plugin tax or the read-routing row: `MODE:CLIENTS`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TaxCell {
+pub struct CellSpec {
     pub mode: String,
     pub clients: u32,
 }
 
-impl fmt::Display for TaxCell {
+impl fmt::Display for CellSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.mode, self.clients)
     }
@@ -42,7 +42,13 @@ impl fmt::Display for TaxCell {
 pub struct Options {
     /// `--dry-run`: check the settings, print the plan, run nothing.
     pub dry_run: bool,
-    pub tax_only: bool,
+    /// The matrix, the reconnect rows and the idle memory (PgBouncer and direct Postgres):
+    /// not with `--plugin-tax` or `--read-routing`.
+    pub matrix: bool,
+    /// The plugin tax (the pool-mode plugin's proxy): not with `--read-routing` alone.
+    pub tax: bool,
+    /// The read-routing row (two streaming replicas): not with `--plugin-tax` alone.
+    pub routing: bool,
     pub keep: bool,
     pub clients: Vec<u32>,
     pub pooler_clients: Vec<u32>,
@@ -57,7 +63,10 @@ pub struct Options {
     pub scale: u32,
     pub jobs: u32,
     pub rounds: u32,
-    pub tax_cells: Vec<TaxCell>,
+    /// Empty without the plugin tax.
+    pub tax_cells: Vec<CellSpec>,
+    /// Empty without the read-routing row.
+    pub routing_cells: Vec<CellSpec>,
     pub callgrind: bool,
     pub cg_clients: u32,
     pub cg_tx: (u32, u32),
@@ -113,14 +122,40 @@ fn number(name: &str, v: &str) -> Result<u32, UsageError> {
         .map_err(|_| UsageError(format!("{name} must be a number, got '{v}'")))
 }
 
+/// `MODE:CLIENTS ...` of the setting `name` (TAX_CELLS, ROUTING_CELLS): at least one.
+fn parse_cells(name: &str, value: &str) -> Result<Vec<CellSpec>, UsageError> {
+    let mut cells = Vec::new();
+    for cell in value.split_whitespace() {
+        let bad = || {
+            UsageError(format!(
+                "{name} entries are MODE:CLIENTS (e.g. simple:64), got '{cell}'"
+            ))
+        };
+        let (mode, c) = cell.split_once(':').ok_or_else(bad)?;
+        if !["simple", "extended", "prepared"].contains(&mode) {
+            return Err(bad());
+        }
+        cells.push(CellSpec {
+            mode: mode.to_owned(),
+            clients: positive(name, c).map_err(|_| bad())?,
+        });
+    }
+    if cells.is_empty() {
+        return Err(UsageError(format!("{name} is empty")));
+    }
+    Ok(cells)
+}
+
 /// Parses the flags and reads the settings through `env` (the process environment in
 /// `main`, a map in the tests).
 pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, UsageError> {
-    let (mut quick, mut tax_only, mut keep, mut dry_run) = (false, false, false, false);
+    let (mut quick, mut keep, mut dry_run) = (false, false, false);
+    let (mut tax_only, mut routing_only) = (false, false);
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
             "--plugin-tax" => tax_only = true,
+            "--read-routing" => routing_only = true,
             "--keep" => keep = true,
             "--dry-run" => dry_run = true,
             "-h" | "--help" => return Ok(Command::Help),
@@ -139,6 +174,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut duration = var("DURATION", "10");
     let mut modes = var("MODES", "simple extended prepared");
     let mut tax_cells = var("TAX_CELLS", "simple:64 extended:16");
+    let mut routing_cells = var("ROUTING_CELLS", "simple:16 simple:64");
     let mut callgrind = var("CALLGRIND", "1");
     let mut idle_clients = env("IDLE_CLIENTS").filter(|v| !v.is_empty());
     let mut rounds = env("ROUNDS").filter(|v| !v.is_empty());
@@ -152,9 +188,12 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         duration = "5".into();
         modes = "simple".into();
         tax_cells = "simple:64".into();
+        routing_cells = "simple:64".into();
         callgrind = "0".into();
     }
-    if tax_only {
+    // Either flag measures only what it names (both: both), without the matrix.
+    let matrix = !(tax_only || routing_only);
+    if !matrix {
         clients = String::new();
         pooler_clients = String::new();
         modes = String::new();
@@ -198,24 +237,13 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             _ => return Err(bad()),
         }
     };
-    let mut cells = Vec::new();
-    for cell in tax_cells.split_whitespace() {
-        let bad = || {
-            UsageError(format!(
-                "TAX_CELLS entries are MODE:CLIENTS (e.g. simple:64), got '{cell}'"
-            ))
-        };
-        let (mode, c) = cell.split_once(':').ok_or_else(bad)?;
-        if !["simple", "extended", "prepared"].contains(&mode) {
-            return Err(bad());
-        }
-        cells.push(TaxCell {
-            mode: mode.to_owned(),
-            clients: positive("TAX_CELLS", c).map_err(|_| bad())?,
-        });
+    let mut tax_cells = parse_cells("TAX_CELLS", &tax_cells)?;
+    let mut routing_cells = parse_cells("ROUTING_CELLS", &routing_cells)?;
+    if !matrix && !tax_only {
+        tax_cells.clear();
     }
-    if cells.is_empty() {
-        return Err(UsageError("TAX_CELLS is empty".into()));
+    if !matrix && !routing_only {
+        routing_cells.clear();
     }
     let counts = |list: &str| -> Result<Vec<u32>, UsageError> {
         list.split_whitespace()
@@ -242,7 +270,9 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     }
     Ok(Command::Run(Box::new(Options {
         dry_run,
-        tax_only,
+        matrix,
+        tax: !tax_cells.is_empty(),
+        routing: !routing_cells.is_empty(),
         keep,
         clients,
         pooler_clients,
@@ -256,7 +286,8 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         scale,
         jobs,
         rounds,
-        tax_cells: cells,
+        tax_cells,
+        routing_cells,
         callgrind,
         cg_clients,
         cg_tx,
@@ -281,7 +312,8 @@ mod tests {
         }
     }
 
-    /// A plain run: the full matrix, 3 rounds, callgrind on, reconnect rows at 16 clients.
+    /// A plain run: the full matrix, the plugin tax and the read-routing row, 3 rounds,
+    /// callgrind on, reconnect rows at 16 clients.
     #[test]
     fn defaults_are_the_full_run() {
         let o = run(&[], &[]).unwrap();
@@ -297,6 +329,14 @@ mod tests {
             o.tax_cells.iter().map(ToString::to_string).collect::<Vec<_>>(),
             ["simple:64", "extended:16"]
         );
+        assert_eq!(
+            o.routing_cells
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["simple:16", "simple:64"]
+        );
+        assert!(o.matrix && o.tax && o.routing);
         assert!(o.callgrind);
         assert_eq!(
             (o.cg_clients, o.cg_tx, o.cg_warmup, o.cg_workers),
@@ -306,8 +346,8 @@ mod tests {
         assert!(o.pooler_only(1000) && !o.pooler_only(64));
     }
 
-    /// --quick fixes the matrix (ignoring CLIENTS, DURATION, MODES) but keeps ROUNDS and
-    /// IDLE_CLIENTS when given.
+    /// --quick fixes the matrix (ignoring CLIENTS, DURATION, MODES) and the tax and routing
+    /// cells, but keeps ROUNDS and IDLE_CLIENTS when given.
     #[test]
     fn quick_overrides() {
         let o = run(
@@ -321,6 +361,10 @@ mod tests {
         assert_eq!(o.modes, ["simple"]);
         assert!(!o.callgrind);
         assert_eq!(o.session_pool_size(), 0);
+        assert!(o.matrix && o.tax && o.routing);
+        let cells = |c: &[CellSpec]| c.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(cells(&o.tax_cells), ["simple:64"]);
+        assert_eq!(cells(&o.routing_cells), ["simple:64"]);
         let o = run(&["--quick"], &[("ROUNDS", "2"), ("IDLE_CLIENTS", "0")]).unwrap();
         assert_eq!((o.rounds, o.idle_clients), (2, 0));
     }
@@ -329,9 +373,39 @@ mod tests {
     #[test]
     fn plugin_tax_only() {
         let o = run(&["--plugin-tax"], &[("CLIENTS", "1"), ("RECONNECT_CLIENTS", "4")]).unwrap();
-        assert!(o.tax_only && o.clients.is_empty() && o.modes.is_empty() && o.reconnect_clients.is_empty());
+        assert!(!o.matrix && o.tax && !o.routing);
+        assert!(o.clients.is_empty() && o.modes.is_empty() && o.reconnect_clients.is_empty());
+        assert!(o.routing_cells.is_empty());
         assert_eq!((o.idle_clients, o.rounds), (0, 3));
         assert!(o.callgrind);
+    }
+
+    /// --read-routing measures nothing but the routing cells (ROUTING_CELLS as given) and
+    /// callgrind; with --plugin-tax too, both; with --quick, one cell and no callgrind.
+    #[test]
+    fn read_routing_only() {
+        let o = run(
+            &["--read-routing"],
+            &[("CLIENTS", "1"), ("ROUTING_CELLS", "extended:8 simple:32")],
+        )
+        .unwrap();
+        assert!(!o.matrix && !o.tax && o.routing);
+        assert!(o.clients.is_empty() && o.modes.is_empty() && o.reconnect_clients.is_empty());
+        assert!(o.tax_cells.is_empty());
+        assert_eq!(
+            o.routing_cells
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["extended:8", "simple:32"]
+        );
+        assert_eq!((o.idle_clients, o.rounds), (0, 3));
+        assert!(o.callgrind);
+        let o = run(&["--read-routing", "--plugin-tax"], &[]).unwrap();
+        assert!(!o.matrix && o.tax && o.routing);
+        let o = run(&["--read-routing", "--quick"], &[]).unwrap();
+        assert_eq!(o.routing_cells.len(), 1);
+        assert_eq!((o.rounds, o.callgrind), (1, false));
     }
 
     /// An empty RECONNECT_CLIENTS skips the reconnect rows; other empty settings take defaults.
@@ -374,6 +448,11 @@ mod tests {
             "TAX_CELLS entries are MODE:CLIENTS (e.g. simple:64), got 'simple'"
         );
         assert!(err(&[], &[("TAX_CELLS", "copy:4")]).starts_with("TAX_CELLS entries"));
+        assert_eq!(
+            err(&["--read-routing"], &[("ROUTING_CELLS", "simple:0")]),
+            "ROUTING_CELLS entries are MODE:CLIENTS (e.g. simple:64), got 'simple:0'"
+        );
+        assert_eq!(err(&[], &[("ROUTING_CELLS", " ")]), "ROUTING_CELLS is empty");
         assert!(err(&[], &[("CLIENTS", "1 -4")]).ends_with("got '-4'"));
         assert_eq!(
             err(&[], &[("IDLE_CLIENTS", "lots")]),

@@ -1,15 +1,17 @@
-//! The report on stdout: markdown tables, then the plugin tax lines, then (but for
-//! `--plugin-tax`) the ratio line that users and docs/performance.md parse as the very last
-//! line. A pure function of the settings, the findings and a few facts about the machine.
+//! The report on stdout: markdown tables, then the plugin tax lines and the read-routing
+//! lines (of the parts that ran), then (but for `--plugin-tax` and `--read-routing`) the
+//! ratio line that users and docs/performance.md parse as the very last line. A pure
+//! function of the settings, the findings and a few facts about the machine.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::callgrind;
-use crate::measure::{skip_cell, Findings, SY, TARGETS, TAX_TARGETS};
-use crate::options::Options;
-use crate::stats::{fmt_figure, fmt_opt, pct, ratio, Cell, Sample};
-use crate::under_callgrind::CgProxy;
+use crate::measure::{skip_cell, Findings, ROUTING_TARGETS, SY, TARGETS, TAX_TARGETS};
+use crate::options::{CellSpec, Options};
+use crate::servers::{READS_DB, REPLICAS};
+use crate::stats::{fmt_count, fmt_figure, fmt_opt, pct, ratio, Cell, Sample};
+use crate::under_callgrind::{CgProxy, CgRuns};
 
 /// Facts about the run that are not measurements.
 pub struct Context {
@@ -21,9 +23,8 @@ pub struct Context {
     pub pgbouncer_version: String,
     pub cores: usize,
     pub elapsed_secs: u64,
-    /// The plugin's source (relative to the workspace) and short SHA-256.
-    pub plugin_source: String,
-    pub plugin_sha: String,
+    /// The plugin's source (relative to the workspace) and short SHA-256, when it was used.
+    pub plugin: Option<(String, String)>,
     /// The work directory, and whether it is kept.
     pub work: String,
     pub keep: bool,
@@ -78,8 +79,13 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
     let mut out = String::new();
     let o = &mut out;
     o.push('\n');
-    if opt.tax_only {
-        let _ = writeln!(o, "## Switchyard plugin tax ({})\n", cx.date);
+    if !opt.matrix {
+        let title = match (opt.tax, opt.routing) {
+            (true, false) => "plugin tax",
+            (false, true) => "read routing",
+            _ => "plugin tax and read routing",
+        };
+        let _ = writeln!(o, "## Switchyard {title} ({})\n", cx.date);
         let _ = writeln!(o, "- {}; {}", cx.what, cx.postgres_version);
     } else {
         let _ = writeln!(o, "## Switchyard benchmark ({})\n", cx.date);
@@ -108,7 +114,7 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
             .map_or("default (one per core)".to_owned(), |w| w.to_string())
     );
     let _ = writeln!(o, "- total wall time: {}s", cx.elapsed_secs);
-    if !opt.tax_only {
+    if opt.matrix {
         o.push('\n');
         matrix(o, opt, f);
         o.push('\n');
@@ -117,8 +123,14 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
         cpu_share(o, opt, f, cx);
         idle_memory(o, opt, f);
     }
-    o.push('\n');
-    tax(o, opt, f, cx);
+    if opt.tax {
+        o.push('\n');
+        tax(o, opt, f, cx);
+    }
+    if opt.routing {
+        o.push('\n');
+        routing(o, opt, f);
+    }
     o.push('\n');
     if f.problems.is_empty() {
         o.push_str("No failed transactions, aborted clients, hangs, crashes or plugin failures.\n");
@@ -145,8 +157,13 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
         let _ = writeln!(o, "\n{}", f.log_summary.join("\n"));
     }
     o.push('\n');
-    o.push_str(&tax_lines(opt, f));
-    if !opt.tax_only {
+    if opt.tax {
+        o.push_str(&tax_lines(opt, f));
+    }
+    if opt.routing {
+        o.push_str(&routing_lines(opt, f));
+    }
+    if opt.matrix {
         o.push_str(&ratio_line(f));
     }
     out
@@ -319,9 +336,9 @@ fn idle_memory(o: &mut String, opt: &Options, f: &Findings) {
     o.push('\n');
 }
 
-/// Ir per transaction of a proxy: the difference of the two measured intervals over the
-/// difference of their transactions, with or without the epoch ticker thread.
-fn per_tx(cg: &CgProxy, opt: &Options, without_ticker: bool) -> i64 {
+/// Ir per transaction of a pair of runs: the difference of the two measured intervals over
+/// the difference of their transactions, with or without the epoch ticker thread.
+fn per_tx(cg: &CgRuns, opt: &Options, without_ticker: bool) -> i64 {
     let mut d = cg.run2 as i64 - cg.run1 as i64;
     if without_ticker {
         if let Some(t) = &cg.ticker {
@@ -332,12 +349,135 @@ fn per_tx(cg: &CgProxy, opt: &Options, without_ticker: bool) -> i64 {
     (d as f64 / tx).round() as i64
 }
 
-fn tax(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
-    o.push_str("### Plugin tax: pool-mode plugin on the data path vs the built-in policy\n\n");
+/// The rows of a pair of targets run interleaved (the plugin tax, the read-routing row):
+/// per cell the first target, then the second with the ratio of the medians.
+fn pair_rows(
+    o: &mut String,
+    f: &Findings,
+    cells: &[CellSpec],
+    prefix: &str,
+    targets: [&str; 2],
+    labels: [&str; 2],
+) {
+    let runs = |k: &str| {
+        f.cell(k)
+            .map(|c| {
+                c.samples
+                    .iter()
+                    .map(|s| s.tps_text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    for cell in cells {
+        let keys = targets.map(|t| format!("{prefix}{cell}:{t}"));
+        for (i, key) in keys.iter().enumerate() {
+            let m = median(f, key);
+            let r = if i == 1 {
+                ratio(median_tps(f, key), median_tps(f, &keys[0]), 3)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {}{} | {} | {} | {r} | {} |",
+                cell.mode,
+                cell.clients,
+                labels[i],
+                tps(m, 1),
+                flag(f, key),
+                latency(m),
+                failed(f, key),
+                runs(key)
+            );
+        }
+    }
+    o.push('\n');
+}
+
+/// The Ir rows of a pair of runs against another (`off` then `on`): per transaction
+/// without the ticker thread and whole process, and one pgbench run's fixed cost.
+fn ir_rows(opt: &Options, off: &CgRuns, on: &CgRuns) -> Vec<(String, i64, i64)> {
+    let c = u64::from(opt.cg_clients);
+    let (offt, ont) = (per_tx(off, opt, false), per_tx(on, opt, false));
+    // Fixed cost of one pgbench run: the first interval less its transactions.
+    let fixed = |cg: &CgRuns, per: i64| cg.run1 as i64 - (c * u64::from(opt.cg_tx.0)) as i64 * per;
+    vec![
+        (
+            "per transaction, without the epoch ticker thread (headline)".to_owned(),
+            per_tx(off, opt, true),
+            per_tx(on, opt, true),
+        ),
+        ("per transaction, whole process".to_owned(), offt, ont),
+        (
+            format!(
+                "one pgbench run's fixed cost ({} login(s) and logout(s), pgbench's own queries)",
+                opt.cg_clients
+            ),
+            fixed(off, offt),
+            fixed(on, ont),
+        ),
+    ]
+}
+
+/// An Ir table: `what | off | on | on − off | pct`.
+fn ir_table(o: &mut String, header: &str, rows: &[(String, i64, i64)]) {
+    let _ = writeln!(o, "{header}");
+    o.push_str("|---|---:|---:|---:|---:|\n");
+    for (what, b, p) in rows {
+        let _ = writeln!(
+            o,
+            "| {what} | {b} | {p} | {} | {} |",
+            p - b,
+            pct(*p as f64, *b as f64)
+        );
+    }
+    o.push('\n');
+}
+
+/// The functions with the most extra self Ir per transaction of `on` over `off` (the same
+/// difference of runs), after `intro`.
+fn extra_by_function(o: &mut String, opt: &Options, intro: &str, off: &CgRuns, on: &CgRuns) {
+    let n = 12;
     let _ = writeln!(
         o,
-        "- plugin: {} (sha256 {}) as `[plugins.pool-mode]`, hooks = [\"pool-mode\"], settings mode = \"transaction\"; both proxies run side by side on the same Postgres; runs interleaved, order alternating per round",
-        cx.plugin_source, cx.plugin_sha
+        "Where the extra instructions go: self Ir per transaction by function, {intro}, over the same difference of runs (top {n}; \"no symbol\" is code wasmtime compiled at run time: a plugin and its trampolines):\n"
+    );
+    o.push_str("| Ir/tx | function |\n");
+    o.push_str("|---:|---|\n");
+    let sum = |a: &HashMap<String, i64>, b: &HashMap<String, i64>| {
+        let mut m = a.clone();
+        for (k, v) in b {
+            *m.entry(k.clone()).or_default() += v;
+        }
+        m
+    };
+    // (on run 2 - on run 1) - (off run 2 - off run 1)
+    let plus = sum(&on.run2_costs, &off.run1_costs);
+    let minus = sum(&on.run1_costs, &off.run2_costs);
+    let tx = u64::from(opt.cg_clients) * u64::from(opt.cg_tx.1 - opt.cg_tx.0);
+    for (ir, func) in callgrind::top_extra(&plus, &minus, tx, n) {
+        let _ = writeln!(o, "| {ir:.1} | `{}` |", callgrind::table_name(&func));
+    }
+}
+
+/// How the callgrind figures were taken.
+fn cg_method(o: &mut String, opt: &Options, what: &str) {
+    let tx = u64::from(opt.cg_clients) * u64::from(opt.cg_tx.1 - opt.cg_tx.0);
+    let _ = writeln!(
+        o,
+        "Instructions per transaction{what}: valgrind --tool=callgrind, instructions executed (Ir) by the proxy process in user space (the kernel's share is not counted). `pgbench -S -M simple -c {} -j 1` after a warm-up of -t {}; counters dumped and zeroed before and after runs of -t {} and -t {} per client; per transaction = the difference of the two runs over their difference in transactions ({tx}), so startup, plugin compilation, logins and logouts cancel.\n",
+        opt.cg_clients, opt.cg_warmup, opt.cg_tx.0, opt.cg_tx.1
+    );
+}
+
+fn tax(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
+    o.push_str("### Plugin tax: pool-mode plugin on the data path vs the built-in policy\n\n");
+    let (source, sha) = cx.plugin.clone().unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "- plugin: {source} (sha256 {sha}) as `[plugins.pool-mode]`, hooks = [\"pool-mode\"], settings mode = \"transaction\"; both proxies run side by side on the same Postgres; runs interleaved, order alternating per round"
     );
     let _ = writeln!(
         o,
@@ -346,111 +486,43 @@ fn tax(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
     );
     o.push_str("| mode | clients | policy | tps | avg latency ms | failed tx | plugin/built-in | tps of each round |\n");
     o.push_str("|---|---:|---|---:|---:|---:|---:|---|\n");
-    for cell in &opt.tax_cells {
-        let (kb, kp) = (
-            format!("tax:{cell}:{}", TAX_TARGETS[0]),
-            format!("tax:{cell}:{}", TAX_TARGETS[1]),
-        );
-        let runs = |k: &str| {
-            f.cell(k)
-                .map(|c| {
-                    c.samples
-                        .iter()
-                        .map(|s| s.tps_text.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default()
-        };
-        let (b, p) = (median(f, &kb), median(f, &kp));
-        let _ = writeln!(
-            o,
-            "| {} | {} | built-in | {}{} | {} | {} | | {} |",
-            cell.mode,
-            cell.clients,
-            tps(b, 1),
-            flag(f, &kb),
-            latency(b),
-            failed(f, &kb),
-            runs(&kb)
-        );
-        let _ = writeln!(
-            o,
-            "| {} | {} | pool-mode.wasm | {}{} | {} | {} | {} | {} |",
-            cell.mode,
-            cell.clients,
-            tps(p, 1),
-            flag(f, &kp),
-            latency(p),
-            failed(f, &kp),
-            ratio(median_tps(f, &kp), median_tps(f, &kb), 3),
-            runs(&kp)
-        );
-    }
-    o.push('\n');
+    pair_rows(
+        o,
+        f,
+        &opt.tax_cells,
+        "tax:",
+        TAX_TARGETS,
+        ["built-in", "pool-mode.wasm"],
+    );
     if !opt.callgrind {
         o.push_str("Instructions per transaction: not measured (--quick or CALLGRIND=0).\n");
         return;
     }
-    let Some(cg) = &f.callgrind else {
+    let (Some(b), Some(p)) = (&f.cg_builtin, &f.cg_plugin) else {
         o.push_str("Instructions per transaction: the callgrind measurement failed (see Problems).\n");
         return;
     };
-    let (b, p) = (&cg.builtin, &cg.plugin);
     let c = u64::from(opt.cg_clients);
-    let tx = c * u64::from(opt.cg_tx.1 - opt.cg_tx.0);
     let all_tx = c * u64::from(opt.cg_warmup + opt.cg_tx.0 + opt.cg_tx.1);
-    let (bt, pt) = (per_tx(b, opt, false), per_tx(p, opt, false));
-    let (bn, pn) = (per_tx(b, opt, true), per_tx(p, opt, true));
-    // Fixed cost of one pgbench run: the first interval less its transactions.
-    let fixed = |cg: &CgProxy, per: i64| cg.run1 as i64 - (c * u64::from(opt.cg_tx.0)) as i64 * per;
-    let (bf, pf) = (fixed(b, bt), fixed(p, pt));
+    cg_method(o, opt, "");
     let whole = |cg: &CgProxy| (cg.all as f64 / all_tx as f64).round() as i64;
-    let (ball, pall) = (whole(b), whole(p));
-    let (bs, ps) = (b.startup as i64, p.startup as i64);
-    let _ = writeln!(
-        o,
-        "Instructions per transaction: valgrind --tool=callgrind, instructions executed (Ir) by the proxy process in user space (the kernel's share is not counted). `pgbench -S -M simple -c {} -j 1` after a warm-up of -t {}; counters dumped and zeroed before and after runs of -t {} and -t {} per client; per transaction = the difference of the two runs over their difference in transactions ({tx}), so startup, plugin compilation, logins and logouts cancel.\n",
-        opt.cg_clients, opt.cg_warmup, opt.cg_tx.0, opt.cg_tx.1
-    );
-    o.push_str("| Ir | built-in | plugin | plugin − built-in | tax |\n");
-    o.push_str("|---|---:|---:|---:|---:|\n");
-    let rows = [
-        (
-            "per transaction, without the epoch ticker thread (headline)".to_owned(),
-            bn,
-            pn,
-        ),
-        ("per transaction, whole process".to_owned(), bt, pt),
-        (
-            format!(
-                "one pgbench run's fixed cost ({} login(s) and logout(s), pgbench's own queries)",
-                opt.cg_clients
-            ),
-            bf,
-            pf,
-        ),
-        (
-            "startup (plugin compilation included) + the first login + warm-up".to_owned(),
-            bs,
-            ps,
-        ),
-        (
+    let mut rows = ir_rows(opt, &b.runs, &p.runs);
+    rows.push((
+        "startup (plugin compilation included) + the first login + warm-up".to_owned(),
+        b.startup as i64,
+        p.startup as i64,
+    ));
+    // The built-in proxy's whole process includes the read-routing runs when they ran.
+    if b.routed.is_none() {
+        rows.push((
             format!("whole process, start to exit, over all {all_tx} transactions"),
-            ball,
-            pall,
-        ),
-    ];
-    for (what, b, p) in rows {
-        let _ = writeln!(
-            o,
-            "| {what} | {b} | {p} | {} | {} |",
-            p - b,
-            pct(p as f64, b as f64)
-        );
+            whole(b),
+            whole(p),
+        ));
     }
-    o.push('\n');
-    match &p.ticker {
+    ir_table(o, "| Ir | built-in | plugin | plugin − built-in | tax |", &rows);
+    let (pt, pn) = (per_tx(&p.runs, opt, false), per_tx(&p.runs, opt, true));
+    match &p.runs.ticker {
         Some(t) if t.ticks > 0 => {
             let per_tick = (t.run1_ir + t.run2_ir) / t.ticks;
             let first = &opt.tax_cells[0];
@@ -472,52 +544,153 @@ fn tax(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
         ),
     }
     o.push('\n');
-    let n = 12;
+    extra_by_function(o, opt, "plugin minus built-in", &b.runs, &p.runs);
+}
+
+fn routing(o: &mut String, opt: &Options, f: &Findings) {
+    o.push_str("### Read routing: reads over the replicas vs the primary only\n\n");
     let _ = writeln!(
         o,
-        "Where the extra instructions go: self Ir per transaction by function, plugin minus built-in, over the same difference of runs (top {n}; \"no symbol\" is code wasmtime compiled at run time: the plugin and its trampolines):\n"
+        "- the built-in Switchyard serves database `bench` (read_routing off: every transaction on the primary) and `{READS_DB}` (the same server database, read_routing = \"replicas\"); one primary and {REPLICAS} streaming replicas on this machine, sharing its cores; the proxy probes them (probe_user); runs interleaved, order alternating per round\n"
     );
-    o.push_str("| Ir/tx | function |\n");
-    o.push_str("|---:|---|\n");
-    let sum = |a: &HashMap<String, i64>, b: &HashMap<String, i64>| {
-        let mut m = a.clone();
-        for (k, v) in b {
-            *m.entry(k.clone()).or_default() += v;
-        }
-        m
-    };
-    // (plugin run 2 - plugin run 1) - (built-in run 2 - built-in run 1)
-    let plus = sum(&p.run2_costs, &b.run1_costs);
-    let minus = sum(&p.run1_costs, &b.run2_costs);
-    for (ir, func) in callgrind::top_extra(&plus, &minus, tx, n) {
-        let _ = writeln!(o, "| {ir:.1} | `{}` |", callgrind::table_name(&func));
+    o.push_str("| mode | clients | database | tps | avg latency ms | failed tx | replicas/primary | tps of each round |\n");
+    o.push_str("|---|---:|---|---:|---:|---:|---:|---|\n");
+    pair_rows(
+        o,
+        f,
+        &opt.routing_cells,
+        "routing:",
+        ROUTING_TARGETS,
+        ["bench (primary)", &format!("{READS_DB} (replicas)")],
+    );
+    let _ = writeln!(
+        o,
+        "Where the row's transactions ran, counted over its tps runs (`bench`'s all ran on the primary): reads and writes the proxy routed there (SHOW NODES), and the transactions each node committed by its own count (pg_stat_database.xact_commit of `bench`)\n"
+    );
+    o.push_str("| node | role | reads routed | writes routed | transactions committed |\n");
+    o.push_str("|---|---|---:|---:|---:|\n");
+    for n in &f.routing_nodes {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} |",
+            n.node,
+            if n.primary { "primary" } else { "replica" },
+            fmt_count(n.reads),
+            fmt_count(n.writes),
+            fmt_count(n.committed)
+        );
     }
+    o.push('\n');
+    if !opt.callgrind {
+        o.push_str("Instructions per transaction: not measured (--quick or CALLGRIND=0).\n");
+        return;
+    }
+    let Some((off, on)) = f
+        .cg_builtin
+        .as_ref()
+        .and_then(|b| Some((&b.runs, b.routed.as_ref()?)))
+    else {
+        o.push_str("Instructions per transaction: the callgrind measurement failed (see Problems).\n");
+        return;
+    };
+    cg_method(
+        o,
+        opt,
+        &format!(", routing off (`bench`) vs on (`{READS_DB}`), the same proxy: its runs against `bench`, then the same two runs against `{READS_DB}`"),
+    );
+    ir_table(
+        o,
+        "| Ir | routing off | routing on | on − off | cost |",
+        &ir_rows(opt, off, on),
+    );
+    o.push_str("- The first run against `bench_reads` opens the proxy's servers on the replicas (SCRAM logins), which is why its fixed cost is higher.\n");
+    if on.ticker.is_some() {
+        o.push_str("- The epoch ticker thread is left out of the headline, as in the plugin tax.\n");
+    }
+    o.push('\n');
+    extra_by_function(o, opt, "routing on minus off", off, on);
 }
 
 /// `plugin tax: tps ...` and `instructions/tx ...`: medians of the first tax cell, and the
 /// headline Ir per transaction (n/a when callgrind was skipped or failed).
 pub fn tax_lines(opt: &Options, f: &Findings) -> String {
-    let first = &opt.tax_cells[0];
-    let b = median(f, &format!("tax:{first}:{}", TAX_TARGETS[0]));
-    let p = median(f, &format!("tax:{first}:{}", TAX_TARGETS[1]));
-    let mut s = format!(
-        "plugin tax: tps builtin={} plugin={} ratio={}\n",
-        tps(b, 0),
-        tps(p, 0),
-        ratio(p.and_then(|s| s.tps.value()), b.and_then(|s| s.tps.value()), 3)
+    let mut s = tps_line(
+        f,
+        "plugin tax: tps",
+        "tax:",
+        &opt.tax_cells[0],
+        TAX_TARGETS,
+        ["builtin", "plugin"],
     );
-    match &f.callgrind {
-        Some(cg) => {
-            let (bn, pn) = (per_tx(&cg.builtin, opt, true), per_tx(&cg.plugin, opt, true));
-            let _ = writeln!(
-                s,
-                "instructions/tx builtin={bn} plugin={pn} tax={}",
-                pct(pn as f64, bn as f64)
-            );
-        }
-        None => s.push_str("instructions/tx builtin=n/a plugin=n/a tax=n/a\n"),
-    }
+    let ir = match (&f.cg_builtin, &f.cg_plugin) {
+        (Some(b), Some(p)) => Some((&b.runs, &p.runs)),
+        _ => None,
+    };
+    s.push_str(&ir_line(opt, "instructions/tx", ["builtin", "plugin"], "tax", ir));
     s
+}
+
+/// `read routing: tps ...` and `instructions/tx routing ...`: medians of the first routing
+/// cell, and the headline Ir per transaction with routing off and on.
+pub fn routing_lines(opt: &Options, f: &Findings) -> String {
+    let mut s = tps_line(
+        f,
+        "read routing: tps",
+        "routing:",
+        &opt.routing_cells[0],
+        ROUTING_TARGETS,
+        ["primary", "replicas"],
+    );
+    let ir = f
+        .cg_builtin
+        .as_ref()
+        .and_then(|b| Some((&b.runs, b.routed.as_ref()?)));
+    s.push_str(&ir_line(
+        opt,
+        "instructions/tx routing",
+        ["off", "on"],
+        "cost",
+        ir,
+    ));
+    s
+}
+
+/// `<what> <a>=<tps> <b>=<tps> ratio=<b/a>` of a cell's two targets.
+fn tps_line(
+    f: &Findings,
+    what: &str,
+    prefix: &str,
+    cell: &CellSpec,
+    targets: [&str; 2],
+    names: [&str; 2],
+) -> String {
+    let [a, b] = targets.map(|t| median(f, &format!("{prefix}{cell}:{t}")));
+    format!(
+        "{what} {}={} {}={} ratio={}\n",
+        names[0],
+        tps(a, 0),
+        names[1],
+        tps(b, 0),
+        ratio(b.and_then(|s| s.tps.value()), a.and_then(|s| s.tps.value()), 3)
+    )
+}
+
+/// `<what> <a>=<Ir> <b>=<Ir> <diff>=<+x.x%>`: headline Ir per transaction, n/a without.
+fn ir_line(
+    opt: &Options,
+    what: &str,
+    names: [&str; 2],
+    diff: &str,
+    runs: Option<(&CgRuns, &CgRuns)>,
+) -> String {
+    let [a, b] = names;
+    match runs {
+        Some((x, y)) => {
+            let (xn, yn) = (per_tx(x, opt, true), per_tx(y, opt, true));
+            format!("{what} {a}={xn} {b}={yn} {diff}={}\n", pct(yn as f64, xn as f64))
+        }
+        None => format!("{what} {a}=n/a {b}=n/a {diff}=n/a\n"),
+    }
 }
 
 /// The very last line of a full or `--quick` run, for `-S -M simple -c 64`.
@@ -537,7 +710,8 @@ mod tests {
     use super::*;
     use crate::options::{parse, Command};
     use crate::stats::Figure;
-    use crate::under_callgrind::{Callgrind, Ticker};
+    use crate::stats::NodeReads;
+    use crate::under_callgrind::Ticker;
 
     fn options(args: &[&str]) -> Options {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -568,15 +742,14 @@ mod tests {
             pgbouncer_version: "PgBouncer 1.18.0".into(),
             cores: 2,
             elapsed_secs: 42,
-            plugin_source: "plugins/dist/pool-mode.wasm".into(),
-            plugin_sha: "0123456789ab".into(),
+            plugin: Some(("plugins/dist/pool-mode.wasm".into(), "0123456789ab".into())),
             work: "/tmp/switchyard-bench.1".into(),
             keep: false,
         }
     }
 
-    /// The last line is the -c 64 ratio of the median runs, with two decimals; the two
-    /// lines before it are the plugin tax lines.
+    /// The last line is the -c 64 ratio of the median runs, with two decimals; the four
+    /// lines before it are the plugin tax lines and the read-routing lines.
     #[test]
     fn last_lines_of_a_quick_run() {
         let opt = options(&["--quick"]);
@@ -586,16 +759,44 @@ mod tests {
         add(&mut f, "simple:64:switchyard-plugin", &[27_000.0]);
         add(&mut f, "tax:simple:64:switchyard", &[28_000.4]);
         add(&mut f, "tax:simple:64:switchyard-plugin", &[27_300.6]);
+        add(&mut f, "routing:simple:64:switchyard", &[25_000.0]);
+        add(&mut f, "routing:simple:64:switchyard-reads", &[30_000.0]);
+        f.routing_nodes = vec![
+            NodeReads {
+                node: "127.0.0.1:5001".into(),
+                primary: true,
+                reads: Some(0),
+                writes: Some(0),
+                committed: Some(125_010),
+            },
+            NodeReads {
+                node: "127.0.0.1:5002".into(),
+                primary: false,
+                reads: Some(75_000),
+                writes: Some(0),
+                committed: None,
+            },
+        ];
         let report = render(&opt, &f, &context());
         let lines: Vec<&str> = report.lines().collect();
         assert_eq!(
-            lines[lines.len() - 3..],
+            lines[lines.len() - 5..],
             [
                 "plugin tax: tps builtin=28000 plugin=27301 ratio=0.975",
                 "instructions/tx builtin=n/a plugin=n/a tax=n/a",
+                "read routing: tps primary=25000 replicas=30000 ratio=1.200",
+                "instructions/tx routing off=n/a on=n/a cost=n/a",
                 "switchyard/pgbouncer=0.90 switchyard/direct=0.68",
             ]
         );
+        assert!(
+            report.contains("| simple | 64 | bench (primary) | 25000.0 | 2.560 | 0 |  | 25000.000000 |\n")
+        );
+        assert!(report.contains(
+            "| simple | 64 | bench_reads (replicas) | 30000.0 | 2.133 | 0 | 1.200 | 30000.000000 |\n"
+        ));
+        assert!(report.contains("| 127.0.0.1:5001 | primary | 0 | 0 | 125010 |\n"));
+        assert!(report.contains("| 127.0.0.1:5002 | replica | 75000 | 0 | - |\n"));
         assert!(report.contains(
             "| simple | 64 | switchyard (plugins) | 27000.0 | 2.370 | 9.000 | 0 | 0.90 | 0.68 |\n"
         ));
@@ -615,23 +816,14 @@ mod tests {
         let mut f = Findings::default();
         let cg = |run1, run2, ticker: (u64, u64)| CgProxy {
             startup: 1_000_000,
-            run1,
-            run2,
             all: 5_000_000,
-            ticker: Some(Ticker {
-                thread: "-02".into(),
-                run1_ir: ticker.0,
-                run2_ir: ticker.1,
-                ticks: 100,
-            }),
-            ..Default::default()
+            runs: runs(run1, run2, ticker),
+            routed: None,
         };
         // 9000 transactions between the runs: built-in 10,000 Ir/tx, plugin 10,500 without
         // the ticker thread.
-        f.callgrind = Some(Callgrind {
-            builtin: cg(10_000_000, 100_000_000, (0, 0)),
-            plugin: cg(10_500_000, 105_000_000 + 900_000, (100_000, 1_000_000)),
-        });
+        f.cg_builtin = Some(cg(10_000_000, 100_000_000, (0, 0)));
+        f.cg_plugin = Some(cg(10_500_000, 105_000_000 + 900_000, (100_000, 1_000_000)));
         let report = render(&opt, &f, &context());
         assert_eq!(
             report.lines().last(),
@@ -642,6 +834,65 @@ mod tests {
         ));
         assert!(report.contains("| per transaction, whole process | 10000 | 10600 | 600 | +6.0% |"));
         assert!(report.contains("(callgrind thread 02) wakes every 1 ms whatever the load: 100 ticks in the two runs, 11000 Ir per tick"));
+        assert!(!report.contains("switchyard/pgbouncer="));
+        assert!(!report.contains("read routing:"));
+    }
+
+    /// Two runs of `run1` and `run2` Ir, the ticker thread's share of each given, 100 ticks.
+    fn runs(run1: u64, run2: u64, ticker: (u64, u64)) -> CgRuns {
+        CgRuns {
+            run1,
+            run2,
+            ticker: Some(Ticker {
+                thread: "-02".into(),
+                run1_ir: ticker.0,
+                run2_ir: ticker.1,
+                ticks: 100,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// With --read-routing the routing instructions line is the last, per transaction of
+    /// the routed runs against the runs against `bench` (the ticker thread left out), and
+    /// neither the plugin tax nor the ratio line is printed.
+    #[test]
+    fn read_routing_only() {
+        let opt = options(&["--read-routing"]);
+        let mut f = Findings::default();
+        add(
+            &mut f,
+            "routing:simple:16:switchyard",
+            &[20_000.0, 21_000.0, 19_000.0],
+        );
+        add(
+            &mut f,
+            "routing:simple:16:switchyard-reads",
+            &[26_000.0, 25_000.0, 24_000.0],
+        );
+        // 9000 transactions between the runs: off 10,000 Ir/tx, on 10,250.
+        f.cg_builtin = Some(CgProxy {
+            startup: 1_000_000,
+            all: 9_000_000,
+            runs: runs(10_000_000, 100_000_000, (0, 0)),
+            routed: Some(runs(12_000_000, 104_250_000 + 90_000, (10_000, 100_000))),
+        });
+        let report = render(&opt, &f, &context());
+        let lines: Vec<&str> = report.lines().collect();
+        assert_eq!(
+            lines[lines.len() - 2..],
+            [
+                "read routing: tps primary=20000 replicas=25000 ratio=1.250",
+                "instructions/tx routing off=10000 on=10250 cost=+2.5%",
+            ]
+        );
+        assert!(report.starts_with("\n## Switchyard read routing ("));
+        assert!(report.contains(
+            "| per transaction, without the epoch ticker thread (headline) | 10000 | 10250 | 250 | +2.5% |"
+        ));
+        assert!(report.contains("| per transaction, whole process | 10000 | 10260 | 260 | +2.6% |"));
+        assert!(!report.contains("### Plugin tax") && !report.contains("plugin tax: tps"));
+        assert!(report.contains("- The epoch ticker thread is left out of the headline"));
         assert!(!report.contains("switchyard/pgbouncer="));
     }
 }

@@ -21,6 +21,13 @@ use crate::options::Options;
 /// PgBouncer as Debian installs it.
 pub const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 
+/// Streaming replicas of the read-routing row.
+pub const REPLICAS: usize = 2;
+
+/// The database every Switchyard serves with `read_routing = "replicas"`: `bench` on the
+/// server, like the database `bench`, which keeps routing off.
+pub const READS_DB: &str = "bench_reads";
+
 /// Runs `psql -c 'select 1'` as `bench` until it answers 1, for `secs` seconds, each login
 /// given `login` seconds. The error names the server and psql's last words.
 pub fn wait_ready(name: &str, port: u16, secs: u64, login: u32) -> Result<()> {
@@ -46,20 +53,24 @@ pub fn wait_ready(name: &str, port: u16, secs: u64, login: u32) -> Result<()> {
     bail!("{name} on port {port} not answering: {last}")
 }
 
-/// The private Postgres: the test bed's cluster with the benchmark's settings, a `bench`
-/// role (SCRAM) owning database `bench`, and `pgbench -i -s SCALE` in it. Returns the
-/// cluster and the role's SCRAM verifier (which PgBouncer needs).
+/// The private Postgres: the test bed's cluster with the benchmark's settings (and two
+/// streaming replicas for the read-routing row), a `bench` role (SCRAM) owning database
+/// `bench`, and `pgbench -i -s SCALE` in it, replayed by the replicas. Returns the cluster
+/// and the role's SCRAM verifier (which PgBouncer needs).
 pub fn start_postgres(opt: &Options, work: &Path) -> Result<(PgCluster, String)> {
     let max_clients = opt
         .clients
         .iter()
         .copied()
-        .chain(opt.tax_cells.iter().map(|c| c.clients))
+        .chain(opt.tax_cells.iter().chain(&opt.routing_cells).map(|c| c.clients))
         .max()
         .unwrap_or(0);
     // direct clients, plus the pools of pgbouncer, switchyard, switchyard-plugin, callgrind-*
     let max_connections = (max_clients + 4 * opt.pool_size + 20 + opt.session_pool_size()).max(300);
-    let mut cluster_opts = ClusterOptions::default();
+    let mut cluster_opts = ClusterOptions {
+        replicas: if opt.routing { REPLICAS } else { 0 },
+        ..Default::default()
+    };
     for (k, v) in [
         ("max_connections", max_connections.to_string()),
         ("shared_buffers", "256MB".to_owned()),
@@ -72,9 +83,15 @@ pub fn start_postgres(opt: &Options, work: &Path) -> Result<(PgCluster, String)>
     let pg = PgCluster::start_with(cluster_opts).context("starting postgres")?;
     let primary = pg.primary();
     crate::log!(
-        "postgres on 127.0.0.1:{} ({}), max_connections {max_connections}",
+        "postgres on 127.0.0.1:{} ({}), max_connections {max_connections}{}",
         primary.port(),
-        pg.dir().display()
+        pg.dir().display(),
+        if pg.replicas().is_empty() {
+            String::new()
+        } else {
+            let ports: Vec<String> = pg.replicas().iter().map(|r| r.port().to_string()).collect();
+            format!("; streaming replicas on {}", ports.join(", "))
+        }
     );
     primary.admin_sql(
         "postgres",
@@ -98,6 +115,8 @@ pub fn start_postgres(opt: &Options, work: &Path) -> Result<(PgCluster, String)>
         bail!("pgbench -i failed:\n{}", env::tail(&init_log, 20));
     }
     primary.admin_sql("bench", "CHECKPOINT")?;
+    pg.wait_replica_caught_up()
+        .context("replicas replaying pgbench -i")?;
     let verifier = primary
         .admin_sql(
             "postgres",
@@ -424,15 +443,18 @@ impl Flavour {
 }
 
 /// Every Switchyard of the benchmark is this one: transaction mode, pool POOL_SIZE, SCRAM
-/// client auth of bench/bench, an admin console for SHOW PLUGINS, no compiled-plugin cache
-/// (nothing written to the home directory; the startup Ir under callgrind includes
-/// compiling the plugin); with the pool-mode plugin serving every database for the plugin
-/// flavours; with login and connect timeouts that survive valgrind under callgrind.
+/// client auth of bench/bench, an admin console for SHOW PLUGINS and SHOW NODES, no
+/// compiled-plugin cache (nothing written to the home directory; the startup Ir under
+/// callgrind includes compiling the plugin); with `plugin` (the pool-mode component, given
+/// for the plugin flavours) serving every database; with login and connect timeouts that survive valgrind
+/// under callgrind. Two databases on the server's `bench`: `bench` with routing off and
+/// [`READS_DB`] with `read_routing = "replicas"`; with replicas, the proxy probes the nodes
+/// as `postgres` (routing needs the probes: lag and roles come from them).
 pub fn proxy_config(
     flavour: Flavour,
     opt: &Options,
     pg: &PgCluster,
-    plugin: &Path,
+    plugin: Option<&Path>,
     listen: Option<String>,
 ) -> ProxyConfig {
     let mut cfg = ProxyConfig::for_cluster(pg).with_admin();
@@ -444,20 +466,30 @@ pub fn proxy_config(
     cfg.pool.idle_timeout = None;
     cfg.pool.lifetime = None;
     cfg.databases.retain(|_, _| false);
-    cfg.databases.insert(
-        "bench".to_owned(),
-        switchyard_tests::proxy::DatabaseSection {
-            cluster: "main".to_owned(),
-            ..Default::default()
-        },
-    );
-    cfg.users.retain(|name, _| name == "admin");
+    for db in ["bench", READS_DB] {
+        cfg.databases.insert(
+            db.to_owned(),
+            switchyard_tests::proxy::DatabaseSection {
+                cluster: "main".to_owned(),
+                dbname: Some("bench".to_owned()),
+                ..Default::default()
+            },
+        );
+    }
+    let probe_user = switchyard_tests::roles::SUPERUSER.0;
+    let probing = !pg.replicas().is_empty();
+    cfg.users
+        .retain(|name, _| name == "admin" || (probing && name == probe_user));
     let mut cfg = cfg
         .mode("transaction")
         .query_wait_timeout("30s")
         .user("bench", UserSection::with_password("bench"))
         .set("proxy.shutdown_timeout", "2s")
-        .set("proxy.plugin_cache_dir", "");
+        .set("proxy.plugin_cache_dir", "")
+        .set(&format!("databases.{READS_DB}.read_routing"), "replicas");
+    if probing {
+        cfg = cfg.set("clusters.main.probe_user", probe_user);
+    }
     if flavour.under_callgrind() {
         cfg = cfg
             .client_login_timeout("600s")
@@ -466,7 +498,7 @@ pub fn proxy_config(
     } else if let Some(w) = opt.workers {
         cfg = cfg.set("proxy.workers", i64::from(w));
     }
-    if flavour.has_plugin() {
+    if let Some(plugin) = plugin {
         cfg = cfg
             .set("plugins.pool-mode.path", plugin.display().to_string())
             .set(
@@ -484,11 +516,16 @@ pub fn start_switchyard(
     flavour: Flavour,
     opt: &Options,
     pg: &PgCluster,
-    plugin: &Path,
+    plugin: Option<&Path>,
     listen: Option<String>,
     cg_dir: &Path,
 ) -> Result<Proxy> {
     let name = flavour.name();
+    let plugin = match plugin {
+        Some(p) if flavour.has_plugin() => Some(p),
+        None if flavour.has_plugin() => bail!("{name}: no pool-mode plugin was prepared"),
+        _ => None,
+    };
     let mut launch = Launch {
         checks_on_drop: false,
         stop_grace: Duration::from_secs(10),

@@ -1,6 +1,7 @@
 //! The benchmark's arithmetic: what one pgbench run measured, which run of a cell is its
-//! median, and how numbers, ratios and percentages are printed. Every figure in the report
-//! goes through here, so it is unit-tested against the formats users and docs parse.
+//! median, whether the read-routing row's reads spread over the replicas, and how numbers,
+//! ratios and percentages are printed. Every figure in the report goes through here, so it
+//! is unit-tested against the formats users and docs parse.
 
 /// One figure of a run: measured, or an error (`ERR`: pgbench printed no summary).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -168,6 +169,77 @@ pub fn established_to(proc_net_tcp: &str, port: u16) -> usize {
         .count()
 }
 
+/// Where the read-routing row's transactions ran, on one node, counted over its tps runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeReads {
+    /// `host:port`, as SHOW NODES names it.
+    pub node: String,
+    pub primary: bool,
+    /// SHOW NODES: transactions the proxy routed there as reads and as writes (none when
+    /// SHOW NODES could not be read).
+    pub reads: Option<u64>,
+    pub writes: Option<u64>,
+    /// The node's own count: `xact_commit` of database `bench` in `pg_stat_database`
+    /// (none when it could not be read).
+    pub committed: Option<u64>,
+}
+
+impl NodeReads {
+    /// The counts since `before` (the same node earlier; none: all of them), each unknown
+    /// when unknown then or now.
+    pub fn since(&self, before: Option<&NodeReads>) -> NodeReads {
+        let delta =
+            |f: fn(&NodeReads) -> Option<u64>| Some(f(self)?.saturating_sub(before.map_or(Some(0), f)?));
+        NodeReads {
+            node: self.node.clone(),
+            primary: self.primary,
+            reads: delta(|n| n.reads),
+            writes: delta(|n| n.writes),
+            committed: delta(|n| n.committed),
+        }
+    }
+}
+
+/// A count, `-` when missing.
+pub fn fmt_count(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// A replica whose own transaction count over the read-routing row is below this share of
+/// the primary's got "about no reads": with the reads spread, each replica runs about
+/// `1 / replicas` of the routed half of the row, the primary the other half.
+pub const MIN_REPLICA_SHARE: f64 = 0.05;
+
+/// The problems of the read-routing row's spread: a replica that, by its own count, ran
+/// under [`MIN_REPLICA_SHARE`] of the primary's transactions, or to which SHOW NODES says
+/// no read was routed; counts that could not be read.
+pub fn spread_problems(nodes: &[NodeReads]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let primary = nodes.iter().find(|n| n.primary).and_then(|n| n.committed);
+    for n in nodes.iter().filter(|n| !n.primary) {
+        match (n.committed, primary) {
+            (Some(c), Some(p)) if (c as f64) < p as f64 * MIN_REPLICA_SHARE => problems.push(format!(
+                "read routing: replica {} ran {c} transactions, the primary {p}: the reads did not spread over the replicas",
+                n.node
+            )),
+            (Some(_), Some(_)) => {}
+            _ => problems.push(format!(
+                "read routing: no transaction count (pg_stat_database) of {} or the primary",
+                n.node
+            )),
+        }
+        match n.reads {
+            Some(0) => problems.push(format!(
+                "read routing: SHOW NODES counts no read routed to replica {}",
+                n.node
+            )),
+            Some(_) => {}
+            None => problems.push(format!("read routing: SHOW NODES does not count {}", n.node)),
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +365,51 @@ Average:      104      1001   40.00   10.00    0.00    0.00   50.00     -  postg
                 proxy: 0.0
             }
         );
+    }
+
+    fn node(port: u16, primary: bool, reads: Option<u64>, committed: Option<u64>) -> NodeReads {
+        NodeReads {
+            node: format!("127.0.0.1:{port}"),
+            primary,
+            reads,
+            writes: Some(0),
+            committed,
+        }
+    }
+
+    /// Reads spread over both replicas: no problem. A replica below 5 % of the primary's
+    /// transactions by its own count, one SHOW NODES routed nothing to, and a count that
+    /// could not be read are problems, named by node. Counts over the row are differences,
+    /// unknown when either end is.
+    #[test]
+    fn reads_that_did_not_spread_are_problems() {
+        let spread = [
+            node(1, true, Some(0), Some(100_000)),
+            node(2, false, Some(50_000), Some(50_010)),
+            node(3, false, Some(49_000), Some(49_100)),
+        ];
+        assert!(spread_problems(&spread).is_empty());
+        let one = [
+            node(1, true, Some(0), Some(100_000)),
+            node(2, false, Some(99_000), Some(99_010)),
+            node(3, false, Some(0), Some(4_000)),
+        ];
+        let p = spread_problems(&one);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("replica 127.0.0.1:3 ran 4000 transactions, the primary 100000"));
+        assert!(p[1].contains("no read routed to replica 127.0.0.1:3"));
+        let unknown = [node(1, true, None, Some(10)), node(2, false, None, None)];
+        assert_eq!(
+            node(2, false, Some(50), Some(70)).since(Some(&node(2, false, Some(20), None))),
+            node(2, false, Some(30), None)
+        );
+        assert_eq!(
+            node(2, false, Some(50), Some(70)).since(None),
+            node(2, false, Some(50), Some(70))
+        );
+        assert_eq!(spread_problems(&unknown).len(), 2);
+        assert_eq!(fmt_count(None), "-");
+        assert_eq!(fmt_count(Some(7)), "7");
     }
 
     /// Only established connections whose remote port is the proxy's count (not listening

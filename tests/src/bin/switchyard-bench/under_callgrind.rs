@@ -1,6 +1,7 @@
-//! The callgrind measurement of the plugin tax: each proxy in turn under valgrind, its
-//! counters dumped around two pgbench runs, and the dumps read (with `callgrind.rs`) into
-//! instructions per dump, per function and for the epoch ticker thread.
+//! The callgrind measurement of the plugin tax and of read routing: each proxy in turn
+//! under valgrind, its counters dumped around pairs of pgbench runs (the built-in proxy's
+//! second pair against the database that routes reads), and the dumps read (with
+//! `callgrind.rs`) into instructions per dump, per function and for the epoch ticker thread.
 
 use std::collections::HashMap;
 use std::fs;
@@ -13,8 +14,8 @@ use switchyard_tests::tools::run_command;
 
 use crate::callgrind;
 use crate::interrupt;
-use crate::measure::{last_lines, pgbench_command, summary_field, wait_child, Bench};
-use crate::servers::Flavour;
+use crate::measure::{last_lines, pgbench_command, replica_reads, summary_field, wait_child, Bench};
+use crate::servers::{Flavour, READS_DB};
 
 /// The epoch ticker thread of a proxy under callgrind.
 #[derive(Clone, Debug, Default)]
@@ -26,51 +27,60 @@ pub struct Ticker {
     pub ticks: u64,
 }
 
-/// Instructions of one proxy under callgrind: each dump's total, and self Ir by function
-/// of the two measured runs.
+/// Two measured runs of one proxy (CG_TX per client each, the counters dumped and zeroed
+/// before and after each): their Ir, the epoch ticker thread's share, and self Ir by
+/// function.
 #[derive(Clone, Debug, Default)]
-pub struct CgProxy {
-    pub startup: u64,
+pub struct CgRuns {
     pub run1: u64,
     pub run2: u64,
-    pub all: u64,
     pub ticker: Option<Ticker>,
     pub run1_costs: HashMap<String, i64>,
     pub run2_costs: HashMap<String, i64>,
 }
 
-/// The callgrind measurement, when both proxies completed it.
-#[derive(Clone, Debug)]
-pub struct Callgrind {
-    pub builtin: CgProxy,
-    pub plugin: CgProxy,
+/// Instructions of one proxy under callgrind: startup and warm-up, the runs against
+/// `bench`, the runs against the read-routing database (built-in proxy, read-routing row),
+/// and the whole process.
+#[derive(Clone, Debug, Default)]
+pub struct CgProxy {
+    pub startup: u64,
+    pub all: u64,
+    pub runs: CgRuns,
+    pub routed: Option<CgRuns>,
 }
 
 impl Bench<'_> {
-    /// Instructions per transaction, built-in then plugin.
-    pub fn plugin_tax_callgrind(&mut self) -> Result<()> {
+    /// Instructions per transaction: the built-in proxy (for the plugin tax and, with the
+    /// read-routing row, routing off then on), then the plugin proxy (for the plugin tax).
+    pub fn callgrind(&mut self) -> Result<()> {
         let opt = self.opt;
         crate::log!(
-            "callgrind: instructions per transaction, built-in then plugin (pgbench -t {}, {}, {} per client, {} clients)",
+            "callgrind: instructions per transaction, {} (pgbench -t {}, {}, {} per client, {} clients)",
+            match (opt.tax, opt.routing) {
+                (true, true) => "built-in (routing off, then on), then plugin",
+                (true, false) => "built-in then plugin",
+                _ => "built-in, routing off then on",
+            },
             opt.cg_warmup,
             opt.cg_tx.0,
             opt.cg_tx.1,
             opt.cg_clients
         );
-        let builtin = self.callgrind_one(Flavour::CallgrindBuiltin)?;
-        let plugin = match builtin {
-            Some(_) => self.callgrind_one(Flavour::CallgrindPlugin)?,
-            None => None,
-        };
-        match (builtin, plugin) {
-            (Some(builtin), Some(plugin)) => self.findings.callgrind = Some(Callgrind { builtin, plugin }),
-            _ => crate::log!("callgrind measurement failed (see Problems)"),
+        self.findings.cg_builtin = self.callgrind_one(Flavour::CallgrindBuiltin)?;
+        if opt.tax && self.findings.cg_builtin.is_some() {
+            self.findings.cg_plugin = self.callgrind_one(Flavour::CallgrindPlugin)?;
+        }
+        if self.findings.cg_builtin.is_none() || (opt.tax && self.findings.cg_plugin.is_none()) {
+            crate::log!("callgrind measurement failed (see Problems)");
         }
         Ok(())
     }
 
     /// One proxy under callgrind: start, warm up, dump (startup + warm-up); CG_TX1 per
-    /// client, dump; CG_TX2 per client, dump; stop (the final dump is the shutdown).
+    /// client, dump; CG_TX2 per client, dump; for the built-in proxy with the read-routing
+    /// row, the same two runs against the routing database, each followed by a dump (4, 5);
+    /// stop (the final dump is the shutdown).
     fn callgrind_one(&mut self, flavour: Flavour) -> Result<Option<CgProxy>> {
         let name = flavour.name();
         let dir = self.work.join("callgrind");
@@ -90,12 +100,22 @@ impl Bench<'_> {
         let port = proxy.port();
         let pid = proxy.pid().context("proxy has no pid")?;
         let (w, t1, t2) = (self.opt.cg_warmup, self.opt.cg_tx.0, self.opt.cg_tx.1);
-        let mut ok = self.cg_pgbench(name, port, w, "warmup")?
+        let mut ok = self.cg_pgbench(name, port, "bench", w, "warmup")?
             && self.cg_dump(name, pid, &dir, 1)?
-            && self.cg_pgbench(name, port, t1, "run1")?
+            && self.cg_pgbench(name, port, "bench", t1, "run1")?
             && self.cg_dump(name, pid, &dir, 2)?
-            && self.cg_pgbench(name, port, t2, "run2")?
+            && self.cg_pgbench(name, port, "bench", t2, "run2")?
             && self.cg_dump(name, pid, &dir, 3)?;
+        // The routed runs failing leaves the runs against `bench` (the plugin tax's) valid.
+        let mut routed = ok && flavour == Flavour::CallgrindBuiltin && self.opt.routing;
+        if routed {
+            let before = replica_reads(port);
+            routed = self.cg_pgbench(name, port, READS_DB, t1, "routed-run1")?
+                && self.cg_dump(name, pid, &dir, 4)?
+                && self.cg_pgbench(name, port, READS_DB, t2, "routed-run2")?
+                && self.cg_dump(name, pid, &dir, 5)?;
+            routed = routed && self.check_routed(name, before, replica_reads(port));
+        }
         if ok && flavour.has_plugin() {
             ok = self.plugin_calls(name, port).1;
         }
@@ -107,75 +127,76 @@ impl Bench<'_> {
         if !ok {
             return Ok(None);
         }
-        let dump = |n: &str| files_with_prefix(&dir, &format!("{name}.out.{n}-"));
-        let ir = |files: &[PathBuf]| -> u64 {
-            files
-                .iter()
-                .map(|f| callgrind::summary_ir(&fs::read_to_string(f).unwrap_or_default()))
-                .sum()
-        };
-        let costs = |files: &[PathBuf]| {
-            let mut m = HashMap::new();
-            for f in files {
-                callgrind::add_fn_costs(&fs::read_to_string(f).unwrap_or_default(), &mut m);
-            }
-            m
-        };
         let mut all = files_with_prefix(&dir, &format!("{name}.out-"));
         all.extend(
             files_with_prefix(&dir, &format!("{name}.out."))
                 .into_iter()
                 .filter(|f| is_numbered_dump(f, name)),
         );
-        let (d1, d2, d3) = (dump("1"), dump("2"), dump("3"));
-        let ticker = d3.iter().find_map(|f| {
-            let text = fs::read_to_string(f).ok()?;
-            if !callgrind::names_nanosleep(&text) {
-                return None;
-            }
-            let thread = f
-                .file_name()?
-                .to_string_lossy()
-                .strip_prefix(&format!("{name}.out.3"))?
-                .to_owned();
-            let at = |n: u32| dir.join(format!("{name}.out.{n}{thread}"));
-            let read = |n: u32| fs::read_to_string(at(n)).unwrap_or_default();
-            Some(Ticker {
-                run1_ir: callgrind::summary_ir(&read(2)),
-                run2_ir: callgrind::summary_ir(&read(3)),
-                ticks: callgrind::sleeps(&read(2)) + callgrind::sleeps(&read(3)),
-                thread,
-            })
-        });
         let cg = CgProxy {
-            startup: ir(&d1),
-            run1: ir(&d2),
-            run2: ir(&d3),
-            all: ir(&all),
-            ticker,
-            run1_costs: costs(&d2),
-            run2_costs: costs(&d3),
+            startup: total_ir(&dump_files(&dir, name, 1)),
+            all: total_ir(&all),
+            runs: measured_runs(&dir, name, (2, 3)),
+            routed: routed.then(|| measured_runs(&dir, name, (4, 5))),
+        };
+        let ticker = |r: &CgRuns| {
+            r.ticker
+                .as_ref()
+                .map(|t| {
+                    format!(
+                        " (epoch ticker thread {}: {}, {})",
+                        t.thread, t.run1_ir, t.run2_ir
+                    )
+                })
+                .unwrap_or_default()
         };
         crate::log!(
-            "{name}: Ir startup+warm-up={} run1={} run2={} whole process={}{}",
+            "{name}: Ir startup+warm-up={} run1={} run2={}{} whole process={}{}",
             cg.startup,
-            cg.run1,
-            cg.run2,
+            cg.runs.run1,
+            cg.runs.run2,
+            ticker(&cg.runs),
             cg.all,
-            cg.ticker
+            cg.routed
                 .as_ref()
-                .map(|t| format!(
-                    " (epoch ticker thread {}: {}, {})",
-                    t.thread, t.run1_ir, t.run2_ir
-                ))
+                .map(|r| format!("; routing on: run1={} run2={}{}", r.run1, r.run2, ticker(r)))
                 .unwrap_or_default()
         );
         Ok(Some(cg))
     }
 
-    /// `pgbench -S -M simple -c CG_CLIENTS -j 1 -t tx` against a proxy under valgrind;
+    /// Whether the routed runs' reads went to the replicas: SHOW NODES must count at least
+    /// their transactions as reads routed to a replica (noted when not, or unreadable).
+    fn check_routed(&mut self, name: &str, before: Option<u64>, after: Option<u64>) -> bool {
+        let want = u64::from(self.opt.cg_clients) * u64::from(self.opt.cg_tx.0 + self.opt.cg_tx.1);
+        match (before, after) {
+            (Some(b), Some(a)) if a.saturating_sub(b) >= want => {
+                crate::log!(
+                    "{name}: {} reads routed to the replicas ({want} transactions)",
+                    a - b
+                );
+                true
+            }
+            (Some(b), Some(a)) => {
+                self.findings.problems.push(format!(
+                    "callgrind: {name}: only {} of the {want} routed transactions went to a replica (SHOW NODES)",
+                    a.saturating_sub(b)
+                ));
+                false
+            }
+            _ => {
+                self.findings
+                    .problems
+                    .push(format!("callgrind: {name}: SHOW NODES did not answer"));
+                false
+            }
+        }
+    }
+
+    /// `pgbench -S -M simple -c CG_CLIENTS -j 1 -t tx` against database `db` of a proxy
+    /// under valgrind;
     /// `false` (noted) unless every transaction went through.
-    fn cg_pgbench(&mut self, name: &str, port: u16, tx: u32, label: &str) -> Result<bool> {
+    fn cg_pgbench(&mut self, name: &str, port: u16, db: &str, tx: u32, label: &str) -> Result<bool> {
         let c = self.opt.cg_clients;
         let want = u64::from(c) * u64::from(tx);
         let out_name = format!("{name}-{label}.out");
@@ -195,7 +216,7 @@ impl Bench<'_> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut child = pgbench_command(port, &args, &out)?
+        let mut child = pgbench_command(port, db, &args, &out)?
             .spawn()
             .context("spawning pgbench")?;
         let ended = wait_child(&mut child, Duration::from_secs(want / 2 + 600))?;
@@ -253,6 +274,59 @@ impl Bench<'_> {
             "callgrind: {name}: dump {n} wrote no callgrind/{prefix}*"
         ));
         Ok(false)
+    }
+}
+
+/// The files (one per thread) of dump `n` of proxy `name`.
+fn dump_files(dir: &Path, name: &str, n: u32) -> Vec<PathBuf> {
+    files_with_prefix(dir, &format!("{name}.out.{n}-"))
+}
+
+/// The Ir of a dump's files (one per thread).
+fn total_ir(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .map(|f| callgrind::summary_ir(&fs::read_to_string(f).unwrap_or_default()))
+        .sum()
+}
+
+/// The two runs between dumps `first - 1`, `first` and `second` of proxy `name`: their Ir
+/// and self Ir by function, and the epoch ticker thread (the one whose file of the second
+/// dump names `nanosleep`) with its Ir in each.
+fn measured_runs(dir: &Path, name: &str, (first, second): (u32, u32)) -> CgRuns {
+    let (d1, d2) = (dump_files(dir, name, first), dump_files(dir, name, second));
+    let read = |f: &Path| fs::read_to_string(f).unwrap_or_default();
+    let costs = |files: &[PathBuf]| {
+        let mut m = HashMap::new();
+        for f in files {
+            callgrind::add_fn_costs(&read(f), &mut m);
+        }
+        m
+    };
+    let ticker = d2.iter().find_map(|f| {
+        if !callgrind::names_nanosleep(&read(f)) {
+            return None;
+        }
+        let thread = f
+            .file_name()?
+            .to_string_lossy()
+            .strip_prefix(&format!("{name}.out.{second}"))?
+            .to_owned();
+        let at = |n: u32| read(&dir.join(format!("{name}.out.{n}{thread}")));
+        let (run1, run2) = (at(first), at(second));
+        Some(Ticker {
+            run1_ir: callgrind::summary_ir(&run1),
+            run2_ir: callgrind::summary_ir(&run2),
+            ticks: callgrind::sleeps(&run1) + callgrind::sleeps(&run2),
+            thread,
+        })
+    });
+    CgRuns {
+        run1: total_ir(&d1),
+        run2: total_ir(&d2),
+        ticker,
+        run1_costs: costs(&d1),
+        run2_costs: costs(&d2),
     }
 }
 
