@@ -40,6 +40,8 @@ pub struct SessionParams {
     uncertain: bool,
     /// The settings those commands named.
     uncertain_names: Vec<String>,
+    /// [`SessionParams::transaction_defaults`], read from `desired` when it changes.
+    transaction_defaults: (bool, bool),
 }
 
 /// The statement that gives setting `name` the raw value `value`, as a startup packet or
@@ -144,10 +146,12 @@ impl SessionParams {
         s
     }
 
+    /// `desired` changed: its signature and the transaction defaults are computed again.
     fn resign(&mut self) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.desired.hash(&mut h);
         self.signature = h.finish() | 1; // 0 means "a server with unknown settings"
+        self.transaction_defaults = self.read_transaction_defaults();
     }
 
     pub fn signature(&self) -> u64 {
@@ -351,6 +355,10 @@ impl SessionParams {
     /// committed `SET`s): (`default_transaction_read_only` is on,
     /// `default_transaction_isolation` is serializable). Read routing classifies with them.
     pub fn transaction_defaults(&self) -> (bool, bool) {
+        self.transaction_defaults
+    }
+
+    fn read_transaction_defaults(&self) -> (bool, bool) {
         let value = |name: &str| {
             self.desired
                 .get(name)

@@ -197,12 +197,14 @@ impl Session {
         }
     }
 
-    /// The work of a simple Query's text.
-    pub(super) fn work_of_query(&self, sql: &[u8]) -> Work {
-        if !self.wants_classification(sql) {
-            return Work::PRIMARY;
-        }
-        self.work(self.classify(sql))
+    /// The routing classification of a simple Query's text, if the session classifies it.
+    pub(super) fn query_class(&self, sql: &[u8]) -> Option<Classification> {
+        self.wants_classification(sql).then(|| self.classify(sql))
+    }
+
+    /// The work of a simple Query's text, classified as `class` ([`Session::query_class`]).
+    pub(super) fn work_of_query(&self, class: Option<Classification>) -> Work {
+        class.map_or(Work::PRIMARY, |class| self.work(class))
     }
 
     /// The work of a text (or batch) classified as `class`, in the block a deferred `BEGIN`

@@ -16,7 +16,14 @@ impl Session {
     /// Query: answered here when it only touches the client's own prepared statements,
     /// refused when it would PREPARE in transaction mode, else sent to a server.
     pub(super) async fn on_query(&mut self, sql_text: &Bytes, raw: &Bytes) -> Result<(), SessionError> {
-        self.note_server_state(sql_text);
+        // Classified first when the session routes: a plain read cannot create server-side
+        // state, which spares the common read a second pass over its text. (If the text
+        // does pin the session, the checkout still goes to the primary: a pinned session
+        // routes nothing.)
+        let class = self.query_class(sql_text);
+        if !class.is_some_and(|c| c.plain_read()) {
+            self.note_server_state(sql_text);
+        }
         let commands = if maybe_session_command(sql_text) {
             sql::commands(sql_text)
         } else {
@@ -43,7 +50,7 @@ impl Session {
             }
             self.note_command(cmd);
         }
-        let work = self.work_of_query(sql_text);
+        let work = self.work_of_query(class);
         if self.defer_begin(work, sql_text, raw) {
             return Ok(());
         }
