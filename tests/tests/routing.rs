@@ -44,9 +44,27 @@ async fn port_of(client: &Client, sql: &str) -> Result<u16> {
     Ok(u16::try_from(port)?)
 }
 
-/// Runs `sql` until it runs on a replica (the probes have confirmed both and measured
-/// their lag), for at most 10 s.
-async fn until_on_a_replica(client: &Client, sql: &str, replicas: &[u16]) -> Result<()> {
+/// The ports of the bed's primary and of its replicas.
+fn ports(bed: &TestBed) -> (u16, Vec<u16>) {
+    let pg = bed.pg();
+    (
+        pg.primary().port(),
+        pg.replicas().iter().map(|r| r.port()).collect(),
+    )
+}
+
+/// A client of database `app` whose reads run on one of `replicas` now: see
+/// [`until_on_a_replica`].
+async fn app_on_a_replica(bed: &TestBed, replicas: &[u16]) -> Result<Client> {
+    let client = bed.endpoint().connect_app().await?;
+    until_on_a_replica(&client, replicas).await?;
+    Ok(client)
+}
+
+/// Reads `SELECT inet_server_port()` until it runs on one of `replicas` (the probes have
+/// confirmed them and measured their lag), for at most 10 s.
+async fn until_on_a_replica(client: &Client, replicas: &[u16]) -> Result<()> {
+    let sql = "SELECT inet_server_port()";
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if replicas.contains(&port_of(client, sql).await?) {
@@ -114,10 +132,8 @@ async fn reads_spread_over_both_replicas_and_writes_stay_on_the_primary() -> Res
         .await
         .ctx("setup")?;
     bed.pg().wait_replica_caught_up()?;
-    let primary = bed.pg().primary().port();
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
-    let client = bed.endpoint().connect_app().await?;
-    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+    let (primary, replicas) = ports(&bed);
+    let client = app_on_a_replica(&bed, &replicas).await?;
 
     let mut reads: BTreeMap<u16, u32> = BTreeMap::new();
     for _ in 0..200 {
@@ -184,12 +200,11 @@ async fn reads_spread_over_both_replicas_and_writes_stay_on_the_primary() -> Res
 async fn read_only_transactions_and_the_session_hint_route_to_replicas() -> Result<()> {
     skip_if_direct!();
     let bed = bed(|cfg| cfg.set("databases.postgres.read_routing", "replicas"))?;
-    let primary = bed.pg().primary().port();
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let (primary, replicas) = ports(&bed);
     let ep = bed.endpoint();
 
     let routed = ep.connect("app", "app", "postgres").await?;
-    until_on_a_replica(&routed, "SELECT inet_server_port()", &replicas).await?;
+    until_on_a_replica(&routed, &replicas).await?;
     routed
         .batch_execute("BEGIN READ ONLY")
         .await
@@ -214,7 +229,7 @@ async fn read_only_transactions_and_the_session_hint_route_to_replicas() -> Resu
     let mut cfg = ep.config("app", "app", "app");
     cfg.options("-c switchyard.route=replica");
     let hinted = connect(&cfg).await?;
-    until_on_a_replica(&hinted, "SELECT inet_server_port()", &replicas).await?;
+    until_on_a_replica(&hinted, &replicas).await?;
     let seen = hinted
         .simple_query("SELECT current_setting('switchyard.route', true)")
         .await
@@ -240,14 +255,12 @@ async fn read_only_transactions_and_the_session_hint_route_to_replicas() -> Resu
 async fn a_lone_begin_lets_set_transaction_read_only_route_the_block() -> Result<()> {
     skip_if_direct!();
     let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
-    let primary = bed.pg().primary().port();
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let (primary, replicas) = ports(&bed);
     bed.pg().primary().admin_sql(
         "app",
         "CREATE TABLE lone_begin (n int); GRANT ALL ON lone_begin TO app",
     )?;
-    let client = bed.endpoint().connect_app().await?;
-    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+    let client = app_on_a_replica(&bed, &replicas).await?;
 
     let step = |sql: &'static str| {
         let client = &client;
@@ -334,6 +347,65 @@ async fn an_invalid_route_hint_is_refused_at_login() -> Result<()> {
     Ok(())
 }
 
+/// What [`reads_after_writes`] saw: reads per port, the reads that missed their row, and
+/// each read's latency (sorted).
+struct ReadsAfterWrites {
+    ran: BTreeMap<u16, u32>,
+    stale: u32,
+    latencies: Vec<Duration>,
+}
+
+impl ReadsAfterWrites {
+    /// Reads that ran on one of `ports`.
+    fn on(&self, ports: &[u16]) -> u32 {
+        ports.iter().filter_map(|p| self.ran.get(p)).sum()
+    }
+}
+
+/// Creates table `table (id int PRIMARY KEY)` on the primary, and returns once both
+/// replicas have it.
+async fn replicated_table(bed: &TestBed, table: &str) -> Result<()> {
+    bed.direct()
+        .connect_app()
+        .await?
+        .batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY)"))
+        .await
+        .ctx("setup")?;
+    bed.pg().wait_replica_caught_up()
+}
+
+/// `n` times: `client` inserts a row into `table` (see [`replicated_table`]) and at once
+/// reads it back, noting where the read ran, whether it saw the row, and how long it took.
+async fn reads_after_writes(client: &Client, table: &str, n: u32) -> Result<ReadsAfterWrites> {
+    let mut seen = ReadsAfterWrites {
+        ran: BTreeMap::new(),
+        stale: 0,
+        latencies: Vec::new(),
+    };
+    for id in 0..n {
+        client
+            .execute(&format!("INSERT INTO {table} VALUES ({id})"), &[])
+            .await
+            .ctx("insert")?;
+        let started = Instant::now();
+        let row = client
+            .query_one(
+                &format!("SELECT inet_server_port(), count(*) FROM {table} WHERE id = {id}"),
+                &[],
+            )
+            .await
+            .ctx("read back")?;
+        seen.latencies.push(started.elapsed());
+        let (port, count): (i32, i64) = (row.get(0), row.get(1));
+        *seen.ran.entry(u16::try_from(port)?).or_default() += 1;
+        if count != 1 {
+            seen.stale += 1;
+        }
+    }
+    seen.latencies.sort();
+    Ok(seen)
+}
+
 /// Read-your-writes (the default, per session) with one replica's replay paused: a client
 /// that writes a row and reads it back 300 times through the proxy never misses it, and
 /// after replay resumes, its reads run on the replicas again.
@@ -341,42 +413,22 @@ async fn an_invalid_route_hint_is_refused_at_login() -> Result<()> {
 async fn a_session_reads_its_own_writes_while_a_replica_is_paused() -> Result<()> {
     skip_if_direct!();
     let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
-    let direct = bed.direct().connect_app().await?;
-    direct
-        .batch_execute("CREATE TABLE ryw (id int PRIMARY KEY)")
-        .await
-        .ctx("setup")?;
-    bed.pg().wait_replica_caught_up()?;
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
-    let client = bed.endpoint().connect_app().await?;
-    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+    replicated_table(&bed, "ryw").await?;
+    let (_, replicas) = ports(&bed);
+    let client = app_on_a_replica(&bed, &replicas).await?;
     bed.pg().replicas()[0].admin_sql("postgres", "SELECT pg_wal_replay_pause()")?;
 
-    let mut stale = 0;
-    let mut ran: BTreeMap<u16, u32> = BTreeMap::new();
-    for id in 0..300 {
-        client
-            .execute(&format!("INSERT INTO ryw VALUES ({id})"), &[])
-            .await
-            .ctx("insert")?;
-        let row = client
-            .query_one(
-                &format!("SELECT inet_server_port(), count(*) FROM ryw WHERE id = {id}"),
-                &[],
-            )
-            .await
-            .ctx("read back")?;
-        let (port, seen): (i32, i64) = (row.get(0), row.get(1));
-        *ran.entry(u16::try_from(port)?).or_default() += 1;
-        if seen != 1 {
-            stale += 1;
-        }
-    }
+    let seen = reads_after_writes(&client, "ryw", 300).await?;
+    let ran = &seen.ran;
     println!(
         "reads after writes ran on (port: count) {ran:?}; paused replica {}",
         replicas[0]
     );
-    ensure!(stale == 0, "{stale} of 300 reads did not see the write just made");
+    ensure!(
+        seen.stale == 0,
+        "{} of 300 reads did not see the write just made",
+        seen.stale
+    );
     ensure!(
         !ran.contains_key(&replicas[0]),
         "reads ran on the paused replica {}: {ran:?}",
@@ -385,7 +437,7 @@ async fn a_session_reads_its_own_writes_while_a_replica_is_paused() -> Result<()
 
     bed.pg().replicas()[0].admin_sql("postgres", "SELECT pg_wal_replay_resume()")?;
     bed.pg().wait_replica_caught_up()?;
-    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas[..1]).await?;
+    until_on_a_replica(&client, &replicas[..1]).await?;
     Ok(())
 }
 
@@ -414,41 +466,12 @@ async fn the_router_plugin_waits_for_a_replica_to_replay_the_sessions_write() ->
             &[("read_your_writes_wait_ms", "2000")],
         )
     })?;
-    let direct = bed.direct().connect_app().await?;
-    direct
-        .batch_execute("CREATE TABLE ryw_wait (id int PRIMARY KEY)")
-        .await
-        .ctx("setup")?;
-    bed.pg().wait_replica_caught_up()?;
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
-    let client = bed.endpoint().connect_app().await?;
-    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+    replicated_table(&bed, "ryw_wait").await?;
+    let (_, replicas) = ports(&bed);
+    let client = app_on_a_replica(&bed, &replicas).await?;
 
-    let (mut stale, mut on_replicas) = (0, 0);
-    let mut latencies = Vec::new();
-    for id in 0..200 {
-        client
-            .execute(&format!("INSERT INTO ryw_wait VALUES ({id})"), &[])
-            .await
-            .ctx("insert")?;
-        let started = Instant::now();
-        let row = client
-            .query_one(
-                &format!("SELECT inet_server_port(), count(*) FROM ryw_wait WHERE id = {id}"),
-                &[],
-            )
-            .await
-            .ctx("read back")?;
-        latencies.push(started.elapsed());
-        let (port, seen): (i32, i64) = (row.get(0), row.get(1));
-        if replicas.contains(&u16::try_from(port)?) {
-            on_replicas += 1;
-        }
-        if seen != 1 {
-            stale += 1;
-        }
-    }
-    latencies.sort();
+    let seen = reads_after_writes(&client, "ryw_wait", 200).await?;
+    let (stale, on_replicas, latencies) = (seen.stale, seen.on(&replicas), &seen.latencies);
     let rows = switchyard_tests::admin::admin_rows(&bed.endpoint(), "SHOW PLUGINS").await?;
     let counters = rows
         .iter()
@@ -485,10 +508,8 @@ async fn a_write_declared_stable_runs_on_the_primary_after_the_replica_refuses_i
         .await
         .ctx("setup")?;
     bed.pg().wait_replica_caught_up()?;
-    let primary = bed.pg().primary().port();
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
-    let client = bed.endpoint().connect_app().await?;
-    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+    let (primary, replicas) = ports(&bed);
+    let client = app_on_a_replica(&bed, &replicas).await?;
 
     let port = port_of(&client, "SELECT inet_server_port(), sneaky_write()").await?;
     ensure!(
@@ -513,10 +534,10 @@ async fn a_write_declared_stable_runs_on_the_primary_after_the_replica_refuses_i
 async fn a_replica_stopped_under_read_load_costs_no_client_an_error() -> Result<()> {
     skip_if_direct!();
     let mut bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let (_, replicas) = ports(&bed);
     let ep = bed.endpoint();
     let probe = ep.connect_app().await?;
-    until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
+    until_on_a_replica(&probe, &replicas).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -528,7 +549,7 @@ async fn a_replica_stopped_under_read_load_costs_no_client_an_error() -> Result<
     println!("replica {} stopped in {:?}", replicas[0], stopped_at.elapsed());
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::block_in_place(|| bed.pg_mut().replica_mut(0).start())?;
-    until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas[..1]).await?;
+    until_on_a_replica(&probe, &replicas[..1]).await?;
     stop.store(true, Ordering::Relaxed);
     for (i, c) in clients.into_iter().enumerate() {
         let reads = c.await?;
@@ -566,11 +587,10 @@ async fn a_custom_router_swapped_in_under_load_routes_as_it_says() -> Result<()>
         )
     })?;
     let base = base.expect("configured");
-    let primary = bed.pg().primary().port();
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let (primary, replicas) = ports(&bed);
     let ep = bed.endpoint();
     let probe = ep.connect_app().await?;
-    until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
+    until_on_a_replica(&probe, &replicas).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -634,9 +654,9 @@ async fn drivers_read_their_own_writes_while_a_replica_is_paused() -> Result<()>
     skip_if_direct!();
     use switchyard_tests::tools::Driver;
     let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
-    let probe = bed.endpoint().connect_app().await?;
-    until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
+    let (_, replicas) = ports(&bed);
+    // Once the probes let reads onto the replicas.
+    app_on_a_replica(&bed, &replicas).await?;
     bed.pg().replicas()[0].admin_sql("postgres", "SELECT pg_wal_replay_pause()")?;
     let target = bed.endpoint().client_target("app", "app", "app");
     for driver in [Driver::Psycopg, Driver::Jdbc] {
@@ -674,10 +694,10 @@ async fn a_rolling_restart_of_the_replicas_costs_no_client_an_error() -> Result<
     skip_if_direct!();
     use switchyard_tests::load::{Load, LoadOptions};
     let mut bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
+    let (_, replicas) = ports(&bed);
     let ep = bed.endpoint();
     let probe = ep.connect_app().await?;
-    until_on_a_replica(&probe, "SELECT inet_server_port()", &replicas).await?;
+    until_on_a_replica(&probe, &replicas).await?;
     let load = Load::start(LoadOptions::new(vec![ep.clone()], 4)).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -733,10 +753,8 @@ async fn a_rolling_restart_of_the_replicas_costs_no_client_an_error() -> Result<
 async fn session_transaction_defaults_route_as_set() -> Result<()> {
     skip_if_direct!();
     let bed = bed(|cfg| cfg.set("databases.app.read_routing", "replicas"))?;
-    let primary = bed.pg().primary().port();
-    let replicas: Vec<u16> = bed.pg().replicas().iter().map(|r| r.port()).collect();
-    let client = bed.endpoint().connect_app().await?;
-    until_on_a_replica(&client, "SELECT inet_server_port()", &replicas).await?;
+    let (primary, replicas) = ports(&bed);
+    let client = app_on_a_replica(&bed, &replicas).await?;
 
     client
         .batch_execute("SET default_transaction_isolation = serializable")
