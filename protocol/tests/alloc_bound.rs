@@ -214,7 +214,9 @@ fn declared_gigabytes_are_refused_before_allocating() {
     let mut negotiate = vec![0, 0, 0, 0];
     negotiate.extend(GIB.to_be_bytes());
     negotiate.extend(b"_pq_.x\0");
-    let server: [(&str, Vec<u8>, fn(&[u8]) -> bool); 4] = [
+    /// Whether a decoder refuses a body.
+    type Refuses = fn(&[u8]) -> bool;
+    let server: [(&str, Vec<u8>, Refuses); 4] = [
         (
             "DataRow declaring 32767 columns",
             b"\x7f\xff\0\0\0\x01".to_vec(),
