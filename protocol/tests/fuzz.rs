@@ -6,7 +6,7 @@
 //! are the ones its contract names (a decoder of a body never claims `TooLarge`, framing
 //! never claims `Malformed`, ...), and that what it accepts is consistent (framing agrees
 //! with the declared lengths and the limit, an accepted client message re-encodes to the
-//! same bytes). Allocation bounds are `alloc_bound.rs`'s, which needs its own allocator.
+//! same bytes, `bind_names` finds the names the Bind decoder found). Allocation bounds are `alloc_bound.rs`'s, which needs its own allocator.
 //!
 //! Every property prints its case count (`--nocapture`); `PROPTEST_CASES` sets it
 //! (`scripts/fuzz` runs the long version).
@@ -137,6 +137,13 @@ fn reencode(m: &FrontendMessage) -> Option<BytesMut> {
 
 /// Decodes one client frame as the session does, checking the decoder's contract.
 fn check_client_frame(frame: &Frame) -> Result<(), TestCaseError> {
+    // `bind_names` also reads Binds still arriving: any prefix of any body.
+    let body = frame.body();
+    for cut in 0..=body.len().min(64) {
+        if let Some((portal, statement, at)) = fe::bind_names(&body[..cut]) {
+            prop_assert!(portal.len() + statement.len() + 2 == at && at <= cut);
+        }
+    }
     match FrontendMessage::decode(frame) {
         Ok(m) => {
             prop_assert_eq!(m.tag(), frame.tag());
@@ -146,6 +153,20 @@ fn check_client_frame(frame: &Frame) -> Result<(), TestCaseError> {
                     &frame.raw()[..],
                     "{:?} does not re-encode to its bytes",
                     m
+                );
+            }
+            if let FrontendMessage::Bind {
+                portal,
+                statement,
+                rest,
+            } = &m
+            {
+                // A Bind too large to hold is renamed from its names alone (`bind_names`),
+                // which must find what the decoder found.
+                let at = frame.body_len() - rest.len();
+                prop_assert_eq!(
+                    fe::bind_names(frame.body()),
+                    Some((&portal[..], &statement[..], at))
                 );
             }
             if let FrontendMessage::Password(body) = &m {

@@ -53,7 +53,9 @@ pub fn startup_packet() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// A server message the host decodes, as (tag, body), from the codec's own encoders.
+/// A server message the host decodes, as (tag, body), from the codec's own encoders, its
+/// body damaged by up to four edits (the tag stays, so each decoder sees damage to its own
+/// message type).
 pub fn server_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
     let text = "[^\0]{0,16}";
     let encoded = prop_oneof![
