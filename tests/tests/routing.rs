@@ -19,7 +19,10 @@ fn bed(configure: impl FnOnce(ProxyConfig) -> ProxyConfig) -> Result<TestBed> {
 }
 
 /// [`bed`] with the servers' `options` (two replicas whatever they say).
-fn bed_with(options: ClusterOptions, configure: impl FnOnce(ProxyConfig) -> ProxyConfig) -> Result<TestBed> {
+fn bed_with(
+    options: ClusterOptions,
+    configure: impl FnOnce(ProxyConfig) -> ProxyConfig,
+) -> Result<TestBed> {
     TestBed::start_full(
         ClusterOptions {
             replicas: 2,
