@@ -10,6 +10,7 @@ pub use decoy::{Decoys, SaltKey};
 pub use md5::{md5_hash, Md5Challenge};
 pub use scram::{
     DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
+    MAX_SERVER_ITERATIONS,
 };
 
 use std::sync::OnceLock;

@@ -17,6 +17,11 @@ type HmacSha256 = Hmac<Sha256>;
 /// Postgres' default `scram_iterations`.
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 
+/// The most PBKDF2 iterations the proxy computes for a server's challenge (about a second of
+/// one core). A server may set `scram_iterations` up to 2^31 - 1; an absurd count from a
+/// confused or hostile server would otherwise hold a worker for hours.
+pub const MAX_SERVER_ITERATIONS: u32 = 1_000_000;
+
 impl ScramVerifier {
     /// Derives a verifier from a plaintext password with `salt` and 4096 iterations, as
     /// Postgres' `password_encryption = scram-sha-256` does.
@@ -245,10 +250,15 @@ impl<'a> ScramKeyClient<'a> {
                 let salt = attr("s=")
                     .and_then(|s| B64.decode(s).ok())
                     .ok_or(ScramError::Protocol("missing or malformed salt"))?;
-                let iterations = attr("i=")
+                let iterations: u32 = attr("i=")
                     .and_then(|i| i.parse().ok())
                     .filter(|i| *i > 0)
                     .ok_or(ScramError::Protocol("missing or malformed iteration count"))?;
+                if iterations > MAX_SERVER_ITERATIONS {
+                    return Err(ScramError::Protocol(
+                        "iteration count above the proxy's limit of 1000000",
+                    ));
+                }
                 cache.get(password, &salt, iterations)
             }
         };
@@ -365,6 +375,26 @@ mod tests {
         let last = client.respond(server_first.as_bytes()).unwrap();
         let (server_final, _) = exchange.finish(&ours, last.as_bytes()).unwrap();
         client.verify(server_final.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn absurd_iteration_counts_are_refused_before_deriving() {
+        let cache = DerivedKeys::default();
+        for count in [MAX_SERVER_ITERATIONS + 1, u32::MAX] {
+            let (mut client, _) = ScramKeyClient::new(KeySource::Password {
+                password: "pw",
+                cache: &cache,
+            });
+            let server_first = format!("r={}xyz,s=c2FsdA==,i={count}", client.nonce);
+            assert!(matches!(
+                client.respond(server_first.as_bytes()),
+                Err(ScramError::Protocol(m)) if m.contains("1000000")
+            ));
+        }
+        assert_eq!(
+            MAX_SERVER_ITERATIONS, 1_000_000,
+            "the error message names the limit"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! session's settings) whose outcome the proxy must know before it trusts the server.
 
 use bytes::{BufMut, BytesMut};
-use switchyard_protocol::backend::{parse_error_fields, parse_parameter_status, tags, ErrorFields};
+use switchyard_protocol::backend::{
+    parse_data_row, parse_error_fields, parse_parameter_status, tags, ErrorFields,
+};
 use switchyard_protocol::frame::split_frame;
 use switchyard_protocol::frontend::{
     encode_bind_renamed, encode_execute, encode_parse, encode_query, encode_sync,
@@ -38,7 +40,7 @@ pub async fn query_row(
     let mut error = None;
     read_to_ready(conn, |tag, body| {
         match tag {
-            tags::DATA_ROW if row.is_none() => row = Some(parse_data_row(body).ok_or("malformed DataRow")?),
+            tags::DATA_ROW if row.is_none() => row = Some(text_row(body)?),
             tags::ERROR_RESPONSE => error = parse_error_fields(body).ok(),
             _ => {}
         }
@@ -75,7 +77,7 @@ pub async fn simple_query(conn: &mut ServerConn, sql: &str) -> Result<Answer, Se
     let mut reports = Vec::new();
     read_to_ready(conn, |tag, body| {
         match tag {
-            tags::DATA_ROW => answer.rows.push(parse_data_row(body).ok_or("malformed DataRow")?),
+            tags::DATA_ROW => answer.rows.push(text_row(body)?),
             tags::ERROR_RESPONSE if answer.error.is_none() => {
                 answer.error = Some(parse_error_fields(body).map_err(|_| "malformed ErrorResponse")?)
             }
@@ -151,22 +153,13 @@ async fn read_to_ready(
     }
 }
 
-fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
-    let count = i16::from_be_bytes(body.get(0..2)?.try_into().ok()?);
-    let mut at = 2;
-    let mut values = Vec::with_capacity(count.max(0) as usize);
-    for _ in 0..count {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            values.push(None);
-        } else {
-            let v = body.get(at..at + len as usize)?;
-            values.push(Some(String::from_utf8_lossy(v).into_owned()));
-            at += len as usize;
-        }
-    }
-    Some(values)
+/// A DataRow's values as text (lossily: the proxy's own queries read names and numbers).
+fn text_row(body: &[u8]) -> Result<Vec<Option<String>>, &'static str> {
+    let values = parse_data_row(body).map_err(|_| "malformed DataRow")?;
+    Ok(values
+        .into_iter()
+        .map(|v| v.map(|v| String::from_utf8_lossy(v).into_owned()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -174,10 +167,7 @@ mod tests {
     #[test]
     fn data_row_with_null_and_truncation() {
         let body = [0, 2, 0, 0, 0, 1, b'a', 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(
-            super::parse_data_row(&body).unwrap(),
-            vec![Some("a".to_string()), None]
-        );
-        assert!(super::parse_data_row(&body[..6]).is_none());
+        assert_eq!(super::text_row(&body).unwrap(), vec![Some("a".to_string()), None]);
+        assert!(super::text_row(&body[..6]).is_err());
     }
 }
