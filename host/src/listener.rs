@@ -1,6 +1,6 @@
-//! Accepts clients, enforces `max_client_conn`, spawns a session per client, runs the pool
-//! reaper, and drives graceful shutdown: stop accepting, let sessions finish their
-//! transactions up to `shutdown_timeout`, then exit.
+//! Accepts clients, enforces `max_client_conn` and `max_unauthenticated_conn`, spawns a
+//! session per client, runs the pool reaper, and drives graceful shutdown: stop accepting,
+//! let sessions finish their transactions up to `shutdown_timeout`, then exit.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::session::{self, ClientGuard, Destination};
+use crate::session::{self, Destination};
 use crate::state::ProxyState;
 
 /// Serves clients on `listener` until `stop` resolves, then drains sessions.
@@ -41,18 +41,14 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let count = state.clients.fetch_add(1, Ordering::Relaxed) + 1;
-                let guard = ClientGuard(state.clone());
-                if count > state.config.proxy.max_client_conn {
-                    tracing::warn!(%peer, max = state.config.proxy.max_client_conn, "refusing client: max_client_conn reached");
-                    tokio::spawn(refuse(tcp, guard));
+                let (slot, refusal) = ClientSlot::take(&state);
+                if let Some(why) = refusal {
+                    tracing::warn!(%peer, "refusing client: {why}");
+                    tokio::spawn(refuse(tcp, why, slot));
                     continue;
                 }
                 let state = state.clone();
-                sessions.spawn(async move {
-                    let _guard = guard;
-                    connection(tcp, peer, state).await;
-                });
+                sessions.spawn(connection(tcp, peer, state, slot));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
@@ -81,14 +77,54 @@ pub async fn serve(
     tracing::info!("shutdown complete");
 }
 
-async fn refuse(mut tcp: tokio::net::TcpStream, _guard: ClientGuard) {
-    // The client expects an answer to its startup packet; an ErrorResponse is what libpq
-    // shows, so send it right away.
+/// A client's place among `max_client_conn`, and while it logs in among
+/// `max_unauthenticated_conn`; given back when dropped.
+struct ClientSlot {
+    state: Arc<ProxyState>,
+    logging_in: bool,
+}
+
+impl ClientSlot {
+    /// Takes a place for a client just accepted, and says why it must be refused if it
+    /// must (the place is still taken until the refusal is sent).
+    fn take(state: &Arc<ProxyState>) -> (ClientSlot, Option<&'static str>) {
+        let clients = state.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        let logging_in = state.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = ClientSlot {
+            state: state.clone(),
+            logging_in: true,
+        };
+        let proxy = &state.config.proxy;
+        let refusal = if clients > proxy.max_client_conn {
+            Some("sorry, too many clients already")
+        } else if logging_in > proxy.max_unauthenticated_conn {
+            Some("sorry, too many clients are logging in at once (max_unauthenticated_conn)")
+        } else {
+            None
+        };
+        (slot, refusal)
+    }
+
+    /// The client is logged in (or gone): it no longer counts as logging in.
+    fn logged_in(&mut self) {
+        if std::mem::take(&mut self.logging_in) {
+            self.state.logging_in.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.logged_in();
+        self.state.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells a client refused at accept why, as its answer to the startup packet it is about
+/// to send: an ErrorResponse is what libpq shows.
+async fn refuse(mut tcp: tokio::net::TcpStream, why: &'static str, _slot: ClientSlot) {
     let mut out = BytesMut::new();
-    error_response(
-        &ErrorFields::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
-        &mut out,
-    );
+    error_response(&ErrorFields::fatal(sqlstate::TOO_MANY_CONNECTIONS, why), &mut out);
     let _ = tcp.write_all(&out).await;
 }
 
@@ -103,8 +139,10 @@ async fn reap_pools(state: Arc<ProxyState>) {
 }
 
 /// One accepted client: its login, then its pool session or the admin console.
-async fn connection(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
-    let Some(client) = session::login(tcp, peer, &state).await else {
+async fn connection(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, mut slot: ClientSlot) {
+    let login = session::login(tcp, peer, &state).await;
+    slot.logged_in();
+    let Some(client) = login else {
         return;
     };
     match &client.destination {

@@ -86,6 +86,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = Config::parse(&text, &path.display().to_string())?;
+    switchyard::net::files::ensure_open_files(&config);
     let source = ConfigSource {
         path: path.to_path_buf(),
         text,

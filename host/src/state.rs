@@ -100,6 +100,8 @@ pub struct ProxyState {
     pub tls: Option<TlsAcceptor>,
     /// Clients connected now (for `max_client_conn`).
     pub clients: AtomicUsize,
+    /// Of those, the ones still logging in (for `max_unauthenticated_conn`).
+    pub logging_in: AtomicUsize,
     /// Becomes true when the proxy is shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// What unknown users are challenged with, so that they fail as a wrong password does.
@@ -197,6 +199,7 @@ impl ProxyState {
             policies,
             tls,
             clients: AtomicUsize::new(0),
+            logging_in: AtomicUsize::new(0),
             shutdown,
             decoys,
             auth_query,

@@ -189,3 +189,23 @@ fn bad_max_message_size_names_key_and_line() {
         "{e}"
     );
 }
+
+#[test]
+fn admission_limits_are_checked_with_key_and_line() {
+    let with = |v: &str| err(&GOOD.replace("listen = ", &format!("{v}\nlisten = ")));
+    let e = with("max_client_conn = 3\nadmin_reserved_conn = 3");
+    assert!(
+        e.contains("proxy.admin_reserved_conn") && e.contains("below max_client_conn (3)"),
+        "{e}"
+    );
+    let e = with("max_unauthenticated_conn = 0");
+    assert!(
+        e.contains("t.toml:3") && e.contains("proxy.max_unauthenticated_conn"),
+        "{e}"
+    );
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(
+        (c.proxy.admin_reserved_conn, c.proxy.max_unauthenticated_conn),
+        (3, 1000)
+    );
+}

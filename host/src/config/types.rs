@@ -184,6 +184,14 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     /// Clients beyond this many are refused with 53300.
     pub max_client_conn: usize,
+    /// Connections still logging in (startup packet, TLS handshake, authentication) beyond
+    /// this many are refused at once with 53300, so that connections that send nothing or
+    /// send slowly cannot take every client slot: each is held at most
+    /// `client_login_timeout`.
+    pub max_unauthenticated_conn: usize,
+    /// Of `max_client_conn`, this many are kept for the admin console (database
+    /// `switchyard`): other clients are refused with 53300 once only these are left.
+    pub admin_reserved_conn: usize,
     /// A client must finish startup and authentication within this time.
     #[serde(with = "humantime_serde")]
     pub client_login_timeout: Duration,
@@ -220,6 +228,8 @@ impl Default for ProxySettings {
         ProxySettings {
             listen: "127.0.0.1:6432".parse().expect("literal address"),
             max_client_conn: 10_000,
+            max_unauthenticated_conn: 1_000,
+            admin_reserved_conn: 3,
             client_login_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             tls_cert: None,

@@ -105,6 +105,23 @@ impl Check<'_> {
         if self.config.pool.size == 0 {
             return Err(self.key("pool", "size", "must be at least 1".into()));
         }
+        if proxy.max_unauthenticated_conn == 0 {
+            return Err(self.key(
+                "proxy",
+                "max_unauthenticated_conn",
+                "must be at least 1 (no client could log in)".into(),
+            ));
+        }
+        if proxy.admin_reserved_conn >= proxy.max_client_conn {
+            return Err(self.key(
+                "proxy",
+                "admin_reserved_conn",
+                format!(
+                    "must be below max_client_conn ({}): no other client could connect",
+                    proxy.max_client_conn
+                ),
+            ));
+        }
         if proxy.tls_cert.is_some() != proxy.tls_key.is_some() {
             return Err(self.key(
                 "proxy",

@@ -692,12 +692,3 @@ fn ready_err(p: Poll<std::io::Result<()>>) -> std::io::Result<()> {
         _ => Ok(()),
     }
 }
-
-/// Counts sessions for `max_client_conn`; decrements when the session ends.
-pub struct ClientGuard(pub Arc<ProxyState>);
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
-    }
-}

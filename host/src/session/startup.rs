@@ -191,6 +191,19 @@ async fn login(
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user_name.clone());
+    let proxy = &state.config.proxy;
+    if database != crate::config::ADMIN_DATABASE
+        && state.clients.load(std::sync::atomic::Ordering::Relaxed)
+            > proxy.max_client_conn - proxy.admin_reserved_conn
+    {
+        return Err(SessionError::Fatal(Box::new(
+            ErrorFields::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+                .with_detail(format!(
+                    "The last {} of max_client_conn ({}) are reserved for the admin console.",
+                    proxy.admin_reserved_conn, proxy.max_client_conn
+                )),
+        )));
+    }
     if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
         return Err(fatal(
             sqlstate::FEATURE_NOT_SUPPORTED,
