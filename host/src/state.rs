@@ -18,7 +18,7 @@ use crate::config::ConfigError;
 use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
-use crate::pool::{DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings};
+use crate::pool::{ClientTimeouts, DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings};
 use crate::topology::reads::{LagBudget, Skip};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
@@ -161,6 +161,12 @@ impl ProxyState {
                 lifetime: config.pool.lifetime,
                 max_prepared_statements: config.pool.max_prepared_statements,
                 tls: server_tls.clone(),
+                timeouts: ClientTimeouts {
+                    client_idle: config.pool.client_idle_timeout,
+                    idle_transaction: config.pool.idle_transaction_timeout,
+                    query: config.pool.query_timeout,
+                    transaction: config.pool.transaction_timeout,
+                },
                 routing: RoutingSettings {
                     read_routing: db.read_routing,
                     budget: LagBudget {

@@ -20,6 +20,10 @@ pub const INVALID_PARAMETER_VALUE: &str = "22023";
 pub const INVALID_TRANSACTION_STATE: &str = "25000";
 /// 25006: a write in a read-only transaction (a demoted primary).
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+/// 25P03: a client idle in a transaction too long (`idle_transaction_timeout`).
+pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
+/// 25P04: a transaction open too long (`transaction_timeout`).
+pub const TRANSACTION_TIMEOUT: &str = "25P04";
 /// 26000: no prepared statement of that name.
 pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 /// 28000: the login is not allowed.
@@ -44,6 +48,8 @@ pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// 57014: the query was cancelled.
 pub const QUERY_CANCELED: &str = "57014";
+/// 57P05: a client idle too long (`client_idle_timeout`).
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 /// 57P01: a fast shutdown, or `pg_terminate_backend`: the message alone does not say which.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 /// 57P02: a crash shutdown.

@@ -334,6 +334,23 @@ pub struct PoolDefaults {
     pub lifetime: Duration,
     /// Named prepared statements remembered per client; the least recently used are closed.
     pub max_prepared_statements: usize,
+    /// A client that sends nothing for this long while it holds no transaction open is
+    /// disconnected (57P05). 0: never.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// A client that sends nothing for this long inside a transaction is disconnected
+    /// (25P03) and its transaction rolled back. 0: never.
+    #[serde(with = "humantime_serde")]
+    pub idle_transaction_timeout: Duration,
+    /// A statement whose results have not all arrived after this long is cancelled on the
+    /// server and its client disconnected (57014). 0: never.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// A client that has held a server in one stretch of work (a transaction, or a
+    /// statement outside one) for this long is disconnected (25P04), its work cancelled
+    /// and rolled back. 0: never.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
     pub server_tls: ServerTlsMode,
     /// CA bundle (PEM) used to verify servers in `verify-full`; system roots otherwise.
     pub server_tls_ca: Option<PathBuf>,
@@ -349,6 +366,10 @@ impl Default for PoolDefaults {
             idle_timeout: Duration::from_secs(600),
             lifetime: Duration::from_secs(3600),
             max_prepared_statements: 500,
+            client_idle_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
+            transaction_timeout: Duration::ZERO,
             server_tls: ServerTlsMode::Disable,
             server_tls_ca: None,
         }

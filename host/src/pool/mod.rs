@@ -83,6 +83,24 @@ pub struct PoolSettings {
     pub max_prepared_statements: usize,
     pub tls: ServerTls,
     pub routing: RoutingSettings,
+    /// The client-side timeouts (`[pool]`); all zero (off) by default.
+    pub timeouts: ClientTimeouts,
+}
+
+/// How long a client may stay in each phase of a session; zero: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    pub client_idle: Duration,
+    pub idle_transaction: Duration,
+    pub query: Duration,
+    pub transaction: Duration,
+}
+
+impl ClientTimeouts {
+    /// Whether any is set (a session without any pays nothing for them).
+    pub fn any(&self) -> bool {
+        *self != ClientTimeouts::default()
+    }
 }
 
 /// Why a client could not get a server.

@@ -16,6 +16,10 @@ pub enum SessionError {
     /// Ends the session with this FATAL error sent to the client.
     #[error("{}: {}", .0.code, .0.message)]
     Fatal(Box<ErrorFields>),
+    /// A client-side timeout ran out (`session::timeouts`): this FATAL error goes to the
+    /// client; a server that owes nothing is rolled back and reused.
+    #[error("{}: {}", .0.code, .0.message)]
+    Timeout(Box<ErrorFields>),
     #[error("server i/o: {0}")]
     ServerIo(#[source] std::io::Error),
     #[error("server closed the connection")]
@@ -56,7 +60,7 @@ impl SessionError {
                 e.sqlstate(),
                 format!("invalid frontend message: {e}"),
             )),
-            SessionError::Fatal(f) => Some((**f).clone()),
+            SessionError::Fatal(f) | SessionError::Timeout(f) => Some((**f).clone()),
             SessionError::ServerIo(_) | SessionError::ServerClosed | SessionError::ServerProtocol(_) => Some(
                 ErrorFields::fatal(
                     sqlstate::CONNECTION_FAILURE,

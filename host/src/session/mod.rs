@@ -27,6 +27,7 @@ mod simple;
 mod spares;
 mod startup;
 mod statements;
+mod timeouts;
 
 pub use error::SessionError;
 pub use startup::{Destination, LoggedIn};
@@ -51,6 +52,7 @@ use self::retry::Replay;
 use self::route::{Routing, Work};
 use self::server_side::ServerSide;
 use self::statements::ClientStatements;
+use self::timeouts::{Expiry, Phase, Timeouts};
 use crate::cancel::{CancelRegistration, CancelTarget, CancelsInFlight};
 use crate::config::PoolMode;
 use crate::net::Stream;
@@ -113,6 +115,7 @@ enum Io {
     ServerRead,
     ServerEof,
     Shutdown,
+    TimedOut(Expiry),
 }
 
 struct Session {
@@ -132,6 +135,8 @@ struct Session {
     statements: ClientStatements,
     params: SessionParams,
     cancel: CancelRegistration,
+    /// The client-side timeouts' timer; `None` for a pool that sets none.
+    timeouts: Option<Box<Timeouts>>,
     terminated: bool,
     /// Dropping client messages up to the next Sync (their batch could not get a server).
     skipping: bool,
@@ -187,6 +192,7 @@ impl Session {
         let mut params = SessionParams::from_startup(&l.params);
         params.share_startup(|s| pool.shared_settings(s));
         let policies = state.policies.session(&l.database);
+        let pool_timeouts = pool.settings.timeouts;
         Session {
             client: l.stream,
             cbuf: l.buf,
@@ -209,6 +215,7 @@ impl Session {
             lost_session: None,
             input_held: false,
             routing,
+            timeouts: Timeouts::new(pool_timeouts),
         }
     }
 
@@ -232,6 +239,7 @@ impl Session {
             }
             match self.wait_io(shutdown).await {
                 Ok(Io::ClientRead | Io::Shutdown) => {}
+                Ok(Io::TimedOut(expiry)) => return Err(self.timed_out(expiry).await),
                 Ok(Io::ClientEof) => return Ok(()),
                 Ok(Io::ServerRead) => self.process_server()?,
                 Ok(Io::ServerEof) => {
@@ -459,11 +467,48 @@ impl Session {
 
     async fn wait_io(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Io, SessionError> {
         let idle_for_shutdown = !self.server.held() && !*shutdown.borrow();
-        tokio::select! {
+        let Some(mut timeouts) = self.timeouts.take() else {
+            return tokio::select! {
+                biased;
+                r = poll_fn(|cx| self.poll_io(cx)) => r,
+                _ = shutdown.changed(), if idle_for_shutdown => Ok(Io::Shutdown),
+            };
+        };
+        timeouts.arm(self.phase());
+        let io = tokio::select! {
             biased;
             r = poll_fn(|cx| self.poll_io(cx)) => r,
             _ = shutdown.changed(), if idle_for_shutdown => Ok(Io::Shutdown),
+            expiry = timeouts.expired() => Ok(Io::TimedOut(expiry)),
+        };
+        self.timeouts = Some(timeouts);
+        io
+    }
+
+    /// What the session waits for, for its timeouts.
+    fn phase(&self) -> Phase {
+        if !self.server.owes_nothing() {
+            Phase::Query
+        } else if self.server.held() && self.tx_status != TransactionStatus::Idle {
+            Phase::IdleInTransaction
+        } else {
+            Phase::ClientIdle
         }
+    }
+
+    /// A client-side timeout ran out: a statement still running is cancelled on its
+    /// server first, then the session ends with the timeout's error.
+    async fn timed_out(&mut self, expiry: Expiry) -> SessionError {
+        let fields = match &self.timeouts {
+            Some(t) => t.error(expiry),
+            None => return SessionError::fatal(sqlstate::QUERY_CANCELED, "timeout"),
+        };
+        tracing::info!(pid = self.cancel.process_id, user = self.facts.user(), error = %fields.message, "client timed out");
+        if !self.server.owes_nothing() {
+            let (pid, key) = (self.cancel.process_id, self.cancel.secret_key);
+            Box::pin(self.state.cancels.cancel(pid, key)).await;
+        }
+        SessionError::Timeout(Box::new(fields))
     }
 
     /// Makes progress on all four directions; returns when there is input to process.
@@ -596,7 +641,8 @@ impl Session {
             self.pool.stats.pinned.fetch_sub(1, Ordering::Relaxed);
         }
         let releasable = self.server.releasable() && !self.params.uncertain() && !self.server.unscanned;
-        let clean = result.is_ok() && self.server.owes_nothing();
+        // A timeout that found the server owing nothing leaves it usable once rolled back.
+        let clean = matches!(result, Ok(()) | Err(SessionError::Timeout(_))) && self.server.owes_nothing();
         let Some(checkout) = self.server.take() else {
             return;
         };
