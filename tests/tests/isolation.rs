@@ -507,3 +507,219 @@ async fn a_reported_setting_nobody_asked_for_pins_the_server() -> Result<()> {
     ensure!(app.is_empty(), "a fresh client sees application_name {app:?}");
     bed.ensure_proxy_alive()
 }
+
+/// How a client leaves in the middle of its transaction.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// Sends Terminate, then closes.
+    Terminate,
+    /// Closes its socket without a word (FIN).
+    Close,
+    /// Closes its socket with a reset (RST, `SO_LINGER` 0), as a killed process's may.
+    Reset,
+}
+
+impl Leave {
+    async fn go(self, conn: RawConn) -> Result<()> {
+        match self {
+            Leave::Terminate => conn.terminate().await,
+            Leave::Close => {
+                drop(conn);
+                Ok(())
+            }
+            Leave::Reset => {
+                let (stream, _) = conn.into_parts();
+                // Deprecated because a lingering close blocks the thread; a zero linger
+                // does not linger: the close sends RST at once.
+                #[allow(deprecated)]
+                stream.set_linger(Some(Duration::ZERO))?;
+                drop(stream);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What the leaving client has on its server when it goes: the statements it ran (each
+/// must succeed; the last leaves a transaction block open) and whether it then starts a
+/// `COPY ... FROM STDIN` and sends part of its data.
+struct Leftover {
+    name: &'static str,
+    statements: &'static [&'static str],
+    copy_in: bool,
+}
+
+const LEFTOVERS: [Leftover; 5] = [
+    Leftover {
+        name: "temporary table",
+        statements: &[
+            "BEGIN",
+            "CREATE TEMP TABLE leftover (v int)",
+            "INSERT INTO leftover VALUES (1)",
+        ],
+        copy_in: false,
+    },
+    Leftover {
+        // A session-level lock survives the ROLLBACK of the block it was taken in.
+        name: "session advisory lock",
+        statements: &["BEGIN", "SELECT pg_advisory_lock(77)"],
+        copy_in: false,
+    },
+    Leftover {
+        name: "SET and SET LOCAL",
+        statements: &[
+            "SET work_mem = '3MB'",
+            "BEGIN",
+            "SET application_name = 'leaver'",
+            "SET LOCAL statement_timeout = '4s'",
+        ],
+        copy_in: false,
+    },
+    Leftover {
+        name: "failed transaction",
+        statements: &["BEGIN", "INSERT INTO left_rows VALUES (-1)", "SELECT 1/0"],
+        copy_in: false,
+    },
+    Leftover {
+        name: "open COPY FROM STDIN",
+        statements: &["BEGIN", "INSERT INTO left_rows VALUES (0)"],
+        copy_in: true,
+    },
+];
+
+/// A fresh client's view of its server: backend pid, whether a temporary table
+/// `leftover` is visible, work_mem, statement_timeout, application_name, and whether its
+/// statement started its own transaction (`now() = statement_timestamp()`, false inside
+/// a transaction someone else began).
+const VIEW: &str = "SELECT pg_backend_pid(), to_regclass('pg_temp.leftover') IS NULL, \
+     current_setting('work_mem'), current_setting('statement_timeout'), \
+     current_setting('application_name'), now() = statement_timestamp()";
+
+/// Runs [`VIEW`] on `conn`; checks that it ends outside any transaction (ReadyForQuery
+/// 'I') and returns the row.
+async fn view(conn: &mut RawConn) -> Result<Vec<Option<String>>> {
+    let r = conn.simple_query(VIEW).await?;
+    ensure!(
+        r.errors.is_empty() && r.rows.len() == 1 && r.status == b'I',
+        "the view query: {r:?}"
+    );
+    Ok(r.rows[0].clone())
+}
+
+/// A client leaves (Terminate, a plain close, a reset) in the middle of a transaction
+/// block holding a temporary table, a session advisory lock, session-level `SET` and
+/// `SET LOCAL` settings, a failed statement, or an open `COPY ... FROM STDIN` with part
+/// of its data sent, on the only server of a transaction pool (pool of one). For each of
+/// the 15 combinations, checks on the server that the next client is not in that
+/// transaction and sees none of it:
+///
+/// - the next client's query runs in its own transaction (ReadyForQuery 'I',
+///   `now() = statement_timestamp()`), sees no temporary table `leftover`, and the
+///   default work_mem, statement_timeout and application_name (those of a direct
+///   connection's fresh client);
+/// - seen by a superuser on the server: no advisory lock in `pg_locks`, no relation
+///   `leftover` in `pg_class`, no row of the left transaction or COPY in `left_rows`, and
+///   every backend of `app` is `idle` (none `idle in transaction`, none still in COPY),
+///   with the leaver's backend either the next client's or ended;
+/// - after Terminate or a plain close outside COPY, the server is reused (the next
+///   client has the same `pg_backend_pid()`): it was reset, not just thrown away. After a
+///   reset (RST) or in COPY the proxy may close the server instead.
+#[tokio::test]
+async fn a_client_leaving_mid_transaction_leaves_nothing_on_its_server() -> Result<()> {
+    let mut bed = TestBed::start_with(transaction_pool_of_one)?;
+    let direct = bed.direct();
+    direct
+        .connect_app()
+        .await?
+        .batch_execute("CREATE TABLE left_rows (v int)")
+        .await?;
+    let dba = direct.connect("postgres", "postgres", "app").await?;
+    let mut fresh = RawConn::login(&direct.addr(), &APP, "app").await?;
+    let defaults = view(&mut fresh).await?[2..5].to_vec();
+    for leftover in &LEFTOVERS {
+        for leave in [Leave::Terminate, Leave::Close, Leave::Reset] {
+            let case = format!("{} then {leave:?}", leftover.name);
+            let mut a = login(&bed, &[]).await?;
+            let a_pid = must(&mut a, "SELECT pg_backend_pid()").await?;
+            for sql in leftover.statements {
+                let r = a.simple_query(sql).await?;
+                let failing = sql.contains("1/0");
+                ensure!(
+                    r.errors.is_empty() != failing,
+                    "{case}: {sql:?} gave {r:?}"
+                );
+            }
+            if leftover.copy_in {
+                let mut out = bytes::BytesMut::new();
+                switchyard_tests::raw::msg::query(&mut out, "COPY left_rows FROM STDIN");
+                a.send(&out).await?;
+                let start = a.expect_msg().await?;
+                ensure!(start.tag == b'G', "{case}: no CopyInResponse: {}", start.describe());
+                out.clear();
+                switchyard_tests::raw::msg::raw(&mut out, b'd', b"1\n2\n");
+                a.send(&out).await?;
+            }
+            leave.go(a).await.with_context(|| format!("{case}: leaving"))?;
+
+            let mut b = login(&bed, &[]).await?;
+            let seen = view(&mut b).await.with_context(|| case.clone())?;
+            let b_pid = seen[0].clone().unwrap_or_default();
+            ensure!(
+                seen[1].as_deref() == Some("t")
+                    && seen[2..5] == defaults[..]
+                    && seen[5].as_deref() == Some("t"),
+                "{case}: the next client sees (pid, no temp table, work_mem, statement_timeout, \
+                 application_name, own transaction) = {seen:?}; defaults {defaults:?}"
+            );
+            let reused = b_pid == a_pid;
+            if !leftover.copy_in && !matches!(leave, Leave::Reset) {
+                ensure!(
+                    reused,
+                    "{case}: the next client got backend {b_pid}, not the leaver's {a_pid}: the server was not reset and reused"
+                );
+            }
+            server_is_clean(&dba, &a_pid, &b_pid)
+                .await
+                .with_context(|| case.clone())?;
+            println!("{case}: next client on {} backend", if reused { "the same" } else { "a new" });
+            b.terminate().await?;
+        }
+    }
+    bed.ensure_proxy_alive()
+}
+
+/// Checks (waiting up to 5 s for a closed server's backend to exit) that, seen by the
+/// superuser `dba`, no advisory lock is held, no relation `leftover` exists, `left_rows`
+/// is empty, every backend of user `app` is `idle`, and backend `left` is `current`'s or
+/// gone.
+async fn server_is_clean(dba: &tokio_postgres::Client, left: &str, current: &str) -> Result<()> {
+    let left: i32 = left.parse()?;
+    let current: i32 = current.parse()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = dba
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'), \
+                        (SELECT count(*) FROM pg_class WHERE relname = 'leftover'), \
+                        (SELECT count(*) FROM left_rows), \
+                        (SELECT coalesce(string_agg(pid || ' ' || state, ', '), '') \
+                           FROM pg_stat_activity \
+                          WHERE usename = 'app' AND state IS DISTINCT FROM 'idle'), \
+                        (SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND pid <> $2)",
+                &[&left, &current],
+            )
+            .await?;
+        let (locks, tables, rows, busy, left_alive): (i64, i64, i64, String, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if (locks, tables, rows, busy.as_str(), left_alive) == (0, 0, 0, "", 0) {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "on the server: {locks} advisory locks, {tables} relations named leftover, {rows} rows in \
+             left_rows, backends of app not idle: [{busy}], the leaver's backend {left} still there \
+             beside the next client's {current}: {left_alive}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
