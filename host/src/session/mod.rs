@@ -160,7 +160,10 @@ struct Session {
 
 impl Session {
     fn new(l: startup::LoggedIn, pool: Arc<Pool>, peer: SocketAddr, state: Arc<ProxyState>) -> Session {
-        let cap = pool.settings.max_prepared_statements;
+        let cap = pool
+            .settings
+            .max_prepared_statements
+            .saturating_mul(statements::CLIENT_NAMES_PER_SERVER_STATEMENT);
         let application_name = l
             .params
             .iter()
