@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switchyard_tests::admin::admin_rows;
-use switchyard_tests::raw::RawConn;
+use switchyard_tests::raw::{msg, Msg, RawConn};
 use switchyard_tests::TestBed;
 
 const APP: [(&str, &str); 2] = [("user", "app"), ("database", "app")];
@@ -727,4 +727,162 @@ async fn server_is_clean(dba: &tokio_postgres::Client, left: &str, current: &str
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Sends `batch` and reads up to its last ReadyForQuery (`syncs` of them); returns the
+/// message tags (e.g. "12DCZ") and the messages.
+async fn batch(conn: &mut RawConn, batch: &bytes::BytesMut, syncs: usize) -> Result<(String, Vec<Msg>)> {
+    conn.send(batch).await?;
+    let mut got = Vec::new();
+    for _ in 0..syncs {
+        got.extend(conn.read_until_ready().await?);
+    }
+    Ok((got.iter().map(Msg::tag_char).collect(), got))
+}
+
+/// Parse of each (name, text), then Sync.
+fn parses(statements: &[(&str, &str)]) -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    for (name, sql) in statements {
+        msg::parse(&mut out, name, sql);
+    }
+    msg::sync(&mut out);
+    out
+}
+
+/// Bind of statement `name` with one text parameter (or none), Execute, Sync.
+fn run(name: &str, param: Option<&str>) -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    let params: Vec<Option<&str>> = param.into_iter().map(Some).collect();
+    msg::bind(&mut out, "", name, &params);
+    msg::execute(&mut out, "", 0);
+    msg::sync(&mut out);
+    out
+}
+
+/// The value of the single DataRow in `got`.
+fn row_value(got: &[Msg]) -> Option<String> {
+    let rows: Vec<_> = got.iter().filter_map(Msg::data_row).collect();
+    match rows.as_slice() {
+        [row] if row.len() == 1 => row[0].clone(),
+        _ => None,
+    }
+}
+
+/// A client's `DEALLOCATE ALL` and `DISCARD ALL`, each sent as a simple query and as an
+/// unnamed extended-protocol statement (as drivers in pipeline mode send it), on the pool's
+/// only server, which client B shares with a statement `S_1` of its own. For each of the
+/// four forms, checks that A gets the form's CommandComplete and ReadyForQuery 'I'; that
+/// A's statements `S_1` and `S_2` are gone (Bind: 26000); that A can prepare `S_1` again
+/// with another text and run it (11 for `$1::int + 10` with 1); that B's `S_1` still runs
+/// (300 for `$1::int * 100` with 3) though the extended form ran on the server B uses;
+/// that after `DISCARD ALL` A's work_mem is the default again and after `DEALLOCATE ALL`
+/// it keeps its 2MB; and that B's work_mem is the default throughout. Then with
+/// tokio-postgres: a statement prepared before `DEALLOCATE ALL` fails with 26000 after it,
+/// and preparing the same text again works.
+#[tokio::test]
+async fn deallocate_all_and_discard_all_forget_only_the_clients_own_statements() -> Result<()> {
+    let mut bed = TestBed::start_with(transaction_pool_of_one)?;
+    let default_work_mem: String = bed
+        .direct()
+        .connect_app()
+        .await?
+        .query_one("SELECT current_setting('work_mem')", &[])
+        .await?
+        .get(0);
+    let mut b = login(&bed, &[]).await?;
+    let (tags, _) = batch(&mut b, &parses(&[("S_1", "SELECT $1::int * 100")]), 1).await?;
+    ensure!(tags == "1Z", "b's Parse: {tags}");
+    for (form, extended) in [
+        ("DEALLOCATE ALL", false),
+        ("DISCARD ALL", false),
+        ("DEALLOCATE ALL", true),
+        ("DISCARD ALL", true),
+    ] {
+        let case = format!("{form} ({})", if extended { "extended" } else { "simple" });
+        let mut a = login(&bed, &[]).await?;
+        exec(&mut a, "SET work_mem = '2MB'").await?;
+        let (tags, _) = batch(
+            &mut a,
+            &parses(&[("S_1", "SELECT $1::int + 1"), ("S_2", "SELECT 'two'::text")]),
+            1,
+        )
+        .await?;
+        ensure!(tags == "11Z", "{case}: a's Parses: {tags}");
+        let (tags, got) = batch(&mut a, &run("S_1", Some("1")), 1).await?;
+        ensure!(
+            tags == "2DCZ" && row_value(&got).as_deref() == Some("2"),
+            "{case}: a's S_1: {tags}"
+        );
+
+        let mut reset = bytes::BytesMut::new();
+        if extended {
+            msg::parse(&mut reset, "", form);
+            msg::bind(&mut reset, "", "", &[]);
+            msg::execute(&mut reset, "", 0);
+            msg::sync(&mut reset);
+        } else {
+            msg::query(&mut reset, form);
+        }
+        let (tags, got) = batch(&mut a, &reset, 1).await?;
+        let complete: Vec<_> = got.iter().filter_map(Msg::command_tag).collect();
+        ensure!(
+            tags.ends_with("CZ")
+                && !tags.contains('E')
+                && complete == [form]
+                && got.last().and_then(Msg::ready_status) == Some(b'I'),
+            "{case}: expected CommandComplete {form:?} and ReadyForQuery 'I', got {:?}",
+            got.iter().map(Msg::describe).collect::<Vec<_>>()
+        );
+        for name in ["S_1", "S_2"] {
+            let (tags, got) = batch(&mut a, &run(name, None), 1).await?;
+            let code = got.iter().find_map(Msg::sqlstate);
+            ensure!(
+                tags == "EZ" && code.as_deref() == Some("26000"),
+                "{case}: a's {name} after {form}: expected 26000, got {:?}",
+                got.iter().map(Msg::describe).collect::<Vec<_>>()
+            );
+        }
+        let mut again = parses(&[("S_1", "SELECT $1::int + 10")]);
+        again.extend_from_slice(&run("S_1", Some("1")));
+        let (tags, got) = batch(&mut a, &again, 2).await?;
+        ensure!(
+            tags == "1Z2DCZ" && row_value(&got).as_deref() == Some("11"),
+            "{case}: S_1 prepared again: {:?}",
+            got.iter().map(Msg::describe).collect::<Vec<_>>()
+        );
+        let (tags, got) = batch(&mut b, &run("S_1", Some("3")), 1).await?;
+        ensure!(
+            tags == "2DCZ" && row_value(&got).as_deref() == Some("300"),
+            "{case}: b's own S_1 after a's {form}: {:?}",
+            got.iter().map(Msg::describe).collect::<Vec<_>>()
+        );
+        let a_work_mem = must(&mut a, "SHOW work_mem").await?;
+        let want = if form == "DISCARD ALL" {
+            default_work_mem.as_str()
+        } else {
+            "2MB"
+        };
+        ensure!(
+            a_work_mem == want,
+            "{case}: a's work_mem is {a_work_mem}, expected {want}"
+        );
+        let b_work_mem = must(&mut b, "SHOW work_mem").await?;
+        ensure!(
+            b_work_mem == default_work_mem,
+            "{case}: b's work_mem is {b_work_mem}, expected the default {default_work_mem}"
+        );
+        a.terminate().await?;
+    }
+
+    let client = bed.endpoint().connect_app().await?;
+    let sql = "SELECT $1::int - 1";
+    let old = client.prepare(sql).await?;
+    ensure!(client.query_one(&old, &[&1i32]).await?.get::<_, i32>(0) == 0);
+    client.batch_execute("DEALLOCATE ALL").await?;
+    let gone = client.query_one(&old, &[&1i32]).await;
+    switchyard_tests::expect_sqlstate(gone, &["26000"], "a statement prepared before DEALLOCATE ALL")?;
+    let new = client.prepare(sql).await?;
+    ensure!(client.query_one(&new, &[&5i32]).await?.get::<_, i32>(0) == 4);
+    bed.ensure_proxy_alive()
 }
