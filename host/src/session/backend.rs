@@ -124,6 +124,12 @@ impl Session {
             }
         });
         match reply.map_err(SessionError::ServerProtocol)? {
+            Reply::Forward if tag == tags::ERROR_RESPONSE => {
+                let fatal = switchyard_protocol::backend::parse_error_fields(body)
+                    .is_ok_and(|f| matches!(f.severity, Severity::Fatal | Severity::Panic));
+                self.server.ended_with_fatal |= fatal;
+                Ok(true)
+            }
             Reply::Forward => Ok(true),
             Reply::Swallow => Ok(false),
             Reply::Ready { status, boundary } => Ok(self.on_ready_for_query(status, boundary)),

@@ -241,7 +241,7 @@ impl Session {
                     self.process_server()?;
                     if !self.replay.failed() && !self.note_replica_lost() && !self.server_gone_while_idle() {
                         self.flush_client().await?;
-                        return Err(SessionError::ServerClosed);
+                        return Err(self.server_ended());
                     }
                 }
                 // The server reset the connection after failing the request, before it
@@ -251,6 +251,9 @@ impl Session {
                         || self.note_reset(&e)
                         || self.note_replica_lost()
                         || self.server_gone_while_idle() => {}
+                Err(SessionError::ServerIo(_)) if self.server.ended_with_fatal => {
+                    return Err(SessionError::ServerEnded)
+                }
                 Err(e) => return Err(e),
             }
             if self.replay.failed() {
@@ -290,6 +293,16 @@ impl Session {
             );
         }
         true
+    }
+
+    /// Why the session ends now that its server's connection ended in the middle of
+    /// something: the server's own FATAL, which the client has, or a connection lost.
+    fn server_ended(&self) -> SessionError {
+        if self.server.ended_with_fatal {
+            SessionError::ServerEnded
+        } else {
+            SessionError::ServerClosed
+        }
     }
 
     /// The pool-mode decision at a ReadyForQuery boundary, from the policy facade (the
