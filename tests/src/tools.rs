@@ -9,7 +9,7 @@
 //! connections keep being driven meanwhile.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -278,6 +278,8 @@ pub struct Pgbench {
     password: String,
     db: String,
     select_only: bool,
+    /// A custom script (`-f`) run instead of the built-in ones.
+    script: Option<PathBuf>,
 }
 
 /// Parsed summary of a pgbench run.
@@ -304,7 +306,14 @@ impl Pgbench {
             password: password.to_owned(),
             db: db.to_owned(),
             select_only: false,
+            script: None,
         }
+    }
+
+    /// Run the custom script `script` (`-f`) instead of a built-in one.
+    pub fn script(mut self, script: &Path) -> Self {
+        self.script = Some(script.to_owned());
+        self
     }
 
     /// Run the built-in select-only script (`-S`: autocommit SELECTs, no transaction
@@ -334,12 +343,16 @@ impl Pgbench {
         Ok(())
     }
 
-    /// Run the built-in TPC-B-like script (or select-only, see [`Pgbench::select_only`])
+    /// Run the built-in TPC-B-like script (or select-only, see [`Pgbench::select_only`], or
+    /// a custom one, see [`Pgbench::script`])
     /// with `clients` connections and `jobs` threads, without the initial vacuum (`-n`).
     pub fn run(&self, mode: QueryMode, clients: u32, jobs: u32, length: Length) -> Result<PgbenchResult> {
         let mut cmd = self.command()?;
         if self.select_only {
             cmd.arg("-S");
+        }
+        if let Some(script) = &self.script {
+            cmd.arg("-f").arg(script);
         }
         cmd.args([
             "-n",

@@ -51,3 +51,34 @@ async fn node_postgres_named_statements() -> Result<()> {
 async fn pgjdbc_server_prepared_statements() -> Result<()> {
     driver_through_pool(Driver::Jdbc).await
 }
+
+/// psycopg 3 preparing every statement at its first use (`prepare_threshold=0`), 8
+/// connections over a pool of 3, 60 iterations each: every other iteration also rolls a
+/// transaction back, after which psycopg drops its prepared statements with
+/// `DEALLOCATE ALL` and prepares them again under new names. Outside pipeline mode that
+/// `DEALLOCATE ALL` is a simple query the proxy answers for the client; in pipeline mode
+/// (every third iteration) it is an extended-protocol statement that reaches the server
+/// and drops the proxy's statements there while other connections use that server.
+/// Checks that all 480 iterations succeed, every result checked, with 0 errors and all
+/// their rows committed.
+#[tokio::test]
+async fn psycopg3_deallocate_all_after_rollback_in_and_out_of_pipelines() -> Result<()> {
+    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(POOL_SIZE))?;
+    let target = bed.endpoint().client_target("app", "app", "app");
+    let report = tokio::task::spawn_blocking(move || {
+        Driver::Psycopg.run_with(&target, CONCURRENCY, TRANSACTIONS, &["--resets", "true"])
+    })
+    .await??;
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        report.errors == 0 && report.ok == u64::from(CONCURRENCY * TRANSACTIONS),
+        "{}",
+        report.output.describe(&format!(
+            "psycopg with DEALLOCATE ALL resets: expected {} iterations and 0 errors, got {} ok and {} errors",
+            CONCURRENCY * TRANSACTIONS,
+            report.ok,
+            report.errors
+        ))
+    );
+    Ok(())
+}

@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switchyard_tests::admin::admin_rows;
-use switchyard_tests::raw::RawConn;
+use switchyard_tests::raw::{msg, Msg, RawConn};
 use switchyard_tests::TestBed;
 
 const APP: [(&str, &str); 2] = [("user", "app"), ("database", "app")];
@@ -505,5 +505,384 @@ async fn a_reported_setting_nobody_asked_for_pins_the_server() -> Result<()> {
     let mut d = login(&bed, &[]).await?;
     let app = must(&mut d, "SHOW application_name").await?;
     ensure!(app.is_empty(), "a fresh client sees application_name {app:?}");
+    bed.ensure_proxy_alive()
+}
+
+/// How a client leaves in the middle of its transaction.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// Sends Terminate, then closes.
+    Terminate,
+    /// Closes its socket without a word (FIN).
+    Close,
+    /// Closes its socket with a reset (RST, `SO_LINGER` 0), as a killed process's may.
+    Reset,
+}
+
+impl Leave {
+    async fn go(self, conn: RawConn) -> Result<()> {
+        match self {
+            Leave::Terminate => conn.terminate().await,
+            Leave::Close => {
+                drop(conn);
+                Ok(())
+            }
+            Leave::Reset => {
+                let (stream, _) = conn.into_parts();
+                // Deprecated because a lingering close blocks the thread; a zero linger
+                // does not linger: the close sends RST at once.
+                #[allow(deprecated)]
+                stream.set_linger(Some(Duration::ZERO))?;
+                drop(stream);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What the leaving client has on its server when it goes: the statements it ran (each
+/// must succeed; the last leaves a transaction block open) and whether it then starts a
+/// `COPY ... FROM STDIN` and sends part of its data.
+struct Leftover {
+    name: &'static str,
+    statements: &'static [&'static str],
+    copy_in: bool,
+}
+
+const LEFTOVERS: [Leftover; 5] = [
+    Leftover {
+        name: "temporary table",
+        statements: &[
+            "BEGIN",
+            "CREATE TEMP TABLE leftover (v int)",
+            "INSERT INTO leftover VALUES (1)",
+        ],
+        copy_in: false,
+    },
+    Leftover {
+        // A session-level lock survives the ROLLBACK of the block it was taken in.
+        name: "session advisory lock",
+        statements: &["BEGIN", "SELECT pg_advisory_lock(77)"],
+        copy_in: false,
+    },
+    Leftover {
+        name: "SET and SET LOCAL",
+        statements: &[
+            "SET work_mem = '3MB'",
+            "BEGIN",
+            "SET application_name = 'leaver'",
+            "SET LOCAL statement_timeout = '4s'",
+        ],
+        copy_in: false,
+    },
+    Leftover {
+        name: "failed transaction",
+        statements: &["BEGIN", "INSERT INTO left_rows VALUES (-1)", "SELECT 1/0"],
+        copy_in: false,
+    },
+    Leftover {
+        name: "open COPY FROM STDIN",
+        statements: &["BEGIN", "INSERT INTO left_rows VALUES (0)"],
+        copy_in: true,
+    },
+];
+
+/// A fresh client's view of its server: backend pid, whether a temporary table
+/// `leftover` is visible, work_mem, statement_timeout, application_name, and whether its
+/// statement started its own transaction (`now() = statement_timestamp()`, false inside
+/// a transaction someone else began).
+const VIEW: &str = "SELECT pg_backend_pid(), to_regclass('pg_temp.leftover') IS NULL, \
+     current_setting('work_mem'), current_setting('statement_timeout'), \
+     current_setting('application_name'), now() = statement_timestamp()";
+
+/// Runs [`VIEW`] on `conn`; checks that it ends outside any transaction (ReadyForQuery
+/// 'I') and returns the row.
+async fn view(conn: &mut RawConn) -> Result<Vec<Option<String>>> {
+    let r = conn.simple_query(VIEW).await?;
+    ensure!(
+        r.errors.is_empty() && r.rows.len() == 1 && r.status == b'I',
+        "the view query: {r:?}"
+    );
+    Ok(r.rows[0].clone())
+}
+
+/// A client leaves (Terminate, a plain close, a reset) in the middle of a transaction
+/// block holding a temporary table, a session advisory lock, session-level `SET` and
+/// `SET LOCAL` settings, a failed statement, or an open `COPY ... FROM STDIN` with part
+/// of its data sent, on the only server of a transaction pool (pool of one). For each of
+/// the 15 combinations, checks on the server that the next client is not in that
+/// transaction and sees none of it:
+///
+/// - the next client's query runs in its own transaction (ReadyForQuery 'I',
+///   `now() = statement_timestamp()`), sees no temporary table `leftover`, and the
+///   default work_mem, statement_timeout and application_name (those of a direct
+///   connection's fresh client);
+/// - seen by a superuser on the server: no advisory lock in `pg_locks`, no relation
+///   `leftover` in `pg_class`, no row of the left transaction or COPY in `left_rows`, and
+///   every backend of `app` is `idle` (none `idle in transaction`, none still in COPY),
+///   with the leaver's backend either the next client's or ended;
+/// - after Terminate or a plain close outside COPY, the server is reused (the next
+///   client has the same `pg_backend_pid()`): it was reset, not just thrown away. After a
+///   reset (RST) or in COPY the proxy may close the server instead.
+#[tokio::test]
+async fn a_client_leaving_mid_transaction_leaves_nothing_on_its_server() -> Result<()> {
+    switchyard_tests::skip_if_direct!(); // the next client is on the pool's only server
+    let mut bed = TestBed::start_with(transaction_pool_of_one)?;
+    let direct = bed.direct();
+    direct
+        .connect_app()
+        .await?
+        .batch_execute("CREATE TABLE left_rows (v int)")
+        .await?;
+    let dba = direct.connect("postgres", "postgres", "app").await?;
+    let mut fresh = RawConn::login(&direct.addr(), &APP, "app").await?;
+    let defaults = view(&mut fresh).await?[2..5].to_vec();
+    for leftover in &LEFTOVERS {
+        for leave in [Leave::Terminate, Leave::Close, Leave::Reset] {
+            let case = format!("{} then {leave:?}", leftover.name);
+            let mut a = login(&bed, &[]).await?;
+            let a_pid = must(&mut a, "SELECT pg_backend_pid()").await?;
+            for sql in leftover.statements {
+                let r = a.simple_query(sql).await?;
+                let failing = sql.contains("1/0");
+                ensure!(r.errors.is_empty() != failing, "{case}: {sql:?} gave {r:?}");
+            }
+            if leftover.copy_in {
+                let mut out = bytes::BytesMut::new();
+                switchyard_tests::raw::msg::query(&mut out, "COPY left_rows FROM STDIN");
+                a.send(&out).await?;
+                let start = a.expect_msg().await?;
+                ensure!(
+                    start.tag == b'G',
+                    "{case}: no CopyInResponse: {}",
+                    start.describe()
+                );
+                out.clear();
+                switchyard_tests::raw::msg::raw(&mut out, b'd', b"1\n2\n");
+                a.send(&out).await?;
+            }
+            leave.go(a).await.with_context(|| format!("{case}: leaving"))?;
+
+            let mut b = login(&bed, &[]).await?;
+            let seen = view(&mut b).await.with_context(|| case.clone())?;
+            let b_pid = seen[0].clone().unwrap_or_default();
+            ensure!(
+                seen[1].as_deref() == Some("t")
+                    && seen[2..5] == defaults[..]
+                    && seen[5].as_deref() == Some("t"),
+                "{case}: the next client sees (pid, no temp table, work_mem, statement_timeout, \
+                 application_name, own transaction) = {seen:?}; defaults {defaults:?}"
+            );
+            let reused = b_pid == a_pid;
+            if !leftover.copy_in && !matches!(leave, Leave::Reset) {
+                ensure!(
+                    reused,
+                    "{case}: the next client got backend {b_pid}, not the leaver's {a_pid}: the server was not reset and reused"
+                );
+            }
+            server_is_clean(&dba, &a_pid, &b_pid)
+                .await
+                .with_context(|| case.clone())?;
+            println!(
+                "{case}: next client on {} backend",
+                if reused { "the same" } else { "a new" }
+            );
+            b.terminate().await?;
+        }
+    }
+    bed.ensure_proxy_alive()
+}
+
+/// Checks (waiting up to 5 s for a closed server's backend to exit) that, seen by the
+/// superuser `dba`, no advisory lock is held, no relation `leftover` exists, `left_rows`
+/// is empty, every backend of user `app` is `idle`, and backend `left` is `current`'s or
+/// gone.
+async fn server_is_clean(dba: &tokio_postgres::Client, left: &str, current: &str) -> Result<()> {
+    let left: i32 = left.parse()?;
+    let current: i32 = current.parse()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = dba
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'), \
+                        (SELECT count(*) FROM pg_class WHERE relname = 'leftover'), \
+                        (SELECT count(*) FROM left_rows), \
+                        (SELECT coalesce(string_agg(pid || ' ' || state, ', '), '') \
+                           FROM pg_stat_activity \
+                          WHERE usename = 'app' AND state IS DISTINCT FROM 'idle'), \
+                        (SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND pid <> $2)",
+                &[&left, &current],
+            )
+            .await?;
+        let (locks, tables, rows, busy, left_alive): (i64, i64, i64, String, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if (locks, tables, rows, busy.as_str(), left_alive) == (0, 0, 0, "", 0) {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "on the server: {locks} advisory locks, {tables} relations named leftover, {rows} rows in \
+             left_rows, backends of app not idle: [{busy}], the leaver's backend {left} still there \
+             beside the next client's {current}: {left_alive}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `batch` and reads up to its last ReadyForQuery (`syncs` of them); returns the
+/// message tags (e.g. "12DCZ") and the messages.
+async fn batch(conn: &mut RawConn, batch: &bytes::BytesMut, syncs: usize) -> Result<(String, Vec<Msg>)> {
+    conn.send(batch).await?;
+    let mut got = Vec::new();
+    for _ in 0..syncs {
+        got.extend(conn.read_until_ready().await?);
+    }
+    Ok((got.iter().map(Msg::tag_char).collect(), got))
+}
+
+/// Parse of each (name, text), then Sync.
+fn parses(statements: &[(&str, &str)]) -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    for (name, sql) in statements {
+        msg::parse(&mut out, name, sql);
+    }
+    msg::sync(&mut out);
+    out
+}
+
+/// Bind of statement `name` with one text parameter (or none), Execute, Sync.
+fn run(name: &str, param: Option<&str>) -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    let params: Vec<Option<&str>> = param.into_iter().map(Some).collect();
+    msg::bind(&mut out, "", name, &params);
+    msg::execute(&mut out, "", 0);
+    msg::sync(&mut out);
+    out
+}
+
+/// The value of the single DataRow in `got`.
+fn row_value(got: &[Msg]) -> Option<String> {
+    let rows: Vec<_> = got.iter().filter_map(Msg::data_row).collect();
+    match rows.as_slice() {
+        [row] if row.len() == 1 => row[0].clone(),
+        _ => None,
+    }
+}
+
+/// A client's `DEALLOCATE ALL` and `DISCARD ALL`, each sent as a simple query and as an
+/// unnamed extended-protocol statement (as drivers in pipeline mode send it), on the pool's
+/// only server, which client B shares with a statement `S_1` of its own. For each of the
+/// four forms, checks that A gets the form's CommandComplete and ReadyForQuery 'I'; that
+/// A's statements `S_1` and `S_2` are gone (Bind: 26000); that A can prepare `S_1` again
+/// with another text and run it (11 for `$1::int + 10` with 1); that B's `S_1` still runs
+/// (300 for `$1::int * 100` with 3) though the extended form ran on the server B uses;
+/// that after `DISCARD ALL` A's work_mem is the default again and after `DEALLOCATE ALL`
+/// it keeps its 2MB; and that B's work_mem is the default throughout. Then with
+/// tokio-postgres: a statement prepared before `DEALLOCATE ALL` fails with 26000 after it,
+/// and preparing the same text again works.
+#[tokio::test]
+async fn deallocate_all_and_discard_all_forget_only_the_clients_own_statements() -> Result<()> {
+    let mut bed = TestBed::start_with(transaction_pool_of_one)?;
+    let default_work_mem: String = bed
+        .direct()
+        .connect_app()
+        .await?
+        .query_one("SELECT current_setting('work_mem')", &[])
+        .await?
+        .get(0);
+    let mut b = login(&bed, &[]).await?;
+    let (tags, _) = batch(&mut b, &parses(&[("S_1", "SELECT $1::int * 100")]), 1).await?;
+    ensure!(tags == "1Z", "b's Parse: {tags}");
+    for (form, extended) in [
+        ("DEALLOCATE ALL", false),
+        ("DISCARD ALL", false),
+        ("DEALLOCATE ALL", true),
+        ("DISCARD ALL", true),
+    ] {
+        let case = format!("{form} ({})", if extended { "extended" } else { "simple" });
+        let mut a = login(&bed, &[]).await?;
+        exec(&mut a, "SET work_mem = '2MB'").await?;
+        let (tags, _) = batch(
+            &mut a,
+            &parses(&[("S_1", "SELECT $1::int + 1"), ("S_2", "SELECT 'two'::text")]),
+            1,
+        )
+        .await?;
+        ensure!(tags == "11Z", "{case}: a's Parses: {tags}");
+        let (tags, got) = batch(&mut a, &run("S_1", Some("1")), 1).await?;
+        ensure!(
+            tags == "2DCZ" && row_value(&got).as_deref() == Some("2"),
+            "{case}: a's S_1: {tags}"
+        );
+
+        let mut reset = bytes::BytesMut::new();
+        if extended {
+            msg::parse(&mut reset, "", form);
+            msg::bind(&mut reset, "", "", &[]);
+            msg::execute(&mut reset, "", 0);
+            msg::sync(&mut reset);
+        } else {
+            msg::query(&mut reset, form);
+        }
+        let (tags, got) = batch(&mut a, &reset, 1).await?;
+        let complete: Vec<_> = got.iter().filter_map(Msg::command_tag).collect();
+        ensure!(
+            tags.ends_with("CZ")
+                && !tags.contains('E')
+                && complete == [form]
+                && got.last().and_then(Msg::ready_status) == Some(b'I'),
+            "{case}: expected CommandComplete {form:?} and ReadyForQuery 'I', got {:?}",
+            got.iter().map(Msg::describe).collect::<Vec<_>>()
+        );
+        for name in ["S_1", "S_2"] {
+            let (tags, got) = batch(&mut a, &run(name, None), 1).await?;
+            let code = got.iter().find_map(Msg::sqlstate);
+            ensure!(
+                tags == "EZ" && code.as_deref() == Some("26000"),
+                "{case}: a's {name} after {form}: expected 26000, got {:?}",
+                got.iter().map(Msg::describe).collect::<Vec<_>>()
+            );
+        }
+        let mut again = parses(&[("S_1", "SELECT $1::int + 10")]);
+        again.extend_from_slice(&run("S_1", Some("1")));
+        let (tags, got) = batch(&mut a, &again, 2).await?;
+        ensure!(
+            tags == "1Z2DCZ" && row_value(&got).as_deref() == Some("11"),
+            "{case}: S_1 prepared again: {:?}",
+            got.iter().map(Msg::describe).collect::<Vec<_>>()
+        );
+        let (tags, got) = batch(&mut b, &run("S_1", Some("3")), 1).await?;
+        ensure!(
+            tags == "2DCZ" && row_value(&got).as_deref() == Some("300"),
+            "{case}: b's own S_1 after a's {form}: {:?}",
+            got.iter().map(Msg::describe).collect::<Vec<_>>()
+        );
+        let a_work_mem = must(&mut a, "SHOW work_mem").await?;
+        let want = if form == "DISCARD ALL" {
+            default_work_mem.as_str()
+        } else {
+            "2MB"
+        };
+        ensure!(
+            a_work_mem == want,
+            "{case}: a's work_mem is {a_work_mem}, expected {want}"
+        );
+        let b_work_mem = must(&mut b, "SHOW work_mem").await?;
+        ensure!(
+            b_work_mem == default_work_mem,
+            "{case}: b's work_mem is {b_work_mem}, expected the default {default_work_mem}"
+        );
+        a.terminate().await?;
+    }
+
+    let client = bed.endpoint().connect_app().await?;
+    let sql = "SELECT $1::int - 1";
+    let old = client.prepare(sql).await?;
+    ensure!(client.query_one(&old, &[&1i32]).await?.get::<_, i32>(0) == 0);
+    client.batch_execute("DEALLOCATE ALL").await?;
+    let gone = client.query_one(&old, &[&1i32]).await;
+    switchyard_tests::expect_sqlstate(gone, &["26000"], "a statement prepared before DEALLOCATE ALL")?;
+    let new = client.prepare(sql).await?;
+    ensure!(client.query_one(&new, &[&5i32]).await?.get::<_, i32>(0) == 4);
     bed.ensure_proxy_alive()
 }

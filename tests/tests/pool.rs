@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use switchyard_tests::client::connect_with_messages;
+use switchyard_tests::admin::admin_rows;
+use switchyard_tests::client::{connect_with_messages, Load};
 use switchyard_tests::peak::ServerPeak;
 use switchyard_tests::{describe_error, skip_if_direct, PgResultExt, TestBed};
 use tokio_postgres::AsyncMessage;
@@ -307,5 +308,141 @@ async fn session_mode_keeps_session_state() -> Result<()> {
         "advisory lock held by a session-mode client was available to another client"
     );
     drop(client);
+    bed.ensure_proxy_alive()
+}
+
+/// The next notification on `messages` within 10 s, as (channel, payload).
+async fn next_notification(
+    messages: &mut tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>,
+) -> Result<(String, String)> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), messages.recv())
+            .await
+            .context("no notification within 10 s")?
+        {
+            Some(AsyncMessage::Notification(n)) => {
+                return Ok((n.channel().to_owned(), n.payload().to_owned()))
+            }
+            Some(_) => {}
+            None => bail!("the listener's connection closed"),
+        }
+    }
+}
+
+/// Transaction mode, pool of two, two other clients looping over transactions: a
+/// tokio-postgres client runs `LISTEN jobs` and then sits idle, sending nothing. Checks
+/// that it receives, unprompted and in order, the notifications sent by another client
+/// through the proxy (`NOTIFY`, then `pg_notify` in a committed transaction) and by a
+/// connection straight to Postgres; that SHOW POOLS counts one pinned client and the
+/// listener stays on one backend (same `pg_backend_pid()` over three transactions); that
+/// after `UNLISTEN jobs` a notification on `jobs` does not arrive; that the other clients
+/// had 0 errors; and, once the listener (listening on another channel) has left, that
+/// SHOW POOLS counts 0 pinned and neither server of the pool listens on any channel.
+#[tokio::test]
+async fn transaction_mode_listen_pins_the_server_and_notifications_arrive() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(2).with_admin())?;
+    let ep = bed.endpoint();
+    let pinned = |rows: Vec<std::collections::HashMap<String, String>>| -> Result<u64> {
+        let row = rows
+            .iter()
+            .find(|r| r["pool"] == "app/app")
+            .context("no app/app pool in SHOW POOLS")?;
+        Ok(row["pinned"].parse()?)
+    };
+    let load = Load::start(&ep, 2).await?;
+    let (listener, mut messages) = connect_with_messages(&ep.config("app", "app", "app"))
+        .await
+        .ctx("listener connect")?;
+    listener.batch_execute("LISTEN jobs").await.ctx("LISTEN")?;
+    let pid: i32 = listener
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .ctx("pid")?
+        .get(0);
+    let notifier = ep.connect_app().await?;
+    notifier
+        .batch_execute("NOTIFY jobs, 'first'")
+        .await
+        .ctx("NOTIFY")?;
+    notifier
+        .batch_execute("BEGIN; SELECT pg_notify('jobs', 'second'); COMMIT")
+        .await
+        .ctx("pg_notify in a transaction")?;
+    bed.direct()
+        .connect_app()
+        .await?
+        .batch_execute("NOTIFY jobs, 'third'")
+        .await
+        .ctx("NOTIFY straight to Postgres")?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            next_notification(&mut messages)
+                .await
+                .with_context(|| format!("the idle listener got {got:?} so far"))?,
+        );
+    }
+    let want: Vec<(String, String)> = ["first", "second", "third"]
+        .iter()
+        .map(|p| ("jobs".to_owned(), p.to_string()))
+        .collect();
+    ensure!(got == want, "notifications: {got:?}");
+    let count = pinned(admin_rows(&ep, "SHOW POOLS").await?)?;
+    ensure!(count == 1, "SHOW POOLS counts {count} pinned clients, expected 1");
+    for _ in 0..3 {
+        let now: i32 = listener
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ctx("pid")?
+            .get(0);
+        ensure!(now == pid, "the listener moved from backend {pid} to {now}");
+    }
+
+    listener
+        .batch_execute("UNLISTEN jobs; LISTEN other")
+        .await
+        .ctx("UNLISTEN")?;
+    notifier
+        .batch_execute("NOTIFY jobs, 'fourth'")
+        .await
+        .ctx("NOTIFY")?;
+    // A round trip on each side: a notification sent before it would have come first.
+    notifier.simple_query("SELECT 1").await.ctx("round trip")?;
+    listener.simple_query("SELECT 1").await.ctx("round trip")?;
+    if let Ok(AsyncMessage::Notification(n)) = messages.try_recv() {
+        bail!("notification after UNLISTEN: {} {}", n.channel(), n.payload());
+    }
+    let report = load.finish().await?;
+    ensure!(
+        report.errors.is_empty() && report.ok > 0,
+        "the other clients: {} ok, errors {:?}",
+        report.ok,
+        report.errors
+    );
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pinned(admin_rows(&ep, "SHOW POOLS").await?)? != 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "still pinned 5 s after the listener left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both servers, held at once: neither listens on anything.
+    let second = ep.connect_app().await?;
+    for c in [&notifier, &second] {
+        c.batch_execute("BEGIN").await.ctx("BEGIN")?;
+    }
+    for (name, c) in [("notifier", &notifier), ("second", &second)] {
+        let channels: i64 = c
+            .query_one("SELECT count(*) FROM pg_listening_channels()", &[])
+            .await
+            .ctx("pg_listening_channels")?
+            .get(0);
+        ensure!(channels == 0, "{name}'s server listens on {channels} channels");
+        c.batch_execute("COMMIT").await.ctx("COMMIT")?;
+    }
+    println!("other clients ran {} transactions meanwhile, 0 errors", report.ok);
     bed.ensure_proxy_alive()
 }

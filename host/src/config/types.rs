@@ -332,7 +332,9 @@ pub struct PoolDefaults {
     /// Server connections are closed after this age, at a transaction boundary.
     #[serde(with = "humantime_serde")]
     pub lifetime: Duration,
-    /// Named prepared statements remembered per client; the least recently used are closed.
+    /// Prepared statements kept on one server connection; past it the least recently used
+    /// is closed there (and prepared again when next used). A client may hold ten times as
+    /// many names (`session::statements`).
     pub max_prepared_statements: usize,
     /// A client that sends nothing for this long while it holds no transaction open is
     /// disconnected (57P05). 0: never.

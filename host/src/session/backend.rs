@@ -4,7 +4,7 @@
 //! back, the statements the server dropped, the pool-mode decision at a boundary.
 
 use bytes::Buf;
-use switchyard_protocol::backend::{parse_command_complete, tags, TransactionStatus};
+use switchyard_protocol::backend::{parse_command_complete, tags, Severity, TransactionStatus};
 use switchyard_protocol::frame::{frames, HEADER_LEN};
 
 /// Largest server message relayed: Postgres' own limit on a message (1 GiB). Large rows and
@@ -101,6 +101,12 @@ impl Session {
             // idle timeout). The end of stream that follows decides what the session does.
             let fields = switchyard_protocol::backend::parse_error_fields(body).ok();
             tracing::debug!(error = ?fields, "idle server sent an error; not forwarded");
+            // A FATAL is the server's last word: part with it now, not when its end of
+            // stream is read, so that a statement the client sends in between borrows
+            // another server instead of going to this one and failing with 08006.
+            if fields.is_some_and(|f| matches!(f.severity, Severity::Fatal | Severity::Panic)) {
+                self.server_gone_while_idle();
+            }
             return Ok(false);
         }
         if tag == tags::ERROR_RESPONSE {
@@ -118,6 +124,12 @@ impl Session {
             }
         });
         match reply.map_err(SessionError::ServerProtocol)? {
+            Reply::Forward if tag == tags::ERROR_RESPONSE => {
+                let fatal = switchyard_protocol::backend::parse_error_fields(body)
+                    .is_ok_and(|f| matches!(f.severity, Severity::Fatal | Severity::Panic));
+                self.server.ended_with_fatal |= fatal;
+                Ok(true)
+            }
             Reply::Forward => Ok(true),
             Reply::Swallow => Ok(false),
             Reply::Ready { status, boundary } => Ok(self.on_ready_for_query(status, boundary)),

@@ -24,6 +24,9 @@ pub enum SessionError {
     ServerIo(#[source] std::io::Error),
     #[error("server closed the connection")]
     ServerClosed,
+    /// The server's connection ended after a FATAL error the client was given.
+    #[error("server ended the session with a FATAL error")]
+    ServerEnded,
     #[error("server sent a malformed message: {0}")]
     ServerProtocol(ProtocolError),
     #[error(transparent)]
@@ -45,6 +48,7 @@ impl SessionError {
             self,
             SessionError::ServerIo(_)
                 | SessionError::ServerClosed
+                | SessionError::ServerEnded
                 | SessionError::ServerProtocol(_)
                 | SessionError::Pool(_)
                 | SessionError::Server(_)
@@ -55,7 +59,7 @@ impl SessionError {
     /// still be sent.
     pub fn to_client(&self) -> Option<ErrorFields> {
         match self {
-            SessionError::ClientIo(_) => None,
+            SessionError::ClientIo(_) | SessionError::ServerEnded => None,
             SessionError::Protocol(e) => Some(ErrorFields::fatal(
                 e.sqlstate(),
                 format!("invalid frontend message: {e}"),

@@ -196,7 +196,7 @@ impl Session {
     /// Records that the server will have `def`, closing its least recently used statement if
     /// it holds too many.
     fn prepare_on_server(&mut self, def: &StatementDef) {
-        let cap = self.pool.settings.max_prepared_statements.saturating_mul(2);
+        let cap = self.pool.settings.max_prepared_statements;
         let Some(conn) = self.server.conn() else {
             return;
         };

@@ -165,7 +165,10 @@ struct Session {
 
 impl Session {
     fn new(l: startup::LoggedIn, pool: Arc<Pool>, peer: SocketAddr, state: Arc<ProxyState>) -> Session {
-        let cap = pool.settings.max_prepared_statements;
+        let cap = pool
+            .settings
+            .max_prepared_statements
+            .saturating_mul(statements::CLIENT_NAMES_PER_SERVER_STATEMENT);
         let application_name = l
             .params
             .iter()
@@ -246,7 +249,7 @@ impl Session {
                     self.process_server()?;
                     if !self.replay.failed() && !self.note_replica_lost() && !self.server_gone_while_idle() {
                         self.flush_client().await?;
-                        return Err(SessionError::ServerClosed);
+                        return Err(self.server_ended());
                     }
                 }
                 // The server reset the connection after failing the request, before it
@@ -256,6 +259,9 @@ impl Session {
                         || self.note_reset(&e)
                         || self.note_replica_lost()
                         || self.server_gone_while_idle() => {}
+                Err(SessionError::ServerIo(_)) if self.server.ended_with_fatal => {
+                    return Err(SessionError::ServerEnded)
+                }
                 Err(e) => return Err(e),
             }
             if self.replay.failed() {
@@ -295,6 +301,16 @@ impl Session {
             );
         }
         true
+    }
+
+    /// Why the session ends now that its server's connection ended in the middle of
+    /// something: the server's own FATAL, which the client has, or a connection lost.
+    fn server_ended(&self) -> SessionError {
+        if self.server.ended_with_fatal {
+            SessionError::ServerEnded
+        } else {
+            SessionError::ServerClosed
+        }
     }
 
     /// The pool-mode decision at a ReadyForQuery boundary, from the policy facade (the

@@ -33,6 +33,9 @@ pub(super) struct ServerSide {
     /// (`DISCARD ALL`) before anyone reuses it, and this client's own settings are
     /// replayed on its next server (a `SET` inside such SQL is not carried).
     pub(super) unscanned: bool,
+    /// The server sent the client a FATAL error: when its connection ends, the client has
+    /// heard why from the server itself, and the session ends without an error of its own.
+    pub(super) ended_with_fatal: bool,
 }
 
 impl ServerSide {
@@ -72,6 +75,7 @@ impl ServerSide {
         self.outflow = large::Passing::default();
         self.release_ready = false;
         self.unscanned = false;
+        self.ended_with_fatal = false;
         self.checkout.take()
     }
 }

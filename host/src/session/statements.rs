@@ -1,6 +1,9 @@
 //! A client's named prepared statements, mapped to the proxy-wide statements that servers
-//! actually prepare. Capped per client: past the cap the least recently used is forgotten
-//! (a later Bind of it fails as on Postgres, with 26000).
+//! actually prepare. Capped per client, to bound what one client makes the proxy hold: past
+//! the cap the least recently used is forgotten (a later Bind of it fails with 26000). The
+//! cap is [`CLIENT_NAMES_PER_SERVER_STATEMENT`] times `max_prepared_statements`, which
+//! bounds what one server keeps prepared: a client may use more statements than a server
+//! keeps, as they are prepared again on demand.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::pool::StatementDef;
+
+/// A client's names kept per statement a server keeps prepared (`max_prepared_statements`).
+pub const CLIENT_NAMES_PER_SERVER_STATEMENT: usize = 10;
 
 pub struct ClientStatements {
     map: HashMap<Bytes, (Arc<StatementDef>, u64)>,

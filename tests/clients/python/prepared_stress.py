@@ -12,6 +12,12 @@ of its --transactions iterations inserts a row and at once reads it back (with
 the port of the server that answered); a read that misses the row just written
 is an error ("stale"). The RESULT line then also has `ports=<port>:<n>,...`.
 
+With --resets true, statements are prepared at their first use (prepare_threshold=0),
+and every other iteration also rolls a transaction back, after which psycopg drops its
+prepared statements with DEALLOCATE ALL and prepares them again under new names; every
+third iteration runs in pipeline mode, where that DEALLOCATE ALL is sent by the extended
+protocol.
+
 Prints any errors to stderr and, last on stdout, `RESULT ok=<n> errors=<n>`.
 Exit status is 0 only if there were no errors.
 """
@@ -60,13 +66,36 @@ def write_then_read(conn, client_id, i, ports):
         raise AssertionError(f"stale read on port {port}: the row just written is missing")
 
 
-def worker(a, client_id, results, lock, iteration, autocommit):
+def with_resets(conn, client_id, i, ports):
+    """The resets mode's iteration: the default transaction, then (every other time) a
+    transaction rolled back, which makes psycopg send DEALLOCATE ALL; in pipeline mode
+    every third time."""
+
+    def body():
+        transaction(conn, client_id, i, ports)
+        if i % 2 == 1:
+            with conn.transaction():
+                row = conn.execute("SELECT %s::int * 2", (i,)).fetchone()
+                if row != (i * 2,):
+                    raise AssertionError(f"doubling query returned {row!r}, expected {(i * 2,)!r}")
+                raise psycopg.Rollback()
+
+    if i % 3 == 2:
+        with conn.pipeline():
+            body()
+    else:
+        body()
+
+
+def worker(a, client_id, results, lock, iteration, autocommit, prepare_threshold):
     """One connection running --transactions iterations; every failure is counted."""
     ok = 0
     errors = []
     ports = {}
     try:
-        with psycopg.connect(conninfo(a), autocommit=autocommit) as conn:
+        with psycopg.connect(
+            conninfo(a), autocommit=autocommit, prepare_threshold=prepare_threshold
+        ) as conn:
             for i in range(a.transactions):
                 try:
                     iteration(conn, client_id, i, ports)
@@ -92,6 +121,7 @@ def main():
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--transactions", type=int, default=100)
     p.add_argument("--read-your-writes", choices=("true", "false"), default="false")
+    p.add_argument("--resets", choices=("true", "false"), default="false")
     a = p.parse_args()
 
     with psycopg.connect(conninfo(a), autocommit=True) as conn:
@@ -101,9 +131,12 @@ def main():
     results = {"ok": 0, "errors": [], "ports": {}}
     lock = threading.Lock()
     ryw = a.read_your_writes == "true"
-    iteration = write_then_read if ryw else transaction
+    resets = a.resets == "true"
+    iteration = write_then_read if ryw else with_resets if resets else transaction
+    threshold = 0 if resets else 5
     threads = [
-        threading.Thread(target=worker, args=(a, c, results, lock, iteration, ryw)) for c in range(a.concurrency)
+        threading.Thread(target=worker, args=(a, c, results, lock, iteration, ryw, threshold))
+        for c in range(a.concurrency)
     ]
     for t in threads:
         t.start()
