@@ -226,3 +226,24 @@ async fn transaction_timeout_ends_a_long_transaction() -> Result<()> {
     ensure!(rows == 0, "the timed-out transaction's row is there");
     Ok(())
 }
+
+/// `idle_transaction_timeout = 500ms` on a database that routes reads: a lone `BEGIN`,
+/// which the proxy answers without a server (it waits for the block's first statement),
+/// still opens a transaction, and a client idle in it gets FATAL 25P03.
+#[tokio::test]
+async fn idle_transaction_timeout_counts_a_begin_the_proxy_holds_back() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_with(|c| {
+        c.mode("transaction")
+            .set("pool.idle_transaction_timeout", "500ms")
+            .set("databases.app.read_routing", "replicas")
+    })?;
+    let mut a = raw(&bed.endpoint()).await?;
+    let begin = a.simple_query("BEGIN").await?;
+    ensure!(
+        begin.errors.is_empty() && begin.status == b'T',
+        "BEGIN: {begin:?}"
+    );
+    ended_with(&mut a, "25P03").await?;
+    Ok(())
+}

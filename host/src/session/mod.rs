@@ -505,7 +505,8 @@ impl Session {
     fn phase(&self) -> Phase {
         if !self.server.owes_nothing() {
             Phase::Query
-        } else if self.server.held() && self.tx_status != TransactionStatus::Idle {
+        } else if self.tx_status != TransactionStatus::Idle {
+            // With or without a server: a `BEGIN` the proxy holds back opens a block too.
             Phase::IdleInTransaction
         } else {
             Phase::ClientIdle
