@@ -112,7 +112,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
                     let client = scram
                         .as_mut()
                         .ok_or_else(|| protocol(&addr, "SASL continue without SASL start"))?;
-                    let last = client.respond(data).map_err(|e| protocol(&addr, e))?;
+                    let last = client.respond(data).await.map_err(|e| protocol(&addr, e))?;
                     frontend::encode_sasl_response(last.as_bytes(), &mut out);
                 }
                 Authentication::SaslFinal(data) => {
