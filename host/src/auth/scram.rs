@@ -412,7 +412,7 @@ mod tests {
         );
     }
 
-    /// A slow derivation (100,000 iterations, over a second unoptimised) on a
+    /// A slow derivation (100,000 iterations, nearly a second unoptimised) on a
     /// current-thread runtime, as `[proxy] workers = 1` runs: a timer task on the same
     /// runtime keeps firing every 5 ms while it runs, so other sessions go on being served.
     /// Derived on the async worker (the old code), the timer would fire at most once, after
