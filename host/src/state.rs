@@ -133,6 +133,7 @@ impl ProxyState {
             .as_ref()
             .map(|aq| AuthQuery::new(aq.clone(), users[aq.user.get_ref()].clone()));
         let server_tls = server_tls_connector(config.pool.server_tls, config.pool.server_tls_ca.as_deref())?;
+        let server_auth_methods: Arc<[_]> = config.pool.server_auth_methods.as_slice().into();
         let plugins = Arc::new(PluginRegistry::start(&config)?);
         let policies = plugins.policies();
         let mut topology = Topology::default();
@@ -143,6 +144,7 @@ impl ProxyState {
                 interval: cluster.probe_interval,
                 timeout: cluster.probe_timeout,
                 tls: server_tls.clone(),
+                auth_methods: server_auth_methods.clone(),
             });
             if probe.is_none() && cluster.nodes.len() > 1 {
                 tracing::warn!(cluster = %name, "no probe_user: the nodes are not probed, the configured primary gets all traffic");
@@ -161,6 +163,7 @@ impl ProxyState {
                 lifetime: config.pool.lifetime,
                 max_prepared_statements: config.pool.max_prepared_statements,
                 tls: server_tls.clone(),
+                auth_methods: server_auth_methods.clone(),
                 timeouts: ClientTimeouts {
                     client_idle: config.pool.client_idle_timeout,
                     idle_transaction: config.pool.idle_transaction_timeout,

@@ -32,6 +32,16 @@ use runner::fuzz;
 const PASSWORD: &str = "s3cret";
 const SALT: &[u8] = b"sixteen byte sal";
 
+/// Runs the client's `respond`, which derives keys on tokio's blocking pool.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+    }
+    RUNTIME.with(|rt| rt.block_on(future))
+}
+
 /// The verifier a server keeps for [`PASSWORD`], and the keys a client derives from it.
 fn credentials() -> (ScramVerifier, ScramKeys) {
     let verifier = ScramVerifier::derive(PASSWORD, SALT);
@@ -89,9 +99,8 @@ fn scram_server_side_never_panics_and_only_the_real_proof_passes() {
             ServerSideInput::Final(edits) => {
                 let (exchange, server_first) =
                     ScramExchange::start(&verifier, first.as_bytes()).expect("our client-first is valid");
-                let last = client
-                    .respond(server_first.as_bytes())
-                    .expect("our server-first is valid");
+                let last =
+                    block_on(client.respond(server_first.as_bytes())).expect("our server-first is valid");
                 let mut damaged = last.clone().into_bytes();
                 apply(&mut damaged, &edits);
                 match exchange.finish(&verifier, &damaged) {
@@ -216,7 +225,7 @@ fn scram_client_side_never_panics_and_refuses_what_it_cannot_check() {
                 };
                 let mut server_first = format!("r={r},s={salt},i={iterations}").into_bytes();
                 apply(&mut server_first, &edits);
-                let result = client.respond(&server_first);
+                let result = block_on(client.respond(&server_first));
                 if edits.is_empty() {
                     let valid = matches!(nonce, Nonce::Extended)
                         && B64.decode(&salt).is_ok()
@@ -250,9 +259,8 @@ fn scram_client_side_never_panics_and_refuses_what_it_cannot_check() {
                 });
                 let (exchange, server_first) =
                     ScramExchange::start(&verifier, first.as_bytes()).expect("our client-first is valid");
-                let last = client
-                    .respond(server_first.as_bytes())
-                    .expect("our server-first is valid");
+                let last =
+                    block_on(client.respond(server_first.as_bytes())).expect("our server-first is valid");
                 let (server_final, _) = exchange
                     .finish(&verifier, last.as_bytes())
                     .expect("the right password logs in");
@@ -272,7 +280,7 @@ fn scram_client_side_never_panics_and_refuses_what_it_cannot_check() {
                     client.verify(&server_final).is_err(),
                     "a server-final before server-first"
                 );
-                if client.respond(&server_first).is_ok() {
+                if block_on(client.respond(&server_first)).is_ok() {
                     prop_assert!(client.verify(&server_final).is_err());
                 }
             }

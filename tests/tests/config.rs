@@ -1,11 +1,17 @@
 //! The configuration files the test bed generates are valid for the real
 //! binary (`switchyard check-config`), so a schema change in the proxy shows
 //! up here as one clear failure instead of every suite failing at start-up.
+//! Secrets in a configuration stay secret: `check-config` and the proxy never
+//! echo a bad password value, and warn about a file with secrets that its
+//! group or others can read.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use anyhow::{ensure, Result};
-use switchyard_tests::proxy::UserSection;
-use switchyard_tests::tools::run_command;
-use switchyard_tests::{env, skip_if_direct, PgCluster, ProxyConfig, TestBed};
+use switchyard_tests::proxy::{Launch, NodeEntry, UserSection};
+use switchyard_tests::tools::{run_command, CmdOutput};
+use switchyard_tests::{env, scratch, skip_if_direct, PgCluster, Proxy, ProxyConfig, TestBed};
 
 #[test]
 fn generated_configs_pass_check_config() -> Result<()> {
@@ -103,4 +109,144 @@ async fn proxy_starts_with_a_primary_and_a_replica() -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(switchyard_tests::describe_error(&e)))?;
     bed.ensure_proxy_alive()
+}
+
+/// A configuration of one node that is never connected to (check-config does not connect).
+fn offline_config() -> ProxyConfig {
+    let mut cfg = ProxyConfig::for_nodes(vec![NodeEntry {
+        host: "127.0.0.1".into(),
+        port: 1,
+        role: "primary".into(),
+        patroni_api: None,
+    }]);
+    cfg.proxy.listen = "127.0.0.1:6432".into();
+    cfg
+}
+
+/// `switchyard check-config path`.
+fn check_config(path: &Path) -> Result<CmdOutput> {
+    run_command(
+        std::process::Command::new(env::proxy_binary()?)
+            .arg("check-config")
+            .arg(path),
+        None,
+        std::time::Duration::from_secs(30),
+    )
+}
+
+/// Writes `text` to `path` with `mode`.
+fn write_with_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// `check-config` on a file with passwords: mode 0644 passes with a warning naming the
+/// file, its mode and `chmod 600`; mode 0600 passes without one. (The old binary printed
+/// no warning.)
+#[test]
+fn check_config_warns_about_a_readable_file_with_secrets() -> Result<()> {
+    skip_if_direct!();
+    let dir = scratch::fresh_dir("config-secrets")?;
+    let path = dir.join("switchyard.toml");
+    let text = offline_config().to_toml()?;
+
+    write_with_mode(&path, &text, 0o644)?;
+    let out = check_config(&path)?;
+    ensure!(out.status_ok, "{}", out.describe("check-config, mode 0644"));
+    let shown = path.display().to_string();
+    ensure!(
+        out.stderr.contains("warning:")
+            && out.stderr.contains(&shown)
+            && out.stderr.contains("mode 0644")
+            && out.stderr.contains("chmod 600"),
+        "no warning about the readable file: {}",
+        out.describe("check-config, mode 0644")
+    );
+
+    write_with_mode(&path, &text, 0o600)?;
+    let out = check_config(&path)?;
+    ensure!(out.status_ok, "{}", out.describe("check-config, mode 0600"));
+    ensure!(
+        !out.stderr.contains("warning:"),
+        "a private file got a warning: {}",
+        out.describe("check-config, mode 0600")
+    );
+    scratch::remove_dir(&dir);
+    Ok(())
+}
+
+/// A bad value under `password` (an integer, an unterminated string) and under a mistyped
+/// `passwrod`: `check-config` fails naming the key and the line, and the value appears
+/// nowhere in its output. (The old binary printed the offending line, value included.)
+#[test]
+fn check_config_never_echoes_a_password() -> Result<()> {
+    skip_if_direct!();
+    let dir = scratch::fresh_dir("config-secrets")?;
+    let path = dir.join("switchyard.toml");
+    let text = offline_config().to_toml()?;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("password = \"app\""))
+        .map(|i| i + 1)
+        .expect("the app user's password line");
+    for (bad, key) in [
+        ("password = 987654321", "password"),
+        ("password = \"s3cr3t-Value", "password"),
+        ("passwrod = \"s3cr3t-Value\"", "passwrod"),
+    ] {
+        let broken = text.replacen("password = \"app\"", bad, 1);
+        write_with_mode(&path, &broken, 0o600)?;
+        let out = check_config(&path)?;
+        let all = format!("{}{}", out.stdout, out.stderr);
+        println!("{bad:?}: {}", all.trim());
+        ensure!(!out.status_ok, "check-config accepted {bad:?}");
+        ensure!(
+            !all.contains("987654321") && !all.contains("s3cr3t"),
+            "check-config echoed the password: {all}"
+        );
+        ensure!(
+            all.contains(&format!("line {line}")) && all.contains(key),
+            "the error should name line {line} and {key:?}: {all}"
+        );
+    }
+    scratch::remove_dir(&dir);
+    Ok(())
+}
+
+/// The proxy started on a group-readable file with passwords (mode 0640) logs the warning
+/// naming the file; on a private one (0600) it does not. (The old binary logged nothing.)
+#[test]
+fn proxy_warns_at_start_about_a_readable_file_with_secrets() -> Result<()> {
+    skip_if_direct!();
+    let pg = PgCluster::start()?;
+    for (mode, warned) in [(0o640, true), (0o600, false)] {
+        let dir = scratch::fresh_dir("config-secrets")?;
+        let path = dir.join("switchyard.toml");
+        // The launcher rewrites this file, which keeps its mode.
+        write_with_mode(&path, "", mode)?;
+        let launch = Launch {
+            dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let proxy = Proxy::start_with(ProxyConfig::for_cluster(&pg), launch)?;
+        ensure!(
+            proxy.config_path() == path,
+            "the launcher wrote {}",
+            proxy.config_path().display()
+        );
+        let log = proxy.log();
+        let logged = log.lines().any(|l| {
+            l.contains("WARN") && l.contains(&path.display().to_string()) && l.contains("chmod 600")
+        });
+        ensure!(
+            logged == warned,
+            "mode {mode:04o}: expected the warning {}:\n{}",
+            if warned { "logged" } else { "absent" },
+            proxy.log_tail(20)
+        );
+        drop(proxy);
+        scratch::remove_dir(&dir);
+    }
+    Ok(())
 }

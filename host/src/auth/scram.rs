@@ -37,7 +37,8 @@ impl ScramVerifier {
 }
 
 /// Why a SCRAM exchange failed. Every variant ends in 28P01 for the client except
-/// `Protocol`, which is a malformed message (08P01).
+/// `Protocol`, which is a malformed message (08P01); `DerivationAborted` only happens on the
+/// proxy's side of a server login.
 #[derive(Debug, thiserror::Error)]
 pub enum ScramError {
     #[error("malformed SCRAM message: {0}")]
@@ -46,6 +47,8 @@ pub enum ScramError {
     ChannelBinding,
     #[error("password authentication failed")]
     BadProof,
+    #[error("SCRAM key derivation was aborted (the proxy is shutting down)")]
+    DerivationAborted,
 }
 
 /// One exchange, from the client-first message to the server-final message.
@@ -173,24 +176,35 @@ impl ScramKeys {
 }
 
 /// Server-side SCRAM keys derived from one plaintext password, cached for the server's
-/// (salt, iterations): PBKDF2 costs milliseconds, and a pool refilling after a failover
-/// must not pay it per connection.
+/// (salt, iterations): PBKDF2 costs milliseconds (a second at the iteration cap), and a pool
+/// refilling after a failover must not pay it per connection.
+///
+/// A derivation runs on tokio's blocking pool, never on an async worker: with
+/// `[proxy] workers = 1` there is only one, and a slow derivation there would stall every
+/// session. The lock is tokio's and is held across the derivation, so logins racing on a
+/// cold cache wait (asynchronously) for one derivation instead of each computing it.
 #[derive(Default)]
 pub struct DerivedKeys {
-    cache: std::sync::Mutex<Option<(Vec<u8>, u32, ScramKeys)>>,
+    cache: tokio::sync::Mutex<Option<(Vec<u8>, u32, ScramKeys)>>,
 }
 
 impl DerivedKeys {
-    pub fn get(&self, password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+    /// The keys for `password` with the server's `salt` and `iterations`: cached, or derived
+    /// off the async workers.
+    pub async fn get(&self, password: &str, salt: &[u8], iterations: u32) -> Result<ScramKeys, ScramError> {
+        let mut cache = self.cache.lock().await;
         if let Some((s, i, keys)) = cache.as_ref() {
             if s == salt && *i == iterations {
-                return keys.clone();
+                return Ok(keys.clone());
             }
         }
-        let keys = ScramKeys::derive(password, salt, iterations);
+        let (owned_password, owned_salt) = (password.to_owned(), salt.to_vec());
+        let keys =
+            tokio::task::spawn_blocking(move || ScramKeys::derive(&owned_password, &owned_salt, iterations))
+                .await
+                .map_err(|_| ScramError::DerivationAborted)?;
         *cache = Some((salt.to_vec(), iterations, keys.clone()));
-        keys
+        Ok(keys)
     }
 }
 
@@ -236,8 +250,9 @@ impl<'a> ScramKeyClient<'a> {
         )
     }
 
-    /// Answers server-first with client-final.
-    pub fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+    /// Answers server-first with client-final (deriving keys off the async workers when
+    /// the cache has none for the server's salt).
+    pub async fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
         let text = std::str::from_utf8(server_first).map_err(|_| ScramError::Protocol("not UTF-8"))?;
         let attr = |name: &str| text.split(',').find_map(|a| a.strip_prefix(name));
         let nonce = attr("r=").ok_or(ScramError::Protocol("missing nonce"))?;
@@ -259,7 +274,7 @@ impl<'a> ScramKeyClient<'a> {
                         "iteration count above the proxy's limit of 1000000",
                     ));
                 }
-                cache.get(password, &salt, iterations)
+                cache.get(password, &salt, iterations).await?
             }
         };
         let without_proof = format!("c=biws,r={nonce}");
@@ -320,8 +335,8 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn pass_through_keys_log_in_like_the_password() {
+    #[tokio::test]
+    async fn pass_through_keys_log_in_like_the_password() {
         // A client logs in with the password; the proxy keeps its ClientKey and uses it to
         // log in to a "server" holding the same verifier.
         let verifier = ScramVerifier::derive("pw", &rand::random::<[u8; 16]>());
@@ -336,7 +351,7 @@ mod tests {
         };
         let (mut proxy, first) = ScramKeyClient::new(KeySource::Keys(keys));
         let (exchange, server_first) = ScramExchange::start(&verifier, first.as_bytes()).unwrap();
-        let last = proxy.respond(server_first.as_bytes()).unwrap();
+        let last = proxy.respond(server_first.as_bytes()).await.unwrap();
         let (server_final, _) = exchange.finish(&verifier, last.as_bytes()).unwrap();
         proxy.verify(server_final.as_bytes()).unwrap();
         assert!(proxy.verify(b"v=AAAA").is_err());
@@ -353,8 +368,8 @@ mod tests {
         assert!(matches!(run("s3cret", "guess"), Err(ScramError::BadProof)));
     }
 
-    #[test]
-    fn password_keys_match_postgres_verifier_and_log_in() {
+    #[tokio::test]
+    async fn password_keys_match_postgres_verifier_and_log_in() {
         // Our derivation must agree with postgres-protocol's (and so with Postgres).
         let ours = ScramVerifier::derive("pässword", &rand::random::<[u8; 16]>());
         let theirs = ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"x")).unwrap();
@@ -372,13 +387,13 @@ mod tests {
             cache: &cache,
         });
         let (exchange, server_first) = ScramExchange::start(&ours, first.as_bytes()).unwrap();
-        let last = client.respond(server_first.as_bytes()).unwrap();
+        let last = client.respond(server_first.as_bytes()).await.unwrap();
         let (server_final, _) = exchange.finish(&ours, last.as_bytes()).unwrap();
         client.verify(server_final.as_bytes()).unwrap();
     }
 
-    #[test]
-    fn absurd_iteration_counts_are_refused_before_deriving() {
+    #[tokio::test]
+    async fn absurd_iteration_counts_are_refused_before_deriving() {
         let cache = DerivedKeys::default();
         for count in [MAX_SERVER_ITERATIONS + 1, u32::MAX] {
             let (mut client, _) = ScramKeyClient::new(KeySource::Password {
@@ -387,7 +402,7 @@ mod tests {
             });
             let server_first = format!("r={}xyz,s=c2FsdA==,i={count}", client.nonce);
             assert!(matches!(
-                client.respond(server_first.as_bytes()),
+                client.respond(server_first.as_bytes()).await,
                 Err(ScramError::Protocol(m)) if m.contains("1000000")
             ));
         }
@@ -395,6 +410,47 @@ mod tests {
             MAX_SERVER_ITERATIONS, 1_000_000,
             "the error message names the limit"
         );
+    }
+
+    /// A slow derivation (100,000 iterations, nearly a second unoptimised) on a
+    /// current-thread runtime, as `[proxy] workers = 1` runs: a timer task on the same
+    /// runtime keeps firing every 5 ms while it runs, so other sessions go on being served.
+    /// Derived on the async worker (the old code), the timer would fire at most once, after
+    /// the derivation. A second login with the same salt is answered from the cache.
+    #[test]
+    fn slow_derivation_does_not_stall_the_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let cache = std::sync::Arc::new(DerivedKeys::default());
+            let started = std::time::Instant::now();
+            let derivation = tokio::spawn({
+                let cache = cache.clone();
+                async move { cache.get("pw", b"salt", 100_000).await.unwrap() }
+            });
+            let mut ticks = 0u32;
+            while !derivation.is_finished() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                ticks += 1;
+            }
+            let keys = derivation.await.unwrap();
+            let elapsed = started.elapsed();
+            println!("derivation of 100000 iterations took {elapsed:?}; the 5 ms timer fired {ticks} times meanwhile");
+            assert!(
+                ticks >= 3,
+                "the runtime stalled during the derivation: {ticks} ticks in {elapsed:?}"
+            );
+            assert_eq!(
+                keys.server_key,
+                ScramKeys::derive("pw", b"salt", 100_000).server_key
+            );
+            let cached_at = std::time::Instant::now();
+            let again = cache.get("pw", b"salt", 100_000).await.unwrap();
+            println!("cached keys took {:?}", cached_at.elapsed());
+            assert_eq!(again.client_key, keys.client_key);
+        });
     }
 
     #[test]

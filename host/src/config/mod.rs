@@ -6,10 +6,12 @@
 //! cluster, an admin user that does not exist) are checked here with the spans serde kept.
 
 mod password;
+mod secrets;
 mod types;
 mod validate;
 
 pub use password::{MalformedVerifier, ScramVerifier, StoredPassword, MIN_SALT_SECRET_LEN};
+pub use secrets::exposed_secrets;
 pub use types::*;
 
 use std::path::Path;
@@ -70,12 +72,18 @@ impl Config {
     }
 }
 
-/// Formats a toml error as `line N, column M: message` followed by the offending line.
+/// Formats a toml error as `line N, column M: message` followed by the offending line; on
+/// a line that may hold a secret, the value is hidden, in the line and in the message, and
+/// the column (which could tell its length) left out.
 fn parse_error_message(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
             let (line, col) = line_col(text, span.start);
             let src = text.lines().nth(line - 1).unwrap_or("");
+            if secrets::holds_secret(src) {
+                let message = secrets::redact_message(e.message());
+                return format!("line {line}: {message}\n    | {}", secrets::mask_line(src));
+            }
             format!("line {line}, column {col}: {}\n    | {src}", e.message())
         }
         None => e.message().to_string(),

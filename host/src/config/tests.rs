@@ -209,3 +209,83 @@ fn admission_limits_are_checked_with_key_and_line() {
         (3, 1000)
     );
 }
+
+/// A bad value under a secret key (a password, `server_password`, `auth_salt_secret`, a
+/// mistyped `passwrod`) is reported with its key and line but never echoed: neither in the
+/// parser's message nor in the source line shown.
+#[test]
+fn errors_never_echo_a_secret_value() {
+    for (from, to, line, key) in [
+        ("password = \"app\"", "password = 12345678", 16, "password"),
+        ("password = \"app\"", "passwrod = \"12345678\"", 16, "passwrod"),
+        ("password = \"app\"", "password = \"12345678", 16, "password"),
+        ("password = \"app\"", "password = [\"12345678\"]", 16, "password"),
+        (
+            "password = \"app\"",
+            "password = \"app\"\nserver_password = 12345678",
+            17,
+            "server_password",
+        ),
+        ("password = \"app\"", "password = 12345678.5", 16, "password"),
+        (
+            "listen = \"127.0.0.1:6432\"",
+            "listen = \"127.0.0.1:6432\"\nauth_salt_secret = 12345678",
+            4,
+            "auth_salt_secret",
+        ),
+        (
+            "[users.app]\npassword = \"app\"",
+            "[users]\napp = { password = 12345678 }",
+            16,
+            "app",
+        ),
+    ] {
+        let e = err(&GOOD.replace(from, to));
+        println!("{e}");
+        assert!(!e.contains("12345678"), "the secret is echoed: {e}");
+        assert!(e.contains(&format!("line {line}")) && e.contains(key), "{e}");
+    }
+    // A mistyped key still names the expected ones.
+    let e = err(&GOOD.replace("password = \"app\"", "passwrod = \"12345678\""));
+    assert!(
+        e.contains("unknown field `passwrod`") && e.contains("`password`"),
+        "{e}"
+    );
+    // A bad value elsewhere is still shown.
+    let e = err(&GOOD.replace("size = 4", "size = \"four\""));
+    assert!(e.contains("\"four\"") && e.contains("column"), "{e}");
+}
+
+/// The warning for a group- or world-readable file with secrets names the file, its mode
+/// and `chmod 600`; a private file, or one without secrets, gets none.
+#[test]
+fn readable_config_with_secrets_is_flagged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("switchyard-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let config = Config::parse(GOOD, "t.toml").unwrap();
+    for (mode, readers) in [
+        (0o644, "its group and others"),
+        (0o640, "its group"),
+        (0o604, "others"),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let warning = exposed_secrets(&path, &config).expect("a readable file is flagged");
+        assert!(
+            warning.contains(&path.display().to_string())
+                && warning.contains(&format!("mode {mode:04o}"))
+                && warning.contains(readers)
+                && warning.contains("chmod 600"),
+            "{warning}"
+        );
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(exposed_secrets(&path, &config), None);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut no_secrets = config.clone();
+    no_secrets.users.clear();
+    assert_eq!(exposed_secrets(&path, &no_secrets), None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -356,6 +356,35 @@ pub struct PoolDefaults {
     pub server_tls: ServerTlsMode,
     /// CA bundle (PEM) used to verify servers in `verify-full`; system roots otherwise.
     pub server_tls_ca: Option<PathBuf>,
+    /// Authentication methods a server may ask the proxy for; a server asking for another
+    /// one is not answered and the connect fails naming this setting. `password` (the
+    /// password in clear) is left out by default: a server, or whoever sits on the network
+    /// in front of it without `server_tls = "verify-full"`, would learn the password.
+    /// A server that asks for none (`trust`) is always accepted: it learns nothing.
+    pub server_auth_methods: Vec<ServerAuthMethod>,
+}
+
+/// An authentication request a server may send the proxy (`[pool] server_auth_methods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ServerAuthMethod {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    /// Cleartext password.
+    #[serde(rename = "password")]
+    Password,
+}
+
+impl ServerAuthMethod {
+    /// The name the configuration (and Postgres' `pg_hba.conf`) uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerAuthMethod::ScramSha256 => "scram-sha-256",
+            ServerAuthMethod::Md5 => "md5",
+            ServerAuthMethod::Password => "password",
+        }
+    }
 }
 
 impl Default for PoolDefaults {
@@ -374,6 +403,7 @@ impl Default for PoolDefaults {
             transaction_timeout: Duration::ZERO,
             server_tls: ServerTlsMode::Disable,
             server_tls_ca: None,
+            server_auth_methods: vec![ServerAuthMethod::ScramSha256, ServerAuthMethod::Md5],
         }
     }
 }

@@ -34,7 +34,7 @@ use switchyard_protocol::sqlstate;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::UserAuth;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, ServerAuthMethod};
 use crate::net::ServerTls;
 use crate::server::{connect, ConnectParams, NodeAddr, ServerConn, ServerError, Settings};
 use crate::topology::Cluster;
@@ -82,6 +82,8 @@ pub struct PoolSettings {
     pub lifetime: Duration,
     pub max_prepared_statements: usize,
     pub tls: ServerTls,
+    /// `[pool] server_auth_methods`.
+    pub auth_methods: Arc<[ServerAuthMethod]>,
     pub routing: RoutingSettings,
     /// The client-side timeouts (`[pool]`); all zero (off) by default.
     pub timeouts: ClientTimeouts,
@@ -418,6 +420,7 @@ impl Pool {
             secret: user.server_secret(),
             options: &[],
             tls: &self.settings.tls,
+            auth_methods: &self.settings.auth_methods,
             timeout,
         }
     }

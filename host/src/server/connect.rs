@@ -1,6 +1,6 @@
 //! Opening a server connection: TCP, optional TLS (SSLRequest), StartupMessage, then the
-//! authentication exchange the server asks for (trust, cleartext, md5, SCRAM-SHA-256), up to
-//! the first ReadyForQuery.
+//! authentication exchange the server asks for (trust, cleartext, md5, SCRAM-SHA-256, each
+//! but trust only if `[pool] server_auth_methods` allows it), up to the first ReadyForQuery.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::{NodeAddr, ServerConn, ServerError, ServerStatements};
 use crate::auth::{md5_hash, KeySource, Md5Challenge, ScramKeyClient, ServerSecret, SCRAM_SHA_256};
-use crate::config::ServerTlsMode;
+use crate::config::{ServerAuthMethod, ServerTlsMode};
 use crate::net::{ServerTls, Stream};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -35,6 +35,8 @@ pub struct ConnectParams<'a> {
     /// Extra startup parameters (application_name, ...).
     pub options: &'a [(String, String)],
     pub tls: &'a ServerTls,
+    /// The authentication requests the proxy answers (`[pool] server_auth_methods`).
+    pub auth_methods: &'a [ServerAuthMethod],
     pub timeout: Duration,
 }
 
@@ -79,12 +81,14 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
             tags::AUTHENTICATION => match parse_authentication(body).map_err(|e| protocol(&addr, e))? {
                 Authentication::Ok => {}
                 Authentication::CleartextPassword => {
+                    allowed(p, ServerAuthMethod::Password)?;
                     let ServerSecret::Password(pw, _) = p.secret else {
                         return Err(no_password(p, &addr));
                     };
                     frontend::encode_password(pw.as_bytes(), &mut out);
                 }
                 Authentication::Md5Password { salt } => {
+                    allowed(p, ServerAuthMethod::Md5)?;
                     let stored = match &p.secret {
                         ServerSecret::Password(pw, _) => md5_hash(pw, p.user),
                         ServerSecret::Md5Hash(hash) => hash.to_string(),
@@ -93,6 +97,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
                     frontend::encode_password(Md5Challenge { salt }.expected(&stored).as_bytes(), &mut out);
                 }
                 Authentication::Sasl { mechanisms } => {
+                    allowed(p, ServerAuthMethod::ScramSha256)?;
                     if !mechanisms.contains(&SCRAM_SHA_256) {
                         return Err(ServerError::UnsupportedAuth {
                             addr,
@@ -112,7 +117,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
                     let client = scram
                         .as_mut()
                         .ok_or_else(|| protocol(&addr, "SASL continue without SASL start"))?;
-                    let last = client.respond(data).map_err(|e| protocol(&addr, e))?;
+                    let last = client.respond(data).await.map_err(|e| protocol(&addr, e))?;
                     frontend::encode_sasl_response(last.as_bytes(), &mut out);
                 }
                 Authentication::SaslFinal(data) => {
@@ -198,6 +203,18 @@ async fn negotiate_tls(mut tcp: TcpStream, p: &ConnectParams<'_>) -> Result<Stre
         b'N' => Err(ServerError::TlsRefused { addr }),
         _ => Err(protocol(&addr, "unexpected answer to SSLRequest")),
     }
+}
+
+/// Refuses an authentication request `[pool] server_auth_methods` does not list, before
+/// anything of the secret is sent.
+fn allowed(p: &ConnectParams<'_>, method: ServerAuthMethod) -> Result<(), ServerError> {
+    if p.auth_methods.contains(&method) {
+        return Ok(());
+    }
+    Err(ServerError::AuthMethodNotAllowed {
+        addr: p.addr.clone(),
+        method: method.name(),
+    })
 }
 
 fn no_password(p: &ConnectParams<'_>, addr: &NodeAddr) -> ServerError {

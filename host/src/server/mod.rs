@@ -60,6 +60,8 @@ pub enum ServerError {
     NoPassword { addr: NodeAddr, user: String },
     #[error("server {addr} asks for an unsupported authentication method ({method})")]
     UnsupportedAuth { addr: NodeAddr, method: String },
+    #[error("server {addr} asks for authentication method \"{method}\", which `[pool] server_auth_methods` does not allow; the proxy sent it nothing (add \"{method}\" to server_auth_methods to allow it, or change the server's pg_hba.conf)")]
+    AuthMethodNotAllowed { addr: NodeAddr, method: &'static str },
     #[error("server {addr} refused the connection: {} {}", .fields.code, .fields.message)]
     Refused {
         addr: NodeAddr,
@@ -74,9 +76,9 @@ impl ServerError {
     pub fn sqlstate(&self) -> &str {
         match self {
             ServerError::Refused { fields, .. } => &fields.code,
-            ServerError::NoPassword { .. } | ServerError::UnsupportedAuth { .. } => {
-                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
-            }
+            ServerError::NoPassword { .. }
+            | ServerError::UnsupportedAuth { .. }
+            | ServerError::AuthMethodNotAllowed { .. } => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             _ => sqlstate::CONNECTION_FAILURE,
         }
     }

@@ -382,5 +382,6 @@ fn scram_error(e: ScramError) -> SessionError {
             sqlstate::PROTOCOL_VIOLATION,
             format!("malformed SCRAM message: {m}"),
         ),
+        ScramError::DerivationAborted => fatal(sqlstate::ADMIN_SHUTDOWN, e.to_string()),
     }
 }

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 
 use crate::auth::UserAuth;
-use crate::config::{ClusterConfig, NodeRole};
+use crate::config::{ClusterConfig, NodeRole, ServerAuthMethod};
 use crate::incident::Incidents;
 use crate::net::ServerTls;
 use crate::policy::switchover::{Action, Described, HoldPlan, NodeInfo, TopologyEvent};
@@ -105,6 +105,8 @@ pub struct ProbeSettings {
     pub interval: Duration,
     pub timeout: Duration,
     pub tls: ServerTls,
+    /// `[pool] server_auth_methods`.
+    pub auth_methods: Arc<[ServerAuthMethod]>,
 }
 
 pub struct Cluster {

@@ -48,6 +48,7 @@ pub async fn run(cluster: Arc<Cluster>, node: usize, mut shutdown: watch::Receiv
                     secret: settings.user.server_secret(),
                     options: &[("application_name".to_string(), "switchyard probe".to_string())],
                     tls: &settings.tls,
+                    auth_methods: &settings.auth_methods,
                     timeout: settings.timeout,
                 };
                 conn = Some(connect(&params).await?);
