@@ -368,9 +368,8 @@ impl Proxy {
     }
 
     fn spawn(&mut self, binary: &Path) -> Result<()> {
+        self.save_config()?;
         let config_path = self.config_path();
-        std::fs::write(&config_path, self.config.to_toml()?)
-            .with_context(|| format!("writing {}", config_path.display()))?;
         // A kept directory keeps its log too.
         let mut open = OpenOptions::new();
         match self.launch.dir {
@@ -513,8 +512,15 @@ impl Proxy {
         let listen = self.config.proxy.listen.clone();
         self.config = config;
         self.config.proxy.listen = listen;
-        std::fs::write(self.config_path(), self.config.to_toml()?)?;
-        Ok(())
+        self.save_config()
+    }
+
+    /// Writes the config file, readable by its owner only (it holds passwords: the proxy
+    /// warns about a file others can read).
+    fn save_config(&self) -> Result<()> {
+        let path = self.config_path();
+        std::fs::write(&path, self.config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;
+        env::set_mode(&path, 0o600)
     }
 
     /// The config file the proxy was started with.
