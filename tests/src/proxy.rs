@@ -519,7 +519,8 @@ impl Proxy {
     /// warns about a file others can read).
     fn save_config(&self) -> Result<()> {
         let path = self.config_path();
-        std::fs::write(&path, self.config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, self.config.to_toml()?)
+            .with_context(|| format!("writing {}", path.display()))?;
         env::set_mode(&path, 0o600)
     }
 
