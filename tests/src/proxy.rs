@@ -515,13 +515,18 @@ impl Proxy {
         self.save_config()
     }
 
-    /// Writes the config file, readable by its owner only (it holds passwords: the proxy
-    /// warns about a file others can read).
+    /// Writes the config file. A new one is readable by its owner only (it holds
+    /// passwords: the proxy warns about a file others can read); one that exists keeps its
+    /// mode (a test may have chosen it).
     fn save_config(&self) -> Result<()> {
         let path = self.config_path();
+        let new = !path.exists();
         std::fs::write(&path, self.config.to_toml()?)
             .with_context(|| format!("writing {}", path.display()))?;
-        env::set_mode(&path, 0o600)
+        if new {
+            env::set_mode(&path, 0o600)?;
+        }
+        Ok(())
     }
 
     /// The config file the proxy was started with.
