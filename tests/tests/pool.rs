@@ -216,15 +216,12 @@ async fn session_mode_listen_notify() -> Result<()> {
         .await
         .ctx("pg_notify in a transaction")?;
     let mut got = Vec::new();
-    while got.len() < 2 {
-        let msg = tokio::time::timeout(Duration::from_secs(20), messages.recv())
-            .await
-            .with_context(|| format!("notifications within 20 s: expected 2, got {got:?}"))?;
-        match msg {
-            Some(AsyncMessage::Notification(n)) => got.push((n.channel().to_owned(), n.payload().to_owned())),
-            Some(_) => {}
-            None => bail!("listener connection closed; notifications so far: {got:?}"),
-        }
+    for _ in 0..2 {
+        got.push(
+            next_notification(&mut messages)
+                .await
+                .with_context(|| format!("notifications so far: {got:?}"))?,
+        );
     }
     ensure!(
         got == vec![

@@ -96,6 +96,20 @@ async fn count(client: &Client, table: &str) -> Result<i64> {
         .get(0))
 }
 
+/// A new client is served (its `SELECT 1` returns 1), and the proxy is still running.
+async fn still_serving(bed: &mut TestBed) -> Result<()> {
+    let one: i32 = bed
+        .endpoint()
+        .connect_app()
+        .await?
+        .query_one("SELECT 1", &[])
+        .await
+        .ctx("a new client")?
+        .get(0);
+    ensure!(one == 1, "a new client's SELECT 1 returned {one}");
+    bed.ensure_proxy_alive()
+}
+
 /// Stops the background load and requires that none of its transactions failed.
 async fn load_unharmed(load: Load, what: &str) -> Result<()> {
     let report = load.finish().await?;
@@ -157,14 +171,7 @@ async fn idle_in_transaction_timeout_ends_only_that_client() -> Result<()> {
     load_unharmed(load, "idle_in_transaction_session_timeout").await?;
     let busy = busy_app_backends(&dba).await?;
     ensure!(busy.is_empty(), "backends of app not idle: {busy:?}");
-    let one: i32 = endpoint
-        .connect_app()
-        .await?
-        .query_one("SELECT 1", &[])
-        .await?
-        .get(0);
-    ensure!(one == 1);
-    bed.ensure_proxy_alive()
+    still_serving(&mut bed).await
 }
 
 /// A DBA terminates every idle server of the pool (size 2) with `pg_terminate_backend`
@@ -368,14 +375,7 @@ async fn pg_terminate_backend_of_a_busy_server_fails_only_its_client() -> Result
         .get(0);
     ensure!(again == 0, "the terminated query runs again");
     load_unharmed(load, "pg_terminate_backend of a busy server").await?;
-    let one: i32 = endpoint
-        .connect_app()
-        .await?
-        .query_one("SELECT 1", &[])
-        .await?
-        .get(0);
-    ensure!(one == 1);
-    bed.ensure_proxy_alive()
+    still_serving(&mut bed).await
 }
 
 /// On the pool's only server, client A (statement_timeout 200 ms, set with `SET`) runs
@@ -671,12 +671,5 @@ async fn a_fatal_in_the_middle_of_a_pipeline_ends_only_that_client() -> Result<(
         .get(0);
     ensure!(again == 0, "the pipeline runs again");
     load_unharmed(load, "a FATAL in a pipeline").await?;
-    let one: i32 = endpoint
-        .connect_app()
-        .await?
-        .query_one("SELECT 1", &[])
-        .await?
-        .get(0);
-    ensure!(one == 1);
-    bed.ensure_proxy_alive()
+    still_serving(&mut bed).await
 }
