@@ -483,21 +483,18 @@ impl Session {
 
     async fn wait_io(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Io, SessionError> {
         let idle_for_shutdown = !self.server.held() && !*shutdown.borrow();
-        let Some(mut timeouts) = self.timeouts.take() else {
-            return tokio::select! {
-                biased;
-                r = poll_fn(|cx| self.poll_io(cx)) => r,
-                _ = shutdown.changed(), if idle_for_shutdown => Ok(Io::Shutdown),
-            };
-        };
-        timeouts.arm(self.phase());
+        // Out of `self` while `poll_io` borrows it.
+        let mut timeouts = self.timeouts.take();
+        if let Some(t) = &mut timeouts {
+            t.arm(self.phase());
+        }
         let io = tokio::select! {
             biased;
             r = poll_fn(|cx| self.poll_io(cx)) => r,
             _ = shutdown.changed(), if idle_for_shutdown => Ok(Io::Shutdown),
-            expiry = timeouts.expired() => Ok(Io::TimedOut(expiry)),
+            expiry = timeouts::expired(timeouts.as_deref_mut()) => Ok(Io::TimedOut(expiry)),
         };
-        self.timeouts = Some(timeouts);
+        self.timeouts = timeouts;
         io
     }
 
@@ -516,10 +513,7 @@ impl Session {
     /// A client-side timeout ran out: a statement still running is cancelled on its
     /// server first, then the session ends with the timeout's error.
     async fn timed_out(&mut self, expiry: Expiry) -> SessionError {
-        let fields = match &self.timeouts {
-            Some(t) => t.error(expiry),
-            None => return SessionError::fatal(sqlstate::QUERY_CANCELED, "timeout"),
-        };
+        let fields = timeouts::error(&self.pool.settings.timeouts, expiry);
         tracing::info!(pid = self.cancel.process_id, user = self.facts.user(), error = %fields.message, "client timed out");
         if !self.server.owes_nothing() {
             let (pid, key) = (self.cancel.process_id, self.cancel.secret_key);

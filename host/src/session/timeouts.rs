@@ -91,53 +91,57 @@ impl Timeouts {
             expiry
         });
     }
+}
 
-    /// Resolves when the limit the timer is set for runs out; never when it is set for none.
-    pub async fn expired(&mut self) -> Expiry {
-        match self.armed {
-            Some(expiry) => {
-                self.sleep.as_mut().await;
-                expiry
-            }
-            None => std::future::pending().await,
+/// Resolves when the limit `timeouts` is set for runs out; never for a session without
+/// timeouts or a wait none applies to.
+pub(super) async fn expired(timeouts: Option<&mut Timeouts>) -> Expiry {
+    match timeouts {
+        Some(Timeouts {
+            armed: Some(expiry),
+            sleep,
+            ..
+        }) => {
+            sleep.as_mut().await;
+            *expiry
         }
+        _ => std::future::pending().await,
     }
+}
 
-    /// The FATAL error the client gets for `expiry`.
-    pub fn error(&self, expiry: Expiry) -> ErrorFields {
-        let l = &self.limits;
-        let (code, message) = match expiry {
-            Expiry::ClientIdle => (
-                sqlstate::IDLE_SESSION_TIMEOUT,
-                format!(
-                    "terminating connection due to client_idle_timeout ({:?} without a message)",
-                    l.client_idle
-                ),
+/// The FATAL error the client gets when the limit `expiry` of `l` runs out.
+pub(super) fn error(l: &ClientTimeouts, expiry: Expiry) -> ErrorFields {
+    let (code, message) = match expiry {
+        Expiry::ClientIdle => (
+            sqlstate::IDLE_SESSION_TIMEOUT,
+            format!(
+                "terminating connection due to client_idle_timeout ({:?} without a message)",
+                l.client_idle
             ),
-            Expiry::IdleInTransaction => (
-                sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-                format!(
-                    "terminating connection due to idle_transaction_timeout ({:?} idle in a transaction); the transaction is rolled back",
-                    l.idle_transaction
-                ),
+        ),
+        Expiry::IdleInTransaction => (
+            sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            format!(
+                "terminating connection due to idle_transaction_timeout ({:?} idle in a transaction); the transaction is rolled back",
+                l.idle_transaction
             ),
-            Expiry::Query => (
-                sqlstate::QUERY_CANCELED,
-                format!(
-                    "terminating connection due to query_timeout: the statement ran longer than {:?} and was cancelled",
-                    l.query
-                ),
+        ),
+        Expiry::Query => (
+            sqlstate::QUERY_CANCELED,
+            format!(
+                "terminating connection due to query_timeout: the statement ran longer than {:?} and was cancelled",
+                l.query
             ),
-            Expiry::Transaction => (
-                sqlstate::TRANSACTION_TIMEOUT,
-                format!(
-                    "terminating connection due to transaction_timeout ({:?} in one transaction); it is rolled back",
-                    l.transaction
-                ),
+        ),
+        Expiry::Transaction => (
+            sqlstate::TRANSACTION_TIMEOUT,
+            format!(
+                "terminating connection due to transaction_timeout ({:?} in one transaction); it is rolled back",
+                l.transaction
             ),
-        };
-        ErrorFields::fatal(code, message)
-    }
+        ),
+    };
+    ErrorFields::fatal(code, message)
 }
 
 #[cfg(test)]
@@ -170,7 +174,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(400)).await;
         t.arm(Phase::Query);
         assert_eq!(
-            tokio::time::timeout(Duration::from_millis(150), t.expired()).await,
+            tokio::time::timeout(Duration::from_millis(150), expired(Some(&mut t))).await,
             Ok(Expiry::Query),
             "fires 500 ms after the query began, not 500 ms after the last wait"
         );
