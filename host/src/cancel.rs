@@ -170,20 +170,42 @@ impl CancelRegistry {
     /// Forwards a client's CancelRequest and returns once Postgres has acted on it (or it
     /// failed); a wrong key or an idle client is silently ignored, as Postgres does.
     pub async fn cancel(&self, process_id: i32, secret_key: i32) {
-        let claimed = {
-            let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            match clients.get(&process_id) {
-                Some((key, slot)) if *key == secret_key => slot.claim(),
-                _ => None,
-            }
+        if let Some(claim) = self.claim(process_id, secret_key) {
+            claim.forward().await;
+        }
+    }
+
+    /// The server a cancel for this client arriving now must reach, counted in flight from
+    /// now on (so the server cannot serve another client before it is delivered), or `None`
+    /// for a wrong key or an idle client. A session ending on a timeout claims before it
+    /// gives its server up and forwards in the background.
+    pub fn claim(&self, process_id: i32, secret_key: i32) -> Option<CancelClaim> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let claimed = match clients.get(&process_id) {
+            Some((key, slot)) if *key == secret_key => slot.claim(),
+            _ => None,
         };
-        let Some((t, mut forwarding)) = claimed else {
+        if claimed.is_none() {
             tracing::debug!(process_id, "cancel request for no running query");
-            return;
-        };
-        match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(&t)).await {
+        }
+        claimed.map(|(target, forwarding)| CancelClaim { target, forwarding })
+    }
+}
+
+/// A cancel counted in flight for its server ([`CancelRegistry::claim`]), to be forwarded.
+pub struct CancelClaim {
+    target: CancelTarget,
+    forwarding: Forwarding,
+}
+
+impl CancelClaim {
+    /// Sends the CancelRequest; returns once Postgres has acted on it, or it failed or took
+    /// longer than `DELIVERY_TIMEOUT` (then its server is closed, not reused).
+    pub async fn forward(mut self) {
+        let t = &self.target;
+        match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(t)).await {
             Ok(Ok(())) => {
-                forwarding.delivered = true;
+                self.forwarding.delivered = true;
                 tracing::info!(server = %t.addr, pid = t.process_id, "forwarded cancel request");
             }
             Ok(Err(e)) => {

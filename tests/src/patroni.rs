@@ -188,11 +188,33 @@ pub struct FixedLayout {
 /// and databases); `vars` gives the others. A placeholder without a value fails the start, naming it and its
 /// line. The template decides Patroni's settings, so the options that shape the test bed's
 /// own file (`before_stop`, `on_role_change`, `parameters`, `synchronous_mode`) are refused
-/// with one.
+/// with one; the cluster reads the template's `synchronous_mode` for its own waits.
 #[derive(Clone, Debug)]
 pub struct ConfigTemplate {
     pub path: PathBuf,
     pub vars: Vec<(String, String)>,
+}
+
+impl ConfigTemplate {
+    /// The template's `synchronous_mode` (Patroni's default, off, when it has none): the
+    /// cluster waits for a synchronous standby at start when it is on.
+    pub fn synchronous_mode(&self) -> Result<bool> {
+        let text = std::fs::read_to_string(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let value = text.lines().find_map(|line| {
+            let line = line.split('#').next().unwrap_or("").trim();
+            line.strip_prefix("synchronous_mode:").map(str::trim)
+        });
+        match value {
+            None => Ok(false),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(other) => bail!(
+                "{}: synchronous_mode: {other:?} (the test bed reads true or false)",
+                self.path.display()
+            ),
+        }
+    }
 }
 
 /// The placeholders of a [`ConfigTemplate`] the cluster fills, per node.
@@ -433,6 +455,10 @@ impl PatroniCluster {
                     t.path.display()
                 );
             }
+        }
+        let mut opts = opts;
+        if let Some(t) = &opts.template {
+            opts.synchronous_mode = t.synchronous_mode()?;
         }
         patroni_program("patroni")?;
         env::pg_program("postgres")?;

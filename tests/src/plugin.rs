@@ -9,6 +9,7 @@ use crate::client::Endpoint;
 use crate::env;
 use crate::proxy::ProxyConfig;
 use anyhow::{ensure, Context, Result};
+use sha2::{Digest, Sha256};
 
 /// `plugins/dist/<name>.wasm`, which must exist.
 pub fn component(name: &str) -> Result<PathBuf> {
@@ -77,4 +78,30 @@ pub fn count(row: &HashMap<String, String>, column: &str) -> Result<u64> {
 /// answered for it.
 pub fn decisions(row: &HashMap<String, String>) -> Result<u64> {
     Ok(count(row, "calls")? + count(row, "reused")?)
+}
+
+/// The first 12 hex digits of the SHA-256 of `bytes`: SHOW PLUGINS' `hash` of a component.
+pub fn short_hash(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))[..12].to_string()
+}
+
+/// The component with a custom section appended: the same behaviour, another hash (a
+/// rebuilt plugin, as far as the proxy can tell).
+pub fn rebuilt(component: &[u8], label: &str) -> Vec<u8> {
+    let mut payload = vec![label.len() as u8];
+    payload.extend_from_slice(label.as_bytes());
+    payload.extend_from_slice(b"switchyard test build");
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    out.push(payload.len() as u8); // LEB128, < 128
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Replaces `path` atomically (write aside, rename), as a deployment should.
+pub fn install(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("wasm.new");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
 use switchyard_tests::admin::admin_rows;
-use switchyard_tests::plugin::{component, count, decisions, policy_row, with_plugin_path};
+use switchyard_tests::plugin::{
+    component, count, decisions, install, policy_row, rebuilt, short_hash, with_plugin_path,
+};
 use switchyard_tests::{
     describe_error, expect_sqlstate, scratch, skip_if_direct, Endpoint, PgResultExt, Proxy, ProxyConfig,
     TestBed,
@@ -37,31 +38,6 @@ async fn wait_for_row(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn short_hash(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))[..12].to_string()
-}
-
-/// The component with a custom section appended: the same behaviour, another hash (a
-/// rebuilt plugin, as far as the proxy can tell).
-fn rebuilt(component: &[u8], label: &str) -> Vec<u8> {
-    let mut payload = vec![label.len() as u8];
-    payload.extend_from_slice(label.as_bytes());
-    payload.extend_from_slice(b"switchyard test build");
-    let mut out = component.to_vec();
-    out.push(0); // custom section
-    out.push(payload.len() as u8); // LEB128, < 128
-    out.extend_from_slice(&payload);
-    out
-}
-
-/// Replaces `path` atomically (write aside, rename), as a deployment should.
-fn install(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("wasm.new");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 fn plugin_dir(name: &str) -> Result<PathBuf> {

@@ -242,7 +242,7 @@ impl Session {
             }
             match self.wait_io(shutdown).await {
                 Ok(Io::ClientRead | Io::Shutdown) => {}
-                Ok(Io::TimedOut(expiry)) => return Err(self.timed_out(expiry).await),
+                Ok(Io::TimedOut(expiry)) => return Err(self.timed_out(expiry)),
                 Ok(Io::ClientEof) => return Ok(()),
                 Ok(Io::ServerRead) => self.process_server()?,
                 Ok(Io::ServerEof) => {
@@ -510,14 +510,22 @@ impl Session {
         }
     }
 
-    /// A client-side timeout ran out: a statement still running is cancelled on its
-    /// server first, then the session ends with the timeout's error.
-    async fn timed_out(&mut self, expiry: Expiry) -> SessionError {
+    /// A client-side timeout ran out: a statement still running gets a cancel (sent in the
+    /// background) and the session ends with the timeout's error at once.
+    fn timed_out(&mut self, expiry: Expiry) -> SessionError {
         let fields = timeouts::error(&self.pool.settings.timeouts, expiry);
         tracing::info!(pid = self.cancel.process_id, user = self.facts.user(), error = %fields.message, "client timed out");
         if !self.server.owes_nothing() {
-            let (pid, key) = (self.cancel.process_id, self.cancel.secret_key);
-            Box::pin(self.state.cancels.cancel(pid, key)).await;
+            // Claimed now, while the session still holds the server; forwarded in the
+            // background, so the client hears of its timeout at once even when the server
+            // is unreachable (the cancel may take up to its delivery timeout).
+            if let Some(claim) = self
+                .state
+                .cancels
+                .claim(self.cancel.process_id, self.cancel.secret_key)
+            {
+                tokio::spawn(claim.forward());
+            }
         }
         SessionError::Timeout(Box::new(fields))
     }

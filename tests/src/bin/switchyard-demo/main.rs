@@ -20,11 +20,10 @@ use anyhow::{Context, Result};
 use switchyard_tests::interrupt;
 use switchyard_tests::patroni::{patroni_program, FixedLayout, PatroniCluster, PatroniOptions};
 use switchyard_tests::proxy::{Launch, Proxy};
-use switchyard_tests::{env, roles, Endpoint};
+use switchyard_tests::{env, roles, shipped, Endpoint};
 
 use options::{Cli, Options, API_PORTS, HELP, PG_PORTS};
 
-mod config;
 mod follow;
 mod options;
 mod tour;
@@ -148,8 +147,8 @@ impl Demo {
     fn run(&mut self, opt: &Options) -> Result<u8> {
         let proxy_addr = format!("127.0.0.1:{}", opt.port);
         let password_file = self.dir.join("admin.pass");
-        config::write_admin_password(&password_file)?;
-        let template = config::template(&proxy_addr, &password_file);
+        shipped::write_admin_password(&password_file)?;
+        let template = shipped::template(&proxy_addr, &password_file);
         let layout = FixedLayout {
             dir: self.dir.clone(),
             scope: SCOPE.to_owned(),
@@ -166,12 +165,12 @@ impl Demo {
         )?);
         let leader = cluster.wait_for_leader(Duration::from_secs(30))?;
         log!(
-            "Patroni cluster '{SCOPE}' healthy: leader {} ({}), the other node streaming",
+            "Patroni cluster '{SCOPE}' healthy: leader {} ({}), the other node its synchronous standby",
             leader.name(),
             leader.addr()
         );
 
-        let config = config::proxy_config(cluster, &proxy_addr)?;
+        let config = shipped::proxy_config(cluster, &proxy_addr)?;
         log!(
             "starting switchyard on {proxy_addr} (log {})",
             self.dir.join("switchyard.log").display()
@@ -227,6 +226,8 @@ impl Demo {
             r#"
   Switchyard is serving on 127.0.0.1:{port} (pool mode: transaction, {rows} row(s) in table demo)
   in front of Patroni cluster '{SCOPE}': leader {leader} ({leader_addr}).
+  Replication is synchronous (Patroni synchronous_mode): a COMMIT is acknowledged once the
+  standby has it, so even a crash of the leader's whole node loses no acknowledged write.
 
     psql "postgresql://app:app@127.0.0.1:{port}/app"                  # the application
     psql "postgresql://admin:admin@127.0.0.1:{port}/switchyard"       # admin console: SHOW NODES; SHOW POOLS;

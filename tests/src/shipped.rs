@@ -1,12 +1,16 @@
-//! What the demo's servers are told: each Patroni node's configuration (the template users
-//! copy, with Switchyard's callbacks pointed at the proxy) and the proxy's.
+//! The shipped configuration, as `scripts/demo` runs it: each Patroni node's configuration
+//! (`examples/patroni/patroni.yml`, the template users copy, with Switchyard's callbacks
+//! pointed at the proxy) and the proxy's (the five bundled plugins, read routing). The demo
+//! and the tests that must prove the demo's setup (a crash of the leader's node loses no
+//! acknowledged write; transfers stay consistent through switchover, reload and restart)
+//! share it.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use switchyard_tests::patroni::{ConfigTemplate, PatroniCluster};
-use switchyard_tests::proxy::ProxyConfig;
-use switchyard_tests::{env, plugin, roles};
+use crate::patroni::{ConfigTemplate, PatroniCluster, PatroniOptions};
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::{env, plugin, ports, roles, scratch};
+use anyhow::{ensure, Context, Result};
 
 /// The callback's longest before-stop wait (see examples/patroni/README.md); the proxy's
 /// hold_timeout (40 s) is above it and above Patroni's ttl (20 s).
@@ -90,10 +94,29 @@ pub fn proxy_config(cluster: &PatroniCluster, listen: &str) -> Result<ProxyConfi
     ))
 }
 
+/// The demo's setup on free ports: the cluster from the template (synchronous mode, the
+/// callbacks; fails if the template no longer sets synchronous mode) and the proxy of
+/// [`proxy_config`], adjusted by `configure`, in front of it.
+pub fn start_on_free_ports(
+    configure: impl FnOnce(ProxyConfig) -> ProxyConfig,
+) -> Result<(PatroniCluster, Proxy)> {
+    let listen = format!("127.0.0.1:{}", ports::free_port()?);
+    let password_file = scratch::fresh_dir("shipped")?.join("admin.pass");
+    write_admin_password(&password_file)?;
+    let cluster =
+        PatroniCluster::start_with(PatroniOptions::default().template(template(&listen, &password_file)))?;
+    ensure!(
+        cluster.options().synchronous_mode,
+        "examples/patroni/patroni.yml no longer sets synchronous_mode: true"
+    );
+    let proxy = Proxy::start(configure(proxy_config(&cluster, &listen)?))?;
+    Ok((cluster, proxy))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_tests::patroni::{render_template, TEMPLATE_VARS};
+    use crate::patroni::{render_template, TEMPLATE_VARS};
 
     /// The template users copy has a value for every placeholder from the cluster or the
     /// demo (a new placeholder, or one in a comment, fails here before it fails the demo).
