@@ -247,9 +247,9 @@ async fn transfers_stay_consistent_through_switchover_plugin_reload_and_replica_
         .collect();
     let off: i64 = dba
         .query_one(
-            "SELECT count(*) FROM accounts a WHERE balance <> $1 \
-               - coalesce((SELECT sum(amount) FROM transfers WHERE src = a.id), 0) \
-               + coalesce((SELECT sum(amount) FROM transfers WHERE dst = a.id), 0)",
+            "SELECT count(*) FROM accounts a WHERE balance <> $1::bigint \
+               - coalesce((SELECT sum(amount) FROM transfers WHERE src = a.id), 0)::bigint \
+               + coalesce((SELECT sum(amount) FROM transfers WHERE dst = a.id), 0)::bigint",
             &[&OPENING],
         )
         .await?
