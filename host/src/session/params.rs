@@ -106,13 +106,13 @@ pub fn proxy_setting(params: &[(String, String)], name: &str) -> Option<String> 
         .map(|(_, v)| v)
 }
 
+/// Every setting of the startup packet (parameters and `-c` options), names lowercased, each
+/// once: where a name repeats, the last value, at the place of its last occurrence. Linear in
+/// the packet (a stranger's packet of thousands of repeated names costs no more than it
+/// takes to read).
 fn every_startup_setting(params: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut add = |k: String, v: String| {
-        let k = k.to_ascii_lowercase();
-        out.retain(|(old, _)| *old != k);
-        out.push((k, v));
-    };
+    let mut all: Vec<(String, String)> = Vec::new();
+    let mut add = |k: String, v: String| all.push((k.to_ascii_lowercase(), v));
     for (k, v) in params {
         if k == "options" {
             for (k, v) in parse_options(v) {
@@ -124,6 +124,13 @@ fn every_startup_setting(params: &[(String, String)]) -> Vec<(String, String)> {
             add(k.clone(), v.clone());
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<(String, String)> = all
+        .into_iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    out.reverse();
     out
 }
 
@@ -461,6 +468,33 @@ mod tests {
         );
         assert!(s.desired().contains_key("work_mem"));
         assert!(!s.desired().contains_key("user"));
+    }
+
+    /// A name given twice (in any case, as a parameter or a `-c` option) keeps its last
+    /// value, at the place of its last occurrence; thousands of names (a stranger's 10 kB
+    /// packet) are each kept once.
+    #[test]
+    fn repeated_startup_settings_keep_the_last_value() {
+        let settings = every_startup_setting(&[
+            p("search_path", "a"),
+            p("application_name", "x"),
+            p("options", "-c SEARCH_PATH=b -c work_mem=1MB"),
+            p("Application_Name", "y"),
+        ]);
+        assert_eq!(
+            settings,
+            [
+                p("search_path", "b"),
+                p("work_mem", "1MB"),
+                p("application_name", "y")
+            ]
+        );
+        let many: Vec<_> = (0..3000)
+            .map(|i| p(&format!("s{}", i % 1500), &i.to_string()))
+            .collect();
+        let settings = every_startup_setting(&many);
+        assert_eq!(settings.len(), 1500);
+        assert_eq!(settings[0], p("s0", "1500"));
     }
 
     #[test]
