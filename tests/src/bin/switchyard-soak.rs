@@ -61,7 +61,7 @@ fn run() -> Result<bool> {
     let pid = proxy.pid().context("the proxy has no pid")?;
     let endpoint = Endpoint::new(&proxy.host(), proxy.port());
     let leader = cluster.leader()?.endpoint();
-    let (user, password) = roles::SUPERUSER;
+    let (user, password) = roles::APP;
     Pgbench::new(&leader.host, leader.port, user, password, roles::APP_DB).init(1)?;
     let pgbench = Pgbench::new(
         &endpoint.host,
@@ -83,11 +83,14 @@ fn run() -> Result<bool> {
             tokio::spawn(async move {
                 let mut rounds = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
-                    rounds.push(
-                        pgbench
-                            .run_async(QueryMode::Simple, pgbench_clients, 1, Length::Seconds(30))
-                            .await,
-                    );
+                    let round = pgbench
+                        .run_async(QueryMode::Simple, pgbench_clients, 1, Length::Seconds(30))
+                        .await;
+                    let failed = round.is_err();
+                    rounds.push(round);
+                    if failed {
+                        break;
+                    }
                 }
                 rounds
             })
