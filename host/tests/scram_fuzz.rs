@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use proptest::prelude::*;
 use switchyard::auth::{
-    DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
+    Binding, DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
     MAX_SERVER_ITERATIONS,
 };
 
@@ -83,7 +83,7 @@ fn scram_server_side_never_panics_and_only_the_real_proof_passes() {
             ServerSideInput::First(edits, raw) => {
                 let mut first = raw.unwrap_or_else(|| first.clone().into_bytes());
                 apply(&mut first, &edits);
-                match ScramExchange::start(&verifier, &first) {
+                match ScramExchange::start(&verifier, Binding::NONE, &first) {
                     Ok((_, server_first)) => {
                         // What the server says is the client's nonce and ours, the salt and
                         // the count: its size follows the client's message, not the client's say.
@@ -92,13 +92,14 @@ fn scram_server_side_never_panics_and_only_the_real_proof_passes() {
                         prop_assert!(server_first.ends_with(&count));
                         prop_assert!(server_first.len() <= first.len() + 64);
                     }
-                    Err(ScramError::Protocol(_) | ScramError::ChannelBinding) => {}
+                    Err(ScramError::Protocol(_) | ScramError::ChannelBinding(_)) => {}
                     Err(e) => return Err(TestCaseError::fail(format!("client-first: {e:?}"))),
                 }
             }
             ServerSideInput::Final(edits) => {
                 let (exchange, server_first) =
-                    ScramExchange::start(&verifier, first.as_bytes()).expect("our client-first is valid");
+                    ScramExchange::start(&verifier, Binding::NONE, first.as_bytes())
+                        .expect("our client-first is valid");
                 let last =
                     block_on(client.respond(server_first.as_bytes())).expect("our server-first is valid");
                 let mut damaged = last.clone().into_bytes();
@@ -258,7 +259,8 @@ fn scram_client_side_never_panics_and_refuses_what_it_cannot_check() {
                     cache: &cache,
                 });
                 let (exchange, server_first) =
-                    ScramExchange::start(&verifier, first.as_bytes()).expect("our client-first is valid");
+                    ScramExchange::start(&verifier, Binding::NONE, first.as_bytes())
+                        .expect("our client-first is valid");
                 let last =
                     block_on(client.respond(server_first.as_bytes())).expect("our server-first is valid");
                 let (server_final, _) = exchange
