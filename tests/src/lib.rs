@@ -43,6 +43,7 @@ pub mod promotion;
 pub mod proxy;
 pub mod raw;
 pub mod scratch;
+pub mod tls;
 pub mod tolerance;
 pub mod tools;
 pub mod watchdog;
