@@ -998,6 +998,44 @@ async fn client_tls_require_refuses_plaintext_logins_including_the_admin_console
     proxy.ensure_running()
 }
 
+/// `client_tls = "disable"` with a certificate configured: SSLRequest is answered 'N', so
+/// psql with `sslmode=require` fails ("server does not support SSL") and with
+/// `sslmode=prefer` logs in unencrypted (`\conninfo` names no SSL).
+#[tokio::test]
+async fn client_tls_disable_answers_no_despite_a_certificate() -> Result<()> {
+    skip_if_direct!();
+    let pki = Pki::new()?;
+    let pg = PgCluster::start()?;
+    let TlsProxy { cfg, .. } = tls_proxy(&pki, &pg)?;
+    let mut proxy = Proxy::start(cfg.set("proxy.client_tls", "disable"))?;
+    let ep = endpoint(&proxy);
+    let (user, password) = roles::APP;
+    let out = ep
+        .psql(user, password, roles::APP_DB)
+        .env("PGSSLMODE", "require")
+        .run_async("SELECT 1")
+        .await?;
+    ensure!(
+        !out.status_ok && out.stderr.contains("server does not support SSL"),
+        "{}",
+        out.describe(
+            "sslmode=require against client_tls = disable should fail with 'server does not support SSL'"
+        )
+    );
+    let out = ep
+        .psql(user, password, roles::APP_DB)
+        .env("PGSSLMODE", "prefer")
+        .run_async("\\conninfo")
+        .await?;
+    out.ensure_success()?;
+    ensure!(
+        out.stdout.contains("You are connected") && !out.stdout.contains("SSL"),
+        "sslmode=prefer against client_tls = disable: \\conninfo printed {:?}",
+        out.stdout
+    );
+    proxy.ensure_running()
+}
+
 /// The rules the `auth_hba_file` test starts with; line numbers are asserted.
 const HBA_RULES: &str = "\
 # switchyard test rules

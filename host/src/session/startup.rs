@@ -272,11 +272,11 @@ async fn login(
     // Made for every name, known or not, so the time to the challenge does not tell them apart.
     let decoy = std::hint::black_box(state.decoys.user(&user_name));
     let Some(user) = user else {
-        let method = rule_method.unwrap_or(decoy.method);
+        let method = challenge(rule_method.unwrap_or(decoy.method), &decoy);
         authenticate(stream, buf, &mut out, state, &decoy, method, false).await?;
         return Err(password_failed(&user_name)); // not reached: a decoy never passes
     };
-    let method = rule_method.unwrap_or(user.method);
+    let method = challenge(rule_method.unwrap_or(user.method), &user);
     authenticate(stream, buf, &mut out, state, &user, method, true).await?;
 
     let (destination, server_params) = if database == crate::config::ADMIN_DATABASE {
@@ -391,6 +391,15 @@ fn hba_method(
     Err(fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, message))
 }
 
+/// The method `user` is challenged with when `method` is asked for: md5 for a user whose
+/// password is stored only as a SCRAM verifier means SCRAM, as in Postgres.
+fn challenge(method: ClientAuthMethod, user: &UserAuth) -> ClientAuthMethod {
+    match method {
+        ClientAuthMethod::Md5 if user.md5.is_none() => ClientAuthMethod::ScramSha256,
+        m => m,
+    }
+}
+
 /// Challenges the client with `method` as `user`; `known` is false for an unknown user's
 /// decoy, which goes through the same steps and always fails.
 async fn authenticate(
@@ -403,11 +412,6 @@ async fn authenticate(
     known: bool,
 ) -> Result<(), SessionError> {
     let failed = || password_failed(&user.name);
-    // md5 for a user whose password is stored as SCRAM means SCRAM, as in Postgres.
-    let method = match method {
-        ClientAuthMethod::Md5 if user.md5.is_none() => ClientAuthMethod::ScramSha256,
-        m => m,
-    };
     match method {
         ClientAuthMethod::ScramSha256 => {
             let verifier = user.scram.as_ref().ok_or_else(failed)?;
