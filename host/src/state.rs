@@ -34,7 +34,9 @@ pub enum StateError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    #[error("auth_hba_file: {0}")]
+    /// Its messages name the file (and line); the error chain would print it twice under
+    /// a prefix.
+    #[error(transparent)]
     Hba(#[from] HbaError),
 }
 
