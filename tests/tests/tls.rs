@@ -1214,6 +1214,78 @@ async fn auth_hba_file_rules_decide_and_reload() -> Result<()> {
     proxy.ensure_running()
 }
 
+/// `auth_hba_file` choosing `cert` (line 1: `hostssl app all 127.0.0.1/32 cert`; line 2:
+/// SCRAM for the rest) for `app`, whose `[users]` entry asks for SCRAM: over TLS psql
+/// (verify-full, a wrong password in the environment) logs in with the certificate alone;
+/// over TLS without a certificate the login is refused with 28000 "connection requires a
+/// valid client certificate" (line 1 decides, no fallback to line 2); in plaintext line 2
+/// asks for the password, which logs in; a trusted certificate naming a user the proxy does
+/// not know (`ghost`) is refused with 28000, the detail saying it knows no such user.
+#[tokio::test]
+async fn auth_hba_file_cert_rule_logs_in_by_certificate() -> Result<()> {
+    skip_if_direct!();
+    let pki = Pki::new()?;
+    let pg = PgCluster::start()?;
+    let TlsProxy { proxy_ca, cfg } = tls_proxy(&pki, &pg)?;
+    let client_ca = pki.ca("client-ca")?;
+    let app_cert = pki.client(&client_ca, "app-client", "app")?;
+    let ghost_cert = pki.client(&client_ca, "ghost-client", "ghost")?;
+    let hba = pki.path("hba.conf");
+    std::fs::write(
+        &hba,
+        "hostssl app all 127.0.0.1/32 cert\nhost all all all scram-sha-256\n",
+    )?;
+    let cfg = cfg
+        .set("proxy.tls_client_ca", path_str(&client_ca.cert))
+        .set("proxy.auth_hba_file", path_str(&hba));
+    let mut proxy = Proxy::start(cfg)?;
+    let ep = endpoint(&proxy);
+
+    let out = ep
+        .psql(roles::APP.0, "not-the-password", roles::APP_DB)
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &path_str(&proxy_ca.cert))
+        .env("PGSSLCERT", &path_str(&app_cert.cert))
+        .env("PGSSLKEY", &path_str(&app_cert.key))
+        .run_async("SELECT current_user")
+        .await?;
+    out.ensure_success()
+        .context("psql with app's certificate under the cert rule")?;
+    ensure!(out.stdout.trim() == "app", "psql printed {:?}", out.stdout);
+
+    let app_cfg = ep.config(roles::APP.0, roles::APP.1, roles::APP_DB);
+    let (code, message, _) = login_refused(
+        &app_cfg,
+        Some(rustls(&proxy_ca, None, EndPoint::Real)?),
+        "TLS without a certificate",
+    )
+    .await?;
+    ensure!(
+        code == "28000" && message == "connection requires a valid client certificate",
+        "TLS without a certificate under the cert rule: got {code} {message}"
+    );
+    let client = ep
+        .connect_app()
+        .await
+        .context("app in plaintext (line 2, SCRAM)")?;
+    ensure!(current_user(&client).await? == "app", "app in plaintext");
+
+    let ghost_cfg = ep.config("ghost", "whatever", roles::APP_DB);
+    let (code, message, detail) = login_refused(
+        &ghost_cfg,
+        Some(rustls(&proxy_ca, Some(&ghost_cert), EndPoint::Real)?),
+        "a certificate for an unknown user",
+    )
+    .await?;
+    ensure!(
+        code == "28000"
+            && message == "certificate authentication failed for user \"ghost\""
+            && detail.contains("knows no such user"),
+        "an unknown user's certificate: got {code} {message} ({detail})"
+    );
+    proxy.ensure_running()
+}
+
 // ------------------------------------------------------------------ drivers under load, hostile handshakes
 
 /// pgbench over TLS (`PGSSLMODE=require`): 16 clients for 4 s of TPC-B through the proxy,

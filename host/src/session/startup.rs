@@ -492,7 +492,11 @@ fn check_certificate(
         None => ClientCert::None,
     };
     let why = match cert {
-        ClientCert::Trusted { common_name } if known && common_name.as_deref() == Some(user) => return Ok(()),
+        ClientCert::Trusted { common_name } if common_name.as_deref() == Some(user) => match known {
+            true => return Ok(()),
+            // Told to holders of a trusted certificate only, as Postgres' "role does not exist".
+            false => "the certificate names this user, but the proxy knows no such user".to_owned(),
+        },
         ClientCert::None => {
             return Err(fatal(
                 sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
