@@ -1036,6 +1036,42 @@ async fn client_tls_disable_answers_no_despite_a_certificate() -> Result<()> {
     proxy.ensure_running()
 }
 
+/// `client_tls = "require"` still accepts a CancelRequest in plaintext (libpq sends them
+/// so): a TLS client's `SELECT pg_sleep(30)` is cancelled by its cancel key sent over a
+/// plaintext connection and ends with 57014 well before the 30 s.
+#[tokio::test]
+async fn client_tls_require_still_accepts_plaintext_cancel_requests() -> Result<()> {
+    skip_if_direct!();
+    let pki = Pki::new()?;
+    let pg = PgCluster::start()?;
+    let TlsProxy { proxy_ca, cfg } = tls_proxy(&pki, &pg)?;
+    let mut proxy = Proxy::start(cfg.set("proxy.client_tls", "require"))?;
+    let ep = endpoint(&proxy);
+    let client = connect_tls(
+        &ep.config(roles::APP.0, roles::APP.1, roles::APP_DB),
+        rustls(&proxy_ca, None, EndPoint::Real)?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("TLS login: {}", describe_error(&e)))?;
+    let token = client.cancel_token();
+    let started = std::time::Instant::now();
+    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .ctx("sending the cancel in plaintext")?;
+    let result = tokio::time::timeout(Duration::from_secs(20), sleeping)
+        .await
+        .context("the cancelled query did not end within 20 s")??;
+    println!("pg_sleep(30) ended after {:?}", started.elapsed());
+    match result {
+        Err(e) if e.code().map(|c| c.code()) == Some("57014") => {}
+        other => bail!("expected 57014 from the cancelled query, got {other:?}"),
+    }
+    proxy.ensure_running()
+}
+
 /// The rules the `auth_hba_file` test starts with; line numbers are asserted.
 const HBA_RULES: &str = "\
 # switchyard test rules
