@@ -64,9 +64,9 @@ pub struct ClientTls {
 /// What a client's TLS connection proves about who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCert {
-    /// A plaintext connection, or no certificate sent.
+    /// A plaintext connection, no certificate sent, or none asked for (no `tls_client_ca`).
     None,
-    /// A certificate that does not lead to `tls_client_ca` (or none is configured); why.
+    /// A certificate that does not lead to `tls_client_ca`; why.
     Untrusted(String),
     /// A certificate verified against `tls_client_ca`, and its subject's common name.
     Trusted { common_name: Option<String> },
@@ -122,7 +122,8 @@ impl ClientTls {
     /// `tls_client_ca`, so that an untrusted certificate is refused with a Postgres error
     /// at authentication instead of a TLS alert at the handshake.
     pub fn client_cert(&self, stream: &Stream) -> ClientCert {
-        let Stream::Accepted(tls) = stream else {
+        // Without `tls_client_ca` no certificate is asked for, so none is sent.
+        let (Stream::Accepted(tls), Some(roots)) = (stream, &self.client_roots) else {
             return ClientCert::None;
         };
         let Some((end_entity, intermediates)) = tls
@@ -132,9 +133,6 @@ impl ClientTls {
             .and_then(|chain| chain.split_first())
         else {
             return ClientCert::None;
-        };
-        let Some(roots) = &self.client_roots else {
-            return ClientCert::Untrusted("no tls_client_ca is configured".into());
         };
         match roots.verify_client_cert(end_entity, intermediates, UnixTime::now()) {
             Ok(_) => ClientCert::Trusted {
