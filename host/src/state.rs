@@ -1,6 +1,6 @@
 //! What every session shares: the configuration turned into runtime objects (users with their
-//! verifiers, database routes), the pools created on first use, the cancel registry, the TLS
-//! acceptor and the shutdown signal.
+//! verifiers, database routes), the pools created on first use, the cancel registry,
+//! client-facing TLS, the `auth_hba_file` rules (replaced on reload) and the shutdown signal.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

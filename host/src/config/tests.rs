@@ -291,7 +291,7 @@ fn readable_config_with_secrets_is_flagged() {
 }
 
 /// Client TLS settings: `tls_client_ca` and a `client_tls` other than `disable` need a
-/// `tls_cert`; `auth = "cert"` needs `tls_client_ca` and a password for servers; each
+/// `tls_cert`, and `tls_client_ca` is refused with `client_tls = "disable"`; `auth = "cert"` needs `tls_client_ca` and a password for servers; each
 /// error names its key and line. `client_tls` defaults to `allow` with a certificate.
 #[test]
 fn client_tls_settings_are_checked_with_key_and_line() {
@@ -328,6 +328,11 @@ fn client_tls_settings_are_checked_with_key_and_line() {
         "{e}"
     );
     let with_ca = format!("{tls}\ntls_client_ca = \"ca.crt\"");
+    let e = err(&with(&format!("{with_ca}\nclient_tls = \"disable\"")));
+    assert!(
+        e.contains("t.toml:5") && e.contains("proxy.tls_client_ca") && e.contains("disable"),
+        "{e}"
+    );
     let verifier = postgres_protocol::password::scram_sha_256(b"app");
     let e = err(&cert_user(&with_ca, &verifier));
     assert!(

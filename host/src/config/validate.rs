@@ -136,6 +136,14 @@ impl Check<'_> {
                 "client certificates need client-facing TLS: give tls_cert and tls_key".into(),
             ));
         }
+        if proxy.tls_client_ca.is_some() && proxy.client_tls() == super::ClientTlsMode::Disable {
+            return Err(self.key(
+                "proxy",
+                "tls_client_ca",
+                "client_tls = \"disable\" turns client-facing TLS off, so no certificate could be presented"
+                    .into(),
+            ));
+        }
         if proxy
             .client_tls
             .is_some_and(|m| m != super::ClientTlsMode::Disable)
