@@ -453,6 +453,19 @@ async fn reload(state: &Arc<ProxyState>) -> Result<Answer, ErrorFields> {
             vec![format!("plugin {name}"), what.to_string(), version, hash, detail]
         })
         .collect();
+    if let Some(hba) = &reloaded.hba {
+        let (what, detail) = match hba {
+            Ok(count) => ("loaded", format!("{count} rules")),
+            Err(e) => ("failed", format!("{e}; the rules in force stay")),
+        };
+        rows.push(vec![
+            "auth_hba_file".into(),
+            what.into(),
+            String::new(),
+            String::new(),
+            detail,
+        ]);
+    }
     if !reloaded.needs_restart.is_empty() {
         rows.push(vec![
             "configuration".into(),

@@ -1,21 +1,22 @@
 //! What every session shares: the configuration turned into runtime objects (users with their
-//! verifiers, database routes), the pools created on first use, the cancel registry, the TLS
-//! acceptor and the shutdown signal.
+//! verifiers, database routes), the pools created on first use, the cancel registry,
+//! client-facing TLS, the `auth_hba_file` rules (replaced on reload) and the shutdown signal.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
+use crate::auth::hba::{HbaError, HbaRules};
 use crate::auth::{Decoys, SaltKey, UserAuth};
 use crate::auth_query::{AuthQuery, LookupError};
 use crate::cancel::CancelRegistry;
-use crate::config::Config;
 use crate::config::ConfigError;
-use crate::net::{client_tls_acceptor, server_tls_connector, TlsError};
+use crate::config::{ClientTlsMode, Config};
+use crate::net::{server_tls_connector, ClientTls, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
 use crate::pool::{ClientTimeouts, DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings};
@@ -33,6 +34,10 @@ pub enum StateError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// Its messages name the file (and line); the error chain would print it twice under
+    /// a prefix.
+    #[error(transparent)]
+    Hba(#[from] HbaError),
 }
 
 /// The file the configuration came from, for reloads.
@@ -57,6 +62,8 @@ pub enum ReloadError {
 /// What a reload applied.
 pub struct Reloaded {
     pub plugins: ReloadReport,
+    /// `auth_hba_file` re-read: how many rules now apply, or why the old ones stay.
+    pub hba: Option<Result<usize, HbaError>>,
     /// Sections that changed but take effect only after a restart.
     pub needs_restart: Vec<String>,
 }
@@ -97,7 +104,10 @@ pub struct ProxyState {
     pub policies: Arc<Policies>,
     /// Serialises reloads (SIGHUP, admin RELOAD, the plugin file watcher).
     reloading: tokio::sync::Mutex<()>,
-    pub tls: Option<TlsAcceptor>,
+    /// Client-facing TLS, unless `client_tls` is `disable`.
+    pub tls: Option<ClientTls>,
+    /// `auth_hba_file`'s rules, replaced on reload.
+    pub hba: ArcSwapOption<HbaRules>,
     /// Clients connected now (for `max_client_conn`).
     pub clients: AtomicUsize,
     /// Of those, the ones still logging in (for `max_unauthenticated_conn`).
@@ -192,8 +202,14 @@ impl ProxyState {
             );
         }
         let tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
-            (Some(cert), Some(key)) => Some(client_tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) if config.proxy.client_tls() != ClientTlsMode::Disable => {
+                Some(ClientTls::new(cert, key, config.proxy.tls_client_ca.as_deref())?)
+            }
             _ => None,
+        };
+        let hba = match &config.proxy.auth_hba_file {
+            Some(path) => Some(Arc::new(load_hba(path, &config)?)),
+            None => None,
         };
         Ok(ProxyState {
             config: Arc::new(config),
@@ -207,6 +223,7 @@ impl ProxyState {
             plugins,
             policies,
             tls,
+            hba: ArcSwapOption::new(hba),
             clients: AtomicUsize::new(0),
             logging_in: AtomicUsize::new(0),
             shutdown,
@@ -278,17 +295,35 @@ impl ProxyState {
                 tracing::warn!(sections = ?needs_restart, "configuration changes outside [plugins] take effect at restart");
             }
             let plugins = state.plugins.reload(&config);
+            let hba = state.reload_hba();
             // Functions may have changed volatility: read the catalogs again when next needed.
             for route in state.databases.values() {
                 route.settings.routing.functions.invalidate();
             }
             Ok(Reloaded {
                 plugins,
+                hba,
                 needs_restart,
             })
         })
         .await
         .unwrap_or_else(|e| Err(ReloadError::Panicked(e.to_string())))
+    }
+
+    /// Re-reads `auth_hba_file` (the running configuration's); a file that cannot be used
+    /// leaves the rules in force, and the log says why.
+    fn reload_hba(&self) -> Option<Result<usize, HbaError>> {
+        let path = self.config.proxy.auth_hba_file.as_ref()?;
+        let result = load_hba(path, &self.config).map(|rules| {
+            let count = rules.rule_count();
+            self.hba.store(Some(Arc::new(rules)));
+            count
+        });
+        match &result {
+            Ok(count) => tracing::info!(file = %path.display(), rules = count, "auth_hba_file reloaded"),
+            Err(e) => tracing::error!(error = %e, "auth_hba_file not reloaded; the rules in force stay"),
+        }
+        Some(result)
     }
 
     /// Reloads plugins whose component file changed (the file watcher).
@@ -343,4 +378,17 @@ impl ProxyState {
         pools.extend(self.auth_query.iter().flat_map(AuthQuery::pools));
         pools
     }
+}
+
+/// Reads `auth_hba_file`; a `cert` rule needs `tls_client_ca`.
+fn load_hba(path: &std::path::Path, config: &Config) -> Result<HbaRules, HbaError> {
+    let rules = HbaRules::load(path)?;
+    if let (Some(line), None) = (rules.first_cert_rule(), &config.proxy.tls_client_ca) {
+        return Err(HbaError::Invalid {
+            path: rules.path().to_owned(),
+            line,
+            message: "cert needs [proxy] tls_client_ca (the CA client certificates must lead to)".into(),
+        });
+    }
+    Ok(rules)
 }

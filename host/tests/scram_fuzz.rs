@@ -1,6 +1,7 @@
 //! Fuzzing of the SCRAM-SHA-256 exchange with hostile messages, both ways: the proxy as a
-//! server checking a client's client-first and client-final, and the proxy as a client
-//! answering a server's server-first and checking its server-final.
+//! server checking a client's client-first and client-final (with and without channel
+//! binding), and the proxy as a client answering a server's server-first and checking its
+//! server-final.
 //!
 //! Inputs are real exchanges (the proxy's own client and server side, which the unit tests
 //! check against postgres-protocol) damaged by the codec fuzzer's edits
@@ -16,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use proptest::prelude::*;
 use switchyard::auth::{
-    DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
+    Binding, DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
     MAX_SERVER_ITERATIONS,
 };
 
@@ -83,7 +84,7 @@ fn scram_server_side_never_panics_and_only_the_real_proof_passes() {
             ServerSideInput::First(edits, raw) => {
                 let mut first = raw.unwrap_or_else(|| first.clone().into_bytes());
                 apply(&mut first, &edits);
-                match ScramExchange::start(&verifier, &first) {
+                match ScramExchange::start(&verifier, Binding::NONE, &first) {
                     Ok((_, server_first)) => {
                         // What the server says is the client's nonce and ours, the salt and
                         // the count: its size follows the client's message, not the client's say.
@@ -92,13 +93,14 @@ fn scram_server_side_never_panics_and_only_the_real_proof_passes() {
                         prop_assert!(server_first.ends_with(&count));
                         prop_assert!(server_first.len() <= first.len() + 64);
                     }
-                    Err(ScramError::Protocol(_) | ScramError::ChannelBinding) => {}
+                    Err(ScramError::Protocol(_) | ScramError::ChannelBinding(_)) => {}
                     Err(e) => return Err(TestCaseError::fail(format!("client-first: {e:?}"))),
                 }
             }
             ServerSideInput::Final(edits) => {
                 let (exchange, server_first) =
-                    ScramExchange::start(&verifier, first.as_bytes()).expect("our client-first is valid");
+                    ScramExchange::start(&verifier, Binding::NONE, first.as_bytes())
+                        .expect("our client-first is valid");
                 let last =
                     block_on(client.respond(server_first.as_bytes())).expect("our server-first is valid");
                 let mut damaged = last.clone().into_bytes();
@@ -119,6 +121,73 @@ fn scram_server_side_never_panics_and_only_the_real_proof_passes() {
                     }
                 }
             }
+        }
+        Ok(())
+    });
+}
+
+/// A -PLUS client-final for `keys`, bound to `data`: what a client that saw a certificate
+/// with that end-point hash sends (built here from the keys, without PBKDF2, so the property
+/// runs thousands of cases; postgres-protocol's client is checked against the same server
+/// side in `auth::scram`'s unit tests).
+fn plus_client_final(keys: &ScramKeys, client_first_bare: &str, server_first: &str, data: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let nonce = server_first
+        .split(',')
+        .find_map(|a| a.strip_prefix("r="))
+        .expect("server-first has a nonce");
+    let channel = [PLUS_HEADER.as_bytes(), data].concat();
+    let without_proof = format!("c={},r={nonce}", B64.encode(channel));
+    let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&Sha256::digest(keys.client_key)).expect("any key length");
+    mac.update(auth_message.as_bytes());
+    let proof: Vec<u8> = keys
+        .client_key
+        .iter()
+        .zip(mac.finalize().into_bytes())
+        .map(|(k, s)| k ^ s)
+        .collect();
+    format!("{without_proof},p={}", B64.encode(proof)).into_bytes()
+}
+
+/// The gs2 header of a client binding with `tls-server-end-point`.
+const PLUS_HEADER: &str = "p=tls-server-end-point,,";
+
+/// SCRAM-SHA-256-PLUS, the proxy as server: a client binds its proof to the connection's
+/// `tls-server-end-point` data or to other bytes (a man in the middle sees another
+/// certificate), and its client-final may be damaged. Only the real data in an undamaged
+/// message logs in; other data in an intact message is refused as a channel binding
+/// failure (28000), never as malformed or with a panic.
+#[test]
+fn scram_plus_logs_in_only_with_the_connections_end_point() {
+    let (verifier, keys) = credentials();
+    let ours = [0x42u8; 32];
+    let input = (
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+        prop::collection::vec(edit(), 0..3),
+    );
+    fuzz("scram-plus server side", input, |(other, edits)| {
+        let data = other.unwrap_or_else(|| ours.to_vec());
+        let bare = "n=,r=fuzzclientnonce";
+        let binding = Binding {
+            plus: true,
+            end_point: Some(&ours),
+        };
+        let (exchange, server_first) =
+            ScramExchange::start(&verifier, binding, format!("{PLUS_HEADER}{bare}").as_bytes())
+                .expect("a -PLUS client-first is valid");
+        let last = plus_client_final(&keys, bare, &server_first, &data);
+        let mut damaged = last.clone();
+        apply(&mut damaged, &edits);
+        let honest = data == ours && damaged == last;
+        match exchange.finish(&verifier, &damaged) {
+            Ok(_) => prop_assert!(
+                honest,
+                "a login with other binding data or a damaged message passed"
+            ),
+            Err(ScramError::ChannelBinding(_)) => prop_assert!(!honest, "the honest login was refused"),
+            Err(e) => prop_assert_ne!(&damaged, &last, "an intact client-final was refused: {:?}", e),
         }
         Ok(())
     });
@@ -258,7 +327,8 @@ fn scram_client_side_never_panics_and_refuses_what_it_cannot_check() {
                     cache: &cache,
                 });
                 let (exchange, server_first) =
-                    ScramExchange::start(&verifier, first.as_bytes()).expect("our client-first is valid");
+                    ScramExchange::start(&verifier, Binding::NONE, first.as_bytes())
+                        .expect("our client-first is valid");
                 let last =
                     block_on(client.respond(server_first.as_bytes())).expect("our server-first is valid");
                 let (server_final, _) = exchange

@@ -45,6 +45,7 @@ pub mod raw;
 pub mod relay;
 pub mod scratch;
 pub mod shipped;
+pub mod tls;
 pub mod tolerance;
 pub mod tools;
 pub mod watchdog;

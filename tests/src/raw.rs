@@ -198,6 +198,28 @@ impl RawConn {
             .await
             .map_err(|_| anyhow!("connecting to {addr} timed out"))?
             .with_context(|| format!("connecting to {addr}"))?;
+        Self::over(stream)
+    }
+
+    /// Open a TCP connection from the local address `source` (such as 127.0.0.2, another
+    /// loopback address, for address-based rules); nothing is sent.
+    pub async fn connect_from(addr: &str, source: std::net::IpAddr) -> Result<Self> {
+        let target: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+        let socket = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .with_context(|| format!("binding to {source}"))?;
+        let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(target))
+            .await
+            .map_err(|_| anyhow!("connecting to {addr} from {source} timed out"))?
+            .with_context(|| format!("connecting to {addr} from {source}"))?;
+        Self::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> Result<Self> {
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,
@@ -215,6 +237,19 @@ impl RawConn {
             Startup::Ready => Ok(conn),
             Startup::Error(e) => bail!("login to {addr} with {params:?} failed: {}", e.describe()),
         }
+    }
+
+    /// Read one byte (the one-byte answer to SSLRequest or GSSENCRequest); `None` at EOF.
+    pub async fn read_byte(&mut self, limit: Duration) -> Result<Option<u8>> {
+        if self.buf.is_empty() {
+            let n = tokio::time::timeout(limit, self.stream.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| anyhow!("no answer within {limit:?}"))??;
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.buf.split_to(1)[0]))
     }
 
     /// Send raw bytes.

@@ -280,6 +280,8 @@ pub struct Pgbench {
     select_only: bool,
     /// A custom script (`-f`) run instead of the built-in ones.
     script: Option<PathBuf>,
+    /// Extra environment, e.g. `PGSSLMODE`.
+    env: Vec<(String, String)>,
 }
 
 /// Parsed summary of a pgbench run.
@@ -307,7 +309,14 @@ impl Pgbench {
             db: db.to_owned(),
             select_only: false,
             script: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Set an environment variable for pgbench (libpq reads `PGSSLMODE` and the like).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Run the custom script `script` (`-f`) instead of a built-in one.
@@ -331,7 +340,8 @@ impl Pgbench {
             .arg(self.port.to_string())
             .arg("-U")
             .arg(&self.user)
-            .env("PGPASSWORD", &self.password);
+            .env("PGPASSWORD", &self.password)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
     }
 

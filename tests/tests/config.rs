@@ -250,3 +250,56 @@ fn proxy_warns_at_start_about_a_readable_file_with_secrets() -> Result<()> {
     }
     Ok(())
 }
+
+/// `[proxy] auth_hba_file`: `check-config` reads the rule file too. A good file passes; a
+/// file with an unknown method on line 3 fails naming the file, line 3 and the methods to
+/// use; a `cert` rule without `tls_client_ca` fails naming its line (each message printed
+/// once: the first version printed it twice); a missing file fails naming its path.
+#[test]
+fn check_config_reads_the_auth_hba_file() -> Result<()> {
+    skip_if_direct!();
+    let dir = scratch::fresh_dir("config-hba")?;
+    let path = dir.join("switchyard.toml");
+    let hba = dir.join("hba.conf");
+    let text = offline_config()
+        .set("proxy.auth_hba_file", hba.display().to_string())
+        .to_toml()?;
+    write_with_mode(&path, &text, 0o600)?;
+    let good = "# rules\nhostssl all all 10.0.0.0/8 scram-sha-256\nhost all all all reject\n";
+    for (rules, expected) in [
+        (good.to_owned(), None),
+        (
+            good.replace("reject", "trust"),
+            Some(format!(
+                "{}:3: unknown method \"trust\": use scram-sha-256, md5, password, cert or reject",
+                hba.display()
+            )),
+        ),
+        (
+            good.replace("reject", "cert").replace("host all", "hostssl all"),
+            Some(format!("{}:3: cert needs [proxy] tls_client_ca", hba.display())),
+        ),
+    ] {
+        std::fs::write(&hba, &rules)?;
+        let out = check_config(&path)?;
+        let all = format!("{}{}", out.stdout, out.stderr);
+        println!("{:?}: {}", rules.lines().nth(2).unwrap_or(""), all.trim());
+        match expected {
+            None => ensure!(out.status_ok, "{}", out.describe("check-config with good rules")),
+            Some(message) => ensure!(
+                !out.status_ok && all.matches(&message).count() == 1,
+                "expected {message:?}, once: {}",
+                out.describe("check-config with a bad rule file")
+            ),
+        }
+    }
+    std::fs::remove_file(&hba)?;
+    let out = check_config(&path)?;
+    ensure!(
+        !out.status_ok && out.stderr.contains(&format!("cannot read {}", hba.display())),
+        "{}",
+        out.describe("check-config with a missing rule file")
+    );
+    scratch::remove_dir(&dir);
+    Ok(())
+}

@@ -91,6 +91,8 @@ impl Decoys {
             match user.method {
                 ClientAuthMethod::Md5 => md5 += 1,
                 ClientAuthMethod::ScramSha256 => scram += 1,
+                // Methods that challenge every user alike, known or not.
+                ClientAuthMethod::Password | ClientAuthMethod::Cert => {}
             }
             if let Some(v) = &user.scram {
                 *iterations.entry(v.iterations).or_default() += 1;
@@ -112,31 +114,26 @@ impl Decoys {
         }
     }
 
-    /// Credentials for an unknown `name` that no client can satisfy, for the method it is
-    /// challenged with: a SCRAM verifier with the made-up salt and a key nobody knows a
-    /// password for, or an md5 hash likewise. Cheap (two HMACs, no PBKDF2), so answering an
+    /// Credentials for an unknown `name` that no client can satisfy, challenged with the
+    /// decoys' method: a SCRAM verifier with the made-up salt and a key nobody knows a
+    /// password for, and an md5 hash likewise. Cheap (three HMACs, no PBKDF2), so answering an
     /// unknown name costs about what a configured one does, and a flood of them nothing.
     pub fn user(&self, name: &str) -> UserAuth {
-        let (scram, md5) = match self.method {
-            ClientAuthMethod::ScramSha256 => {
-                let key = self.key.derive("stored key", name);
-                let verifier = ScramVerifier {
-                    iterations: self.iterations,
-                    salt: self.key.salt(name).to_vec(),
-                    stored_key: key,
-                    // Only sent after a proof passed, which never happens here.
-                    server_key: key,
-                };
-                (Some(verifier), None)
-            }
-            ClientAuthMethod::Md5 => {
-                let hex: String = self.key.derive("md5", name)[..16]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                (None, Some(format!("md5{hex}")))
-            }
+        let key = self.key.derive("stored key", name);
+        let scram = ScramVerifier {
+            iterations: self.iterations,
+            salt: self.key.salt(name).to_vec(),
+            stored_key: key,
+            // Only sent after a proof passed, which never happens here.
+            server_key: key,
         };
+        let hex: String = self.key.derive("md5", name)[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        // Both, like a user with a plaintext password: an `auth_hba_file` rule may ask for
+        // either method whatever the decoy's own.
+        let (scram, md5) = (Some(scram), Some(format!("md5{hex}")));
         UserAuth::without_server_password(name, self.method, scram, md5)
     }
 }
@@ -219,6 +216,7 @@ mod tests {
         let d = decoys(&cfg).user("nobody");
         assert_eq!(d.method, ClientAuthMethod::Md5);
         assert!(d.md5.is_some_and(|h| h.len() == 35 && h.starts_with("md5")));
-        assert!(d.scram.is_none());
+        // A SCRAM verifier too, for an `auth_hba_file` rule asking for SCRAM.
+        assert!(d.scram.is_some());
     }
 }

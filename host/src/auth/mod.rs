@@ -3,20 +3,23 @@
 //! this module is the cryptography and the stored secrets, with no I/O.
 
 mod decoy;
+pub mod hba;
 mod md5;
 mod scram;
 
 pub use decoy::{Decoys, SaltKey};
 pub use md5::{md5_hash, Md5Challenge};
 pub use scram::{
-    DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
-    MAX_SERVER_ITERATIONS,
+    Binding, DerivedKeys, KeySource, ScramError, ScramExchange, ScramKeyClient, ScramKeys, ScramVerifier,
+    MAX_SERVER_ITERATIONS, TLS_SERVER_END_POINT,
 };
 
 use std::sync::OnceLock;
 
-/// The only SASL mechanism spoken, to clients and to servers.
+/// The SASL mechanism spoken to clients and to servers.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// SCRAM with channel binding, offered to clients on TLS connections.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 use crate::config::{ClientAuthMethod, MalformedVerifier, StoredPassword, UserConfig};
 
@@ -133,6 +136,27 @@ impl UserAuth {
             client_key: OnceLock::new(),
             server_keys: DerivedKeys::default(),
         })
+    }
+}
+
+impl UserAuth {
+    /// Whether `password`, sent in clear (the `password` method), is this user's: checked
+    /// against the SCRAM verifier (PBKDF2, on tokio's blocking pool) or else the md5 hash.
+    pub async fn password_matches(&self, password: &str) -> bool {
+        if let Some(verifier) = &self.scram {
+            let (password, salt, iterations) =
+                (password.to_owned(), verifier.salt.clone(), verifier.iterations);
+            let Ok(keys) =
+                tokio::task::spawn_blocking(move || ScramKeys::derive(&password, &salt, iterations)).await
+            else {
+                return false;
+            };
+            let stored_key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(keys.client_key).into();
+            return ct_eq(&stored_key, &verifier.stored_key);
+        }
+        self.md5
+            .as_ref()
+            .is_some_and(|stored| ct_eq(md5_hash(password, &self.name).as_bytes(), stored.as_bytes()))
     }
 }
 

@@ -1,5 +1,8 @@
-//! Server side of SCRAM-SHA-256 (RFC 5802/7677) as Postgres speaks it, without channel
-//! binding. The client side, used towards servers, is postgres-protocol's.
+//! Server side of SCRAM-SHA-256 (RFC 5802/7677) as Postgres speaks it, with
+//! SCRAM-SHA-256-PLUS (`tls-server-end-point` channel binding, RFC 5929) on TLS connections:
+//! the client proves it sees the proxy's own certificate, so a man in the middle holding
+//! another certificate cannot relay the login. The client side, used towards servers, is
+//! ours too (`ScramKeyClient`, without channel binding).
 //!
 //! Written here because no maintained crate offers the server side on current `ring`/RustCrypto;
 //! verifiers are produced by postgres-protocol (`password::scram_sha_256`), so the stored
@@ -36,19 +39,39 @@ impl ScramVerifier {
     }
 }
 
-/// Why a SCRAM exchange failed. Every variant ends in 28P01 for the client except
-/// `Protocol`, which is a malformed message (08P01); `DerivationAborted` only happens on the
-/// proxy's side of a server login.
+/// Why a SCRAM exchange failed: `BadProof` ends in 28P01 for the client, `ChannelBinding`
+/// in 28000, `Protocol` (a malformed message) in 08P01; `DerivationAborted` only happens on
+/// the proxy's side of a server login.
 #[derive(Debug, thiserror::Error)]
 pub enum ScramError {
     #[error("malformed SCRAM message: {0}")]
     Protocol(&'static str),
-    #[error("channel binding is not supported")]
-    ChannelBinding,
+    #[error("{0}")]
+    ChannelBinding(&'static str),
     #[error("password authentication failed")]
     BadProof,
     #[error("SCRAM key derivation was aborted (the proxy is shutting down)")]
     DerivationAborted,
+}
+
+/// The channel binding type the proxy supports (RFC 5929).
+pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
+
+/// The channel binding an exchange runs with: whether the client chose
+/// SCRAM-SHA-256-PLUS, and the connection's `tls-server-end-point` data when -PLUS was
+/// offered on it (a TLS connection).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Binding<'a> {
+    pub plus: bool,
+    pub end_point: Option<&'a [u8]>,
+}
+
+impl Binding<'_> {
+    /// A connection without channel binding (plaintext), the client on plain SCRAM-SHA-256.
+    pub const NONE: Binding<'static> = Binding {
+        plus: false,
+        end_point: None,
+    };
 }
 
 /// One exchange, from the client-first message to the server-final message.
@@ -56,13 +79,20 @@ pub struct ScramExchange {
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    gs2_header: String,
+    /// What the client-final's `c=` must decode to: the gs2 header, then the binding data
+    /// when the client bound the channel.
+    channel: Vec<u8>,
+    bound: bool,
 }
 
 impl ScramExchange {
     /// Handles client-first; returns the exchange and the server-first message to send.
+    /// The gs2 header must agree with `binding` (RFC 5802 §6): -PLUS with
+    /// `p=tls-server-end-point`, plain SCRAM with `n`, or `y` where -PLUS was not offered
+    /// (`y` where it was means something between stripped -PLUS from our offer).
     pub fn start(
         verifier: &ScramVerifier,
+        binding: Binding<'_>,
         client_first: &[u8],
     ) -> Result<(ScramExchange, String), ScramError> {
         let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Protocol("not UTF-8"))?;
@@ -73,11 +103,36 @@ impl ScramExchange {
         let bare = parts
             .next()
             .ok_or(ScramError::Protocol("missing client-first-message-bare"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+        let mut channel = format!("{flag},{authzid},").into_bytes();
+        let bound = match (flag, binding.plus, binding.end_point) {
+            ("p=tls-server-end-point", true, Some(data)) => {
+                channel.extend_from_slice(data);
+                true
+            }
+            (f, true, _) if !f.starts_with("p=") => {
+                return Err(ScramError::ChannelBinding(
+                    "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data",
+                ))
+            }
+            (_, true, _) => {
+                return Err(ScramError::ChannelBinding(
+                    "unsupported SCRAM channel binding type: the proxy supports tls-server-end-point",
+                ))
+            }
+            ("n", false, _) => false,
+            ("y", false, None) => false,
+            ("y", false, Some(_)) => {
+                return Err(ScramError::ChannelBinding(
+                    "SCRAM channel binding negotiation error: the client supports channel binding but thinks the proxy does not, and the proxy does",
+                ))
+            }
+            (f, false, _) if f.starts_with("p=") => {
+                return Err(ScramError::ChannelBinding(
+                    "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data",
+                ))
+            }
             _ => return Err(ScramError::Protocol("bad channel binding flag")),
-        }
+        };
         if !authzid.is_empty() {
             return Err(ScramError::Protocol("authorization identity is not supported"));
         }
@@ -97,7 +152,8 @@ impl ScramExchange {
             client_first_bare: bare.to_string(),
             server_first: server_first.clone(),
             nonce,
-            gs2_header: format!("{flag},{authzid},"),
+            channel,
+            bound,
         };
         Ok((exchange, server_first))
     }
@@ -123,8 +179,11 @@ impl ScramExchange {
             }
         }
         let channel = channel.ok_or(ScramError::Protocol("missing channel binding"))?;
-        if B64.decode(channel).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
-            return Err(ScramError::Protocol("channel binding does not match"));
+        if B64.decode(channel).ok().as_deref() != Some(self.channel.as_slice()) {
+            return Err(match self.bound {
+                true => ScramError::ChannelBinding("SCRAM channel binding check failed"),
+                false => ScramError::Protocol("channel binding does not match"),
+            });
         }
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Protocol("nonce does not match"));
@@ -324,7 +383,7 @@ mod tests {
     fn run(password_stored: &str, password_given: &str) -> Result<(), ScramError> {
         let verifier = ScramVerifier::derive(password_stored, &rand::random::<[u8; 16]>());
         let mut client = ScramSha256::new(password_given.as_bytes(), ChannelBinding::unsupported());
-        let (exchange, server_first) = ScramExchange::start(&verifier, client.message())?;
+        let (exchange, server_first) = ScramExchange::start(&verifier, Binding::NONE, client.message())?;
         client
             .update(server_first.as_bytes())
             .expect("client accepts server-first");
@@ -341,7 +400,8 @@ mod tests {
         // log in to a "server" holding the same verifier.
         let verifier = ScramVerifier::derive("pw", &rand::random::<[u8; 16]>());
         let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
-        let (exchange, server_first) = ScramExchange::start(&verifier, client.message()).unwrap();
+        let (exchange, server_first) =
+            ScramExchange::start(&verifier, Binding::NONE, client.message()).unwrap();
         client.update(server_first.as_bytes()).unwrap();
         let (_, client_key) = exchange.finish(&verifier, client.message()).unwrap();
 
@@ -350,7 +410,8 @@ mod tests {
             server_key: verifier.server_key,
         };
         let (mut proxy, first) = ScramKeyClient::new(KeySource::Keys(keys));
-        let (exchange, server_first) = ScramExchange::start(&verifier, first.as_bytes()).unwrap();
+        let (exchange, server_first) =
+            ScramExchange::start(&verifier, Binding::NONE, first.as_bytes()).unwrap();
         let last = proxy.respond(server_first.as_bytes()).await.unwrap();
         let (server_final, _) = exchange.finish(&verifier, last.as_bytes()).unwrap();
         proxy.verify(server_final.as_bytes()).unwrap();
@@ -386,7 +447,7 @@ mod tests {
             password: "pässword",
             cache: &cache,
         });
-        let (exchange, server_first) = ScramExchange::start(&ours, first.as_bytes()).unwrap();
+        let (exchange, server_first) = ScramExchange::start(&ours, Binding::NONE, first.as_bytes()).unwrap();
         let last = client.respond(server_first.as_bytes()).await.unwrap();
         let (server_final, _) = exchange.finish(&ours, last.as_bytes()).unwrap();
         client.verify(server_final.as_bytes()).unwrap();
@@ -453,6 +514,61 @@ mod tests {
         });
     }
 
+    /// postgres-protocol's client (tokio-postgres' SCRAM) over "TLS": with the connection's
+    /// end-point data it logs in on -PLUS; with other data (another certificate: a man in the
+    /// middle) it is refused as a binding failure, whatever the password.
+    #[test]
+    fn channel_binding_must_carry_our_end_point() {
+        let verifier = ScramVerifier::derive("pw", &rand::random::<[u8; 16]>());
+        let ours = [7u8; 32];
+        let run = |data: Vec<u8>| -> Result<(), ScramError> {
+            let mut client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(data));
+            let binding = Binding {
+                plus: true,
+                end_point: Some(&ours),
+            };
+            let (exchange, server_first) = ScramExchange::start(&verifier, binding, client.message())?;
+            client.update(server_first.as_bytes()).unwrap();
+            let (server_final, _) = exchange.finish(&verifier, client.message())?;
+            client.finish(server_final.as_bytes()).unwrap();
+            Ok(())
+        };
+        run(ours.to_vec()).unwrap();
+        assert!(matches!(
+            run(vec![8u8; 32]),
+            Err(ScramError::ChannelBinding(m)) if m.contains("check failed")
+        ));
+    }
+
+    /// The gs2 header must agree with the mechanism and with what was offered.
+    #[test]
+    fn binding_flags_must_agree_with_the_offer() {
+        let v = ScramVerifier::derive("x", &rand::random::<[u8; 16]>());
+        let data = [1u8; 32];
+        let offered = |plus| Binding {
+            plus,
+            end_point: Some(&data),
+        };
+        let start = |binding, first: &[u8]| ScramExchange::start(&v, binding, first).map(|_| ());
+        // Plain SCRAM where -PLUS was offered: fine with `n`; `y` is a downgrade.
+        assert!(start(offered(false), b"n,,n=,r=abc").is_ok());
+        assert!(matches!(
+            start(offered(false), b"y,,n=,r=abc"),
+            Err(ScramError::ChannelBinding(m)) if m.contains("negotiation")
+        ));
+        // `y` where nothing was offered (plaintext) is the honest answer.
+        assert!(start(Binding::NONE, b"y,,n=,r=abc").is_ok());
+        // -PLUS without binding data, or with a type we do not speak.
+        assert!(matches!(
+            start(offered(true), b"n,,n=,r=abc"),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        assert!(matches!(
+            start(offered(true), b"p=tls-unique,,n=,r=abc"),
+            Err(ScramError::ChannelBinding(m)) if m.contains("tls-server-end-point")
+        ));
+    }
+
     #[test]
     fn parses_postgres_verifier() {
         let v = postgres_protocol::password::scram_sha_256(b"x");
@@ -466,16 +582,16 @@ mod tests {
     fn garbage_is_a_protocol_error() {
         let v = ScramVerifier::derive("x", &rand::random::<[u8; 16]>());
         assert!(matches!(
-            ScramExchange::start(&v, b"\xff\xfe"),
+            ScramExchange::start(&v, Binding::NONE, b"\xff\xfe"),
             Err(ScramError::Protocol(_))
         ));
         assert!(matches!(
-            ScramExchange::start(&v, b"n,,"),
+            ScramExchange::start(&v, Binding::NONE, b"n,,"),
             Err(ScramError::Protocol(_))
         ));
         assert!(matches!(
-            ScramExchange::start(&v, b"p=tls-server-end-point,,n=,r=abc"),
-            Err(ScramError::ChannelBinding)
+            ScramExchange::start(&v, Binding::NONE, b"p=tls-server-end-point,,n=,r=abc"),
+            Err(ScramError::ChannelBinding(_))
         ));
     }
 }

@@ -289,3 +289,56 @@ fn readable_config_with_secrets_is_flagged() {
     assert_eq!(exposed_secrets(&path, &no_secrets), None);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Client TLS settings: `tls_client_ca` and a `client_tls` other than `disable` need a
+/// `tls_cert`, and `tls_client_ca` is refused with `client_tls = "disable"`; `auth = "cert"` needs `tls_client_ca` and a password for servers; each
+/// error names its key and line. `client_tls` defaults to `allow` with a certificate.
+#[test]
+fn client_tls_settings_are_checked_with_key_and_line() {
+    let with = |v: &str| GOOD.replace("listen = ", &format!("{v}\nlisten = "));
+    let e = err(&with("tls_client_ca = \"ca.crt\""));
+    assert!(
+        e.contains("t.toml:3") && e.contains("proxy.tls_client_ca") && e.contains("tls_cert"),
+        "{e}"
+    );
+    let e = err(&with("client_tls = \"require\""));
+    assert!(
+        e.contains("t.toml:3") && e.contains("proxy.client_tls") && e.contains("\"require\""),
+        "{e}"
+    );
+    let e = err(&with("client_tls = \"always\""));
+    assert!(e.contains("line 3") && e.contains("always"), "{e}");
+    let tls = "tls_cert = \"c.crt\"\ntls_key = \"c.key\"";
+    let c = Config::parse(&with(tls), "t.toml").unwrap();
+    assert_eq!(c.proxy.client_tls(), ClientTlsMode::Allow);
+    assert_eq!(
+        Config::parse(GOOD, "t.toml").unwrap().proxy.client_tls(),
+        ClientTlsMode::Disable
+    );
+
+    let cert_user = |proxy: &str, password: &str| {
+        with(proxy).replace(
+            "[users.app]\npassword = \"app\"",
+            &format!("[users.app]\npassword = \"{password}\"\nauth = \"cert\""),
+        )
+    };
+    let e = err(&cert_user(tls, "app"));
+    assert!(
+        e.contains("t.toml:19") && e.contains("users.app.auth") && e.contains("tls_client_ca"),
+        "{e}"
+    );
+    let with_ca = format!("{tls}\ntls_client_ca = \"ca.crt\"");
+    let e = err(&with(&format!("{with_ca}\nclient_tls = \"disable\"")));
+    assert!(
+        e.contains("t.toml:5") && e.contains("proxy.tls_client_ca") && e.contains("disable"),
+        "{e}"
+    );
+    let verifier = postgres_protocol::password::scram_sha_256(b"app");
+    let e = err(&cert_user(&with_ca, &verifier));
+    assert!(
+        e.contains("users.app.auth") && e.contains("server_password"),
+        "{e}"
+    );
+    let c = Config::parse(&cert_user(&with_ca, "app"), "t.toml").unwrap();
+    assert_eq!(c.users["app"].auth, Some(ClientAuthMethod::Cert));
+}

@@ -202,6 +202,16 @@ pub struct ProxySettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle client certificates are verified against (PgBouncer's
+    /// `client_tls_ca_file`); with it clients are asked for a certificate, which the `cert`
+    /// method requires.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Whether clients may or must use TLS (PgBouncer's `client_tls_sslmode`); by default
+    /// `allow` with a `tls_cert`, `disable` without.
+    pub client_tls: Option<ClientTlsMode>,
+    /// Address-based rules in the spirit of `pg_hba.conf` (PgBouncer's `auth_hba_file`):
+    /// which connections may log in and with which method. Re-read on reload.
+    pub auth_hba_file: Option<PathBuf>,
     /// Tokio worker threads; 0 means one per core.
     pub workers: usize,
     /// Where compiled plugins are cached so restarts skip compilation; by default
@@ -234,12 +244,48 @@ impl Default for ProxySettings {
             shutdown_timeout: Duration::from_secs(30),
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            client_tls: None,
+            auth_hba_file: None,
             workers: 0,
             plugin_cache_dir: None,
             plugin_watch_interval: Duration::from_secs(1),
             metrics_listen: None,
             auth_salt_secret: None,
             max_message_size: ByteSize(64 * 1024 * 1024),
+        }
+    }
+}
+
+impl ProxySettings {
+    /// The effective `client_tls`.
+    pub fn client_tls(&self) -> ClientTlsMode {
+        self.client_tls.unwrap_or(if self.tls_cert.is_some() {
+            ClientTlsMode::Allow
+        } else {
+            ClientTlsMode::Disable
+        })
+    }
+}
+
+/// `[proxy] client_tls`: TLS towards clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// SSLRequest is answered `N`.
+    Disable,
+    /// Clients choose: TLS or plaintext.
+    Allow,
+    /// A startup packet over plaintext is refused with 28000 (cancel requests excepted).
+    Require,
+}
+
+impl ClientTlsMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientTlsMode::Disable => "disable",
+            ClientTlsMode::Allow => "allow",
+            ClientTlsMode::Require => "require",
         }
     }
 }
@@ -538,13 +584,43 @@ fn default_max_replica_lag() -> Duration {
     Duration::from_secs(2)
 }
 
-/// How the proxy asks a client to prove who it is.
+/// How the proxy asks a client to prove who it is (Postgres' `pg_hba.conf` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientAuthMethod {
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// md5, or SCRAM for a user whose stored password is a SCRAM verifier (as Postgres).
     Md5,
+    /// The password in clear (over TLS only, sensibly), checked against what is stored.
+    Password,
+    /// A TLS client certificate verified against `tls_client_ca` whose common name is the
+    /// user name; no password.
+    Cert,
+}
+
+impl ClientAuthMethod {
+    /// The name the configuration and `pg_hba.conf` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientAuthMethod::ScramSha256 => "scram-sha-256",
+            ClientAuthMethod::Md5 => "md5",
+            ClientAuthMethod::Password => "password",
+            ClientAuthMethod::Cert => "cert",
+        }
+    }
+
+    /// Parses a `pg_hba.conf` method name.
+    pub fn parse(name: &str) -> Option<ClientAuthMethod> {
+        [
+            ClientAuthMethod::ScramSha256,
+            ClientAuthMethod::Md5,
+            ClientAuthMethod::Password,
+            ClientAuthMethod::Cert,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
+    }
 }
 
 /// `[users.NAME]`.
@@ -555,7 +631,8 @@ pub struct UserConfig {
     pub password: Spanned<String>,
     /// Password the proxy uses to log in to servers when `password` is not plaintext.
     pub server_password: Option<String>,
-    /// Challenge sent to clients; by default SCRAM, or md5 for an md5 hash.
+    /// Challenge sent to clients; by default SCRAM, or md5 for an md5 hash. An
+    /// `auth_hba_file` rule's method takes its place.
     pub auth: Option<ClientAuthMethod>,
 }
 

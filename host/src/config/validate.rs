@@ -129,6 +129,35 @@ impl Check<'_> {
                 "tls_cert and tls_key must be given together".into(),
             ));
         }
+        if proxy.tls_client_ca.is_some() && proxy.tls_cert.is_none() {
+            return Err(self.key(
+                "proxy",
+                "tls_client_ca",
+                "client certificates need client-facing TLS: give tls_cert and tls_key".into(),
+            ));
+        }
+        if proxy.tls_client_ca.is_some() && proxy.client_tls() == super::ClientTlsMode::Disable {
+            return Err(self.key(
+                "proxy",
+                "tls_client_ca",
+                "client_tls = \"disable\" turns client-facing TLS off, so no certificate could be presented"
+                    .into(),
+            ));
+        }
+        if proxy
+            .client_tls
+            .is_some_and(|m| m != super::ClientTlsMode::Disable)
+            && proxy.tls_cert.is_none()
+        {
+            return Err(self.key(
+                "proxy",
+                "client_tls",
+                format!(
+                    "{:?} needs client-facing TLS: give tls_cert and tls_key",
+                    proxy.client_tls().name()
+                ),
+            ));
+        }
         if proxy
             .auth_salt_secret
             .as_ref()
@@ -222,6 +251,18 @@ impl Check<'_> {
         for (name, user) in &config.users {
             check_user(name, user)
                 .map_err(|m| self.at(user.password.span(), format!("users.{name}.password"), m))?;
+            if user.auth == Some(super::ClientAuthMethod::Cert) {
+                let problem = if config.proxy.tls_client_ca.is_none() {
+                    Some("auth = \"cert\" needs [proxy] tls_client_ca (the CA client certificates must lead to)")
+                } else if !user.can_log_in_to_servers() {
+                    Some("a cert user proves no password, so the proxy needs one to log in to servers: give a plaintext password or server_password")
+                } else {
+                    None
+                };
+                if let Some(message) = problem {
+                    return Err(self.key(&format!("users.{name}"), "auth", message.into()));
+                }
+            }
         }
         if let Some(aq) = &config.auth_query {
             if aq.pool_size == 0 {

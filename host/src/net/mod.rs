@@ -1,10 +1,11 @@
 //! Sockets: a stream type that is plain TCP or TLS in either direction, the TLS
-//! configurations built from the config, and the open-files limit sockets count against.
+//! configurations built from the config (client certificates, channel binding data), and the open-files limit sockets count against.
 //! Nothing here knows the Postgres protocol beyond the one-byte answer to SSLRequest.
 
+mod cert;
 pub mod files;
 mod stream;
 mod tls;
 
 pub use stream::Stream;
-pub use tls::{client_tls_acceptor, server_tls_connector, ServerTls, TlsError};
+pub use tls::{server_tls_connector, ClientCert, ClientTls, ServerTls, TlsError};

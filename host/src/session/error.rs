@@ -11,6 +11,12 @@ use crate::server::ServerError;
 pub enum SessionError {
     #[error("client i/o: {0}")]
     ClientIo(#[source] std::io::Error),
+    /// The client was answered 'S' to SSLRequest but what followed was no TLS handshake
+    /// (plaintext, garbage, nothing) or the handshake failed; nothing can be sent back.
+    #[error(
+        "TLS handshake failed after SSLRequest (the client sent no valid TLS ClientHello, or closed): {0}"
+    )]
+    TlsHandshake(#[source] std::io::Error),
     #[error("client sent a malformed message: {0}")]
     Protocol(#[from] ProtocolError),
     /// Ends the session with this FATAL error sent to the client.
@@ -59,7 +65,7 @@ impl SessionError {
     /// still be sent.
     pub fn to_client(&self) -> Option<ErrorFields> {
         match self {
-            SessionError::ClientIo(_) | SessionError::ServerEnded => None,
+            SessionError::ClientIo(_) | SessionError::TlsHandshake(_) | SessionError::ServerEnded => None,
             SessionError::Protocol(e) => Some(ErrorFields::fatal(
                 e.sqlstate(),
                 format!("invalid frontend message: {e}"),

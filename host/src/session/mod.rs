@@ -78,7 +78,7 @@ pub async fn login(tcp: TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) ->
     let login = tokio::time::timeout(
         state.config.proxy.client_login_timeout,
         // Boxed: login state (SCRAM, auth_query) is freed once the client is in.
-        Box::pin(startup::handshake(tcp, state)),
+        Box::pin(startup::handshake(tcp, peer, state)),
     )
     .await;
     match login {

@@ -1,12 +1,14 @@
 //! A client's first seconds: SSLRequest/GSSENCRequest, CancelRequest, StartupMessage,
-//! authentication (SCRAM-SHA-256 or md5 against the configured users), then the login
-//! messages (ParameterStatus, BackendKeyData, ReadyForQuery).
+//! `client_tls` and the `auth_hba_file` rules, authentication (SCRAM-SHA-256, -PLUS with
+//! channel binding on TLS, md5, a password in clear, or a client certificate), then the
+//! login messages (ParameterStatus, BackendKeyData, ReadyForQuery).
 //!
 //! Unknown users go through the same exchange as configured ones, against made-up
 //! credentials (`auth::Decoys`: the same method and iteration count, a salt of their own,
 //! stable per name), and fail with the same 28P01 as a wrong password, so the proxy does not
 //! reveal which users exist.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -19,10 +21,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::SessionError;
-use crate::auth::{Md5Challenge, ScramError, ScramExchange, UserAuth, SCRAM_SHA_256};
+use crate::auth::hba::{Connection, HbaMethod};
+use crate::auth::{
+    Binding, Md5Challenge, ScramError, ScramExchange, UserAuth, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use crate::cancel::CancelRegistration;
-use crate::config::ClientAuthMethod;
-use crate::net::Stream;
+use crate::config::{ClientAuthMethod, ClientTlsMode};
+use crate::net::{ClientCert, Stream};
 use crate::pool::Pool;
 use crate::state::ProxyState;
 
@@ -59,16 +64,35 @@ pub struct LoggedIn {
 /// Runs the startup phase; `None` when the connection was a cancel request or closed early.
 pub async fn handshake(
     tcp: TcpStream,
+    peer: SocketAddr,
     state: &ProxyState,
 ) -> Result<Option<LoggedIn>, (Option<Stream>, SessionError)> {
     let mut stream = Stream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
+    // Each kind of encryption is negotiated once, as Postgres allows: GSSENCRequest
+    // answered 'N' may be followed by SSLRequest (libpq's gssencmode=prefer), but a second
+    // request of a kind, or any once TLS is on, is a protocol violation.
+    let (mut ssl_asked, mut gss_asked) = (false, false);
     let (version, params) = loop {
         let packet = match read_startup(&mut stream, &mut buf).await {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(None),
             Err(e) => return Err((Some(stream), e)),
         };
+        let repeated = match packet {
+            StartupPacket::SslRequest => std::mem::replace(&mut ssl_asked, true),
+            StartupPacket::GssEncRequest => std::mem::replace(&mut gss_asked, true),
+            _ => false,
+        };
+        if repeated {
+            return Err((
+                Some(stream),
+                fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "encryption was already negotiated on this connection: a second SSLRequest or GSSENCRequest is not allowed",
+                ),
+            ));
+        }
         match packet {
             StartupPacket::SslRequest => {
                 if !buf.is_empty() {
@@ -81,23 +105,23 @@ pub async fn handshake(
                         ),
                     ));
                 }
-                let answer = if state.tls.is_some() && !stream.is_tls() {
-                    b'S'
-                } else {
-                    b'N'
+                let Some(tls) = state.tls.as_ref() else {
+                    if let Err(e) = stream.write_all(b"N").await {
+                        return Err((None, SessionError::ClientIo(e)));
+                    }
+                    continue;
                 };
-                if let Err(e) = stream.write_all(&[answer]).await {
+                let Stream::Plain(mut tcp) = stream else {
+                    unreachable!("a second SSLRequest was refused above")
+                };
+                if let Err(e) = tcp.write_all(b"S").await {
                     return Err((None, SessionError::ClientIo(e)));
                 }
-                if answer == b'S' {
-                    let (Stream::Plain(tcp), Some(acceptor)) = (stream, state.tls.as_ref()) else {
-                        unreachable!("answer S is sent only on a plain stream with TLS configured")
-                    };
-                    stream = match acceptor.accept(tcp).await {
-                        Ok(tls) => Stream::Accepted(Box::new(tls)),
-                        Err(e) => return Err((None, SessionError::ClientIo(e))),
-                    };
-                }
+                stream = match tls.acceptor.accept(tcp).await {
+                    Ok(tls) => Stream::Accepted(Box::new(tls)),
+                    Err(e) => return Err((None, SessionError::TlsHandshake(e))),
+                };
+                gss_asked = true;
             }
             StartupPacket::GssEncRequest => {
                 if let Err(e) = stream.write_all(b"N").await {
@@ -108,13 +132,27 @@ pub async fn handshake(
                 process_id,
                 secret_key,
             } => {
+                // Allowed in plaintext whatever `client_tls` says: libpq sends cancels
+                // unencrypted, and the key is the only secret in one.
                 state.cancels.cancel(process_id, secret_key).await;
                 return Ok(None);
             }
             StartupPacket::Startup { protocol, params } => break (protocol, params),
         }
     };
-    match login(&mut stream, &mut buf, state, version, params).await {
+    if state.config.proxy.client_tls() == ClientTlsMode::Require && !stream.is_tls() {
+        return Err((
+            Some(stream),
+            SessionError::Fatal(Box::new(
+                ErrorFields::fatal(
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    "this proxy accepts only TLS connections (client_tls = require)",
+                )
+                .with_hint("connect with sslmode=require (or verify-full)"),
+            )),
+        ));
+    }
+    match login(&mut stream, &mut buf, state, peer, version, params).await {
         Ok(logged_in) => Ok(Some(logged_in(stream, buf))),
         Err(e) => Err((Some(stream), e)),
     }
@@ -171,6 +209,7 @@ async fn login(
     stream: &mut Stream,
     buf: &mut BytesMut,
     state: &ProxyState,
+    peer: SocketAddr,
     version: u32,
     params: Vec<(String, String)>,
 ) -> Result<impl FnOnce(Stream, BytesMut) -> LoggedIn, SessionError> {
@@ -221,6 +260,7 @@ async fn login(
     if version != PROTOCOL_VERSION_3_0 || !unrecognized.is_empty() {
         backend::negotiate_protocol_version(0, &unrecognized, &mut out);
     }
+    let rule_method = hba_method(state, stream.is_tls(), &database, &user_name, peer)?;
 
     let user = match state.lookup_user(&user_name, &database).await {
         Ok(u) => u,
@@ -232,10 +272,12 @@ async fn login(
     // Made for every name, known or not, so the time to the challenge does not tell them apart.
     let decoy = std::hint::black_box(state.decoys.user(&user_name));
     let Some(user) = user else {
-        authenticate(stream, buf, &mut out, &decoy, false).await?;
+        let method = challenge(rule_method.unwrap_or(decoy.method), &decoy);
+        authenticate(stream, buf, &mut out, state, &decoy, method, false).await?;
         return Err(password_failed(&user_name)); // not reached: a decoy never passes
     };
-    authenticate(stream, buf, &mut out, &user, true).await?;
+    let method = challenge(rule_method.unwrap_or(user.method), &user);
+    authenticate(stream, buf, &mut out, state, &user, method, true).await?;
 
     let (destination, server_params) = if database == crate::config::ADMIN_DATABASE {
         if !state.config.admin.users.iter().any(|u| u.get_ref() == &user.name) {
@@ -284,7 +326,7 @@ async fn login(
     backend::backend_key_data(cancel.process_id, cancel.secret_key, &mut out);
     backend::ready_for_query(TransactionStatus::Idle, &mut out);
     send(stream, &mut out).await?;
-    tracing::info!(user = %user.name, database = %database, pid = cancel.process_id, "client logged in");
+    tracing::info!(user = %user.name, database = %database, pid = cancel.process_id, method = %method.name(), tls = stream.is_tls(), "client logged in");
     Ok(move |stream, buf| LoggedIn {
         stream,
         buf,
@@ -312,30 +354,92 @@ fn admin_params() -> std::collections::HashMap<String, String> {
     .collect()
 }
 
-/// Challenges the client as `user` asks; `known` is false for an unknown user's decoy,
-/// which goes through the same steps and always fails.
+/// What `auth_hba_file` says of this connection: the method its first matching rule
+/// names, `None` without a file; a `reject` rule, or no rule, refuses it with 28000 (the
+/// log names the rule).
+fn hba_method(
+    state: &ProxyState,
+    tls: bool,
+    database: &str,
+    user: &str,
+    peer: SocketAddr,
+) -> Result<Option<ClientAuthMethod>, SessionError> {
+    let Some(rules) = state.hba.load_full() else {
+        return Ok(None);
+    };
+    let decision = rules.decide(Connection {
+        tls,
+        database,
+        user,
+        addr: peer.ip(),
+    });
+    if let HbaMethod::Auth(method) = decision.method {
+        return Ok(Some(method));
+    }
+    let encryption = if tls { "SSL encryption" } else { "no encryption" };
+    let host = peer.ip();
+    let message = match &decision.rule {
+        Some(rule) => {
+            tracing::warn!(%peer, user, database, rule = %rule, "auth_hba_file: a reject rule refused the connection");
+            format!("auth_hba_file rejects connection for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}")
+        }
+        None => {
+            tracing::warn!(%peer, user, database, tls, file = %rules.path(), "auth_hba_file: no rule matches the connection");
+            format!("no auth_hba_file entry for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}")
+        }
+    };
+    Err(fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, message))
+}
+
+/// The method `user` is challenged with when `method` is asked for: md5 for a user whose
+/// password is stored only as a SCRAM verifier means SCRAM, as in Postgres.
+fn challenge(method: ClientAuthMethod, user: &UserAuth) -> ClientAuthMethod {
+    match method {
+        ClientAuthMethod::Md5 if user.md5.is_none() => ClientAuthMethod::ScramSha256,
+        m => m,
+    }
+}
+
+/// Challenges the client with `method` as `user`; `known` is false for an unknown user's
+/// decoy, which goes through the same steps and always fails.
 async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
+    state: &ProxyState,
     user: &UserAuth,
+    method: ClientAuthMethod,
     known: bool,
 ) -> Result<(), SessionError> {
     let failed = || password_failed(&user.name);
-    match user.method {
+    match method {
         ClientAuthMethod::ScramSha256 => {
             let verifier = user.scram.as_ref().ok_or_else(failed)?;
-            backend::auth_sasl(&[SCRAM_SHA_256], out);
+            // -PLUS is offered on TLS connections whose certificate defines the binding.
+            let end_point = match (stream.is_tls(), &state.tls) {
+                (true, Some(tls)) => tls.end_point.as_deref(),
+                _ => None,
+            };
+            let mechanisms: &[&str] = match end_point {
+                Some(_) => &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256],
+                None => &[SCRAM_SHA_256],
+            };
+            backend::auth_sasl(mechanisms, out);
             send(stream, out).await?;
             let body = read_auth_message(stream, buf).await?;
             let (mechanism, data) = decode_sasl_initial_response(&body)?;
-            if mechanism != SCRAM_SHA_256 {
+            if !mechanisms.contains(&mechanism.as_str()) {
                 return Err(fatal(
                     sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                     format!("unsupported SASL mechanism {mechanism:?}"),
                 ));
             }
-            let (exchange, server_first) = ScramExchange::start(verifier, &data).map_err(scram_error)?;
+            let binding = Binding {
+                plus: mechanism == SCRAM_SHA_256_PLUS,
+                end_point,
+            };
+            let (exchange, server_first) =
+                ScramExchange::start(verifier, binding, &data).map_err(scram_error)?;
             backend::auth_sasl_continue(server_first.as_bytes(), out);
             send(stream, out).await?;
             let body = read_auth_message(stream, buf).await?;
@@ -360,8 +464,59 @@ async fn authenticate(
                 return Err(failed());
             }
         }
+        ClientAuthMethod::Password => {
+            backend::auth_cleartext_password(out);
+            send(stream, out).await?;
+            let body = read_auth_message(stream, buf).await?;
+            let response = decode_password(&body)?;
+            let password = std::str::from_utf8(&response).map_err(|_| failed())?;
+            if !user.password_matches(password).await || !known {
+                return Err(failed());
+            }
+        }
+        ClientAuthMethod::Cert => check_certificate(stream, state, &user.name, known)?,
     }
     Ok(())
+}
+
+/// The `cert` method: a certificate that leads to `tls_client_ca` and names the user as
+/// its common name, as Postgres' `cert`. Each refusal is 28000 with the reason, also logged.
+fn check_certificate(
+    stream: &Stream,
+    state: &ProxyState,
+    user: &str,
+    known: bool,
+) -> Result<(), SessionError> {
+    let cert = match &state.tls {
+        Some(tls) => tls.client_cert(stream),
+        None => ClientCert::None,
+    };
+    let why = match cert {
+        ClientCert::Trusted { common_name } if common_name.as_deref() == Some(user) => match known {
+            true => return Ok(()),
+            // Told to holders of a trusted certificate only, as Postgres' "role does not exist".
+            false => "the certificate names this user, but the proxy knows no such user".to_owned(),
+        },
+        ClientCert::None => {
+            return Err(fatal(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                "connection requires a valid client certificate",
+            ))
+        }
+        ClientCert::Untrusted(why) => format!("the client certificate is not trusted: {why}"),
+        ClientCert::Trusted { common_name: None } => "the client certificate has no common name".to_owned(),
+        ClientCert::Trusted {
+            common_name: Some(cn),
+        } => format!("the client certificate's common name is \"{cn}\""),
+    };
+    tracing::warn!(user, reason = %why, "certificate authentication failed");
+    Err(SessionError::Fatal(Box::new(
+        ErrorFields::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("certificate authentication failed for user \"{user}\""),
+        )
+        .with_detail(why),
+    )))
 }
 
 fn password_failed(user: &str) -> SessionError {
@@ -374,10 +529,7 @@ fn password_failed(user: &str) -> SessionError {
 fn scram_error(e: ScramError) -> SessionError {
     match e {
         ScramError::BadProof => fatal(sqlstate::INVALID_PASSWORD, "password authentication failed"),
-        ScramError::ChannelBinding => fatal(
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            "channel binding is not supported",
-        ),
+        ScramError::ChannelBinding(m) => fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, m),
         ScramError::Protocol(m) => fatal(
             sqlstate::PROTOCOL_VIOLATION,
             format!("malformed SCRAM message: {m}"),

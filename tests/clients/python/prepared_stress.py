@@ -18,6 +18,9 @@ prepared statements with DEALLOCATE ALL and prepares them again under new names;
 third iteration runs in pipeline mode, where that DEALLOCATE ALL is sent by the extended
 protocol.
 
+--sslmode (libpq's, default prefer) chooses TLS: `require` fails every connection that
+cannot have it.
+
 Prints any errors to stderr and, last on stdout, `RESULT ok=<n> errors=<n>`.
 Exit status is 0 only if there were no errors.
 """
@@ -34,7 +37,7 @@ TABLE = "psycopg_stress"
 def conninfo(a):
     return psycopg.conninfo.make_conninfo(
         host=a.host, port=a.port, user=a.user, password=a.password, dbname=a.dbname,
-        connect_timeout=10, application_name="psycopg-stress",
+        connect_timeout=10, application_name="psycopg-stress", sslmode=a.sslmode,
     )
 
 
@@ -122,6 +125,7 @@ def main():
     p.add_argument("--transactions", type=int, default=100)
     p.add_argument("--read-your-writes", choices=("true", "false"), default="false")
     p.add_argument("--resets", choices=("true", "false"), default="false")
+    p.add_argument("--sslmode", default="prefer", help="libpq's sslmode, e.g. require")
     a = p.parse_args()
 
     with psycopg.connect(conninfo(a), autocommit=True) as conn:
