@@ -1,5 +1,5 @@
 //! Limits under load (issue 18): partial Execute with a row limit (`PortalSuspended`)
-//! through transaction pooling, `pool.lifetime` and `idle_timeout` while clients keep
+//! through transaction pooling (tokio-postgres, raw protocol, pgjdbc's `setFetchSize`), `pool.lifetime` and `idle_timeout` while clients keep
 //! working, `connect_timeout` against a node that drops packets, graceful SIGTERM with
 //! transactions in flight, and a cluster with no primary for longer than `hold_timeout`
 //! (also at start). Each test checks what the client sees (rows, SQLSTATEs) and what the
@@ -238,6 +238,36 @@ async fn portal_suspended_replies_and_a_clean_server_for_the_next_client() -> Re
         .ctx("pg_stat_activity")?
         .get(0);
     ensure!(in_tx == 0, "{in_tx} server(s) of app left idle in transaction");
+    Ok(())
+}
+
+/// pgjdbc with `setFetchSize(7)`: four connections over a transaction pool of two, 25
+/// transactions each, every one of which reads `generate_series(1, 1000)` seven rows at a
+/// time (pgjdbc's Execute with a row limit) besides its prepared statements and an insert.
+/// Checks the script's report: 100 transactions committed, every row checked in order,
+/// 0 errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_fetch_size_through_transaction_pooling_gets_every_row() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(2))?;
+    let target = bed.endpoint().client_target("app", "app", "app");
+    let started = Instant::now();
+    let report = tokio::task::spawn_blocking(move || {
+        switchyard_tests::Driver::Jdbc.run_with(&target, 4, 25, &["--fetch-size", "7"])
+    })
+    .await??;
+    println!(
+        "pgjdbc with setFetchSize(7): ok={} errors={} in {:?}",
+        report.ok,
+        report.errors,
+        started.elapsed()
+    );
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        report.errors == 0 && report.ok == 100,
+        "{}",
+        report.output.describe("pgjdbc with setFetchSize(7)")
+    );
     Ok(())
 }
 
