@@ -311,18 +311,26 @@ async fn sample_backends(
     }))
 }
 
-/// How many servers of user `app` on database `app` the primary has now.
-async fn app_backends(bed: &TestBed) -> Result<i64> {
+/// Waits up to 5 s for the primary to have no server of user `app` on database `app`;
+/// returns how many are left and how long it waited.
+async fn wait_no_app_backends(bed: &TestBed) -> Result<(i64, Duration)> {
     let direct = bed.direct().connect("postgres", "postgres", "postgres").await?;
-    Ok(direct
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app' \
-             AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .ctx("pg_stat_activity")?
-        .get(0))
+    let started = Instant::now();
+    loop {
+        let left: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app' \
+                 AND backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .ctx("pg_stat_activity")?
+            .get(0);
+        if left == 0 || started.elapsed() >= Duration::from_secs(5) {
+            return Ok((left, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `lifetime = 1s`, `idle_timeout = 500ms`, a transaction pool of 4: six tokio-postgres
@@ -357,16 +365,8 @@ async fn lifetime_and_idle_timeout_rotate_servers_under_load_without_errors() ->
         seen.samples,
         seen.oldest_ms
     );
-    let drained_from = Instant::now();
-    let mut left = app_backends(&bed).await?;
-    while left > 0 && drained_from.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        left = app_backends(&bed).await?;
-    }
-    println!(
-        "after the load: {left} servers left after {:?}",
-        drained_from.elapsed()
-    );
+    let (left, waited) = wait_no_app_backends(&bed).await?;
+    println!("after the load: {left} servers left after {waited:?}");
     ensure!(
         report.errors.is_empty() && report.ok > 0,
         "{} transactions, errors: {:?}",
@@ -437,15 +437,33 @@ async fn stored_values(bed: &TestBed) -> Result<Vec<i32>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// SIGTERM with `shutdown_timeout = 20s`, transaction pooling, while two clients are inside
-/// open transactions (one has inserted a row; the other has not yet written), one client
-/// is idle and a tokio-postgres client runs a 2 s `pg_sleep` outside a transaction. Checks
-/// that new connections are refused (TCP: connection refused) within 2 s, that the idle
-/// client gets `FATAL 57P01` and is disconnected at once, that both open transactions go
-/// on and their `COMMIT`s succeed (rows 1, 2 and 3 on the server, read directly), that each
-/// of those clients then gets `FATAL 57P01` and is disconnected, that the running statement
-/// returns its row, and that the proxy exits with status 0 within 5 s of the last commit,
-/// well before `shutdown_timeout`, leaving no server of `app` on the primary.
+/// Runs `COMMIT` on `conn`, which must succeed, then expects the proxy to close the
+/// connection with `FATAL 57P01` (the proxy is shutting down).
+async fn commit_then_told(conn: &mut RawConn, who: &str) -> Result<()> {
+    let commit = run(conn, "COMMIT").await?;
+    ensure!(
+        commit
+            .iter()
+            .any(|m| m.command_tag().as_deref() == Some("COMMIT")),
+        "{who}: COMMIT answered {}",
+        tags(&commit)
+    );
+    let told = expect_closed_with(conn, "57P01", Duration::from_secs(5), who).await?;
+    println!("{who}, after its COMMIT: {}", told.describe());
+    Ok(())
+}
+
+/// SIGTERM with `shutdown_timeout = 20s`, transaction pooling, while three clients are
+/// inside open transactions (one has inserted a row; one has only sent `BEGIN`; one has
+/// only sent `BEGIN` on a database with read routing, where the proxy answers the `BEGIN`
+/// itself and holds no server yet), one client is idle and a tokio-postgres client runs a
+/// 2 s `pg_sleep` outside a transaction. Checks that new connections are refused (TCP:
+/// connection refused) within 2 s, that the idle client gets `FATAL 57P01` and is
+/// disconnected at once, that the three open transactions go on and their `COMMIT`s
+/// succeed (rows 1 to 4 on the server, read directly), that each of those clients then
+/// gets `FATAL 57P01` and is disconnected, that the running statement returns its row, and
+/// that the proxy exits with status 0 within 5 s of the last commit, well before
+/// `shutdown_timeout`, leaving no server of `app` on the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
     skip_if_direct!();
@@ -453,12 +471,23 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
         cfg.mode("transaction")
             .pool_size(4)
             .set("proxy.shutdown_timeout", "20s")
+            .set("databases.routed.cluster", "main")
+            .set("databases.routed.dbname", "app")
+            .set("databases.routed.read_routing", "replicas_or_primary")
     })?;
     let mut first = login(&bed).await?;
     run(&mut first, "CREATE TABLE sigterm_t (v int)").await?;
     run(&mut first, "BEGIN; INSERT INTO sigterm_t VALUES (1)").await?;
     let mut second = login(&bed).await?;
     run(&mut second, "BEGIN").await?;
+    let (user, password) = roles::APP;
+    let mut routed = RawConn::login(
+        &bed.endpoint().addr(),
+        &[("user", user), ("database", "routed")],
+        password,
+    )
+    .await?;
+    run(&mut routed, "BEGIN").await?;
     let mut idle = login(&bed).await?;
     run(&mut idle, "SELECT 1").await?;
     let sleeper = bed.endpoint().connect_app().await?;
@@ -491,31 +520,12 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
 
     run(&mut first, "INSERT INTO sigterm_t VALUES (2)").await?;
     run(&mut second, "INSERT INTO sigterm_t VALUES (3)").await?;
+    run(&mut routed, "INSERT INTO sigterm_t VALUES (4)").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let commit = run(&mut first, "COMMIT").await?;
-    ensure!(commit
-        .iter()
-        .any(|m| m.command_tag().as_deref() == Some("COMMIT")));
-    let told = expect_closed_with(
-        &mut first,
-        "57P01",
-        Duration::from_secs(5),
-        "the first client after COMMIT",
-    )
-    .await?;
-    println!("first client, after its COMMIT: {}", told.describe());
-    let commit = run(&mut second, "COMMIT").await?;
-    ensure!(commit
-        .iter()
-        .any(|m| m.command_tag().as_deref() == Some("COMMIT")));
+    commit_then_told(&mut first, "the first client").await?;
+    commit_then_told(&mut routed, "the read-routed client").await?;
+    commit_then_told(&mut second, "the second client").await?;
     let last_commit = Instant::now();
-    expect_closed_with(
-        &mut second,
-        "57P01",
-        Duration::from_secs(5),
-        "the second client after COMMIT",
-    )
-    .await?;
     let slept = tokio::time::timeout(Duration::from_secs(10), sleeping)
         .await
         .context("the running statement did not return")?
@@ -535,13 +545,8 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
         "the proxy did not exit with status 0 within 5 s of the last transaction: {status:?}"
     );
     let stored = stored_values(&bed).await?;
-    ensure!(stored == [1, 2, 3], "rows on the server: {stored:?}");
-    let mut left = app_backends(&bed).await?;
-    let closing = Instant::now();
-    while left > 0 && closing.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        left = app_backends(&bed).await?;
-    }
+    ensure!(stored == [1, 2, 3, 4], "rows on the server: {stored:?}");
+    let (left, _) = wait_no_app_backends(&bed).await?;
     ensure!(
         left == 0,
         "{left} servers of app still on the primary after the proxy exited"
@@ -589,12 +594,7 @@ async fn sigterm_past_shutdown_timeout_closes_clients_and_rolls_back() -> Result
         "proxy exited with {status:?} {:?} after SIGTERM",
         signalled.elapsed()
     );
-    let mut left = app_backends(&bed).await?;
-    let closing = Instant::now();
-    while left > 0 && closing.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        left = app_backends(&bed).await?;
-    }
+    let (left, _) = wait_no_app_backends(&bed).await?;
     let stored = stored_values(&bed).await?;
     told?;
     ensure!(
