@@ -456,10 +456,10 @@ async fn commit_then_told(conn: &mut RawConn, who: &str) -> Result<()> {
 /// SIGTERM with `shutdown_timeout = 20s`, transaction pooling, while three clients are
 /// inside open transactions (one has inserted a row; one has only sent `BEGIN`; one has
 /// only sent `BEGIN` on a database with read routing, where the proxy answers the `BEGIN`
-/// itself and holds no server yet), one client is idle and a tokio-postgres client runs a
-/// 2 s `pg_sleep` outside a transaction. Checks that new connections are refused (TCP:
-/// connection refused) within 2 s, that the idle client gets `FATAL 57P01` and is
-/// disconnected at once, that the three open transactions go on and their `COMMIT`s
+/// itself and holds no server yet), one client and one admin console client are idle and
+/// a tokio-postgres client runs a 2 s `pg_sleep` outside a transaction. Checks that new
+/// connections are refused (TCP: connection refused) within 2 s, that the idle client and
+/// the console client get `FATAL 57P01` and are disconnected at once, that the three open transactions go on and their `COMMIT`s
 /// succeed (rows 1 to 4 on the server, read directly), that each of those clients then
 /// gets `FATAL 57P01` and is disconnected, that the running statement returns its row, and
 /// that the proxy exits with status 0 within 5 s of the last commit, well before
@@ -471,6 +471,7 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
         cfg.mode("transaction")
             .pool_size(4)
             .set("proxy.shutdown_timeout", "20s")
+            .with_admin()
             .set("databases.routed.cluster", "main")
             .set("databases.routed.dbname", "app")
             .set("databases.routed.read_routing", "replicas_or_primary")
@@ -490,6 +491,13 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
     run(&mut routed, "BEGIN").await?;
     let mut idle = login(&bed).await?;
     run(&mut idle, "SELECT 1").await?;
+    let mut console = RawConn::login(
+        &bed.endpoint().addr(),
+        &[("user", "admin"), ("database", "switchyard")],
+        "admin",
+    )
+    .await?;
+    run(&mut console, "SHOW POOLS").await?;
     let sleeper = bed.endpoint().connect_app().await?;
     let sleeping = tokio::spawn(async move {
         sleeper
@@ -508,6 +516,18 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
         "idle client told after {:?}: {}",
         signalled.elapsed(),
         idle_told.describe()
+    );
+    let console_told = expect_closed_with(
+        &mut console,
+        "57P01",
+        Duration::from_secs(5),
+        "the admin console client",
+    )
+    .await?;
+    println!(
+        "admin console client told after {:?}: {}",
+        signalled.elapsed(),
+        console_told.describe()
     );
     while !connect_refused(addr) {
         ensure!(
