@@ -453,17 +453,19 @@ async fn commit_then_told(conn: &mut RawConn, who: &str) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM with `shutdown_timeout = 20s`, transaction pooling, while three clients are
+/// SIGTERM with `shutdown_timeout = 20s`, transaction pooling, while four clients are
 /// inside open transactions (one has inserted a row; one has only sent `BEGIN`; one has
 /// only sent `BEGIN` on a database with read routing, where the proxy answers the `BEGIN`
-/// itself and holds no server yet), one client and one admin console client are idle and
-/// a tokio-postgres client runs a 2 s `pg_sleep` outside a transaction. Checks that new
-/// connections are refused (TCP: connection refused) within 2 s, that the idle client and
-/// the console client get `FATAL 57P01` and are disconnected at once, that the three open transactions go on and their `COMMIT`s
-/// succeed (rows 1 to 4 on the server, read directly), that each of those clients then
-/// gets `FATAL 57P01` and is disconnected, that the running statement returns its row, and
-/// that the proxy exits with status 0 within 5 s of the last commit, well before
-/// `shutdown_timeout`, leaving no server of `app` on the primary.
+/// itself and holds no server yet; one is on a session-mode database and has inserted a
+/// row), three clients are idle (one of transaction mode, one of session mode, which keeps
+/// its server, and an admin console client) and a tokio-postgres client runs a 2 s
+/// `pg_sleep` outside a transaction. Checks that new connections are refused (TCP:
+/// connection refused) within 2 s, that the three idle clients get `FATAL 57P01` and are
+/// disconnected at once, that the four open transactions go on and their `COMMIT`s succeed
+/// (rows 1 to 5 on the server, read directly), that each of those clients then gets `FATAL
+/// 57P01` and is disconnected, that the running statement returns its row, and that the
+/// proxy exits with status 0 within 5 s of the last commit, well before `shutdown_timeout`,
+/// leaving no server of `app` on the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
     skip_if_direct!();
@@ -475,6 +477,9 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
             .set("databases.routed.cluster", "main")
             .set("databases.routed.dbname", "app")
             .set("databases.routed.read_routing", "replicas_or_primary")
+            .set("databases.sessions.cluster", "main")
+            .set("databases.sessions.dbname", "app")
+            .set("databases.sessions.pool_mode", "session")
     })?;
     let mut first = login(&bed).await?;
     run(&mut first, "CREATE TABLE sigterm_t (v int)").await?;
@@ -489,6 +494,20 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
     )
     .await?;
     run(&mut routed, "BEGIN").await?;
+    let mut in_session = RawConn::login(
+        &bed.endpoint().addr(),
+        &[("user", user), ("database", "sessions")],
+        password,
+    )
+    .await?;
+    run(&mut in_session, "BEGIN; INSERT INTO sigterm_t VALUES (5)").await?;
+    let mut idle_session = RawConn::login(
+        &bed.endpoint().addr(),
+        &[("user", user), ("database", "sessions")],
+        password,
+    )
+    .await?;
+    run(&mut idle_session, "SELECT 1").await?;
     let mut idle = login(&bed).await?;
     run(&mut idle, "SELECT 1").await?;
     let mut console = RawConn::login(
@@ -511,24 +530,14 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
     let addr = proxy.addr();
     let signalled = Instant::now();
     proxy.signal(libc::SIGTERM);
-    let idle_told = expect_closed_with(&mut idle, "57P01", Duration::from_secs(5), "the idle client").await?;
-    println!(
-        "idle client told after {:?}: {}",
-        signalled.elapsed(),
-        idle_told.describe()
-    );
-    let console_told = expect_closed_with(
-        &mut console,
-        "57P01",
-        Duration::from_secs(5),
-        "the admin console client",
-    )
-    .await?;
-    println!(
-        "admin console client told after {:?}: {}",
-        signalled.elapsed(),
-        console_told.describe()
-    );
+    for (conn, who) in [
+        (&mut idle, "the idle client"),
+        (&mut idle_session, "the idle session-mode client"),
+        (&mut console, "the admin console client"),
+    ] {
+        let told = expect_closed_with(conn, "57P01", Duration::from_secs(5), who).await?;
+        println!("{who} told after {:?}: {}", signalled.elapsed(), told.describe());
+    }
     while !connect_refused(addr) {
         ensure!(
             signalled.elapsed() < Duration::from_secs(2),
@@ -544,6 +553,7 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     commit_then_told(&mut first, "the first client").await?;
     commit_then_told(&mut routed, "the read-routed client").await?;
+    commit_then_told(&mut in_session, "the session-mode client").await?;
     commit_then_told(&mut second, "the second client").await?;
     let last_commit = Instant::now();
     let slept = tokio::time::timeout(Duration::from_secs(10), sleeping)
@@ -565,7 +575,7 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
         "the proxy did not exit with status 0 within 5 s of the last transaction: {status:?}"
     );
     let stored = stored_values(&bed).await?;
-    ensure!(stored == [1, 2, 3, 4], "rows on the server: {stored:?}");
+    ensure!(stored == [1, 2, 3, 4, 5], "rows on the server: {stored:?}");
     let (left, _) = wait_no_app_backends(&bed).await?;
     ensure!(
         left == 0,

@@ -257,7 +257,7 @@ impl Session {
             }
             // Between transactions: what is still queued for the client (the reply to its
             // COMMIT) goes out before the FATAL (`finish`).
-            if *stop.shutdown.borrow() && !self.server.held() && self.tx_status == TransactionStatus::Idle {
+            if *stop.shutdown.borrow() && self.between_transactions() {
                 return Err(SessionError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "switchyard is shutting down",
@@ -505,7 +505,7 @@ impl Session {
     }
 
     async fn wait_io(&mut self, stop: &mut Stop) -> Result<Io, SessionError> {
-        let idle_for_shutdown = !self.server.held() && !*stop.shutdown.borrow();
+        let idle_for_shutdown = self.between_transactions() && !*stop.shutdown.borrow();
         // Out of `self` while `poll_io` borrows it.
         let mut timeouts = self.timeouts.take();
         if let Some(t) = &mut timeouts {
@@ -523,6 +523,13 @@ impl Session {
         };
         self.timeouts = timeouts;
         io
+    }
+
+    /// No transaction block is open and no server owes a reply: where a shutdown ends the
+    /// session, in every pool mode (a server kept between transactions, in session mode
+    /// or pinned by server-side state, holds nothing a disconnect would not lose).
+    fn between_transactions(&self) -> bool {
+        self.tx_status == TransactionStatus::Idle && self.server.owes_nothing()
     }
 
     /// What the session waits for, for its timeouts.
