@@ -1,9 +1,11 @@
 //! Limits under load (issue 18): partial Execute with a row limit (`PortalSuspended`)
-//! through transaction pooling (tokio-postgres, raw protocol, pgjdbc's `setFetchSize`), `pool.lifetime` and `idle_timeout` while clients keep
-//! working, `connect_timeout` against a node that drops packets, graceful SIGTERM with
-//! transactions in flight, and a cluster with no primary for longer than `hold_timeout`
-//! (also at start). Each test checks what the client sees (rows, SQLSTATEs) and what the
-//! server keeps (`pg_stat_activity`, `pg_cursors`), and prints the times it measured.
+//! through transaction pooling (tokio-postgres, raw protocol, pgjdbc's `setFetchSize`),
+//! `pool.lifetime` and `idle_timeout` while clients keep working, `connect_timeout`
+//! against a node that drops packets, graceful SIGTERM with transactions in flight (and
+//! past `shutdown_timeout`), and a cluster with no primary for longer than `hold_timeout`
+//! (also at start, and past `client_login_timeout`). Each test checks what the clients see
+//! (rows, SQLSTATEs) and what the server keeps (`pg_stat_activity`, `pg_cursors`), and
+//! prints the times it measured.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -25,7 +27,7 @@ async fn login(bed: &TestBed) -> Result<RawConn> {
     .await
 }
 
-/// The tags of `replies`, as one string (`"12DDs Z"` style, for failure messages and
+/// The tags of `replies`, as one string (`"12DDsZ"` style, for failure messages and
 /// checks of a reply sequence's shape).
 fn tags(replies: &[Msg]) -> String {
     replies.iter().map(Msg::tag_char).collect()
