@@ -43,19 +43,31 @@ struct Table {
     rows: Vec<Vec<String>>,
 }
 
-/// Serves one admin client until it disconnects.
+/// Serves one admin client until it disconnects, or until the proxy shuts down: a client
+/// waiting for its next command then gets `FATAL 57P01` (a console session holds no
+/// transaction to wait for).
 pub async fn serve(
     mut stream: Stream,
     mut buf: BytesMut,
     state: &Arc<ProxyState>,
 ) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
+    let mut shutdown = state.shutdown.clone();
     loop {
         let frame = loop {
             if let Some(f) = split_frame(&mut buf, MAX_ADMIN_MESSAGE)? {
                 break f;
             }
-            if stream.read_buf(&mut buf).await.map_err(SessionError::ClientIo)? == 0 {
+            let read = tokio::select! {
+                read = stream.read_buf(&mut buf) => read.map_err(SessionError::ClientIo)?,
+                _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
+                    let fatal = ErrorFields::fatal(sqlstate::ADMIN_SHUTDOWN, "switchyard is shutting down");
+                    be::error_response(&fatal, &mut out);
+                    stream.write_all(&out).await.map_err(SessionError::ClientIo)?;
+                    return Ok(());
+                }
+            };
+            if read == 0 {
                 return Ok(());
             }
         };

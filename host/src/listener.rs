@@ -1,6 +1,7 @@
 //! Accepts clients, enforces `max_client_conn` and `max_unauthenticated_conn`, spawns a
 //! session per client, runs the pool reaper, and drives graceful shutdown: stop accepting,
-//! let sessions finish their transactions up to `shutdown_timeout`, then exit.
+//! let sessions finish their transactions up to `shutdown_timeout`, then tell the rest
+//! (FATAL 57P01, their servers closed so their transactions roll back) and exit.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,10 @@ use tokio::task::JoinSet;
 use crate::session::{self, Destination};
 use crate::state::ProxyState;
 
+/// How long the sessions still running at `shutdown_timeout` get to tell their clients
+/// before they are cut off (a client that does not read its socket).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves clients on `listener` until `stop` resolves, then drains sessions.
 pub async fn serve(
     listener: TcpListener,
@@ -27,6 +32,7 @@ pub async fn serve(
 ) {
     let reaper = tokio::spawn(reap_pools(state.clone()));
     let mut sessions = JoinSet::new();
+    let (closing_tx, closing) = watch::channel(false);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -48,7 +54,7 @@ pub async fn serve(
                     continue;
                 }
                 let state = state.clone();
-                sessions.spawn(connection(tcp, peer, state, slot));
+                sessions.spawn(connection(tcp, peer, state, slot, closing.clone()));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
@@ -68,7 +74,14 @@ pub async fn serve(
             clients = sessions.len(),
             "shutdown_timeout reached; closing remaining clients"
         );
-        sessions.shutdown().await;
+        let _ = closing_tx.send(true);
+        let told = tokio::time::timeout(CLOSE_GRACE, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if told.is_err() {
+            sessions.shutdown().await;
+        }
     }
     for pool in state.all_pools() {
         pool.close();
@@ -139,7 +152,13 @@ async fn reap_pools(state: Arc<ProxyState>) {
 }
 
 /// One accepted client: its login, then its pool session or the admin console.
-async fn connection(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, mut slot: ClientSlot) {
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    mut slot: ClientSlot,
+    closing: watch::Receiver<bool>,
+) {
     let login = session::login(tcp, peer, &state).await;
     slot.logged_in();
     let Some(client) = login else {
@@ -148,7 +167,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, mu
     match &client.destination {
         Destination::Pool(pool) => {
             let pool = pool.clone();
-            session::serve(client, pool, peer, state).await;
+            session::serve(client, pool, peer, state, closing).await;
         }
         Destination::Admin => {
             if let Err(e) = Box::pin(crate::admin::serve(client.stream, client.buf, &state)).await {

@@ -566,6 +566,25 @@ impl Proxy {
         status
     }
 
+    /// Waits up to `limit` for the process to exit by itself (after a signal the test sent
+    /// with [`Proxy::signal`]); its exit status, or `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let child = self.child.as_mut().context("switchyard is not running")?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if let Some(mut w) = self.watchdog.take() {
+                    w.disarm();
+                }
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

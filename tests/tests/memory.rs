@@ -1,7 +1,7 @@
 //! Memory per client stays bounded however the client behaves: one that pipelines without
 //! reading, one that holds a huge message half-sent, many that send huge Binds at once, one
-//! that reads a huge row slowly; and a message over `max_message_size` ends only its own
-//! session with 54000.
+//! that reads a huge row or millions of small ones slowly, COPY of 1 GiB each way; and a
+//! message over `max_message_size` ends only its own session with 54000.
 //!
 //! Each test reads the proxy's peak resident memory (`VmHWM` in `/proc/<pid>/status`) before
 //! and after, prints both, and asserts the growth against a generous stated bound: the
@@ -348,6 +348,109 @@ async fn over_size_message_gets_54000_and_ends_only_its_session() -> Result<()> 
     Ok(())
 }
 
+/// Walks the replies of one request as they arrive, by their headers, without keeping the
+/// bodies of rows and COPY data (which may be larger than the test wants to hold): counts
+/// them and their bytes, keeps every other message whole, and stops at ReadyForQuery.
+#[derive(Default)]
+struct Walker {
+    buf: BytesMut,
+    /// Body bytes of the current DataRow or CopyData still to drop.
+    skip: usize,
+    data_rows: u64,
+    /// Declared lengths of the DataRows (the length word included).
+    data_row_bytes: u64,
+    copy_data: u64,
+    /// Payload bytes of the CopyData messages.
+    copy_bytes: u64,
+    /// Every other message, in order.
+    others: Vec<Msg>,
+}
+
+impl Walker {
+    /// Takes the next bytes from the proxy; true once ReadyForQuery was seen.
+    fn feed(&mut self, chunk: &[u8]) -> Result<bool> {
+        self.buf.extend_from_slice(chunk);
+        loop {
+            let take = self.skip.min(self.buf.len());
+            let _ = self.buf.split_to(take);
+            self.skip -= take;
+            if self.skip > 0 || self.buf.len() < 5 {
+                return Ok(false);
+            }
+            let tag = self.buf[0];
+            let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+            ensure!(len >= 4, "invalid message length {len} (tag {})", tag as char);
+            let len = len as usize;
+            match tag {
+                b'D' | b'd' => {
+                    if tag == b'D' {
+                        self.data_rows += 1;
+                        self.data_row_bytes += len as u64;
+                    } else {
+                        self.copy_data += 1;
+                        self.copy_bytes += len as u64 - 4;
+                    }
+                    let _ = self.buf.split_to(5);
+                    self.skip = len - 4;
+                }
+                _ if self.buf.len() > len => {
+                    let frame = self.buf.split_to(1 + len);
+                    self.others.push(Msg {
+                        tag,
+                        body: frame[5..].to_vec(),
+                    });
+                    if tag == b'Z' {
+                        return Ok(true);
+                    }
+                }
+                _ => return Ok(false),
+            }
+        }
+    }
+
+    /// The messages other than rows and COPY data, described.
+    fn describe_others(&self) -> Vec<String> {
+        self.others.iter().map(Msg::describe).collect()
+    }
+
+    /// The first ErrorResponse, if any.
+    fn error(&self) -> Option<&Msg> {
+        self.others.iter().find(|m| m.tag == b'E')
+    }
+
+    /// The command tag of the first CommandComplete.
+    fn command_tag(&self) -> Option<String> {
+        self.others.iter().find_map(Msg::command_tag)
+    }
+}
+
+/// Reads the replies to a request already sent on `conn` up to ReadyForQuery, at most
+/// `chunk` bytes at a time with `pause` after each read (a slow reader when `pause` is not
+/// zero). Fails if nothing arrives for 30 s or the proxy closes the connection.
+async fn read_replies(conn: RawConn, chunk: usize, pause: Duration) -> Result<Walker> {
+    let (mut stream, buf) = conn.into_parts();
+    let mut walker = Walker::default();
+    let mut done = walker.feed(&buf)?;
+    let mut bytes = vec![0u8; chunk];
+    while !done {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut bytes))
+            .await
+            .context("no data from the proxy within 30 s")??;
+        ensure!(
+            n > 0,
+            "the proxy closed the connection after {} rows, {} CopyData; other replies {:?}",
+            walker.data_rows,
+            walker.copy_data,
+            walker.describe_others()
+        );
+        done = walker.feed(&bytes[..n])?;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    Ok(walker)
+}
+
 /// A 128 MiB row read by a slow client (at most 256 KiB at a time, 1 ms apart). Checks the row's
 /// size as received and that the proxy's peak memory grows by less than 32 MiB (the row is
 /// relayed as it arrives, not held whole).
@@ -361,50 +464,211 @@ async fn huge_row_to_slow_reader_is_bounded() -> Result<()> {
     let mut query = BytesMut::new();
     msg::query(&mut query, &format!("SELECT repeat('x', {ROW})"));
     conn.send(&query).await?;
-    let (mut stream, mut buf) = conn.into_parts();
     let started = Instant::now();
-    // Walk the replies by their headers, skipping bodies: (tag, declared length) of each.
-    let mut seen = Vec::new();
-    let mut skip = 0usize;
-    let mut chunk = vec![0u8; 256 * 1024];
-    loop {
-        let take = skip.min(buf.len());
-        let _ = buf.split_to(take);
-        skip -= take;
-        if skip == 0 && buf.len() >= 5 {
-            let tag = buf[0];
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            seen.push((tag, len));
-            let _ = buf.split_to(5);
-            skip = len - 4;
-            if tag == b'Z' || tag == b'E' {
-                break;
-            }
-            continue;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk))
-            .await
-            .context("no data from the proxy within 30 s")??;
-        ensure!(n > 0, "the proxy closed the connection; replies so far {seen:?}");
-        buf.extend_from_slice(&chunk[..n]);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let replies = read_replies(conn, 256 * 1024, Duration::from_millis(1)).await?;
     println!(
         "a {} MiB row read slowly in {:?}",
         ROW as u64 / MIB,
         started.elapsed()
     );
-    let row_len = 4 + 2 + 4 + ROW;
+    let row_len = 4 + 2 + 4 + ROW as u64;
     ensure!(
-        seen.iter().any(|&(tag, len)| tag == b'D' && len == row_len)
-            && seen.last().is_some_and(|s| s.0 == b'Z'),
-        "expected a DataRow of length {row_len} then ReadyForQuery, got {seen:?}"
+        replies.data_rows == 1 && replies.data_row_bytes == row_len && replies.error().is_none(),
+        "expected one DataRow of length {row_len}, got {} rows of {} bytes in all; other replies {:?}",
+        replies.data_rows,
+        replies.data_row_bytes,
+        replies.describe_others()
     );
     let growth = peak.report("128 MiB row, slow reader")?;
     bed.ensure_proxy_alive()?;
     ensure!(
         growth < 32 * MIB,
         "the proxy's peak memory grew by {} MiB relaying a 128 MiB row (bound 32 MiB)",
+        growth / MIB
+    );
+    Ok(())
+}
+
+/// Five million rows of 100 bytes (about 530 MiB of DataRows) to a client that reads nothing
+/// for 3 s, then at most 64 KiB at a time, 1 ms apart. Checks that exactly 5 000 000 rows
+/// and `SELECT 5000000` arrive, and that the proxy's peak memory grows by less than 32 MiB
+/// (back-pressure: the proxy stops reading the server while the client is behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_rows_to_slow_reader_are_bounded() -> Result<()> {
+    skip_if_direct!();
+    const ROWS: u64 = 5_000_000;
+    const WIDTH: u64 = 100;
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(2))?;
+    let mut conn = login(&bed).await?;
+    let peak = Peak::start(&mut bed)?;
+    let mut query = BytesMut::new();
+    msg::query(
+        &mut query,
+        &format!("SELECT repeat('x', {WIDTH}) FROM generate_series(1, {ROWS})"),
+    );
+    conn.send(&query).await?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = peak.report("5M rows, nothing read for 3 s")?;
+    let replies = read_replies(conn, 64 * 1024, Duration::from_millis(1)).await?;
+    println!(
+        "{} rows ({} MiB of DataRows) read slowly in {:?}",
+        replies.data_rows,
+        replies.data_row_bytes / MIB,
+        started.elapsed()
+    );
+    let growth = peak.report("5M rows, slow reader")?;
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        replies.data_rows == ROWS
+            && replies.data_row_bytes == ROWS * (4 + 2 + 4 + WIDTH)
+            && replies.command_tag() == Some(format!("SELECT {ROWS}")),
+        "expected {ROWS} rows of {WIDTH} bytes and SELECT {ROWS}, got {} rows ({} bytes); other replies {:?}",
+        replies.data_rows,
+        replies.data_row_bytes,
+        replies.describe_others()
+    );
+    ensure!(
+        held.max(growth) < 32 * MIB,
+        "the proxy's peak memory grew by {} MiB relaying {ROWS} rows to a slow reader (bound 32 MiB)",
+        held.max(growth) / MIB
+    );
+    Ok(())
+}
+
+/// `COPY (SELECT ...) TO STDOUT` of 1 GiB: 1 048 576 rows of 1 KiB (1023 letters and a
+/// newline), read as fast as the client can. Checks the CopyData count (1 048 576, one per
+/// row), the bytes received (1 GiB) and `COPY 1048576`, and that the proxy's peak memory
+/// grows by less than 32 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_out_of_1_gib_is_bounded() -> Result<()> {
+    skip_if_direct!();
+    const ROWS: u64 = 1024 * 1024;
+    const WIDTH: u64 = 1023;
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(2))?;
+    let mut conn = login(&bed).await?;
+    let peak = Peak::start(&mut bed)?;
+    let mut query = BytesMut::new();
+    msg::query(
+        &mut query,
+        &format!("COPY (SELECT repeat('x', {WIDTH}) FROM generate_series(1, {ROWS})) TO STDOUT"),
+    );
+    conn.send(&query).await?;
+    let started = Instant::now();
+    let replies = read_replies(conn, 256 * 1024, Duration::ZERO).await?;
+    let took = started.elapsed();
+    println!(
+        "COPY OUT: {} CopyData, {} MiB in {took:?} ({:.0} MiB/s)",
+        replies.copy_data,
+        replies.copy_bytes / MIB,
+        replies.copy_bytes as f64 / MIB as f64 / took.as_secs_f64()
+    );
+    let growth = peak.report("COPY OUT of 1 GiB")?;
+    bed.ensure_proxy_alive()?;
+    ensure!(
+        replies.copy_data == ROWS
+            && replies.copy_bytes == ROWS * (WIDTH + 1)
+            && replies.command_tag() == Some(format!("COPY {ROWS}")),
+        "expected {ROWS} CopyData of {} bytes and COPY {ROWS}, got {} CopyData ({} bytes); other replies {:?}",
+        WIDTH + 1,
+        replies.copy_data,
+        replies.copy_bytes,
+        replies.describe_others()
+    );
+    ensure!(
+        growth < 32 * MIB,
+        "the proxy's peak memory grew by {} MiB for a 1 GiB COPY OUT (bound 32 MiB)",
+        growth / MIB
+    );
+    Ok(())
+}
+
+/// `COPY ... FROM STDIN` of about 1 GiB made on the fly: 131 072 rows of 8 KiB (a number
+/// and 8 185 letters, which the server compresses), sent in CopyData messages of 65 000 bytes
+/// that cut rows anywhere. Checks `COPY 131072`, then on the server (directly) the row
+/// count, the sum of the numbers and the total length of the text, and that the proxy's
+/// peak memory grows by less than 32 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_of_1_gib_is_bounded() -> Result<()> {
+    skip_if_direct!();
+    const ROWS: u64 = 128 * 1024;
+    const ROW: usize = 8 * 1024;
+    const MESSAGE: usize = 65_000;
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(2))?;
+    let mut conn = login(&bed).await?;
+    conn.query_one_value("CREATE UNLOGGED TABLE copy_in (n int8, t text); SELECT 1")
+        .await?;
+    let peak = Peak::start(&mut bed)?;
+    let mut query = BytesMut::new();
+    msg::query(&mut query, "COPY copy_in (n, t) FROM STDIN");
+    conn.send(&query).await?;
+    let response = conn.expect_msg().await?;
+    ensure!(
+        response.tag == b'G',
+        "expected CopyInResponse, got {}",
+        response.describe()
+    );
+    // Every row is exactly ROW bytes: a 6-digit number, a tab, letters, a newline.
+    let letters = ROW - 6 - 1 - 1;
+    let started = Instant::now();
+    let (mut pending, mut sent) = (BytesMut::with_capacity(2 * MESSAGE), 0u64);
+    let filler = vec![b'y'; letters];
+    for n in 0..ROWS {
+        pending.put_slice(format!("{n:06}\t").as_bytes());
+        pending.put_slice(&filler);
+        pending.put_u8(b'\n');
+        while pending.len() >= MESSAGE || (n + 1 == ROWS && !pending.is_empty()) {
+            let body = pending.split_to(MESSAGE.min(pending.len()));
+            let mut message = BytesMut::with_capacity(5 + body.len());
+            msg::raw(&mut message, b'd', &body);
+            conn.send(&message).await?;
+            sent += body.len() as u64;
+        }
+    }
+    let mut done = BytesMut::new();
+    msg::raw(&mut done, b'c', b"");
+    conn.send(&done).await?;
+    let replies = conn.read_until_ready().await;
+    let took = started.elapsed();
+    println!(
+        "COPY IN: {} MiB in {took:?} ({:.0} MiB/s)",
+        sent / MIB,
+        sent as f64 / MIB as f64 / took.as_secs_f64()
+    );
+    let growth = peak.report("COPY IN of 1 GiB")?;
+    let replies = replies.context("the end of the COPY was not answered")?;
+    ensure!(
+        replies
+            .iter()
+            .any(|m| m.command_tag() == Some(format!("COPY {ROWS}"))),
+        "COPY replies: {:?}",
+        replies.iter().map(Msg::describe).collect::<Vec<_>>()
+    );
+    let direct = bed.direct().connect_app().await?;
+    let row = direct
+        .query_one(
+            "SELECT count(*), sum(n)::int8, sum(length(t))::int8 FROM copy_in",
+            &[],
+        )
+        .await
+        .ctx("counting the rows on the server")?;
+    let stored: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let expected = (
+        ROWS as i64,
+        (ROWS * (ROWS - 1) / 2) as i64,
+        (ROWS * letters as u64) as i64,
+    );
+    println!("on the server: rows, sum of numbers, text length = {stored:?}");
+    bed.ensure_proxy_alive()?;
+    ensure!(stored == expected, "stored {stored:?}, expected {expected:?}");
+    ensure!(
+        sent == ROWS * ROW as u64,
+        "sent {sent} bytes, expected {}",
+        ROWS * ROW as u64
+    );
+    ensure!(
+        growth < 32 * MIB,
+        "the proxy's peak memory grew by {} MiB for a 1 GiB COPY IN (bound 32 MiB)",
         growth / MIB
     );
     Ok(())

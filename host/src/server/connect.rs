@@ -45,7 +45,10 @@ pub async fn connect(params: &ConnectParams<'_>) -> Result<ServerConn, ServerErr
     let addr = params.addr.clone();
     match tokio::time::timeout(params.timeout, connect_inner(params)).await {
         Ok(result) => result,
-        Err(_) => Err(ServerError::ConnectTimeout { addr }),
+        Err(_) => Err(ServerError::ConnectTimeout {
+            addr,
+            limit: params.timeout,
+        }),
     }
 }
 

@@ -41,8 +41,11 @@ impl std::fmt::Display for NodeAddr {
 pub enum ServerError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: NodeAddr, source: std::io::Error },
-    #[error("connecting to {addr} timed out")]
-    ConnectTimeout { addr: NodeAddr },
+    #[error("connecting to {addr} timed out after {limit:?}")]
+    ConnectTimeout {
+        addr: NodeAddr,
+        limit: std::time::Duration,
+    },
     #[error("server {addr} did not answer the proxy's own query within {limit:?}")]
     Timeout {
         addr: NodeAddr,

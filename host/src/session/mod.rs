@@ -75,10 +75,11 @@ const MAX_OWED: usize = 1024;
 /// listener then hands a pool client to [`serve`] and a console client to the admin console.
 pub async fn login(tcp: TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) -> Option<LoggedIn> {
     let _ = tcp.set_nodelay(true);
-    let login = tokio::time::timeout(
-        state.config.proxy.client_login_timeout,
+    let deadline = tokio::time::Instant::now() + state.config.proxy.client_login_timeout;
+    let login = tokio::time::timeout_at(
+        deadline,
         // Boxed: login state (SCRAM, auth_query) is freed once the client is in.
-        Box::pin(startup::handshake(tcp, peer, state)),
+        Box::pin(startup::handshake(tcp, peer, state, deadline)),
     )
     .await;
     match login {
@@ -100,12 +101,32 @@ pub async fn login(tcp: TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) ->
     }
 }
 
-/// Serves a logged-in client of `pool` until it leaves.
-pub async fn serve(logged_in: LoggedIn, pool: Arc<Pool>, peer: SocketAddr, state: Arc<ProxyState>) {
+/// Serves a logged-in client of `pool` until it leaves. At shutdown (`state.shutdown`) the
+/// session ends at its client's next transaction boundary; once `closing` is set
+/// (`shutdown_timeout` ran out) it ends at once, its server closed, so that the server
+/// rolls back whatever transaction was open.
+pub async fn serve(
+    logged_in: LoggedIn,
+    pool: Arc<Pool>,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    closing: watch::Receiver<bool>,
+) {
     let mut session = Session::new(logged_in, pool, peer, state.clone());
-    let mut shutdown = state.shutdown.clone();
-    let result = session.run(&mut shutdown).await;
+    let mut stop = Stop {
+        shutdown: state.shutdown.clone(),
+        closing,
+    };
+    let result = session.run(&mut stop).await;
     session.finish(result).await;
+}
+
+/// The listener's two shutdown signals, as a session watches them.
+struct Stop {
+    /// Set when the proxy stops accepting clients: end at the next transaction boundary.
+    shutdown: watch::Receiver<bool>,
+    /// Set when `shutdown_timeout` ran out: end now.
+    closing: watch::Receiver<bool>,
 }
 
 /// Result of waiting on the sockets.
@@ -222,7 +243,7 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionError> {
+    async fn run(&mut self, stop: &mut Stop) -> Result<(), SessionError> {
         loop {
             self.process_client().await?;
             if self.terminated {
@@ -234,13 +255,15 @@ impl Session {
                 }
                 self.release();
             }
-            if *shutdown.borrow() && !self.server.held() && self.cout.is_empty() {
+            // Between transactions: what is still queued for the client (the reply to its
+            // COMMIT) goes out before the FATAL (`finish`).
+            if *stop.shutdown.borrow() && self.between_transactions() {
                 return Err(SessionError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "switchyard is shutting down",
                 ));
             }
-            match self.wait_io(shutdown).await {
+            match self.wait_io(stop).await {
                 Ok(Io::ClientRead | Io::Shutdown) => {}
                 Ok(Io::TimedOut(expiry)) => return Err(self.timed_out(expiry)),
                 Ok(Io::ClientEof) => return Ok(()),
@@ -481,8 +504,8 @@ impl Session {
         self.client.flush().await.map_err(SessionError::ClientIo)
     }
 
-    async fn wait_io(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Io, SessionError> {
-        let idle_for_shutdown = !self.server.held() && !*shutdown.borrow();
+    async fn wait_io(&mut self, stop: &mut Stop) -> Result<Io, SessionError> {
+        let idle_for_shutdown = self.between_transactions() && !*stop.shutdown.borrow();
         // Out of `self` while `poll_io` borrows it.
         let mut timeouts = self.timeouts.take();
         if let Some(t) = &mut timeouts {
@@ -491,11 +514,22 @@ impl Session {
         let io = tokio::select! {
             biased;
             r = poll_fn(|cx| self.poll_io(cx)) => r,
-            _ = shutdown.changed(), if idle_for_shutdown => Ok(Io::Shutdown),
+            _ = stop.shutdown.changed(), if idle_for_shutdown => Ok(Io::Shutdown),
+            _ = stop.closing.wait_for(|closing| *closing) => Err(SessionError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "switchyard is shutting down and shutdown_timeout ran out; an open transaction is rolled back",
+            )),
             expiry = timeouts::expired(timeouts.as_deref_mut()) => Ok(Io::TimedOut(expiry)),
         };
         self.timeouts = timeouts;
         io
+    }
+
+    /// No transaction block is open and no server owes a reply: where a shutdown ends the
+    /// session, in every pool mode (a server kept between transactions, in session mode
+    /// or pinned by server-side state, holds nothing a disconnect would not lose).
+    fn between_transactions(&self) -> bool {
+        self.tx_status == TransactionStatus::Idle && self.server.owes_nothing()
     }
 
     /// What the session waits for, for its timeouts.

@@ -62,10 +62,14 @@ pub struct LoggedIn {
 }
 
 /// Runs the startup phase; `None` when the connection was a cancel request or closed early.
+/// `deadline` is when `client_login_timeout` runs out (the caller stops the whole phase
+/// then): a wait for the pool's first server that would outlast it ends in a FATAL the
+/// client is sent first.
 pub async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     state: &ProxyState,
+    deadline: tokio::time::Instant,
 ) -> Result<Option<LoggedIn>, (Option<Stream>, SessionError)> {
     let mut stream = Stream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
@@ -152,7 +156,7 @@ pub async fn handshake(
             )),
         ));
     }
-    match login(&mut stream, &mut buf, state, peer, version, params).await {
+    match login(&mut stream, &mut buf, state, peer, version, params, deadline).await {
         Ok(logged_in) => Ok(Some(logged_in(stream, buf))),
         Err(e) => Err((Some(stream), e)),
     }
@@ -204,7 +208,8 @@ async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), SessionErro
     Ok(())
 }
 
-/// Authenticates and logs in; returns a constructor for the final state, which needs the stream back.
+/// Authenticates and logs in, by `deadline` (see [`handshake`]); returns a constructor for
+/// the final state, which needs the stream back.
 async fn login(
     stream: &mut Stream,
     buf: &mut BytesMut,
@@ -212,6 +217,7 @@ async fn login(
     peer: SocketAddr,
     version: u32,
     params: Vec<(String, String)>,
+    deadline: tokio::time::Instant,
 ) -> Result<impl FnOnce(Stream, BytesMut) -> LoggedIn, SessionError> {
     let mut out = BytesMut::with_capacity(512);
     let get = |name: &str| {
@@ -301,8 +307,20 @@ async fn login(
             Some(p) => p,
             None => {
                 // First client of this pool: a server tells us what to report (and that the
-                // database and credentials work).
-                let checkout = pool.checkout().await?;
+                // database and credentials work). This timer fires before the caller's, set
+                // to the same instant, so the client hears why (typically no primary yet,
+                // with a `hold_timeout` longer than `client_login_timeout`).
+                let checkout = tokio::time::timeout_at(deadline, pool.checkout())
+                    .await
+                    .map_err(|_| {
+                        fatal(
+                            sqlstate::CANNOT_CONNECT_NOW,
+                            format!(
+                                "no server of database \"{database}\" could be reached within client_login_timeout ({:?}); try again later",
+                                proxy.client_login_timeout
+                            ),
+                        )
+                    })??;
                 checkout.release();
                 pool.server_params().unwrap_or_default()
             }

@@ -16,6 +16,10 @@
 // written is an error ("stale"). The RESULT line then also has
 // `ports=<port>:<n>,...`.
 //
+// With --fetch-size N (N > 0), each transaction also reads `generate_series(1, 1000)`
+// with setFetchSize(N): pgjdbc then executes the portal N rows at a time (Execute with a
+// row limit, PortalSuspended between chunks); every row is checked, in order.
+//
 // Prints errors to stderr and, last on stdout, `RESULT ok=<n> errors=<n>`.
 // Exit status is 0 only if there were no errors.
 
@@ -42,6 +46,7 @@ public class PreparedStress {
         a.put("concurrency", "8");
         a.put("transactions", "100");
         a.put("read-your-writes", "false");
+        a.put("fetch-size", "0");
         for (int i = 0; i + 1 < argv.length; i += 2) {
             a.put(argv[i].replaceFirst("^--", ""), argv[i + 1]);
         }
@@ -64,12 +69,13 @@ public class PreparedStress {
         List<String> errors = Collections.synchronizedList(new ArrayList<>());
         Map<Integer, Long> ports = Collections.synchronizedMap(new TreeMap<>());
         boolean ryw = Boolean.parseBoolean(a.get("read-your-writes"));
+        int fetchSize = Integer.parseInt(a.get("fetch-size"));
         List<Thread> threads = new ArrayList<>();
         for (int id = 0; id < concurrency; id++) {
             final int client = id;
             Thread t = new Thread(() -> {
                 if (ryw) rywWorker(url, props, client, transactions, ok, errors, ports);
-                else worker(url, props, client, transactions, ok, errors);
+                else worker(url, props, client, transactions, fetchSize, ok, errors);
             });
             t.start();
             threads.add(t);
@@ -100,7 +106,8 @@ public class PreparedStress {
         System.exit(errors.isEmpty() ? 0 : 1);
     }
 
-    static void worker(String url, Properties props, int client, int transactions, AtomicLong ok, List<String> errors) {
+    static void worker(String url, Properties props, int client, int transactions, int fetchSize, AtomicLong ok,
+                       List<String> errors) {
         try (Connection c = DriverManager.getConnection(url, props)) {
             c.setAutoCommit(false);
             for (int i = 0; i < transactions; i++) {
@@ -134,6 +141,9 @@ public class PreparedStress {
                             }
                         }
                     }
+                    if (fetchSize > 0) {
+                        readInChunks(c, fetchSize);
+                    }
                     c.commit();
                     ok.incrementAndGet();
                 } catch (SQLException | RuntimeException e) {
@@ -148,6 +158,25 @@ public class PreparedStress {
             }
         } catch (SQLException e) {
             errors.add("client " + client + ": " + e.getSQLState() + " " + e.getMessage());
+        }
+    }
+
+    /** Reads 1..1000 with setFetchSize(fetchSize) and checks every row, in order. */
+    static void readInChunks(Connection c, int fetchSize) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement("SELECT i FROM generate_series(1, 1000) i")) {
+            ps.setFetchSize(fetchSize);
+            try (ResultSet rs = ps.executeQuery()) {
+                int expected = 1;
+                while (rs.next()) {
+                    if (rs.getInt(1) != expected) {
+                        throw new IllegalStateException("fetched row " + rs.getInt(1) + ", expected " + expected);
+                    }
+                    expected++;
+                }
+                if (expected != 1001) {
+                    throw new IllegalStateException("fetched " + (expected - 1) + " rows, expected 1000");
+                }
+            }
         }
     }
 
