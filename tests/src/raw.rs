@@ -239,6 +239,17 @@ impl RawConn {
         }
     }
 
+    /// [`RawConn::login`] as the test bed's application user (`app`, database `app`).
+    pub async fn login_app(addr: &str) -> Result<Self> {
+        let (user, password) = crate::cluster::roles::APP;
+        Self::login(
+            addr,
+            &[("user", user), ("database", crate::cluster::roles::APP_DB)],
+            password,
+        )
+        .await
+    }
+
     /// Read one byte (the one-byte answer to SSLRequest or GSSENCRequest); `None` at EOF.
     pub async fn read_byte(&mut self, limit: Duration) -> Result<Option<u8>> {
         if self.buf.is_empty() {

@@ -140,12 +140,7 @@ async fn a_reset_in_the_middle_of_a_result_costs_only_that_client_and_leaves_no_
     let (bed, relay) = chaos_bed(|cfg| cfg)?;
     let dba = dba(&bed).await?;
     let others = idle_clients(&bed.endpoint(), 3).await?;
-    let mut conn = RawConn::login(
-        &bed.endpoint().addr(),
-        &[("user", "app"), ("database", "app")],
-        "app",
-    )
-    .await?;
+    let mut conn = RawConn::login_app(&bed.endpoint().addr()).await?;
     let mut query = BytesMut::new();
     msg::query(&mut query, BIG);
     conn.send(&query).await?;

@@ -18,13 +18,7 @@ use switchyard_tests::{skip_if_direct, PgResultExt, TestBed};
 
 /// A raw connection to the proxy as `app`.
 async fn login(bed: &TestBed) -> Result<RawConn> {
-    let (user, password) = roles::APP;
-    RawConn::login(
-        &bed.endpoint().addr(),
-        &[("user", user), ("database", roles::APP_DB)],
-        password,
-    )
-    .await
+    RawConn::login_app(&bed.endpoint().addr()).await
 }
 
 /// The tags of `replies`, as one string (`"12DDsZ"` style, for failure messages and

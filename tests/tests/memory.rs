@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{BufMut, BytesMut};
-use switchyard_tests::cluster::roles;
 use switchyard_tests::proxy::resident_memory;
 use switchyard_tests::raw::{msg, Msg, RawConn};
 use switchyard_tests::{skip_if_direct, PgResultExt, TestBed};
@@ -55,13 +54,21 @@ impl Peak {
 }
 
 async fn login(bed: &TestBed) -> Result<RawConn> {
-    let (user, password) = roles::APP;
-    RawConn::login(
-        &bed.endpoint().addr(),
-        &[("user", user), ("database", roles::APP_DB)],
-        password,
-    )
-    .await
+    RawConn::login_app(&bed.endpoint().addr()).await
+}
+
+/// Sends `copy` (a `COPY ... FROM STDIN`) and reads its CopyInResponse.
+async fn start_copy_in(conn: &mut RawConn, copy: &str) -> Result<()> {
+    let mut query = BytesMut::new();
+    msg::query(&mut query, copy);
+    conn.send(&query).await?;
+    let response = conn.expect_msg().await?;
+    ensure!(
+        response.tag == b'G',
+        "expected CopyInResponse, got {}",
+        response.describe()
+    );
+    Ok(())
 }
 
 /// Runs `SELECT 1` through the proxy on a connection of its own and prints how long it took:
@@ -599,15 +606,7 @@ async fn copy_in_of_1_gib_is_bounded() -> Result<()> {
     conn.query_one_value("CREATE UNLOGGED TABLE copy_in (n int8, t text); SELECT 1")
         .await?;
     let peak = Peak::start(&mut bed)?;
-    let mut query = BytesMut::new();
-    msg::query(&mut query, "COPY copy_in (n, t) FROM STDIN");
-    conn.send(&query).await?;
-    let response = conn.expect_msg().await?;
-    ensure!(
-        response.tag == b'G',
-        "expected CopyInResponse, got {}",
-        response.describe()
-    );
+    start_copy_in(&mut conn, "COPY copy_in (n, t) FROM STDIN").await?;
     // Every row is exactly ROW bytes: a 6-digit number, a tab, letters, a newline.
     let letters = ROW - 6 - 1 - 1;
     let started = Instant::now();
@@ -723,15 +722,7 @@ async fn large_copy_data_streams() -> Result<()> {
     conn.query_one_value("CREATE TABLE big_copy (t text); SELECT 1")
         .await?;
     let peak = Peak::start(&mut bed)?;
-    let mut query = BytesMut::new();
-    msg::query(&mut query, "COPY big_copy (t) FROM STDIN");
-    conn.send(&query).await?;
-    let response = conn.expect_msg().await?;
-    ensure!(
-        response.tag == b'G',
-        "expected CopyInResponse, got {}",
-        response.describe()
-    );
+    start_copy_in(&mut conn, "COPY big_copy (t) FROM STDIN").await?;
     let mut row = vec![b'x'; ROW];
     *row.last_mut().expect("non-empty") = b'\n';
     let started = Instant::now();
