@@ -19,7 +19,9 @@ use crate::config::{ClientTlsMode, Config};
 use crate::net::{server_tls_connector, ClientTls, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
-use crate::pool::{ClientTimeouts, DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings};
+use crate::pool::{
+    ClientTimeouts, DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings, ServerCap,
+};
 use crate::topology::reads::{LagBudget, Skip};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
@@ -96,6 +98,10 @@ pub struct ProxyState {
     pub databases: HashMap<String, DatabaseRoute>,
     pub topology: Topology,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    /// `max_db_connections` per database that has one.
+    db_caps: HashMap<String, Arc<ServerCap>>,
+    /// `max_user_connections` per user that has one, made with the user's first pool.
+    user_caps: Mutex<HashMap<String, Arc<ServerCap>>>,
     pub cancels: Arc<CancelRegistry>,
     /// The loaded plugins (reloads, `SHOW PLUGINS`); decisions go through `policies`.
     pub plugins: Arc<PluginRegistry>,
@@ -163,7 +169,13 @@ impl ProxyState {
             topology.clusters.insert(name.clone(), Arc::new(cluster));
         }
         let mut databases = HashMap::new();
+        let mut db_caps = HashMap::new();
         for (name, db) in &config.databases {
+            let cap = config.max_db_connections(db);
+            if cap > 0 {
+                let scope = format!("database {name:?}");
+                db_caps.insert(name.clone(), ServerCap::new("max_db_connections", &scope, cap));
+            }
             let settings = PoolSettings {
                 mode: config.pool_mode(db),
                 size: config.pool_size(db),
@@ -219,6 +231,8 @@ impl ProxyState {
             databases,
             topology,
             pools: Mutex::new(HashMap::new()),
+            db_caps,
+            user_caps: Mutex::default(),
             cancels: Arc::new(CancelRegistry::default()),
             plugins,
             policies,
@@ -239,17 +253,32 @@ impl ProxyState {
         let pool = pools
             .entry((database.to_string(), user.name.clone()))
             .or_insert_with(|| {
-                Arc::new(Pool::new(
+                Pool::new(
                     format!("{database}/{}", user.name),
                     user.clone(),
                     route.server_database.clone(),
                     route.cluster.clone(),
                     route.pause.clone(),
                     route.settings.clone(),
-                ))
+                )
+                .under_caps(self.caps_of(database, &user.name))
             });
         pool.update_user(user);
         Some(pool.clone())
+    }
+
+    /// The caps a new pool of (database, user) counts against.
+    fn caps_of(&self, database: &str, user: &str) -> Vec<Arc<ServerCap>> {
+        let mut caps: Vec<Arc<ServerCap>> = self.db_caps.get(database).cloned().into_iter().collect();
+        let limit = self.config.max_user_connections(user);
+        if limit > 0 {
+            let mut users = self.user_caps.lock().unwrap_or_else(|e| e.into_inner());
+            let cap = users
+                .entry(user.to_string())
+                .or_insert_with(|| ServerCap::new("max_user_connections", &format!("user {user:?}"), limit));
+            caps.push(cap.clone());
+        }
+        caps
     }
 
     /// A user from `[users]`, or else from `auth_query` (looked up in the client's

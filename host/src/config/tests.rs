@@ -342,3 +342,36 @@ fn client_tls_settings_are_checked_with_key_and_line() {
     let c = Config::parse(&cert_user(&with_ca, "app"), "t.toml").unwrap();
     assert_eq!(c.users["app"].auth, Some(ClientAuthMethod::Cert));
 }
+
+#[test]
+fn server_caps_default_to_none_and_are_overridden_per_database_and_user() {
+    let text = GOOD
+        .replace(
+            "size = 4",
+            "size = 4\nmax_db_connections = 10\nmax_user_connections = 7",
+        )
+        .replace("cluster = \"main\"", "cluster = \"main\"\nmax_db_connections = 3")
+        .replace(
+            "password = \"app\"",
+            "password = \"app\"\nmax_user_connections = 2",
+        );
+    let c = Config::parse(&text, "t.toml").unwrap();
+    assert_eq!(c.max_db_connections(&c.databases["app"]), 3);
+    assert_eq!(c.max_user_connections("app"), 2);
+    assert_eq!(c.max_user_connections("found-by-auth-query"), 7);
+    let plain = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(plain.max_db_connections(&plain.databases["app"]), 0);
+    assert_eq!(plain.max_user_connections("app"), 0);
+}
+
+#[test]
+fn stats_users_must_be_users() {
+    let e = err(&GOOD.replace(
+        "users = [\"app\"]",
+        "users = [\"app\"]\nstats_users = [\"watcher\"]",
+    ));
+    assert!(
+        e.contains("admin.stats_users") && e.contains("watcher") && e.contains("t.toml:20"),
+        "{e}"
+    );
+}

@@ -408,6 +408,13 @@ pub struct PoolDefaults {
     /// in front of it without `server_tls = "verify-full"`, would learn the password.
     /// A server that asks for none (`trust`) is always accepted: it learns nothing.
     pub server_auth_methods: Vec<ServerAuthMethod>,
+    /// Server connections of one database, all its users' pools together; 0: no limit.
+    /// A database's own `max_db_connections` overrides it.
+    pub max_db_connections: usize,
+    /// Server connections of one user, its pools in every database together; 0: no
+    /// limit. A user's own `max_user_connections` overrides it (users found by
+    /// `auth_query` get this one).
+    pub max_user_connections: usize,
 }
 
 /// An authentication request a server may send the proxy (`[pool] server_auth_methods`).
@@ -450,6 +457,8 @@ impl Default for PoolDefaults {
             server_tls: ServerTlsMode::Disable,
             server_tls_ca: None,
             server_auth_methods: vec![ServerAuthMethod::ScramSha256, ServerAuthMethod::Md5],
+            max_db_connections: 0,
+            max_user_connections: 0,
         }
     }
 }
@@ -526,6 +535,8 @@ pub struct DatabaseConfig {
     pub dbname: Option<String>,
     pub pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    /// Overrides `[pool] max_db_connections` for this database; 0: no limit.
+    pub max_db_connections: Option<usize>,
     /// Which work may run on the cluster's replicas (docs/routing.md); the database's
     /// router (plugin or built-in) reads it as a hint, the host's safety rules apply
     /// whatever it answers.
@@ -634,6 +645,8 @@ pub struct UserConfig {
     /// Challenge sent to clients; by default SCRAM, or md5 for an md5 hash. An
     /// `auth_hba_file` rule's method takes its place.
     pub auth: Option<ClientAuthMethod>,
+    /// Overrides `[pool] max_user_connections` for this user; 0: no limit.
+    pub max_user_connections: Option<usize>,
 }
 
 /// `[admin]`: the virtual `switchyard` database.
@@ -642,6 +655,9 @@ pub struct UserConfig {
 pub struct AdminSettings {
     /// Users (from `[users]`) allowed to connect to the admin console.
     pub users: Vec<Spanned<String>>,
+    /// Users (from `[users]`) allowed on the admin console for `SHOW` commands only
+    /// (PgBouncer's `stats_users`).
+    pub stats_users: Vec<Spanned<String>>,
 }
 
 impl UserConfig {
@@ -662,5 +678,19 @@ impl Config {
     /// Effective pool size of a database.
     pub fn pool_size(&self, db: &DatabaseConfig) -> usize {
         db.pool_size.unwrap_or(self.pool.size)
+    }
+
+    /// Effective `max_db_connections` of a database; 0: no limit.
+    pub fn max_db_connections(&self, db: &DatabaseConfig) -> usize {
+        db.max_db_connections.unwrap_or(self.pool.max_db_connections)
+    }
+
+    /// Effective `max_user_connections` of a user (one not in `[users]` was found by
+    /// `auth_query` and gets the default); 0: no limit.
+    pub fn max_user_connections(&self, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.pool.max_user_connections)
     }
 }

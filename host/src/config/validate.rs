@@ -282,11 +282,13 @@ impl Check<'_> {
                 ));
             }
         }
-        for admin in &config.admin.users {
+        let admins = config.admin.users.iter().map(|u| ("admin.users", u));
+        let stats = config.admin.stats_users.iter().map(|u| ("admin.stats_users", u));
+        for (key, admin) in admins.chain(stats) {
             if !config.users.contains_key(admin.get_ref()) {
                 return Err(self.at(
                     admin.span(),
-                    "admin.users".into(),
+                    key.into(),
                     format!("{:?} is not defined in [users]", admin.get_ref()),
                 ));
             }

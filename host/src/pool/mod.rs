@@ -10,18 +10,21 @@
 //! waits for the topology to change rather than fail at once. Servers on a node that is no
 //! longer the primary are closed when they come back to the pool or are found idle.
 
+mod caps;
 mod functions;
 mod pause;
 mod reads;
 mod servers;
 mod statements;
 
+pub use caps::ServerCap;
 pub use pause::{Pause, PauseGate};
 
 pub use functions::FunctionCatalog;
 pub use reads::{ReadStats, RoutingSettings};
 pub use statements::{StatementDef, StatementRegistry};
 
+use caps::Room;
 use servers::{IdleServer, Servers};
 
 use std::collections::HashMap;
@@ -114,6 +117,8 @@ pub enum PoolError {
         size: usize,
         pool: String,
     },
+    #[error("no server connection became free within query_wait_timeout ({waited:?}); {cap} reached")]
+    CapTimeout { waited: Duration, cap: String },
     #[error("pool {pool} is closed")]
     Closed { pool: String },
     #[error("cluster {cluster} has had no primary for {waited:?} (hold_timeout); a switchover or failover is taking longer than that")]
@@ -128,7 +133,7 @@ pub enum PoolError {
 impl PoolError {
     pub fn sqlstate(&self) -> &str {
         match self {
-            PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+            PoolError::Timeout { .. } | PoolError::CapTimeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
             PoolError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
             PoolError::NoPrimary { .. } => sqlstate::CANNOT_CONNECT_NOW,
             PoolError::Rejected { sqlstate, .. } => sqlstate,
@@ -166,6 +171,9 @@ pub struct Pool {
     pub stats: PoolStats,
     /// Servers on the primary.
     primary: Servers,
+    /// Caps this pool's servers on the primary count against (`max_db_connections`,
+    /// `max_user_connections`); none by default.
+    caps: Vec<Arc<ServerCap>>,
     /// Servers for reads, per node of the cluster (read routing); a node's list fills only
     /// while it is a replica that takes reads.
     replicas: Box<[Servers]>,
@@ -196,6 +204,7 @@ impl Pool {
         settings: PoolSettings,
     ) -> Pool {
         Pool {
+            caps: Vec::new(),
             name,
             user: ArcSwap::new(user),
             server_database,
@@ -215,6 +224,17 @@ impl Pool {
             coarse_now_ms: AtomicU64::new(since_epoch_ms(Instant::now())),
             last_startup: Mutex::default(),
         }
+    }
+
+    /// The pool, shared, under `caps` (each registers it, so that its idle servers can be
+    /// closed to make room for another pool's client).
+    pub fn under_caps(mut self, caps: Vec<Arc<ServerCap>>) -> Arc<Pool> {
+        self.caps = caps;
+        let pool = Arc::new(self);
+        for cap in &pool.caps {
+            cap.register(&pool);
+        }
+        pool
     }
 
     /// Waits while the database is paused, then (FIFO, up to `query_wait_timeout`) for a
@@ -352,10 +372,15 @@ impl Pool {
                     waited: started.elapsed(),
                 });
             };
-            if let Some(conn) = self.reusable_idle(addr) {
-                return Ok(conn);
-            }
-            match self.connect(addr).await {
+            let guards = match self.room_under_caps(addr).await? {
+                Room::Idle(conn) => return Ok(conn),
+                Room::New(guards) => guards,
+            };
+            match self.connect(addr).await.map(|mut conn| {
+                conn.counted
+                    .extend(guards.into_iter().map(|g| Box::new(g) as Box<dyn Send + Sync>));
+                conn
+            }) {
                 Ok(conn) if conn.params.get("in_hot_standby").is_some_and(|v| v == "on") => {
                     // The topology is behind: the node the probes last saw as primary is
                     // a standby now (a switchover). Writes sent here would get 25006, so
@@ -596,6 +621,9 @@ impl Checkout {
             }
             let since_ms = pool.coarse_now_ms.load(Ordering::Relaxed);
             servers.push(IdleServer { conn, since_ms });
+            if self.read_node.is_none() {
+                pool.wake_caps();
+            }
         }
     }
 }

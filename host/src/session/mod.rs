@@ -30,7 +30,7 @@ mod statements;
 mod timeouts;
 
 pub use error::SessionError;
-pub use startup::{Destination, LoggedIn};
+pub use startup::{ConsoleRole, Destination, LoggedIn};
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
