@@ -318,6 +318,9 @@ impl ProxyState {
                 source: e,
             })?;
             let config = Config::parse(&text, &path.display().to_string())?;
+            for warning in crate::config::exposure_warnings(&path, &config) {
+                tracing::warn!("{warning}");
+            }
             let mut needs_restart = Config::changed_sections(&started_text, &text);
             needs_restart.retain(|s| s != "plugins");
             if !needs_restart.is_empty() {

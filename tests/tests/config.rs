@@ -303,3 +303,51 @@ fn check_config_reads_the_auth_hba_file() -> Result<()> {
     scratch::remove_dir(&dir);
     Ok(())
 }
+
+/// `check-config` on a private (0600) file with `metrics_listen = "0.0.0.0:9127"`: passes
+/// with a warning naming `proxy.metrics_listen`, the address, that the endpoint has no
+/// authentication, and loopback; with `"127.0.0.1:9127"` it passes without a warning.
+#[test]
+fn check_config_warns_about_metrics_beyond_loopback() -> Result<()> {
+    skip_if_direct!();
+    let dir = scratch::fresh_dir("config-metrics")?;
+    let path = dir.join("switchyard.toml");
+    let exposed = offline_config()
+        .set("proxy.metrics_listen", "0.0.0.0:9127")
+        .to_toml()?;
+    write_with_mode(&path, &exposed, 0o600)?;
+    let out = check_config(&path)?;
+    ensure!(
+        out.status_ok,
+        "{}",
+        out.describe("check-config, metrics on 0.0.0.0")
+    );
+    println!("check-config, metrics on 0.0.0.0:\n{}", out.stderr.trim());
+    ensure!(
+        out.stderr.contains("warning:")
+            && out.stderr.contains("proxy.metrics_listen")
+            && out.stderr.contains("0.0.0.0:9127")
+            && out.stderr.contains("no authentication")
+            && out.stderr.contains("loopback"),
+        "no warning about the metrics endpoint: {}",
+        out.describe("check-config, metrics on 0.0.0.0")
+    );
+
+    let private = offline_config()
+        .set("proxy.metrics_listen", "127.0.0.1:9127")
+        .to_toml()?;
+    write_with_mode(&path, &private, 0o600)?;
+    let out = check_config(&path)?;
+    ensure!(
+        out.status_ok,
+        "{}",
+        out.describe("check-config, metrics on loopback")
+    );
+    ensure!(
+        !out.stderr.contains("warning:"),
+        "metrics on loopback got a warning: {}",
+        out.describe("check-config, metrics on loopback")
+    );
+    scratch::remove_dir(&dir);
+    Ok(())
+}

@@ -375,3 +375,23 @@ fn stats_users_must_be_users() {
         "{e}"
     );
 }
+
+#[test]
+fn metrics_beyond_loopback_are_flagged() {
+    let with = |addr: &str| {
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:6432\"",
+            &format!("listen = \"127.0.0.1:6432\"\nmetrics_listen = \"{addr}\""),
+        );
+        Config::parse(&text, "t.toml").unwrap()
+    };
+    let warning = exposed_metrics(&with("0.0.0.0:9127")).expect("0.0.0.0 is flagged");
+    assert!(
+        warning.contains("proxy.metrics_listen") && warning.contains("no authentication"),
+        "{warning}"
+    );
+    assert!(exposed_metrics(&with("10.1.2.3:9127")).is_some());
+    assert_eq!(exposed_metrics(&with("127.0.0.1:9127")), None);
+    assert_eq!(exposed_metrics(&with("[::1]:9127")), None);
+    assert_eq!(exposed_metrics(&Config::parse(GOOD, "t.toml").unwrap()), None);
+}
