@@ -3,12 +3,13 @@
 //! up here as one clear failure instead of every suite failing at start-up.
 //! Secrets in a configuration stay secret: `check-config` and the proxy never
 //! echo a bad password value, and warn about a file with secrets that its
-//! group or others can read.
+//! group or others can read (at start, at each reload and in `check-config`), and about a
+//! metrics endpoint beyond loopback.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use switchyard_tests::proxy::{Launch, NodeEntry, UserSection};
 use switchyard_tests::tools::{run_command, CmdOutput};
 use switchyard_tests::{env, scratch, skip_if_direct, PgCluster, Proxy, ProxyConfig, TestBed};
@@ -350,4 +351,40 @@ fn check_config_warns_about_metrics_beyond_loopback() -> Result<()> {
     );
     scratch::remove_dir(&dir);
     Ok(())
+}
+
+/// The proxy started on a private (0600) file logs no warning about it; after the file is
+/// made readable by others (0644) and the proxy gets SIGHUP, the reload logs the warning
+/// naming the file and `chmod 600` (within 10 s), and the proxy still serves.
+#[tokio::test]
+async fn reload_repeats_the_warning_about_a_readable_file_with_secrets() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start()?;
+    let proxy = bed.proxy().context("a proxy")?;
+    let path = proxy.config_path();
+    let warned = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&path.display().to_string()) && l.contains("chmod 600"))
+    };
+    ensure!(!warned(&proxy.log()), "a private file got a warning at start");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    let config = proxy.config().clone();
+    proxy.reload(config)?;
+    let started = std::time::Instant::now();
+    while !warned(&proxy.log()) {
+        ensure!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no warning about the readable file 10 s after SIGHUP:\n{}",
+            proxy.log_tail(20)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("warned {:?} after SIGHUP", started.elapsed());
+    bed.endpoint()
+        .connect_app()
+        .await?
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| anyhow::anyhow!(switchyard_tests::describe_error(&e)))?;
+    bed.ensure_proxy_alive()
 }

@@ -11,7 +11,7 @@ mod types;
 mod validate;
 
 pub use password::{MalformedVerifier, ScramVerifier, StoredPassword, MIN_SALT_SECRET_LEN};
-pub use secrets::{exposed_metrics, exposed_secrets, exposure_warnings};
+pub use secrets::{exposed_metrics, exposed_secrets, exposure_warnings, Secret};
 pub use types::*;
 
 use std::path::Path;

@@ -5,7 +5,35 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
+
 use super::Config;
+
+/// A secret value of the configuration (a password, verifier, hash or key): used as the
+/// text it holds, but its debug form is `<hidden>`, so that `{:?}` of a configuration (or
+/// of anything holding one) never prints it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: impl Into<String>) -> Secret {
+        Secret(text.into())
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(HIDDEN)
+    }
+}
 
 /// Parts of a key name that mark its value as a secret (a mistyped `passwrod` included).
 const SECRET_MARKERS: [&str; 3] = ["pass", "secret", "pwd"];

@@ -395,3 +395,35 @@ fn metrics_beyond_loopback_are_flagged() {
     assert_eq!(exposed_metrics(&with("[::1]:9127")), None);
     assert_eq!(exposed_metrics(&Config::parse(GOOD, "t.toml").unwrap()), None);
 }
+
+#[test]
+fn debug_forms_never_show_a_secret() {
+    let text = GOOD
+        .replace(
+            "password = \"app\"",
+            "password = \"pl41n-s3cret\"\nserver_password = \"s3rver-s3cret\"",
+        )
+        .replace(
+            "listen = \"127.0.0.1:6432\"",
+            "listen = \"127.0.0.1:6432\"\nauth_salt_secret = \"s4lt-s3cret-0123456789\"",
+        );
+    let config = Config::parse(&text, "t.toml").unwrap();
+    let shown = format!("{config:?} {config:#?}");
+    for secret in ["pl41n-s3cret", "s3rver-s3cret", "s4lt-s3cret"] {
+        assert!(
+            !shown.contains(secret),
+            "Debug of the configuration shows {secret}"
+        );
+    }
+    assert!(shown.contains("<hidden>"), "{shown}");
+    let key = crate::auth::SaltKey::from_config(&config);
+    let user = crate::auth::UserAuth::from_config("app", &config.users["app"], &key).unwrap();
+    let shown = format!("{user:?}");
+    let md5 = user.md5.clone().unwrap();
+    for secret in ["pl41n-s3cret", "s3rver-s3cret", md5.as_str()] {
+        assert!(
+            !shown.contains(secret),
+            "Debug of UserAuth shows a secret: {shown}"
+        );
+    }
+}

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::Secret;
+
 /// Name of the virtual admin database (a configured database may not take it).
 pub const ADMIN_DATABASE: &str = "switchyard";
 
@@ -225,7 +227,7 @@ pub struct ProxySettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Key of the SCRAM salts the proxy makes up (unknown users, plaintext passwords); by
     /// default derived from the secrets in `[users]`.
-    pub auth_salt_secret: Option<String>,
+    pub auth_salt_secret: Option<Secret>,
     /// Largest message a client may send, in bytes or as a size (`"64MiB"`); a larger one
     /// is refused from its header with 54000 and ends that session. At most 1 GiB,
     /// Postgres' own limit. A named Parse is held whole, so this also bounds what one
@@ -639,9 +641,9 @@ impl ClientAuthMethod {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Plaintext, a SCRAM verifier (`SCRAM-SHA-256$...`) or an md5 hash (`md5...`).
-    pub password: Spanned<String>,
+    pub password: Spanned<Secret>,
     /// Password the proxy uses to log in to servers when `password` is not plaintext.
-    pub server_password: Option<String>,
+    pub server_password: Option<Secret>,
     /// Challenge sent to clients; by default SCRAM, or md5 for an md5 hash. An
     /// `auth_hba_file` rule's method takes its place.
     pub auth: Option<ClientAuthMethod>,
