@@ -16,12 +16,6 @@ use super::Config;
 #[serde(transparent)]
 pub struct Secret(String);
 
-impl Secret {
-    pub fn new(text: impl Into<String>) -> Secret {
-        Secret(text.into())
-    }
-}
-
 impl std::ops::Deref for Secret {
     type Target = str;
     fn deref(&self) -> &str {
