@@ -388,3 +388,52 @@ async fn reload_repeats_the_warning_about_a_readable_file_with_secrets() -> Resu
         .map_err(|e| anyhow::anyhow!(switchyard_tests::describe_error(&e)))?;
     bed.ensure_proxy_alive()
 }
+
+/// Whether this machine has the IPv6 loopback address (`::1` on `lo` in
+/// `/proc/net/if_inet6`).
+fn has_ipv6_loopback() -> bool {
+    std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.starts_with("00000000000000000000000000000001"))
+    })
+}
+
+/// `[proxy] listen = "[::1]:PORT"` and the cluster's node at `host = "::1"` (Postgres
+/// listening on `::1` too): tokio-postgres connects to the proxy over `::1` and runs a
+/// query, and the server connection the proxy opened comes from `::1` as Postgres sees it
+/// (`inet_client_addr()`). Skipped (a failure under SWITCHYARD_NO_SKIP) only on a machine
+/// without `::1`.
+#[tokio::test]
+async fn proxy_listens_and_connects_over_ipv6() -> Result<()> {
+    skip_if_direct!();
+    if !has_ipv6_loopback() {
+        return env::skip("this machine has no IPv6 loopback address (::1)");
+    }
+    let opts = switchyard_tests::ClusterOptions::default()
+        .setting("listen_addresses", "127.0.0.1,::1")
+        .hba_first("host all all ::1/128 scram-sha-256")?;
+    let mut bed = TestBed::start_full(opts, |mut cfg, _| {
+        cfg.proxy.listen = format!("[::1]:{}", switchyard_tests::ports::free_port()?);
+        for cluster in cfg.clusters.values_mut() {
+            for node in &mut cluster.nodes {
+                node.host = "::1".into();
+            }
+        }
+        Ok(cfg)
+    })?;
+    let ep = bed.endpoint();
+    println!("the proxy listens on {}", bed.proxy().context("a proxy")?.addr());
+    let client = ep.connect_app().await?;
+    let row = client
+        .query_one("SELECT inet_client_addr()::text, 6 * 7", &[])
+        .await
+        .map_err(|e| anyhow::anyhow!(switchyard_tests::describe_error(&e)))?;
+    let (from, answer): (String, i32) = (row.get(0), row.get(1));
+    println!("through the proxy over ::1: {answer}; Postgres sees the proxy's server connection from {from}");
+    ensure!(answer == 42, "got {answer}");
+    ensure!(
+        from.starts_with("::1"),
+        "the proxy's server connection came from {from}, not ::1"
+    );
+    bed.ensure_proxy_alive()
+}

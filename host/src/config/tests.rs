@@ -427,3 +427,37 @@ fn debug_forms_never_show_a_secret() {
         );
     }
 }
+
+#[test]
+fn ipv6_addresses_are_accepted_and_bad_ones_named() {
+    let v6 = GOOD
+        .replace(
+            "listen = \"127.0.0.1:6432\"",
+            "listen = \"[::1]:6432\"\nmetrics_listen = \"[::1]:9127\"",
+        )
+        .replace("host = \"127.0.0.1\"", "host = \"::1\"");
+    let c = Config::parse(&v6, "t.toml").unwrap();
+    assert_eq!(c.proxy.listen, "[::1]:6432".parse().unwrap());
+    assert_eq!(c.clusters["main"].nodes[0].get_ref().host, "::1");
+
+    let e = err(&GOOD.replace("listen = \"127.0.0.1:6432\"", "listen = \"::1:6432\""));
+    assert!(
+        e.contains("line 3") && e.contains("\"::1:6432\"") && e.contains("[::1]:6432"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace(
+        "listen = \"127.0.0.1:6432\"",
+        "listen = \"127.0.0.1:6432\"\nmetrics_listen = \"localhost\"",
+    ));
+    assert!(
+        e.contains("line 4") && e.contains("not an address and port"),
+        "{e}"
+    );
+    for bad in ["[::1]", "[::1]:5432", "fe80::1::2"] {
+        let e = err(&GOOD.replace("host = \"127.0.0.1\"", &format!("host = \"{bad}\"")));
+        assert!(
+            e.contains("t.toml:10") && e.contains("clusters.main.nodes") && e.contains("without brackets"),
+            "{bad}: {e}"
+        );
+    }
+}

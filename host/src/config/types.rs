@@ -182,7 +182,8 @@ fn default_auth_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxySettings {
-    /// Address clients connect to.
+    /// Address clients connect to (`"127.0.0.1:6432"`, `"[::1]:6432"`).
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Clients beyond this many are refused with 53300.
     pub max_client_conn: usize,
@@ -224,6 +225,7 @@ pub struct ProxySettings {
     #[serde(with = "humantime_serde")]
     pub plugin_watch_interval: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`); none when absent.
+    #[serde(deserialize_with = "optional_socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Key of the SCRAM salts the proxy makes up (unknown users, plaintext passwords); by
     /// default derived from the secrets in `[users]`.
@@ -290,6 +292,20 @@ impl ClientTlsMode {
             ClientTlsMode::Require => "require",
         }
     }
+}
+
+/// An `address:port` to listen on, with a message that shows both forms when it is not one.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address and port: write \"127.0.0.1:6432\" for IPv4, and an IPv6 address in brackets, \"[::1]:6432\""
+        ))
+    })
+}
+
+fn optional_socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
 }
 
 /// A size in bytes, written as an integer or as a string with a unit: `B`, `kB`/`KiB`,

@@ -204,6 +204,11 @@ impl Check<'_> {
                     "a cluster needs at least one node".into(),
                 ));
             }
+            for node in &cluster.nodes {
+                if let Some(message) = bad_host(&node.get_ref().host) {
+                    return Err(self.at(node.span(), format!("clusters.{name}.nodes"), message));
+                }
+            }
             if let Some(probe) = &cluster.probe_user {
                 let problem = match config.users.get(probe.get_ref()) {
                     None => Some(format!("{:?} is not defined in [users]", probe.get_ref())),
@@ -368,6 +373,21 @@ impl Check<'_> {
         }
         Ok(())
     }
+}
+
+/// What is wrong with a node's `host`, if anything: it is a name or an address without a
+/// port, and an IPv6 address goes without brackets (the port has its own key).
+fn bad_host(host: &str) -> Option<String> {
+    if host.is_empty() {
+        return Some("host is empty".into());
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') && (bare != host || bare.parse::<std::net::Ipv6Addr>().is_err()) {
+        return Some(format!(
+            "host {host:?} is not a host name or an address: give the port in `port` and an IPv6 address without brackets, e.g. host = \"::1\""
+        ));
+    }
+    None
 }
 
 fn check_user(name: &str, user: &UserConfig) -> Result<(), String> {
