@@ -497,6 +497,25 @@ async fn reload(state: &Arc<ProxyState>) -> Result<Answer, ErrorFields> {
             detail,
         ]);
     }
+    let databases = [
+        (
+            &reloaded.removed,
+            "removed",
+            "new logins get 3D000; its sessions end with 57P01 when they next need a server",
+        ),
+        (&reloaded.restored, "restored", "takes logins again"),
+    ];
+    for (names, outcome, detail) in databases {
+        for name in names {
+            rows.push(vec![
+                format!("database {name}"),
+                outcome.into(),
+                String::new(),
+                String::new(),
+                detail.into(),
+            ]);
+        }
+    }
     if !reloaded.needs_restart.is_empty() {
         rows.push(vec![
             "configuration".into(),
@@ -765,7 +784,7 @@ fn show_nodes(state: &ProxyState) -> Table {
 }
 
 fn show_databases(state: &ProxyState) -> Table {
-    let mut names: Vec<&String> = state.databases.keys().collect();
+    let mut names: Vec<&String> = state.databases.keys().filter(|d| !state.is_removed(d)).collect();
     names.sort();
     let rows = names
         .into_iter()

@@ -2,7 +2,7 @@
 //! verifiers, database routes), the pools created on first use, the cancel registry,
 //! client-facing TLS, the `auth_hba_file` rules (replaced on reload) and the shutdown signal.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,6 +66,9 @@ pub struct Reloaded {
     pub plugins: ReloadReport,
     /// `auth_hba_file` re-read: how many rules now apply, or why the old ones stay.
     pub hba: Option<Result<usize, HbaError>>,
+    /// Databases the reload removed (their pools closed) and brought back.
+    pub removed: Vec<String>,
+    pub restored: Vec<String>,
     /// Sections that changed but take effect only after a restart.
     pub needs_restart: Vec<String>,
 }
@@ -102,6 +105,9 @@ pub struct ProxyState {
     db_caps: HashMap<String, Arc<ServerCap>>,
     /// `max_user_connections` per user that has one, made with the user's first pool.
     user_caps: Mutex<HashMap<String, Arc<ServerCap>>>,
+    /// Databases of `databases` that a reload removed: new logins get 3D000, their pools
+    /// were closed. A later reload that lists one again brings it back.
+    removed: Mutex<BTreeSet<String>>,
     pub cancels: Arc<CancelRegistry>,
     /// The loaded plugins (reloads, `SHOW PLUGINS`); decisions go through `policies`.
     pub plugins: Arc<PluginRegistry>,
@@ -233,6 +239,7 @@ impl ProxyState {
             pools: Mutex::new(HashMap::new()),
             db_caps,
             user_caps: Mutex::default(),
+            removed: Mutex::default(),
             cancels: Arc::new(CancelRegistry::default()),
             plugins,
             policies,
@@ -250,6 +257,10 @@ impl ProxyState {
     pub fn pool(&self, database: &str, user: &Arc<UserAuth>) -> Option<Arc<Pool>> {
         let route = self.databases.get(database)?;
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the pools' lock, which a removal holds while it closes the pools.
+        if self.is_removed(database) {
+            return None;
+        }
         let pool = pools
             .entry((database.to_string(), user.name.clone()))
             .or_insert_with(|| {
@@ -323,6 +334,11 @@ impl ProxyState {
             }
             let mut needs_restart = Config::changed_sections(&started_text, &text);
             needs_restart.retain(|s| s != "plugins");
+            // Databases removed (or brought back as they were) apply now; others at restart.
+            if Config::databases_only_removed(&started_text, &text) {
+                needs_restart.retain(|s| s != "databases");
+            }
+            let (removed, restored) = state.apply_removed_databases(&config);
             if !needs_restart.is_empty() {
                 tracing::warn!(sections = ?needs_restart, "configuration changes outside [plugins] take effect at restart");
             }
@@ -335,6 +351,8 @@ impl ProxyState {
             Ok(Reloaded {
                 plugins,
                 hba,
+                removed,
+                restored,
                 needs_restart,
             })
         })
@@ -356,6 +374,45 @@ impl ProxyState {
             Err(e) => tracing::error!(error = %e, "auth_hba_file not reloaded; the rules in force stay"),
         }
         Some(result)
+    }
+
+    /// Whether a reload removed `database`.
+    pub fn is_removed(&self, database: &str) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(database)
+    }
+
+    /// Applies which of the databases the proxy started with `config` no longer lists:
+    /// newly removed ones have their pools closed (sessions holding a server finish their
+    /// transaction; their next checkout gets 57P01) and refuse new logins; ones listed
+    /// again take logins again, with new pools. Returns (removed now, brought back).
+    fn apply_removed_databases(&self, config: &Config) -> (Vec<String>, Vec<String>) {
+        let gone: BTreeSet<String> = self
+            .databases
+            .keys()
+            .filter(|d| !config.databases.contains_key(*d))
+            .cloned()
+            .collect();
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        let newly: Vec<String> = gone.difference(&removed).cloned().collect();
+        let restored: Vec<String> = removed.difference(&gone).cloned().collect();
+        pools.retain(|(db, _), pool| {
+            if gone.contains(db) {
+                pool.remove(db);
+            }
+            !gone.contains(db)
+        });
+        for db in &newly {
+            tracing::warn!(database = %db, "database removed by reload: new logins get 3D000; its sessions end with 57P01 when they next need a server");
+        }
+        for db in &restored {
+            tracing::info!(database = %db, "database listed again by reload: it takes logins again");
+        }
+        *removed = gone;
+        (newly, restored)
     }
 
     /// Reloads plugins whose component file changed (the file watcher).

@@ -56,6 +56,20 @@ impl Config {
             .collect()
     }
 
+    /// Whether the `[databases]` of `new` are those of `old` less some: every database `new`
+    /// lists is in `old` with the same settings (removing a database applies at a reload;
+    /// adding or changing one needs a restart).
+    pub fn databases_only_removed(old: &str, new: &str) -> bool {
+        let databases = |t: &str| {
+            t.parse::<toml::Table>()
+                .ok()
+                .and_then(|t| t.get("databases").and_then(|d| d.as_table()).cloned())
+                .unwrap_or_default()
+        };
+        let (old, new) = (databases(old), databases(new));
+        new.iter().all(|(name, settings)| old.get(name) == Some(settings))
+    }
+
     /// Parses and validates configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {

@@ -461,3 +461,25 @@ fn ipv6_addresses_are_accepted_and_bad_ones_named() {
         );
     }
 }
+
+#[test]
+fn removing_databases_is_told_apart_from_other_changes() {
+    let two = GOOD.replace(
+        "[users.app]",
+        "[databases.other]\ncluster = \"main\"\n\n[users.app]",
+    );
+    assert!(Config::databases_only_removed(&two, GOOD));
+    assert!(Config::databases_only_removed(&two, &two));
+    assert!(
+        !Config::databases_only_removed(GOOD, &two),
+        "an added database needs a restart"
+    );
+    let changed = two.replace(
+        "[databases.other]\ncluster = \"main\"",
+        "[databases.other]\ncluster = \"main\"\npool_size = 3",
+    );
+    assert!(
+        !Config::databases_only_removed(&two, &changed),
+        "a changed database needs a restart"
+    );
+}

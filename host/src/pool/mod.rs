@@ -121,6 +121,8 @@ pub enum PoolError {
     CapTimeout { waited: Duration, cap: String },
     #[error("pool {pool} is closed")]
     Closed { pool: String },
+    #[error("database \"{database}\" was removed from the configuration")]
+    Removed { database: String },
     #[error("cluster {cluster} has had no primary for {waited:?} (hold_timeout); a switchover or failover is taking longer than that")]
     NoPrimary { cluster: String, waited: Duration },
     /// The database's router refused the work (`route-decision.reject`).
@@ -134,7 +136,7 @@ impl PoolError {
     pub fn sqlstate(&self) -> &str {
         match self {
             PoolError::Timeout { .. } | PoolError::CapTimeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
-            PoolError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
+            PoolError::Closed { .. } | PoolError::Removed { .. } => sqlstate::ADMIN_SHUTDOWN,
             PoolError::NoPrimary { .. } => sqlstate::CANNOT_CONNECT_NOW,
             PoolError::Rejected { sqlstate, .. } => sqlstate,
             PoolError::Server(e) => e.sqlstate(),
@@ -192,6 +194,8 @@ pub struct Pool {
     /// The startup settings of the last client, shared with the next one that sent the
     /// same: an idle client then holds no map of its own.
     last_startup: Mutex<Arc<Settings>>,
+    /// The database's name, once a reload removed it ([`Pool::remove`]).
+    removed: std::sync::OnceLock<String>,
 }
 
 impl Pool {
@@ -223,6 +227,7 @@ impl Pool {
             reconnect_before: AtomicU64::new(0),
             coarse_now_ms: AtomicU64::new(since_epoch_ms(Instant::now())),
             last_startup: Mutex::default(),
+            removed: std::sync::OnceLock::new(),
         }
     }
 
@@ -324,8 +329,13 @@ impl Pool {
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match acquired {
             Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(PoolError::Closed {
-                pool: self.name.clone(),
+            Ok(None) => Err(match self.removed.get() {
+                Some(database) => PoolError::Removed {
+                    database: database.clone(),
+                },
+                None => PoolError::Closed {
+                    pool: self.name.clone(),
+                },
             }),
             Err(_) => {
                 self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -559,6 +569,18 @@ impl Pool {
         (idle, in_use, self.waiting.load(Ordering::Relaxed))
     }
 
+    /// A reload removed `database`: closes the idle servers, refuses new checkouts with
+    /// [`PoolError::Removed`], and closes the lent servers as they come back.
+    pub fn remove(&self, database: &str) {
+        let _ = self.removed.set(database.to_string());
+        self.close();
+    }
+
+    /// Whether a reload removed the pool's database.
+    pub fn is_removed(&self) -> bool {
+        self.removed.get().is_some()
+    }
+
     /// Closes every idle server and refuses new checkouts; used at shutdown.
     pub fn close(&self) {
         for servers in self.all_servers() {
@@ -615,7 +637,7 @@ impl Checkout {
                 None => (pool.cluster.keeps_server(&conn.addr, conn.created), &pool.primary),
                 Some(node) => (pool.keeps_read_server(node, &conn), &pool.replicas[node]),
             };
-            if !keep || pool.expired(&conn) || !conn.rbuf.is_empty() {
+            if !keep || pool.expired(&conn) || !conn.rbuf.is_empty() || servers.is_closed() {
                 pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
             }

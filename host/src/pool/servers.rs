@@ -79,6 +79,11 @@ impl Servers {
         )
     }
 
+    /// Whether [`Servers::close`] ran: servers coming back are closed, not kept.
+    pub fn is_closed(&self) -> bool {
+        self.permits.is_closed()
+    }
+
     /// Closes the idle servers and refuses new slots (shutdown).
     pub fn close(&self) {
         self.permits.close();
