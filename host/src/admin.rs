@@ -35,7 +35,7 @@ const HELP: &[&str] = &[
     "SWITCHOVER [h:p] hold and drain, ask Patroni (patroni_api) to switch over (to node h:p), resume on the new primary",
     "RESUME NODE h:p  release the hold (and PAUSE) of the clusters that have node h:p",
     "RECONNECT [db]   close every server connection (all databases, or db) once its transaction ends; new ones are opened",
-    "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
+    "RELOAD           re-read the configuration file: reload changed plugins, remove databases no longer listed (as SIGHUP)",
 ];
 
 /// A result set: column names and text rows.

@@ -1,7 +1,8 @@
 //! Caps on server connections shared by several pools (`max_db_connections`,
 //! `max_user_connections`, PgBouncer's names): Postgres never sees more than the cap, the
 //! clients over it wait and are served, a wait past `query_wait_timeout` gets 53300 naming
-//! the cap, and an idle server of another pool is closed to make room.
+//! the cap, an idle server of another pool is closed to make room, and users found by
+//! `auth_query` count together.
 
 use std::time::{Duration, Instant};
 
@@ -279,4 +280,40 @@ async fn an_idle_server_of_another_pool_is_closed_to_make_room() -> Result<()> {
         "expected 2 backends of app and 1 of md5user, Postgres shows {after_app} and {after_md5}"
     );
     bed.ensure_proxy_alive()
+}
+
+/// Two roles known only to the server, found by `auth_query` (their pools made on
+/// demand): with `max_db_connections = 3` on `app`, pools of 5 and 12 clients (6 each)
+/// running 10 transactions of 20 ms at once, all 120 succeed and Postgres never shows more
+/// than 3 backends of the two on `app`: the cap is the total across looked-up users.
+#[tokio::test]
+async fn max_db_connections_caps_users_found_by_auth_query_together() -> Result<()> {
+    skip_if_direct!();
+    const ROLES: [(&str, &str); 2] = [("cap_a", "cap-a-secret"), ("cap_b", "cap-b-secret")];
+    let mut bed = TestBed::start_with(|cfg| {
+        cfg.pool_size(5)
+            .query_wait_timeout("30s")
+            .set("databases.app.max_db_connections", 3)
+            .set("auth_query.user", roles::SUPERUSER.0)
+    })?;
+    for (role, password) in ROLES {
+        bed.pg().primary().admin_sql(
+            "postgres",
+            &format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        )?;
+    }
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            let (role, password) = ROLES[i % 2];
+            (role, password, "app")
+        })
+        .collect();
+    twelve_clients_under_a_cap_of_three(
+        &mut bed,
+        &clients,
+        &[ROLES[0].0, ROLES[1].0],
+        &["app"],
+        "max_db_connections",
+    )
+    .await
 }
