@@ -178,3 +178,27 @@ impl UserAuth {
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn debug_form_never_shows_a_secret() {
+        let text = "[clusters.main]\nnodes = [{ host = \"127.0.0.1\", port = 5432 }]\n\n\
+                    [users.app]\npassword = \"pl41n-s3cret\"\nserver_password = \"s3rver-s3cret\"\n";
+        let config = Config::parse(text, "t.toml").unwrap();
+        let key = SaltKey::from_config(&config);
+        let user = UserAuth::from_config("app", &config.users["app"], &key).unwrap();
+        let shown = format!("{user:?} {user:#?}");
+        let md5 = user.md5.clone().unwrap();
+        for secret in ["pl41n-s3cret", "s3rver-s3cret", md5.as_str()] {
+            assert!(
+                !shown.contains(secret),
+                "Debug of UserAuth shows a secret: {shown}"
+            );
+        }
+        assert!(shown.contains("app") && shown.contains("<hidden>"), "{shown}");
+    }
+}

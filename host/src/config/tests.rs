@@ -416,16 +416,6 @@ fn debug_forms_never_show_a_secret() {
         );
     }
     assert!(shown.contains("<hidden>"), "{shown}");
-    let key = crate::auth::SaltKey::from_config(&config);
-    let user = crate::auth::UserAuth::from_config("app", &config.users["app"], &key).unwrap();
-    let shown = format!("{user:?}");
-    let md5 = user.md5.clone().unwrap();
-    for secret in ["pl41n-s3cret", "s3rver-s3cret", md5.as_str()] {
-        assert!(
-            !shown.contains(secret),
-            "Debug of UserAuth shows a secret: {shown}"
-        );
-    }
 }
 
 #[test]
