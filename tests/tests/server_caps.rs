@@ -149,55 +149,55 @@ async fn max_user_connections_caps_a_user_across_databases() -> Result<()> {
     .await
 }
 
-/// The three servers `max_db_connections = 3` allows are held in open transactions (two by
-/// `app`, one by `md5user`): a fourth client (`md5user`) waiting for one gets SQLSTATE 53300
-/// naming `max_db_connections` once `query_wait_timeout` (1 s) has passed (the wait is
-/// printed; it must be at least 1 s and under 10 s), the holders are unaffected, and after
-/// one commits a new client is served.
-#[tokio::test]
-async fn a_wait_for_room_under_max_db_connections_times_out_with_53300() -> Result<()> {
-    skip_if_direct!();
-    let mut bed = TestBed::start_with(|cfg| {
-        cfg.pool_size(5)
-            .query_wait_timeout("1s")
-            .set("pool.max_db_connections", 3)
-    })?;
+/// A client (user, password, database).
+type Login = (&'static str, &'static str, &'static str);
+
+/// Under a cap of 3 (`cap`, set by `key`), `holders` hold the three servers it allows in
+/// open transactions; `waiter` then waits for one and must get SQLSTATE 53300 naming `cap`
+/// once `query_wait_timeout` (1 s) has passed (the wait is printed; it must be at least 1 s
+/// and under 10 s); the holders are unaffected, and after the first commits a new client
+/// like `waiter` is served.
+async fn a_wait_under_a_full_cap_times_out(
+    key: &str,
+    cap: &str,
+    holders: [Login; 3],
+    waiter: Login,
+) -> Result<()> {
+    let mut bed = TestBed::start_with(|cfg| cfg.pool_size(5).query_wait_timeout("1s").set(key, 3))?;
     let ep = bed.endpoint();
-    let (app, md5) = (roles::APP, roles::MD5);
-    let mut holders = Vec::new();
-    for (user, password) in [app, app, md5] {
-        let c = ep.connect(user, password, "app").await?;
+    let mut held = Vec::new();
+    for (user, password, db) in holders {
+        let c = ep.connect(user, password, db).await?;
         c.batch_execute("BEGIN; SELECT 1")
             .await
             .ctx("a holder opens a transaction")?;
-        holders.push(c);
+        held.push(c);
     }
-    let waiter = ep.connect(md5.0, md5.1, "app").await?;
+    let (user, password, db) = waiter;
+    let client = ep.connect(user, password, db).await?;
     let asked = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(20), waiter.simple_query("SELECT 1"))
+    let result = tokio::time::timeout(Duration::from_secs(20), client.simple_query("SELECT 1"))
         .await
         .context("the waiting client got no answer within 20 s; query_wait_timeout is 1s")?;
     let waited = asked.elapsed();
-    println!("the client over max_db_connections got its answer after {waited:?} (query_wait_timeout 1s)");
+    println!("the client over {cap} got its answer after {waited:?} (query_wait_timeout 1s)");
     let e = match result {
-        Ok(_) => anyhow::bail!(
-            "a fourth server was lent while max_db_connections is 3 and three are in transactions"
-        ),
+        Ok(_) => anyhow::bail!("a fourth server was lent while {cap} is 3 and three are in transactions"),
         Err(e) => e,
     };
-    let db = e
+    let err = e
         .as_db_error()
         .with_context(|| format!("expected an ErrorResponse 53300, got {}", describe_error(&e)))?;
     ensure!(
-        db.code().code() == "53300" && db.message().contains("max_db_connections"),
-        "expected 53300 naming max_db_connections, got {}",
+        err.code().code() == "53300" && err.message().contains(cap),
+        "expected 53300 naming {cap}, got {}",
         describe_error(&e)
     );
     ensure!(
         waited >= Duration::from_secs(1) && waited < Duration::from_secs(10),
         "the wait ended after {waited:?}; query_wait_timeout is 1s"
     );
-    for (i, h) in holders.iter().enumerate() {
+    for (i, h) in held.iter().enumerate() {
         let v: i32 = h
             .query_one("SELECT 2", &[])
             .await
@@ -205,12 +205,53 @@ async fn a_wait_for_room_under_max_db_connections_times_out_with_53300() -> Resu
             .get(0);
         ensure!(v == 2, "holder {i} got {v}");
     }
-    holders[0].batch_execute("COMMIT").await.ctx("holder COMMIT")?;
-    let late = ep.connect(md5.0, md5.1, "app").await?;
+    held[0].batch_execute("COMMIT").await.ctx("holder COMMIT")?;
+    let late = ep.connect(user, password, db).await?;
     late.simple_query("SELECT 1")
         .await
-        .ctx("a new md5user client once a server is free")?;
+        .ctx("a new client once a server is free")?;
     bed.ensure_proxy_alive()
+}
+
+/// `[pool] max_db_connections = 3`, its three servers held in transactions (two by `app`,
+/// one by `md5user`): a fourth client (`md5user`) gets 53300 naming `max_db_connections`
+/// after `query_wait_timeout`, as [`a_wait_under_a_full_cap_times_out`] checks.
+#[tokio::test]
+async fn a_wait_for_room_under_max_db_connections_times_out_with_53300() -> Result<()> {
+    skip_if_direct!();
+    let (app, md5) = (roles::APP, roles::MD5);
+    a_wait_under_a_full_cap_times_out(
+        "pool.max_db_connections",
+        "max_db_connections",
+        [
+            (app.0, app.1, "app"),
+            (app.0, app.1, "app"),
+            (md5.0, md5.1, "app"),
+        ],
+        (md5.0, md5.1, "app"),
+    )
+    .await
+}
+
+/// `[pool] max_user_connections = 3`, the three servers of `app` held in transactions (two
+/// in database `app`, one in `postgres`): a fourth client of `app` in `postgres` gets 53300
+/// naming `max_user_connections` after `query_wait_timeout`, as
+/// [`a_wait_under_a_full_cap_times_out`] checks.
+#[tokio::test]
+async fn a_wait_for_room_under_max_user_connections_times_out_with_53300() -> Result<()> {
+    skip_if_direct!();
+    let app = roles::APP;
+    a_wait_under_a_full_cap_times_out(
+        "pool.max_user_connections",
+        "max_user_connections",
+        [
+            (app.0, app.1, "app"),
+            (app.0, app.1, "app"),
+            (app.0, app.1, "postgres"),
+        ],
+        (app.0, app.1, "postgres"),
+    )
+    .await
 }
 
 /// With `max_db_connections = 3`, user `app` leaves three idle servers in its pool; a
