@@ -1,6 +1,7 @@
 //! The admin console: a virtual database (`switchyard`) where users listed in `[admin]` run
 //! PgBouncer-style commands with any client (`psql -d switchyard`). Simple query protocol
-//! only; every answer is a result set or a command tag, never server data.
+//! only; every answer is a result set or a command tag, never server data. `stats_users`
+//! may run the `SHOW` commands only; everything else is refused with 42501.
 
 use bytes::BytesMut;
 use switchyard_protocol::backend::{self as be, ErrorFields, TransactionStatus};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use crate::net::Stream;
 use crate::plugins::{PluginReport, ReloadOutcome};
 use crate::pool::DatabaseRoute;
-use crate::session::SessionError;
+use crate::session::{ConsoleRole, SessionError};
 use crate::state::{ProxyState, ReloadError};
 
 /// Admin commands are short; this bounds what a confused client can make us buffer.
@@ -34,7 +35,7 @@ const HELP: &[&str] = &[
     "SWITCHOVER [h:p] hold and drain, ask Patroni (patroni_api) to switch over (to node h:p), resume on the new primary",
     "RESUME NODE h:p  release the hold (and PAUSE) of the clusters that have node h:p",
     "RECONNECT [db]   close every server connection (all databases, or db) once its transaction ends; new ones are opened",
-    "RELOAD           re-read the configuration file and reload changed plugins (as SIGHUP)",
+    "RELOAD           re-read the configuration file: reload changed plugins, remove databases no longer listed (as SIGHUP)",
 ];
 
 /// A result set: column names and text rows.
@@ -43,13 +44,14 @@ struct Table {
     rows: Vec<Vec<String>>,
 }
 
-/// Serves one admin client until it disconnects, or until the proxy shuts down: a client
+/// Serves one admin client (with what `role` allows) until it disconnects, or until the proxy shuts down: a client
 /// waiting for its next command then gets `FATAL 57P01` (a console session holds no
 /// transaction to wait for).
 pub async fn serve(
     mut stream: Stream,
     mut buf: BytesMut,
     state: &Arc<ProxyState>,
+    role: ConsoleRole,
 ) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
     let mut shutdown = state.shutdown.clone();
@@ -78,6 +80,9 @@ pub async fn serve(
                 let words: Vec<&str> = command.split_whitespace().collect();
                 let first = words.first().map(|w| w.to_ascii_lowercase());
                 let answer = match (first.as_deref(), &words[..]) {
+                    (Some(word), _) if role == ConsoleRole::Stats && word != "show" => {
+                        Err(read_only_refusal(command))
+                    }
                     (Some("reload"), [_]) => reload(state).await,
                     (Some("switchover"), [_, rest @ ..]) if rest.len() <= 1 => {
                         switchover(state, rest.first().copied()).await
@@ -133,6 +138,20 @@ pub async fn serve(
         stream.flush().await.map_err(SessionError::ClientIo)?;
         out.clear();
     }
+}
+
+/// Why a `stats_users` user may not run `command`.
+fn read_only_refusal(command: &str) -> ErrorFields {
+    let verb = command
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    ErrorFields::error(
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        format!("permission denied for {verb}: stats_users may run SHOW commands only"),
+    )
+    .with_hint("commands that change the proxy need a user listed in [admin] users")
 }
 
 enum Answer {
@@ -478,6 +497,25 @@ async fn reload(state: &Arc<ProxyState>) -> Result<Answer, ErrorFields> {
             detail,
         ]);
     }
+    let databases = [
+        (
+            &reloaded.removed,
+            "removed",
+            "new logins get 3D000; its sessions end with 57P01 when they next need a server",
+        ),
+        (&reloaded.restored, "restored", "takes logins again"),
+    ];
+    for (names, outcome, detail) in databases {
+        for name in names {
+            rows.push(vec![
+                format!("database {name}"),
+                outcome.into(),
+                String::new(),
+                String::new(),
+                detail.into(),
+            ]);
+        }
+    }
     if !reloaded.needs_restart.is_empty() {
         rows.push(vec![
             "configuration".into(),
@@ -746,7 +784,7 @@ fn show_nodes(state: &ProxyState) -> Table {
 }
 
 fn show_databases(state: &ProxyState) -> Table {
-    let mut names: Vec<&String> = state.databases.keys().collect();
+    let mut names: Vec<&String> = state.databases.keys().filter(|d| !state.is_removed(d)).collect();
     names.sort();
     let rows = names
         .into_iter()

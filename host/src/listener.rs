@@ -169,8 +169,9 @@ async fn connection(
             let pool = pool.clone();
             session::serve(client, pool, peer, state, closing).await;
         }
-        Destination::Admin => {
-            if let Err(e) = Box::pin(crate::admin::serve(client.stream, client.buf, &state)).await {
+        Destination::Admin(role) => {
+            let role = *role;
+            if let Err(e) = Box::pin(crate::admin::serve(client.stream, client.buf, &state, role)).await {
                 tracing::info!(%peer, error = %e, "admin session ended");
             }
         }

@@ -71,7 +71,7 @@ fn main() -> std::process::ExitCode {
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    if let Some(warning) = switchyard::config::exposed_secrets(path, &config) {
+    for warning in switchyard::config::exposure_warnings(path, &config) {
         eprintln!("warning: {warning}");
     }
     let (_tx, rx) = watch::channel(false);
@@ -89,7 +89,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = Config::parse(&text, &path.display().to_string())?;
-    if let Some(warning) = switchyard::config::exposed_secrets(path, &config) {
+    for warning in switchyard::config::exposure_warnings(path, &config) {
         tracing::warn!("{warning}");
     }
     switchyard::net::files::ensure_open_files(&config);

@@ -9,12 +9,17 @@
 //! The HTTP side is deliberately small: one task per connection, one request per connection
 //! (`Connection: close`), only the request line is looked at, the request head is capped at
 //! [`MAX_REQUEST`] bytes and must arrive within [`READ_TIMEOUT`], the whole exchange must end
-//! within [`CONNECTION_TIMEOUT`], and at most [`MAX_CONNECTIONS`] connections are served at
-//! once (more are closed at accept), so a slow or hostile scraper holds little for long.
+//! within [`CONNECTION_TIMEOUT`], at most [`MAX_CONNECTIONS`] connections are served at
+//! once and at most [`MAX_PER_ADDRESS`] from one client address (more are closed at
+//! accept), so a slow or hostile scraper holds little for long and cannot keep a scraper on
+//! another address out. The endpoint has no authentication: it is meant for loopback or a
+//! management network (`check-config` and the start warn about any other address).
 
+use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -37,6 +42,9 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 const DRAIN_LIMIT: usize = 64 * 1024;
 /// Connections served at once; more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections from one client address served at once; more from it are closed as soon as
+/// they are accepted (a scraper needs one at a time).
+pub const MAX_PER_ADDRESS: usize = 8;
 
 /// What the encoder produces.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,10 +54,11 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
     let mut shutdown = state.shutdown.clone();
     let registry = Arc::new(registry(state));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(PerAddress::default());
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, typically: back off rather than spin.
                     tracing::warn!(error = %e, "metrics: accept failed");
@@ -59,19 +68,61 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
             },
             _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => return,
         };
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            tracing::debug!(%peer, "metrics: too many connections from this address, closing one");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!("metrics: too many connections, closing one");
             continue;
         };
         let registry = registry.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             match tokio::time::timeout(CONNECTION_TIMEOUT, exchange(stream, &registry)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "metrics: connection failed"),
                 Err(_) => tracing::debug!("metrics: connection timed out"),
             }
         });
+    }
+}
+
+/// Connections open now per client address (only addresses with one).
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerAddress {
+    /// Counts one more connection from `ip`, unless it has [`MAX_PER_ADDRESS`] already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            map: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection counted for its address until dropped.
+struct AddressSlot {
+    map: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.map.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 

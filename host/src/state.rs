@@ -2,7 +2,7 @@
 //! verifiers, database routes), the pools created on first use, the cancel registry,
 //! client-facing TLS, the `auth_hba_file` rules (replaced on reload) and the shutdown signal.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,9 @@ use crate::config::{ClientTlsMode, Config};
 use crate::net::{server_tls_connector, ClientTls, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
-use crate::pool::{ClientTimeouts, DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings};
+use crate::pool::{
+    ClientTimeouts, DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings, ServerCap,
+};
 use crate::topology::reads::{LagBudget, Skip};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
@@ -64,6 +66,9 @@ pub struct Reloaded {
     pub plugins: ReloadReport,
     /// `auth_hba_file` re-read: how many rules now apply, or why the old ones stay.
     pub hba: Option<Result<usize, HbaError>>,
+    /// Databases the reload removed (their pools closed) and brought back.
+    pub removed: Vec<String>,
+    pub restored: Vec<String>,
     /// Sections that changed but take effect only after a restart.
     pub needs_restart: Vec<String>,
 }
@@ -96,6 +101,13 @@ pub struct ProxyState {
     pub databases: HashMap<String, DatabaseRoute>,
     pub topology: Topology,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    /// `max_db_connections` per database that has one.
+    db_caps: HashMap<String, Arc<ServerCap>>,
+    /// `max_user_connections` per user that has one, made with the user's first pool.
+    user_caps: Mutex<HashMap<String, Arc<ServerCap>>>,
+    /// Databases of `databases` that a reload removed: new logins get 3D000, their pools
+    /// were closed. A later reload that lists one again brings it back.
+    removed: Mutex<BTreeSet<String>>,
     pub cancels: Arc<CancelRegistry>,
     /// The loaded plugins (reloads, `SHOW PLUGINS`); decisions go through `policies`.
     pub plugins: Arc<PluginRegistry>,
@@ -163,7 +175,13 @@ impl ProxyState {
             topology.clusters.insert(name.clone(), Arc::new(cluster));
         }
         let mut databases = HashMap::new();
+        let mut db_caps = HashMap::new();
         for (name, db) in &config.databases {
+            let cap = config.max_db_connections(db);
+            if cap > 0 {
+                let scope = format!("database {name:?}");
+                db_caps.insert(name.clone(), ServerCap::new("max_db_connections", &scope, cap));
+            }
             let settings = PoolSettings {
                 mode: config.pool_mode(db),
                 size: config.pool_size(db),
@@ -219,6 +237,9 @@ impl ProxyState {
             databases,
             topology,
             pools: Mutex::new(HashMap::new()),
+            db_caps,
+            user_caps: Mutex::default(),
+            removed: Mutex::default(),
             cancels: Arc::new(CancelRegistry::default()),
             plugins,
             policies,
@@ -236,20 +257,39 @@ impl ProxyState {
     pub fn pool(&self, database: &str, user: &Arc<UserAuth>) -> Option<Arc<Pool>> {
         let route = self.databases.get(database)?;
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the pools' lock, which a removal holds while it closes the pools.
+        if self.is_removed(database) {
+            return None;
+        }
         let pool = pools
             .entry((database.to_string(), user.name.clone()))
             .or_insert_with(|| {
-                Arc::new(Pool::new(
+                Pool::new(
                     format!("{database}/{}", user.name),
                     user.clone(),
                     route.server_database.clone(),
                     route.cluster.clone(),
                     route.pause.clone(),
                     route.settings.clone(),
-                ))
+                )
+                .under_caps(self.caps_of(database, &user.name))
             });
         pool.update_user(user);
         Some(pool.clone())
+    }
+
+    /// The caps a new pool of (database, user) counts against.
+    fn caps_of(&self, database: &str, user: &str) -> Vec<Arc<ServerCap>> {
+        let mut caps: Vec<Arc<ServerCap>> = self.db_caps.get(database).cloned().into_iter().collect();
+        let limit = self.config.max_user_connections(user);
+        if limit > 0 {
+            let mut users = self.user_caps.lock().unwrap_or_else(|e| e.into_inner());
+            let cap = users
+                .entry(user.to_string())
+                .or_insert_with(|| ServerCap::new("max_user_connections", &format!("user {user:?}"), limit));
+            caps.push(cap.clone());
+        }
+        caps
     }
 
     /// A user from `[users]`, or else from `auth_query` (looked up in the client's
@@ -289,8 +329,16 @@ impl ProxyState {
                 source: e,
             })?;
             let config = Config::parse(&text, &path.display().to_string())?;
+            for warning in crate::config::exposure_warnings(&path, &config) {
+                tracing::warn!("{warning}");
+            }
             let mut needs_restart = Config::changed_sections(&started_text, &text);
             needs_restart.retain(|s| s != "plugins");
+            // Databases removed (or brought back as they were) apply now; others at restart.
+            if Config::databases_only_removed(&started_text, &text) {
+                needs_restart.retain(|s| s != "databases");
+            }
+            let (removed, restored) = state.apply_removed_databases(&config);
             if !needs_restart.is_empty() {
                 tracing::warn!(sections = ?needs_restart, "configuration changes outside [plugins] take effect at restart");
             }
@@ -303,6 +351,8 @@ impl ProxyState {
             Ok(Reloaded {
                 plugins,
                 hba,
+                removed,
+                restored,
                 needs_restart,
             })
         })
@@ -324,6 +374,45 @@ impl ProxyState {
             Err(e) => tracing::error!(error = %e, "auth_hba_file not reloaded; the rules in force stay"),
         }
         Some(result)
+    }
+
+    /// Whether a reload removed `database`.
+    pub fn is_removed(&self, database: &str) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(database)
+    }
+
+    /// Applies which of the databases the proxy started with `config` no longer lists:
+    /// newly removed ones have their pools closed (sessions holding a server finish their
+    /// transaction; their next checkout gets 57P01) and refuse new logins; ones listed
+    /// again take logins again, with new pools. Returns (removed now, brought back).
+    fn apply_removed_databases(&self, config: &Config) -> (Vec<String>, Vec<String>) {
+        let gone: BTreeSet<String> = self
+            .databases
+            .keys()
+            .filter(|d| !config.databases.contains_key(*d))
+            .cloned()
+            .collect();
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        let newly: Vec<String> = gone.difference(&removed).cloned().collect();
+        let restored: Vec<String> = removed.difference(&gone).cloned().collect();
+        pools.retain(|(db, _), pool| {
+            if gone.contains(db) {
+                pool.remove(db);
+            }
+            !gone.contains(db)
+        });
+        for db in &newly {
+            tracing::warn!(database = %db, "database removed by reload: new logins get 3D000; its sessions end with 57P01 when they next need a server");
+        }
+        for db in &restored {
+            tracing::info!(database = %db, "database listed again by reload: it takes logins again");
+        }
+        *removed = gone;
+        (newly, restored)
     }
 
     /// Reloads plugins whose component file changed (the file watcher).

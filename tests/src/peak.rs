@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::client::{describe_error, Endpoint};
 use crate::cluster::roles;
 
-/// A running sampler of client backends of one user on one database.
+/// A running sampler of client backends of some users on some databases.
 pub struct ServerPeak {
     stop: Arc<AtomicBool>,
     task: JoinHandle<Result<(i64, u64)>>,
@@ -32,6 +32,12 @@ impl ServerPeak {
     /// Starts sampling the backends of `user` on `db` at `primary` every 5 ms, as the
     /// superuser.
     pub async fn start(primary: &Endpoint, user: &str, db: &str) -> Result<Self> {
+        Self::start_where(primary, &[user], &[db]).await
+    }
+
+    /// Starts sampling, every 5 ms, the backends of any of `users` on any of `dbs` at
+    /// `primary`, counted together (a cap shared by pools).
+    pub async fn start_where(primary: &Endpoint, users: &[&str], dbs: &[&str]) -> Result<Self> {
         let (su, password) = roles::SUPERUSER;
         let watcher = primary
             .connect(su, password, "postgres")
@@ -39,15 +45,17 @@ impl ServerPeak {
             .context("peak sampler: connecting to the primary")?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let (user, db) = (user.to_owned(), db.to_owned());
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let dbs: Vec<String> = dbs.iter().map(|d| d.to_string()).collect();
         let task = tokio::spawn(async move {
             let (mut max, mut samples) = (0i64, 0u64);
             while !flag.load(Ordering::Relaxed) {
                 let n: i64 = watcher
                     .query_one(
                         "SELECT count(*) FROM pg_stat_activity \
-                         WHERE usename = $1 AND datname = $2 AND backend_type = 'client backend'",
-                        &[&user, &db],
+                         WHERE usename = ANY($1) AND datname = ANY($2) \
+                         AND backend_type = 'client backend'",
+                        &[&users, &dbs],
                     )
                     .await
                     .map_err(|e| anyhow!("peak sampler: {}", describe_error(&e)))?

@@ -185,3 +185,68 @@ fn a_low_open_files_limit_is_raised_or_named_at_start() -> Result<()> {
     );
     Ok(())
 }
+
+/// `[admin] stats_users = ["md5user"]` (and `admin` in `[admin] users`): once an `app`
+/// client has run a query, `md5user` on the console gets rows from `SHOW POOLS`, `SHOW
+/// DATABASES`, `SHOW CLUSTERS` and `SHOW VERSION`; `PAUSE`, `PAUSE app`, `RESUME`, `RECONNECT`, `RELOAD` and `SWITCHOVER` are each
+/// refused with 42501 naming `stats_users`, and nothing was paused (an `app` client is
+/// served at once); the same session still answers `SHOW POOLS` afterwards. `admin` may
+/// `PAUSE app` and `RESUME app`. `app`, in neither list, is refused at login with 28000.
+#[tokio::test]
+async fn stats_users_may_only_show_and_others_are_refused_at_login() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_with(|cfg| cfg.with_admin().set("admin.stats_users", vec!["md5user"]))?;
+    let ep = bed.endpoint();
+    let app = ep.connect_app().await?;
+    app.simple_query("SELECT 1").await.ctx("app before the console")?;
+    let stats = ep.connect("md5user", "md5pass", "switchyard").await?;
+    for show in ["SHOW POOLS", "SHOW DATABASES", "SHOW CLUSTERS", "SHOW VERSION"] {
+        let messages = stats.simple_query(show).await.ctx(show)?;
+        let rows = messages
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        println!("stats user: {show}: {rows} rows");
+        ensure!(rows > 0, "{show} returned no rows to a stats user");
+    }
+    for command in [
+        "PAUSE",
+        "PAUSE app",
+        "RESUME",
+        "RECONNECT",
+        "RELOAD",
+        "SWITCHOVER",
+    ] {
+        let e = expect_sqlstate(stats.simple_query(command).await, &["42501"], command)?;
+        println!("stats user: {command}: {} {}", e.code().code(), e.message());
+        ensure!(
+            e.message().contains("stats_users"),
+            "the refusal of {command} does not say why: {}",
+            e.message()
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(5), app.simple_query("SELECT 1"))
+        .await
+        .context("an app client waited: a stats user's PAUSE took effect")?
+        .ctx("app after the refused commands")?;
+    stats
+        .simple_query("SHOW POOLS")
+        .await
+        .ctx("SHOW POOLS after the refusals")?;
+
+    let admin = ep.connect("admin", "admin", "switchyard").await?;
+    admin.simple_query("PAUSE app").await.ctx("admin PAUSE app")?;
+    admin.simple_query("RESUME app").await.ctx("admin RESUME app")?;
+
+    let refused = ep.connect("app", "app", "switchyard").await;
+    let e = match refused {
+        Ok(_) => anyhow::bail!("user app, in neither admin list, logged in to the console"),
+        Err(e) => e,
+    };
+    println!("app on the console: {e:#}");
+    ensure!(
+        format!("{e:#}").contains("28000"),
+        "expected SQLSTATE 28000 for a user in neither admin list, got {e:#}"
+    );
+    Ok(())
+}

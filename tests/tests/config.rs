@@ -3,12 +3,13 @@
 //! up here as one clear failure instead of every suite failing at start-up.
 //! Secrets in a configuration stay secret: `check-config` and the proxy never
 //! echo a bad password value, and warn about a file with secrets that its
-//! group or others can read.
+//! group or others can read (at start, at each reload and in `check-config`), and about a
+//! metrics endpoint beyond loopback.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use switchyard_tests::proxy::{Launch, NodeEntry, UserSection};
 use switchyard_tests::tools::{run_command, CmdOutput};
 use switchyard_tests::{env, scratch, skip_if_direct, PgCluster, Proxy, ProxyConfig, TestBed};
@@ -302,4 +303,137 @@ fn check_config_reads_the_auth_hba_file() -> Result<()> {
     );
     scratch::remove_dir(&dir);
     Ok(())
+}
+
+/// `check-config` on a private (0600) file with `metrics_listen = "0.0.0.0:9127"`: passes
+/// with a warning naming `proxy.metrics_listen`, the address, that the endpoint has no
+/// authentication, and loopback; with `"127.0.0.1:9127"` it passes without a warning.
+#[test]
+fn check_config_warns_about_metrics_beyond_loopback() -> Result<()> {
+    skip_if_direct!();
+    let dir = scratch::fresh_dir("config-metrics")?;
+    let path = dir.join("switchyard.toml");
+    let exposed = offline_config()
+        .set("proxy.metrics_listen", "0.0.0.0:9127")
+        .to_toml()?;
+    write_with_mode(&path, &exposed, 0o600)?;
+    let out = check_config(&path)?;
+    ensure!(
+        out.status_ok,
+        "{}",
+        out.describe("check-config, metrics on 0.0.0.0")
+    );
+    println!("check-config, metrics on 0.0.0.0:\n{}", out.stderr.trim());
+    ensure!(
+        out.stderr.contains("warning:")
+            && out.stderr.contains("proxy.metrics_listen")
+            && out.stderr.contains("0.0.0.0:9127")
+            && out.stderr.contains("no authentication")
+            && out.stderr.contains("loopback"),
+        "no warning about the metrics endpoint: {}",
+        out.describe("check-config, metrics on 0.0.0.0")
+    );
+
+    let private = offline_config()
+        .set("proxy.metrics_listen", "127.0.0.1:9127")
+        .to_toml()?;
+    write_with_mode(&path, &private, 0o600)?;
+    let out = check_config(&path)?;
+    ensure!(
+        out.status_ok,
+        "{}",
+        out.describe("check-config, metrics on loopback")
+    );
+    ensure!(
+        !out.stderr.contains("warning:"),
+        "metrics on loopback got a warning: {}",
+        out.describe("check-config, metrics on loopback")
+    );
+    scratch::remove_dir(&dir);
+    Ok(())
+}
+
+/// The proxy started on a private (0600) file logs no warning about it; after the file is
+/// made readable by others (0644) and the proxy gets SIGHUP, the reload logs the warning
+/// naming the file and `chmod 600` (within 10 s), and the proxy still serves.
+#[tokio::test]
+async fn reload_repeats_the_warning_about_a_readable_file_with_secrets() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start()?;
+    let proxy = bed.proxy().context("a proxy")?;
+    let path = proxy.config_path();
+    let warned = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&path.display().to_string()) && l.contains("chmod 600"))
+    };
+    ensure!(!warned(&proxy.log()), "a private file got a warning at start");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    let config = proxy.config().clone();
+    proxy.reload(config)?;
+    let started = std::time::Instant::now();
+    while !warned(&proxy.log()) {
+        ensure!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no warning about the readable file 10 s after SIGHUP:\n{}",
+            proxy.log_tail(20)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("warned {:?} after SIGHUP", started.elapsed());
+    bed.endpoint()
+        .connect_app()
+        .await?
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| anyhow::anyhow!(switchyard_tests::describe_error(&e)))?;
+    bed.ensure_proxy_alive()
+}
+
+/// Whether this machine has the IPv6 loopback address (`::1` on `lo` in
+/// `/proc/net/if_inet6`).
+fn has_ipv6_loopback() -> bool {
+    std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.starts_with("00000000000000000000000000000001"))
+    })
+}
+
+/// `[proxy] listen = "[::1]:PORT"` and the cluster's node at `host = "::1"` (Postgres
+/// listening on `::1` too): tokio-postgres connects to the proxy over `::1` and runs a
+/// query, and the server connection the proxy opened comes from `::1` as Postgres sees it
+/// (`inet_client_addr()`). Skipped (a failure under SWITCHYARD_NO_SKIP) only on a machine
+/// without `::1`.
+#[tokio::test]
+async fn proxy_listens_and_connects_over_ipv6() -> Result<()> {
+    skip_if_direct!();
+    if !has_ipv6_loopback() {
+        return env::skip("this machine has no IPv6 loopback address (::1)");
+    }
+    let opts = switchyard_tests::ClusterOptions::default()
+        .setting("listen_addresses", "127.0.0.1,::1")
+        .hba_first("host all all ::1/128 scram-sha-256")?;
+    let mut bed = TestBed::start_full(opts, |mut cfg, _| {
+        cfg.proxy.listen = format!("[::1]:{}", switchyard_tests::ports::free_port()?);
+        for cluster in cfg.clusters.values_mut() {
+            for node in &mut cluster.nodes {
+                node.host = "::1".into();
+            }
+        }
+        Ok(cfg)
+    })?;
+    let ep = bed.endpoint();
+    println!("the proxy listens on {}", bed.proxy().context("a proxy")?.addr());
+    let client = ep.connect_app().await?;
+    let row = client
+        .query_one("SELECT inet_client_addr()::text, 6 * 7", &[])
+        .await
+        .map_err(|e| anyhow::anyhow!(switchyard_tests::describe_error(&e)))?;
+    let (from, answer): (String, i32) = (row.get(0), row.get(1));
+    println!("through the proxy over ::1: {answer}; Postgres sees the proxy's server connection from {from}");
+    ensure!(answer == 42, "got {answer}");
+    ensure!(
+        from.starts_with("::1"),
+        "the proxy's server connection came from {from}, not ::1"
+    );
+    bed.ensure_proxy_alive()
 }

@@ -1,7 +1,8 @@
 //! The Prometheus endpoint (`[proxy] metrics_listen`): after traffic through the proxy a
 //! scrape shows it (checkouts, connected clients, the cluster's primary and probes), every
-//! line is valid exposition format, other paths and methods are refused, and a connection
-//! that sends nothing neither blocks a scrape nor stays open.
+//! line is valid exposition format, other paths and methods are refused, a connection
+//! that sends nothing neither blocks a scrape nor stays open, and one client address
+//! cannot hold more than its share of connections.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -269,5 +270,131 @@ async fn a_silent_connection_neither_blocks_a_scrape_nor_stays_open() -> Result<
         Ok(())
     })
     .await??;
+    Ok(())
+}
+
+/// Connections one client address may hold on the metrics endpoint (the proxy's
+/// `MAX_PER_ADDRESS`).
+const PER_ADDRESS: usize = 8;
+
+/// A connection to `addr` from the local address `source`.
+async fn connect_from(source: &str, addr: &str) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket
+        .bind(format!("{source}:0").parse()?)
+        .with_context(|| format!("binding {source} as the source address"))?;
+    socket
+        .connect(addr.parse()?)
+        .await
+        .with_context(|| format!("connecting to {addr} from {source}"))
+}
+
+/// `GET /metrics` from `source`: the status line, or `None` if the proxy closed the
+/// connection without answering.
+async fn scrape_from(source: &str, addr: &str) -> Result<Option<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = connect_from(source, addr).await?;
+    // A write to a connection the proxy already closed may fail: that is a refusal too.
+    if stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: t\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .context("no answer nor close within 10 s")?;
+    if read.is_err() || raw.is_empty() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    Ok(Some(text.lines().next().unwrap_or_default().to_owned()))
+}
+
+/// 8 idle connections (the per-address cap) from 127.0.0.1 are held open: a ninth from
+/// 127.0.0.1 is closed without an answer, while a scrape from 127.0.0.2 gets 200 at once
+/// (printed time), and so does a database client of the proxy. A trickling client (a byte
+/// of its request every 500 ms) is closed once the 5 s request-head timeout passes (within
+/// 10 s; printed). Once the idle connections are closed, a scrape from 127.0.0.1 gets 200
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_the_metrics_endpoint() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    skip_if_direct!();
+    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
+    let bed = TestBed::start_with(|cfg| cfg.set("proxy.metrics_listen", metrics.as_str()))?;
+    let mut idle = Vec::new();
+    for _ in 0..PER_ADDRESS {
+        idle.push(connect_from("127.0.0.1", &metrics).await?);
+    }
+    // Let the proxy accept them all before the ninth.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ninth = scrape_from("127.0.0.1", &metrics).await?;
+    println!("a ninth connection from 127.0.0.1: {ninth:?}");
+    ensure!(
+        ninth.is_none(),
+        "a ninth connection from one address was answered: {ninth:?}"
+    );
+
+    let started = Instant::now();
+    let other = scrape_from("127.0.0.2", &metrics).await?;
+    println!(
+        "a scrape from 127.0.0.2 beside them: {other:?} after {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        other.as_deref().is_some_and(|s| s.contains(" 200 ")),
+        "a scrape from another address got {other:?}"
+    );
+    let client = bed.endpoint().connect_app().await?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .ctx("a database client beside them")?;
+
+    let mut trickle = connect_from("127.0.0.2", &metrics).await?;
+    let started = Instant::now();
+    let closed_after = loop {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("a trickling request was still open after 10 s; the head timeout is 5 s");
+        }
+        if trickle.write_all(b"G").await.is_err() {
+            break started.elapsed();
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(500), trickle.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(n)) => bail!(
+                "the trickling request got {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => {}
+        }
+    };
+    println!("a request trickling a byte every 500 ms was closed after {closed_after:?}");
+    ensure!(
+        closed_after >= Duration::from_secs(4),
+        "the trickling request was closed after {closed_after:?}, before the 5 s head timeout"
+    );
+
+    drop(idle);
+    let started = Instant::now();
+    let again = loop {
+        let status = scrape_from("127.0.0.1", &metrics).await?;
+        if status.is_some() || started.elapsed() > Duration::from_secs(5) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "a scrape from 127.0.0.1 once its idle connections closed: {again:?} after {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        again.as_deref().is_some_and(|s| s.contains(" 200 ")),
+        "127.0.0.1 after closing its connections got {again:?}"
+    );
     Ok(())
 }

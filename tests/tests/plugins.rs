@@ -2,7 +2,8 @@
 //! scripts/build-plugins): the bundled pool-mode plugin in transaction, session and
 //! statement mode, and hostile plugins that loop (keeping at least half the throughput of
 //! no plugin), exhaust memory (the proxy's RSS stays under a stated cap), trap on every
-//! call, or try to escape the sandbox (the attempts fail), while clients see no error, in
+//! call, flood the log and counters (both stay bounded), or try to escape the sandbox (the
+//! attempts fail), while clients see no error, in
 //! the simple and the extended protocol, plus plugins that must be refused at start-up, and a plugin
 //! that uses Rust's std (HashMap, Instant, stderr, a panic) as any author would.
 
@@ -530,6 +531,97 @@ async fn current_session_follows_set_application_name() -> Result<()> {
     ensure!(
         failures > 0,
         "a session renamed panic-now by SET must make the plugin panic (failures counted: {failures})"
+    );
+    bed.ensure_proxy_alive()
+}
+
+/// Lines the proxy logs for one plugin per second at most (the host's
+/// `LOG_LINES_PER_SECOND`).
+const PLUGIN_LINES_PER_SECOND: usize = 100;
+
+/// A plugin that floods the host on every decision (`hostile-chatty`: a 64 KiB log line,
+/// 200 short lines, a counter with a 1 KiB name and 10 new counter names per call), under
+/// pgbench -M simple and -M extended (32 clients, pool of 4, 4 s each): no failed
+/// transaction; the plugin's lines in the log are at most 100 per second of the proxy's
+/// life (counted and printed), with at least one `lines dropped` summary; every long line is
+/// cut to under 4 KiB + a `[truncated: ...]` marker; `SHOW PLUGINS` shows at most 256
+/// counters and none with the long name, and each counter refusal is logged exactly once;
+/// the log file and the proxy's peak resident memory are printed, and the memory stays under
+/// 256 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_plugin_leaves_the_log_and_counters_bounded() -> Result<()> {
+    skip_if_direct!();
+    let started = std::time::Instant::now();
+    let mut bed = TestBed::start_full(Default::default(), |cfg, _| {
+        with_plugin(cfg.pool_size(4), "hostile-chatty", &[])
+    })?;
+    bed.direct().pgbench("app", "app", "app").init(1)?;
+    let endpoint = bed.endpoint();
+    let mut processed = Vec::new();
+    for mode in [QueryMode::Simple, QueryMode::Extended] {
+        let t = tps(&endpoint, mode, 4, "with hostile-chatty").await?;
+        processed.push((mode.as_str(), t));
+    }
+    let row = policy_row(&endpoint).await?;
+    let (calls, _) = plugin_counts(&bed).await?;
+    let proxy = bed.proxy().context("a proxy")?;
+    let life = started.elapsed();
+    let pid = proxy.pid().context("the proxy's pid")?;
+    let memory = resident_memory(pid)?;
+    let log = proxy.log();
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let short = lines("chatty: line");
+    let long: Vec<&str> = log.lines().filter(|l| l.contains("chatty: long")).collect();
+    let summaries = lines("lines dropped");
+    let counters = row.get("counters").cloned().unwrap_or_default();
+    let names: Vec<&str> = counters.split_whitespace().collect();
+    const MIB: u64 = 1 << 20;
+    println!(
+        "hostile-chatty: {calls} calls in {life:?} ({processed:?} tps); log: {short} short and {} long plugin lines, \
+         {summaries} 'lines dropped' summaries, {} bytes; {} counters shown; proxy RSS {} MiB, peak {} MiB",
+        long.len(),
+        log.len(),
+        names.len(),
+        memory.now / MIB,
+        memory.peak / MIB
+    );
+    let allowed = PLUGIN_LINES_PER_SECOND * (life.as_secs() as usize + 2);
+    ensure!(
+        short + long.len() <= allowed,
+        "{} plugin lines in the log over {life:?}; at most {PLUGIN_LINES_PER_SECOND} per second ({allowed})",
+        short + long.len()
+    );
+    ensure!(
+        calls > 0 && short > 0,
+        "the plugin was not called or logged nothing"
+    );
+    ensure!(summaries > 0, "no 'lines dropped' summary in the log");
+    for l in &long {
+        ensure!(
+            l.len() < 4096 + 512 && l.contains("[truncated: "),
+            "a long plugin line was not cut: {} bytes",
+            l.len()
+        );
+    }
+    ensure!(
+        names.len() <= 256,
+        "{} plugin counters shown; at most 256",
+        names.len()
+    );
+    ensure!(
+        !counters.contains(&"n".repeat(200)),
+        "the counter with a 1 KiB name was kept"
+    );
+    ensure!(
+        lines("plugin counter refused") == 1 && lines("counters already") == 1,
+        "each counter refusal should be logged once: {} and {}",
+        lines("plugin counter refused"),
+        lines("counters already")
+    );
+    ensure!(
+        memory.peak < 256 * MIB,
+        "the proxy's peak resident memory was {} MiB",
+        memory.peak / MIB
     );
     bed.ensure_proxy_alive()
 }

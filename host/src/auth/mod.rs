@@ -32,8 +32,8 @@ pub enum AuthError {
     PlaintextFromAuthQuery,
 }
 
-/// Everything the proxy needs to authenticate one user, prepared once at config load.
-#[derive(Debug)]
+/// Everything the proxy needs to authenticate one user, prepared once at config load. Its
+/// debug form shows the name, the method and which secrets it holds, never their values.
 pub struct UserAuth {
     pub name: String,
     pub method: ClientAuthMethod,
@@ -47,6 +47,20 @@ pub struct UserAuth {
     pub client_key: OnceLock<[u8; 32]>,
     /// SCRAM keys derived from `server_password` for the servers' salt.
     pub server_keys: DerivedKeys,
+}
+
+impl std::fmt::Debug for UserAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = |present: bool| if present { "<hidden>" } else { "none" };
+        f.debug_struct("UserAuth")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("scram", &self.scram)
+            .field("md5", &held(self.md5.is_some()))
+            .field("server_password", &held(self.server_password.is_some()))
+            .field("client_key", &held(self.client_key.get().is_some()))
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the proxy proves itself to a server as this user.
@@ -132,7 +146,7 @@ impl UserAuth {
             method,
             scram,
             md5,
-            server_password: user.server_password.clone().or(plain),
+            server_password: user.server_password.as_deref().map(str::to_string).or(plain),
             client_key: OnceLock::new(),
             server_keys: DerivedKeys::default(),
         })
@@ -163,4 +177,28 @@ impl UserAuth {
 /// Constant-time comparison of two secrets.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn debug_form_never_shows_a_secret() {
+        let text = "[clusters.main]\nnodes = [{ host = \"127.0.0.1\", port = 5432 }]\n\n\
+                    [users.app]\npassword = \"pl41n-s3cret\"\nserver_password = \"s3rver-s3cret\"\n";
+        let config = Config::parse(text, "t.toml").unwrap();
+        let key = SaltKey::from_config(&config);
+        let user = UserAuth::from_config("app", &config.users["app"], &key).unwrap();
+        let shown = format!("{user:?} {user:#?}");
+        let md5 = user.md5.clone().unwrap();
+        for secret in ["pl41n-s3cret", "s3rver-s3cret", md5.as_str()] {
+            assert!(
+                !shown.contains(secret),
+                "Debug of UserAuth shows a secret: {shown}"
+            );
+        }
+        assert!(shown.contains("app") && shown.contains("<hidden>"), "{shown}");
+    }
 }

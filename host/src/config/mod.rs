@@ -11,7 +11,7 @@ mod types;
 mod validate;
 
 pub use password::{MalformedVerifier, ScramVerifier, StoredPassword, MIN_SALT_SECRET_LEN};
-pub use secrets::exposed_secrets;
+pub use secrets::{exposed_metrics, exposed_secrets, exposure_warnings, Secret};
 pub use types::*;
 
 use std::path::Path;
@@ -54,6 +54,20 @@ impl Config {
             .filter(|k| old.get(*k) != new.get(*k))
             .cloned()
             .collect()
+    }
+
+    /// Whether the `[databases]` of `new` are those of `old` less some: every database `new`
+    /// lists is in `old` with the same settings (removing a database applies at a reload;
+    /// adding or changing one needs a restart).
+    pub fn databases_only_removed(old: &str, new: &str) -> bool {
+        let databases = |t: &str| {
+            t.parse::<toml::Table>()
+                .ok()
+                .and_then(|t| t.get("databases").and_then(|d| d.as_table()).cloned())
+                .unwrap_or_default()
+        };
+        let (old, new) = (databases(old), databases(new));
+        new.iter().all(|(name, settings)| old.get(name) == Some(settings))
     }
 
     /// Parses and validates configuration text; `origin` names it in errors.

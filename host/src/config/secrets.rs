@@ -1,10 +1,33 @@
 //! Keeping the secrets a configuration holds (passwords in `[users]`, `auth_salt_secret`)
 //! out of sight: parse errors never echo a secret value, and a file that its group or others
-//! can read gets a warning at start and in `check-config`.
+//! can read gets a warning at start, at each reload and in `check-config`; so does an
+//! unauthenticated metrics endpoint on an address other than loopback.
 
 use std::path::Path;
 
+use serde::Deserialize;
+
 use super::Config;
+
+/// A secret value of the configuration (a password, verifier, hash or key): used as the
+/// text it holds, but its debug form is `<hidden>`, so that `{:?}` of a configuration (or
+/// of anything holding one) never prints it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(HIDDEN)
+    }
+}
 
 /// Parts of a key name that mark its value as a secret (a mistyped `passwrod` included).
 const SECRET_MARKERS: [&str; 3] = ["pass", "secret", "pwd"];
@@ -82,4 +105,28 @@ pub fn exposed_secrets(path: &Path, config: &Config) -> Option<String> {
         "{path} holds secrets ({}) and is readable by {readers} (mode {mode:04o}): run `chmod 600 {path}`",
         secrets.join(", ")
     ))
+}
+
+/// What the configuration at `path` leaves exposed (secrets others can read, metrics beyond
+/// loopback), one warning each: shown by `check-config`, and logged at start and at each
+/// reload.
+pub fn exposure_warnings(path: &Path, config: &Config) -> Vec<String> {
+    [exposed_secrets(path, config), exposed_metrics(config)]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The warning for a metrics endpoint (`metrics_listen`, unauthenticated) bound to an address
+/// other than loopback, or `None`.
+pub fn exposed_metrics(config: &Config) -> Option<String> {
+    let addr = config.proxy.metrics_listen?;
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "proxy.metrics_listen = \"{addr}\" is not a loopback address: the metrics endpoint has no \
+             authentication, and whoever can reach it reads the names of databases, users and \
+             nodes and the traffic counts; bind it to 127.0.0.1 (or ::1), or make sure only a \
+             management network reaches it"
+        )
+    })
 }

@@ -342,3 +342,134 @@ fn client_tls_settings_are_checked_with_key_and_line() {
     let c = Config::parse(&cert_user(&with_ca, "app"), "t.toml").unwrap();
     assert_eq!(c.users["app"].auth, Some(ClientAuthMethod::Cert));
 }
+
+#[test]
+fn server_caps_default_to_none_and_are_overridden_per_database_and_user() {
+    let text = GOOD
+        .replace(
+            "size = 4",
+            "size = 4\nmax_db_connections = 10\nmax_user_connections = 7",
+        )
+        .replace("cluster = \"main\"", "cluster = \"main\"\nmax_db_connections = 3")
+        .replace(
+            "password = \"app\"",
+            "password = \"app\"\nmax_user_connections = 2",
+        );
+    let c = Config::parse(&text, "t.toml").unwrap();
+    assert_eq!(c.max_db_connections(&c.databases["app"]), 3);
+    assert_eq!(c.max_user_connections("app"), 2);
+    assert_eq!(c.max_user_connections("found-by-auth-query"), 7);
+    let plain = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(plain.max_db_connections(&plain.databases["app"]), 0);
+    assert_eq!(plain.max_user_connections("app"), 0);
+}
+
+#[test]
+fn stats_users_must_be_users() {
+    let e = err(&GOOD.replace(
+        "users = [\"app\"]",
+        "users = [\"app\"]\nstats_users = [\"watcher\"]",
+    ));
+    assert!(
+        e.contains("admin.stats_users") && e.contains("watcher") && e.contains("t.toml:20"),
+        "{e}"
+    );
+}
+
+#[test]
+fn metrics_beyond_loopback_are_flagged() {
+    let with = |addr: &str| {
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:6432\"",
+            &format!("listen = \"127.0.0.1:6432\"\nmetrics_listen = \"{addr}\""),
+        );
+        Config::parse(&text, "t.toml").unwrap()
+    };
+    let warning = exposed_metrics(&with("0.0.0.0:9127")).expect("0.0.0.0 is flagged");
+    assert!(
+        warning.contains("proxy.metrics_listen") && warning.contains("no authentication"),
+        "{warning}"
+    );
+    assert!(exposed_metrics(&with("10.1.2.3:9127")).is_some());
+    assert_eq!(exposed_metrics(&with("127.0.0.1:9127")), None);
+    assert_eq!(exposed_metrics(&with("[::1]:9127")), None);
+    assert_eq!(exposed_metrics(&Config::parse(GOOD, "t.toml").unwrap()), None);
+}
+
+#[test]
+fn debug_forms_never_show_a_secret() {
+    let text = GOOD
+        .replace(
+            "password = \"app\"",
+            "password = \"pl41n-s3cret\"\nserver_password = \"s3rver-s3cret\"",
+        )
+        .replace(
+            "listen = \"127.0.0.1:6432\"",
+            "listen = \"127.0.0.1:6432\"\nauth_salt_secret = \"s4lt-s3cret-0123456789\"",
+        );
+    let config = Config::parse(&text, "t.toml").unwrap();
+    let shown = format!("{config:?} {config:#?}");
+    for secret in ["pl41n-s3cret", "s3rver-s3cret", "s4lt-s3cret"] {
+        assert!(
+            !shown.contains(secret),
+            "Debug of the configuration shows {secret}"
+        );
+    }
+    assert!(shown.contains("<hidden>"), "{shown}");
+}
+
+#[test]
+fn ipv6_addresses_are_accepted_and_bad_ones_named() {
+    let v6 = GOOD
+        .replace(
+            "listen = \"127.0.0.1:6432\"",
+            "listen = \"[::1]:6432\"\nmetrics_listen = \"[::1]:9127\"",
+        )
+        .replace("host = \"127.0.0.1\"", "host = \"::1\"");
+    let c = Config::parse(&v6, "t.toml").unwrap();
+    assert_eq!(c.proxy.listen, "[::1]:6432".parse().unwrap());
+    assert_eq!(c.clusters["main"].nodes[0].get_ref().host, "::1");
+
+    let e = err(&GOOD.replace("listen = \"127.0.0.1:6432\"", "listen = \"::1:6432\""));
+    assert!(
+        e.contains("line 3") && e.contains("\"::1:6432\"") && e.contains("[::1]:6432"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace(
+        "listen = \"127.0.0.1:6432\"",
+        "listen = \"127.0.0.1:6432\"\nmetrics_listen = \"localhost\"",
+    ));
+    assert!(
+        e.contains("line 4") && e.contains("not an address and port"),
+        "{e}"
+    );
+    for bad in ["[::1]", "[::1]:5432", "fe80::1::2"] {
+        let e = err(&GOOD.replace("host = \"127.0.0.1\"", &format!("host = \"{bad}\"")));
+        assert!(
+            e.contains("t.toml:10") && e.contains("clusters.main.nodes") && e.contains("without brackets"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn removing_databases_is_told_apart_from_other_changes() {
+    let two = GOOD.replace(
+        "[users.app]",
+        "[databases.other]\ncluster = \"main\"\n\n[users.app]",
+    );
+    assert!(Config::databases_only_removed(&two, GOOD));
+    assert!(Config::databases_only_removed(&two, &two));
+    assert!(
+        !Config::databases_only_removed(GOOD, &two),
+        "an added database needs a restart"
+    );
+    let changed = two.replace(
+        "[databases.other]\ncluster = \"main\"",
+        "[databases.other]\ncluster = \"main\"\npool_size = 3",
+    );
+    assert!(
+        !Config::databases_only_removed(&two, &changed),
+        "a changed database needs a restart"
+    );
+}

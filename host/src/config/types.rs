@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::Secret;
+
 /// Name of the virtual admin database (a configured database may not take it).
 pub const ADMIN_DATABASE: &str = "switchyard";
 
@@ -180,7 +182,8 @@ fn default_auth_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxySettings {
-    /// Address clients connect to.
+    /// Address clients connect to (`"127.0.0.1:6432"`, `"[::1]:6432"`).
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Clients beyond this many are refused with 53300.
     pub max_client_conn: usize,
@@ -222,10 +225,11 @@ pub struct ProxySettings {
     #[serde(with = "humantime_serde")]
     pub plugin_watch_interval: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`); none when absent.
+    #[serde(deserialize_with = "optional_socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Key of the SCRAM salts the proxy makes up (unknown users, plaintext passwords); by
     /// default derived from the secrets in `[users]`.
-    pub auth_salt_secret: Option<String>,
+    pub auth_salt_secret: Option<Secret>,
     /// Largest message a client may send, in bytes or as a size (`"64MiB"`); a larger one
     /// is refused from its header with 54000 and ends that session. At most 1 GiB,
     /// Postgres' own limit. A named Parse is held whole, so this also bounds what one
@@ -288,6 +292,20 @@ impl ClientTlsMode {
             ClientTlsMode::Require => "require",
         }
     }
+}
+
+/// An `address:port` to listen on, with a message that shows both forms when it is not one.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address and port: write \"127.0.0.1:6432\" for IPv4, and an IPv6 address in brackets, \"[::1]:6432\""
+        ))
+    })
+}
+
+fn optional_socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
 }
 
 /// A size in bytes, written as an integer or as a string with a unit: `B`, `kB`/`KiB`,
@@ -408,6 +426,13 @@ pub struct PoolDefaults {
     /// in front of it without `server_tls = "verify-full"`, would learn the password.
     /// A server that asks for none (`trust`) is always accepted: it learns nothing.
     pub server_auth_methods: Vec<ServerAuthMethod>,
+    /// Server connections of one database, all its users' pools together; 0: no limit.
+    /// A database's own `max_db_connections` overrides it.
+    pub max_db_connections: usize,
+    /// Server connections of one user, its pools in every database together; 0: no
+    /// limit. A user's own `max_user_connections` overrides it (users found by
+    /// `auth_query` get this one).
+    pub max_user_connections: usize,
 }
 
 /// An authentication request a server may send the proxy (`[pool] server_auth_methods`).
@@ -450,6 +475,8 @@ impl Default for PoolDefaults {
             server_tls: ServerTlsMode::Disable,
             server_tls_ca: None,
             server_auth_methods: vec![ServerAuthMethod::ScramSha256, ServerAuthMethod::Md5],
+            max_db_connections: 0,
+            max_user_connections: 0,
         }
     }
 }
@@ -526,6 +553,8 @@ pub struct DatabaseConfig {
     pub dbname: Option<String>,
     pub pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    /// Overrides `[pool] max_db_connections` for this database; 0: no limit.
+    pub max_db_connections: Option<usize>,
     /// Which work may run on the cluster's replicas (docs/routing.md); the database's
     /// router (plugin or built-in) reads it as a hint, the host's safety rules apply
     /// whatever it answers.
@@ -628,12 +657,14 @@ impl ClientAuthMethod {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Plaintext, a SCRAM verifier (`SCRAM-SHA-256$...`) or an md5 hash (`md5...`).
-    pub password: Spanned<String>,
+    pub password: Spanned<Secret>,
     /// Password the proxy uses to log in to servers when `password` is not plaintext.
-    pub server_password: Option<String>,
+    pub server_password: Option<Secret>,
     /// Challenge sent to clients; by default SCRAM, or md5 for an md5 hash. An
     /// `auth_hba_file` rule's method takes its place.
     pub auth: Option<ClientAuthMethod>,
+    /// Overrides `[pool] max_user_connections` for this user; 0: no limit.
+    pub max_user_connections: Option<usize>,
 }
 
 /// `[admin]`: the virtual `switchyard` database.
@@ -642,6 +673,9 @@ pub struct UserConfig {
 pub struct AdminSettings {
     /// Users (from `[users]`) allowed to connect to the admin console.
     pub users: Vec<Spanned<String>>,
+    /// Users (from `[users]`) allowed on the admin console for `SHOW` commands only
+    /// (PgBouncer's `stats_users`).
+    pub stats_users: Vec<Spanned<String>>,
 }
 
 impl UserConfig {
@@ -662,5 +696,19 @@ impl Config {
     /// Effective pool size of a database.
     pub fn pool_size(&self, db: &DatabaseConfig) -> usize {
         db.pool_size.unwrap_or(self.pool.size)
+    }
+
+    /// Effective `max_db_connections` of a database; 0: no limit.
+    pub fn max_db_connections(&self, db: &DatabaseConfig) -> usize {
+        db.max_db_connections.unwrap_or(self.pool.max_db_connections)
+    }
+
+    /// Effective `max_user_connections` of a user (one not in `[users]` was found by
+    /// `auth_query` and gets the default); 0: no limit.
+    pub fn max_user_connections(&self, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.pool.max_user_connections)
     }
 }

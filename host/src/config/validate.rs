@@ -204,6 +204,11 @@ impl Check<'_> {
                     "a cluster needs at least one node".into(),
                 ));
             }
+            for node in &cluster.nodes {
+                if let Some(message) = bad_host(&node.get_ref().host) {
+                    return Err(self.at(node.span(), format!("clusters.{name}.nodes"), message));
+                }
+            }
             if let Some(probe) = &cluster.probe_user {
                 let problem = match config.users.get(probe.get_ref()) {
                     None => Some(format!("{:?} is not defined in [users]", probe.get_ref())),
@@ -282,11 +287,13 @@ impl Check<'_> {
                 ));
             }
         }
-        for admin in &config.admin.users {
+        let admins = config.admin.users.iter().map(|u| ("admin.users", u));
+        let stats = config.admin.stats_users.iter().map(|u| ("admin.stats_users", u));
+        for (key, admin) in admins.chain(stats) {
             if !config.users.contains_key(admin.get_ref()) {
                 return Err(self.at(
                     admin.span(),
-                    "admin.users".into(),
+                    key.into(),
                     format!("{:?} is not defined in [users]", admin.get_ref()),
                 ));
             }
@@ -366,6 +373,21 @@ impl Check<'_> {
         }
         Ok(())
     }
+}
+
+/// What is wrong with a node's `host`, if anything: it is a name or an address without a
+/// port, and an IPv6 address goes without brackets (the port has its own key).
+fn bad_host(host: &str) -> Option<String> {
+    if host.is_empty() {
+        return Some("host is empty".into());
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') && (bare != host || bare.parse::<std::net::Ipv6Addr>().is_err()) {
+        return Some(format!(
+            "host {host:?} is not a host name or an address: give the port in `port` and an IPv6 address without brackets, e.g. host = \"::1\""
+        ));
+    }
+    None
 }
 
 fn check_user(name: &str, user: &UserConfig) -> Result<(), String> {

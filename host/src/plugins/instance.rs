@@ -10,11 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
-use super::bindings::{CallSession, PluginCounters};
+use super::bindings::CallSession;
 use super::engine::{
     CALL_DEADLINE_TICKS, CHECK_CPU, CHECK_TICKS, INIT_DEADLINE_TICKS, MAX_CHECKS, MAX_MEMORY,
 };
 use super::hooks::{HookIndices, Hooks};
+use super::output::{LogBudget, PluginCounters};
 use super::stdio::Captured;
 
 /// Consecutive failures that open the breaker.
@@ -35,6 +36,8 @@ pub struct StoreState {
     pub limits: StoreLimits,
     pub output: Captured,
     pub counters: Arc<PluginCounters>,
+    /// The plugin's log lines per second, shared by its instances.
+    pub log: Arc<LogBudget>,
     pub started: Instant,
     /// The session the current call is about (for `host.current-session`).
     pub session: CallSession,
@@ -173,6 +176,7 @@ pub struct Instances {
     settings: Vec<(String, String)>,
     idle: Mutex<Vec<Instance>>,
     pub counters: Arc<PluginCounters>,
+    log: Arc<LogBudget>,
     pub stats: CallStats,
     consecutive_failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
@@ -197,6 +201,7 @@ impl Instances {
             settings,
             idle: Mutex::new(Vec::new()),
             counters,
+            log: Arc::default(),
             stats: CallStats::default(),
             consecutive_failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
@@ -219,6 +224,7 @@ impl Instances {
                 .build(),
             output: Captured::default(),
             counters: self.counters.clone(),
+            log: self.log.clone(),
             started: Instant::now(),
             session: None,
             overrun: Overrun::default(),
@@ -233,7 +239,8 @@ impl Instances {
             let init = hooks.lifecycle.call_init(&mut store, &self.settings)?;
             Ok(init.map(|()| (hooks, handle)))
         })();
-        let stderr = store.data_mut().output.flush(&self.name);
+        let state = store.data_mut();
+        let stderr = state.output.flush(&self.name, &state.log);
         let result = result.map_err(|e| with_stderr(e, stderr))?;
         Ok(result.map(|(hooks, handle)| Instance { store, hooks, handle }))
     }
@@ -285,10 +292,11 @@ impl Instances {
         let state = instance.store.data_mut();
         state.session = None;
         let stderr = if !state.output.stdout.is_empty() || !state.output.stderr.is_empty() {
-            state.output.flush(&self.name)
+            state.output.flush(&self.name, &state.log)
         } else {
             String::new()
         };
+        state.log.settle(&self.name);
         match result {
             Ok(value) => {
                 if self.consecutive_failures.load(Ordering::Relaxed) != 0 {

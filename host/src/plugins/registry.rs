@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use super::bindings::PluginCounters;
+use super::output::PluginCounters;
 use super::{ComponentFile, Loader, Plugin, PluginError};
 use crate::config::{Config, HookKind};
 use crate::policy::{Assignment, Policies};

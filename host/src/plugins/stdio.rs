@@ -27,6 +27,7 @@ use wasmtime::component::{Component, ComponentType, Lift, Linker, Lower, Resourc
 use wasmtime::{Engine, StoreContextMut};
 
 use super::instance::StoreState;
+use super::output::{capped_line, LogBudget};
 
 /// The WASI minor version served: nothing used here changed within 0.2.
 const WASI_MINOR: &str = "0.2.";
@@ -81,23 +82,28 @@ impl Captured {
         self.dropped += bytes.len().saturating_sub(room);
     }
 
-    /// Sends what the guest wrote to the log, line by line; returns the stderr lines joined
-    /// by `" "` (a failed call's reason, such as a panic message), empty if there were none.
-    pub fn flush(&mut self, plugin: &str) -> String {
+    /// Sends what the guest wrote to the log, line by line, within the plugin's log
+    /// `budget` (long lines cut); returns the stderr lines joined by `" "` (a failed call's
+    /// reason, such as a panic message), empty if there were none.
+    pub fn flush(&mut self, plugin: &str, budget: &LogBudget) -> String {
         for line in String::from_utf8_lossy(&self.stdout)
             .lines()
             .filter(|l| !l.is_empty())
         {
-            tracing::info!(plugin, "stdout: {line}");
+            if budget.admit(plugin) {
+                tracing::info!(plugin, "stdout: {}", capped_line(line));
+            }
         }
         let said = {
             let stderr = String::from_utf8_lossy(&self.stderr);
             let mut lines = Vec::new();
             for line in stderr.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
-                tracing::warn!(plugin, "stderr: {line}");
+                if budget.admit(plugin) {
+                    tracing::warn!(plugin, "stderr: {}", capped_line(line));
+                }
                 lines.push(line);
             }
-            lines.join(" ")
+            capped_line(&lines.join(" ")).into_owned()
         };
         if self.dropped > 0 {
             tracing::warn!(

@@ -275,8 +275,8 @@ impl Policies {
 
     /// The pool-mode decision at a ReadyForQuery boundary of a database in pool mode
     /// `mode`. The first boundary of a transaction (`facts.statements == 1`) picks up an
-    /// installed assignment. Whatever the hook answers, a server holding the client's
-    /// state stays with it.
+    /// installed assignment. Whatever the hook answers, a server inside a transaction (open
+    /// or failed) or holding the client's state stays with it.
     pub fn on_ready(
         &self,
         session: &mut SessionPolicies,
@@ -299,7 +299,9 @@ impl Policies {
                 )
                 .unwrap_or_else(|fallback| fallback)
         };
-        if action == ReadyAction::Release && facts.holds_server_state {
+        if action == ReadyAction::Release
+            && (facts.holds_server_state || facts.status != TransactionStatus::Idle)
+        {
             return ReadyAction::Keep;
         }
         action
@@ -579,6 +581,24 @@ mod tests {
             ),
             ReadyAction::Release
         );
+    }
+
+    #[test]
+    fn a_server_inside_a_transaction_stays_whatever_the_hook_says() {
+        let policies = installed(1, |a| a.serve_pool_mode("db", Arc::new(Reckless)));
+        let (mut session, mut about) = (policies.session("db"), facts());
+        for status in [TransactionStatus::InTransaction, TransactionStatus::Failed] {
+            assert_eq!(
+                policies.on_ready(
+                    &mut session,
+                    &mut about,
+                    PoolMode::Transaction,
+                    ready(status, 1, false)
+                ),
+                ReadyAction::Keep,
+                "{status:?}"
+            );
+        }
     }
 
     #[test]

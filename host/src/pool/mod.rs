@@ -10,18 +10,21 @@
 //! waits for the topology to change rather than fail at once. Servers on a node that is no
 //! longer the primary are closed when they come back to the pool or are found idle.
 
+mod caps;
 mod functions;
 mod pause;
 mod reads;
 mod servers;
 mod statements;
 
+pub use caps::ServerCap;
 pub use pause::{Pause, PauseGate};
 
 pub use functions::FunctionCatalog;
 pub use reads::{ReadStats, RoutingSettings};
 pub use statements::{StatementDef, StatementRegistry};
 
+use caps::Room;
 use servers::{IdleServer, Servers};
 
 use std::collections::HashMap;
@@ -114,8 +117,12 @@ pub enum PoolError {
         size: usize,
         pool: String,
     },
+    #[error("no server connection became free within query_wait_timeout ({waited:?}); {cap} reached")]
+    CapTimeout { waited: Duration, cap: String },
     #[error("pool {pool} is closed")]
     Closed { pool: String },
+    #[error("database \"{database}\" was removed from the configuration")]
+    Removed { database: String },
     #[error("cluster {cluster} has had no primary for {waited:?} (hold_timeout); a switchover or failover is taking longer than that")]
     NoPrimary { cluster: String, waited: Duration },
     /// The database's router refused the work (`route-decision.reject`).
@@ -128,8 +135,8 @@ pub enum PoolError {
 impl PoolError {
     pub fn sqlstate(&self) -> &str {
         match self {
-            PoolError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
-            PoolError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
+            PoolError::Timeout { .. } | PoolError::CapTimeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+            PoolError::Closed { .. } | PoolError::Removed { .. } => sqlstate::ADMIN_SHUTDOWN,
             PoolError::NoPrimary { .. } => sqlstate::CANNOT_CONNECT_NOW,
             PoolError::Rejected { sqlstate, .. } => sqlstate,
             PoolError::Server(e) => e.sqlstate(),
@@ -166,6 +173,9 @@ pub struct Pool {
     pub stats: PoolStats,
     /// Servers on the primary.
     primary: Servers,
+    /// Caps this pool's servers on the primary count against (`max_db_connections`,
+    /// `max_user_connections`); none by default.
+    caps: Vec<Arc<ServerCap>>,
     /// Servers for reads, per node of the cluster (read routing); a node's list fills only
     /// while it is a replica that takes reads.
     replicas: Box<[Servers]>,
@@ -184,6 +194,8 @@ pub struct Pool {
     /// The startup settings of the last client, shared with the next one that sent the
     /// same: an idle client then holds no map of its own.
     last_startup: Mutex<Arc<Settings>>,
+    /// The database's name, once a reload removed it ([`Pool::remove`]).
+    removed: std::sync::OnceLock<String>,
 }
 
 impl Pool {
@@ -196,6 +208,7 @@ impl Pool {
         settings: PoolSettings,
     ) -> Pool {
         Pool {
+            caps: Vec::new(),
             name,
             user: ArcSwap::new(user),
             server_database,
@@ -214,7 +227,19 @@ impl Pool {
             reconnect_before: AtomicU64::new(0),
             coarse_now_ms: AtomicU64::new(since_epoch_ms(Instant::now())),
             last_startup: Mutex::default(),
+            removed: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The pool, shared, under `caps` (each registers it, so that its idle servers can be
+    /// closed to make room for another pool's client).
+    pub fn under_caps(mut self, caps: Vec<Arc<ServerCap>>) -> Arc<Pool> {
+        self.caps = caps;
+        let pool = Arc::new(self);
+        for cap in &pool.caps {
+            cap.register(&pool);
+        }
+        pool
     }
 
     /// Waits while the database is paused, then (FIFO, up to `query_wait_timeout`) for a
@@ -304,8 +329,13 @@ impl Pool {
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match acquired {
             Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(PoolError::Closed {
-                pool: self.name.clone(),
+            Ok(None) => Err(match self.removed.get() {
+                Some(database) => PoolError::Removed {
+                    database: database.clone(),
+                },
+                None => PoolError::Closed {
+                    pool: self.name.clone(),
+                },
             }),
             Err(_) => {
                 self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -352,10 +382,15 @@ impl Pool {
                     waited: started.elapsed(),
                 });
             };
-            if let Some(conn) = self.reusable_idle(addr) {
-                return Ok(conn);
-            }
-            match self.connect(addr).await {
+            let guards = match self.room_under_caps(addr).await? {
+                Room::Idle(conn) => return Ok(conn),
+                Room::New(guards) => guards,
+            };
+            match self.connect(addr).await.map(|mut conn| {
+                conn.counted
+                    .extend(guards.into_iter().map(|g| Box::new(g) as Box<dyn Send + Sync>));
+                conn
+            }) {
                 Ok(conn) if conn.params.get("in_hot_standby").is_some_and(|v| v == "on") => {
                     // The topology is behind: the node the probes last saw as primary is
                     // a standby now (a switchover). Writes sent here would get 25006, so
@@ -534,6 +569,18 @@ impl Pool {
         (idle, in_use, self.waiting.load(Ordering::Relaxed))
     }
 
+    /// A reload removed `database`: closes the idle servers, refuses new checkouts with
+    /// [`PoolError::Removed`], and closes the lent servers as they come back.
+    pub fn remove(&self, database: &str) {
+        let _ = self.removed.set(database.to_string());
+        self.close();
+    }
+
+    /// Whether a reload removed the pool's database.
+    pub fn is_removed(&self) -> bool {
+        self.removed.get().is_some()
+    }
+
     /// Closes every idle server and refuses new checkouts; used at shutdown.
     pub fn close(&self) {
         for servers in self.all_servers() {
@@ -590,12 +637,15 @@ impl Checkout {
                 None => (pool.cluster.keeps_server(&conn.addr, conn.created), &pool.primary),
                 Some(node) => (pool.keeps_read_server(node, &conn), &pool.replicas[node]),
             };
-            if !keep || pool.expired(&conn) || !conn.rbuf.is_empty() {
+            if !keep || pool.expired(&conn) || !conn.rbuf.is_empty() || servers.is_closed() {
                 pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             let since_ms = pool.coarse_now_ms.load(Ordering::Relaxed);
             servers.push(IdleServer { conn, since_ms });
+            if self.read_node.is_none() {
+                pool.wake_caps();
+            }
         }
     }
 }

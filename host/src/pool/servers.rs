@@ -42,6 +42,18 @@ impl Servers {
         self.lock().pop().map(|i| i.conn)
     }
 
+    /// When the longest-idle server fell idle, by the pool's coarse clock.
+    pub fn oldest_idle_since(&self) -> Option<u64> {
+        self.lock().first().map(|i| i.since_ms)
+    }
+
+    /// Takes the longest-idle server out (to be closed: `max_db_connections`,
+    /// `max_user_connections`).
+    pub fn evict_oldest(&self) -> Option<Box<ServerConn>> {
+        let mut idle = self.lock();
+        (!idle.is_empty()).then(|| idle.remove(0).conn)
+    }
+
     pub fn push(&self, idle: IdleServer) {
         self.lock().push(idle);
     }
@@ -65,6 +77,11 @@ impl Servers {
             self.lock().len(),
             size.saturating_sub(self.permits.available_permits()),
         )
+    }
+
+    /// Whether [`Servers::close`] ran: servers coming back are closed, not kept.
+    pub fn is_closed(&self) -> bool {
+        self.permits.is_closed()
     }
 
     /// Closes the idle servers and refuses new slots (shutdown).

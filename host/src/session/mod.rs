@@ -30,7 +30,7 @@ mod statements;
 mod timeouts;
 
 pub use error::SessionError;
-pub use startup::{Destination, LoggedIn};
+pub use startup::{ConsoleRole, Destination, LoggedIn};
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -245,6 +245,16 @@ impl Session {
 
     async fn run(&mut self, stop: &mut Stop) -> Result<(), SessionError> {
         loop {
+            // A session-mode (or pinned) client that kept its server across a reload that
+            // removed the database lets it go before its next statement, which then ends
+            // the session with 57P01 (see `ready_action`).
+            if self.server.held()
+                && self.tx_status == TransactionStatus::Idle
+                && self.server.owes_nothing()
+                && self.pool.is_removed()
+            {
+                self.release();
+            }
             self.process_client().await?;
             if self.terminated {
                 return Ok(());
@@ -337,7 +347,8 @@ impl Session {
     }
 
     /// The pool-mode decision at a ReadyForQuery boundary, from the policy facade (the
-    /// plugin's, or the built-in's when there is no plugin or it failed).
+    /// plugin's, or the built-in's when there is no plugin or it failed); a removed
+    /// database's server is let go at the first boundary outside a transaction.
     fn ready_action(&mut self, status: TransactionStatus) -> ReadyAction {
         self.tx_statements += 1;
         let facts = ReadyFacts {
@@ -347,6 +358,12 @@ impl Session {
         };
         if status == TransactionStatus::Idle {
             self.tx_statements = 0;
+            // A reload removed the database: the server goes (and is closed, its pool
+            // being closed) between transactions, in every pool mode, and the client's
+            // next statement ends the session with 57P01.
+            if self.pool.is_removed() {
+                return ReadyAction::Release;
+            }
         }
         self.state
             .policies

@@ -46,7 +46,16 @@ const CLIENT_REPORTED: &[&str] = &[
 /// Where an authenticated client's queries go.
 pub enum Destination {
     Pool(Arc<Pool>),
+    Admin(ConsoleRole),
+}
+
+/// What a user may do on the admin console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleRole {
+    /// `[admin] users`: every command.
     Admin,
+    /// `[admin] stats_users`: `SHOW` commands only.
+    Stats,
 }
 
 /// An authenticated client, ready for queries.
@@ -286,16 +295,25 @@ async fn login(
     authenticate(stream, buf, &mut out, state, &user, method, true).await?;
 
     let (destination, server_params) = if database == crate::config::ADMIN_DATABASE {
-        if !state.config.admin.users.iter().any(|u| u.get_ref() == &user.name) {
+        let listed = |list: &[toml::Spanned<String>]| list.iter().any(|u| u.get_ref() == &user.name);
+        let admin = &state.config.admin;
+        let role = if listed(&admin.users) {
+            ConsoleRole::Admin
+        } else if listed(&admin.stats_users) {
+            ConsoleRole::Stats
+        } else {
             return Err(SessionError::Fatal(Box::new(
                 ErrorFields::fatal(
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    format!("permission denied for database \"{database}\""),
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    format!(
+                        "user \"{}\" is not allowed on the admin console (database \"{database}\")",
+                        user.name
+                    ),
                 )
-                .with_hint("admin users are listed in [admin] users"),
+                .with_hint("admin users are listed in [admin] users, read-only ones in [admin] stats_users"),
             )));
-        }
-        (Destination::Admin, Arc::new(admin_params()))
+        };
+        (Destination::Admin(role), Arc::new(admin_params()))
     } else {
         let pool = state.pool(&database, &user).ok_or_else(|| {
             fatal(
