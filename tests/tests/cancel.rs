@@ -206,8 +206,8 @@ async fn a_late_cancel_never_reaches_the_next_clients_query() -> Result<()> {
 }
 
 /// The same race in session mode, where the server changes hands when its client leaves:
-/// in each of 200 rounds a fresh client A runs a 20 ms `pg_sleep` on the pool's only server
-/// and disconnects as soon as it ends; a fresh client B, connected before, sends its own
+/// in each of 200 rounds a fresh client A, which holds the pool's only server from its first
+/// statement, runs a 20 ms `pg_sleep` and disconnects as soon as it ends; a fresh client B, connected before, sends its own
 /// 20 ms `pg_sleep` 3 ms after A's started and gets the server once the proxy has reset it
 /// (`DISCARD ALL`); a cancel with A's key is sent at a moment swept across the end of A's
 /// query as above. Before the fix, a cancel that reached the proxy while A held the server
@@ -224,6 +224,13 @@ async fn a_cancel_sent_before_its_client_left_never_reaches_the_next_session() -
     let ep = bed.endpoint();
     let fresh_pair = async |ep: &Endpoint| -> Result<Pair> {
         let a = ep.connect_app().await.context("client A connects")?;
+        // A holds the only server from its first statement to its end (session mode), so B
+        // queues behind A however the machine schedules the two queries. (With only the
+        // 3 ms head start, a loaded machine sometimes ran B's query first: B then held the
+        // server for its whole session and A waited out query_wait_timeout.)
+        a.simple_query("SELECT 1")
+            .await
+            .context("client A takes the server")?;
         let b = ep.connect_app().await.context("client B connects")?;
         Ok(Pair {
             a: Arc::new(a),
