@@ -732,9 +732,9 @@ impl LoadReport {
     }
 
     /// Whether the run was clean: no client saw an error, no acknowledged write is missing
-    /// or doubled.
+    /// or doubled, and no read missed the client's own acknowledged write.
     pub fn clean(&self) -> bool {
-        self.total_errors() == 0 && self.lost == 0 && self.duplicated == 0
+        self.total_errors() == 0 && self.lost == 0 && self.duplicated == 0 && self.stale_reads == 0
     }
 }
 
