@@ -12,7 +12,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
 use super::bindings::CallSession;
 use super::engine::{
-    CALL_DEADLINE_TICKS, CHECK_CPU, CHECK_TICKS, INIT_DEADLINE_TICKS, MAX_CHECKS, MAX_MEMORY,
+    Running, Ticker, CALL_DEADLINE_TICKS, CHECK_CPU, CHECK_TICKS, INIT_DEADLINE_TICKS, MAX_CHECKS, MAX_MEMORY,
 };
 use super::hooks::{HookIndices, Hooks};
 use super::output::{LogBudget, PluginCounters};
@@ -171,6 +171,7 @@ pub struct Instance {
 pub struct Instances {
     name: Arc<str>,
     engine: Engine,
+    ticker: Arc<Ticker>,
     pre: InstancePre<StoreState>,
     indices: HookIndices,
     settings: Vec<(String, String)>,
@@ -188,6 +189,7 @@ impl Instances {
     pub fn new(
         name: &str,
         engine: Engine,
+        ticker: Arc<Ticker>,
         pre: InstancePre<StoreState>,
         indices: HookIndices,
         settings: Vec<(String, String)>,
@@ -196,6 +198,7 @@ impl Instances {
         Instances {
             name: name.into(),
             engine,
+            ticker,
             pre,
             indices,
             settings,
@@ -211,6 +214,11 @@ impl Instances {
 
     pub fn indices(&self) -> &HookIndices {
         &self.indices
+    }
+
+    /// Plugin code runs only while this guard lives (the epoch ticker counts its deadline).
+    pub fn running(&self) -> Running<'_> {
+        self.ticker.running()
     }
 
     /// A fresh instance with `init` run; `Ok(Err(message))` when init refused.
@@ -232,6 +240,7 @@ impl Instances {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().overrun.check()));
+        let running = self.running();
         store.set_epoch_deadline(INIT_DEADLINE_TICKS);
         let result = (|| -> wasmtime::Result<Result<(Hooks, _), String>> {
             let handle = self.pre.instantiate(&mut store)?;
@@ -239,6 +248,7 @@ impl Instances {
             let init = hooks.lifecycle.call_init(&mut store, &self.settings)?;
             Ok(init.map(|()| (hooks, handle)))
         })();
+        drop(running);
         let state = store.data_mut();
         let stderr = state.output.flush(&self.name, &state.log);
         let result = result.map_err(|e| with_stderr(e, stderr))?;
@@ -276,6 +286,7 @@ impl Instances {
                 Err(e) => return Err(self.failed(CallError::Failed(e))),
             },
         };
+        let running = self.running();
         instance.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
         let state = instance.store.data_mut();
         state.session = session;
@@ -289,6 +300,7 @@ impl Instances {
         } else {
             f(&mut instance)
         };
+        drop(running);
         let state = instance.store.data_mut();
         state.session = None;
         let stderr = if !state.output.stdout.is_empty() || !state.output.stderr.is_empty() {

@@ -207,17 +207,22 @@ impl ComponentFile {
 /// ticker) and the artifact cache.
 pub struct Loader {
     engine: Engine,
+    ticker: Arc<engine::Ticker>,
     cache: Option<ArtifactCache>,
 }
 
 impl Loader {
     pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Loader, PluginError> {
-        let engine = engine::new_engine().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let (engine, ticker) = engine::new_engine().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let cache = ArtifactCache::open(&engine, cache_dir);
         if let Some(c) = &cache {
             tracing::debug!(dir = %c.dir().display(), "plugin cache");
         }
-        Ok(Loader { engine, cache })
+        Ok(Loader {
+            engine,
+            ticker,
+            cache,
+        })
     }
 
     /// Compiles (or loads from the cache), links, instantiates and initialises one plugin
@@ -277,6 +282,7 @@ impl Loader {
         let instances = Instances::new(
             name,
             self.engine.clone(),
+            self.ticker.clone(),
             pre,
             indices,
             config.settings_text(),
@@ -295,11 +301,15 @@ impl Loader {
             .indices()
             .check(&mut first.store, &first.handle)
             .map_err(|e| link(format!("{e:#}")))?;
-        let version = first
-            .hooks
-            .lifecycle
-            .call_version(&mut first.store)
-            .map_err(|e| init(format!("version(): {e:#}")))?;
+        let version = {
+            let _running = instances.running();
+            first.store.set_epoch_deadline(engine::CALL_DEADLINE_TICKS);
+            first
+                .hooks
+                .lifecycle
+                .call_version(&mut first.store)
+                .map_err(|e| init(format!("version(): {e:#}")))?
+        };
         instances.park(first);
         Ok(Plugin {
             name: name.to_string(),
