@@ -77,9 +77,9 @@ impl ServerCap {
         }
     }
 
-    /// Closes the oldest idle server of a pool under this cap other than `except`; whether
-    /// one was closed.
-    fn evict_idle(&self, except: &Pool) -> bool {
+    /// Takes out the oldest idle server of a pool under this cap other than `except`, to be
+    /// closed; it still counts against the cap until it is dropped.
+    fn evict_idle(&self, except: &Pool) -> Option<Box<ServerConn>> {
         let pools: Vec<Arc<Pool>> = self
             .pools
             .lock()
@@ -92,17 +92,16 @@ impl ServerCap {
             .filter(|p| !std::ptr::eq(&***p, except))
             .filter_map(|p| p.primary.oldest_idle_since().map(|since| (since, p)))
             .min_by_key(|(since, _)| *since);
-        let Some((_, pool)) = oldest else {
-            return false;
-        };
-        let Some(conn) = pool.primary.evict_oldest() else {
-            return false;
-        };
+        let (_, pool) = oldest?;
+        let conn = pool.primary.evict_oldest()?;
         pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pool = %pool.name, server = conn.id, for_pool = %except.name, cap = %self.what, "closing an idle server to make room under the cap");
-        true
+        Some(conn)
     }
 }
+
+/// The longest a checkout waits for an idle server it closed to make room to be gone.
+const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One server connection counted against a cap; uncounted when dropped (with the
 /// connection it travels with, [`ServerConn::counted`]).
@@ -172,11 +171,15 @@ impl Pool {
             if let Some(guards) = self.take_caps() {
                 break Ok(Room::New(guards));
             }
-            if self
+            let evicted = self
                 .caps
                 .iter()
-                .any(|c| c.used() >= c.limit && c.evict_idle(self))
-            {
+                .filter(|c| c.used() >= c.limit)
+                .find_map(|c| c.evict_idle(self));
+            if let Some(conn) = evicted {
+                // Counted until its backend is gone, so the server never sees one more
+                // connection than the cap, even while the old one exits.
+                conn.terminate(EVICTION_WAIT).await;
                 continue;
             }
             if !counted_waiting {

@@ -112,6 +112,28 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
+    /// Ends the connection as a client does (Terminate) and waits, up to `limit`, until the
+    /// server has closed its end: its backend has then exited, so a connection opened in
+    /// its place never makes one more on the server, even for a moment (the caps of
+    /// `pool::caps` count on that).
+    pub async fn terminate(mut self: Box<Self>, limit: std::time::Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut out = BytesMut::new();
+        switchyard_protocol::frontend::encode_terminate(&mut out);
+        let closed = async {
+            self.stream.write_all(&out).await?;
+            let mut sink = [0u8; 512];
+            while self.stream.read(&mut sink).await? != 0 {}
+            Ok::<(), std::io::Error>(())
+        };
+        if tokio::time::timeout(limit, closed).await.is_err() {
+            tracing::debug!(
+                server = self.id,
+                "server did not close within {limit:?} of Terminate"
+            );
+        }
+    }
+
     /// True if the server sent something or closed while idle: an idle server has nothing to
     /// say, so any byte (typically a FATAL before a shutdown) means it is unusable.
     #[inline]
