@@ -201,7 +201,7 @@ async fn a_reset_in_the_middle_of_a_result_costs_only_that_client_and_leaves_no_
 /// out too). Checks: 0 errors and every row right for every client; prints each client's
 /// longest query (about the stall).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stall_delays_queries_and_fails_none() -> Result<()> {
+async fn a_two_second_stall_fails_no_query() -> Result<()> {
     skip_if_direct!();
     let (bed, relay) = chaos_bed(|cfg| cfg)?;
     let clients = idle_clients(&bed.endpoint(), 4).await?;
@@ -220,7 +220,7 @@ async fn a_stall_delays_queries_and_fails_none() -> Result<()> {
 /// INSERT of their own row and an UPDATE of a shared counter). Checks: 0 errors, exactly
 /// 200 rows, each (client, n) once, and the counter at 200; prints the time taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latency_slows_transactions_but_breaks_and_loses_none() -> Result<()> {
+async fn added_latency_breaks_and_loses_no_transaction() -> Result<()> {
     skip_if_direct!();
     let (bed, relay) = chaos_bed(|cfg| cfg)?;
     let dba = dba(&bed).await?;
@@ -273,10 +273,9 @@ const SLOW: &str = "SELECT pg_sleep(1), 'half-open'";
 /// it runs a client's query, with `query_timeout = 2s`. Checks: that client gets FATAL
 /// 57014 (printed: how long after the query); once the relay heals (resetting the silent
 /// connections), a new client is served with the right row; the server runs the query no
-/// more and keeps no `app` backend beyond the relay's live connections (the silent server
-/// was not kept, nor handed to anyone).
+/// more and keeps no `app` backend beyond the relay's live connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_half_open_server_is_given_up_at_query_timeout_and_never_reused() -> Result<()> {
+async fn a_half_open_server_gives_its_client_57014_at_query_timeout_and_leaves_no_backend() -> Result<()> {
     skip_if_direct!();
     let (bed, relay) = chaos_bed(|cfg| cfg.set("pool.query_timeout", "2s"))?;
     let dba = dba(&bed).await?;
