@@ -25,4 +25,5 @@ pub mod server;
 pub mod session;
 pub mod sql;
 pub mod state;
+pub mod stop;
 pub mod topology;

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::session::{self, Destination};
 use crate::state::ProxyState;
+use crate::stop::{Stop, StopWatch};
 
 /// How long the sessions still running at `shutdown_timeout` get to tell their clients
 /// before they are cut off (a client that does not read its socket).
@@ -32,7 +33,7 @@ pub async fn serve(
 ) {
     let reaper = tokio::spawn(reap_pools(state.clone()));
     let mut sessions = JoinSet::new();
-    let (closing_tx, closing) = watch::channel(false);
+    let stop_sessions = Arc::new(Stop::default());
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -54,7 +55,7 @@ pub async fn serve(
                     continue;
                 }
                 let state = state.clone();
-                sessions.spawn(connection(tcp, peer, state, slot, closing.clone()));
+                sessions.spawn(connection(tcp, peer, state, slot, stop_sessions.watch()));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
@@ -67,6 +68,7 @@ pub async fn serve(
         "shutting down: waiting for transactions to finish"
     );
     let _ = shutdown_tx.send(true);
+    stop_sessions.shut_down();
     let drained =
         tokio::time::timeout(timeout, async { while sessions.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -74,7 +76,7 @@ pub async fn serve(
             clients = sessions.len(),
             "shutdown_timeout reached; closing remaining clients"
         );
-        let _ = closing_tx.send(true);
+        stop_sessions.close();
         let told = tokio::time::timeout(CLOSE_GRACE, async {
             while sessions.join_next().await.is_some() {}
         })
@@ -157,7 +159,7 @@ async fn connection(
     peer: SocketAddr,
     state: Arc<ProxyState>,
     mut slot: ClientSlot,
-    closing: watch::Receiver<bool>,
+    stop: StopWatch,
 ) {
     let login = session::login(tcp, peer, &state).await;
     slot.logged_in();
@@ -167,7 +169,7 @@ async fn connection(
     match &client.destination {
         Destination::Pool(pool) => {
             let pool = pool.clone();
-            session::serve(client, pool, peer, state, closing).await;
+            session::serve(client, pool, peer, state, stop).await;
         }
         Destination::Admin(role) => {
             let role = *role;

@@ -44,7 +44,6 @@ use switchyard_protocol::backend::{error_response, ErrorFields, TransactionStatu
 use switchyard_protocol::sqlstate;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_util::io::poll_read_buf;
 
 use self::params::SessionParams;
@@ -60,6 +59,7 @@ use crate::policy::pool_mode::{ReadyAction, ReadyFacts};
 use crate::policy::{SessionFacts, SessionPolicies};
 use crate::pool::{Checkout, Pool};
 use crate::state::ProxyState;
+use crate::stop::{Signal, StopWatch};
 
 /// Stop reading a side when this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -101,8 +101,8 @@ pub async fn login(tcp: TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) ->
     }
 }
 
-/// Serves a logged-in client of `pool` until it leaves. At shutdown (`state.shutdown`) the
-/// session ends at its client's next transaction boundary; once `closing` is set
+/// Serves a logged-in client of `pool` until it leaves. At shutdown (`Stop::shut_down`) the
+/// session ends at its client's next transaction boundary; at `Stop::close`
 /// (`shutdown_timeout` ran out) it ends at once, its server closed, so that the server
 /// rolls back whatever transaction was open.
 pub async fn serve(
@@ -110,23 +110,11 @@ pub async fn serve(
     pool: Arc<Pool>,
     peer: SocketAddr,
     state: Arc<ProxyState>,
-    closing: watch::Receiver<bool>,
+    stop: StopWatch,
 ) {
-    let mut session = Session::new(logged_in, pool, peer, state.clone());
-    let mut stop = Stop {
-        shutdown: state.shutdown.clone(),
-        closing,
-    };
-    let result = session.run(&mut stop).await;
+    let mut session = Session::new(logged_in, pool, peer, state);
+    let result = session.run(&stop).await;
     session.finish(result).await;
-}
-
-/// The listener's two shutdown signals, as a session watches them.
-struct Stop {
-    /// Set when the proxy stops accepting clients: end at the next transaction boundary.
-    shutdown: watch::Receiver<bool>,
-    /// Set when `shutdown_timeout` ran out: end now.
-    closing: watch::Receiver<bool>,
 }
 
 /// Result of waiting on the sockets.
@@ -243,7 +231,7 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, stop: &mut Stop) -> Result<(), SessionError> {
+    async fn run(&mut self, stop: &StopWatch) -> Result<(), SessionError> {
         loop {
             // A session-mode (or pinned) client that kept its server across a reload that
             // removed the database lets it go before its next statement, which then ends
@@ -267,7 +255,7 @@ impl Session {
             }
             // Between transactions: what is still queued for the client (the reply to its
             // COMMIT) goes out before the FATAL (`finish`).
-            if *stop.shutdown.borrow() && self.between_transactions() {
+            if stop.shutting_down() && self.between_transactions() {
                 return Err(SessionError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "switchyard is shutting down",
@@ -521,8 +509,8 @@ impl Session {
         self.client.flush().await.map_err(SessionError::ClientIo)
     }
 
-    async fn wait_io(&mut self, stop: &mut Stop) -> Result<Io, SessionError> {
-        let idle_for_shutdown = self.between_transactions() && !*stop.shutdown.borrow();
+    async fn wait_io(&mut self, stop: &StopWatch) -> Result<Io, SessionError> {
+        let between_transactions = self.between_transactions();
         // Out of `self` while `poll_io` borrows it.
         let mut timeouts = self.timeouts.take();
         if let Some(t) = &mut timeouts {
@@ -531,11 +519,13 @@ impl Session {
         let io = tokio::select! {
             biased;
             r = poll_fn(|cx| self.poll_io(cx)) => r,
-            _ = stop.shutdown.changed(), if idle_for_shutdown => Ok(Io::Shutdown),
-            _ = stop.closing.wait_for(|closing| *closing) => Err(SessionError::fatal(
-                sqlstate::ADMIN_SHUTDOWN,
-                "switchyard is shutting down and shutdown_timeout ran out; an open transaction is rolled back",
-            )),
+            signal = poll_fn(|cx| stop.poll(cx, between_transactions)) => match signal {
+                Signal::Shutdown => Ok(Io::Shutdown),
+                Signal::Closing => Err(SessionError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "switchyard is shutting down and shutdown_timeout ran out; an open transaction is rolled back",
+                )),
+            },
             expiry = timeouts::expired(timeouts.as_deref_mut()) => Ok(Io::TimedOut(expiry)),
         };
         self.timeouts = timeouts;

@@ -1,0 +1,151 @@
+//! The listener's two shutdown signals as sessions watch them. A session checks them each
+//! time it waits on its sockets, twice a transaction or more, so the check must cost next to
+//! nothing: a `watch` channel registered and unregistered a waiter under a mutex at every
+//! wait (about 1,200 instructions a transaction, `scripts/bench --plugin-tax`). Here each
+//! session registers once, at its start, an [`AtomicWaker`] of its own; a wait stores the
+//! task's waker in it (two atomic operations when the waker is unchanged, as it is for a
+//! task) and reads two flags. Raising a signal, which happens once in a process's life,
+//! sets the flag and wakes every registered session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+
+/// The two signals, raised by the listener.
+#[derive(Default)]
+pub struct Stop {
+    /// The proxy stopped accepting clients: a session ends at its next transaction boundary.
+    shutdown: AtomicBool,
+    /// `shutdown_timeout` ran out: a session ends now.
+    closing: AtomicBool,
+    sessions: Mutex<Watchers>,
+}
+
+#[derive(Default)]
+struct Watchers {
+    next: u64,
+    wakers: HashMap<u64, Arc<AtomicWaker>>,
+}
+
+/// What a session's wait was woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The proxy is shutting down and the session is between transactions.
+    Shutdown,
+    /// `shutdown_timeout` ran out.
+    Closing,
+}
+
+impl Stop {
+    fn watchers(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts watching the signals for one session.
+    pub fn watch(self: &Arc<Self>) -> StopWatch {
+        let waker = Arc::new(AtomicWaker::new());
+        let mut w = self.watchers();
+        let key = w.next;
+        w.next += 1;
+        w.wakers.insert(key, waker.clone());
+        StopWatch {
+            stop: self.clone(),
+            key,
+            waker,
+        }
+    }
+
+    /// The proxy stops accepting clients: every session ends at its next transaction
+    /// boundary, and one waiting for its client between transactions ends now.
+    pub fn shut_down(&self) {
+        self.raise(&self.shutdown);
+    }
+
+    /// `shutdown_timeout` ran out: every session ends now.
+    pub fn close(&self) {
+        self.raise(&self.closing);
+    }
+
+    fn raise(&self, flag: &AtomicBool) {
+        // Set before the wake: a session that registers after the wake sees the flag.
+        flag.store(true, Ordering::SeqCst);
+        for waker in self.watchers().wakers.values() {
+            waker.wake();
+        }
+    }
+}
+
+/// One session's view of the signals; stops watching when dropped.
+pub struct StopWatch {
+    stop: Arc<Stop>,
+    key: u64,
+    waker: Arc<AtomicWaker>,
+}
+
+impl StopWatch {
+    /// The proxy is shutting down (ends the session at its next transaction boundary).
+    #[inline]
+    pub fn shutting_down(&self) -> bool {
+        self.stop.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Ready when a signal concerns the session's wait: `Closing` always, `Shutdown` only
+    /// when `between_transactions`. Registers the task to be woken by either.
+    pub fn poll(&self, cx: &mut Context<'_>, between_transactions: bool) -> Poll<Signal> {
+        self.waker.register(cx.waker());
+        if self.stop.closing.load(Ordering::SeqCst) {
+            Poll::Ready(Signal::Closing)
+        } else if between_transactions && self.shutting_down() {
+            Poll::Ready(Signal::Shutdown)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        self.stop.watchers().wakers.remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    #[tokio::test]
+    async fn a_waiting_session_is_woken_by_each_signal() {
+        let stop = Arc::new(Stop::default());
+        let watch = stop.watch();
+        let waiting = tokio::spawn(async move {
+            let shutdown = poll_fn(|cx| watch.poll(cx, true)).await;
+            let closing = poll_fn(|cx| watch.poll(cx, false)).await;
+            (shutdown, closing)
+        });
+        tokio::task::yield_now().await;
+        stop.shut_down();
+        tokio::task::yield_now().await;
+        stop.close();
+        assert_eq!(waiting.await.unwrap(), (Signal::Shutdown, Signal::Closing));
+        assert!(
+            stop.watchers().wakers.is_empty(),
+            "a dropped watch is unregistered"
+        );
+    }
+
+    #[test]
+    fn a_session_in_a_transaction_ignores_shutdown_but_not_closing() {
+        let stop = Arc::new(Stop::default());
+        let watch = stop.watch();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        stop.shut_down();
+        assert!(watch.shutting_down());
+        assert_eq!(watch.poll(&mut cx, false), Poll::Pending);
+        stop.close();
+        assert_eq!(watch.poll(&mut cx, false), Poll::Ready(Signal::Closing));
+    }
+}
