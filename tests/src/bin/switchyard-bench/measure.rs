@@ -1,5 +1,6 @@
 //! The measurements: the servers of a run ([`Bench`]), pgbench runs against each target
-//! (with their p99 and CPU shares), memory per idle client, the interleaved runs of the
+//! (with their p99, CPU shares, and CPU and context switches per transaction), the short
+//! runs under strace that count system calls per transaction, memory per idle client, the interleaved runs of the
 //! plugin tax (and its SHOW PLUGINS check) and of the read-routing row (and where its reads
 //! ran: SHOW NODES and each node's own transaction count); the callgrind runs are in
 //! `under_callgrind.rs`. What they find goes into [`Findings`], which `report.rs` prints.
@@ -16,13 +17,17 @@ use switchyard_tests::admin::admin_rows;
 use switchyard_tests::tools::libpq_command;
 use switchyard_tests::{env, Endpoint, PgCluster, Proxy};
 
+use crate::accounting::{self, Reading};
 use crate::interrupt;
 use crate::options::{CellSpec, Options};
 use crate::servers::{self, Flavour, PgBouncer, PluginCopy, READS_DB};
 use crate::stats::{self, Cell, Figure, NodeReads, Sample};
+use crate::strace::{SyscallRun, Tracer};
 
 /// The matrix's targets, in the order of each round and of the tables.
 pub const TARGETS: [&str; 3] = ["direct", "pgbouncer", "switchyard-plugin"];
+/// The matrix's proxies: the targets of the strace runs.
+pub const PROXIES: [&str; 2] = ["pgbouncer", "switchyard-plugin"];
 /// The Switchyard of the matrix (plugins on).
 pub const SY: &str = "switchyard-plugin";
 /// The plugin tax compares these two.
@@ -54,6 +59,8 @@ impl IdleMemory {
 pub struct Findings {
     /// Runs by cell key: `[tax:|reconnect:|routing:]MODE:CLIENTS:TARGET`.
     pub cells: BTreeMap<String, Cell>,
+    /// The strace runs by cell key (`[reconnect:]MODE:CLIENTS:TARGET`, proxies only).
+    pub syscalls: BTreeMap<String, SyscallRun>,
     pub idle: BTreeMap<&'static str, IdleMemory>,
     /// SHOW PLUGINS of the plugin proxy after the tps runs.
     pub plugin_stats: Option<String>,
@@ -86,6 +93,10 @@ pub struct Bench<'a> {
     proxies: BTreeMap<Flavour, Proxy>,
     /// The proxy binary's name (pidstat shows processes by it).
     proxy_name: String,
+    /// The primary's postmaster (Postgres' CPU is its and its children's).
+    postmaster: Option<u32>,
+    /// Clock ticks per second of `/proc/PID/stat`.
+    clock_ticks: u64,
     run_no: u32,
     pub findings: Findings,
 }
@@ -156,6 +167,15 @@ pub(crate) fn pgbench_command(port: u16, db: &str, args: &[String], out: &Path) 
     Ok(cmd)
 }
 
+/// pgbench's `number of transactions actually processed: N` (`N/M` with -t).
+pub(crate) fn transactions(output: &str) -> Option<u64> {
+    summary_field(output, "number of transactions actually processed: ")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The value after `prefix` on pgbench's summary line starting with it.
 pub(crate) fn summary_field<'a>(output: &'a str, prefix: &str) -> Option<&'a str> {
     output
@@ -221,6 +241,12 @@ impl<'a> Bench<'a> {
             None
         };
         let (pg, verifier) = servers::start_postgres(opt, &work)?;
+        let postmaster = accounting::postmaster_pid(pg.primary().data_dir());
+        if postmaster.is_none() {
+            crate::log!(
+                "WARNING: no postmaster pid in the data directory: Postgres' CPU will not be measured"
+            );
+        }
         let mut bench = Self {
             opt,
             work,
@@ -230,6 +256,8 @@ impl<'a> Bench<'a> {
             bouncers: Vec::new(),
             proxies: BTreeMap::new(),
             proxy_name,
+            postmaster,
+            clock_ticks: accounting::clock_ticks(),
             run_no: 0,
             findings: Findings::default(),
         };
@@ -282,19 +310,34 @@ impl<'a> Bench<'a> {
             .with_context(|| format!("{name} is not running"))
     }
 
+    /// The PgBouncer of `mode`: 1.18 pools prepared statements only by session.
+    fn bouncer_for(&self, mode: &str) -> Result<&PgBouncer> {
+        self.bouncer(if mode == "prepared" {
+            "pgbouncer-session"
+        } else {
+            "pgbouncer"
+        })
+    }
+
+    fn switchyard_of(&self, target: &str) -> Result<&Proxy> {
+        let flavour = flavour_of(target).with_context(|| format!("unknown target {target}"))?;
+        self.proxies.get(&flavour).context("proxy not running")
+    }
+
     fn port_of(&self, target: &str, mode: &str) -> Result<u16> {
         Ok(match target {
             "direct" => self.pg.primary().port(),
-            // PgBouncer 1.18 pools prepared statements only by session.
-            "pgbouncer" if mode == "prepared" => self.bouncer("pgbouncer-session")?.port,
-            "pgbouncer" => self.bouncer("pgbouncer")?.port,
-            other => {
-                let flavour = flavour_of(other).with_context(|| format!("unknown target {other}"))?;
-                self.proxies
-                    .get(&flavour)
-                    .map(Proxy::port)
-                    .context("proxy not running")?
-            }
+            "pgbouncer" => self.bouncer_for(mode)?.port,
+            other => self.switchyard_of(other)?.port(),
+        })
+    }
+
+    /// The pid of the proxy `target` serves `mode` with; none for direct Postgres.
+    fn proxy_pid(&self, target: &str, mode: &str) -> Result<Option<u32>> {
+        Ok(match target {
+            "direct" => None,
+            "pgbouncer" => Some(self.bouncer_for(mode)?.pid().context("pgbouncer has no pid")?),
+            other => Some(self.switchyard_of(other)?.pid().context("proxy not running")?),
         })
     }
 
@@ -366,12 +409,9 @@ impl<'a> Bench<'a> {
         }
         match target {
             "pgbouncer" => {
-                let name = if mode == "prepared" {
-                    "pgbouncer-session"
-                } else {
-                    "pgbouncer"
-                };
-                if let Err(e) = self.bouncer(name)?.ensure_running() {
+                let b = self.bouncer_for(mode)?;
+                let (name, alive) = (b.name, b.ensure_running());
+                if let Err(e) = alive {
                     self.findings.problems.push(format!("{name} died; see log"));
                     return Err(e);
                 }
@@ -467,7 +507,16 @@ impl<'a> Bench<'a> {
         } else {
             None
         };
+        // CPU per transaction: the matrix and the reconnect rows (on the primary only).
+        let accounted = prefix.is_empty() || prefix == "reconnect:";
+        let (proxy_pid, postmaster) = if accounted {
+            (self.proxy_pid(target, mode)?, self.postmaster)
+        } else {
+            (None, None)
+        };
+        let before = Reading::take(proxy_pid, postmaster);
         let ended = self.pgbench(target, mode, c, self.opt.duration, &extra, &out);
+        let after = Reading::take(proxy_pid, postmaster);
         let share = match pidstat.as_mut() {
             Some(p) => {
                 let _ = wait_child(p, Duration::from_secs(u64::from(self.opt.duration) + 30));
@@ -486,6 +535,8 @@ impl<'a> Bench<'a> {
         let failed: u64 = summary_field(&output, "number of failed transactions: ")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let cpu =
+            accounted.then(|| after.since(&before, transactions(&output).unwrap_or(0), self.clock_ticks));
         let aborted = aborted_clients(&output);
         if ended.timed_out {
             note.push_str(&format!(
@@ -538,8 +589,20 @@ impl<'a> Bench<'a> {
         if !self.check_alive(target, &format!("after {mode} c={c}"), mode)? {
             note.push_str("switchyard died during this run; ");
         }
+        let cpu_note = cpu.map_or(String::new(), |r| {
+            let per = |v: Option<u64>| {
+                v.and_then(|v| r.per_tx(v))
+                    .map_or("-".to_owned(), |v| format!("{v:.1}"))
+            };
+            format!(
+                " proxy={}+{}us/tx postgres={}us/tx",
+                per(r.proxy.map(|p| p.user_us)),
+                per(r.proxy.map(|p| p.system_us)),
+                per(r.postgres_us)
+            )
+        });
         crate::log!(
-            "  {mode:<8} c={c:<3} {target:<17} tps={tps_text} lat={}ms failed={failed}{}",
+            "  {mode:<8} c={c:<3} {target:<17} tps={tps_text} lat={}ms failed={failed}{cpu_note}{}",
             lat.map_or("ERR".to_owned(), |l: f64| l.to_string()),
             if note.is_empty() {
                 String::new()
@@ -554,6 +617,7 @@ impl<'a> Bench<'a> {
             latency,
             p99,
             share,
+            cpu,
         });
         cell.failed += failed;
         cell.noted |= !note.is_empty();
@@ -574,7 +638,8 @@ impl<'a> Bench<'a> {
         stats::p99_ms(text.lines())
     }
 
-    /// The matrix, then the reconnect rows; rounds interleaved across targets.
+    /// The matrix, then the reconnect rows; rounds interleaved across targets; after each
+    /// cell's rounds, its strace runs (with STRACE=1).
     pub fn run_matrix(&mut self) -> Result<()> {
         let opt = self.opt;
         for mode in &opt.modes {
@@ -586,6 +651,7 @@ impl<'a> Bench<'a> {
                         }
                     }
                 }
+                self.strace_cell(mode, c, "")?;
             }
         }
         for &c in &opt.reconnect_clients {
@@ -594,6 +660,90 @@ impl<'a> Bench<'a> {
                     self.bench_one(t, "simple", c, r, "reconnect:")?;
                 }
             }
+            self.strace_cell("simple", c, "reconnect:")?;
+        }
+        Ok(())
+    }
+
+    /// The strace runs of a cell: each proxy that serves it, one after the other.
+    fn strace_cell(&mut self, mode: &str, c: u32, prefix: &str) -> Result<()> {
+        if !self.opt.strace {
+            return Ok(());
+        }
+        for t in PROXIES {
+            if !skip_cell(self.opt, mode, c, t) {
+                self.strace_one(t, mode, c, prefix)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A pgbench run of STRACE_SECONDS with `strace -c -f` attached to the proxy from
+    /// before pgbench starts until it has ended: system calls per transaction. Its tps is
+    /// not reported (tracing slows the proxy down many times over).
+    fn strace_one(&mut self, target: &str, mode: &str, c: u32, prefix: &str) -> Result<()> {
+        let key = format!("{prefix}{mode}:{c}:{target}");
+        self.run_no += 1;
+        let tag = prefix.trim_end_matches(':');
+        let name = format!(
+            "{}-strace-{tag}{}{mode}-c{c}-{target}",
+            self.run_no,
+            if tag.is_empty() { "" } else { "-" }
+        );
+        let out = self.work.join("runs").join(format!("{name}.out"));
+        self.check_alive(target, &format!("before the strace run of {mode} c={c}"), mode)?;
+        let pid = self
+            .proxy_pid(target, mode)?
+            .context("strace runs are for proxies")?;
+        let problem = |f: &mut Findings, what: String| {
+            crate::log!("  PROBLEM: {what}");
+            f.problems.push(format!(
+                "{prefix}{mode} c={c} {target} strace run: {what} (output: {name}.*)"
+            ));
+        };
+        let tracer = match Tracer::attach(pid, &self.work.join("runs").join(format!("{name}.strace"))) {
+            Ok(t) => t,
+            Err(e) => {
+                problem(&mut self.findings, format!("{e:#}"));
+                return Ok(());
+            }
+        };
+        let extra: Vec<String> = if prefix == "reconnect:" {
+            vec!["-C".into()]
+        } else {
+            Vec::new()
+        };
+        let ended = self.pgbench(target, mode, c, self.opt.strace_secs, &extra, &out);
+        let counted = tracer.detach();
+        let ended = ended?;
+        let output = fs::read_to_string(&out).unwrap_or_default();
+        let tx = transactions(&output).unwrap_or(0);
+        if ended.code != Some(0) || tx == 0 {
+            let code = ended.code.map_or("killed".to_owned(), |c| c.to_string());
+            problem(
+                &mut self.findings,
+                format!("pgbench exit {code}, {tx} transactions"),
+            );
+        }
+        self.check_alive(target, &format!("after the strace run of {mode} c={c}"), mode)?;
+        match counted {
+            Ok(syscalls) => {
+                let run = SyscallRun {
+                    transactions: tx,
+                    syscalls,
+                };
+                let per = |n: u64| run.per_tx(n).map_or("-".to_owned(), |v| format!("{v:.2}"));
+                crate::log!(
+                    "  strace   c={c:<3} {target:<17} tx={tx} per tx: sendto={} recvfrom={} epoll_wait={} futex={} total={}",
+                    per(run.syscalls.count("sendto")),
+                    per(run.syscalls.count("recvfrom")),
+                    per(run.syscalls.count("epoll_wait")),
+                    per(run.syscalls.count("futex")),
+                    per(run.syscalls.total)
+                );
+                self.findings.syscalls.insert(key, run);
+            }
+            Err(e) => problem(&mut self.findings, format!("{e:#}")),
         }
         Ok(())
     }
@@ -603,17 +753,8 @@ impl<'a> Bench<'a> {
     /// sit idle, minus its RSS with none. Clients come from pgbench processes of at most 500
     /// each, started one after another so that logins are not all at once.
     pub fn idle_memory(&mut self, name: &'static str) -> Result<()> {
-        let (port, pid) = match name {
-            "pgbouncer" => {
-                let b = self.bouncer(name)?;
-                (b.port, b.pid())
-            }
-            _ => {
-                let p = &self.proxies[&flavour_of(name).context("not a proxy")?];
-                (p.port(), p.pid())
-            }
-        };
-        let pid = pid.context("not running")?;
+        let port = self.port_of(name, "simple")?;
+        let pid = self.proxy_pid(name, "simple")?.context("not a proxy")?;
         let script = self.work.join("idle.sql");
         fs::write(&script, "SELECT 1;\n\\sleep 900 s\n")?;
         let before = rss_kib(pid);
@@ -918,6 +1059,21 @@ pub fn planned_runs(opt: &Options) -> u32 {
     runs + 2 * opt.rounds * cells as u32
 }
 
+/// How many strace runs the settings ask for: each proxy of each matrix cell it serves,
+/// and of each reconnect row; none with STRACE=0.
+pub fn planned_strace_runs(opt: &Options) -> u32 {
+    if !opt.strace {
+        return 0;
+    }
+    let mut runs = 0;
+    for mode in &opt.modes {
+        for c in opt.all_clients() {
+            runs += PROXIES.iter().filter(|t| !skip_cell(opt, mode, c, t)).count() as u32;
+        }
+    }
+    runs + opt.reconnect_clients.len() as u32 * PROXIES.len() as u32
+}
+
 /// Cells not measured: direct Postgres at the pooler-only client counts, and -M prepared
 /// through PgBouncer above its session pool.
 pub fn skip_cell(opt: &Options, mode: &str, c: u32, target: &str) -> bool {
@@ -979,5 +1135,39 @@ tps = 19712.409811 (without initial connection time)
         assert_eq!(planned_runs(&opt(&["--plugin-tax"])), 12);
         assert_eq!(planned_runs(&opt(&["--read-routing"])), 12);
         assert_eq!(planned_runs(&opt(&["--read-routing", "--plugin-tax"])), 24);
+    }
+
+    /// One strace run per proxy and cell: a full run has 3 modes x 5 client counts x 2
+    /// proxies, less the session PgBouncer at 1000 clients, plus the reconnect row's 2;
+    /// --quick 2 x 2 + 2; none without the matrix or with STRACE=0.
+    #[test]
+    fn planned_strace_runs_of_the_usual_settings() {
+        let opt = |args: &[&str], env: &[(&str, &str)]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let env: BTreeMap<&str, &str> = env.iter().copied().collect();
+            match crate::options::parse(&args, |k| env.get(k).map(|v| v.to_string())).unwrap() {
+                crate::options::Command::Run(o) => *o,
+                crate::options::Command::Help => unreachable!(),
+            }
+        };
+        assert_eq!(planned_strace_runs(&opt(&[], &[])), 3 * 5 * 2 - 1 + 2);
+        assert_eq!(planned_strace_runs(&opt(&["--quick"], &[])), 4 + 2);
+        assert_eq!(planned_strace_runs(&opt(&["--plugin-tax"], &[])), 0);
+        assert_eq!(planned_strace_runs(&opt(&[], &[("STRACE", "0")])), 0);
+    }
+
+    /// The transactions of pgbench's summary, of a -T run (a count) and of a -t run
+    /// (processed/planned); none without the line.
+    #[test]
+    fn transactions_of_a_run() {
+        assert_eq!(
+            transactions("number of transactions actually processed: 153211\n"),
+            Some(153_211)
+        );
+        assert_eq!(
+            transactions("number of transactions actually processed: 1000/1000\n"),
+            Some(1000)
+        );
+        assert_eq!(transactions("tps = 5.0\n"), None);
     }
 }

@@ -3,6 +3,8 @@
 //! ratios and percentages are printed. Every figure in the report goes through here, so it
 //! is unit-tested against the formats users and docs parse.
 
+use crate::accounting::RunCpu;
+
 /// One figure of a run: measured, or an error (`ERR`: pgbench printed no summary).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Figure {
@@ -41,6 +43,9 @@ pub struct Sample {
     pub p99: Option<f64>,
     /// Only measured for `-M simple -c 64` of the matrix.
     pub share: Option<CpuShare>,
+    /// CPU and context switches from `/proc` over the run: the matrix and the reconnect
+    /// rows only.
+    pub cpu: Option<RunCpu>,
 }
 
 /// Every run of one cell (target, mode, clients), with its failed transactions and notes.
@@ -251,6 +256,7 @@ mod tests {
             latency: Figure::Value(1.0),
             p99: None,
             share: None,
+            cpu: None,
         }
     }
 
