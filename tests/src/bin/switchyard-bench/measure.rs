@@ -594,12 +594,16 @@ impl<'a> Bench<'a> {
                 v.and_then(|v| r.per_tx(v))
                     .map_or("-".to_owned(), |v| format!("{v:.1}"))
             };
-            format!(
-                " proxy={}+{}us/tx postgres={}us/tx",
-                per(r.proxy.map(|p| p.user_us)),
-                per(r.proxy.map(|p| p.system_us)),
-                per(r.postgres_us)
-            )
+            let proxy = if proxy_pid.is_some() {
+                format!(
+                    " proxy={}+{}us/tx",
+                    per(r.proxy.map(|p| p.user_us)),
+                    per(r.proxy.map(|p| p.system_us))
+                )
+            } else {
+                String::new()
+            };
+            format!("{proxy} postgres={}us/tx", per(r.postgres_us))
         });
         crate::log!(
             "  {mode:<8} c={c:<3} {target:<17} tps={tps_text} lat={}ms failed={failed}{cpu_note}{}",
