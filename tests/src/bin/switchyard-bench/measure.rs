@@ -1,9 +1,10 @@
 //! The measurements: the servers of a run ([`Bench`]), pgbench runs against each target
 //! (with their p99, CPU shares, and CPU and context switches per transaction), the short
-//! runs under strace that count system calls per transaction, memory per idle client, the interleaved runs of the
-//! plugin tax (and its SHOW PLUGINS check) and of the read-routing row (and where its reads
-//! ran: SHOW NODES and each node's own transaction count); the callgrind runs are in
-//! `under_callgrind.rs`. What they find goes into [`Findings`], which `report.rs` prints.
+//! runs under strace that count system calls per transaction, memory per idle client, the
+//! interleaved runs of the plugin tax (and its SHOW PLUGINS check) and of the read-routing
+//! row (and where its reads ran: SHOW NODES and each node's own transaction count); the
+//! callgrind runs are in `under_callgrind.rs`. What they find goes into [`Findings`], which
+//! `report.rs` prints.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -1121,19 +1122,23 @@ tps = 19712.409811 (without initial connection time)
         assert_eq!(summary_field("", "tps = "), None);
     }
 
+    /// The options of `args` with the settings `env`.
+    fn options(args: &[&str], env: &[(&str, &str)]) -> Options {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: BTreeMap<&str, &str> = env.iter().copied().collect();
+        match crate::options::parse(&args, |k| env.get(k).map(|v| v.to_string())).unwrap() {
+            crate::options::Command::Run(o) => *o,
+            crate::options::Command::Help => unreachable!(),
+        }
+    }
+
     /// A full run: 4 client counts x 3 targets x 3 modes, 1000 clients through the two
     /// poolers (and not through the session PgBouncer for -M prepared), the reconnect row,
     /// the two tax cells and the two routing cells, 3 rounds each; --quick: 2 x 3, the
     /// reconnect row, one tax cell and one routing cell.
     #[test]
     fn planned_runs_of_the_usual_settings() {
-        let opt = |args: &[&str]| {
-            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            match crate::options::parse(&args, |_| None).unwrap() {
-                crate::options::Command::Run(o) => *o,
-                crate::options::Command::Help => unreachable!(),
-            }
-        };
+        let opt = |args: &[&str]| options(args, &[]);
         assert_eq!(planned_runs(&opt(&[])), (3 * 12 + 2 + 2 + 1 + 3 + 4 + 4) * 3);
         assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2 + 2);
         assert_eq!(planned_runs(&opt(&["--plugin-tax"])), 12);
@@ -1146,18 +1151,10 @@ tps = 19712.409811 (without initial connection time)
     /// --quick 2 x 2 + 2; none without the matrix or with STRACE=0.
     #[test]
     fn planned_strace_runs_of_the_usual_settings() {
-        let opt = |args: &[&str], env: &[(&str, &str)]| {
-            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            let env: BTreeMap<&str, &str> = env.iter().copied().collect();
-            match crate::options::parse(&args, |k| env.get(k).map(|v| v.to_string())).unwrap() {
-                crate::options::Command::Run(o) => *o,
-                crate::options::Command::Help => unreachable!(),
-            }
-        };
-        assert_eq!(planned_strace_runs(&opt(&[], &[])), 3 * 5 * 2 - 1 + 2);
-        assert_eq!(planned_strace_runs(&opt(&["--quick"], &[])), 4 + 2);
-        assert_eq!(planned_strace_runs(&opt(&["--plugin-tax"], &[])), 0);
-        assert_eq!(planned_strace_runs(&opt(&[], &[("STRACE", "0")])), 0);
+        assert_eq!(planned_strace_runs(&options(&[], &[])), 3 * 5 * 2 - 1 + 2);
+        assert_eq!(planned_strace_runs(&options(&["--quick"], &[])), 4 + 2);
+        assert_eq!(planned_strace_runs(&options(&["--plugin-tax"], &[])), 0);
+        assert_eq!(planned_strace_runs(&options(&[], &[("STRACE", "0")])), 0);
     }
 
     /// The transactions of pgbench's summary, of a -T run (a count) and of a -t run
