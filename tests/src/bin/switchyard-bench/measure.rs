@@ -168,6 +168,18 @@ pub(crate) fn pgbench_command(port: u16, db: &str, args: &[String], out: &Path) 
     Ok(cmd)
 }
 
+/// Now, in µs since the Unix epoch (pgbench's log stamps transactions so).
+fn epoch_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// How long a pgbench run of `secs` may take before it is killed as hung.
+fn pgbench_guard(secs: u32) -> Duration {
+    Duration::from_secs(u64::from(secs) * 2 + 120)
+}
+
 /// pgbench's `number of transactions actually processed: N` (`N/M` with -t).
 pub(crate) fn transactions(output: &str) -> Option<u64> {
     summary_field(output, "number of transactions actually processed: ")?
@@ -224,6 +236,19 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn established_to(port: u16) -> usize {
     stats::established_to(&fs::read_to_string("/proc/net/tcp").unwrap_or_default(), port)
+}
+
+/// Waits until `n` client connections to `port` are established, polling every `step`, for
+/// `limit` at most; returns how many there were last.
+fn wait_established(port: u16, n: usize, limit: Duration, step: Duration) -> Result<usize> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let up = established_to(port);
+        if up >= n || Instant::now() > deadline {
+            return Ok(up);
+        }
+        interrupt::sleep(step)?;
+    }
 }
 
 pub(crate) fn last_lines(text: &str, n: usize) -> Vec<&str> {
@@ -437,6 +462,20 @@ impl<'a> Bench<'a> {
         extra: &[String],
         out: &Path,
     ) -> Result<Ended> {
+        let mut child = self.spawn_pgbench(target, mode, clients, secs, extra, out)?;
+        wait_child(&mut child, pgbench_guard(secs))
+    }
+
+    /// Starts the pgbench of [`Self::pgbench`] without waiting for it.
+    fn spawn_pgbench(
+        &self,
+        target: &str,
+        mode: &str,
+        clients: u32,
+        secs: u32,
+        extra: &[String],
+        out: &Path,
+    ) -> Result<Child> {
         let mut args: Vec<String> = ["-S", "-M", mode, "-c"].iter().map(|s| s.to_string()).collect();
         args.extend([
             clients.to_string(),
@@ -447,10 +486,9 @@ impl<'a> Bench<'a> {
         ]);
         args.extend_from_slice(extra);
         let port = self.port_of(target, mode)?;
-        let mut child = pgbench_command(port, database_of(target), &args, out)?
+        pgbench_command(port, database_of(target), &args, out)?
             .spawn()
-            .context("spawning pgbench")?;
-        wait_child(&mut child, Duration::from_secs(u64::from(secs) * 2 + 120))
+            .context("spawning pgbench")
     }
 
     /// Warms up each target's pool: 3 s of `-M simple` at min(POOL_SIZE, 16) clients.
@@ -533,6 +571,7 @@ impl<'a> Bench<'a> {
         let output = fs::read_to_string(&out).unwrap_or_default();
         let tps_text = summary_field(&output, "tps = ").map(str::to_owned);
         let lat = summary_field(&output, "latency average = ").and_then(|v| v.parse().ok());
+        let login_ms = summary_field(&output, "initial connection time = ").and_then(|v| v.parse().ok());
         let failed: u64 = summary_field(&output, "number of failed transactions: ")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -623,6 +662,7 @@ impl<'a> Bench<'a> {
             p99,
             share,
             cpu,
+            login_ms,
         });
         cell.failed += failed;
         cell.noted |= !note.is_empty();
@@ -631,16 +671,24 @@ impl<'a> Bench<'a> {
 
     /// p99 of run `n`'s sampled latency logs (`lat-N.*`), which are removed.
     fn p99_of_run(&self, n: u32) -> Option<f64> {
-        let runs = self.work.join("runs");
-        let prefix = format!("lat-{n}.");
+        stats::p99_ms(self.take_logs(&format!("lat-{n}.")).lines())
+    }
+
+    /// The text of pgbench's per-transaction logs in `runs/` whose names start with
+    /// `prefix` (one per thread), which are removed.
+    fn take_logs(&self, prefix: &str) -> String {
         let mut text = String::new();
-        for entry in fs::read_dir(&runs).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        for entry in fs::read_dir(self.work.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
                 text.push_str(&fs::read_to_string(entry.path()).unwrap_or_default());
                 let _ = fs::remove_file(entry.path());
             }
         }
-        stats::p99_ms(text.lines())
+        text
     }
 
     /// The matrix, then the reconnect rows; rounds interleaved across targets; after each
@@ -683,9 +731,13 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
-    /// A pgbench run of STRACE_SECONDS with `strace -c -f` attached to the proxy from
-    /// before pgbench starts until it has ended: system calls per transaction. Its tps is
-    /// not reported (tracing slows the proxy down many times over).
+    /// A pgbench run with `strace -c -f` attached to the proxy for STRACE_SECONDS:
+    /// system calls per transaction. The strace is attached once every client has logged
+    /// in (for -C, where each transaction is a login, at once) and detached after
+    /// STRACE_SECONDS, before pgbench ends; the transactions are those pgbench's
+    /// per-transaction log shows completed in between. pgbench runs STRACE_SECONDS plus
+    /// twice the longest login time of the cell's runs plus 1 s, since -T includes the
+    /// logins. Its tps is not reported (tracing slows the proxy down many times over).
     fn strace_one(&mut self, target: &str, mode: &str, c: u32, prefix: &str) -> Result<()> {
         let key = format!("{prefix}{mode}:{c}:{target}");
         self.run_no += 1;
@@ -700,39 +752,39 @@ impl<'a> Bench<'a> {
         let pid = self
             .proxy_pid(target, mode)?
             .context("strace runs are for proxies")?;
-        let problem = |f: &mut Findings, what: String| {
-            crate::log!("  PROBLEM: {what}");
-            f.problems.push(format!(
-                "{prefix}{mode} c={c} {target} strace run: {what} (output: {name}.*)"
-            ));
-        };
-        let tracer = match Tracer::attach(pid, &self.work.join("runs").join(format!("{name}.strace"))) {
-            Ok(t) => t,
-            Err(e) => {
-                problem(&mut self.findings, format!("{e:#}"));
-                return Ok(());
-            }
-        };
-        let extra: Vec<String> = if prefix == "reconnect:" {
-            vec!["-C".into()]
-        } else {
-            Vec::new()
-        };
-        let ended = self.pgbench(target, mode, c, self.opt.strace_secs, &extra, &out);
-        let counted = tracer.detach();
-        let ended = ended?;
-        let output = fs::read_to_string(&out).unwrap_or_default();
-        let tx = transactions(&output).unwrap_or(0);
-        if ended.code != Some(0) || tx == 0 {
+        let port = self.port_of(target, mode)?;
+        let reconnect = prefix == "reconnect:";
+        let login_ms = self.findings.cell(&key).map_or(0.0, |cell| {
+            cell.samples.iter().filter_map(|s| s.login_ms).fold(0.0, f64::max)
+        });
+        let secs = self.opt.strace_secs + (2.0 * login_ms / 1000.0).ceil() as u32 + 1;
+        let log_prefix = format!("slat-{}", self.run_no);
+        let mut extra = vec![
+            "-l".to_owned(),
+            format!(
+                "--log-prefix={}",
+                self.work.join("runs").join(&log_prefix).display()
+            ),
+        ];
+        if reconnect {
+            extra.push("-C".into());
+        }
+        let mut problems = Vec::new();
+        let mut pgbench = self.spawn_pgbench(target, mode, c, secs, &extra, &out)?;
+        let traced = self.traced_window(&mut pgbench, pid, port, c, reconnect, &name);
+        let ended = wait_child(&mut pgbench, pgbench_guard(secs))?;
+        let log = self.take_logs(&format!("{log_prefix}."));
+        if ended.code != Some(0) {
             let code = ended.code.map_or("killed".to_owned(), |c| c.to_string());
-            problem(
-                &mut self.findings,
-                format!("pgbench exit {code}, {tx} transactions"),
-            );
+            problems.push(format!("pgbench exit {code}"));
         }
         self.check_alive(target, &format!("after the strace run of {mode} c={c}"), mode)?;
-        match counted {
-            Ok(syscalls) => {
+        match traced {
+            Ok((syscalls, window)) => {
+                let tx = stats::completed_within(log.lines(), window);
+                if tx == 0 {
+                    problems.push("no transaction completed while strace was attached".to_owned());
+                }
                 let run = SyscallRun {
                     transactions: tx,
                     syscalls,
@@ -748,9 +800,48 @@ impl<'a> Bench<'a> {
                 );
                 self.findings.syscalls.insert(key, run);
             }
-            Err(e) => problem(&mut self.findings, format!("{e:#}")),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+        for what in problems {
+            crate::log!("  PROBLEM: {what}");
+            self.findings.problems.push(format!(
+                "{prefix}{mode} c={c} {target} strace run: {what} (output: {name}.*)"
+            ));
         }
         Ok(())
+    }
+
+    /// While `pgbench` runs: waits until its `c` clients are connected to `port` (not with
+    /// `reconnect`), attaches strace to `pid`, and detaches after STRACE_SECONDS or when
+    /// pgbench ends. Returns the counts and the window, µs since the epoch.
+    fn traced_window(
+        &self,
+        pgbench: &mut Child,
+        pid: u32,
+        port: u16,
+        c: u32,
+        reconnect: bool,
+        name: &str,
+    ) -> Result<(crate::strace::Syscalls, (u64, u64))> {
+        if !reconnect {
+            let up = wait_established(
+                port,
+                c as usize,
+                Duration::from_secs(120),
+                Duration::from_millis(20),
+            )?;
+            if up < c as usize {
+                bail!("only {up} of {c} clients connected");
+            }
+        }
+        let tracer = Tracer::attach(pid, &self.work.join("runs").join(format!("{name}.strace")))?;
+        let start = epoch_us();
+        let until = Instant::now() + Duration::from_secs(u64::from(self.opt.strace_secs));
+        while Instant::now() < until && pgbench.try_wait()?.is_none() {
+            interrupt::sleep(Duration::from_millis(20))?;
+        }
+        let end = epoch_us();
+        Ok((tracer.detach()?, (start, end)))
     }
 
     /// Memory per idle client of `name` (a proxy of the matrix or the transaction PgBouncer):
@@ -820,14 +911,12 @@ impl<'a> Bench<'a> {
                     .context("spawning pgbench")?,
             );
             started += n;
-            let mut up = 0;
-            for _ in 0..600 {
-                up = established_to(port);
-                if up >= started as usize {
-                    break;
-                }
-                interrupt::sleep(Duration::from_millis(200))?;
-            }
+            let up = wait_established(
+                port,
+                started as usize,
+                Duration::from_secs(120),
+                Duration::from_millis(200),
+            )?;
             if up < started as usize {
                 self.findings.problems.push(format!(
                     "idle clients: only {up} of {started} connected to {name}"

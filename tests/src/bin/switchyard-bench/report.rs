@@ -389,7 +389,7 @@ fn syscalls(o: &mut String, opt: &Options, f: &Findings) {
     }
     let _ = writeln!(
         o,
-        "### System calls per transaction (strace -c -f attached to the proxy over a separate {}s pgbench run per cell; its tps is not reported)\n",
+        "### System calls per transaction (strace -c -f attached to the proxy for {}s of a separate pgbench run per cell, after the logins but with -C; per transaction pgbench logged as completed meanwhile)\n",
         opt.strace_secs
     );
     let _ = writeln!(
@@ -876,6 +876,7 @@ mod tests {
                 p99: Some(9.0),
                 share: None,
                 cpu: None,
+                login_ms: None,
             });
         }
     }
