@@ -328,7 +328,7 @@ fn cpu_per_tx(o: &mut String, opt: &Options, f: &Findings) {
 
 ",
     );
-    o.push_str("- proxy: its utime and stime (/proc/PID/stat) over the run; context switches: voluntary + nonvoluntary, summed over its threads (/proc/PID/task/*/status); postgres: the postmaster's user + system time, its reaped children's (cutime + cstime) and its live children's, after minus before; per transaction of pgbench's count. – : no proxy
+    o.push_str("- proxy: its utime and stime (/proc/PID/stat) over the run; context switches: voluntary + nonvoluntary, summed over its threads (/proc/PID/task/*/status); postgres: the postmaster's user + system time, its reaped children's (cutime + cstime) and its live children's, after minus before; per transaction of pgbench's count; –: direct Postgres, no proxy
 
 ");
     o.push_str("| mode | clients | target | tps | proxy user µs/tx | proxy system µs/tx | proxy total µs/tx | postgres µs/tx | proxy ctx switches/tx | switchyard/pgbouncer proxy CPU |
@@ -389,7 +389,7 @@ fn syscalls(o: &mut String, opt: &Options, f: &Findings) {
     }
     let _ = writeln!(
         o,
-        "### System calls per transaction (strace -c -f attached to the proxy for {}s of a separate pgbench run per cell, after the logins but with -C; per transaction pgbench logged as completed meanwhile)\n",
+        "### System calls per transaction (strace -c -f attached to the proxy for {}s of a separate pgbench run per cell, from when all clients have logged in (with -C from the start); per transaction pgbench logged as completed meanwhile)\n",
         opt.strace_secs
     );
     let _ = writeln!(
