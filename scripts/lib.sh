@@ -210,8 +210,8 @@ install_rust_extras() {
 }
 
 # install_bench: what scripts/bench needs besides PostgreSQL and pgbench: PgBouncer (the
-# comparison), valgrind (callgrind_control: instructions per transaction) and sysstat
-# (pidstat: CPU shares). The bench runs private PgBouncers on free ports; where systemd
+# comparison), valgrind (callgrind_control: instructions per transaction), sysstat
+# (pidstat: CPU shares) and strace (strace -c: system calls per transaction). The bench runs private PgBouncers on free ports; where systemd
 # runs, the service Debian enables on install (port 6432, the demo's) is stopped and
 # disabled right after that install.
 install_bench() {
@@ -222,7 +222,7 @@ install_bench() {
             as_root systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
         fi
     fi
-    apt_install valgrind sysstat
+    apt_install valgrind sysstat strace
 }
 
 # install: everything the build, the tests (tests/tests/bench.rs runs the benchmark), the

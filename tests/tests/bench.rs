@@ -22,10 +22,36 @@ fn is_ratio(v: &str, decimals: usize) -> bool {
         })
 }
 
-/// One pgbench run of 3 s per cell, one round, 20 idle clients, no callgrind: exit status 0
-/// or 1 (1: some run had a problem, which a loaded machine may cause), the plugin was
-/// called (SHOW PLUGINS), both replicas got reads in the read-routing row (SHOW NODES, as
-/// the report's node table shows it), and the last five lines are the plugin tax line and
+/// The cells after `prefix` of the first row starting with it in the section under the
+/// heading starting with `heading` (none without).
+fn table_row(report: &str, heading: &str, prefix: &str) -> Option<Vec<String>> {
+    let row = report
+        .lines()
+        .skip_while(|l| !l.starts_with(heading))
+        .take_while(|l| !l.starts_with("###") || l.starts_with(heading))
+        .find(|l| l.starts_with(prefix))?;
+    Some(
+        row[prefix.len()..]
+            .trim_end_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect(),
+    )
+}
+
+/// Whether `cell` is a number above zero.
+fn positive(cell: Option<&String>) -> bool {
+    cell.and_then(|c| c.parse::<f64>().ok()).is_some_and(|v| v > 0.0)
+}
+
+/// One pgbench run of 3 s per cell, one round, 20 idle clients, no callgrind, strace runs
+/// of 1 s: exit status 0 or 1 (1: some run had a problem, which a loaded machine may
+/// cause), the plugin was called (SHOW PLUGINS), both replicas got reads in the
+/// read-routing row (SHOW NODES, as the report's node table shows it), the CPU table's
+/// `-c 64` rows give Switchyard's and PgBouncer's proxy CPU and Postgres' CPU per
+/// transaction above zero and a switchyard/pgbouncer ratio, the system call table gives
+/// each proxy's sendto and recvfrom per transaction above zero at 64 clients, and the last
+/// five lines are the plugin tax line and
 /// its instructions line, the read-routing line and its instructions line (n/a without
 /// callgrind) and, very last, `switchyard/pgbouncer=<r> switchyard/direct=<r>`.
 #[test]
@@ -47,6 +73,7 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
             ("TAX_CELLS", "simple:4"),
             ("ROUTING_CELLS", "simple:4"),
             ("CALLGRIND", "0"),
+            ("STRACE_SECONDS", "1"),
             ("SCALE", "1"),
         ]);
     let out = run_command(&mut cmd, None, Duration::from_secs(300))?;
@@ -112,5 +139,45 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
         "{}",
         out.describe("expected the -c 64 row of the matrix")
     );
+    // CPU per transaction: tps | user | system | total | postgres | ctx switches | ratio
+    let cpu = |proxy: &str| {
+        table_row(
+            &out.stdout,
+            "### CPU per transaction",
+            &format!("| simple | 64 | {proxy} | "),
+        )
+    };
+    for proxy in ["pgbouncer", "switchyard (plugins)"] {
+        let cells = cpu(proxy);
+        ensure!(
+            cells
+                .as_ref()
+                .is_some_and(|c| positive(c.get(3)) && positive(c.get(4))),
+            "{}",
+            out.describe(&format!("expected {proxy}'s CPU per transaction, got {cells:?}"))
+        );
+    }
+    let ratio = cpu("switchyard (plugins)").and_then(|c| c.into_iter().nth(6));
+    ensure!(
+        ratio.as_deref().is_some_and(|r| r != "n/a" && is_ratio(r, 2)),
+        "proxy CPU ratio: {ratio:?}"
+    );
+    // System calls per transaction: transactions | sendto | recvfrom | ...
+    for proxy in ["pgbouncer", "switchyard (plugins)"] {
+        let cells = table_row(
+            &out.stdout,
+            "### System calls per transaction",
+            &format!("| simple | 64 | {proxy} | "),
+        );
+        ensure!(
+            cells
+                .as_ref()
+                .is_some_and(|c| positive(c.get(1)) && positive(c.get(2))),
+            "{}",
+            out.describe(&format!(
+                "expected {proxy}'s system calls per transaction, got {cells:?}"
+            ))
+        );
+    }
     Ok(())
 }

@@ -25,12 +25,14 @@ macro_rules! log {
     };
 }
 
+mod accounting;
 mod callgrind;
 mod measure;
 mod options;
 mod report;
 mod servers;
 mod stats;
+mod strace;
 mod under_callgrind;
 
 use measure::{Bench, ROUTING_TARGETS, SY, TARGETS, TAX_TARGETS};
@@ -147,6 +149,9 @@ fn check_prerequisites(opt: &Options) -> Result<()> {
     if !found("pidstat") {
         bail!("pidstat not found (sysstat; scripts/bench installs it)");
     }
+    if opt.strace && !found("strace") {
+        bail!("strace not found (STRACE=0 skips the system call counts; scripts/bench installs it)");
+    }
     Ok(())
 }
 
@@ -223,6 +228,13 @@ fn plan(opt: &Options) -> (String, String) {
         ));
     }
     parts.push(format!("callgrind={}", u8::from(opt.callgrind)));
+    if opt.matrix {
+        parts.push(if opt.strace {
+            format!("strace={}s", opt.strace_secs)
+        } else {
+            "strace=0".to_owned()
+        });
+    }
     let only = match (opt.matrix, opt.tax, opt.routing) {
         (false, true, false) => "plugin tax only: ",
         (false, false, true) => "read routing only: ",
@@ -231,10 +243,16 @@ fn plan(opt: &Options) -> (String, String) {
     };
     let config = format!("config: {only}{}", parts.join("; "));
     let total = measure::planned_runs(opt);
+    let traced = measure::planned_strace_runs(opt);
     let runs = format!(
-        "{total} pgbench runs of {}s (about {} min){}",
+        "{total} pgbench runs of {}s{} (about {} min){}",
         opt.duration,
-        total * (opt.duration + 1) / 60 + 1,
+        if traced > 0 {
+            format!(" and {traced} under strace of {}s", opt.strace_secs)
+        } else {
+            String::new()
+        },
+        (total * (opt.duration + 1) + traced * (opt.strace_secs + 2)) / 60 + 1,
         if opt.callgrind {
             ", then callgrind (about a minute)"
         } else {

@@ -1,8 +1,10 @@
 //! The measurements: the servers of a run ([`Bench`]), pgbench runs against each target
-//! (with their p99 and CPU shares), memory per idle client, the interleaved runs of the
-//! plugin tax (and its SHOW PLUGINS check) and of the read-routing row (and where its reads
-//! ran: SHOW NODES and each node's own transaction count); the callgrind runs are in
-//! `under_callgrind.rs`. What they find goes into [`Findings`], which `report.rs` prints.
+//! (with their p99, CPU shares, and CPU and context switches per transaction), the short
+//! runs under strace that count system calls per transaction, memory per idle client, the
+//! interleaved runs of the plugin tax (and its SHOW PLUGINS check) and of the read-routing
+//! row (and where its reads ran: SHOW NODES and each node's own transaction count); the
+//! callgrind runs are in `under_callgrind.rs`. What they find goes into [`Findings`], which
+//! `report.rs` prints.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -16,13 +18,17 @@ use switchyard_tests::admin::admin_rows;
 use switchyard_tests::tools::libpq_command;
 use switchyard_tests::{env, Endpoint, PgCluster, Proxy};
 
+use crate::accounting::{self, Reading};
 use crate::interrupt;
 use crate::options::{CellSpec, Options};
 use crate::servers::{self, Flavour, PgBouncer, PluginCopy, READS_DB};
 use crate::stats::{self, Cell, Figure, NodeReads, Sample};
+use crate::strace::{SyscallRun, Tracer};
 
 /// The matrix's targets, in the order of each round and of the tables.
 pub const TARGETS: [&str; 3] = ["direct", "pgbouncer", "switchyard-plugin"];
+/// The matrix's proxies: the targets of the strace runs.
+pub const PROXIES: [&str; 2] = ["pgbouncer", "switchyard-plugin"];
 /// The Switchyard of the matrix (plugins on).
 pub const SY: &str = "switchyard-plugin";
 /// The plugin tax compares these two.
@@ -54,6 +60,8 @@ impl IdleMemory {
 pub struct Findings {
     /// Runs by cell key: `[tax:|reconnect:|routing:]MODE:CLIENTS:TARGET`.
     pub cells: BTreeMap<String, Cell>,
+    /// The strace runs by cell key (`[reconnect:]MODE:CLIENTS:TARGET`, proxies only).
+    pub syscalls: BTreeMap<String, SyscallRun>,
     pub idle: BTreeMap<&'static str, IdleMemory>,
     /// SHOW PLUGINS of the plugin proxy after the tps runs.
     pub plugin_stats: Option<String>,
@@ -86,6 +94,10 @@ pub struct Bench<'a> {
     proxies: BTreeMap<Flavour, Proxy>,
     /// The proxy binary's name (pidstat shows processes by it).
     proxy_name: String,
+    /// The primary's postmaster (Postgres' CPU is its and its children's).
+    postmaster: Option<u32>,
+    /// Clock ticks per second of `/proc/PID/stat`.
+    clock_ticks: u64,
     run_no: u32,
     pub findings: Findings,
 }
@@ -156,6 +168,27 @@ pub(crate) fn pgbench_command(port: u16, db: &str, args: &[String], out: &Path) 
     Ok(cmd)
 }
 
+/// Now, in µs since the Unix epoch (pgbench's log stamps transactions so).
+fn epoch_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// How long a pgbench run of `secs` may take before it is killed as hung.
+fn pgbench_guard(secs: u32) -> Duration {
+    Duration::from_secs(u64::from(secs) * 2 + 120)
+}
+
+/// pgbench's `number of transactions actually processed: N` (`N/M` with -t).
+pub(crate) fn transactions(output: &str) -> Option<u64> {
+    summary_field(output, "number of transactions actually processed: ")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The value after `prefix` on pgbench's summary line starting with it.
 pub(crate) fn summary_field<'a>(output: &'a str, prefix: &str) -> Option<&'a str> {
     output
@@ -205,6 +238,19 @@ fn established_to(port: u16) -> usize {
     stats::established_to(&fs::read_to_string("/proc/net/tcp").unwrap_or_default(), port)
 }
 
+/// Waits until `n` client connections to `port` are established, polling every `step`, for
+/// `limit` at most; returns how many there were last.
+fn wait_established(port: u16, n: usize, limit: Duration, step: Duration) -> Result<usize> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let up = established_to(port);
+        if up >= n || Instant::now() > deadline {
+            return Ok(up);
+        }
+        interrupt::sleep(step)?;
+    }
+}
+
 pub(crate) fn last_lines(text: &str, n: usize) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
@@ -221,6 +267,12 @@ impl<'a> Bench<'a> {
             None
         };
         let (pg, verifier) = servers::start_postgres(opt, &work)?;
+        let postmaster = accounting::postmaster_pid(pg.primary().data_dir());
+        if postmaster.is_none() {
+            crate::log!(
+                "WARNING: no postmaster pid in the data directory: Postgres' CPU will not be measured"
+            );
+        }
         let mut bench = Self {
             opt,
             work,
@@ -230,6 +282,8 @@ impl<'a> Bench<'a> {
             bouncers: Vec::new(),
             proxies: BTreeMap::new(),
             proxy_name,
+            postmaster,
+            clock_ticks: accounting::clock_ticks(),
             run_no: 0,
             findings: Findings::default(),
         };
@@ -282,19 +336,34 @@ impl<'a> Bench<'a> {
             .with_context(|| format!("{name} is not running"))
     }
 
+    /// The PgBouncer of `mode`: 1.18 pools prepared statements only by session.
+    fn bouncer_for(&self, mode: &str) -> Result<&PgBouncer> {
+        self.bouncer(if mode == "prepared" {
+            "pgbouncer-session"
+        } else {
+            "pgbouncer"
+        })
+    }
+
+    fn switchyard_of(&self, target: &str) -> Result<&Proxy> {
+        let flavour = flavour_of(target).with_context(|| format!("unknown target {target}"))?;
+        self.proxies.get(&flavour).context("proxy not running")
+    }
+
     fn port_of(&self, target: &str, mode: &str) -> Result<u16> {
         Ok(match target {
             "direct" => self.pg.primary().port(),
-            // PgBouncer 1.18 pools prepared statements only by session.
-            "pgbouncer" if mode == "prepared" => self.bouncer("pgbouncer-session")?.port,
-            "pgbouncer" => self.bouncer("pgbouncer")?.port,
-            other => {
-                let flavour = flavour_of(other).with_context(|| format!("unknown target {other}"))?;
-                self.proxies
-                    .get(&flavour)
-                    .map(Proxy::port)
-                    .context("proxy not running")?
-            }
+            "pgbouncer" => self.bouncer_for(mode)?.port,
+            other => self.switchyard_of(other)?.port(),
+        })
+    }
+
+    /// The pid of the proxy `target` serves `mode` with; none for direct Postgres.
+    fn proxy_pid(&self, target: &str, mode: &str) -> Result<Option<u32>> {
+        Ok(match target {
+            "direct" => None,
+            "pgbouncer" => Some(self.bouncer_for(mode)?.pid().context("pgbouncer has no pid")?),
+            other => Some(self.switchyard_of(other)?.pid().context("proxy not running")?),
         })
     }
 
@@ -366,12 +435,9 @@ impl<'a> Bench<'a> {
         }
         match target {
             "pgbouncer" => {
-                let name = if mode == "prepared" {
-                    "pgbouncer-session"
-                } else {
-                    "pgbouncer"
-                };
-                if let Err(e) = self.bouncer(name)?.ensure_running() {
+                let b = self.bouncer_for(mode)?;
+                let (name, alive) = (b.name, b.ensure_running());
+                if let Err(e) = alive {
                     self.findings.problems.push(format!("{name} died; see log"));
                     return Err(e);
                 }
@@ -396,6 +462,20 @@ impl<'a> Bench<'a> {
         extra: &[String],
         out: &Path,
     ) -> Result<Ended> {
+        let mut child = self.spawn_pgbench(target, mode, clients, secs, extra, out)?;
+        wait_child(&mut child, pgbench_guard(secs))
+    }
+
+    /// Starts the pgbench of [`Self::pgbench`] without waiting for it.
+    fn spawn_pgbench(
+        &self,
+        target: &str,
+        mode: &str,
+        clients: u32,
+        secs: u32,
+        extra: &[String],
+        out: &Path,
+    ) -> Result<Child> {
         let mut args: Vec<String> = ["-S", "-M", mode, "-c"].iter().map(|s| s.to_string()).collect();
         args.extend([
             clients.to_string(),
@@ -406,10 +486,9 @@ impl<'a> Bench<'a> {
         ]);
         args.extend_from_slice(extra);
         let port = self.port_of(target, mode)?;
-        let mut child = pgbench_command(port, database_of(target), &args, out)?
+        pgbench_command(port, database_of(target), &args, out)?
             .spawn()
-            .context("spawning pgbench")?;
-        wait_child(&mut child, Duration::from_secs(u64::from(secs) * 2 + 120))
+            .context("spawning pgbench")
     }
 
     /// Warms up each target's pool: 3 s of `-M simple` at min(POOL_SIZE, 16) clients.
@@ -467,7 +546,16 @@ impl<'a> Bench<'a> {
         } else {
             None
         };
+        // CPU per transaction: the matrix and the reconnect rows (on the primary only).
+        let accounted = prefix.is_empty() || prefix == "reconnect:";
+        let (proxy_pid, postmaster) = if accounted {
+            (self.proxy_pid(target, mode)?, self.postmaster)
+        } else {
+            (None, None)
+        };
+        let before = Reading::take(proxy_pid, postmaster);
         let ended = self.pgbench(target, mode, c, self.opt.duration, &extra, &out);
+        let after = Reading::take(proxy_pid, postmaster);
         let share = match pidstat.as_mut() {
             Some(p) => {
                 let _ = wait_child(p, Duration::from_secs(u64::from(self.opt.duration) + 30));
@@ -483,9 +571,12 @@ impl<'a> Bench<'a> {
         let output = fs::read_to_string(&out).unwrap_or_default();
         let tps_text = summary_field(&output, "tps = ").map(str::to_owned);
         let lat = summary_field(&output, "latency average = ").and_then(|v| v.parse().ok());
+        let login_ms = summary_field(&output, "initial connection time = ").and_then(|v| v.parse().ok());
         let failed: u64 = summary_field(&output, "number of failed transactions: ")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let cpu =
+            accounted.then(|| after.since(&before, transactions(&output).unwrap_or(0), self.clock_ticks));
         let aborted = aborted_clients(&output);
         if ended.timed_out {
             note.push_str(&format!(
@@ -538,8 +629,24 @@ impl<'a> Bench<'a> {
         if !self.check_alive(target, &format!("after {mode} c={c}"), mode)? {
             note.push_str("switchyard died during this run; ");
         }
+        let cpu_note = cpu.map_or(String::new(), |r| {
+            let per = |v: Option<u64>| {
+                v.and_then(|v| r.per_tx(v))
+                    .map_or("-".to_owned(), |v| format!("{v:.1}"))
+            };
+            let proxy = if proxy_pid.is_some() {
+                format!(
+                    " proxy={}+{}us/tx",
+                    per(r.proxy.map(|p| p.user_us)),
+                    per(r.proxy.map(|p| p.system_us))
+                )
+            } else {
+                String::new()
+            };
+            format!("{proxy} postgres={}us/tx", per(r.postgres_us))
+        });
         crate::log!(
-            "  {mode:<8} c={c:<3} {target:<17} tps={tps_text} lat={}ms failed={failed}{}",
+            "  {mode:<8} c={c:<3} {target:<17} tps={tps_text} lat={}ms failed={failed}{cpu_note}{}",
             lat.map_or("ERR".to_owned(), |l: f64| l.to_string()),
             if note.is_empty() {
                 String::new()
@@ -554,6 +661,8 @@ impl<'a> Bench<'a> {
             latency,
             p99,
             share,
+            cpu,
+            login_ms,
         });
         cell.failed += failed;
         cell.noted |= !note.is_empty();
@@ -562,19 +671,28 @@ impl<'a> Bench<'a> {
 
     /// p99 of run `n`'s sampled latency logs (`lat-N.*`), which are removed.
     fn p99_of_run(&self, n: u32) -> Option<f64> {
-        let runs = self.work.join("runs");
-        let prefix = format!("lat-{n}.");
+        stats::p99_ms(self.take_logs(&format!("lat-{n}.")).lines())
+    }
+
+    /// The text of pgbench's per-transaction logs in `runs/` whose names start with
+    /// `prefix` (one per thread), which are removed.
+    fn take_logs(&self, prefix: &str) -> String {
         let mut text = String::new();
-        for entry in fs::read_dir(&runs).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        for entry in fs::read_dir(self.work.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
                 text.push_str(&fs::read_to_string(entry.path()).unwrap_or_default());
                 let _ = fs::remove_file(entry.path());
             }
         }
-        stats::p99_ms(text.lines())
+        text
     }
 
-    /// The matrix, then the reconnect rows; rounds interleaved across targets.
+    /// The matrix, then the reconnect rows; rounds interleaved across targets; after each
+    /// cell's rounds, its strace runs (with STRACE=1).
     pub fn run_matrix(&mut self) -> Result<()> {
         let opt = self.opt;
         for mode in &opt.modes {
@@ -586,6 +704,7 @@ impl<'a> Bench<'a> {
                         }
                     }
                 }
+                self.strace_cell(mode, c, "")?;
             }
         }
         for &c in &opt.reconnect_clients {
@@ -594,8 +713,135 @@ impl<'a> Bench<'a> {
                     self.bench_one(t, "simple", c, r, "reconnect:")?;
                 }
             }
+            self.strace_cell("simple", c, "reconnect:")?;
         }
         Ok(())
+    }
+
+    /// The strace runs of a cell: each proxy that serves it, one after the other.
+    fn strace_cell(&mut self, mode: &str, c: u32, prefix: &str) -> Result<()> {
+        if !self.opt.strace {
+            return Ok(());
+        }
+        for t in PROXIES {
+            if !skip_cell(self.opt, mode, c, t) {
+                self.strace_one(t, mode, c, prefix)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A pgbench run with `strace -c -f` attached to the proxy for STRACE_SECONDS:
+    /// system calls per transaction. The strace is attached once every client has logged
+    /// in (for -C, where each transaction is a login, at once) and detached after
+    /// STRACE_SECONDS, before pgbench ends; the transactions are those pgbench's
+    /// per-transaction log shows completed in between. pgbench runs STRACE_SECONDS plus
+    /// twice the longest login time of the cell's runs plus 1 s, since -T includes the
+    /// logins. Its tps is not reported (tracing slows the proxy down many times over).
+    fn strace_one(&mut self, target: &str, mode: &str, c: u32, prefix: &str) -> Result<()> {
+        let key = format!("{prefix}{mode}:{c}:{target}");
+        self.run_no += 1;
+        let tag = prefix.trim_end_matches(':');
+        let name = format!(
+            "{}-strace-{tag}{}{mode}-c{c}-{target}",
+            self.run_no,
+            if tag.is_empty() { "" } else { "-" }
+        );
+        let out = self.work.join("runs").join(format!("{name}.out"));
+        self.check_alive(target, &format!("before the strace run of {mode} c={c}"), mode)?;
+        let pid = self
+            .proxy_pid(target, mode)?
+            .context("strace runs are for proxies")?;
+        let port = self.port_of(target, mode)?;
+        let reconnect = prefix == "reconnect:";
+        let login_ms = self.findings.cell(&key).map_or(0.0, |cell| {
+            cell.samples.iter().filter_map(|s| s.login_ms).fold(0.0, f64::max)
+        });
+        let secs = self.opt.strace_secs + (2.0 * login_ms / 1000.0).ceil() as u32 + 1;
+        let log_prefix = format!("slat-{}", self.run_no);
+        let mut extra = vec![
+            "-l".to_owned(),
+            format!(
+                "--log-prefix={}",
+                self.work.join("runs").join(&log_prefix).display()
+            ),
+        ];
+        if reconnect {
+            extra.push("-C".into());
+        }
+        let mut problems = Vec::new();
+        let mut pgbench = self.spawn_pgbench(target, mode, c, secs, &extra, &out)?;
+        let traced = self.traced_window(&mut pgbench, pid, port, c, reconnect, &name);
+        let ended = wait_child(&mut pgbench, pgbench_guard(secs))?;
+        let log = self.take_logs(&format!("{log_prefix}."));
+        if ended.code != Some(0) {
+            let code = ended.code.map_or("killed".to_owned(), |c| c.to_string());
+            problems.push(format!("pgbench exit {code}"));
+        }
+        self.check_alive(target, &format!("after the strace run of {mode} c={c}"), mode)?;
+        match traced {
+            Ok((syscalls, window)) => {
+                let tx = stats::completed_within(log.lines(), window);
+                if tx == 0 {
+                    problems.push("no transaction completed while strace was attached".to_owned());
+                }
+                let run = SyscallRun {
+                    transactions: tx,
+                    syscalls,
+                };
+                let per = |n: u64| run.per_tx(n).map_or("-".to_owned(), |v| format!("{v:.2}"));
+                crate::log!(
+                    "  strace   c={c:<3} {target:<17} tx={tx} per tx: sendto={} recvfrom={} epoll_wait={} futex={} total={}",
+                    per(run.syscalls.count("sendto")),
+                    per(run.syscalls.count("recvfrom")),
+                    per(run.syscalls.count("epoll_wait")),
+                    per(run.syscalls.count("futex")),
+                    per(run.syscalls.total)
+                );
+                self.findings.syscalls.insert(key, run);
+            }
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+        for what in problems {
+            crate::log!("  PROBLEM: {what}");
+            self.findings.problems.push(format!(
+                "{prefix}{mode} c={c} {target} strace run: {what} (output: {name}.*)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// While `pgbench` runs: waits until its `c` clients are connected to `port` (not with
+    /// `reconnect`), attaches strace to `pid`, and detaches after STRACE_SECONDS or when
+    /// pgbench ends. Returns the counts and the window, µs since the epoch.
+    fn traced_window(
+        &self,
+        pgbench: &mut Child,
+        pid: u32,
+        port: u16,
+        c: u32,
+        reconnect: bool,
+        name: &str,
+    ) -> Result<(crate::strace::Syscalls, (u64, u64))> {
+        if !reconnect {
+            let up = wait_established(
+                port,
+                c as usize,
+                Duration::from_secs(120),
+                Duration::from_millis(20),
+            )?;
+            if up < c as usize {
+                bail!("only {up} of {c} clients connected");
+            }
+        }
+        let tracer = Tracer::attach(pid, &self.work.join("runs").join(format!("{name}.strace")))?;
+        let start = epoch_us();
+        let until = Instant::now() + Duration::from_secs(u64::from(self.opt.strace_secs));
+        while Instant::now() < until && pgbench.try_wait()?.is_none() {
+            interrupt::sleep(Duration::from_millis(20))?;
+        }
+        let end = epoch_us();
+        Ok((tracer.detach()?, (start, end)))
     }
 
     /// Memory per idle client of `name` (a proxy of the matrix or the transaction PgBouncer):
@@ -603,17 +849,8 @@ impl<'a> Bench<'a> {
     /// sit idle, minus its RSS with none. Clients come from pgbench processes of at most 500
     /// each, started one after another so that logins are not all at once.
     pub fn idle_memory(&mut self, name: &'static str) -> Result<()> {
-        let (port, pid) = match name {
-            "pgbouncer" => {
-                let b = self.bouncer(name)?;
-                (b.port, b.pid())
-            }
-            _ => {
-                let p = &self.proxies[&flavour_of(name).context("not a proxy")?];
-                (p.port(), p.pid())
-            }
-        };
-        let pid = pid.context("not running")?;
+        let port = self.port_of(name, "simple")?;
+        let pid = self.proxy_pid(name, "simple")?.context("not a proxy")?;
         let script = self.work.join("idle.sql");
         fs::write(&script, "SELECT 1;\n\\sleep 900 s\n")?;
         let before = rss_kib(pid);
@@ -674,14 +911,12 @@ impl<'a> Bench<'a> {
                     .context("spawning pgbench")?,
             );
             started += n;
-            let mut up = 0;
-            for _ in 0..600 {
-                up = established_to(port);
-                if up >= started as usize {
-                    break;
-                }
-                interrupt::sleep(Duration::from_millis(200))?;
-            }
+            let up = wait_established(
+                port,
+                started as usize,
+                Duration::from_secs(120),
+                Duration::from_millis(200),
+            )?;
             if up < started as usize {
                 self.findings.problems.push(format!(
                     "idle clients: only {up} of {started} connected to {name}"
@@ -918,6 +1153,21 @@ pub fn planned_runs(opt: &Options) -> u32 {
     runs + 2 * opt.rounds * cells as u32
 }
 
+/// How many strace runs the settings ask for: each proxy of each matrix cell it serves,
+/// and of each reconnect row; none with STRACE=0.
+pub fn planned_strace_runs(opt: &Options) -> u32 {
+    if !opt.strace {
+        return 0;
+    }
+    let mut runs = 0;
+    for mode in &opt.modes {
+        for c in opt.all_clients() {
+            runs += PROXIES.iter().filter(|t| !skip_cell(opt, mode, c, t)).count() as u32;
+        }
+    }
+    runs + opt.reconnect_clients.len() as u32 * PROXIES.len() as u32
+}
+
 /// Cells not measured: direct Postgres at the pooler-only client counts, and -M prepared
 /// through PgBouncer above its session pool.
 pub fn skip_cell(opt: &Options, mode: &str, c: u32, target: &str) -> bool {
@@ -961,23 +1211,53 @@ tps = 19712.409811 (without initial connection time)
         assert_eq!(summary_field("", "tps = "), None);
     }
 
+    /// The options of `args` with the settings `env`.
+    fn options(args: &[&str], env: &[(&str, &str)]) -> Options {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: BTreeMap<&str, &str> = env.iter().copied().collect();
+        match crate::options::parse(&args, |k| env.get(k).map(|v| v.to_string())).unwrap() {
+            crate::options::Command::Run(o) => *o,
+            crate::options::Command::Help => unreachable!(),
+        }
+    }
+
     /// A full run: 4 client counts x 3 targets x 3 modes, 1000 clients through the two
     /// poolers (and not through the session PgBouncer for -M prepared), the reconnect row,
     /// the two tax cells and the two routing cells, 3 rounds each; --quick: 2 x 3, the
     /// reconnect row, one tax cell and one routing cell.
     #[test]
     fn planned_runs_of_the_usual_settings() {
-        let opt = |args: &[&str]| {
-            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            match crate::options::parse(&args, |_| None).unwrap() {
-                crate::options::Command::Run(o) => *o,
-                crate::options::Command::Help => unreachable!(),
-            }
-        };
+        let opt = |args: &[&str]| options(args, &[]);
         assert_eq!(planned_runs(&opt(&[])), (3 * 12 + 2 + 2 + 1 + 3 + 4 + 4) * 3);
         assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2 + 2);
         assert_eq!(planned_runs(&opt(&["--plugin-tax"])), 12);
         assert_eq!(planned_runs(&opt(&["--read-routing"])), 12);
         assert_eq!(planned_runs(&opt(&["--read-routing", "--plugin-tax"])), 24);
+    }
+
+    /// One strace run per proxy and cell: a full run has 3 modes x 5 client counts x 2
+    /// proxies, less the session PgBouncer at 1000 clients, plus the reconnect row's 2;
+    /// --quick 2 x 2 + 2; none without the matrix or with STRACE=0.
+    #[test]
+    fn planned_strace_runs_of_the_usual_settings() {
+        assert_eq!(planned_strace_runs(&options(&[], &[])), 3 * 5 * 2 - 1 + 2);
+        assert_eq!(planned_strace_runs(&options(&["--quick"], &[])), 4 + 2);
+        assert_eq!(planned_strace_runs(&options(&["--plugin-tax"], &[])), 0);
+        assert_eq!(planned_strace_runs(&options(&[], &[("STRACE", "0")])), 0);
+    }
+
+    /// The transactions of pgbench's summary, of a -T run (a count) and of a -t run
+    /// (processed/planned); none without the line.
+    #[test]
+    fn transactions_of_a_run() {
+        assert_eq!(
+            transactions("number of transactions actually processed: 153211\n"),
+            Some(153_211)
+        );
+        assert_eq!(
+            transactions("number of transactions actually processed: 1000/1000\n"),
+            Some(1000)
+        );
+        assert_eq!(transactions("tps = 5.0\n"), None);
     }
 }

@@ -72,6 +72,11 @@ pub struct Options {
     pub cg_tx: (u32, u32),
     pub cg_warmup: u32,
     pub cg_workers: u32,
+    /// `STRACE`: a short run under `strace -c -f` per proxy and matrix cell (not without
+    /// the matrix).
+    pub strace: bool,
+    /// `STRACE_SECONDS`: pgbench -T of those runs.
+    pub strace_secs: u32,
     /// `PLUGIN`: a pool-mode component used as it is.
     pub plugin: Option<String>,
     /// `SWITCHYARD_BIN`: a prebuilt proxy.
@@ -120,6 +125,15 @@ fn number(name: &str, v: &str) -> Result<u32, UsageError> {
     }
     v.parse()
         .map_err(|_| UsageError(format!("{name} must be a number, got '{v}'")))
+}
+
+/// A setting that is `0` (off) or `1` (on).
+fn switch(name: &str, v: &str) -> Result<bool, UsageError> {
+    match v {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        other => Err(UsageError(format!("{name} must be 0 or 1, got '{other}'"))),
+    }
 }
 
 /// `MODE:CLIENTS ...` of the setting `name` (TAX_CELLS, ROUTING_CELLS): at least one.
@@ -176,6 +190,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut tax_cells = var("TAX_CELLS", "simple:64 extended:16");
     let mut routing_cells = var("ROUTING_CELLS", "simple:16 simple:64");
     let mut callgrind = var("CALLGRIND", "1");
+    let mut strace = var("STRACE", "1");
     let mut idle_clients = env("IDLE_CLIENTS").filter(|v| !v.is_empty());
     let mut rounds = env("ROUNDS").filter(|v| !v.is_empty());
     // `${RECONNECT_CLIENTS-16}`: only unset means the default; empty skips the rows.
@@ -199,6 +214,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         modes = String::new();
         idle_clients = Some("0".into());
         reconnect = String::new();
+        strace = "0".into();
     }
     let rounds = rounds.unwrap_or_else(|| "3".into());
     let idle_clients = idle_clients.unwrap_or_else(|| "10000".into());
@@ -210,6 +226,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let cg_warmup = var("CG_WARMUP", "200");
     let cg_workers = var("CG_WORKERS", "1");
     let workers = env("WORKERS").filter(|v| !v.is_empty());
+    let strace_secs = var("STRACE_SECONDS", "3");
 
     let duration = positive("DURATION", &duration)?;
     let pool_size = positive("POOL_SIZE", &pool_size)?;
@@ -219,11 +236,9 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let cg_clients = positive("CG_CLIENTS", &cg_clients)?;
     let cg_warmup = positive("CG_WARMUP", &cg_warmup)?;
     let cg_workers = number("CG_WORKERS", &cg_workers)?;
-    let callgrind = match callgrind.as_str() {
-        "0" => false,
-        "1" => true,
-        other => return Err(UsageError(format!("CALLGRIND must be 0 or 1, got '{other}'"))),
-    };
+    let callgrind = switch("CALLGRIND", &callgrind)?;
+    let strace = switch("STRACE", &strace)?;
+    let strace_secs = positive("STRACE_SECONDS", &strace_secs)?;
     let cg_tx = {
         let bad = || {
             UsageError(format!(
@@ -293,6 +308,8 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         cg_tx,
         cg_warmup,
         cg_workers,
+        strace,
+        strace_secs,
         plugin: env("PLUGIN").filter(|v| !v.is_empty()),
         prebuilt: env("SWITCHYARD_BIN").filter(|v| !v.is_empty()),
     })))
@@ -344,6 +361,7 @@ mod tests {
         );
         assert_eq!(o.session_pool_size(), 256);
         assert!(o.pooler_only(1000) && !o.pooler_only(64));
+        assert_eq!((o.strace, o.strace_secs), (true, 3));
     }
 
     /// --quick fixes the matrix (ignoring CLIENTS, DURATION, MODES) and the tax and routing
@@ -378,6 +396,7 @@ mod tests {
         assert!(o.routing_cells.is_empty());
         assert_eq!((o.idle_clients, o.rounds), (0, 3));
         assert!(o.callgrind);
+        assert!(!o.strace, "no strace runs without the matrix");
     }
 
     /// --read-routing measures nothing but the routing cells (ROUTING_CELLS as given) and
@@ -421,6 +440,18 @@ mod tests {
         assert_eq!(o.workers, None);
     }
 
+    /// STRACE=0 turns the strace runs off, STRACE_SECONDS sets their length; --quick keeps
+    /// them (3 s), --read-routing has none.
+    #[test]
+    fn strace_settings() {
+        let o = run(&[], &[("STRACE", "0"), ("STRACE_SECONDS", "7")]).unwrap();
+        assert_eq!((o.strace, o.strace_secs), (false, 7));
+        let o = run(&["--quick"], &[]).unwrap();
+        assert_eq!((o.strace, o.strace_secs), (true, 3));
+        let o = run(&["--read-routing"], &[("STRACE", "1")]).unwrap();
+        assert!(!o.strace);
+    }
+
     /// Bad flags and settings are refused with the setting's name and value.
     #[test]
     fn bad_settings_are_refused() {
@@ -437,6 +468,11 @@ mod tests {
         assert_eq!(
             err(&[], &[("CALLGRIND", "yes")]),
             "CALLGRIND must be 0 or 1, got 'yes'"
+        );
+        assert_eq!(err(&[], &[("STRACE", "2")]), "STRACE must be 0 or 1, got '2'");
+        assert_eq!(
+            err(&[], &[("STRACE_SECONDS", "0")]),
+            "STRACE_SECONDS must be a positive integer, got '0'"
         );
         assert_eq!(
             err(&[], &[("CG_TX", "100 100")]),

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::callgrind;
-use crate::measure::{skip_cell, Findings, ROUTING_TARGETS, SY, TARGETS, TAX_TARGETS};
+use crate::measure::{skip_cell, Findings, PROXIES, ROUTING_TARGETS, SY, TARGETS, TAX_TARGETS};
 use crate::options::{CellSpec, Options};
 use crate::servers::{READS_DB, REPLICAS};
 use crate::stats::{fmt_count, fmt_figure, fmt_opt, pct, ratio, Cell, Sample};
+use crate::strace::KINDS;
 use crate::under_callgrind::{CgProxy, CgRuns};
 
 /// Facts about the run that are not measurements.
@@ -120,6 +121,8 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
         o.push('\n');
         added_latency(o, opt, f);
         reconnect(o, opt, f);
+        cpu_per_tx(o, opt, f);
+        syscalls(o, opt, f);
         cpu_share(o, opt, f, cx);
         idle_memory(o, opt, f);
     }
@@ -277,6 +280,146 @@ fn reconnect(o: &mut String, opt: &Options, f: &Findings) {
                 latency(m),
                 p99(m),
                 failed(f, &key(t))
+            );
+        }
+    }
+    o.push('\n');
+}
+
+/// The rows of the CPU and system call tables: each matrix cell's mode, clients and key
+/// prefix, then the reconnect rows' (mode `simple -C`).
+fn accounted_cells(opt: &Options) -> Vec<(String, u32, &'static str)> {
+    let mut cells = Vec::new();
+    for mode in &opt.modes {
+        for c in opt.all_clients() {
+            cells.push((mode.clone(), c, ""));
+        }
+    }
+    for &c in &opt.reconnect_clients {
+        cells.push(("simple".to_owned(), c, "reconnect:"));
+    }
+    cells
+}
+
+/// The key of a cell of [`accounted_cells`]: `[reconnect:]simple:16:pgbouncer`.
+fn accounted_key(mode: &str, c: u32, prefix: &str, target: &str) -> String {
+    format!("{prefix}{mode}:{c}:{target}")
+}
+
+fn mode_label(mode: &str, prefix: &str) -> String {
+    if prefix == "reconnect:" {
+        format!("{mode} -C")
+    } else {
+        mode.to_owned()
+    }
+}
+
+/// Proxy user + system µs per transaction of the median run of `key`.
+fn proxy_total_per_tx(f: &Findings, key: &str) -> Option<f64> {
+    let cpu = median(f, key)?.cpu?;
+    let p = cpu.proxy?;
+    cpu.per_tx(p.user_us + p.system_us)
+}
+
+/// CPU per transaction from `/proc` over the median-tps run of each row.
+fn cpu_per_tx(o: &mut String, opt: &Options, f: &Findings) {
+    o.push_str(
+        "### CPU per transaction (from /proc over the median-tps run; µs of CPU per transaction)
+
+",
+    );
+    o.push_str("- proxy: its utime and stime (/proc/PID/stat) over the run; context switches: voluntary + nonvoluntary, summed over its threads (/proc/PID/task/*/status); postgres: the postmaster's user + system time, its reaped children's (cutime + cstime) and its live children's, after minus before; per transaction of pgbench's count; –: direct Postgres, no proxy
+
+");
+    o.push_str("| mode | clients | target | tps | proxy user µs/tx | proxy system µs/tx | proxy total µs/tx | postgres µs/tx | proxy ctx switches/tx | switchyard/pgbouncer proxy CPU |
+");
+    o.push_str(
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|
+",
+    );
+    for (mode, c, prefix) in accounted_cells(opt) {
+        let ml = mode_label(&mode, prefix);
+        for t in TARGETS {
+            if prefix.is_empty() && skip_cell(opt, &mode, c, t) {
+                let _ = writeln!(o, "| {ml} | {c} | {} | n/a | | | | | | |", label(t, &mode));
+                continue;
+            }
+            let key = accounted_key(&mode, c, prefix, t);
+            let m = median(f, &key);
+            let cpu = m.and_then(|s| s.cpu);
+            let per = |v: Option<u64>, decimals: usize| fmt_opt(v.and_then(|v| cpu?.per_tx(v)), decimals);
+            let proxy = cpu.and_then(|r| r.proxy);
+            let [user, system, total, ctx] = if t == "direct" {
+                ["–", "–", "–", "–"].map(str::to_owned)
+            } else {
+                [
+                    per(proxy.map(|p| p.user_us), 1),
+                    per(proxy.map(|p| p.system_us), 1),
+                    per(proxy.map(|p| p.user_us + p.system_us), 1),
+                    per(proxy.map(|p| p.ctx_switches), 2),
+                ]
+            };
+            let r = if t == SY {
+                ratio(
+                    proxy_total_per_tx(f, &key),
+                    proxy_total_per_tx(f, &accounted_key(&mode, c, prefix, "pgbouncer")),
+                    2,
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                o,
+                "| {ml} | {c} | {} | {}{} | {user} | {system} | {total} | {} | {ctx} | {r} |",
+                label(t, &mode),
+                tps(m, 1),
+                flag(f, &key),
+                per(cpu.and_then(|r| r.postgres_us), 1),
+            );
+        }
+    }
+    o.push('\n');
+}
+
+/// System calls per transaction of each proxy, from the strace runs.
+fn syscalls(o: &mut String, opt: &Options, f: &Findings) {
+    if !opt.strace {
+        o.push_str("System calls per transaction: not measured (STRACE=0).\n\n");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "### System calls per transaction (strace -c -f attached to the proxy for {}s of a separate pgbench run per cell, from when all clients have logged in (with -C from the start); per transaction pgbench logged as completed meanwhile)\n",
+        opt.strace_secs
+    );
+    let _ = writeln!(
+        o,
+        "| mode | clients | proxy | transactions | {} | other | total |",
+        KINDS.join(" | ")
+    );
+    let _ = writeln!(o, "|---|---:|---|---:|{}---:|---:|", "---:|".repeat(KINDS.len()));
+    for (mode, c, prefix) in accounted_cells(opt) {
+        let ml = mode_label(&mode, prefix);
+        for t in PROXIES {
+            let empty = " |".repeat(KINDS.len() + 2);
+            if prefix.is_empty() && skip_cell(opt, &mode, c, t) {
+                let _ = writeln!(o, "| {ml} | {c} | {} | n/a |{empty}", label(t, &mode));
+                continue;
+            }
+            let Some(run) = f.syscalls.get(&accounted_key(&mode, c, prefix, t)) else {
+                let _ = writeln!(o, "| {ml} | {c} | {} | - |{empty}", label(t, &mode));
+                continue;
+            };
+            let per = |n: u64| fmt_opt(run.per_tx(n), 2);
+            let kinds: Vec<String> = KINDS.iter().map(|k| per(run.syscalls.count(k))).collect();
+            let _ = writeln!(
+                o,
+                "| {ml} | {c} | {} | {} | {} | {} | {} |",
+                label(t, &mode),
+                run.transactions,
+                kinds.join(" | "),
+                per(run.syscalls.other()),
+                per(run.syscalls.total)
             );
         }
     }
@@ -708,9 +851,11 @@ pub fn ratio_line(f: &Findings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounting::{ProxyCpu, RunCpu};
     use crate::options::{parse, Command};
     use crate::stats::Figure;
     use crate::stats::NodeReads;
+    use crate::strace::{SyscallRun, Syscalls};
     use crate::under_callgrind::Ticker;
 
     fn options(args: &[&str]) -> Options {
@@ -730,6 +875,8 @@ mod tests {
                 latency: Figure::Value(64_000.0 / t),
                 p99: Some(9.0),
                 share: None,
+                cpu: None,
+                login_ms: None,
             });
         }
     }
@@ -804,6 +951,99 @@ mod tests {
         assert!(report
             .contains("| simple | 64 | pool-mode.wasm | 27300.6 | 2.344 | 0 | 0.975 | 27300.600000 |\n"));
         assert!(report.contains("Instructions per transaction: not measured (--quick or CALLGRIND=0)."));
+    }
+
+    fn with_cpu(f: &mut Findings, key: &str, tx: u64, proxy: Option<(u64, u64, u64)>, pg_us: u64) {
+        let sample = &mut f.cells.get_mut(key).unwrap().samples[0];
+        sample.cpu = Some(RunCpu {
+            transactions: tx,
+            proxy: proxy.map(|(user_us, system_us, ctx_switches)| ProxyCpu {
+                user_us,
+                system_us,
+                ctx_switches,
+            }),
+            postgres_us: Some(pg_us),
+        });
+    }
+
+    /// The CPU table shows the median run's proxy user, system and total µs per
+    /// transaction, Postgres' µs and the proxy's context switches per transaction, "–" for
+    /// direct Postgres' proxy columns, "-" where nothing was read, and on Switchyard's row
+    /// its total over PgBouncer's; the system call table shows each proxy's calls per
+    /// transaction by kind, "other" and the total, "-" for a cell whose strace run failed;
+    /// the last line stays the tps ratio line.
+    #[test]
+    fn cpu_and_system_call_tables() {
+        let opt = options(&["--quick"]);
+        let mut f = Findings::default();
+        add(&mut f, "simple:64:direct", &[40_000.0]);
+        add(&mut f, "simple:64:pgbouncer", &[30_000.0]);
+        add(
+            &mut f,
+            "simple:64:switchyard-plugin",
+            &[27_000.0, 29_000.0, 25_000.0],
+        );
+        with_cpu(&mut f, "simple:64:direct", 400_000, None, 16_000_000);
+        with_cpu(
+            &mut f,
+            "simple:64:pgbouncer",
+            300_000,
+            Some((600_000, 4_500_000, 150_000)),
+            9_000_000,
+        );
+        // The median run (27,000 tps) is the first; the others' figures must not show.
+        with_cpu(
+            &mut f,
+            "simple:64:switchyard-plugin",
+            270_000,
+            Some((1_620_000, 5_130_000, 108_000)),
+            8_100_000,
+        );
+        f.cells.get_mut("simple:64:switchyard-plugin").unwrap().samples[1].cpu = Some(RunCpu {
+            transactions: 1,
+            proxy: None,
+            postgres_us: None,
+        });
+        add(&mut f, "reconnect:simple:16:pgbouncer", &[200.0]);
+        let mut calls = std::collections::BTreeMap::new();
+        for (k, n) in [
+            ("sendto", 20_000),
+            ("recvfrom", 30_000),
+            ("epoll_wait", 1_000),
+            ("accept", 60),
+        ] {
+            calls.insert(k.to_owned(), n);
+        }
+        f.syscalls.insert(
+            "simple:64:pgbouncer".into(),
+            SyscallRun {
+                transactions: 10_000,
+                syscalls: Syscalls { calls, total: 51_060 },
+            },
+        );
+        let report = render(&opt, &f, &context());
+        assert!(report.contains("| simple | 64 | direct | 40000.0 | – | – | – | 40.0 | – |  |\n"));
+        assert!(
+            report.contains("| simple | 64 | pgbouncer | 30000.0 | 2.0 | 15.0 | 17.0 | 30.0 | 0.50 |  |\n")
+        );
+        assert!(report.contains(
+            "| simple | 64 | switchyard (plugins) | 27000.0 | 6.0 | 19.0 | 25.0 | 30.0 | 0.40 | 1.47 |\n"
+        ));
+        assert!(report.contains("| simple -C | 16 | pgbouncer | 200.0 | - | - | - | - | - |  |\n"));
+        assert!(report.contains("| simple -C | 16 | switchyard (plugins) | - | - | - | - | - | - | n/a |\n"));
+        assert!(report.contains(
+            "| mode | clients | proxy | transactions | sendto | recvfrom | epoll_wait | epoll_ctl | futex | read | write | writev | readv | other | total |\n"
+        ));
+        assert!(report.contains(
+            "| simple | 64 | pgbouncer | 10000 | 2.00 | 3.00 | 0.10 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.01 | 5.11 |\n"
+        ));
+        assert!(report.contains("| simple | 64 | switchyard (plugins) | - | | | | | | | | | | | |\n"));
+        assert!(report.ends_with("switchyard/pgbouncer=0.90 switchyard/direct=0.68\n"));
+        let mut opt = options(&["--quick"]);
+        opt.strace = false;
+        let report = render(&opt, &f, &context());
+        assert!(report.contains("System calls per transaction: not measured (STRACE=0)."));
+        assert!(!report.contains("| proxy | transactions |"));
     }
 
     /// Without the -c 64 cells the ratio line says n/a instead of going missing; with

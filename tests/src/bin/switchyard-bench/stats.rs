@@ -3,6 +3,8 @@
 //! ratios and percentages are printed. Every figure in the report goes through here, so it
 //! is unit-tested against the formats users and docs parse.
 
+use crate::accounting::RunCpu;
+
 /// One figure of a run: measured, or an error (`ERR`: pgbench printed no summary).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Figure {
@@ -41,6 +43,11 @@ pub struct Sample {
     pub p99: Option<f64>,
     /// Only measured for `-M simple -c 64` of the matrix.
     pub share: Option<CpuShare>,
+    /// CPU and context switches from `/proc` over the run: the matrix and the reconnect
+    /// rows only.
+    pub cpu: Option<RunCpu>,
+    /// pgbench's "initial connection time", ms (none with -C).
+    pub login_ms: Option<f64>,
 }
 
 /// Every run of one cell (target, mode, clients), with its failed transactions and notes.
@@ -113,6 +120,22 @@ pub fn p99_ms<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     let rank = ((v.len() as f64 * 0.99) as usize).max(1);
     Some(v[rank - 1] / 1000.0)
+}
+
+/// Transactions of pgbench's per-transaction log lines (`client tx latency_us script
+/// epoch_s epoch_us ...`, stamped when the transaction completed) that completed within
+/// `window`, µs since the epoch, both ends included.
+pub fn completed_within<'a>(lines: impl IntoIterator<Item = &'a str>, window: (u64, u64)) -> u64 {
+    lines
+        .into_iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let s: u64 = f.get(4)?.parse().ok()?;
+            let us: u64 = f.get(5)?.parse().ok()?;
+            Some(s * 1_000_000 + us)
+        })
+        .filter(|t| (window.0..=window.1).contains(t))
+        .count() as u64
 }
 
 /// Average %CPU by process group over a `pidstat -u` log (LC_ALL=C), summed per interval
@@ -251,6 +274,8 @@ mod tests {
             latency: Figure::Value(1.0),
             p99: None,
             share: None,
+            cpu: None,
+            login_ms: None,
         }
     }
 
@@ -325,6 +350,26 @@ mod tests {
         assert_eq!(p99_ms(["3 1 4500 0 1 2"]), Some(4.5));
         assert_eq!(p99_ms(["garbage", "0 1 1000 0 1 1"]), Some(1.0));
         assert_eq!(p99_ms(Vec::<&str>::new()), None);
+    }
+
+    /// Lines of a real `pgbench -S -c 2 -j 2 -t 3 -l` log (both threads' files) count when
+    /// their completion stamp is inside the window, its ends included; lines outside it,
+    /// and lines that are not log lines, do not.
+    #[test]
+    fn transactions_completed_within_a_window() {
+        let log = "\
+0 1 449 0 1796604035 849078
+0 2 66 0 1796604035 849156
+0 3 30 0 1796604035 849188
+1 1 492 0 1796604035 849098
+1 2 649 0 1796604035 849751
+1 3 93 0 1796604035 849845
+garbage line
+";
+        let at = |us: u64| 1_796_604_035_000_000 + us;
+        assert_eq!(completed_within(log.lines(), (at(849_098), at(849_751))), 4);
+        assert_eq!(completed_within(log.lines(), (0, u64::MAX)), 6);
+        assert_eq!(completed_within(log.lines(), (at(849_846), u64::MAX)), 0);
     }
 
     /// pidstat lines summed per group and divided by the intervals; headers, Average lines
