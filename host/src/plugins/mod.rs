@@ -140,6 +140,12 @@ impl Decider for Plugin {
 }
 
 impl PoolModeHook for Plugin {
+    /// The WIT (`switchyard:policy@0.1.0`) has no pipelining export yet: a session whose
+    /// database has a pool-mode plugin is never pipelined, whatever `[pool] pipeline` says.
+    fn may_pipeline(&self, _session: &mut SessionFacts, _setting: bool) -> Result<bool, HookError> {
+        Ok(false)
+    }
+
     /// A decision the plugin declared reusable is answered without calling it.
     fn on_ready(
         &self,
