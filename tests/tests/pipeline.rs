@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use bytes::BytesMut;
 use switchyard_tests::admin::admin_rows;
 use switchyard_tests::plugin::{decisions, policy_row, with_plugin};
+use switchyard_tests::raw::{msg, RawConn};
 use switchyard_tests::{describe_error, roles, skip_if_direct, sqlstate, Endpoint, PgResultExt, TestBed};
 use tokio::task::JoinSet;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -504,22 +506,20 @@ async fn pipelining_is_off_by_default() -> Result<()> {
     Ok(())
 }
 
-/// `pipeline = true` with the bundled pool-mode component (built against the WIT without a
-/// pipelining export): it loads, serves 16 clients x 100
-/// statements with their own rows, makes pool-mode decisions (more than 0), and pipelines
-/// nothing.
+/// `pipeline = true` with a pool-mode component built against the WIT world without the
+/// `pipelining` export (`testing-std-user`, world `pool-mode-plugin`): it loads, serves 8
+/// clients x 50 statements with their own rows, makes pool-mode decisions (more than 0),
+/// and pipelines nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_mode_plugin_without_the_pipelining_export_loads_and_never_pipelines() -> Result<()> {
     skip_if_direct!();
     let bed = TestBed::start_with(|cfg| {
         let cfg = cfg.mode("transaction").pool_size(2).set("pool.pipeline", true);
-        with_plugin(cfg, "pool-mode", &[("mode", "transaction")])
-            .expect("the bundled pool-mode component is built")
+        with_plugin(cfg, "testing-std-user", &[]).expect("the testing-std-user component is built")
     })?;
     let ep = bed.endpoint();
-    many_own_rows(&ep, 0, 16, 100).await?;
-    let row = policy_row(&ep).await?;
-    let made = decisions(&row)?;
+    many_own_rows(&ep, 0, 8, 50).await?;
+    let made = decisions(&policy_row(&ep).await?)?;
     println!("the plugin made {made} pool-mode decisions");
     ensure!(
         made > 0,
@@ -529,6 +529,108 @@ async fn a_pool_mode_plugin_without_the_pipelining_export_loads_and_never_pipeli
     ensure!(
         count == 0,
         "{count} statements pipelined under a plugin that cannot allow it"
+    );
+    Ok(())
+}
+
+/// `clients` clients named `application` each running [`own_rows`] with `count` statements.
+async fn named_own_rows(ep: &Endpoint, application: &str, clients: usize, count: usize) -> Result<()> {
+    let mut set = JoinSet::new();
+    for id in 0..clients {
+        let mut cfg = ep.config(roles::APP.0, roles::APP.1, roles::APP_DB);
+        cfg.application_name(application);
+        let client = switchyard_tests::client::connect(&cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!(describe_error(&e)))?;
+        set.spawn(async move { own_rows(&client, id, count).await });
+    }
+    while let Some(done) = set.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// The bundled pool-mode plugin with `pipeline = "true"` and
+/// `pipeline_applications = "piped"` (and `[pool] pipeline` left off: the plugin decides):
+/// 8 clients named `other` x 50 statements are not pipelined (count stays 0), then 8 named
+/// `piped` are (count > 0); every client gets its own rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_mode_plugin_decides_who_is_pipelined() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_with(|cfg| {
+        let cfg = cfg.mode("transaction").pool_size(2);
+        with_plugin(
+            cfg,
+            "pool-mode",
+            &[
+                ("mode", "transaction"),
+                ("pipeline", "true"),
+                ("pipeline_applications", "piped"),
+            ],
+        )
+        .expect("the bundled pool-mode component is built")
+    })?;
+    let ep = bed.endpoint();
+    named_own_rows(&ep, "other", 8, 50).await?;
+    let others = pipelined(&ep).await?;
+    ensure!(
+        others == 0,
+        "{others} statements of clients the plugin did not name were pipelined"
+    );
+    named_own_rows(&ep, "piped", 8, 50).await?;
+    let piped = pipelined(&ep).await?;
+    println!("pipelined: 0 for application other, {piped} for application piped");
+    ensure!(
+        piped > 0,
+        "clients of the application the plugin names were not pipelined"
+    );
+    Ok(())
+}
+
+/// Pool of 1: raw client R sends `SELECT repeat('x', 10000) FROM generate_series(1, 5000)`
+/// (50 MB) and reads nothing; meanwhile client C runs 20 statements, which queue behind R's
+/// on the pool's only pipeline: all 20 get their own rows (within 30 s; the time is
+/// printed), so a client that does not read holds the pipeline only for a bounded time.
+/// When R finally reads, it gets part of its rows and then the end of its connection, with
+/// no ReadyForQuery (its reply was dropped) and no error but 54000 (if the part it got
+/// ended between messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_holds_the_pipeline_only_for_a_bounded_time() -> Result<()> {
+    skip_if_direct!();
+    let bed = bed(1, true)?;
+    let ep = bed.endpoint();
+    let c = ep.connect_app().await?;
+    let mut r = RawConn::login_app(&ep.addr()).await?;
+    let mut query = BytesMut::new();
+    msg::query(
+        &mut query,
+        "SELECT repeat('x', 10000) FROM generate_series(1, 5000)",
+    );
+    r.send(&query).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), own_rows(&c, 1, 20))
+        .await
+        .context("the statements behind an unread reply were held for 30 s")??;
+    println!(
+        "20 statements behind an unread 50 MB reply took {:?}",
+        started.elapsed()
+    );
+    let got = r.read_until_eof(Duration::from_secs(30)).await?;
+    let rows = got.iter().filter(|m| m.tag == b'D').count();
+    let errors: Vec<String> = got.iter().filter_map(|m| m.sqlstate()).collect();
+    println!("R got {rows} of 5000 rows, then errors {errors:?} and the end of its connection");
+    ensure!(
+        rows < 5000,
+        "R got its whole reply although it did not read for seconds"
+    );
+    ensure!(
+        !got.iter().any(|m| m.tag == b'Z'),
+        "R got a ReadyForQuery although its reply was dropped"
+    );
+    ensure!(
+        errors.iter().all(|e| e == "54000"),
+        "R: expected no error but 54000, got {errors:?}"
     );
     Ok(())
 }

@@ -29,7 +29,8 @@
 //! A session that does not take its reply: a driver holds up to [`REPLY_PIECES`] pieces
 //! (each one read from the server, at most 64 KiB) of one statement's reply; past that it
 //! waits [`STALL_LIMIT`] for the session, then drops the rest of that reply and the session
-//! ends with [`Failure::Unread`].
+//! ends with [`Failure::Unread`]: the client gets `FATAL 54000` after what it was sent, or,
+//! when that ends in the middle of a message, just the end of its connection.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -83,11 +84,13 @@ pub enum Failure {
     /// It was never written to a server: it can take the normal path.
     NotWritten,
     /// It was written and its server's connection ended before its reply was complete;
-    /// `fatal`: the server's last words in this reply were a FATAL error (the client has it).
-    Lost { fatal: bool },
+    /// `fatal`: the server's last words in this reply were a FATAL error (the client has
+    /// it); `cut`: the pieces the session got end in the middle of a message, so nothing
+    /// can follow them on the client's connection.
+    Lost { fatal: bool, cut: bool },
     /// The session did not take its reply within [`STALL_LIMIT`] of the driver holding
-    /// [`REPLY_PIECES`] pieces of it: the rest was dropped.
-    Unread,
+    /// [`REPLY_PIECES`] pieces of it: the rest was dropped (`cut` as for `Lost`).
+    Unread { cut: bool },
 }
 
 /// A statement handed to a pipeline: its reply comes through `pieces`; a cancel for it
@@ -106,6 +109,8 @@ struct Entry {
     fatal: bool,
     /// The session is gone or did not take its reply: the rest of the reply is dropped.
     abandoned: bool,
+    /// The pieces the session got end in the middle of a message.
+    cut: bool,
 }
 
 /// A driver as sessions see it.
@@ -167,10 +172,15 @@ impl Pipelines {
             to,
             fatal: false,
             abandoned: false,
+            cut: false,
         };
-        // A listed driver takes what it is sent: it leaves the list before it stops.
-        handle.submit.send(entry).ok()?;
+        // Counted before it is sent, so the driver never counts it done first. A listed
+        // driver takes what it is sent: it leaves the list before it stops.
         handle.load.fetch_add(1, Ordering::Relaxed);
+        if handle.submit.send(entry).is_err() {
+            handle.load.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         Some(Ticket {
             pieces,
             cancel: PipelinedCancel {
@@ -424,7 +434,10 @@ impl Driver {
             // Bytes with no statement outstanding (a notice, or the FATAL of a server
             // ending while idle) have no one to go to.
             if let Some(head) = self.inflight.front_mut() {
-                give(head, Piece::Reply(chunk)).await;
+                let cut = self.left > 0;
+                if give(head, Piece::Reply(chunk)).await {
+                    head.cut = cut;
+                }
             }
             if complete.ready {
                 if let Some(head) = self.inflight.pop_front() {
@@ -503,8 +516,8 @@ impl Driver {
             self.queue.push_back(e);
         }
         let lost = self.inflight.drain(..).map(|e| {
-            let fatal = e.fatal;
-            (e, Failure::Lost { fatal })
+            let (fatal, cut) = (e.fatal, e.cut);
+            (e, Failure::Lost { fatal, cut })
         });
         let not_written = self.queue.drain(..).map(|e| (e, Failure::NotWritten));
         let failed: Vec<_> = lost.chain(not_written).collect();
@@ -519,24 +532,26 @@ impl Driver {
 
 /// Sends `piece` to a statement's session, waiting up to [`STALL_LIMIT`] when it has
 /// [`REPLY_PIECES`] not taken; past that the statement is abandoned and its session told.
-async fn give(e: &mut Entry, piece: Piece) {
+/// Returns whether the session got it.
+async fn give(e: &mut Entry, piece: Piece) -> bool {
     if e.abandoned {
-        return;
+        return false;
     }
     match e.to.try_send(piece) {
-        Ok(()) => {}
+        Ok(()) => return true,
         Err(mpsc::error::TrySendError::Closed(_)) => e.abandoned = true,
         Err(mpsc::error::TrySendError::Full(piece)) => {
             match tokio::time::timeout(STALL_LIMIT, e.to.send(piece)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => return true,
                 Ok(Err(_)) => e.abandoned = true,
                 Err(_) => {
                     e.abandoned = true;
-                    send_last(e.to.clone(), Piece::Failed(Failure::Unread));
+                    send_last(e.to.clone(), Piece::Failed(Failure::Unread { cut: e.cut }));
                 }
             }
         }
     }
+    false
 }
 
 /// Sends a statement's last piece without waiting for room: it is queued behind the

@@ -104,19 +104,26 @@ impl Session {
                     self.pool.stats.retried.fetch_add(1, Ordering::Relaxed);
                     return Ok(false);
                 }
-                Some(Piece::Failed(PipelineFailure::Lost { fatal: true })) => return Err(SessionError::ServerEnded),
-                Some(Piece::Failed(PipelineFailure::Lost { fatal: false })) | None => {
+                Some(Piece::Failed(PipelineFailure::Lost { cut: true, .. })) => {
+                    return Err(SessionError::ReplyCut("server connection lost".into()))
+                }
+                Some(Piece::Failed(PipelineFailure::Lost { fatal: true, .. })) => {
+                    return Err(SessionError::ServerEnded)
+                }
+                Some(Piece::Failed(PipelineFailure::Lost { .. })) | None => {
                     return Err(SessionError::ServerClosed)
                 }
-                Some(Piece::Failed(PipelineFailure::Unread)) => {
-                    return Err(SessionError::fatal(
-                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                        format!(
-                            "the client did not read the reply to its pipelined statement: {} pieces of it waited more than {:?}",
-                            crate::pool::REPLY_PIECES,
-                            crate::pool::STALL_LIMIT
-                        ),
-                    ))
+                Some(Piece::Failed(PipelineFailure::Unread { cut })) => {
+                    let why = format!(
+                        "the client did not read the reply to its pipelined statement: {} pieces of it waited more than {:?}",
+                        crate::pool::REPLY_PIECES,
+                        crate::pool::STALL_LIMIT
+                    );
+                    return Err(if cut {
+                        SessionError::ReplyCut(why)
+                    } else {
+                        SessionError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, why)
+                    });
                 }
             }
         }
