@@ -634,3 +634,58 @@ async fn a_client_that_does_not_read_holds_the_pipeline_only_for_a_bounded_time(
     );
     Ok(())
 }
+
+/// Pool of 1, `query_timeout = "500ms"`: client A's `SELECT pg_sleep(5), 'timed'` runs alone
+/// in the pipeline and 4 clients' statements queue behind it. A gets exactly FATAL 57014
+/// naming query_timeout (after about 0.5 s, printed), its backend stops running the sleep
+/// (the cancel reached it), and every other client gets its 20 rows right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_cancels_a_pipelined_statement_by_the_cancel_path() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_with(|cfg| {
+        cfg.mode("transaction")
+            .pool_size(1)
+            .with_admin()
+            .set("pool.pipeline", true)
+            .set("pool.query_timeout", "500ms")
+    })?;
+    let ep = bed.endpoint();
+    let dba = dba(&bed).await?;
+    let a = Arc::new(ep.connect_app().await?);
+    let sleep = "SELECT pg_sleep(5), 'timed'";
+    let started = Instant::now();
+    let a_run = spawn_query(&a, sleep);
+    backend_running(&dba, sleep).await?;
+    let others = {
+        let ep = ep.clone();
+        tokio::spawn(async move { many_own_rows(&ep, 1, 4, 20).await })
+    };
+    let (a_result, a_end) = a_run.await?;
+    println!("A's statement ended after {:?}", a_end - started);
+    match a_result {
+        Err(e) if sqlstate(&e) == Some("57014") => ensure!(
+            e.as_db_error()
+                .is_some_and(|d| d.message().contains("query_timeout")),
+            "A: 57014 without naming query_timeout: {}",
+            describe_error(&e)
+        ),
+        Err(e) => bail!("A: expected 57014 for query_timeout, got {}", describe_error(&e)),
+        Ok(m) => bail!(
+            "A's pg_sleep(5) completed under a query_timeout of 500ms: {:?}",
+            rows(&m)
+        ),
+    }
+    others
+        .await?
+        .context("a client queued behind the timed-out statement")?;
+    let still: i64 = dba
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+            &[&sleep],
+        )
+        .await?
+        .get(0);
+    ensure!(still == 0, "the timed-out statement still runs on its backend");
+    ensure!(pipelined(&ep).await? > 0, "nothing was pipelined");
+    Ok(())
+}

@@ -14,6 +14,7 @@ use switchyard_protocol::sqlstate;
 use tokio::sync::mpsc;
 
 use super::frontend::maybe_session_command;
+use super::timeouts::{self, Phase};
 use super::{Session, SessionError, HIGH_WATER};
 use crate::config::PoolMode;
 use crate::pool::{Piece, PipelineFailure, Ticket};
@@ -24,7 +25,8 @@ impl Session {
     /// Whether the Query `sql` is standalone and the session may pipeline it now: the
     /// session is allowed to (`may_pipeline`, decided at its start), is idle (no
     /// transaction block, no server held, nothing owed, no server-side state), routes no
-    /// reads, has no client-side timeouts, and has its startup settings untouched; the text
+    /// reads, its database was not removed by a reload, and its startup settings are
+    /// untouched; the text
     /// is one statement that is no transaction control, session command or COPY. `Some`
     /// says whether it is a plain read (no function the proxy does not know), which may run
     /// again if its server fails before it answered.
@@ -38,7 +40,7 @@ impl Session {
             && !self.server_state
             && !self.skipping
             && !self.routes_reads()
-            && !self.pool.settings.timeouts.any()
+            && !self.pool.is_removed()
             && self.params.at_startup();
         // A statement that may commit before it ends (CALL, DO...) is kept out: its
         // failure must be told as an unknown outcome (`retry`), which only the normal path does.
@@ -72,8 +74,26 @@ impl Session {
         else {
             return Ok(false);
         };
-        self.cancel.slot.pipelined(cancel);
-        let outcome = self.take_reply(&mut pieces, read).await;
+        self.cancel.slot.pipelined(cancel.clone());
+        // Out of `self` while the reply is taken; `query_timeout` and `transaction_timeout`
+        // count from here.
+        let mut timeouts = self.timeouts.take();
+        if let Some(t) = &mut timeouts {
+            t.arm(Phase::Query);
+        }
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.take_reply(&mut pieces, read) => outcome,
+            expiry = timeouts::expired(timeouts.as_deref_mut()) => {
+                // The same path as the client's own cancel: taken out of the queue, or
+                // forwarded once the statement runs alone.
+                let _ = cancel.ask.send(cancel.ticket);
+                let fields = timeouts::error(&self.pool.settings.timeouts, expiry);
+                tracing::info!(pid = self.cancel.process_id, error = %fields.message, "client timed out in a pipeline");
+                Err(SessionError::Timeout(Box::new(fields)))
+            }
+        };
+        self.timeouts = timeouts;
         self.cancel.slot.vacate();
         outcome
     }
