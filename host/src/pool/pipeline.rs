@@ -241,11 +241,6 @@ impl Pipelines {
         }
         true
     }
-
-    /// Drivers running now (for SHOW POOLS-style counts and tests of the pool's size).
-    pub fn drivers(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 /// What woke a driver.

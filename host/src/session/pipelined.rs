@@ -26,10 +26,11 @@ impl Session {
     /// session is allowed to (`may_pipeline`, decided at its start), is idle (no
     /// transaction block, no server held, nothing owed, no server-side state), routes no
     /// reads, its database was not removed by a reload, and its startup settings are
-    /// untouched; the text
-    /// is one statement that is no transaction control, session command or COPY. `Some`
-    /// says whether it is a plain read (no function the proxy does not know), which may run
-    /// again if its server fails before it answered.
+    /// untouched; the text is one statement that is no transaction control, session
+    /// command, COPY, statement that may commit before it ends, nor (checked before, by
+    /// `note_server_state`) one that creates server-side state. `Some` says whether it is a
+    /// plain read (no function the proxy does not know), which may run again if its
+    /// server fails before it answered.
     pub(super) fn standalone(&self, sql: &[u8]) -> Option<bool> {
         let idle = self.may_pipeline
             && self.mode != PoolMode::Session
