@@ -271,3 +271,25 @@ impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
         self.map_err(|e| anyhow::anyhow!("{what}: {}", describe_error(&e)))
     }
 }
+
+/// Waits (up to 10 s) until a backend of `dba`'s server runs exactly `sql` (state
+/// `active` in `pg_stat_activity`), and returns its pid: a test's DBA finding the
+/// statement to cancel or terminate.
+pub async fn backend_running(dba: &Client, sql: &str) -> Result<i32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = dba
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&sql],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(row.get(0));
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("{sql:?} did not start within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::BytesMut;
+use switchyard_tests::client::backend_running;
 use switchyard_tests::admin::admin_rows;
 use switchyard_tests::plugin::{decisions, policy_row, with_plugin};
 use switchyard_tests::raw::{msg, RawConn};
@@ -101,23 +102,6 @@ async fn dba(bed: &TestBed) -> Result<Client> {
         .await
 }
 
-/// Waits (up to 10 s) until a backend runs exactly `sql`, and returns its pid.
-async fn backend_running(dba: &Client, sql: &str) -> Result<i32> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let row = dba
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-                &[&sql],
-            )
-            .await?;
-        if let Some(row) = row {
-            return Ok(row.get(0));
-        }
-        ensure!(Instant::now() < deadline, "{sql:?} did not start within 10 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// 16 tokio-postgres clients through a pool of 2 with pipelining on each run 300
 /// simple-protocol statements returning (client id, sequence number): every client gets

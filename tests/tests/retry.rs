@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::BytesMut;
+use switchyard_tests::client::backend_running;
 use switchyard_tests::admin::wait_for_primary;
 use switchyard_tests::promotion::{probed, probed_pair};
 use switchyard_tests::raw::{msg, RawConn};
@@ -45,23 +46,6 @@ async fn dba(endpoint: &Endpoint) -> Result<Client> {
         .await
 }
 
-/// Waits (up to 10 s) until `sql` runs on a backend of `dba`'s node and returns its pid.
-async fn backend_running(dba: &Client, sql: &str) -> Result<i32> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let row = dba
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-                &[&sql],
-            )
-            .await?;
-        if let Some(row) = row {
-            return Ok(row.get(0));
-        }
-        ensure!(Instant::now() < deadline, "{sql:?} did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// How many backends of `dba`'s node run `sql` now.
 async fn running(dba: &Client, sql: &str) -> Result<i64> {
