@@ -26,3 +26,4 @@ pub mod session;
 pub mod sql;
 pub mod state;
 pub mod topology;
+pub mod workers;

@@ -90,6 +90,8 @@ pub struct PoolSettings {
     pub routing: RoutingSettings,
     /// The client-side timeouts (`[pool]`); all zero (off) by default.
     pub timeouts: ClientTimeouts,
+    /// Idle lists per node: one per worker thread with `threading = "per-core"`, else 1.
+    pub shards: usize,
 }
 
 /// How long a client may stay in each phase of a session; zero: no limit.
@@ -213,9 +215,9 @@ impl Pool {
             user: ArcSwap::new(user),
             server_database,
             pause,
-            primary: Servers::new(settings.size),
+            primary: Servers::new(settings.size, settings.shards),
             replicas: (0..cluster.nodes.len())
-                .map(|_| Servers::new(settings.size))
+                .map(|_| Servers::new(settings.size, settings.shards))
                 .collect(),
             reads: ReadStats::new(cluster.nodes.len()),
             cluster,
@@ -386,7 +388,15 @@ impl Pool {
                 Room::Idle(conn) => return Ok(conn),
                 Room::New(guards) => guards,
             };
+            let Some(open) = self.primary.open_one() else {
+                // Per-core: every server the pool may have is open, and one is idle on
+                // another thread's list or about to be; the next look takes it.
+                drop(guards);
+                tokio::time::sleep(servers::IN_TRANSIT_PAUSE).await;
+                continue;
+            };
             match self.connect(addr).await.map(|mut conn| {
+                conn.counted.push(Box::new(open));
                 conn.counted
                     .extend(guards.into_iter().map(|g| Box::new(g) as Box<dyn Send + Sync>));
                 conn
