@@ -101,9 +101,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let listen = config.proxy.listen;
     let threading = config.proxy.threading;
     let workers = config.proxy.worker_threads();
-    // Loading plugins compiles them (seconds for large ones): done before serving.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if threading == Threading::PerCore {
+        // Loading plugins compiles them (seconds for large ones): done before serving.
         let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
         let workers = switchyard::workers::bind(listen, workers)?;
         workers[0].runtime().block_on(start_background(&state))?;
@@ -126,6 +126,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Loading plugins compiles them (seconds for large ones): done before serving.
     let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
     runtime.block_on(async move {
         start_background(&state).await?;
