@@ -27,3 +27,4 @@ pub mod sql;
 pub mod state;
 pub mod stop;
 pub mod topology;
+pub mod workers;

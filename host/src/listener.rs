@@ -1,5 +1,5 @@
 //! Accepts clients, enforces `max_client_conn` and `max_unauthenticated_conn`, spawns a
-//! session per client, runs the pool reaper, and drives graceful shutdown: stop accepting,
+//! session per client, has the pool reaper, and drives graceful shutdown: stop accepting,
 //! let sessions finish their transactions up to `shutdown_timeout`, then tell the rest
 //! (FATAL 57P01, their servers closed so their transactions roll back) and exit.
 
@@ -24,20 +24,42 @@ use crate::stop::{Stop, StopWatch};
 /// before they are cut off (a client that does not read its socket).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves clients on `listener` until `stop` resolves, then drains sessions.
+/// What the listeners of one proxy share to stop together (one listener, or one per
+/// worker with `threading = "per-core"`): the signal that tells every session the proxy
+/// is shutting down, and the point where every listener has drained its sessions, after
+/// which the pools are closed. A worker's runtime stays up until then, since servers
+/// registered with its reactor may be in use by another worker's sessions.
+pub struct Stopping {
+    shutdown_tx: watch::Sender<bool>,
+    drained: tokio::sync::Barrier,
+}
+
+impl Stopping {
+    /// For `listeners` listeners; `shutdown_tx` is the sender of [`ProxyState::shutdown`].
+    pub fn new(shutdown_tx: watch::Sender<bool>, listeners: usize) -> Arc<Stopping> {
+        Arc::new(Stopping {
+            shutdown_tx,
+            drained: tokio::sync::Barrier::new(listeners),
+        })
+    }
+}
+
+/// Serves clients on `listener` until `stop` resolves or another listener began the
+/// shutdown, then drains this listener's sessions.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
-    shutdown_tx: watch::Sender<bool>,
+    stopping: Arc<Stopping>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let reaper = tokio::spawn(reap_pools(state.clone()));
     let mut sessions = JoinSet::new();
     let stop_sessions = Arc::new(Stop::default());
+    let mut shutdown = state.shutdown.clone();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            _ = shutdown.wait_for(|down| *down) => break,
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(a) => a,
@@ -67,7 +89,7 @@ pub async fn serve(
         ?timeout,
         "shutting down: waiting for transactions to finish"
     );
-    let _ = shutdown_tx.send(true);
+    stopping.shutdown_tx.send_replace(true);
     stop_sessions.shut_down();
     let drained =
         tokio::time::timeout(timeout, async { while sessions.join_next().await.is_some() {} }).await;
@@ -85,11 +107,14 @@ pub async fn serve(
             sessions.shutdown().await;
         }
     }
-    for pool in state.all_pools() {
-        pool.close();
+    if stopping.drained.wait().await.is_leader() {
+        for pool in state.all_pools() {
+            pool.close();
+        }
+        tracing::info!("shutdown complete");
     }
-    reaper.abort();
-    tracing::info!("shutdown complete");
+    // The pools are closed before any worker's runtime (and reactor) goes away.
+    stopping.drained.wait().await;
 }
 
 /// A client's place among `max_client_conn`, and while it logs in among
@@ -143,7 +168,9 @@ async fn refuse(mut tcp: tokio::net::TcpStream, why: &'static str, _slot: Client
     let _ = tcp.write_all(&out).await;
 }
 
-async fn reap_pools(state: Arc<ProxyState>) {
+/// Advances the pools' coarse clocks and closes idle servers past their limits, once a
+/// second; runs for the life of the proxy.
+pub async fn reap_pools(state: Arc<ProxyState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;

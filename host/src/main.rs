@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchyard::config::Config;
+use switchyard::config::{Config, Threading};
+use switchyard::listener::Stopping;
 use switchyard::state::{ConfigSource, ProxyState};
 use tokio::sync::watch;
 
@@ -97,11 +98,24 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         path: path.to_path_buf(),
         text,
     };
+    let listen = config.proxy.listen;
+    let threading = config.proxy.threading;
+    let workers = config.proxy.worker_threads();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if threading == Threading::PerCore {
+        // Loading plugins compiles them (seconds for large ones): done before serving.
+        let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
+        let workers = switchyard::workers::bind(listen, workers)?;
+        workers[0].runtime().block_on(start_background(&state))?;
+        tracing::info!(%listen, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
+        let stopping = Stopping::new(shutdown_tx, workers.len());
+        switchyard::workers::run(workers, state, stopping, shutdown_signal())?;
+        return Ok(());
+    }
     // One worker: tokio's single-threaded scheduler, which skips the work-stealing
     // bookkeeping (idle transitions, poll-time statistics) that costs every wake-up.
-    let mut builder = match config.proxy.workers {
+    let mut builder = match workers {
         1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(n);
@@ -113,29 +127,36 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     // Loading plugins compiles them (seconds for large ones): done before serving.
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let listen = config.proxy.listen;
     let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
     runtime.block_on(async move {
-        tokio::spawn(switchyard::reload::run(state.clone()));
-        state.topology.spawn_probers(&state.shutdown);
-        for cluster in state.topology.clusters.values().filter(|c| c.probed()) {
-            tokio::spawn(switchyard::topology::follow_incidents(cluster.clone()));
-        }
-        if let Some(addr) = state.config.proxy.metrics_listen {
-            let metrics = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
-            tokio::spawn(switchyard::metrics::serve(metrics, state.clone()));
-        }
+        start_background(&state).await?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
-        switchyard::listener::serve(listener, state, shutdown_tx, shutdown_signal()).await;
+        let stopping = Stopping::new(shutdown_tx, 1);
+        switchyard::listener::serve(listener, state, stopping, shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Starts what runs beside the clients, on the current runtime: reloads, probes, incident
+/// following, the pool reaper and the metrics endpoint.
+async fn start_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
+    tokio::spawn(switchyard::reload::run(state.clone()));
+    tokio::spawn(switchyard::listener::reap_pools(state.clone()));
+    state.topology.spawn_probers(&state.shutdown);
+    for cluster in state.topology.clusters.values().filter(|c| c.probed()) {
+        tokio::spawn(switchyard::topology::follow_incidents(cluster.clone()));
+    }
+    if let Some(addr) = state.config.proxy.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        tokio::spawn(switchyard::metrics::serve(metrics, state.clone()));
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

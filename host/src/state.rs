@@ -199,6 +199,7 @@ impl ProxyState {
                     query: config.pool.query_timeout,
                     transaction: config.pool.transaction_timeout,
                 },
+                shards: config.proxy.pool_shards(),
                 routing: RoutingSettings {
                     read_routing: db.read_routing,
                     budget: LagBudget {

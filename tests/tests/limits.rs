@@ -464,9 +464,30 @@ async fn commit_then_told(conn: &mut RawConn, who: &str) -> Result<()> {
 /// leaving no server of `app` on the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
+    sigterm_lets_open_transactions_finish(|cfg| cfg).await
+}
+
+/// The same with `threading = "per-core"` and three workers, each with its own listener:
+/// every listener stops accepting, every worker's clients are told or finish their
+/// transactions, and the proxy exits 0 with no server left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
+    sigterm_lets_open_transactions_finish(per_core).await
+}
+
+/// `threading = "per-core"` with three workers.
+fn per_core(cfg: switchyard_tests::ProxyConfig) -> switchyard_tests::ProxyConfig {
+    cfg.set("proxy.threading", "per-core").set("proxy.workers", 3)
+}
+
+/// The body of the two tests above, with the proxy configured further by `configure`.
+async fn sigterm_lets_open_transactions_finish(
+    configure: impl FnOnce(switchyard_tests::ProxyConfig) -> switchyard_tests::ProxyConfig,
+) -> Result<()> {
     skip_if_direct!();
     let mut bed = TestBed::start_with(|cfg| {
-        cfg.mode("transaction")
+        configure(cfg)
+            .mode("transaction")
             .pool_size(4)
             .set("proxy.shutdown_timeout", "20s")
             .with_admin()
@@ -588,9 +609,25 @@ async fn sigterm_lets_open_transactions_finish_then_exits_0() -> Result<()> {
 /// within 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_past_shutdown_timeout_closes_clients_and_rolls_back() -> Result<()> {
+    sigterm_past_shutdown_timeout(|cfg| cfg).await
+}
+
+/// The same with `threading = "per-core"` and three workers: the stuck client's worker
+/// closes it at `shutdown_timeout` while the other workers have drained, the row is
+/// rolled back, and the proxy exits 0 with no server left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_sigterm_past_shutdown_timeout_closes_clients_and_rolls_back() -> Result<()> {
+    sigterm_past_shutdown_timeout(per_core).await
+}
+
+/// The body of the two tests above, with the proxy configured further by `configure`.
+async fn sigterm_past_shutdown_timeout(
+    configure: impl FnOnce(switchyard_tests::ProxyConfig) -> switchyard_tests::ProxyConfig,
+) -> Result<()> {
     skip_if_direct!();
     let mut bed = TestBed::start_with(|cfg| {
-        cfg.mode("transaction")
+        configure(cfg)
+            .mode("transaction")
             .pool_size(2)
             .set("proxy.shutdown_timeout", "2s")
     })?;

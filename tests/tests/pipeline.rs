@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::BytesMut;
-use switchyard_tests::client::backend_running;
 use switchyard_tests::admin::admin_rows;
+use switchyard_tests::client::backend_running;
 use switchyard_tests::plugin::{decisions, policy_row, with_plugin};
 use switchyard_tests::raw::{msg, RawConn};
 use switchyard_tests::{describe_error, roles, skip_if_direct, sqlstate, Endpoint, PgResultExt, TestBed};
@@ -101,7 +101,6 @@ async fn dba(bed: &TestBed) -> Result<Client> {
         .connect(roles::SUPERUSER.0, roles::SUPERUSER.1, roles::APP_DB)
         .await
 }
-
 
 /// 16 tokio-postgres clients through a pool of 2 with pipelining on each run 300
 /// simple-protocol statements returning (client id, sequence number): every client gets

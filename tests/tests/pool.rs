@@ -122,10 +122,28 @@ async fn waiting_client_is_served_when_the_holder_commits() -> Result<()> {
 /// most 2.
 #[tokio::test]
 async fn many_clients_share_a_tiny_pool_never_over_its_size() -> Result<()> {
+    share_a_tiny_pool(|cfg| cfg).await
+}
+
+/// The same with `threading = "per-core"` and four workers, so that the pool's two servers
+/// sit in four threads' idle lists and checkouts take servers opened on other threads:
+/// every transaction sees its own rows, all 1000 rows are there, and Postgres never sees
+/// more than 2 server connections at once.
+#[tokio::test]
+async fn per_core_workers_share_a_tiny_pool_never_over_its_size() -> Result<()> {
+    share_a_tiny_pool(|cfg| cfg.set("proxy.threading", "per-core").set("proxy.workers", 4)).await
+}
+
+/// 40 clients, 25 transactions each, over a transaction pool of two servers, with the
+/// proxy configured further by `configure`: checks every transaction's own rows, the row
+/// total and the peak of server connections.
+async fn share_a_tiny_pool(
+    configure: impl FnOnce(switchyard_tests::ProxyConfig) -> switchyard_tests::ProxyConfig,
+) -> Result<()> {
     const CLIENTS: usize = 40;
     const TRANSACTIONS: usize = 25;
     const POOL: u32 = 2;
-    let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(POOL))?;
+    let mut bed = TestBed::start_with(|cfg| configure(cfg.mode("transaction").pool_size(POOL)))?;
     let ep = bed.endpoint();
     ep.connect_app()
         .await?

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::BytesMut;
-use switchyard_tests::client::backend_running;
 use switchyard_tests::admin::wait_for_primary;
+use switchyard_tests::client::backend_running;
 use switchyard_tests::promotion::{probed, probed_pair};
 use switchyard_tests::raw::{msg, RawConn};
 use switchyard_tests::{
@@ -45,7 +45,6 @@ async fn dba(endpoint: &Endpoint) -> Result<Client> {
         .connect(roles::SUPERUSER.0, roles::SUPERUSER.1, roles::APP_DB)
         .await
 }
-
 
 /// How many backends of `dba`'s node run `sql` now.
 async fn running(dba: &Client, sql: &str) -> Result<i64> {

@@ -781,3 +781,84 @@ async fn session_transaction_defaults_route_as_set() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `threading = "per-core"` with three workers, `read_routing = "replicas"` and a pool of
+/// 2: once reads reach a replica, 12 clients at once run 40 autocommit reads each (`SELECT
+/// inet_server_port()`), so read servers are taken across the workers' idle lists. Checks
+/// 0 errors, that every read
+/// ran on a replica and each replica served some, and that neither replica ever saw more
+/// than 2 server connections of `app` at once (sampled every 5 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_reads_spread_over_replicas_never_over_the_pool_size() -> Result<()> {
+    skip_if_direct!();
+    const CLIENTS: usize = 12;
+    const READS: usize = 40;
+    const POOL: u32 = 2;
+    let bed = bed(|cfg| {
+        cfg.pool_size(POOL)
+            .set("databases.app.read_routing", "replicas")
+            .set("proxy.threading", "per-core")
+            .set("proxy.workers", 3)
+    })?;
+    let (primary, replicas) = ports(&bed);
+    // Once one client's reads run on a replica, the probes have seen both replicas.
+    drop(app_on_a_replica(&bed, &replicas).await?);
+    let mut peaks = Vec::new();
+    for r in bed.pg().replicas() {
+        let at = switchyard_tests::client::Endpoint::new(r.host(), r.port());
+        peaks.push(switchyard_tests::peak::ServerPeak::start(&at, "app", "app").await?);
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = bed.endpoint().connect_app().await?;
+        tasks.push(tokio::spawn(async move {
+            let mut ran: BTreeMap<u16, u32> = BTreeMap::new();
+            let mut errors = Vec::new();
+            for _ in 0..READS {
+                match client.query_one("SELECT inet_server_port()", &[]).await {
+                    Ok(row) => *ran.entry(row.get::<_, i32>(0) as u16).or_default() += 1,
+                    Err(e) => errors.push(switchyard_tests::describe_error(&e)),
+                }
+            }
+            (ran, errors)
+        }));
+    }
+    let mut reads: BTreeMap<u16, u32> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        let (ran, errs) = t.await?;
+        for (port, n) in ran {
+            *reads.entry(port).or_default() += n;
+        }
+        errors.extend(errs);
+    }
+    let mut most = Vec::new();
+    for peak in peaks {
+        let peak = peak.finish().await?;
+        most.push((peak.max, peak.samples));
+    }
+    println!(
+        "{} reads ran on (port: count) {reads:?}; primary {primary}, replicas {replicas:?}; \
+         most servers at once per replica (max, samples) {most:?}; {} errors",
+        CLIENTS * READS,
+        errors.len()
+    );
+    ensure!(errors.is_empty(), "errors: {:?}", &errors[..errors.len().min(5)]);
+    ensure!(
+        !reads.contains_key(&primary),
+        "reads ran on the primary: {reads:?}"
+    );
+    for r in &replicas {
+        ensure!(
+            reads.get(r).copied().unwrap_or(0) > 0,
+            "replica {r} served no read: {reads:?}"
+        );
+    }
+    for ((max, _), r) in most.iter().zip(&replicas) {
+        ensure!(
+            *max <= i64::from(POOL),
+            "replica {r} saw {max} servers of app at once, pool size {POOL}"
+        );
+    }
+    Ok(())
+}

@@ -217,6 +217,9 @@ pub struct ProxySettings {
     pub auth_hba_file: Option<PathBuf>,
     /// Tokio worker threads; 0 means one per core.
     pub workers: usize,
+    /// How the workers share the work: one multi-threaded scheduler (`shared`), or one
+    /// single-threaded runtime per worker with its own listener (`per-core`).
+    pub threading: Threading,
     /// Where compiled plugins are cached so restarts skip compilation; by default
     /// `$XDG_CACHE_HOME/switchyard` or `~/.cache/switchyard`. An empty path disables it.
     pub plugin_cache_dir: Option<PathBuf>,
@@ -252,6 +255,7 @@ impl Default for ProxySettings {
             client_tls: None,
             auth_hba_file: None,
             workers: 0,
+            threading: Threading::Shared,
             plugin_cache_dir: None,
             plugin_watch_interval: Duration::from_secs(1),
             metrics_listen: None,
@@ -262,6 +266,24 @@ impl Default for ProxySettings {
 }
 
 impl ProxySettings {
+    /// Worker threads to run: `workers`, or one per core for 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
+    /// How many idle lists each pool keeps: one per worker with `threading = "per-core"`
+    /// (a server stays with the thread whose reactor its socket is registered with), else
+    /// one.
+    pub fn pool_shards(&self) -> usize {
+        match self.threading {
+            Threading::Shared => 1,
+            Threading::PerCore => self.worker_threads(),
+        }
+    }
+
     /// The effective `client_tls`.
     pub fn client_tls(&self) -> ClientTlsMode {
         self.client_tls.unwrap_or(if self.tls_cert.is_some() {
@@ -270,6 +292,19 @@ impl ProxySettings {
             ClientTlsMode::Disable
         })
     }
+}
+
+/// `[proxy] threading`: how the `workers` threads share clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Threading {
+    /// One tokio scheduler for all workers (work-stealing when there are several): any
+    /// thread may run any session.
+    Shared,
+    /// One single-threaded runtime per worker, each accepting on its own socket bound
+    /// with `SO_REUSEPORT`; a session stays on the thread that accepted it, and pools
+    /// prefer servers opened on that thread.
+    PerCore,
 }
 
 /// `[proxy] client_tls`: TLS towards clients.

@@ -94,6 +94,8 @@ pub struct PoolSettings {
     pub timeouts: ClientTimeouts,
     /// `[pool] pipeline`: the built-in pool-mode policy lets sessions pipeline.
     pub pipeline: bool,
+    /// Idle lists per node: one per worker thread with `threading = "per-core"`, else 1.
+    pub shards: usize,
 }
 
 /// How long a client may stay in each phase of a session; zero: no limit.
@@ -221,9 +223,9 @@ impl Pool {
             user: ArcSwap::new(user),
             server_database,
             pause,
-            primary: Servers::new(settings.size),
+            primary: Servers::new(settings.size, settings.shards),
             replicas: (0..cluster.nodes.len())
-                .map(|_| Servers::new(settings.size))
+                .map(|_| Servers::new(settings.size, settings.shards))
                 .collect(),
             reads: ReadStats::new(cluster.nodes.len()),
             cluster,
@@ -417,7 +419,15 @@ impl Pool {
                 Room::Idle(conn) => return Ok(conn),
                 Room::New(guards) => guards,
             };
+            let Some(open) = self.primary.open_one() else {
+                // Per-core: every server the pool may have is open, and one is idle on
+                // another thread's list or about to be; the next look takes it.
+                drop(guards);
+                tokio::time::sleep(servers::IN_TRANSIT_PAUSE).await;
+                continue;
+            };
             match self.connect(addr).await.map(|mut conn| {
+                conn.counted.push(Box::new(open));
                 conn.counted
                     .extend(guards.into_iter().map(|g| Box::new(g) as Box<dyn Send + Sync>));
                 conn

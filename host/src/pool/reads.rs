@@ -207,16 +207,26 @@ impl Pool {
             Some(p) => p,
             None => self.wait_permit(&self.replicas[node]).await?,
         };
-        let conn = match self.reusable_read(node) {
-            Some(conn) => conn,
-            None => self
+        let conn = loop {
+            if let Some(conn) = self.reusable_read(node) {
+                break conn;
+            }
+            // Per-core: with every server open, one is idle on another thread's list or
+            // about to be; the next look takes it.
+            let Some(open) = self.replicas[node].open_one() else {
+                tokio::time::sleep(super::servers::IN_TRANSIT_PAUSE).await;
+                continue;
+            };
+            let mut conn = self
                 .connect(&self.cluster.nodes[node])
                 .await
                 .inspect_err(|e: &ServerError| {
                     if super::unreachable(e) {
                         self.cluster.suspect(node);
                     }
-                })?,
+                })?;
+            conn.counted.push(Box::new(open));
+            break conn;
         };
         Ok(self.lend_read(node, conn, permit))
     }

@@ -1,12 +1,24 @@
 //! One node's share of a pool: its idle servers and the slots that bound how many servers
 //! it has. A pool has one for the primary and one per node for reads, so that the size
 //! limit, FIFO waiting and idle reaping are written once.
+//!
+//! With `threading = "per-core"` the idle servers are kept in one list per worker thread:
+//! a server's socket is registered with the reactor of the thread that opened it
+//! ([`ServerConn::home`]), and a session on another thread would be woken through that
+//! thread. A checkout takes its own thread's idle server first, opens a new one while the
+//! servers open are fewer than the pool's size, and only then takes another thread's.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::server::ServerConn;
+
+/// How long a checkout that may not open a server and found no idle one waits before it
+/// looks again (per-core: the server it is owed is on its way back to another list).
+pub(super) const IN_TRANSIT_PAUSE: Duration = Duration::from_millis(1);
 
 /// A server in an idle list and when it was returned, by the pool's coarse clock.
 pub(super) struct IdleServer {
@@ -16,15 +28,31 @@ pub(super) struct IdleServer {
 }
 
 pub(super) struct Servers {
-    idle: Mutex<Vec<IdleServer>>,
+    /// Idle servers, one list per worker thread (one list unless per-core).
+    idle: Box<[Mutex<Vec<IdleServer>>]>,
     permits: Arc<Semaphore>,
+    size: usize,
+    /// Servers open now, idle or lent (an [`OpenServer`] travels with each).
+    open: Arc<AtomicUsize>,
+}
+
+/// One open server of a [`Servers`]; uncounted when its connection closes.
+pub(super) struct OpenServer(Arc<AtomicUsize>);
+
+impl Drop for OpenServer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Servers {
-    pub fn new(size: usize) -> Servers {
+    /// Room for `size` servers lent at once, idle ones kept in `shards` lists.
+    pub fn new(size: usize, shards: usize) -> Servers {
         Servers {
-            idle: Mutex::new(Vec::new()),
+            idle: (0..shards.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             permits: Arc::new(Semaphore::new(size)),
+            size,
+            open: Arc::default(),
         }
     }
 
@@ -38,43 +66,87 @@ impl Servers {
         self.permits.clone().acquire_owned().await.ok()
     }
 
+    /// An idle server to lend: the calling thread's, else (when no new server may be
+    /// opened, see [`Servers::open_one`]) another thread's; `None` means open one.
     pub fn pop_idle(&self) -> Option<Box<ServerConn>> {
-        self.lock().pop().map(|i| i.conn)
+        let own = self.own();
+        if let Some(idle) = self.lock(own).pop() {
+            return Some(idle.conn);
+        }
+        if self.idle.len() == 1 || self.open.load(Ordering::Acquire) < self.size {
+            return None;
+        }
+        (1..self.idle.len())
+            .map(|k| (own + k) % self.idle.len())
+            .find_map(|shard| self.lock(shard).pop())
+            .map(|i| i.conn)
+    }
+
+    /// Counts one more open server, to travel with its connection: always with one idle
+    /// list (a checkout that found none opens one, as before per-core threading); with
+    /// several only while fewer than the size are open, so that the lists together never
+    /// hold more than one list would. `None`: take another thread's idle server instead.
+    pub fn open_one(&self) -> Option<OpenServer> {
+        let size = if self.idle.len() == 1 {
+            usize::MAX
+        } else {
+            self.size
+        };
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < size).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| OpenServer(self.open.clone()))
     }
 
     /// When the longest-idle server fell idle, by the pool's coarse clock.
     pub fn oldest_idle_since(&self) -> Option<u64> {
-        self.lock().first().map(|i| i.since_ms)
+        (0..self.idle.len())
+            .filter_map(|shard| self.lock(shard).first().map(|i| i.since_ms))
+            .min()
     }
 
     /// Takes the longest-idle server out (to be closed: `max_db_connections`,
     /// `max_user_connections`).
     pub fn evict_oldest(&self) -> Option<Box<ServerConn>> {
-        let mut idle = self.lock();
+        let shard = (0..self.idle.len())
+            .filter_map(|shard| self.lock(shard).first().map(|i| (i.since_ms, shard)))
+            .min()?
+            .1;
+        let mut idle = self.lock(shard);
         (!idle.is_empty()).then(|| idle.remove(0).conn)
     }
 
+    /// Puts a server back in the idle list of the thread that opened it.
     pub fn push(&self, idle: IdleServer) {
-        self.lock().push(idle);
+        let shard = idle.conn.home % self.idle.len();
+        self.lock(shard).push(idle);
     }
 
     /// Keeps the idle servers `keep` accepts; returns how many were closed.
-    pub fn retain(&self, keep: impl FnMut(&IdleServer) -> bool) -> usize {
-        let mut idle = self.lock();
-        let before = idle.len();
-        idle.retain(keep);
-        before - idle.len()
+    pub fn retain(&self, mut keep: impl FnMut(&IdleServer) -> bool) -> usize {
+        (0..self.idle.len())
+            .map(|shard| {
+                let mut idle = self.lock(shard);
+                let before = idle.len();
+                idle.retain(&mut keep);
+                before - idle.len()
+            })
+            .sum()
     }
 
     /// Closes every idle server; returns how many.
     pub fn clear(&self) -> usize {
-        std::mem::take(&mut *self.lock()).len()
+        (0..self.idle.len())
+            .map(|shard| std::mem::take(&mut *self.lock(shard)).len())
+            .sum()
     }
 
     /// (idle servers, servers lent out) of a list of `size` slots.
     pub fn counts(&self, size: usize) -> (usize, usize) {
         (
-            self.lock().len(),
+            (0..self.idle.len()).map(|shard| self.lock(shard).len()).sum(),
             size.saturating_sub(self.permits.available_permits()),
         )
     }
@@ -90,7 +162,12 @@ impl Servers {
         self.clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleServer>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    /// The calling thread's idle list.
+    fn own(&self) -> usize {
+        crate::net::worker::current() % self.idle.len()
+    }
+
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<IdleServer>> {
+        self.idle[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 }

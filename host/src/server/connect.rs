@@ -170,6 +170,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
         settings: Default::default(),
         settings_signature: 0,
         created: Instant::now(),
+        home: crate::net::worker::current(),
         counted: Vec::new(),
     })
 }

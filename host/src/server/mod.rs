@@ -126,6 +126,9 @@ pub struct ServerConn {
     /// Signature of `settings` as the session that applied them computed it; 0 = unknown.
     pub settings_signature: u64,
     pub created: Instant,
+    /// The worker thread that opened it, whose reactor its socket is registered with
+    /// (`threading = "per-core"`; 0 otherwise): the pools keep it in that thread's list.
+    pub home: usize,
     /// What counts this connection while it lives (the pool's caps on server
     /// connections): dropped, and so uncounted, when the connection closes.
     pub counted: Vec<Box<dyn Send + Sync>>,
