@@ -44,4 +44,3 @@ impl bindings::exports::switchyard::policy::pipelining::Guest for Config {
         }
     }
 }
-

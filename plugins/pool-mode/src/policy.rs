@@ -253,7 +253,9 @@ mod tests {
     fn pipelining_is_off_by_default_and_narrowed_by_the_lists() {
         let off = parse_settings(&[]).unwrap().pipeline;
         assert!(!off.allows("app", "app", ""));
-        let on = parse_settings(&settings(&[("pipeline", "true")])).unwrap().pipeline;
+        let on = parse_settings(&settings(&[("pipeline", "true")]))
+            .unwrap()
+            .pipeline;
         assert!(on.allows("app", "app", "psql"));
         let narrow = parse_settings(&settings(&[
             ("pipeline", "true"),
