@@ -672,3 +672,61 @@ async fn query_timeout_cancels_a_pipelined_statement_by_the_cancel_path() -> Res
     ensure!(pipelined(&ep).await? > 0, "nothing was pipelined");
     Ok(())
 }
+
+/// SIGTERM with `shutdown_timeout = 2s` while a pipelined `pg_sleep(30)` runs (the
+/// client's first statement is counted as pipelined, so its statements take that path): its client
+/// gets 57P01 between 1.5 s and 10 s after the signal (the statement is not between
+/// transactions, so only `shutdown_timeout` ends it) and the proxy exits 0. (What still runs
+/// on the server then is not cancelled: docs/configuration.md, "Shutdown".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_shutdown_timeout_ends_a_pipelined_statement_with_57p01() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| {
+        cfg.mode("transaction")
+            .pool_size(1)
+            .with_admin()
+            .set("pool.pipeline", true)
+            .set("proxy.shutdown_timeout", "2s")
+    })?;
+    let ep = bed.endpoint();
+    let dba = dba(&bed).await?;
+    let a = Arc::new(ep.connect_app().await?);
+    // A's statements take the pipeline (the counter proves it for the first one).
+    a.simple_query("SELECT 1").await?;
+    ensure!(
+        pipelined(&ep).await? == 1,
+        "A's first statement was not pipelined"
+    );
+    let sleep = "SELECT pg_sleep(30), 'sigterm'";
+    let a_run = spawn_query(&a, sleep);
+    backend_running(&dba, sleep).await?;
+    let proxy = bed.proxy().context("the proxy")?;
+    let signalled = Instant::now();
+    proxy.signal(libc::SIGTERM);
+    let (a_result, a_end) = tokio::time::timeout(Duration::from_secs(15), a_run)
+        .await
+        .context("A's statement was not ended within 15 s of SIGTERM")??;
+    let after = a_end - signalled;
+    println!(
+        "A ended {after:?} after SIGTERM: {:?}",
+        a_result.as_ref().map_err(describe_error).map(|m| rows(m))
+    );
+    match a_result {
+        Err(e) if sqlstate(&e) == Some("57P01") => {}
+        Err(e) => bail!("A: expected 57P01, got {}", describe_error(&e)),
+        Ok(m) => bail!("A's pg_sleep(30) completed: {:?}", rows(&m)),
+    }
+    ensure!(
+        after >= Duration::from_millis(1500) && after < Duration::from_secs(10),
+        "A was ended {after:?} after SIGTERM (shutdown_timeout = 2s)"
+    );
+    let status = bed
+        .proxy()
+        .context("the proxy")?
+        .wait_exit(Duration::from_secs(5))?;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "the proxy did not exit with status 0: {status:?}"
+    );
+    Ok(())
+}

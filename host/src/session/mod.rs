@@ -113,7 +113,8 @@ pub async fn serve(
     state: Arc<ProxyState>,
     stop: StopWatch,
 ) {
-    let mut session = Session::new(logged_in, pool, peer, state);
+    let stop = Arc::new(stop);
+    let mut session = Session::new(logged_in, pool, peer, state, stop.clone());
     let result = session.run(&stop).await;
     session.finish(result).await;
 }
@@ -174,10 +175,19 @@ struct Session {
     /// The pool-mode policy lets this session pipeline its standalone statements
     /// (`pipelined`), as decided at its start.
     may_pipeline: bool,
+    /// The listener's shutdown signals, for the waits outside [`Session::run`]'s loop (a
+    /// pipelined statement's reply).
+    stop: Arc<StopWatch>,
 }
 
 impl Session {
-    fn new(l: startup::LoggedIn, pool: Arc<Pool>, peer: SocketAddr, state: Arc<ProxyState>) -> Session {
+    fn new(
+        l: startup::LoggedIn,
+        pool: Arc<Pool>,
+        peer: SocketAddr,
+        state: Arc<ProxyState>,
+        stop: Arc<StopWatch>,
+    ) -> Session {
         let cap = pool
             .settings
             .max_prepared_statements
@@ -237,6 +247,7 @@ impl Session {
             input_held: false,
             routing,
             may_pipeline,
+            stop,
             timeouts: Timeouts::new(pool_timeouts),
         }
     }

@@ -6,6 +6,7 @@
 //! get for a server lost under its statement.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use crate::config::PoolMode;
 use crate::pool::{Piece, PipelineFailure, Ticket};
 use crate::sql;
 use crate::sql::route::{classify, starts_with_copy, Kind, Rule, Transaction, Volatility};
+use crate::stop::Signal;
 
 impl Session {
     /// Whether the Query `sql` is standalone and the session may pipeline it now: the
@@ -82,9 +84,20 @@ impl Session {
         if let Some(t) = &mut timeouts {
             t.arm(Phase::Query);
         }
+        let stop = self.stop.clone();
         let outcome = tokio::select! {
             biased;
             outcome = self.take_reply(&mut pieces, read) => outcome,
+            // `shutdown_timeout` ran out (a shutdown alone waits for the reply: the
+            // statement is not between transactions). The statement is cancelled the
+            // same way, and the session ends with 57P01.
+            Signal::Closing = poll_fn(|cx| stop.poll(cx, false)) => {
+                let _ = cancel.ask.send(cancel.ticket);
+                Err(SessionError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "switchyard is shutting down and shutdown_timeout ran out",
+                ))
+            }
             expiry = timeouts::expired(timeouts.as_deref_mut()) => {
                 // The same path as the client's own cancel: taken out of the queue, or
                 // forwarded once the statement runs alone.
