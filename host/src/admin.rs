@@ -557,6 +557,7 @@ fn show_pools(state: &ProxyState) -> Table {
                 s.connect_failures.load(Relaxed).to_string(),
                 s.wait_timeouts.load(Relaxed).to_string(),
                 s.retried.load(Relaxed).to_string(),
+                s.pipelined.load(Relaxed).to_string(),
                 p.cluster
                     .primary()
                     .map_or_else(|| "(none: holding)".to_string(), |(_, a)| a.to_string()),
@@ -577,6 +578,7 @@ fn show_pools(state: &ProxyState) -> Table {
             "connect_failures",
             "wait_timeouts",
             "retried",
+            "pipelined",
             "server",
         ],
         rows,

@@ -43,6 +43,17 @@ type Flight = Arc<RwLock<AtomicBool>>;
 struct Held {
     target: Option<CancelTarget>,
     flight: Option<Flight>,
+    /// The client's statement waits in or runs through a pipeline instead.
+    pipelined: Option<PipelinedCancel>,
+}
+
+/// A statement handed to a pipeline (`pool::pipeline`): a cancel for it goes to the
+/// pipeline's driver, which answers it itself while the statement is not written yet, and
+/// otherwise forwards it only once the statement is the only one outstanding on its server.
+#[derive(Debug, Clone)]
+pub struct PipelinedCancel {
+    pub ask: tokio::sync::mpsc::UnboundedSender<u64>,
+    pub ticket: u64,
 }
 
 /// Where a session publishes the server it currently holds.
@@ -61,6 +72,17 @@ impl CancelSlot {
         *self.lock() = Held {
             target: Some(target),
             flight: None,
+            pipelined: None,
+        };
+    }
+
+    /// The session's statement is in a pipeline: cancels go to its driver (see
+    /// [`PipelinedCancel`]) until [`CancelSlot::vacate`].
+    pub fn pipelined(&self, to: PipelinedCancel) {
+        *self.lock() = Held {
+            target: None,
+            flight: None,
+            pipelined: Some(to),
         };
     }
 
@@ -70,6 +92,7 @@ impl CancelSlot {
     pub fn vacate(&self) -> Option<CancelsInFlight> {
         let mut held = self.lock();
         held.target = None;
+        held.pipelined = None;
         held.flight.take().map(CancelsInFlight)
     }
 
@@ -170,8 +193,22 @@ impl CancelRegistry {
     /// Forwards a client's CancelRequest and returns once Postgres has acted on it (or it
     /// failed); a wrong key or an idle client is silently ignored, as Postgres does.
     pub async fn cancel(&self, process_id: i32, secret_key: i32) {
+        if let Some(p) = self.pipelined(process_id, secret_key) {
+            // The driver may be gone (the statement just finished): nothing to cancel then.
+            let _ = p.ask.send(p.ticket);
+            return;
+        }
         if let Some(claim) = self.claim(process_id, secret_key) {
             claim.forward().await;
+        }
+    }
+
+    /// Where a cancel for this client goes when its statement is in a pipeline.
+    fn pipelined(&self, process_id: i32, secret_key: i32) -> Option<PipelinedCancel> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        match clients.get(&process_id) {
+            Some((key, slot)) if *key == secret_key => slot.lock().pipelined.clone(),
+            _ => None,
         }
     }
 
@@ -202,21 +239,30 @@ impl CancelClaim {
     /// Sends the CancelRequest; returns once Postgres has acted on it, or it failed or took
     /// longer than `DELIVERY_TIMEOUT` (then its server is closed, not reused).
     pub async fn forward(mut self) {
-        let t = &self.target;
-        match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(t)).await {
-            Ok(Ok(())) => {
-                self.forwarding.delivered = true;
-                tracing::info!(server = %t.addr, pid = t.process_id, "forwarded cancel request");
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(server = %t.addr, pid = t.process_id, error = %e, "cannot forward cancel request; its server will be closed")
-            }
-            Err(_) => tracing::warn!(
+        self.forwarding.delivered = forward_to(&self.target).await;
+    }
+}
+
+/// Sends a CancelRequest to `t`; true once Postgres has acted on it, false when it failed
+/// or took longer than `DELIVERY_TIMEOUT` (its server must then be closed, not reused).
+pub async fn forward_to(t: &CancelTarget) -> bool {
+    match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(t)).await {
+        Ok(Ok(())) => {
+            tracing::info!(server = %t.addr, pid = t.process_id, "forwarded cancel request");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(server = %t.addr, pid = t.process_id, error = %e, "cannot forward cancel request; its server will be closed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
                 server = %t.addr,
                 pid = t.process_id,
                 timeout = ?DELIVERY_TIMEOUT,
                 "cancel request not confirmed in time; its server will be closed"
-            ),
+            );
+            false
         }
     }
 }

@@ -335,6 +335,7 @@ struct PoolRow {
     wait_timeouts: u64,
     discarded: u64,
     retried: u64,
+    pipelined: u64,
     reads_fell_back: u64,
     misrouted: u64,
 }
@@ -378,6 +379,7 @@ impl StateCollector {
                     wait_timeouts: s.wait_timeouts.load(Ordering::Relaxed),
                     discarded: s.discarded.load(Ordering::Relaxed),
                     retried: s.retried.load(Ordering::Relaxed),
+                    pipelined: s.pipelined.load(Ordering::Relaxed),
                     reads_fell_back: pool.reads.fell_back_reads.load(Ordering::Relaxed),
                     misrouted: pool.reads.misrouted.load(Ordering::Relaxed),
                 });
@@ -419,7 +421,7 @@ impl StateCollector {
             None,
             pools.iter().map(|p| (p.labels.clone(), p.pinned)),
         )?;
-        let counters: [Counter<PoolRow>; 8] = [
+        let counters: [Counter<PoolRow>; 9] = [
             ("switchyard_pool_checkouts", "Servers handed to clients.", |p| p.checkouts),
             ("switchyard_pool_server_connects", "Server connections opened.", |p| p.connects),
             (
@@ -441,6 +443,11 @@ impl StateCollector {
                 "switchyard_pool_requests_retried",
                 "Requests run again after their server failed them without effect.",
                 |p| p.retried,
+            ),
+            (
+                "switchyard_pool_statements_pipelined",
+                "Statements answered through a pipeline (pipelined transaction pooling).",
+                |p| p.pipelined,
             ),
             (
                 "switchyard_pool_reads_to_primary",

@@ -192,6 +192,7 @@ impl ProxyState {
                 max_prepared_statements: config.pool.max_prepared_statements,
                 tls: server_tls.clone(),
                 auth_methods: server_auth_methods.clone(),
+                pipeline: config.pool.pipeline,
                 timeouts: ClientTimeouts {
                     client_idle: config.pool.client_idle_timeout,
                     idle_transaction: config.pool.idle_transaction_timeout,

@@ -64,6 +64,19 @@ fn admin_must_be_a_user() {
 }
 
 #[test]
+fn pipeline_is_off_by_default_and_refused_in_session_pooling() {
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert!(!c.pool.pipeline);
+    let on = GOOD.replace("size = 4", "size = 4\npipeline = true");
+    assert!(Config::parse(&on, "t.toml").unwrap().pool.pipeline);
+    let e = err(&on.replace("size = 4", "mode = \"session\"\nsize = 4"));
+    assert!(
+        e.contains("pool.pipeline") && e.contains("t.toml:8") && e.contains("session pooling"),
+        "{e}"
+    );
+}
+
+#[test]
 fn zero_pool_size_is_refused() {
     let e = err(&GOOD.replace("size = 4", "size = 0"));
     assert!(e.contains("pool.size") && e.contains("t.toml:6"), "{e}");

@@ -433,6 +433,11 @@ pub struct PoolDefaults {
     /// limit. A user's own `max_user_connections` overrides it (users found by
     /// `auth_query` get this one).
     pub max_user_connections: usize,
+    /// Pipelined transaction pooling (`pool::pipeline`): a client's standalone statement
+    /// (one simple-protocol Query outside a transaction, no session command, the client's
+    /// startup settings) may be written to a server right behind other clients'. Off by
+    /// default; a pool-mode plugin decides instead when one is configured.
+    pub pipeline: bool,
 }
 
 /// An authentication request a server may send the proxy (`[pool] server_auth_methods`).
@@ -477,6 +482,7 @@ impl Default for PoolDefaults {
             server_auth_methods: vec![ServerAuthMethod::ScramSha256, ServerAuthMethod::Md5],
             max_db_connections: 0,
             max_user_connections: 0,
+            pipeline: false,
         }
     }
 }

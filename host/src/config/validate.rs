@@ -105,6 +105,13 @@ impl Check<'_> {
         if self.config.pool.size == 0 {
             return Err(self.key("pool", "size", "must be at least 1".into()));
         }
+        if self.config.pool.pipeline && self.config.pool.mode == super::PoolMode::Session {
+            return Err(self.key(
+                "pool",
+                "pipeline",
+                "needs transaction or statement pooling: in session pooling a client keeps its server".into(),
+            ));
+        }
         if proxy.max_unauthenticated_conn == 0 {
             return Err(self.key(
                 "proxy",

@@ -9,3 +9,26 @@ mod tls;
 
 pub use stream::Stream;
 pub use tls::{server_tls_connector, ClientCert, ClientTls, ServerTls, TlsError};
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+
+/// Writes as much of `buf` as the socket takes without blocking, then flushes when empty.
+pub fn poll_write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<()>> {
+    while !buf.is_empty() {
+        match Pin::new(&mut *w).poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => buf.advance(n),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Pin::new(w).poll_flush(cx)
+}

@@ -5,7 +5,9 @@
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::AsContextMut;
 
-use super::bindings::exports::switchyard::policy::{health, lifecycle, pool_mode, retry, router, switchover};
+use super::bindings::exports::switchyard::policy::{
+    health, lifecycle, pipelining, pool_mode, retry, router, switchover,
+};
 use super::instance::StoreState;
 use crate::config::HookKind;
 
@@ -14,11 +16,16 @@ pub fn interface_name(kind: HookKind) -> String {
     format!("switchyard:policy/{}@0.1.0", kind.as_str())
 }
 
+/// The interface a pool-mode component exports when it decides pipelining too.
+const PIPELINING: &str = "switchyard:policy/pipelining@0.1.0";
+
 /// Export indices of one component: `lifecycle` (required) and each hook it exports.
 #[derive(Clone)]
 pub struct HookIndices {
     lifecycle: lifecycle::GuestIndices,
     pool_mode: Option<pool_mode::GuestIndices>,
+    /// The optional pool-mode companion (pipelined transaction pooling).
+    pipelining: Option<pipelining::GuestIndices>,
     router: Option<router::GuestIndices>,
     retry: Option<retry::GuestIndices>,
     switchover: Option<switchover::GuestIndices>,
@@ -29,6 +36,7 @@ pub struct HookIndices {
 pub struct Hooks {
     pub lifecycle: lifecycle::Guest,
     pub pool_mode: Option<pool_mode::Guest>,
+    pub pipelining: Option<pipelining::Guest>,
     pub router: Option<router::Guest>,
     pub retry: Option<retry::Guest>,
     pub switchover: Option<switchover::Guest>,
@@ -52,6 +60,12 @@ impl HookIndices {
             pool_mode: exports(HookKind::PoolMode)
                 .then(|| pool_mode::GuestIndices::new(pre))
                 .transpose()?,
+            pipelining: pre
+                .component()
+                .get_export_index(None, PIPELINING)
+                .is_some()
+                .then(|| pipelining::GuestIndices::new(pre))
+                .transpose()?,
             router: exports(HookKind::Router)
                 .then(|| router::GuestIndices::new(pre))
                 .transpose()?,
@@ -65,6 +79,11 @@ impl HookIndices {
                 .then(|| health::GuestIndices::new(pre))
                 .transpose()?,
         })
+    }
+
+    /// The component exports `pipelining` (with pool-mode).
+    pub fn pipelines(&self) -> bool {
+        self.pipelining.is_some()
     }
 
     /// The hook kinds the component exports.
@@ -94,6 +113,11 @@ impl HookIndices {
             lifecycle: self.lifecycle.load(&mut store, instance)?,
             pool_mode: self
                 .pool_mode
+                .as_ref()
+                .map(|i| i.load(&mut store, instance))
+                .transpose()?,
+            pipelining: self
+                .pipelining
                 .as_ref()
                 .map(|i| i.load(&mut store, instance))
                 .transpose()?,

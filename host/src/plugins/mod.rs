@@ -41,6 +41,7 @@ use crate::policy::hooks::{Decider, PoolModeHook};
 use crate::policy::pool_mode::{ReadyAction, ReadyFacts};
 use crate::policy::session::{reuse_key, REUSE_KEYS};
 use crate::policy::{HookError, SessionFacts};
+use switchyard_protocol::TransactionStatus;
 
 /// Why a plugin could not be loaded; the proxy does not start (or, on reload, keeps the
 /// previous version).
@@ -140,6 +141,31 @@ impl Decider for Plugin {
 }
 
 impl PoolModeHook for Plugin {
+    /// The component's `pipelining.may-pipeline`; a component that does not export it
+    /// (built before it existed, or choosing not to) never pipelines, whatever
+    /// `[pool] pipeline` says.
+    fn may_pipeline(&self, session: &mut SessionFacts, _setting: bool) -> Result<bool, HookError> {
+        if !self.instances.indices().pipelines() {
+            return Ok(false);
+        }
+        let info = SessionInfo {
+            id: session.id(),
+            tx_status: TransactionStatus::Idle.into(),
+            holds_server_state: false,
+            read_only: session.read_only(),
+            last_commit_lsn: 0,
+        };
+        let decision = self.instances.call(Some(session.details().clone()), |i| {
+            let hook = i
+                .hooks
+                .pipelining
+                .as_ref()
+                .ok_or_else(|| wasmtime::format_err!("the component does not export pipelining"))?;
+            hook.call_may_pipeline(&mut i.store, info)
+        })?;
+        Ok(decision)
+    }
+
     /// A decision the plugin declared reusable is answered without calling it.
     fn on_ready(
         &self,

@@ -307,6 +307,19 @@ impl Policies {
         action
     }
 
+    /// Whether a session may pipeline its standalone statements, asked once at its start:
+    /// the built-in answers with the pool's `pipeline` setting; a plugin that fails is
+    /// taken as no.
+    pub fn may_pipeline(&self, session: &SessionPolicies, about: &mut SessionFacts, setting: bool) -> bool {
+        if session.pool_mode.builtin() {
+            return setting;
+        }
+        session
+            .pool_mode
+            .ask(|hook| hook.may_pipeline(about, setting), || false)
+            .unwrap_or_else(|fallback| fallback)
+    }
+
     /// What to do with a request its server failed (`budget`: the longest it may take in
     /// all). Whatever the hook answers, only what provably did not take effect runs again.
     pub fn on_error(

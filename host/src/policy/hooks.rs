@@ -51,6 +51,13 @@ pub trait PoolModeHook: Decider {
         let _ = session;
         Ok(pool_mode::decide(mode, facts))
     }
+
+    /// Whether the session's standalone statements may be pipelined (`pool::pipeline`),
+    /// asked once when it starts; `setting` is the pool's `pipeline`. Built-in: `setting`.
+    fn may_pipeline(&self, session: &mut SessionFacts, setting: bool) -> Result<bool, HookError> {
+        let _ = session;
+        Ok(setting)
+    }
 }
 
 /// `retry`: what to do with a request its server failed.

@@ -13,12 +13,14 @@
 mod caps;
 mod functions;
 mod pause;
+mod pipeline;
 mod reads;
 mod servers;
 mod statements;
 
 pub use caps::ServerCap;
 pub use pause::{Pause, PauseGate};
+pub use pipeline::{Failure as PipelineFailure, Piece, Pipelines, Ticket, REPLY_PIECES, STALL_LIMIT};
 
 pub use functions::FunctionCatalog;
 pub use reads::{ReadStats, RoutingSettings};
@@ -90,6 +92,8 @@ pub struct PoolSettings {
     pub routing: RoutingSettings,
     /// The client-side timeouts (`[pool]`); all zero (off) by default.
     pub timeouts: ClientTimeouts,
+    /// `[pool] pipeline`: the built-in pool-mode policy lets sessions pipeline.
+    pub pipeline: bool,
 }
 
 /// How long a client may stay in each phase of a session; zero: no limit.
@@ -157,6 +161,8 @@ pub struct PoolStats {
     /// Clients (transaction or statement mode) that keep their server because they hold
     /// state that lives only there (temporary tables, LISTEN, advisory locks, ...).
     pub pinned: AtomicUsize,
+    /// Statements answered through a pipeline (`pipeline`).
+    pub pipelined: AtomicU64,
 }
 
 /// Servers for one (database, user).
@@ -171,6 +177,8 @@ pub struct Pool {
     pub settings: PoolSettings,
     pub statements: StatementRegistry,
     pub stats: PoolStats,
+    /// Pipelined transaction pooling's drivers (`pipeline`).
+    pub pipelines: Pipelines,
     /// Servers on the primary.
     primary: Servers,
     /// Caps this pool's servers on the primary count against (`max_db_connections`,
@@ -222,6 +230,7 @@ impl Pool {
             settings,
             statements: StatementRegistry::default(),
             stats: PoolStats::default(),
+            pipelines: Pipelines::default(),
             waiting: AtomicUsize::new(0),
             server_params: Mutex::new(None),
             reconnect_before: AtomicU64::new(0),
@@ -273,6 +282,28 @@ impl Pool {
             None
         };
         Box::pin(self.checkout_waiting(permit)).await
+    }
+
+    /// A slot on the primary, if one is free now and the database is neither paused nor
+    /// held: what a new pipeline driver starts on ([`Pool::checkout_with`]).
+    pub fn pipeline_permit(&self) -> Option<OwnedSemaphorePermit> {
+        if self.pause.paused().is_some() || self.cluster.hold().is_some() || self.is_removed() {
+            return None;
+        }
+        self.primary.try_permit()
+    }
+
+    /// A server on the primary for the slot `permit` (see [`Pool::pipeline_permit`]).
+    pub async fn checkout_with(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Checkout, PoolError> {
+        Box::pin(self.checkout_waiting(Some(permit))).await
+    }
+
+    /// Clients are queued for a server right now.
+    pub fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// [`Pool::checkout`] when it may wait: for a pause, a hold, a slot (unless `permit`

@@ -87,6 +87,26 @@ impl ServerError {
     }
 }
 
+/// The statements that turn a server's `applied` settings into `desired`, or None if equal.
+/// Each statement is complete in itself, so none can change how the next is read.
+pub fn settings_diff(desired: &Settings, applied: &Settings) -> Option<String> {
+    let mut sql = String::new();
+    for (k, v) in desired.iter() {
+        if applied.get(k) != Some(v) {
+            sql.push_str(v);
+            sql.push(';');
+        }
+    }
+    for k in applied.keys() {
+        if !desired.contains_key(k) {
+            sql.push_str("RESET ");
+            sql.push_str(&crate::sql::quote_setting_name(k));
+            sql.push(';');
+        }
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
 /// An authenticated server connection, idle between uses.
 pub struct ServerConn {
     pub id: u64,

@@ -33,6 +33,11 @@ pub enum SessionError {
     /// The server's connection ended after a FATAL error the client was given.
     #[error("server ended the session with a FATAL error")]
     ServerEnded,
+    /// The reply the client was getting stopped in the middle of a message (a pipelined
+    /// reply's server lost, or the client too slow to take it): nothing more can be said
+    /// on the connection, which is closed.
+    #[error("{0}; the connection is closed in the middle of a reply")]
+    ReplyCut(String),
     #[error("server sent a malformed message: {0}")]
     ServerProtocol(ProtocolError),
     #[error(transparent)]
@@ -65,7 +70,10 @@ impl SessionError {
     /// still be sent.
     pub fn to_client(&self) -> Option<ErrorFields> {
         match self {
-            SessionError::ClientIo(_) | SessionError::TlsHandshake(_) | SessionError::ServerEnded => None,
+            SessionError::ClientIo(_)
+            | SessionError::TlsHandshake(_)
+            | SessionError::ServerEnded
+            | SessionError::ReplyCut(_) => None,
             SessionError::Protocol(e) => Some(ErrorFields::fatal(
                 e.sqlstate(),
                 format!("invalid frontend message: {e}"),

@@ -19,6 +19,7 @@ mod extended;
 mod frontend;
 mod large;
 mod params;
+mod pipelined;
 mod replies;
 mod retry;
 mod route;
@@ -39,10 +40,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use switchyard_protocol::backend::{error_response, ErrorFields, TransactionStatus};
 use switchyard_protocol::sqlstate;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
@@ -54,7 +55,7 @@ use self::statements::ClientStatements;
 use self::timeouts::{Expiry, Phase, Timeouts};
 use crate::cancel::{CancelRegistration, CancelTarget, CancelsInFlight};
 use crate::config::PoolMode;
-use crate::net::Stream;
+use crate::net::{poll_write_all, Stream};
 use crate::policy::pool_mode::{ReadyAction, ReadyFacts};
 use crate::policy::{SessionFacts, SessionPolicies};
 use crate::pool::{Checkout, Pool};
@@ -170,6 +171,9 @@ struct Session {
     input_held: bool,
     /// Read routing: the session's hint and its last commit (`route`).
     routing: Routing,
+    /// The pool-mode policy lets this session pipeline its standalone statements
+    /// (`pipelined`), as decided at its start.
+    may_pipeline: bool,
 }
 
 impl Session {
@@ -190,7 +194,7 @@ impl Session {
             .rev()
             .find(|(k, _)| k == "default_transaction_read_only")
             .is_some_and(|(_, v)| matches!(v.as_str(), "on" | "true" | "1" | "yes"));
-        let facts = SessionFacts::new(
+        let mut facts = SessionFacts::new(
             l.cancel.process_id as u32,
             &l.user.name,
             &l.database,
@@ -204,12 +208,17 @@ impl Session {
         let mut params = SessionParams::from_startup(&l.params);
         params.share_startup(|s| pool.shared_settings(s));
         let policies = state.policies.session(&l.database);
+        let mode = pool.settings.mode;
+        let may_pipeline = mode != PoolMode::Session
+            && state
+                .policies
+                .may_pipeline(&policies, &mut facts, pool.settings.pipeline);
         let pool_timeouts = pool.settings.timeouts;
         Session {
             client: l.stream,
             cbuf: l.buf,
             cout: BytesMut::new(),
-            mode: pool.settings.mode,
+            mode,
             pool,
             server: ServerSide::default(),
             tx_status: TransactionStatus::Idle,
@@ -227,6 +236,7 @@ impl Session {
             lost_session: None,
             input_held: false,
             routing,
+            may_pipeline,
             timeouts: Timeouts::new(pool_timeouts),
         }
     }
@@ -772,23 +782,6 @@ async fn reset_server(
         }
         _ => tracing::debug!("server reset failed; closing it"),
     }
-}
-
-/// Writes as much of `buf` as the socket takes without blocking, then flushes when empty.
-fn poll_write_all<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<std::io::Result<()>> {
-    while !buf.is_empty() {
-        match Pin::new(&mut *w).poll_write(cx, buf) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => buf.advance(n),
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        }
-    }
-    Pin::new(w).poll_flush(cx)
 }
 
 /// Turns a write poll into an error check: pending and done are both "carry on".

@@ -324,24 +324,25 @@ impl SessionParams {
         self.uncertain_names.clear();
     }
 
-    /// The statements that turn a server's `applied` settings into ours, or None if equal.
-    /// Each statement is complete in itself, so none can change how the next is read.
+    /// The statements that turn a server's `applied` settings into ours, or None if equal
+    /// ([`crate::server::settings_diff`]).
     pub fn diff(&self, applied: &Settings) -> Option<String> {
-        let mut sql = String::new();
-        for (k, v) in self.desired.iter() {
-            if applied.get(k) != Some(v) {
-                sql.push_str(v);
-                sql.push(';');
-            }
-        }
-        for k in applied.keys() {
-            if !self.desired.contains_key(k) {
-                sql.push_str("RESET ");
-                sql.push_str(&quote_setting_name(k));
-                sql.push(';');
-            }
-        }
-        (!sql.is_empty()).then_some(sql)
+        crate::server::settings_diff(&self.desired, applied)
+    }
+
+    /// The session's settings are its startup settings, untouched by any `SET`, `RESET` or
+    /// `DISCARD`, pending or committed, and nothing about them is in doubt.
+    pub fn at_startup(&self) -> bool {
+        Arc::ptr_eq(&self.startup, &self.desired)
+            && self.pending.is_empty()
+            && self.touched.is_empty()
+            && !self.touched_all
+            && !self.uncertain
+    }
+
+    /// The settings the session expects (shared), for work run on its behalf elsewhere.
+    pub fn shared_desired(&self) -> Arc<Settings> {
+        self.desired.clone()
     }
 
     /// Swaps the startup map for an equal one that other sessions share (the pool keeps

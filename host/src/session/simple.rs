@@ -54,6 +54,12 @@ impl Session {
         if self.defer_begin(work, sql_text, raw) {
             return Ok(());
         }
+        if let Some(read) = self.standalone(sql_text) {
+            // Boxed: its state would otherwise sit in every session's task.
+            if Box::pin(self.run_pipelined(raw, read)).await? {
+                return Ok(());
+            }
+        }
         if self.acquire_or_refuse(false, work).await? {
             self.server.sout.extend_from_slice(raw);
             self.server.replies.push(Expect::Query);

@@ -690,6 +690,12 @@ fn copy(lexer: &mut Lexer, functions: &impl Functions) -> Classification {
     unrecognised()
 }
 
+/// Whether the text's first statement is a `COPY` (data would follow its Query).
+pub fn starts_with_copy(sql: &[u8]) -> bool {
+    let mut lexer = Lexer::new(sql);
+    next_in(&mut lexer).is_some_and(|tok| tok.is("copy"))
+}
+
 /// `BEGIN [WORK | TRANSACTION] [modes]`, `START TRANSACTION [modes]`.
 fn begin(lexer: &mut Lexer) -> Classification {
     let mut peek = lexer.clone();

@@ -53,8 +53,8 @@ pub mod __private {
 include!(concat!(env!("OUT_DIR"), "/generate.rs"));
 
 /// Makes `$plugin` (a type implementing [`Plugin`]) a component of `$world`
-/// (`pool-mode-plugin`, `health-plugin`, `switchover-plugin`, `retry-plugin`,
-/// `router-plugin` or `bundle`, see `wit/worlds.wit`):
+/// (`pool-mode-plugin`, `pipelining-pool-mode-plugin`, `health-plugin`,
+/// `switchover-plugin`, `retry-plugin`, `router-plugin` or `bundle`, see `wit/worlds.wit`):
 ///
 /// - `mod bindings`: wit-bindgen's bindings of the world, in the module that invokes the
 ///   macro (`bindings::exports::switchyard::policy::<hook>::Guest`, the records in

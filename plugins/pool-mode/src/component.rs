@@ -1,10 +1,11 @@
-//! The WIT mapping: world `pool-mode-plugin`, its `on-ready` onto [`policy::decide`].
+//! The WIT mapping: world `pipelining-pool-mode-plugin`, its `on-ready` onto
+//! [`policy::decide`] and its `may-pipeline` onto [`policy::Pipelining::allows`].
 
 use switchyard_plugin_kit::Plugin;
 
 use crate::policy::{self, Config, Decision, Tx};
 
-switchyard_plugin_kit::plugin!(Config, world = "pool-mode-plugin");
+switchyard_plugin_kit::plugin!(Config, world = "pipelining-pool-mode-plugin");
 
 use bindings::exports::switchyard::policy::pool_mode::{Guest, ReadyAction, ReadyDecision, Reuse};
 use bindings::switchyard::policy::types::{SessionInfo, TxStatus};
@@ -30,3 +31,17 @@ impl Guest for Config {
         ReadyDecision { action, reuse }
     }
 }
+
+impl bindings::exports::switchyard::policy::pipelining::Guest for Config {
+    fn may_pipeline(_session: SessionInfo) -> bool {
+        let pipeline = &Config::get().pipeline;
+        if !pipeline.on {
+            return false;
+        }
+        match bindings::switchyard::policy::host::current_session() {
+            Some(s) => pipeline.allows(&s.user, &s.database, &s.application_name),
+            None => false,
+        }
+    }
+}
+

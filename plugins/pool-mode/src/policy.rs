@@ -8,7 +8,49 @@ use switchyard_plugin_kit::{Plugin, Settings};
 pub const STATEMENT_REFUSAL: &str = "transaction blocks are not allowed in statement pooling mode";
 
 /// Settings keys this plugin understands.
-pub const KNOWN_SETTINGS: [&str; 3] = ["mode", "version_tag", "reuse"];
+pub const KNOWN_SETTINGS: [&str; 7] = [
+    "mode",
+    "version_tag",
+    "reuse",
+    "pipeline",
+    "pipeline_users",
+    "pipeline_databases",
+    "pipeline_applications",
+];
+
+/// Which sessions may be pipelined (pipelined transaction pooling): `pipeline` (`false`, the
+/// default, or `true`), narrowed by comma-separated lists of users, databases and
+/// application names (empty: any).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pipelining {
+    pub on: bool,
+    pub users: Vec<String>,
+    pub databases: Vec<String>,
+    pub applications: Vec<String>,
+}
+
+impl Pipelining {
+    /// Whether a session of `user` in `database` named `application` may be pipelined.
+    pub fn allows(&self, user: &str, database: &str, application: &str) -> bool {
+        let listed = |list: &[String], name: &str| list.is_empty() || list.iter().any(|n| n == name);
+        self.on
+            && listed(&self.users, user)
+            && listed(&self.databases, database)
+            && listed(&self.applications, application)
+    }
+}
+
+/// A comma-separated list setting: names trimmed, empty ones dropped.
+fn list(settings: &Settings<'_>, key: &str) -> Vec<String> {
+    settings
+        .text(key)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect()
+}
 
 /// When a session's server connection goes back to the pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,6 +127,8 @@ pub struct Config {
     /// Declare decisions reusable (`reuse = "always"`, the default) or have the host call
     /// at every boundary (`"never"`: for measuring the call itself).
     pub reuse: bool,
+    /// Which sessions may be pipelined.
+    pub pipeline: Pipelining,
 }
 
 impl Default for Config {
@@ -92,6 +136,7 @@ impl Default for Config {
         Config {
             mode: Mode::default(),
             reuse: true,
+            pipeline: Pipelining::default(),
         }
     }
 }
@@ -115,6 +160,16 @@ impl Plugin for Config {
             "always" => true,
             "never" => false,
             other => return Err(format!("unknown reuse {other:?}: expected always or never")),
+        };
+        config.pipeline = Pipelining {
+            on: match settings.text("pipeline").unwrap_or("false") {
+                "true" => true,
+                "false" => false,
+                other => return Err(format!("unknown pipeline {other:?}: expected true or false")),
+            },
+            users: list(settings, "pipeline_users"),
+            databases: list(settings, "pipeline_databases"),
+            applications: list(settings, "pipeline_applications"),
         };
         Ok(config)
     }
@@ -189,8 +244,29 @@ mod tests {
             Config {
                 mode: Mode::Transaction,
                 reuse: true,
+                pipeline: Pipelining::default(),
             }
         );
+    }
+
+    #[test]
+    fn pipelining_is_off_by_default_and_narrowed_by_the_lists() {
+        let off = parse_settings(&[]).unwrap().pipeline;
+        assert!(!off.allows("app", "app", ""));
+        let on = parse_settings(&settings(&[("pipeline", "true")])).unwrap().pipeline;
+        assert!(on.allows("app", "app", "psql"));
+        let narrow = parse_settings(&settings(&[
+            ("pipeline", "true"),
+            ("pipeline_users", "app, bob"),
+            ("pipeline_applications", "pgbench"),
+        ]))
+        .unwrap()
+        .pipeline;
+        assert!(narrow.allows("bob", "any", "pgbench"));
+        assert!(!narrow.allows("eve", "any", "pgbench"));
+        assert!(!narrow.allows("app", "any", "psql"));
+        let err = parse_settings(&settings(&[("pipeline", "yes")])).unwrap_err();
+        assert_eq!(err, r#"unknown pipeline "yes": expected true or false"#);
     }
 
     #[test]
@@ -218,12 +294,12 @@ mod tests {
         let err = parse_settings(&settings(&[("mode", "session"), ("pool_size", "3")])).unwrap_err();
         assert_eq!(
             err,
-            r#"unknown setting "pool_size" (known settings: mode, version_tag, reuse)"#
+            r#"unknown setting "pool_size" (known settings: mode, version_tag, reuse, pipeline, pipeline_users, pipeline_databases, pipeline_applications)"#
         );
         let err = parse_settings(&settings(&[("a", "1"), ("b", "2")])).unwrap_err();
         assert_eq!(
             err,
-            r#"unknown settings "a", "b" (known settings: mode, version_tag, reuse)"#
+            r#"unknown settings "a", "b" (known settings: mode, version_tag, reuse, pipeline, pipeline_users, pipeline_databases, pipeline_applications)"#
         );
     }
 

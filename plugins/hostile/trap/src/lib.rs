@@ -1,7 +1,8 @@
 //! Hostile test plugin: every hook panics. The panic message goes to stderr (the host's log),
 //! then the instance traps (`unreachable`: wasm32-wasip2 cannot unwind). The host must survive
 //! the trap and answer with the built-in policy: for `pool-mode` on the data path, for
-//! `health` and `switchover` in the topology, for `retry` in the session. Built for the
+//! `health` and `switchover` in the topology, for `retry` in the session (and `pipelining`
+//! is taken as no). Built for the
 //! `bundle` world so one component can be configured for any hook.
 //!
 //! The kit's panic hook writes `hostile-trap: panicked at ...: <message>` to stderr.
@@ -11,6 +12,7 @@ use switchyard_plugin_kit::Settings;
 switchyard_plugin_kit::plugin!(Plugin, world = "bundle");
 
 use bindings::exports::switchyard::policy::health::{Guest as Health, ProbeSample, Verdict};
+use bindings::exports::switchyard::policy::pipelining::Guest as Pipelining;
 use bindings::exports::switchyard::policy::pool_mode::{Guest as PoolMode, ReadyDecision};
 use bindings::exports::switchyard::policy::retry::{Guest as Retry, RetryDecision};
 use bindings::exports::switchyard::policy::router::{Guest as Router, RouteDecision};
@@ -31,6 +33,15 @@ impl PoolMode for Plugin {
     fn on_ready(session: SessionInfo, statements: u32) -> ReadyDecision {
         panic!(
             "hostile trap plugin: deliberate panic in on-ready (session {}, {statements} statements)",
+            session.id
+        );
+    }
+}
+
+impl Pipelining for Plugin {
+    fn may_pipeline(session: SessionInfo) -> bool {
+        panic!(
+            "hostile trap plugin: deliberate panic in may-pipeline (session {})",
             session.id
         );
     }
