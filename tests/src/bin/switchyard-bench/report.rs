@@ -162,7 +162,7 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
     }
     if opt.pipeline {
         o.push('\n');
-        pipeline(o, opt, f);
+        pipeline(o, opt, f, cx);
     }
     o.push('\n');
     if f.problems.is_empty() {
@@ -810,11 +810,12 @@ fn routing(o: &mut String, opt: &Options, f: &Findings) {
 /// The pipelined-pooling row: each cell's four targets with tps, latency, CPU per
 /// transaction and the statements pipelined, the ratios on the pipelining Switchyard's row,
 /// then the row's system calls per transaction.
-fn pipeline(o: &mut String, opt: &Options, f: &Findings) {
+fn pipeline(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
     o.push_str("### Pipelined pooling: Switchyard with `pipeline = true` against PgBouncer, direct Postgres and itself without\n\n");
+    let (source, sha) = cx.plugin.clone().unwrap_or_default();
     let _ = writeln!(
         o,
-        "- the matrix's targets and the same Switchyard (pool-mode plugin, pool {}) with `pipeline = \"true\"` in the plugin's settings; runs interleaved per round; CPU per transaction as in the CPU table (median-tps run); statements pipelined: SHOW POOLS `pipelined` over the cell's tps runs, and their share of those runs' transactions\n",
+        "- the matrix's targets and the same Switchyard (pool-mode plugin {source}, sha256 {sha}, pool {}) with `pipeline = \"true\"` in the plugin's settings; runs interleaved per round; CPU per transaction as in the CPU table (median-tps run); statements pipelined: SHOW POOLS `pipelined` over the cell's tps runs, and their share of those runs' transactions\n",
         opt.pool_size
     );
     o.push_str("| mode | clients | target | tps | avg latency ms | p99 latency ms | failed tx | proxy user µs/tx | proxy system µs/tx | postgres µs/tx | proxy ctx switches/tx | statements pipelined | pipelined/pgbouncer | pipelined/direct | pipelined/unpipelined |\n");
@@ -1297,6 +1298,9 @@ mod tests {
         let report = render(&opt, &f, &context());
         assert!(report.starts_with("\n## Switchyard pipelined pooling ("));
         assert!(report.contains("PgBouncer 1.18.0"));
+        assert!(
+            report.contains("(pool-mode plugin plugins/dist/pool-mode.wasm, sha256 0123456789ab, pool 20)")
+        );
         assert!(report.contains(
             "| simple | 64 | direct | 36000.0 | 1.778 | 9.000 | 0 | – | – | 40.0 | – |  |  |  |  |\n"
         ));
