@@ -1,6 +1,6 @@
 //! The benchmark program of `scripts/bench` (`switchyard-bench`) end to end, with the
 //! shortest settings that still measure the `-S -M simple -c 64` cell of all three targets,
-//! the plugin tax and the read-routing row: its report must end with the lines users and
+//! the plugin tax, the read-routing row and one pipelined-pooling cell: its report must end with the lines users and
 //! docs/performance.md parse, in their format. Its statistics and report have unit tests in the program itself;
 //! this checks that the servers start, the runs run and everything is stopped again.
 //! Against the proxy under test (`SWITCHYARD_BIN` or `target/<profile>/switchyard`).
@@ -50,10 +50,13 @@ fn positive(cell: Option<&String>) -> bool {
 /// read-routing row (SHOW NODES, as the report's node table shows it), the CPU table's
 /// `-c 64` rows give Switchyard's and PgBouncer's proxy CPU and Postgres' CPU per
 /// transaction above zero and a switchyard/pgbouncer ratio, the system call table gives
-/// each proxy's sendto and recvfrom per transaction above zero at 64 clients, and the last
-/// five lines are the plugin tax line and
-/// its instructions line, the read-routing line and its instructions line (n/a without
-/// callgrind) and, very last, `switchyard/pgbouncer=<r> switchyard/direct=<r>`.
+/// each proxy's sendto and recvfrom per transaction above zero at 64 clients, the
+/// pipelined-pooling cell (`-M simple -c 64`) shows the pipelining Switchyard's statements
+/// pipelined above zero (SHOW POOLS) and its sendto per transaction above zero, and the
+/// last six lines are the plugin tax line and its instructions line, the read-routing line
+/// and its instructions line (n/a without callgrind), the pipelined line
+/// `pipelined: switchyard/pgbouncer=<r> switchyard/direct=<r>` and, very last,
+/// `switchyard/pgbouncer=<r> switchyard/direct=<r>`.
 #[test]
 fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
     if TestBed::direct_mode() {
@@ -72,6 +75,7 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
             ("IDLE_CLIENTS", "20"),
             ("TAX_CELLS", "simple:4"),
             ("ROUTING_CELLS", "simple:4"),
+            ("PIPELINE_CELLS", "simple:64"),
             ("CALLGRIND", "0"),
             ("STRACE_SECONDS", "1"),
             ("SCALE", "1"),
@@ -83,8 +87,8 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
         out.describe("expected exit status 0 or 1")
     );
     let lines: Vec<&str> = out.stdout.lines().collect();
-    ensure!(lines.len() > 5, "{}", out.describe("expected a report"));
-    let [tax, ir, routing, routing_ir, last] = [5, 4, 3, 2, 1].map(|i| lines[lines.len() - i]);
+    ensure!(lines.len() > 6, "{}", out.describe("expected a report"));
+    let [tax, ir, routing, routing_ir, pipelined, last] = [6, 5, 4, 3, 2, 1].map(|i| lines[lines.len() - i]);
 
     let ratio = tax
         .strip_prefix("plugin tax: tps builtin=")
@@ -121,6 +125,27 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
         replica_reads.len() == 2 && replica_reads.iter().all(|&r| r > 0),
         "{}",
         out.describe(&format!("expected reads on both replicas, got {replica_reads:?}"))
+    );
+    let ratios = pipelined
+        .strip_prefix("pipelined: switchyard/pgbouncer=")
+        .and_then(|r| r.split_once(" switchyard/direct="));
+    ensure!(
+        ratios.is_some_and(|(p, d)| is_ratio(p, 2) && is_ratio(d, 2)),
+        "pipelined line: {pipelined:?}"
+    );
+    // tps | avg | p99 | failed | user | system | postgres | ctx | statements pipelined | ...
+    let row = table_row(
+        &out.stdout,
+        "### Pipelined pooling",
+        "| simple | 64 | switchyard (plugins, pipeline = true) | ",
+    );
+    let statements = row
+        .as_ref()
+        .and_then(|c| c.get(8)?.split_whitespace().next()?.parse::<u64>().ok());
+    ensure!(
+        statements.is_some_and(|n| n > 0),
+        "{}",
+        out.describe(&format!("expected statements pipelined, got {row:?}"))
     );
     let ratios = last
         .strip_prefix("switchyard/pgbouncer=")
@@ -163,12 +188,16 @@ fn a_short_run_ends_with_the_documented_lines() -> Result<()> {
         "proxy CPU ratio: {ratio:?}"
     );
     // System calls per transaction: transactions | sendto | recvfrom | ...
-    for proxy in ["pgbouncer", "switchyard (plugins)"] {
-        let cells = table_row(
-            &out.stdout,
-            "### System calls per transaction",
-            &format!("| simple | 64 | {proxy} | "),
-        );
+    let calls = [
+        ("### System calls per transaction", "pgbouncer"),
+        ("### System calls per transaction", "switchyard (plugins)"),
+        (
+            "System calls per transaction of the pipelined-pooling row",
+            "switchyard (plugins, pipeline = true)",
+        ),
+    ];
+    for (heading, proxy) in calls {
+        let cells = table_row(&out.stdout, heading, &format!("| simple | 64 | {proxy} | "));
         ensure!(
             cells
                 .as_ref()

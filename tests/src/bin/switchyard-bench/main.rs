@@ -1,7 +1,7 @@
 //! `switchyard-bench`: the project's benchmark (docs/performance.md), run by `scripts/bench`
 //! after it has installed the prerequisites and built the proxy. pgbench throughput and
 //! latency of Switchyard against PgBouncer and direct Postgres, memory per idle client, the
-//! plugin tax and the read-routing row, on the test bed's own parts: the Postgres of
+//! plugin tax, the read-routing row and the pipelined-pooling row, on the test bed's own parts: the Postgres of
 //! [`switchyard_tests::cluster`], the proxy process of [`switchyard_tests::proxy`], the
 //! clients of [`switchyard_tests::tools`]. `--help` prints the method, settings and output
 //! format.
@@ -35,7 +35,7 @@ mod stats;
 mod strace;
 mod under_callgrind;
 
-use measure::{Bench, ROUTING_TARGETS, SY, TARGETS, TAX_TARGETS};
+use measure::{Bench, PIPELINE_TARGETS, ROUTING_TARGETS, SY, TARGETS, TAX_TARGETS};
 use options::{CellSpec, Command as Cli, Options};
 
 /// When the benchmark started (the progress lines' clock and the wall time).
@@ -137,7 +137,7 @@ fn check_prerequisites(opt: &Options) -> Result<()> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if opt.matrix && !std::path::Path::new(servers::PGBOUNCER).exists() {
+    if (opt.matrix || opt.pipeline) && !std::path::Path::new(servers::PGBOUNCER).exists() {
         bail!(
             "pgbouncer not found at {} (scripts/bench installs it)",
             servers::PGBOUNCER
@@ -227,19 +227,24 @@ fn plan(opt: &Options) -> (String, String) {
             servers::REPLICAS
         ));
     }
+    if opt.pipeline {
+        parts.push(format!(
+            "pipelined pooling: cells=[{}]",
+            cells(&opt.pipeline_cells)
+        ));
+    }
     parts.push(format!("callgrind={}", u8::from(opt.callgrind)));
-    if opt.matrix {
+    if opt.matrix || opt.pipeline {
         parts.push(if opt.strace {
             format!("strace={}s", opt.strace_secs)
         } else {
             "strace=0".to_owned()
         });
     }
-    let only = match (opt.matrix, opt.tax, opt.routing) {
-        (false, true, false) => "plugin tax only: ",
-        (false, false, true) => "read routing only: ",
-        (false, true, true) => "plugin tax and read routing only: ",
-        _ => "",
+    let only = if opt.matrix {
+        String::new()
+    } else {
+        format!("{} only: ", report::parts_title(opt))
     };
     let config = format!("config: {only}{}", parts.join("; "));
     let total = measure::planned_runs(opt);
@@ -322,10 +327,11 @@ fn measure_all(
     let mut bench = Bench::start(opt, work.to_path_buf(), proxy_name)?;
     // Every target of the parts that run, once each.
     let mut targets: Vec<&str> = Vec::new();
-    let parts: [(bool, &[&str]); 3] = [
+    let parts: [(bool, &[&str]); 4] = [
         (opt.matrix, &TARGETS),
         (opt.tax, &TAX_TARGETS),
         (opt.routing, &ROUTING_TARGETS),
+        (opt.pipeline, &PIPELINE_TARGETS),
     ];
     for t in parts.into_iter().filter(|p| p.0).flat_map(|p| p.1) {
         if !targets.contains(t) {
@@ -356,6 +362,15 @@ fn measure_all(
             opt.rounds
         );
         bench.read_routing_tps()?;
+    }
+    if opt.pipeline {
+        log!(
+            "pipelined pooling: tps, CPU and system calls per transaction, {}, cells [{}], {} round(s)",
+            PIPELINE_TARGETS.join(" "),
+            cells(&opt.pipeline_cells),
+            opt.rounds
+        );
+        bench.pipeline_row()?;
     }
     if opt.callgrind {
         bench.callgrind()?;

@@ -1,8 +1,9 @@
 //! The measurements: the servers of a run ([`Bench`]), pgbench runs against each target
 //! (with their p99, CPU shares, and CPU and context switches per transaction), the short
 //! runs under strace that count system calls per transaction, memory per idle client, the
-//! interleaved runs of the plugin tax (and its SHOW PLUGINS check) and of the read-routing
-//! row (and where its reads ran: SHOW NODES and each node's own transaction count); the
+//! interleaved runs of the plugin tax (and its SHOW PLUGINS check), of the read-routing
+//! row (and where its reads ran: SHOW NODES and each node's own transaction count) and of
+//! the pipelined-pooling row (and whether it pipelined: SHOW POOLS `pipelined`); the
 //! callgrind runs are in `under_callgrind.rs`. What they find goes into [`Findings`], which
 //! `report.rs` prints.
 
@@ -33,6 +34,14 @@ pub const PROXIES: [&str; 2] = ["pgbouncer", "switchyard-plugin"];
 pub const SY: &str = "switchyard-plugin";
 /// The plugin tax compares these two.
 pub const TAX_TARGETS: [&str; 2] = ["switchyard", "switchyard-plugin"];
+/// The Switchyard of the pipelined-pooling row with `pipeline = true` in the pool-mode
+/// plugin's settings.
+pub const PIPELINED: &str = "switchyard-pipelined";
+/// The pipelined-pooling row's targets, in the order of each round and of its table: the
+/// matrix's, then the same Switchyard with pipelining on.
+pub const PIPELINE_TARGETS: [&str; 4] = ["direct", "pgbouncer", SY, PIPELINED];
+/// The pipelined-pooling row's proxies: the targets of its strace runs.
+pub const PIPELINE_PROXIES: [&str; 3] = ["pgbouncer", SY, PIPELINED];
 /// The read-routing row compares these two: the built-in Switchyard's database `bench`
 /// (routing off: the primary) and [`READS_DB`] (reads over the replicas).
 pub const ROUTING_TARGETS: [&str; 2] = ["switchyard", "switchyard-reads"];
@@ -67,6 +76,10 @@ pub struct Findings {
     pub plugin_stats: Option<String>,
     /// The read-routing row's transactions per node (primary first).
     pub routing_nodes: Vec<NodeReads>,
+    /// Statements a Switchyard of the pipelined-pooling row answered through a pipeline
+    /// during a cell's tps runs (SHOW POOLS `pipelined`, after minus before), by cell key
+    /// (`pipeline:MODE:CLIENTS:TARGET`); none when SHOW POOLS did not answer.
+    pub pipelined: BTreeMap<String, Option<u64>>,
     /// callgrind of the built-in proxy (with the read-routing runs when that row runs) and
     /// of the plugin proxy (for the plugin tax).
     pub cg_builtin: Option<crate::under_callgrind::CgProxy>,
@@ -106,6 +119,7 @@ fn flavour_of(target: &str) -> Option<Flavour> {
     match target {
         "switchyard" | "switchyard-reads" => Some(Flavour::Builtin),
         "switchyard-plugin" => Some(Flavour::Plugin),
+        PIPELINED => Some(Flavour::Pipelined),
         _ => None,
     }
 }
@@ -257,11 +271,13 @@ pub(crate) fn last_lines(text: &str, n: usize) -> Vec<&str> {
 }
 
 impl<'a> Bench<'a> {
-    /// Starts Postgres, the PgBouncers (for the matrix), the built-in Switchyard and the
-    /// plugin's (for the matrix and the plugin tax).
+    /// Starts Postgres, the PgBouncers (for the matrix and the pipelined-pooling row), the
+    /// built-in Switchyard (for the matrix, the plugin tax and the read-routing row), the
+    /// plugin's (for the matrix, the plugin tax and the pipelined-pooling row) and the
+    /// pipelining one (for that row).
     pub fn start(opt: &'a Options, work: PathBuf, proxy_name: String) -> Result<Self> {
         fs::create_dir_all(work.join("runs"))?;
-        let plugin = if opt.matrix || opt.tax {
+        let plugin = if opt.matrix || opt.tax || opt.pipeline {
             Some(servers::prepare_plugin(opt, &work)?)
         } else {
             None
@@ -287,16 +303,18 @@ impl<'a> Bench<'a> {
             run_no: 0,
             findings: Findings::default(),
         };
-        if opt.matrix {
+        if opt.matrix || opt.pipeline {
             bench.start_bouncer("pgbouncer", "transaction", opt.pool_size)?;
             if opt.session_pool_size() > 0 {
                 bench.start_bouncer("pgbouncer-session", "session", opt.session_pool_size())?;
             }
         }
-        for flavour in [Flavour::Builtin, Flavour::Plugin] {
-            if flavour.has_plugin() && bench.plugin.is_none() {
-                continue;
-            }
+        let wanted = [
+            (Flavour::Builtin, opt.matrix || opt.tax || opt.routing),
+            (Flavour::Plugin, bench.plugin.is_some()),
+            (Flavour::Pipelined, opt.pipeline),
+        ];
+        for (flavour, _) in wanted.into_iter().filter(|w| w.1) {
             let proxy = bench.start_switchyard(flavour, None)?;
             bench.proxies.insert(flavour, proxy);
         }
@@ -546,8 +564,9 @@ impl<'a> Bench<'a> {
         } else {
             None
         };
-        // CPU per transaction: the matrix and the reconnect rows (on the primary only).
-        let accounted = prefix.is_empty() || prefix == "reconnect:";
+        // CPU per transaction: the matrix, the reconnect rows and the pipelined-pooling row
+        // (on the primary only).
+        let accounted = prefix.is_empty() || prefix == "reconnect:" || prefix == "pipeline:";
         let (proxy_pid, postmaster) = if accounted {
             (self.proxy_pid(target, mode)?, self.postmaster)
         } else {
@@ -704,7 +723,7 @@ impl<'a> Bench<'a> {
                         }
                     }
                 }
-                self.strace_cell(mode, c, "")?;
+                self.strace_cell(mode, c, "", &PROXIES)?;
             }
         }
         for &c in &opt.reconnect_clients {
@@ -713,18 +732,72 @@ impl<'a> Bench<'a> {
                     self.bench_one(t, "simple", c, r, "reconnect:")?;
                 }
             }
-            self.strace_cell("simple", c, "reconnect:")?;
+            self.strace_cell("simple", c, "reconnect:", &PROXIES)?;
         }
         Ok(())
     }
 
-    /// The strace runs of a cell: each proxy that serves it, one after the other.
-    fn strace_cell(&mut self, mode: &str, c: u32, prefix: &str) -> Result<()> {
+    /// The pipelined-pooling row: per cell, ROUNDS rounds of its four targets (interleaved,
+    /// as in the matrix), how many statements each Switchyard pipelined meanwhile (SHOW
+    /// POOLS; a problem when the pipelining one pipelined none, or the other any), then the
+    /// cell's strace runs (with STRACE=1).
+    pub fn pipeline_row(&mut self) -> Result<()> {
+        let opt = self.opt;
+        for cell in &opt.pipeline_cells {
+            let (mode, c) = (cell.mode.as_str(), cell.clients);
+            let before = [SY, PIPELINED].map(|t| self.pipelined_statements(t));
+            for r in 1..=opt.rounds {
+                for t in PIPELINE_TARGETS {
+                    self.bench_one(t, mode, c, r, "pipeline:")?;
+                }
+            }
+            for (t, before) in [SY, PIPELINED].into_iter().zip(before) {
+                let n = match (before, self.pipelined_statements(t)) {
+                    // A proxy restarted meanwhile counts from 0 again.
+                    (Some(b), Some(a)) => Some(a.checked_sub(b).unwrap_or(a)),
+                    _ => None,
+                };
+                crate::log!(
+                    "pipeline: {mode} c={c} {t}: {} statements pipelined (SHOW POOLS)",
+                    stats::fmt_count(n)
+                );
+                let problem = match n {
+                    None => Some("SHOW POOLS did not answer".to_owned()),
+                    Some(0) if t == PIPELINED => {
+                        Some("pipelined no statement (SHOW POOLS pipelined = 0)".to_owned())
+                    }
+                    Some(n) if n > 0 && t == SY => {
+                        Some(format!("pipelined {n} statements with pipelining off"))
+                    }
+                    _ => None,
+                };
+                if let Some(p) = problem {
+                    self.findings
+                        .problems
+                        .push(format!("pipeline:{mode} c={c} {t}: {p}"));
+                }
+                self.findings.pipelined.insert(format!("pipeline:{cell}:{t}"), n);
+            }
+            self.strace_cell(mode, c, "pipeline:", &PIPELINE_PROXIES)?;
+        }
+        Ok(())
+    }
+
+    /// SHOW POOLS `pipelined` of Switchyard `target`, summed over its pools; none when it
+    /// did not answer.
+    fn pipelined_statements(&self, target: &str) -> Option<u64> {
+        let port = self.switchyard_of(target).ok()?.port();
+        let rows = admin_query(port, "SHOW POOLS").ok()?;
+        rows.iter().map(|r| r.get("pipelined")?.parse::<u64>().ok()).sum()
+    }
+
+    /// The strace runs of a cell: each of `proxies` that serves it, one after the other.
+    fn strace_cell(&mut self, mode: &str, c: u32, prefix: &str, proxies: &[&str]) -> Result<()> {
         if !self.opt.strace {
             return Ok(());
         }
-        for t in PROXIES {
-            if !skip_cell(self.opt, mode, c, t) {
+        for &t in proxies {
+            if !(prefix.is_empty() && skip_cell(self.opt, mode, c, t)) {
                 self.strace_one(t, mode, c, prefix)?;
             }
         }
@@ -1071,6 +1144,7 @@ impl<'a> Bench<'a> {
         let names = [
             "switchyard-plugin",
             "switchyard",
+            PIPELINED,
             "callgrind-builtin",
             "callgrind-plugin",
         ];
@@ -1140,7 +1214,8 @@ pub(crate) fn replica_reads(port: u16) -> Option<u64> {
         .sum()
 }
 
-/// How many pgbench runs the settings ask for (the matrix, the reconnect rows, the tax cells).
+/// How many pgbench runs the settings ask for (the matrix, the reconnect rows, the tax and
+/// routing cells, the pipelined-pooling row).
 pub fn planned_runs(opt: &Options) -> u32 {
     let mut runs = 0;
     for mode in &opt.modes {
@@ -1150,11 +1225,12 @@ pub fn planned_runs(opt: &Options) -> u32 {
     }
     runs += opt.reconnect_clients.len() as u32 * TARGETS.len() as u32 * opt.rounds;
     let cells = opt.tax_cells.len() + opt.routing_cells.len();
+    runs += PIPELINE_TARGETS.len() as u32 * opt.rounds * opt.pipeline_cells.len() as u32;
     runs + 2 * opt.rounds * cells as u32
 }
 
-/// How many strace runs the settings ask for: each proxy of each matrix cell it serves,
-/// and of each reconnect row; none with STRACE=0.
+/// How many strace runs the settings ask for: each proxy of each matrix cell it serves, of
+/// each reconnect row and of each pipelined-pooling cell; none with STRACE=0.
 pub fn planned_strace_runs(opt: &Options) -> u32 {
     if !opt.strace {
         return 0;
@@ -1165,7 +1241,8 @@ pub fn planned_strace_runs(opt: &Options) -> u32 {
             runs += PROXIES.iter().filter(|t| !skip_cell(opt, mode, c, t)).count() as u32;
         }
     }
-    runs + opt.reconnect_clients.len() as u32 * PROXIES.len() as u32
+    runs += opt.reconnect_clients.len() as u32 * PROXIES.len() as u32;
+    runs + opt.pipeline_cells.len() as u32 * PIPELINE_PROXIES.len() as u32
 }
 
 /// Cells not measured: direct Postgres at the pooler-only client counts, and -M prepared
@@ -1228,20 +1305,26 @@ tps = 19712.409811 (without initial connection time)
     #[test]
     fn planned_runs_of_the_usual_settings() {
         let opt = |args: &[&str]| options(args, &[]);
-        assert_eq!(planned_runs(&opt(&[])), (3 * 12 + 2 + 2 + 1 + 3 + 4 + 4) * 3);
-        assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2 + 2);
+        assert_eq!(
+            planned_runs(&opt(&[])),
+            (3 * 12 + 2 + 2 + 1 + 3 + 4 + 4 + 2 * 4) * 3
+        );
+        assert_eq!(planned_runs(&opt(&["--quick"])), 6 + 3 + 2 + 2 + 4);
+        assert_eq!(planned_runs(&opt(&["--pipeline"])), 2 * 4 * 3);
         assert_eq!(planned_runs(&opt(&["--plugin-tax"])), 12);
         assert_eq!(planned_runs(&opt(&["--read-routing"])), 12);
         assert_eq!(planned_runs(&opt(&["--read-routing", "--plugin-tax"])), 24);
     }
 
     /// One strace run per proxy and cell: a full run has 3 modes x 5 client counts x 2
-    /// proxies, less the session PgBouncer at 1000 clients, plus the reconnect row's 2;
-    /// --quick 2 x 2 + 2; none without the matrix or with STRACE=0.
+    /// proxies, less the session PgBouncer at 1000 clients, plus the reconnect row's 2, plus
+    /// 2 pipelined-pooling cells x 3 proxies; --quick 2 x 2 + 2 + 3; --pipeline 2 x 3; none
+    /// with only the plugin tax or with STRACE=0.
     #[test]
     fn planned_strace_runs_of_the_usual_settings() {
-        assert_eq!(planned_strace_runs(&options(&[], &[])), 3 * 5 * 2 - 1 + 2);
-        assert_eq!(planned_strace_runs(&options(&["--quick"], &[])), 4 + 2);
+        assert_eq!(planned_strace_runs(&options(&[], &[])), 3 * 5 * 2 - 1 + 2 + 2 * 3);
+        assert_eq!(planned_strace_runs(&options(&["--quick"], &[])), 4 + 2 + 3);
+        assert_eq!(planned_strace_runs(&options(&["--pipeline"], &[])), 6);
         assert_eq!(planned_strace_runs(&options(&["--plugin-tax"], &[])), 0);
         assert_eq!(planned_strace_runs(&options(&[], &[("STRACE", "0")])), 0);
     }

@@ -1,5 +1,5 @@
 //! The benchmark's settings: the flags and environment variables, with the defaults, the
-//! `--quick`, `--plugin-tax` and `--read-routing` overrides and the checks of the shell
+//! `--quick`, `--plugin-tax`, `--read-routing` and `--pipeline` overrides and the checks of the shell
 //! script this program replaced (same names, same messages, exit status 2 on a bad one).
 
 use std::fmt;
@@ -24,7 +24,8 @@ pub enum Command {
     Run(Box<Options>),
 }
 
-/// One cell of the plugin tax or the read-routing row: `MODE:CLIENTS`.
+/// One cell of the plugin tax, the read-routing row or the pipelined-pooling row:
+/// `MODE:CLIENTS`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CellSpec {
     pub mode: String,
@@ -43,12 +44,14 @@ pub struct Options {
     /// `--dry-run`: check the settings, print the plan, run nothing.
     pub dry_run: bool,
     /// The matrix, the reconnect rows and the idle memory (PgBouncer and direct Postgres):
-    /// not with `--plugin-tax` or `--read-routing`.
+    /// not with `--plugin-tax`, `--read-routing` or `--pipeline`.
     pub matrix: bool,
-    /// The plugin tax (the pool-mode plugin's proxy): not with `--read-routing` alone.
+    /// The plugin tax (the pool-mode plugin's proxy): in a full run or with `--plugin-tax`.
     pub tax: bool,
-    /// The read-routing row (two streaming replicas): not with `--plugin-tax` alone.
+    /// The read-routing row (two streaming replicas): in a full run or with `--read-routing`.
     pub routing: bool,
+    /// The pipelined-pooling row: in a full run or with `--pipeline`.
+    pub pipeline: bool,
     pub keep: bool,
     pub clients: Vec<u32>,
     pub pooler_clients: Vec<u32>,
@@ -67,13 +70,15 @@ pub struct Options {
     pub tax_cells: Vec<CellSpec>,
     /// Empty without the read-routing row.
     pub routing_cells: Vec<CellSpec>,
+    /// `PIPELINE_CELLS`: empty without the pipelined-pooling row.
+    pub pipeline_cells: Vec<CellSpec>,
     pub callgrind: bool,
     pub cg_clients: u32,
     pub cg_tx: (u32, u32),
     pub cg_warmup: u32,
     pub cg_workers: u32,
-    /// `STRACE`: a short run under `strace -c -f` per proxy and matrix cell (not without
-    /// the matrix).
+    /// `STRACE`: a short run under `strace -c -f` per proxy and cell of the matrix and of
+    /// the pipelined-pooling row (off when neither runs).
     pub strace: bool,
     /// `STRACE_SECONDS`: pgbench -T of those runs.
     pub strace_secs: u32,
@@ -136,17 +141,19 @@ fn switch(name: &str, v: &str) -> Result<bool, UsageError> {
     }
 }
 
-/// `MODE:CLIENTS ...` of the setting `name` (TAX_CELLS, ROUTING_CELLS): at least one.
-fn parse_cells(name: &str, value: &str) -> Result<Vec<CellSpec>, UsageError> {
+/// `MODE:CLIENTS ...` of the setting `name` (TAX_CELLS, ROUTING_CELLS, PIPELINE_CELLS), each
+/// mode one of `modes`: at least one.
+fn parse_cells(name: &str, value: &str, modes: &[&str]) -> Result<Vec<CellSpec>, UsageError> {
     let mut cells = Vec::new();
     for cell in value.split_whitespace() {
         let bad = || {
             UsageError(format!(
-                "{name} entries are MODE:CLIENTS (e.g. simple:64), got '{cell}'"
+                "{name} entries are MODE:CLIENTS (MODE {}; e.g. simple:64), got '{cell}'",
+                modes.join(" or ")
             ))
         };
         let (mode, c) = cell.split_once(':').ok_or_else(bad)?;
-        if !["simple", "extended", "prepared"].contains(&mode) {
+        if !modes.contains(&mode) {
             return Err(bad());
         }
         cells.push(CellSpec {
@@ -164,12 +171,13 @@ fn parse_cells(name: &str, value: &str) -> Result<Vec<CellSpec>, UsageError> {
 /// `main`, a map in the tests).
 pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, UsageError> {
     let (mut quick, mut keep, mut dry_run) = (false, false, false);
-    let (mut tax_only, mut routing_only) = (false, false);
+    let (mut tax_only, mut routing_only, mut pipeline_only) = (false, false, false);
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
             "--plugin-tax" => tax_only = true,
             "--read-routing" => routing_only = true,
+            "--pipeline" => pipeline_only = true,
             "--keep" => keep = true,
             "--dry-run" => dry_run = true,
             "-h" | "--help" => return Ok(Command::Help),
@@ -189,6 +197,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut modes = var("MODES", "simple extended prepared");
     let mut tax_cells = var("TAX_CELLS", "simple:64 extended:16");
     let mut routing_cells = var("ROUTING_CELLS", "simple:16 simple:64");
+    let mut pipeline_cells = var("PIPELINE_CELLS", "simple:16 simple:64");
     let mut callgrind = var("CALLGRIND", "1");
     let mut strace = var("STRACE", "1");
     let mut idle_clients = env("IDLE_CLIENTS").filter(|v| !v.is_empty());
@@ -204,17 +213,20 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         modes = "simple".into();
         tax_cells = "simple:64".into();
         routing_cells = "simple:64".into();
+        pipeline_cells = "simple:64".into();
         callgrind = "0".into();
     }
-    // Either flag measures only what it names (both: both), without the matrix.
-    let matrix = !(tax_only || routing_only);
+    // Each of these flags measures only what it names (several: those), without the matrix.
+    let matrix = !(tax_only || routing_only || pipeline_only);
     if !matrix {
         clients = String::new();
         pooler_clients = String::new();
         modes = String::new();
         idle_clients = Some("0".into());
         reconnect = String::new();
-        strace = "0".into();
+        if !pipeline_only {
+            strace = "0".into();
+        }
     }
     let rounds = rounds.unwrap_or_else(|| "3".into());
     let idle_clients = idle_clients.unwrap_or_else(|| "10000".into());
@@ -252,13 +264,20 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             _ => return Err(bad()),
         }
     };
-    let mut tax_cells = parse_cells("TAX_CELLS", &tax_cells)?;
-    let mut routing_cells = parse_cells("ROUTING_CELLS", &routing_cells)?;
+    let all_modes = ["simple", "extended", "prepared"];
+    let mut tax_cells = parse_cells("TAX_CELLS", &tax_cells, &all_modes)?;
+    let mut routing_cells = parse_cells("ROUTING_CELLS", &routing_cells, &all_modes)?;
+    // PgBouncer 1.18 cannot pool -M prepared by transaction, and pipelining takes only
+    // simple-protocol Queries (the extended protocol is there for comparison).
+    let mut pipeline_cells = parse_cells("PIPELINE_CELLS", &pipeline_cells, &all_modes[..2])?;
     if !matrix && !tax_only {
         tax_cells.clear();
     }
     if !matrix && !routing_only {
         routing_cells.clear();
+    }
+    if !matrix && !pipeline_only {
+        pipeline_cells.clear();
     }
     let counts = |list: &str| -> Result<Vec<u32>, UsageError> {
         list.split_whitespace()
@@ -288,6 +307,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         matrix,
         tax: !tax_cells.is_empty(),
         routing: !routing_cells.is_empty(),
+        pipeline: !pipeline_cells.is_empty(),
         keep,
         clients,
         pooler_clients,
@@ -301,9 +321,11 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         scale,
         jobs,
         rounds,
+        // The callgrind runs belong to the plugin tax and the read-routing row.
+        callgrind: callgrind && !(tax_cells.is_empty() && routing_cells.is_empty()),
         tax_cells,
         routing_cells,
-        callgrind,
+        pipeline_cells,
         cg_clients,
         cg_tx,
         cg_warmup,
@@ -353,7 +375,14 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["simple:16", "simple:64"]
         );
-        assert!(o.matrix && o.tax && o.routing);
+        assert!(o.matrix && o.tax && o.routing && o.pipeline);
+        assert_eq!(
+            o.pipeline_cells
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["simple:16", "simple:64"]
+        );
         assert!(o.callgrind);
         assert_eq!(
             (o.cg_clients, o.cg_tx, o.cg_warmup, o.cg_workers),
@@ -379,10 +408,11 @@ mod tests {
         assert_eq!(o.modes, ["simple"]);
         assert!(!o.callgrind);
         assert_eq!(o.session_pool_size(), 0);
-        assert!(o.matrix && o.tax && o.routing);
+        assert!(o.matrix && o.tax && o.routing && o.pipeline);
         let cells = |c: &[CellSpec]| c.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(cells(&o.tax_cells), ["simple:64"]);
         assert_eq!(cells(&o.routing_cells), ["simple:64"]);
+        assert_eq!(cells(&o.pipeline_cells), ["simple:64"]);
         let o = run(&["--quick"], &[("ROUNDS", "2"), ("IDLE_CLIENTS", "0")]).unwrap();
         assert_eq!((o.rounds, o.idle_clients), (2, 0));
     }
@@ -391,9 +421,9 @@ mod tests {
     #[test]
     fn plugin_tax_only() {
         let o = run(&["--plugin-tax"], &[("CLIENTS", "1"), ("RECONNECT_CLIENTS", "4")]).unwrap();
-        assert!(!o.matrix && o.tax && !o.routing);
+        assert!(!o.matrix && o.tax && !o.routing && !o.pipeline);
         assert!(o.clients.is_empty() && o.modes.is_empty() && o.reconnect_clients.is_empty());
-        assert!(o.routing_cells.is_empty());
+        assert!(o.routing_cells.is_empty() && o.pipeline_cells.is_empty());
         assert_eq!((o.idle_clients, o.rounds), (0, 3));
         assert!(o.callgrind);
         assert!(!o.strace, "no strace runs without the matrix");
@@ -408,9 +438,9 @@ mod tests {
             &[("CLIENTS", "1"), ("ROUTING_CELLS", "extended:8 simple:32")],
         )
         .unwrap();
-        assert!(!o.matrix && !o.tax && o.routing);
+        assert!(!o.matrix && !o.tax && o.routing && !o.pipeline);
         assert!(o.clients.is_empty() && o.modes.is_empty() && o.reconnect_clients.is_empty());
-        assert!(o.tax_cells.is_empty());
+        assert!(o.tax_cells.is_empty() && o.pipeline_cells.is_empty());
         assert_eq!(
             o.routing_cells
                 .iter()
@@ -425,6 +455,44 @@ mod tests {
         let o = run(&["--read-routing", "--quick"], &[]).unwrap();
         assert_eq!(o.routing_cells.len(), 1);
         assert_eq!((o.rounds, o.callgrind), (1, false));
+    }
+
+    /// --pipeline measures nothing but the PIPELINE_CELLS cells (no matrix, no idle memory,
+    /// no reconnect rows, no tax or routing cells, no callgrind) but keeps the strace runs
+    /// (STRACE=0 turns them off); with --quick one cell; with --plugin-tax too, both.
+    #[test]
+    fn pipeline_only() {
+        let o = run(
+            &["--pipeline"],
+            &[("CLIENTS", "1"), ("PIPELINE_CELLS", "simple:8 extended:32")],
+        )
+        .unwrap();
+        assert!(!o.matrix && !o.tax && !o.routing && o.pipeline);
+        assert!(o.clients.is_empty() && o.modes.is_empty() && o.reconnect_clients.is_empty());
+        assert!(o.tax_cells.is_empty() && o.routing_cells.is_empty());
+        assert_eq!(
+            o.pipeline_cells
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["simple:8", "extended:32"]
+        );
+        assert_eq!(
+            (o.idle_clients, o.rounds, o.duration, o.pool_size),
+            (0, 3, 10, 20)
+        );
+        assert!(o.strace, "the pipelined row has its strace runs");
+        assert!(
+            !o.callgrind,
+            "callgrind belongs to the plugin tax and read routing"
+        );
+        let o = run(&["--pipeline"], &[("STRACE", "0")]).unwrap();
+        assert!(!o.strace);
+        let o = run(&["--pipeline", "--quick"], &[]).unwrap();
+        assert_eq!(o.pipeline_cells.len(), 1);
+        assert_eq!((o.rounds, o.duration), (1, 5));
+        let o = run(&["--pipeline", "--plugin-tax"], &[]).unwrap();
+        assert!(!o.matrix && o.tax && !o.routing && o.pipeline && o.strace);
     }
 
     /// An empty RECONNECT_CLIENTS skips the reconnect rows; other empty settings take defaults.
@@ -481,14 +549,18 @@ mod tests {
         assert!(err(&[], &[("CG_TX", "1 2 3")]).starts_with("CG_TX must be"));
         assert_eq!(
             err(&[], &[("TAX_CELLS", "simple")]),
-            "TAX_CELLS entries are MODE:CLIENTS (e.g. simple:64), got 'simple'"
+            "TAX_CELLS entries are MODE:CLIENTS (MODE simple or extended or prepared; e.g. simple:64), got 'simple'"
         );
         assert!(err(&[], &[("TAX_CELLS", "copy:4")]).starts_with("TAX_CELLS entries"));
         assert_eq!(
             err(&["--read-routing"], &[("ROUTING_CELLS", "simple:0")]),
-            "ROUTING_CELLS entries are MODE:CLIENTS (e.g. simple:64), got 'simple:0'"
+            "ROUTING_CELLS entries are MODE:CLIENTS (MODE simple or extended or prepared; e.g. simple:64), got 'simple:0'"
         );
         assert_eq!(err(&[], &[("ROUTING_CELLS", " ")]), "ROUTING_CELLS is empty");
+        assert_eq!(
+            err(&["--pipeline"], &[("PIPELINE_CELLS", "prepared:16")]),
+            "PIPELINE_CELLS entries are MODE:CLIENTS (MODE simple or extended; e.g. simple:64), got 'prepared:16'"
+        );
         assert!(err(&[], &[("CLIENTS", "1 -4")]).ends_with("got '-4'"));
         assert_eq!(
             err(&[], &[("IDLE_CLIENTS", "lots")]),

@@ -1,13 +1,17 @@
-//! The report on stdout: markdown tables, then the plugin tax lines and the read-routing
-//! lines (of the parts that ran), then (but for `--plugin-tax` and `--read-routing`) the
-//! ratio line that users and docs/performance.md parse as the very last line. A pure
+//! The report on stdout: markdown tables, then the plugin tax lines, the read-routing lines
+//! and the pipelined-pooling line (of the parts that ran), then (but for `--plugin-tax`,
+//! `--read-routing` and `--pipeline`) the ratio line that users and docs/performance.md
+//! parse as the very last line. A pure
 //! function of the settings, the findings and a few facts about the machine.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::callgrind;
-use crate::measure::{skip_cell, Findings, PROXIES, ROUTING_TARGETS, SY, TARGETS, TAX_TARGETS};
+use crate::measure::{
+    skip_cell, Findings, PIPELINED, PIPELINE_PROXIES, PIPELINE_TARGETS, PROXIES, ROUTING_TARGETS, SY,
+    TARGETS, TAX_TARGETS,
+};
 use crate::options::{CellSpec, Options};
 use crate::servers::{READS_DB, REPLICAS};
 use crate::stats::{fmt_count, fmt_figure, fmt_opt, pct, ratio, Cell, Sample};
@@ -34,6 +38,7 @@ pub struct Context {
 fn label<'a>(t: &'a str, mode: &str) -> &'a str {
     match t {
         SY => "switchyard (plugins)",
+        PIPELINED => "switchyard (plugins, pipeline = true)",
         "pgbouncer" if mode == "prepared" => "pgbouncer (session)",
         t => t,
     }
@@ -75,19 +80,40 @@ fn join(v: &[u32]) -> String {
     v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
 }
 
+/// The parts a run without the matrix measures: "plugin tax", "read routing and pipelined
+/// pooling", ...
+pub fn parts_title(opt: &Options) -> String {
+    let parts: Vec<&str> = [
+        (opt.tax, "plugin tax"),
+        (opt.routing, "read routing"),
+        (opt.pipeline, "pipelined pooling"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    match parts.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// The whole report.
 pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
     let mut out = String::new();
     let o = &mut out;
     o.push('\n');
     if !opt.matrix {
-        let title = match (opt.tax, opt.routing) {
-            (true, false) => "plugin tax",
-            (false, true) => "read routing",
-            _ => "plugin tax and read routing",
-        };
-        let _ = writeln!(o, "## Switchyard {title} ({})\n", cx.date);
-        let _ = writeln!(o, "- {}; {}", cx.what, cx.postgres_version);
+        let _ = writeln!(o, "## Switchyard {} ({})\n", parts_title(opt), cx.date);
+        if opt.pipeline {
+            let _ = writeln!(
+                o,
+                "- {}; {}; {}",
+                cx.what, cx.postgres_version, cx.pgbouncer_version
+            );
+        } else {
+            let _ = writeln!(o, "- {}; {}", cx.what, cx.postgres_version);
+        }
     } else {
         let _ = writeln!(o, "## Switchyard benchmark ({})\n", cx.date);
         let _ = writeln!(
@@ -134,6 +160,10 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
         o.push('\n');
         routing(o, opt, f);
     }
+    if opt.pipeline {
+        o.push('\n');
+        pipeline(o, opt, f, cx);
+    }
     o.push('\n');
     if f.problems.is_empty() {
         o.push_str("No failed transactions, aborted clients, hangs, crashes or plugin failures.\n");
@@ -165,6 +195,9 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
     }
     if opt.routing {
         o.push_str(&routing_lines(opt, f));
+    }
+    if opt.pipeline {
+        o.push_str(&pipeline_line(opt, f));
     }
     if opt.matrix {
         o.push_str(&ratio_line(f));
@@ -321,6 +354,27 @@ fn proxy_total_per_tx(f: &Findings, key: &str) -> Option<f64> {
     cpu.per_tx(p.user_us + p.system_us)
 }
 
+/// The CPU figures of `target`'s run `m` per transaction: proxy user, system and total µs,
+/// Postgres µs and proxy context switches ("–" for direct Postgres' proxy columns, "-"
+/// where nothing was read).
+fn cpu_columns(m: Option<&Sample>, target: &str) -> [String; 5] {
+    let cpu = m.and_then(|s| s.cpu);
+    let per = |v: Option<u64>, decimals: usize| fmt_opt(v.and_then(|v| cpu?.per_tx(v)), decimals);
+    let proxy = cpu.and_then(|r| r.proxy);
+    let postgres = per(cpu.and_then(|r| r.postgres_us), 1);
+    if target == "direct" {
+        let none = "–".to_owned();
+        return [none.clone(), none.clone(), none.clone(), postgres, none];
+    }
+    [
+        per(proxy.map(|p| p.user_us), 1),
+        per(proxy.map(|p| p.system_us), 1),
+        per(proxy.map(|p| p.user_us + p.system_us), 1),
+        postgres,
+        per(proxy.map(|p| p.ctx_switches), 2),
+    ]
+}
+
 /// CPU per transaction from `/proc` over the median-tps run of each row.
 fn cpu_per_tx(o: &mut String, opt: &Options, f: &Findings) {
     o.push_str(
@@ -346,19 +400,7 @@ fn cpu_per_tx(o: &mut String, opt: &Options, f: &Findings) {
             }
             let key = accounted_key(&mode, c, prefix, t);
             let m = median(f, &key);
-            let cpu = m.and_then(|s| s.cpu);
-            let per = |v: Option<u64>, decimals: usize| fmt_opt(v.and_then(|v| cpu?.per_tx(v)), decimals);
-            let proxy = cpu.and_then(|r| r.proxy);
-            let [user, system, total, ctx] = if t == "direct" {
-                ["–", "–", "–", "–"].map(str::to_owned)
-            } else {
-                [
-                    per(proxy.map(|p| p.user_us), 1),
-                    per(proxy.map(|p| p.system_us), 1),
-                    per(proxy.map(|p| p.user_us + p.system_us), 1),
-                    per(proxy.map(|p| p.ctx_switches), 2),
-                ]
-            };
+            let [user, system, total, postgres, ctx] = cpu_columns(m, t);
             let r = if t == SY {
                 ratio(
                     proxy_total_per_tx(f, &key),
@@ -370,18 +412,17 @@ fn cpu_per_tx(o: &mut String, opt: &Options, f: &Findings) {
             };
             let _ = writeln!(
                 o,
-                "| {ml} | {c} | {} | {}{} | {user} | {system} | {total} | {} | {ctx} | {r} |",
+                "| {ml} | {c} | {} | {}{} | {user} | {system} | {total} | {postgres} | {ctx} | {r} |",
                 label(t, &mode),
                 tps(m, 1),
                 flag(f, &key),
-                per(cpu.and_then(|r| r.postgres_us), 1),
             );
         }
     }
     o.push('\n');
 }
 
-/// System calls per transaction of each proxy, from the strace runs.
+/// System calls per transaction of each proxy of the matrix, from the strace runs.
 fn syscalls(o: &mut String, opt: &Options, f: &Findings) {
     if !opt.strace {
         o.push_str("System calls per transaction: not measured (STRACE=0).\n\n");
@@ -392,22 +433,34 @@ fn syscalls(o: &mut String, opt: &Options, f: &Findings) {
         "### System calls per transaction (strace -c -f attached to the proxy for {}s of a separate pgbench run per cell, from when all clients have logged in (with -C from the start); per transaction pgbench logged as completed meanwhile)\n",
         opt.strace_secs
     );
+    syscall_table(o, opt, f, &accounted_cells(opt), &PROXIES);
+}
+
+/// The system call table of `cells` (mode, clients, key prefix) and `proxies`.
+fn syscall_table(
+    o: &mut String,
+    opt: &Options,
+    f: &Findings,
+    cells: &[(String, u32, &str)],
+    proxies: &[&str],
+) {
     let _ = writeln!(
         o,
         "| mode | clients | proxy | transactions | {} | other | total |",
         KINDS.join(" | ")
     );
     let _ = writeln!(o, "|---|---:|---|---:|{}---:|---:|", "---:|".repeat(KINDS.len()));
-    for (mode, c, prefix) in accounted_cells(opt) {
-        let ml = mode_label(&mode, prefix);
-        for t in PROXIES {
+    for (mode, c, prefix) in cells {
+        let (mode, c, prefix) = (mode.as_str(), *c, *prefix);
+        let ml = mode_label(mode, prefix);
+        for &t in proxies {
             let empty = " |".repeat(KINDS.len() + 2);
-            if prefix.is_empty() && skip_cell(opt, &mode, c, t) {
-                let _ = writeln!(o, "| {ml} | {c} | {} | n/a |{empty}", label(t, &mode));
+            if prefix.is_empty() && skip_cell(opt, mode, c, t) {
+                let _ = writeln!(o, "| {ml} | {c} | {} | n/a |{empty}", label(t, mode));
                 continue;
             }
-            let Some(run) = f.syscalls.get(&accounted_key(&mode, c, prefix, t)) else {
-                let _ = writeln!(o, "| {ml} | {c} | {} | - |{empty}", label(t, &mode));
+            let Some(run) = f.syscalls.get(&accounted_key(mode, c, prefix, t)) else {
+                let _ = writeln!(o, "| {ml} | {c} | {} | - |{empty}", label(t, mode));
                 continue;
             };
             let per = |n: u64| fmt_opt(run.per_tx(n), 2);
@@ -415,7 +468,7 @@ fn syscalls(o: &mut String, opt: &Options, f: &Findings) {
             let _ = writeln!(
                 o,
                 "| {ml} | {c} | {} | {} | {} | {} | {} |",
-                label(t, &mode),
+                label(t, mode),
                 run.transactions,
                 kinds.join(" | "),
                 per(run.syscalls.other()),
@@ -754,6 +807,98 @@ fn routing(o: &mut String, opt: &Options, f: &Findings) {
     extra_by_function(o, opt, "routing on minus off", off, on);
 }
 
+/// The pipelined-pooling row: each cell's four targets with tps, latency, CPU per
+/// transaction and the statements pipelined, the ratios on the pipelining Switchyard's row,
+/// then the row's system calls per transaction.
+fn pipeline(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
+    o.push_str("### Pipelined pooling: Switchyard with `pipeline = true` against PgBouncer, direct Postgres and itself without\n\n");
+    let (source, sha) = cx.plugin.clone().unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "- the matrix's targets and the same Switchyard (pool-mode plugin {source}, sha256 {sha}, pool {}) with `pipeline = \"true\"` in the plugin's settings; runs interleaved per round; CPU per transaction as in the CPU table (median-tps run); statements pipelined: SHOW POOLS `pipelined` over the cell's tps runs, and their share of those runs' transactions\n",
+        opt.pool_size
+    );
+    o.push_str("| mode | clients | target | tps | avg latency ms | p99 latency ms | failed tx | proxy user µs/tx | proxy system µs/tx | postgres µs/tx | proxy ctx switches/tx | statements pipelined | pipelined/pgbouncer | pipelined/direct | pipelined/unpipelined |\n");
+    o.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for cell in &opt.pipeline_cells {
+        let key = |t: &str| format!("pipeline:{cell}:{t}");
+        let m_tps = |t: &str| median_tps(f, &key(t));
+        for t in PIPELINE_TARGETS {
+            let k = key(t);
+            let m = median(f, &k);
+            let [user, system, _, postgres, ctx] = cpu_columns(m, t);
+            let pipelined = match f.pipelined.get(&k) {
+                Some(&n) => {
+                    let tx: u64 = f.cell(&k).map_or(0, |c| {
+                        c.samples.iter().filter_map(|s| Some(s.cpu?.transactions)).sum()
+                    });
+                    match n {
+                        Some(n) if tx > 0 => format!("{n} ({:.0} %)", 100.0 * n as f64 / tx as f64),
+                        n => fmt_count(n),
+                    }
+                }
+                None => String::new(),
+            };
+            let ratios = if t == PIPELINED {
+                let p = m_tps(PIPELINED);
+                ["pgbouncer", "direct", SY].map(|other| ratio(p, m_tps(other), 2))
+            } else {
+                Default::default()
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {}{} | {} | {} | {} | {user} | {system} | {postgres} | {ctx} | {pipelined} | {} |",
+                cell.mode,
+                cell.clients,
+                label(t, &cell.mode),
+                tps(m, 1),
+                flag(f, &k),
+                latency(m),
+                p99(m),
+                failed(f, &k),
+                ratios.join(" | ")
+            );
+        }
+    }
+    o.push('\n');
+    if !opt.strace {
+        o.push_str("System calls per transaction of the pipelined-pooling row: not measured (STRACE=0).\n");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "System calls per transaction of the pipelined-pooling row (strace runs as for the matrix, {}s each):\n",
+        opt.strace_secs
+    );
+    let cells: Vec<(String, u32, &str)> = opt
+        .pipeline_cells
+        .iter()
+        .map(|c| (c.mode.clone(), c.clients, "pipeline:"))
+        .collect();
+    syscall_table(o, opt, f, &cells, &PIPELINE_PROXIES);
+}
+
+/// The cell of the pipelined line: the first at 64 clients, else the largest.
+fn pipeline_headline(opt: &Options) -> Option<&CellSpec> {
+    let cells = &opt.pipeline_cells;
+    cells
+        .iter()
+        .find(|c| c.clients == 64)
+        .or_else(|| cells.iter().rev().max_by_key(|c| c.clients))
+}
+
+/// `pipelined: switchyard/pgbouncer=<r> switchyard/direct=<r>`: the pipelining Switchyard's
+/// median tps over PgBouncer's and direct Postgres' in the headline cell.
+pub fn pipeline_line(opt: &Options, f: &Findings) -> String {
+    let [s, p, d] = [PIPELINED, "pgbouncer", "direct"]
+        .map(|t| pipeline_headline(opt).and_then(|cell| median_tps(f, &format!("pipeline:{cell}:{t}"))));
+    format!(
+        "pipelined: switchyard/pgbouncer={} switchyard/direct={}\n",
+        ratio(s, p, 2),
+        ratio(s, d, 2)
+    )
+}
+
 /// `plugin tax: tps ...` and `instructions/tx ...`: medians of the first tax cell, and the
 /// headline Ir per transaction (n/a when callgrind was skipped or failed).
 pub fn tax_lines(opt: &Options, f: &Findings) -> String {
@@ -895,8 +1040,9 @@ mod tests {
         }
     }
 
-    /// The last line is the -c 64 ratio of the median runs, with two decimals; the four
-    /// lines before it are the plugin tax lines and the read-routing lines.
+    /// The last line is the -c 64 ratio of the median runs, with two decimals; the five
+    /// lines before it are the plugin tax lines, the read-routing lines and the pipelined
+    /// line (n/a for a target not measured).
     #[test]
     fn last_lines_of_a_quick_run() {
         let opt = options(&["--quick"]);
@@ -924,15 +1070,18 @@ mod tests {
                 committed: None,
             },
         ];
+        add(&mut f, "pipeline:simple:64:pgbouncer", &[30_000.0]);
+        add(&mut f, "pipeline:simple:64:switchyard-pipelined", &[39_000.0]);
         let report = render(&opt, &f, &context());
         let lines: Vec<&str> = report.lines().collect();
         assert_eq!(
-            lines[lines.len() - 5..],
+            lines[lines.len() - 6..],
             [
                 "plugin tax: tps builtin=28000 plugin=27301 ratio=0.975",
                 "instructions/tx builtin=n/a plugin=n/a tax=n/a",
                 "read routing: tps primary=25000 replicas=30000 ratio=1.200",
                 "instructions/tx routing off=n/a on=n/a cost=n/a",
+                "pipelined: switchyard/pgbouncer=1.30 switchyard/direct=n/a",
                 "switchyard/pgbouncer=0.90 switchyard/direct=0.68",
             ]
         );
@@ -1076,6 +1225,126 @@ mod tests {
         assert!(report.contains("(callgrind thread 02) wakes every 1 ms whatever the load: 100 ticks in the two runs, 11000 Ir per tick"));
         assert!(!report.contains("switchyard/pgbouncer="));
         assert!(!report.contains("read routing:"));
+    }
+
+    /// With --pipeline the report is the pipelined-pooling row alone: per cell the four
+    /// targets with the median run's tps, latencies, failed transactions, CPU per
+    /// transaction (– for direct Postgres' proxy columns) and, for the two Switchyards, the
+    /// statements pipelined with their share of the cell's transactions; on the pipelining
+    /// Switchyard's row its tps over PgBouncer's, direct Postgres' and the unpipelined
+    /// Switchyard's; then the row's system call table for the three proxies; the last line
+    /// is `pipelined: ...` of the -c 64 cell, and no matrix ratio line follows.
+    #[test]
+    fn pipelined_pooling_only() {
+        let opt = options(&["--pipeline"]);
+        let mut f = Findings::default();
+        for (c, base) in [(16, 20_000.0), (64, 30_000.0)] {
+            add(&mut f, &format!("pipeline:simple:{c}:direct"), &[base * 1.2]);
+            add(&mut f, &format!("pipeline:simple:{c}:pgbouncer"), &[base]);
+            add(
+                &mut f,
+                &format!("pipeline:simple:{c}:switchyard-plugin"),
+                &[base * 0.9],
+            );
+            add(
+                &mut f,
+                &format!("pipeline:simple:{c}:switchyard-pipelined"),
+                &[base * 1.4, base * 1.2, base * 1.5],
+            );
+        }
+        with_cpu(&mut f, "pipeline:simple:64:direct", 360_000, None, 14_400_000);
+        with_cpu(
+            &mut f,
+            "pipeline:simple:64:switchyard-plugin",
+            270_000,
+            Some((1_620_000, 5_130_000, 108_000)),
+            8_100_000,
+        );
+        with_cpu(
+            &mut f,
+            "pipeline:simple:64:switchyard-pipelined",
+            450_000,
+            Some((1_800_000, 4_500_000, 45_000)),
+            9_000_000,
+        );
+        // The cell's other two runs: 300,000 transactions more, 750,000 in all.
+        for i in [1, 2] {
+            f.cells
+                .get_mut("pipeline:simple:64:switchyard-pipelined")
+                .unwrap()
+                .samples[i]
+                .cpu = Some(RunCpu {
+                transactions: 150_000,
+                proxy: None,
+                postgres_us: None,
+            });
+        }
+        f.pipelined
+            .insert("pipeline:simple:64:switchyard-plugin".into(), Some(0));
+        f.pipelined
+            .insert("pipeline:simple:64:switchyard-pipelined".into(), Some(600_000));
+        f.pipelined
+            .insert("pipeline:simple:16:switchyard-pipelined".into(), None);
+        let mut calls = std::collections::BTreeMap::new();
+        calls.insert("sendto".to_owned(), 12_000);
+        calls.insert("recvfrom".to_owned(), 13_000);
+        f.syscalls.insert(
+            "pipeline:simple:64:switchyard-pipelined".into(),
+            SyscallRun {
+                transactions: 10_000,
+                syscalls: Syscalls { calls, total: 25_000 },
+            },
+        );
+        let report = render(&opt, &f, &context());
+        assert!(report.starts_with("\n## Switchyard pipelined pooling ("));
+        assert!(report.contains("PgBouncer 1.18.0"));
+        assert!(
+            report.contains("(pool-mode plugin plugins/dist/pool-mode.wasm, sha256 0123456789ab, pool 20)")
+        );
+        assert!(report.contains(
+            "| simple | 64 | direct | 36000.0 | 1.778 | 9.000 | 0 | – | – | 40.0 | – |  |  |  |  |\n"
+        ));
+        assert!(report.contains(
+            "| simple | 64 | switchyard (plugins) | 27000.0 | 2.370 | 9.000 | 0 | 6.0 | 19.0 | 30.0 | 0.40 | 0 (0 %) |  |  |  |\n"
+        ));
+        assert!(report.contains(
+            "| simple | 64 | switchyard (plugins, pipeline = true) | 42000.0 | 1.524 | 9.000 | 0 | 4.0 | 10.0 | 20.0 | 0.10 | 600000 (80 %) | 1.40 | 1.17 | 1.56 |\n"
+        ));
+        assert!(report.contains(
+            "| simple | 16 | switchyard (plugins, pipeline = true) | 28000.0 | 2.286 | 9.000 | 0 | - | - | - | - | - | 1.40 | 1.17 | 1.56 |\n"
+        ));
+        assert!(report.contains(
+            "| simple | 64 | switchyard (plugins, pipeline = true) | 10000 | 1.20 | 1.30 | 0.00 |"
+        ));
+        assert!(report.contains("| simple | 64 | pgbouncer | - | | |"));
+        assert!(!report.contains("### Throughput") && !report.contains("### CPU per transaction"));
+        assert!(report.ends_with("\npipelined: switchyard/pgbouncer=1.40 switchyard/direct=1.17\n"));
+        // Without a 64-client cell the line is of the largest one.
+        let mut opt = opt;
+        opt.pipeline_cells.retain(|c| c.clients == 16);
+        assert_eq!(
+            pipeline_line(&opt, &f),
+            "pipelined: switchyard/pgbouncer=1.40 switchyard/direct=1.17\n"
+        );
+        opt.pipeline_cells.clear();
+        assert_eq!(
+            pipeline_line(&opt, &f),
+            "pipelined: switchyard/pgbouncer=n/a switchyard/direct=n/a\n"
+        );
+    }
+
+    /// The title of a run without the matrix names its parts.
+    #[test]
+    fn titles_of_partial_runs() {
+        assert_eq!(parts_title(&options(&["--pipeline"])), "pipelined pooling");
+        assert_eq!(
+            parts_title(&options(&["--plugin-tax", "--read-routing"])),
+            "plugin tax and read routing"
+        );
+        assert_eq!(
+            parts_title(&options(&["--plugin-tax", "--read-routing", "--pipeline"])),
+            "plugin tax, read routing and pipelined pooling"
+        );
     }
 
     /// Two runs of `run1` and `run2` Ir, the ticker thread's share of each given, 100 ticks.

@@ -62,11 +62,18 @@ pub fn start_postgres(opt: &Options, work: &Path) -> Result<(PgCluster, String)>
         .clients
         .iter()
         .copied()
-        .chain(opt.tax_cells.iter().chain(&opt.routing_cells).map(|c| c.clients))
+        .chain(
+            opt.tax_cells
+                .iter()
+                .chain(&opt.routing_cells)
+                .chain(&opt.pipeline_cells)
+                .map(|c| c.clients),
+        )
         .max()
         .unwrap_or(0);
-    // direct clients, plus the pools of pgbouncer, switchyard, switchyard-plugin, callgrind-*
-    let max_connections = (max_clients + 4 * opt.pool_size + 20 + opt.session_pool_size()).max(300);
+    // direct clients, plus the pools of pgbouncer, switchyard, switchyard-plugin,
+    // switchyard-pipelined, callgrind-*
+    let max_connections = (max_clients + 5 * opt.pool_size + 20 + opt.session_pool_size()).max(300);
     let mut cluster_opts = ClusterOptions {
         replicas: if opt.routing { REPLICAS } else { 0 },
         ..Default::default()
@@ -413,12 +420,14 @@ fn newer_file(path: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
         .find_map(|e| newer_file(&e.path(), than))
 }
 
-/// Which Switchyard: the built-in policy, the pool-mode plugin, or one of those under
-/// callgrind.
+/// Which Switchyard: the built-in policy, the pool-mode plugin, the pool-mode plugin with
+/// `pipeline = true` in its settings (pipelined transaction pooling), or one of the first
+/// two under callgrind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Flavour {
     Builtin,
     Plugin,
+    Pipelined,
     CallgrindBuiltin,
     CallgrindPlugin,
 }
@@ -428,13 +437,17 @@ impl Flavour {
         match self {
             Flavour::Builtin => "switchyard",
             Flavour::Plugin => "switchyard-plugin",
+            Flavour::Pipelined => "switchyard-pipelined",
             Flavour::CallgrindBuiltin => "callgrind-builtin",
             Flavour::CallgrindPlugin => "callgrind-plugin",
         }
     }
 
     pub fn has_plugin(self) -> bool {
-        matches!(self, Flavour::Plugin | Flavour::CallgrindPlugin)
+        matches!(
+            self,
+            Flavour::Plugin | Flavour::Pipelined | Flavour::CallgrindPlugin
+        )
     }
 
     fn under_callgrind(self) -> bool {
@@ -446,8 +459,9 @@ impl Flavour {
 /// client auth of bench/bench, an admin console for SHOW PLUGINS and SHOW NODES, no
 /// compiled-plugin cache (nothing written to the home directory; the startup Ir under
 /// callgrind includes compiling the plugin); with `plugin` (the pool-mode component, given
-/// for the plugin flavours) serving every database; with login and connect timeouts that survive valgrind
-/// under callgrind. Two databases on the server's `bench`: `bench` with routing off and
+/// for the plugin flavours) serving every database, deciding pipelining too for
+/// [`Flavour::Pipelined`] (`pipeline = "true"` in its settings, as a user would turn it on);
+/// with login and connect timeouts that survive valgrind under callgrind. Two databases on the server's `bench`: `bench` with routing off and
 /// [`READS_DB`] with `read_routing = "replicas"`; with replicas, the proxy probes the nodes
 /// as `postgres` (routing needs the probes: lag and roles come from them).
 pub fn proxy_config(
@@ -506,6 +520,9 @@ pub fn proxy_config(
                 toml::Value::Array(vec!["pool-mode".into()]),
             )
             .set("plugins.pool-mode.settings.mode", "transaction");
+        if flavour == Flavour::Pipelined {
+            cfg = cfg.set("plugins.pool-mode.settings.pipeline", "true");
+        }
     }
     cfg
 }
@@ -559,10 +576,10 @@ pub fn start_switchyard(
         "started {name} on {} (transaction mode, pool {}{})",
         proxy.addr(),
         opt.pool_size,
-        if flavour.has_plugin() {
-            ", pool-mode plugin"
-        } else {
-            ""
+        match flavour {
+            Flavour::Pipelined => ", pool-mode plugin, pipeline = true",
+            f if f.has_plugin() => ", pool-mode plugin",
+            _ => "",
         }
     );
     if let Err(e) = wait_ready(name, proxy.port(), ready_secs, login) {
