@@ -142,16 +142,7 @@ async fn reads_spread_over_both_replicas_and_writes_stay_on_the_primary() -> Res
             .or_default() += 1;
     }
     println!("200 reads ran on (port: count) {reads:?}; primary {primary}, replicas {replicas:?}");
-    ensure!(
-        !reads.contains_key(&primary),
-        "reads ran on the primary: {reads:?}"
-    );
-    for r in &replicas {
-        ensure!(
-            reads.get(r).copied().unwrap_or(0) > 0,
-            "replica {r} served no read: {reads:?}"
-        );
-    }
+    every_read_on_a_replica(&reads, primary, &replicas)?;
 
     for write in [
         "INSERT INTO routed (v) VALUES (2) RETURNING inet_server_port()",
@@ -844,20 +835,27 @@ async fn per_core_reads_spread_over_replicas_never_over_the_pool_size() -> Resul
         errors.len()
     );
     ensure!(errors.is_empty(), "errors: {:?}", &errors[..errors.len().min(5)]);
-    ensure!(
-        !reads.contains_key(&primary),
-        "reads ran on the primary: {reads:?}"
-    );
-    for r in &replicas {
-        ensure!(
-            reads.get(r).copied().unwrap_or(0) > 0,
-            "replica {r} served no read: {reads:?}"
-        );
-    }
+    every_read_on_a_replica(&reads, primary, &replicas)?;
     for ((max, _), r) in most.iter().zip(&replicas) {
         ensure!(
             *max <= i64::from(POOL),
             "replica {r} saw {max} servers of app at once, pool size {POOL}"
+        );
+    }
+    Ok(())
+}
+
+/// `reads` (reads counted by the port that served them) ran on no primary port and on
+/// every replica port at least once.
+fn every_read_on_a_replica(reads: &BTreeMap<u16, u32>, primary: u16, replicas: &[u16]) -> Result<()> {
+    ensure!(
+        !reads.contains_key(&primary),
+        "reads ran on the primary: {reads:?}"
+    );
+    for r in replicas {
+        ensure!(
+            reads.get(r).copied().unwrap_or(0) > 0,
+            "replica {r} served no read: {reads:?}"
         );
     }
     Ok(())
