@@ -3,7 +3,9 @@
 //! let sessions finish their transactions up to `shutdown_timeout`, then tell the rest
 //! (FATAL 57P01, their servers closed so their transactions roll back) and exit.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::either::Either;
 
-use crate::session::{self, Destination};
+use crate::session::{self, Destination, LoggedIn};
 use crate::state::ProxyState;
 use crate::stop::{Stop, StopWatch};
 
@@ -181,28 +184,45 @@ pub async fn reap_pools(state: Arc<ProxyState>) {
 }
 
 /// One accepted client: its login, then its pool session or the admin console.
-async fn connection(
+///
+/// This future is every connected client's task, so it is kept to what the client's
+/// stage needs: not an `async fn` (one keeps its arguments beside the values made of
+/// them), and the session's future is made by [`attend`], so that neither the login's
+/// result nor the arguments are held a second time beside it.
+fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     state: Arc<ProxyState>,
     mut slot: ClientSlot,
-    stop: StopWatch,
-) {
-    let login = session::login(tcp, peer, &state).await;
-    slot.logged_in();
-    let Some(client) = login else {
-        return;
-    };
-    match &client.destination {
-        Destination::Pool(pool) => {
-            let pool = pool.clone();
-            session::serve(client, pool, peer, state, stop).await;
+    stop: Arc<StopWatch>,
+) -> impl Future<Output = ()> {
+    async move {
+        let login = session::login(tcp, peer, &state).await;
+        slot.logged_in();
+        // Not `login.map(attend)`: a temporary held across the await would double it.
+        if let Some(client) = login {
+            attend(client, peer, state, stop).await;
         }
-        Destination::Admin(role) => {
-            let role = *role;
-            if let Err(e) = Box::pin(crate::admin::serve(client.stream, client.buf, &state, role)).await {
+    }
+}
+
+/// The future that serves a logged-in client: its pool session, or (boxed, it is rare
+/// and large) the admin console.
+fn attend(
+    client: LoggedIn,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    stop: Arc<StopWatch>,
+) -> Either<impl Future<Output = ()>, Pin<Box<dyn Future<Output = ()> + Send>>> {
+    match client.destination {
+        Destination::Pool(ref pool) => {
+            let pool = pool.clone();
+            Either::Left(session::serve(client, pool, peer, state, stop))
+        }
+        Destination::Admin(role) => Either::Right(Box::pin(async move {
+            if let Err(e) = crate::admin::serve(client.stream, client.buf, &state, role).await {
                 tracing::info!(%peer, error = %e, "admin session ended");
             }
-        }
+        })),
     }
 }

@@ -2,14 +2,15 @@
 //! time it waits on its sockets, twice a transaction or more, so the check must cost next to
 //! nothing: a `watch` channel registered and unregistered a waiter under a mutex at every
 //! wait (about 1,200 instructions a transaction, `scripts/bench --plugin-tax`). Here each
-//! session registers once, at its start, an [`AtomicWaker`] of its own; a wait stores the
+//! session registers once, at its start, a [`StopWatch`] holding an [`AtomicWaker`] (one
+//! allocation per session, shared by the session's parts that wait); a wait stores the
 //! task's waker in it (two atomic operations when the waker is unchanged, as it is for a
 //! task) and reads two flags. Raising a signal, which happens once in a process's life,
 //! sets the flag and wakes every registered session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
@@ -27,7 +28,8 @@ pub struct Stop {
 #[derive(Default)]
 struct Watchers {
     next: u64,
-    wakers: HashMap<u64, Arc<AtomicWaker>>,
+    /// Weak: a session's watch lives as long as the session, and unregisters when dropped.
+    wakers: HashMap<u64, Weak<StopWatch>>,
 }
 
 /// What a session's wait was woken for.
@@ -45,17 +47,17 @@ impl Stop {
     }
 
     /// Starts watching the signals for one session.
-    pub fn watch(self: &Arc<Self>) -> StopWatch {
-        let waker = Arc::new(AtomicWaker::new());
+    pub fn watch(self: &Arc<Self>) -> Arc<StopWatch> {
         let mut w = self.watchers();
         let key = w.next;
         w.next += 1;
-        w.wakers.insert(key, waker.clone());
-        StopWatch {
+        let watch = Arc::new(StopWatch {
             stop: self.clone(),
             key,
-            waker,
-        }
+            waker: AtomicWaker::new(),
+        });
+        w.wakers.insert(key, Arc::downgrade(&watch));
+        watch
     }
 
     /// The proxy stops accepting clients: every session ends at its next transaction
@@ -72,8 +74,16 @@ impl Stop {
     fn raise(&self, flag: &AtomicBool) {
         // Set before the wake: a session that registers after the wake sees the flag.
         flag.store(true, Ordering::SeqCst);
-        for waker in self.watchers().wakers.values() {
-            waker.wake();
+        // Collected first: the last reference to a watch may be one taken here, and its
+        // drop takes the lock to unregister.
+        let watches: Vec<_> = self
+            .watchers()
+            .wakers
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for watch in watches {
+            watch.waker.wake();
         }
     }
 }
@@ -82,7 +92,7 @@ impl Stop {
 pub struct StopWatch {
     stop: Arc<Stop>,
     key: u64,
-    waker: Arc<AtomicWaker>,
+    waker: AtomicWaker,
 }
 
 impl StopWatch {

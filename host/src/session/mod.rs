@@ -106,17 +106,22 @@ pub async fn login(tcp: TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) ->
 /// session ends at its client's next transaction boundary; at `Stop::close`
 /// (`shutdown_timeout` ran out) it ends at once, its server closed, so that the server
 /// rolls back whatever transaction was open.
-pub async fn serve(
+///
+/// Not an `async fn`: the session is built before the future, which then holds it once
+/// (an `async fn` keeps its arguments beside what is made of them, and every idle client
+/// pays for the session's task).
+pub fn serve(
     logged_in: LoggedIn,
     pool: Arc<Pool>,
     peer: SocketAddr,
     state: Arc<ProxyState>,
-    stop: StopWatch,
-) {
-    let stop = Arc::new(stop);
+    stop: Arc<StopWatch>,
+) -> impl std::future::Future<Output = ()> {
     let mut session = Session::new(logged_in, pool, peer, state, stop.clone());
-    let result = session.run(&stop).await;
-    session.finish(result).await;
+    async move {
+        let result = session.run(&stop).await;
+        session.finish(result).await;
+    }
 }
 
 /// Result of waiting on the sockets.
@@ -413,7 +418,11 @@ impl Session {
         // A client waiting for a server must have seen all earlier replies.
         self.flush_client().await?;
         let mut checkout = self.checkout_for(work).await?;
-        self.apply_settings(&mut checkout).await?;
+        if checkout.conn().settings_signature != self.params.signature() {
+            // Boxed: the replay's round trip is rare, and inline it would enlarge every
+            // session's task by its size, idle or not.
+            Box::pin(self.apply_settings(&mut checkout)).await?;
+        }
         if self.tx_status == TransactionStatus::Idle && self.mode != PoolMode::Session {
             let on_replica = checkout.read_node().is_some() && !self.routing.declared_read_only();
             self.replay.open(self.cout.len(), on_replica);
@@ -436,9 +445,6 @@ impl Session {
     /// the server's error: its session cannot be set up as it asked.
     async fn apply_settings(&mut self, checkout: &mut Checkout) -> Result<(), SessionError> {
         let conn = checkout.conn();
-        if conn.settings_signature == self.params.signature() {
-            return Ok(());
-        }
         if let Some(sql) = self.params.diff(&conn.settings) {
             tracing::debug!(server = conn.id, %sql, "applying session settings");
             let limit = self.pool.settings.connect_timeout;
