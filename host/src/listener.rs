@@ -189,6 +189,7 @@ pub async fn reap_pools(state: Arc<ProxyState>) {
 /// stage needs: not an `async fn` (one keeps its arguments beside the values made of
 /// them), and the session's future is made by [`attend`], so that neither the login's
 /// result nor the arguments are held a second time beside it.
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold some arguments twice (see above)
 fn connection(
     tcp: TcpStream,
     peer: SocketAddr,

@@ -102,6 +102,11 @@ impl StopWatch {
         self.stop.shutdown.load(Ordering::SeqCst)
     }
 
+    /// `shutdown_timeout` ran out (the session ends now).
+    pub fn closing(&self) -> bool {
+        self.stop.closing.load(Ordering::SeqCst)
+    }
+
     /// Ready when a signal concerns the session's wait: `Closing` always, `Shutdown` only
     /// when `between_transactions`. Registers the task to be woken by either.
     pub fn poll(&self, cx: &mut Context<'_>, between_transactions: bool) -> Poll<Signal> {

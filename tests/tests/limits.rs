@@ -679,6 +679,70 @@ async fn sigterm_past_shutdown_timeout(
     Ok(())
 }
 
+/// SIGTERM with `shutdown_timeout = 2s` while a client's autocommit write is still running
+/// (`INSERT ... SELECT 1 FROM pg_sleep(8)`: it would insert its row 8 s after it started).
+/// Checks that the client is closed with `FATAL 57P01` (between 1.5 s and 10 s after the
+/// signal), that the proxy exits 0, that the statement's backend is gone from the primary
+/// within 5 s of the exit (before the sleep could end) and that, once the 8 s have passed,
+/// the row is not there: the statement was cancelled, not left to commit behind a client
+/// that was told it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_shutdown_timeout_cancels_a_running_write() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| {
+        cfg.mode("transaction")
+            .pool_size(2)
+            .set("proxy.shutdown_timeout", "2s")
+    })?;
+    let mut writer = login(&bed).await?;
+    run(&mut writer, "CREATE TABLE sigterm_t (v int)").await?;
+    let write = "INSERT INTO sigterm_t SELECT 1 FROM pg_sleep(8)";
+    let mut query = BytesMut::new();
+    msg::query(&mut query, write);
+    writer.send(&query).await?;
+    let started = Instant::now();
+    let dba = bed.direct().connect("postgres", "postgres", "postgres").await?;
+    switchyard_tests::client::backend_running(&dba, write).await?;
+    let signalled = Instant::now();
+    bed.proxy().context("the proxy")?.signal(libc::SIGTERM);
+    let told = expect_closed_with(&mut writer, "57P01", Duration::from_secs(10), "the writer").await;
+    let closed_after = signalled.elapsed();
+    println!(
+        "writer closed {closed_after:?} after SIGTERM: {:?}",
+        told.as_ref().map(Msg::describe)
+    );
+    let status = bed
+        .proxy()
+        .context("the proxy")?
+        .wait_exit(Duration::from_secs(5))?;
+    let (left, waited) = wait_no_app_backends(&bed).await?;
+    println!(
+        "{left} backends of app left {waited:?} after the proxy exited ({:?} after the write started)",
+        started.elapsed()
+    );
+    told?;
+    ensure!(
+        closed_after >= Duration::from_millis(1500) && closed_after < Duration::from_secs(10),
+        "the writer was closed {closed_after:?} after SIGTERM (shutdown_timeout = 2s)"
+    );
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "the proxy did not exit with status 0: {status:?}"
+    );
+    ensure!(
+        left == 0,
+        "the write's backend still runs {waited:?} after the proxy exited: not cancelled"
+    );
+    // Past the moment the uncancelled statement would have inserted its row.
+    tokio::time::sleep(Duration::from_secs(9).saturating_sub(started.elapsed())).await;
+    let stored = stored_values(&bed).await?;
+    ensure!(
+        stored.is_empty(),
+        "the write its client was told failed (57P01) committed: {stored:?}"
+    );
+    Ok(())
+}
+
 /// The proxy configuration of the no-primary tests: the cluster probed every 100 ms as
 /// `app`, transactions held up to 2 s while there is no primary.
 fn probed_with_short_hold(cfg: switchyard_tests::ProxyConfig) -> switchyard_tests::ProxyConfig {

@@ -673,13 +673,15 @@ async fn query_timeout_cancels_a_pipelined_statement_by_the_cancel_path() -> Res
     Ok(())
 }
 
-/// SIGTERM with `shutdown_timeout = 2s` while a pipelined `pg_sleep(30)` runs (the
-/// client's first statement is counted as pipelined, so its statements take that path): its client
-/// gets 57P01 between 1.5 s and 10 s after the signal (the statement is not between
-/// transactions, so only `shutdown_timeout` ends it) and the proxy exits 0. (What still runs
-/// on the server then is not cancelled: docs/configuration.md, "Shutdown".)
+/// SIGTERM with `shutdown_timeout = 2s` while a pipelined autocommit write runs
+/// (`INSERT ... SELECT 1 FROM pg_sleep(8)`; the counter shows it took the pipeline). Checks
+/// that its client gets 57P01 between 1.5 s and 10 s after the signal (the statement is
+/// not between transactions, so only `shutdown_timeout` ends it), that the proxy exits 0,
+/// that the statement's backend stops running it within 5 s of the exit (before the sleep
+/// could end), and that once the 8 s have passed the row is not there: the statement was
+/// cancelled, not left to commit behind a client told it failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_past_shutdown_timeout_ends_a_pipelined_statement_with_57p01() -> Result<()> {
+async fn sigterm_past_shutdown_timeout_cancels_a_pipelined_write() -> Result<()> {
     skip_if_direct!();
     let mut bed = TestBed::start_with(|cfg| {
         cfg.mode("transaction")
@@ -691,15 +693,17 @@ async fn sigterm_past_shutdown_timeout_ends_a_pipelined_statement_with_57p01() -
     let ep = bed.endpoint();
     let dba = dba(&bed).await?;
     let a = Arc::new(ep.connect_app().await?);
-    // A's statements take the pipeline (the counter proves it for the first one).
-    a.simple_query("SELECT 1").await?;
-    ensure!(
-        pipelined(&ep).await? == 1,
-        "A's first statement was not pipelined"
-    );
-    let sleep = "SELECT pg_sleep(30), 'sigterm'";
-    let a_run = spawn_query(&a, sleep);
-    backend_running(&dba, sleep).await?;
+    a.simple_query("CREATE TABLE piped_sigterm (v int)").await?;
+    // The same write with no sleep and no row shows that such writes take the pipeline
+    // (the counter moves when a statement's reply is complete).
+    let before = pipelined(&ep).await?;
+    a.simple_query("INSERT INTO piped_sigterm SELECT 1 FROM pg_sleep(0) WHERE false")
+        .await?;
+    ensure!(pipelined(&ep).await? == before + 1, "A's write was not pipelined");
+    let write = "INSERT INTO piped_sigterm SELECT 1 FROM pg_sleep(8)";
+    let a_run = spawn_query(&a, write);
+    let started = Instant::now();
+    backend_running(&dba, write).await?;
     let proxy = bed.proxy().context("the proxy")?;
     let signalled = Instant::now();
     proxy.signal(libc::SIGTERM);
@@ -714,7 +718,7 @@ async fn sigterm_past_shutdown_timeout_ends_a_pipelined_statement_with_57p01() -
     match a_result {
         Err(e) if sqlstate(&e) == Some("57P01") => {}
         Err(e) => bail!("A: expected 57P01, got {}", describe_error(&e)),
-        Ok(m) => bail!("A's pg_sleep(30) completed: {:?}", rows(&m)),
+        Ok(m) => bail!("A's write completed: {:?}", rows(&m)),
     }
     ensure!(
         after >= Duration::from_millis(1500) && after < Duration::from_secs(10),
@@ -727,6 +731,40 @@ async fn sigterm_past_shutdown_timeout_ends_a_pipelined_statement_with_57p01() -
     ensure!(
         status.is_some_and(|s| s.success()),
         "the proxy did not exit with status 0: {status:?}"
+    );
+    // The statement's backend, polled directly for up to 5 s after the exit.
+    let exited = Instant::now();
+    let mut still_running = true;
+    while still_running && exited.elapsed() < Duration::from_secs(5) {
+        let active: i64 = dba
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&write],
+            )
+            .await?
+            .get(0);
+        still_running = active > 0;
+        if still_running {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "the write's backend stopped running it {:?} after the proxy exited",
+        exited.elapsed()
+    );
+    ensure!(
+        !still_running,
+        "the write still runs on its backend 5 s after the proxy exited: not cancelled"
+    );
+    // Past the moment the uncancelled statement would have inserted its row.
+    tokio::time::sleep(Duration::from_secs(9).saturating_sub(started.elapsed())).await;
+    let stored: i64 = dba
+        .query_one("SELECT count(*) FROM piped_sigterm", &[])
+        .await?
+        .get(0);
+    ensure!(
+        stored == 0,
+        "the write its client was told failed (57P01) committed"
     );
     Ok(())
 }

@@ -723,6 +723,20 @@ impl Session {
         }
         let _ = self.flush_client().await;
         let _ = self.client.shutdown().await;
+        if self.stop.closing() && !self.server.owes_nothing() {
+            // `shutdown_timeout` ran out under a running statement: closing its server alone
+            // would leave it running (Postgres notices a closed connection only when it
+            // next writes), and an autocommit write could still commit after its client
+            // was told 57P01. The client has its answer; the cancel is awaited here, while
+            // the process still runs (within its delivery timeout).
+            if let Some(claim) = self
+                .state
+                .cancels
+                .claim(self.cancel.process_id, self.cancel.secret_key)
+            {
+                claim.forward().await;
+            }
+        }
         let cancels = self.cancel.slot.vacate();
         if self.server_state && self.mode != PoolMode::Session {
             self.pool.stats.pinned.fetch_sub(1, Ordering::Relaxed);

@@ -23,6 +23,10 @@ use crate::sql;
 use crate::sql::route::{classify, starts_with_copy, Kind, Rule, Transaction, Volatility};
 use crate::stop::Signal;
 
+/// How long a pipelined statement's session, closed at `shutdown_timeout`, waits for the
+/// statement's cancel to end its reply (the listener gives closed sessions 1 s).
+const CLOSING_CANCEL_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Session {
     /// Whether the Query `sql` is standalone and the session may pipeline it now: the
     /// session is allowed to (`may_pipeline`, decided at its start), is idle (no
@@ -90,9 +94,16 @@ impl Session {
             outcome = self.take_reply(&mut pieces, read) => outcome,
             // `shutdown_timeout` ran out (a shutdown alone waits for the reply: the
             // statement is not between transactions). The statement is cancelled the
-            // same way, and the session ends with 57P01.
+            // same way, and the session ends with 57P01 once its reply ended (within
+            // `CLOSING_CANCEL_WAIT`): the process must still run while the pipeline's
+            // driver delivers the cancel, or the statement would go on, and a write
+            // could commit behind a client told it failed.
             Signal::Closing = poll_fn(|cx| stop.poll(cx, false)) => {
                 let _ = cancel.ask.send(cancel.ticket);
+                let ended = async {
+                    while let Some(Piece::Reply(_)) = pieces.recv().await {}
+                };
+                let _ = tokio::time::timeout(CLOSING_CANCEL_WAIT, ended).await;
                 Err(SessionError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "switchyard is shutting down and shutdown_timeout ran out",
