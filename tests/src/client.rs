@@ -293,3 +293,14 @@ pub async fn backend_running(dba: &Client, sql: &str) -> Result<i32> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// How many backends are running `sql` at this moment (`pg_stat_activity`, state active).
+pub async fn backends_running(dba: &Client, sql: &str) -> Result<i64> {
+    Ok(dba
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+            &[&sql],
+        )
+        .await?
+        .get(0))
+}

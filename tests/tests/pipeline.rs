@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::BytesMut;
 use switchyard_tests::admin::admin_rows;
-use switchyard_tests::client::backend_running;
+use switchyard_tests::client::{backend_running, backends_running};
 use switchyard_tests::plugin::{decisions, policy_row, with_plugin};
 use switchyard_tests::raw::{msg, RawConn};
 use switchyard_tests::{describe_error, roles, skip_if_direct, sqlstate, Endpoint, PgResultExt, TestBed};
@@ -661,13 +661,7 @@ async fn query_timeout_cancels_a_pipelined_statement_by_the_cancel_path() -> Res
     others
         .await?
         .context("a client queued behind the timed-out statement")?;
-    let still: i64 = dba
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-            &[&sleep],
-        )
-        .await?
-        .get(0);
+    let still = backends_running(&dba, sleep).await?;
     ensure!(still == 0, "the timed-out statement still runs on its backend");
     ensure!(pipelined(&ep).await? > 0, "nothing was pipelined");
     Ok(())
@@ -736,14 +730,7 @@ async fn sigterm_past_shutdown_timeout_cancels_a_pipelined_write() -> Result<()>
     let exited = Instant::now();
     let mut still_running = true;
     while still_running && exited.elapsed() < Duration::from_secs(5) {
-        let active: i64 = dba
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-                &[&write],
-            )
-            .await?
-            .get(0);
-        still_running = active > 0;
+        still_running = backends_running(&dba, write).await? > 0;
         if still_running {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
