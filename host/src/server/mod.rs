@@ -24,10 +24,27 @@ pub type Settings = BTreeMap<String, String>;
 
 /// Where a server listens. Cheap to clone: a session publishes its server's address for
 /// cancel requests on every checkout.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Eq)]
 pub struct NodeAddr {
     pub host: Arc<str>,
     pub port: u16,
+}
+
+impl PartialEq for NodeAddr {
+    /// A server's address is a clone of its node's, so the host names are most often the
+    /// same allocation: compared by pointer first, by text only when they are not.
+    #[inline]
+    fn eq(&self, other: &NodeAddr) -> bool {
+        self.port == other.port && (Arc::ptr_eq(&self.host, &other.host) || self.host == other.host)
+    }
+}
+
+impl std::hash::Hash for NodeAddr {
+    /// As derived: the host name's text, then the port (equal addresses hash alike).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.host.hash(state);
+        self.port.hash(state);
+    }
 }
 
 impl std::fmt::Display for NodeAddr {
