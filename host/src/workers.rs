@@ -7,8 +7,9 @@
 //! polls and no wake-up crosses threads.
 //!
 //! The background work (reloads, probes, the pool reaper, metrics, plugin file watching)
-//! runs on the first worker, which also waits for SIGTERM; every worker stops accepting
-//! and drains its own sessions, as [`crate::listener::Stopping`] coordinates.
+//! runs on a thread of its own (as with shared threading); the first worker waits for
+//! SIGTERM, and every worker stops accepting and drains its own sessions, as
+//! [`crate::listener::Stopping`] coordinates.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,14 +65,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
-}
-
-impl Worker {
-    /// The worker's runtime: what the first worker runs besides its clients (background
-    /// tasks spawned there before [`run`]) keeps running in it.
-    pub fn runtime(&self) -> &tokio::runtime::Runtime {
-        &self.runtime
-    }
 }
 
 /// Serves `state` with `workers`, one thread each (the first on the calling thread, which

@@ -15,7 +15,7 @@
 //!   traffic moves only to the primary the probes confirm.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -245,6 +245,9 @@ pub struct SwitchoverDecision {
 /// The facade: see the module docs.
 pub struct Policies {
     current: ArcSwap<Assignment>,
+    /// `current`'s generation, stored after it: what a session's refresh compares first,
+    /// one atomic load where loading `current` costs about 75 instructions per transaction.
+    generation: AtomicU64,
 }
 
 impl Default for Policies {
@@ -252,6 +255,7 @@ impl Default for Policies {
     fn default() -> Policies {
         Policies {
             current: ArcSwap::from_pointee(Assignment::new(0)),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -260,7 +264,9 @@ impl Policies {
     /// Makes `assignment` the one every later decision uses (a session's at its next
     /// transaction).
     pub fn install(&self, assignment: Assignment) {
+        let generation = assignment.generation;
         self.current.store(Arc::new(assignment));
+        self.generation.store(generation, Ordering::Release);
     }
 
     /// The policies of a new session of `database`.
@@ -345,6 +351,9 @@ impl Policies {
 
     /// A session's hooks, brought to the installed assignment (one generation compare).
     fn refresh(&self, session: &mut SessionPolicies, about: &SessionFacts) {
+        if self.generation.load(Ordering::Acquire) == session.generation {
+            return;
+        }
         let current = self.current.load();
         if current.generation != session.generation {
             session.pool_mode = current.pool_mode(about.database()).clone();

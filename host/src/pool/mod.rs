@@ -41,7 +41,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::auth::UserAuth;
 use crate::config::{PoolMode, ServerAuthMethod};
 use crate::net::ServerTls;
-use crate::server::{connect, ConnectParams, NodeAddr, ServerConn, ServerError, Settings};
+use crate::server::{
+    connect, nanos_since_origin, ConnectParams, NodeAddr, ServerConn, ServerError, Settings,
+};
 use crate::topology::Cluster;
 
 /// How to reach one configured database.
@@ -194,10 +196,11 @@ pub struct Pool {
     waiting: AtomicUsize,
     /// ParameterStatus values of the last server that connected, reported to new clients.
     server_params: Mutex<Option<Arc<HashMap<String, String>>>>,
-    /// `RECONNECT`: servers connected before this moment (nanoseconds after [`EPOCH`];
-    /// 0 for never) are closed instead of reused. Atomic: it is read at every release.
+    /// `RECONNECT`: servers connected before this moment (nanoseconds after the clock
+    /// origin, `server::nanos_since_origin`; 0 for never) are closed instead of reused.
+    /// Atomic: it is read at every release.
     reconnect_before: AtomicU64,
-    /// The time (milliseconds after [`EPOCH`]) as of the last [`Pool::reap`], once a
+    /// The time (milliseconds after the clock origin) as of the last [`Pool::reap`], once a
     /// second: lifetimes and idle times are measured against it, so lending and returning
     /// a server read no clock.
     coarse_now_ms: AtomicU64,
@@ -236,7 +239,7 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             server_params: Mutex::new(None),
             reconnect_before: AtomicU64::new(0),
-            coarse_now_ms: AtomicU64::new(since_epoch_ms(Instant::now())),
+            coarse_now_ms: AtomicU64::new(since_origin_ms(Instant::now())),
             last_startup: Mutex::default(),
             removed: std::sync::OnceLock::new(),
         }
@@ -557,7 +560,7 @@ impl Pool {
 
     /// Past its lifetime (by the coarse clock), or connected before a `RECONNECT`.
     fn expired(&self, conn: &ServerConn) -> bool {
-        let created = since_epoch(conn.created);
+        let created = conn.created_ns;
         let age_ms = self
             .coarse_now_ms
             .load(Ordering::Relaxed)
@@ -569,7 +572,7 @@ impl Pool {
     /// `RECONNECT`: closes the idle servers now and the busy ones when they come back.
     pub fn reconnect(&self) {
         self.reconnect_before
-            .store(since_epoch(Instant::now()), Ordering::Relaxed);
+            .store(nanos_since_origin(Instant::now()), Ordering::Relaxed);
         let closed: usize = self.all_servers().map(Servers::clear).sum();
         self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
     }
@@ -582,7 +585,7 @@ impl Pool {
     /// Advances the coarse clock and closes idle servers past their idle timeout or
     /// lifetime. Called once a second.
     pub fn reap(&self) {
-        let now_ms = since_epoch_ms(Instant::now());
+        let now_ms = since_origin_ms(Instant::now());
         self.coarse_now_ms.store(now_ms, Ordering::Relaxed);
         let s = &self.settings;
         let closed: usize = self
@@ -630,17 +633,9 @@ impl Pool {
     }
 }
 
-/// The reference point of `reconnect_before`: the first time anyone asked.
-static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
-/// Nanoseconds from [`EPOCH`] to `t` (0 for earlier), saturating.
-fn since_epoch(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Milliseconds from [`EPOCH`] to `t`.
-fn since_epoch_ms(t: Instant) -> u64 {
-    since_epoch(t) / 1_000_000
+/// Milliseconds from the clock origin (`server::nanos_since_origin`) to `t`.
+fn since_origin_ms(t: Instant) -> u64 {
+    nanos_since_origin(t) / 1_000_000
 }
 
 /// A server lent to one session.

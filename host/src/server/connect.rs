@@ -158,6 +158,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
             write(&mut stream, &addr, &out).await?;
         }
     }
+    let created = Instant::now();
     Ok(ServerConn {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         stream,
@@ -169,7 +170,8 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
         statements: ServerStatements::default(),
         settings: Default::default(),
         settings_signature: 0,
-        created: Instant::now(),
+        created,
+        created_ns: super::nanos_since_origin(created),
         home: crate::net::worker::current(),
         counted: Vec::new(),
     })

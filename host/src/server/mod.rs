@@ -24,10 +24,27 @@ pub type Settings = BTreeMap<String, String>;
 
 /// Where a server listens. Cheap to clone: a session publishes its server's address for
 /// cancel requests on every checkout.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Eq)]
 pub struct NodeAddr {
     pub host: Arc<str>,
     pub port: u16,
+}
+
+impl PartialEq for NodeAddr {
+    /// A server's address is a clone of its node's, so the host names are most often the
+    /// same allocation: compared by pointer first, by text only when they are not.
+    #[inline]
+    fn eq(&self, other: &NodeAddr) -> bool {
+        self.port == other.port && (Arc::ptr_eq(&self.host, &other.host) || self.host == other.host)
+    }
+}
+
+impl std::hash::Hash for NodeAddr {
+    /// As derived: the host name's text, then the port (equal addresses hash alike).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.host.hash(state);
+        self.port.hash(state);
+    }
 }
 
 impl std::fmt::Display for NodeAddr {
@@ -107,6 +124,15 @@ pub fn settings_diff(desired: &Settings, applied: &Settings) -> Option<String> {
     (!sql.is_empty()).then_some(sql)
 }
 
+/// The process's reference point for times kept as integers (the pools' coarse clocks,
+/// `RECONNECT`, a server's creation): the first time anyone asked.
+static CLOCK_ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// Nanoseconds from the clock origin to `t` (0 for earlier), saturating.
+pub fn nanos_since_origin(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(*CLOCK_ORIGIN).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// An authenticated server connection, idle between uses.
 pub struct ServerConn {
     pub id: u64,
@@ -126,6 +152,10 @@ pub struct ServerConn {
     /// Signature of `settings` as the session that applied them computed it; 0 = unknown.
     pub settings_signature: u64,
     pub created: Instant,
+    /// `created` in nanoseconds after the clock origin ([`nanos_since_origin`]): what the
+    /// pool compares with its coarse clock and `RECONNECT` time, without a clock
+    /// subtraction per transaction.
+    pub created_ns: u64,
     /// The worker thread that opened it, whose reactor its socket is registered with
     /// (`threading = "per-core"`; 0 otherwise): the pools keep it in that thread's list.
     pub home: usize,

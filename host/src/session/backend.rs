@@ -183,6 +183,11 @@ impl Session {
 
     /// A CommandComplete for the client whose tag changes what the proxy tracks.
     fn on_command_complete(&mut self, body: &[u8]) {
+        // Most tags (SELECT, INSERT, UPDATE...) are none of these: told from their first
+        // byte, without parsing the tag (UTF-8 checked, NUL found) of every statement.
+        if !matches!(body.first(), Some(b'R' | b'D')) {
+            return;
+        }
         match parse_command_complete(body) {
             Ok("ROLLBACK") => self.params.abort_pending(),
             // A pinned or session-mode client's own DISCARD ALL or DEALLOCATE ALL reached

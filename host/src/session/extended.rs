@@ -22,8 +22,9 @@ impl Session {
         query: &Bytes,
         param_types: &[u32],
         raw: &Bytes,
+        may_command: bool,
     ) -> Result<(), SessionError> {
-        self.note_sql(query);
+        self.note_sql(query, may_command);
         if name.is_empty() {
             let work = self.work_of_parse(query);
             if !self.acquire_or_refuse(true, work).await? {

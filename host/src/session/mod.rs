@@ -543,18 +543,24 @@ impl Session {
         if let Some(t) = &mut timeouts {
             t.arm(self.phase());
         }
-        let io = tokio::select! {
-            biased;
-            r = poll_fn(|cx| self.poll_io(cx)) => r,
-            signal = poll_fn(|cx| stop.poll(cx, between_transactions)) => match signal {
-                Signal::Shutdown => Ok(Io::Shutdown),
-                Signal::Closing => Err(SessionError::fatal(
-                    sqlstate::ADMIN_SHUTDOWN,
-                    "switchyard is shutting down and shutdown_timeout ran out; an open transaction is rolled back",
-                )),
-            },
-            expiry = timeouts::expired(timeouts.as_deref_mut()) => Ok(Io::TimedOut(expiry)),
-        };
+        // One poll over the three, in this order (a `select!` of three futures cost about
+        // 180 instructions more per transaction at one client).
+        let io = poll_fn(|cx| {
+            if let Poll::Ready(r) = self.poll_io(cx) {
+                return Poll::Ready(r);
+            }
+            if let Poll::Ready(signal) = stop.poll(cx, between_transactions) {
+                return Poll::Ready(match signal {
+                    Signal::Shutdown => Ok(Io::Shutdown),
+                    Signal::Closing => Err(SessionError::fatal(
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "switchyard is shutting down and shutdown_timeout ran out; an open transaction is rolled back",
+                    )),
+                });
+            }
+            timeouts::poll_expired(timeouts.as_deref_mut(), cx).map(|expiry| Ok(Io::TimedOut(expiry)))
+        })
+        .await;
         self.timeouts = timeouts;
         io
     }

@@ -14,7 +14,6 @@ use switchyard_protocol::backend::TransactionStatus;
 use switchyard_protocol::sqlstate;
 use tokio::sync::mpsc;
 
-use super::frontend::maybe_session_command;
 use super::timeouts::{self, Phase};
 use super::{Session, SessionError, HIGH_WATER};
 use crate::config::PoolMode;
@@ -36,8 +35,9 @@ impl Session {
     /// command, COPY, statement that may commit before it ends, nor (checked before, by
     /// `note_server_state`) one that creates server-side state. `Some` says whether it is a
     /// plain read (no function the proxy does not know), which may run again if its
-    /// server fails before it answered.
-    pub(super) fn standalone(&self, sql: &[u8]) -> Option<bool> {
+    /// server fails before it answered. `may_command` is the cheap filter's verdict on
+    /// `sql` (`maybe_session_command`).
+    pub(super) fn standalone(&self, sql: &[u8], may_command: bool) -> Option<bool> {
         let idle = self.may_pipeline
             && self.mode != PoolMode::Session
             && self.tx_status == TransactionStatus::Idle
@@ -51,11 +51,7 @@ impl Session {
             && self.params.at_startup();
         // A statement that may commit before it ends (CALL, DO...) is kept out: its
         // failure must be told as an unknown outcome (`retry`), which only the normal path does.
-        if !idle
-            || maybe_session_command(sql)
-            || starts_with_copy(sql)
-            || sql::commits_before_end(sql).is_some()
-        {
+        if !idle || may_command || starts_with_copy(sql) || sql::commits_before_end(sql).is_some() {
             return None;
         }
         // No function catalog: an unknown function makes the text no plain read.

@@ -42,6 +42,7 @@ use switchyard_protocol::frontend::FrontendMessage;
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::TransactionStatus;
 
+use super::frontend::may_hold_session_command;
 use super::{Session, SessionError};
 use crate::policy::retry::{self, FailedRequest, Fate, Phase, RetryDecision};
 use crate::server::{NodeAddr, ServerError};
@@ -291,10 +292,11 @@ impl Replay {
 
 /// Whether a client message may be sent to a server twice: not if it changes the session
 /// (its effect is tracked by the proxy as it is handled) or streams COPY data.
-pub(super) fn replayable(msg: &FrontendMessage) -> bool {
+/// `may_command` is `frontend::may_hold_session_command` of the message.
+pub(super) fn replayable(msg: &FrontendMessage, may_command: bool) -> bool {
     match msg {
-        FrontendMessage::Query { sql } => !changes_session(sql),
-        FrontendMessage::Parse { query, .. } => !changes_session(query),
+        FrontendMessage::Query { sql } => !changes_session(sql, may_command),
+        FrontendMessage::Parse { query, .. } => !changes_session(query, may_command),
         FrontendMessage::Bind { .. }
         | FrontendMessage::Describe { .. }
         | FrontendMessage::Execute { .. }
@@ -309,9 +311,9 @@ pub(super) fn replayable(msg: &FrontendMessage) -> bool {
 /// handles it (SET, RESET, PREPARE, DEALLOCATE, DISCARD). The lexer runs only for the
 /// texts the cheap filter cannot clear, such as several statements or a `DO` block whose
 /// body holds semicolons (which may then run again, or be reported as of unknown outcome).
-fn changes_session(text: &[u8]) -> bool {
-    super::frontend::maybe_session_command(text)
-        && sql::commands(text).iter().any(|c| *c != sql::Command::Other)
+/// `may_command` is the cheap filter's verdict on `text`.
+fn changes_session(text: &[u8], may_command: bool) -> bool {
+    may_command && sql::commands(text).iter().any(|c| *c != sql::Command::Other)
 }
 
 impl Session {
@@ -615,8 +617,9 @@ impl Session {
         for raw in frames {
             let frame = Frame::new(raw)?;
             let msg = FrontendMessage::decode(&frame)?;
-            let replay = replayable(&msg);
-            self.handle(msg, frame.raw()).await?;
+            let may_command = may_hold_session_command(&msg);
+            let replay = replayable(&msg, may_command);
+            self.handle(msg, frame.raw(), may_command).await?;
             self.replay.record(frame.into_raw(), replay);
         }
         self.replay.carry = None;
@@ -763,6 +766,7 @@ mod tests {
 
     #[test]
     fn only_session_commands_are_kept_from_running_twice() {
+        let replayable = |m: &FrontendMessage| replayable(m, may_hold_session_command(m));
         assert!(replayable(&query("SELECT 1")));
         assert!(replayable(&query("SELECT 1; SELECT 2")));
         // Semicolons inside the body: the window stays open, so a cut DO is reported as

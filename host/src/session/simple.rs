@@ -6,7 +6,6 @@ use bytes::{Bytes, BytesMut};
 use switchyard_protocol::backend::{self as be, ErrorFields, TransactionStatus};
 use switchyard_protocol::sqlstate;
 
-use super::frontend::maybe_session_command;
 use super::replies::Expect;
 use super::{Session, SessionError, Work};
 use crate::config::PoolMode;
@@ -15,7 +14,13 @@ use crate::sql::{self, Command};
 impl Session {
     /// Query: answered here when it only touches the client's own prepared statements,
     /// refused when it would PREPARE in transaction mode, else sent to a server.
-    pub(super) async fn on_query(&mut self, sql_text: &Bytes, raw: &Bytes) -> Result<(), SessionError> {
+    /// `may_command` is the cheap filter's verdict on `sql_text` (`maybe_session_command`).
+    pub(super) async fn on_query(
+        &mut self,
+        sql_text: &Bytes,
+        raw: &Bytes,
+        may_command: bool,
+    ) -> Result<(), SessionError> {
         // Classified first when the session routes: a plain read cannot create server-side
         // state, which spares the common read a second pass over its text. (If the text
         // does pin the session, the checkout still goes to the primary: a pinned session
@@ -24,7 +29,7 @@ impl Session {
         if !class.is_some_and(|c| c.plain_read()) {
             self.note_server_state(sql_text);
         }
-        let commands = if maybe_session_command(sql_text) {
+        let commands = if may_command {
             sql::commands(sql_text)
         } else {
             Vec::new()
@@ -54,7 +59,7 @@ impl Session {
         if self.defer_begin(work, sql_text, raw) {
             return Ok(());
         }
-        if let Some(read) = self.standalone(sql_text) {
+        if let Some(read) = self.standalone(sql_text, may_command) {
             // Boxed: its state would otherwise sit in every session's task.
             if Box::pin(self.run_pipelined(raw, read)).await? {
                 return Ok(());
@@ -130,10 +135,11 @@ impl Session {
         }
     }
 
-    /// Tracks session-level SET/RESET in a Parse'd statement.
-    pub(super) fn note_sql(&mut self, query: &Bytes) {
+    /// Tracks session-level SET/RESET in a Parse'd statement; `may_command` is the cheap
+    /// filter's verdict on it (`maybe_session_command`).
+    pub(super) fn note_sql(&mut self, query: &Bytes, may_command: bool) {
         self.note_server_state(query);
-        if maybe_session_command(query) {
+        if may_command {
             for cmd in sql::commands(query) {
                 self.note_command(cmd);
             }

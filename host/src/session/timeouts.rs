@@ -4,7 +4,9 @@
 //! replies), and the timer is set for the earliest limit of that phase. A session of a pool
 //! with none of them set has no timer and reads no clock for them.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use switchyard_protocol::backend::ErrorFields;
@@ -95,17 +97,21 @@ impl Timeouts {
 
 /// Resolves when the limit `timeouts` is set for runs out; never for a session without
 /// timeouts or a wait none applies to.
-pub(super) async fn expired(timeouts: Option<&mut Timeouts>) -> Expiry {
+pub(super) async fn expired(mut timeouts: Option<&mut Timeouts>) -> Expiry {
+    std::future::poll_fn(|cx| poll_expired(timeouts.as_deref_mut(), cx)).await
+}
+
+/// [`expired`] as a poll: ready when the limit `timeouts` is set for ran out, pending (and
+/// no timer touched) for a session without timeouts or a wait none applies to.
+#[inline]
+pub(super) fn poll_expired(timeouts: Option<&mut Timeouts>, cx: &mut Context<'_>) -> Poll<Expiry> {
     match timeouts {
         Some(Timeouts {
             armed: Some(expiry),
             sleep,
             ..
-        }) => {
-            sleep.as_mut().await;
-            *expiry
-        }
-        _ => std::future::pending().await,
+        }) => sleep.as_mut().poll(cx).map(|()| *expiry),
+        _ => Poll::Pending,
     }
 }
 

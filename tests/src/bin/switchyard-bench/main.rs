@@ -233,7 +233,11 @@ fn plan(opt: &Options) -> (String, String) {
             cells(&opt.pipeline_cells)
         ));
     }
-    parts.push(format!("callgrind={}", u8::from(opt.callgrind)));
+    parts.push(if opt.callgrind {
+        format!("callgrind=1 (-M {} -c {})", opt.cg_mode, opt.cg_clients)
+    } else {
+        "callgrind=0".to_owned()
+    });
     if opt.matrix || opt.pipeline {
         parts.push(if opt.strace {
             format!("strace={}s", opt.strace_secs)

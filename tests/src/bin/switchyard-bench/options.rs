@@ -74,6 +74,8 @@ pub struct Options {
     pub pipeline_cells: Vec<CellSpec>,
     pub callgrind: bool,
     pub cg_clients: u32,
+    /// `CG_MODE`: pgbench -M of the runs under callgrind.
+    pub cg_mode: String,
     pub cg_tx: (u32, u32),
     pub cg_warmup: u32,
     pub cg_workers: u32,
@@ -234,6 +236,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let scale = var("SCALE", "10");
     let jobs = var("JOBS", "2");
     let cg_clients = var("CG_CLIENTS", "1");
+    let cg_mode = var("CG_MODE", "simple");
     let cg_tx = var("CG_TX", "1000 10000");
     let cg_warmup = var("CG_WARMUP", "200");
     let cg_workers = var("CG_WORKERS", "1");
@@ -265,6 +268,9 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         }
     };
     let all_modes = ["simple", "extended", "prepared"];
+    if !all_modes.contains(&cg_mode.as_str()) {
+        return Err(UsageError(format!("CG_MODE: unknown mode '{cg_mode}'")));
+    }
     let mut tax_cells = parse_cells("TAX_CELLS", &tax_cells, &all_modes)?;
     let mut routing_cells = parse_cells("ROUTING_CELLS", &routing_cells, &all_modes)?;
     // PgBouncer 1.18 cannot pool -M prepared by transaction, and pipelining takes only
@@ -327,6 +333,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         routing_cells,
         pipeline_cells,
         cg_clients,
+        cg_mode,
         cg_tx,
         cg_warmup,
         cg_workers,
@@ -547,6 +554,7 @@ mod tests {
             "CG_TX must be two positive integers, the second larger, got '100 100'"
         );
         assert!(err(&[], &[("CG_TX", "1 2 3")]).starts_with("CG_TX must be"));
+        assert_eq!(err(&[], &[("CG_MODE", "fast")]), "CG_MODE: unknown mode 'fast'");
         assert_eq!(
             err(&[], &[("TAX_CELLS", "simple")]),
             "TAX_CELLS entries are MODE:CLIENTS (MODE simple or extended or prepared; e.g. simple:64), got 'simple'"

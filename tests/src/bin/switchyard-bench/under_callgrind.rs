@@ -193,7 +193,7 @@ impl Bench<'_> {
         }
     }
 
-    /// `pgbench -S -M simple -c CG_CLIENTS -j 1 -t tx` against database `db` of a proxy
+    /// `pgbench -S -M CG_MODE -c CG_CLIENTS -j 1 -t tx` against database `db` of a proxy
     /// under valgrind;
     /// `false` (noted) unless every transaction went through.
     fn cg_pgbench(&mut self, name: &str, port: u16, db: &str, tx: u32, label: &str) -> Result<bool> {
@@ -201,11 +201,12 @@ impl Bench<'_> {
         let want = u64::from(c) * u64::from(tx);
         let out_name = format!("{name}-{label}.out");
         let out = self.work.join("runs").join(&out_name);
-        crate::log!("{name}: pgbench -S -M simple -c {c} -j 1 -t {tx} ({label}, {want} transactions)");
+        let mode = &self.opt.cg_mode;
+        crate::log!("{name}: pgbench -S -M {mode} -c {c} -j 1 -t {tx} ({label}, {want} transactions)");
         let args: Vec<String> = [
             "-S",
             "-M",
-            "simple",
+            mode,
             "-c",
             &c.to_string(),
             "-j",
