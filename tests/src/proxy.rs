@@ -677,3 +677,51 @@ pub fn resident_memory(pid: u32) -> Result<ResidentMemory> {
         now: field("VmRSS:")?,
     })
 }
+
+/// Voluntary plus nonvoluntary context switches from the text of a `/proc/.../status`
+/// (one thread's when read from `/proc/PID/task/TID/status`).
+pub fn parse_ctx_switches(status: &str) -> Option<u64> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(field("voluntary_ctxt_switches:")? + field("nonvoluntary_ctxt_switches:")?)
+}
+
+/// One thread of a process: its id, its name (`comm`, at most 15 bytes) and its context
+/// switches so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadSwitches {
+    pub tid: u32,
+    pub name: String,
+    pub switches: u64,
+}
+
+/// Every live thread of process `pid`, from `/proc/<pid>/task/*/{comm,status}`.
+pub fn thread_switches(pid: u32) -> Result<Vec<ThreadSwitches>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let path = entry.with_context(|| format!("listing {dir}"))?.path();
+        let Some(tid) = path.file_name().and_then(|n| n.to_str()?.parse().ok()) else {
+            continue;
+        };
+        // A thread that ended between the listing and the reading is left out.
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("status")),
+        ) else {
+            continue;
+        };
+        let switches = parse_ctx_switches(&status)
+            .with_context(|| format!("context switches in {}/status", path.display()))?;
+        threads.push(ThreadSwitches {
+            tid,
+            name: name.trim_end().to_string(),
+            switches,
+        });
+    }
+    Ok(threads)
+}

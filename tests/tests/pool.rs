@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::admin::admin_rows;
 use switchyard_tests::client::{connect_with_messages, Load};
 use switchyard_tests::peak::ServerPeak;
+use switchyard_tests::proxy::thread_switches;
 use switchyard_tests::{describe_error, skip_if_direct, PgResultExt, TestBed};
 use tokio_postgres::AsyncMessage;
 
@@ -214,6 +215,222 @@ async fn share_a_tiny_pool(
         );
     }
     Ok(())
+}
+
+/// With `threading = "per-core"` on four workers and a pool of two servers, 48 clients
+/// (spread over the workers by the kernel's `SO_REUSEPORT` hash) each run 40 transactions
+/// (`SELECT <client>, <i>`) back to back, so that clients queue for the pool on several
+/// workers at once: every client gets all 40 answers, each its own (none starves:
+/// `query_wait_timeout` is 30 s, so a starved client would get 53300), at least two worker
+/// threads served clients (at least 100 context switches each during the run, from
+/// `/proc/PID/task`), and Postgres never sees more than 2 server connections. Each
+/// worker's context switches and the longest wait for one transaction are printed.
+#[tokio::test]
+async fn per_core_clients_queued_on_several_workers_all_finish() -> Result<()> {
+    skip_if_direct!();
+    const CLIENTS: usize = 48;
+    const TRANSACTIONS: usize = 40;
+    const POOL: u32 = 2;
+    const WORKERS: usize = 4;
+    let mut bed = TestBed::start_with(|cfg| {
+        cfg.mode("transaction")
+            .pool_size(POOL)
+            .query_wait_timeout("30s")
+            .set("proxy.threading", "per-core")
+            .set("proxy.workers", WORKERS as i64)
+    })?;
+    let ep = bed.endpoint();
+    let pid = bed.proxy().and_then(|p| p.pid()).context("the proxy's pid")?;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(ep.connect_app().await?);
+    }
+    let peak = ServerPeak::start(&bed.direct(), "app", "app").await?;
+    let before = worker_switches(pid)?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (id, client) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            let mut errors = Vec::new();
+            for i in 0..TRANSACTIONS {
+                let asked = Instant::now();
+                let r = client.simple_query(&format!("SELECT {id}, {i}")).await;
+                longest = longest.max(asked.elapsed());
+                match r {
+                    Ok(messages) => {
+                        let got = messages.iter().find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                                Some((row.get(0).map(str::to_owned), row.get(1).map(str::to_owned)))
+                            }
+                            _ => None,
+                        });
+                        let want = (Some(id.to_string()), Some(i.to_string()));
+                        if got.as_ref() != Some(&want) {
+                            errors.push(format!("client {id} tx {i}: got {got:?}, expected {want:?}"));
+                        }
+                    }
+                    Err(e) => errors.push(format!("client {id} tx {i}: {}", describe_error(&e))),
+                }
+            }
+            (longest, errors)
+        }));
+    }
+    let mut longest = Vec::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        let (l, e) = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .context("a client had not finished its transactions after 120 s")??;
+        longest.push(l);
+        errors.extend(e);
+    }
+    let elapsed = started.elapsed();
+    let after = worker_switches(pid)?;
+    let peak = peak.finish().await?;
+    bed.ensure_proxy_alive()?;
+    longest.sort();
+    println!(
+        "{CLIENTS} clients x {TRANSACTIONS} transactions on {WORKERS} workers, pool {POOL}: {elapsed:?}; \
+         longest wait for one transaction: {:?} (median of the clients' longest {:?}); \
+         at most {} server connections at once",
+        longest[CLIENTS - 1],
+        longest[CLIENTS / 2],
+        peak.max
+    );
+    let served: Vec<(u32, u64)> = after
+        .iter()
+        .map(|(tid, n)| (*tid, n - before.get(tid).copied().unwrap_or(0)))
+        .collect();
+    println!("context switches per worker thread during the run (tid, switches): {served:?}");
+    ensure!(
+        errors.is_empty(),
+        "{} errors among {CLIENTS} clients x {TRANSACTIONS} transactions, first: {:#?}",
+        errors.len(),
+        &errors[..errors.len().min(10)]
+    );
+    ensure!(
+        served.iter().filter(|(_, n)| *n >= 100).count() >= 2,
+        "fewer than two worker threads served clients: {served:?}"
+    );
+    ensure!(
+        peak.max <= i64::from(POOL),
+        "{} server connections at once during the run, pool size {POOL}",
+        peak.max
+    );
+    Ok(())
+}
+
+/// The context switches so far of each of the proxy's per-core worker threads (the main
+/// thread, worker 0, and the threads named `switchyard-worker-N`), by thread id.
+fn worker_switches(pid: u32) -> Result<std::collections::BTreeMap<u32, u64>> {
+    Ok(thread_switches(pid)?
+        .into_iter()
+        // `comm` keeps 15 bytes: "switchyard-work".
+        .filter(|t| t.tid == pid || t.name.starts_with("switchyard-work"))
+        .map(|t| (t.tid, t.switches))
+        .collect())
+}
+
+/// With `threading = "per-core"` on four workers, a pool of two servers both held in open
+/// transactions and `query_wait_timeout` 1 s, eight clients that ask for a server at once
+/// each get exactly SQLSTATE 53300 naming `query_wait_timeout` after at least 1 s (and under
+/// 6 s); while they wait `SHOW POOLS` counts 8 waiting, afterwards 0 waiting and 8 wait
+/// timeouts; once the holders commit, every one of the eight is served (the slots the
+/// waiters gave up were not lost).
+#[tokio::test]
+async fn per_core_waiting_clients_each_get_53300_when_no_server_frees_up() -> Result<()> {
+    skip_if_direct!();
+    const WAITERS: usize = 8;
+    let mut bed = TestBed::start_with(|cfg| {
+        cfg.mode("transaction")
+            .pool_size(2)
+            .query_wait_timeout("1s")
+            .set("proxy.threading", "per-core")
+            .set("proxy.workers", 4)
+            .with_admin()
+    })?;
+    let ep = bed.endpoint();
+    let mut holders = Vec::new();
+    for i in 0..2 {
+        let holder = ep.connect_app().await?;
+        holder
+            .batch_execute("BEGIN; SELECT 1")
+            .await
+            .ctx(&format!("holder {i} opens a transaction"))?;
+        holders.push(holder);
+    }
+    let mut waiters = Vec::new();
+    for _ in 0..WAITERS {
+        waiters.push(Arc::new(ep.connect_app().await?));
+    }
+    let asked = Instant::now();
+    let tasks: Vec<_> = waiters
+        .iter()
+        .map(|w| {
+            let w = w.clone();
+            tokio::spawn(async move {
+                let r = w.simple_query("SELECT 1").await;
+                (r, asked.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pool = |rows: Vec<std::collections::HashMap<String, String>>| {
+        rows.into_iter()
+            .find(|r| r["pool"] == "app/app")
+            .context("pool app/app in SHOW POOLS")
+    };
+    let during = pool(admin_rows(&ep, "SHOW POOLS").await?)?;
+    let mut problems = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (r, waited) = tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .context("a waiting client got no answer within 20 s (query_wait_timeout 1s)")??;
+        println!("waiter {i}: answered after {waited:?}");
+        match r {
+            Ok(_) => problems.push(format!("waiter {i} was served while both servers were held")),
+            Err(e) => match e.as_db_error() {
+                Some(db) if db.code().code() == "53300" && db.message().contains("query_wait_timeout") => {
+                    if waited < Duration::from_secs(1) || waited >= Duration::from_secs(6) {
+                        problems.push(format!(
+                            "waiter {i} timed out after {waited:?}; query_wait_timeout is 1s"
+                        ));
+                    }
+                }
+                _ => problems.push(format!(
+                    "waiter {i}: expected 53300 naming query_wait_timeout, got {}",
+                    describe_error(&e)
+                )),
+            },
+        }
+    }
+    let after = pool(admin_rows(&ep, "SHOW POOLS").await?)?;
+    println!(
+        "SHOW POOLS while waiting: waiting {}, in_use {}; after: waiting {}, wait_timeouts {}",
+        during["waiting"], during["in_use"], after["waiting"], after["wait_timeouts"]
+    );
+    ensure!(problems.is_empty(), "{problems:#?}");
+    ensure!(
+        during["waiting"] == WAITERS.to_string() && during["in_use"] == "2",
+        "SHOW POOLS while {WAITERS} clients waited for 2 held servers: {during:?}"
+    );
+    ensure!(
+        after["waiting"] == "0" && after["wait_timeouts"] == WAITERS.to_string(),
+        "SHOW POOLS after {WAITERS} wait timeouts: {after:?}"
+    );
+    for (i, holder) in holders.iter().enumerate() {
+        holder
+            .batch_execute("COMMIT")
+            .await
+            .ctx(&format!("holder {i} COMMIT"))?;
+    }
+    for (i, w) in waiters.iter().enumerate() {
+        w.simple_query("SELECT 1")
+            .await
+            .ctx(&format!("waiter {i} after the holders committed"))?;
+    }
+    bed.ensure_proxy_alive()
 }
 
 #[tokio::test]

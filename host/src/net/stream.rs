@@ -31,6 +31,17 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }
+
+    /// A plain stream taken off the reactor it is registered with and registered with the
+    /// calling runtime's (`threading = "per-core"`: a server moving to another worker), at
+    /// the cost of two `epoll_ctl` calls. A TLS stream is returned as it is (rustls' streams
+    /// cannot be taken apart and put together again): see [`Stream::is_tls`].
+    pub fn reregister_here(self) -> io::Result<Stream> {
+        match self {
+            Stream::Plain(s) => TcpStream::from_std(s.into_std()?).map(Stream::Plain),
+            tls => Ok(tls),
+        }
+    }
 }
 
 impl AsyncRead for Stream {

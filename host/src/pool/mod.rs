@@ -1,5 +1,6 @@
-//! Server connection pools, one per (database, user): bounded size, a FIFO queue of waiting
-//! clients with a timeout, idle and lifetime limits, and detection of servers that died while
+//! Server connection pools, one per (database, user): bounded size, a queue of waiting
+//! clients with a timeout (FIFO; per worker thread with `threading = "per-core"`, see
+//! [`slots`]), idle and lifetime limits, and detection of servers that died while
 //! idle. A session borrows a server with [`Pool::checkout`] and gives it back with
 //! [`Checkout::release`]; dropping a checkout closes the server instead, which is the safe
 //! default for every path that did not finish cleanly.
@@ -16,11 +17,13 @@ mod pause;
 mod pipeline;
 mod reads;
 mod servers;
+mod slots;
 mod statements;
 
 pub use caps::ServerCap;
 pub use pause::{Pause, PauseGate};
 pub use pipeline::{Failure as PipelineFailure, Piece, Pipelines, Ticket, REPLY_PIECES, STALL_LIMIT};
+pub use slots::Slot;
 
 pub use functions::FunctionCatalog;
 pub use reads::{ReadStats, RoutingSettings};
@@ -36,7 +39,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use switchyard_protocol::sqlstate;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::UserAuth;
 use crate::config::{PoolMode, ServerAuthMethod};
@@ -256,7 +258,7 @@ impl Pool {
         pool
     }
 
-    /// Waits while the database is paused, then (FIFO, up to `query_wait_timeout`) for a
+    /// Waits while the database is paused, then (queued, up to `query_wait_timeout`) for a
     /// slot, then reuses an idle server or opens a new one.
     ///
     /// The common case (not paused or held, a slot free, an idle server on the confirmed
@@ -274,7 +276,7 @@ impl Pool {
                         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
                         return Ok(Checkout {
                             conn: Some(conn),
-                            _permit: permit,
+                            permit,
                             pool: self.clone(),
                             read_node: None,
                         });
@@ -291,7 +293,7 @@ impl Pool {
 
     /// A slot on the primary, if one is free now and the database is neither paused nor
     /// held: what a new pipeline driver starts on ([`Pool::checkout_with`]).
-    pub fn pipeline_permit(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn pipeline_permit(&self) -> Option<Slot> {
         if self.pause.paused().is_some() || self.cluster.hold().is_some() || self.is_removed() {
             return None;
         }
@@ -299,10 +301,7 @@ impl Pool {
     }
 
     /// A server on the primary for the slot `permit` (see [`Pool::pipeline_permit`]).
-    pub async fn checkout_with(
-        self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Checkout, PoolError> {
+    pub async fn checkout_with(self: &Arc<Self>, permit: Slot) -> Result<Checkout, PoolError> {
         Box::pin(self.checkout_waiting(Some(permit))).await
     }
 
@@ -313,10 +312,7 @@ impl Pool {
 
     /// [`Pool::checkout`] when it may wait: for a pause, a hold, a slot (unless `permit`
     /// already holds one), a primary or a connect.
-    async fn checkout_waiting(
-        self: &Arc<Self>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<Checkout, PoolError> {
+    async fn checkout_waiting(self: &Arc<Self>, permit: Option<Slot>) -> Result<Checkout, PoolError> {
         // When this checkout started waiting (a pause, a hold, no primary), if it did:
         // reported to the cluster's failover event. Read from the clock only then.
         let mut held_since: Option<Instant> = None;
@@ -347,15 +343,15 @@ impl Pool {
         let conn = conn?;
         Ok(Checkout {
             conn: Some(conn),
-            _permit: permit,
+            permit,
             pool: self.clone(),
             read_node: None,
         })
     }
 
-    /// A slot among `servers`: at once if one is free, else in FIFO order up to
+    /// A slot among `servers`: at once if one is free, else in the queue's order up to
     /// `query_wait_timeout`.
-    async fn wait_permit(&self, servers: &Servers) -> Result<OwnedSemaphorePermit, PoolError> {
+    async fn wait_permit(&self, servers: &Servers) -> Result<Slot, PoolError> {
         if let Some(p) = servers.try_permit() {
             return Ok(p);
         }
@@ -641,7 +637,8 @@ fn since_origin_ms(t: Instant) -> u64 {
 /// A server lent to one session.
 pub struct Checkout {
     conn: Option<Box<ServerConn>>,
-    _permit: OwnedSemaphorePermit,
+    /// Its slot in the pool: freed for the next waiter when the checkout ends.
+    permit: Slot,
     pool: Arc<Pool>,
     /// The node, when the server was lent for reads on it (read routing).
     read_node: Option<usize>,
@@ -678,6 +675,7 @@ impl Checkout {
                 return;
             }
             let since_ms = pool.coarse_now_ms.load(Ordering::Relaxed);
+            self.permit.free_near(conn.home);
             servers.push(IdleServer { conn, since_ms });
             if self.read_node.is_none() {
                 pool.wake_caps();

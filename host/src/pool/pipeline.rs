@@ -44,7 +44,9 @@ use bytes::{Bytes, BytesMut};
 use switchyard_protocol::backend::{self as be, parse_error_fields, ErrorFields, Severity};
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::TransactionStatus;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
+
+use super::Slot;
 use tokio_util::io::poll_read_buf;
 
 use super::Pool;
@@ -191,13 +193,7 @@ impl Pipelines {
     }
 
     /// Starts a driver on `permit`; its handle goes into the list (the caller's lock held).
-    fn start(
-        &self,
-        pool: &Arc<Pool>,
-        permit: OwnedSemaphorePermit,
-        settings: Arc<Settings>,
-        signature: u64,
-    ) -> Handle {
+    fn start(&self, pool: &Arc<Pool>, permit: Slot, settings: Arc<Settings>, signature: u64) -> Handle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (submit, submissions) = mpsc::unbounded_channel();
         let (cancel, cancels) = mpsc::unbounded_channel();
@@ -285,7 +281,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, permit: OwnedSemaphorePermit, settings: Arc<Settings>, signature: u64) {
+    async fn run(mut self, permit: Slot, settings: Arc<Settings>, signature: u64) {
         let mut checkout = match self.pool.checkout_with(permit).await {
             Ok(c) => c,
             Err(e) => {

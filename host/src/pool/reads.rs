@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::functions::FunctionCatalog;
+use super::Slot;
 use super::{Checkout, Pool, PoolError};
 use crate::config::{ReadRouting, ReadYourWrites};
 use crate::server::{ServerConn, ServerError};
 use crate::topology::reads::{skip_reason, LagBudget, Skip};
 use crate::topology::ClusterView;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// A database's read routing, from its `[databases]` entry.
 #[derive(Clone)]
@@ -196,7 +196,7 @@ impl Pool {
     async fn checkout_read_waiting(
         self: &Arc<Self>,
         node: usize,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Slot>,
     ) -> Result<Checkout, PoolError> {
         if self.pause.paused().is_some() {
             self.waiting.fetch_add(1, Ordering::Relaxed);
@@ -244,17 +244,12 @@ impl Pool {
         None
     }
 
-    fn lend_read(
-        self: &Arc<Self>,
-        node: usize,
-        conn: Box<ServerConn>,
-        permit: OwnedSemaphorePermit,
-    ) -> Checkout {
+    fn lend_read(self: &Arc<Self>, node: usize, conn: Box<ServerConn>, permit: Slot) -> Checkout {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         self.reads.nodes[node].busy.fetch_add(1, Ordering::Relaxed);
         Checkout {
             conn: Some(conn),
-            _permit: permit,
+            permit,
             pool: self.clone(),
             read_node: Some(node),
         }

@@ -1,19 +1,20 @@
 //! One node's share of a pool: its idle servers and the slots that bound how many servers
 //! it has. A pool has one for the primary and one per node for reads, so that the size
-//! limit, FIFO waiting and idle reaping are written once.
+//! limit, waiting ([`super::slots`]) and idle reaping are written once.
 //!
 //! With `threading = "per-core"` the idle servers are kept in one list per worker thread:
 //! a server's socket is registered with the reactor of the thread that opened it
 //! ([`ServerConn::home`]), and a session on another thread would be woken through that
 //! thread. A checkout takes its own thread's idle server first, opens a new one while the
-//! servers open are fewer than the pool's size, and only then takes another thread's.
+//! servers open are fewer than the pool's size, and only then takes another thread's,
+//! which moves to its thread. A slot freed with a server goes first to a checkout waiting
+//! on that server's thread ([`super::slots`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
+use super::slots::{Slot, Slots};
 use crate::server::ServerConn;
 
 /// How long a checkout that may not open a server and found no idle one waits before it
@@ -30,7 +31,7 @@ pub(super) struct IdleServer {
 pub(super) struct Servers {
     /// Idle servers, one list per worker thread (one list unless per-core).
     idle: Box<[Mutex<Vec<IdleServer>>]>,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     size: usize,
     /// Servers open now, idle or lent (an [`OpenServer`] travels with each).
     open: Arc<AtomicUsize>,
@@ -46,28 +47,35 @@ impl Drop for OpenServer {
 }
 
 impl Servers {
-    /// Room for `size` servers lent at once, idle ones kept in `shards` lists.
+    /// Room for `size` servers lent at once, idle ones and waiters kept in `shards` lists.
     pub fn new(size: usize, shards: usize) -> Servers {
         Servers {
             idle: (0..shards.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
-            permits: Arc::new(Semaphore::new(size)),
+            slots: Slots::new(size, shards),
             size,
             open: Arc::default(),
         }
     }
 
     /// A free slot, without waiting.
-    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
+    pub fn try_permit(&self) -> Option<Slot> {
+        self.slots.try_take()
     }
 
-    /// A slot, waiting in FIFO order; `None` once closed.
-    pub async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().acquire_owned().await.ok()
+    /// A slot, after the checkouts waiting before it ([`super::slots`]); `None` once closed.
+    pub async fn permit(&self) -> Option<Slot> {
+        self.slots.take().await
     }
 
     /// An idle server to lend: the calling thread's, else (when no new server may be
-    /// opened, see [`Servers::open_one`]) another thread's; `None` means open one.
+    /// opened, see [`Servers::open_one`]) another thread's, moved to this thread
+    /// ([`ServerConn::move_here`]); `None` means open one.
+    ///
+    /// Moving costs two `epoll_ctl` calls once; not moving, a wake-up across threads for
+    /// every reply the server sends while a session here uses it, and the server would go
+    /// back to the other thread's list, where this thread's waiters come second
+    /// ([`super::slots`]). The servers so follow the clients that use them, and the lists
+    /// settle where the clients are.
     pub fn pop_idle(&self) -> Option<Box<ServerConn>> {
         let own = self.own();
         if let Some(idle) = self.lock(own).pop() {
@@ -79,7 +87,7 @@ impl Servers {
         (1..self.idle.len())
             .map(|k| (own + k) % self.idle.len())
             .find_map(|shard| self.lock(shard).pop())
-            .map(|i| i.conn)
+            .and_then(|i| i.conn.move_here(own))
     }
 
     /// Counts one more open server, to travel with its connection: always with one idle
@@ -147,18 +155,18 @@ impl Servers {
     pub fn counts(&self, size: usize) -> (usize, usize) {
         (
             (0..self.idle.len()).map(|shard| self.lock(shard).len()).sum(),
-            size.saturating_sub(self.permits.available_permits()),
+            size.saturating_sub(self.slots.free()),
         )
     }
 
     /// Whether [`Servers::close`] ran: servers coming back are closed, not kept.
     pub fn is_closed(&self) -> bool {
-        self.permits.is_closed()
+        self.slots.is_closed()
     }
 
     /// Closes the idle servers and refuses new slots (shutdown).
     pub fn close(&self) {
-        self.permits.close();
+        self.slots.close();
         self.clear();
     }
 

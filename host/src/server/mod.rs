@@ -165,6 +165,28 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
+    /// Moves an idle server to the calling worker thread (`threading = "per-core"`, worker
+    /// `worker`): its socket is registered with this thread's reactor from now on, so the
+    /// sessions here that use it are not woken through another thread, and the pools keep
+    /// it in this thread's idle list. A TLS server stays where it is. `None`: the socket
+    /// could not be registered here, and the connection is closed.
+    pub fn move_here(mut self: Box<Self>, worker: usize) -> Option<Box<Self>> {
+        if self.stream.is_tls() {
+            return Some(self);
+        }
+        match self.stream.reregister_here() {
+            Ok(stream) => {
+                self.stream = stream;
+                self.home = worker;
+                Some(self)
+            }
+            Err(e) => {
+                tracing::warn!(server = self.id, error = %e, "cannot move an idle server to this worker; closing it");
+                None
+            }
+        }
+    }
+
     /// Ends the connection as a client does (Terminate) and waits, up to `limit`, until the
     /// server has closed its end: its backend has then exited, so a connection opened in
     /// its place never makes one more on the server, even for a moment (the caps of

@@ -8,6 +8,8 @@
 use std::fs;
 use std::path::Path;
 
+pub use switchyard_tests::proxy::parse_ctx_switches;
+
 /// The CPU times of one process from `/proc/PID/stat`, in clock ticks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcStat {
@@ -34,18 +36,6 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
         cutime: num(13)?,
         cstime: num(14)?,
     })
-}
-
-/// Voluntary plus nonvoluntary context switches from the text of a `/proc/.../status`
-/// (one thread's when read from `/proc/PID/task/TID/status`).
-pub fn parse_ctx_switches(status: &str) -> Option<u64> {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    Some(field("voluntary_ctxt_switches:")? + field("nonvoluntary_ctxt_switches:")?)
 }
 
 /// `sysconf(_SC_CLK_TCK)`: the clock ticks per second of `/proc/PID/stat`'s times.

@@ -1,0 +1,491 @@
+//! The slots of one node's share of a pool (a slot per server it may lend at once) and the
+//! queue of checkouts waiting for one, written here instead of taking tokio's semaphore so
+//! that a slot freed on one worker thread can go to a waiter on the same thread.
+//!
+//! With one worker list (`threading = "shared"`) the queue is strictly FIFO, as tokio's
+//! semaphore was. With `threading = "per-core"` each worker thread has its own list of
+//! waiters, and a freed slot goes to the oldest waiter on the worker *near* it (the thread
+//! whose idle list the returned server went back to, whose reactor polls it), so the waiter
+//! is woken without a wake-up across threads and then drives a server its own reactor
+//! polls. A strict FIFO across threads made 0.75 to 0.89 eventfd `write`s per transaction
+//! at 64 clients on a pool of 20 (docs/performance.md, "Thread per core").
+//!
+//! Fairness stays bounded by arrival order, not by time: every waiter gets a ticket as it
+//! queues, and the near worker's oldest waiter goes first only while no waiter elsewhere
+//! holds a ticket older than it by more than the clients waiting at that moment (at least
+//! [`OVERTAKE`]); otherwise the oldest waiter anywhere goes first. So a waiter is never
+//! overtaken by more waiters that queued after it than there are clients waiting (or 16):
+//! its wait stays within about twice what strict FIFO would give it, whatever the load. A
+//! bound in time would degenerate into plain FIFO whenever every wait is longer than it,
+//! which is exactly when clients queue; a fixed bound is crossed by chance more often as
+//! the queues grow, because the two workers' queues drift apart by about their length. And
+//! a worker whose clients never free a slot locally (all servers opened on another thread)
+//! still gets slots.
+//!
+//! Slots are handed straight to a waiter, never back to the free count while one waits,
+//! so a checkout that finds no free slot cannot overtake the queue. A waiter that gives up
+//! (`query_wait_timeout`, a client that went away) takes itself out; a slot handed to it in
+//! the meantime goes to the next one. Waiting allocates nothing per wait (tokio's
+//! semaphore did not either; a oneshot channel per wait cost about 250 instructions per
+//! transaction at 64 clients).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// The fewest waiters that queued after a waiter that may be given a slot before it
+/// (per-core); with more clients waiting, as many as wait.
+///
+/// Every hand-over to another worker costs an eventfd wake-up and (when the waiter then
+/// takes a server opened there) wake-ups for that transaction's replies. At 64 clients on a
+/// pool of 20 a fixed bound of 16 left 0.12 eventfd `write`s per transaction (the queues'
+/// heads drift further apart than that by chance), one of 64 left 0.01 to 0.02, and so does
+/// the number of waiters (about 44 there); see docs/performance.md, "Thread per core".
+pub(super) const OVERTAKE: u64 = 16;
+
+/// A node share's slots and waiters.
+pub(super) struct Slots {
+    /// Free slots. A freed slot goes to a waiter if there is one, so this is 0 while any
+    /// waits.
+    free: AtomicUsize,
+    closed: AtomicBool,
+    queue: Mutex<Queue>,
+}
+
+/// The waiters, one list per worker thread (one list unless per-core), oldest first, and
+/// their states in a slab reused from wait to wait (a wait allocates nothing once the slab
+/// has grown to the most clients that waited at once).
+struct Queue {
+    lists: Box<[VecDeque<Waiter>]>,
+    next_ticket: u64,
+    entries: Vec<Entry>,
+    vacant: Vec<usize>,
+}
+
+/// A listed waiter: its ticket (arrival order) and its entry in the slab.
+struct Waiter {
+    ticket: u64,
+    entry: usize,
+}
+
+/// One waiter's state, in the slab.
+struct Entry {
+    state: State,
+    waker: Option<Waker>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Vacant,
+    Waiting,
+    /// A slot was handed to it: it is out of its list, and the slot is its to take.
+    Granted,
+    /// The slots closed: out of its list, gets `None`.
+    Closed,
+}
+
+/// One slot, lent with a server; dropping it frees the slot for the next waiter.
+pub struct Slot {
+    slots: Arc<Slots>,
+    /// The worker whose waiters get the slot first when it is freed: the holder's, or the
+    /// home of the server that went back to the pool with it ([`Slot::free_near`]).
+    near: usize,
+}
+
+impl Slot {
+    /// When this slot is freed, it goes first to a waiter on worker `home` (the thread whose
+    /// idle list the server was just returned to).
+    pub(super) fn free_near(&mut self, home: usize) {
+        self.near = home;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.free_slot(self.near);
+    }
+}
+
+impl Slots {
+    /// `size` slots, waiters kept in `lists` lists (one per worker thread).
+    pub fn new(size: usize, lists: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            free: AtomicUsize::new(size),
+            closed: AtomicBool::new(false),
+            queue: Mutex::new(Queue {
+                lists: (0..lists.max(1)).map(|_| VecDeque::new()).collect(),
+                next_ticket: 0,
+                entries: Vec::new(),
+                vacant: Vec::new(),
+            }),
+        })
+    }
+
+    /// A free slot, without waiting; none once closed.
+    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| Slot {
+                slots: self.clone(),
+                near: crate::net::worker::current(),
+            })
+    }
+
+    /// A slot, after the waiters before it (see the module docs); `None` once closed.
+    pub async fn take(self: &Arc<Self>) -> Option<Slot> {
+        if let Some(slot) = self.try_take() {
+            return Some(slot);
+        }
+        let worker = crate::net::worker::current();
+        let queued = {
+            let mut queue = self.lock();
+            // Looked at again under the lock: a slot freed since was counted free, since
+            // no waiter was queued to take it.
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(slot) = self.try_take() {
+                return Some(slot);
+            }
+            let list = worker % queue.lists.len();
+            let (ticket, entry) = queue.enqueue(list);
+            Queued {
+                slots: self,
+                list,
+                ticket,
+                entry,
+                done: false,
+            }
+        };
+        queued.await
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> usize {
+        self.free.load(Ordering::Acquire)
+    }
+
+    /// Whether [`Slots::close`] ran.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Refuses new takers and tells every waiter (`None`).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let mut wakers = Vec::new();
+        {
+            let mut queue = self.lock();
+            let Queue { lists, entries, .. } = &mut *queue;
+            for waiter in lists.iter_mut().flat_map(std::mem::take) {
+                let entry = &mut entries[waiter.entry];
+                entry.state = State::Closed;
+                wakers.extend(entry.waker.take());
+            }
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// A slot was freed near worker `near`: to the waiter [`Queue::next`] picks, else free.
+    fn free_slot(&self, near: usize) {
+        let woken = {
+            let mut queue = self.lock();
+            match queue.grant(near) {
+                Some(waker) => waker,
+                None => {
+                    self.free.fetch_add(1, Ordering::AcqRel);
+                    return;
+                }
+            }
+        };
+        if let Some(waker) = woken {
+            waker.wake();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Queue {
+    /// Lists a new waiter on `list`: its ticket and slab entry.
+    fn enqueue(&mut self, list: usize) -> (u64, usize) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let fresh = Entry {
+            state: State::Waiting,
+            waker: None,
+        };
+        let entry = match self.vacant.pop() {
+            Some(i) => {
+                self.entries[i] = fresh;
+                i
+            }
+            None => {
+                self.entries.push(fresh);
+                self.entries.len() - 1
+            }
+        };
+        self.lists[list].push_back(Waiter { ticket, entry });
+        (ticket, entry)
+    }
+
+    /// Gives entry `i` back to the slab.
+    fn vacate(&mut self, i: usize) {
+        self.entries[i] = Entry {
+            state: State::Vacant,
+            waker: None,
+        };
+        self.vacant.push(i);
+    }
+
+    /// Hands a slot freed near worker `near` to the waiter [`Queue::next`] picks; returns
+    /// its waker to wake (once the lock is released), or `None` when nobody waits.
+    fn grant(&mut self, near: usize) -> Option<Option<Waker>> {
+        let waiter = self.next(near)?;
+        let entry = &mut self.entries[waiter.entry];
+        entry.state = State::Granted;
+        Some(entry.waker.take())
+    }
+
+    /// The waiter a slot freed near worker `near` goes to (taken out of its list): the
+    /// oldest on that worker, unless a waiter elsewhere queued more tickets before it than
+    /// there are waiters (at least [`OVERTAKE`]), or that worker has none; then the oldest
+    /// anywhere. With one list: FIFO.
+    fn next(&mut self, near: usize) -> Option<Waiter> {
+        let lists = self.lists.len();
+        if lists == 1 {
+            return self.lists[0].pop_front();
+        }
+        let (oldest, oldest_list) = (0..lists)
+            .filter_map(|i| self.lists[i].front().map(|w| (w.ticket, i)))
+            .min()?;
+        let waiting = self.lists.iter().map(VecDeque::len).sum::<usize>() as u64;
+        let near = near % lists;
+        let list = match self.lists[near].front() {
+            Some(w) if w.ticket - oldest <= OVERTAKE.max(waiting) => near,
+            _ => oldest_list,
+        };
+        self.lists[list].pop_front()
+    }
+}
+
+/// A queued [`Slots::take`]: resolves when a slot is handed to it, or with `None` when the
+/// slots close; dropped before that, it takes itself out of its list, and passes on a slot
+/// handed to it that it did not take.
+struct Queued<'a> {
+    slots: &'a Arc<Slots>,
+    /// Its list: the worker it waits on.
+    list: usize,
+    ticket: u64,
+    entry: usize,
+    /// It resolved, and gave its entry back.
+    done: bool,
+}
+
+impl Future for Queued<'_> {
+    type Output = Option<Slot>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Slot>> {
+        let mut queue = self.slots.lock();
+        let entry = &mut queue.entries[self.entry];
+        let granted = match entry.state {
+            State::Granted => true,
+            State::Closed => false,
+            _ => {
+                if !entry.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    entry.waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+        };
+        queue.vacate(self.entry);
+        drop(queue);
+        self.done = true;
+        Poll::Ready(granted.then(|| Slot {
+            slots: self.slots.clone(),
+            near: self.list,
+        }))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let woken = {
+            let mut queue = self.slots.lock();
+            let state = queue.entries[self.entry].state;
+            queue.vacate(self.entry);
+            match state {
+                State::Waiting => {
+                    let list = &mut queue.lists[self.list];
+                    if let Some(i) = list.iter().position(|w| w.ticket == self.ticket) {
+                        list.remove(i);
+                    }
+                    None
+                }
+                // Handed a slot it will not take: to the next waiter, else free.
+                State::Granted => match queue.grant(self.list) {
+                    Some(waker) => waker,
+                    None => {
+                        self.slots.free.fetch_add(1, Ordering::AcqRel);
+                        None
+                    }
+                },
+                State::Closed | State::Vacant => None,
+            }
+        };
+        if let Some(waker) = woken {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::worker::set_current;
+    use std::task::Waker;
+
+    type Taking<'a> = Pin<Box<dyn Future<Output = Option<Slot>> + 'a>>;
+
+    /// A take started on worker `worker`, polled once (it queues if no slot is free).
+    fn queue_on(slots: &Arc<Slots>, worker: usize) -> Taking<'_> {
+        set_current(worker);
+        let mut taking: Taking = Box::pin(slots.take());
+        assert!(poll(&mut taking).is_pending(), "a slot was free");
+        set_current(0);
+        taking
+    }
+
+    fn poll(taking: &mut Taking) -> Poll<Option<Slot>> {
+        taking.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn granted(taking: &mut Taking) -> Slot {
+        match poll(taking) {
+            Poll::Ready(Some(slot)) => slot,
+            Poll::Ready(None) => panic!("closed"),
+            Poll::Pending => panic!("no slot handed over"),
+        }
+    }
+
+    fn free_near(mut slot: Slot, worker: usize) {
+        slot.free_near(worker);
+    }
+
+    #[test]
+    fn one_list_hands_slots_over_in_arrival_order_whatever_the_worker() {
+        let slots = Slots::new(1, 1);
+        let mut held = slots.try_take().expect("one free");
+        assert!(slots.try_take().is_none());
+        let mut waiters: Vec<Taking> = (0..4).map(|i| queue_on(&slots, 3 - i)).collect();
+        for i in 0..4 {
+            free_near(held, 3);
+            held = granted(&mut waiters[i]);
+            for later in &mut waiters[i + 1..] {
+                assert!(poll(later).is_pending(), "waiter {i} was not served first");
+            }
+        }
+        drop(held);
+        assert_eq!(slots.free(), 1);
+    }
+
+    #[test]
+    fn per_core_a_freed_slot_goes_to_the_near_workers_waiter_first() {
+        let slots = Slots::new(1, 2);
+        let held = slots.try_take().expect("one free");
+        let mut remote = queue_on(&slots, 1);
+        let mut local = queue_on(&slots, 0);
+        free_near(held, 0);
+        assert!(
+            poll(&mut remote).is_pending(),
+            "the older waiter elsewhere went first"
+        );
+        let held = granted(&mut local);
+        // No waiter left on worker 0: the slot goes to worker 1's.
+        free_near(held, 0);
+        drop(granted(&mut remote));
+        assert_eq!(slots.free(), 1);
+    }
+
+    /// How many of `locals` waiters on worker 0, all queued after one waiter on worker 1,
+    /// are served before it while every slot is freed near worker 0.
+    fn overtaken_with(locals: usize) -> usize {
+        let slots = Slots::new(1, 2);
+        let mut held = slots.try_take().expect("one free");
+        let mut remote = queue_on(&slots, 1);
+        let mut queued: Vec<Taking> = (0..locals).map(|_| queue_on(&slots, 0)).collect();
+        let mut overtaken = 0;
+        loop {
+            free_near(held, 0);
+            if let Poll::Ready(slot) = poll(&mut remote) {
+                held = slot.expect("not closed");
+                break;
+            }
+            held = granted(&mut queued[overtaken]);
+            overtaken += 1;
+        }
+        // The local waiters left are served in order after it.
+        free_near(held, 1);
+        if let Some(next) = queued.get_mut(overtaken) {
+            drop(granted(next));
+        }
+        overtaken
+    }
+
+    /// The k-th local waiter (ticket k; the remote one has ticket 0) goes first while
+    /// k <= max(16, waiting), and 1 + locals - (k - 1) wait when it is chosen: with 20
+    /// locals the floor of 16 decides, with 40 the count of waiters (k <= 42 - k: 21).
+    #[test]
+    fn per_core_a_waiter_is_overtaken_by_no_more_later_ones_than_wait() {
+        assert_eq!(overtaken_with(20), OVERTAKE as usize);
+        assert_eq!(overtaken_with(40), 21);
+        assert_eq!(
+            overtaken_with(3),
+            3,
+            "with fewer waiters than the floor, every near one goes first"
+        );
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_passes_a_slot_handed_to_it_on() {
+        let slots = Slots::new(1, 2);
+        let held = slots.try_take().expect("one free");
+        let handed = queue_on(&slots, 0);
+        let still_queued = queue_on(&slots, 0);
+        let mut next = queue_on(&slots, 1);
+        // Handed to the first waiter, which has not looked yet.
+        free_near(held, 0);
+        // The second gives up while still queued: it leaves its list.
+        drop(still_queued);
+        // The first gives up too: its slot goes to the only waiter left.
+        drop(handed);
+        drop(granted(&mut next));
+        assert_eq!(slots.free(), 1);
+    }
+
+    #[test]
+    fn close_ends_every_wait_and_refuses_new_takers() {
+        let slots = Slots::new(1, 2);
+        let _held = slots.try_take().expect("one free");
+        let mut waiters = [queue_on(&slots, 0), queue_on(&slots, 1)];
+        slots.close();
+        for w in &mut waiters {
+            assert!(matches!(poll(w), Poll::Ready(None)));
+        }
+        assert!(slots.is_closed());
+        drop(_held);
+        assert!(slots.try_take().is_none(), "a closed pool lent a slot");
+    }
+}
