@@ -27,4 +27,5 @@ pub mod sql;
 pub mod state;
 pub mod stop;
 pub mod topology;
+pub mod watch_flag;
 pub mod workers;
