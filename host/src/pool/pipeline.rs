@@ -45,11 +45,9 @@ use switchyard_protocol::backend::{self as be, parse_error_fields, ErrorFields, 
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::TransactionStatus;
 use tokio::sync::mpsc;
-
-use super::Slot;
 use tokio_util::io::poll_read_buf;
 
-use super::Pool;
+use super::{Pool, Slot};
 use crate::cancel::{self, CancelTarget, PipelinedCancel};
 use crate::net::poll_write_all;
 use crate::server::{settings_diff, ServerConn, Settings};

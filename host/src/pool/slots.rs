@@ -195,18 +195,22 @@ impl Slots {
 
     /// A slot was freed near worker `near`: to the waiter [`Queue::next`] picks, else free.
     fn free_slot(&self, near: usize) {
-        let woken = {
-            let mut queue = self.lock();
-            match queue.grant(near) {
-                Some(waker) => waker,
-                None => {
-                    self.free.fetch_add(1, Ordering::AcqRel);
-                    return;
-                }
-            }
-        };
+        let woken = self.hand_over(&mut self.lock(), near);
         if let Some(waker) = woken {
             waker.wake();
+        }
+    }
+
+    /// Hands a slot freed near worker `near` to the waiter [`Queue::next`] picks, or counts
+    /// it free when nobody waits; returns the waiter's waker, to wake once `queue`'s lock
+    /// is released.
+    fn hand_over(&self, queue: &mut Queue, near: usize) -> Option<Waker> {
+        match queue.grant(near) {
+            Some(waker) => waker,
+            None => {
+                self.free.fetch_add(1, Ordering::AcqRel);
+                None
+            }
         }
     }
 
@@ -335,13 +339,7 @@ impl Drop for Queued<'_> {
                     None
                 }
                 // Handed a slot it will not take: to the next waiter, else free.
-                State::Granted => match queue.grant(self.list) {
-                    Some(waker) => waker,
-                    None => {
-                        self.slots.free.fetch_add(1, Ordering::AcqRel);
-                        None
-                    }
-                },
+                State::Granted => self.slots.hand_over(&mut queue, self.list),
                 State::Closed | State::Vacant => None,
             }
         };
@@ -478,14 +476,14 @@ mod tests {
     #[test]
     fn close_ends_every_wait_and_refuses_new_takers() {
         let slots = Slots::new(1, 2);
-        let _held = slots.try_take().expect("one free");
+        let held = slots.try_take().expect("one free");
         let mut waiters = [queue_on(&slots, 0), queue_on(&slots, 1)];
         slots.close();
         for w in &mut waiters {
             assert!(matches!(poll(w), Poll::Ready(None)));
         }
         assert!(slots.is_closed());
-        drop(_held);
+        drop(held);
         assert!(slots.try_take().is_none(), "a closed pool lent a slot");
     }
 }
