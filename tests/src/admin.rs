@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::client::{Endpoint, PgResultExt};
@@ -27,6 +27,15 @@ pub async fn admin_rows(endpoint: &Endpoint, command: &str) -> Result<Vec<HashMa
         }
     }
     Ok(rows)
+}
+
+/// The `SHOW POOLS` row of pool `pool` (`database/user`, e.g. `app/app`).
+pub async fn pool_row(endpoint: &Endpoint, pool: &str) -> Result<HashMap<String, String>> {
+    let rows = admin_rows(endpoint, "SHOW POOLS").await?;
+    rows.iter()
+        .find(|r| r["pool"] == pool)
+        .cloned()
+        .with_context(|| format!("no pool {pool} in SHOW POOLS: {rows:?}"))
 }
 
 /// Waits until `SHOW NODES` names `node` (`host:port`) as the primary.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use switchyard_tests::admin::admin_rows;
+use switchyard_tests::admin::pool_row;
 use switchyard_tests::raw::{msg, Msg, RawConn};
 use switchyard_tests::TestBed;
 
@@ -235,12 +235,7 @@ async fn set_role_pins_the_server_and_never_reaches_the_next_client() -> Result<
 }
 
 async fn pinned(bed: &TestBed) -> Result<u64> {
-    let rows = admin_rows(&bed.endpoint(), "SHOW POOLS").await?;
-    let row = rows
-        .iter()
-        .find(|r| r["pool"] == "app/app")
-        .context("no app/app pool in SHOW POOLS")?;
-    Ok(row["pinned"].parse()?)
+    Ok(pool_row(&bed.endpoint(), "app/app").await?["pinned"].parse()?)
 }
 
 /// Client A creates a temporary table and sets a custom setting with

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use switchyard_tests::admin::admin_rows;
+use switchyard_tests::admin::pool_row;
 use switchyard_tests::client::{connect_with_messages, Load};
 use switchyard_tests::peak::ServerPeak;
 use switchyard_tests::proxy::thread_switches;
@@ -376,12 +376,7 @@ async fn per_core_waiting_clients_each_get_53300_when_no_server_frees_up() -> Re
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let pool = |rows: Vec<std::collections::HashMap<String, String>>| {
-        rows.into_iter()
-            .find(|r| r["pool"] == "app/app")
-            .context("pool app/app in SHOW POOLS")
-    };
-    let during = pool(admin_rows(&ep, "SHOW POOLS").await?)?;
+    let during = pool_row(&ep, "app/app").await?;
     let mut problems = Vec::new();
     for (i, t) in tasks.into_iter().enumerate() {
         let (r, waited) = tokio::time::timeout(Duration::from_secs(20), t)
@@ -405,7 +400,7 @@ async fn per_core_waiting_clients_each_get_53300_when_no_server_frees_up() -> Re
             },
         }
     }
-    let after = pool(admin_rows(&ep, "SHOW POOLS").await?)?;
+    let after = pool_row(&ep, "app/app").await?;
     println!(
         "SHOW POOLS while waiting: waiting {}, in_use {}; after: waiting {}, wait_timeouts {}",
         during["waiting"], during["in_use"], after["waiting"], after["wait_timeouts"]
@@ -575,13 +570,8 @@ async fn transaction_mode_listen_pins_the_server_and_notifications_arrive() -> R
     skip_if_direct!();
     let mut bed = TestBed::start_with(|cfg| cfg.mode("transaction").pool_size(2).with_admin())?;
     let ep = bed.endpoint();
-    let pinned = |rows: Vec<std::collections::HashMap<String, String>>| -> Result<u64> {
-        let row = rows
-            .iter()
-            .find(|r| r["pool"] == "app/app")
-            .context("no app/app pool in SHOW POOLS")?;
-        Ok(row["pinned"].parse()?)
-    };
+    let pinned =
+        |row: std::collections::HashMap<String, String>| -> Result<u64> { Ok(row["pinned"].parse()?) };
     let load = Load::start(&ep, 2).await?;
     let (listener, mut messages) = connect_with_messages(&ep.config("app", "app", "app"))
         .await
@@ -620,7 +610,7 @@ async fn transaction_mode_listen_pins_the_server_and_notifications_arrive() -> R
         .map(|p| ("jobs".to_owned(), p.to_string()))
         .collect();
     ensure!(got == want, "notifications: {got:?}");
-    let count = pinned(admin_rows(&ep, "SHOW POOLS").await?)?;
+    let count = pinned(pool_row(&ep, "app/app").await?)?;
     ensure!(count == 1, "SHOW POOLS counts {count} pinned clients, expected 1");
     for _ in 0..3 {
         let now: i32 = listener
@@ -654,7 +644,7 @@ async fn transaction_mode_listen_pins_the_server_and_notifications_arrive() -> R
     );
     drop(listener);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pinned(admin_rows(&ep, "SHOW POOLS").await?)? != 0 {
+    while pinned(pool_row(&ep, "app/app").await?)? != 0 {
         ensure!(
             Instant::now() < deadline,
             "still pinned 5 s after the listener left"

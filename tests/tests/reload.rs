@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use switchyard_tests::admin::admin_rows;
+use switchyard_tests::admin::{admin_rows, pool_row};
 use switchyard_tests::plugin::{
     component, count, decisions, install, policy_row, rebuilt, short_hash, with_plugin_path,
 };
@@ -94,12 +94,7 @@ impl Version {
 
 /// The `checkouts` counter of `pool` in SHOW POOLS.
 async fn checkouts(endpoint: &Endpoint, pool: &str) -> Result<u64> {
-    let rows = admin_rows(endpoint, "SHOW POOLS").await?;
-    let row = rows
-        .iter()
-        .find(|r| r["pool"] == pool)
-        .with_context(|| format!("no pool {pool} in SHOW POOLS: {rows:?}"))?;
-    Ok(row["checkouts"].parse()?)
+    Ok(pool_row(endpoint, pool).await?["checkouts"].parse()?)
 }
 
 /// One transaction of the load: when it began and ended, and how it ended.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::BytesMut;
 use switchyard_tests::admin::wait_for_primary;
-use switchyard_tests::client::backend_running;
+use switchyard_tests::client::{backend_running, backends_running};
 use switchyard_tests::promotion::{probed, probed_pair};
 use switchyard_tests::raw::{msg, RawConn};
 use switchyard_tests::{
@@ -44,17 +44,6 @@ async fn dba(endpoint: &Endpoint) -> Result<Client> {
     endpoint
         .connect(roles::SUPERUSER.0, roles::SUPERUSER.1, roles::APP_DB)
         .await
-}
-
-/// How many backends of `dba`'s node run `sql` now.
-async fn running(dba: &Client, sql: &str) -> Result<i64> {
-    Ok(dba
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-            &[&sql],
-        )
-        .await?
-        .get(0))
 }
 
 /// Waits (up to 10 s) until step 1 of `tag` is committed, as seen by `dba`.
@@ -147,7 +136,7 @@ async fn a_committing_procedure_or_do_block_cut_by_pg_terminate_backend_runs_onc
         );
         // Long enough for a rerun to commit its step 1 and reach pg_stat_activity.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        ensure!(running(&dba, sql).await? == 0, "{tag} runs again");
+        ensure!(backends_running(&dba, sql).await? == 0, "{tag} runs again");
         let rows = steps(&dba, tag).await?;
         ensure!(
             rows == (1, 0),
@@ -198,7 +187,7 @@ async fn a_query_killed_by_pg_terminate_backend_on_a_node_that_stays_up_gets_the
     dba.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     ensure!(
-        running(&dba, runaway).await? == 0,
+        backends_running(&dba, runaway).await? == 0,
         "the terminated query was sent again"
     );
     let result = answer(client, t0, Duration::from_secs(2), "runaway SELECT").await?;
@@ -219,7 +208,7 @@ async fn a_query_killed_by_pg_terminate_backend_on_a_node_that_stays_up_gets_the
     // Past the time a rerun would have taken to commit.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     ensure!(
-        running(&dba, insert).await? == 0,
+        backends_running(&dba, insert).await? == 0,
         "the terminated INSERT runs again"
     );
     let rows: i64 = dba.query_one("SELECT count(*) FROM killed", &[]).await?.get(0);
