@@ -1,8 +1,9 @@
 //! The benchmark program of `scripts/bench` (`switchyard-bench`) end to end, with the
 //! shortest settings that still measure the `-S -M simple -c 64` cell of all three targets,
-//! the plugin tax, the read-routing row and one pipelined-pooling cell: its report must end with the lines users and
-//! docs/performance.md parse, in their format. Its statistics and report have unit tests in the program itself;
-//! this checks that the servers start, the runs run and everything is stopped again.
+//! the plugin tax, the read-routing row and one pipelined-pooling cell: its report must end
+//! with the lines users and docs/performance.md parse, in their format. Its statistics and
+//! report have unit tests in the program itself; this checks that the servers start, the
+//! runs run and everything is stopped again.
 //! Against the proxy under test (`SWITCHYARD_BIN` or `target/<profile>/switchyard`).
 
 use std::process::Command;
