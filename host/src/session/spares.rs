@@ -22,8 +22,14 @@ pub(super) const CAPACITY: usize = 4 * 1024;
 const KEEP_UP_TO: usize = 32 * 1024;
 /// Longer queues (a long pipeline went through them) are freed, not kept.
 const KEEP_QUEUE_UP_TO: usize = 64;
-/// Sets kept per thread: at most about 3 MiB of buffers per thread.
-const SPARES: usize = 32;
+/// Bytes a thread keeps in spare sets (the sum of their buffers' and queues' capacities):
+/// at the usual 5 KiB a set, about two hundred sets. Sessions park and take sets in bursts
+/// as big as the number of clients a pool serves at once (a thousand clients queued for 20
+/// servers wake in batches of a hundred and more); a cap of a few dozen sets made such a
+/// burst free its sets and the next one allocate and grow them again, some 1,000
+/// instructions per transaction at 1,000 clients. Counted in bytes, not sets, so a few sets
+/// whose buffers grew cannot hold more than this.
+const KEEP_BYTES: usize = 1024 * 1024;
 
 /// What a session holds only while it has work, all empty.
 #[derive(Default)]
@@ -35,8 +41,25 @@ pub(super) struct Parked {
     pub frames: Vec<Bytes>,
 }
 
+impl Parked {
+    /// What the set's allocations weigh, as counted against [`KEEP_BYTES`].
+    fn bytes(&self) -> usize {
+        self.cbuf.capacity()
+            + self.cout.capacity()
+            + self.sout.capacity()
+            + self.expect.capacity() * std::mem::size_of::<Expect>()
+            + self.frames.capacity() * std::mem::size_of::<Bytes>()
+    }
+}
+
+/// A thread's spare sets and what they weigh.
+struct Spares {
+    sets: Vec<Parked>,
+    bytes: usize,
+}
+
 thread_local! {
-    static PARKED: RefCell<Vec<Parked>> = const { RefCell::new(Vec::new()) };
+    static PARKED: RefCell<Spares> = const { RefCell::new(Spares { sets: Vec::new(), bytes: 0 }) };
 }
 
 /// Keeps `set` (all of it empty) for the next session on this thread that has work, minus
@@ -59,10 +82,12 @@ pub(super) fn park(mut set: Parked) {
     if set.frames.capacity() > KEEP_QUEUE_UP_TO {
         set.frames = Vec::new();
     }
+    let bytes = set.bytes();
     PARKED.with(|s| {
         let mut s = s.borrow_mut();
-        if s.len() < SPARES {
-            s.push(set);
+        if s.bytes + bytes <= KEEP_BYTES {
+            s.bytes += bytes;
+            s.sets.push(set);
         }
     });
 }
@@ -71,7 +96,14 @@ pub(super) fn park(mut set: Parked) {
 /// The output buffers and queues start from what was parked or from nothing (they grow to
 /// what is written), so a burst of sessions waking at once allocates only what it needs.
 pub(super) fn take() -> Parked {
-    let mut set = PARKED.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    let mut set = PARKED
+        .with(|s| {
+            let mut s = s.borrow_mut();
+            let set = s.sets.pop()?;
+            s.bytes -= set.bytes();
+            Some(set)
+        })
+        .unwrap_or_default();
     // Reserving on an empty unique buffer reclaims its space in place.
     set.cbuf.reserve(CAPACITY);
     set
@@ -82,7 +114,11 @@ mod tests {
     use super::*;
 
     fn clear_spares() {
-        PARKED.with(|s| s.borrow_mut().clear());
+        PARKED.with(|s| {
+            let mut s = s.borrow_mut();
+            s.sets.clear();
+            s.bytes = 0;
+        });
     }
 
     #[test]
@@ -116,6 +152,27 @@ mod tests {
             ..Parked::default()
         });
         assert!(take().cout.capacity() >= 100);
+    }
+
+    /// A thread keeps sets up to [`KEEP_BYTES`] and frees the rest; taking one makes room.
+    #[test]
+    fn spares_are_kept_up_to_their_bytes() {
+        clear_spares();
+        let set = || Parked {
+            cbuf: BytesMut::with_capacity(CAPACITY),
+            ..Parked::default()
+        };
+        let fits = KEEP_BYTES / set().bytes();
+        assert!(fits >= 200, "{fits} sets of {} bytes", set().bytes());
+        for _ in 0..fits + 10 {
+            park(set());
+        }
+        let kept = || PARKED.with(|s| (s.borrow().sets.len(), s.borrow().bytes));
+        assert_eq!(kept(), (fits, fits * set().bytes()));
+        let _taken = take();
+        park(set());
+        park(set());
+        assert_eq!(kept().0, fits);
     }
 
     #[test]
