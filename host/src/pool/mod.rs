@@ -311,7 +311,10 @@ impl Pool {
     }
 
     /// [`Pool::checkout`] when it may wait: for a pause, a hold, a slot (unless `permit`
-    /// already holds one), a primary or a connect.
+    /// already holds one), a primary or a connect. Boxed by its callers, so what it holds
+    /// across its awaits is kept small: the waits for a pause, a hold, a primary or a
+    /// connect are boxed in turn, and only the wait for a slot (what a client queued at a
+    /// busy pool does every transaction) is inline.
     async fn checkout_waiting(self: &Arc<Self>, permit: Option<Slot>) -> Result<Checkout, PoolError> {
         // When this checkout started waiting (a pause, a hold, no primary), if it did:
         // reported to the cluster's failover event. Read from the clock only then.
@@ -319,7 +322,7 @@ impl Pool {
         if self.pause.paused().is_some() {
             held_since = Some(Instant::now());
             self.waiting.fetch_add(1, Ordering::Relaxed);
-            self.pause.wait(&self.cluster).await;
+            Box::pin(self.pause.wait(&self.cluster)).await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         // The switchover policy's hold (a planned stop, a lost primary): wait for its
@@ -328,7 +331,7 @@ impl Pool {
         if self.cluster.hold().is_some() {
             held_since.get_or_insert_with(Instant::now);
             self.waiting.fetch_add(1, Ordering::Relaxed);
-            hold_ran_out = !self.cluster.wait_while_held().await;
+            hold_ran_out = !Box::pin(self.cluster.wait_while_held()).await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         let permit = match permit {
@@ -397,6 +400,17 @@ impl Pool {
                 }
             }
         }
+        // Connects and waits for a primary are boxed: their state is large and rare, and
+        // held inline it would be copied into the box of every checkout that queued.
+        Box::pin(self.connect_on_primary(held_since, hold_ran_out)).await
+    }
+
+    /// [`Pool::server_on_primary`] when no idle server on a confirmed primary can be reused.
+    async fn connect_on_primary(
+        &self,
+        held_since: &mut Option<Instant>,
+        hold_ran_out: bool,
+    ) -> Result<Box<ServerConn>, PoolError> {
         let started = Instant::now();
         let deadline = if hold_ran_out {
             started
