@@ -58,6 +58,9 @@ pub struct Options {
     pub reconnect_clients: Vec<u32>,
     pub idle_clients: u32,
     pub workers: Option<u32>,
+    /// `THREADING`: Switchyard's `[proxy] threading` (`shared` or `per-core`); unset, the
+    /// proxy's default.
+    pub threading: Option<String>,
     /// As given (passed to pgbench as it is, printed as it is).
     pub sampling: String,
     pub duration: u32,
@@ -241,6 +244,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let cg_warmup = var("CG_WARMUP", "200");
     let cg_workers = var("CG_WORKERS", "1");
     let workers = env("WORKERS").filter(|v| !v.is_empty());
+    let threading = env("THREADING").filter(|v| !v.is_empty());
     let strace_secs = var("STRACE_SECONDS", "3");
 
     let duration = positive("DURATION", &duration)?;
@@ -301,6 +305,14 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let reconnect_clients = counts(&reconnect)?;
     let idle_clients = number("IDLE_CLIENTS", &idle_clients)?;
     let workers = workers.map(|w| number("WORKERS", &w)).transpose()?;
+    if let Some(t) = threading
+        .as_deref()
+        .filter(|t| !["shared", "per-core"].contains(t))
+    {
+        return Err(UsageError(format!(
+            "THREADING must be shared or per-core, got '{t}'"
+        )));
+    }
     let modes: Vec<String> = modes.split_whitespace().map(str::to_owned).collect();
     if let Some(m) = modes
         .iter()
@@ -320,6 +332,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         reconnect_clients,
         idle_clients,
         workers,
+        threading,
         sampling: var("SAMPLING", "0.1"),
         duration,
         modes,
@@ -507,12 +520,27 @@ mod tests {
     fn empty_settings() {
         let o = run(
             &[],
-            &[("RECONNECT_CLIENTS", ""), ("DURATION", ""), ("WORKERS", "")],
+            &[
+                ("RECONNECT_CLIENTS", ""),
+                ("DURATION", ""),
+                ("WORKERS", ""),
+                ("THREADING", ""),
+            ],
         )
         .unwrap();
         assert!(o.reconnect_clients.is_empty());
         assert_eq!(o.duration, 10);
         assert_eq!(o.workers, None);
+        assert_eq!(o.threading, None);
+    }
+
+    /// THREADING passes `shared` or `per-core` to the proxy and refuses anything else.
+    #[test]
+    fn threading() {
+        let o = run(&[], &[("THREADING", "per-core")]).unwrap();
+        assert_eq!(o.threading.as_deref(), Some("per-core"));
+        let e = run(&[], &[("THREADING", "percore")]).unwrap_err();
+        assert!(e.0.contains("THREADING") && e.0.contains("percore"), "{}", e.0);
     }
 
     /// STRACE=0 turns the strace runs off, STRACE_SECONDS sets their length; --quick keeps

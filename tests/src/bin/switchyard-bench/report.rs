@@ -140,6 +140,11 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
         opt.workers
             .map_or("default (one per core)".to_owned(), |w| w.to_string())
     );
+    let _ = writeln!(
+        o,
+        "- Switchyard threading: {}",
+        opt.threading.as_deref().unwrap_or("default (shared)")
+    );
     let _ = writeln!(o, "- total wall time: {}s", cx.elapsed_secs);
     if opt.matrix {
         o.push('\n');

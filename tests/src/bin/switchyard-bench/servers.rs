@@ -512,6 +512,9 @@ pub fn proxy_config(
     } else if let Some(w) = opt.workers {
         cfg = cfg.set("proxy.workers", i64::from(w));
     }
+    if let Some(t) = &opt.threading {
+        cfg = cfg.set("proxy.threading", t.as_str());
+    }
     if let Some(plugin) = plugin {
         cfg = cfg
             .set("plugins.pool-mode.path", plugin.display().to_string())
