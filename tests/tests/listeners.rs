@@ -50,7 +50,8 @@ fn unix_endpoint(dir: &Path, port: u16) -> Endpoint {
 /// tokio-postgres' cancel token (which connects over the same socket) ends with 57014
 /// within 5 s; and a query started over TCP (RawConn) is cancelled by a CancelRequest
 /// sent over the Unix socket with its key (57014): the cancel key is found whichever
-/// listener the cancel arrives on. The proxy logs the Unix clients as `unix`.
+/// listener the cancel arrives on. The start-up line names the socket, and logins over it
+/// are logged with `peer=unix`.
 #[tokio::test]
 async fn unix_socket_serves_psql_and_tokio_postgres_and_cancels_in_both_threadings() -> Result<()> {
     skip_if_direct!();
@@ -179,6 +180,12 @@ async fn unix_socket_serves_psql_and_tokio_postgres_and_cancels_in_both_threadin
         ensure!(
             log.contains("listening") && log.contains(&socket.display().to_string()),
             "{threading}: the start-up line does not name the socket:\n{log}"
+        );
+        ensure!(
+            log.lines()
+                .any(|l| l.contains("client logged in") && l.contains("peer=unix")),
+            "{threading}: no login logged with peer=unix:\n{}",
+            proxy.log_tail(30)
         );
         proxy.ensure_running()?;
     }
