@@ -217,15 +217,7 @@ async fn every_listen_address_serves_in_both_threadings() -> Result<()> {
                 false => format!("{host}:{port}"),
             });
         }
-        let mut cfg = ProxyConfig::for_cluster(&pg)
-            .set("proxy.threading", threading)
-            .set("proxy.workers", workers)
-            .set(
-                "proxy.listen",
-                toml::Value::Array(addrs.iter().cloned().map(toml::Value::String).collect()),
-            );
-        cfg.proxy.listen = addrs[0].clone();
-        let mut proxy = Proxy::start(cfg)?;
+        let mut proxy = Proxy::start(listening_on(&pg, threading, workers, &addrs))?;
         let mut clients = Vec::new();
         for (host, addr) in hosts.iter().zip(&addrs) {
             let port: u16 = addr.rsplit(':').next().unwrap_or_default().parse()?;
@@ -243,6 +235,56 @@ async fn every_listen_address_serves_in_both_threadings() -> Result<()> {
             let n: i32 = row.get(0);
             ensure!(n == i as i32 + 1, "{threading}: the client on {addr} got {n}");
             println!("{threading}: the client on {addr} got {n}");
+        }
+        proxy.ensure_running()?;
+    }
+    Ok(())
+}
+
+/// The test configuration for `pg` with `listen` the array `addrs` (the first one is where
+/// [`Proxy::start`] waits for the proxy), `threading` and `workers`.
+fn listening_on(pg: &PgCluster, threading: &str, workers: i64, addrs: &[String]) -> ProxyConfig {
+    let mut cfg = ProxyConfig::for_cluster(pg)
+        .set("proxy.threading", threading)
+        .set("proxy.workers", workers)
+        .set(
+            "proxy.listen",
+            toml::Value::Array(addrs.iter().cloned().map(toml::Value::String).collect()),
+        );
+    cfg.proxy.listen = addrs[0].clone();
+    cfg
+}
+
+/// `listen = ["127.0.0.1:P", "[::]:P"]`, an IPv4 address and the IPv6 wildcard on one port
+/// (Postgres' `listen_addresses = '*'` case), in each threading mode: the proxy starts
+/// (the IPv6 socket is made IPv6-only, else its bind fails with "address in use") and a
+/// client over 127.0.0.1 and one over `::1` each get their query's answer. Skipped (a
+/// failure under SWITCHYARD_NO_SKIP) only on a machine without `::1`.
+#[tokio::test]
+async fn ipv4_address_and_ipv6_wildcard_share_a_port() -> Result<()> {
+    skip_if_direct!();
+    if !env::has_ipv6_loopback() {
+        return env::skip("this machine has no IPv6 loopback address (::1)");
+    }
+    let pg = PgCluster::start()?;
+    for (threading, workers) in THREADINGS {
+        let port = ports::free_port()?;
+        let addrs = [format!("127.0.0.1:{port}"), format!("[::]:{port}")];
+        let mut proxy = Proxy::start(listening_on(&pg, threading, workers, &addrs))?;
+        for (i, host) in ["127.0.0.1", "::1"].into_iter().enumerate() {
+            let n: i32 = Endpoint::new(host, port)
+                .connect_app()
+                .await
+                .with_context(|| format!("{threading}: connecting over {host}"))?
+                .query_one("SELECT $1::int4 * 10", &[&(i as i32 + 1)])
+                .await
+                .ctx("a query")?
+                .get(0);
+            ensure!(
+                n == (i as i32 + 1) * 10,
+                "{threading}: the client over {host} got {n}"
+            );
+            println!("{threading}: [\"127.0.0.1:{port}\", \"[::]:{port}\"]: the client over {host} got {n}");
         }
         proxy.ensure_running()?;
     }

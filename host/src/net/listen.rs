@@ -78,11 +78,16 @@ pub struct Listeners {
 impl Listeners {
     /// Listeners on `addrs`, registered with the current runtime. With `reuse_port` each
     /// socket is bound with `SO_REUSEPORT`, so that every per-core worker binds its own.
+    ///
+    /// An IPv6 socket takes IPv4 clients too (`[::]:6432` alone serves both), unless an
+    /// IPv4 address on its port is listed as well: then it is IPv6-only, as Postgres makes
+    /// its IPv6 sockets, so that `["0.0.0.0:6432", "[::]:6432"]` binds both.
     pub fn tcp(addrs: &[SocketAddr], reuse_port: bool) -> Result<Listeners, ListenError> {
         let all = addrs
             .iter()
             .map(|&addr| {
-                listen_tcp(addr, reuse_port)
+                let v6_only = addr.is_ipv6() && addrs.iter().any(|a| a.is_ipv4() && a.port() == addr.port());
+                listen_tcp(addr, reuse_port, v6_only)
                     .map(Listener::Tcp)
                     .map_err(|source| ListenError::Tcp { addr, source })
             })
@@ -145,8 +150,8 @@ impl Listeners {
     }
 }
 
-/// A TCP socket listening on `addr`, with `SO_REUSEPORT` if asked.
-fn listen_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+/// A TCP socket listening on `addr`, with `SO_REUSEPORT` and `IPV6_V6ONLY` if asked.
+fn listen_tcp(addr: SocketAddr, reuse_port: bool, v6_only: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -154,6 +159,9 @@ fn listen_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener
     socket.set_reuseaddr(true)?;
     if reuse_port {
         socket.set_reuseport(true)?;
+    }
+    if v6_only {
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
     }
     socket.bind(addr)?;
     socket.listen(1024)
