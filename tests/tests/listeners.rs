@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{BufMut, BytesMut};
+use switchyard_tests::proxy::worker_switches;
 use switchyard_tests::raw::RawConn;
 use switchyard_tests::tools::run_command;
 use switchyard_tests::{
@@ -95,6 +96,8 @@ async fn unix_socket_serves_psql_and_tokio_postgres_and_cancels_in_both_threadin
             "{threading}: tokio-postgres over the Unix socket counted {count}"
         );
 
+        let pid = proxy.pid().context("the proxy's pid")?;
+        let before = worker_switches(pid)?;
         let started = Instant::now();
         let mut clients = tokio::task::JoinSet::new();
         for c in 0..8i32 {
@@ -115,8 +118,15 @@ async fn unix_socket_serves_psql_and_tokio_postgres_and_cancels_in_both_threadin
         while let Some(done) = clients.join_next().await {
             done??;
         }
+        // Which workers served them, as context switches per worker thread (printed: with
+        // per-core, the first worker to wake takes each client, so both usually do).
+        let after = worker_switches(pid)?;
+        let per_worker: Vec<u64> = after
+            .iter()
+            .map(|(tid, n)| n - before.get(tid).copied().unwrap_or(0))
+            .collect();
         println!(
-            "{threading}: 8 clients x 20 queries over the Unix socket in {:?}",
+            "{threading}: 8 clients x 20 queries over the Unix socket in {:?}; context switches per worker thread: {per_worker:?}",
             started.elapsed()
         );
 
