@@ -4,7 +4,6 @@
 //! (FATAL 57P01, their servers closed so their transactions roll back) and exit.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,11 +13,12 @@ use bytes::BytesMut;
 use switchyard_protocol::backend::{error_response, ErrorFields};
 use switchyard_protocol::sqlstate;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::either::Either;
 
+use crate::net::listen::Listeners;
+use crate::net::{Peer, Stream};
 use crate::session::{self, Destination, LoggedIn};
 use crate::state::ProxyState;
 use crate::stop::{Stop, StopWatch};
@@ -47,10 +47,10 @@ impl Stopping {
     }
 }
 
-/// Serves clients on `listener` until `stop` resolves or another listener began the
-/// shutdown, then drains this listener's sessions.
+/// Serves clients on `listeners` until `stop` resolves or another listener began the
+/// shutdown, then drains their sessions.
 pub async fn serve(
-    listener: TcpListener,
+    mut listeners: Listeners,
     state: Arc<ProxyState>,
     stopping: Arc<Stopping>,
     stop: impl std::future::Future<Output = ()>,
@@ -63,8 +63,8 @@ pub async fn serve(
         tokio::select! {
             _ = &mut stop => break,
             _ = shutdown.wait_for(|down| *down) => break,
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
+            accepted = listeners.accept() => {
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -76,16 +76,16 @@ pub async fn serve(
                 let (slot, refusal) = ClientSlot::take(&state);
                 if let Some(why) = refusal {
                     tracing::warn!(%peer, "refusing client: {why}");
-                    tokio::spawn(refuse(tcp, why, slot));
+                    tokio::spawn(refuse(stream, why, slot));
                     continue;
                 }
                 let state = state.clone();
-                sessions.spawn(connection(tcp, peer, state, slot, stop_sessions.watch()));
+                sessions.spawn(connection(stream, peer, state, slot, stop_sessions.watch()));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
-    drop(listener);
+    drop(listeners);
     let timeout = state.config.proxy.shutdown_timeout;
     tracing::info!(
         clients = sessions.len(),
@@ -165,10 +165,10 @@ impl Drop for ClientSlot {
 
 /// Tells a client refused at accept why, as its answer to the startup packet it is about
 /// to send: an ErrorResponse is what libpq shows.
-async fn refuse(mut tcp: tokio::net::TcpStream, why: &'static str, _slot: ClientSlot) {
+async fn refuse(mut stream: Stream, why: &'static str, _slot: ClientSlot) {
     let mut out = BytesMut::new();
     error_response(&ErrorFields::fatal(sqlstate::TOO_MANY_CONNECTIONS, why), &mut out);
-    let _ = tcp.write_all(&out).await;
+    let _ = stream.write_all(&out).await;
 }
 
 /// Advances the pools' coarse clocks and closes idle servers past their limits, once a
@@ -191,14 +191,14 @@ pub async fn reap_pools(state: Arc<ProxyState>) {
 /// result nor the arguments are held a second time beside it.
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold some arguments twice (see above)
 fn connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Peer,
     state: Arc<ProxyState>,
     mut slot: ClientSlot,
     stop: Arc<StopWatch>,
 ) -> impl Future<Output = ()> {
     async move {
-        let login = session::login(tcp, peer, &state).await;
+        let login = session::login(stream, peer, &state).await;
         slot.logged_in();
         // Not `login.map(attend)`: a temporary held across the await would double it.
         if let Some(client) = login {
@@ -211,7 +211,7 @@ fn connection(
 /// and large) the admin console.
 fn attend(
     client: LoggedIn,
-    peer: SocketAddr,
+    peer: Peer,
     state: Arc<ProxyState>,
     stop: Arc<StopWatch>,
 ) -> Either<impl Future<Output = ()>, Pin<Box<dyn Future<Output = ()> + Send>>> {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::{Config, Threading};
 use switchyard::listener::Stopping;
+use switchyard::net::listen::{Listeners, UnixSocketFile};
 use switchyard::state::{ConfigSource, ProxyState};
 use tokio::sync::watch;
 
@@ -98,17 +99,25 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         path: path.to_path_buf(),
         text,
     };
-    let listen = config.proxy.listen;
+    let listen = config.proxy.listen.clone();
+    let unix_path = config.proxy.unix_socket_path();
+    let unix_mode = config.proxy.unix_socket_mode;
     let threading = config.proxy.threading;
     let workers = config.proxy.worker_threads();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Loading plugins compiles them (seconds for large ones): done before serving.
+    let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
+    // Bound before serving; the file is removed when this returns (a clean stop).
+    let unix = unix_path
+        .map(|path| UnixSocketFile::bind(&path, unix_mode))
+        .transpose()?;
+    let unix_shown = unix.as_ref().map(|(file, _)| file.path().display().to_string());
     if threading == Threading::PerCore {
-        // Loading plugins compiles them (seconds for large ones): done before serving.
-        let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
-        let workers = switchyard::workers::bind(listen, workers)?;
+        let workers = switchyard::workers::bind(&listen, unix.as_ref().map(|(f, l)| (f, l)), workers)?;
         spawn_background(&state)?;
-        tracing::info!(%listen, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
+        tracing::info!(listen = %addresses(&listen), unix = unix_shown, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
         let stopping = Stopping::new(shutdown_tx, workers.len());
+        let _unix_file = unix.map(|(file, _listener)| file);
         switchyard::workers::run(workers, state, stopping, shutdown_signal())?;
         return Ok(());
     }
@@ -126,18 +135,27 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    // Loading plugins compiles them (seconds for large ones): done before serving.
-    let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
     spawn_background(&state)?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        tracing::info!(%listen, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
+        let mut listeners = Listeners::tcp(&listen, false)?;
+        let _unix_file = match unix {
+            Some((file, listener)) => {
+                listeners.add_unix(&file, &listener)?;
+                Some(file)
+            }
+            None => None,
+        };
+        tracing::info!(listen = %addresses(&listen), unix = unix_shown, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
         let stopping = Stopping::new(shutdown_tx, 1);
-        switchyard::listener::serve(listener, state, stopping, shutdown_signal()).await;
+        switchyard::listener::serve(listeners, state, stopping, shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// `listen`'s addresses, for the log.
+fn addresses(listen: &[std::net::SocketAddr]) -> String {
+    let shown: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    shown.join(", ")
 }
 
 /// Starts what runs beside the clients on a thread and single-threaded runtime of its own:

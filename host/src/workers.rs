@@ -1,10 +1,18 @@
 //! `[proxy] threading = "per-core"`: one single-threaded tokio runtime per worker thread,
-//! each accepting clients on its own listening socket (all bound to `listen` with
-//! `SO_REUSEPORT`, so the kernel spreads new connections over them). A session then runs
+//! each accepting clients on its own listening sockets (one per `listen` address, all
+//! bound with `SO_REUSEPORT`, so the kernel spreads new connections over them). A session then runs
 //! on the thread that accepted it from login to end, and the server sockets it opens are
 //! registered with that thread's reactor; the pools keep one idle list per thread
 //! ([`crate::net::worker`]), so that a session normally gets a server its own thread
 //! polls and no wake-up crosses threads.
+//!
+//! The Unix-domain socket (`unix_socket_dir`) has no `SO_REUSEPORT` balancing: every
+//! worker accepts on the one socket through a descriptor of its own, registered with its
+//! own reactor. A new client wakes every worker; the first to accept takes it and the
+//! others find nothing (`EAGAIN`), at most `workers` wake-ups per connection, once, not
+//! per transaction. Whichever worker is least busy tends to get there first, which spreads
+//! the clients; handing accepted sockets from one acceptor to the other workers would
+//! cost a channel and a wake-up per connection and a thread that could fall behind.
 //!
 //! The background work (reloads, probes, the pool reaper, metrics, plugin file watching)
 //! runs on a thread of its own (as with shared threading); the first worker waits for
@@ -16,55 +24,48 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::listener::Stopping;
+use crate::net::listen::{ListenError, Listeners, UnixSocketFile};
 use crate::state::ProxyState;
 
 /// Why the per-core workers could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("cannot start worker thread {index}: {source}")]
     Start { index: usize, source: std::io::Error },
 }
 
-/// One worker: its runtime and the listener registered with it.
+/// One worker: its runtime and the listeners registered with it.
 pub struct Worker {
     runtime: tokio::runtime::Runtime,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
 }
 
-/// `count` workers, each with a socket listening on `addr` with `SO_REUSEPORT` (all on
-/// the first one's port when `addr` asks for port 0).
-pub fn bind(addr: SocketAddr, count: usize) -> Result<Vec<Worker>, WorkersError> {
+/// `count` workers, each with a socket listening on every address of `addrs` with
+/// `SO_REUSEPORT` (all on the first worker's ports where `addrs` asks for port 0), and
+/// each accepting on `unix` too.
+pub fn bind(
+    addrs: &[SocketAddr],
+    unix: Option<(&UnixSocketFile, &std::os::unix::net::UnixListener)>,
+    count: usize,
+) -> Result<Vec<Worker>, WorkersError> {
     let mut workers: Vec<Worker> = Vec::with_capacity(count);
-    let mut addr = addr;
+    let mut addrs = addrs.to_vec();
     for _ in 0..count {
         let runtime = runtime();
-        let listener = {
+        let listeners = {
             let _inside = runtime.enter();
-            listen(addr).map_err(|source| WorkersError::Listen { addr, source })?
+            let mut listeners = Listeners::tcp(&addrs, true)?;
+            if let Some((file, listener)) = unix {
+                listeners.add_unix(file, listener)?;
+            }
+            listeners
         };
-        addr = listener
-            .local_addr()
-            .map_err(|source| WorkersError::Listen { addr, source })?;
-        workers.push(Worker { runtime, listener });
+        addrs = listeners.tcp_addrs();
+        workers.push(Worker { runtime, listeners });
     }
     Ok(workers)
-}
-
-/// A socket listening on `addr` that other sockets of this process may listen on too.
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// Serves `state` with `workers`, one thread each (the first on the calling thread, which
@@ -85,9 +86,9 @@ pub fn run(
             .name(format!("switchyard-worker-{index}"))
             .spawn(move || {
                 crate::net::worker::set_current(index);
-                let Worker { runtime, listener } = worker;
+                let Worker { runtime, listeners } = worker;
                 runtime.block_on(crate::listener::serve(
-                    listener,
+                    listeners,
                     state,
                     stopping,
                     std::future::pending(),
@@ -96,8 +97,8 @@ pub fn run(
             .map_err(|source| WorkersError::Start { index, source })?;
         threads.push(thread);
     }
-    let Worker { runtime, listener } = first;
-    runtime.block_on(crate::listener::serve(listener, state, stopping, stop));
+    let Worker { runtime, listeners } = first;
+    runtime.block_on(crate::listener::serve(listeners, state, stopping, stop));
     for thread in threads {
         // A worker that panicked has reported it; the others have drained.
         let _ = thread.join();

@@ -242,3 +242,12 @@ pub fn tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("<cannot read {}: {e}>", path.display()),
     }
 }
+
+/// Whether this machine has the IPv6 loopback address (`::1` on `lo` in
+/// `/proc/net/if_inet6`).
+pub fn has_ipv6_loopback() -> bool {
+    std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.starts_with("00000000000000000000000000000001"))
+    })
+}

@@ -725,3 +725,14 @@ pub fn thread_switches(pid: u32) -> Result<Vec<ThreadSwitches>> {
     }
     Ok(threads)
 }
+
+/// The context switches so far of each of the proxy's per-core worker threads (the main
+/// thread, worker 0, and the threads named `switchyard-worker-N`), by thread id.
+pub fn worker_switches(pid: u32) -> Result<BTreeMap<u32, u64>> {
+    Ok(thread_switches(pid)?
+        .into_iter()
+        // `comm` keeps 15 bytes: "switchyard-work".
+        .filter(|t| t.tid == pid || t.name.starts_with("switchyard-work"))
+        .map(|t| (t.tid, t.switches))
+        .collect())
+}

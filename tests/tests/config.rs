@@ -389,15 +389,6 @@ async fn reload_repeats_the_warning_about_a_readable_file_with_secrets() -> Resu
     bed.ensure_proxy_alive()
 }
 
-/// Whether this machine has the IPv6 loopback address (`::1` on `lo` in
-/// `/proc/net/if_inet6`).
-fn has_ipv6_loopback() -> bool {
-    std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| {
-        t.lines()
-            .any(|l| l.starts_with("00000000000000000000000000000001"))
-    })
-}
-
 /// `[proxy] listen = "[::1]:PORT"` and the cluster's node at `host = "::1"` (Postgres
 /// listening on `::1` too): tokio-postgres connects to the proxy over `::1` and runs a
 /// query, and the server connection the proxy opened comes from `::1` as Postgres sees it
@@ -406,7 +397,7 @@ fn has_ipv6_loopback() -> bool {
 #[tokio::test]
 async fn proxy_listens_and_connects_over_ipv6() -> Result<()> {
     skip_if_direct!();
-    if !has_ipv6_loopback() {
+    if !env::has_ipv6_loopback() {
         return env::skip("this machine has no IPv6 loopback address (::1)");
     }
     let opts = switchyard_tests::ClusterOptions::default()

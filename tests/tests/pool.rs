@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::admin::pool_row;
 use switchyard_tests::client::{connect_with_messages, Load};
 use switchyard_tests::peak::ServerPeak;
-use switchyard_tests::proxy::thread_switches;
+use switchyard_tests::proxy::worker_switches;
 use switchyard_tests::{describe_error, skip_if_direct, PgResultExt, TestBed};
 use tokio_postgres::AsyncMessage;
 
@@ -319,17 +319,6 @@ async fn per_core_clients_queued_on_several_workers_all_finish() -> Result<()> {
         peak.max
     );
     Ok(())
-}
-
-/// The context switches so far of each of the proxy's per-core worker threads (the main
-/// thread, worker 0, and the threads named `switchyard-worker-N`), by thread id.
-fn worker_switches(pid: u32) -> Result<std::collections::BTreeMap<u32, u64>> {
-    Ok(thread_switches(pid)?
-        .into_iter()
-        // `comm` keeps 15 bytes: "switchyard-work".
-        .filter(|t| t.tid == pid || t.name.starts_with("switchyard-work"))
-        .map(|t| (t.tid, t.switches))
-        .collect())
 }
 
 /// With `threading = "per-core"` on four workers, a pool of two servers both held in open

@@ -39,6 +39,7 @@ use switchyard_tests::tools::{run_command, Driver, Length, QueryMode};
 use switchyard_tests::{
     env, roles, scratch, skip_if_direct, ClusterOptions, Endpoint, PgCluster, PgResultExt, Proxy, ProxyConfig,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ------------------------------------------------------------------ certificates
 
@@ -998,6 +999,69 @@ async fn client_tls_require_refuses_plaintext_logins_including_the_admin_console
     proxy.ensure_running()
 }
 
+/// The Unix-domain socket of a proxy with a certificate and `client_tls = "require"`:
+/// SSLRequest over TCP is answered 'S' (TLS is on) but over the Unix socket 'N' (TLS over a
+/// local socket protects nothing its file permissions do not), and `require` does not apply
+/// there: psql over the socket logs in unencrypted and gets its row, while a plaintext
+/// login over TCP is still refused with 28000.
+#[tokio::test]
+async fn unix_socket_answers_no_to_ssl_and_is_spared_client_tls_require() -> Result<()> {
+    skip_if_direct!();
+    let pki = Pki::new()?;
+    let pg = PgCluster::start()?;
+    let TlsProxy { cfg, .. } = tls_proxy(&pki, &pg)?;
+    let dir = scratch::fresh_dir("sock")?;
+    let port = switchyard_tests::ports::free_port()?;
+    let mut cfg = cfg
+        .set("proxy.client_tls", "require")
+        .set("proxy.unix_socket_dir", path_str(&dir));
+    cfg.proxy.listen = format!("127.0.0.1:{port}");
+    let mut proxy = Proxy::start(cfg)?;
+    let ssl_request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+    let mut tcp = RawConn::connect(&format!("127.0.0.1:{port}")).await?;
+    tcp.send(&ssl_request).await?;
+    let answer = tcp.read_byte(Duration::from_secs(5)).await?;
+    ensure!(answer == Some(b'S'), "SSLRequest over TCP: {answer:?}");
+
+    let socket = dir.join(format!(".s.PGSQL.{port}"));
+    let mut unix = tokio::net::UnixStream::connect(&socket)
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    unix.write_all(&ssl_request).await?;
+    let mut answer = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), unix.read_exact(&mut answer))
+        .await
+        .context("no answer to SSLRequest over the Unix socket within 5 s")??;
+    ensure!(
+        answer[0] == b'N',
+        "SSLRequest over the Unix socket: {:?}",
+        answer[0] as char
+    );
+    println!("SSLRequest: 'S' over TCP, 'N' over the Unix socket");
+
+    let (user, password) = roles::APP;
+    let out = Endpoint::new(&path_str(&dir), port)
+        .psql(user, password, roles::APP_DB)
+        .run_async("SELECT 'over ' || 'the socket'")
+        .await?;
+    out.ensure_success()
+        .context("psql over the Unix socket with client_tls = require")?;
+    ensure!(
+        out.stdout.trim() == "over the socket",
+        "psql printed {:?}",
+        out.stdout
+    );
+    let (code, message, _) = login_refused(
+        &Endpoint::new("127.0.0.1", port).config(user, password, roles::APP_DB),
+        None,
+        "plaintext over TCP",
+    )
+    .await?;
+    ensure!(code == "28000", "plaintext over TCP: {code} {message}");
+    proxy.ensure_running()
+}
+
 /// `client_tls = "disable"` with a certificate configured: SSLRequest is answered 'N', so
 /// psql with `sslmode=require` fails ("server does not support SSL") and with
 /// `sslmode=prefer` logs in unencrypted (`\conninfo` names no SSL).
@@ -1413,13 +1477,10 @@ async fn garbage_after_ssl_request_closes_only_that_connection() -> Result<()> {
         let started = std::time::Instant::now();
         let (mut tcp, _) = conn.into_parts();
         let mut sink = Vec::new();
-        tokio::time::timeout(
-            Duration::from_secs(15),
-            tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut sink),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("{what}: the proxy did not close the connection within 15 s"))?
-        .ok();
+        tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut sink))
+            .await
+            .map_err(|_| anyhow::anyhow!("{what}: the proxy did not close the connection within 15 s"))?
+            .ok();
         println!(
             "{what} after 'S': closed after {:?} ({} bytes back: a TLS alert at most)",
             started.elapsed(),

@@ -3,11 +3,13 @@
 //! an operator refuses plaintext logins or whole address ranges, the admin console's
 //! included; the servers' own `pg_hba.conf` only ever sees the proxy's address.
 //!
-//! One rule a line: `host|hostssl|hostnossl  database  user  address  method`, `#` starts a
-//! comment. `database` and `user` are `all` or comma-separated names (the admin console is
-//! database `switchyard`); `address` is `all`, an IP address or a CIDR range; `method` is
-//! `scram-sha-256`, `md5`, `password`, `cert` (only on `hostssl` lines) or `reject`. The
-//! first rule that matches decides; a connection no rule matches is refused.
+//! One rule a line: `host|hostssl|hostnossl  database  user  address  method`, or
+//! `local  database  user  method` for clients on the Unix-domain socket (`unix_socket_dir`;
+//! `host` lines never match them, as in Postgres); `#` starts a comment. `database` and
+//! `user` are `all` or comma-separated names (the admin console is database `switchyard`);
+//! `address` is `all`, an IP address or a CIDR range; `method` is `scram-sha-256`, `md5`,
+//! `password`, `cert` (only on `hostssl` lines) or `reject`. The first rule that matches
+//! decides; a connection no rule matches is refused.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -30,9 +32,12 @@ pub enum HbaError {
 /// Which transport a rule applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
+    /// TCP, with TLS or without (`host`).
     Any,
     Tls,
     Plain,
+    /// The Unix-domain socket (`local`).
+    Local,
 }
 
 /// What a matching rule says.
@@ -160,7 +165,8 @@ pub struct Connection<'a> {
     pub tls: bool,
     pub database: &'a str,
     pub user: &'a str,
-    pub addr: IpAddr,
+    /// The client's address; `None` on the Unix-domain socket.
+    pub addr: Option<IpAddr>,
 }
 
 impl HbaRules {
@@ -199,15 +205,17 @@ impl HbaRules {
     /// The first rule matching `conn` decides; none matching is a refusal.
     pub fn decide(&self, conn: Connection<'_>) -> HbaDecision {
         let found = self.rules.iter().find(|r| {
-            let transport = match r.transport {
-                Transport::Any => true,
-                Transport::Tls => conn.tls,
-                Transport::Plain => !conn.tls,
+            let transport = match (r.transport, conn.addr) {
+                (Transport::Local, addr) => addr.is_none(),
+                (_, None) => false,
+                (Transport::Any, Some(_)) => true,
+                (Transport::Tls, Some(_)) => conn.tls,
+                (Transport::Plain, Some(_)) => !conn.tls,
             };
             transport
                 && r.databases.matches(conn.database)
                 && r.users.matches(conn.user)
-                && r.addresses.matches(conn.addr)
+                && conn.addr.is_none_or(|addr| r.addresses.matches(addr))
         });
         match found {
             Some(r) => HbaDecision {
@@ -245,19 +253,30 @@ fn parse_rule(line: usize, fields: &[&str]) -> Result<Rule, String> {
         "host" => Transport::Any,
         "hostssl" => Transport::Tls,
         "hostnossl" => Transport::Plain,
-        "local" => return Err("local: the proxy listens on TCP only; use host, hostssl or hostnossl".into()),
+        "local" => Transport::Local,
         other => {
             return Err(format!(
-                "unknown connection type {other:?}: use host, hostssl or hostnossl"
+                "unknown connection type {other:?}: use host, hostssl, hostnossl or local"
             ))
         }
     };
-    let [_, database, user, address, method, rest @ ..] = fields else {
-        return Err(format!(
-            "{} fields; a rule is: {} database user address method",
-            fields.len(),
-            fields[0]
-        ));
+    // A `local` rule has no address: it matches every client on the Unix-domain socket.
+    let (database, user, address, method, rest) = match (transport, fields) {
+        (Transport::Local, [_, database, user, method, rest @ ..]) => (database, user, &"all", method, rest),
+        (Transport::Local, _) => {
+            return Err(format!(
+                "{} fields; a rule is: local database user method",
+                fields.len()
+            ))
+        }
+        (_, [_, database, user, address, method, rest @ ..]) => (database, user, address, method, rest),
+        _ => {
+            return Err(format!(
+                "{} fields; a rule is: {} database user address method",
+                fields.len(),
+                fields[0]
+            ))
+        }
     };
     if !rest.is_empty() {
         return Err(format!(
@@ -296,6 +315,8 @@ hostnossl all         all   127.0.0.2     reject   # second loopback address: no
 hostssl   app         cert  127.0.0.0/8   cert
 host      app,other   app,md5user 127.0.0.0/8  md5
 host      all         all   ::1/128       password
+local     switchyard  all                 reject
+local     all         all                 md5
 ";
 
     fn conn(tls: bool, database: &'static str, user: &'static str, addr: &str) -> Connection<'static> {
@@ -303,7 +324,7 @@ host      all         all   ::1/128       password
             tls,
             database,
             user,
-            addr: addr.parse().unwrap(),
+            addr: Some(addr.parse().unwrap()),
         }
     }
 
@@ -355,6 +376,31 @@ host      all         all   ::1/128       password
         );
     }
 
+    /// `local` rules match only clients on the Unix-domain socket, and `host` rules only
+    /// TCP clients, as in Postgres.
+    #[test]
+    fn local_rules_match_only_unix_clients() {
+        use ClientAuthMethod::*;
+        use HbaMethod::*;
+        let unix = |database| Connection {
+            tls: false,
+            database,
+            user: "app",
+            addr: None,
+        };
+        assert_eq!(decide(unix("switchyard")), (Reject, Some(9)));
+        assert_eq!(decide(unix("app")), (Auth(Md5), Some(10)));
+        // No `host` line matches a Unix client, even `host all all all`.
+        let rules = HbaRules::parse("host all all all md5\n", "hba.conf").unwrap();
+        assert_eq!(rules.decide(unix("app")).method, Reject);
+        // And no `local` line matches a TCP client.
+        let rules = HbaRules::parse("local all all md5\n", "hba.conf").unwrap();
+        assert_eq!(
+            rules.decide(conn(false, "app", "app", "127.0.0.1")).method,
+            Reject
+        );
+    }
+
     #[test]
     fn prefixes_match_bit_by_bit() {
         let net = Addresses::parse("10.1.128.0/17").unwrap();
@@ -376,7 +422,9 @@ host      all         all   ::1/128       password
     fn errors_name_file_and_line() {
         let cases = [
             ("host all all all trust", "unknown method \"trust\""),
-            ("local all all peer", "TCP only"),
+            ("local all all peer", "unknown method \"peer\""),
+            ("local all all all md5", "unexpected \"md5\""),
+            ("local all md5", "3 fields; a rule is: local database user method"),
             ("hostgssenc all all all md5", "unknown connection type"),
             ("host all all md5", "4 fields"),
             (

@@ -440,7 +440,7 @@ fn ipv6_addresses_are_accepted_and_bad_ones_named() {
         )
         .replace("host = \"127.0.0.1\"", "host = \"::1\"");
     let c = Config::parse(&v6, "t.toml").unwrap();
-    assert_eq!(c.proxy.listen, "[::1]:6432".parse().unwrap());
+    assert_eq!(c.proxy.listen, vec!["[::1]:6432".parse().unwrap()]);
     assert_eq!(c.clusters["main"].nodes[0].get_ref().host, "::1");
 
     let e = err(&GOOD.replace("listen = \"127.0.0.1:6432\"", "listen = \"::1:6432\""));
@@ -509,4 +509,88 @@ fn threading_is_shared_by_default_and_per_core_shards_pools_by_worker() {
         e.contains("line 3") && e.contains("threading") && e.contains("percore"),
         "{e}"
     );
+}
+
+/// `listen` takes one address or an array (IPv6 included); an empty array, a duplicate, a bad
+/// address in the array and a `metrics_listen` among them are named with key and line.
+#[test]
+fn listen_takes_an_array_and_names_each_mistake() {
+    let with = |v: &str| GOOD.replace("listen = \"127.0.0.1:6432\"", v);
+    let c = Config::parse(&with("listen = [\"127.0.0.1:6432\", \"[::1]:6433\"]"), "t.toml").unwrap();
+    assert_eq!(
+        c.proxy.listen,
+        vec!["127.0.0.1:6432".parse().unwrap(), "[::1]:6433".parse().unwrap()]
+    );
+    assert_eq!(c.proxy.first_port(), 6432);
+    let e = err(&with("listen = []"));
+    assert!(
+        e.contains("t.toml:3") && e.contains("proxy.listen") && e.contains("at least one"),
+        "{e}"
+    );
+    let e = err(&with("listen = [\"127.0.0.1:6432\", \"127.0.0.1:6432\"]"));
+    assert!(e.contains("t.toml:3") && e.contains("listed twice"), "{e}");
+    let e = err(&with("listen = [\"127.0.0.1:6432\", \"::1:6432\"]"));
+    assert!(
+        e.contains("line 3") && e.contains("\"::1:6432\"") && e.contains("[::1]:6432"),
+        "{e}"
+    );
+    let e = err(&with(
+        "listen = [\"127.0.0.1:6432\", \"127.0.0.2:6432\"]\nmetrics_listen = \"127.0.0.2:6432\"",
+    ));
+    assert!(
+        e.contains("t.toml:4") && e.contains("proxy.metrics_listen") && e.contains("already in `listen`"),
+        "{e}"
+    );
+}
+
+/// `unix_socket_dir` must be an existing directory (and the first port not 0); the socket's
+/// path is `<dir>/.s.PGSQL.<first port>`; `unix_socket_mode` is octal, 0777 by default.
+#[test]
+fn unix_socket_settings_are_checked() {
+    let dir = std::env::temp_dir();
+    let with = |v: &str| GOOD.replace("listen = ", &format!("{v}\nlisten = "));
+    let ok = with(&format!(
+        "unix_socket_dir = {:?}\nunix_socket_mode = \"0770\"",
+        dir.display().to_string()
+    ));
+    let c = Config::parse(&ok, "t.toml").unwrap();
+    assert_eq!(c.proxy.unix_socket_path(), Some(dir.join(".s.PGSQL.6432")));
+    assert_eq!(c.proxy.unix_socket_mode, 0o770);
+    assert_eq!(
+        Config::parse(GOOD, "t.toml").unwrap().proxy.unix_socket_mode,
+        0o777
+    );
+    assert_eq!(
+        Config::parse(GOOD, "t.toml").unwrap().proxy.unix_socket_path(),
+        None
+    );
+    let c = Config::parse(&with("unix_socket_mode = 0o700"), "t.toml").unwrap();
+    assert_eq!(c.proxy.unix_socket_mode, 0o700);
+
+    let e = err(&with("unix_socket_dir = \"/nonexistent/switchyard\""));
+    assert!(
+        e.contains("t.toml:3")
+            && e.contains("proxy.unix_socket_dir")
+            && e.contains("/nonexistent/switchyard"),
+        "{e}"
+    );
+    let e = err(&with("unix_socket_dir = \"/etc/hostname\""));
+    assert!(e.contains("t.toml:3") && e.contains("not a directory"), "{e}");
+    let long = format!("unix_socket_dir = \"/tmp/{}\"", "x/".repeat(60));
+    let e = err(&with(&long));
+    assert!(
+        e.contains("proxy.unix_socket_dir") && e.contains("too long"),
+        "{e}"
+    );
+    let e = err(&GOOD
+        .replace("127.0.0.1:6432", "127.0.0.1:0")
+        .replace("listen = ", "unix_socket_dir = \"/tmp\"\nlisten = "));
+    assert!(e.contains("t.toml:3") && e.contains("port"), "{e}");
+    for bad in ["\"0999\"", "777", "\"rw\""] {
+        let e = err(&with(&format!("unix_socket_mode = {bad}")));
+        assert!(
+            e.contains("line 3") && e.contains("not a file mode"),
+            "{bad}: {e}"
+        );
+    }
 }

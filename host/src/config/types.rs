@@ -182,9 +182,19 @@ fn default_auth_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxySettings {
-    /// Address clients connect to (`"127.0.0.1:6432"`, `"[::1]:6432"`).
-    #[serde(deserialize_with = "socket_addr")]
-    pub listen: SocketAddr,
+    /// Addresses clients connect to over TCP: one (`"127.0.0.1:6432"`, `"[::1]:6432"`) or
+    /// an array of them (`["127.0.0.1:6432", "[::1]:6432"]`).
+    #[serde(deserialize_with = "listen_addrs")]
+    pub listen: Vec<SocketAddr>,
+    /// A directory to listen in on a Unix-domain socket too, named as Postgres names its
+    /// own, `.s.PGSQL.<port>` with the port of the first `listen` address (so
+    /// `psql -h <dir> -p <port>` finds it); none when absent.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Permissions of the Unix-domain socket file (PgBouncer's `unix_socket_mode`), as an
+    /// octal string (`"0770"`) or a TOML octal integer (`0o770`); connecting needs write
+    /// permission.
+    #[serde(deserialize_with = "file_mode")]
+    pub unix_socket_mode: u32,
     /// Clients beyond this many are refused with 53300.
     pub max_client_conn: usize,
     /// Connections still logging in (startup packet, TLS handshake, authentication) beyond
@@ -243,7 +253,9 @@ pub struct ProxySettings {
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
-            listen: "127.0.0.1:6432".parse().expect("literal address"),
+            listen: vec!["127.0.0.1:6432".parse().expect("literal address")],
+            unix_socket_dir: None,
+            unix_socket_mode: 0o777,
             max_client_conn: 10_000,
             max_unauthenticated_conn: 1_000,
             admin_reserved_conn: 3,
@@ -282,6 +294,17 @@ impl ProxySettings {
             Threading::Shared => 1,
             Threading::PerCore => self.worker_threads(),
         }
+    }
+
+    /// The port of the first `listen` address, which names the Unix-domain socket.
+    pub fn first_port(&self) -> u16 {
+        self.listen.first().map_or(0, SocketAddr::port)
+    }
+
+    /// The Unix-domain socket's path, `<unix_socket_dir>/.s.PGSQL.<port>`, if there is one.
+    pub fn unix_socket_path(&self) -> Option<PathBuf> {
+        let dir = self.unix_socket_dir.as_ref()?;
+        Some(dir.join(format!(".s.PGSQL.{}", self.first_port())))
     }
 
     /// The effective `client_tls`.
@@ -336,6 +359,43 @@ fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::
         serde::de::Error::custom(format!(
             "{text:?} is not an address and port: write \"127.0.0.1:6432\" for IPv4, and an IPv6 address in brackets, \"[::1]:6432\""
         ))
+    })
+}
+
+/// `listen`: one address, or an array of them.
+fn listen_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let texts = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(texts) => texts,
+    };
+    texts
+        .into_iter()
+        .map(|text| socket_addr(serde::de::value::StringDeserializer::<D::Error>::new(text)))
+        .collect()
+}
+
+/// A file mode: an octal string (`"0777"`, `"770"`) or an integer (`0o777` in TOML).
+fn file_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Number(i64),
+        Octal(String),
+    }
+    let mode = match Mode::deserialize(d)? {
+        Mode::Number(n) => u32::try_from(n).ok(),
+        Mode::Octal(text) => u32::from_str_radix(text.trim(), 8).ok(),
+    };
+    mode.filter(|m| *m <= 0o777).ok_or_else(|| {
+        serde::de::Error::custom(
+            "not a file mode: write permission bits in octal, as a string (\"0770\") or a TOML octal integer (0o770)",
+        )
     })
 }
 

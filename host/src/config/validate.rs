@@ -179,13 +179,7 @@ impl Check<'_> {
                 ),
             ));
         }
-        if proxy.metrics_listen == Some(proxy.listen) {
-            return Err(self.key(
-                "proxy",
-                "metrics_listen",
-                format!("{} is already `listen`", proxy.listen),
-            ));
-        }
+        self.listeners()?;
         let size = proxy.max_message_size.0;
         if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&size) {
             return Err(self.key(
@@ -195,6 +189,50 @@ impl Check<'_> {
                     "{size} bytes is out of range: between 8KiB and 1GiB (Postgres refuses larger messages)"
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// `listen`, `metrics_listen` and `unix_socket_dir`.
+    fn listeners(&self) -> Result<(), Violation> {
+        let proxy = &self.config.proxy;
+        if proxy.listen.is_empty() {
+            return Err(self.key(
+                "proxy",
+                "listen",
+                "needs at least one address (the first one's port names the Unix-domain socket)".into(),
+            ));
+        }
+        for (i, addr) in proxy.listen.iter().enumerate() {
+            if proxy.listen[..i].contains(addr) {
+                return Err(self.key("proxy", "listen", format!("{addr} is listed twice")));
+            }
+        }
+        if let Some(addr) = proxy.metrics_listen.filter(|a| proxy.listen.contains(a)) {
+            return Err(self.key(
+                "proxy",
+                "metrics_listen",
+                format!("{addr} is already in `listen`"),
+            ));
+        }
+        if let Some(dir) = &proxy.unix_socket_dir {
+            let path = proxy.unix_socket_path().unwrap_or_default();
+            let problem = if proxy.first_port() == 0 {
+                "the socket is named after the first `listen` port, which is 0 (any): give a port".to_owned()
+            } else if path.as_os_str().len() > 107 {
+                // sun_path holds 108 bytes, the last one a NUL.
+                format!(
+                    "{} is too long for a socket path (at most 107 bytes): choose a shorter directory",
+                    path.display()
+                )
+            } else {
+                match std::fs::metadata(dir) {
+                    Ok(m) if m.is_dir() => return Ok(()),
+                    Ok(_) => format!("{} is not a directory", dir.display()),
+                    Err(e) => format!("{} cannot be used: {e}", dir.display()),
+                }
+            };
+            return Err(self.key("proxy", "unix_socket_dir", problem));
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub struct SessionDetails {
     pub user: String,
     pub database: String,
     pub application_name: String,
+    /// `ip:port`, or `unix` for a client on the Unix-domain socket.
     pub client_addr: String,
     /// The name the client logged in with, which a RESET goes back to (not told to
     /// plugins; kept here, on the heap, so that a session stays the size it was).

@@ -214,7 +214,7 @@ impl ServerConn {
     #[inline]
     pub fn is_broken(&self) -> bool {
         let mut probe = [0u8; 1];
-        match self.stream.tcp().try_read(&mut probe) {
+        match self.stream.try_read_raw(&mut probe) {
             Ok(_) => true,
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         }

@@ -34,7 +34,6 @@ pub use error::SessionError;
 pub use startup::{ConsoleRole, Destination, LoggedIn};
 
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,7 +43,6 @@ use bytes::BytesMut;
 use switchyard_protocol::backend::{error_response, ErrorFields, TransactionStatus};
 use switchyard_protocol::sqlstate;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use self::params::SessionParams;
@@ -55,7 +53,7 @@ use self::statements::ClientStatements;
 use self::timeouts::{Expiry, Phase, Timeouts};
 use crate::cancel::{CancelRegistration, CancelTarget, CancelsInFlight};
 use crate::config::PoolMode;
-use crate::net::{poll_write_all, Stream};
+use crate::net::{poll_write_all, Peer, Stream};
 use crate::policy::pool_mode::{ReadyAction, ReadyFacts};
 use crate::policy::{SessionFacts, SessionPolicies};
 use crate::pool::{Checkout, Pool};
@@ -74,13 +72,15 @@ const MAX_OWED: usize = 1024;
 
 /// Logs an accepted client in (within `client_login_timeout`), or tells it why not. The
 /// listener then hands a pool client to [`serve`] and a console client to the admin console.
-pub async fn login(tcp: TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) -> Option<LoggedIn> {
-    let _ = tcp.set_nodelay(true);
+pub async fn login(stream: Stream, peer: Peer, state: &Arc<ProxyState>) -> Option<LoggedIn> {
+    if let Stream::Plain(tcp) = &stream {
+        let _ = tcp.set_nodelay(true);
+    }
     let deadline = tokio::time::Instant::now() + state.config.proxy.client_login_timeout;
     let login = tokio::time::timeout_at(
         deadline,
         // Boxed: login state (SCRAM, auth_query) is freed once the client is in.
-        Box::pin(startup::handshake(tcp, peer, state, deadline)),
+        Box::pin(startup::handshake(stream, peer, state, deadline)),
     )
     .await;
     match login {
@@ -113,7 +113,7 @@ pub async fn login(tcp: TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) ->
 pub fn serve(
     logged_in: LoggedIn,
     pool: Arc<Pool>,
-    peer: SocketAddr,
+    peer: Peer,
     state: Arc<ProxyState>,
     stop: Arc<StopWatch>,
 ) -> impl std::future::Future<Output = ()> {
@@ -189,7 +189,7 @@ impl Session {
     fn new(
         l: startup::LoggedIn,
         pool: Arc<Pool>,
-        peer: SocketAddr,
+        peer: Peer,
         state: Arc<ProxyState>,
         stop: Arc<StopWatch>,
     ) -> Session {
@@ -644,7 +644,7 @@ impl Session {
             }
             if self.cbuf.capacity() == 0 && !self.client.is_tls() {
                 // Buffers parked: wait until the client has something to say first.
-                if let Err(e) = ready!(self.client.tcp().poll_read_ready(cx)) {
+                if let Err(e) = ready!(self.client.poll_read_ready(cx)) {
                     return Poll::Ready(Err(SessionError::ClientIo(e)));
                 }
                 self.unpark();

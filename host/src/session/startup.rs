@@ -8,7 +8,6 @@
 //! stable per name), and fail with the same 28P01 as a wrong password, so the proxy does not
 //! reveal which users exist.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -18,7 +17,6 @@ use switchyard_protocol::frontend::{self, decode_password, decode_sasl_initial_r
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::PROTOCOL_VERSION_3_0;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::SessionError;
 use crate::auth::hba::{Connection, HbaMethod};
@@ -27,7 +25,7 @@ use crate::auth::{
 };
 use crate::cancel::CancelRegistration;
 use crate::config::{ClientAuthMethod, ClientTlsMode};
-use crate::net::{ClientCert, Stream};
+use crate::net::{ClientCert, Peer, Stream};
 use crate::pool::Pool;
 use crate::state::ProxyState;
 
@@ -75,12 +73,11 @@ pub struct LoggedIn {
 /// then): a wait for the pool's first server that would outlast it ends in a FATAL the
 /// client is sent first.
 pub async fn handshake(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut stream: Stream,
+    peer: Peer,
     state: &ProxyState,
     deadline: tokio::time::Instant,
 ) -> Result<Option<LoggedIn>, (Option<Stream>, SessionError)> {
-    let mut stream = Stream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
     // Each kind of encryption is negotiated once, as Postgres allows: GSSENCRequest
     // answered 'N' may be followed by SSLRequest (libpq's gssencmode=prefer), but a second
@@ -118,14 +115,19 @@ pub async fn handshake(
                         ),
                     ));
                 }
-                let Some(tls) = state.tls.as_ref() else {
-                    if let Err(e) = stream.write_all(b"N").await {
-                        return Err((None, SessionError::ClientIo(e)));
+                // TLS over a Unix-domain socket would protect nothing the socket file's
+                // permissions do not: answered 'N' there, as without a certificate.
+                let tls = match &state.tls {
+                    Some(tls) if peer != Peer::Unix => tls,
+                    _ => {
+                        if let Err(e) = stream.write_all(b"N").await {
+                            return Err((None, SessionError::ClientIo(e)));
+                        }
+                        continue;
                     }
-                    continue;
                 };
                 let Stream::Plain(mut tcp) = stream else {
-                    unreachable!("a second SSLRequest was refused above")
+                    unreachable!("a TCP client's first SSLRequest: a second one was refused above")
                 };
                 if let Err(e) = tcp.write_all(b"S").await {
                     return Err((None, SessionError::ClientIo(e)));
@@ -153,7 +155,8 @@ pub async fn handshake(
             StartupPacket::Startup { protocol, params } => break (protocol, params),
         }
     };
-    if state.config.proxy.client_tls() == ClientTlsMode::Require && !stream.is_tls() {
+    // `require` is about the network: a Unix-domain socket never leaves the machine.
+    if state.config.proxy.client_tls() == ClientTlsMode::Require && !stream.is_tls() && peer != Peer::Unix {
         return Err((
             Some(stream),
             SessionError::Fatal(Box::new(
@@ -223,7 +226,7 @@ async fn login(
     stream: &mut Stream,
     buf: &mut BytesMut,
     state: &ProxyState,
-    peer: SocketAddr,
+    peer: Peer,
     version: u32,
     params: Vec<(String, String)>,
     deadline: tokio::time::Instant,
@@ -362,7 +365,7 @@ async fn login(
     backend::backend_key_data(cancel.process_id, cancel.secret_key, &mut out);
     backend::ready_for_query(TransactionStatus::Idle, &mut out);
     send(stream, &mut out).await?;
-    tracing::info!(user = %user.name, database = %database, pid = cancel.process_id, method = %method.name(), tls = stream.is_tls(), "client logged in");
+    tracing::info!(%peer, user = %user.name, database = %database, pid = cancel.process_id, method = %method.name(), tls = stream.is_tls(), "client logged in");
     Ok(move |stream, buf| LoggedIn {
         stream,
         buf,
@@ -398,7 +401,7 @@ fn hba_method(
     tls: bool,
     database: &str,
     user: &str,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Result<Option<ClientAuthMethod>, SessionError> {
     let Some(rules) = state.hba.load_full() else {
         return Ok(None);
@@ -413,7 +416,11 @@ fn hba_method(
         return Ok(Some(method));
     }
     let encryption = if tls { "SSL encryption" } else { "no encryption" };
-    let host = peer.ip();
+    // Postgres' words: `host "a.b.c.d"`, or `host "[local]"` for a Unix-domain socket.
+    let host = match peer {
+        Peer::Tcp(addr) => addr.ip().to_string(),
+        Peer::Unix => "[local]".to_owned(),
+    };
     let message = match &decision.rule {
         Some(rule) => {
             tracing::warn!(%peer, user, database, rule = %rule, "auth_hba_file: a reject rule refused the connection");

@@ -47,6 +47,10 @@ fn progress(message: &str) {
 
 /// Patroni's scope (cluster name).
 const SCOPE: &str = "demo";
+
+/// Where the proxy's Unix-domain socket goes (`.s.PGSQL.<port>`), so that
+/// `psql -h /tmp -p 6432 app` reaches it as it would a local Postgres.
+const UNIX_SOCKET_DIR: &str = "/tmp";
 fn error(message: &str) {
     if std::io::stderr().is_terminal() {
         eprintln!("\x1b[31merror: {message}\x1b[0m");
@@ -170,9 +174,11 @@ impl Demo {
             leader.addr()
         );
 
-        let config = shipped::proxy_config(cluster, &proxy_addr)?;
+        let config =
+            shipped::proxy_config(cluster, &proxy_addr)?.set("proxy.unix_socket_dir", UNIX_SOCKET_DIR);
         log!(
-            "starting switchyard on {proxy_addr} (log {})",
+            "starting switchyard on {proxy_addr} and {UNIX_SOCKET_DIR}/.s.PGSQL.{} (log {})",
+            opt.port,
             self.dir.join("switchyard.log").display()
         );
         let launch = Launch {
@@ -224,12 +230,14 @@ impl Demo {
         );
         eprintln!(
             r#"
-  Switchyard is serving on 127.0.0.1:{port} (pool mode: transaction, {rows} row(s) in table demo)
+  Switchyard is serving on 127.0.0.1:{port} and on the Unix-domain socket {UNIX_SOCKET_DIR}/.s.PGSQL.{port}
+  (pool mode: transaction, {rows} row(s) in table demo)
   in front of Patroni cluster '{SCOPE}': leader {leader} ({leader_addr}).
   Replication is synchronous (Patroni synchronous_mode): a COMMIT is acknowledged once the
   standby has it, so even a crash of the leader's whole node loses no acknowledged write.
 
     psql "postgresql://app:app@127.0.0.1:{port}/app"                  # the application
+    PGPASSWORD=app psql -h {UNIX_SOCKET_DIR} -p {port} -U app app                  # the same, over the Unix socket
     psql "postgresql://admin:admin@127.0.0.1:{port}/switchyard"       # admin console: SHOW NODES; SHOW POOLS;
 
   Switch over while clients run (they see a pause, not an error):

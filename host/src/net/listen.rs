@@ -1,0 +1,236 @@
+//! The sockets clients connect to: one TCP listener per `listen` address and, with
+//! `unix_socket_dir`, a Unix-domain socket named as Postgres names its own
+//! (`.s.PGSQL.<port>`), so that `psql -h <dir>` finds it. One accept loop serves all of a
+//! runtime's listeners ([`Listeners`]).
+//!
+//! The socket file is Postgres' kind of lock: one left by a process that died (nothing
+//! answers a connect) is replaced; one something still answers on is a start-up error.
+//! [`UnixSocketFile`] removes it when the proxy stops, unless another process replaced it.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::task::{Context, Poll};
+
+use tokio::net::{TcpListener, UnixListener};
+
+use super::Stream;
+
+/// A listening socket that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on the Unix-domain socket {path}: {source}")]
+    Unix { path: PathBuf, source: std::io::Error },
+    #[error(
+        "another process is listening on the Unix-domain socket {path} (another proxy or a Postgres server with the same port?); stop it or choose another unix_socket_dir or port"
+    )]
+    UnixInUse { path: PathBuf },
+    #[error("{path} exists and is not a socket; remove it, or choose another unix_socket_dir")]
+    NotASocket { path: PathBuf },
+}
+
+/// Who is at the other end of an accepted connection, for the logs, `auth_hba_file` and
+/// the plugins' session facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A client on the Unix-domain socket (shown as `unix`).
+    Unix,
+}
+
+impl Peer {
+    /// The client's IP address; `None` on the Unix-domain socket.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Unix => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+/// One listening socket.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// The listening sockets one accept loop serves, registered with its runtime.
+pub struct Listeners {
+    all: Vec<Listener>,
+    /// Where the next accept starts looking, so that a busy socket does not starve the others.
+    next: usize,
+}
+
+impl Listeners {
+    /// Listeners on `addrs`, registered with the current runtime. With `reuse_port` each
+    /// socket is bound with `SO_REUSEPORT`, so that every per-core worker binds its own.
+    ///
+    /// An IPv6 socket takes IPv4 clients too (`[::]:6432` alone serves both), unless an
+    /// IPv4 address on its port is listed as well: then it is IPv6-only, as Postgres makes
+    /// its IPv6 sockets, so that `["0.0.0.0:6432", "[::]:6432"]` binds both.
+    pub fn tcp(addrs: &[SocketAddr], reuse_port: bool) -> Result<Listeners, ListenError> {
+        let all = addrs
+            .iter()
+            .map(|&addr| {
+                let v6_only = addr.is_ipv6() && addrs.iter().any(|a| a.is_ipv4() && a.port() == addr.port());
+                listen_tcp(addr, reuse_port, v6_only)
+                    .map(Listener::Tcp)
+                    .map_err(|source| ListenError::Tcp { addr, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Listeners { all, next: 0 })
+    }
+
+    /// Also accepts on `listener`, the socket of `file`, through a descriptor of its own
+    /// registered with the current runtime (per-core workers all accept on the one
+    /// Unix-domain socket; the caller closes its own descriptor once they have theirs).
+    pub fn add_unix(
+        &mut self,
+        file: &UnixSocketFile,
+        listener: &std::os::unix::net::UnixListener,
+    ) -> Result<(), ListenError> {
+        let unix = |source| ListenError::Unix {
+            path: file.path.clone(),
+            source,
+        };
+        let listener = UnixListener::from_std(listener.try_clone().map_err(unix)?).map_err(unix)?;
+        self.all.push(Listener::Unix(listener));
+        Ok(())
+    }
+
+    /// The addresses the TCP listeners are bound to.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.all
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Tcp(t) => t.local_addr().ok(),
+                Listener::Unix(_) => None,
+            })
+            .collect()
+    }
+
+    /// The next client on any of the sockets.
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<(Stream, Peer)>> {
+        let count = self.all.len();
+        for i in 0..count {
+            let at = (self.next + i) % count;
+            let accepted = match &self.all[at] {
+                Listener::Tcp(l) => l
+                    .poll_accept(cx)
+                    .map_ok(|(tcp, addr)| (Stream::Plain(tcp), Peer::Tcp(addr))),
+                Listener::Unix(l) => l
+                    .poll_accept(cx)
+                    .map_ok(|(unix, _)| (Stream::Unix(unix), Peer::Unix)),
+            };
+            if accepted.is_ready() {
+                self.next = (at + 1) % count;
+                return accepted;
+            }
+        }
+        Poll::Pending
+    }
+
+    /// [`Listeners::poll_accept`] as a future.
+    pub async fn accept(&mut self) -> std::io::Result<(Stream, Peer)> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+}
+
+/// A TCP socket listening on `addr`, with `SO_REUSEPORT` and `IPV6_V6ONLY` if asked.
+fn listen_tcp(addr: SocketAddr, reuse_port: bool, v6_only: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    if v6_only {
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The Unix-domain socket's file, removed on drop if it is still the one this process
+/// made (not one a later process put there).
+pub struct UnixSocketFile {
+    path: PathBuf,
+    /// Device and inode of the file this process made.
+    made: (u64, u64),
+}
+
+impl UnixSocketFile {
+    /// Listens on `path` with permissions `mode`, replacing a socket file nothing answers
+    /// on (left by a process that died); the file, and the listening socket (non-blocking).
+    pub fn bind(
+        path: &Path,
+        mode: u32,
+    ) -> Result<(UnixSocketFile, std::os::unix::net::UnixListener), ListenError> {
+        let unix = |source| ListenError::Unix {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unix(e)),
+            Ok(m) if !m.file_type().is_socket() => {
+                return Err(ListenError::NotASocket {
+                    path: path.to_owned(),
+                })
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(ListenError::UnixInUse {
+                        path: path.to_owned(),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "replacing a stale Unix-domain socket file (nothing listens on it)");
+                    std::fs::remove_file(path).map_err(unix)?;
+                }
+                Err(e) => return Err(unix(e)),
+            },
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(unix)?;
+        let made = std::fs::metadata(path).map_err(unix)?;
+        let file = UnixSocketFile {
+            path: path.to_owned(),
+            made: (made.dev(), made.ino()),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(unix)?;
+        listener.set_nonblocking(true).map_err(unix)?;
+        Ok((file, listener))
+    }
+
+    /// The socket file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.made);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the Unix-domain socket file");
+            }
+        }
+    }
+}
