@@ -29,8 +29,11 @@ fn failed() -> ProbeSample {
 #[test]
 fn a_planned_stop_of_the_primary_holds_and_drains_it() {
     let c = cluster("30s");
-    assert!(c.planned_stop(1).is_none(), "a replica's stop holds nothing");
-    let hold = c.planned_stop(0).expect("the primary's stop holds");
+    assert!(
+        c.planned_stop(1, "test").is_none(),
+        "a replica's stop holds nothing"
+    );
+    let hold = c.planned_stop(0, "test").expect("the primary's stop holds");
     let view = c.view();
     assert!(view.nodes[0].drained_at.is_some() && view.nodes[1].drained_at.is_none());
     assert!(
