@@ -144,6 +144,19 @@ pub fn count(row: &HashMap<String, String>, column: &str) -> Result<u64> {
         .with_context(|| format!("SHOW PLUGINS {column} = {text:?}"))
 }
 
+/// A plugin's cost as its `SHOW PLUGINS` row reports it, for a test to print: "p50 X, load
+/// Y, N instances, C calls" (load: how long loading took and whether the code was compiled
+/// or came from the cache).
+pub fn cost(row: &HashMap<String, String>) -> Result<String> {
+    Ok(format!(
+        "p50 {}, load {}, {} instances, {} calls",
+        row.get("p50").map_or("-", String::as_str),
+        row.get("load").map_or("-", String::as_str),
+        count(row, "instances")?,
+        count(row, "calls")?
+    ))
+}
+
 /// Decisions a plugin made: hook calls plus decisions it declared reusable and the proxy
 /// answered for it.
 pub fn decisions(row: &HashMap<String, String>) -> Result<u64> {

@@ -8,14 +8,14 @@
 //! It also prints what the plugin costs (load time, instances, p50 per call in
 //! `SHOW PLUGINS`), beside the bundled Rust router measured the same way, for docs/plugins.md.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::client::connect;
 use switchyard_tests::plugin::{
-    check_config, component, count, example_component, policy_row, with_component,
+    check_config, component, cost, count, example_component, policy_row, with_component,
 };
 use switchyard_tests::{expect_sqlstate, skip_if_direct, ClusterOptions, PgResultExt, TestBed};
 use tokio_postgres::Client;
@@ -94,17 +94,6 @@ async fn reads(client: &Client) -> Result<(BTreeMap<u16, u32>, bool)> {
         all_in_recovery &= in_recovery;
     }
     Ok((ports, all_in_recovery))
-}
-
-/// The plugin's cost as `SHOW PLUGINS` reports it: "p50 X, load Y, N instances, C calls".
-fn cost(row: &HashMap<String, String>) -> Result<String> {
-    Ok(format!(
-        "p50 {}, load {}, {} instances, {} calls",
-        row.get("p50").map_or("-", String::as_str),
-        row.get("load").map_or("-", String::as_str),
-        count(row, "instances")?,
-        count(row, "calls")?
-    ))
 }
 
 /// The JavaScript router, loaded by the proxy, decides where real clients' work runs:

@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use switchyard_tests::admin::admin_rows;
 use switchyard_tests::client::connect;
 use switchyard_tests::plugin::{
-    check_config, count, decisions, example_component, policy_row, with_plugin_path,
+    check_config, cost, count, decisions, example_component, policy_row, with_plugin_path,
 };
 use switchyard_tests::{describe_error, skip_if_direct, Length, PgResultExt, QueryMode, TestBed};
 use tokio_postgres::Client;
@@ -144,9 +144,7 @@ async fn python_plugin_pools_transactions_and_pins_session_apps() -> Result<()> 
         "{} transactions but only {decided} plugin decisions ({calls} calls): the plugin is not on the data path",
         bench.processed
     );
-    eprintln!(
-        "SHOW PLUGINS: version {version}, {calls} calls, {decided} decisions, p50 {}",
-        plugin.get("p50").map_or("-", String::as_str)
-    );
+    eprintln!("SHOW PLUGINS: version {version}, {decided} decisions");
+    eprintln!("plugin cost (Python pool-mode): {}", cost(&plugin)?);
     bed.ensure_proxy_alive()
 }
