@@ -123,25 +123,34 @@ install_node() {
     fi
 }
 
-# install_python: a venv with psycopg 3 (binary wheels) at $SWITCHYARD_VENV.
+# install_python: a venv at $SWITCHYARD_VENV with psycopg 3 (binary wheels) and
+# kubernetes-validate (the Kubernetes JSON schemas tests/tests/kubernetes.rs validates the
+# manifests of examples/kubernetes against; PyYAML comes with it).
+SWITCHYARD_KUBERNETES_VALIDATE_VERSION=1.37.0
 install_python() {
-    if "$SWITCHYARD_VENV/bin/python" -c 'import psycopg' 2>/dev/null; then
+    local check="import importlib.metadata as m, psycopg, yaml; assert m.version('kubernetes-validate') == '$SWITCHYARD_KUBERNETES_VALIDATE_VERSION'"
+    if "$SWITCHYARD_VENV/bin/python" -c "$check" 2>/dev/null; then
         return 0
     fi
-    local python=/usr/bin/python3
-    [[ -x $python ]] || python="$(command -v python3 || true)"
-    if [[ -z $python ]]; then
-        apt_install python3
-        python=/usr/bin/python3
+    if ! "$SWITCHYARD_VENV/bin/python" -c 'import psycopg' 2>/dev/null; then
+        local python=/usr/bin/python3
+        [[ -x $python ]] || python="$(command -v python3 || true)"
+        if [[ -z $python ]]; then
+            apt_install python3
+            python=/usr/bin/python3
+        fi
+        if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+            apt_install python3-venv
+        fi
+        log "creating $SWITCHYARD_VENV with psycopg 3"
+        rm -rf "$SWITCHYARD_VENV"
+        "$python" -m venv "$SWITCHYARD_VENV"
+        "$SWITCHYARD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1,<4'
     fi
-    if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
-        apt_install python3-venv
-    fi
-    log "creating $SWITCHYARD_VENV with psycopg 3"
-    rm -rf "$SWITCHYARD_VENV"
-    "$python" -m venv "$SWITCHYARD_VENV"
-    "$SWITCHYARD_VENV/bin/pip" install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1,<4'
-    "$SWITCHYARD_VENV/bin/python" -c 'import psycopg' || die "psycopg did not install into $SWITCHYARD_VENV"
+    log "installing kubernetes-validate $SWITCHYARD_KUBERNETES_VALIDATE_VERSION into $SWITCHYARD_VENV"
+    "$SWITCHYARD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "kubernetes-validate==$SWITCHYARD_KUBERNETES_VALIDATE_VERSION"
+    "$SWITCHYARD_VENV/bin/python" -c "$check" || die "psycopg or kubernetes-validate did not install into $SWITCHYARD_VENV"
 }
 
 # install_etcd: etcd (Debian's etcd-server) for Patroni. The test bed and

@@ -248,8 +248,8 @@ async fn planned_stop(state: &Arc<ProxyState>, addr: &str, reason: &str) -> Resu
     let mut deadline = std::time::Instant::now();
     let mut held = Vec::new();
     for (cluster, node) in clusters_with_node(state, addr) {
-        if let Some(hold) = cluster.planned_stop(node) {
-            cluster.incidents.begin(reason);
+        // A hold opens a failover event with `reason` (see `Cluster::planned_stop`).
+        if let Some(hold) = cluster.planned_stop(node, reason) {
             deadline = deadline.max(hold.drain_until);
             held.push(cluster);
         }

@@ -4,6 +4,11 @@
 //! how many clients got an error. One info line closes each event, and the running totals
 //! are the counters behind `SHOW CLUSTERS`.
 //!
+//! Each event has an id, its number in the cluster's life (1 for the first): the line that
+//! opens it, every switchover decision made while it is open (the decision that opens it
+//! included) and its summary carry it as the log field `event`, so a failover can be
+//! followed in the log by `cluster` and `event`, JSON logs included.
+//!
 //! Clients report what happened to them (`held`, `retried`, `client_error`); the topology
 //! and the pause gate open and close the event. Holds that end just after the event closes
 //! (the clients it released) still count towards it: the summary is written a moment later.
@@ -33,6 +38,8 @@ pub struct Totals {
 
 /// The open event, if any.
 struct Open {
+    /// The event's id: its number in the cluster's life.
+    id: u64,
     reason: String,
     started: Instant,
     /// Totals when the previous event was summarized: the summary reports the difference,
@@ -72,19 +79,30 @@ impl Incidents {
         }
     }
 
-    /// Opens an event (no-op while one is open).
-    pub fn begin(&self, reason: &str) {
+    /// Opens an event (no-op while one is open); returns the open event's id.
+    pub fn begin(&self, reason: &str) -> u64 {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.is_some() {
-            return;
+        if let Some(open) = open.as_ref() {
+            return open.id;
         }
-        self.totals.events.fetch_add(1, Ordering::Relaxed);
+        let id = self.totals.events.fetch_add(1, Ordering::Relaxed) + 1;
         *open = Some(Open {
+            id,
             reason: reason.to_string(),
             started: Instant::now(),
             since: *self.baseline.lock().unwrap_or_else(|e| e.into_inner()),
         });
-        tracing::info!(cluster = %self.cluster, reason, "failover event: holding new transactions");
+        tracing::info!(cluster = %self.cluster, event = id, reason, "failover event {id}: holding new transactions");
+        id
+    }
+
+    /// The id of the open event, if one is.
+    pub fn open_id(&self) -> Option<u64> {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|o| o.id)
     }
 
     /// Closes the open event; its summary is logged once the clients it released have
@@ -114,13 +132,14 @@ impl Incidents {
         let retried = now.retried - open.since.retried;
         let errors = now.errors - open.since.errors;
         let longest = Duration::from_micros(self.longest_us.swap(0, Ordering::Relaxed));
-        let line = format!(
+        let what = format!(
             "{} → {outcome} in {:.2} s: held {held} clients (longest {:.2} s), retried {retried} requests, {errors} client errors",
             open.reason,
             duration.as_secs_f64(),
             longest.as_secs_f64(),
         );
-        tracing::info!(cluster = %self.cluster, held, retried, client_errors = errors, "failover event over: {line}");
+        tracing::info!(cluster = %self.cluster, event = open.id, held, retried, client_errors = errors, "failover event {} over: {what}", open.id);
+        let line = format!("event {}: {what}", open.id);
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
     }
 
@@ -157,13 +176,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_event_reports_what_happened_around_it() {
         let incidents = Arc::new(Incidents::new("main"));
-        incidents.begin("PAUSE");
+        assert_eq!(incidents.begin("PAUSE"), 1);
+        assert_eq!(incidents.open_id(), Some(1));
         incidents.held(Duration::from_secs(9));
         incidents.end("RESUME");
         tokio::time::sleep(SETTLE * 2).await;
         incidents.retried(); // just before the next event opens: counts towards it
-        incidents.begin("primary 127.0.0.1:5432 lost");
-        incidents.begin("ignored while open");
+        assert_eq!(incidents.open_id(), None);
+        assert_eq!(incidents.begin("primary 127.0.0.1:5432 lost"), 2);
+        assert_eq!(incidents.begin("ignored while open"), 2, "the open event's id");
         incidents.held(Duration::from_millis(800));
         incidents.retried();
         incidents.end("primary 127.0.0.1:5433 confirmed");
@@ -171,7 +192,7 @@ mod tests {
         tokio::time::sleep(SETTLE * 2).await;
         let line = incidents.last_summary().expect("a summary");
         assert!(
-            line.starts_with("primary 127.0.0.1:5432 lost → primary 127.0.0.1:5433 confirmed"),
+            line.starts_with("event 2: primary 127.0.0.1:5432 lost → primary 127.0.0.1:5433 confirmed"),
             "{line}"
         );
         assert!(

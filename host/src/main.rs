@@ -22,7 +22,8 @@ use tokio::sync::watch;
 /// policy. SIGHUP or the admin console's RELOAD re-reads the configuration file and
 /// reloads changed plugins; a changed plugin file is reloaded by itself.
 ///
-/// Logging follows RUST_LOG (e.g. RUST_LOG=switchyard=debug); the default is info.
+/// Logging follows RUST_LOG (e.g. RUST_LOG=switchyard=debug); the default is info. Lines are
+/// human-readable, or JSON objects with --log-format json.
 #[derive(Parser)]
 #[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -30,8 +31,20 @@ struct Cli {
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
 
+    /// How log lines are written on stderr: `text` (human-readable) or `json` (one JSON
+    /// object a line: timestamp, level, message and the line's fields, e.g. cluster and
+    /// event on failover decisions).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -46,13 +59,18 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logger = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logger
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields beside `message` at the top level, not under "fields".
+        LogFormat::Json => logger.json().flatten_event(true).init(),
+    }
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         None => match cli.config {
@@ -65,7 +83,10 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("switchyard: {e:#}");
+            match cli.log_format {
+                LogFormat::Text => eprintln!("switchyard: {e:#}"),
+                LogFormat::Json => tracing::error!("switchyard: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -14,7 +14,7 @@ use anyhow::Result;
 
 use crate::client::Endpoint;
 use crate::cluster::{ClusterOptions, PgCluster};
-use crate::proxy::{Proxy, ProxyConfig};
+use crate::proxy::{Launch, Proxy, ProxyConfig};
 
 /// Cluster plus proxy. Fields drop in order: the proxy stops first.
 pub struct TestBed {
@@ -45,11 +45,23 @@ impl TestBed {
         opts: ClusterOptions,
         configure: impl FnOnce(ProxyConfig, &PgCluster) -> Result<ProxyConfig>,
     ) -> Result<Self> {
+        Self::start_launched(opts, Launch::default(), configure)
+    }
+
+    /// [`TestBed::start_full`] with the proxy run as `launch` says (extra arguments, say).
+    pub fn start_launched(
+        opts: ClusterOptions,
+        launch: Launch,
+        configure: impl FnOnce(ProxyConfig, &PgCluster) -> Result<ProxyConfig>,
+    ) -> Result<Self> {
         let pg = PgCluster::start_with(opts)?;
         let proxy = if Self::direct_mode() {
             None
         } else {
-            Some(Proxy::start(configure(ProxyConfig::for_cluster(&pg), &pg)?)?)
+            Some(Proxy::start_with(
+                configure(ProxyConfig::for_cluster(&pg), &pg)?,
+                launch,
+            )?)
         };
         Ok(Self { proxy, pg })
     }

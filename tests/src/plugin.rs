@@ -1,13 +1,17 @@
-//! Plugins in tests: the components built by `scripts/build-plugins` (in `plugins/dist`),
-//! configuration that loads one for pool mode, and the admin console's view of them.
+//! Plugins in tests: the components built by `scripts/build-plugins` (in `plugins/dist`) and
+//! by the examples' build scripts (other languages), configuration that loads one, a
+//! `check-config` run that loads it once outside a test bed, and the admin console's view
+//! of them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::admin::admin_rows;
 use crate::client::Endpoint;
 use crate::env;
 use crate::proxy::ProxyConfig;
+use crate::tools::run_command;
 use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
@@ -22,6 +26,72 @@ pub fn component(name: &str) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// The component an example's build script makes (`examples/<dir>/dist/<file>`, built by
+/// `examples/<dir>/build`), or `None` when the test should skip (see [`env::skip`]). With
+/// the environment variable `require` set (scripts/test builds the component and sets it), a
+/// missing component is an error.
+pub fn example_component(dir: &str, file: &str, require: &str) -> Result<Option<PathBuf>> {
+    let path = env::workspace_dir()
+        .join("examples")
+        .join(dir)
+        .join("dist")
+        .join(file);
+    if path.exists() {
+        return Ok(Some(path));
+    }
+    ensure!(
+        std::env::var_os(require).is_none(),
+        "{} is missing and {require} is set: run examples/{dir}/build",
+        path.display()
+    );
+    env::skip(&format!(
+        "{} is not built (run examples/{dir}/build, which needs a package registry; \
+         set {require}=1 to make this a failure)",
+        path.display()
+    ))?;
+    Ok(None)
+}
+
+/// `switchyard check-config` on a configuration that loads `component` as plugin `policy`
+/// serving `hook`, with `settings` (TOML lines of `[plugins.policy.settings]`); no server
+/// is contacted. It uses the plugin cache the test bed's proxies use, so the first run
+/// compiles a large component (a whole CPython or SpiderMonkey: tens of seconds in a debug
+/// build, more than the test bed waits for a proxy to start) and caches it. Returns
+/// (success, stderr).
+pub fn check_config(component: &Path, hook: &str, settings: &str) -> Result<(bool, String)> {
+    let dir = env::scratch_root()?.join(format!(
+        "check-config-{}-{}",
+        std::process::id(),
+        component.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("check.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:1\"\n\
+             [clusters.main]\nnodes = [{{ host = \"127.0.0.1\", port = 1, role = \"primary\" }}]\n\
+             [databases.app]\ncluster = \"main\"\n\
+             [users.app]\npassword = \"app\"\n\
+             [plugins.policy]\npath = {:?}\nhooks = [{hook:?}]\n\
+             [plugins.policy.settings]\n{settings}\n",
+            component.display().to_string()
+        ),
+    )?;
+    let out = run_command(
+        std::process::Command::new(env::proxy_binary()?)
+            .arg("check-config")
+            .arg(&file)
+            // Where tests/src/proxy.rs points every proxy it starts.
+            .env("XDG_CACHE_HOME", env::scratch_root()?.join("xdg-cache")),
+        None,
+        Duration::from_secs(600),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    Ok((out.status_ok, out.stderr))
 }
 
 /// `cfg` with plugin `name`: the component at `path` serving `hook` (`[plugins.<name>]`),
@@ -72,6 +142,19 @@ pub fn count(row: &HashMap<String, String>, column: &str) -> Result<u64> {
         .with_context(|| format!("SHOW PLUGINS has no column {column}"))?;
     text.parse()
         .with_context(|| format!("SHOW PLUGINS {column} = {text:?}"))
+}
+
+/// A plugin's cost as its `SHOW PLUGINS` row reports it, for a test to print: "p50 X, load
+/// Y, N instances, C calls" (load: how long loading took and whether the code was compiled
+/// or came from the cache).
+pub fn cost(row: &HashMap<String, String>) -> Result<String> {
+    Ok(format!(
+        "p50 {}, load {}, {} instances, {} calls",
+        row.get("p50").map_or("-", String::as_str),
+        row.get("load").map_or("-", String::as_str),
+        count(row, "instances")?,
+        count(row, "calls")?
+    ))
 }
 
 /// Decisions a plugin made: hook calls plus decisions it declared reusable and the proxy

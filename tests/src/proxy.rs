@@ -282,6 +282,8 @@ pub struct Launch {
     /// A program (with its arguments) that runs the proxy's command line, e.g.
     /// `valgrind --tool=callgrind`; it must exec the proxy in place (the pid is the proxy's).
     pub wrapper: Vec<String>,
+    /// Arguments after `--config FILE` (e.g. `--log-format json`).
+    pub args: Vec<String>,
     /// How long start-up may take until the proxy accepts connections.
     pub ready_within: Duration,
     /// How long after SIGTERM [`Proxy::stop`] waits before SIGKILL.
@@ -299,6 +301,7 @@ impl Default for Launch {
     fn default() -> Self {
         Self {
             wrapper: Vec::new(),
+            args: Vec::new(),
             ready_within: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
             checks_on_drop: true,
@@ -387,6 +390,7 @@ impl Proxy {
         };
         cmd.arg("--config")
             .arg(&config_path)
+            .args(&self.launch.args)
             .current_dir(&self.dir)
             .process_group(0)
             .stdin(Stdio::null())

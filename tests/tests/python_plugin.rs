@@ -5,73 +5,20 @@
 //! SWITCHYARD_NO_SKIP is (`.ci/run`).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use switchyard_tests::admin::admin_rows;
 use switchyard_tests::client::connect;
-use switchyard_tests::plugin::{count, decisions, policy_row, with_plugin_path};
-use switchyard_tests::tools::run_command;
-use switchyard_tests::{describe_error, env, skip_if_direct, Length, PgResultExt, QueryMode, TestBed};
+use switchyard_tests::plugin::{
+    check_config, cost, count, decisions, example_component, policy_row, with_plugin_path,
+};
+use switchyard_tests::{describe_error, skip_if_direct, Length, PgResultExt, QueryMode, TestBed};
 use tokio_postgres::Client;
 
 /// An application the plugin gives session pooling (its `session_apps` setting).
 const SESSION_APP: &str = "sticky-reporter";
 const VERSION_TAG: &str = "python-test";
-
-/// The built component, or `None` (with a message) when the test should skip.
-fn python_component() -> Result<Option<PathBuf>> {
-    let path = env::workspace_dir().join("examples/python-pool-mode/dist/python-pool-mode.wasm");
-    if path.exists() {
-        return Ok(Some(path));
-    }
-    ensure!(
-        std::env::var_os("SWITCHYARD_REQUIRE_PYTHON_PLUGIN").is_none(),
-        "{} is missing and SWITCHYARD_REQUIRE_PYTHON_PLUGIN is set: run examples/python-pool-mode/build",
-        path.display()
-    );
-    env::skip(&format!(
-        "{} is not built (run examples/python-pool-mode/build, which needs PyPI; \
-         set SWITCHYARD_REQUIRE_PYTHON_PLUGIN=1 to make this a failure)",
-        path.display()
-    ))?;
-    Ok(None)
-}
-
-/// `switchyard check-config` on a configuration that loads the component with `settings`
-/// (no server is contacted), with the plugin cache the test bed's proxies use, so the
-/// first run compiles the component (a whole CPython: tens of seconds, more than the test
-/// bed waits for a proxy to start) and caches it. Returns (success, stderr).
-fn check_config(component: &Path, settings: &str) -> Result<(bool, String)> {
-    let dir = env::scratch_root()?.join(format!("python-plugin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("check.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:1\"\n\
-             [clusters.main]\nnodes = [{{ host = \"127.0.0.1\", port = 1, role = \"primary\" }}]\n\
-             [databases.app]\ncluster = \"main\"\n\
-             [users.app]\npassword = \"app\"\n\
-             [plugins.policy]\npath = {:?}\nhooks = [\"pool-mode\"]\n\
-             [plugins.policy.settings]\n{settings}\n",
-            component.display().to_string()
-        ),
-    )?;
-    let out = run_command(
-        std::process::Command::new(env::proxy_binary()?)
-            .arg("check-config")
-            .arg(&file)
-            // Where tests/src/proxy.rs points every proxy it starts.
-            .env("XDG_CACHE_HOME", env::scratch_root()?.join("xdg-cache")),
-        None,
-        Duration::from_secs(600),
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = out?;
-    Ok((out.status_ok, out.stderr))
-}
 
 async fn backend_pid(client: &Client) -> Result<i32> {
     Ok(client
@@ -84,12 +31,18 @@ async fn backend_pid(client: &Client) -> Result<i32> {
 #[tokio::test]
 async fn python_plugin_pools_transactions_and_pins_session_apps() -> Result<()> {
     skip_if_direct!();
-    let Some(component) = python_component()? else {
+    let Some(component) = example_component(
+        "python-pool-mode",
+        "python-pool-mode.wasm",
+        "SWITCHYARD_REQUIRE_PYTHON_PLUGIN",
+    )?
+    else {
         return Ok(());
     };
     let started = Instant::now();
     let (ok, stderr) = check_config(
         &component,
+        "pool-mode",
         &format!("session_apps = \"{SESSION_APP}\"\nversion_tag = \"{VERSION_TAG}\""),
     )?;
     ensure!(ok, "check-config refused the Python plugin: {stderr}");
@@ -98,7 +51,7 @@ async fn python_plugin_pools_transactions_and_pins_session_apps() -> Result<()> 
         started.elapsed().as_secs_f64()
     );
     // init refuses settings it does not know, and the operator reads why.
-    let (ok, stderr) = check_config(&component, "mode = \"session\"")?;
+    let (ok, stderr) = check_config(&component, "pool-mode", "mode = \"session\"")?;
     ensure!(
         !ok && stderr.contains("unknown setting 'mode' (known settings: session_apps, version_tag)"),
         "check-config with an unknown setting: expected the plugin's refusal, got: {stderr}"
@@ -191,9 +144,7 @@ async fn python_plugin_pools_transactions_and_pins_session_apps() -> Result<()> 
         "{} transactions but only {decided} plugin decisions ({calls} calls): the plugin is not on the data path",
         bench.processed
     );
-    eprintln!(
-        "SHOW PLUGINS: version {version}, {calls} calls, {decided} decisions, p50 {}",
-        plugin.get("p50").map_or("-", String::as_str)
-    );
+    eprintln!("SHOW PLUGINS: version {version}, {decided} decisions");
+    eprintln!("plugin cost (Python pool-mode): {}", cost(&plugin)?);
     bed.ensure_proxy_alive()
 }

@@ -585,7 +585,7 @@ impl Session {
         let delay = match decision {
             RetryDecision::Surface => {
                 tracing::info!(
-                    pid = self.cancel.process_id, %node, sqlstate = %failed.sqlstate,
+                    pid = self.cancel.process_id, event = self.pool.cluster.incidents.open_id(), %node, sqlstate = %failed.sqlstate,
                     attempt = failed.attempt, "request failed by its server; not retried"
                 );
                 self.pool.cluster.incidents.client_error();
@@ -601,7 +601,7 @@ impl Session {
             }
         };
         tracing::info!(
-            pid = self.cancel.process_id, %node, sqlstate = %failed.sqlstate,
+            pid = self.cancel.process_id, event = self.pool.cluster.incidents.open_id(), %node, sqlstate = %failed.sqlstate,
             attempt = failed.attempt, delay_ms = delay.as_millis() as u64,
             "request failed by its server before taking effect; running it again"
         );

@@ -349,29 +349,39 @@ impl Cluster {
                 .record(seq, Instant::now(), sample.lsn);
         }
         if let Some(expired) = self.take_expired_hold() {
-            tracing::info!(cluster = %self.name, held_for = ?expired.until.duration_since(expired.since), "hold expired");
+            tracing::info!(cluster = %self.name, event = self.incidents.open_id(), held_for = ?expired.until.duration_since(expired.since), "hold expired");
             events.push(TopologyEvent::HoldExpired);
         }
-        self.decide_and_publish(&old, view, &events);
+        self.decide_and_publish(&old, view, &events, None);
     }
 
     /// An operator or HA manager announced a planned stop of `node` (admin `PAUSE NODE`,
     /// the proxy's `SWITCHOVER`): the switchover policy decides (the built-in holds new
-    /// transactions and drains the node when it is the primary). Returns the hold in force
-    /// afterwards, whose `drain_until` bounds how long running transactions may take.
-    pub fn planned_stop(&self, node: usize) -> Option<Hold> {
+    /// transactions and drains the node when it is the primary); a decision that holds opens
+    /// a failover event with `reason`. Returns the hold in force afterwards, whose
+    /// `drain_until` bounds how long running transactions may take.
+    pub fn planned_stop(&self, node: usize, reason: &str) -> Option<Hold> {
         let _one_writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.view.load_full();
         let view = (*old).clone();
-        self.decide_and_publish(&old, view, &[TopologyEvent::PlannedStop(node)]);
+        self.decide_and_publish(&old, view, &[TopologyEvent::PlannedStop(node)], Some(reason));
         self.hold()
     }
 
     /// Runs `events` through the switchover policy, applies the actions to `view` and
-    /// publishes it. Called with `update` held.
-    fn decide_and_publish(&self, old: &ClusterView, mut view: ClusterView, events: &[TopologyEvent]) {
+    /// publishes it. Called with `update` held. `stop_reason`: why a planned stop was
+    /// announced (the reason of the failover event its hold opens).
+    fn decide_and_publish(
+        &self,
+        old: &ClusterView,
+        mut view: ClusterView,
+        events: &[TopologyEvent],
+        stop_reason: Option<&str>,
+    ) {
+        let mut event_id = None;
         for &event in events {
-            let actions = self.decide(event, &view);
+            let (actions, id) = self.decide(event, &view, stop_reason);
+            event_id = id.or(event_id);
             for action in actions {
                 events::apply(self, &mut view, action);
             }
@@ -383,6 +393,7 @@ impl Cluster {
             match (old.primary, view.primary) {
                 (_, Some(p)) => tracing::info!(
                     cluster = %self.name,
+                    event = event_id,
                     primary = %self.nodes[p],
                     timeline = view.nodes[p].sample.timeline,
                     previous = ?old.primary.map(|o| self.nodes[o].to_string()),
@@ -390,6 +401,7 @@ impl Cluster {
                 ),
                 (Some(o), None) => tracing::warn!(
                     cluster = %self.name,
+                    event = event_id,
                     lost = %self.nodes[o],
                     "no primary: holding transactions that need one"
                 ),
@@ -432,26 +444,46 @@ impl Cluster {
         }
     }
 
-    /// The switchover policy's actions for `event`, logged as one decision line.
-    fn decide(&self, event: TopologyEvent, view: &ClusterView) -> Vec<Action> {
+    /// The switchover policy's actions for `event`, logged as one decision line, and the id
+    /// of the failover event the decision belongs to (see `crate::incident`): the open one,
+    /// or the one it opens (the primary lost, or a planned stop the policy holds traffic
+    /// for, with `stop_reason`); none outside an event.
+    fn decide(
+        &self,
+        event: TopologyEvent,
+        view: &ClusterView,
+        stop_reason: Option<&str>,
+    ) -> (Vec<Action>, Option<u64>) {
         let nodes = view.node_infos();
         let SwitchoverDecision { actions, by, ignored } =
             self.policies
                 .on_event(&self.name, event, &nodes, view.candidate, self.hold_timeout);
         let name = |n: usize| self.nodes[n].to_string();
+        let opens = match event {
+            // The reason `follow_incidents` gives the same event.
+            TopologyEvent::PrimaryLost(n) => Some(format!("primary {} lost", name(n))),
+            TopologyEvent::PlannedStop(n) if actions.iter().any(|a| matches!(a, Action::Hold(_))) => {
+                Some(stop_reason.map_or_else(|| format!("planned stop of {}", name(n)), str::to_string))
+            }
+            _ => None,
+        };
+        let event_id = match opens {
+            Some(reason) => Some(self.incidents.begin(&reason)),
+            None => self.incidents.open_id(),
+        };
         for n in ignored {
-            tracing::warn!(cluster = %self.name, "switchover {by}: move-to {} ignored, the probes do not confirm that node as primary", name(n));
+            tracing::warn!(cluster = %self.name, event = event_id, "switchover {by}: move-to {} ignored, the probes do not confirm that node as primary", name(n));
         }
         let subject = event
             .node()
             .map_or_else(String::new, |n| format!("(node {})", name(n)));
         let decided = Described(&actions, name);
         if actions.is_empty() && matches!(event, TopologyEvent::NodeChanged(_)) {
-            tracing::debug!(cluster = %self.name, "switchover {by}: event {}{subject} → {decided}", event.name());
+            tracing::debug!(cluster = %self.name, event = event_id, "switchover {by}: event {}{subject} → {decided}", event.name());
         } else {
-            tracing::info!(cluster = %self.name, "switchover {by}: event {}{subject} → {decided}", event.name());
+            tracing::info!(cluster = %self.name, event = event_id, "switchover {by}: event {}{subject} → {decided}", event.name());
         }
-        actions
+        (actions, event_id)
     }
 
     /// The hold in force, if any: new transactions of the cluster's databases wait (see
@@ -566,7 +598,9 @@ pub async fn follow_incidents(cluster: Arc<Cluster>) {
         seen = view.generation;
         let now = view.primary.map(|p| cluster.nodes[p].to_string());
         match (&primary, &now) {
-            (Some(old), None) => cluster.incidents.begin(&format!("primary {old} lost")),
+            (Some(old), None) => {
+                cluster.incidents.begin(&format!("primary {old} lost"));
+            }
             (old, Some(new)) => {
                 if let Some(old) = old {
                     cluster.incidents.begin(&format!("primary {old} replaced"));

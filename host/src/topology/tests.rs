@@ -29,8 +29,17 @@ fn failed() -> ProbeSample {
 #[test]
 fn a_planned_stop_of_the_primary_holds_and_drains_it() {
     let c = cluster("30s");
-    assert!(c.planned_stop(1).is_none(), "a replica's stop holds nothing");
-    let hold = c.planned_stop(0).expect("the primary's stop holds");
+    assert!(
+        c.planned_stop(1, "test").is_none(),
+        "a replica's stop holds nothing"
+    );
+    assert_eq!(c.incidents.open_id(), None, "nor opens a failover event");
+    let hold = c.planned_stop(0, "test").expect("the primary's stop holds");
+    assert_eq!(
+        c.incidents.open_id(),
+        Some(1),
+        "the decision that holds opens failover event 1"
+    );
     let view = c.view();
     assert!(view.nodes[0].drained_at.is_some() && view.nodes[1].drained_at.is_none());
     assert!(
@@ -62,6 +71,11 @@ async fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
     c.record(0, 0, failed(), None, Some("connection refused".into()));
     assert!(c.primary().is_none());
     assert!(c.hold().is_some(), "the built-in holds while there is no primary");
+    assert_eq!(
+        c.incidents.open_id(),
+        Some(1),
+        "the primary-lost decision opens failover event 1"
+    );
     assert!(c.view().nodes[0].drained_at.is_some());
     let waiter = tokio::spawn({
         let c = c.clone();
