@@ -23,6 +23,7 @@ mod statements;
 pub use caps::ServerCap;
 pub use pause::{Pause, PauseGate};
 pub use pipeline::{Failure as PipelineFailure, Piece, Pipelines, Ticket, REPLY_PIECES, STALL_LIMIT};
+use slots::NoSlot;
 pub use slots::Slot;
 
 pub use functions::FunctionCatalog;
@@ -360,11 +361,11 @@ impl Pool {
         }
         let wait = self.settings.query_wait_timeout;
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        let acquired = tokio::time::timeout(wait, servers.permit()).await;
+        let acquired = servers.permit(wait).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match acquired {
-            Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(match self.removed.get() {
+            Ok(p) => Ok(p),
+            Err(NoSlot::Closed) => Err(match self.removed.get() {
                 Some(database) => PoolError::Removed {
                     database: database.clone(),
                 },
@@ -372,7 +373,7 @@ impl Pool {
                     pool: self.name.clone(),
                 },
             }),
-            Err(_) => {
+            Err(NoSlot::TimedOut) => {
                 self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(PoolError::Timeout {
                     waited: wait,

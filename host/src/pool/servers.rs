@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::slots::{Slot, Slots};
+use super::slots::{NoSlot, Slot, Slots};
 use crate::server::ServerConn;
 
 /// How long a checkout that may not open a server and found no idle one waits before it
@@ -62,9 +62,10 @@ impl Servers {
         self.slots.try_take()
     }
 
-    /// A slot, after the checkouts waiting before it ([`super::slots`]); `None` once closed.
-    pub async fn permit(&self) -> Option<Slot> {
-        self.slots.take().await
+    /// A slot, after the checkouts waiting before it ([`super::slots`]), waiting at most
+    /// `wait`.
+    pub async fn permit(&self, wait: Duration) -> Result<Slot, NoSlot> {
+        self.slots.take(wait).await
     }
 
     /// An idle server to lend: the calling thread's, else (when no new server may be

@@ -24,17 +24,28 @@
 //!
 //! Slots are handed straight to a waiter, never back to the free count while one waits,
 //! so a checkout that finds no free slot cannot overtake the queue. A waiter that gives up
-//! (`query_wait_timeout`, a client that went away) takes itself out; a slot handed to it in
-//! the meantime goes to the next one. Waiting allocates nothing per wait (tokio's
-//! semaphore did not either; a oneshot channel per wait cost about 250 instructions per
-//! transaction at 64 clients).
+//! (a client that went away) takes itself out; a slot handed to it in the meantime goes to
+//! the next one. Waiting allocates nothing per wait (tokio's semaphore did not either; a
+//! oneshot channel per wait cost about 250 instructions per transaction at 64 clients).
+//!
+//! The wait's limit (`query_wait_timeout`) is kept here too: each waiter notes its
+//! deadline, and one task per queue ([`expire`]) sleeps until the earliest deadline at the
+//! head of a list and ends the waits that reached it. A `tokio::time::timeout` per wait
+//! registered and removed a timer in the runtime's wheel for every transaction that
+//! queued (about 270 instructions) and made the checkout's future larger; waiters queue in
+//! arrival order with the same limit, so the oldest expires first and one timer serves
+//! them all. The task wakes once per deadline of a head waiter that is still waiting, and
+//! ends when it wakes to an empty queue.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// The fewest waiters that queued after a waiter that may be given a slot before it
 /// (per-core); with more clients waiting, as many as wait.
@@ -45,6 +56,18 @@ use std::task::{Context, Poll, Waker};
 /// heads drift further apart than that by chance), one of 64 left 0.01 to 0.02, and so does
 /// the number of waiters (about 44 there); see docs/performance.md, "Thread per core".
 pub(super) const OVERTAKE: u64 = 16;
+
+/// How long the expiry task waits for another waiter after it ended the last waits.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Why [`Slots::take`] gave no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// The slots closed (the pool was removed or shut).
+    Closed,
+    /// None came free within the wait's limit.
+    TimedOut,
+}
 
 /// A node share's slots and waiters.
 pub(super) struct Slots {
@@ -63,12 +86,32 @@ struct Queue {
     next_ticket: u64,
     entries: Vec<Entry>,
     vacant: Vec<usize>,
+    /// The expiry task, while one runs ([`expire`]).
+    expiry: Option<Expiry>,
 }
 
-/// A listed waiter: its ticket (arrival order) and its entry in the slab.
+/// When the expiry task wakes next, and its waker (to wake it sooner).
+struct Expiry {
+    at: Instant,
+    waker: Option<Waker>,
+}
+
+/// What a new waiter's deadline asks of the expiry task.
+enum Watch {
+    /// None runs: start one.
+    Start,
+    /// It sleeps past the deadline: wake it to sleep less.
+    Wake(Option<Waker>),
+    /// It wakes in time.
+    Nothing,
+}
+
+/// A listed waiter: its ticket (arrival order), its entry in the slab, and when its wait
+/// ends unless a slot comes first.
 struct Waiter {
     ticket: u64,
     entry: usize,
+    deadline: Instant,
 }
 
 /// One waiter's state, in the slab.
@@ -83,8 +126,10 @@ enum State {
     Waiting,
     /// A slot was handed to it: it is out of its list, and the slot is its to take.
     Granted,
-    /// The slots closed: out of its list, gets `None`.
+    /// The slots closed: out of its list, gets [`NoSlot::Closed`].
     Closed,
+    /// Its deadline passed: out of its list, gets [`NoSlot::TimedOut`].
+    TimedOut,
 }
 
 /// One slot, lent with a server; dropping it frees the slot for the next waiter.
@@ -120,6 +165,7 @@ impl Slots {
                 next_ticket: 0,
                 entries: Vec::new(),
                 vacant: Vec::new(),
+                expiry: None,
             }),
         })
     }
@@ -138,32 +184,41 @@ impl Slots {
             })
     }
 
-    /// A slot, after the waiters before it (see the module docs); `None` once closed.
-    pub async fn take(self: &Arc<Self>) -> Option<Slot> {
+    /// A slot, after the waiters before it (see the module docs), waiting at most `wait`.
+    /// Must be called within a tokio runtime when it has to wait (the expiry task is
+    /// spawned there).
+    pub async fn take(self: &Arc<Self>, wait: Duration) -> Result<Slot, NoSlot> {
         if let Some(slot) = self.try_take() {
-            return Some(slot);
+            return Ok(slot);
         }
         let worker = crate::net::worker::current();
-        let queued = {
+        let (queued, watch) = {
             let mut queue = self.lock();
             // Looked at again under the lock: a slot freed since was counted free, since
             // no waiter was queued to take it.
             if self.closed.load(Ordering::Acquire) {
-                return None;
+                return Err(NoSlot::Closed);
             }
             if let Some(slot) = self.try_take() {
-                return Some(slot);
+                return Ok(slot);
             }
             let list = worker % queue.lists.len();
-            let (ticket, entry) = queue.enqueue(list);
-            Queued {
+            let deadline = Instant::now() + wait;
+            let (ticket, entry) = queue.enqueue(list, deadline);
+            let queued = Queued {
                 slots: self,
                 list,
                 ticket,
                 entry,
                 done: false,
-            }
+            };
+            (queued, queue.watch(deadline))
         };
+        match watch {
+            Watch::Start => drop(tokio::spawn(expire(self.clone()))),
+            Watch::Wake(waker) => waker.into_iter().for_each(Waker::wake),
+            Watch::Nothing => {}
+        }
         queued.await
     }
 
@@ -221,7 +276,7 @@ impl Slots {
 
 impl Queue {
     /// Lists a new waiter on `list`: its ticket and slab entry.
-    fn enqueue(&mut self, list: usize) -> (u64, usize) {
+    fn enqueue(&mut self, list: usize, deadline: Instant) -> (u64, usize) {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let fresh = Entry {
@@ -238,8 +293,55 @@ impl Queue {
                 self.entries.len() - 1
             }
         };
-        self.lists[list].push_back(Waiter { ticket, entry });
+        self.lists[list].push_back(Waiter {
+            ticket,
+            entry,
+            deadline,
+        });
         (ticket, entry)
+    }
+
+    /// A waiter with `deadline` was listed: what the expiry task must do for it.
+    fn watch(&mut self, deadline: Instant) -> Watch {
+        match &mut self.expiry {
+            None => {
+                self.expiry = Some(Expiry {
+                    at: deadline,
+                    waker: None,
+                });
+                Watch::Start
+            }
+            Some(e) if e.at > deadline => {
+                e.at = deadline;
+                Watch::Wake(e.waker.take())
+            }
+            Some(_) => Watch::Nothing,
+        }
+    }
+
+    /// Ends the waits of the waiters at the heads of the lists whose deadline is `now` or
+    /// earlier (their wakers are pushed on `woken`); returns the earliest deadline left at
+    /// a head, `None` when nobody waits.
+    ///
+    /// Only heads are looked at: in a list, later arrivals have later deadlines, unless
+    /// `query_wait_timeout` was shortened by a reload while they waited; a waiter behind
+    /// one that queued before the change then gets its error when it reaches the head.
+    fn expire_due(&mut self, now: Instant, woken: &mut Vec<Waker>) -> Option<Instant> {
+        let Queue { lists, entries, .. } = self;
+        let mut next: Option<Instant> = None;
+        for list in lists.iter_mut() {
+            while let Some(head) = list.front() {
+                if head.deadline > now {
+                    next = Some(next.map_or(head.deadline, |n| n.min(head.deadline)));
+                    break;
+                }
+                let entry = &mut entries[head.entry];
+                entry.state = State::TimedOut;
+                woken.extend(entry.waker.take());
+                list.pop_front();
+            }
+        }
+        next
     }
 
     /// Gives entry `i` back to the slab.
@@ -296,15 +398,16 @@ struct Queued<'a> {
 }
 
 impl Future for Queued<'_> {
-    type Output = Option<Slot>;
+    type Output = Result<Slot, NoSlot>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Slot>> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Slot, NoSlot>> {
         let mut queue = self.slots.lock();
         let entry = &mut queue.entries[self.entry];
-        let granted = match entry.state {
-            State::Granted => true,
-            State::Closed => false,
-            _ => {
+        let outcome = match entry.state {
+            State::Granted => Ok(()),
+            State::Closed => Err(NoSlot::Closed),
+            State::TimedOut => Err(NoSlot::TimedOut),
+            State::Waiting | State::Vacant => {
                 if !entry.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     entry.waker = Some(cx.waker().clone());
                 }
@@ -314,7 +417,7 @@ impl Future for Queued<'_> {
         queue.vacate(self.entry);
         drop(queue);
         self.done = true;
-        Poll::Ready(granted.then(|| Slot {
+        Poll::Ready(outcome.map(|()| Slot {
             slots: self.slots.clone(),
             near: self.list,
         }))
@@ -340,12 +443,59 @@ impl Drop for Queued<'_> {
                 }
                 // Handed a slot it will not take: to the next waiter, else free.
                 State::Granted => self.slots.hand_over(&mut queue, self.list),
-                State::Closed | State::Vacant => None,
+                State::Closed | State::TimedOut | State::Vacant => None,
             }
         };
         if let Some(waker) = woken {
             waker.wake();
         }
+    }
+}
+
+/// The expiry task of `slots`' queue: sleeps until the earliest deadline at the head of a
+/// list (or sooner, when a new waiter's deadline is earlier: [`Queue::watch`] wakes it),
+/// ends the waits that reached theirs, and ends itself when it wakes to an empty queue (after
+/// ending the last waits, it sleeps [`LINGER`] first).
+async fn expire(slots: Arc<Slots>) {
+    let mut sleep = pin!(tokio::time::sleep_until(Instant::now()));
+    let mut woken = Vec::new();
+    loop {
+        let at = {
+            let mut queue = slots.lock();
+            let now = Instant::now();
+            let at = match queue.expire_due(now, &mut woken) {
+                Some(next) => next,
+                // Empty since the last look, and no waiter came: done.
+                None if queue.expiry.as_ref().is_some_and(|e| e.at <= now) && woken.is_empty() => {
+                    queue.expiry = None;
+                    return;
+                }
+                None => now + LINGER,
+            };
+            let expiry = queue.expiry.get_or_insert(Expiry { at, waker: None });
+            expiry.at = at;
+            at
+        };
+        woken.drain(..).for_each(Waker::wake);
+        sleep.as_mut().reset(at);
+        // Until the deadline, or until a waiter with an earlier one moves it.
+        std::future::poll_fn(|cx| {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            let mut queue = slots.lock();
+            match &mut queue.expiry {
+                Some(e) if e.at < at => Poll::Ready(()),
+                Some(e) => {
+                    if !e.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        e.waker = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                None => Poll::Ready(()),
+            }
+        })
+        .await;
     }
 }
 
@@ -355,25 +505,28 @@ mod tests {
     use crate::net::worker::set_current;
     use std::task::Waker;
 
-    type Taking<'a> = Pin<Box<dyn Future<Output = Option<Slot>> + 'a>>;
+    type Taking<'a> = Pin<Box<dyn Future<Output = Result<Slot, NoSlot>> + 'a>>;
+
+    /// The wait's limit where the tests do not look at it.
+    const LONG: Duration = Duration::from_secs(600);
 
     /// A take started on worker `worker`, polled once (it queues if no slot is free).
     fn queue_on(slots: &Arc<Slots>, worker: usize) -> Taking<'_> {
         set_current(worker);
-        let mut taking: Taking = Box::pin(slots.take());
+        let mut taking: Taking = Box::pin(slots.take(LONG));
         assert!(poll(&mut taking).is_pending(), "a slot was free");
         set_current(0);
         taking
     }
 
-    fn poll(taking: &mut Taking) -> Poll<Option<Slot>> {
+    fn poll(taking: &mut Taking) -> Poll<Result<Slot, NoSlot>> {
         taking.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     }
 
     fn granted(taking: &mut Taking) -> Slot {
         match poll(taking) {
-            Poll::Ready(Some(slot)) => slot,
-            Poll::Ready(None) => panic!("closed"),
+            Poll::Ready(Ok(slot)) => slot,
+            Poll::Ready(Err(e)) => panic!("{e:?}"),
             Poll::Pending => panic!("no slot handed over"),
         }
     }
@@ -382,8 +535,8 @@ mod tests {
         slot.free_near(worker);
     }
 
-    #[test]
-    fn one_list_hands_slots_over_in_arrival_order_whatever_the_worker() {
+    #[tokio::test]
+    async fn one_list_hands_slots_over_in_arrival_order_whatever_the_worker() {
         let slots = Slots::new(1, 1);
         let mut held = slots.try_take().expect("one free");
         assert!(slots.try_take().is_none());
@@ -399,8 +552,8 @@ mod tests {
         assert_eq!(slots.free(), 1);
     }
 
-    #[test]
-    fn per_core_a_freed_slot_goes_to_the_near_workers_waiter_first() {
+    #[tokio::test]
+    async fn per_core_a_freed_slot_goes_to_the_near_workers_waiter_first() {
         let slots = Slots::new(1, 2);
         let held = slots.try_take().expect("one free");
         let mut remote = queue_on(&slots, 1);
@@ -445,8 +598,8 @@ mod tests {
     /// The k-th local waiter (ticket k; the remote one has ticket 0) goes first while
     /// k <= max(16, waiting), and 1 + locals - (k - 1) wait when it is chosen: with 20
     /// locals the floor of 16 decides, with 40 the count of waiters (k <= 42 - k: 21).
-    #[test]
-    fn per_core_a_waiter_is_overtaken_by_no_more_later_ones_than_wait() {
+    #[tokio::test]
+    async fn per_core_a_waiter_is_overtaken_by_no_more_later_ones_than_wait() {
         assert_eq!(overtaken_with(20), OVERTAKE as usize);
         assert_eq!(overtaken_with(40), 21);
         assert_eq!(
@@ -456,8 +609,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_waiter_that_gives_up_passes_a_slot_handed_to_it_on() {
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_passes_a_slot_handed_to_it_on() {
         let slots = Slots::new(1, 2);
         let held = slots.try_take().expect("one free");
         let handed = queue_on(&slots, 0);
@@ -473,17 +626,77 @@ mod tests {
         assert_eq!(slots.free(), 1);
     }
 
-    #[test]
-    fn close_ends_every_wait_and_refuses_new_takers() {
+    #[tokio::test]
+    async fn close_ends_every_wait_and_refuses_new_takers() {
         let slots = Slots::new(1, 2);
         let held = slots.try_take().expect("one free");
         let mut waiters = [queue_on(&slots, 0), queue_on(&slots, 1)];
         slots.close();
         for w in &mut waiters {
-            assert!(matches!(poll(w), Poll::Ready(None)));
+            assert!(matches!(poll(w), Poll::Ready(Err(NoSlot::Closed))));
         }
         assert!(slots.is_closed());
         drop(held);
         assert!(slots.try_take().is_none(), "a closed pool lent a slot");
+    }
+
+    /// A waiter gets [`NoSlot::TimedOut`] at its deadline (time paused: exactly), one queued
+    /// later keeps waiting and gets the slot when it is freed, and the expiry task ends when
+    /// it wakes (at the deadline it slept until) to the empty queue.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_at_its_deadline_and_the_next_waiter_keeps_its_place() {
+        let slots = Slots::new(1, 1);
+        let held = slots.try_take().expect("one free");
+        let wait = |limit: u64| {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let taken = slots.take(Duration::from_secs(limit)).await;
+                (taken.map(drop), started.elapsed())
+            })
+        };
+        let first = wait(2);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let second = wait(5);
+        let (taken, waited) = first.await.unwrap();
+        assert_eq!(taken, Err(NoSlot::TimedOut));
+        assert_eq!(waited, Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(held);
+        let (taken, waited) = second.await.unwrap();
+        assert_eq!(taken, Ok(()), "the second waiter lost its slot");
+        assert_eq!(waited, Duration::from_secs(2));
+        assert_eq!(slots.free(), 1);
+        assert!(
+            slots.lock().expiry.is_some(),
+            "the expiry task ended before its wake-up"
+        );
+        // It sleeps until the second waiter's deadline (6 s), then finds nobody waiting.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(slots.lock().expiry.is_none(), "the expiry task is still running");
+    }
+
+    /// A waiter whose deadline comes before the one the expiry task sleeps until (a shorter
+    /// limit, on another worker's list) wakes it: its wait ends at its own deadline.
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_wakes_the_expiry_task_sooner() {
+        let slots = Slots::new(1, 2);
+        let _held = slots.try_take().expect("one free");
+        let wait = |worker: usize, limit: u64| {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                set_current(worker);
+                let started = Instant::now();
+                let taken = slots.take(Duration::from_secs(limit)).await;
+                (taken.map(drop), started.elapsed())
+            })
+        };
+        let long = wait(0, 30);
+        tokio::task::yield_now().await;
+        let short = wait(1, 3);
+        let (taken, waited) = short.await.unwrap();
+        assert_eq!((taken, waited), (Err(NoSlot::TimedOut), Duration::from_secs(3)));
+        let (taken, waited) = long.await.unwrap();
+        assert_eq!((taken, waited), (Err(NoSlot::TimedOut), Duration::from_secs(30)));
     }
 }
