@@ -32,6 +32,17 @@ struct Watchers {
     wakers: HashMap<u64, Weak<StopWatch>>,
 }
 
+/// An admin's request to stop the proxy (`SHUTDOWN`, `SHUTDOWN IMMEDIATE`), which the
+/// listeners carry out as they do SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// As SIGTERM: stop accepting, let transactions finish within `shutdown_timeout`.
+    Graceful,
+    /// As `shutdown_timeout` running out at once: every client gets 57P01 now, open
+    /// transactions are rolled back.
+    Immediate,
+}
+
 /// What a session's wait was woken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -39,6 +50,8 @@ pub enum Signal {
     Shutdown,
     /// `shutdown_timeout` ran out.
     Closing,
+    /// An admin's `KILL` of the session's database ([`StopWatch::kill`]).
+    Killed,
 }
 
 impl Stop {
@@ -55,6 +68,7 @@ impl Stop {
             stop: self.clone(),
             key,
             waker: AtomicWaker::new(),
+            killed: AtomicBool::new(false),
         });
         w.wakers.insert(key, Arc::downgrade(&watch));
         watch
@@ -93,6 +107,8 @@ pub struct StopWatch {
     stop: Arc<Stop>,
     key: u64,
     waker: AtomicWaker,
+    /// This session alone ends now (`KILL`).
+    killed: AtomicBool,
 }
 
 impl StopWatch {
@@ -102,9 +118,15 @@ impl StopWatch {
         self.stop.shutdown.load(Ordering::SeqCst)
     }
 
-    /// `shutdown_timeout` ran out (the session ends now).
+    /// `shutdown_timeout` ran out, or the session was killed: it ends now.
     pub fn closing(&self) -> bool {
-        self.stop.closing.load(Ordering::SeqCst)
+        self.stop.closing.load(Ordering::SeqCst) || self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Ends this session now, as `shutdown_timeout` running out would (`KILL`).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.waker.wake();
     }
 
     /// Ready when a signal concerns the session's wait: `Closing` always, `Shutdown` only
@@ -113,6 +135,8 @@ impl StopWatch {
         self.waker.register(cx.waker());
         if self.stop.closing.load(Ordering::SeqCst) {
             Poll::Ready(Signal::Closing)
+        } else if self.killed.load(Ordering::Relaxed) {
+            Poll::Ready(Signal::Killed)
         } else if between_transactions && self.shutting_down() {
             Poll::Ready(Signal::Shutdown)
         } else {
@@ -162,5 +186,17 @@ mod tests {
         assert_eq!(watch.poll(&mut cx, false), Poll::Pending);
         stop.close();
         assert_eq!(watch.poll(&mut cx, false), Poll::Ready(Signal::Closing));
+    }
+
+    #[test]
+    fn a_killed_session_ends_alone() {
+        let stop = Arc::new(Stop::default());
+        let (killed, other) = (stop.watch(), stop.watch());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        killed.kill();
+        assert_eq!(killed.poll(&mut cx, false), Poll::Ready(Signal::Killed));
+        assert!(killed.closing());
+        assert_eq!(other.poll(&mut cx, true), Poll::Pending);
+        assert!(!other.closing());
     }
 }

@@ -43,6 +43,7 @@ use switchyard_protocol::sqlstate;
 use crate::auth::UserAuth;
 use crate::config::{PoolMode, ServerAuthMethod};
 use crate::net::ServerTls;
+use crate::roster::{Roster, ServerInfo};
 use crate::server::{
     connect, nanos_since_origin, ConnectParams, NodeAddr, ServerConn, ServerError, Settings,
 };
@@ -100,6 +101,10 @@ pub struct PoolSettings {
     pub pipeline: bool,
     /// Idle lists per node: one per worker thread with `threading = "per-core"`, else 1.
     pub shards: usize,
+    /// Where the pool's server connections are listed (`SHOW SERVERS`), under the
+    /// configured database's name, `database`.
+    pub roster: Arc<Roster<ServerInfo>>,
+    pub database: Arc<str>,
 }
 
 /// How long a client may stay in each phase of a session; zero: no limit.
@@ -516,8 +521,21 @@ impl Pool {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let user = self.user.load_full();
         match connect(&self.connect_params(addr, &user, self.settings.connect_timeout)).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, pid = conn.backend_pid, "server connected");
+                conn.listed = Some(self.settings.roster.join(ServerInfo {
+                    user: user.name.clone(),
+                    database: self.settings.database.to_string(),
+                    addr: addr.host.to_string(),
+                    port: addr.port,
+                    local_addr: conn.stream.tcp().local_addr().ok(),
+                    connected_at: std::time::SystemTime::now(),
+                    backend_pid: conn.backend_pid,
+                    tls: conn.stream.is_tls(),
+                    client: AtomicU64::new(0),
+                    request_ms: AtomicU64::new(0),
+                    prepared: AtomicUsize::new(0),
+                }));
                 *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Arc::new(conn.params.clone()));
                 Ok(Box::new(conn))
@@ -552,6 +570,13 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The pool's coarse clock: milliseconds after the clock origin as of the last
+    /// [`Pool::reap`] (a second's precision at most).
+    #[inline]
+    pub fn coarse_now_ms(&self) -> u64 {
+        self.coarse_now_ms.load(Ordering::Relaxed)
     }
 
     /// Past its lifetime (by the coarse clock), or connected before a `RECONNECT`.

@@ -245,7 +245,7 @@ async fn login(
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user_name.clone());
-    let proxy = &state.config.proxy;
+    let proxy = state.proxy();
     if database != crate::config::ADMIN_DATABASE
         && state.clients.load(std::sync::atomic::Ordering::Relaxed)
             > proxy.max_client_conn - proxy.admin_reserved_conn
