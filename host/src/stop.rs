@@ -7,6 +7,11 @@
 //! task's waker in it (two atomic operations when the waker is unchanged, as it is for a
 //! task) and reads two flags. Raising a signal, which happens once in a process's life,
 //! sets the flag and wakes every registered session.
+//!
+//! Each watch also has a flag of its own, raised by the admin console's `KILL db` for the
+//! database's sessions ([`StopWatch::kill`]): the session ends as at `Stop::close`. An
+//! admin's `SHUTDOWN [IMMEDIATE]` ([`Shutdown`]) reaches the listeners, which raise the two
+//! signals as for SIGTERM.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,7 +125,18 @@ impl StopWatch {
 
     /// `shutdown_timeout` ran out, or the session was killed: it ends now.
     pub fn closing(&self) -> bool {
-        self.stop.closing.load(Ordering::SeqCst) || self.killed.load(Ordering::SeqCst)
+        self.ending().is_some()
+    }
+
+    /// Why the session must end now, if it must: [`Signal::Closing`] or [`Signal::Killed`].
+    pub fn ending(&self) -> Option<Signal> {
+        if self.stop.closing.load(Ordering::SeqCst) {
+            Some(Signal::Closing)
+        } else if self.killed.load(Ordering::Relaxed) {
+            Some(Signal::Killed)
+        } else {
+            None
+        }
     }
 
     /// Ends this session now, as `shutdown_timeout` running out would (`KILL`).
@@ -133,10 +149,8 @@ impl StopWatch {
     /// when `between_transactions`. Registers the task to be woken by either.
     pub fn poll(&self, cx: &mut Context<'_>, between_transactions: bool) -> Poll<Signal> {
         self.waker.register(cx.waker());
-        if self.stop.closing.load(Ordering::SeqCst) {
-            Poll::Ready(Signal::Closing)
-        } else if self.killed.load(Ordering::Relaxed) {
-            Poll::Ready(Signal::Killed)
+        if let Some(signal) = self.ending() {
+            Poll::Ready(signal)
         } else if between_transactions && self.shutting_down() {
             Poll::Ready(Signal::Shutdown)
         } else {

@@ -390,8 +390,26 @@ async fn commit_then_told(conn: &mut RawConn, who: &str) -> Result<()> {
 /// exits with status 0 within 5 s of the commit, and both rows are on the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_running_transaction_finish_and_exits_0() -> Result<()> {
+    shutdown_lets_a_running_transaction_finish(|cfg| cfg).await
+}
+
+/// The same with `threading = "per-core"` and three workers: every worker's listener
+/// takes the console's request, and the proxy exits 0 once the transaction committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_shutdown_lets_a_running_transaction_finish_and_exits_0() -> Result<()> {
+    shutdown_lets_a_running_transaction_finish(|cfg| {
+        cfg.set("proxy.threading", "per-core").set("proxy.workers", 3)
+    })
+    .await
+}
+
+/// The body of the two tests above, with the proxy configured further by `configure`.
+async fn shutdown_lets_a_running_transaction_finish(
+    configure: impl FnOnce(switchyard_tests::ProxyConfig) -> switchyard_tests::ProxyConfig,
+) -> Result<()> {
     skip_if_direct!();
-    let mut bed = TestBed::start_with(|cfg| cfg.with_admin().set("proxy.shutdown_timeout", "20s"))?;
+    let mut bed =
+        TestBed::start_with(|cfg| configure(cfg).with_admin().set("proxy.shutdown_timeout", "20s"))?;
     let ep = bed.endpoint();
     let addr = ep.addr();
     let mut writer = RawConn::login_app(&addr).await?;

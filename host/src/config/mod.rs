@@ -50,7 +50,7 @@ impl Config {
         let table = |t: &str| {
             let mut table = t.parse::<toml::Table>().unwrap_or_default();
             if let Some(toml::Value::Table(proxy)) = table.get_mut("proxy") {
-                proxy.retain(|k, _| !live::RELOADABLE.iter().any(|r| *r == k));
+                proxy.retain(|k, _| !live::RELOADABLE.contains(&k));
                 if proxy.is_empty() {
                     table.remove("proxy");
                 }

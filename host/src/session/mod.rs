@@ -441,6 +441,12 @@ impl Session {
         let checkout = self.checkout_for(work).await;
         self.listed.waiting.store(false, RELAXED);
         let mut checkout = checkout?;
+        if let Some(signal) = self.stop.ending() {
+            // Killed (or `shutdown_timeout` ran out) while it waited for the server:
+            // nothing of the client's reaches the server, which goes back unused.
+            checkout.release();
+            return Err(self.stopped(signal));
+        }
         self.listed.prepared.store(self.statements.len(), RELAXED);
         if let Some(server) = &checkout.conn().listed {
             server.client.store(self.listed.id, RELAXED);
