@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use switchyard_tests::admin::admin_rows;
+use bytes::BytesMut;
+use switchyard_tests::admin::{admin_rows, pool_row};
 use switchyard_tests::client::connect;
 use switchyard_tests::cluster::roles;
-use switchyard_tests::raw::RawConn;
+use switchyard_tests::raw::{msg, RawConn};
 use switchyard_tests::{expect_sqlstate, skip_if_direct, Endpoint, PgResultExt, TestBed};
 
 type Row = HashMap<String, String>;
@@ -241,17 +242,21 @@ async fn show_lists_counts_databases_users_pools_clients_and_servers() -> Result
     Ok(())
 }
 
-/// `KILL app` through psql, with two clients of `app` (one idle, one inside a transaction
-/// that inserted a row) and one of database `other` (the same server database): both `app`
-/// clients get exactly one `FATAL 57P01` naming KILL and are disconnected within 2 s, the
-/// row is rolled back (read directly), `other`'s client goes on (`SELECT 1`), and within
-/// 2 s `SHOW SERVERS` lists no server of `app`. As in PgBouncer `app` stays paused: a new
-/// client's `SELECT 1` has not returned 500 ms later, and returns after `RESUME app`.
+/// `KILL app` through psql, with a pool of one and three clients of `app` (one idle, one
+/// inside a transaction that inserted a row and so holds the only server, one whose
+/// `SELECT 1` waits for it, `waiting` in `SHOW CLIENTS`) and one of database `other` (the
+/// same server database): the three `app` clients get exactly one `FATAL 57P01` naming
+/// KILL and are disconnected within 2 s, the row is rolled back (read directly), `SHOW
+/// POOLS` counts no client waiting in `app/app`, `other`'s client goes on (`SELECT 1`),
+/// and within 2 s `SHOW SERVERS` lists no server of `app`. As in PgBouncer `app` stays
+/// paused: a new client's `SELECT 1` has not returned 500 ms later, and returns after
+/// `RESUME app`.
 #[tokio::test]
 async fn kill_ends_the_databases_clients_and_spares_the_others() -> Result<()> {
     skip_if_direct!();
     let bed = TestBed::start_with(|cfg| {
         cfg.with_admin()
+            .pool_size(1)
             .set("databases.other.cluster", "main")
             .set("databases.other.dbname", "app")
     })?;
@@ -268,12 +273,22 @@ async fn kill_ends_the_databases_clients_and_spares_the_others() -> Result<()> {
     );
     let mut other = RawConn::login(&addr, &[("user", user), ("database", "other")], password).await?;
     ensure!(other.query_one_value("SELECT 1").await?.as_deref() == Some("1"));
+    let mut waiter = RawConn::login_app(&addr).await?;
+    let mut query = BytesMut::new();
+    msg::query(&mut query, "SELECT 1");
+    waiter.send(&query).await?;
+    let (waiting, after) = wait_for_row(&ep, "SHOW CLIENTS", Duration::from_secs(2), |r| {
+        r["state"] == "waiting"
+    })
+    .await?;
+    println!("waiting after {after:?}: {waiting:?}");
 
     let killed = Instant::now();
     psql_rows(&ep, "KILL app")?;
     for (conn, who) in [
         (&mut idle, "the idle app client"),
         (&mut in_tx, "the app client in a transaction"),
+        (&mut waiter, "the app client waiting for a server"),
     ] {
         let told = conn
             .expect_closed_with("57P01", Duration::from_secs(2), who)
@@ -296,6 +311,11 @@ async fn kill_ends_the_databases_clients_and_spares_the_others() -> Result<()> {
         .ctx("count")?
         .get(0);
     ensure!(rows == 0, "the killed transaction's row is on the server");
+    let pool = pool_row(&ep, "app/app").await?;
+    ensure!(
+        pool["waiting"] == "0",
+        "clients still counted waiting after KILL: {pool:?}"
+    );
     let started = Instant::now();
     loop {
         let left = rows_where(&ep, "SHOW SERVERS", "database", "app").await?;

@@ -440,13 +440,16 @@ impl Session {
         self.listed.waiting.store(true, RELAXED);
         let checkout = self.checkout_for(work).await;
         self.listed.waiting.store(false, RELAXED);
-        let mut checkout = checkout?;
         if let Some(signal) = self.stop.ending() {
-            // Killed (or `shutdown_timeout` ran out) while it waited for the server:
-            // nothing of the client's reaches the server, which goes back unused.
-            checkout.release();
+            // Killed (or `shutdown_timeout` ran out) while it waited for the server (the
+            // wait then ended with `PoolError::Ended`) or as it got one: nothing of the
+            // client's reaches a server, and one it got goes back unused.
+            if let Ok(checkout) = checkout {
+                checkout.release();
+            }
             return Err(self.stopped(signal));
         }
+        let mut checkout = checkout?;
         self.listed.prepared.store(self.statements.len(), RELAXED);
         if let Some(server) = &checkout.conn().listed {
             server.client.store(self.listed.id, RELAXED);

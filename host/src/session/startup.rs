@@ -328,7 +328,7 @@ async fn login(
                 // database and credentials work). This timer fires before the caller's, set
                 // to the same instant, so the client hears why (typically no primary yet,
                 // with a `hold_timeout` longer than `client_login_timeout`).
-                let checkout = tokio::time::timeout_at(deadline, pool.checkout())
+                let checkout = tokio::time::timeout_at(deadline, pool.checkout(None))
                     .await
                     .map_err(|_| {
                         fatal(
