@@ -128,6 +128,8 @@ pub const RELAXED: Ordering = Ordering::Relaxed;
 mod tests {
     use super::*;
 
+    /// Members are listed in the order they joined, with ids other than 0, and a member
+    /// leaves the roster when its last reference (one a snapshot took included) is dropped.
     #[test]
     fn a_dropped_member_leaves_its_roster() {
         let roster: Arc<Roster<&str>> = Arc::default();

@@ -202,6 +202,8 @@ mod tests {
         assert_eq!(watch.poll(&mut cx, false), Poll::Ready(Signal::Closing));
     }
 
+    /// A killed watch is woken with `Killed` (and counts as closing) at any point of its
+    /// session; another watch of the same listener sees nothing.
     #[test]
     fn a_killed_session_ends_alone() {
         let stop = Arc::new(Stop::default());

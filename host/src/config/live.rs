@@ -292,6 +292,8 @@ cluster = "main"
         list.split('`').skip(1).step_by(2).map(str::to_string).collect()
     }
 
+    /// `SHOW CONFIG`'s `[proxy]` and `[pool]` keys are exactly those serde accepts there;
+    /// a configured value, its default, `changeable` and a masked secret are as expected.
     #[test]
     fn show_config_lists_every_proxy_and_pool_key() {
         let config = Config::parse(FILE, "t.toml").unwrap();
@@ -317,6 +319,9 @@ cluster = "main"
         assert_eq!(row("shutdown_timeout").value, "30s");
     }
 
+    /// `SET` parses values as the file does (quoted or not, with the `proxy.` prefix or
+    /// not), refuses unknown and restart-only keys, and checks the new value against the
+    /// other reloadable keys in force (`admin_reserved_conn` below `max_client_conn`).
     #[test]
     fn set_is_validated_as_the_file_is() {
         let running = Config::parse(FILE, "t.toml").unwrap();
@@ -349,6 +354,8 @@ cluster = "main"
         assert!(e.to_string().contains("below max_client_conn (5)"), "{e}");
     }
 
+    /// A file whose `[proxy]` changed only in reloadable keys reports no section needing a
+    /// restart; any other `[proxy]` change does.
     #[test]
     fn a_reload_that_changes_only_reloadable_keys_needs_no_restart() {
         let changed = FILE.replace(
