@@ -12,11 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use std::sync::Arc;
 
-use crate::net::Stream;
+use crate::config::live::SetError;
+use crate::net::{Peer, Stream};
 use crate::plugins::{PluginReport, ReloadOutcome};
 use crate::pool::DatabaseRoute;
+use crate::roster::RELAXED;
 use crate::session::{ConsoleRole, SessionError};
 use crate::state::{ProxyState, ReloadError};
+use crate::stop::Shutdown;
 
 /// Admin commands are short; this bounds what a confused client can make us buffer.
 const MAX_ADMIN_MESSAGE: usize = 64 * 1024;
@@ -28,6 +31,10 @@ const HELP: &[&str] = &[
     "SHOW NODES       every node of every cluster: role, timeline, LSN, lag (bytes, time), reads and writes routed there, skips, probe results, Patroni's role and state",
     "SHOW CLUSTERS    every cluster: primary, failover events, clients held, requests retried, client errors, last event",
     "SHOW PLUGINS     plugins: version, hash, hooks, calls, failures, p50 call time, loaded at, last load error",
+    "SHOW CLIENTS     one row per client of a pool: user, database, state (active, waiting, idle), address, times, the server it holds (link), prepared statements",
+    "SHOW SERVERS     one row per server connection: user, database, state (active, idle), node, times, the client using it (link), backend pid, prepared statements",
+    "SHOW CONFIG      every setting of [proxy], [pool] and [admin]: value in force, default, whether SET can change it (secrets masked)",
+    "SHOW LISTS       counts: databases, users, pools, clients, servers (PgBouncer's list/items)",
     "SHOW VERSION     the proxy's version",
     "PAUSE [db]       hold new transactions (all databases, or db), wait for running ones to finish; lifts by itself after hold_timeout",
     "PAUSE NODE h:p   a planned stop of node h:p (an HA manager's before-stop hook): the switchover policy holds and drains if it is the primary",
@@ -35,7 +42,11 @@ const HELP: &[&str] = &[
     "SWITCHOVER [h:p] hold and drain, ask Patroni (patroni_api) to switch over (to node h:p), resume on the new primary",
     "RESUME NODE h:p  release the hold (and PAUSE) of the clusters that have node h:p",
     "RECONNECT [db]   close every server connection (all databases, or db) once its transaction ends; new ones are opened",
-    "RELOAD           re-read the configuration file: reload changed plugins, remove databases no longer listed (as SIGHUP)",
+    "RELOAD           re-read the configuration file: reload changed plugins, remove databases no longer listed, apply changed reloadable settings (as SIGHUP)",
+    "KILL db          end every client of db now (FATAL 57P01, open transactions rolled back) and close its servers; db stays paused until RESUME db",
+    "SET key = value  change a reloadable setting (SHOW CONFIG: changeable) until the next reload, checked as the file is",
+    "SHUTDOWN         stop accepting, let clients finish their transactions within shutdown_timeout, exit (as SIGTERM)",
+    "SHUTDOWN IMMEDIATE  end every client now (FATAL 57P01, open transactions rolled back) and exit",
 ];
 
 /// A result set: column names and text rows.
@@ -110,6 +121,8 @@ pub async fn serve(
                     (Some("reconnect"), [_, rest @ ..]) if rest.len() <= 1 => {
                         databases(state, rest.first().copied()).map(|dbs| reconnect(state, dbs))
                     }
+                    (Some("kill"), [_, db]) => databases(state, Some(db)).map(|dbs| kill(state, dbs)),
+                    (Some("set"), [_, ..]) => set(state, command),
                     _ => run(command, state),
                 };
                 match answer {
@@ -179,6 +192,12 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
         ["show", "plugins"] => show_plugins(state),
         ["show", "nodes"] => show_nodes(state),
         ["show", "clusters"] => show_clusters(state),
+        ["show", "clients"] => show_clients(state),
+        ["show", "servers"] => show_servers(state),
+        ["show", "config"] => show_config(state),
+        ["show", "lists"] => show_lists(state),
+        ["shutdown"] => return Ok(shutdown(state, Shutdown::Graceful)),
+        ["shutdown", "immediate"] => return Ok(shutdown(state, Shutdown::Immediate)),
         _ => {
             return Err(ErrorFields::error(
                 sqlstate::SYNTAX_ERROR,
@@ -824,4 +843,294 @@ fn write_table(t: &Table, tag: &str, out: &mut BytesMut) {
         be::data_row(&values, out);
     }
     be::command_complete(&format!("{tag} {}", t.rows.len()), out);
+}
+
+/// `KILL db`: every client of the databases ends now with `FATAL 57P01` (an open transaction
+/// is rolled back: its server is closed) and their idle servers are closed; as in
+/// PgBouncer, the database is left paused: new transactions wait for `RESUME db` (or the
+/// pause's budget, the cluster's `hold_timeout`).
+fn kill(state: &ProxyState, targets: Targets<'_>) -> Answer {
+    for (db, route) in targets {
+        route.cluster.incidents.begin("KILL");
+        route
+            .pause
+            .pause(route.cluster.hold_timeout, route.cluster.view().generation);
+        let clients: Vec<_> = state
+            .client_roster
+            .members()
+            .into_iter()
+            .filter(|c| c.database == **db)
+            .collect();
+        for client in &clients {
+            client.stop.kill();
+        }
+        for pool in state.pools_of(db) {
+            pool.reconnect();
+        }
+        tracing::warn!(database = %db, clients = clients.len(), "KILL: clients ended, servers closed; the database is paused until RESUME");
+    }
+    Answer::Tag("KILL".into())
+}
+
+/// `SET key = value` (or `TO`): a reloadable setting, in force until the next reload.
+fn set(state: &ProxyState, command: &str) -> Result<Answer, ErrorFields> {
+    let rest = command[3..].trim();
+    let (key, value) = rest
+        .split_once('=')
+        .or_else(|| {
+            let (key, value) = rest.split_once(char::is_whitespace)?;
+            let value = value.trim_start();
+            let to = value.get(..2).filter(|w| w.eq_ignore_ascii_case("to"))?;
+            Some((key, &value[to.len()..]))
+        })
+        .ok_or_else(|| {
+            ErrorFields::error(sqlstate::SYNTAX_ERROR, format!("cannot read \"{command}\""))
+                .with_hint("write SET key = value, e.g. SET shutdown_timeout = '10s'")
+        })?;
+    let key = key.trim().to_ascii_lowercase();
+    let value = value.trim();
+    state.set(&key, value).map_err(|e| {
+        let code = match e {
+            SetError::Unknown(_) => sqlstate::UNDEFINED_OBJECT,
+            SetError::NeedsRestart(_) => sqlstate::CANT_CHANGE_RUNTIME_PARAM,
+            SetError::Invalid { .. } => sqlstate::INVALID_PARAMETER_VALUE,
+            SetError::NoFile => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        };
+        let error = ErrorFields::error(code, e.to_string());
+        match e {
+            SetError::Unknown(_) => error.with_hint("SHOW CONFIG lists the settings"),
+            SetError::NeedsRestart(_) => error.with_hint(
+                "change it in the configuration file and restart; SHOW CONFIG says which settings SET can change",
+            ),
+            _ => error,
+        }
+    })?;
+    tracing::info!(%key, %value, "SET");
+    Ok(Answer::Tag("SET".into()))
+}
+
+/// `SHUTDOWN [IMMEDIATE]`: asks the listeners to stop as SIGTERM does (or, immediate, as
+/// if `shutdown_timeout` ran out at once). This console session then ends with the others.
+fn shutdown(state: &ProxyState, how: Shutdown) -> Answer {
+    tracing::warn!(?how, "SHUTDOWN asked on the admin console");
+    state.stop_request.send_replace(Some(how));
+    Answer::Tag("SHUTDOWN".into())
+}
+
+/// Milliseconds after the clock origin (a pool's coarse clock) as a wall-clock time.
+fn wall_clock(ms: u64) -> std::time::SystemTime {
+    let now_ms = crate::server::nanos_since_origin(std::time::Instant::now()) / 1_000_000;
+    std::time::SystemTime::now() - std::time::Duration::from_millis(now_ms.saturating_sub(ms))
+}
+
+fn time_text(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `(host, port)` of an address, empty when unknown.
+fn addr_columns(addr: Option<std::net::SocketAddr>) -> [String; 2] {
+    addr.map_or_else(Default::default, |a| [a.ip().to_string(), a.port().to_string()])
+}
+
+/// A client's `addr` and `port` columns; a client on the Unix-domain socket shows `unix` and
+/// no port.
+fn peer_columns(peer: Peer) -> [String; 2] {
+    match peer {
+        Peer::Tcp(a) => addr_columns(Some(a)),
+        Peer::Unix => ["unix".to_string(), String::new()],
+    }
+}
+
+const CONNECTION_COLUMNS: [&str; 20] = [
+    "type",
+    "user",
+    "database",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+    "id",
+];
+
+/// `SHOW CLIENTS`: PgBouncer's columns. `ptr` is `c<id>`, `link` the `ptr` of the server
+/// the client holds (`s<id>`), `wait` how long it has waited for a server (the pools'
+/// clock: to a second).
+fn show_clients(state: &ProxyState) -> Table {
+    let held: std::collections::HashMap<u64, u64> = state
+        .server_roster
+        .members()
+        .iter()
+        .filter_map(|s| Some((s.client.load(RELAXED), s.id)).filter(|(c, _)| *c != 0))
+        .collect();
+    let now_ms = crate::server::nanos_since_origin(std::time::Instant::now()) / 1_000_000;
+    let rows = state
+        .client_roster
+        .members()
+        .iter()
+        .map(|c| {
+            let request_ms = c.request_ms.load(RELAXED);
+            let waiting = c.waiting.load(RELAXED);
+            let server = held.get(&c.id);
+            let state = match (waiting, server) {
+                (true, _) => "waiting",
+                (false, Some(_)) => "active",
+                (false, None) => "idle",
+            };
+            let wait_ms = if waiting {
+                now_ms.saturating_sub(request_ms)
+            } else {
+                0
+            };
+            let [addr, port] = peer_columns(c.addr);
+            let [local_addr, local_port] = addr_columns(c.local_addr);
+            vec![
+                "C".into(),
+                c.user.clone(),
+                c.database.clone(),
+                state.into(),
+                addr,
+                port,
+                local_addr,
+                local_port,
+                time_text(c.connected_at),
+                time_text(if request_ms == 0 {
+                    c.connected_at
+                } else {
+                    wall_clock(request_ms)
+                }),
+                (wait_ms / 1000).to_string(),
+                ((wait_ms % 1000) * 1000).to_string(),
+                u8::from(c.stop.closing()).to_string(),
+                format!("c{}", c.id),
+                server.map(|s| format!("s{s}")).unwrap_or_default(),
+                "0".into(),
+                if c.tls { "TLS".into() } else { String::new() },
+                c.application_name.clone(),
+                c.prepared.load(RELAXED).to_string(),
+                c.id.to_string(),
+            ]
+        })
+        .collect();
+    Table {
+        columns: CONNECTION_COLUMNS.to_vec(),
+        rows,
+    }
+}
+
+/// `SHOW SERVERS`: PgBouncer's columns; `remote_pid` is the backend's pid, `link` the `ptr`
+/// of the client holding the server (`c<id>`).
+fn show_servers(state: &ProxyState) -> Table {
+    let rows = state
+        .server_roster
+        .members()
+        .iter()
+        .map(|s| {
+            let client = s.client.load(RELAXED);
+            let request_ms = s.request_ms.load(RELAXED);
+            let [local_addr, local_port] = addr_columns(s.local_addr);
+            vec![
+                "S".into(),
+                s.user.clone(),
+                s.database.clone(),
+                if client == 0 { "idle" } else { "active" }.into(),
+                s.addr.clone(),
+                s.port.to_string(),
+                local_addr,
+                local_port,
+                time_text(s.connected_at),
+                time_text(if request_ms == 0 {
+                    s.connected_at
+                } else {
+                    wall_clock(request_ms)
+                }),
+                "0".into(),
+                "0".into(),
+                "0".into(),
+                format!("s{}", s.id),
+                if client == 0 {
+                    String::new()
+                } else {
+                    format!("c{client}")
+                },
+                s.backend_pid.to_string(),
+                if s.tls { "TLS".into() } else { String::new() },
+                String::new(),
+                s.prepared.load(RELAXED).to_string(),
+                s.id.to_string(),
+            ]
+        })
+        .collect();
+    Table {
+        columns: CONNECTION_COLUMNS.to_vec(),
+        rows,
+    }
+}
+
+/// `SHOW CONFIG`: PgBouncer's columns (`changeable` yes/no), and the file's section.
+fn show_config(state: &ProxyState) -> Table {
+    let rows = crate::config::live::rows(&state.config, &state.proxy())
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.key.to_string(),
+                r.value,
+                r.default,
+                if r.changeable { "yes" } else { "no" }.into(),
+                r.section.to_string(),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec!["key", "value", "default", "changeable", "section"],
+        rows,
+    }
+}
+
+/// `SHOW LISTS`: PgBouncer's `list`/`items`. `free_clients` are the client slots left
+/// under `max_client_conn`; `used_clients` the connected clients (console ones too),
+/// `login_clients` those still logging in; servers idle in the pools are free, lent ones
+/// used.
+fn show_lists(state: &ProxyState) -> Table {
+    let pools = state.all_pools();
+    let (free, used) = pools.iter().fold((0, 0), |(f, u), p| {
+        let (idle, in_use, _) = p.counts();
+        (f + idle, u + in_use)
+    });
+    let clients = state.clients.load(std::sync::atomic::Ordering::Relaxed);
+    let databases = state.databases.keys().filter(|d| !state.is_removed(d)).count();
+    let rows = [
+        ("databases", databases),
+        ("users", state.users.len()),
+        ("pools", pools.len()),
+        (
+            "free_clients",
+            state.proxy().max_client_conn.saturating_sub(clients),
+        ),
+        ("used_clients", clients),
+        (
+            "login_clients",
+            state.logging_in.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        ("free_servers", free),
+        ("used_servers", used),
+    ]
+    .into_iter()
+    .map(|(list, n)| vec![list.to_string(), n.to_string()])
+    .collect();
+    Table {
+        columns: vec!["list", "items"],
+        rows,
+    }
 }

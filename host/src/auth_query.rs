@@ -181,7 +181,7 @@ impl AuthQuery {
 
     /// Runs the query on a lookup connection, unless another login answered it meanwhile.
     async fn ask(&self, pool: &Arc<Pool>, name: &str) -> Result<Option<Arc<UserAuth>>, LookupError> {
-        let mut checkout = pool.checkout().await?;
+        let mut checkout = pool.checkout(None).await?;
         if let Cached::Hit(user) = self.cached(name) {
             checkout.release();
             return Ok(user);

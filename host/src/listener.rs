@@ -21,7 +21,7 @@ use crate::net::listen::Listeners;
 use crate::net::{Peer, Stream};
 use crate::session::{self, Destination, LoggedIn};
 use crate::state::ProxyState;
-use crate::stop::{Stop, StopWatch};
+use crate::stop::{Shutdown, Stop, StopWatch};
 
 /// How long the sessions still running at `shutdown_timeout` get to tell their clients
 /// before they are cut off (a client that does not read its socket).
@@ -58,11 +58,13 @@ pub async fn serve(
     let mut sessions = JoinSet::new();
     let stop_sessions = Arc::new(Stop::default());
     let mut shutdown = state.shutdown.clone();
+    let mut requested = state.stop_request.subscribe();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = shutdown.wait_for(|down| *down) => break,
+            _ = requested.wait_for(Option::is_some) => break,
             accepted = listeners.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -86,7 +88,7 @@ pub async fn serve(
         }
     }
     drop(listeners);
-    let timeout = state.config.proxy.shutdown_timeout;
+    let timeout = state.proxy().shutdown_timeout;
     tracing::info!(
         clients = sessions.len(),
         ?timeout,
@@ -94,12 +96,18 @@ pub async fn serve(
     );
     stopping.shutdown_tx.send_replace(true);
     stop_sessions.shut_down();
-    let drained =
-        tokio::time::timeout(timeout, async { while sessions.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
+    // `SHUTDOWN IMMEDIATE` (before or during the wait) ends the wait as the timeout does.
+    let immediate = async {
+        let _ = requested.wait_for(|r| *r == Some(Shutdown::Immediate)).await;
+    };
+    let drained = tokio::select! {
+        drained = tokio::time::timeout(timeout, async { while sessions.join_next().await.is_some() {} }) => drained.is_ok(),
+        _ = immediate => sessions.is_empty(),
+    };
+    if !drained {
         tracing::warn!(
             clients = sessions.len(),
-            "shutdown_timeout reached; closing remaining clients"
+            "shutdown_timeout reached or SHUTDOWN IMMEDIATE; closing remaining clients"
         );
         stop_sessions.close();
         let told = tokio::time::timeout(CLOSE_GRACE, async {
@@ -137,7 +145,7 @@ impl ClientSlot {
             state: state.clone(),
             logging_in: true,
         };
-        let proxy = &state.config.proxy;
+        let proxy = state.proxy();
         let refusal = if clients > proxy.max_client_conn {
             Some("sorry, too many clients already")
         } else if logging_in > proxy.max_unauthenticated_conn {

@@ -7,21 +7,24 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::auth::hba::{HbaError, HbaRules};
 use crate::auth::{Decoys, SaltKey, UserAuth};
 use crate::auth_query::{AuthQuery, LookupError};
 use crate::cancel::CancelRegistry;
+use crate::config::live::{self, SetError};
 use crate::config::ConfigError;
-use crate::config::{ClientTlsMode, Config};
+use crate::config::{ClientTlsMode, Config, ProxySettings};
 use crate::net::{server_tls_connector, ClientTls, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
 use crate::pool::{
     ClientTimeouts, DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings, ServerCap,
 };
+use crate::roster::{ClientInfo, Roster, ServerInfo};
+use crate::stop::Shutdown;
 use crate::topology::reads::{LagBudget, Skip};
 use crate::topology::{Cluster, ProbeSettings, Topology};
 
@@ -126,10 +129,19 @@ pub struct ProxyState {
     pub logging_in: AtomicUsize,
     /// Becomes true when the proxy is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// `[proxy]` in force: the file's, with the reloadable keys as `SET` or the last reload
+    /// left them (`config::live::RELOADABLE`).
+    live_proxy: ArcSwap<ProxySettings>,
+    /// An admin asked the proxy to stop (`SHUTDOWN [IMMEDIATE]`); the listeners watch it.
+    pub stop_request: watch::Sender<Option<Shutdown>>,
     /// What unknown users are challenged with, so that they fail as a wrong password does.
     pub decoys: Decoys,
     /// `[auth_query]`: users not in `[users]` looked up on the server.
     auth_query: Option<AuthQuery>,
+    /// The clients of pools and the pools' server connections now (`SHOW CLIENTS`,
+    /// `SHOW SERVERS`, `KILL`).
+    pub client_roster: Arc<Roster<ClientInfo>>,
+    pub server_roster: Arc<Roster<ServerInfo>>,
 }
 
 impl ProxyState {
@@ -176,6 +188,7 @@ impl ProxyState {
         }
         let mut databases = HashMap::new();
         let mut db_caps = HashMap::new();
+        let server_roster: Arc<Roster<ServerInfo>> = Arc::default();
         for (name, db) in &config.databases {
             let cap = config.max_db_connections(db);
             if cap > 0 {
@@ -200,6 +213,8 @@ impl ProxyState {
                     transaction: config.pool.transaction_timeout,
                 },
                 shards: config.proxy.pool_shards(),
+                roster: server_roster.clone(),
+                database: name.as_str().into(),
                 routing: RoutingSettings {
                     read_routing: db.read_routing,
                     budget: LagBudget {
@@ -232,6 +247,7 @@ impl ProxyState {
             None => None,
         };
         Ok(ProxyState {
+            live_proxy: ArcSwap::from_pointee(config.proxy.clone()),
             config: Arc::new(config),
             source,
             reloading: tokio::sync::Mutex::new(()),
@@ -250,8 +266,11 @@ impl ProxyState {
             clients: AtomicUsize::new(0),
             logging_in: AtomicUsize::new(0),
             shutdown,
+            stop_request: watch::channel(None).0,
             decoys,
             auth_query,
+            client_roster: Arc::default(),
+            server_roster,
         })
     }
 
@@ -341,6 +360,7 @@ impl ProxyState {
                 needs_restart.retain(|s| s != "databases");
             }
             let (removed, restored) = state.apply_removed_databases(&config);
+            state.set_live_proxy(&config.proxy);
             if !needs_restart.is_empty() {
                 tracing::warn!(sections = ?needs_restart, "configuration changes outside [plugins] take effect at restart");
             }
@@ -360,6 +380,39 @@ impl ProxyState {
         })
         .await
         .unwrap_or_else(|e| Err(ReloadError::Panicked(e.to_string())))
+    }
+
+    /// `[proxy]` in force (see `live_proxy`).
+    pub fn proxy(&self) -> Arc<ProxySettings> {
+        self.live_proxy.load_full()
+    }
+
+    /// Applies `new`'s reloadable `[proxy]` keys, logging those that changed.
+    fn set_live_proxy(&self, new: &ProxySettings) {
+        let old = self.live_proxy.load_full();
+        let applied = live::with_reloadable(&old, new);
+        let config = |p: &ProxySettings| Config {
+            proxy: p.clone(),
+            ..(*self.config).clone()
+        };
+        let (before, after) = (config(&old), config(&applied));
+        let rows = live::rows(&before, &old)
+            .into_iter()
+            .zip(live::rows(&after, &applied));
+        for (was, now) in rows.filter(|(was, now)| was.value != now.value) {
+            tracing::info!(key = now.key, from = %was.value, to = %now.value, "setting changed");
+        }
+        self.live_proxy.store(Arc::new(applied));
+    }
+
+    /// `SET key = value` on the admin console: `key` must be reloadable; the value is
+    /// checked as the file's values are (with the other reloadable keys as in force) and
+    /// applied at once. A later reload applies the file's value again.
+    pub fn set(&self, key: &str, value: &str) -> Result<(), SetError> {
+        let text = self.source.as_ref().map(|s| s.text.as_str());
+        let config = live::with_setting(text, &self.proxy(), key, value)?;
+        self.set_live_proxy(&config.proxy);
+        Ok(())
     }
 
     /// Re-reads `auth_hba_file` (the running configuration's); a file that cannot be used

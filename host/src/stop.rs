@@ -7,6 +7,11 @@
 //! task's waker in it (two atomic operations when the waker is unchanged, as it is for a
 //! task) and reads two flags. Raising a signal, which happens once in a process's life,
 //! sets the flag and wakes every registered session.
+//!
+//! Each watch also has a flag of its own, raised by the admin console's `KILL db` for the
+//! database's sessions ([`StopWatch::kill`]): the session ends as at `Stop::close`. An
+//! admin's `SHUTDOWN [IMMEDIATE]` ([`Shutdown`]) reaches the listeners, which raise the two
+//! signals as for SIGTERM.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +37,17 @@ struct Watchers {
     wakers: HashMap<u64, Weak<StopWatch>>,
 }
 
+/// An admin's request to stop the proxy (`SHUTDOWN`, `SHUTDOWN IMMEDIATE`), which the
+/// listeners carry out as they do SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// As SIGTERM: stop accepting, let transactions finish within `shutdown_timeout`.
+    Graceful,
+    /// As `shutdown_timeout` running out at once: every client gets 57P01 now, open
+    /// transactions are rolled back.
+    Immediate,
+}
+
 /// What a session's wait was woken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -39,6 +55,8 @@ pub enum Signal {
     Shutdown,
     /// `shutdown_timeout` ran out.
     Closing,
+    /// An admin's `KILL` of the session's database ([`StopWatch::kill`]).
+    Killed,
 }
 
 impl Stop {
@@ -55,6 +73,7 @@ impl Stop {
             stop: self.clone(),
             key,
             waker: AtomicWaker::new(),
+            killed: AtomicBool::new(false),
         });
         w.wakers.insert(key, Arc::downgrade(&watch));
         watch
@@ -93,6 +112,8 @@ pub struct StopWatch {
     stop: Arc<Stop>,
     key: u64,
     waker: AtomicWaker,
+    /// This session alone ends now (`KILL`).
+    killed: AtomicBool,
 }
 
 impl StopWatch {
@@ -102,17 +123,34 @@ impl StopWatch {
         self.stop.shutdown.load(Ordering::SeqCst)
     }
 
-    /// `shutdown_timeout` ran out (the session ends now).
+    /// `shutdown_timeout` ran out, or the session was killed: it ends now.
     pub fn closing(&self) -> bool {
-        self.stop.closing.load(Ordering::SeqCst)
+        self.ending().is_some()
+    }
+
+    /// Why the session must end now, if it must: [`Signal::Closing`] or [`Signal::Killed`].
+    pub fn ending(&self) -> Option<Signal> {
+        if self.stop.closing.load(Ordering::SeqCst) {
+            Some(Signal::Closing)
+        } else if self.killed.load(Ordering::Relaxed) {
+            Some(Signal::Killed)
+        } else {
+            None
+        }
+    }
+
+    /// Ends this session now, as `shutdown_timeout` running out would (`KILL`).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.waker.wake();
     }
 
     /// Ready when a signal concerns the session's wait: `Closing` always, `Shutdown` only
     /// when `between_transactions`. Registers the task to be woken by either.
     pub fn poll(&self, cx: &mut Context<'_>, between_transactions: bool) -> Poll<Signal> {
         self.waker.register(cx.waker());
-        if self.stop.closing.load(Ordering::SeqCst) {
-            Poll::Ready(Signal::Closing)
+        if let Some(signal) = self.ending() {
+            Poll::Ready(signal)
         } else if between_transactions && self.shutting_down() {
             Poll::Ready(Signal::Shutdown)
         } else {
@@ -162,5 +200,19 @@ mod tests {
         assert_eq!(watch.poll(&mut cx, false), Poll::Pending);
         stop.close();
         assert_eq!(watch.poll(&mut cx, false), Poll::Ready(Signal::Closing));
+    }
+
+    /// A killed watch is woken with `Killed` (and counts as closing) at any point of its
+    /// session; another watch of the same listener sees nothing.
+    #[test]
+    fn a_killed_session_ends_alone() {
+        let stop = Arc::new(Stop::default());
+        let (killed, other) = (stop.watch(), stop.watch());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        killed.kill();
+        assert_eq!(killed.poll(&mut cx, false), Poll::Ready(Signal::Killed));
+        assert!(killed.closing());
+        assert_eq!(other.poll(&mut cx, true), Poll::Pending);
+        assert!(!other.closing());
     }
 }

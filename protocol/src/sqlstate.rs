@@ -46,6 +46,8 @@ pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 /// 55000: the object is not in the state the command needs.
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+/// 55P02: a setting that cannot change without a restart.
+pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
 /// 57014: the query was cancelled.
 pub const QUERY_CANCELED: &str = "57014";
 /// 57P05: a client idle too long (`client_idle_timeout`).

@@ -498,6 +498,20 @@ impl RawConn {
         }
     }
 
+    /// Reads what the connection gets until the proxy closes it (within `limit`): it must
+    /// be exactly one ErrorResponse with SQLSTATE `code`, which is returned; `who` names the
+    /// connection in the error.
+    pub async fn expect_closed_with(&mut self, code: &str, limit: Duration, who: &str) -> Result<Msg> {
+        let replies = self.read_until_eof(limit).await.with_context(|| who.to_owned())?;
+        match replies.as_slice() {
+            [e] if e.sqlstate().as_deref() == Some(code) => Ok(e.clone()),
+            other => bail!(
+                "{who}: expected one ErrorResponse {code} then the close, got {:?}",
+                other.iter().map(Msg::describe).collect::<Vec<_>>()
+            ),
+        }
+    }
+
     /// Run a simple query and collect the results.
     pub async fn simple_query(&mut self, sql: &str) -> Result<SimpleResult> {
         let mut buf = BytesMut::new();

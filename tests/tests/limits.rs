@@ -410,19 +410,6 @@ async fn run(conn: &mut RawConn, sql: &str) -> Result<Vec<Msg>> {
     Ok(replies)
 }
 
-/// Reads what `conn` gets until the proxy closes it (within `limit`): it must be exactly
-/// one ErrorResponse with SQLSTATE `code`, which is returned.
-async fn expect_closed_with(conn: &mut RawConn, code: &str, limit: Duration, who: &str) -> Result<Msg> {
-    let replies = conn.read_until_eof(limit).await.with_context(|| who.to_owned())?;
-    match replies.as_slice() {
-        [e] if e.sqlstate().as_deref() == Some(code) => Ok(e.clone()),
-        other => bail!(
-            "{who}: expected one ErrorResponse {code} then the close, got {:?}",
-            other.iter().map(Msg::describe).collect::<Vec<_>>()
-        ),
-    }
-}
-
 /// The values in `sigterm_t` on the primary, read directly.
 async fn stored_values(bed: &TestBed) -> Result<Vec<i32>> {
     let direct = bed.direct().connect_app().await?;
@@ -444,7 +431,9 @@ async fn commit_then_told(conn: &mut RawConn, who: &str) -> Result<()> {
         "{who}: COMMIT answered {}",
         tags(&commit)
     );
-    let told = expect_closed_with(conn, "57P01", Duration::from_secs(5), who).await?;
+    let told = conn
+        .expect_closed_with("57P01", Duration::from_secs(5), who)
+        .await?;
     println!("{who}, after its COMMIT: {}", told.describe());
     Ok(())
 }
@@ -552,7 +541,9 @@ async fn sigterm_lets_open_transactions_finish(
         (&mut idle_session, "the idle session-mode client"),
         (&mut console, "the admin console client"),
     ] {
-        let told = expect_closed_with(conn, "57P01", Duration::from_secs(5), who).await?;
+        let told = conn
+            .expect_closed_with("57P01", Duration::from_secs(5), who)
+            .await?;
         println!("{who} told after {:?}: {}", signalled.elapsed(), told.describe());
     }
     while !connect_refused(addr) {
@@ -637,13 +628,13 @@ async fn sigterm_past_shutdown_timeout(
     let proxy = bed.proxy().context("the proxy")?;
     let signalled = Instant::now();
     proxy.signal(libc::SIGTERM);
-    let told = expect_closed_with(
-        &mut stuck,
-        "57P01",
-        Duration::from_secs(10),
-        "the client left in its transaction",
-    )
-    .await;
+    let told = stuck
+        .expect_closed_with(
+            "57P01",
+            Duration::from_secs(10),
+            "the client left in its transaction",
+        )
+        .await;
     let closed_after = signalled.elapsed();
     println!(
         "client in a transaction closed {closed_after:?} after SIGTERM: {:?}",
@@ -705,7 +696,9 @@ async fn sigterm_past_shutdown_timeout_cancels_a_running_write() -> Result<()> {
     switchyard_tests::client::backend_running(&dba, write).await?;
     let signalled = Instant::now();
     bed.proxy().context("the proxy")?.signal(libc::SIGTERM);
-    let told = expect_closed_with(&mut writer, "57P01", Duration::from_secs(10), "the writer").await;
+    let told = writer
+        .expect_closed_with("57P01", Duration::from_secs(10), "the writer")
+        .await;
     let closed_after = signalled.elapsed();
     println!(
         "writer closed {closed_after:?} after SIGTERM: {:?}",

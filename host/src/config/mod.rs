@@ -5,6 +5,7 @@
 //! `toml` parser with its own position; cross-references (a database naming an unknown
 //! cluster, an admin user that does not exist) are checked here with the spans serde kept.
 
+pub mod live;
 mod password;
 mod secrets;
 mod types;
@@ -45,7 +46,17 @@ impl Config {
     /// Top-level sections whose contents differ between two configuration texts (both
     /// already validated), ignoring formatting and comments.
     pub fn changed_sections(old: &str, new: &str) -> Vec<String> {
-        let table = |t: &str| t.parse::<toml::Table>().unwrap_or_default();
+        // The reloadable keys apply at a reload: they change no section that needs a restart.
+        let table = |t: &str| {
+            let mut table = t.parse::<toml::Table>().unwrap_or_default();
+            if let Some(toml::Value::Table(proxy)) = table.get_mut("proxy") {
+                proxy.retain(|k, _| !live::RELOADABLE.contains(&k));
+                if proxy.is_empty() {
+                    table.remove("proxy");
+                }
+            }
+            table
+        };
         let (old, new) = (table(old), table(new));
         let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
         keys.sort();

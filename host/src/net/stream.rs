@@ -43,6 +43,16 @@ impl Stream {
         }
     }
 
+    /// The proxy's end of a TCP connection (plain or TLS); `None` on the Unix-domain socket.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Plain(s) => s.local_addr().ok(),
+            Stream::Unix(_) => None,
+            Stream::Accepted(s) => s.get_ref().0.local_addr().ok(),
+            Stream::Connected(s) => s.get_ref().0.local_addr().ok(),
+        }
+    }
+
     #[inline]
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_) | Stream::Unix(_))

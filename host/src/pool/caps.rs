@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::{Pool, PoolError};
+use super::{Counted, Pool, PoolError};
 use crate::server::{NodeAddr, ServerConn};
 
 /// One cap: at most `limit` server connections among the pools registered with it.
@@ -123,22 +123,6 @@ pub(super) enum Room {
     Idle(Box<ServerConn>),
 }
 
-/// A checkout counted as waiting on a cap while it lives.
-struct Waiting<'a>(&'a ServerCap);
-
-impl<'a> Waiting<'a> {
-    fn new(cap: &'a ServerCap) -> Self {
-        cap.waiting.fetch_add(1, Ordering::AcqRel);
-        Waiting(cap)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Pool {
     /// Room under each of the pool's caps for one more server on `addr`: at once, by
     /// closing another pool's idle server, or after waiting up to `query_wait_timeout`;
@@ -152,8 +136,8 @@ impl Pool {
         }
         let wait = self.settings.query_wait_timeout;
         let deadline = Instant::now() + wait;
-        let _waiting: Vec<Waiting> = self.caps.iter().map(|c| Waiting::new(c)).collect();
-        let mut counted_waiting = false;
+        let _waiting: Vec<Counted> = self.caps.iter().map(|c| Counted::new(&c.waiting)).collect();
+        let mut counted_waiting = None;
         let result = loop {
             // Registered before looking, so that a change between the look and the wait
             // is not missed.
@@ -182,10 +166,7 @@ impl Pool {
                 conn.terminate(EVICTION_WAIT).await;
                 continue;
             }
-            if !counted_waiting {
-                counted_waiting = true;
-                self.waiting.fetch_add(1, Ordering::Relaxed);
-            }
+            counted_waiting.get_or_insert_with(|| Counted::new(&self.waiting));
             let woken = async {
                 match second.as_mut() {
                     Some(s) => {
@@ -210,9 +191,6 @@ impl Pool {
                 });
             }
         };
-        if counted_waiting {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-        }
         result
     }
 

@@ -110,7 +110,7 @@ impl Functions for FunctionCatalog {
 }
 
 async fn load(pool: &Arc<Pool>) -> Result<HashMap<String, Volatility>, String> {
-    let mut checkout = pool.checkout().await.map_err(|e| e.to_string())?;
+    let mut checkout = pool.checkout(None).await.map_err(|e| e.to_string())?;
     let answer = crate::server::simple_query_within(checkout.conn(), CATALOG_SQL, LOAD_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;

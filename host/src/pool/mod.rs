@@ -44,9 +44,11 @@ use switchyard_protocol::sqlstate;
 use crate::auth::UserAuth;
 use crate::config::{PoolMode, ServerAuthMethod};
 use crate::net::ServerTls;
+use crate::roster::{Roster, ServerInfo};
 use crate::server::{
     connect, nanos_since_origin, ConnectParams, NodeAddr, ServerConn, ServerError, Settings,
 };
+use crate::stop::StopWatch;
 use crate::topology::Cluster;
 
 /// How to reach one configured database.
@@ -101,6 +103,10 @@ pub struct PoolSettings {
     pub pipeline: bool,
     /// Idle lists per node: one per worker thread with `threading = "per-core"`, else 1.
     pub shards: usize,
+    /// Where the pool's server connections are listed (`SHOW SERVERS`), under the
+    /// configured database's name, `database`.
+    pub roster: Arc<Roster<ServerInfo>>,
+    pub database: Arc<str>,
 }
 
 /// How long a client may stay in each phase of a session; zero: no limit.
@@ -132,6 +138,9 @@ pub enum PoolError {
     CapTimeout { waited: Duration, cap: String },
     #[error("pool {pool} is closed")]
     Closed { pool: String },
+    /// The session waiting for a server must end now (`KILL`, `shutdown_timeout`).
+    #[error("the session was ended while it waited for a server")]
+    Ended,
     #[error("database \"{database}\" was removed from the configuration")]
     Removed { database: String },
     #[error("cluster {cluster} has had no primary for {waited:?} (hold_timeout); a switchover or failover is taking longer than that")]
@@ -147,7 +156,9 @@ impl PoolError {
     pub fn sqlstate(&self) -> &str {
         match self {
             PoolError::Timeout { .. } | PoolError::CapTimeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
-            PoolError::Closed { .. } | PoolError::Removed { .. } => sqlstate::ADMIN_SHUTDOWN,
+            PoolError::Closed { .. } | PoolError::Removed { .. } | PoolError::Ended => {
+                sqlstate::ADMIN_SHUTDOWN
+            }
             PoolError::NoPrimary { .. } => sqlstate::CANNOT_CONNECT_NOW,
             PoolError::Rejected { sqlstate, .. } => sqlstate,
             PoolError::Server(e) => e.sqlstate(),
@@ -265,7 +276,10 @@ impl Pool {
     /// The common case (not paused or held, a slot free, an idle server on the confirmed
     /// primary) is answered without waiting; everything else runs in a boxed future, so
     /// the state of connects and waits does not weigh on every session's task.
-    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+    ///
+    /// A session passes its `stop`: a wait then ends with [`PoolError::Ended`] as soon as
+    /// the session must end (`KILL`, `shutdown_timeout`).
+    pub async fn checkout(self: &Arc<Self>, stop: Option<&StopWatch>) -> Result<Checkout, PoolError> {
         let permit = if self.pause.paused().is_none() && self.cluster.hold().is_none() {
             match self.primary.try_permit() {
                 Some(permit) => match self
@@ -289,7 +303,7 @@ impl Pool {
         } else {
             None
         };
-        Box::pin(self.checkout_waiting(permit)).await
+        Box::pin(until_ended(stop, self.checkout_waiting(permit))).await
     }
 
     /// A slot on the primary, if one is free now and the database is neither paused nor
@@ -322,18 +336,16 @@ impl Pool {
         let mut held_since: Option<Instant> = None;
         if self.pause.paused().is_some() {
             held_since = Some(Instant::now());
-            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waiting = Counted::new(&self.waiting);
             Box::pin(self.pause.wait(&self.cluster)).await;
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         // The switchover policy's hold (a planned stop, a lost primary): wait for its
         // resume or its budget; a hold that ran out leaves no further wait for a primary.
         let mut hold_ran_out = false;
         if self.cluster.hold().is_some() {
             held_since.get_or_insert_with(Instant::now);
-            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waiting = Counted::new(&self.waiting);
             hold_ran_out = !Box::pin(self.cluster.wait_while_held()).await;
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         let permit = match permit {
             Some(p) => p,
@@ -360,9 +372,9 @@ impl Pool {
             return Ok(p);
         }
         let wait = self.settings.query_wait_timeout;
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let waiting = Counted::new(&self.waiting);
         let acquired = servers.permit(wait).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(waiting);
         match acquired {
             Ok(p) => Ok(p),
             Err(NoSlot::Closed) => Err(match self.removed.get() {
@@ -531,8 +543,21 @@ impl Pool {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let user = self.user.load_full();
         match connect(&self.connect_params(addr, &user, self.settings.connect_timeout)).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, pid = conn.backend_pid, "server connected");
+                conn.listed = Some(self.settings.roster.join(ServerInfo {
+                    user: user.name.clone(),
+                    database: self.settings.database.to_string(),
+                    addr: addr.host.to_string(),
+                    port: addr.port,
+                    local_addr: conn.stream.local_addr(),
+                    connected_at: std::time::SystemTime::now(),
+                    backend_pid: conn.backend_pid,
+                    tls: conn.stream.is_tls(),
+                    client: AtomicU64::new(0),
+                    request_ms: AtomicU64::new(0),
+                    prepared: AtomicUsize::new(0),
+                }));
                 *self.server_params.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Arc::new(conn.params.clone()));
                 Ok(Box::new(conn))
@@ -567,6 +592,13 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The pool's coarse clock: milliseconds after the clock origin as of the last
+    /// [`Pool::reap`] (a second's precision at most).
+    #[inline]
+    pub fn coarse_now_ms(&self) -> u64 {
+        self.coarse_now_ms.load(Ordering::Relaxed)
     }
 
     /// Past its lifetime (by the coarse clock), or connected before a `RECONNECT`.
@@ -641,6 +673,42 @@ impl Pool {
         for servers in self.all_servers() {
             servers.close();
         }
+    }
+}
+
+/// `wait`, unless `stop` says first that its session must end now ([`PoolError::Ended`]).
+async fn until_ended<T>(
+    stop: Option<&StopWatch>,
+    wait: impl std::future::Future<Output = Result<T, PoolError>>,
+) -> Result<T, PoolError> {
+    let Some(stop) = stop else {
+        return wait.await;
+    };
+    let mut wait = std::pin::pin!(wait);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = wait.as_mut().poll(cx) {
+            return std::task::Poll::Ready(r);
+        }
+        stop.poll(cx, false).map(|_| Err(PoolError::Ended))
+    })
+    .await
+}
+
+/// Counts one in `counter` while it lives: a checkout waiting (for a pause, a hold, a slot,
+/// room under a cap) is uncounted however its wait ends, the future dropped included (a
+/// login's `client_login_timeout`, a `KILL` of a waiting client).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

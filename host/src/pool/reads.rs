@@ -11,6 +11,7 @@ use super::Slot;
 use super::{Checkout, Pool, PoolError};
 use crate::config::{ReadRouting, ReadYourWrites};
 use crate::server::{ServerConn, ServerError};
+use crate::stop::StopWatch;
 use crate::topology::reads::{skip_reason, LagBudget, Skip};
 use crate::topology::ClusterView;
 
@@ -177,7 +178,11 @@ impl Pool {
     /// for a paused database like any checkout, but not for a switchover's hold: reads go
     /// on on a replica while writes wait for the new primary. An error means the node
     /// could not be used now; the caller sends the read to the primary instead.
-    pub async fn checkout_read(self: &Arc<Self>, node: usize) -> Result<Checkout, PoolError> {
+    pub async fn checkout_read(
+        self: &Arc<Self>,
+        node: usize,
+        stop: Option<&StopWatch>,
+    ) -> Result<Checkout, PoolError> {
         // The common case (not paused, a slot free, an idle server there) is answered
         // without waiting; the rest runs in a boxed future, so that connects and waits do
         // not weigh on every session's task (as for `Pool::checkout`).
@@ -188,7 +193,7 @@ impl Pool {
                 return Ok(self.lend_read(node, conn, permit.take().expect("checked")));
             }
         }
-        Box::pin(self.checkout_read_waiting(node, permit)).await
+        Box::pin(super::until_ended(stop, self.checkout_read_waiting(node, permit))).await
     }
 
     /// [`Pool::checkout_read`] when it may wait: for a pause, a slot (unless `permit`
@@ -199,9 +204,8 @@ impl Pool {
         permit: Option<Slot>,
     ) -> Result<Checkout, PoolError> {
         if self.pause.paused().is_some() {
-            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waiting = super::Counted::new(&self.waiting);
             self.pause.wait(&self.cluster).await;
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         let permit = match permit {
             Some(p) => p,

@@ -174,6 +174,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
         created_ns: super::nanos_since_origin(created),
         home: crate::net::worker::current(),
         counted: Vec::new(),
+        listed: None,
     })
 }
 

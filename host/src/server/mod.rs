@@ -18,6 +18,7 @@ use switchyard_protocol::backend::ErrorFields;
 use switchyard_protocol::sqlstate;
 
 use crate::net::Stream;
+use crate::roster::{Member, ServerInfo};
 
 /// Session settings as name → SQL text of the value.
 pub type Settings = BTreeMap<String, String>;
@@ -162,6 +163,8 @@ pub struct ServerConn {
     /// What counts this connection while it lives (the pool's caps on server
     /// connections): dropped, and so uncounted, when the connection closes.
     pub counted: Vec<Box<dyn Send + Sync>>,
+    /// Its row in `SHOW SERVERS` (a pool's connection; none for probes and login checks).
+    pub listed: Option<Arc<Member<ServerInfo>>>,
 }
 
 impl ServerConn {

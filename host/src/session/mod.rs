@@ -35,7 +35,7 @@ pub use startup::{ConsoleRole, Destination, LoggedIn};
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -57,8 +57,9 @@ use crate::net::{poll_write_all, Peer, Stream};
 use crate::policy::pool_mode::{ReadyAction, ReadyFacts};
 use crate::policy::{SessionFacts, SessionPolicies};
 use crate::pool::{Checkout, Pool};
+use crate::roster::{ClientInfo, Member, RELAXED};
 use crate::state::ProxyState;
-use crate::stop::{Signal, StopWatch};
+use crate::stop::{Shutdown, Signal, StopWatch};
 
 /// Stop reading a side when this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -76,7 +77,7 @@ pub async fn login(stream: Stream, peer: Peer, state: &Arc<ProxyState>) -> Optio
     if let Stream::Plain(tcp) = &stream {
         let _ = tcp.set_nodelay(true);
     }
-    let deadline = tokio::time::Instant::now() + state.config.proxy.client_login_timeout;
+    let deadline = tokio::time::Instant::now() + state.proxy().client_login_timeout;
     let login = tokio::time::timeout_at(
         deadline,
         // Boxed: login state (SCRAM, auth_query) is freed once the client is in.
@@ -183,6 +184,8 @@ struct Session {
     /// The listener's shutdown signals, for the waits outside [`Session::run`]'s loop (a
     /// pipelined statement's reply).
     stop: Arc<StopWatch>,
+    /// This client's row in `SHOW CLIENTS`.
+    listed: Arc<Member<ClientInfo>>,
 }
 
 impl Session {
@@ -229,7 +232,22 @@ impl Session {
                 .policies
                 .may_pipeline(&policies, &mut facts, pool.settings.pipeline);
         let pool_timeouts = pool.settings.timeouts;
+        let listed = state.client_roster.join(ClientInfo {
+            user: l.user.name.clone(),
+            database: l.database.clone(),
+            addr: peer,
+            local_addr: l.stream.local_addr(),
+            connected_at: std::time::SystemTime::now(),
+            tls: l.stream.is_tls(),
+            application_name: application_name.to_string(),
+            process_id: l.cancel.process_id,
+            request_ms: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            prepared: AtomicUsize::new(0),
+            stop: stop.clone(),
+        });
         Session {
+            listed,
             client: l.stream,
             cbuf: l.buf,
             cout: BytesMut::new(),
@@ -417,7 +435,26 @@ impl Session {
         }
         // A client waiting for a server must have seen all earlier replies.
         self.flush_client().await?;
-        let mut checkout = self.checkout_for(work).await?;
+        let now_ms = self.pool.coarse_now_ms();
+        self.listed.request_ms.store(now_ms, RELAXED);
+        self.listed.waiting.store(true, RELAXED);
+        let checkout = self.checkout_for(work).await;
+        self.listed.waiting.store(false, RELAXED);
+        if let Some(signal) = self.stop.ending() {
+            // Killed (or `shutdown_timeout` ran out) while it waited for the server (the
+            // wait then ended with `PoolError::Ended`) or as it got one: nothing of the
+            // client's reaches a server, and one it got goes back unused.
+            if let Ok(checkout) = checkout {
+                checkout.release();
+            }
+            return Err(self.stopped(signal));
+        }
+        let mut checkout = checkout?;
+        self.listed.prepared.store(self.statements.len(), RELAXED);
+        if let Some(server) = &checkout.conn().listed {
+            server.client.store(self.listed.id, RELAXED);
+            server.request_ms.store(now_ms, RELAXED);
+        }
         if checkout.conn().settings_signature != self.params.signature() {
             // Boxed: the replay's round trip is rare, and inline it would enlarge every
             // session's task by its size, idle or not.
@@ -552,10 +589,7 @@ impl Session {
             if let Poll::Ready(signal) = stop.poll(cx, between_transactions) {
                 return Poll::Ready(match signal {
                     Signal::Shutdown => Ok(Io::Shutdown),
-                    Signal::Closing => Err(SessionError::fatal(
-                        sqlstate::ADMIN_SHUTDOWN,
-                        "switchyard is shutting down and shutdown_timeout ran out; an open transaction is rolled back",
-                    )),
+                    signal => Err(self.stopped(signal)),
                 });
             }
             timeouts::poll_expired(timeouts.as_deref_mut(), cx).map(|expiry| Ok(Io::TimedOut(expiry)))
@@ -563,6 +597,23 @@ impl Session {
         .await;
         self.timeouts = timeouts;
         io
+    }
+
+    /// Why the session ends now: `shutdown_timeout` ran out, or an admin killed its
+    /// database (`KILL`); either way an open transaction is rolled back (its server is
+    /// closed).
+    fn stopped(&self, signal: Signal) -> SessionError {
+        let message = match signal {
+            Signal::Killed => format!(
+                "terminating connection: database \"{}\" was killed by an admin (KILL); an open transaction is rolled back",
+                self.facts.database()
+            ),
+            _ if *self.state.stop_request.borrow() == Some(Shutdown::Immediate) => {
+                "switchyard is shutting down at once (SHUTDOWN IMMEDIATE); an open transaction is rolled back".into()
+            }
+            _ => "switchyard is shutting down and shutdown_timeout ran out; an open transaction is rolled back".into(),
+        };
+        SessionError::fatal(sqlstate::ADMIN_SHUTDOWN, message)
     }
 
     /// No transaction block is open and no server owes a reply: where a shutdown ends the

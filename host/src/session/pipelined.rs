@@ -20,7 +20,6 @@ use crate::config::PoolMode;
 use crate::pool::{Piece, PipelineFailure, Ticket};
 use crate::sql;
 use crate::sql::route::{classify, starts_with_copy, Kind, Rule, Transaction, Volatility};
-use crate::stop::Signal;
 
 /// How long a pipelined statement's session, closed at `shutdown_timeout`, waits for the
 /// statement's cancel to end its reply (the listener gives closed sessions 1 s).
@@ -94,16 +93,13 @@ impl Session {
             // `CLOSING_CANCEL_WAIT`): the process must still run while the pipeline's
             // driver delivers the cancel, or the statement would go on, and a write
             // could commit behind a client told it failed.
-            Signal::Closing = poll_fn(|cx| stop.poll(cx, false)) => {
+            signal = poll_fn(|cx| stop.poll(cx, false)) => {
                 let _ = cancel.ask.send(cancel.ticket);
                 let ended = async {
                     while let Some(Piece::Reply(_)) = pieces.recv().await {}
                 };
                 let _ = tokio::time::timeout(CLOSING_CANCEL_WAIT, ended).await;
-                Err(SessionError::fatal(
-                    sqlstate::ADMIN_SHUTDOWN,
-                    "switchyard is shutting down and shutdown_timeout ran out",
-                ))
+                Err(self.stopped(signal))
             }
             expiry = timeouts::expired(timeouts.as_deref_mut()) => {
                 // The same path as the client's own cancel: taken out of the queue, or

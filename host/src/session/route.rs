@@ -301,7 +301,7 @@ impl Session {
         self.routing.may_write = true;
         self.routing.declared_read_only = false;
         if !self.routes_reads() && !work.replica_hint {
-            return Ok(self.pool.checkout().await?);
+            return Ok(self.pool.checkout(Some(&self.stop)).await?);
         }
         let work = if std::mem::take(&mut self.routing.force_primary) {
             Work::PRIMARY
@@ -327,8 +327,8 @@ impl Session {
         let started = Instant::now();
         loop {
             match self.target(work)? {
-                Ok(Target::Primary) => return Ok(self.pool.checkout().await?),
-                Ok(Target::Read(node)) => match self.pool.checkout_read(node).await {
+                Ok(Target::Primary) => return Ok(self.pool.checkout(Some(&self.stop)).await?),
+                Ok(Target::Read(node)) => match self.pool.checkout_read(node, Some(&self.stop)).await {
                     Ok(checkout) => return Ok(checkout),
                     Err(e) => {
                         tracing::info!(
@@ -336,7 +336,7 @@ impl Session {
                             "cannot read on this replica now; the read goes to the primary"
                         );
                         self.pool.reads.fell_back();
-                        return Ok(self.pool.checkout().await?);
+                        return Ok(self.pool.checkout(Some(&self.stop)).await?);
                     }
                 },
                 Err(wait) => {
@@ -345,7 +345,7 @@ impl Session {
                     let left = self.pool.cluster.hold_timeout.saturating_sub(started.elapsed());
                     if left.is_zero() {
                         self.pool.reads.fell_back();
-                        return Ok(self.pool.checkout().await?);
+                        return Ok(self.pool.checkout(Some(&self.stop)).await?);
                     }
                     // Boxed: rare, and a timer would otherwise sit in every session's task.
                     Box::pin(self.pool.cluster.replica_news(wait.min(left))).await;

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use super::large;
 use super::replies::Replies;
 use crate::pool::Checkout;
+use crate::roster::RELAXED;
 use crate::server::ServerConn;
 
 #[derive(Default)]
@@ -76,6 +77,12 @@ impl ServerSide {
         self.release_ready = false;
         self.unscanned = false;
         self.ended_with_fatal = false;
-        self.checkout.take()
+        let mut checkout = self.checkout.take()?;
+        let conn = checkout.conn();
+        if let Some(listed) = &conn.listed {
+            listed.client.store(0, RELAXED);
+            listed.prepared.store(conn.statements.len(), RELAXED);
+        }
+        Some(checkout)
     }
 }

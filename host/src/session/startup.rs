@@ -248,7 +248,7 @@ async fn login(
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user_name.clone());
-    let proxy = &state.config.proxy;
+    let proxy = state.proxy();
     if database != crate::config::ADMIN_DATABASE
         && state.clients.load(std::sync::atomic::Ordering::Relaxed)
             > proxy.max_client_conn - proxy.admin_reserved_conn
@@ -331,7 +331,7 @@ async fn login(
                 // database and credentials work). This timer fires before the caller's, set
                 // to the same instant, so the client hears why (typically no primary yet,
                 // with a `hold_timeout` longer than `client_login_timeout`).
-                let checkout = tokio::time::timeout_at(deadline, pool.checkout())
+                let checkout = tokio::time::timeout_at(deadline, pool.checkout(None))
                     .await
                     .map_err(|_| {
                         fatal(

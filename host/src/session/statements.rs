@@ -73,7 +73,7 @@ impl ClientStatements {
         self.map.clear();
     }
 
-    #[cfg(test)]
+    /// How many names the client holds (`SHOW CLIENTS`).
     pub fn len(&self) -> usize {
         self.map.len()
     }
