@@ -198,6 +198,7 @@ impl Pool {
         node: usize,
         permit: Option<Slot>,
     ) -> Result<Checkout, PoolError> {
+        let wait_started = crate::stats::now_us();
         if self.pause.paused().is_some() {
             self.waiting.fetch_add(1, Ordering::Relaxed);
             self.pause.wait(&self.cluster).await;
@@ -228,6 +229,7 @@ impl Pool {
             conn.counted.push(Box::new(open));
             break conn;
         };
+        self.observe_wait(wait_started);
         Ok(self.lend_read(node, conn, permit))
     }
 

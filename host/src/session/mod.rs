@@ -29,6 +29,7 @@ mod spares;
 mod startup;
 mod statements;
 mod timeouts;
+mod traffic;
 
 pub use error::SessionError;
 pub use startup::{ConsoleRole, Destination, LoggedIn};
@@ -183,6 +184,9 @@ struct Session {
     /// The listener's shutdown signals, for the waits outside [`Session::run`]'s loop (a
     /// pipelined statement's reply).
     stop: Arc<StopWatch>,
+    /// The running request's and transaction's start, the bytes not yet counted
+    /// (`traffic`).
+    clocks: traffic::Clocks,
 }
 
 impl Session {
@@ -254,6 +258,7 @@ impl Session {
             may_pipeline,
             stop,
             timeouts: Timeouts::new(pool_timeouts),
+            clocks: traffic::Clocks::default(),
         }
     }
 
@@ -531,6 +536,7 @@ impl Session {
                 .await
                 .map_err(SessionError::ClientIo)?;
             self.replay.written(self.cout.len());
+            self.clocks.sent += self.cout.len() as u64;
             self.cout.clear();
         }
         self.client.flush().await.map_err(SessionError::ClientIo)
@@ -609,6 +615,7 @@ impl Session {
         let pending = self.cout.len();
         let wrote = ready_err(poll_write_all(&mut self.client, cx, &mut self.cout));
         self.replay.written(pending - self.cout.len());
+        self.clocks.sent += (pending - self.cout.len()) as u64;
         if let Err(e) = wrote {
             return Poll::Ready(Err(SessionError::ClientIo(e)));
         }
@@ -654,7 +661,10 @@ impl Session {
             }
             match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Io::ClientEof)),
-                Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Io::ClientRead)),
+                Poll::Ready(Ok(n)) => {
+                    self.clocks.received += n as u64;
+                    return Poll::Ready(Ok(Io::ClientRead));
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
                 Poll::Pending => {}
             }
@@ -724,10 +734,12 @@ impl Session {
                 self.pool.cluster.incidents.client_error();
             }
             if let Some(fields) = e.to_client() {
+                self.error_sent(&fields.code);
                 error_response(&fields, &mut self.cout);
             }
         }
         let _ = self.flush_client().await;
+        self.report_bytes();
         let _ = self.client.shutdown().await;
         if self.stop.closing() && !self.server.owes_nothing() {
             // `shutdown_timeout` ran out under a running statement: closing its server alone
