@@ -614,6 +614,39 @@ async fn p99_of_a_slow_workload_is_at_least_its_sleep() -> Result<()> {
     Ok(())
 }
 
+/// A client that waits for the pool's only server has its wait counted: with pool_size 1,
+/// while one client holds the server in a transaction block for 300 ms, another's SELECT
+/// waits for it; total_wait_time grows by at least 200,000 µs, and the wait histogram's
+/// `_count` still equals the pool's checkouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_the_only_server_is_counted() -> Result<()> {
+    skip_if_direct!();
+    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
+    let bed = TestBed::start_with(|cfg| {
+        cfg.pool_size(1)
+            .with_admin()
+            .set("proxy.metrics_listen", metrics.as_str())
+    })?;
+    let endpoint = bed.endpoint();
+    let (holder, waiter) = (endpoint.connect_app().await?, endpoint.connect_app().await?);
+    let before = show_stats(&endpoint, "app").await?;
+    holder.batch_execute("BEGIN").await.ctx("BEGIN")?;
+    let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.ctx("COMMIT")?;
+    waiting.await?.ctx("the waiting SELECT")?;
+    let after = show_stats(&endpoint, "app").await?;
+    let waited = stat(&after, "total_wait_time")? - stat(&before, "total_wait_time")?;
+    println!("waited {waited} µs; SHOW STATS after: {after:?}");
+    ensure!(waited >= 200_000, "total_wait_time grew by {waited} µs");
+    let samples = samples(&metrics).await?;
+    let pool = [("pool", "app/app")];
+    let count = value(&samples, "switchyard_wait_duration_seconds_count", &pool)?;
+    let checkouts = value(&samples, "switchyard_pool_checkouts_total", &pool)?;
+    ensure!(count == checkouts, "wait count {count}, checkouts {checkouts}");
+    Ok(())
+}
+
 /// The names of the metrics a PromQL expression reads: its identifiers that are not
 /// functions (followed by `(`), aggregation operators, keywords, label names (in `{...}` and in
 /// the lists after `by`, `without`, `on`, `ignoring`, `group_left`, `group_right`),
