@@ -10,7 +10,8 @@
 //! mutex, per SQLSTATE.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
+use std::time::Instant;
 
 /// Buckets of a histogram: bucket `i < BUCKETS - 1` holds the times in
 /// `(2^(i-1), 2^i]` µs (bucket 0: up to 1 µs), the last everything over 2^(BUCKETS-2) µs
@@ -24,12 +25,17 @@ pub const MAX_SQLSTATES: usize = 300;
 /// Where errors go once [`MAX_SQLSTATES`] codes are known.
 pub const OTHER_SQLSTATE: &str = "other";
 
-/// The monotonic clock in microseconds (since an unspecified start; never 0 in practice,
-/// which the session uses as "not running").
+/// Where [`now_us`] counts from: the first time anyone asked.
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The monotonic clock in microseconds, from 1 at the first reading: never 0, which the
+/// session uses as "not running". (std's clock, through the C library's `clock_gettime`:
+/// a raw vDSO lookup, as rustix's, crashes where the vDSO is not mapped, e.g. under
+/// valgrind.)
 #[inline]
 pub fn now_us() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (t.tv_sec as u64).wrapping_mul(1_000_000) + (t.tv_nsec as u64) / 1_000
+    let d = Instant::now().saturating_duration_since(*ORIGIN);
+    d.as_secs() * 1_000_000 + u64::from(d.subsec_micros()) + 1
 }
 
 /// The bucket of a time of `us` microseconds.
