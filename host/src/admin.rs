@@ -27,6 +27,7 @@ const MAX_ADMIN_MESSAGE: usize = 64 * 1024;
 const HELP: &[&str] = &[
     "SHOW HELP        this list",
     "SHOW POOLS       one row per (database, user) pool: mode, size, servers idle and in use, counters",
+    "SHOW STATS       per database: transactions, queries, bytes, times in µs (totals, averages since start, p99)",
     "SHOW DATABASES   configured databases and where they route",
     "SHOW NODES       every node of every cluster: role, timeline, LSN, lag (bytes, time), reads and writes routed there, skips, probe results, Patroni's role and state",
     "SHOW CLUSTERS    every cluster: primary, failover events, clients held, requests retried, client errors, last event",
@@ -188,6 +189,7 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
             rows: vec![vec![format!("switchyard {}", env!("CARGO_PKG_VERSION"))]],
         },
         ["show", "pools"] => show_pools(state),
+        ["show", "stats"] => show_stats(state),
         ["show", "databases"] => show_databases(state),
         ["show", "plugins"] => show_plugins(state),
         ["show", "nodes"] => show_nodes(state),
@@ -600,6 +602,29 @@ fn show_pools(state: &ProxyState) -> Table {
             "pipelined",
             "server",
         ],
+        rows,
+    }
+}
+
+/// `SHOW STATS`: one row per configured database, its pools' traffic summed
+/// ([`crate::stats::show_stats_row`]).
+fn show_stats(state: &ProxyState) -> Table {
+    let mut databases: Vec<&String> = state.databases.keys().collect();
+    databases.sort();
+    let now = crate::stats::now_us();
+    let rows = databases
+        .into_iter()
+        .map(|db| {
+            let pools = state.pools_of(db);
+            let traffic = pools.iter().map(|p| {
+                let checkouts = p.stats.checkouts.load(std::sync::atomic::Ordering::Relaxed);
+                (&p.stats.traffic, checkouts)
+            });
+            crate::stats::show_stats_row(db, traffic, now)
+        })
+        .collect();
+    Table {
+        columns: crate::stats::SHOW_STATS_COLUMNS.to_vec(),
         rows,
     }
 }

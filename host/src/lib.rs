@@ -26,6 +26,7 @@ pub mod server;
 pub mod session;
 pub mod sql;
 pub mod state;
+pub mod stats;
 pub mod stop;
 pub mod topology;
 pub mod watch_flag;

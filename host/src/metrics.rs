@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::state::ProxyState;
+use crate::stats::{upper_bound_us, Snapshot};
 
 /// Largest request head (request line and headers) read; a longer one gets 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -275,6 +276,9 @@ type Labels = Vec<(&'static str, String)>;
 /// A counter family read from one kind of row: name, help, value.
 type Counter<T> = (&'static str, &'static str, fn(&T) -> u64);
 
+/// A histogram family read from a pool's row: name, help, histogram.
+type HistogramFamily = (&'static str, &'static str, fn(&PoolRow) -> Snapshot);
+
 /// One counter family; nothing is written when it has no samples.
 fn counter(
     enc: &mut DescriptorEncoder,
@@ -322,6 +326,36 @@ fn gauge<V: EncodeGaugeValue>(
     Ok(())
 }
 
+/// One histogram family in seconds (the histograms count microseconds); nothing is
+/// written when it has no samples.
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, Snapshot)>,
+) -> fmt::Result {
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return Ok(());
+    }
+    let mut metric = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (labels, s) in samples {
+        let buckets: Vec<(f64, u64)> = s
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (upper_bound_us(i).map_or(f64::INFINITY, |us| us as f64 / 1e6), *n))
+            .collect();
+        metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+            s.sum_us as f64 / 1e6,
+            s.count(),
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
 /// One pool's numbers.
 struct PoolRow {
     labels: Labels,
@@ -338,6 +372,12 @@ struct PoolRow {
     pipelined: u64,
     reads_fell_back: u64,
     misrouted: u64,
+    xact: Snapshot,
+    query: Snapshot,
+    wait: Snapshot,
+    received: u64,
+    sent: u64,
+    errors: Vec<(String, u64)>,
 }
 
 fn as_i64(n: usize) -> i64 {
@@ -382,6 +422,12 @@ impl StateCollector {
                     pipelined: s.pipelined.load(Ordering::Relaxed),
                     reads_fell_back: pool.reads.fell_back_reads.load(Ordering::Relaxed),
                     misrouted: pool.reads.misrouted.load(Ordering::Relaxed),
+                    xact: s.traffic.xact.read(),
+                    query: s.traffic.query.read(),
+                    wait: s.traffic.waits(s.checkouts.load(Ordering::Relaxed)),
+                    received: s.traffic.received.load(Ordering::Relaxed),
+                    sent: s.traffic.sent.load(Ordering::Relaxed),
+                    errors: s.traffic.errors(),
                 });
             }
         }
@@ -468,7 +514,60 @@ impl StateCollector {
                 pools.iter().map(|p| (p.labels.clone(), value(p))),
             )?;
         }
-        Ok(())
+        self.encode_traffic(enc, &pools)
+    }
+
+    /// The pools' traffic: latency histograms, bytes, errors by SQLSTATE (`crate::stats`).
+    fn encode_traffic(&self, enc: &mut DescriptorEncoder, pools: &[PoolRow]) -> fmt::Result {
+        let histograms: [HistogramFamily; 3] = [
+            (
+                "switchyard_transaction_duration",
+                "Transactions (an autocommit statement is one), from the first request sent to the server to the ReadyForQuery that ends the transaction; the count is the transactions.",
+                |p| p.xact,
+            ),
+            (
+                "switchyard_query_duration",
+                "Requests (a Query, a FunctionCall, an extended-protocol batch up to its Sync), from being sent to the server to their ReadyForQuery; the count is the queries.",
+                |p| p.query,
+            ),
+            (
+                "switchyard_wait_duration",
+                "Waits of clients for a server of the pool (one per server handed out; 0 when one was free at once).",
+                |p| p.wait,
+            ),
+        ];
+        for (name, help, value) in histograms {
+            histogram(
+                enc,
+                name,
+                help,
+                pools.iter().map(|p| (p.labels.clone(), value(p))),
+            )?;
+        }
+        counter(
+            enc,
+            "switchyard_pool_client_received_bytes",
+            "Bytes read from the pool's clients (after login).",
+            pools.iter().map(|p| (p.labels.clone(), p.received)),
+        )?;
+        counter(
+            enc,
+            "switchyard_pool_client_sent_bytes",
+            "Bytes written to the pool's clients (after login).",
+            pools.iter().map(|p| (p.labels.clone(), p.sent)),
+        )?;
+        counter(
+            enc,
+            "switchyard_client_errors",
+            "Errors sent to the pool's clients (from the server or the proxy), by SQLSTATE.",
+            pools.iter().flat_map(|p| {
+                p.errors.iter().map(|(code, n)| {
+                    let mut labels = p.labels.clone();
+                    labels.push(("sqlstate", code.clone()));
+                    (labels, *n)
+                })
+            }),
+        )
     }
 
     fn encode_clusters(&self, enc: &mut DescriptorEncoder) -> fmt::Result {

@@ -240,6 +240,13 @@ impl Psql {
         let sql = sql.to_owned();
         tokio::task::spawn_blocking(move || this.run(&sql)).await?
     }
+
+    /// [`Psql::run_script`] on tokio's blocking pool.
+    pub async fn run_script_async(&self, script: &str) -> Result<CmdOutput> {
+        let this = self.clone();
+        let script = script.to_owned();
+        tokio::task::spawn_blocking(move || this.run_script(&script)).await?
+    }
 }
 
 /// pgbench query protocol (`-M`).

@@ -181,6 +181,8 @@ pub struct PoolStats {
     pub pinned: AtomicUsize,
     /// Statements answered through a pipeline (`pipeline`).
     pub pipelined: AtomicU64,
+    /// Transactions, queries, bytes, latencies and errors (SHOW STATS, the histograms).
+    pub traffic: crate::stats::Traffic,
 }
 
 /// Servers for one (database, user).
@@ -331,6 +333,7 @@ impl Pool {
     /// connect are boxed in turn, and only the wait for a slot (what a client queued at a
     /// busy pool does every transaction) is inline.
     async fn checkout_waiting(self: &Arc<Self>, permit: Option<Slot>) -> Result<Checkout, PoolError> {
+        let wait_started = crate::stats::now_us();
         // When this checkout started waiting (a pause, a hold, no primary), if it did:
         // reported to the cluster's failover event. Read from the clock only then.
         let mut held_since: Option<Instant> = None;
@@ -357,12 +360,21 @@ impl Pool {
             self.cluster.incidents.held(since.elapsed());
         }
         let conn = conn?;
+        self.observe_wait(wait_started);
         Ok(Checkout {
             conn: Some(conn),
             permit,
             pool: self.clone(),
             read_node: None,
         })
+    }
+
+    /// A checkout that could not be answered at once got its server: its wait since
+    /// `started` ([`crate::stats::now_us`]) goes into the wait histogram. (One answered at
+    /// once is counted by `checkouts` alone: see [`crate::stats::Traffic::waits`].)
+    fn observe_wait(&self, started: u64) {
+        let waited = crate::stats::now_us().saturating_sub(started);
+        self.stats.traffic.wait.observe(waited);
     }
 
     /// A slot among `servers`: at once if one is free, else in the queue's order up to

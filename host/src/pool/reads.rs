@@ -203,6 +203,7 @@ impl Pool {
         node: usize,
         permit: Option<Slot>,
     ) -> Result<Checkout, PoolError> {
+        let wait_started = crate::stats::now_us();
         if self.pause.paused().is_some() {
             let _waiting = super::Counted::new(&self.waiting);
             self.pause.wait(&self.cluster).await;
@@ -232,6 +233,7 @@ impl Pool {
             conn.counted.push(Box::new(open));
             break conn;
         };
+        self.observe_wait(wait_started);
         Ok(self.lend_read(node, conn, permit))
     }
 

@@ -125,8 +125,11 @@ impl Session {
         });
         match reply.map_err(SessionError::ServerProtocol)? {
             Reply::Forward if tag == tags::ERROR_RESPONSE => {
-                let fatal = switchyard_protocol::backend::parse_error_fields(body)
-                    .is_ok_and(|f| matches!(f.severity, Severity::Fatal | Severity::Panic));
+                let fields = switchyard_protocol::backend::parse_error_fields(body).ok();
+                if let Some(f) = &fields {
+                    self.error_sent(&f.code);
+                }
+                let fatal = fields.is_some_and(|f| matches!(f.severity, Severity::Fatal | Severity::Panic));
                 self.server.ended_with_fatal |= fatal;
                 Ok(true)
             }
@@ -154,6 +157,7 @@ impl Session {
     /// transaction block is refused: the client gets the refusal in its place).
     fn on_ready_for_query(&mut self, status: TransactionStatus, at_boundary: bool) -> bool {
         self.tx_status = status;
+        self.request_done(status);
         // Reports come until the transaction ends (a SET LOCAL reverts at COMMIT).
         if self.server.replies.is_empty() && status == TransactionStatus::Idle {
             self.params.settle_reports();
@@ -206,6 +210,7 @@ impl Session {
     /// Rolls back the transaction block the client just opened (statement pooling) and
     /// answers with an error in place of this ReadyForQuery.
     fn refuse_transaction(&mut self, message: &str) {
+        self.error_sent(switchyard_protocol::sqlstate::INVALID_TRANSACTION_STATE);
         self.server
             .replies
             .refuse_transaction(message, &mut self.server.sout);

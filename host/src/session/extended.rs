@@ -156,6 +156,7 @@ impl Session {
         } else if self.server.held() {
             self.server.sout.extend_from_slice(raw);
             self.server.replies.sync();
+            self.request_sent();
         } else {
             // Everything since the last Sync was answered by the proxy itself.
             let mut out = BytesMut::new();

@@ -173,6 +173,7 @@ impl Session {
                     }
                     _ => ErrorFields::error(e.sqlstate(), e.to_string()),
                 };
+                self.error_sent(&fields.code);
                 be::error_response(&fields, &mut self.cout);
                 if extended {
                     self.skipping = true;

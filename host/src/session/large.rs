@@ -148,13 +148,17 @@ impl Session {
                 (tags::QUERY, _) => {
                     self.server.unscanned = true;
                     self.server.replies.push(Expect::Query);
+                    self.request_sent();
                 }
                 (tags::PARSE, _) => {
                     self.server.unscanned = true;
                     self.server.replies.open_batch();
                     self.server.replies.push(Expect::Parse { prepared: None });
                 }
-                (tags::FUNCTION_CALL, _) => self.server.replies.push(Expect::Query),
+                (tags::FUNCTION_CALL, _) => {
+                    self.server.replies.push(Expect::Query);
+                    self.request_sent();
+                }
                 _ => {}
             }
         }

@@ -29,6 +29,7 @@ mod spares;
 mod startup;
 mod statements;
 mod timeouts;
+mod traffic;
 
 pub use error::SessionError;
 pub use startup::{ConsoleRole, Destination, LoggedIn};
@@ -186,6 +187,9 @@ struct Session {
     stop: Arc<StopWatch>,
     /// This client's row in `SHOW CLIENTS`.
     listed: Arc<Member<ClientInfo>>,
+    /// The running request's and transaction's start, the bytes not yet counted
+    /// (`traffic`).
+    clocks: traffic::Clocks,
 }
 
 impl Session {
@@ -272,6 +276,7 @@ impl Session {
             may_pipeline,
             stop,
             timeouts: Timeouts::new(pool_timeouts),
+            clocks: traffic::Clocks::default(),
         }
     }
 
@@ -568,6 +573,7 @@ impl Session {
                 .await
                 .map_err(SessionError::ClientIo)?;
             self.replay.written(self.cout.len());
+            self.clocks.sent += self.cout.len() as u64;
             self.cout.clear();
         }
         self.client.flush().await.map_err(SessionError::ClientIo)
@@ -660,6 +666,7 @@ impl Session {
         let pending = self.cout.len();
         let wrote = ready_err(poll_write_all(&mut self.client, cx, &mut self.cout));
         self.replay.written(pending - self.cout.len());
+        self.clocks.sent += (pending - self.cout.len()) as u64;
         if let Err(e) = wrote {
             return Poll::Ready(Err(SessionError::ClientIo(e)));
         }
@@ -705,7 +712,10 @@ impl Session {
             }
             match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Io::ClientEof)),
-                Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Io::ClientRead)),
+                Poll::Ready(Ok(n)) => {
+                    self.clocks.received += n as u64;
+                    return Poll::Ready(Ok(Io::ClientRead));
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
                 Poll::Pending => {}
             }
@@ -775,10 +785,12 @@ impl Session {
                 self.pool.cluster.incidents.client_error();
             }
             if let Some(fields) = e.to_client() {
+                self.error_sent(&fields.code);
                 error_response(&fields, &mut self.cout);
             }
         }
         let _ = self.flush_client().await;
+        self.report_bytes();
         let _ = self.client.shutdown().await;
         if self.stop.closing() && !self.server.owes_nothing() {
             // `shutdown_timeout` ran out under a running statement: closing its server alone

@@ -240,6 +240,10 @@ impl Session {
         self.routing.deferred_begin = Some(raw.clone());
         self.tx_status = TransactionStatus::InTransaction;
         self.tx_statements += 1;
+        // The client's BEGIN, answered here: a query of its own; the transaction's clock
+        // starts with it.
+        self.request_sent();
+        self.request_done(self.tx_status);
         let mut reply = BytesMut::new();
         be::command_complete(tag, &mut reply);
         be::ready_for_query(self.tx_status, &mut reply);

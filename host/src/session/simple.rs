@@ -50,6 +50,7 @@ impl Session {
                     &mut out,
                 );
                 be::ready_for_query(self.tx_status, &mut out);
+                self.error_sent(sqlstate::FEATURE_NOT_SUPPORTED);
                 self.synthesize(out.freeze());
                 return Ok(());
             }
@@ -60,14 +61,17 @@ impl Session {
             return Ok(());
         }
         if let Some(read) = self.standalone(sql_text, may_command) {
+            self.request_sent();
             // Boxed: its state would otherwise sit in every session's task.
             if Box::pin(self.run_pipelined(raw, read)).await? {
+                self.request_done(TransactionStatus::Idle);
                 return Ok(());
             }
         }
         if self.acquire_or_refuse(false, work).await? {
             self.server.sout.extend_from_slice(raw);
             self.server.replies.push(Expect::Query);
+            self.request_sent();
         }
         Ok(())
     }
@@ -77,6 +81,7 @@ impl Session {
         if self.acquire_or_refuse(false, Work::PRIMARY).await? {
             self.server.sout.extend_from_slice(raw);
             self.server.replies.push(Expect::Query);
+            self.request_sent();
         }
         Ok(())
     }
@@ -96,6 +101,7 @@ impl Session {
                         &mut out,
                     );
                     be::ready_for_query(self.tx_status, &mut out);
+                    self.error_sent(sqlstate::INVALID_SQL_STATEMENT_NAME);
                     return Some(out.freeze());
                 }
                 be::command_complete("DEALLOCATE", &mut out);
