@@ -305,7 +305,7 @@ impl Pool {
         } else {
             None
         };
-        Box::pin(until_ended(stop, self.checkout_waiting(permit))).await
+        until_ended(stop, Box::pin(self.checkout_waiting(permit))).await
     }
 
     /// A slot on the primary, if one is free now and the database is neither paused nor
@@ -689,19 +689,20 @@ impl Pool {
 }
 
 /// `wait`, unless `stop` says first that its session must end now ([`PoolError::Ended`]).
+/// `wait` is boxed by the caller: held here by value, a large future would be moved into
+/// this one's state and then, with it, into its box (two copies per queued checkout).
 async fn until_ended<T>(
     stop: Option<&StopWatch>,
-    wait: impl std::future::Future<Output = Result<T, PoolError>>,
+    mut wait: std::pin::Pin<Box<impl std::future::Future<Output = Result<T, PoolError>>>>,
 ) -> Result<T, PoolError> {
-    let Some(stop) = stop else {
-        return wait.await;
-    };
-    let mut wait = std::pin::pin!(wait);
     std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(r) = wait.as_mut().poll(cx) {
             return std::task::Poll::Ready(r);
         }
-        stop.poll(cx, false).map(|_| Err(PoolError::Ended))
+        match stop {
+            Some(stop) => stop.poll(cx, false).map(|_| Err(PoolError::Ended)),
+            None => std::task::Poll::Pending,
+        }
     })
     .await
 }

@@ -193,7 +193,7 @@ impl Pool {
                 return Ok(self.lend_read(node, conn, permit.take().expect("checked")));
             }
         }
-        Box::pin(super::until_ended(stop, self.checkout_read_waiting(node, permit))).await
+        super::until_ended(stop, Box::pin(self.checkout_read_waiting(node, permit))).await
     }
 
     /// [`Pool::checkout_read`] when it may wait: for a pause, a slot (unless `permit`
