@@ -111,8 +111,9 @@ pub async fn serve(
                         databases(state, rest.first().copied()).and_then(resume)
                     }
                     (Some("trace"), [_, on, ..]) if on.eq_ignore_ascii_case("on") => {
-                        let path =
-                            command[command.to_ascii_lowercase().find(" on").unwrap_or(0) + 3..].trim();
+                        // What follows `TRACE ON`, as typed (a path may hold spaces).
+                        let rest = command.split_once(char::is_whitespace).map_or("", |(_, r)| r);
+                        let path = rest.trim_start().get(on.len()..).unwrap_or_default().trim();
                         trace_on(state, path.trim_matches('\'')).await
                     }
                     (Some("trace"), [_, off]) if off.eq_ignore_ascii_case("off") => {

@@ -108,10 +108,10 @@ pub fn replay(
     let mut summary = Summary::default();
     for (line, record) in records {
         let recorded_by = match (record.by, &record.plugin) {
-            (By::BuiltIn, _) => "built-in".to_string(),
-            (By::Plugin, Some(p)) => format!("plugin {p}"),
-            (By::Fallback, Some(p)) => format!("built-in (plugin {p} failed)"),
-            (_, None) => "plugin".to_string(),
+            (By::BuiltIn, _) => "recorded (built-in)".to_string(),
+            (By::Plugin, Some(p)) => format!("recorded (plugin {p})"),
+            (By::Fallback, Some(p)) => format!("recorded (built-in, plugin {p} failed)"),
+            (_, None) => "recorded (plugin)".to_string(),
         };
         compare(
             &plugin,
