@@ -289,3 +289,46 @@ fn replay_of_an_unusable_trace_or_plugin_exits_2_naming_the_file() -> Result<()>
     );
     Ok(())
 }
+
+/// `[trace]` is reloadable: a proxy started without it shows `SHOW TRACE` off; once its
+/// file gains `[trace] path` and an admin `RELOAD` runs, `SHOW TRACE` shows on with that
+/// path; an app client's statements are then recorded (pool-mode calls in the file after
+/// the next reload, the one that removes `[trace]` again and leaves `SHOW TRACE` off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_starts_and_stops_recording_as_trace_says() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| cfg.with_admin())?;
+    let ep = bed.endpoint();
+    let state = |rows: &[std::collections::HashMap<String, String>]| {
+        (rows[0]["state"].clone(), rows[0]["path"].clone())
+    };
+    let before = admin_rows(&ep, "SHOW TRACE").await?;
+    ensure!(state(&before) == ("off".into(), String::new()), "{before:?}");
+
+    let trace = scratch::fresh_dir("trace")?.join("reload.jsonl");
+    let proxy = bed.proxy().context("proxy")?;
+    let plain = proxy.config().clone();
+    proxy.write_config(plain.clone().set("trace.path", path(&trace)))?;
+    admin_rows(&ep, "RELOAD").await?;
+    let on = admin_rows(&ep, "SHOW TRACE").await?;
+    println!("after the reload with [trace]: {on:?}");
+    ensure!(state(&on) == ("on".into(), path(&trace)), "{on:?}");
+    let app = ep.connect_app().await?;
+    for _ in 0..3 {
+        app.simple_query("SELECT 1").await?;
+    }
+
+    bed.proxy().context("proxy")?.write_config(plain)?;
+    admin_rows(&ep, "RELOAD").await?;
+    let off = admin_rows(&ep, "SHOW TRACE").await?;
+    println!("after the reload without [trace]: {off:?}");
+    ensure!(state(&off).0 == "off", "{off:?}");
+    let all = records(&trace)?;
+    let pool_mode = all.iter().filter(|r| r["hook"] == "pool-mode").count();
+    println!("{} records, {pool_mode} pool-mode calls", all.len());
+    ensure!(
+        pool_mode >= 3,
+        "{pool_mode} pool-mode calls recorded for 3 statements"
+    );
+    Ok(())
+}
