@@ -294,11 +294,13 @@ impl Tracer {
         if *lock(&self.configured) == *settings {
             return Ok(());
         }
-        *lock(&self.configured) = settings.clone();
         match &settings.path {
-            Some(path) => self.start(path, settings.max_bytes).await,
-            None => self.stop().await,
+            Some(path) => self.start(path, settings.max_bytes).await?,
+            None => self.stop().await?,
         }
+        // Only once applied: a reload with the same section tries again after a failure.
+        *lock(&self.configured) = settings.clone();
+        Ok(())
     }
 
     /// The `[trace]` bound, for `TRACE ON` without a configured section.
