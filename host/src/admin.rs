@@ -48,6 +48,9 @@ const HELP: &[&str] = &[
     "SET key = value  change a reloadable setting (SHOW CONFIG: changeable) until the next reload, checked as the file is",
     "SHUTDOWN         stop accepting, let clients finish their transactions within shutdown_timeout, exit (as SIGTERM)",
     "SHUTDOWN IMMEDIATE  end every client now (FATAL 57P01, open transactions rolled back) and exit",
+    "TRACE ON [path]  record every hook call (inputs and decision) to path, or [trace] path, for switchyard replay",
+    "TRACE OFF        stop recording hook calls",
+    "SHOW TRACE       the policy trace: on or off, file, bound, records written and dropped",
 ];
 
 /// A result set: column names and text rows.
@@ -118,6 +121,24 @@ pub async fn serve(
                     }
                     (Some("resume"), [_, rest @ ..]) if rest.len() <= 1 => {
                         databases(state, rest.first().copied()).and_then(resume)
+                    }
+                    (Some("trace"), [_, on, ..]) if on.eq_ignore_ascii_case("on") => {
+                        // What follows `TRACE ON`, as typed (a path may hold spaces).
+                        let rest = command.split_once(char::is_whitespace).map_or("", |(_, r)| r);
+                        let path = rest.trim_start().get(on.len()..).unwrap_or_default().trim();
+                        trace_on(state, path.trim_matches('\'')).await
+                    }
+                    (Some("trace"), [_, off]) if off.eq_ignore_ascii_case("off") => {
+                        match state.policies.trace().stop().await {
+                            Ok(()) => {
+                                tracing::info!("admin TRACE OFF: policy trace stopped");
+                                Ok(Answer::Tag("TRACE".into()))
+                            }
+                            Err(e) => Err(ErrorFields::error(
+                                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                                e.to_string(),
+                            )),
+                        }
                     }
                     (Some("reconnect"), [_, rest @ ..]) if rest.len() <= 1 => {
                         databases(state, rest.first().copied()).map(|dbs| reconnect(state, dbs))
@@ -200,6 +221,7 @@ fn run(command: &str, state: &ProxyState) -> Result<Answer, ErrorFields> {
         ["show", "lists"] => show_lists(state),
         ["shutdown"] => return Ok(shutdown(state, Shutdown::Graceful)),
         ["shutdown", "immediate"] => return Ok(shutdown(state, Shutdown::Immediate)),
+        ["show", "trace"] => show_trace(state),
         _ => {
             return Err(ErrorFields::error(
                 sqlstate::SYNTAX_ERROR,
@@ -554,6 +576,62 @@ async fn reload(state: &Arc<ProxyState>) -> Result<Answer, ErrorFields> {
         rows,
     };
     Ok(Answer::Table(table, "RELOAD".into()))
+}
+
+/// `TRACE ON [path]`: records hook calls to `path`, or to `[trace] path` when none is
+/// given, bounded by `[trace] max_bytes`.
+async fn trace_on(state: &ProxyState, path: &str) -> Result<Answer, ErrorFields> {
+    let tracer = state.policies.trace();
+    let configured = tracer.configured();
+    let path =
+        match (path, &configured.path) {
+            ("", Some(p)) => p.clone(),
+            ("", None) => return Err(ErrorFields::error(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                "TRACE ON needs a file: TRACE ON /path/to/trace.jsonl, or [trace] path in the configuration",
+            )),
+            (p, _) => std::path::PathBuf::from(p),
+        };
+    match tracer.start(&path, configured.max_bytes).await {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), max_bytes = configured.max_bytes, "admin TRACE ON: recording hook calls");
+            Ok(Answer::Tag("TRACE".into()))
+        }
+        Err(e @ crate::policy::trace::TraceError::Open { .. }) => Err(ErrorFields::error(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            e.to_string(),
+        )),
+        Err(e) => Err(ErrorFields::error(
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            e.to_string(),
+        )),
+    }
+}
+
+fn show_trace(state: &ProxyState) -> Table {
+    let r = state.policies.trace().report();
+    Table {
+        columns: vec![
+            "state",
+            "path",
+            "max_bytes",
+            "written",
+            "dropped",
+            "bytes",
+            "rotations",
+            "last_error",
+        ],
+        rows: vec![vec![
+            if r.on { "on" } else { "off" }.to_string(),
+            r.path.map(|p| p.display().to_string()).unwrap_or_default(),
+            r.max_bytes.to_string(),
+            r.written.to_string(),
+            r.dropped.to_string(),
+            r.bytes.to_string(),
+            r.rotations.to_string(),
+            r.last_error.unwrap_or_default(),
+        ]],
+    }
 }
 
 fn show_pools(state: &ProxyState) -> Table {

@@ -21,6 +21,7 @@ pub mod plugins;
 pub mod policy;
 pub mod pool;
 pub mod reload;
+pub mod replay;
 pub mod roster;
 pub mod server;
 pub mod session;

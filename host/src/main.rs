@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use switchyard::config::{Config, Threading};
 use switchyard::listener::Stopping;
 use switchyard::net::listen::{Listeners, UnixSocketFile};
+use switchyard::replay;
 use switchyard::state::{ConfigSource, ProxyState};
 use tokio::sync::watch;
 
@@ -55,6 +56,47 @@ enum Command {
         /// Configuration file to check.
         file: PathBuf,
     },
+    /// Run a candidate plugin against a recorded policy trace and print where its
+    /// decisions differ from the recorded ones.
+    ///
+    /// A trace is what the proxy records with `[trace] path` or the admin console's
+    /// `TRACE ON`: one JSON line per hook call (topology events, probes, errors offered for
+    /// retry, routing and pool-mode questions) with its inputs and the decision given.
+    /// The candidate is loaded as the proxy loads plugins (same time and memory limits, no
+    /// network or files) and asked each recorded question in order; each difference is
+    /// printed with its line, hook, inputs and both decisions, then a summary. Exit status:
+    /// 0 no difference, 1 some differences or failed calls, 2 the plugin or trace could
+    /// not be used (the message names the file and line).
+    Replay {
+        /// The candidate plugin (a WebAssembly component).
+        #[arg(long, value_name = "P.wasm")]
+        plugin: PathBuf,
+        /// The trace file (JSON lines).
+        #[arg(long, value_name = "T")]
+        trace: PathBuf,
+        /// Replay only this hook's calls (pool-mode, router, retry, switchover, health).
+        #[arg(long, value_name = "H")]
+        hook: Option<String>,
+        /// Settings for the candidate's init, as `[plugins.NAME.settings]` would give them.
+        #[arg(long, value_name = "k=v", num_args = 1..)]
+        settings: Vec<String>,
+    },
+    /// Run a plugin against hand-written cases and print the ones it decides otherwise.
+    ///
+    /// The cases file (TOML) holds `[[case]]` tables: `name`, `hook` and the hook's inputs
+    /// as a trace records them, and the expected `decision` (see docs/plugins.md and
+    /// examples/switchover-cases.toml). Exit status as for `replay`.
+    TestPlugin {
+        /// The plugin (a WebAssembly component).
+        #[arg(long, value_name = "P.wasm")]
+        plugin: PathBuf,
+        /// The cases file (TOML).
+        #[arg(long, value_name = "C.toml")]
+        cases: PathBuf,
+        /// Settings for the plugin's init.
+        #[arg(long, value_name = "k=v", num_args = 1..)]
+        settings: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +115,26 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Replay {
+            plugin,
+            trace,
+            hook,
+            settings,
+        }) => {
+            return compare(|out| {
+                let hook = hook.as_deref().map(replay::parse_hook).transpose()?;
+                replay::replay(&plugin, &trace, hook, &replay::parse_settings(&settings)?, out)
+            })
+        }
+        Some(Command::TestPlugin {
+            plugin,
+            cases,
+            settings,
+        }) => {
+            return compare(|out| {
+                replay::test_plugin(&plugin, &cases, &replay::parse_settings(&settings)?, out)
+            })
+        }
         None => match cli.config {
             Some(path) => run(&path),
             None => Err(anyhow::anyhow!(
@@ -88,6 +150,21 @@ fn main() -> std::process::ExitCode {
                 LogFormat::Json => tracing::error!("switchyard: {e:#}"),
             }
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `replay` or `test-plugin`: their report on stdout, exit status 0 (same
+/// decisions), 1 (differences) or 2 (unusable plugin, trace or cases).
+fn compare(
+    run: impl FnOnce(&mut dyn std::io::Write) -> Result<replay::Summary, replay::ReplayError>,
+) -> std::process::ExitCode {
+    let mut out = std::io::stdout().lock();
+    match run(&mut out) {
+        Ok(summary) => std::process::ExitCode::from(summary.status()),
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            std::process::ExitCode::from(2)
         }
     }
 }
@@ -204,6 +281,14 @@ fn spawn_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
 
 /// Starts the background tasks (see [`spawn_background`]) on the current runtime.
 async fn start_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
+    let writer = state.clone();
+    tokio::spawn(async move { writer.policies.trace().run_writer().await });
+    state
+        .policies
+        .trace()
+        .configure(&state.config.trace)
+        .await
+        .context("[trace]")?;
     tokio::spawn(switchyard::reload::run(state.clone()));
     tokio::spawn(switchyard::listener::reap_pools(state.clone()));
     state.topology.spawn_probers(&state.shutdown);

@@ -344,7 +344,7 @@ impl ProxyState {
         let state = self.clone();
         let path = source.path.clone();
         let started_text = source.text.clone();
-        tokio::task::spawn_blocking(move || {
+        let reloaded = tokio::task::spawn_blocking(move || {
             let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
                 path: path.display().to_string(),
                 source: e,
@@ -354,7 +354,7 @@ impl ProxyState {
                 tracing::warn!("{warning}");
             }
             let mut needs_restart = Config::changed_sections(&started_text, &text);
-            needs_restart.retain(|s| s != "plugins");
+            needs_restart.retain(|s| s != "plugins" && s != "trace");
             // Databases removed (or brought back as they were) apply now; others at restart.
             if Config::databases_only_removed(&started_text, &text) {
                 needs_restart.retain(|s| s != "databases");
@@ -370,16 +370,24 @@ impl ProxyState {
             for route in state.databases.values() {
                 route.settings.routing.functions.invalidate();
             }
-            Ok(Reloaded {
+            let reloaded = Reloaded {
                 plugins,
                 hba,
                 removed,
                 restored,
                 needs_restart,
-            })
+            };
+            Ok((reloaded, config.trace))
         })
         .await
-        .unwrap_or_else(|e| Err(ReloadError::Panicked(e.to_string())))
+        .unwrap_or_else(|e| Err(ReloadError::Panicked(e.to_string())))?;
+        let (reloaded, trace) = reloaded;
+        // A changed `[trace]` starts, moves or stops recording; an unchanged one leaves
+        // what `TRACE ON` / `TRACE OFF` did.
+        if let Err(e) = self.policies.trace().configure(&trace).await {
+            tracing::warn!(error = %e, "[trace] not applied");
+        }
+        Ok(reloaded)
     }
 
     /// `[proxy]` in force (see `live_proxy`).

@@ -1779,6 +1779,49 @@ impl ProxyConfig {
     }
 }
 
+/// A Patroni cluster whose nodes run the shipped callback (`examples/patroni`) against `n`
+/// independent proxies, every one listed in the callbacks (unless `callbacks` is false),
+/// and those proxies: probing every 100 ms, holding up to 40 s, admin `admin/admin`, each
+/// configuration passed through `configure` last.
+pub fn cluster_behind_proxies(
+    synchronous: bool,
+    callbacks: bool,
+    n: usize,
+    configure: impl Fn(ProxyConfig) -> Result<ProxyConfig>,
+) -> Result<(PatroniCluster, Vec<crate::Proxy>)> {
+    let ports = (0..n).map(|_| ports::free_port()).collect::<Result<Vec<_>>>()?;
+    let script = env::workspace_dir().join("examples/patroni/switchyard-callback");
+    let proxies: String = ports.iter().map(|p| format!(" --proxy 127.0.0.1:{p}")).collect();
+    let callback = format!(
+        "{}{proxies} --node 127.0.0.1:{{pg_port}} --user admin --password admin --budget 20",
+        script.display()
+    );
+    let opts = PatroniOptions::default().synchronous(synchronous);
+    let opts = if callbacks {
+        opts.before_stop(&format!("{callback} before-stop"))
+            .on_role_change(&callback)
+    } else {
+        opts
+    };
+    let cluster = PatroniCluster::start_with(opts)?;
+    let proxies = ports
+        .iter()
+        .map(|port| {
+            let mut cfg = ProxyConfig::for_patroni(&cluster)?
+                .with_admin()
+                .set("clusters.main.probe_user", "app")
+                .set("clusters.main.probe_database", "app")
+                .set("clusters.main.probe_interval", "100ms")
+                // Longer than Patroni's ttl (20 s): after a crash, transactions wait for the election.
+                .set("clusters.main.hold_timeout", "40s");
+            // The callbacks, configured before the cluster started, name this port.
+            cfg.proxy.listen = format!("127.0.0.1:{port}");
+            crate::Proxy::start(configure(cfg)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((cluster, proxies))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{ensure, Result};
 use switchyard_tests::admin::{admin_rows, wait_for_primary};
 use switchyard_tests::load::{Load, LoadOptions, LoadReport, PsycopgLoad};
-use switchyard_tests::patroni::{PatroniCluster, PatroniOptions};
+use switchyard_tests::patroni::{cluster_behind_proxies, PatroniCluster};
 use switchyard_tests::tolerance::Allowance;
-use switchyard_tests::{env, ports, shipped, skip_if_direct, Endpoint, Proxy, ProxyConfig};
+use switchyard_tests::{shipped, skip_if_direct, Endpoint, Proxy};
 use tokio::task::block_in_place;
 
 const CLIENTS: usize = 4;
@@ -37,49 +37,10 @@ impl std::fmt::Display for Reports {
 /// A Patroni cluster whose nodes run the shipped callback against a proxy (unless
 /// `callbacks` is false), and that proxy (probing every 100 ms, holding up to 40 s).
 fn cluster_behind_proxy(synchronous: bool, callbacks: bool) -> Result<(PatroniCluster, Proxy, Endpoint)> {
-    let (cluster, mut proxies) = cluster_behind_proxies(synchronous, callbacks, 1)?;
+    let (cluster, mut proxies) = cluster_behind_proxies(synchronous, callbacks, 1, Ok)?;
     let proxy = proxies.remove(0);
     let endpoint = Endpoint::new(&proxy.host(), proxy.port());
     Ok((cluster, proxy, endpoint))
-}
-
-/// The same with `n` independent proxies, every one listed in the callbacks.
-fn cluster_behind_proxies(
-    synchronous: bool,
-    callbacks: bool,
-    n: usize,
-) -> Result<(PatroniCluster, Vec<Proxy>)> {
-    let ports = (0..n).map(|_| ports::free_port()).collect::<Result<Vec<_>>>()?;
-    let script = env::workspace_dir().join("examples/patroni/switchyard-callback");
-    let proxies: String = ports.iter().map(|p| format!(" --proxy 127.0.0.1:{p}")).collect();
-    let callback = format!(
-        "{}{proxies} --node 127.0.0.1:{{pg_port}} --user admin --password admin --budget 20",
-        script.display()
-    );
-    let opts = PatroniOptions::default().synchronous(synchronous);
-    let opts = if callbacks {
-        opts.before_stop(&format!("{callback} before-stop"))
-            .on_role_change(&callback)
-    } else {
-        opts
-    };
-    let cluster = PatroniCluster::start_with(opts)?;
-    let proxies = ports
-        .iter()
-        .map(|port| {
-            let mut cfg = ProxyConfig::for_patroni(&cluster)?
-                .with_admin()
-                .set("clusters.main.probe_user", "app")
-                .set("clusters.main.probe_database", "app")
-                .set("clusters.main.probe_interval", "100ms")
-                // Longer than Patroni's ttl (20 s): after a crash, transactions wait for the election.
-                .set("clusters.main.hold_timeout", "40s");
-            // The callbacks, configured before the cluster started, name this port.
-            cfg.proxy.listen = format!("127.0.0.1:{port}");
-            Proxy::start(cfg)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((cluster, proxies))
 }
 
 fn addr(e: &Endpoint) -> String {
@@ -175,7 +136,7 @@ async fn a_synchronous_mode_switchover_with_the_callbacks_gives_no_client_error(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_both_follow_a_switchover_without_client_errors() -> Result<()> {
     skip_if_direct!();
-    let (cluster, proxies) = block_in_place(|| cluster_behind_proxies(false, true, 2))?;
+    let (cluster, proxies) = block_in_place(|| cluster_behind_proxies(false, true, 2, Ok))?;
     let (old, new) = (cluster.nodes()[0].endpoint(), cluster.nodes()[1].endpoint());
     let endpoints: Vec<Endpoint> = proxies
         .iter()

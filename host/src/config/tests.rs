@@ -594,3 +594,27 @@ fn unix_socket_settings_are_checked() {
         );
     }
 }
+
+#[test]
+fn trace_is_off_by_default_and_its_bound_is_checked() {
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(c.trace, TraceSettings::default());
+    assert!(c.trace.path.is_none());
+    let with = |body: &str| format!("{GOOD}\n[trace]\n{body}\n");
+    let c = Config::parse(&with("path = \"/tmp/t.jsonl\"\nmax_bytes = 1048576"), "t.toml").unwrap();
+    assert_eq!(
+        c.trace.path.as_deref(),
+        Some(std::path::Path::new("/tmp/t.jsonl"))
+    );
+    assert_eq!(c.trace.max_bytes, 1 << 20);
+    let e = err(&with("path = \"/tmp/t.jsonl\"\nmax_bytes = 100"));
+    let line = GOOD.lines().count() + 4;
+    assert!(
+        e.contains("trace.max_bytes") && e.contains(&format!("t.toml:{line}")) && e.contains("at least"),
+        "{e}"
+    );
+    let e = err(&with("path = \"\""));
+    assert!(e.contains("trace.path") && e.contains("empty"), "{e}");
+    let e = err(&with("file = \"x\""));
+    assert!(e.contains("file"), "{e}");
+}

@@ -33,6 +33,33 @@ pub struct Config {
     /// `[plugins.NAME]`: WebAssembly policy plugins.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// `[trace]`: recording of hook inputs and decisions (off unless `path` is set).
+    #[serde(default)]
+    pub trace: TraceSettings,
+}
+
+/// `[trace]`: where every hook call's input and decision is recorded, one JSON line
+/// each, for `switchyard replay` (reloadable; admin `TRACE ON` / `TRACE OFF` too).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceSettings {
+    /// The trace file (appended to); recording is off when absent.
+    pub path: Option<PathBuf>,
+    /// When the file reaches this size it is renamed to `PATH.1` (replacing an older
+    /// one) and a new file is started: the trace takes at most twice this on disk.
+    pub max_bytes: u64,
+}
+
+/// Smallest `[trace] max_bytes`: room for a few hundred records.
+pub const MIN_TRACE_BYTES: u64 = 64 * 1024;
+
+impl Default for TraceSettings {
+    fn default() -> TraceSettings {
+        TraceSettings {
+            path: None,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// Hook kinds a plugin can serve.
@@ -451,7 +478,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// When a server connection goes back to the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// The client keeps its server until it disconnects.
@@ -680,7 +707,7 @@ pub struct DatabaseConfig {
 }
 
 /// `read_routing`: where reads may go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadRouting {
     /// Everything runs on the primary.

@@ -51,7 +51,8 @@ pub(super) fn validate(config: &Config, text: &str) -> Result<(), Violation> {
     check.clusters_and_databases()?;
     check.users()?;
     check.plugins()?;
-    check.plugin_overlaps()
+    check.plugin_overlaps()?;
+    check.trace()
 }
 
 /// The configuration under check and its source text, for locating each violation.
@@ -97,6 +98,26 @@ impl Check<'_> {
             known.join(", ")
         };
         format!("unknown cluster {name:?}; defined clusters: {known}")
+    }
+
+    /// `[trace]`.
+    fn trace(&self) -> Result<(), Violation> {
+        let trace = &self.config.trace;
+        if trace.max_bytes < super::types::MIN_TRACE_BYTES {
+            return Err(self.key(
+                "trace",
+                "max_bytes",
+                format!("must be at least {} (64 KiB)", super::types::MIN_TRACE_BYTES),
+            ));
+        }
+        if trace.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(self.key(
+                "trace",
+                "path",
+                "must not be empty (leave it out to record nothing)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// `[pool]` and `[proxy]`.

@@ -96,7 +96,7 @@ impl From<&ProbeInput<'_>> for health::ProbeSample {
                 .latency
                 .map_or(0, |l| u32::try_from(l.as_micros()).unwrap_or(u32::MAX)),
             consecutive_failures: s.consecutive_failures,
-            error: input.error.map(str::to_string),
+            error: input.error.as_deref().map(str::to_string),
         }
     }
 }

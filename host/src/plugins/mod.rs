@@ -209,6 +209,29 @@ impl PoolModeHook for Plugin {
     }
 }
 
+/// Loads the component at `path` on its own, outside any configuration, as `switchyard
+/// replay` and `test-plugin` do: the runtime rules of the proxy (fuel and epoch deadline,
+/// memory cap, no network or files), `settings` passed to its `init`, every hook it
+/// exports callable.
+pub fn load_candidate(path: &std::path::Path, settings: &[(String, String)]) -> Result<Plugin, PluginError> {
+    let name = path
+        .file_stem()
+        .map_or_else(|| "candidate".to_string(), |s| s.to_string_lossy().into_owned());
+    let mut table = toml::Table::new();
+    table.insert("path".into(), path.display().to_string().into());
+    table.insert("hooks".into(), toml::Value::Array(Vec::new()));
+    let values = settings
+        .iter()
+        .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+        .collect();
+    table.insert("settings".into(), toml::Value::Table(values));
+    let config: PluginConfig = toml::from_str(&table.to_string())
+        .map_err(|e| PluginError::Engine(format!("candidate settings: {e}")))?;
+    let loader = Loader::new(None)?;
+    let file = ComponentFile::read(&name, &config)?;
+    loader.load(&name, &config, file, Arc::new(PluginCounters::default()))
+}
+
 /// A component file as read from disk, with its SHA-256 (hex): read once per load or
 /// reload, whether or not it turns out to have changed.
 struct ComponentFile {

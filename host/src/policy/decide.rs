@@ -12,7 +12,9 @@
 //! - the safety clamps, whatever a hook answers: a server holding the client's state stays
 //!   with it, only what provably did not take effect is retried ([`retry::allowed`]), work
 //!   not classified as fit for a replica runs on the primary ([`router::clamp`]), and
-//!   traffic moves only to the primary the probes confirm.
+//!   traffic moves only to the primary the probes confirm;
+//! - the policy trace ([`Tracer`]): when on, each call's inputs and the hook's answer
+//!   (before the clamps) are recorded; when off, that costs one relaxed atomic load.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +33,7 @@ use super::router::{self, Route, RouteRequest};
 use super::session::SessionFacts;
 use super::switchover::{self, Action, NodeInfo, TopologyEvent};
 use super::topology::{self, ProbeInput, Verdict};
+use super::trace::{By, Call, Tracer};
 use crate::config::{HookKind, PoolMode};
 
 /// What a hook's decisions are about: a database (session hooks) or a cluster.
@@ -63,6 +66,15 @@ impl<H: ?Sized + Decider> Slot<H> {
 
     fn builtin(&self) -> bool {
         matches!(self.scope, Scope::Everywhere)
+    }
+
+    /// Who gave `answer` (from [`Slot::ask`]), and the plugin's name if one serves here.
+    fn by<T>(&self, answer: &Result<T, T>) -> (By, Option<&str>) {
+        match answer {
+            _ if self.builtin() => (By::BuiltIn, None),
+            Ok(_) => (By::Plugin, Some(self.hook.name())),
+            Err(_) => (By::Fallback, Some(self.hook.name())),
+        }
     }
 
     /// The hook's answer, or `fallback`'s when the call fails (`Err` carries it). A
@@ -248,6 +260,7 @@ pub struct Policies {
     /// `current`'s generation, stored after it: what a session's refresh compares first,
     /// one atomic load where loading `current` costs about 75 instructions per transaction.
     generation: AtomicU64,
+    trace: Tracer,
 }
 
 impl Default for Policies {
@@ -256,11 +269,17 @@ impl Default for Policies {
         Policies {
             current: ArcSwap::from_pointee(Assignment::new(0)),
             generation: AtomicU64::new(0),
+            trace: Tracer::default(),
         }
     }
 }
 
 impl Policies {
+    /// The policy trace: what `[trace]`, `TRACE ON` and the writer task act on.
+    pub fn trace(&self) -> &Tracer {
+        &self.trace
+    }
+
     /// Makes `assignment` the one every later decision uses (a session's at its next
     /// transaction).
     pub fn install(&self, assignment: Assignment) {
@@ -294,17 +313,25 @@ impl Policies {
             self.refresh(session, about);
         }
         // The built-in answers directly: no plugin, no indirect call on the hot path.
-        let action = if session.pool_mode.builtin() {
-            pool_mode::decide(mode, facts)
+        let answer = if session.pool_mode.builtin() {
+            Ok(pool_mode::decide(mode, facts))
         } else {
-            session
-                .pool_mode
-                .ask(
-                    |hook| hook.on_ready(about, mode, facts),
-                    || pool_mode::decide(mode, facts),
-                )
-                .unwrap_or_else(|fallback| fallback)
+            session.pool_mode.ask(
+                |hook| hook.on_ready(about, mode, facts),
+                || pool_mode::decide(mode, facts),
+            )
         };
+        if self.trace.on() {
+            let (by, plugin) = session.pool_mode.by(&answer);
+            let call = Call::PoolMode {
+                session: about.snapshot(),
+                mode,
+                facts,
+                decision: answer.clone().unwrap_or_else(|fallback| fallback),
+            };
+            self.trace.record(call, by, plugin);
+        }
+        let action = answer.unwrap_or_else(|fallback| fallback);
         if action == ReadyAction::Release
             && (facts.holds_server_state || facts.status != TransactionStatus::Idle)
         {
@@ -317,13 +344,24 @@ impl Policies {
     /// the built-in answers with the pool's `pipeline` setting; a plugin that fails is
     /// taken as no.
     pub fn may_pipeline(&self, session: &SessionPolicies, about: &mut SessionFacts, setting: bool) -> bool {
-        if session.pool_mode.builtin() {
-            return setting;
+        let answer = if session.pool_mode.builtin() {
+            Ok(setting)
+        } else {
+            session
+                .pool_mode
+                .ask(|hook| hook.may_pipeline(about, setting), || false)
+        };
+        if self.trace.on() {
+            let (by, plugin) = session.pool_mode.by(&answer);
+            let decision = answer.unwrap_or_else(|fallback| fallback);
+            let call = Call::MayPipeline {
+                session: about.snapshot(),
+                setting,
+                decision,
+            };
+            self.trace.record(call, by, plugin);
         }
-        session
-            .pool_mode
-            .ask(|hook| hook.may_pipeline(about, setting), || false)
-            .unwrap_or_else(|fallback| fallback)
+        answer.unwrap_or_else(|fallback| fallback)
     }
 
     /// What to do with a request its server failed (`budget`: the longest it may take in
@@ -336,12 +374,22 @@ impl Policies {
         budget: Duration,
     ) -> RetryDecision {
         let slot = self.current.load().retry(session.database()).clone();
-        let decision = slot
-            .ask(
-                |hook| hook.on_error(session, status, failed, budget),
-                || retry::decide(failed, budget),
-            )
-            .unwrap_or_else(|fallback| fallback);
+        let answer = slot.ask(
+            |hook| hook.on_error(session, status, failed, budget),
+            || retry::decide(failed, budget),
+        );
+        if self.trace.on() {
+            let (by, plugin) = slot.by(&answer);
+            let call = Call::Retry {
+                session: session.snapshot(),
+                status,
+                failed: failed.clone(),
+                budget,
+                decision: answer.unwrap_or_else(|fallback| fallback),
+            };
+            self.trace.record(call, by, plugin);
+        }
+        let decision = answer.unwrap_or_else(|fallback| fallback);
         if retry::allowed(failed) {
             decision
         } else {
@@ -374,25 +422,49 @@ impl Policies {
         nodes: impl FnOnce() -> Vec<NodeInfo>,
     ) -> Route {
         self.refresh(session, about);
-        if session.router.builtin() {
+        let tracing = self.trace.on();
+        if session.router.builtin() && !tracing {
             return router::route(request);
         }
         let nodes = nodes();
-        let route = session
-            .router
-            .ask(
+        let answer = if session.router.builtin() {
+            Ok(router::route(request))
+        } else {
+            session.router.ask(
                 |hook| hook.route(about, request, &nodes),
                 || router::route(request),
             )
-            .unwrap_or_else(|fallback| fallback);
-        router::clamp(request, route)
+        };
+        if tracing {
+            let (by, plugin) = session.router.by(&answer);
+            let call = Call::Router {
+                session: about.snapshot(),
+                request: *request,
+                nodes,
+                decision: answer.clone().unwrap_or_else(|fallback| fallback),
+            };
+            self.trace.record(call, by, plugin);
+        }
+        router::clamp(request, answer.unwrap_or_else(|fallback| fallback))
     }
 
     /// The verdict on one probe of a node of `cluster`.
     pub fn judge(&self, cluster: &str, input: &ProbeInput<'_>) -> Verdict {
         let slot = self.current.load().health(cluster).clone();
-        slot.ask(|hook| hook.evaluate(input), || topology::evaluate(&input.sample))
-            .unwrap_or_else(|fallback| fallback)
+        let answer = slot.ask(|hook| hook.evaluate(input), || topology::evaluate(&input.sample));
+        if self.trace.on() {
+            let (by, plugin) = slot.by(&answer);
+            let call = Call::Health {
+                cluster: cluster.to_string(),
+                input: ProbeInput {
+                    error: input.error.as_deref().map(|e| e.to_string().into()),
+                    ..input.clone()
+                },
+                decision: answer.unwrap_or_else(|fallback| fallback),
+            };
+            self.trace.record(call, by, plugin);
+        }
+        answer.unwrap_or_else(|fallback| fallback)
     }
 
     /// The actions for `event` in `cluster`, whose nodes are `nodes` and whose primary as
@@ -411,6 +483,17 @@ impl Policies {
             |hook| hook.on_event(event, nodes, hold_timeout),
             || switchover::on_event(event, nodes, hold_timeout),
         );
+        if self.trace.on() {
+            let (by, plugin) = slot.by(&answer);
+            let call = Call::Switchover {
+                cluster: cluster.to_string(),
+                event,
+                nodes: nodes.to_vec(),
+                hold_timeout,
+                decision: answer.clone().unwrap_or_else(|fallback| fallback),
+            };
+            self.trace.record(call, by, plugin);
+        }
         let (mut actions, by) = match answer {
             Ok(actions) if slot.builtin() => (actions, "built-in".to_string()),
             Ok(actions) => (actions, format!("plugin {}", slot.hook.name())),

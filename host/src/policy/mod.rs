@@ -13,6 +13,7 @@ pub mod router;
 pub mod session;
 pub mod switchover;
 pub mod topology;
+pub mod trace;
 
 pub use self::decide::{Assignment, Policies, SessionPolicies, SwitchoverDecision};
 pub use self::hooks::HookError;

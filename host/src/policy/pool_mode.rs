@@ -1,11 +1,13 @@
 //! When a session's server goes back to the pool, by the configured pool mode.
 
+use serde::{Deserialize, Serialize};
 use switchyard_protocol::TransactionStatus;
 
 use crate::config::PoolMode;
 
 /// What happens at a ReadyForQuery boundary (the host-side twin of the WIT `ready-action`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ReadyAction {
     Release,
     Keep,
@@ -14,8 +16,9 @@ pub enum ReadyAction {
 }
 
 /// Facts about a session at a ReadyForQuery boundary.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ReadyFacts {
+    #[serde(with = "super::trace::tx_status")]
     pub status: TransactionStatus,
     /// Statements run in the current transaction block (1 for autocommit statements).
     pub statements: u32,

@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use switchyard_protocol::sqlstate;
 
 /// Where in its life a request failed (the host-side twin of the WIT `error-phase`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// No server was reached (connect, authentication, 57P03, no primary).
     Connect,
@@ -20,7 +23,8 @@ pub enum Phase {
 }
 
 /// What the proxy can prove about a failed request's effect (the twin of the WIT `fate`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Fate {
     /// Nothing reached a server.
     NotSent,
@@ -33,7 +37,7 @@ pub enum Fate {
 }
 
 /// A request that failed because of its server, as the retry policy sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailedRequest {
     /// The SQLSTATE the server sent, or the one the client would get (08006 for a lost
     /// connection).
@@ -46,18 +50,20 @@ pub struct FailedRequest {
     /// Attempts so far (1 on the first failure).
     pub attempt: u32,
     /// Since the request's first failure (zero at the first).
+    #[serde(with = "humantime_serde")]
     pub elapsed: Duration,
 }
 
 /// What to do with a failed request (the twin of the WIT `retry-decision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RetryDecision {
     /// Send the client the error.
     Surface,
     /// Run the request again after this delay, on a server of the current primary.
-    RetryAfter(Duration),
+    RetryAfter(#[serde(with = "humantime_serde")] Duration),
     /// Wait up to this long for the topology to change (a new primary), then ask again.
-    Hold(Duration),
+    Hold(#[serde(with = "humantime_serde")] Duration),
 }
 
 /// Attempts the built-in policy makes before it gives up.

@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::ReadRouting;
 use crate::sql::route::Kind;
 
 /// Where a transaction runs (the twin of the WIT `route-decision`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Route {
     /// The confirmed primary (the pool holds the transaction while there is none).
     Primary,
@@ -20,13 +23,13 @@ pub enum Route {
     AnyReplica,
     /// Ask again after this long (e.g. until a replica replays the session's last commit),
     /// within the session's hold budget.
-    Wait(Duration),
+    Wait(#[serde(with = "humantime_serde")] Duration),
     /// Refuse the work with this SQLSTATE and message.
     Reject { sqlstate: String, message: String },
 }
 
 /// The work a router decides about.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct RouteRequest {
     pub kind: Kind,
     /// Every rule of the host's classification lets a replica run it: a read-only

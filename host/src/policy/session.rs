@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use switchyard_protocol::TransactionStatus;
 
 use super::pool_mode::{ReadyAction, ReadyFacts};
 
 /// Who the session is, as `host.current-session` tells a plugin (the twin of the WIT
 /// `session-details`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionDetails {
     pub user: String,
     pub database: String,
@@ -18,7 +19,9 @@ pub struct SessionDetails {
     /// `ip:port`, or `unix` for a client on the Unix-domain socket.
     pub client_addr: String,
     /// The name the client logged in with, which a RESET goes back to (not told to
-    /// plugins; kept here, on the heap, so that a session stays the size it was).
+    /// plugins, nor recorded; kept here, on the heap, so that a session stays the size it
+    /// was).
+    #[serde(skip)]
     login_application_name: String,
 }
 
@@ -63,13 +66,34 @@ impl ReuseCache {
     }
 }
 
-/// What session hooks learn about a session.
+/// What session hooks learn about a session (a trace records it, less the reuse cache).
+#[derive(Serialize, Deserialize)]
 pub struct SessionFacts {
     id: u32,
     read_only: bool,
+    #[serde(with = "shared")]
     details: Arc<SessionDetails>,
     /// For the pool-mode hook's reusable decisions.
+    #[serde(skip)]
     pub reuse: ReuseCache,
+}
+
+/// The shared details as a plain record (serde's `rc` feature would rebuild every crate
+/// that uses serde for this one field).
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::SessionDetails;
+
+    pub fn serialize<S: Serializer>(details: &Arc<SessionDetails>, s: S) -> Result<S::Ok, S::Error> {
+        details.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<SessionDetails>, D::Error> {
+        SessionDetails::deserialize(d).map(Arc::new)
+    }
 }
 
 impl SessionFacts {
@@ -91,6 +115,17 @@ impl SessionFacts {
                 client_addr,
                 login_application_name: application_name.to_string(),
             }),
+            reuse: ReuseCache::default(),
+        }
+    }
+
+    /// What a trace records of the session: the same facts (the details shared, not
+    /// copied), without the reuse cache.
+    pub fn snapshot(&self) -> SessionFacts {
+        SessionFacts {
+            id: self.id,
+            read_only: self.read_only,
+            details: self.details.clone(),
             reuse: ReuseCache::default(),
         }
     }

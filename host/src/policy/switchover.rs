@@ -7,11 +7,14 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::topology::Role;
 
 /// Something the topology learned about a cluster (the twin of the WIT `topology-event`).
 /// Nodes are indices into the cluster's `nodes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TopologyEvent {
     /// An operator or HA manager announced a planned stop of this node (admin `PAUSE NODE`,
     /// the proxy's own `SWITCHOVER`).
@@ -55,14 +58,17 @@ impl TopologyEvent {
 
 /// How long new transactions wait, and how long running ones may take to finish (the twin
 /// of the WIT `hold-plan`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldPlan {
+    #[serde(with = "humantime_serde")]
     pub hold: Duration,
+    #[serde(with = "humantime_serde")]
     pub drain: Duration,
 }
 
 /// What the host does about an event (the twin of the WIT `action`), applied in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Start (or extend) holding new transactions of the cluster's databases.
     Hold(HoldPlan),
@@ -77,7 +83,7 @@ pub enum Action {
 }
 
 /// One node as a switchover policy sees it (the twin of the WIT `node-info`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub role: Role,
     pub reachable: bool,

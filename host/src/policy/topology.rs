@@ -2,8 +2,13 @@
 //! primary. Pure functions of the samples, like the `health` and `switchover` plugins that
 //! can replace them.
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
 /// A node's role as the probes show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     Primary,
     Replica,
@@ -22,7 +27,7 @@ impl Role {
 }
 
 /// One probe of one node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeSample {
     /// The probe connected and answered.
     pub reachable: bool,
@@ -36,7 +41,7 @@ pub struct ProbeSample {
 
 /// What a health policy judges: one probe of one node, with what the host knows around it
 /// (the twin of the WIT `probe-sample`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeInput<'a> {
     /// Index of the node in its cluster's `nodes`.
     pub node: usize,
@@ -44,13 +49,14 @@ pub struct ProbeInput<'a> {
     /// The primary's last known WAL position (0 when none), to judge a replica's lag.
     pub primary_lsn: u64,
     /// Round trip of the probe (none when it failed).
+    #[serde(with = "humantime_serde")]
     pub latency: Option<std::time::Duration>,
     /// Why the probe failed.
-    pub error: Option<&'a str>,
+    pub error: Option<Cow<'a, str>>,
 }
 
 /// What a node is good for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub role: Role,
     pub usable_for_reads: bool,

@@ -89,7 +89,8 @@ impl<S: BuildHasher> Functions for HashMap<String, Volatility, S> {
 }
 
 /// The WIT `query-kind` of a text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Read,
     Write,

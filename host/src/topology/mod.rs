@@ -326,7 +326,7 @@ impl Cluster {
                 sample,
                 primary_lsn,
                 latency: probe_time,
-                error: error.as_deref(),
+                error: error.as_deref().map(std::borrow::Cow::Borrowed),
             },
         );
         let _one_writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
