@@ -13,7 +13,15 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use switchyard_tests::{http, ports, skip_if_direct, sqlstate, PgResultExt, TestBed};
+use switchyard_tests::{http, ports, skip_if_direct, sqlstate, PgResultExt, ProxyConfig, TestBed};
+
+/// A test bed whose proxy also serves metrics on a free loopback port (`configure` sets
+/// the rest), and that port's address.
+fn bed_with_metrics(configure: impl FnOnce(ProxyConfig) -> ProxyConfig) -> Result<(TestBed, String)> {
+    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
+    let bed = TestBed::start_with(|cfg| configure(cfg.set("proxy.metrics_listen", metrics.as_str())))?;
+    Ok((bed, metrics))
+}
 
 /// Status line, headers (lower-case names) and body of one HTTP/1.0 exchange.
 fn fetch(addr: &str, request: &str) -> Result<(String, HashMap<String, String>, String)> {
@@ -124,12 +132,7 @@ fn value(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> Result<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_shows_the_traffic_and_parses() -> Result<()> {
     skip_if_direct!();
-    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
-    let bed = TestBed::start_with(|cfg| {
-        cfg.pool_size(4)
-            .set("proxy.metrics_listen", metrics.as_str())
-            .set("clusters.main.probe_user", "app")
-    })?;
+    let (bed, metrics) = bed_with_metrics(|cfg| cfg.pool_size(4).set("clusters.main.probe_user", "app"))?;
     let endpoint = bed.endpoint();
     let first = endpoint.connect_app().await?;
     let second = endpoint.connect_app().await?;
@@ -235,8 +238,7 @@ async fn a_scrape_shows_the_traffic_and_parses() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_neither_blocks_a_scrape_nor_stays_open() -> Result<()> {
     skip_if_direct!();
-    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
-    let _bed = TestBed::start_with(|cfg| cfg.set("proxy.metrics_listen", metrics.as_str()))?;
+    let (_bed, metrics) = bed_with_metrics(|cfg| cfg)?;
     let addr = metrics.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let mut silent = TcpStream::connect(&addr)?;
@@ -326,8 +328,7 @@ async fn scrape_from(source: &str, addr: &str) -> Result<Option<String>> {
 async fn one_address_cannot_hold_the_metrics_endpoint() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     skip_if_direct!();
-    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
-    let bed = TestBed::start_with(|cfg| cfg.set("proxy.metrics_listen", metrics.as_str()))?;
+    let (bed, metrics) = bed_with_metrics(|cfg| cfg)?;
     let mut idle = Vec::new();
     for _ in 0..PER_ADDRESS {
         idle.push(connect_from("127.0.0.1", &metrics).await?);
@@ -461,12 +462,7 @@ async fn samples(metrics: &str) -> Result<Vec<Sample>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_stats_counts_exactly_what_clients_ran() -> Result<()> {
     skip_if_direct!();
-    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
-    let bed = TestBed::start_with(|cfg| {
-        cfg.pool_size(4)
-            .with_admin()
-            .set("proxy.metrics_listen", metrics.as_str())
-    })?;
+    let (bed, metrics) = bed_with_metrics(|cfg| cfg.pool_size(4).with_admin())?;
     let endpoint = bed.endpoint();
     let client = endpoint.connect_app().await?;
     let before = show_stats(&endpoint, "app").await?;
@@ -568,12 +564,7 @@ async fn show_stats_counts_exactly_what_clients_ran() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p99_of_a_slow_workload_is_at_least_its_sleep() -> Result<()> {
     skip_if_direct!();
-    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
-    let bed = TestBed::start_with(|cfg| {
-        cfg.pool_size(4)
-            .with_admin()
-            .set("proxy.metrics_listen", metrics.as_str())
-    })?;
+    let (bed, metrics) = bed_with_metrics(|cfg| cfg.pool_size(4).with_admin())?;
     let endpoint = bed.endpoint();
     let clients = [endpoint.connect_app().await?, endpoint.connect_app().await?];
     let runs = clients.iter().map(|c| async move {
@@ -621,12 +612,7 @@ async fn p99_of_a_slow_workload_is_at_least_its_sleep() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_for_the_only_server_is_counted() -> Result<()> {
     skip_if_direct!();
-    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
-    let bed = TestBed::start_with(|cfg| {
-        cfg.pool_size(1)
-            .with_admin()
-            .set("proxy.metrics_listen", metrics.as_str())
-    })?;
+    let (bed, metrics) = bed_with_metrics(|cfg| cfg.pool_size(1).with_admin())?;
     let endpoint = bed.endpoint();
     let (holder, waiter) = (endpoint.connect_app().await?, endpoint.connect_app().await?);
     let before = show_stats(&endpoint, "app").await?;
@@ -800,12 +786,7 @@ async fn the_grafana_dashboard_reads_only_metrics_a_scrape_has() -> Result<()> {
         ensure!(used.iter().any(|(n, _)| *n == bucket), "no panel reads {bucket}");
     }
 
-    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
-    let bed = TestBed::start_with(|cfg| {
-        cfg.pool_size(4)
-            .set("proxy.metrics_listen", metrics.as_str())
-            .set("clusters.main.probe_user", "app")
-    })?;
+    let (bed, metrics) = bed_with_metrics(|cfg| cfg.pool_size(4).set("clusters.main.probe_user", "app"))?;
     let client = bed.endpoint().connect_app().await?;
     client
         .batch_execute("BEGIN; SELECT 1; COMMIT")
