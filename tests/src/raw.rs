@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
@@ -510,6 +510,21 @@ impl RawConn {
                 other.iter().map(Msg::describe).collect::<Vec<_>>()
             ),
         }
+    }
+
+    /// Commits the open transaction, which must succeed (no error, the tag `COMMIT`), then
+    /// expects the proxy to close the connection with one ErrorResponse `code` within
+    /// `limit` ([`RawConn::expect_closed_with`]): a client let finish its transaction by
+    /// a shutdown, then told.
+    pub async fn commit_then_closed_with(&mut self, code: &str, limit: Duration, who: &str) -> Result<()> {
+        let commit = self.simple_query("COMMIT").await?;
+        ensure!(
+            commit.errors.is_empty() && commit.tags == ["COMMIT"],
+            "{who}: COMMIT answered {commit:?}"
+        );
+        let told = self.expect_closed_with(code, limit, who).await?;
+        println!("{who}, after its COMMIT: {}", told.describe());
+        Ok(())
     }
 
     /// Run a simple query and collect the results.

@@ -389,21 +389,6 @@ async fn set_changes_a_reloadable_setting_and_refuses_bad_ones() -> Result<()> {
     Ok(())
 }
 
-/// Commits `conn`'s open transaction, which must succeed, then expects the proxy to close
-/// the connection with `FATAL 57P01` within 5 s.
-async fn commit_then_told(conn: &mut RawConn, who: &str) -> Result<()> {
-    let commit = conn.simple_query("COMMIT").await?;
-    ensure!(
-        commit.errors.is_empty() && commit.tags == ["COMMIT"],
-        "{who}: COMMIT answered {commit:?}"
-    );
-    let told = conn
-        .expect_closed_with("57P01", Duration::from_secs(5), who)
-        .await?;
-    println!("{who}, after its COMMIT: {}", told.describe());
-    Ok(())
-}
-
 /// `SHUTDOWN` through psql (answered `SHUTDOWN`) while a client is inside a transaction
 /// that inserted a row: an idle client gets `FATAL 57P01` at once, the transaction goes on
 /// (a second row, `COMMIT` succeeds) and its client then gets `FATAL 57P01`; the proxy
@@ -452,7 +437,9 @@ async fn shutdown_lets_a_running_transaction_finish(
         .await?;
     let second = writer.simple_query("INSERT INTO shutdown_t VALUES (2)").await?;
     ensure!(second.errors.is_empty(), "INSERT after SHUTDOWN: {second:?}");
-    commit_then_told(&mut writer, "the writer").await?;
+    writer
+        .commit_then_closed_with("57P01", Duration::from_secs(5), "the writer")
+        .await?;
     let committed = Instant::now();
     let status = bed
         .proxy()

@@ -420,24 +420,6 @@ async fn stored_values(bed: &TestBed) -> Result<Vec<i32>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Runs `COMMIT` on `conn`, which must succeed, then expects the proxy to close the
-/// connection with `FATAL 57P01` (the proxy is shutting down).
-async fn commit_then_told(conn: &mut RawConn, who: &str) -> Result<()> {
-    let commit = run(conn, "COMMIT").await?;
-    ensure!(
-        commit
-            .iter()
-            .any(|m| m.command_tag().as_deref() == Some("COMMIT")),
-        "{who}: COMMIT answered {}",
-        tags(&commit)
-    );
-    let told = conn
-        .expect_closed_with("57P01", Duration::from_secs(5), who)
-        .await?;
-    println!("{who}, after its COMMIT: {}", told.describe());
-    Ok(())
-}
-
 /// SIGTERM with `shutdown_timeout = 20s`, transaction pooling, while four clients are
 /// inside open transactions (one has inserted a row; one has only sent `BEGIN`; one has
 /// only sent `BEGIN` on a database with read routing, where the proxy answers the `BEGIN`
@@ -559,10 +541,18 @@ async fn sigterm_lets_open_transactions_finish(
     run(&mut second, "INSERT INTO sigterm_t VALUES (3)").await?;
     run(&mut routed, "INSERT INTO sigterm_t VALUES (4)").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    commit_then_told(&mut first, "the first client").await?;
-    commit_then_told(&mut routed, "the read-routed client").await?;
-    commit_then_told(&mut in_session, "the session-mode client").await?;
-    commit_then_told(&mut second, "the second client").await?;
+    first
+        .commit_then_closed_with("57P01", Duration::from_secs(5), "the first client")
+        .await?;
+    routed
+        .commit_then_closed_with("57P01", Duration::from_secs(5), "the read-routed client")
+        .await?;
+    in_session
+        .commit_then_closed_with("57P01", Duration::from_secs(5), "the session-mode client")
+        .await?;
+    second
+        .commit_then_closed_with("57P01", Duration::from_secs(5), "the second client")
+        .await?;
     let last_commit = Instant::now();
     let slept = tokio::time::timeout(Duration::from_secs(10), sleeping)
         .await
