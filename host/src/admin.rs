@@ -1026,6 +1026,16 @@ fn wall_clock(ms: u64) -> std::time::SystemTime {
     std::time::SystemTime::now() - std::time::Duration::from_millis(now_ms.saturating_sub(ms))
 }
 
+/// The `request_time` column: when the last request asked for a server (`request_ms`, see
+/// [`wall_clock`]), or the connection's start before any did.
+fn request_time(connected_at: std::time::SystemTime, request_ms: u64) -> String {
+    time_text(if request_ms == 0 {
+        connected_at
+    } else {
+        wall_clock(request_ms)
+    })
+}
+
 fn time_text(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -1108,11 +1118,7 @@ fn show_clients(state: &ProxyState) -> Table {
                 local_addr,
                 local_port,
                 time_text(c.connected_at),
-                time_text(if request_ms == 0 {
-                    c.connected_at
-                } else {
-                    wall_clock(request_ms)
-                }),
+                request_time(c.connected_at, request_ms),
                 (wait_ms / 1000).to_string(),
                 ((wait_ms % 1000) * 1000).to_string(),
                 u8::from(c.stop.closing()).to_string(),
@@ -1153,11 +1159,7 @@ fn show_servers(state: &ProxyState) -> Table {
                 local_addr,
                 local_port,
                 time_text(s.connected_at),
-                time_text(if request_ms == 0 {
-                    s.connected_at
-                } else {
-                    wall_clock(request_ms)
-                }),
+                request_time(s.connected_at, request_ms),
                 "0".into(),
                 "0".into(),
                 "0".into(),
