@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod auth_query;
 pub mod cancel;
+pub mod clock;
 pub mod config;
 pub mod incident;
 pub mod listener;

@@ -10,7 +10,7 @@
 //! mutex, per SQLSTATE.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Buckets of a histogram: bucket `i < BUCKETS - 1` holds the times in
@@ -25,16 +25,13 @@ pub const MAX_SQLSTATES: usize = 300;
 /// Where errors go once [`MAX_SQLSTATES`] codes are known.
 pub const OTHER_SQLSTATE: &str = "other";
 
-/// Where [`now_us`] counts from: the first time anyone asked.
-static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// The monotonic clock in microseconds, from 1 at the first reading: never 0, which the
+/// The monotonic clock in microseconds after the process's origin (`crate::clock`), from 1: never 0, which the
 /// session uses as "not running". (std's clock, through the C library's `clock_gettime`:
 /// a raw vDSO lookup, as rustix's, crashes where the vDSO is not mapped, e.g. under
 /// valgrind.)
 #[inline]
 pub fn now_us() -> u64 {
-    let d = Instant::now().saturating_duration_since(*ORIGIN);
+    let d = crate::clock::since_origin(Instant::now());
     d.as_secs() * 1_000_000 + u64::from(d.subsec_micros()) + 1
 }
 

@@ -125,13 +125,9 @@ pub fn settings_diff(desired: &Settings, applied: &Settings) -> Option<String> {
     (!sql.is_empty()).then_some(sql)
 }
 
-/// The process's reference point for times kept as integers (the pools' coarse clocks,
-/// `RECONNECT`, a server's creation): the first time anyone asked.
-static CLOCK_ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
-/// Nanoseconds from the clock origin to `t` (0 for earlier), saturating.
+/// Nanoseconds from the clock origin (`crate::clock`) to `t` (0 for earlier), saturating.
 pub fn nanos_since_origin(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(*CLOCK_ORIGIN).as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(crate::clock::since_origin(t).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// An authenticated server connection, idle between uses.
