@@ -273,15 +273,20 @@ impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
 }
 
 /// Waits (up to 10 s) until a backend of `dba`'s server runs exactly `sql` (state
-/// `active` in `pg_stat_activity`), and returns its pid: a test's DBA finding the
-/// statement to cancel or terminate.
+/// `active` in `pg_stat_activity`) and, when `sql` calls `pg_sleep`, is in that sleep
+/// (wait event `PgSleep`); returns its pid: a test's DBA finding the statement to cancel
+/// or terminate. The sleep matters: Postgres shows a statement as active from the moment
+/// it starts parsing it, so a backend terminated then has not yet answered the statements
+/// pipelined before it in the same batch (their ParseComplete/BindComplete).
 pub async fn backend_running(dba: &Client, sql: &str) -> Result<i32> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let sleeps = sql.contains("pg_sleep");
     loop {
         let row = dba
             .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-                &[&sql],
+                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active' \
+                 AND (NOT $2 OR wait_event IS NOT DISTINCT FROM 'PgSleep')",
+                &[&sql, &sleeps],
             )
             .await?;
         if let Some(row) = row {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, TryStreamExt};
-use switchyard_tests::client::Load;
+use switchyard_tests::client::{backend_running, Load};
 use switchyard_tests::raw::{msg, Msg, RawConn};
 use switchyard_tests::{describe_error, expect_sqlstate, skip_if_direct, Endpoint, PgResultExt, TestBed};
 use tokio_postgres::Client;
@@ -32,24 +32,6 @@ async fn raw(endpoint: &Endpoint) -> Result<RawConn> {
 
 fn describe(msgs: &[Msg]) -> Vec<String> {
     msgs.iter().map(Msg::describe).collect()
-}
-
-/// The pid of the backend running `sql` (waits up to 10 s for it to start).
-async fn backend_running(dba: &Client, sql: &str) -> Result<i32> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(row) = dba
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-                &[&sql],
-            )
-            .await?
-        {
-            return Ok(row.get(0));
-        }
-        ensure!(Instant::now() < deadline, "{sql:?} did not start within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits (up to 10 s) until none of `pids` is a backend any more.
