@@ -234,6 +234,12 @@ install_bench() {
     apt_install valgrind sysstat strace
 }
 
+# install_systemd_tools: `systemd-analyze`, which checks examples/systemd's unit
+# (tests/tests/service_manager.rs); nothing is started.
+install_systemd_tools() {
+    command -v systemd-analyze >/dev/null || apt_install systemd
+}
+
 # install: everything the build, the tests (tests/tests/bench.rs runs the benchmark), the
 # demo and the bench need.
 install() {
@@ -245,6 +251,7 @@ install() {
     install_python
     install_etcd
     install_patroni
+    install_systemd_tools
     install_rust_extras
 }
 

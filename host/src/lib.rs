@@ -17,6 +17,7 @@ pub mod incident;
 pub mod listener;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 #[allow(unsafe_code)]
 pub mod plugins;
 pub mod policy;

@@ -94,7 +94,9 @@ pub async fn serve(
         ?timeout,
         "shutting down: waiting for transactions to finish"
     );
-    stopping.shutdown_tx.send_replace(true);
+    if !stopping.shutdown_tx.send_replace(true) {
+        crate::notify::stopping(); // the first listener to stop tells
+    }
     stop_sessions.shut_down();
     // `SHUTDOWN IMMEDIATE` (before or during the wait) ends the wait as the timeout does.
     let immediate = async {

@@ -214,6 +214,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let workers = switchyard::workers::bind(&listen, unix.as_ref().map(|(f, l)| (f, l)), workers)?;
         spawn_background(&state)?;
         tracing::info!(listen = %addresses(&listen), unix = unix_shown, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
+        switchyard::notify::ready("serving");
         let stopping = Stopping::new(shutdown_tx, workers.len());
         let _unix_file = unix.map(|(file, _listener)| file);
         switchyard::workers::run(workers, state, stopping, shutdown_signal())?;
@@ -244,6 +245,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             None => None,
         };
         tracing::info!(listen = %addresses(&listen), unix = unix_shown, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
+        // Blocks this thread until systemd read it (microseconds; at most 5 s), before the
+        // first accept: the kernel queues connections meanwhile.
+        switchyard::notify::ready("serving");
         let stopping = Stopping::new(shutdown_tx, 1);
         switchyard::listener::serve(listeners, state, stopping, shutdown_signal()).await;
         Ok(())

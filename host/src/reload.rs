@@ -31,10 +31,12 @@ async fn on_sighup(state: Arc<ProxyState>) {
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the configuration");
+        crate::notify::reloading();
         match state.reload().await {
             Ok(r) => log_summary(&r.plugins),
             Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
         }
+        crate::notify::reloaded();
     }
 }
 

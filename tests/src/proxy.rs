@@ -295,6 +295,9 @@ pub struct Launch {
     /// go. `None` (the default): a fresh scratch directory, removed on drop; a directory
     /// given here is the caller's and is kept (the demo's).
     pub dir: Option<PathBuf>,
+    /// Environment variables set for the proxy beside the test bed's own (e.g.
+    /// `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Launch {
@@ -306,6 +309,7 @@ impl Default for Launch {
             stop_grace: Duration::from_secs(5),
             checks_on_drop: true,
             dir: None,
+            env: Vec::new(),
         }
     }
 }
@@ -402,6 +406,7 @@ impl Proxy {
         cmd.env("NO_COLOR", "1");
         // Compiled plugins are cached per user; tests share one cache of their own.
         cmd.env("XDG_CACHE_HOME", env::scratch_root()?.join("xdg-cache"));
+        cmd.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
