@@ -181,14 +181,18 @@ async fn refuse(mut stream: Stream, why: &'static str, _slot: ClientSlot) {
     let _ = stream.write_all(&out).await;
 }
 
-/// Advances the pools' coarse clocks and closes idle servers past their limits, once a
-/// second; runs for the life of the proxy.
+/// Advances the pools' coarse clocks, closes idle servers past their limits and closes
+/// `SHOW STATS`' periods, once a second; runs for the life of the proxy.
 pub async fn reap_pools(state: Arc<ProxyState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        let now = crate::stats::now_us();
+        let period = state.config.proxy.stats_period.as_micros() as u64;
         for pool in state.all_pools() {
             pool.reap();
+            let checkouts = pool.stats.checkouts.load(Ordering::Relaxed);
+            pool.stats.traffic.roll(now, period, checkouts);
         }
     }
 }

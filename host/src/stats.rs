@@ -102,6 +102,14 @@ impl Snapshot {
         self.sum_us += other.sum_us;
     }
 
+    /// The times counted since `earlier`, a reading of the same histogram.
+    fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+        }
+    }
+
     /// The mean in microseconds (0 with no times).
     pub fn mean_us(&self) -> u64 {
         self.sum_us.checked_div(self.count()).unwrap_or(0)
@@ -148,18 +156,72 @@ pub struct Traffic {
     pub sent: AtomicU64,
     /// Errors sent to clients, by SQLSTATE, in the order first seen.
     errors: Mutex<Vec<(String, u64)>>,
+    /// The `stats_period` in progress and the last one completed ([`Traffic::roll`]).
+    period: Mutex<Period>,
+}
+
+/// A pool's totals at one reading: what `SHOW STATS` shows, and what its averages are
+/// differences of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub xact: Snapshot,
+    pub query: Snapshot,
+    /// Every checkout's wait ([`Traffic::waits`]).
+    pub wait: Snapshot,
+    pub received: u64,
+    pub sent: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: &Totals) {
+        self.xact.add(&other.xact);
+        self.query.add(&other.query);
+        self.wait.add(&other.wait);
+        self.received += other.received;
+        self.sent += other.sent;
+    }
+
+    fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            xact: self.xact.since(&earlier.xact),
+            query: self.query.since(&earlier.query),
+            wait: self.wait.since(&earlier.wait),
+            received: self.received.saturating_sub(earlier.received),
+            sent: self.sent.saturating_sub(earlier.sent),
+        }
+    }
+}
+
+/// What the averages cover: the totals' growth over a stretch of time and its length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub grew: Totals,
+    pub micros: u64,
+}
+
+/// The `stats_period` in progress (from `started_us`, at `base`) and the last completed.
+#[derive(Default)]
+struct Period {
+    started_us: u64,
+    base: Totals,
+    last: Option<Window>,
 }
 
 impl Default for Traffic {
     fn default() -> Traffic {
+        let since_us = now_us();
         Traffic {
-            since_us: now_us(),
+            since_us,
             xact: Histogram::default(),
             query: Histogram::default(),
             wait: Histogram::default(),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             errors: Mutex::default(),
+            period: Mutex::new(Period {
+                started_us: since_us,
+                ..Period::default()
+            }),
         }
     }
 }
@@ -172,6 +234,47 @@ impl Traffic {
         let slow = waits.count();
         waits.buckets[0] += checkouts.saturating_sub(slow);
         waits
+    }
+
+    /// The totals now, with the pool's `checkouts` (see [`Traffic::waits`]).
+    pub fn totals(&self, checkouts: u64) -> Totals {
+        Totals {
+            xact: self.xact.read(),
+            query: self.query.read(),
+            wait: self.waits(checkouts),
+            received: self.received.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the period in progress if it is `period_us` long at `now` ([`now_us`]): its
+    /// growth becomes the averages' window. The reaper calls this once a second.
+    pub fn roll(&self, now: u64, period_us: u64, checkouts: u64) {
+        let mut period = self.period.lock().unwrap_or_else(|e| e.into_inner());
+        let micros = now.saturating_sub(period.started_us);
+        if micros < period_us {
+            return;
+        }
+        let totals = self.totals(checkouts);
+        period.last = Some(Window {
+            grew: totals.since(&period.base),
+            micros,
+        });
+        period.base = totals;
+        period.started_us = now;
+    }
+
+    /// What the averages cover at `now`: the last completed period, or until one has
+    /// completed the time since counting started (at least a second, so that a new pool's
+    /// first numbers are not inflated).
+    pub fn window(&self, now: u64, checkouts: u64) -> Window {
+        if let Some(last) = self.period.lock().unwrap_or_else(|e| e.into_inner()).last {
+            return last;
+        }
+        Window {
+            grew: self.totals(checkouts),
+            micros: now.saturating_sub(self.since_us).max(1_000_000),
+        }
     }
 
     /// Counts an error with `sqlstate` sent to a client.
@@ -222,46 +325,50 @@ pub const SHOW_STATS_COLUMNS: [&str; 18] = [
 
 /// A database's `SHOW STATS` row from its pools' counters, each with the pool's
 /// `checkouts` (every wait for a server, see [`Traffic::waits`]), at `now` ([`now_us`]).
-/// Times in microseconds. Unlike PgBouncer's, whose averages cover the last
-/// `stats_period`, the averages here cover the time since counting started: the counts and
-/// bytes per second since then, the times per transaction, query and wait.
+/// Times in microseconds. The totals are since counting started; the averages, as
+/// PgBouncer's, cover the last `stats_period` ([`Traffic::window`]): counts and bytes per
+/// second, times per transaction, query and wait, and the 99th percentiles.
 pub fn show_stats_row<'a>(
     database: &str,
     pools: impl IntoIterator<Item = (&'a Traffic, u64)>,
     now: u64,
 ) -> Vec<String> {
-    let (mut xact, mut query, mut wait) = (Snapshot::default(), Snapshot::default(), Snapshot::default());
-    let (mut received, mut sent, mut since) = (0, 0, now);
+    let mut totals = Totals::default();
+    let mut recent = Totals::default();
+    // Per second, summed over the pools (each pool's window has its own length).
+    let mut rates = [0f64; 4];
     for (t, checkouts) in pools {
-        xact.add(&t.xact.read());
-        query.add(&t.query.read());
-        wait.add(&t.waits(checkouts));
-        received += t.received.load(Ordering::Relaxed);
-        sent += t.sent.load(Ordering::Relaxed);
-        since = since.min(t.since_us);
+        totals.add(&t.totals(checkouts));
+        let w = t.window(now, checkouts);
+        recent.add(&w.grew);
+        let per_second = |n: u64| n as f64 * 1e6 / w.micros.max(1) as f64;
+        for (rate, n) in rates.iter_mut().zip([
+            w.grew.xact.count(),
+            w.grew.query.count(),
+            w.grew.received,
+            w.grew.sent,
+        ]) {
+            *rate += per_second(n);
+        }
     }
-    // Per second since counting started (at least one second, so a new pool's first
-    // numbers are not inflated).
-    let seconds = (now.saturating_sub(since) / 1_000_000).max(1);
-    let per_second = |n: u64| n / seconds;
     let numbers = [
-        xact.count(),
-        query.count(),
-        received,
-        sent,
-        xact.sum_us,
-        query.sum_us,
-        wait.sum_us,
-        per_second(xact.count()),
-        per_second(query.count()),
-        per_second(received),
-        per_second(sent),
-        xact.mean_us(),
-        query.mean_us(),
-        wait.mean_us(),
-        xact.quantile_bound_us(0.99),
-        query.quantile_bound_us(0.99),
-        wait.quantile_bound_us(0.99),
+        totals.xact.count(),
+        totals.query.count(),
+        totals.received,
+        totals.sent,
+        totals.xact.sum_us,
+        totals.query.sum_us,
+        totals.wait.sum_us,
+        rates[0] as u64,
+        rates[1] as u64,
+        rates[2] as u64,
+        rates[3] as u64,
+        recent.xact.mean_us(),
+        recent.query.mean_us(),
+        recent.wait.mean_us(),
+        recent.xact.quantile_bound_us(0.99),
+        recent.query.quantile_bound_us(0.99),
+        recent.wait.quantile_bound_us(0.99),
     ];
     std::iter::once(database.to_string())
         .chain(numbers.iter().map(u64::to_string))
@@ -336,6 +443,44 @@ mod tests {
         assert_eq!(errors.last(), Some(&(OTHER_SQLSTATE.to_string(), 2)));
         t.error("42P01");
         assert_eq!(t.errors()[0], ("42P01".to_string(), 3));
+    }
+
+    /// Until a period completes the averages cover the time since counting started; once
+    /// one has, they cover only it, and its growth: the totals stay since the start.
+    #[test]
+    fn averages_cover_the_last_whole_stats_period() {
+        let t = Traffic::default();
+        let start = t.since_us;
+        for _ in 0..4 {
+            t.xact.observe(1_000);
+        }
+        let row = |now| show_stats_row("app", [(&t, 0)], now);
+        // 2 s in, no period over: 4 transactions in 2 s, 1000 µs each.
+        let r = row(start + 2_000_000);
+        assert_eq!((r[1].as_str(), r[8].as_str(), r[12].as_str()), ("4", "2", "1000"));
+        t.roll(start + 2_000_000, 10_000_000, 0);
+        assert_eq!(
+            row(start + 2_000_000),
+            r,
+            "a period shorter than stats_period does not close"
+        );
+        t.roll(start + 10_000_000, 10_000_000, 0);
+        // The next period: 10 transactions of 100 µs, over 10 s.
+        for _ in 0..10 {
+            t.xact.observe(100);
+        }
+        let r = row(start + 15_000_000);
+        assert_eq!(
+            (r[1].as_str(), r[8].as_str(), r[12].as_str()),
+            ("14", "0", "1000"),
+            "the first period's: 4 in 10 s"
+        );
+        t.roll(start + 20_000_000, 10_000_000, 0);
+        let r = row(start + 21_000_000);
+        assert_eq!(
+            (r[1].as_str(), r[8].as_str(), r[12].as_str(), r[15].as_str()),
+            ("14", "1", "100", "128")
+        );
     }
 
     #[test]

@@ -605,6 +605,63 @@ async fn p99_of_a_slow_workload_is_at_least_its_sleep() -> Result<()> {
     Ok(())
 }
 
+/// `SHOW STATS`' averages cover the last `stats_period` (1 s here), as PgBouncer's do, while
+/// the totals count from the start: after 20 transactions of `SELECT pg_sleep(0.05)`, a
+/// period shows avg_xact_time of at least 50,000 µs; then, with the client idle, a period
+/// shows avg_xact_count 0 and avg_xact_time 0 while total_xact_count stays 20; after 20
+/// `SELECT 1`, a period shows avg_xact_count above 0 and avg_xact_time under 10,000 µs
+/// (the mean since the start is about 25,000) while total_xact_count is 40. Each state is
+/// waited for up to 5 s, polling every 200 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_stats_averages_cover_the_last_stats_period() -> Result<()> {
+    skip_if_direct!();
+    let bed = TestBed::start_with(|cfg| cfg.pool_size(2).with_admin().set("proxy.stats_period", "1s"))?;
+    let endpoint = bed.endpoint();
+    let client = endpoint.connect_app().await?;
+    let wait_for = |what: &'static str, ok: fn(&HashMap<String, String>) -> Result<bool>| {
+        let endpoint = endpoint.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let row = show_stats(&endpoint, "app").await?;
+                if ok(&row)? {
+                    println!("{what}: {row:?}");
+                    return Ok::<_, anyhow::Error>(row);
+                }
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "no period with {what} within 5 s: {row:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    for _ in 0..20 {
+        client
+            .batch_execute("SELECT pg_sleep(0.05)")
+            .await
+            .ctx("pg_sleep")?;
+    }
+    wait_for("the sleeps", |r| Ok(stat(r, "avg_xact_time")? >= 50_000)).await?;
+    let idle = wait_for("no traffic", |r| {
+        Ok(stat(r, "avg_xact_count")? == 0 && stat(r, "avg_xact_time")? == 0)
+    })
+    .await?;
+    ensure!(
+        stat(&idle, "total_xact_count")? == 20,
+        "totals count from the start: {idle:?}"
+    );
+    for _ in 0..20 {
+        client.batch_execute("SELECT 1").await.ctx("SELECT 1")?;
+    }
+    let fast = wait_for("the quick selects", |r| {
+        Ok(stat(r, "avg_xact_count")? > 0 && stat(r, "avg_xact_time")? < 10_000)
+    })
+    .await?;
+    ensure!(stat(&fast, "total_xact_count")? == 40, "{fast:?}");
+    Ok(())
+}
+
 /// A client that waits for the pool's only server has its wait counted: with pool_size 1,
 /// while one client holds the server in a transaction block for 300 ms, another's SELECT
 /// waits for it; total_wait_time grows by at least 200,000 µs, and the wait histogram's

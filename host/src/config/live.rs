@@ -238,6 +238,7 @@ fn proxy_values(p: &ProxySettings) -> Vec<(&'static str, String)> {
         ("threading", kebab(p.threading)),
         ("plugin_cache_dir", path(&p.plugin_cache_dir)),
         ("plugin_watch_interval", duration(p.plugin_watch_interval)),
+        ("stats_period", duration(p.stats_period)),
         (
             "metrics_listen",
             p.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),

@@ -264,6 +264,10 @@ pub struct ProxySettings {
     /// disables the check (SIGHUP and `RELOAD` still reload).
     #[serde(with = "humantime_serde")]
     pub plugin_watch_interval: Duration,
+    /// The window of `SHOW STATS`' averages (PgBouncer's `stats_period`): they cover the
+    /// last whole period (until one has passed, the time since counting started).
+    #[serde(with = "humantime_serde")]
+    pub stats_period: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`); none when absent.
     #[serde(deserialize_with = "optional_socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
@@ -297,6 +301,7 @@ impl Default for ProxySettings {
             threading: Threading::Shared,
             plugin_cache_dir: None,
             plugin_watch_interval: Duration::from_secs(1),
+            stats_period: Duration::from_secs(60),
             metrics_listen: None,
             auth_salt_secret: None,
             max_message_size: ByteSize(64 * 1024 * 1024),

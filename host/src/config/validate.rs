@@ -200,6 +200,13 @@ impl Check<'_> {
                 ),
             ));
         }
+        if proxy.stats_period < std::time::Duration::from_secs(1) {
+            return Err(self.key(
+                "proxy",
+                "stats_period",
+                "must be at least 1s (the averages are kept once a second)".into(),
+            ));
+        }
         self.listeners()?;
         let size = proxy.max_message_size.0;
         if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&size) {
