@@ -128,11 +128,19 @@ async fn each_client_gets_exactly_its_own_rows_in_order() -> Result<()> {
 /// While 8 clients pipeline reads through a pool of 2, one client runs `SELECT 1/0` 100
 /// times, each followed by `SELECT 'after', n`: each `1/0` fails with exactly 22012, the
 /// statement after it returns its row, and none of the 8 other clients (whose statements
-/// run in the same batches) gets an error or a wrong row. Pipelined statements > 0.
+/// run in the same batches) gets an error or a wrong row. Pipelined statements > 0, and
+/// the metrics count exactly 100 errors 22012 for the pool, pipelined or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_stays_with_its_statement() -> Result<()> {
     skip_if_direct!();
-    let bed = bed(2, true)?;
+    let metrics = format!("127.0.0.1:{}", switchyard_tests::ports::free_port()?);
+    let bed = TestBed::start_with(|cfg| {
+        cfg.mode("transaction")
+            .pool_size(2)
+            .with_admin()
+            .set("pool.pipeline", true)
+            .set("proxy.metrics_listen", metrics.as_str())
+    })?;
     let ep = bed.endpoint();
     let others = {
         let ep = ep.clone();
@@ -163,6 +171,19 @@ async fn an_error_stays_with_its_statement() -> Result<()> {
     let count = pipelined(&ep).await?;
     println!("{count} statements pipelined");
     ensure!(count > 0, "no statement was pipelined");
+    let scrape = tokio::task::spawn_blocking(move || {
+        switchyard_tests::http::get(&metrics, "/metrics", Duration::from_secs(10))
+    })
+    .await??;
+    let counted: Vec<&str> = scrape
+        .body
+        .lines()
+        .filter(|l| l.starts_with("switchyard_client_errors_total{") && l.contains("sqlstate=\"22012\""))
+        .collect();
+    ensure!(
+        counted.len() == 1 && counted[0].ends_with(" 100"),
+        "expected one series of 100 errors 22012, got {counted:?}"
+    );
     Ok(())
 }
 

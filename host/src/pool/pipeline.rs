@@ -423,6 +423,9 @@ impl Driver {
             // Bytes with no statement outstanding (a notice, or the FATAL of a server
             // ending while idle) have no one to go to.
             if let Some(head) = self.inflight.front_mut() {
+                if let Some(code) = &complete.sqlstate {
+                    self.pool.stats.traffic.error(code);
+                }
                 let cut = self.left > 0;
                 if give(head, Piece::Reply(chunk)).await {
                     head.cut = cut;
@@ -560,6 +563,9 @@ struct Cut {
     ready: bool,
     /// An ErrorResponse before the cut said FATAL (`Some(true)`) or not.
     fatal: Option<bool>,
+    /// The SQLSTATE of an ErrorResponse before the cut (a reply holds at most one), for
+    /// the pool's error counts.
+    sqlstate: Option<String>,
 }
 
 /// How many bytes of `buf` belong to the reply under way: up to and including the first
@@ -590,9 +596,12 @@ fn scan(buf: &[u8], left: &mut usize) -> Result<(usize, Cut), ()> {
                 break;
             };
             if tag == b'E' {
-                let fatal = parse_error_fields(&message[5..])
-                    .is_ok_and(|f| matches!(f.severity, Severity::Fatal | Severity::Panic));
+                let fields = parse_error_fields(&message[5..]).ok();
+                let fatal = fields
+                    .as_ref()
+                    .is_some_and(|f| matches!(f.severity, Severity::Fatal | Severity::Panic));
                 cut.fatal = Some(cut.fatal.unwrap_or(false) || fatal);
+                cut.sqlstate = fields.map(|f| f.code);
             }
             pos += whole;
             if tag == b'Z' {
@@ -656,7 +665,8 @@ mod tests {
         assert_eq!((pos, cut.fatal, cut.ready), (b.len(), Some(true), false));
         let mut e = Vec::new();
         msg(b'E', b"SERROR\0VERROR\0C22012\0Mdivision by zero\0\0", &mut e);
-        assert_eq!(scan(&e, &mut left).unwrap().1.fatal, Some(false));
+        let (_, cut) = scan(&e, &mut left).unwrap();
+        assert_eq!((cut.fatal, cut.sqlstate.as_deref()), (Some(false), Some("22012")));
         assert!(scan(&[b'D', 0, 0, 0, 2], &mut 0).is_err());
     }
 }
