@@ -108,7 +108,7 @@ async fn load_unharmed(load: Load, what: &str) -> Result<()> {
 /// Client A sets `idle_in_transaction_session_timeout = '300ms'`, opens a transaction,
 /// inserts a row and goes quiet, while two other clients loop over transactions on the
 /// same pool (size 3). Checks that A receives, unasked, the server's ErrorResponse with
-/// SQLSTATE 25P03 (severity FATAL) and then end of stream, within 5 s, with no error of
+/// SQLSTATE 25P03 (severity FATAL) and then end of stream, within 15 s, with no error of
 /// the proxy's after it (before the fix, an 08006 saying the transaction's outcome was
 /// unknown, when the server had said it was rolled back); that
 /// A's row was rolled back (0 rows); that the other clients had 0 errors; that no backend
@@ -135,7 +135,9 @@ async fn idle_in_transaction_timeout_ends_only_that_client() -> Result<()> {
         ensure!(r.errors.is_empty(), "{sql}: {r:?}");
     }
     let t0 = Instant::now();
-    let got = a.read_until_eof(Duration::from_secs(5)).await?;
+    // A liveness bound, not a latency target (the time is printed): generous for a
+    // machine under load.
+    let got = a.read_until_eof(Duration::from_secs(15)).await?;
     println!(
         "idle in transaction: A's server ended it after {:?}; A got {:?}",
         t0.elapsed(),
@@ -327,7 +329,7 @@ async fn a_session_pooled_clients_idle_server_terminated_is_replaced_without_err
 }
 
 /// A DBA terminates the server running client A's `SELECT pg_sleep(30)` while two other
-/// clients loop over transactions (pool of 3). Checks that A's query fails within 5 s with
+/// clients loop over transactions (pool of 3). Checks that A's query fails within 15 s with
 /// the server's SQLSTATE 57P01, that A's query does not run again (no backend
 /// runs it 1 s later), that the other clients had 0 errors, and that a new client is served.
 #[tokio::test]
@@ -342,9 +344,11 @@ async fn pg_terminate_backend_of_a_busy_server_fails_only_its_client() -> Result
     let pid = backend_running(&dba, sql).await?;
     let t0 = Instant::now();
     dba.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-    let result = tokio::time::timeout(Duration::from_secs(5), running)
+    // A liveness bound (the time is printed): the node's confirmation login alone may
+    // take up to 2 s on a loaded machine.
+    let result = tokio::time::timeout(Duration::from_secs(15), running)
         .await
-        .context("A's query did not end within 5 s of the termination")??;
+        .context("A's query did not end within 15 s of the termination")??;
     println!("busy server terminated: A's error after {:?}", t0.elapsed());
     expect_sqlstate(result, &["57P01"], "A's query on the terminated server")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
