@@ -61,7 +61,7 @@ pub const ALIASES: [(&str, &str); 5] = [
 pub fn applies(key: &str) -> &'static str {
     match key {
         "size" | "pool_size" => {
-            "now: waiting clients get the new servers at once; servers over a smaller size close when idle"
+            "now: waiting clients get the new servers at once; over a smaller size, idle servers close at once and lent ones when given back"
         }
         "connect_timeout" | "query_wait_timeout" => "to the next connect or wait",
         "idle_timeout" | "lifetime" => "to every server, at the next reap (once a second) or release",
