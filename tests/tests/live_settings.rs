@@ -13,8 +13,9 @@ use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::admin::{admin_rows, pool_row};
 use switchyard_tests::cluster::roles;
 use switchyard_tests::peak::ServerPeak;
+use switchyard_tests::raw::RawConn;
 use switchyard_tests::tools::CmdOutput;
-use switchyard_tests::{expect_sqlstate, skip_if_direct, Endpoint, PgResultExt, TestBed};
+use switchyard_tests::{expect_sqlstate, skip_if_direct, Endpoint, PgResultExt, ProxyConfig, TestBed};
 
 /// Errors of one load client, by SQLSTATE (`none` for an error without one).
 type ErrorsByState = BTreeMap<String, u64>;
@@ -124,8 +125,20 @@ impl SleepLoad {
 /// and `SHOW POOLS` says 1. No client got any error, and each completed statements.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resizing_a_pool_under_load_by_set_and_reload_gives_no_client_error() -> Result<()> {
+    resize_under_load(|cfg| cfg).await
+}
+
+/// The same with `threading = "per-core"` on two workers (a queue of waiters and a list
+/// of idle servers per worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_resizing_a_pool_under_load_gives_no_client_error() -> Result<()> {
+    resize_under_load(|cfg| cfg.set("proxy.threading", "per-core").set("proxy.workers", 2)).await
+}
+
+/// See [`resizing_a_pool_under_load_by_set_and_reload_gives_no_client_error`].
+async fn resize_under_load(configure: impl FnOnce(ProxyConfig) -> ProxyConfig) -> Result<()> {
     skip_if_direct!();
-    let mut bed = TestBed::start_with(|cfg| cfg.with_admin().pool_size(2))?;
+    let mut bed = TestBed::start_with(|cfg| configure(cfg.with_admin().pool_size(2)))?;
     let ep = bed.endpoint();
     let (su, password) = roles::SUPERUSER;
     let dba = bed.direct().connect(su, password, "postgres").await?;
@@ -213,6 +226,37 @@ async fn set_query_wait_timeout_applies_to_the_next_wait() -> Result<()> {
         e.message()
     );
     holder.batch_execute("COMMIT").await.ctx("holder's COMMIT")?;
+    bed.ensure_proxy_alive()
+}
+
+/// `client_idle_timeout` off at start: a client logged in before `SET client_idle_timeout =
+/// '500ms'` through psql stays silent for 1.5 s and its next `SELECT 1` succeeds (a running
+/// session keeps the limits it started with); a client logged in after it, silent, is
+/// closed with one FATAL 57P05 within 5 s (printed when).
+#[tokio::test]
+async fn set_client_idle_timeout_applies_to_sessions_that_start_after_it() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| cfg.with_admin())?;
+    let ep = bed.endpoint();
+    let mut old = RawConn::login_app(&ep.addr()).await?;
+    console_ok(&ep, "SET client_idle_timeout = '500ms'").await?;
+    let mut new = RawConn::login_app(&ep.addr()).await?;
+    let started = Instant::now();
+    let told = new
+        .expect_closed_with(
+            "57P05",
+            Duration::from_secs(5),
+            "the client that logged in after SET",
+        )
+        .await?;
+    println!("new client after {:?}: {}", started.elapsed(), told.describe());
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
+    let answer = old.simple_query("SELECT 1").await?;
+    ensure!(
+        answer.errors.is_empty() && answer.tags == ["SELECT 1"],
+        "the client that logged in before SET, after {:?} silent: {answer:?}",
+        started.elapsed()
+    );
     bed.ensure_proxy_alive()
 }
 
