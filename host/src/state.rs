@@ -404,8 +404,13 @@ impl ProxyState {
     /// (`Pool::apply`), `[pool]`'s in `auth_query`'s lookup pools.
     fn apply_live(&self, in_force: &mut Arc<Config>, new: &Config) {
         let applied = live::with_live(in_force, new);
-        for change in live::changes(in_force, &applied) {
+        let changes = live::changes(in_force, &applied);
+        for change in &changes {
             tracing::info!(key = %change.key, from = %change.from, to = %change.to, applies = change.applies, "setting changed");
+        }
+        if !changes.is_empty() {
+            // More clients or larger pools may need more descriptors than at start.
+            crate::net::files::ensure_open_files(&applied);
         }
         self.live_proxy.store(Arc::new(applied.proxy.clone()));
         {

@@ -75,6 +75,7 @@ pub fn applies(key: &str) -> &'static str {
         | "transaction_timeout" => {
             "to sessions that start from now on; running sessions keep what they started with"
         }
+        "shutdown_timeout" => "to the next stop",
         _ => "to the next client that connects or logs in",
     }
 }
