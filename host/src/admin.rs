@@ -991,9 +991,9 @@ fn set(state: &ProxyState, command: &str) -> Result<Answer, ErrorFields> {
             ErrorFields::error(sqlstate::SYNTAX_ERROR, format!("cannot read \"{command}\""))
                 .with_hint("write SET key = value, e.g. SET shutdown_timeout = '10s'")
         })?;
-    let key = key.trim().to_ascii_lowercase();
+    let key = key.trim();
     let value = value.trim();
-    state.set(&key, value).map_err(|e| {
+    state.set(key, value).map_err(|e| {
         let code = match e {
             SetError::Unknown(_) => sqlstate::UNDEFINED_OBJECT,
             SetError::NeedsRestart(_) => sqlstate::CANT_CHANGE_RUNTIME_PARAM,

@@ -179,12 +179,17 @@ impl Config {
 
 /// Where `key` (as `SET` names it: `max_client_conn`, `proxy.max_client_conn`,
 /// `pool.size`, `size`, `default_pool_size`, `databases.app.pool_size`) lives, if it can
-/// change without a restart. `databases` names the databases that may be set.
-fn place_of(key: &str, databases: &Config) -> Result<Place, SetError> {
-    let unknown = || SetError::Unknown(key.to_string());
-    let restart = || SetError::NeedsRestart(key.to_string());
-    if let Some(rest) = key.strip_prefix("databases.") {
+/// change without a restart. `databases` names the databases that may be set. Keys are
+/// read in any case; a database's name as written in the file.
+fn place_of(typed: &str, databases: &Config) -> Result<Place, SetError> {
+    let unknown = || SetError::Unknown(typed.to_string());
+    let restart = || SetError::NeedsRestart(typed.to_string());
+    let key = typed.to_ascii_lowercase();
+    if key.starts_with("databases.") {
+        let rest = &typed["databases.".len()..];
         let (name, field) = rest.rsplit_once('.').ok_or_else(unknown)?;
+        let field = field.to_ascii_lowercase();
+        let field = field.as_str();
         if !databases.databases.contains_key(name) {
             return Err(unknown());
         }
@@ -199,7 +204,7 @@ fn place_of(key: &str, databases: &Config) -> Result<Place, SetError> {
     }
     let (wanted, bare) = match key.split_once('.') {
         Some((section, bare)) => (Some(section), bare),
-        None => (None, key),
+        None => (None, key.as_str()),
     };
     let bare = match wanted {
         None => ALIASES
@@ -682,8 +687,9 @@ pool_size = 4
         assert!(e.to_string().contains("below max_client_conn (5)"), "{e}");
     }
 
-    /// `SET` of `[pool]` keys: with the `pool.` prefix, bare, and by PgBouncer's names; a
-    /// database's `pool_size` / `pool_mode` by `databases.NAME.KEY`; an unknown database or
+    /// `SET` of `[pool]` keys: with the `pool.` prefix, bare, and by PgBouncer's names, in
+    /// any case; a database's `pool_size` / `pool_mode` by `databases.NAME.KEY` (the name
+    /// as the file writes it); an unknown database or
     /// key is unknown, another key of a database needs a restart; a value is checked as the
     /// file's is (size 0, pipelining in session mode), naming the key as given.
     #[test]
@@ -711,6 +717,13 @@ pool_size = 4
             set("pool_mode", "session").unwrap().pool.mode,
             super::super::PoolMode::Session
         );
+        assert_eq!(set("POOL.Size", "33").unwrap().pool.size, 33, "keys in any case");
+        let upper = set("Databases.other.POOL_SIZE", "2").unwrap();
+        assert_eq!(upper.databases["other"].pool_size, Some(2));
+        assert!(matches!(
+            set("databases.OTHER.pool_size", "2"),
+            Err(SetError::Unknown(_))
+        ));
         let db = set("databases.app.pool_size", "3").unwrap();
         assert_eq!(db.databases["app"].pool_size, Some(3));
         assert_eq!(db.pool.size, 20, "[pool] untouched");
