@@ -1,6 +1,7 @@
 //! Pool settings that change without a restart, through psql on the admin console against
 //! real Postgres: `SET pool.size` and a `RELOAD` resizing a pool under load (what Postgres
-//! sees, what the clients see), `SET query_wait_timeout` applying to the next wait, a
+//! sees, what the clients see; a replica's read servers too), `SET query_wait_timeout`
+//! and `SET client_idle_timeout` applying to the next wait and the next sessions, a
 //! database's `pool_size` and `pool_mode` changed by `RELOAD` (new sessions get the new
 //! mode, running ones keep theirs), and `SET`'s errors and `SHOW CONFIG`'s `changeable`.
 
@@ -15,7 +16,9 @@ use switchyard_tests::cluster::roles;
 use switchyard_tests::peak::ServerPeak;
 use switchyard_tests::raw::RawConn;
 use switchyard_tests::tools::CmdOutput;
-use switchyard_tests::{expect_sqlstate, skip_if_direct, Endpoint, PgResultExt, ProxyConfig, TestBed};
+use switchyard_tests::{
+    expect_sqlstate, skip_if_direct, ClusterOptions, Endpoint, PgResultExt, ProxyConfig, TestBed,
+};
 
 /// Errors of one load client, by SQLSTATE (`none` for an error without one).
 type ErrorsByState = BTreeMap<String, u64>;
@@ -192,6 +195,89 @@ async fn resize_under_load(configure: impl FnOnce(ProxyConfig) -> ProxyConfig) -
     for (id, (ok, errors)) in results.iter().enumerate() {
         ensure!(errors.is_empty(), "client {id} got errors: {errors:?}");
         ensure!(*ok > 0, "client {id} completed no statement");
+    }
+    bed.ensure_proxy_alive()
+}
+
+/// Read routing on a primary and one replica (`read_routing = "replicas"`, `pg_sleep`
+/// counted as a read): 6 clients run `SELECT pg_sleep(0.3)` in a loop on a pool of 1; the
+/// replica sees at most 1 backend of `app` over 1.5 s. After `SET pool.size = 3` through
+/// psql the replica sees more than 1 (the node's read servers follow the size) and at most
+/// 3 over the next 1.5 s; no client got any error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicas_read_servers_follow_the_pool_size() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_full(
+        ClusterOptions {
+            replicas: 1,
+            ..ClusterOptions::default()
+        },
+        |cfg, _| {
+            Ok(cfg
+                .with_admin()
+                .pool_size(1)
+                .set("clusters.main.probe_user", "postgres")
+                .set("clusters.main.probe_interval", "100ms")
+                .set("databases.app.read_routing", "replicas")
+                .set("databases.app.read_only_functions", vec!["pg_sleep"]))
+        },
+    )?;
+    let ep = bed.endpoint();
+    let replica = Endpoint::new(bed.pg().replica().host(), bed.pg().replica().port());
+    let (su, password) = roles::SUPERUSER;
+    let dba = replica.connect(su, password, "postgres").await?;
+    // Reads go to the replica once the probes have seen it.
+    let probe = ep.connect_app().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let port: i32 = probe
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .ctx("where a read runs")?
+            .get(0);
+        if port == i32::from(replica.port) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "reads did not reach the replica within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load = SleepLoad::start(&ep, 6).await?;
+    let peak = ServerPeak::start(&replica, "app", "app").await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let at_1 = peak.finish().await?;
+    println!(
+        "size 1: at most {} backends on the replica ({} samples)",
+        at_1.max, at_1.samples
+    );
+    ensure!(
+        at_1.max <= 1,
+        "size 1: the replica saw {} backends of app",
+        at_1.max
+    );
+
+    console_ok(&ep, "SET pool.size = 3").await?;
+    let (n, took) = wait_for_backends(&dba, Duration::from_secs(5), "more than 1", |n| n > 1).await?;
+    println!("SET pool.size = 3: {n} backends on the replica after {took:?}");
+    let peak = ServerPeak::start(&replica, "app", "app").await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let at_3 = peak.finish().await?;
+    println!(
+        "size 3: at most {} backends on the replica ({} samples)",
+        at_3.max, at_3.samples
+    );
+    ensure!(
+        at_3.max <= 3,
+        "size 3: the replica saw {} backends of app",
+        at_3.max
+    );
+
+    let results = load.finish().await?;
+    for (id, (ok, errors)) in results.iter().enumerate() {
+        println!("client {id}: {ok} statements, errors {errors:?}");
+        ensure!(errors.is_empty(), "client {id} got errors: {errors:?}");
     }
     bed.ensure_proxy_alive()
 }
