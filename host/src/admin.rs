@@ -645,8 +645,8 @@ fn show_pools(state: &ProxyState) -> Table {
             let s = &p.stats;
             vec![
                 p.name.clone(),
-                format!("{:?}", p.settings.mode).to_ascii_lowercase(),
-                p.settings.size.to_string(),
+                format!("{:?}", p.live().mode).to_ascii_lowercase(),
+                p.size().to_string(),
                 idle.to_string(),
                 in_use.to_string(),
                 waiting.to_string(),
@@ -914,12 +914,13 @@ fn show_databases(state: &ProxyState) -> Table {
         .into_iter()
         .map(|name| {
             let r = &state.databases[name];
+            let live = r.live.load();
             vec![
                 name.clone(),
                 r.server_database.clone(),
                 r.cluster.name.clone(),
-                format!("{:?}", r.settings.mode).to_ascii_lowercase(),
-                r.settings.size.to_string(),
+                format!("{:?}", live.mode).to_ascii_lowercase(),
+                live.size.to_string(),
                 r.pause.paused().is_some().to_string(),
             ]
         })
@@ -990,9 +991,9 @@ fn set(state: &ProxyState, command: &str) -> Result<Answer, ErrorFields> {
             ErrorFields::error(sqlstate::SYNTAX_ERROR, format!("cannot read \"{command}\""))
                 .with_hint("write SET key = value, e.g. SET shutdown_timeout = '10s'")
         })?;
-    let key = key.trim().to_ascii_lowercase();
+    let key = key.trim();
     let value = value.trim();
-    state.set(&key, value).map_err(|e| {
+    state.set(key, value).map_err(|e| {
         let code = match e {
             SetError::Unknown(_) => sqlstate::UNDEFINED_OBJECT,
             SetError::NeedsRestart(_) => sqlstate::CANT_CHANGE_RUNTIME_PARAM,
@@ -1185,7 +1186,7 @@ fn show_servers(state: &ProxyState) -> Table {
 
 /// `SHOW CONFIG`: PgBouncer's columns (`changeable` yes/no), and the file's section.
 fn show_config(state: &ProxyState) -> Table {
-    let rows = crate::config::live::rows(&state.config, &state.proxy())
+    let rows = crate::config::live::rows(&state.in_force(), &state.proxy())
         .into_iter()
         .map(|r| {
             vec![

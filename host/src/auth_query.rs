@@ -22,7 +22,7 @@ use switchyard_protocol::sqlstate;
 use crate::auth::UserAuth;
 use crate::config::AuthQuerySettings;
 use crate::pool::DatabaseRoute;
-use crate::pool::{Pool, PoolError, PoolSettings};
+use crate::pool::{LiveSettings, Pool, PoolError};
 use crate::server::{query_row, ServerError};
 
 /// Lookups allowed to run or wait at once, per lookup connection (`pool_size`).
@@ -270,21 +270,35 @@ impl AuthQuery {
         pools
             .entry((route.cluster.name.clone(), database.clone()))
             .or_insert_with(|| {
-                let settings = PoolSettings {
-                    size: self.settings.pool_size,
-                    query_wait_timeout: self.settings.timeout,
-                    ..route.settings.clone()
-                };
                 Arc::new(Pool::new(
                     format!("auth_query:{database}/{}", self.user.name),
                     self.user.clone(),
                     database,
                     route.cluster.clone(),
                     Arc::default(),
-                    settings,
+                    route.settings.clone(),
+                    self.lookup_settings(&route.live.load()),
                 ))
             })
             .clone()
+    }
+
+    /// The lookup pools' settings: `pool`'s (a database's in force), with
+    /// `auth_query`'s own size and wait limit.
+    fn lookup_settings(&self, pool: &LiveSettings) -> LiveSettings {
+        LiveSettings {
+            size: self.settings.pool_size,
+            query_wait_timeout: self.settings.timeout,
+            ..pool.clone()
+        }
+    }
+
+    /// Puts `pool` (the `[pool]` settings in force after a reload or `SET`) in force in
+    /// the lookup pools, with their own size and wait limit.
+    pub fn apply(&self, pool: &LiveSettings) {
+        for lookups in self.pools() {
+            lookups.apply(self.lookup_settings(pool));
+        }
     }
 
     /// Every lookup pool, for the reaper, `SHOW POOLS` and shutdown.

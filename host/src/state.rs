@@ -21,7 +21,7 @@ use crate::net::{server_tls_connector, ClientTls, TlsError};
 use crate::plugins::{PluginError, PluginRegistry, ReloadReport};
 use crate::policy::Policies;
 use crate::pool::{
-    ClientTimeouts, DatabaseRoute, FunctionCatalog, Pool, PoolSettings, RoutingSettings, ServerCap,
+    DatabaseRoute, FunctionCatalog, LiveSettings, Pool, PoolSettings, RoutingSettings, ServerCap,
 };
 use crate::roster::{ClientInfo, Roster, ServerInfo};
 use crate::stop::Shutdown;
@@ -132,6 +132,10 @@ pub struct ProxyState {
     /// `[proxy]` in force: the file's, with the reloadable keys as `SET` or the last reload
     /// left them (`config::live::RELOADABLE`).
     live_proxy: ArcSwap<ProxySettings>,
+    /// The configuration in force: the file's at start, with the keys that apply without a
+    /// restart (`config::live`) as `SET` or the last reload left them. Locked while a
+    /// change is applied, so that changes apply one at a time and whole.
+    in_force: Mutex<Arc<Config>>,
     /// An admin asked the proxy to stop (`SHUTDOWN [IMMEDIATE]`); the listeners watch it.
     pub stop_request: watch::Sender<Option<Shutdown>>,
     /// What unknown users are challenged with, so that they fail as a wrong password does.
@@ -196,22 +200,8 @@ impl ProxyState {
                 db_caps.insert(name.clone(), ServerCap::new("max_db_connections", &scope, cap));
             }
             let settings = PoolSettings {
-                mode: config.pool_mode(db),
-                size: config.pool_size(db),
-                connect_timeout: config.pool.connect_timeout,
-                query_wait_timeout: config.pool.query_wait_timeout,
-                idle_timeout: config.pool.idle_timeout,
-                lifetime: config.pool.lifetime,
-                max_prepared_statements: config.pool.max_prepared_statements,
                 tls: server_tls.clone(),
                 auth_methods: server_auth_methods.clone(),
-                pipeline: config.pool.pipeline,
-                timeouts: ClientTimeouts {
-                    client_idle: config.pool.client_idle_timeout,
-                    idle_transaction: config.pool.idle_transaction_timeout,
-                    query: config.pool.query_timeout,
-                    transaction: config.pool.transaction_timeout,
-                },
                 shards: config.proxy.pool_shards(),
                 roster: server_roster.clone(),
                 database: name.as_str().into(),
@@ -233,6 +223,7 @@ impl ProxyState {
                     cluster: topology.clusters[db.cluster.get_ref()].clone(),
                     pause: Arc::default(),
                     settings,
+                    live: ArcSwap::from_pointee(LiveSettings::of(&config, db)),
                 },
             );
         }
@@ -246,9 +237,11 @@ impl ProxyState {
             Some(path) => Some(Arc::new(load_hba(path, &config)?)),
             None => None,
         };
+        let config = Arc::new(config);
         Ok(ProxyState {
             live_proxy: ArcSwap::from_pointee(config.proxy.clone()),
-            config: Arc::new(config),
+            in_force: Mutex::new(config.clone()),
+            config,
             source,
             reloading: tokio::sync::Mutex::new(()),
             users,
@@ -292,6 +285,7 @@ impl ProxyState {
                     route.cluster.clone(),
                     route.pause.clone(),
                     route.settings.clone(),
+                    (**route.live.load()).clone(),
                 )
                 .under_caps(self.caps_of(database, &user.name))
             });
@@ -360,9 +354,9 @@ impl ProxyState {
                 needs_restart.retain(|s| s != "databases");
             }
             let (removed, restored) = state.apply_removed_databases(&config);
-            state.set_live_proxy(&config.proxy);
+            state.apply_live(&mut state.lock_in_force(), &config);
             if !needs_restart.is_empty() {
-                tracing::warn!(sections = ?needs_restart, "configuration changes outside [plugins] take effect at restart");
+                tracing::warn!(sections = ?needs_restart, "configuration changes other than [plugins], removed databases and the reloadable settings take effect at restart");
             }
             let plugins = state.plugins.reload(&config);
             let hba = state.reload_hba();
@@ -395,31 +389,60 @@ impl ProxyState {
         self.live_proxy.load_full()
     }
 
-    /// Applies `new`'s reloadable `[proxy]` keys, logging those that changed.
-    fn set_live_proxy(&self, new: &ProxySettings) {
-        let old = self.live_proxy.load_full();
-        let applied = live::with_reloadable(&old, new);
-        let config = |p: &ProxySettings| Config {
-            proxy: p.clone(),
-            ..(*self.config).clone()
-        };
-        let (before, after) = (config(&old), config(&applied));
-        let rows = live::rows(&before, &old)
-            .into_iter()
-            .zip(live::rows(&after, &applied));
-        for (was, now) in rows.filter(|(was, now)| was.value != now.value) {
-            tracing::info!(key = now.key, from = %was.value, to = %now.value, "setting changed");
-        }
-        self.live_proxy.store(Arc::new(applied));
+    /// The configuration in force (see `in_force`): `SHOW CONFIG`'s values.
+    pub fn in_force(&self) -> Arc<Config> {
+        self.lock_in_force().clone()
     }
 
-    /// `SET key = value` on the admin console: `key` must be reloadable; the value is
-    /// checked as the file's values are (with the other reloadable keys as in force) and
-    /// applied at once. A later reload applies the file's value again.
+    fn lock_in_force(&self) -> std::sync::MutexGuard<'_, Arc<Config>> {
+        self.in_force.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts `new`'s live keys in force (`in_force`, locked by the caller), logging each
+    /// that changed with when it applies: `[proxy]`'s for the next client, each
+    /// database's pool settings in its route (for pools made later) and in its pools
+    /// (`Pool::apply`), `[pool]`'s in `auth_query`'s lookup pools.
+    fn apply_live(&self, in_force: &mut Arc<Config>, new: &Config) {
+        let applied = live::with_live(in_force, new);
+        let changes = live::changes(in_force, &applied);
+        for change in &changes {
+            tracing::info!(key = %change.key, from = %change.from, to = %change.to, applies = change.applies, "setting changed");
+        }
+        if !changes.is_empty() {
+            // More clients or larger pools may need more descriptors than at start.
+            crate::net::files::ensure_open_files(&applied);
+        }
+        self.live_proxy.store(Arc::new(applied.proxy.clone()));
+        {
+            // Under the pools' lock: a pool made meanwhile starts with the new settings.
+            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, route) in &self.databases {
+                if let Some(db) = applied.databases.get(name) {
+                    route.live.store(Arc::new(LiveSettings::of(&applied, db)));
+                }
+            }
+            for ((database, _), pool) in pools.iter() {
+                let live = (**self.databases[database].live.load()).clone();
+                if *pool.live() != live {
+                    pool.apply(live);
+                }
+            }
+        }
+        if let Some(aq) = &self.auth_query {
+            aq.apply(&LiveSettings::of_pool(&applied.pool));
+        }
+        *in_force = Arc::new(applied);
+    }
+
+    /// `SET key = value` on the admin console: `key` must apply without a restart
+    /// (`config::live`); the value is checked as the file's values are (with the other
+    /// live keys as in force) and applied at once. A later reload applies the file's
+    /// value again.
     pub fn set(&self, key: &str, value: &str) -> Result<(), SetError> {
         let text = self.source.as_ref().map(|s| s.text.as_str());
-        let config = live::with_setting(text, &self.proxy(), key, value)?;
-        self.set_live_proxy(&config.proxy);
+        let mut in_force = self.lock_in_force();
+        let config = live::with_setting(text, &in_force, key, value)?;
+        self.apply_live(&mut in_force, &config);
         Ok(())
     }
 

@@ -158,7 +158,7 @@ async fn show_servers_shows_the_backend_pid_postgres_reports() -> Result<()> {
 
 /// `SHOW CONFIG` through psql shows `shutdown_timeout` as configured (`7s`, default `30s`,
 /// changeable `yes`, section `proxy`), the pool `size` (`3`, default `20`, changeable
-/// `no`), `auth_salt_secret` as `********`, and the secret's text nowhere in its output.
+/// `yes`), `auth_salt_secret` as `********`, and the secret's text nowhere in its output.
 #[tokio::test]
 async fn show_config_shows_configured_values_and_masks_secrets() -> Result<()> {
     skip_if_direct!();
@@ -189,7 +189,7 @@ async fn show_config_shows_configured_values_and_masks_secrets() -> Result<()> {
             "shutdown_timeout",
             ["shutdown_timeout", "7s", "30s", "yes", "proxy"],
         ),
-        ("size", ["size", "3", "20", "no", "pool"]),
+        ("size", ["size", "3", "20", "yes", "pool"]),
         (
             "auth_salt_secret",
             ["auth_salt_secret", "********", "", "no", "proxy"],

@@ -1,11 +1,12 @@
 //! The settings as they are in force: what the admin console's `SHOW CONFIG` lists, and
 //! which of them `SET key = value` and a reload change without a restart
-//! ([`RELOADABLE`]). A `SET` is checked exactly as the file is: the running file's text
-//! with the value put in is parsed and validated again ([`with_setting`]).
+//! ([`RELOADABLE`], [`POOL_RELOADABLE`], [`DATABASE_RELOADABLE`]). A `SET` is checked
+//! exactly as the file is: the running file's text with the values in force and the new
+//! value put in is parsed and validated again ([`with_setting`]).
 
 use std::time::Duration;
 
-use super::{Config, ConfigError, PoolDefaults, ProxySettings};
+use super::{Config, ConfigError, DatabaseConfig, PoolDefaults, ProxySettings};
 
 /// The `[proxy]` keys that apply without a restart (`SET`, SIGHUP, `RELOAD`): they are
 /// read when a client connects or logs in, or when the proxy stops, never kept beside a
@@ -17,6 +18,67 @@ pub const RELOADABLE: [&str; 5] = [
     "client_login_timeout",
     "shutdown_timeout",
 ];
+
+/// The `[pool]` keys that apply without a restart: the size at once (`pool::Pool::apply`),
+/// the limits of waits, connects and reaping at the next one, and what a session reads at
+/// its start (mode, pipelining, prepared statements, client timeouts) to the sessions that
+/// start after the change. `server_tls`, `server_tls_ca` and `server_auth_methods` (shared
+/// with the probes, and a CA file that could fail to load mid-reload) and the caps
+/// `max_db_connections` / `max_user_connections` (which pools they bind is fixed when a
+/// pool is made) apply at restart.
+pub const POOL_RELOADABLE: [&str; 12] = [
+    "mode",
+    "size",
+    "connect_timeout",
+    "query_wait_timeout",
+    "idle_timeout",
+    "lifetime",
+    "max_prepared_statements",
+    "client_idle_timeout",
+    "idle_transaction_timeout",
+    "query_timeout",
+    "transaction_timeout",
+    "pipeline",
+];
+
+/// A database's keys (`[databases.NAME]`) that apply without a restart, as `[pool]`'s
+/// `size` and `mode` do.
+pub const DATABASE_RELOADABLE: [&str; 2] = ["pool_size", "pool_mode"];
+
+/// PgBouncer's names of `[pool]` keys, which `SET` takes too (PgBouncer's other names of
+/// reloadable settings are Switchyard's own: `query_wait_timeout`, `client_idle_timeout`,
+/// `idle_transaction_timeout`, `query_timeout`, `max_prepared_statements`, ...).
+pub const ALIASES: [(&str, &str); 5] = [
+    ("default_pool_size", "size"),
+    ("pool_mode", "mode"),
+    ("server_connect_timeout", "connect_timeout"),
+    ("server_idle_timeout", "idle_timeout"),
+    ("server_lifetime", "lifetime"),
+];
+
+/// When a change of the live key `key` (of `[proxy]`, `[pool]` or a database) applies, for
+/// the log line that reports it.
+pub fn applies(key: &str) -> &'static str {
+    match key {
+        "size" | "pool_size" => {
+            "now: waiting clients get the new servers at once; over a smaller size, idle servers close at once and lent ones when given back"
+        }
+        "connect_timeout" | "query_wait_timeout" => "to the next connect or wait",
+        "idle_timeout" | "lifetime" => "to every server, at the next reap (once a second) or release",
+        "mode"
+        | "pool_mode"
+        | "pipeline"
+        | "max_prepared_statements"
+        | "client_idle_timeout"
+        | "idle_transaction_timeout"
+        | "query_timeout"
+        | "transaction_timeout" => {
+            "to sessions that start from now on; running sessions keep what they started with"
+        }
+        "shutdown_timeout" => "to the next stop",
+        _ => "to the next client that connects or logs in",
+    }
+}
 
 /// One row of `SHOW CONFIG`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +107,15 @@ pub enum SetError {
     NoFile,
 }
 
+/// Where a key `SET` names lives in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    /// `[proxy]` or `[pool]`.
+    Section(&'static str, String),
+    /// `[databases.NAME]`.
+    Database(String, String),
+}
+
 /// Every `[proxy]`, `[pool]` and `[admin]` setting of `config`, with `proxy` (the `[proxy]`
 /// in force) for the reloadable keys; secrets masked.
 pub fn rows(config: &Config, proxy: &ProxySettings) -> Vec<SettingRow> {
@@ -65,7 +136,7 @@ pub fn rows(config: &Config, proxy: &ProxySettings) -> Vec<SettingRow> {
             key,
             value,
             default,
-            changeable: false,
+            changeable: POOL_RELOADABLE.contains(&key),
             section: "pool",
         });
     }
@@ -106,22 +177,77 @@ impl Config {
     }
 }
 
-/// The configuration `text` (the running file) would have with the reloadable keys at
-/// their values in force (`proxy`) and `key` set to `literal` (`30s`, `'30s'`, `100`,
-/// `true`), parsed and validated as a file is. Only a [`RELOADABLE`] key may be set.
+/// Where `key` (as `SET` names it: `max_client_conn`, `proxy.max_client_conn`,
+/// `pool.size`, `size`, `default_pool_size`, `databases.app.pool_size`) lives, if it can
+/// change without a restart. `databases` names the databases that may be set. Keys are
+/// read in any case; a database's name as written in the file.
+fn place_of(typed: &str, databases: &Config) -> Result<Place, SetError> {
+    let unknown = || SetError::Unknown(typed.to_string());
+    let restart = || SetError::NeedsRestart(typed.to_string());
+    let key = typed.to_ascii_lowercase();
+    if key.starts_with("databases.") {
+        let rest = &typed["databases.".len()..];
+        let (name, field) = rest.rsplit_once('.').ok_or_else(unknown)?;
+        let field = field.to_ascii_lowercase();
+        let field = field.as_str();
+        if !databases.databases.contains_key(name) {
+            return Err(unknown());
+        }
+        if DATABASE_RELOADABLE.contains(&field) {
+            return Ok(Place::Database(name.to_string(), field.to_string()));
+        }
+        return Err(if is_database_key(field) {
+            restart()
+        } else {
+            unknown()
+        });
+    }
+    let (wanted, bare) = match key.split_once('.') {
+        Some((section, bare)) => (Some(section), bare),
+        None => (None, key.as_str()),
+    };
+    let bare = match wanted {
+        None => ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == bare)
+            .map_or(bare, |(_, name)| *name),
+        Some(_) => bare,
+    };
+    let section = section_of(bare)
+        .filter(|s| wanted.is_none_or(|w| w == *s))
+        .ok_or_else(unknown)?;
+    let live = match section {
+        "proxy" => RELOADABLE.contains(&bare),
+        "pool" => POOL_RELOADABLE.contains(&bare),
+        _ => false,
+    };
+    if !live {
+        return Err(restart());
+    }
+    Ok(Place::Section(section, bare.to_string()))
+}
+
+/// Whether `field` is a key of `[databases.NAME]` (serde's unknown-field error says not).
+fn is_database_key(field: &str) -> bool {
+    if !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return false;
+    }
+    match toml::from_str::<DatabaseConfig>(&format!("cluster = \"c\"\n{field} = 0\n")) {
+        Ok(_) => true,
+        Err(e) => !e.to_string().contains("unknown field"),
+    }
+}
+
+/// The configuration `text` (the running file) would have with the live keys at their
+/// values in force (`in_force`) and `key` set to `literal` (`30s`, `'30s'`, `100`, `true`),
+/// parsed and validated as a file is. Only a live key may be set (see [`place_of`]).
 pub fn with_setting(
     text: Option<&str>,
-    proxy: &ProxySettings,
+    in_force: &Config,
     key: &str,
     literal: &str,
 ) -> Result<Config, SetError> {
-    let key = key.strip_prefix("proxy.").unwrap_or(key);
-    if section_of(key).is_none() {
-        return Err(SetError::Unknown(key.to_string()));
-    }
-    if !RELOADABLE.contains(&key) {
-        return Err(SetError::NeedsRestart(key.to_string()));
-    }
+    let place = place_of(key, in_force)?;
     let text = text.ok_or(SetError::NoFile)?;
     let invalid = |source| SetError::Invalid {
         key: key.to_string(),
@@ -133,14 +259,15 @@ pub fn with_setting(
             message: e.to_string(),
         })
     })?;
-    let section = table
-        .entry("proxy")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(section) = section {
-        for (name, value) in reloadable_values(proxy) {
-            section.insert(name.to_string(), value);
+    put_in_force(&mut table, in_force);
+    let value = value_of(literal);
+    match &place {
+        Place::Section(section, key) => {
+            table_at(&mut table, &[section]).insert(key.clone(), value);
         }
-        section.insert(key.to_string(), value_of(literal));
+        Place::Database(name, key) => {
+            table_at(&mut table, &["databases", name]).insert(key.clone(), value);
+        }
     }
     let text = toml::to_string(&table).map_err(|e| {
         invalid(ConfigError::Parse {
@@ -149,6 +276,149 @@ pub fn with_setting(
         })
     })?;
     Config::parse(&text, "SET").map_err(invalid)
+}
+
+/// The table at `path` in `table`, made (empty) where missing or not a table.
+fn table_at<'a>(table: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
+    path.iter().fold(table, |t, key| {
+        let entry = t
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        entry.as_table_mut().expect("made a table above")
+    })
+}
+
+/// Writes every live key's value in force (`in_force`) into `table` (the running file's):
+/// `[proxy]`'s and `[pool]`'s, and each database's `pool_size` and `pool_mode` (taken out
+/// where none is in force, so that the database follows `[pool]`).
+fn put_in_force(table: &mut toml::Table, in_force: &Config) {
+    let proxy = table_at(table, &["proxy"]);
+    for (name, value) in reloadable_values(&in_force.proxy) {
+        proxy.insert(name.to_string(), value);
+    }
+    let pool = table_at(table, &["pool"]);
+    for (name, value) in pool_live_values(&in_force.pool) {
+        pool.insert(name.to_string(), value);
+    }
+    for (name, db) in &in_force.databases {
+        let section = table_at(table, &["databases", name]);
+        for (key, value) in database_live_values(db) {
+            match value {
+                Some(value) => section.insert(key.to_string(), value),
+                None => section.remove(key),
+            };
+        }
+    }
+}
+
+/// `in_force` with every live key taken from `new` (a reloaded file, or a `SET`'s
+/// configuration); the others stay as in force (they apply at restart).
+pub fn with_live(in_force: &Config, new: &Config) -> Config {
+    let mut applied = in_force.clone();
+    applied.proxy = with_reloadable(&in_force.proxy, &new.proxy);
+    let p = &new.pool;
+    applied.pool = PoolDefaults {
+        mode: p.mode,
+        size: p.size,
+        connect_timeout: p.connect_timeout,
+        query_wait_timeout: p.query_wait_timeout,
+        idle_timeout: p.idle_timeout,
+        lifetime: p.lifetime,
+        max_prepared_statements: p.max_prepared_statements,
+        client_idle_timeout: p.client_idle_timeout,
+        idle_transaction_timeout: p.idle_transaction_timeout,
+        query_timeout: p.query_timeout,
+        transaction_timeout: p.transaction_timeout,
+        pipeline: p.pipeline,
+        ..in_force.pool.clone()
+    };
+    for (name, db) in &mut applied.databases {
+        if let Some(new) = new.databases.get(name) {
+            db.pool_size = new.pool_size;
+            db.pool_mode = new.pool_mode;
+        }
+    }
+    applied
+}
+
+/// One live setting that differs between two configurations: `key` as `SET` names it
+/// (`max_client_conn`, `pool.size`, `databases.app.pool_size`), its values as the file
+/// writes them (`unset` for a database's key that follows `[pool]`), and when the change
+/// applies ([`applies`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+    pub applies: &'static str,
+}
+
+/// The live settings that differ from `old` to `new`, one per key.
+pub fn changes(old: &Config, new: &Config) -> Vec<Change> {
+    let mut changes: Vec<Change> = rows(old, &old.proxy)
+        .into_iter()
+        .zip(rows(new, &new.proxy))
+        .filter(|(was, now)| now.changeable && was.value != now.value)
+        .map(|(was, now)| Change {
+            key: match now.section {
+                "proxy" => now.key.to_string(),
+                section => format!("{section}.{}", now.key),
+            },
+            from: was.value,
+            to: now.value,
+            applies: applies(now.key),
+        })
+        .collect();
+    for (name, was) in &old.databases {
+        let Some(now) = new.databases.get(name) else {
+            continue;
+        };
+        let shown = |v: Option<toml::Value>| {
+            v.map_or_else(
+                || "unset".to_string(),
+                |v| v.to_string().trim_matches('"').to_string(),
+            )
+        };
+        for ((key, from), (_, to)) in database_live_values(was)
+            .into_iter()
+            .zip(database_live_values(now))
+        {
+            if from != to {
+                changes.push(Change {
+                    key: format!("databases.{name}.{key}"),
+                    from: shown(from),
+                    to: shown(to),
+                    applies: applies(key),
+                });
+            }
+        }
+    }
+    changes
+}
+
+/// A configuration text without its live keys (nor sections left empty by that): what a
+/// reload compares to tell the changes that need a restart.
+pub fn without_live_keys(text: &str) -> toml::Table {
+    let mut table = text.parse::<toml::Table>().unwrap_or_default();
+    for (section, keys) in [("proxy", &RELOADABLE[..]), ("pool", &POOL_RELOADABLE[..])] {
+        if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+            t.retain(|k, _| !keys.contains(&k));
+            if t.is_empty() {
+                table.remove(section);
+            }
+        }
+    }
+    if let Some(toml::Value::Table(databases)) = table.get_mut("databases") {
+        for (_, db) in databases.iter_mut() {
+            if let toml::Value::Table(db) = db {
+                db.retain(|k, _| !DATABASE_RELOADABLE.contains(&k));
+            }
+        }
+    }
+    table
 }
 
 /// `proxy` with the reloadable keys taken from `new`.
@@ -173,6 +443,42 @@ fn reloadable_values(proxy: &ProxySettings) -> [(&'static str, toml::Value); 5] 
         ("admin_reserved_conn", count(proxy.admin_reserved_conn)),
         ("client_login_timeout", duration(proxy.client_login_timeout)),
         ("shutdown_timeout", duration(proxy.shutdown_timeout)),
+    ]
+}
+
+/// The live `[pool]` keys' values in `pool`, as TOML values ([`POOL_RELOADABLE`]'s order).
+fn pool_live_values(pool: &PoolDefaults) -> [(&'static str, toml::Value); 12] {
+    let count = |n: usize| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let duration = |d: Duration| toml::Value::String(duration(d));
+    [
+        ("mode", toml::Value::String(kebab(pool.mode))),
+        ("size", count(pool.size)),
+        ("connect_timeout", duration(pool.connect_timeout)),
+        ("query_wait_timeout", duration(pool.query_wait_timeout)),
+        ("idle_timeout", duration(pool.idle_timeout)),
+        ("lifetime", duration(pool.lifetime)),
+        ("max_prepared_statements", count(pool.max_prepared_statements)),
+        ("client_idle_timeout", duration(pool.client_idle_timeout)),
+        (
+            "idle_transaction_timeout",
+            duration(pool.idle_transaction_timeout),
+        ),
+        ("query_timeout", duration(pool.query_timeout)),
+        ("transaction_timeout", duration(pool.transaction_timeout)),
+        ("pipeline", toml::Value::Boolean(pool.pipeline)),
+    ]
+}
+
+/// A database's live keys as TOML values, `None` where unset ([`DATABASE_RELOADABLE`]'s
+/// order).
+fn database_live_values(db: &DatabaseConfig) -> [(&'static str, Option<toml::Value>); 2] {
+    [
+        (
+            "pool_size",
+            db.pool_size
+                .map(|n| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))),
+        ),
+        ("pool_mode", db.pool_mode.map(|m| toml::Value::String(kebab(m)))),
     ]
 }
 
@@ -291,6 +597,10 @@ nodes = [{ host = "127.0.0.1", port = 5432 }]
 
 [databases.app]
 cluster = "main"
+
+[databases.other]
+cluster = "main"
+pool_size = 4
 "#;
 
     /// The keys serde expects in `section`, read from its unknown-field error.
@@ -324,6 +634,10 @@ cluster = "main"
         assert_eq!(row("max_client_conn").default, "10000");
         assert!(row("max_client_conn").changeable);
         assert!(!row("listen").changeable);
+        for row in rows.iter().filter(|r| r.section == "pool") {
+            assert_eq!(row.changeable, POOL_RELOADABLE.contains(&row.key), "{}", row.key);
+        }
+        assert!(row("size").changeable && !row("server_tls").changeable);
         assert_eq!(row("auth_salt_secret").value, MASK);
         assert_eq!(row("threading").value, "shared");
         assert_eq!(row("shutdown_timeout").value, "30s");
@@ -335,7 +649,7 @@ cluster = "main"
     #[test]
     fn set_is_validated_as_the_file_is() {
         let running = Config::parse(FILE, "t.toml").unwrap();
-        let set = |k: &str, v: &str| with_setting(Some(FILE), &running.proxy, k, v);
+        let set = |k: &str, v: &str| with_setting(Some(FILE), &running, k, v);
         assert_eq!(
             set("shutdown_timeout", "'5s'").unwrap().proxy.shutdown_timeout,
             Duration::from_secs(5)
@@ -350,22 +664,159 @@ cluster = "main"
             set("listen", "'127.0.0.1:1'"),
             Err(SetError::NeedsRestart(_))
         ));
-        assert!(matches!(set("size", "3"), Err(SetError::NeedsRestart(_))));
+        assert!(matches!(
+            set("server_tls", "'require'"),
+            Err(SetError::NeedsRestart(_))
+        ));
+        assert!(matches!(
+            set("pool.max_db_connections", "3"),
+            Err(SetError::NeedsRestart(_))
+        ));
         let e = set("shutdown_timeout", "soon").unwrap_err().to_string();
         assert!(e.contains("shutdown_timeout"), "{e}");
         // Checked against the other keys in force, as the file is.
         let e = set("admin_reserved_conn", "50").unwrap_err().to_string();
         assert!(e.contains("below max_client_conn (50)"), "{e}");
-        let lowered = ProxySettings {
-            max_client_conn: 5,
-            ..running.proxy.clone()
+        let lowered = Config {
+            proxy: ProxySettings {
+                max_client_conn: 5,
+                ..running.proxy.clone()
+            },
+            ..running.clone()
         };
         let e = with_setting(Some(FILE), &lowered, "admin_reserved_conn", "5").unwrap_err();
         assert!(e.to_string().contains("below max_client_conn (5)"), "{e}");
     }
 
-    /// A file whose `[proxy]` changed only in reloadable keys reports no section needing a
-    /// restart; any other `[proxy]` change does.
+    /// `SET` of `[pool]` keys: with the `pool.` prefix, bare, and by PgBouncer's names, in
+    /// any case; a database's `pool_size` / `pool_mode` by `databases.NAME.KEY` (the name
+    /// as the file writes it); an unknown database or
+    /// key is unknown, another key of a database needs a restart; a value is checked as the
+    /// file's is (size 0, pipelining in session mode), naming the key as given.
+    #[test]
+    fn set_of_pool_keys_takes_prefixes_aliases_and_databases() {
+        let running = Config::parse(FILE, "t.toml").unwrap();
+        let set = |k: &str, v: &str| with_setting(Some(FILE), &running, k, v);
+        assert_eq!(set("pool.size", "30").unwrap().pool.size, 30);
+        assert_eq!(set("size", "'31'").unwrap().pool.size, 31);
+        assert_eq!(set("default_pool_size", "32").unwrap().pool.size, 32);
+        assert_eq!(
+            set("server_connect_timeout", "'2s'")
+                .unwrap()
+                .pool
+                .connect_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            set("query_wait_timeout", "500ms")
+                .unwrap()
+                .pool
+                .query_wait_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            set("pool_mode", "session").unwrap().pool.mode,
+            super::super::PoolMode::Session
+        );
+        assert_eq!(set("POOL.Size", "33").unwrap().pool.size, 33, "keys in any case");
+        let upper = set("Databases.other.POOL_SIZE", "2").unwrap();
+        assert_eq!(upper.databases["other"].pool_size, Some(2));
+        assert!(matches!(
+            set("databases.OTHER.pool_size", "2"),
+            Err(SetError::Unknown(_))
+        ));
+        let db = set("databases.app.pool_size", "3").unwrap();
+        assert_eq!(db.databases["app"].pool_size, Some(3));
+        assert_eq!(db.pool.size, 20, "[pool] untouched");
+        let db = set("databases.other.pool_mode", "'session'").unwrap();
+        assert_eq!(
+            db.databases["other"].pool_mode,
+            Some(super::super::PoolMode::Session)
+        );
+        assert_eq!(db.databases["other"].pool_size, Some(4));
+        for unknown in [
+            "proxy.size",
+            "pool.max_client_conn",
+            "databases.nope.pool_size",
+            "databases.app.nope",
+        ] {
+            assert!(
+                matches!(set(unknown, "1"), Err(SetError::Unknown(_))),
+                "{unknown}"
+            );
+        }
+        assert!(matches!(
+            set("databases.app.dbname", "'x'"),
+            Err(SetError::NeedsRestart(_))
+        ));
+        for (key, value, says) in [
+            ("default_pool_size", "0", "at least 1"),
+            ("pool.size", "many", "pool.size"),
+            ("pipeline", "true", "session"),
+        ] {
+            let in_session = Config {
+                pool: PoolDefaults {
+                    mode: super::super::PoolMode::Session,
+                    ..running.pool.clone()
+                },
+                ..running.clone()
+            };
+            let e = with_setting(Some(FILE), &in_session, key, value).unwrap_err();
+            assert!(matches!(e, SetError::Invalid { .. }), "{key}: {e}");
+            let e = e.to_string();
+            assert!(e.contains(key) && e.contains(says), "{key}: {e}");
+        }
+    }
+
+    /// A `SET` keeps the live values in force that differ from the file (an earlier `SET`),
+    /// a database's own `pool_size` included, and a database whose override is no longer
+    /// in force follows `[pool]`; [`with_live`] takes only live keys from the new
+    /// configuration, and [`changes`] names each changed key once.
+    #[test]
+    fn set_keeps_the_values_in_force_and_changes_name_each_key() {
+        let running = Config::parse(FILE, "t.toml").unwrap();
+        let first = with_setting(Some(FILE), &running, "size", "7").unwrap();
+        let in_force = with_live(&running, &first);
+        let second = with_setting(Some(FILE), &in_force, "databases.other.pool_size", "9").unwrap();
+        assert_eq!(
+            (second.pool.size, second.databases["other"].pool_size),
+            (7, Some(9))
+        );
+        let mut no_override = in_force.clone();
+        no_override.databases.get_mut("other").unwrap().pool_size = None;
+        let third = with_setting(Some(FILE), &no_override, "query_timeout", "'1m'").unwrap();
+        assert_eq!(third.databases["other"].pool_size, None);
+        assert_eq!(third.pool_size(&third.databases["other"]), 7);
+
+        let mut new = second.clone();
+        new.proxy.workers = 9;
+        new.pool.server_tls = super::super::ServerTlsMode::Require;
+        let applied = with_live(&in_force, &new);
+        assert_eq!(
+            (applied.proxy.workers, applied.pool.server_tls),
+            (in_force.proxy.workers, in_force.pool.server_tls)
+        );
+        let keys: Vec<(String, String, String)> = changes(&running, &applied)
+            .into_iter()
+            .map(|c| (c.key, c.from, c.to))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("pool.size".to_string(), "20".to_string(), "7".to_string()),
+                (
+                    "databases.other.pool_size".to_string(),
+                    "4".to_string(),
+                    "9".to_string()
+                ),
+            ]
+        );
+        assert!(applies("pool_mode").contains("sessions that start from now on"));
+    }
+
+    /// A file whose `[proxy]`, `[pool]` or databases changed only in live keys reports no
+    /// section needing a restart; any other change there does; a database whose only change
+    /// is its pool size counts as unchanged for removals.
     #[test]
     fn a_reload_that_changes_only_reloadable_keys_needs_no_restart() {
         let changed = FILE.replace(
@@ -375,5 +826,13 @@ cluster = "main"
         assert!(Config::changed_sections(FILE, &changed).is_empty());
         let changed = FILE.replace("max_client_conn = 50", "workers = 2");
         assert_eq!(Config::changed_sections(FILE, &changed), ["proxy"]);
+        let changed = format!("{FILE}\n[pool]\nsize = 3\nquery_wait_timeout = \"1s\"\nmode = \"session\"\n")
+            .replace("pool_size = 4", "pool_size = 5\npool_mode = \"statement\"");
+        assert!(Config::changed_sections(FILE, &changed).is_empty());
+        assert!(Config::databases_only_removed(FILE, &changed));
+        let changed = format!("{FILE}\n[pool]\nsize = 3\nserver_tls = \"require\"\n");
+        assert_eq!(Config::changed_sections(FILE, &changed), ["pool"]);
+        let changed = FILE.replace("pool_size = 4", "max_db_connections = 4");
+        assert_eq!(Config::changed_sections(FILE, &changed), ["databases"]);
     }
 }

@@ -44,20 +44,10 @@ impl Config {
     }
 
     /// Top-level sections whose contents differ between two configuration texts (both
-    /// already validated), ignoring formatting and comments.
+    /// already validated), ignoring formatting, comments and the keys that apply at a
+    /// reload (`live`).
     pub fn changed_sections(old: &str, new: &str) -> Vec<String> {
-        // The reloadable keys apply at a reload: they change no section that needs a restart.
-        let table = |t: &str| {
-            let mut table = t.parse::<toml::Table>().unwrap_or_default();
-            if let Some(toml::Value::Table(proxy)) = table.get_mut("proxy") {
-                proxy.retain(|k, _| !live::RELOADABLE.contains(&k));
-                if proxy.is_empty() {
-                    table.remove("proxy");
-                }
-            }
-            table
-        };
-        let (old, new) = (table(old), table(new));
+        let (old, new) = (live::without_live_keys(old), live::without_live_keys(new));
         let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
         keys.sort();
         keys.dedup();
@@ -68,14 +58,13 @@ impl Config {
     }
 
     /// Whether the `[databases]` of `new` are those of `old` less some: every database `new`
-    /// lists is in `old` with the same settings (removing a database applies at a reload;
-    /// adding or changing one needs a restart).
+    /// lists is in `old` with the same settings, but for those that apply at a reload
+    /// (`pool_size`, `pool_mode`). Removing a database applies at a reload; adding one or
+    /// changing its other settings needs a restart.
     pub fn databases_only_removed(old: &str, new: &str) -> bool {
-        let databases = |t: &str| {
-            t.parse::<toml::Table>()
-                .ok()
-                .and_then(|t| t.get("databases").and_then(|d| d.as_table()).cloned())
-                .unwrap_or_default()
+        let databases = |t: &str| match live::without_live_keys(t).remove("databases") {
+            Some(toml::Value::Table(d)) => d,
+            _ => toml::Table::new(),
         };
         let (old, new) = (databases(old), databases(new));
         new.iter().all(|(name, settings)| old.get(name) == Some(settings))

@@ -479,11 +479,19 @@ fn removing_databases_is_told_apart_from_other_changes() {
     );
     let changed = two.replace(
         "[databases.other]\ncluster = \"main\"",
-        "[databases.other]\ncluster = \"main\"\npool_size = 3",
+        "[databases.other]\ncluster = \"main\"\ndbname = \"elsewhere\"",
     );
     assert!(
         !Config::databases_only_removed(&two, &changed),
         "a changed database needs a restart"
+    );
+    let resized = two.replace(
+        "[databases.other]\ncluster = \"main\"",
+        "[databases.other]\ncluster = \"main\"\npool_size = 3",
+    );
+    assert!(
+        Config::databases_only_removed(&two, &resized),
+        "a database's pool_size applies at a reload"
     );
 }
 

@@ -1,4 +1,5 @@
-//! The open-files limit, checked at start against what the configuration may need: every
+//! The open-files limit, checked at start (and again when a reload or `SET` changes
+//! `max_client_conn` or a pool size) against what the configuration may need: every
 //! client and every server connection is a file descriptor, and a proxy that runs out of
 //! them fails `accept` and `connect` under load, long after it started. The soft limit is
 //! raised as far as the hard limit allows; what is still missing is said in the log, with

@@ -134,7 +134,7 @@ impl Pool {
                 None => Room::New(Vec::new()),
             });
         }
-        let wait = self.settings.query_wait_timeout;
+        let wait = self.live.load().query_wait_timeout;
         let deadline = Instant::now() + wait;
         let _waiting: Vec<Counted> = self.caps.iter().map(|c| Counted::new(&c.waiting)).collect();
         let mut counted_waiting = None;

@@ -10,6 +10,10 @@
 //! `hold_timeout`; a failed connect makes the cluster re-probe that node and the checkout
 //! waits for the topology to change rather than fail at once. Servers on a node that is no
 //! longer the primary are closed when they come back to the pool or are found idle.
+//!
+//! A pool's size and limits change without a restart ([`LiveSettings`], [`Pool::apply`]):
+//! a larger size lets waiting clients in at once, a smaller one closes idle servers over
+//! it at once and lent ones as they come back, never one in use.
 
 mod caps;
 mod functions;
@@ -42,7 +46,7 @@ use arc_swap::ArcSwap;
 use switchyard_protocol::sqlstate;
 
 use crate::auth::UserAuth;
-use crate::config::{PoolMode, ServerAuthMethod};
+use crate::config::{Config, DatabaseConfig, PoolDefaults, PoolMode, ServerAuthMethod};
 use crate::net::ServerTls;
 use crate::roster::{Roster, ServerInfo};
 use crate::server::{
@@ -57,6 +61,9 @@ pub struct DatabaseRoute {
     pub cluster: Arc<Cluster>,
     pub pause: Arc<PauseGate>,
     pub settings: PoolSettings,
+    /// Its pools' settings in force: what a new pool starts with (a reload or `SET`
+    /// replaces them here and in every pool of the database).
+    pub live: ArcSwap<LiveSettings>,
 }
 
 /// Pause between connect attempts to a node that refused while the topology settles.
@@ -83,9 +90,31 @@ fn unreachable(e: &ServerError) -> bool {
     }
 }
 
-/// Everything a pool needs to open server connections and apply its limits.
+/// What a pool needs to open server connections that stays as the proxy started (the
+/// limits that change without a restart are [`LiveSettings`]).
 #[derive(Clone)]
 pub struct PoolSettings {
+    pub tls: ServerTls,
+    /// `[pool] server_auth_methods`.
+    pub auth_methods: Arc<[ServerAuthMethod]>,
+    pub routing: RoutingSettings,
+    /// Idle lists per node: one per worker thread with `threading = "per-core"`, else 1.
+    pub shards: usize,
+    /// Where the pool's server connections are listed (`SHOW SERVERS`), under the
+    /// configured database's name, `database`.
+    pub roster: Arc<Roster<ServerInfo>>,
+    pub database: Arc<str>,
+}
+
+/// A pool's settings that change without a restart (`RELOAD`, SIGHUP, the console's
+/// `SET`): the database's `pool_size` and `pool_mode` and the live `[pool]` keys
+/// (`config::live::POOL_RELOADABLE`). Replaced whole ([`Pool::apply`]), so nothing sees
+/// half of a change. A session reads them once, at its start (mode, pipelining, client
+/// timeouts, prepared statements); the pool reads the limits of a wait and a connect when
+/// it waits or connects, the reaper the idle time and lifetime; the size is the slots'
+/// (an atomic, see [`slots`]), the lifetime checked at every release an atomic too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
     pub mode: PoolMode,
     pub size: usize,
     pub connect_timeout: Duration,
@@ -93,20 +122,41 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub lifetime: Duration,
     pub max_prepared_statements: usize,
-    pub tls: ServerTls,
-    /// `[pool] server_auth_methods`.
-    pub auth_methods: Arc<[ServerAuthMethod]>,
-    pub routing: RoutingSettings,
-    /// The client-side timeouts (`[pool]`); all zero (off) by default.
-    pub timeouts: ClientTimeouts,
     /// `[pool] pipeline`: the built-in pool-mode policy lets sessions pipeline.
     pub pipeline: bool,
-    /// Idle lists per node: one per worker thread with `threading = "per-core"`, else 1.
-    pub shards: usize,
-    /// Where the pool's server connections are listed (`SHOW SERVERS`), under the
-    /// configured database's name, `database`.
-    pub roster: Arc<Roster<ServerInfo>>,
-    pub database: Arc<str>,
+    /// The client-side timeouts (`[pool]`); all zero (off) by default.
+    pub timeouts: ClientTimeouts,
+}
+
+impl LiveSettings {
+    /// The settings of `db`'s pools under `config`.
+    pub fn of(config: &Config, db: &DatabaseConfig) -> LiveSettings {
+        LiveSettings {
+            mode: config.pool_mode(db),
+            size: config.pool_size(db),
+            ..LiveSettings::of_pool(&config.pool)
+        }
+    }
+
+    /// `[pool]`'s settings (`pool`), for a database that overrides none.
+    pub fn of_pool(pool: &PoolDefaults) -> LiveSettings {
+        LiveSettings {
+            mode: pool.mode,
+            size: pool.size,
+            connect_timeout: pool.connect_timeout,
+            query_wait_timeout: pool.query_wait_timeout,
+            idle_timeout: pool.idle_timeout,
+            lifetime: pool.lifetime,
+            max_prepared_statements: pool.max_prepared_statements,
+            pipeline: pool.pipeline,
+            timeouts: ClientTimeouts {
+                client_idle: pool.client_idle_timeout,
+                idle_transaction: pool.idle_transaction_timeout,
+                query: pool.query_timeout,
+                transaction: pool.transaction_timeout,
+            },
+        }
+    }
 }
 
 /// How long a client may stay in each phase of a session; zero: no limit.
@@ -195,6 +245,10 @@ pub struct Pool {
     /// The database's PAUSE/RESUME state, shared by its pools.
     pub pause: Arc<PauseGate>,
     pub settings: PoolSettings,
+    /// The settings in force that change without a restart ([`Pool::apply`]).
+    live: ArcSwap<LiveSettings>,
+    /// `live`'s lifetime in milliseconds, read at every release.
+    lifetime_ms: AtomicU64,
     pub statements: StatementRegistry,
     pub stats: PoolStats,
     /// Pipelined transaction pooling's drivers (`pipeline`).
@@ -235,6 +289,7 @@ impl Pool {
         cluster: Arc<Cluster>,
         pause: Arc<PauseGate>,
         settings: PoolSettings,
+        live: LiveSettings,
     ) -> Pool {
         Pool {
             caps: Vec::new(),
@@ -242,13 +297,15 @@ impl Pool {
             user: ArcSwap::new(user),
             server_database,
             pause,
-            primary: Servers::new(settings.size, settings.shards),
+            primary: Servers::new(live.size, settings.shards),
             replicas: (0..cluster.nodes.len())
-                .map(|_| Servers::new(settings.size, settings.shards))
+                .map(|_| Servers::new(live.size, settings.shards))
                 .collect(),
             reads: ReadStats::new(cluster.nodes.len()),
             cluster,
             settings,
+            lifetime_ms: AtomicU64::new(millis(live.lifetime)),
+            live: ArcSwap::from_pointee(live),
             statements: StatementRegistry::default(),
             stats: PoolStats::default(),
             pipelines: Pipelines::default(),
@@ -383,7 +440,7 @@ impl Pool {
         if let Some(p) = servers.try_permit() {
             return Ok(p);
         }
-        let wait = self.settings.query_wait_timeout;
+        let wait = self.live.load().query_wait_timeout;
         let waiting = Counted::new(&self.waiting);
         let acquired = servers.permit(wait).await;
         drop(waiting);
@@ -401,7 +458,7 @@ impl Pool {
                 self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(PoolError::Timeout {
                     waited: wait,
-                    size: self.settings.size,
+                    size: servers.size(),
                     pool: self.name.clone(),
                 })
             }
@@ -545,7 +602,7 @@ impl Pool {
     /// answers 57P03, a stopped one refuses). Not one of the pool's connects.
     pub async fn try_login(&self, addr: &NodeAddr, limit: Duration) -> Result<(), ServerError> {
         let user = self.user.load_full();
-        let timeout = limit.min(self.settings.connect_timeout);
+        let timeout = limit.min(self.connect_timeout());
         connect(&self.connect_params(addr, &user, timeout))
             .await
             .map(drop)
@@ -554,7 +611,7 @@ impl Pool {
     async fn connect(&self, addr: &NodeAddr) -> Result<Box<ServerConn>, ServerError> {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let user = self.user.load_full();
-        match connect(&self.connect_params(addr, &user, self.settings.connect_timeout)).await {
+        match connect(&self.connect_params(addr, &user, self.connect_timeout())).await {
             Ok(mut conn) => {
                 tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, pid = conn.backend_pid, "server connected");
                 conn.listed = Some(self.settings.roster.join(ServerInfo {
@@ -620,8 +677,40 @@ impl Pool {
             .coarse_now_ms
             .load(Ordering::Relaxed)
             .saturating_sub(created / 1_000_000);
-        u128::from(age_ms) > self.settings.lifetime.as_millis()
+        age_ms > self.lifetime_ms.load(Ordering::Relaxed)
             || created < self.reconnect_before.load(Ordering::Relaxed)
+    }
+
+    /// The settings in force that change without a restart: a session reads them once,
+    /// at its start.
+    pub fn live(&self) -> Arc<LiveSettings> {
+        self.live.load_full()
+    }
+
+    /// `connect_timeout` in force (connects, and the round trips a session makes on a
+    /// server before its client's messages).
+    pub fn connect_timeout(&self) -> Duration {
+        self.live.load().connect_timeout
+    }
+
+    /// Servers on each node this pool may lend at once (`pool_size` in force).
+    pub fn size(&self) -> usize {
+        self.primary.size()
+    }
+
+    /// Puts `live` in force (a reload or `SET`): the next wait, connect and reap use its
+    /// limits, sessions that start from now on its mode and session settings; a new size
+    /// applies at once to the primary's servers and each node's read servers (see
+    /// [`Servers::resize`]).
+    pub fn apply(&self, live: LiveSettings) {
+        let size = live.size;
+        self.lifetime_ms.store(millis(live.lifetime), Ordering::Relaxed);
+        self.live.store(Arc::new(live));
+        let closed: usize = self.all_servers().map(|s| s.resize(size)).sum();
+        if closed > 0 {
+            self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
+            tracing::debug!(pool = %self.name, closed, size, "closed idle servers over the new size");
+        }
     }
 
     /// `RECONNECT`: closes the idle servers now and the busy ones when they come back.
@@ -638,18 +727,19 @@ impl Pool {
     }
 
     /// Advances the coarse clock and closes idle servers past their idle timeout or
-    /// lifetime. Called once a second.
+    /// lifetime, and those over the size (servers given back while it shrank). Called
+    /// once a second.
     pub fn reap(&self) {
         let now_ms = since_origin_ms(Instant::now());
         self.coarse_now_ms.store(now_ms, Ordering::Relaxed);
-        let s = &self.settings;
+        let s = self.live.load();
         let closed: usize = self
             .all_servers()
             .map(|servers| {
                 servers.retain(|i| {
                     u128::from(now_ms.saturating_sub(i.since_ms)) < s.idle_timeout.as_millis()
                         && i.conn.created.elapsed() < s.lifetime
-                })
+                }) + servers.trim()
             })
             .sum();
         if closed > 0 {
@@ -660,10 +750,9 @@ impl Pool {
 
     /// (idle servers, servers in use, clients waiting) for the admin console.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let size = self.settings.size;
         let (idle, in_use) = self
             .all_servers()
-            .map(|s| s.counts(size))
+            .map(Servers::counts)
             .fold((0, 0), |(i, u), (si, su)| (i + si, u + su));
         (idle, in_use, self.waiting.load(Ordering::Relaxed))
     }
@@ -725,6 +814,11 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// `d` in whole milliseconds (saturating).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Milliseconds from the clock origin (`server::nanos_since_origin`) to `t`.
 fn since_origin_ms(t: Instant) -> u64 {
     nanos_since_origin(t) / 1_000_000
@@ -766,7 +860,12 @@ impl Checkout {
                 None => (pool.cluster.keeps_server(&conn.addr, conn.created), &pool.primary),
                 Some(node) => (pool.keeps_read_server(node, &conn), &pool.replicas[node]),
             };
-            if !keep || pool.expired(&conn) || !conn.rbuf.is_empty() || servers.is_closed() {
+            if !keep
+                || pool.expired(&conn)
+                || !conn.rbuf.is_empty()
+                || servers.is_closed()
+                || servers.shrinking()
+            {
                 pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
             }

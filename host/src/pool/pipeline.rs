@@ -310,7 +310,7 @@ impl Driver {
     async fn prepare(&mut self, conn: &mut ServerConn, settings: &Settings, signature: u64) -> bool {
         if conn.settings_signature != signature {
             if let Some(sql) = settings_diff(settings, &conn.settings) {
-                let limit = self.pool.settings.connect_timeout;
+                let limit = self.pool.connect_timeout();
                 match crate::server::simple_query_within(conn, &sql, limit).await {
                     Ok(answer) if answer.error.is_none() => {}
                     _ => return false,

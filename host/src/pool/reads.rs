@@ -151,7 +151,7 @@ impl Pool {
             }
         }
         if with_primary && view.primary.is_some() {
-            let (_, in_use) = self.primary.counts(self.settings.size);
+            let in_use = self.primary.in_use();
             if in_use < least {
                 candidates = 0;
             }

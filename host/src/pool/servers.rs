@@ -32,7 +32,6 @@ pub(super) struct Servers {
     /// Idle servers, one list per worker thread (one list unless per-core).
     idle: Box<[Mutex<Vec<IdleServer>>]>,
     slots: Arc<Slots>,
-    size: usize,
     /// Servers open now, idle or lent (an [`OpenServer`] travels with each).
     open: Arc<AtomicUsize>,
 }
@@ -52,7 +51,6 @@ impl Servers {
         Servers {
             idle: (0..shards.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             slots: Slots::new(size, shards),
-            size,
             open: Arc::default(),
         }
     }
@@ -82,7 +80,7 @@ impl Servers {
         if let Some(idle) = self.lock(own).pop() {
             return Some(idle.conn);
         }
-        if self.idle.len() == 1 || self.open.load(Ordering::Acquire) < self.size {
+        if self.idle.len() == 1 || self.open.load(Ordering::Acquire) < self.slots.size() {
             return None;
         }
         (1..self.idle.len())
@@ -99,7 +97,7 @@ impl Servers {
         let size = if self.idle.len() == 1 {
             usize::MAX
         } else {
-            self.size
+            self.slots.size()
         };
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -152,12 +150,53 @@ impl Servers {
             .sum()
     }
 
-    /// (idle servers, servers lent out) of a list of `size` slots.
-    pub fn counts(&self, size: usize) -> (usize, usize) {
+    /// (idle servers, servers lent out).
+    pub fn counts(&self) -> (usize, usize) {
         (
             (0..self.idle.len()).map(|shard| self.lock(shard).len()).sum(),
-            size.saturating_sub(self.slots.free()),
+            self.slots.lent(),
         )
+    }
+
+    /// Servers lent out now.
+    pub fn in_use(&self) -> usize {
+        self.slots.lent()
+    }
+
+    /// The number of servers it may lend at once (`pool_size`).
+    pub fn size(&self) -> usize {
+        self.slots.size()
+    }
+
+    /// Whether more servers are lent than the size allows (it shrank): one given back
+    /// is closed, not kept idle. One relaxed load.
+    #[inline]
+    pub fn shrinking(&self) -> bool {
+        self.slots.shrinking()
+    }
+
+    /// Changes the number of servers it may lend at once to `size` ([`Slots::resize`]) and
+    /// closes the idle servers over it at once; returns how many were closed.
+    pub fn resize(&self, size: usize) -> usize {
+        self.slots.resize(size);
+        self.trim()
+    }
+
+    /// Closes the longest-idle servers while more servers are open (idle, lent or on
+    /// their way back) than the size; returns how many. (A server given back while the
+    /// size shrank is closed on its way back, see [`Servers::shrinking`]; this catches
+    /// what is idle already.)
+    pub fn trim(&self) -> usize {
+        let mut closed = 0;
+        // A closed server is uncounted as it is dropped (its `OpenServer`).
+        while self.open.load(Ordering::Acquire) > self.slots.size() {
+            let Some(conn) = self.evict_oldest() else {
+                break;
+            };
+            drop(conn);
+            closed += 1;
+        }
+        closed
     }
 
     /// Whether [`Servers::close`] ran: servers coming back are closed, not kept.

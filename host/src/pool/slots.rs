@@ -35,7 +35,13 @@
 //! queued (about 270 instructions) and made the checkout's future larger; waiters queue in
 //! arrival order with the same limit, so the oldest expires first and one timer serves
 //! them all. The task wakes once per deadline of a head waiter that is still waiting, and
-//! ends when it wakes to an empty queue.
+//! ends when it wakes to an empty queue. When `query_wait_timeout` was shortened (a reload,
+//! `SET`) a later waiter may have an earlier deadline than one before it: until the lists
+//! are in deadline order again, the task looks at every waiter, not only the heads.
+//!
+//! The number of slots changes without a restart ([`Slots::resize`]): more slots go at
+//! once to the waiters, oldest first; fewer take free slots away at once, and slots lent
+//! beyond the new number are retired as they come back (never taken from their holder).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -74,6 +80,11 @@ pub(super) struct Slots {
     /// Free slots. A freed slot goes to a waiter if there is one, so this is 0 while any
     /// waits.
     free: AtomicUsize,
+    /// The number of slots (`pool_size`), lent or free, once those retiring are back.
+    size: AtomicUsize,
+    /// Slots lent beyond `size` (it shrank while they were lent): each is retired when it
+    /// comes back instead of being freed. Changed only under the queue's lock.
+    retiring: AtomicUsize,
     closed: AtomicBool,
     queue: Mutex<Queue>,
 }
@@ -88,6 +99,9 @@ struct Queue {
     vacant: Vec<usize>,
     /// The expiry task, while one runs ([`expire`]).
     expiry: Option<Expiry>,
+    /// A list is not in deadline order (`query_wait_timeout` was shortened while clients
+    /// waited): the expiry task looks at every waiter until it is again.
+    out_of_order: bool,
 }
 
 /// When the expiry task wakes next, and its waker (to wake it sooner).
@@ -159,6 +173,8 @@ impl Slots {
     pub fn new(size: usize, lists: usize) -> Arc<Slots> {
         Arc::new(Slots {
             free: AtomicUsize::new(size),
+            size: AtomicUsize::new(size),
+            retiring: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             queue: Mutex::new(Queue {
                 lists: (0..lists.max(1)).map(|_| VecDeque::new()).collect(),
@@ -166,6 +182,7 @@ impl Slots {
                 entries: Vec::new(),
                 vacant: Vec::new(),
                 expiry: None,
+                out_of_order: false,
             }),
         })
     }
@@ -223,8 +240,63 @@ impl Slots {
     }
 
     /// Slots free now.
+    #[cfg(test)]
     pub fn free(&self) -> usize {
         self.free.load(Ordering::Acquire)
+    }
+
+    /// The number of slots (`pool_size`) in force.
+    pub fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Slots lent now (a moment's count, for the console and read routing's choice).
+    pub fn lent(&self) -> usize {
+        (self.size.load(Ordering::Relaxed) + self.retiring.load(Ordering::Relaxed))
+            .saturating_sub(self.free.load(Ordering::Relaxed))
+    }
+
+    /// Whether more slots are lent than the size allows (it shrank): a slot coming back is
+    /// retired, and its server should be closed rather than kept idle. One relaxed load.
+    #[inline]
+    pub fn shrinking(&self) -> bool {
+        self.retiring.load(Ordering::Relaxed) > 0
+    }
+
+    /// Changes the number of slots to `size`. More: the new slots go to the waiters at
+    /// once, oldest first, and the rest are free. Fewer: free slots are taken away at once,
+    /// and as many lent ones as are still over the size are retired when they come back.
+    pub fn resize(&self, size: usize) {
+        let mut woken = Vec::new();
+        {
+            let mut queue = self.lock();
+            let old = self.size.swap(size, Ordering::AcqRel);
+            if size >= old {
+                let mut more = size - old;
+                // Slots still out that were to be retired are kept instead.
+                let kept = more.min(self.retiring.load(Ordering::Relaxed));
+                self.retiring.fetch_sub(kept, Ordering::Relaxed);
+                more -= kept;
+                while more > 0 {
+                    let oldest = queue.oldest_list();
+                    let Some(waker) = queue.grant(oldest) else {
+                        break;
+                    };
+                    woken.extend(waker);
+                    more -= 1;
+                }
+                self.free.fetch_add(more, Ordering::AcqRel);
+            } else {
+                let fewer = old - size;
+                let was_free = self
+                    .free
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n - n.min(fewer)))
+                    .unwrap_or_else(|n| n);
+                self.retiring
+                    .fetch_add(fewer - was_free.min(fewer), Ordering::Relaxed);
+            }
+        }
+        woken.into_iter().for_each(Waker::wake);
     }
 
     /// Whether [`Slots::close`] ran.
@@ -257,9 +329,14 @@ impl Slots {
     }
 
     /// Hands a slot freed near worker `near` to the waiter [`Queue::next`] picks, or counts
-    /// it free when nobody waits; returns the waiter's waker, to wake once `queue`'s lock
-    /// is released.
+    /// it free when nobody waits, or retires it when the slots shrank below those lent;
+    /// returns the waiter's waker, to wake once `queue`'s lock is released.
     fn hand_over(&self, queue: &mut Queue, near: usize) -> Option<Waker> {
+        // Under the queue's lock, as every change of `retiring` is.
+        if self.retiring.load(Ordering::Relaxed) > 0 {
+            self.retiring.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         match queue.grant(near) {
             Some(waker) => waker,
             None => {
@@ -283,6 +360,9 @@ impl Queue {
             state: State::Waiting,
             waker: None,
         };
+        if self.lists[list].back().is_some_and(|w| w.deadline > deadline) {
+            self.out_of_order = true;
+        }
         let entry = match self.vacant.pop() {
             Some(i) => {
                 self.entries[i] = fresh;
@@ -319,27 +399,45 @@ impl Queue {
         }
     }
 
-    /// Ends the waits of the waiters at the heads of the lists whose deadline is `now` or
-    /// earlier (their wakers are pushed on `woken`); returns the earliest deadline left at
-    /// a head, `None` when nobody waits.
+    /// Ends the waits of the waiters whose deadline is `now` or earlier (their wakers are
+    /// pushed on `woken`); returns the earliest deadline left, `None` when nobody waits.
     ///
-    /// Only heads are looked at: in a list, later arrivals have later deadlines, unless
-    /// `query_wait_timeout` was shortened by a reload while they waited; a waiter behind
-    /// one that queued before the change then gets its error when it reaches the head.
+    /// Only heads are looked at while the lists are in deadline order (later arrivals have
+    /// later deadlines, with one `query_wait_timeout`); after it was shortened while clients
+    /// waited, every waiter is, until the lists are in order again.
     fn expire_due(&mut self, now: Instant, woken: &mut Vec<Waker>) -> Option<Instant> {
-        let Queue { lists, entries, .. } = self;
+        let Queue {
+            lists,
+            entries,
+            out_of_order,
+            ..
+        } = self;
         let mut next: Option<Instant> = None;
-        for list in lists.iter_mut() {
-            while let Some(head) = list.front() {
-                if head.deadline > now {
-                    next = Some(next.map_or(head.deadline, |n| n.min(head.deadline)));
-                    break;
-                }
-                let entry = &mut entries[head.entry];
-                entry.state = State::TimedOut;
-                woken.extend(entry.waker.take());
-                list.pop_front();
+        let mut due = |w: &Waiter| {
+            if w.deadline > now {
+                next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+                return false;
             }
+            let entry = &mut entries[w.entry];
+            entry.state = State::TimedOut;
+            woken.extend(entry.waker.take());
+            true
+        };
+        for list in lists.iter_mut() {
+            if *out_of_order {
+                list.retain(|w| !due(w));
+            } else {
+                while list.front().is_some_and(&mut due) {
+                    list.pop_front();
+                }
+            }
+        }
+        if *out_of_order {
+            *out_of_order = lists.iter().any(|l| {
+                l.iter()
+                    .zip(l.iter().skip(1))
+                    .any(|(a, b)| a.deadline > b.deadline)
+            });
         }
         next
     }
@@ -360,6 +458,14 @@ impl Queue {
         let entry = &mut self.entries[waiter.entry];
         entry.state = State::Granted;
         Some(entry.waker.take())
+    }
+
+    /// The list whose head queued first (0 when nobody waits).
+    fn oldest_list(&self) -> usize {
+        (0..self.lists.len())
+            .filter_map(|i| self.lists[i].front().map(|w| (w.ticket, i)))
+            .min()
+            .map_or(0, |(_, i)| i)
     }
 
     /// The waiter a slot freed near worker `near` goes to (taken out of its list): the
@@ -674,6 +780,132 @@ mod tests {
         // It sleeps until the second waiter's deadline (6 s), then finds nobody waiting.
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(slots.lock().expiry.is_none(), "the expiry task is still running");
+    }
+
+    /// Growing from 1 to 3 slots while one is held and three clients wait hands the two new
+    /// slots to the two oldest waiters at once, the third keeps waiting; growing to 4 serves
+    /// it; all given back, 4 are free.
+    #[tokio::test]
+    async fn growing_hands_the_new_slots_to_the_waiters_in_order() {
+        let slots = Slots::new(1, 1);
+        let held = slots.try_take().expect("one free");
+        let mut waiters: Vec<Taking> = (0..3).map(|i| queue_on(&slots, i)).collect();
+        slots.resize(3);
+        let first = granted(&mut waiters[0]);
+        let second = granted(&mut waiters[1]);
+        assert!(poll(&mut waiters[2]).is_pending(), "the third waiter got a slot");
+        assert_eq!((slots.free(), slots.lent()), (0, 3));
+        slots.resize(4);
+        let third = granted(&mut waiters[2]);
+        assert_eq!(slots.lent(), 4);
+        drop((held, first, second, third));
+        assert_eq!(slots.free(), 4);
+    }
+
+    /// Per-core: new slots go to the oldest waiter anywhere, not to one worker's first.
+    #[tokio::test]
+    async fn per_core_growing_serves_the_oldest_waiter_anywhere_first() {
+        let slots = Slots::new(1, 2);
+        let _held = slots.try_take().expect("one free");
+        let mut oldest = queue_on(&slots, 1);
+        let mut newer = queue_on(&slots, 0);
+        set_current(0);
+        slots.resize(2);
+        assert!(poll(&mut newer).is_pending(), "the newer waiter went first");
+        drop(granted(&mut oldest));
+        // The freed slot goes on to the other waiter.
+        drop(granted(&mut newer));
+        assert_eq!(slots.free(), 1);
+    }
+
+    /// Shrinking from 3 to 1 with all 3 lent takes none from its holder: all 3 stay lent
+    /// (`shrinking`), the first two given back are retired (a waiter keeps waiting), the
+    /// third goes to the waiter; then the one slot left is all there is.
+    #[tokio::test]
+    async fn shrinking_never_takes_a_slot_in_use_and_retires_them_as_they_come_back() {
+        let slots = Slots::new(3, 1);
+        let mut held: Vec<Slot> = (0..3).map(|_| slots.try_take().expect("free")).collect();
+        slots.resize(1);
+        assert_eq!((slots.lent(), slots.free()), (3, 0));
+        assert!(slots.shrinking());
+        let mut waiter = queue_on(&slots, 0);
+        drop(held.pop());
+        assert!(poll(&mut waiter).is_pending(), "a retired slot was handed over");
+        drop(held.pop());
+        assert!(poll(&mut waiter).is_pending(), "a retired slot was handed over");
+        assert!(!slots.shrinking());
+        drop(held.pop());
+        let last = granted(&mut waiter);
+        assert_eq!((slots.lent(), slots.free()), (1, 0));
+        drop(last);
+        assert_eq!(slots.free(), 1);
+        let _one = slots.try_take().expect("the one slot");
+        assert!(slots.try_take().is_none(), "more than the new size lent");
+    }
+
+    /// Shrinking takes free slots away at once (3 to 1 with one lent: both free ones), and
+    /// growing again before the retiring slots came back keeps them instead.
+    #[tokio::test]
+    async fn shrinking_takes_free_slots_first_and_growing_keeps_retiring_ones() {
+        let slots = Slots::new(3, 1);
+        let held = slots.try_take().expect("free");
+        slots.resize(1);
+        assert_eq!((slots.free(), slots.lent()), (0, 1));
+        assert!(!slots.shrinking());
+        let more: Vec<Slot> = {
+            slots.resize(3);
+            (0..2).map(|_| slots.try_take().expect("grown")).collect()
+        };
+        slots.resize(1);
+        assert!(slots.shrinking(), "two lent over the size of 1");
+        slots.resize(2);
+        drop(more);
+        // One of the two came back as retiring, the other is free again.
+        assert_eq!((slots.free(), slots.lent()), (1, 1));
+        drop(held);
+        assert_eq!(slots.free(), 2);
+    }
+
+    /// With deadlines out of order (`query_wait_timeout` shortened from 10 s to 1 s while a
+    /// client waited), the later waiter's wait ends at its own deadline (1 s), not when the
+    /// earlier one's does; the earlier one keeps waiting, and growing the pool serves it.
+    /// After a shrink, a new waiter still times out at its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiters_deadline_holds_across_a_shortened_limit_and_a_resize() {
+        let slots = Slots::new(1, 1);
+        let held = slots.try_take().expect("one free");
+        let wait = |limit: u64| {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let taken = slots.take(Duration::from_secs(limit)).await;
+                (taken, started.elapsed())
+            })
+        };
+        let long = wait(10);
+        tokio::task::yield_now().await;
+        let short = wait(1);
+        let (taken, waited) = short.await.unwrap();
+        assert_eq!(
+            (taken.map(drop), waited),
+            (Err(NoSlot::TimedOut), Duration::from_secs(1))
+        );
+        assert!(!long.is_finished(), "the earlier waiter's wait ended too");
+        slots.resize(2);
+        let (taken, waited) = long.await.unwrap();
+        let grown = taken.expect("growing served the waiter");
+        assert_eq!(waited, Duration::from_secs(1));
+        slots.resize(1);
+        let late = wait(2);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(grown);
+        let (taken, waited) = late.await.unwrap();
+        assert_eq!(
+            (taken.map(drop), waited),
+            (Err(NoSlot::TimedOut), Duration::from_secs(2))
+        );
+        drop(held);
+        assert_eq!(slots.free(), 1);
     }
 
     /// A waiter whose deadline comes before the one the expiry task sleeps until (a shorter

@@ -198,7 +198,7 @@ impl Session {
     /// Records that the server will have `def`, closing its least recently used statement if
     /// it holds too many.
     fn prepare_on_server(&mut self, def: &StatementDef) {
-        let cap = self.pool.settings.max_prepared_statements;
+        let cap = self.statements.per_server();
         let Some(conn) = self.server.conn() else {
             return;
         };

@@ -200,10 +200,8 @@ impl Session {
         state: Arc<ProxyState>,
         stop: Arc<StopWatch>,
     ) -> Session {
-        let cap = pool
-            .settings
-            .max_prepared_statements
-            .saturating_mul(statements::CLIENT_NAMES_PER_SERVER_STATEMENT);
+        // Read once: a reload or `SET` applies to the sessions that start after it.
+        let live = pool.live();
         let application_name = l
             .params
             .iter()
@@ -230,12 +228,9 @@ impl Session {
         let mut params = SessionParams::from_startup(&l.params);
         params.share_startup(|s| pool.shared_settings(s));
         let policies = state.policies.session(&l.database);
-        let mode = pool.settings.mode;
-        let may_pipeline = mode != PoolMode::Session
-            && state
-                .policies
-                .may_pipeline(&policies, &mut facts, pool.settings.pipeline);
-        let pool_timeouts = pool.settings.timeouts;
+        let mode = live.mode;
+        let may_pipeline =
+            mode != PoolMode::Session && state.policies.may_pipeline(&policies, &mut facts, live.pipeline);
         let listed = state.client_roster.join(ClientInfo {
             user: l.user.name.clone(),
             database: l.database.clone(),
@@ -259,7 +254,7 @@ impl Session {
             pool,
             server: ServerSide::default(),
             tx_status: TransactionStatus::Idle,
-            statements: ClientStatements::new(cap),
+            statements: ClientStatements::new(live.max_prepared_statements),
             params,
             cancel: l.cancel,
             terminated: false,
@@ -275,7 +270,7 @@ impl Session {
             routing,
             may_pipeline,
             stop,
-            timeouts: Timeouts::new(pool_timeouts),
+            timeouts: Timeouts::new(live.timeouts),
             clocks: traffic::Clocks::default(),
         }
     }
@@ -489,7 +484,7 @@ impl Session {
         let conn = checkout.conn();
         if let Some(sql) = self.params.diff(&conn.settings) {
             tracing::debug!(server = conn.id, %sql, "applying session settings");
-            let limit = self.pool.settings.connect_timeout;
+            let limit = self.pool.connect_timeout();
             let answer = crate::server::simple_query_within(conn, &sql, limit)
                 .await
                 .map_err(|e| SessionError::Pool(e.into()))?;
@@ -519,7 +514,7 @@ impl Session {
         let Some(conn) = self.server.conn() else {
             return;
         };
-        let limit = self.pool.settings.connect_timeout;
+        let limit = self.pool.connect_timeout();
         let query = self.params.read_back_query();
         match crate::server::simple_query_within(conn, &query, limit).await {
             Ok(answer) if answer.error.is_none() => {
@@ -644,7 +639,7 @@ impl Session {
     /// A client-side timeout ran out: a statement still running gets a cancel (sent in the
     /// background) and the session ends with the timeout's error at once.
     fn timed_out(&mut self, expiry: Expiry) -> SessionError {
-        let fields = timeouts::error(&self.pool.settings.timeouts, expiry);
+        let fields = timeouts::error(self.timeouts.as_deref(), expiry);
         tracing::info!(pid = self.cancel.process_id, user = self.facts.user(), error = %fields.message, "client timed out");
         if !self.server.owes_nothing() {
             // Claimed now, while the session still holds the server; forwarded in the

@@ -105,7 +105,7 @@ impl Session {
                 // The same path as the client's own cancel: taken out of the queue, or
                 // forwarded once the statement runs alone.
                 let _ = cancel.ask.send(cancel.ticket);
-                let fields = timeouts::error(&self.pool.settings.timeouts, expiry);
+                let fields = timeouts::error(timeouts.as_deref(), expiry);
                 tracing::info!(pid = self.cancel.process_id, error = %fields.message, "client timed out in a pipeline");
                 Err(SessionError::Timeout(Box::new(fields)))
             }

@@ -19,15 +19,27 @@ pub struct ClientStatements {
     map: HashMap<Bytes, (Arc<StatementDef>, u64)>,
     clock: u64,
     cap: usize,
+    /// `max_prepared_statements` as the session started.
+    per_server: usize,
 }
 
 impl ClientStatements {
-    pub fn new(cap: usize) -> ClientStatements {
+    /// The names of a session started with `max_prepared_statements = per_server`.
+    pub fn new(per_server: usize) -> ClientStatements {
         ClientStatements {
             map: HashMap::new(),
             clock: 0,
-            cap: cap.max(1),
+            cap: per_server
+                .saturating_mul(CLIENT_NAMES_PER_SERVER_STATEMENT)
+                .max(1),
+            per_server,
         }
+    }
+
+    /// `max_prepared_statements` as the session started: what it keeps prepared on a
+    /// server it uses.
+    pub fn per_server(&self) -> usize {
+        self.per_server
     }
 
     pub fn get(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
@@ -87,7 +99,10 @@ mod tests {
     #[test]
     fn evicts_least_recently_used() {
         let reg = StatementRegistry::default();
-        let mut s = ClientStatements::new(2);
+        let mut s = ClientStatements {
+            cap: 2,
+            ..ClientStatements::new(1)
+        };
         let q = |t: &'static str| reg.intern(&Bytes::from_static(t.as_bytes()), &[]);
         assert!(s.insert(Bytes::from_static(b"a"), q("1")).is_none());
         assert!(s.insert(Bytes::from_static(b"b"), q("2")).is_none());

@@ -115,8 +115,10 @@ pub(super) fn poll_expired(timeouts: Option<&mut Timeouts>, cx: &mut Context<'_>
     }
 }
 
-/// The FATAL error the client gets when the limit `expiry` of `l` runs out.
-pub(super) fn error(l: &ClientTimeouts, expiry: Expiry) -> ErrorFields {
+/// The FATAL error the client gets when the limit `expiry` of `timeouts` (the session's
+/// timer, with the limits the session started with) runs out.
+pub(super) fn error(timeouts: Option<&Timeouts>, expiry: Expiry) -> ErrorFields {
+    let l = timeouts.map(|t| t.limits).unwrap_or_default();
     let (code, message) = match expiry {
         Expiry::ClientIdle => (
             sqlstate::IDLE_SESSION_TIMEOUT,
