@@ -101,10 +101,26 @@ pub enum SetError {
     Unknown(String),
     #[error("parameter \"{0}\" cannot be changed without restarting the proxy")]
     NeedsRestart(String),
-    #[error("invalid value for parameter \"{key}\": {source}")]
+    #[error("invalid value for parameter \"{key}\": {}", reason(source))]
     Invalid { key: String, source: ConfigError },
     #[error("the proxy was started without a configuration file")]
     NoFile,
+}
+
+/// Why a value was refused, without the line and column of the text `SET` made (which the
+/// operator never saw): the validation's message, or a parse error's last line.
+fn reason(e: &ConfigError) -> String {
+    match e {
+        ConfigError::Invalid { message, .. } => message.clone(),
+        ConfigError::Parse { message, .. } => message
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or(message)
+            .trim()
+            .to_string(),
+        ConfigError::Read { .. } => e.to_string(),
+    }
 }
 
 /// Where a key `SET` names lives in the file.
@@ -765,6 +781,11 @@ pool_size = 4
             assert!(matches!(e, SetError::Invalid { .. }), "{key}: {e}");
             let e = e.to_string();
             assert!(e.contains(key) && e.contains(says), "{key}: {e}");
+            // The text SET made is not the operator's: no line or column of it.
+            assert!(
+                !e.contains("at line") && !e.contains("column") && !e.contains("SET:"),
+                "{key}: {e}"
+            );
         }
     }
 
