@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::{Config, Threading};
 use switchyard::listener::Stopping;
-use switchyard::net::listen::{Listeners, UnixSocketFile};
-use switchyard::replay;
+use switchyard::net::listen::{ListenerKey, Listeners, UnixSocketFile};
 use switchyard::state::{ConfigSource, ProxyState};
-use tokio::sync::watch;
+use switchyard::{replay, takeover};
+use tokio::sync::{mpsc, watch};
 
 /// Switchyard: a PostgreSQL wire proxy and connection pooler.
 ///
@@ -31,6 +31,16 @@ struct Cli {
     /// Configuration file (TOML) to serve with.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Take over from the switchyard running with this configuration (an online restart
+    /// or upgrade): load the configuration and plugins, then receive the running proxy's
+    /// listening sockets over its `takeover_socket` and serve; the old process stops
+    /// accepting, hands each client over between transactions (with its settings,
+    /// prepared statements and cancel key) or tells it to reconnect, and exits 0. A
+    /// configuration or plugin that does not load exits non-zero and leaves the running
+    /// proxy serving. See docs/operations.md.
+    #[arg(long, requires = "config")]
+    takeover: bool,
 
     /// How log lines are written on stderr: `text` (human-readable) or `json` (one JSON
     /// object a line: timestamp, level, message and the line's fields, e.g. cluster and
@@ -136,7 +146,7 @@ fn main() -> std::process::ExitCode {
             })
         }
         None => match cli.config {
-            Some(path) => run(&path),
+            Some(path) => run(&path, cli.takeover),
             None => Err(anyhow::anyhow!(
                 "no configuration given: use --config FILE (see --help)"
             )),
@@ -186,7 +196,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = Config::parse(&text, &path.display().to_string())?;
     for warning in switchyard::config::exposure_warnings(path, &config) {
@@ -202,21 +212,69 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let unix_mode = config.proxy.unix_socket_mode;
     let threading = config.proxy.threading;
     let workers = config.proxy.worker_threads();
+    let takeover_path = config.proxy.takeover_socket_path();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // Loading plugins compiles them (seconds for large ones): done before serving.
+    // Loading plugins compiles them (seconds for large ones): done before serving, and
+    // before a takeover asks the running proxy for anything.
     let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
-    // Bound before serving; the file is removed when this returns (a clean stop).
-    let unix = unix_path
-        .map(|path| UnixSocketFile::bind(&path, unix_mode))
-        .transpose()?;
+    let mut incoming = if takeover {
+        let wanted = listen
+            .iter()
+            .map(|addr| ListenerKey::Tcp(*addr))
+            .chain(unix_path.clone().map(ListenerKey::Unix))
+            .collect();
+        Some(takeover::Incoming::connect(&takeover_path, wanted).context("cannot take over")?)
+    } else {
+        None
+    };
+    let inherited = incoming
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.inherited))
+        .unwrap_or_default();
+    let mut inherited = inherited;
+    // Bound before serving (or handed over); the file is removed when this returns (a
+    // clean stop), unless another process took the socket over.
+    let unix = match &unix_path {
+        Some(path) => Some(match inherited.take_unix(path)? {
+            Some(handed) => handed,
+            None => UnixSocketFile::bind(path, unix_mode)?,
+        }),
+        None => None,
+    };
+    let unix = unix.map(|(file, listener)| (Arc::new(file), listener));
     let unix_shown = unix.as_ref().map(|(file, _)| file.path().display().to_string());
+    let (handoffs, handed) = mpsc::unbounded_channel();
+    let listeners_count = match threading {
+        Threading::PerCore => workers,
+        Threading::Shared => 1,
+    };
+    let (adopters, adopted): (Vec<_>, Vec<_>) =
+        (0..listeners_count).map(|_| mpsc::unbounded_channel()).unzip();
+    let control = |offer| {
+        takeover::Control::new(
+            state.clone(),
+            offer,
+            unix.as_ref().map(|(f, _)| f.clone()),
+            handed,
+        )
+    };
     if threading == Threading::PerCore {
-        let workers = switchyard::workers::bind(&listen, unix.as_ref().map(|(f, l)| (f, l)), workers)?;
+        let workers = switchyard::workers::bind(
+            &listen,
+            unix.as_ref().map(|(f, l)| (&**f, l)),
+            workers,
+            &inherited,
+        )?;
+        drop(inherited);
+        let offer = switchyard::workers::offer(&workers).context("cannot offer the listening sockets")?;
         spawn_background(&state)?;
+        let finisher = takeover::start(control(offer), incoming, adopters)?;
         tracing::info!(listen = %addresses(&listen), unix = unix_shown, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
-        let stopping = Stopping::new(shutdown_tx, workers.len());
+        let timeout = state.proxy().shutdown_timeout;
+        let stopping = Stopping::new(shutdown_tx, workers.len(), handoffs);
         let _unix_file = unix.map(|(file, _listener)| file);
-        switchyard::workers::run(workers, state, stopping, shutdown_signal())?;
+        switchyard::workers::run(workers, state, stopping, shutdown_signal(), adopted)?;
+        finisher.finish(timeout);
         return Ok(());
     }
     // One worker: tokio's single-threaded scheduler, which skips the work-stealing
@@ -234,20 +292,31 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     spawn_background(&state)?;
-    runtime.block_on(async move {
-        let mut listeners = Listeners::tcp(&listen, false)?;
-        let _unix_file = match unix {
-            Some((file, listener)) => {
-                listeners.add_unix(&file, &listener)?;
-                Some(file)
-            }
-            None => None,
-        };
-        tracing::info!(listen = %addresses(&listen), unix = unix_shown, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
-        let stopping = Stopping::new(shutdown_tx, 1);
-        switchyard::listener::serve(listeners, state, stopping, shutdown_signal()).await;
-        Ok(())
-    })
+    let listeners = {
+        let _inside = runtime.enter();
+        let mut listeners = Listeners::tcp(&listen, false, &inherited, (0, 1))?;
+        if let Some((file, listener)) = &unix {
+            listeners.add_unix(file, listener)?;
+        }
+        listeners
+    };
+    drop(inherited);
+    let offer = listeners.offer().context("cannot offer the listening sockets")?;
+    let finisher = takeover::start(control(offer), incoming, adopters)?;
+    let _unix_file = unix.map(|(file, _listener)| file);
+    tracing::info!(listen = %addresses(&listen), unix = unix_shown, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
+    let timeout = state.proxy().shutdown_timeout;
+    let stopping = Stopping::new(shutdown_tx, 1, handoffs);
+    let adopted = adopted.into_iter().next().expect("one channel");
+    runtime.block_on(switchyard::listener::serve(
+        listeners,
+        state,
+        stopping,
+        shutdown_signal(),
+        adopted,
+    ));
+    finisher.finish(timeout);
+    Ok(())
 }
 
 /// `listen`'s addresses, for the log.

@@ -632,6 +632,16 @@ impl Pool {
         self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
     }
 
+    /// Another process took over (`switchyard --takeover`): no server is kept for reuse
+    /// from now on; the idle ones are closed now, the lent ones (and any opened for the
+    /// transactions still finishing here) when they come back, so that the two processes
+    /// together do not hold twice the servers for long.
+    pub fn drain(&self) {
+        self.reconnect_before.store(u64::MAX, Ordering::Relaxed);
+        let closed: usize = self.all_servers().map(Servers::clear).sum();
+        self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
+    }
+
     /// The primary's servers and every node's read servers.
     fn all_servers(&self) -> impl Iterator<Item = &Servers> {
         std::iter::once(&self.primary).chain(self.replicas.iter())

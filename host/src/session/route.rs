@@ -94,6 +94,11 @@ impl Routing {
         }
     }
 
+    /// The session's `switchyard.route` hint, if it gave one.
+    pub fn hint(&self) -> Option<ReadRouting> {
+        self.hint
+    }
+
     /// The transaction now running on a replica was declared read-only by the client.
     pub fn declared_read_only(&self) -> bool {
         self.declared_read_only
