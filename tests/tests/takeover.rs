@@ -43,14 +43,16 @@ fn copied_binary(dir: &Path) -> Result<PathBuf> {
 
 /// The test configuration with the admin console, room for every client on both sides of
 /// a takeover, `threading` with two workers, client TLS with `tls` (certificate, key), and
-/// a session-mode database [`SESSION_DB`].
+/// a session-mode database [`SESSION_DB`]; `md5user` is challenged with md5 (see
+/// [`ConnectLoop`]).
 fn configure(cfg: ProxyConfig, threading: &str, tls: &CertKey) -> ProxyConfig {
     let mut cfg = cfg
         .with_admin()
         .pool_size(40)
         .set("proxy.shutdown_timeout", "20s")
         .set("proxy.threading", threading)
-        .set("proxy.workers", 2);
+        .set("proxy.workers", 2)
+        .set("users.md5user.auth", "md5");
     cfg.proxy.tls_cert = Some(tls.cert.display().to_string());
     cfg.proxy.tls_key = Some(tls.key.display().to_string());
     cfg.databases.insert(
@@ -65,21 +67,33 @@ fn configure(cfg: ProxyConfig, threading: &str, tls: &CertKey) -> ProxyConfig {
     cfg
 }
 
-/// New connections opened one after another every few milliseconds (md5user: a cheap
-/// login), each running `SELECT 1`: attempts, failures with their first messages, and the
-/// longest connect-and-query.
+/// Loops opening new connections one after another, a few milliseconds apart (md5user,
+/// challenged with md5: a cheap login), each running `SELECT 1`: attempts, failures with
+/// their messages, and the longest connect-and-query, all loops together.
 struct ConnectLoop {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(u64, Vec<String>, Duration)>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>, Duration)>>,
 }
+
+/// How many loops open connections at once.
+const CONNECT_LOOPS: usize = 4;
 
 impl ConnectLoop {
     fn start(ep: &Endpoint) -> ConnectLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let (user, password) = roles::MD5;
         let config = ep.config(user, password, roles::APP_DB);
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
+        let tasks = (0..CONNECT_LOOPS)
+            .map(|_| ConnectLoop::spawn(config.clone(), stop.clone()))
+            .collect();
+        ConnectLoop { stop, tasks }
+    }
+
+    fn spawn(
+        config: tokio_postgres::Config,
+        flag: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<(u64, Vec<String>, Duration)> {
+        tokio::spawn(async move {
             let (mut attempts, mut failures, mut longest) = (0u64, Vec::new(), Duration::ZERO);
             while !flag.load(Ordering::Relaxed) {
                 attempts += 1;
@@ -100,13 +114,19 @@ impl ConnectLoop {
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
             (attempts, failures, longest)
-        });
-        ConnectLoop { stop, task }
+        })
     }
 
     async fn finish(self) -> Result<(u64, Vec<String>, Duration)> {
         self.stop.store(true, Ordering::Relaxed);
-        Ok(self.task.await?)
+        let (mut attempts, mut failures, mut longest) = (0, Vec::new(), Duration::ZERO);
+        for task in self.tasks {
+            let (a, f, l) = task.await?;
+            attempts += a;
+            failures.extend(f);
+            longest = longest.max(l);
+        }
+        Ok((attempts, failures, longest))
     }
 }
 

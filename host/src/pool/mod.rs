@@ -582,6 +582,12 @@ impl Pool {
         }
     }
 
+    /// The ClientKey learnt from the pool's user's SCRAM login, if any (SCRAM
+    /// pass-through to servers), for a takeover to carry.
+    pub fn client_key(&self) -> Option<[u8; 32]> {
+        self.user.load().client_key.get().copied()
+    }
+
     /// Uses `user` for future server logins if its credentials are newer than the pool's.
     pub fn update_user(&self, user: &Arc<UserAuth>) {
         if !Arc::ptr_eq(&self.user.load(), user) {

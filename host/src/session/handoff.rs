@@ -54,6 +54,11 @@ pub struct ClientRecord {
     /// Bytes the client sent that were not processed yet.
     #[serde(with = "b64")]
     pub unread: Vec<u8>,
+    /// The ClientKey learnt from the user's SCRAM login, when the proxy logs in to
+    /// servers with it (SCRAM pass-through: the user has only a verifier): the new process
+    /// could not log in to servers for this client otherwise.
+    #[serde(with = "b64_key")]
+    pub client_key: Option<[u8; 32]>,
 }
 
 /// One named prepared statement of a client.
@@ -100,6 +105,32 @@ mod b64 {
         base64::engine::general_purpose::STANDARD
             .decode(text)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An optional 32-byte key as a base64 string or null.
+mod b64_key {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(key: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match key {
+            Some(k) => super::b64::serialize(k, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)?;
+        bytes
+            .try_into()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("a ClientKey is 32 bytes"))
     }
 }
 
@@ -166,6 +197,7 @@ impl Session {
             process_id: self.cancel.process_id,
             secret_key: self.cancel.secret_key,
             unread: self.cbuf.to_vec(),
+            client_key: self.pool.client_key(),
         };
         let fd = self.client.into_fd()?;
         Ok(Handoff { fd, record })
@@ -218,6 +250,9 @@ pub async fn adopt(handoff: Handoff, state: &Arc<ProxyState>) -> Option<(LoggedI
         let _ = stream.write_all(&out).await;
         return None;
     };
+    if let Some(key) = record.client_key {
+        user.learn_client_key(key);
+    }
     let cancel = match state.cancels.register_as(record.process_id, record.secret_key) {
         Some(c) => c,
         None => {
@@ -289,6 +324,7 @@ mod tests {
             process_id: 7,
             secret_key: -3,
             unread: vec![b'Q', 0, 0, 0, 5, 0],
+            client_key: Some([9; 32]),
         };
         let json = serde_json::to_string(&record).unwrap();
         let back: ClientRecord = serde_json::from_str(&json).unwrap();
@@ -298,6 +334,7 @@ mod tests {
         assert_eq!(back.statements[0].param_types, vec![23]);
         assert_eq!((back.process_id, back.secret_key), (7, -3));
         assert_eq!(back.unread, record.unread);
+        assert_eq!(back.client_key, Some([9; 32]));
         assert_eq!(back.hint, Some(ReadRouting::Replicas));
         assert_eq!(back.facts.user(), "app");
         assert_eq!(route_param(back.hint).unwrap().1, "replicas");
