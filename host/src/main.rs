@@ -250,14 +250,7 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
     };
     let (adopters, adopted): (Vec<_>, Vec<_>) =
         (0..listeners_count).map(|_| mpsc::unbounded_channel()).unzip();
-    let control = |offer| {
-        takeover::Control::new(
-            state.clone(),
-            offer,
-            unix.as_ref().map(|(f, _)| f.clone()),
-            handed,
-        )
-    };
+    let control = |offer| takeover::Control::new(state.clone(), offer, unix.as_ref().map(|(f, _)| f), handed);
     if threading == Threading::PerCore {
         let workers = switchyard::workers::bind(
             &listen,

@@ -210,16 +210,22 @@ pub struct Control {
     path: PathBuf,
     /// The listening sockets, by what they listen for (descriptors of their own).
     sockets: Vec<(ListenerKey, OwnedFd)>,
-    /// The clients' Unix-domain socket file, left in place once handed over.
-    unix_file: Option<Arc<UnixSocketFile>>,
+    /// The clients' Unix-domain socket file, left in place once handed over (weak: the
+    /// listeners' owner removes it at a plain stop, while this thread waits on).
+    unix_file: Option<std::sync::Weak<UnixSocketFile>>,
     handoffs: mpsc::UnboundedReceiver<Handoff>,
 }
+
+/// The takeover socket's file, removed when dropped: by the thread when a takeover
+/// succeeded (the new process binds it in turn), else at a clean stop.
+type SocketFile = Arc<std::sync::Mutex<Option<UnixSocketFile>>>;
 
 /// The running side's thread.
 struct ControlHandle {
     /// Set once a takeover began: the process must then send every client before it exits.
     started: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<()>,
+    file: SocketFile,
 }
 
 /// What `main` waits for once the listeners are done: the clients handed over sent to the
@@ -234,6 +240,8 @@ impl Finisher {
             return;
         };
         if !handle.started.load(std::sync::atomic::Ordering::SeqCst) {
+            // A plain stop: the socket file goes (the thread stays blocked in accept).
+            drop(handle.file.lock().unwrap_or_else(|e| e.into_inner()).take());
             return;
         }
         let deadline = std::time::Instant::now() + limit;
@@ -275,9 +283,10 @@ impl Control {
     pub fn new(
         state: Arc<ProxyState>,
         sockets: Vec<(ListenerKey, OwnedFd)>,
-        unix_file: Option<Arc<UnixSocketFile>>,
+        unix_file: Option<&Arc<UnixSocketFile>>,
         handoffs: mpsc::UnboundedReceiver<Handoff>,
     ) -> Control {
+        let unix_file = unix_file.map(Arc::downgrade);
         let path = state.config.proxy.takeover_socket_path();
         Control {
             state,
@@ -290,19 +299,24 @@ impl Control {
 
     /// Binds the takeover socket and serves it on a thread of its own.
     fn start(self) -> Result<ControlHandle, TakeoverError> {
-        let bound = bind(&self.path)?;
+        let (file, listener) = bind(&self.path)?;
+        let file: SocketFile = Arc::new(std::sync::Mutex::new(Some(file)));
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = started.clone();
+        let (flag, owned) = (started.clone(), file.clone());
         let thread = std::thread::Builder::new()
             .name("switchyard-takeover".into())
-            .spawn(move || self.run(bound, &flag))?;
-        Ok(ControlHandle { started, thread })
+            .spawn(move || self.run(listener, &owned, &flag))?;
+        Ok(ControlHandle {
+            started,
+            thread,
+            file,
+        })
     }
 
     /// Serves takeover attempts until one succeeds, then hands the clients over.
-    fn run(mut self, bound: (UnixSocketFile, UnixListener), started: &std::sync::atomic::AtomicBool) {
+    fn run(mut self, listener: UnixListener, file: &SocketFile, started: &std::sync::atomic::AtomicBool) {
         loop {
-            let mut conn = match bound.1.accept() {
+            let mut conn = match listener.accept() {
                 Ok((conn, _)) => conn,
                 Err(e) => {
                     tracing::warn!(error = %e, "takeover socket: accept failed");
@@ -325,7 +339,8 @@ impl Control {
                 Ok(()) => {
                     started.store(true, std::sync::atomic::Ordering::SeqCst);
                     // The new process takes the takeover socket's place.
-                    drop(bound);
+                    drop(file.lock().unwrap_or_else(|e| e.into_inner()).take());
+                    drop(listener);
                     if let Err(e) = send(&mut conn, &Message::Stopped, &[]) {
                         tracing::error!(error = %e, "takeover: the new process went away after taking the listeners");
                     }
@@ -382,7 +397,7 @@ impl Control {
             (Message::Serving, _) => {}
             (other, _) => return Err(TakeoverError::Unexpected(other.name())),
         }
-        if let Some(file) = &self.unix_file {
+        if let Some(file) = self.unix_file.as_ref().and_then(std::sync::Weak::upgrade) {
             if wanted.contains(&ListenerKey::Unix(file.path().to_owned())) {
                 file.keep();
             }

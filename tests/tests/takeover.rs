@@ -30,9 +30,10 @@ use switchyard_tests::{
 /// A database in session mode on the same server database as `app`.
 const SESSION_DB: &str = "sessiondb";
 
-/// How long pgbench runs; the takeover starts after [`TAKEOVER_AFTER`].
+/// How long pgbench runs; the takeover starts [`TAKEOVER_AFTER`] after its clients are
+/// all connected.
 const PGBENCH_SECONDS: u32 = 10;
-const TAKEOVER_AFTER: Duration = Duration::from_secs(3);
+const TAKEOVER_AFTER: Duration = Duration::from_secs(2);
 
 /// A copy of the built proxy binary at another path, as an upgrade installs a new one.
 fn copied_binary(dir: &Path) -> Result<PathBuf> {
@@ -42,17 +43,18 @@ fn copied_binary(dir: &Path) -> Result<PathBuf> {
 }
 
 /// The test configuration with the admin console, room for every client on both sides of
-/// a takeover, `threading` with two workers, client TLS with `tls` (certificate, key), and
-/// a session-mode database [`SESSION_DB`]; `md5user` is challenged with md5 (see
-/// [`ConnectLoop`]).
-fn configure(cfg: ProxyConfig, threading: &str, tls: &CertKey) -> ProxyConfig {
+/// a takeover, `threading` with two workers, a Unix-domain socket in `unix_dir`, client
+/// TLS with `tls` (certificate, key), and a session-mode database [`SESSION_DB`];
+/// `md5user` is challenged with md5 (see [`ConnectLoop`]).
+fn configure(cfg: ProxyConfig, threading: &str, unix_dir: &Path, tls: &CertKey) -> ProxyConfig {
     let mut cfg = cfg
         .with_admin()
         .pool_size(40)
         .set("proxy.shutdown_timeout", "20s")
         .set("proxy.threading", threading)
         .set("proxy.workers", 2)
-        .set("users.md5user.auth", "md5");
+        .set("users.md5user.auth", "md5")
+        .set("proxy.unix_socket_dir", unix_dir.display().to_string());
     cfg.proxy.tls_cert = Some(tls.cert.display().to_string());
     cfg.proxy.tls_key = Some(tls.key.display().to_string());
     cfg.databases.insert(
@@ -68,8 +70,9 @@ fn configure(cfg: ProxyConfig, threading: &str, tls: &CertKey) -> ProxyConfig {
 }
 
 /// Loops opening new connections one after another, a few milliseconds apart (md5user,
-/// challenged with md5: a cheap login), each running `SELECT 1`: attempts, failures with
-/// their messages, and the longest connect-and-query, all loops together.
+/// challenged with md5: a cheap login), each running `SELECT 1`, over TCP and over the
+/// Unix-domain socket in turn: attempts, failures with their messages, and the longest
+/// connect-and-query, all loops together.
 struct ConnectLoop {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>, Duration)>>,
@@ -79,12 +82,14 @@ struct ConnectLoop {
 const CONNECT_LOOPS: usize = 4;
 
 impl ConnectLoop {
-    fn start(ep: &Endpoint) -> ConnectLoop {
+    fn start(endpoints: &[Endpoint]) -> ConnectLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let (user, password) = roles::MD5;
-        let config = ep.config(user, password, roles::APP_DB);
         let tasks = (0..CONNECT_LOOPS)
-            .map(|_| ConnectLoop::spawn(config.clone(), stop.clone()))
+            .map(|i| {
+                let config = endpoints[i % endpoints.len()].config(user, password, roles::APP_DB);
+                ConnectLoop::spawn(config, stop.clone())
+            })
             .collect();
         ConnectLoop { stop, tasks }
     }
@@ -130,6 +135,20 @@ impl ConnectLoop {
     }
 }
 
+/// How many clients `SHOW CLIENTS` lists with `application_name` pgbench, polled until 32
+/// are (or `limit` passed).
+async fn pgbench_clients(ep: &Endpoint, limit: Duration) -> Result<usize> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let rows = admin_rows(ep, "SHOW CLIENTS").await?;
+        let count = rows.iter().filter(|r| r["application_name"] == "pgbench").count();
+        if count == 32 || Instant::now() >= deadline {
+            return Ok(count);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A tokio-postgres client over TLS (`sslmode=require`, the proxy verified against the CA
 /// `ca`) whose connection's end is kept: the error it ended with, if any.
 async fn tls_client(
@@ -155,8 +174,10 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
     let pki = Pki::new()?;
     let ca = pki.ca("proxy-ca")?;
     let tls = pki.issue(&ca, "proxy")?;
-    let mut bed = TestBed::start_with(|cfg| configure(cfg, threading, &tls))?;
+    let mut bed = TestBed::start_with(|cfg| configure(cfg, threading, &dir, &tls))?;
     let ep = bed.endpoint();
+    // tokio-postgres takes a host that is a path as a Unix-domain socket's directory.
+    let unix = Endpoint::new(&dir.display().to_string(), ep.port);
     let direct = bed.direct();
     let (user, password) = roles::APP;
     direct.pgbench(user, password, roles::APP_DB).init(1)?;
@@ -182,7 +203,7 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
     // Plaintext: a TLS client cannot be handed over (the TLS client below checks that).
     psycopg_options.sslmode = Some("disable".to_owned());
     let psycopg = PsycopgLoad::start(psycopg_options).await?;
-    let connects = ConnectLoop::start(&ep);
+    let connects = ConnectLoop::start(&[ep.clone(), unix.clone()]);
     let pgbench = ep
         .pgbench(user, password, roles::APP_DB)
         .env("PGSSLMODE", "disable");
@@ -192,6 +213,12 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
             .await
     });
 
+    // The takeover once pgbench's clients all run on the old process (and a little after).
+    let connected = pgbench_clients(&ep, Duration::from_secs(30)).await?;
+    ensure!(
+        connected == 32,
+        "{connected} pgbench clients on the old process within 30 s, expected 32"
+    );
     tokio::time::sleep(TAKEOVER_AFTER).await;
     let old_config = bed.proxy().context("the bed's proxy")?.config().clone();
     let launch = Launch {
@@ -212,19 +239,12 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
     println!("{threading}: the old process exited 0, {took:?} after the new one started");
 
     // The new process serves pgbench's clients (the console answers on the same port).
-    let clients = admin_rows(&ep, "SHOW CLIENTS").await?;
-    let pgbench_clients = clients
-        .iter()
-        .filter(|r| r["application_name"] == "pgbench")
-        .count();
-    println!(
-        "SHOW CLIENTS on the new process: {} clients, {pgbench_clients} of pgbench",
-        clients.len()
-    );
-    ensure!(
-        pgbench_clients == 32,
-        "SHOW CLIENTS on the new process lists {pgbench_clients} pgbench clients, expected 32: {clients:?}"
-    );
+    let adopted = pgbench_clients(&ep, Duration::ZERO).await?;
+    println!("SHOW CLIENTS on the new process: {adopted} pgbench clients");
+    if adopted != 32 {
+        let bench = bench.await?;
+        anyhow::bail!("SHOW CLIENTS on the new process lists {adopted} pgbench clients, expected 32; pgbench: {bench:?}");
+    }
 
     // The carried client's settings, prepared statement and cancel key work on the new one.
     let two = carried
@@ -308,31 +328,37 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
     );
     if let Some(stall) = report.max_stall() {
         println!(
-            "stall: the longest wait of a psycopg client across the takeover was {:.3} s",
+            "stall: the longest wait between two operations of a psycopg client, the takeover included: {:.3} s",
             stall.seconds
         );
     }
-    // The new process goes on serving.
-    let after = ep.connect_app().await?;
-    after
-        .simple_query("SELECT 1")
-        .await
-        .ctx("SELECT 1 after the takeover")?;
+    // The new process goes on serving, over TCP and over the Unix-domain socket it took.
+    for (way, at) in [("TCP", &ep), ("the Unix-domain socket", &unix)] {
+        let after = at
+            .connect_app()
+            .await
+            .with_context(|| format!("over {way} after the takeover"))?;
+        after
+            .simple_query("SELECT 1")
+            .await
+            .ctx("SELECT 1 after the takeover")?;
+    }
     drop(new);
     Ok(())
 }
 
 /// With shared threading: while `pgbench -M prepared -c 32 -j 2 -T 10`, six psycopg 3
-/// writers (three in autocommit, three in explicit transactions) and a loop opening a new
-/// connection every few ms run through the proxy, a copy of the proxy binary started from
-/// another path with `--takeover` takes over. The old process exits 0; `SHOW CLIENTS` on
-/// the new one lists the 32 pgbench clients; a client's prepared statement, its `SET
-/// statement_timeout` and its cancel key (a cancel sent to the new process ends its
-/// `pg_sleep` with 57014) still work; an idle session-mode client and an idle TLS client
-/// each get exactly one FATAL 57P01 whose message mentions the upgrade; pgbench exits 0
-/// with 0 failed transactions; every new connection succeeded; psycopg saw no error and
-/// every acknowledged insert is present exactly once. The longest psycopg stall is
-/// printed.
+/// writers (three in autocommit, three in explicit transactions) and four loops opening a
+/// new connection every few ms (over TCP and over the Unix-domain socket) run through the
+/// proxy, a copy of the proxy binary started from another path with `--takeover` takes
+/// over. The old process exits 0; `SHOW CLIENTS` on the new one lists the 32 pgbench
+/// clients; a client's prepared statement, its `SET statement_timeout` and its cancel key
+/// (a cancel sent to the new process ends its `pg_sleep` with 57014) still work; an idle
+/// session-mode client and an idle TLS client each get exactly one FATAL 57P01 whose
+/// message mentions the upgrade; pgbench exits 0 with 0 failed transactions; every new
+/// connection succeeded; psycopg saw no error and every acknowledged insert is present
+/// exactly once; the new process serves over TCP and over the Unix-domain socket after the
+/// old one exited. The longest psycopg stall is printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_refuses_no_connection_and_fails_no_transaction() -> Result<()> {
     skip_if_direct!();

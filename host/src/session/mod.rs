@@ -128,7 +128,7 @@ enum Ending {
 }
 
 /// What a client that cannot be handed over is told at a takeover (57P01).
-const UPGRADE_MESSAGE: &str = "switchyard is restarting for an upgrade: reconnect to continue";
+pub const UPGRADE_MESSAGE: &str = "switchyard is restarting for an upgrade: reconnect to continue";
 
 /// Serves a logged-in client of `pool` until it leaves. At shutdown (`Stop::shut_down`) the
 /// session ends at its client's next transaction boundary; at `Stop::close`
