@@ -194,6 +194,18 @@ fn recv(sock: &mut UnixStream) -> Result<(Message, Vec<OwnedFd>), TakeoverError>
     Ok((message, fds))
 }
 
+/// Why a new process speaking `protocol` (its client records in version `records`) is
+/// refused, if it is: two processes hand sockets and clients to each other only when they
+/// speak the same versions.
+fn refusal(protocol: u32, records: u32) -> Option<String> {
+    (protocol != PROTOCOL_VERSION || records != RECORD_VERSION).then(|| {
+        format!(
+            "the new process speaks takeover protocol version {protocol} (client records version {records}); this switchyard ({}) speaks {PROTOCOL_VERSION} ({RECORD_VERSION}): stop it and start the new one instead",
+            env!("CARGO_PKG_VERSION")
+        )
+    })
+}
+
 /// Whether the process at the other end of `sock` runs as this user or as root.
 fn peer_uid(sock: &UnixStream) -> std::io::Result<(u32, u32)> {
     let cred = rustix::net::sockopt::socket_peercred(sock)?;
@@ -368,11 +380,7 @@ impl Control {
                 },
                 _,
             ) => {
-                if protocol != PROTOCOL_VERSION || records != RECORD_VERSION {
-                    let reason = format!(
-                        "takeover protocol version {protocol} (client records version {records}); this switchyard ({}) speaks {PROTOCOL_VERSION} ({RECORD_VERSION}): stop it and start the new one instead",
-                        env!("CARGO_PKG_VERSION")
-                    );
+                if let Some(reason) = refusal(protocol, records) {
                     let _ = send(
                         conn,
                         &Message::Refused {
@@ -558,5 +566,62 @@ impl Incoming {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message and the descriptors beside it arrive whole and in order, over a socket
+    /// pair as over the takeover socket: a listening socket passed over still has the
+    /// connection waiting in its accept queue.
+    #[test]
+    fn messages_carry_their_descriptors() {
+        let (mut old, mut new) = UnixStream::pair().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waiting = std::net::TcpStream::connect(addr).unwrap();
+        let key = ListenerKey::Tcp(addr);
+        send(
+            &mut old,
+            &Message::Listener { key: key.clone() },
+            &[listener.as_fd()],
+        )
+        .unwrap();
+        send(&mut old, &Message::ListenersEnd, &[]).unwrap();
+        drop(listener);
+        let (message, mut fds) = recv(&mut new).unwrap();
+        assert!(matches!(message, Message::Listener { key: k } if k == key));
+        assert_eq!(fds.len(), 1);
+        let passed = std::net::TcpListener::from(fds.remove(0));
+        let (accepted, _) = passed.accept().unwrap();
+        assert_eq!(accepted.peer_addr().unwrap(), waiting.local_addr().unwrap());
+        let (message, fds) = recv(&mut new).unwrap();
+        assert!(matches!(message, Message::ListenersEnd) && fds.is_empty());
+    }
+
+    /// A peer that closes mid-exchange is an error, not a hang; so is garbage.
+    #[test]
+    fn a_closed_or_garbled_peer_is_an_error() {
+        let (old, mut new) = UnixStream::pair().unwrap();
+        drop(old);
+        assert!(matches!(recv(&mut new), Err(TakeoverError::Io(_))));
+        let (mut old, mut new) = UnixStream::pair().unwrap();
+        old.write_all(&[0, 0, 0, 3, 0, 0, 0, 0, b'{', b'{', b'{'])
+            .unwrap();
+        assert!(matches!(recv(&mut new), Err(TakeoverError::Malformed(_))));
+    }
+
+    /// Another protocol or record version is refused with a reason naming both.
+    #[test]
+    fn another_version_is_refused() {
+        assert_eq!(refusal(PROTOCOL_VERSION, RECORD_VERSION), None);
+        let why = refusal(PROTOCOL_VERSION + 1, RECORD_VERSION).unwrap();
+        assert!(
+            why.contains(&format!("version {}", PROTOCOL_VERSION + 1)),
+            "{why}"
+        );
+        assert!(refusal(PROTOCOL_VERSION, RECORD_VERSION + 1).is_some());
     }
 }
