@@ -397,6 +397,7 @@ impl Control {
         tracing::info!("takeover: a new process asks for the listening sockets");
         let mut handed = 0;
         for (key, fd) in self.sockets.iter().filter(|(key, _)| wanted.contains(key)) {
+            tracing::info!(%key, "takeover: handing a listening socket over");
             send(conn, &Message::Listener { key: key.clone() }, &[fd.as_fd()])?;
             handed += 1;
         }

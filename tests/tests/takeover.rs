@@ -183,7 +183,9 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
     direct.pgbench(user, password, roles::APP_DB).init(1)?;
 
     // A client with settings, a prepared statement and a cancel key to carry over.
-    let carried = ep.connect_app().await?;
+    let mut carried_config = ep.config(user, password, roles::APP_DB);
+    carried_config.application_name("takeover-carried");
+    let carried = connect(&carried_config).await?;
     carried
         .batch_execute("SET statement_timeout = '12345ms'")
         .await
@@ -195,6 +197,9 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
         RawConn::login(&ep.addr(), &[("user", user), ("database", SESSION_DB)], password).await?;
     let one = session_client.simple_query("SELECT 1").await?;
     ensure!(one.errors.is_empty(), "session-mode client: {one:?}");
+    let mut pinned_client = RawConn::login_app(&ep.addr()).await?;
+    let listen = pinned_client.simple_query("LISTEN takeover").await?;
+    ensure!(listen.errors.is_empty(), "LISTEN: {listen:?}");
     let (tls_client, tls_connection) = tls_client(&ep, &ca.cert).await?;
     tls_client.simple_query("SELECT 1").await.ctx("TLS SELECT 1")?;
 
@@ -240,6 +245,11 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
 
     // The new process serves pgbench's clients (the console answers on the same port).
     let adopted = pgbench_clients(&ep, Duration::ZERO).await?;
+    let rows = admin_rows(&ep, "SHOW CLIENTS").await?;
+    ensure!(
+        rows.iter().any(|r| r["application_name"] == "takeover-carried"),
+        "SHOW CLIENTS on the new process has no client named takeover-carried: {rows:?}"
+    );
     println!("SHOW CLIENTS on the new process: {adopted} pgbench clients");
     if adopted != 32 {
         let bench = bench.await?;
@@ -278,15 +288,17 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
     );
 
     // The clients that could not be handed over were told once, with the reason.
-    let told = session_client
-        .expect_closed_with("57P01", Duration::from_secs(5), "session-mode client")
-        .await?;
-    let message = told.message().unwrap_or_default();
-    println!("session-mode client: {}", told.describe());
-    ensure!(
-        message.contains("upgrade"),
-        "the session-mode client's 57P01 says {message:?}"
-    );
+    for (who, conn) in [
+        ("session-mode client", &mut session_client),
+        ("client pinned by LISTEN", &mut pinned_client),
+    ] {
+        let told = conn
+            .expect_closed_with("57P01", Duration::from_secs(5), who)
+            .await?;
+        let message = told.message().unwrap_or_default();
+        println!("{who}: {}", told.describe());
+        ensure!(message.contains("upgrade"), "the {who}'s 57P01 says {message:?}");
+    }
     let ended = tokio::time::timeout(Duration::from_secs(5), tls_connection)
         .await
         .context("the TLS client's connection was not ended")??;
@@ -352,9 +364,10 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
 /// new connection every few ms (over TCP and over the Unix-domain socket) run through the
 /// proxy, a copy of the proxy binary started from another path with `--takeover` takes
 /// over. The old process exits 0; `SHOW CLIENTS` on the new one lists the 32 pgbench
-/// clients; a client's prepared statement, its `SET statement_timeout` and its cancel key
-/// (a cancel sent to the new process ends its `pg_sleep` with 57014) still work; an idle
-/// session-mode client and an idle TLS client each get exactly one FATAL 57P01 whose
+/// clients and a client's application name; that client's prepared statement, its `SET
+/// statement_timeout` and its cancel key (a cancel sent to the new process ends its
+/// `pg_sleep` with 57014) still work; an idle session-mode client, an idle client pinned
+/// to its server by `LISTEN` and an idle TLS client each get exactly one FATAL 57P01 whose
 /// message mentions the upgrade; pgbench exits 0 with 0 failed transactions; every new
 /// connection succeeded; psycopg saw no error and every acknowledged insert is present
 /// exactly once; the new process serves over TCP and over the Unix-domain socket after the
