@@ -213,6 +213,7 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
     let threading = config.proxy.threading;
     let workers = config.proxy.worker_threads();
     let takeover_path = config.proxy.takeover_socket_path();
+    let metrics_addr = config.proxy.metrics_listen;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Loading plugins compiles them (seconds for large ones): done before serving, and
     // before a takeover asks the running proxy for anything.
@@ -222,16 +223,16 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
             .iter()
             .map(|addr| ListenerKey::Tcp(*addr))
             .chain(unix_path.clone().map(ListenerKey::Unix))
+            .chain(metrics_addr.map(ListenerKey::Tcp))
             .collect();
         Some(takeover::Incoming::connect(&takeover_path, wanted).context("cannot take over")?)
     } else {
         None
     };
-    let inherited = incoming
+    let mut inherited = incoming
         .as_mut()
         .map(|i| std::mem::take(&mut i.inherited))
         .unwrap_or_default();
-    let mut inherited = inherited;
     // Bound before serving (or handed over); the file is removed when this returns (a
     // clean stop), unless another process took the socket over.
     let unix = match &unix_path {
@@ -242,6 +243,10 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
         None => None,
     };
     let unix = unix.map(|(file, listener)| (Arc::new(file), listener));
+    // Bound here (or handed over) so that a takeover can pass it on too.
+    let metrics = metrics_addr
+        .map(|addr| metrics_listener(addr, inherited.take_tcp(addr)))
+        .transpose()?;
     let unix_shown = unix.as_ref().map(|(file, _)| file.path().display().to_string());
     let (handoffs, handed) = mpsc::unbounded_channel();
     let listeners_count = match threading {
@@ -259,8 +264,9 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
             &inherited,
         )?;
         drop(inherited);
-        let offer = switchyard::workers::offer(&workers).context("cannot offer the listening sockets")?;
-        spawn_background(&state)?;
+        let mut offer = switchyard::workers::offer(&workers).context("cannot offer the listening sockets")?;
+        offer.extend(offer_metrics(metrics_addr, metrics.as_ref())?);
+        spawn_background(&state, metrics)?;
         let finisher = takeover::start(control(offer), incoming, adopters)?;
         tracing::info!(listen = %addresses(&listen), unix = unix_shown, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
         let timeout = state.proxy().shutdown_timeout;
@@ -284,7 +290,8 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    spawn_background(&state)?;
+    let metrics_offer = offer_metrics(metrics_addr, metrics.as_ref())?;
+    spawn_background(&state, metrics)?;
     let listeners = {
         let _inside = runtime.enter();
         let mut listeners = Listeners::tcp(&listen, false, &inherited, (0, 1))?;
@@ -294,7 +301,8 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
         listeners
     };
     drop(inherited);
-    let offer = listeners.offer().context("cannot offer the listening sockets")?;
+    let mut offer = listeners.offer().context("cannot offer the listening sockets")?;
+    offer.extend(metrics_offer);
     let finisher = takeover::start(control(offer), incoming, adopters)?;
     let _unix_file = unix.map(|(file, _listener)| file);
     tracing::info!(listen = %addresses(&listen), unix = unix_shown, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
@@ -312,6 +320,34 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The metrics endpoint's socket on `addr`: `handed` over by the process this one took
+/// over from, or bound here.
+fn metrics_listener(
+    addr: std::net::SocketAddr,
+    handed: Option<std::os::fd::OwnedFd>,
+) -> anyhow::Result<std::net::TcpListener> {
+    let listener = match handed {
+        Some(fd) => std::net::TcpListener::from(fd),
+        None => std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// A descriptor of the metrics endpoint's socket, keyed by its configured address, to hand
+/// to a process taking over.
+fn offer_metrics(
+    addr: Option<std::net::SocketAddr>,
+    metrics: Option<&std::net::TcpListener>,
+) -> anyhow::Result<Vec<(ListenerKey, std::os::fd::OwnedFd)>> {
+    use std::os::fd::AsFd;
+    addr.zip(metrics)
+        .map(|(addr, l)| Ok((ListenerKey::Tcp(addr), l.as_fd().try_clone_to_owned()?)))
+        .into_iter()
+        .collect()
+}
+
 /// `listen`'s addresses, for the log.
 fn addresses(listen: &[std::net::SocketAddr]) -> String {
     let shown: Vec<String> = listen.iter().map(ToString::to_string).collect();
@@ -327,13 +363,13 @@ fn addresses(listen: &[std::net::SocketAddr]) -> String {
 /// at one client, and reads the clock to set the park's timeout when the wheel holds a
 /// timer: with the clients' wheel empty (no client timeouts configured, no login in
 /// progress) a transaction costs about 300 instructions less (docs/performance.md).
-fn spawn_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
+fn spawn_background(state: &Arc<ProxyState>, metrics: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the background runtime")?;
-    // Binding the metrics listener may fail: reported here, before serving.
-    runtime.block_on(start_background(state))?;
+    // Opening the trace file may fail: reported here, before serving.
+    runtime.block_on(start_background(state, metrics))?;
     std::thread::Builder::new()
         .name("switchyard-background".into())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
@@ -342,7 +378,10 @@ fn spawn_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
 }
 
 /// Starts the background tasks (see [`spawn_background`]) on the current runtime.
-async fn start_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
+async fn start_background(
+    state: &Arc<ProxyState>,
+    metrics: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     let writer = state.clone();
     tokio::spawn(async move { writer.policies.trace().run_writer().await });
     state
@@ -357,10 +396,9 @@ async fn start_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
     for cluster in state.topology.clusters.values().filter(|c| c.probed()) {
         tokio::spawn(switchyard::topology::follow_incidents(cluster.clone()));
     }
-    if let Some(addr) = state.config.proxy.metrics_listen {
-        let metrics = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    if let Some(metrics) = metrics {
+        let metrics = tokio::net::TcpListener::from_std(metrics).context("cannot listen for metrics")?;
+        let addr = metrics.local_addr()?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
         tokio::spawn(switchyard::metrics::serve(metrics, state.clone()));
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use switchyard_tests::admin::admin_rows;
 use switchyard_tests::client::connect;
+use switchyard_tests::http;
 use switchyard_tests::load::{LoadOptions, PsycopgLoad};
 use switchyard_tests::pki::{CertKey, Pki};
 use switchyard_tests::proxy::{DatabaseSection, Launch, NodeEntry};
@@ -43,10 +44,16 @@ fn copied_binary(dir: &Path) -> Result<PathBuf> {
 }
 
 /// The test configuration with the admin console, room for every client on both sides of
-/// a takeover, `threading` with two workers, a Unix-domain socket in `unix_dir`, client
-/// TLS with `tls` (certificate, key), and a session-mode database [`SESSION_DB`];
+/// a takeover, `threading` with two workers, a Unix-domain socket in `unix_dir`, the
+/// metrics endpoint on `metrics`, client TLS with `tls` (certificate, key), and a session-mode database [`SESSION_DB`];
 /// `md5user` is challenged with md5 (see [`ConnectLoop`]).
-fn configure(cfg: ProxyConfig, threading: &str, unix_dir: &Path, tls: &CertKey) -> ProxyConfig {
+fn configure(
+    cfg: ProxyConfig,
+    threading: &str,
+    unix_dir: &Path,
+    metrics: &str,
+    tls: &CertKey,
+) -> ProxyConfig {
     let mut cfg = cfg
         .with_admin()
         .pool_size(40)
@@ -54,7 +61,8 @@ fn configure(cfg: ProxyConfig, threading: &str, unix_dir: &Path, tls: &CertKey) 
         .set("proxy.threading", threading)
         .set("proxy.workers", 2)
         .set("users.md5user.auth", "md5")
-        .set("proxy.unix_socket_dir", unix_dir.display().to_string());
+        .set("proxy.unix_socket_dir", unix_dir.display().to_string())
+        .set("proxy.metrics_listen", metrics);
     cfg.proxy.tls_cert = Some(tls.cert.display().to_string());
     cfg.proxy.tls_key = Some(tls.key.display().to_string());
     cfg.databases.insert(
@@ -174,7 +182,8 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
     let pki = Pki::new()?;
     let ca = pki.ca("proxy-ca")?;
     let tls = pki.issue(&ca, "proxy")?;
-    let mut bed = TestBed::start_with(|cfg| configure(cfg, threading, &dir, &tls))?;
+    let metrics = format!("127.0.0.1:{}", ports::free_port()?);
+    let mut bed = TestBed::start_with(|cfg| configure(cfg, threading, &dir, &metrics, &tls))?;
     let ep = bed.endpoint();
     // tokio-postgres takes a host that is a path as a Unix-domain socket's directory.
     let unix = Endpoint::new(&dir.display().to_string(), ep.port);
@@ -344,6 +353,14 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
             stall.seconds
         );
     }
+    // The new process serves the metrics endpoint it took.
+    let scrape = tokio::task::block_in_place(|| http::get(&metrics, "/metrics", Duration::from_secs(10)))?;
+    ensure!(
+        scrape.is_success() && scrape.body.contains("switchyard_pool_checkouts"),
+        "GET /metrics after the takeover: {} {:.200}",
+        scrape.status,
+        scrape.body
+    );
     // The new process goes on serving, over TCP and over the Unix-domain socket it took.
     for (way, at) in [("TCP", &ep), ("the Unix-domain socket", &unix)] {
         let after = at
@@ -370,8 +387,8 @@ async fn upgrade_under_load(threading: &str, mode: QueryMode) -> Result<()> {
 /// to its server by `LISTEN` and an idle TLS client each get exactly one FATAL 57P01 whose
 /// message mentions the upgrade; pgbench exits 0 with 0 failed transactions; every new
 /// connection succeeded; psycopg saw no error and every acknowledged insert is present
-/// exactly once; the new process serves over TCP and over the Unix-domain socket after the
-/// old one exited. The longest psycopg stall is printed.
+/// exactly once; the new process serves over TCP, over the Unix-domain socket and on the
+/// metrics endpoint after the old one exited. The longest psycopg stall is printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_refuses_no_connection_and_fails_no_transaction() -> Result<()> {
     skip_if_direct!();

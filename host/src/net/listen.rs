@@ -144,6 +144,12 @@ impl Inherited {
             .collect()
     }
 
+    /// One socket handed over for `addr`, for a listener of its own (the metrics
+    /// endpoint's).
+    pub fn take_tcp(&mut self, addr: SocketAddr) -> Option<OwnedFd> {
+        self.tcp.get_mut(&addr)?.pop()
+    }
+
     /// The Unix-domain socket at `path`, if it was handed over: its file (removed when
     /// this process stops) and the listening socket (non-blocking).
     pub fn take_unix(
