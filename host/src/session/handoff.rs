@@ -9,7 +9,8 @@
 //! goes with the socket: the user and database, the startup settings and the settings the
 //! client has `SET` since, its named prepared statements (name, text, parameter types),
 //! its cancel key (so a cancel it sends later reaches the new process's servers), its
-//! routing hint and application name, and whatever it sent that was not processed yet.
+//! routing hint and application name, whether a commit in its read-your-writes scope
+//! must be seen by its reads, and whatever it sent that was not processed yet.
 //! The record is JSON with a format version; `takeover` moves it with the descriptor.
 
 use std::net::SocketAddr;
@@ -59,6 +60,9 @@ pub struct ClientRecord {
     /// could not log in to servers for this client otherwise.
     #[serde(with = "b64_key")]
     pub client_key: Option<[u8; 32]>,
+    /// A commit in the session's read-your-writes scope was acknowledged: the new process
+    /// keeps its reads from replicas that have not replayed up to now.
+    pub committed: bool,
 }
 
 /// One named prepared statement of a client.
@@ -82,6 +86,7 @@ pub struct Carried {
     facts: SessionFacts,
     params: SessionParams,
     statements: Vec<CarriedStatement>,
+    committed: bool,
 }
 
 impl Carried {
@@ -198,6 +203,7 @@ impl Session {
             secret_key: self.cancel.secret_key,
             unread: self.cbuf.to_vec(),
             client_key: self.pool.client_key(),
+            committed: self.commit_mark() != 0,
         };
         let fd = self.client.into_fd()?;
         Ok(Handoff { fd, record })
@@ -210,6 +216,9 @@ impl Session {
         for s in carried.statements {
             let def = self.pool.statements.intern(&Bytes::from(s.query), &s.param_types);
             self.statements.insert(Bytes::from(s.name), def);
+        }
+        if carried.committed {
+            self.mark_commit();
         }
     }
 }
@@ -271,6 +280,7 @@ pub async fn adopt(handoff: Handoff, state: &Arc<ProxyState>) -> Option<(LoggedI
         params: SessionParams::adopt(record.startup, record.desired),
         facts: record.facts,
         statements: record.statements,
+        committed: record.committed,
     };
     let logged_in = LoggedIn {
         stream,
@@ -325,6 +335,7 @@ mod tests {
             secret_key: -3,
             unread: vec![b'Q', 0, 0, 0, 5, 0],
             client_key: Some([9; 32]),
+            committed: true,
         };
         let json = serde_json::to_string(&record).unwrap();
         let back: ClientRecord = serde_json::from_str(&json).unwrap();
