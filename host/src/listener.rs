@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::either::Either;
 
-use crate::net::listen::Listeners;
+use crate::net::listen::{Listeners, Offer};
 use crate::net::{Peer, Stream};
 use crate::session::{self, Destination, Handoff, LoggedIn, Outcome};
 use crate::state::ProxyState;
@@ -43,6 +43,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub struct Stopping {
     shutdown_tx: watch::Sender<bool>,
     drained: tokio::sync::Barrier,
+    /// Descriptors of the listening sockets kept for a takeover: withdrawn when the
+    /// listeners stop accepting.
+    offer: Arc<Offer>,
     handoffs: mpsc::UnboundedSender<Handoff>,
     /// At a takeover: clients handed over, and clients told to reconnect.
     handed_over: AtomicUsize,
@@ -51,15 +54,17 @@ pub struct Stopping {
 
 impl Stopping {
     /// For `listeners` listeners; `shutdown_tx` is the sender of [`ProxyState::shutdown`],
-    /// `handoffs` where clients go at a takeover.
+    /// `offer` the descriptors kept for a takeover, `handoffs` where clients go at one.
     pub fn new(
         shutdown_tx: watch::Sender<bool>,
         listeners: usize,
+        offer: Arc<Offer>,
         handoffs: mpsc::UnboundedSender<Handoff>,
     ) -> Arc<Stopping> {
         Arc::new(Stopping {
             shutdown_tx,
             drained: tokio::sync::Barrier::new(listeners),
+            offer,
             handoffs,
             handed_over: AtomicUsize::new(0),
             told: AtomicUsize::new(0),
@@ -135,6 +140,7 @@ pub async fn serve(
         }
     }
     drop(listeners);
+    stopping.offer.withdraw();
     let timeout = state.proxy().shutdown_timeout;
     let takeover = *requested.borrow() == Some(Shutdown::Takeover);
     if takeover {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::{Config, Threading};
 use switchyard::listener::Stopping;
-use switchyard::net::listen::{ListenerKey, Listeners, UnixSocketFile};
+use switchyard::net::listen::{ListenerKey, Listeners, Offer, UnixSocketFile};
 use switchyard::state::{ConfigSource, ProxyState};
 use switchyard::{replay, takeover};
 use tokio::sync::{mpsc, watch};
@@ -255,7 +255,14 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
     };
     let (adopters, adopted): (Vec<_>, Vec<_>) =
         (0..listeners_count).map(|_| mpsc::unbounded_channel()).unzip();
-    let control = |offer| takeover::Control::new(state.clone(), offer, unix.as_ref().map(|(f, _)| f), handed);
+    let control = |offer: &Arc<Offer>| {
+        takeover::Control::new(
+            state.clone(),
+            offer.clone(),
+            unix.as_ref().map(|(f, _)| f),
+            handed,
+        )
+    };
     if threading == Threading::PerCore {
         let workers = switchyard::workers::bind(
             &listen,
@@ -266,11 +273,12 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
         drop(inherited);
         let mut offer = switchyard::workers::offer(&workers).context("cannot offer the listening sockets")?;
         offer.extend(offer_metrics(metrics_addr, metrics.as_ref())?);
+        let offer = Arc::new(Offer::new(offer));
         spawn_background(&state, metrics)?;
-        let finisher = takeover::start(control(offer), incoming, adopters)?;
+        let finisher = takeover::start(control(&offer), incoming, adopters)?;
         tracing::info!(listen = %addresses(&listen), unix = unix_shown, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
         let timeout = state.proxy().shutdown_timeout;
-        let stopping = Stopping::new(shutdown_tx, workers.len(), handoffs);
+        let stopping = Stopping::new(shutdown_tx, workers.len(), offer, handoffs);
         let _unix_file = unix.map(|(file, _listener)| file);
         switchyard::workers::run(workers, state, stopping, shutdown_signal(), adopted)?;
         finisher.finish(timeout);
@@ -303,11 +311,12 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
     drop(inherited);
     let mut offer = listeners.offer().context("cannot offer the listening sockets")?;
     offer.extend(metrics_offer);
-    let finisher = takeover::start(control(offer), incoming, adopters)?;
+    let offer = Arc::new(Offer::new(offer));
+    let finisher = takeover::start(control(&offer), incoming, adopters)?;
     let _unix_file = unix.map(|(file, _listener)| file);
     tracing::info!(listen = %addresses(&listen), unix = unix_shown, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
     let timeout = state.proxy().shutdown_timeout;
-    let stopping = Stopping::new(shutdown_tx, 1, handoffs);
+    let stopping = Stopping::new(shutdown_tx, 1, offer, handoffs);
     let adopted = adopted.into_iter().next().expect("one channel");
     runtime.block_on(switchyard::listener::serve(
         listeners,

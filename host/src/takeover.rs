@@ -43,7 +43,7 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::net::listen::{Inherited, ListenError, ListenerKey, UnixSocketFile};
+use crate::net::listen::{Inherited, ListenError, ListenerKey, Offer, UnixSocketFile};
 use crate::session::{ClientRecord, Handoff, RECORD_VERSION};
 use crate::state::ProxyState;
 use crate::stop::Shutdown;
@@ -220,8 +220,9 @@ fn trusted((peer, own): (u32, u32)) -> bool {
 pub struct Control {
     state: Arc<ProxyState>,
     path: PathBuf,
-    /// The listening sockets, by what they listen for (descriptors of their own).
-    sockets: Vec<(ListenerKey, OwnedFd)>,
+    /// The listening sockets, by what they listen for (descriptors of their own, shared
+    /// with the listeners, which withdraw them when they stop).
+    sockets: Arc<Offer>,
     /// The clients' Unix-domain socket file, left in place once handed over (weak: the
     /// listeners' owner removes it at a plain stop, while this thread waits on).
     unix_file: Option<std::sync::Weak<UnixSocketFile>>,
@@ -294,7 +295,7 @@ impl Control {
     /// `sockets` and the clients that come through `handoffs`.
     pub fn new(
         state: Arc<ProxyState>,
-        sockets: Vec<(ListenerKey, OwnedFd)>,
+        sockets: Arc<Offer>,
         unix_file: Option<&Arc<UnixSocketFile>>,
         handoffs: mpsc::UnboundedReceiver<Handoff>,
     ) -> Control {
@@ -395,11 +396,20 @@ impl Control {
             (other, _) => return Err(TakeoverError::Unexpected(other.name())),
         };
         tracing::info!("takeover: a new process asks for the listening sockets");
-        let mut handed = 0;
-        for (key, fd) in self.sockets.iter().filter(|(key, _)| wanted.contains(key)) {
+        let Some(sockets) = self.sockets.wanted(&wanted)? else {
+            let reason = "this switchyard is shutting down: start the new one without --takeover".to_owned();
+            let _ = send(
+                conn,
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+                &[],
+            );
+            return Err(TakeoverError::Refused(reason));
+        };
+        for (key, fd) in &sockets {
             tracing::info!(%key, "takeover: handing a listening socket over");
             send(conn, &Message::Listener { key: key.clone() }, &[fd.as_fd()])?;
-            handed += 1;
         }
         send(conn, &Message::ListenersEnd, &[])?;
         match recv(conn)? {
@@ -412,9 +422,9 @@ impl Control {
             }
         }
         // The sockets the new configuration dropped close once the listeners let go too.
-        self.sockets.clear();
+        self.sockets.withdraw();
         tracing::info!(
-            listeners = handed,
+            listeners = sockets.len(),
             "takeover: the new process serves; no longer accepting, handing clients over between transactions"
         );
         self.state.stop_request.send_replace(Some(Shutdown::Takeover));

@@ -96,6 +96,40 @@ enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
+/// Descriptors of a proxy's listening sockets kept for a takeover ([`Listeners::offer`]),
+/// withdrawn (closed) as soon as its listeners stop: a descriptor kept beyond them would
+/// keep the socket open, and the kernel would go on completing connections nobody accepts.
+#[derive(Default)]
+pub struct Offer(std::sync::Mutex<Option<Vec<(ListenerKey, OwnedFd)>>>);
+
+impl Offer {
+    pub fn new(sockets: Vec<(ListenerKey, OwnedFd)>) -> Offer {
+        Offer(std::sync::Mutex::new(Some(sockets)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<(ListenerKey, OwnedFd)>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Descriptors of the sockets among `wanted`; `None` once withdrawn.
+    pub fn wanted(&self, wanted: &[ListenerKey]) -> std::io::Result<Option<Vec<(ListenerKey, OwnedFd)>>> {
+        let Some(sockets) = self.lock().as_ref().map(|all| {
+            all.iter()
+                .filter(|(key, _)| wanted.contains(key))
+                .map(|(key, fd)| Ok((key.clone(), fd.try_clone()?)))
+                .collect::<std::io::Result<Vec<_>>>()
+        }) else {
+            return Ok(None);
+        };
+        sockets.map(Some)
+    }
+
+    /// The listeners stopped (or another process took the sockets): the descriptors close.
+    pub fn withdraw(&self) {
+        self.lock().take();
+    }
+}
+
 /// Listening sockets handed over by the process this one took over from, by what they
 /// listen for; the rest of the configuration's sockets are bound anew.
 #[derive(Default)]
