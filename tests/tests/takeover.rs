@@ -406,6 +406,65 @@ async fn a_per_core_upgrade_under_simple_pgbench_refuses_no_connection_and_fails
     upgrade_under_load("per-core", QueryMode::Simple).await
 }
 
+/// `listen` set to `addrs` (127.0.0.1 ports), the first one also the endpoint's.
+fn listening_on(cfg: ProxyConfig, addrs: &[u16]) -> ProxyConfig {
+    let listen: Vec<toml::Value> = addrs
+        .iter()
+        .map(|port| toml::Value::String(format!("127.0.0.1:{port}")))
+        .collect();
+    let mut cfg = cfg.set("proxy.listen", toml::Value::Array(listen));
+    cfg.proxy.listen = format!("127.0.0.1:{}", addrs[0]);
+    cfg
+}
+
+/// The running proxy listens on ports A and B; a `--takeover` whose configuration lists A
+/// and C takes A over (a client connected to A before keeps its session: its prepared
+/// statement answers after the old process exited 0), binds C anew (a client connects
+/// there), and B, which it dropped, is closed with the old process (a connection to B is
+/// refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_binds_the_addresses_it_adds_and_the_old_closes_those_it_drops() -> Result<()> {
+    skip_if_direct!();
+    let dir = scratch::fresh_dir("takeover")?;
+    let (a, b, c) = (ports::free_port()?, ports::free_port()?, ports::free_port()?);
+    let mut bed = TestBed::start_with(|cfg| listening_on(cfg, &[a, b]))?;
+    let on = |port| Endpoint::new("127.0.0.1", port);
+    let kept = on(a).connect_app().await?;
+    let statement = kept.prepare("SELECT $1::int * 2").await.ctx("prepare")?;
+    on(b).connect_app().await.context("B before the takeover")?;
+    let new_config = listening_on(bed.proxy().context("the bed's proxy")?.config().clone(), &[a, c]);
+    let launch = Launch {
+        binary: Some(copied_binary(&dir)?),
+        args: vec!["--takeover".to_owned()],
+        ..Default::default()
+    };
+    let new = tokio::task::spawn_blocking(move || Proxy::start_with(new_config, launch)).await??;
+    let old = bed.proxy().context("the bed's proxy")?;
+    let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(30)))?;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "the old process exited with {status:?}, expected 0"
+    );
+    let n: i32 = kept
+        .query_one(&statement, &[&21])
+        .await
+        .ctx("A's client after")?
+        .get(0);
+    ensure!(n == 42, "A's client got {n}");
+    let on_c = on(c).connect_app().await.context("C after the takeover")?;
+    on_c.simple_query("SELECT 1").await.ctx("SELECT 1 on C")?;
+    let refused = std::net::TcpStream::connect(("127.0.0.1", b));
+    println!("a connection to the dropped address B after the takeover: {refused:?}");
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "B still accepts connections after the takeover dropped it: {refused:?}"
+    );
+    drop(new);
+    Ok(())
+}
+
 /// Runs `binary --config <cfg> --takeover` (written to `dir/name.toml`) and returns its
 /// output; it must exit by itself within 60 s.
 fn takeover_with(
