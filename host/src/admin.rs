@@ -78,7 +78,12 @@ pub async fn serve(
             let read = tokio::select! {
                 read = stream.read_buf(&mut buf) => read.map_err(SessionError::ClientIo)?,
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
-                    let fatal = ErrorFields::fatal(sqlstate::ADMIN_SHUTDOWN, "switchyard is shutting down");
+                    let why = match *state.stop_request.borrow() {
+                        // A console session holds nothing another process could take over.
+                        Some(Shutdown::Takeover) => crate::session::UPGRADE_MESSAGE,
+                        _ => "switchyard is shutting down",
+                    };
+                    let fatal = ErrorFields::fatal(sqlstate::ADMIN_SHUTDOWN, why);
                     be::error_response(&fatal, &mut out);
                     stream.write_all(&out).await.map_err(SessionError::ClientIo)?;
                     return Ok(());

@@ -190,6 +190,24 @@ impl CancelRegistry {
         }
     }
 
+    /// Registers the key a client was given by the process this one took over from, so
+    /// that the cancels it sends here reach its queries; `None` if a client of this
+    /// process already has that process id (the caller issues a fresh key instead).
+    pub fn register_as(self: &Arc<Self>, process_id: i32, secret_key: i32) -> Option<CancelRegistration> {
+        let slot = Arc::new(CancelSlot::default());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if process_id == 0 || clients.contains_key(&process_id) {
+            return None;
+        }
+        clients.insert(process_id, (secret_key, slot.clone()));
+        Some(CancelRegistration {
+            registry: self.clone(),
+            process_id,
+            secret_key,
+            slot,
+        })
+    }
+
     /// Forwards a client's CancelRequest and returns once Postgres has acted on it (or it
     /// failed); a wrong key or an idle client is silently ignored, as Postgres does.
     pub async fn cancel(&self, process_id: i32, secret_key: i32) {

@@ -31,6 +31,7 @@ pub mod sql;
 pub mod state;
 pub mod stats;
 pub mod stop;
+pub mod takeover;
 pub mod topology;
 pub mod watch_flag;
 pub mod workers;

@@ -2,10 +2,15 @@
 //! session per client, has the pool reaper, and drives graceful shutdown: stop accepting,
 //! let sessions finish their transactions up to `shutdown_timeout`, then tell the rest
 //! (FATAL 57P01, their servers closed so their transactions roll back) and exit.
+//!
+//! A takeover (`switchyard --takeover`, see `takeover`) is a shutdown in which the
+//! sessions hand their clients over instead of ending: the listener passes each
+//! [`Handoff`] to the takeover's channel (in the old process), and serves the clients
+//! handed to it as sessions of its own (in the new one).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +18,13 @@ use bytes::BytesMut;
 use switchyard_protocol::backend::{error_response, ErrorFields};
 use switchyard_protocol::sqlstate;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::either::Either;
 
-use crate::net::listen::Listeners;
+use crate::net::listen::{Listeners, Offer};
 use crate::net::{Peer, Stream};
-use crate::session::{self, Destination, LoggedIn};
+use crate::session::{self, Destination, Handoff, LoggedIn, Outcome};
 use crate::state::ProxyState;
 use crate::stop::{Shutdown, Stop, StopWatch};
 
@@ -32,29 +37,69 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// is shutting down, and the point where every listener has drained its sessions, after
 /// which the pools are closed. A worker's runtime stays up until then, since servers
 /// registered with its reactor may be in use by another worker's sessions.
+///
+/// At a takeover, the clients handed over go to `handoffs` (read by `takeover`, which
+/// sends them to the new process); the channel closes when every listener is done.
 pub struct Stopping {
     shutdown_tx: watch::Sender<bool>,
     drained: tokio::sync::Barrier,
+    /// Descriptors of the listening sockets kept for a takeover: withdrawn when the
+    /// listeners stop accepting.
+    offer: Arc<Offer>,
+    handoffs: mpsc::UnboundedSender<Handoff>,
+    /// At a takeover: clients handed over, and clients told to reconnect.
+    handed_over: AtomicUsize,
+    told: AtomicUsize,
 }
 
 impl Stopping {
-    /// For `listeners` listeners; `shutdown_tx` is the sender of [`ProxyState::shutdown`].
-    pub fn new(shutdown_tx: watch::Sender<bool>, listeners: usize) -> Arc<Stopping> {
+    /// For `listeners` listeners; `shutdown_tx` is the sender of [`ProxyState::shutdown`],
+    /// `offer` the descriptors kept for a takeover, `handoffs` where clients go at one.
+    pub fn new(
+        shutdown_tx: watch::Sender<bool>,
+        listeners: usize,
+        offer: Arc<Offer>,
+        handoffs: mpsc::UnboundedSender<Handoff>,
+    ) -> Arc<Stopping> {
         Arc::new(Stopping {
             shutdown_tx,
             drained: tokio::sync::Barrier::new(listeners),
+            offer,
+            handoffs,
+            handed_over: AtomicUsize::new(0),
+            told: AtomicUsize::new(0),
         })
+    }
+
+    /// Counts how a session ended at a takeover, and passes a handed-over client on.
+    fn settle(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ended => {}
+            Outcome::ToldToReconnect => {
+                self.told.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::HandedOver(handoff) => {
+                // A closed channel (the takeover's connection failed) drops the client's
+                // socket: it is closed.
+                if self.handoffs.send(*handoff).is_ok() {
+                    self.handed_over.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 
-/// Serves clients on `listeners` until `stop` resolves or another listener began the
-/// shutdown, then drains their sessions.
+/// Serves clients on `listeners`, and the clients another process hands over through
+/// `adopted`, until `stop` resolves or another listener began the shutdown, then drains
+/// their sessions.
 pub async fn serve(
     mut listeners: Listeners,
     state: Arc<ProxyState>,
     stopping: Arc<Stopping>,
     stop: impl std::future::Future<Output = ()>,
+    mut adopted: mpsc::UnboundedReceiver<Handoff>,
 ) {
+    let mut adopting = true;
     let mut sessions = JoinSet::new();
     let stop_sessions = Arc::new(Stop::default());
     let mut shutdown = state.shutdown.clone();
@@ -82,22 +127,46 @@ pub async fn serve(
                     continue;
                 }
                 let state = state.clone();
-                sessions.spawn(connection(stream, peer, state, slot, stop_sessions.watch()));
+                sessions.spawn(connection(stream, peer, state, slot, stop_sessions.watch(), stopping.clone()));
             }
+            handoff = adopted.recv(), if adopting => match handoff {
+                Some(handoff) => {
+                    let (slot, _) = ClientSlot::take(&state);
+                    sessions.spawn(adoption(handoff, state.clone(), slot, stop_sessions.watch(), stopping.clone()));
+                }
+                None => adopting = false,
+            },
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
     drop(listeners);
+    stopping.offer.withdraw();
     let timeout = state.proxy().shutdown_timeout;
-    tracing::info!(
-        clients = sessions.len(),
-        ?timeout,
-        "shutting down: waiting for transactions to finish"
-    );
-    if !stopping.shutdown_tx.send_replace(true) {
-        crate::notify::stopping(); // the first listener to stop tells
+    let takeover = *requested.borrow() == Some(Shutdown::Takeover);
+    if takeover {
+        tracing::info!(
+            clients = sessions.len(),
+            ?timeout,
+            "taken over: no longer accepting; handing clients over between transactions"
+        );
+        for pool in state.all_pools() {
+            pool.drain();
+        }
+        stop_sessions.hand_over();
+    } else {
+        tracing::info!(
+            clients = sessions.len(),
+            ?timeout,
+            "shutting down: waiting for transactions to finish"
+        );
+        stop_sessions.shut_down();
     }
-    stop_sessions.shut_down();
+    // The first listener to stop tells systemd, unless this process was taken over: the
+    // service goes on in the new process, which systemd follows already (its READY named
+    // it MAINPID), and a STOPPING from here would stop the service.
+    if !stopping.shutdown_tx.send_replace(true) && !takeover {
+        crate::notify::stopping();
+    }
     // `SHUTDOWN IMMEDIATE` (before or during the wait) ends the wait as the timeout does.
     let immediate = async {
         let _ = requested.wait_for(|r| *r == Some(Shutdown::Immediate)).await;
@@ -124,7 +193,15 @@ pub async fn serve(
         for pool in state.all_pools() {
             pool.close();
         }
-        tracing::info!("shutdown complete");
+        if takeover {
+            tracing::info!(
+                handed_over = stopping.handed_over.load(Ordering::Relaxed),
+                told_to_reconnect = stopping.told.load(Ordering::Relaxed),
+                "every client handed over or ended: the old process is exiting"
+            );
+        } else {
+            tracing::info!("shutdown complete");
+        }
     }
     // The pools are closed before any worker's runtime (and reactor) goes away.
     stopping.drained.wait().await;
@@ -210,14 +287,31 @@ fn connection(
     state: Arc<ProxyState>,
     mut slot: ClientSlot,
     stop: Arc<StopWatch>,
+    stopping: Arc<Stopping>,
 ) -> impl Future<Output = ()> {
     async move {
         let login = session::login(stream, peer, &state).await;
         slot.logged_in();
         // Not `login.map(attend)`: a temporary held across the await would double it.
         if let Some(client) = login {
-            attend(client, peer, state, stop).await;
+            attend(client, peer, state, stop, stopping).await;
         }
+    }
+}
+
+/// A client another process handed over: made a session of this process
+/// ([`session::adopt`]) and served as if it had just logged in.
+async fn adoption(
+    handoff: Handoff,
+    state: Arc<ProxyState>,
+    mut slot: ClientSlot,
+    stop: Arc<StopWatch>,
+    stopping: Arc<Stopping>,
+) {
+    let adopted = session::adopt(handoff, &state).await;
+    slot.logged_in();
+    if let Some((client, peer)) = adopted {
+        attend(client, peer, state, stop, stopping).await;
     }
 }
 
@@ -228,11 +322,13 @@ fn attend(
     peer: Peer,
     state: Arc<ProxyState>,
     stop: Arc<StopWatch>,
+    stopping: Arc<Stopping>,
 ) -> Either<impl Future<Output = ()>, Pin<Box<dyn Future<Output = ()> + Send>>> {
     match client.destination {
         Destination::Pool(ref pool) => {
             let pool = pool.clone();
-            Either::Left(session::serve(client, pool, peer, state, stop))
+            let session = session::serve(client, pool, peer, state, stop);
+            Either::Left(async move { stopping.settle(session.await) })
         }
         Destination::Admin(role) => Either::Right(Box::pin(async move {
             if let Err(e) = crate::admin::serve(client.stream, client.buf, &state, role).await {

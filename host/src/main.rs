@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::{Config, Threading};
 use switchyard::listener::Stopping;
-use switchyard::net::listen::{Listeners, UnixSocketFile};
-use switchyard::replay;
+use switchyard::net::listen::{ListenerKey, Listeners, Offer, UnixSocketFile};
 use switchyard::state::{ConfigSource, ProxyState};
-use tokio::sync::watch;
+use switchyard::{replay, takeover};
+use tokio::sync::{mpsc, watch};
 
 /// Switchyard: a PostgreSQL wire proxy and connection pooler.
 ///
@@ -31,6 +31,16 @@ struct Cli {
     /// Configuration file (TOML) to serve with.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Take over from the switchyard running with this configuration (an online restart
+    /// or upgrade): load the configuration and plugins, then receive the running proxy's
+    /// listening sockets over its `takeover_socket` and serve; the old process stops
+    /// accepting, hands each client over between transactions (with its settings,
+    /// prepared statements and cancel key) or tells it to reconnect, and exits 0. A
+    /// configuration or plugin that does not load exits non-zero and leaves the running
+    /// proxy serving. See docs/operations.md.
+    #[arg(long, requires = "config")]
+    takeover: bool,
 
     /// How log lines are written on stderr: `text` (human-readable) or `json` (one JSON
     /// object a line: timestamp, level, message and the line's fields, e.g. cluster and
@@ -136,7 +146,7 @@ fn main() -> std::process::ExitCode {
             })
         }
         None => match cli.config {
-            Some(path) => run(&path),
+            Some(path) => run(&path, cli.takeover),
             None => Err(anyhow::anyhow!(
                 "no configuration given: use --config FILE (see --help)"
             )),
@@ -186,7 +196,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = Config::parse(&text, &path.display().to_string())?;
     for warning in switchyard::config::exposure_warnings(path, &config) {
@@ -202,22 +212,77 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let unix_mode = config.proxy.unix_socket_mode;
     let threading = config.proxy.threading;
     let workers = config.proxy.worker_threads();
+    let takeover_path = config.proxy.takeover_socket_path();
+    let metrics_addr = config.proxy.metrics_listen;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // Loading plugins compiles them (seconds for large ones): done before serving.
+    // Loading plugins compiles them (seconds for large ones): done before serving, and
+    // before a takeover asks the running proxy for anything.
     let state = Arc::new(ProxyState::new(config, Some(source), shutdown_rx)?);
-    // Bound before serving; the file is removed when this returns (a clean stop).
-    let unix = unix_path
-        .map(|path| UnixSocketFile::bind(&path, unix_mode))
+    let mut incoming = if takeover {
+        let wanted = listen
+            .iter()
+            .map(|addr| ListenerKey::Tcp(*addr))
+            .chain(unix_path.clone().map(ListenerKey::Unix))
+            .chain(metrics_addr.map(ListenerKey::Tcp))
+            .collect();
+        Some(takeover::Incoming::connect(&takeover_path, wanted).context("cannot take over")?)
+    } else {
+        None
+    };
+    let mut inherited = incoming
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.inherited))
+        .unwrap_or_default();
+    // Bound before serving (or handed over); the file is removed when this returns (a
+    // clean stop), unless another process took the socket over.
+    let unix = match &unix_path {
+        Some(path) => Some(match inherited.take_unix(path)? {
+            Some(handed) => handed,
+            None => UnixSocketFile::bind(path, unix_mode)?,
+        }),
+        None => None,
+    };
+    let unix = unix.map(|(file, listener)| (Arc::new(file), listener));
+    // Bound here (or handed over) so that a takeover can pass it on too.
+    let metrics = metrics_addr
+        .map(|addr| metrics_listener(addr, inherited.take_tcp(addr)))
         .transpose()?;
     let unix_shown = unix.as_ref().map(|(file, _)| file.path().display().to_string());
+    let (handoffs, handed) = mpsc::unbounded_channel();
+    let listeners_count = match threading {
+        Threading::PerCore => workers,
+        Threading::Shared => 1,
+    };
+    let (adopters, adopted): (Vec<_>, Vec<_>) =
+        (0..listeners_count).map(|_| mpsc::unbounded_channel()).unzip();
+    let control = |offer: &Arc<Offer>| {
+        takeover::Control::new(
+            state.clone(),
+            offer.clone(),
+            unix.as_ref().map(|(f, _)| f),
+            handed,
+        )
+    };
     if threading == Threading::PerCore {
-        let workers = switchyard::workers::bind(&listen, unix.as_ref().map(|(f, l)| (f, l)), workers)?;
-        spawn_background(&state)?;
+        let workers = switchyard::workers::bind(
+            &listen,
+            unix.as_ref().map(|(f, l)| (&**f, l)),
+            workers,
+            &inherited,
+        )?;
+        drop(inherited);
+        let mut offer = switchyard::workers::offer(&workers).context("cannot offer the listening sockets")?;
+        offer.extend(offer_metrics(metrics_addr, metrics.as_ref())?);
+        let offer = Arc::new(Offer::new(offer));
+        spawn_background(&state, metrics)?;
+        // Before a takeover tells the old process to stop (see `ready_then_start`).
+        let finisher = ready_then_start(control(&offer), incoming, adopters)?;
         tracing::info!(listen = %addresses(&listen), unix = unix_shown, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
-        switchyard::notify::ready("serving");
-        let stopping = Stopping::new(shutdown_tx, workers.len());
+        let timeout = state.proxy().shutdown_timeout;
+        let stopping = Stopping::new(shutdown_tx, workers.len(), offer, handoffs);
         let _unix_file = unix.map(|(file, _listener)| file);
-        switchyard::workers::run(workers, state, stopping, shutdown_signal())?;
+        switchyard::workers::run(workers, state, stopping, shutdown_signal(), adopted)?;
+        finisher.finish(timeout);
         return Ok(());
     }
     // One worker: tokio's single-threaded scheduler, which skips the work-stealing
@@ -234,24 +299,75 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    spawn_background(&state)?;
-    runtime.block_on(async move {
-        let mut listeners = Listeners::tcp(&listen, false)?;
-        let _unix_file = match unix {
-            Some((file, listener)) => {
-                listeners.add_unix(&file, &listener)?;
-                Some(file)
-            }
-            None => None,
-        };
-        tracing::info!(listen = %addresses(&listen), unix = unix_shown, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
-        // Blocks this thread until systemd read it (microseconds; at most 5 s), before the
-        // first accept: the kernel queues connections meanwhile.
-        switchyard::notify::ready("serving");
-        let stopping = Stopping::new(shutdown_tx, 1);
-        switchyard::listener::serve(listeners, state, stopping, shutdown_signal()).await;
-        Ok(())
-    })
+    let metrics_offer = offer_metrics(metrics_addr, metrics.as_ref())?;
+    spawn_background(&state, metrics)?;
+    let listeners = {
+        let _inside = runtime.enter();
+        let mut listeners = Listeners::tcp(&listen, false, &inherited, (0, 1))?;
+        if let Some((file, listener)) = &unix {
+            listeners.add_unix(file, listener)?;
+        }
+        listeners
+    };
+    drop(inherited);
+    let mut offer = listeners.offer().context("cannot offer the listening sockets")?;
+    offer.extend(metrics_offer);
+    let offer = Arc::new(Offer::new(offer));
+    let finisher = ready_then_start(control(&offer), incoming, adopters)?;
+    let _unix_file = unix.map(|(file, _listener)| file);
+    tracing::info!(listen = %addresses(&listen), unix = unix_shown, databases = state.databases.len(), users = state.users.len(), "switchyard listening");
+    let timeout = state.proxy().shutdown_timeout;
+    let stopping = Stopping::new(shutdown_tx, 1, offer, handoffs);
+    let adopted = adopted.into_iter().next().expect("one channel");
+    runtime.block_on(switchyard::listener::serve(
+        listeners,
+        state,
+        stopping,
+        shutdown_signal(),
+        adopted,
+    ));
+    finisher.finish(timeout);
+    Ok(())
+}
+
+/// Tells systemd this process serves (`notify::ready`: READY, MAINPID and a barrier), then
+/// starts serving takeovers. In a process taking over, READY goes first so that systemd
+/// follows this process before the old one, told that this one serves, can exit.
+fn ready_then_start(
+    control: takeover::Control,
+    incoming: Option<takeover::Incoming>,
+    adopters: Vec<mpsc::UnboundedSender<switchyard::session::Handoff>>,
+) -> anyhow::Result<takeover::Finisher> {
+    switchyard::notify::ready("serving");
+    Ok(takeover::start(control, incoming, adopters)?)
+}
+
+/// The metrics endpoint's socket on `addr`: `handed` over by the process this one took
+/// over from, or bound here.
+fn metrics_listener(
+    addr: std::net::SocketAddr,
+    handed: Option<std::os::fd::OwnedFd>,
+) -> anyhow::Result<std::net::TcpListener> {
+    let listener = match handed {
+        Some(fd) => std::net::TcpListener::from(fd),
+        None => std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// A descriptor of the metrics endpoint's socket, keyed by its configured address, to hand
+/// to a process taking over.
+fn offer_metrics(
+    addr: Option<std::net::SocketAddr>,
+    metrics: Option<&std::net::TcpListener>,
+) -> anyhow::Result<Vec<(ListenerKey, std::os::fd::OwnedFd)>> {
+    use std::os::fd::AsFd;
+    addr.zip(metrics)
+        .map(|(addr, l)| Ok((ListenerKey::Tcp(addr), l.as_fd().try_clone_to_owned()?)))
+        .into_iter()
+        .collect()
 }
 
 /// `listen`'s addresses, for the log.
@@ -269,13 +385,13 @@ fn addresses(listen: &[std::net::SocketAddr]) -> String {
 /// at one client, and reads the clock to set the park's timeout when the wheel holds a
 /// timer: with the clients' wheel empty (no client timeouts configured, no login in
 /// progress) a transaction costs about 300 instructions less (docs/performance.md).
-fn spawn_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
+fn spawn_background(state: &Arc<ProxyState>, metrics: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the background runtime")?;
-    // Binding the metrics listener may fail: reported here, before serving.
-    runtime.block_on(start_background(state))?;
+    // Opening the trace file may fail: reported here, before serving.
+    runtime.block_on(start_background(state, metrics))?;
     std::thread::Builder::new()
         .name("switchyard-background".into())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
@@ -284,7 +400,10 @@ fn spawn_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
 }
 
 /// Starts the background tasks (see [`spawn_background`]) on the current runtime.
-async fn start_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
+async fn start_background(
+    state: &Arc<ProxyState>,
+    metrics: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     let writer = state.clone();
     tokio::spawn(async move { writer.policies.trace().run_writer().await });
     state
@@ -299,10 +418,9 @@ async fn start_background(state: &Arc<ProxyState>) -> anyhow::Result<()> {
     for cluster in state.topology.clusters.values().filter(|c| c.probed()) {
         tokio::spawn(switchyard::topology::follow_incidents(cluster.clone()));
     }
-    if let Some(addr) = state.config.proxy.metrics_listen {
-        let metrics = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    if let Some(metrics) = metrics {
+        let metrics = tokio::net::TcpListener::from_std(metrics).context("cannot listen for metrics")?;
+        let addr = metrics.local_addr()?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
         tokio::spawn(switchyard::metrics::serve(metrics, state.clone()));
     }

@@ -11,7 +11,9 @@
 //! Each watch also has a flag of its own, raised by the admin console's `KILL db` for the
 //! database's sessions ([`StopWatch::kill`]): the session ends as at `Stop::close`. An
 //! admin's `SHUTDOWN [IMMEDIATE]` ([`Shutdown`]) reaches the listeners, which raise the two
-//! signals as for SIGTERM.
+//! signals as for SIGTERM. A takeover (`switchyard --takeover`, [`Shutdown::Takeover`])
+//! raises the shutdown signal with the hand-over flag set ([`Stop::hand_over`]): a session
+//! at its next point between transactions hands its client to the new process if it can.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +29,9 @@ pub struct Stop {
     shutdown: AtomicBool,
     /// `shutdown_timeout` ran out: a session ends now.
     closing: AtomicBool,
+    /// Set before `shutdown` when another process takes over: a session between
+    /// transactions hands its client over instead of ending, where it can.
+    handing_over: AtomicBool,
     sessions: Mutex<Watchers>,
 }
 
@@ -46,6 +51,10 @@ pub enum Shutdown {
     /// As `shutdown_timeout` running out at once: every client gets 57P01 now, open
     /// transactions are rolled back.
     Immediate,
+    /// A new process took the listening sockets over (`switchyard --takeover`): stop
+    /// accepting, hand each client over at its next point between transactions (or tell
+    /// it to reconnect), within `shutdown_timeout`.
+    Takeover,
 }
 
 /// What a session's wait was woken for.
@@ -85,6 +94,13 @@ impl Stop {
         self.raise(&self.shutdown);
     }
 
+    /// Another process took over: as [`Stop::shut_down`], but a session between
+    /// transactions hands its client over where it can ([`StopWatch::handing_over`]).
+    pub fn hand_over(&self) {
+        self.handing_over.store(true, Ordering::SeqCst);
+        self.shut_down();
+    }
+
     /// `shutdown_timeout` ran out: every session ends now.
     pub fn close(&self) {
         self.raise(&self.closing);
@@ -121,6 +137,12 @@ impl StopWatch {
     #[inline]
     pub fn shutting_down(&self) -> bool {
         self.stop.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// The shutdown is a takeover ([`Stop::hand_over`]): the client goes to the new
+    /// process rather than being ended, where it can.
+    pub fn handing_over(&self) -> bool {
+        self.stop.handing_over.load(Ordering::SeqCst)
     }
 
     /// `shutdown_timeout` ran out, or the session was killed: it ends now.

@@ -23,8 +23,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use crate::listener::Stopping;
-use crate::net::listen::{ListenError, Listeners, UnixSocketFile};
+use crate::net::listen::{Inherited, ListenError, ListenerKey, Listeners, UnixSocketFile};
+use crate::session::Handoff;
 use crate::state::ProxyState;
 
 /// Why the per-core workers could not start.
@@ -44,42 +47,62 @@ pub struct Worker {
 
 /// `count` workers, each with a socket listening on every address of `addrs` with
 /// `SO_REUSEPORT` (all on the first worker's ports where `addrs` asks for port 0), and
-/// each accepting on `unix` too.
+/// each accepting on `unix` too. At a takeover, each worker accepts on its share of the
+/// sockets handed over (`inherited`) instead of binding its own.
 pub fn bind(
     addrs: &[SocketAddr],
     unix: Option<(&UnixSocketFile, &std::os::unix::net::UnixListener)>,
     count: usize,
+    inherited: &Inherited,
 ) -> Result<Vec<Worker>, WorkersError> {
     let mut workers: Vec<Worker> = Vec::with_capacity(count);
+    let configured = addrs;
     let mut addrs = addrs.to_vec();
-    for _ in 0..count {
+    for index in 0..count {
         let runtime = runtime();
         let listeners = {
             let _inside = runtime.enter();
-            let mut listeners = Listeners::tcp(&addrs, true)?;
+            let mut listeners = Listeners::tcp(&addrs, true, inherited, (index, count))?;
             if let Some((file, listener)) = unix {
                 listeners.add_unix(file, listener)?;
             }
             listeners
         };
-        addrs = listeners.tcp_addrs();
+        // Port 0: the next workers bind the ports the first one got (keyed as configured
+        // for a later takeover, which finds the same configuration).
+        if index == 0 && configured.iter().any(|a| a.port() == 0) {
+            addrs = listeners.tcp_addrs();
+        }
         workers.push(Worker { runtime, listeners });
     }
     Ok(workers)
 }
 
+/// A descriptor of every worker's sockets, to hand to a process taking over.
+pub fn offer(workers: &[Worker]) -> std::io::Result<Vec<(ListenerKey, std::os::fd::OwnedFd)>> {
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.listeners.offer()?);
+    }
+    Ok(all)
+}
+
 /// Serves `state` with `workers`, one thread each (the first on the calling thread, which
 /// stops every worker when `stop` resolves), until every worker has drained its sessions.
+/// Worker `i` also serves the clients a takeover hands it through `adopted[i]`.
 pub fn run(
     workers: Vec<Worker>,
     state: Arc<ProxyState>,
     stopping: Arc<Stopping>,
     stop: impl Future<Output = ()>,
+    adopted: Vec<mpsc::UnboundedReceiver<Handoff>>,
 ) -> Result<(), WorkersError> {
     let mut workers = workers.into_iter();
+    let mut adopted = adopted.into_iter();
     let first = workers.next().expect("at least one worker");
+    let first_adopted = adopted.next().expect("a channel per worker");
     let mut threads = Vec::new();
-    for (offset, worker) in workers.enumerate() {
+    for ((offset, worker), adopted) in workers.enumerate().zip(adopted) {
         let index = offset + 1;
         let (state, stopping) = (state.clone(), stopping.clone());
         let thread = std::thread::Builder::new()
@@ -92,13 +115,20 @@ pub fn run(
                     state,
                     stopping,
                     std::future::pending(),
+                    adopted,
                 ));
             })
             .map_err(|source| WorkersError::Start { index, source })?;
         threads.push(thread);
     }
     let Worker { runtime, listeners } = first;
-    runtime.block_on(crate::listener::serve(listeners, state, stopping, stop));
+    runtime.block_on(crate::listener::serve(
+        listeners,
+        state,
+        stopping,
+        stop,
+        first_adopted,
+    ));
     for thread in threads {
         // A worker that panicked has reported it; the others have drained.
         let _ = thread.join();

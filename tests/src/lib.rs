@@ -37,6 +37,7 @@ pub mod interrupt;
 pub mod load;
 pub mod patroni;
 pub mod peak;
+pub mod pki;
 pub mod plugin;
 pub mod ports;
 pub mod promotion;

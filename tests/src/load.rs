@@ -88,6 +88,11 @@ pub struct LoadOptions {
     pub reconnect_delay: Duration,
     /// Table name; default a fresh `sy_load_<pid>_<n>`.
     pub table: Option<String>,
+    /// psycopg only: every other client runs its INSERT and SELECT in an explicit
+    /// transaction block (`load.py --explicit-transactions`).
+    pub explicit_transactions: bool,
+    /// psycopg only: libpq's `sslmode` (default `prefer`).
+    pub sslmode: Option<String>,
 }
 
 impl LoadOptions {
@@ -103,6 +108,8 @@ impl LoadOptions {
             connect_timeout: Duration::from_secs(5),
             reconnect_delay: Duration::from_millis(50),
             table: None,
+            explicit_transactions: false,
+            sslmode: None,
         }
     }
 
@@ -877,6 +884,8 @@ impl PsycopgLoad {
                 "--reconnect-delay",
                 &opts.reconnect_delay.as_secs_f64().to_string(),
             ])
+            .args(opts.explicit_transactions.then_some("--explicit-transactions"))
+            .args(opts.sslmode.iter().flat_map(|mode| ["--sslmode", mode]))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

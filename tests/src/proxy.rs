@@ -284,6 +284,9 @@ pub struct Launch {
     pub wrapper: Vec<String>,
     /// Arguments after `--config FILE` (e.g. `--log-format json`).
     pub args: Vec<String>,
+    /// The proxy binary to run instead of the built one ([`env::proxy_binary`]): an
+    /// upgrade test runs a copy.
+    pub binary: Option<PathBuf>,
     /// How long start-up may take until the proxy accepts connections.
     pub ready_within: Duration,
     /// How long after SIGTERM [`Proxy::stop`] waits before SIGKILL.
@@ -305,6 +308,7 @@ impl Default for Launch {
         Self {
             wrapper: Vec::new(),
             args: Vec::new(),
+            binary: None,
             ready_within: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
             checks_on_drop: true,
@@ -335,7 +339,10 @@ impl Proxy {
 
     /// [`Proxy::start`], run as `launch` says.
     pub fn start_with(mut config: ProxyConfig, launch: Launch) -> Result<Self> {
-        let binary = env::proxy_binary()?;
+        let binary = match &launch.binary {
+            Some(binary) => binary.clone(),
+            None => env::proxy_binary()?,
+        };
         let dir = match &launch.dir {
             Some(dir) => dir.clone(),
             None => scratch::fresh_dir("proxy")?,

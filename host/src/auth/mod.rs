@@ -174,6 +174,19 @@ impl UserAuth {
     }
 }
 
+impl UserAuth {
+    /// Takes `key`, a ClientKey the process this one took over from learnt from this
+    /// user's SCRAM login, for SCRAM pass-through to servers, if it fits this user's
+    /// verifier and none was learnt here yet.
+    pub fn learn_client_key(&self, key: [u8; 32]) -> bool {
+        let Some(verifier) = &self.scram else {
+            return false;
+        };
+        let stored_key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key).into();
+        ct_eq(&stored_key, &verifier.stored_key) && self.client_key.set(key).is_ok()
+    }
+}
+
 /// Constant-time comparison of two secrets.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

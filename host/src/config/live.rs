@@ -546,6 +546,7 @@ fn proxy_values(p: &ProxySettings) -> Vec<(&'static str, String)> {
         ),
         ("unix_socket_dir", path(&p.unix_socket_dir)),
         ("unix_socket_mode", format!("{:04o}", p.unix_socket_mode)),
+        ("takeover_socket", p.takeover_socket_path().display().to_string()),
         ("max_client_conn", p.max_client_conn.to_string()),
         ("max_unauthenticated_conn", p.max_unauthenticated_conn.to_string()),
         ("admin_reserved_conn", p.admin_reserved_conn.to_string()),

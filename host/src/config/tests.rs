@@ -603,6 +603,51 @@ fn unix_socket_settings_are_checked() {
     }
 }
 
+/// `takeover_socket` defaults to `.s.switchyard.<port>.takeover` in `unix_socket_dir` or the
+/// temporary directory; a given one needs an existing directory, a path that fits a
+/// socket, and must not be the clients' socket; errors name the key and line.
+#[test]
+fn takeover_socket_is_defaulted_and_checked() {
+    let with = |v: &str| GOOD.replace("listen = ", &format!("{v}\nlisten = "));
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(
+        c.proxy.takeover_socket_path(),
+        std::env::temp_dir().join(".s.switchyard.6432.takeover")
+    );
+    let dir = std::env::temp_dir().display().to_string();
+    let c = Config::parse(&with(&format!("unix_socket_dir = {dir:?}")), "t.toml").unwrap();
+    assert_eq!(
+        c.proxy.takeover_socket_path(),
+        std::env::temp_dir().join(".s.switchyard.6432.takeover")
+    );
+    let c = Config::parse(&with("takeover_socket = \"/tmp/sy.takeover\""), "t.toml").unwrap();
+    assert_eq!(
+        c.proxy.takeover_socket_path(),
+        std::path::PathBuf::from("/tmp/sy.takeover")
+    );
+
+    let e = err(&with("takeover_socket = \"/nonexistent/switchyard/t.sock\""));
+    assert!(
+        e.contains("t.toml:3")
+            && e.contains("proxy.takeover_socket")
+            && e.contains("/nonexistent/switchyard"),
+        "{e}"
+    );
+    let e = err(&with(&format!("takeover_socket = \"/tmp/{}s\"", "x".repeat(110))));
+    assert!(
+        e.contains("proxy.takeover_socket") && e.contains("too long"),
+        "{e}"
+    );
+    let e = err(&with(&format!(
+        "unix_socket_dir = {dir:?}\ntakeover_socket = {:?}",
+        std::env::temp_dir().join(".s.PGSQL.6432").display().to_string()
+    )));
+    assert!(
+        e.contains("proxy.takeover_socket") && e.contains("clients' Unix-domain socket"),
+        "{e}"
+    );
+}
+
 #[test]
 fn trace_is_off_by_default_and_its_bound_is_checked() {
     let c = Config::parse(GOOD, "t.toml").unwrap();

@@ -222,6 +222,11 @@ pub struct ProxySettings {
     /// permission.
     #[serde(deserialize_with = "file_mode")]
     pub unix_socket_mode: u32,
+    /// The Unix-domain socket a new process started with `--takeover` asks this one on
+    /// for its listening sockets and clients (mode 0600, same user or root only); by
+    /// default `.s.switchyard.<port>.takeover` in `unix_socket_dir`, else in the
+    /// temporary directory (`$TMPDIR`, `/tmp`).
+    pub takeover_socket: Option<PathBuf>,
     /// Clients beyond this many are refused with 53300.
     pub max_client_conn: usize,
     /// Connections still logging in (startup packet, TLS handshake, authentication) beyond
@@ -287,6 +292,7 @@ impl Default for ProxySettings {
             listen: vec!["127.0.0.1:6432".parse().expect("literal address")],
             unix_socket_dir: None,
             unix_socket_mode: 0o777,
+            takeover_socket: None,
             max_client_conn: 10_000,
             max_unauthenticated_conn: 1_000,
             admin_reserved_conn: 3,
@@ -337,6 +343,17 @@ impl ProxySettings {
     pub fn unix_socket_path(&self) -> Option<PathBuf> {
         let dir = self.unix_socket_dir.as_ref()?;
         Some(dir.join(format!(".s.PGSQL.{}", self.first_port())))
+    }
+
+    /// The takeover socket's path: `takeover_socket`, or `.s.switchyard.<port>.takeover`
+    /// (the first `listen` port) in `unix_socket_dir` or the temporary directory.
+    pub fn takeover_socket_path(&self) -> PathBuf {
+        self.takeover_socket.clone().unwrap_or_else(|| {
+            self.unix_socket_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir)
+                .join(format!(".s.switchyard.{}.takeover", self.first_port()))
+        })
     }
 
     /// The effective `client_tls`.

@@ -1,6 +1,7 @@
 //! Checks that serde cannot express: references between sections and sane values.
 
 use super::{line_col, Config, UserConfig};
+use std::path::Path;
 
 /// Bounds of `proxy.max_message_size`: room for an ordinary statement, and Postgres' own
 /// limit on a message (`PQ_LARGE_MESSAGE_LIMIT`, 1 GiB).
@@ -243,6 +244,7 @@ impl Check<'_> {
                 format!("{addr} is already in `listen`"),
             ));
         }
+        self.takeover_socket()?;
         if let Some(dir) = &proxy.unix_socket_dir {
             let path = proxy.unix_socket_path().unwrap_or_default();
             let problem = if proxy.first_port() == 0 {
@@ -263,6 +265,39 @@ impl Check<'_> {
             return Err(self.key("proxy", "unix_socket_dir", problem));
         }
         Ok(())
+    }
+
+    /// `takeover_socket`: a socket path that fits (107 bytes), in an existing directory,
+    /// not the clients' Unix-domain socket.
+    fn takeover_socket(&self) -> Result<(), Violation> {
+        let proxy = &self.config.proxy;
+        let Some(path) = &proxy.takeover_socket else {
+            return Ok(());
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let problem = if path.as_os_str().len() > 107 {
+            format!(
+                "{} is too long for a socket path (at most 107 bytes)",
+                path.display()
+            )
+        } else if proxy.unix_socket_path().as_ref() == Some(path) {
+            format!(
+                "{} is the clients' Unix-domain socket (unix_socket_dir)",
+                path.display()
+            )
+        } else if path.file_name().is_none() {
+            format!("{} names no file", path.display())
+        } else {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => return Ok(()),
+                Ok(_) => format!("{} is not a directory", dir.display()),
+                Err(e) => format!("its directory {} cannot be used: {e}", dir.display()),
+            }
+        };
+        Err(self.key("proxy", "takeover_socket", problem))
     }
 
     /// `[clusters]` and the `[databases]` on them.

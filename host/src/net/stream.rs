@@ -58,6 +58,35 @@ impl Stream {
         !matches!(self, Stream::Plain(_) | Stream::Unix(_))
     }
 
+    /// A plain client's socket taken off the reactor as a descriptor, to be handed to
+    /// another process (a takeover). TLS cannot be: rustls has no way to export a
+    /// session's traffic state, so a TLS stream is refused with `Unsupported`.
+    pub fn into_fd(self) -> io::Result<std::os::fd::OwnedFd> {
+        match self {
+            Stream::Plain(s) => Ok(s.into_std()?.into()),
+            Stream::Unix(s) => Ok(s.into_std()?.into()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS connection cannot be handed to another process",
+            )),
+        }
+    }
+
+    /// A client's socket handed over by another process ([`Stream::into_fd`]), registered
+    /// with the calling runtime: TCP, or a Unix-domain socket when `unix`.
+    pub fn from_fd(fd: std::os::fd::OwnedFd, unix: bool) -> io::Result<Stream> {
+        if unix {
+            let s = std::os::unix::net::UnixStream::from(fd);
+            s.set_nonblocking(true)?;
+            return UnixStream::from_std(s).map(Stream::Unix);
+        }
+        let s = std::net::TcpStream::from(fd);
+        s.set_nonblocking(true)?;
+        let s = TcpStream::from_std(s)?;
+        s.set_nodelay(true)?;
+        Ok(Stream::Plain(s))
+    }
+
     /// A plain stream taken off the reactor it is registered with and registered with the
     /// calling runtime's (`threading = "per-core"`: a server moving to another worker), at
     /// the cost of two `epoll_ctl` calls. A TLS stream is returned as it is (rustls' streams

@@ -639,6 +639,12 @@ impl Pool {
         }
     }
 
+    /// The ClientKey learnt from the pool's user's SCRAM login, if any (SCRAM
+    /// pass-through to servers), for a takeover to carry.
+    pub fn client_key(&self) -> Option<[u8; 32]> {
+        self.user.load().client_key.get().copied()
+    }
+
     /// Uses `user` for future server logins if its credentials are newer than the pool's.
     pub fn update_user(&self, user: &Arc<UserAuth>) {
         if !Arc::ptr_eq(&self.user.load(), user) {
@@ -717,6 +723,16 @@ impl Pool {
     pub fn reconnect(&self) {
         self.reconnect_before
             .store(nanos_since_origin(Instant::now()), Ordering::Relaxed);
+        let closed: usize = self.all_servers().map(Servers::clear).sum();
+        self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
+    }
+
+    /// Another process took over (`switchyard --takeover`): no server is kept for reuse
+    /// from now on; the idle ones are closed now, the lent ones (and any opened for the
+    /// transactions still finishing here) when they come back, so that the two processes
+    /// together do not hold twice the servers for long.
+    pub fn drain(&self) {
+        self.reconnect_before.store(u64::MAX, Ordering::Relaxed);
         let closed: usize = self.all_servers().map(Servers::clear).sum();
         self.stats.discarded.fetch_add(closed as u64, Ordering::Relaxed);
     }

@@ -17,6 +17,7 @@ mod copy;
 mod error;
 mod extended;
 mod frontend;
+mod handoff;
 mod large;
 mod params;
 mod pipelined;
@@ -32,6 +33,7 @@ mod timeouts;
 mod traffic;
 
 pub use error::SessionError;
+pub use handoff::{adopt, Carried, ClientRecord, Handoff, RECORD_VERSION};
 pub use startup::{ConsoleRole, Destination, LoggedIn};
 
 use std::future::poll_fn;
@@ -104,10 +106,36 @@ pub async fn login(stream: Stream, peer: Peer, state: &Arc<ProxyState>) -> Optio
     }
 }
 
+/// How a session ended, for the listener.
+pub enum Outcome {
+    /// The client left, or was told why its session ended.
+    Ended,
+    /// Another process took over; the client was told to reconnect (its session could
+    /// not be handed over).
+    ToldToReconnect,
+    /// Another process took over and the client goes to it.
+    HandedOver(Box<Handoff>),
+}
+
+/// Why [`Session::run`] returned without an error.
+enum Ending {
+    /// The client disconnected (or sent Terminate).
+    Left,
+    /// A takeover, between transactions: the client can go to the new process.
+    HandOver,
+    /// A takeover, between transactions: the client cannot go, for this reason.
+    Reconnect(&'static str),
+}
+
+/// What a client that cannot be handed over is told at a takeover (57P01).
+pub const UPGRADE_MESSAGE: &str = "switchyard is restarting for an upgrade: reconnect to continue";
+
 /// Serves a logged-in client of `pool` until it leaves. At shutdown (`Stop::shut_down`) the
 /// session ends at its client's next transaction boundary; at `Stop::close`
 /// (`shutdown_timeout` ran out) it ends at once, its server closed, so that the server
-/// rolls back whatever transaction was open.
+/// rolls back whatever transaction was open. At a takeover (`Stop::hand_over`) the
+/// client goes to the new process at its next transaction boundary where its session
+/// allows (`handoff`), and is told to reconnect where it does not.
 ///
 /// Not an `async fn`: the session is built before the future, which then holds it once
 /// (an `async fn` keeps its arguments beside what is made of them, and every idle client
@@ -118,11 +146,30 @@ pub fn serve(
     peer: Peer,
     state: Arc<ProxyState>,
     stop: Arc<StopWatch>,
-) -> impl std::future::Future<Output = ()> {
+) -> impl std::future::Future<Output = Outcome> {
     let mut session = Session::new(logged_in, pool, peer, state, stop.clone());
     async move {
-        let result = session.run(&stop).await;
+        let result = match session.run(&stop).await {
+            Ok(Ending::Left) => Ok(()),
+            Ok(Ending::HandOver) => {
+                // What is still queued for the client (the reply to its COMMIT) goes out
+                // first, from this process.
+                match session.flush_client().await {
+                    Ok(()) => return session.hand_over(),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(Ending::Reconnect(why)) => {
+                let fields = ErrorFields::fatal(sqlstate::ADMIN_SHUTDOWN, UPGRADE_MESSAGE).with_detail(
+                    format!("This session cannot be handed to the new process: {why}."),
+                );
+                session.finish(Err(SessionError::Fatal(Box::new(fields)))).await;
+                return Outcome::ToldToReconnect;
+            }
+            Err(e) => Err(e),
+        };
         session.finish(result).await;
+        Outcome::Ended
     }
 }
 
@@ -202,12 +249,15 @@ impl Session {
     ) -> Session {
         // Read once: a reload or `SET` applies to the sessions that start after it.
         let live = pool.live();
-        let application_name = l
-            .params
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "application_name")
-            .map_or("", |(_, v)| v.as_str());
+        let application_name = match &l.carried {
+            Some(carried) => carried.application_name(),
+            None => l
+                .params
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "application_name")
+                .map_or("", |(_, v)| v.as_str()),
+        };
         let read_only = l
             .params
             .iter()
@@ -245,7 +295,7 @@ impl Session {
             prepared: AtomicUsize::new(0),
             stop: stop.clone(),
         });
-        Session {
+        let mut session = Session {
             listed,
             client: l.stream,
             cbuf: l.buf,
@@ -272,11 +322,20 @@ impl Session {
             stop,
             timeouts: Timeouts::new(live.timeouts),
             clocks: traffic::Clocks::default(),
+        };
+        if let Some(carried) = l.carried {
+            session.take_carried(*carried);
         }
+        session
     }
 
-    async fn run(&mut self, stop: &StopWatch) -> Result<(), SessionError> {
+    async fn run(&mut self, stop: &StopWatch) -> Result<Ending, SessionError> {
         loop {
+            // A takeover: between transactions, the client goes to the new process with
+            // what it sent and this one has not processed yet.
+            if let Some(ending) = self.taken_over(stop) {
+                return Ok(ending);
+            }
             // A session-mode (or pinned) client that kept its server across a reload that
             // removed the database lets it go before its next statement, which then ends
             // the session with 57P01 (see `ready_action`).
@@ -289,7 +348,7 @@ impl Session {
             }
             self.process_client().await?;
             if self.terminated {
-                return Ok(());
+                return Ok(Ending::Left);
             }
             if self.server.releasable() {
                 if self.params.uncertain() {
@@ -299,6 +358,9 @@ impl Session {
             }
             // Between transactions: what is still queued for the client (the reply to its
             // COMMIT) goes out before the FATAL (`finish`).
+            if let Some(ending) = self.taken_over(stop) {
+                return Ok(ending);
+            }
             if stop.shutting_down() && self.between_transactions() {
                 return Err(SessionError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
@@ -308,7 +370,7 @@ impl Session {
             match self.wait_io(stop).await {
                 Ok(Io::ClientRead | Io::Shutdown) => {}
                 Ok(Io::TimedOut(expiry)) => return Err(self.timed_out(expiry)),
-                Ok(Io::ClientEof) => return Ok(()),
+                Ok(Io::ClientEof) => return Ok(Ending::Left),
                 Ok(Io::ServerRead) => self.process_server()?,
                 Ok(Io::ServerEof) => {
                     self.process_server()?;
@@ -622,6 +684,21 @@ impl Session {
     /// or pinned by server-side state, holds nothing a disconnect would not lose).
     fn between_transactions(&self) -> bool {
         self.tx_status == TransactionStatus::Idle && self.server.owes_nothing()
+    }
+
+    /// How the session ends at a takeover, when one is under way and the session is
+    /// between transactions: its client handed over, or told to reconnect.
+    fn taken_over(&self, stop: &StopWatch) -> Option<Ending> {
+        // A server about to go back to the pool is let go first (below, in `run`).
+        if !(stop.shutting_down() && stop.handing_over() && self.between_transactions())
+            || self.server.releasable()
+        {
+            return None;
+        }
+        Some(
+            self.why_not_handed_over()
+                .map_or(Ending::HandOver, Ending::Reconnect),
+        )
     }
 
     /// What the session waits for, for its timeouts.

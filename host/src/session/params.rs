@@ -153,6 +153,28 @@ impl SessionParams {
         s
     }
 
+    /// The session's startup settings and the settings it has now (its committed
+    /// `SET`s), as replay statements, for a takeover to carry to the new process. Called
+    /// between transactions, when nothing is pending or uncertain.
+    pub fn carried(&self) -> (Settings, Settings) {
+        ((*self.startup).clone(), (*self.desired).clone())
+    }
+
+    /// A session's settings carried over from the process this one took over from
+    /// ([`SessionParams::carried`]).
+    pub fn adopt(startup: Settings, desired: Settings) -> SessionParams {
+        let mut s = SessionParams {
+            startup: Arc::new(startup),
+            desired: Arc::new(desired),
+            ..Default::default()
+        };
+        if s.startup == s.desired {
+            s.desired = s.startup.clone();
+        }
+        s.resign();
+        s
+    }
+
     /// `desired` changed: its signature and the transaction defaults are computed again.
     fn resign(&mut self) {
         let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -94,6 +94,11 @@ impl Routing {
         }
     }
 
+    /// The session's `switchyard.route` hint, if it gave one.
+    pub fn hint(&self) -> Option<ReadRouting> {
+        self.hint
+    }
+
     /// The transaction now running on a replica was declared read-only by the client.
     pub fn declared_read_only(&self) -> bool {
         self.declared_read_only
@@ -409,17 +414,22 @@ impl Session {
     /// position of the last commit in its scope is not known yet (no probe of the primary
     /// has started since).
     fn required_lsn(&self) -> u64 {
-        let routing = &self.pool.settings.routing;
-        let mark = match routing.read_your_writes {
-            ReadYourWrites::Off => 0,
-            ReadYourWrites::Session => self.routing.commit_mark,
-            ReadYourWrites::User => self.pool.reads.user_commits.load(Ordering::Relaxed),
-            ReadYourWrites::Database => routing.database_commits.load(Ordering::Relaxed),
-        };
+        let mark = self.commit_mark();
         if mark == 0 {
             return 0;
         }
         self.pool.cluster.commit_position(mark).unwrap_or(u64::MAX)
+    }
+
+    /// The mark of the last commit in this session's read-your-writes scope (0: none).
+    pub(super) fn commit_mark(&self) -> u64 {
+        let routing = &self.pool.settings.routing;
+        match routing.read_your_writes {
+            ReadYourWrites::Off => 0,
+            ReadYourWrites::Session => self.routing.commit_mark,
+            ReadYourWrites::User => self.pool.reads.user_commits.load(Ordering::Relaxed),
+            ReadYourWrites::Database => routing.database_commits.load(Ordering::Relaxed),
+        }
     }
 
     /// The request the session runs again goes to the primary (a replica refused it).
@@ -434,6 +444,13 @@ impl Session {
         if !on_primary || !self.routing.may_write || !self.routes_reads() {
             return;
         }
+        self.mark_commit();
+    }
+
+    /// A commit in this session's read-your-writes scope was acknowledged by now (by this
+    /// process, or, for a client handed over, by the process before it): later reads in
+    /// the scope must see it.
+    pub(super) fn mark_commit(&mut self) {
         let routing = &self.pool.settings.routing;
         let mark = self.pool.cluster.commit_mark();
         match routing.read_your_writes {

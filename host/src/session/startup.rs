@@ -66,6 +66,9 @@ pub struct LoggedIn {
     pub destination: Destination,
     pub params: Vec<(String, String)>,
     pub cancel: CancelRegistration,
+    /// What a client handed over by the process this one took over from brings beyond a
+    /// login (`handoff`); `None` for a client that logged in here.
+    pub carried: Option<Box<super::handoff::Carried>>,
 }
 
 /// Runs the startup phase; `None` when the connection was a cancel request or closed early.
@@ -374,6 +377,7 @@ async fn login(
         destination,
         params,
         cancel,
+        carried: None,
     })
 }
 

@@ -85,6 +85,14 @@ impl ClientStatements {
         self.map.clear();
     }
 
+    /// Every name and its statement, least recently used first (a takeover carries them
+    /// in this order, so the new process keeps the same ones last).
+    pub fn by_use(&self) -> Vec<(&Bytes, &Arc<StatementDef>)> {
+        let mut all: Vec<_> = self.map.iter().map(|(k, (def, used))| (k, def, *used)).collect();
+        all.sort_unstable_by_key(|&(_, _, used)| used);
+        all.into_iter().map(|(k, def, _)| (k, def)).collect()
+    }
+
     /// How many names the client holds (`SHOW CLIENTS`).
     pub fn len(&self) -> usize {
         self.map.len()

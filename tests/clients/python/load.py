@@ -5,6 +5,9 @@
   INSERT INTO <table> (client, seq) VALUES (%s, %s)     (a new seq per attempt)
   SELECT coalesce(max(seq), 0) FROM <table> WHERE client = %s
 with psycopg's default automatic prepared statements (after 5 executions).
+With --explicit-transactions, every other client (odd ids) runs each INSERT
+and its SELECT together in an explicit transaction block (BEGIN ... COMMIT),
+the INSERT acknowledged once the COMMIT returned.
 An INSERT is acknowledged when execute() returned. Every failed statement is
 counted under its SQLSTATE ("08006" when the connection broke without one);
 the client then reconnects if the connection is unusable and goes on. Failed
@@ -74,7 +77,7 @@ class Client:
             host=",".join(h for h, _ in hosts), port=",".join(p for _, p in hosts),
             user=a.user, password=a.password, dbname=a.dbname,
             connect_timeout=a.connect_timeout, application_name="switchyard-load-psycopg",
-            autocommit=True,
+            autocommit=True, sslmode=a.sslmode,
         )
         if len(hosts) > 1:
             kwargs["target_session_attrs"] = "read-write"
@@ -100,7 +103,16 @@ class Client:
                     time.sleep(a.reconnect_delay)
                     continue
             try:
-                if insert_next:
+                if a.explicit_transactions and cid % 2 == 1:
+                    seq += 1
+                    with conn.transaction():
+                        conn.execute(ins, (cid, seq))
+                        conn.execute(sel, (cid,)).fetchone()
+                    self.ack(seq)
+                    last_acked = seq
+                    self.out["inserts_ok"] += 1
+                    self.out["selects_ok"] += 1
+                elif insert_next:
                     seq += 1
                     conn.execute(ins, (cid, seq))
                     self.ack(seq)
@@ -146,6 +158,9 @@ def main():
     p.add_argument("--op-timeout", type=float, default=30.0, help="accepted for symmetry; not enforced")
     p.add_argument("--connect-timeout", type=int, default=5)
     p.add_argument("--reconnect-delay", type=float, default=0.05)
+    p.add_argument("--sslmode", default="prefer", help="libpq's sslmode")
+    p.add_argument("--explicit-transactions", action="store_true",
+                   help="odd clients insert and select in explicit transaction blocks")
     a = p.parse_args()
 
     stop = threading.Event()
