@@ -33,5 +33,6 @@ pub mod stats;
 pub mod stop;
 pub mod takeover;
 pub mod topology;
+pub mod upgrade;
 pub mod watch_flag;
 pub mod workers;

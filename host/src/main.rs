@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, watch};
 ///
 /// Plugins (WebAssembly components, see docs/plugins.md) can decide pooling and failover
 /// policy. SIGHUP or the admin console's RELOAD re-reads the configuration file and
-/// reloads changed plugins; a changed plugin file is reloaded by itself.
+/// reloads changed plugins; a changed plugin file is reloaded by itself. SIGUSR2 upgrades
+/// in place: the binary installed where this one was started from runs with the same
+/// arguments and --takeover (see --takeover and docs/operations.md).
 ///
 /// Logging follows RUST_LOG (e.g. RUST_LOG=switchyard=debug); the default is info. Lines are
 /// human-readable, or JSON objects with --log-format json.
@@ -197,6 +199,9 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
+    // Read first, before anything could change the working directory.
+    let successor = switchyard::upgrade::Successor::of_this_process()
+        .context("cannot read this process's command line")?;
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = Config::parse(&text, &path.display().to_string())?;
     for warning in switchyard::config::exposure_warnings(path, &config) {
@@ -274,7 +279,7 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
         let mut offer = switchyard::workers::offer(&workers).context("cannot offer the listening sockets")?;
         offer.extend(offer_metrics(metrics_addr, metrics.as_ref())?);
         let offer = Arc::new(Offer::new(offer));
-        spawn_background(&state, metrics)?;
+        spawn_background(&state, metrics, successor)?;
         // Before a takeover tells the old process to stop (see `ready_then_start`).
         let finisher = ready_then_start(control(&offer), incoming, adopters)?;
         tracing::info!(listen = %addresses(&listen), unix = unix_shown, workers = workers.len(), databases = state.databases.len(), users = state.users.len(), "switchyard listening (a runtime per worker)");
@@ -300,7 +305,7 @@ fn run(path: &std::path::Path, takeover: bool) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let metrics_offer = offer_metrics(metrics_addr, metrics.as_ref())?;
-    spawn_background(&state, metrics)?;
+    spawn_background(&state, metrics, successor)?;
     let listeners = {
         let _inside = runtime.enter();
         let mut listeners = Listeners::tcp(&listen, false, &inherited, (0, 1))?;
@@ -385,13 +390,17 @@ fn addresses(listen: &[std::net::SocketAddr]) -> String {
 /// at one client, and reads the clock to set the park's timeout when the wheel holds a
 /// timer: with the clients' wheel empty (no client timeouts configured, no login in
 /// progress) a transaction costs about 300 instructions less (docs/performance.md).
-fn spawn_background(state: &Arc<ProxyState>, metrics: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+fn spawn_background(
+    state: &Arc<ProxyState>,
+    metrics: Option<std::net::TcpListener>,
+    successor: switchyard::upgrade::Successor,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the background runtime")?;
     // Opening the trace file may fail: reported here, before serving.
-    runtime.block_on(start_background(state, metrics))?;
+    runtime.block_on(start_background(state, metrics, successor))?;
     std::thread::Builder::new()
         .name("switchyard-background".into())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
@@ -403,6 +412,7 @@ fn spawn_background(state: &Arc<ProxyState>, metrics: Option<std::net::TcpListen
 async fn start_background(
     state: &Arc<ProxyState>,
     metrics: Option<std::net::TcpListener>,
+    successor: switchyard::upgrade::Successor,
 ) -> anyhow::Result<()> {
     let writer = state.clone();
     tokio::spawn(async move { writer.policies.trace().run_writer().await });
@@ -413,6 +423,7 @@ async fn start_background(
         .await
         .context("[trace]")?;
     tokio::spawn(switchyard::reload::run(state.clone()));
+    tokio::spawn(switchyard::upgrade::on_sigusr2(successor));
     tokio::spawn(switchyard::listener::reap_pools(state.clone()));
     state.topology.spawn_probers(&state.shutdown);
     for cluster in state.topology.clusters.values().filter(|c| c.probed()) {
