@@ -194,6 +194,19 @@ fn recv(sock: &mut UnixStream) -> Result<(Message, Vec<OwnedFd>), TakeoverError>
     Ok((message, fds))
 }
 
+/// Tells the new process on `conn` why it is refused (as far as it still listens) and
+/// returns the error for this side.
+fn refuse(conn: &mut UnixStream, reason: String) -> TakeoverError {
+    let _ = send(
+        conn,
+        &Message::Refused {
+            reason: reason.clone(),
+        },
+        &[],
+    );
+    TakeoverError::Refused(reason)
+}
+
 /// Why a new process speaking `protocol` (its client records in version `records`) is
 /// refused, if it is: two processes hand sockets and clients to each other only when they
 /// speak the same versions.
@@ -382,14 +395,7 @@ impl Control {
                 _,
             ) => {
                 if let Some(reason) = refusal(protocol, records) {
-                    let _ = send(
-                        conn,
-                        &Message::Refused {
-                            reason: reason.clone(),
-                        },
-                        &[],
-                    );
-                    return Err(TakeoverError::Refused(reason));
+                    return Err(refuse(conn, reason));
                 }
                 listeners
             }
@@ -397,15 +403,10 @@ impl Control {
         };
         tracing::info!("takeover: a new process asks for the listening sockets");
         let Some(sockets) = self.sockets.wanted(&wanted)? else {
-            let reason = "this switchyard is shutting down: start the new one without --takeover".to_owned();
-            let _ = send(
+            return Err(refuse(
                 conn,
-                &Message::Refused {
-                    reason: reason.clone(),
-                },
-                &[],
-            );
-            return Err(TakeoverError::Refused(reason));
+                "this switchyard is shutting down: start the new one without --takeover".to_owned(),
+            ));
         };
         for (key, fd) in &sockets {
             tracing::info!(%key, "takeover: handing a listening socket over");
