@@ -27,7 +27,7 @@ const MAX_ADMIN_MESSAGE: usize = 64 * 1024;
 const HELP: &[&str] = &[
     "SHOW HELP        this list",
     "SHOW POOLS       one row per (database, user) pool: mode, size, servers idle and in use, counters",
-    "SHOW STATS       per database: transactions, queries, bytes, times in µs (totals, averages since start, p99)",
+    "SHOW STATS       per database: transactions, queries, bytes, times in µs (totals since start; averages and p99 over the last stats_period)",
     "SHOW DATABASES   configured databases and where they route",
     "SHOW NODES       every node of every cluster: role, timeline, LSN, lag (bytes, time), reads and writes routed there, skips, probe results, Patroni's role and state",
     "SHOW CLUSTERS    every cluster: primary, failover events, clients held, requests retried, client errors, last event",
