@@ -264,15 +264,15 @@ impl Traffic {
         period.started_us = now;
     }
 
-    /// What the averages cover at `now`: the last completed period, or until one has
-    /// completed the time since counting started (at least a second, so that a new pool's
-    /// first numbers are not inflated).
-    pub fn window(&self, now: u64, checkouts: u64) -> Window {
+    /// What the averages cover at `now`, given the `totals` just read: the last completed
+    /// period, or until one has completed the time since counting started (at least a
+    /// second, so that a new pool's first numbers are not inflated).
+    pub fn window(&self, now: u64, totals: &Totals) -> Window {
         if let Some(last) = self.period.lock().unwrap_or_else(|e| e.into_inner()).last {
             return last;
         }
         Window {
-            grew: self.totals(checkouts),
+            grew: *totals,
             micros: now.saturating_sub(self.since_us).max(1_000_000),
         }
     }
@@ -338,8 +338,9 @@ pub fn show_stats_row<'a>(
     // Per second, summed over the pools (each pool's window has its own length).
     let mut rates = [0f64; 4];
     for (t, checkouts) in pools {
-        totals.add(&t.totals(checkouts));
-        let w = t.window(now, checkouts);
+        let pool = t.totals(checkouts);
+        totals.add(&pool);
+        let w = t.window(now, &pool);
         recent.add(&w.grew);
         let per_second = |n: u64| n as f64 * 1e6 / w.micros.max(1) as f64;
         for (rate, n) in rates.iter_mut().zip([
