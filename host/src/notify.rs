@@ -18,11 +18,7 @@ use sd_notify::NotifyState;
 /// How long [`ready`] waits for systemd to confirm it read the message.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether a service manager listens.
-fn managed() -> bool {
-    std::env::var_os("NOTIFY_SOCKET").is_some()
-}
-
+/// Sends `states`; without `NOTIFY_SOCKET` the crate sends nothing and succeeds.
 fn send(what: &str, states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "could not tell the service manager ({what})");
@@ -34,7 +30,8 @@ fn send(what: &str, states: &[NotifyState]) {
 /// let the old one exit knowing that systemd follows the new one. Called once, at start,
 /// when the listeners are bound (the kernel queues connections from then on).
 pub fn ready(status: &str) {
-    if !managed() {
+    // Without a service manager there is no barrier to wait for either.
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
     send(
@@ -73,9 +70,6 @@ fn barrier() -> std::io::Result<()> {
 /// A reload of the configuration starts (`RELOADING=1`, with the monotonic time
 /// `Type=notify-reload` asks for); [`reloaded`] ends it.
 pub fn reloading() {
-    if !managed() {
-        return;
-    }
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send("reloading", &[NotifyState::Reloading, now]),
         Err(_) => send("reloading", &[NotifyState::Reloading]),
@@ -84,14 +78,10 @@ pub fn reloading() {
 
 /// A reload ended (applied or refused): serving again, `READY=1`.
 pub fn reloaded() {
-    if managed() {
-        send("reloaded", &[NotifyState::Ready]);
-    }
+    send("reloaded", &[NotifyState::Ready]);
 }
 
 /// The proxy stopped accepting and is finishing its clients' transactions (`STOPPING=1`).
 pub fn stopping() {
-    if managed() {
-        send("stopping", &[NotifyState::Stopping]);
-    }
+    send("stopping", &[NotifyState::Stopping]);
 }
