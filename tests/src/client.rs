@@ -272,6 +272,20 @@ impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
     }
 }
 
+/// Client backends of user `app` on database `app` that `dba`'s server has now (its
+/// background processes and `dba` itself, a superuser's, not counted).
+pub async fn app_backends(dba: &Client) -> Result<i64> {
+    Ok(dba
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app' \
+             AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .ctx("counting app's backends")?
+        .get(0))
+}
+
 /// Waits (up to 10 s) until a backend of `dba`'s server runs exactly `sql` (state
 /// `active` in `pg_stat_activity`) and, when `sql` calls `pg_sleep`, is in that sleep
 /// (wait event `PgSleep`); returns its pid: a test's DBA finding the statement to cancel

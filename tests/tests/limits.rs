@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::BytesMut;
+use switchyard_tests::client::app_backends;
 use switchyard_tests::cluster::roles;
 use switchyard_tests::raw::{msg, Msg, RawConn};
 use switchyard_tests::{skip_if_direct, PgResultExt, TestBed};
@@ -313,15 +314,7 @@ async fn wait_no_app_backends(bed: &TestBed) -> Result<(i64, Duration)> {
     let direct = bed.direct().connect("postgres", "postgres", "postgres").await?;
     let started = Instant::now();
     loop {
-        let left: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app' \
-                 AND backend_type = 'client backend'",
-                &[],
-            )
-            .await
-            .ctx("pg_stat_activity")?
-            .get(0);
+        let left = app_backends(&direct).await?;
         if left == 0 || started.elapsed() >= Duration::from_secs(5) {
             return Ok((left, started.elapsed()));
         }

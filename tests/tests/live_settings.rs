@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::admin::{admin_rows, pool_row};
+use switchyard_tests::client::app_backends;
 use switchyard_tests::cluster::roles;
 use switchyard_tests::peak::ServerPeak;
 use switchyard_tests::raw::RawConn;
@@ -36,19 +37,6 @@ async fn console_ok(ep: &Endpoint, command: &str) -> Result<()> {
     let out = console(ep, command).await?;
     out.ensure_success()?;
     Ok(())
-}
-
-/// Client backends of `app` on database `app` that Postgres has now.
-async fn app_backends(dba: &tokio_postgres::Client) -> Result<i64> {
-    Ok(dba
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app' \
-             AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .ctx("counting app's backends")?
-        .get(0))
 }
 
 /// Polls [`app_backends`] every 20 ms until `done` holds for the count (within `limit`);
