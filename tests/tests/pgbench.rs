@@ -4,8 +4,8 @@
 //! or duplicated writes), and the proxy must stay within its pool size: the most server
 //! connections Postgres saw at once, sampled all through the run, is at most the pool size.
 //!
-//! The same runs with `workers = 1`, where the proxy uses tokio's single-threaded
-//! scheduler instead of the multi-threaded one.
+//! The same runs with `workers = 2`, where the proxy uses tokio's multi-threaded
+//! (work-stealing) scheduler instead of the single-threaded one of the default.
 //!
 //! `SWITCHYARD_PGBENCH_SECONDS` sets the length of each run (default 5).
 
@@ -120,13 +120,13 @@ async fn pgbench_prepared_statements() -> Result<()> {
 }
 
 #[tokio::test]
-async fn pgbench_simple_protocol_single_worker() -> Result<()> {
-    pgbench_through_pool(QueryMode::Simple, Some(1)).await
+async fn pgbench_simple_protocol_two_workers() -> Result<()> {
+    pgbench_through_pool(QueryMode::Simple, Some(2)).await
 }
 
 #[tokio::test]
-async fn pgbench_prepared_statements_single_worker() -> Result<()> {
-    pgbench_through_pool(QueryMode::Prepared, Some(1)).await
+async fn pgbench_prepared_statements_two_workers() -> Result<()> {
+    pgbench_through_pool(QueryMode::Prepared, Some(2)).await
 }
 
 /// The pool's `max_prepared_statements`, set low for the test below.

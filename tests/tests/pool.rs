@@ -126,6 +126,15 @@ async fn many_clients_share_a_tiny_pool_never_over_its_size() -> Result<()> {
     share_a_tiny_pool(|cfg| cfg).await
 }
 
+/// The same on tokio's multi-threaded scheduler with two workers (the default is one),
+/// where a server given back on one thread wakes a client waiting on the other: every
+/// transaction sees its own rows, all 1000 rows are there, and Postgres never sees more
+/// than 2 server connections at once.
+#[tokio::test]
+async fn two_workers_share_a_tiny_pool_never_over_its_size() -> Result<()> {
+    share_a_tiny_pool(|cfg| cfg.set("proxy.workers", 2)).await
+}
+
 /// The same with `threading = "per-core"` and four workers, so that the pool's two servers
 /// sit in four threads' idle lists and checkouts take servers opened on other threads:
 /// every transaction sees its own rows, all 1000 rows are there, and Postgres never sees

@@ -557,7 +557,7 @@ fn proxy_values(p: &ProxySettings) -> Vec<(&'static str, String)> {
         ("tls_client_ca", path(&p.tls_client_ca)),
         ("client_tls", p.client_tls().name().to_string()),
         ("auth_hba_file", path(&p.auth_hba_file)),
-        ("workers", p.workers.to_string()),
+        ("workers", p.worker_threads().to_string()),
         ("threading", kebab(p.threading)),
         ("plugin_cache_dir", path(&p.plugin_cache_dir)),
         ("plugin_watch_interval", duration(p.plugin_watch_interval)),
@@ -811,7 +811,7 @@ pool_size = 4
         assert_eq!(third.pool_size(&third.databases["other"]), 7);
 
         let mut new = second.clone();
-        new.proxy.workers = 9;
+        new.proxy.workers = Some(9);
         new.pool.server_tls = super::super::ServerTlsMode::Require;
         let applied = with_live(&in_force, &new);
         assert_eq!(

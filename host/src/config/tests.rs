@@ -495,23 +495,27 @@ fn removing_databases_is_told_apart_from_other_changes() {
     );
 }
 
-/// `[proxy] threading`: `shared` by default with one idle list per pool node; `per-core`
-/// keeps one list per worker (`workers`, or one per core for 0); any other value is refused
-/// naming the key, the value and the line.
+/// `[proxy] threading`: `shared` by default with one idle list per pool node and one worker
+/// (unless `workers` says otherwise, 0 meaning one per core); `per-core` keeps one list per
+/// worker (`workers`, or one per core when unset or 0); any other value is refused naming
+/// the key, the value and the line.
 #[test]
 fn threading_is_shared_by_default_and_per_core_shards_pools_by_worker() {
     let with = |v: &str| GOOD.replace("listen = ", &format!("{v}\nlisten = "));
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let c = Config::parse(GOOD, "t.toml").unwrap();
     assert_eq!(c.proxy.threading, Threading::Shared);
     assert_eq!(c.proxy.pool_shards(), 1);
+    assert_eq!(c.proxy.worker_threads(), 1);
+    let c = Config::parse(&with("workers = 0"), "t.toml").unwrap();
+    assert_eq!((c.proxy.worker_threads(), c.proxy.pool_shards()), (cores, 1));
+    let c = Config::parse(&with("threading = \"per-core\"\nworkers = 0"), "t.toml").unwrap();
+    assert_eq!(c.proxy.pool_shards(), cores);
     let c = Config::parse(&with("threading = \"per-core\"\nworkers = 3"), "t.toml").unwrap();
     assert_eq!(c.proxy.threading, Threading::PerCore);
     assert_eq!(c.proxy.pool_shards(), 3);
     let c = Config::parse(&with("threading = \"per-core\""), "t.toml").unwrap();
-    assert_eq!(
-        c.proxy.pool_shards(),
-        std::thread::available_parallelism().map_or(1, usize::from)
-    );
+    assert_eq!(c.proxy.pool_shards(), cores);
     let e = err(&with("threading = \"percore\""));
     assert!(
         e.contains("line 3") && e.contains("threading") && e.contains("percore"),

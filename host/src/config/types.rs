@@ -257,8 +257,11 @@ pub struct ProxySettings {
     /// Address-based rules in the spirit of `pg_hba.conf` (PgBouncer's `auth_hba_file`):
     /// which connections may log in and with which method. Re-read on reload.
     pub auth_hba_file: Option<PathBuf>,
-    /// Tokio worker threads; 0 means one per core.
-    pub workers: usize,
+    /// Tokio worker threads; 0 means one per core. Unset: one with `threading = "shared"`
+    /// (tokio's single-threaded scheduler, as PgBouncer and Odyssey run by default: on a
+    /// machine Postgres shares, it leaves the cores to Postgres and skips the wake-ups
+    /// between worker threads), one per core with `"per-core"`.
+    pub workers: Option<usize>,
     /// How the workers share the work: one multi-threaded scheduler (`shared`), or one
     /// single-threaded runtime per worker with its own listener (`per-core`).
     pub threading: Threading,
@@ -303,7 +306,7 @@ impl Default for ProxySettings {
             tls_client_ca: None,
             client_tls: None,
             auth_hba_file: None,
-            workers: 0,
+            workers: None,
             threading: Threading::Shared,
             plugin_cache_dir: None,
             plugin_watch_interval: Duration::from_secs(1),
@@ -316,11 +319,15 @@ impl Default for ProxySettings {
 }
 
 impl ProxySettings {
-    /// Worker threads to run: `workers`, or one per core for 0.
+    /// Worker threads to run: `workers`, one per core for 0; unset, one with `shared`
+    /// threading and one per core with `per-core`.
     pub fn worker_threads(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
+        match (self.workers, self.threading) {
+            (Some(0), _) | (None, Threading::PerCore) => {
+                std::thread::available_parallelism().map_or(1, usize::from)
+            }
+            (Some(n), _) => n,
+            (None, Threading::Shared) => 1,
         }
     }
 

@@ -315,10 +315,7 @@ fn plugin_assignment_changed(a: &Config, b: &Config) -> bool {
 
 /// Instances made at load beyond the first: one per worker thread.
 fn prewarm(plugin: &Plugin, config: &Config) {
-    let workers = match config.proxy.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let workers = config.proxy.worker_threads();
     if let Err(e) = plugin.prewarm(workers.saturating_sub(1)) {
         tracing::warn!(plugin = %plugin.name, error = %e, "could not prewarm instances; calls will instantiate them");
     }
