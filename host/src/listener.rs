@@ -327,8 +327,8 @@ fn attend(
     match client.destination {
         Destination::Pool(ref pool) => {
             let pool = pool.clone();
-            let session = session::serve(client, pool, peer, state, stop);
-            Either::Left(async move { stopping.settle(session.await) })
+            let settle = move |outcome| stopping.settle(outcome);
+            Either::Left(session::serve(client, pool, peer, state, stop, settle))
         }
         Destination::Admin(role) => Either::Right(Box::pin(async move {
             if let Err(e) = crate::admin::serve(client.stream, client.buf, &state, role).await {

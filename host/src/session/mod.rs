@@ -140,36 +140,44 @@ pub const UPGRADE_MESSAGE: &str = "switchyard is restarting for an upgrade: reco
 /// Not an `async fn`: the session is built before the future, which then holds it once
 /// (an `async fn` keeps its arguments beside what is made of them, and every idle client
 /// pays for the session's task).
+///
+/// How the session ended goes to `settle`, called from inside the same future: a wrapper
+/// future awaiting this one would hold it twice (once captured, once while awaited), and
+/// this future is most of every client's task.
 pub fn serve(
     logged_in: LoggedIn,
     pool: Arc<Pool>,
     peer: Peer,
     state: Arc<ProxyState>,
     stop: Arc<StopWatch>,
-) -> impl std::future::Future<Output = Outcome> {
+    settle: impl FnOnce(Outcome) + Send + 'static,
+) -> impl std::future::Future<Output = ()> {
     let mut session = Session::new(logged_in, pool, peer, state, stop.clone());
     async move {
-        let result = match session.run(&stop).await {
-            Ok(Ending::Left) => Ok(()),
-            Ok(Ending::HandOver) => {
-                // What is still queued for the client (the reply to its COMMIT) goes out
-                // first, from this process.
-                match session.flush_client().await {
-                    Ok(()) => return session.hand_over(),
-                    Err(e) => Err(e),
+        let outcome = 'ended: {
+            let result = match session.run(&stop).await {
+                Ok(Ending::Left) => Ok(()),
+                Ok(Ending::HandOver) => {
+                    // What is still queued for the client (the reply to its COMMIT) goes
+                    // out first, from this process.
+                    match session.flush_client().await {
+                        Ok(()) => break 'ended session.hand_over(),
+                        Err(e) => Err(e),
+                    }
                 }
-            }
-            Ok(Ending::Reconnect(why)) => {
-                let fields = ErrorFields::fatal(sqlstate::ADMIN_SHUTDOWN, UPGRADE_MESSAGE).with_detail(
-                    format!("This session cannot be handed to the new process: {why}."),
-                );
-                session.finish(Err(SessionError::Fatal(Box::new(fields)))).await;
-                return Outcome::ToldToReconnect;
-            }
-            Err(e) => Err(e),
+                Ok(Ending::Reconnect(why)) => {
+                    let fields = ErrorFields::fatal(sqlstate::ADMIN_SHUTDOWN, UPGRADE_MESSAGE).with_detail(
+                        format!("This session cannot be handed to the new process: {why}."),
+                    );
+                    session.finish(Err(SessionError::Fatal(Box::new(fields)))).await;
+                    break 'ended Outcome::ToldToReconnect;
+                }
+                Err(e) => Err(e),
+            };
+            session.finish(result).await;
+            Outcome::Ended
         };
-        session.finish(result).await;
-        Outcome::Ended
+        settle(outcome);
     }
 }
 
