@@ -137,8 +137,7 @@ pub fn render(opt: &Options, f: &Findings, cx: &Context) -> String {
     let _ = writeln!(
         o,
         "- Switchyard workers: {}",
-        opt.workers
-            .map_or("default (one per core)".to_owned(), |w| w.to_string())
+        opt.workers.map_or("default (one)".to_owned(), |w| w.to_string())
     );
     let _ = writeln!(
         o,
