@@ -805,8 +805,9 @@ impl Session {
     }
 
     /// About to wait for the client with no server and nothing buffered: hands the empty
-    /// buffers and queues to the thread's spares, so an idle client holds none. Not with
-    /// TLS, whose decrypted bytes may be waiting where socket readiness cannot see them.
+    /// buffers and queues to the thread's spares, so an idle client holds none; or, while
+    /// the proxy has few clients, keeps them, trimmed (see `spares`). Not with TLS, whose
+    /// decrypted bytes may be waiting where socket readiness cannot see them.
     fn park_if_quiet(&mut self) {
         if !self.server.held()
             && self.cbuf.is_empty()
@@ -816,6 +817,14 @@ impl Session {
             && self.cbuf.capacity() != 0
             && !self.client.is_tls()
         {
+            if self.state.clients.load(RELAXED) <= spares::KEEP_OWN_UP_TO_CLIENTS {
+                for buf in [&mut self.cbuf, &mut self.cout, &mut self.server.sout] {
+                    spares::trim_buffer(buf);
+                }
+                self.server.replies.trim_queue();
+                self.replay.trim_frames();
+                return;
+            }
             spares::park(spares::Parked {
                 cbuf: std::mem::take(&mut self.cbuf),
                 cout: std::mem::take(&mut self.cout),

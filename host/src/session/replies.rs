@@ -128,6 +128,13 @@ impl Replies {
         std::mem::take(&mut self.queue)
     }
 
+    /// The session goes quiet keeping its queue: frees it if a long pipeline grew it.
+    pub(super) fn trim_queue(&mut self) {
+        if !super::spares::queue_worth_keeping(self.queue.capacity()) {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// Takes `queue` (empty) if this one was parked.
     pub(super) fn give_queue(&mut self, queue: VecDeque<Expect>) {
         if self.queue.capacity() == 0 {

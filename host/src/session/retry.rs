@@ -178,6 +178,14 @@ impl Replay {
         }
     }
 
+    /// The session goes quiet keeping its frame list: frees it, if empty, when a long
+    /// pipeline grew it.
+    pub(super) fn trim_frames(&mut self) {
+        if self.frames.is_empty() && !super::spares::queue_worth_keeping(self.frames.capacity()) {
+            self.frames = Vec::new();
+        }
+    }
+
     /// The session has work again: takes `frames` (empty) if it parked its own.
     pub(super) fn unpark_frames(&mut self, frames: Vec<Bytes>) {
         if self.frames.capacity() == 0 {

@@ -8,6 +8,11 @@
 //! goes quiet parks its empty buffers and queues here as one [`Parked`] set, and takes a set
 //! back when its client speaks again: one push and one pop on a thread-local list per
 //! transaction.
+//!
+//! With few clients that round trip buys nothing worth its cost (some 600 instructions a
+//! transaction, a sixth of the session's own), so while the proxy has at most
+//! [`KEEP_OWN_UP_TO_CLIENTS`] clients a quiet session keeps its set, trimmed as a parked
+//! one would be: at most that many sets, each bounded as below, are held by idle clients.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -30,6 +35,11 @@ const KEEP_QUEUE_UP_TO: usize = 64;
 /// instructions per transaction at 1,000 clients. Counted in bytes, not sets, so a few sets
 /// whose buffers grew cannot hold more than this.
 const KEEP_BYTES: usize = 1024 * 1024;
+
+/// With at most this many clients (all of the proxy's, logging in or not), a quiet session
+/// keeps its set (trimmed as [`park`] trims) instead of parking it: at most about 2 MiB, and the
+/// thread's spares are for the many-clients case, where they bound what idle clients hold.
+pub(super) const KEEP_OWN_UP_TO_CLIENTS: usize = 256;
 
 /// What a session holds only while it has work, all empty.
 #[derive(Default)]
@@ -66,20 +76,13 @@ thread_local! {
 /// what grew too large to be worth keeping; drops it if the thread has enough spares.
 pub(super) fn park(mut set: Parked) {
     for buf in [&mut set.cbuf, &mut set.cout, &mut set.sout] {
-        debug_assert!(buf.is_empty());
-        // A buffer written out to its end reports no capacity but still owns its
-        // allocation: moving its start back (no copy, no allocation) keeps that allocation
-        // rather than freeing it here and allocating again for the next transaction.
-        let _kept = buf.try_reclaim(1);
-        if buf.capacity() > KEEP_UP_TO {
-            *buf = BytesMut::new();
-        }
+        trim_buffer(buf);
     }
     debug_assert!(set.expect.is_empty() && set.frames.is_empty());
-    if set.expect.capacity() > KEEP_QUEUE_UP_TO {
+    if !queue_worth_keeping(set.expect.capacity()) {
         set.expect = VecDeque::new();
     }
-    if set.frames.capacity() > KEEP_QUEUE_UP_TO {
+    if !queue_worth_keeping(set.frames.capacity()) {
         set.frames = Vec::new();
     }
     let bytes = set.bytes();
@@ -90,6 +93,24 @@ pub(super) fn park(mut set: Parked) {
             s.sets.push(set);
         }
     });
+}
+
+/// Frees an empty buffer that grew too large to be worth keeping (a big COPY or result
+/// went through it).
+pub(super) fn trim_buffer(buf: &mut BytesMut) {
+    debug_assert!(buf.is_empty());
+    // A buffer written out to its end reports no capacity but still owns its allocation:
+    // moving its start back (no copy, no allocation) keeps that allocation rather than
+    // freeing it here and allocating again for the next transaction.
+    let _kept = buf.try_reclaim(1);
+    if buf.capacity() > KEEP_UP_TO {
+        *buf = BytesMut::new();
+    }
+}
+
+/// Whether an empty queue's allocation is worth keeping (no long pipeline went through it).
+pub(super) fn queue_worth_keeping(capacity: usize) -> bool {
+    capacity <= KEEP_QUEUE_UP_TO
 }
 
 /// A parked set, or a new one; its input buffer has at least [`CAPACITY`] bytes free.
