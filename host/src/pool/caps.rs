@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::{Counted, Pool, PoolError};
-use crate::server::{NodeAddr, ServerConn};
+use crate::server::ServerConn;
 
 /// One cap: at most `limit` server connections among the pools registered with it.
 pub struct ServerCap {
@@ -124,12 +124,12 @@ pub(super) enum Room {
 }
 
 impl Pool {
-    /// Room under each of the pool's caps for one more server on `addr`: at once, by
+    /// Room under each of the pool's caps for one more server on the primary: at once, by
     /// closing another pool's idle server, or after waiting up to `query_wait_timeout`;
     /// an idle server of this pool that comes back meanwhile is taken instead.
-    pub(super) async fn room_under_caps(&self, addr: &NodeAddr) -> Result<Room, PoolError> {
+    pub(super) async fn room_under_caps(&self) -> Result<Room, PoolError> {
         if self.caps.is_empty() {
-            return Ok(match self.reusable_idle(addr) {
+            return Ok(match self.reusable_idle() {
                 Some(conn) => Room::Idle(conn),
                 None => Room::New(Vec::new()),
             });
@@ -149,7 +149,7 @@ impl Pool {
             if let Some(s) = second.as_mut() {
                 s.as_mut().enable();
             }
-            if let Some(conn) = self.reusable_idle(addr) {
+            if let Some(conn) = self.reusable_idle() {
                 break Ok(Room::Idle(conn));
             }
             if let Some(guards) = self.take_caps() {

@@ -341,11 +341,7 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>, stop: Option<&StopWatch>) -> Result<Checkout, PoolError> {
         let permit = if self.pause.paused().is_none() && self.cluster.hold().is_none() {
             match self.primary.try_permit() {
-                Some(permit) => match self
-                    .cluster
-                    .primary()
-                    .and_then(|(_, addr)| self.reusable_idle(addr))
-                {
+                Some(permit) => match self.reusable_idle() {
                     Some(conn) => {
                         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
                         return Ok(Checkout {
@@ -476,10 +472,8 @@ impl Pool {
         // The common case, with no clock reading and one look at the topology: a primary
         // is confirmed and an idle server on it can be reused.
         if !hold_ran_out {
-            if let Some((_, addr)) = self.cluster.primary() {
-                if let Some(conn) = self.reusable_idle(addr) {
-                    return Ok(conn);
-                }
+            if let Some(conn) = self.reusable_idle() {
+                return Ok(conn);
             }
         }
         // Connects and waits for a primary are boxed: their state is large and rare, and
@@ -510,7 +504,7 @@ impl Pool {
                     waited: started.elapsed(),
                 });
             };
-            let guards = match self.room_under_caps(addr).await? {
+            let guards = match self.room_under_caps().await? {
                 Room::Idle(conn) => return Ok(conn),
                 Room::New(guards) => guards,
             };
@@ -558,11 +552,13 @@ impl Pool {
         }
     }
 
-    /// An idle server on `addr` that may be reused; the idle servers tried on the way that
-    /// may not (on another node, drained, broken, past their lifetime) are closed.
-    fn reusable_idle(&self, addr: &NodeAddr) -> Option<Box<ServerConn>> {
-        while let Some(conn) = self.primary.pop_idle() {
-            if conn.addr != *addr || !self.cluster.keeps_server(&conn.addr, conn.created) {
+    /// An idle server on the primary that may be reused; the idle servers tried on the way
+    /// that may not (on another node, drained, broken, past their lifetime) are closed.
+    fn reusable_idle(&self) -> Option<Box<ServerConn>> {
+        // With no primary, idle servers wait (their node may come back as the primary).
+        self.cluster.primary()?;
+        while let Some(mut conn) = self.primary.pop_idle() {
+            if !self.keeps(&mut conn) {
                 self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(pool = %self.name, server = conn.id, addr = %conn.addr, "closing idle server: not on the primary");
                 continue;
@@ -575,6 +571,21 @@ impl Pool {
             return Some(conn);
         }
         None
+    }
+
+    /// Whether `conn` may go back to (or be taken from) the primary's idle servers
+    /// ([`Cluster::keeps_server`]), asked once per change of the cluster's keep epoch
+    /// rather than once per transaction.
+    fn keeps(&self, conn: &mut ServerConn) -> bool {
+        let epoch = self.cluster.keep_epoch();
+        if conn.kept_in_epoch == epoch {
+            return true;
+        }
+        let keep = self.cluster.keeps_server(&conn.addr, conn.created);
+        if keep {
+            conn.kept_in_epoch = epoch;
+        }
+        keep
     }
 
     /// How this pool logs in to `addr`, giving up after `timeout`.
@@ -870,10 +881,10 @@ impl Checkout {
     /// one on a node that no longer serves what it was lent for (writes: the primary;
     /// reads: a replica on the newest timeline) is closed instead.
     pub fn release(mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             let pool = &self.pool;
             let (keep, servers) = match self.read_node {
-                None => (pool.cluster.keeps_server(&conn.addr, conn.created), &pool.primary),
+                None => (pool.keeps(&mut conn), &pool.primary),
                 Some(node) => (pool.keeps_read_server(node, &conn), &pool.replicas[node]),
             };
             if !keep

@@ -172,6 +172,7 @@ async fn connect_inner(p: &ConnectParams<'_>) -> Result<ServerConn, ServerError>
         settings_signature: 0,
         created,
         created_ns: super::nanos_since_origin(created),
+        kept_in_epoch: 0,
         home: crate::net::worker::current(),
         counted: Vec::new(),
         listed: None,

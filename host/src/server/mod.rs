@@ -153,6 +153,9 @@ pub struct ServerConn {
     /// pool compares with its coarse clock and `RECONNECT` time, without a clock
     /// subtraction per transaction.
     pub created_ns: u64,
+    /// The cluster's [`keep_epoch`](crate::topology::Cluster::keep_epoch) under which the
+    /// pool last found it still worth keeping (0: never).
+    pub kept_in_epoch: u64,
     /// The worker thread that opened it, whose reactor its socket is registered with
     /// (`threading = "per-core"`; 0 otherwise): the pools keep it in that thread's list.
     pub home: usize,

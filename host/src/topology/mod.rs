@@ -12,7 +12,7 @@ mod probe;
 pub mod reads;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -118,6 +118,13 @@ pub struct Cluster {
     pub hold_timeout: Duration,
     probe: Option<ProbeSettings>,
     view: ArcSwap<ClusterView>,
+    /// `view`'s primary, as its index plus one (0: none): what every checkout asks,
+    /// answered without loading the view.
+    primary_now: AtomicUsize,
+    /// Advanced after `view` is published with another primary or a node newly drained:
+    /// while it stays the same, a server [`Cluster::keeps_server`] kept is still kept
+    /// ([`Cluster::keep_epoch`]).
+    keep_epoch: AtomicU64,
     /// Serialises updates of `view` (probers of different nodes race).
     update: Mutex<()>,
     /// The primary (generation) changed; holders wait on it.
@@ -192,6 +199,8 @@ impl Cluster {
             nodes,
             hold_timeout: config.hold_timeout,
             probe,
+            primary_now: AtomicUsize::new(primary + 1),
+            keep_epoch: AtomicU64::new(1),
             view: ArcSwap::from_pointee(ClusterView {
                 generation: 1,
                 primary: Some(primary),
@@ -227,7 +236,15 @@ impl Cluster {
 
     /// The primary now, if the cluster has one.
     pub fn primary(&self) -> Option<(usize, &NodeAddr)> {
-        self.view.load().primary.map(|i| (i, &self.nodes[i]))
+        let i = self.primary_now.load(Ordering::Acquire).checked_sub(1)?;
+        Some((i, &self.nodes[i]))
+    }
+
+    /// Changes whenever a server [`Cluster::keeps_server`] kept may no longer be kept (the
+    /// primary changed, a node was drained), so a caller may remember a `true` under the
+    /// epoch read *before* asking, and skip asking again while the epoch stays the same.
+    pub fn keep_epoch(&self) -> u64 {
+        self.keep_epoch.load(Ordering::Acquire)
     }
 
     /// The primary, waiting until `deadline` while there is none.
@@ -409,7 +426,18 @@ impl Cluster {
             }
         }
         let generation = view.generation;
+        let unkeeps = view.primary != old.primary
+            || view
+                .nodes
+                .iter()
+                .zip(&old.nodes)
+                .any(|(new, old)| new.drained_at != old.drained_at);
+        let primary_now = view.primary.map_or(0, |p| p + 1);
         self.view.store(Arc::new(view));
+        self.primary_now.store(primary_now, Ordering::Release);
+        if unkeeps {
+            self.keep_epoch.fetch_add(1, Ordering::Release);
+        }
         if generation != old.generation {
             self.changed.send_replace(generation);
         }
