@@ -82,6 +82,8 @@ pub struct Options {
     pub cg_tx: (u32, u32),
     pub cg_warmup: u32,
     pub cg_workers: u32,
+    /// `CG_CACHE_SIM`: callgrind also simulates the caches (D1mr, DLmr, ... per function).
+    pub cg_cache_sim: bool,
     /// `STRACE`: a short run under `strace -c -f` per proxy and cell of the matrix and of
     /// the pipelined-pooling row (off when neither runs).
     pub strace: bool,
@@ -243,6 +245,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let cg_tx = var("CG_TX", "1000 10000");
     let cg_warmup = var("CG_WARMUP", "200");
     let cg_workers = var("CG_WORKERS", "1");
+    let cg_cache_sim = var("CG_CACHE_SIM", "0");
     let workers = env("WORKERS").filter(|v| !v.is_empty());
     let threading = env("THREADING").filter(|v| !v.is_empty());
     let strace_secs = var("STRACE_SECONDS", "3");
@@ -255,6 +258,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let cg_clients = positive("CG_CLIENTS", &cg_clients)?;
     let cg_warmup = positive("CG_WARMUP", &cg_warmup)?;
     let cg_workers = number("CG_WORKERS", &cg_workers)?;
+    let cg_cache_sim = switch("CG_CACHE_SIM", &cg_cache_sim)?;
     let callgrind = switch("CALLGRIND", &callgrind)?;
     let strace = switch("STRACE", &strace)?;
     let strace_secs = positive("STRACE_SECONDS", &strace_secs)?;
@@ -350,6 +354,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         cg_tx,
         cg_warmup,
         cg_workers,
+        cg_cache_sim,
         strace,
         strace_secs,
         plugin: env("PLUGIN").filter(|v| !v.is_empty()),

@@ -557,6 +557,7 @@ pub fn start_switchyard(
             "--tool=callgrind".to_owned(),
             "--separate-threads=yes".to_owned(),
             "--trace-children=yes".to_owned(),
+            format!("--cache-sim={}", if opt.cg_cache_sim { "yes" } else { "no" }),
             format!(
                 "--callgrind-out-file={}",
                 cg_dir.join(format!("{name}.out")).display()
