@@ -59,6 +59,31 @@ fn a_planned_stop_of_the_primary_holds_and_drains_it() {
     );
 }
 
+/// The keep epoch (what lets a pool skip `keeps_server` for a server it kept before)
+/// stays while probes confirm the same primary, and moves when a node is drained or the
+/// primary changes; `primary()` follows every published view.
+#[test]
+fn the_keep_epoch_moves_on_a_drain_and_a_new_primary_only() {
+    let c = cluster("30s");
+    c.record(0, 0, answered(false, 1), None, None);
+    c.record(1, 0, answered(true, 1), None, None);
+    let first = c.keep_epoch();
+    c.record(0, 0, answered(false, 1), None, None);
+    c.record(1, 0, answered(true, 1), None, None);
+    assert_eq!(c.keep_epoch(), first, "probes that change nothing keep it");
+    c.planned_stop(0, "test").expect("the primary's stop holds");
+    let drained = c.keep_epoch();
+    assert_ne!(drained, first, "a drain moves it");
+    assert_eq!(c.primary().map(|(i, _)| i), Some(0));
+    c.record(0, 0, failed(), None, Some("connection refused".into()));
+    assert!(c.primary().is_none());
+    let lost = c.keep_epoch();
+    assert_ne!(lost, drained, "losing the primary moves it");
+    c.record(1, 0, answered(false, 2), None, None);
+    assert_eq!(c.primary().map(|(i, _)| i), Some(1));
+    assert_ne!(c.keep_epoch(), lost, "a new primary moves it");
+}
+
 #[tokio::test]
 async fn probes_hold_on_a_lost_primary_and_move_to_the_promoted_replica() {
     let c = Arc::new(cluster("30s"));
