@@ -126,7 +126,7 @@ async fn many_clients_share_a_tiny_pool_never_over_its_size() -> Result<()> {
     share_a_tiny_pool(40, 25, |cfg| cfg).await
 }
 
-/// 300 clients run 4 transactions each the same way: past 256 clients a session that goes
+/// 300 clients run 4 transactions each the same way: past 128 clients a session that goes
 /// quiet hands its buffers to the thread's spares and takes a set back for its next
 /// transaction (with fewer, as in the other tests here, it keeps its own), so this runs
 /// that exchange under a queue of 298 clients. Every transaction sees its own rows, all
