@@ -70,12 +70,14 @@ impl Session {
         rest: &[u8],
         raw: &Bytes,
     ) -> Result<(), SessionError> {
-        let work = self.work_of_statement(statement);
+        // Looked up once, for the route and for the rewrite.
+        let def = self.lookup(statement);
+        let work = self.work_of_statement(def.as_deref());
         if !self.acquire_or_refuse(true, work).await? {
             return Ok(());
         }
         self.server.replies.open_batch();
-        match self.lookup(statement) {
+        match def {
             Some(def) => {
                 self.ensure_prepared(&def);
                 encode_bind_renamed(portal, &def.server_name, rest, &mut self.server.sout);
@@ -94,16 +96,17 @@ impl Session {
         name: &[u8],
         raw: &Bytes,
     ) -> Result<(), SessionError> {
-        let work = match target {
-            Target::Statement => self.work_of_statement(name),
-            Target::Portal => Work::PRIMARY,
+        let def = match target {
+            Target::Statement => self.lookup(name),
+            Target::Portal => None,
         };
+        let work = self.work_of_statement(def.as_deref());
         if !self.acquire_or_refuse(true, work).await? {
             return Ok(());
         }
         self.server.replies.open_batch();
-        match (target, self.lookup_target(target, name)) {
-            (Target::Statement, Some(def)) => {
+        match def {
+            Some(def) => {
                 self.ensure_prepared(&def);
                 encode_describe(Target::Statement, &def.server_name, &mut self.server.sout);
             }
@@ -179,13 +182,6 @@ impl Session {
             None
         } else {
             self.statements.get(name)
-        }
-    }
-
-    fn lookup_target(&mut self, target: Target, name: &[u8]) -> Option<Arc<StatementDef>> {
-        match target {
-            Target::Statement => self.lookup(name),
-            Target::Portal => None,
         }
     }
 

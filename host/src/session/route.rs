@@ -143,11 +143,11 @@ impl Session {
     }
 
     /// The work of the extended-protocol batch whose first message that needs a server
-    /// names statement `name` (a Bind, or a Describe): the unnamed statement, or one the
-    /// session does not know, runs on the primary.
-    pub(super) fn work_of_statement(&self, name: &[u8]) -> Work {
-        match self.statements.peek(name) {
-            Some(def) if !name.is_empty() && self.wants_classification(&def.query) => {
+    /// names statement `def` (a Bind, or a Describe; [`Session::lookup`]): the unnamed
+    /// statement, or one the session does not know (`None`), runs on the primary.
+    pub(super) fn work_of_statement(&self, def: Option<&StatementDef>) -> Work {
+        match def {
+            Some(def) if self.wants_classification(&def.query) => {
                 self.work_of_batch(self.classify_statement(def))
             }
             _ => Work::PRIMARY,
