@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, TryStreamExt};
-use switchyard_tests::client::{backend_running, Load};
+use switchyard_tests::client::{backend_running, connect, Load};
 use switchyard_tests::raw::{msg, Msg, RawConn};
 use switchyard_tests::{describe_error, expect_sqlstate, skip_if_direct, Endpoint, PgResultExt, TestBed};
 use tokio_postgres::Client;
@@ -273,6 +273,78 @@ async fn pg_terminate_backend_of_an_idle_pooled_server_costs_clients_nothing() -
     }
     println!("idle servers terminated: 40 queries after, 0 errors, on backends {pids:?}");
     bed.ensure_proxy_alive()
+}
+
+/// Pool of 1, transaction mode. Client A (`application_name` `first`) runs a statement, so
+/// the pool's one server carries A's settings. The DBA stops that backend (SIGSTOP), client
+/// B (`application_name` `second`) sends `SELECT 41 + 1`: the proxy borrows the stopped
+/// server (its socket is still open) and sends it B's settings first, which it cannot
+/// answer. The DBA then terminates it (`pg_terminate_backend`, then SIGCONT): the backend
+/// answers the settings with `FATAL 57P01` and closes. Nothing of B's statement reached
+/// it. Checks that B gets `42` with no error, that its statement ran on another backend
+/// with `application_name` `second`, and that A is still served.
+#[tokio::test]
+async fn a_server_lost_while_taking_a_clients_settings_costs_the_client_nothing() -> Result<()> {
+    skip_if_direct!(); // checks the pool's servers
+    let mut bed = TestBed::start_with(|c| c.mode("transaction").pool_size(1).query_wait_timeout("10s"))?;
+    let endpoint = bed.endpoint();
+    let dba = dba(&bed).await?;
+    let named = |name: &str| {
+        let mut config = endpoint.config("app", "app", "app");
+        config.application_name(name);
+        config
+    };
+    let first = connect(&named("first")).await?;
+    let second = connect(&named("second")).await?;
+    first.batch_execute("SELECT 1").await?;
+    let pid: i32 = dba
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND application_name = 'first'",
+            &[],
+        )
+        .await
+        .ctx("the pool's server with the first client's settings")?
+        .get(0);
+    signal(pid, libc::SIGSTOP);
+    let asked = tokio::spawn(async move {
+        let row = second
+            .query_one(
+                "SELECT 41 + 1, pg_backend_pid(), current_setting('application_name')",
+                &[],
+            )
+            .await;
+        (second, row)
+    });
+    // The proxy borrows the stopped server and waits for it to take B's settings.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let terminated: bool = dba
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await?
+        .get(0);
+    signal(pid, libc::SIGCONT);
+    ensure!(terminated, "pg_terminate_backend({pid}) found no backend");
+    let (_second, row) = tokio::time::timeout(Duration::from_secs(15), asked)
+        .await
+        .context("the second client's statement did not return within 15 s")??;
+    let row = row.map_err(|e| anyhow::anyhow!("the second client got an error: {}", describe_error(&e)))?;
+    let (value, ran_on, name): (i32, i32, String) = (row.get(0), row.get(1), row.get(2));
+    ensure!(
+        value == 42 && ran_on != pid && name == "second",
+        "expected 42 on a backend other than {pid} with application_name second, got {value} on {ran_on} with {name:?}"
+    );
+    let v: i32 = first
+        .query_one("SELECT 7", &[])
+        .await
+        .ctx("the first client afterwards")?
+        .get(0);
+    ensure!(v == 7);
+    bed.ensure_proxy_alive()
+}
+
+/// Sends `sig` to process `pid` (a backend of the test's own Postgres).
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) with a pid read from pg_stat_activity of the test's own server.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
 /// Session mode (pool of 2): a client with no server-side state keeps its server between

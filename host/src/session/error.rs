@@ -96,3 +96,34 @@ impl SessionError {
         }
     }
 }
+
+/// Why a freshly borrowed server did not take the session's settings (`apply_settings`).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SettingsFailed {
+    /// The server's connection ended (closed, reset) before it answered: nothing of the
+    /// client's reached it, so the session may borrow another.
+    #[error(transparent)]
+    ServerLost(ServerError),
+    /// The server refused the settings, did not answer in time or broke the protocol: the
+    /// session ends with this.
+    #[error(transparent)]
+    Ends(SessionError),
+}
+
+impl SettingsFailed {
+    pub(super) fn from_server(error: ServerError) -> SettingsFailed {
+        match error {
+            ServerError::Io { .. } | ServerError::Closed { .. } => SettingsFailed::ServerLost(error),
+            error => SettingsFailed::Ends(SessionError::Pool(error.into())),
+        }
+    }
+}
+
+impl From<SettingsFailed> for SessionError {
+    fn from(failed: SettingsFailed) -> SessionError {
+        match failed {
+            SettingsFailed::ServerLost(error) => SessionError::Pool(error.into()),
+            SettingsFailed::Ends(error) => error,
+        }
+    }
+}

@@ -32,6 +32,7 @@ mod statements;
 mod timeouts;
 mod traffic;
 
+use self::error::SettingsFailed;
 pub use error::SessionError;
 pub use handoff::{adopt, Carried, ClientRecord, Handoff, RECORD_VERSION};
 pub use startup::{ConsoleRole, Destination, LoggedIn};
@@ -73,6 +74,12 @@ const HIGH_WATER: usize = 256 * 1024;
 /// With the two buffers' high-water marks, this bounds what a pipelining client can make
 /// the proxy hold.
 const MAX_OWED: usize = 1024;
+
+/// How many freshly borrowed servers a session lets go, one after the other, because
+/// their connection ended before they took its settings (a node shutting down sends its
+/// idle backends their FATAL one by one, after the check at checkout may have passed).
+/// Then the client gets the error.
+const SERVERS_LOST_BEFORE_SETTINGS: u32 = 3;
 
 /// Logs an accepted client in (within `client_login_timeout`), or tells it why not. The
 /// listener then hands a pool client to [`serve`] and a console client to the admin console.
@@ -507,28 +514,46 @@ impl Session {
         self.flush_client().await?;
         let now_ms = self.pool.coarse_now_ms();
         self.listed.request_ms.store(now_ms, RELAXED);
-        self.listed.waiting.store(true, RELAXED);
-        let checkout = self.checkout_for(work).await;
-        self.listed.waiting.store(false, RELAXED);
-        if let Some(signal) = self.stop.ending() {
-            // Killed (or `shutdown_timeout` ran out) while it waited for the server (the
-            // wait then ended with `PoolError::Ended`) or as it got one: nothing of the
-            // client's reaches a server, and one it got goes back unused.
-            if let Ok(checkout) = checkout {
-                checkout.release();
+        let mut lost = 0;
+        let mut checkout = loop {
+            self.listed.waiting.store(true, RELAXED);
+            let checkout = self.checkout_for(work).await;
+            self.listed.waiting.store(false, RELAXED);
+            if let Some(signal) = self.stop.ending() {
+                // Killed (or `shutdown_timeout` ran out) while it waited for the server (the
+                // wait then ended with `PoolError::Ended`) or as it got one: nothing of the
+                // client's reaches a server, and one it got goes back unused.
+                if let Ok(checkout) = checkout {
+                    checkout.release();
+                }
+                return Err(self.stopped(signal));
             }
-            return Err(self.stopped(signal));
-        }
-        let mut checkout = checkout?;
+            let mut checkout = checkout?;
+            if checkout.conn().settings_signature == self.params.signature() {
+                break checkout;
+            }
+            // Boxed: the replay's round trip is rare, and inline it would enlarge every
+            // session's task by its size, idle or not.
+            match Box::pin(self.apply_settings(&mut checkout)).await {
+                Ok(()) => break checkout,
+                // The server went away before it took the settings (a shutdown or a
+                // terminated backend that the check at checkout could not see yet):
+                // nothing of the client's reached it, so another is borrowed.
+                Err(SettingsFailed::ServerLost(e)) if lost < SERVERS_LOST_BEFORE_SETTINGS => {
+                    lost += 1;
+                    tracing::info!(
+                        pid = self.cancel.process_id, server = checkout.conn().id, error = %e,
+                        "server lost while taking the session's settings; borrowing another"
+                    );
+                    drop(checkout); // closes it
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         self.listed.prepared.store(self.statements.len(), RELAXED);
         if let Some(server) = &checkout.conn().listed {
             server.client.store(self.listed.id, RELAXED);
             server.request_ms.store(now_ms, RELAXED);
-        }
-        if checkout.conn().settings_signature != self.params.signature() {
-            // Boxed: the replay's round trip is rare, and inline it would enlarge every
-            // session's task by its size, idle or not.
-            Box::pin(self.apply_settings(&mut checkout)).await?;
         }
         if self.tx_status == TransactionStatus::Idle && self.mode != PoolMode::Session {
             let on_replica = checkout.read_node().is_some() && !self.routing.declared_read_only();
@@ -550,14 +575,14 @@ impl Session {
     /// before any of the client's messages: the server's settings are recorded only once
     /// it confirmed them. If it refused them, the server is closed and the client gets
     /// the server's error: its session cannot be set up as it asked.
-    async fn apply_settings(&mut self, checkout: &mut Checkout) -> Result<(), SessionError> {
+    async fn apply_settings(&mut self, checkout: &mut Checkout) -> Result<(), SettingsFailed> {
         let conn = checkout.conn();
         if let Some(sql) = self.params.diff(&conn.settings) {
             tracing::debug!(server = conn.id, %sql, "applying session settings");
             let limit = self.pool.connect_timeout();
             let answer = crate::server::simple_query_within(conn, &sql, limit)
                 .await
-                .map_err(|e| SessionError::Pool(e.into()))?;
+                .map_err(SettingsFailed::from_server)?;
             if let Some(mut fields) = answer.error {
                 tracing::warn!(
                     user = self.facts.user(), server = conn.id, sqlstate = %fields.code,
@@ -568,7 +593,7 @@ impl Session {
                     "switchyard could not apply this session's settings (startup parameters and SET commands) on a server"
                         .into(),
                 );
-                return Err(SessionError::Fatal(Box::new(fields)));
+                return Err(SettingsFailed::Ends(SessionError::Fatal(Box::new(fields))));
             }
         }
         conn.settings = self.params.desired().clone();
