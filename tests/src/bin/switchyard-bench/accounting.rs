@@ -138,6 +138,24 @@ fn consistent_total(
 pub struct Reading {
     pub proxy: Option<ProxyUsage>,
     pub postgres: Option<u64>,
+    /// User + system µs of the bench's children that ended and were waited for.
+    pub children_us: Option<u64>,
+}
+
+/// User + system CPU (µs) of this process' children that ended and were waited for
+/// (`getrusage(RUSAGE_CHILDREN)`). Around one pgbench run, whose process is the only child
+/// waited for in between, the difference is pgbench's own CPU.
+fn children_us() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_CHILDREN is a valid `who`.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful call above.
+    let usage = unsafe { usage.assume_init() };
+    let us =
+        |t: libc::timeval| Some(u64::try_from(t.tv_sec).ok()? * 1_000_000 + u64::try_from(t.tv_usec).ok()?);
+    Some(us(usage.ru_utime)? + us(usage.ru_stime)?)
 }
 
 impl Reading {
@@ -146,6 +164,7 @@ impl Reading {
         Self {
             proxy: proxy_pid.and_then(ProxyUsage::read),
             postgres: postmaster.and_then(postgres_ticks),
+            children_us: children_us(),
         }
     }
 
@@ -173,10 +192,15 @@ impl Reading {
             (Some(b), Some(a)) if a >= b => Some(us(a - b)),
             _ => None,
         };
+        let pgbench_us = match (before.children_us, self.children_us) {
+            (Some(b), Some(a)) if a >= b => Some(a - b),
+            _ => None,
+        };
         RunCpu {
             transactions,
             proxy,
             postgres_us,
+            pgbench_us,
         }
     }
 }
@@ -190,12 +214,14 @@ pub struct ProxyCpu {
 }
 
 /// What one run cost: the proxy's CPU and context switches (none for direct Postgres or
-/// when unreadable) and Postgres' CPU, over the run's transactions.
+/// when unreadable), Postgres' CPU and pgbench's, over the run's transactions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunCpu {
     pub transactions: u64,
     pub proxy: Option<ProxyCpu>,
     pub postgres_us: Option<u64>,
+    /// pgbench's own CPU (user + system µs) over the run.
+    pub pgbench_us: Option<u64>,
 }
 
 impl RunCpu {
@@ -308,17 +334,20 @@ mod tests {
         })
     }
 
-    /// Deltas in µs at 100 ticks a second and per transaction; no proxy figures across a restart (another pid), when a counter
-    /// went backwards or a reading is missing; nothing per transaction without transactions.
+    /// Deltas in µs at 100 ticks a second (pgbench's already in µs) and per transaction; no
+    /// proxy figures across a restart (another pid), when a counter went backwards or a
+    /// reading is missing; nothing per transaction without transactions.
     #[test]
     fn deltas_over_a_run() {
         let before = Reading {
             proxy: usage(9, 100, 200, 1_000),
             postgres: Some(5_000),
+            children_us: Some(70_000),
         };
         let after = Reading {
             proxy: usage(9, 150, 300, 3_000),
             postgres: Some(5_400),
+            children_us: Some(2_070_000),
         };
         let run = after.since(&before, 10_000, 100);
         assert_eq!(
@@ -331,6 +360,7 @@ mod tests {
                     ctx_switches: 2_000,
                 }),
                 postgres_us: Some(4_000_000),
+                pgbench_us: Some(2_000_000),
             }
         );
         assert_eq!(run.per_tx(500_000), Some(50.0));
@@ -346,7 +376,10 @@ mod tests {
         };
         assert_eq!(backwards.since(&before, 1, 100).proxy, None);
         let direct = Reading::default().since(&Reading::default(), 5, 100);
-        assert_eq!((direct.proxy, direct.postgres_us), (None, None));
+        assert_eq!(
+            (direct.proxy, direct.postgres_us, direct.pgbench_us),
+            (None, None, None)
+        );
         assert_eq!(after.since(&before, 0, 100).per_tx(7), None);
     }
 }

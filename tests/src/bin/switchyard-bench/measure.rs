@@ -669,7 +669,11 @@ impl<'a> Bench<'a> {
             } else {
                 String::new()
             };
-            format!("{proxy} postgres={}us/tx", per(r.postgres_us))
+            format!(
+                "{proxy} postgres={}us/tx pgbench={}us/tx",
+                per(r.postgres_us),
+                per(r.pgbench_us)
+            )
         });
         crate::log!(
             "  {mode:<8} c={c:<3} {target:<17} tps={tps_text} lat={}ms failed={failed}{cpu_note}{}",

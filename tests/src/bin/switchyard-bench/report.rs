@@ -359,22 +359,24 @@ fn proxy_total_per_tx(f: &Findings, key: &str) -> Option<f64> {
 }
 
 /// The CPU figures of `target`'s run `m` per transaction: proxy user, system and total µs,
-/// Postgres µs and proxy context switches ("–" for direct Postgres' proxy columns, "-"
-/// where nothing was read).
-fn cpu_columns(m: Option<&Sample>, target: &str) -> [String; 5] {
+/// Postgres µs, pgbench µs and proxy context switches ("–" for direct Postgres' proxy
+/// columns, "-" where nothing was read).
+fn cpu_columns(m: Option<&Sample>, target: &str) -> [String; 6] {
     let cpu = m.and_then(|s| s.cpu);
     let per = |v: Option<u64>, decimals: usize| fmt_opt(v.and_then(|v| cpu?.per_tx(v)), decimals);
     let proxy = cpu.and_then(|r| r.proxy);
     let postgres = per(cpu.and_then(|r| r.postgres_us), 1);
+    let pgbench = per(cpu.and_then(|r| r.pgbench_us), 1);
     if target == "direct" {
         let none = "–".to_owned();
-        return [none.clone(), none.clone(), none.clone(), postgres, none];
+        return [none.clone(), none.clone(), none.clone(), postgres, pgbench, none];
     }
     [
         per(proxy.map(|p| p.user_us), 1),
         per(proxy.map(|p| p.system_us), 1),
         per(proxy.map(|p| p.user_us + p.system_us), 1),
         postgres,
+        pgbench,
         per(proxy.map(|p| p.ctx_switches), 2),
     ]
 }
@@ -386,25 +388,25 @@ fn cpu_per_tx(o: &mut String, opt: &Options, f: &Findings) {
 
 ",
     );
-    o.push_str("- proxy: its utime and stime (/proc/PID/stat) over the run; context switches: voluntary + nonvoluntary, summed over its threads (/proc/PID/task/*/status); postgres: the postmaster's user + system time, its reaped children's (cutime + cstime) and its live children's, after minus before; per transaction of pgbench's count; –: direct Postgres, no proxy
+    o.push_str("- proxy: its utime and stime (/proc/PID/stat) over the run; context switches: voluntary + nonvoluntary, summed over its threads (/proc/PID/task/*/status); postgres: the postmaster's user + system time, its reaped children's (cutime + cstime) and its live children's, after minus before; pgbench: its own user + system time (getrusage of the bench's children around the run); per transaction of pgbench's count; –: direct Postgres, no proxy
 
 ");
-    o.push_str("| mode | clients | target | tps | proxy user µs/tx | proxy system µs/tx | proxy total µs/tx | postgres µs/tx | proxy ctx switches/tx | switchyard/pgbouncer proxy CPU |
+    o.push_str("| mode | clients | target | tps | proxy user µs/tx | proxy system µs/tx | proxy total µs/tx | postgres µs/tx | pgbench µs/tx | proxy ctx switches/tx | switchyard/pgbouncer proxy CPU |
 ");
     o.push_str(
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|
 ",
     );
     for (mode, c, prefix) in accounted_cells(opt) {
         let ml = mode_label(&mode, prefix);
         for t in TARGETS {
             if prefix.is_empty() && skip_cell(opt, &mode, c, t) {
-                let _ = writeln!(o, "| {ml} | {c} | {} | n/a | | | | | | |", label(t, &mode));
+                let _ = writeln!(o, "| {ml} | {c} | {} | n/a | | | | | | | |", label(t, &mode));
                 continue;
             }
             let key = accounted_key(&mode, c, prefix, t);
             let m = median(f, &key);
-            let [user, system, total, postgres, ctx] = cpu_columns(m, t);
+            let [user, system, total, postgres, pgbench, ctx] = cpu_columns(m, t);
             let r = if t == SY {
                 ratio(
                     proxy_total_per_tx(f, &key),
@@ -416,7 +418,7 @@ fn cpu_per_tx(o: &mut String, opt: &Options, f: &Findings) {
             };
             let _ = writeln!(
                 o,
-                "| {ml} | {c} | {} | {}{} | {user} | {system} | {total} | {postgres} | {ctx} | {r} |",
+                "| {ml} | {c} | {} | {}{} | {user} | {system} | {total} | {postgres} | {pgbench} | {ctx} | {r} |",
                 label(t, &mode),
                 tps(m, 1),
                 flag(f, &key),
@@ -830,7 +832,7 @@ fn pipeline(o: &mut String, opt: &Options, f: &Findings, cx: &Context) {
         for t in PIPELINE_TARGETS {
             let k = key(t);
             let m = median(f, &k);
-            let [user, system, _, postgres, ctx] = cpu_columns(m, t);
+            let [user, system, _, postgres, _, ctx] = cpu_columns(m, t);
             let pipelined = match f.pipelined.get(&k) {
                 Some(&n) => {
                     let tx: u64 = f.cell(&k).map_or(0, |c| {
@@ -1116,11 +1118,12 @@ mod tests {
                 ctx_switches,
             }),
             postgres_us: Some(pg_us),
+            pgbench_us: Some(tx * 20),
         });
     }
 
     /// The CPU table shows the median run's proxy user, system and total µs per
-    /// transaction, Postgres' µs and the proxy's context switches per transaction, "–" for
+    /// transaction, Postgres' and pgbench's µs and the proxy's context switches per transaction, "–" for
     /// direct Postgres' proxy columns, "-" where nothing was read, and on Switchyard's row
     /// its total over PgBouncer's; the system call table shows each proxy's calls per
     /// transaction by kind, "other" and the total, "-" for a cell whose strace run failed;
@@ -1156,6 +1159,7 @@ mod tests {
             transactions: 1,
             proxy: None,
             postgres_us: None,
+            pgbench_us: None,
         });
         add(&mut f, "reconnect:simple:16:pgbouncer", &[200.0]);
         let mut calls = std::collections::BTreeMap::new();
@@ -1175,15 +1179,16 @@ mod tests {
             },
         );
         let report = render(&opt, &f, &context());
-        assert!(report.contains("| simple | 64 | direct | 40000.0 | – | – | – | 40.0 | – |  |\n"));
-        assert!(
-            report.contains("| simple | 64 | pgbouncer | 30000.0 | 2.0 | 15.0 | 17.0 | 30.0 | 0.50 |  |\n")
-        );
+        assert!(report.contains("| simple | 64 | direct | 40000.0 | – | – | – | 40.0 | 20.0 | – |  |\n"));
+        assert!(report
+            .contains("| simple | 64 | pgbouncer | 30000.0 | 2.0 | 15.0 | 17.0 | 30.0 | 20.0 | 0.50 |  |\n"));
         assert!(report.contains(
-            "| simple | 64 | switchyard (plugins) | 27000.0 | 6.0 | 19.0 | 25.0 | 30.0 | 0.40 | 1.47 |\n"
+            "| simple | 64 | switchyard (plugins) | 27000.0 | 6.0 | 19.0 | 25.0 | 30.0 | 20.0 | 0.40 | 1.47 |\n"
         ));
-        assert!(report.contains("| simple -C | 16 | pgbouncer | 200.0 | - | - | - | - | - |  |\n"));
-        assert!(report.contains("| simple -C | 16 | switchyard (plugins) | - | - | - | - | - | - | n/a |\n"));
+        assert!(report.contains("| simple -C | 16 | pgbouncer | 200.0 | - | - | - | - | - | - |  |\n"));
+        assert!(
+            report.contains("| simple -C | 16 | switchyard (plugins) | - | - | - | - | - | - | - | n/a |\n")
+        );
         assert!(report.contains(
             "| mode | clients | proxy | transactions | sendto | recvfrom | epoll_wait | epoll_ctl | futex | read | write | writev | readv | other | total |\n"
         ));
@@ -1281,6 +1286,7 @@ mod tests {
                 transactions: 150_000,
                 proxy: None,
                 postgres_us: None,
+                pgbench_us: None,
             });
         }
         f.pipelined
