@@ -35,6 +35,10 @@ pub struct ProxySection {
     pub tls_cert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_connections: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_disconnections: Option<bool>,
 }
 
 /// `[pool]`: defaults for every database.
@@ -176,6 +180,8 @@ impl ProxyConfig {
                 client_login_timeout: Some("10s".to_owned()),
                 tls_cert: None,
                 tls_key: None,
+                log_connections: None,
+                log_disconnections: None,
             },
             pool: PoolSection {
                 mode: "transaction".to_owned(),

@@ -303,6 +303,78 @@ async fn set_query_wait_timeout_applies_to_the_next_wait() -> Result<()> {
     bed.ensure_proxy_alive()
 }
 
+/// `log_connections` and `log_disconnections` (on by default): a client that logs in and
+/// leaves puts one `client logged in` and one `client disconnected` line with its pid in
+/// the proxy's log. After `SET log_connections = false` and `SET log_disconnections =
+/// false` on the console, a second client's login and exit put neither line there (its
+/// `SELECT 1` still answers 1); `SHOW CONFIG` lists both keys as `false`, changeable.
+#[tokio::test]
+async fn set_log_connections_and_disconnections_silences_the_per_client_lines() -> Result<()> {
+    skip_if_direct!();
+    let mut bed = TestBed::start_with(|cfg| cfg.with_admin())?;
+    let ep = bed.endpoint();
+    // The console's own logins (psql) are logged too: only lines of database `app` count.
+    let lines = |bed: &mut TestBed, what: &str| -> usize {
+        bed.proxy().map_or(0, |p| {
+            p.log()
+                .lines()
+                .filter(|l| {
+                    l.contains(what) && (l.contains("database=app") || l.contains("database=\"app\""))
+                })
+                .count()
+        })
+    };
+    let (logged_in, left) = ("client logged in", "client disconnected");
+    let first = ep.connect_app().await?;
+    first.batch_execute("SELECT 1").await?;
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lines(&mut bed, left) < 1 {
+        ensure!(Instant::now() < deadline, "no `{left}` line for the first client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(lines(&mut bed, logged_in) == 1, "expected one `{logged_in}` line");
+
+    console_ok(&ep, "SET log_connections = false").await?;
+    console_ok(&ep, "SET log_disconnections = false").await?;
+    let config = admin_rows(&ep, "SHOW CONFIG").await?;
+    for key in ["log_connections", "log_disconnections"] {
+        let row = config
+            .iter()
+            .find(|r| r["key"] == key)
+            .with_context(|| format!("SHOW CONFIG lists no {key}"))?;
+        ensure!(
+            row["value"] == "false" && row["changeable"] == "yes",
+            "SHOW CONFIG {key}: {row:?}"
+        );
+    }
+    let second = ep.connect_app().await?;
+    let v: i32 = second.query_one("SELECT 1", &[]).await?.get(0);
+    ensure!(v == 1);
+    drop(second);
+    // The console's own sessions log nothing either now; wait for the second client's end
+    // to have been handled (its slot given back) before reading the log.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients = admin_rows(&ep, "SHOW CLIENTS").await?;
+        if clients.iter().all(|r| r["database"] != "app") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the second client is still listed: {clients:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        lines(&mut bed, logged_in) == 1 && lines(&mut bed, left) == 1,
+        "after SET ... = false: {} `{logged_in}` and {} `{left}` lines, expected 1 and 1",
+        lines(&mut bed, logged_in),
+        lines(&mut bed, left)
+    );
+    bed.ensure_proxy_alive()
+}
+
 /// `client_idle_timeout` off at start: a client logged in before `SET client_idle_timeout =
 /// '500ms'` through psql stays silent for 1.5 s and its next `SELECT 1` succeeds (a running
 /// session keeps the limits it started with); a client logged in after it, silent, is
@@ -424,14 +496,16 @@ async fn reload_changes_a_databases_pool_size_and_mode_for_new_sessions_only() -
     bed.ensure_proxy_alive()
 }
 
-/// The keys `SHOW CONFIG` marks `changeable = yes`: exactly the five `[proxy]` keys read per
+/// The keys `SHOW CONFIG` marks `changeable = yes`: exactly the seven `[proxy]` keys read per
 /// client and the twelve live `[pool]` keys.
-const LIVE_KEYS: [&str; 17] = [
+const LIVE_KEYS: [&str; 19] = [
     "max_client_conn",
     "max_unauthenticated_conn",
     "admin_reserved_conn",
     "client_login_timeout",
     "shutdown_timeout",
+    "log_connections",
+    "log_disconnections",
     "mode",
     "size",
     "connect_timeout",

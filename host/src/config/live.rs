@@ -11,12 +11,14 @@ use super::{Config, ConfigError, DatabaseConfig, PoolDefaults, ProxySettings};
 /// The `[proxy]` keys that apply without a restart (`SET`, SIGHUP, `RELOAD`): they are
 /// read when a client connects or logs in, or when the proxy stops, never kept beside a
 /// session or a pool.
-pub const RELOADABLE: [&str; 5] = [
+pub const RELOADABLE: [&str; 7] = [
     "max_client_conn",
     "max_unauthenticated_conn",
     "admin_reserved_conn",
     "client_login_timeout",
     "shutdown_timeout",
+    "log_connections",
+    "log_disconnections",
 ];
 
 /// The `[pool]` keys that apply without a restart: the size at once (`pool::Pool::apply`),
@@ -445,12 +447,14 @@ pub fn with_reloadable(proxy: &ProxySettings, new: &ProxySettings) -> ProxySetti
         admin_reserved_conn: new.admin_reserved_conn,
         client_login_timeout: new.client_login_timeout,
         shutdown_timeout: new.shutdown_timeout,
+        log_connections: new.log_connections,
+        log_disconnections: new.log_disconnections,
         ..proxy.clone()
     }
 }
 
 /// The reloadable keys' values in `proxy`, as TOML values ([`RELOADABLE`]'s order).
-fn reloadable_values(proxy: &ProxySettings) -> [(&'static str, toml::Value); 5] {
+fn reloadable_values(proxy: &ProxySettings) -> [(&'static str, toml::Value); 7] {
     let count = |n: usize| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
     let duration = |d: Duration| toml::Value::String(humantime::format_duration(d).to_string());
     [
@@ -459,6 +463,11 @@ fn reloadable_values(proxy: &ProxySettings) -> [(&'static str, toml::Value); 5] 
         ("admin_reserved_conn", count(proxy.admin_reserved_conn)),
         ("client_login_timeout", duration(proxy.client_login_timeout)),
         ("shutdown_timeout", duration(proxy.shutdown_timeout)),
+        ("log_connections", toml::Value::Boolean(proxy.log_connections)),
+        (
+            "log_disconnections",
+            toml::Value::Boolean(proxy.log_disconnections),
+        ),
     ]
 }
 
@@ -573,6 +582,8 @@ fn proxy_values(p: &ProxySettings) -> Vec<(&'static str, String)> {
                 .map(|_| MASK.to_string())
                 .unwrap_or_default(),
         ),
+        ("log_connections", p.log_connections.to_string()),
+        ("log_disconnections", p.log_disconnections.to_string()),
         ("max_message_size", p.max_message_size.0.to_string()),
     ]
 }

@@ -282,6 +282,11 @@ pub struct ProxySettings {
     /// Key of the SCRAM salts the proxy makes up (unknown users, plaintext passwords); by
     /// default derived from the secrets in `[users]`.
     pub auth_salt_secret: Option<Secret>,
+    /// Log each client's login at info (PgBouncer's `log_connections`).
+    pub log_connections: bool,
+    /// Log each client's disconnection at info (PgBouncer's `log_disconnections`); a
+    /// session that ends with an error is logged whatever this says.
+    pub log_disconnections: bool,
     /// Largest message a client may send, in bytes or as a size (`"64MiB"`); a larger one
     /// is refused from its header with 54000 and ends that session. At most 1 GiB,
     /// Postgres' own limit. A named Parse is held whole, so this also bounds what one
@@ -313,6 +318,8 @@ impl Default for ProxySettings {
             stats_period: Duration::from_secs(60),
             metrics_listen: None,
             auth_salt_secret: None,
+            log_connections: true,
+            log_disconnections: true,
             max_message_size: ByteSize(64 * 1024 * 1024),
         }
     }

@@ -878,8 +878,9 @@ impl Session {
     /// Ends the session: tells the client why if it should know, and returns or closes the
     /// server.
     async fn finish(&mut self, result: Result<(), SessionError>) {
+        let log_disconnection = || self.state.proxy().log_disconnections;
         match &result {
-            Ok(()) => {
+            Ok(()) if log_disconnection() => {
                 tracing::info!(
                     user = self.facts.user(),
                     database = self.facts.database(),
@@ -887,9 +888,11 @@ impl Session {
                     "client disconnected"
                 )
             }
-            Err(SessionError::ClientIo(e)) => {
+            Ok(()) => {}
+            Err(SessionError::ClientIo(e)) if log_disconnection() => {
                 tracing::info!(user = self.facts.user(), database = self.facts.database(), error = %e, "client connection lost")
             }
+            Err(SessionError::ClientIo(_)) => {}
             Err(e) => {
                 tracing::warn!(user = self.facts.user(), database = self.facts.database(), error = %e, "session ended")
             }

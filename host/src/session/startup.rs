@@ -368,7 +368,9 @@ async fn login(
     backend::backend_key_data(cancel.process_id, cancel.secret_key, &mut out);
     backend::ready_for_query(TransactionStatus::Idle, &mut out);
     send(stream, &mut out).await?;
-    tracing::info!(%peer, user = %user.name, database = %database, pid = cancel.process_id, method = %method.name(), tls = stream.is_tls(), "client logged in");
+    if state.proxy().log_connections {
+        tracing::info!(%peer, user = %user.name, database = %database, pid = cancel.process_id, method = %method.name(), tls = stream.is_tls(), "client logged in");
+    }
     Ok(move |stream, buf| LoggedIn {
         stream,
         buf,

@@ -84,6 +84,9 @@ pub struct Options {
     pub cg_workers: u32,
     /// `CG_CACHE_SIM`: callgrind also simulates the caches (D1mr, DLmr, ... per function).
     pub cg_cache_sim: bool,
+    /// `CG_RECONNECT`: the runs under callgrind log in for every transaction (pgbench -C),
+    /// so the figure per transaction is a login's cost plus a transaction's.
+    pub cg_reconnect: bool,
     /// `STRACE`: a short run under `strace -c -f` per proxy and cell of the matrix and of
     /// the pipelined-pooling row (off when neither runs).
     pub strace: bool,
@@ -246,6 +249,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let cg_warmup = var("CG_WARMUP", "200");
     let cg_workers = var("CG_WORKERS", "1");
     let cg_cache_sim = var("CG_CACHE_SIM", "0");
+    let cg_reconnect = var("CG_RECONNECT", "0");
     let workers = env("WORKERS").filter(|v| !v.is_empty());
     let threading = env("THREADING").filter(|v| !v.is_empty());
     let strace_secs = var("STRACE_SECONDS", "3");
@@ -259,6 +263,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let cg_warmup = positive("CG_WARMUP", &cg_warmup)?;
     let cg_workers = number("CG_WORKERS", &cg_workers)?;
     let cg_cache_sim = switch("CG_CACHE_SIM", &cg_cache_sim)?;
+    let cg_reconnect = switch("CG_RECONNECT", &cg_reconnect)?;
     let callgrind = switch("CALLGRIND", &callgrind)?;
     let strace = switch("STRACE", &strace)?;
     let strace_secs = positive("STRACE_SECONDS", &strace_secs)?;
@@ -355,6 +360,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         cg_warmup,
         cg_workers,
         cg_cache_sim,
+        cg_reconnect,
         strace,
         strace_secs,
         plugin: env("PLUGIN").filter(|v| !v.is_empty()),

@@ -475,6 +475,10 @@ pub fn proxy_config(
     cfg.proxy.listen = listen.unwrap_or_default();
     cfg.proxy.max_client_conn = Some(opt.idle_clients + 2000);
     cfg.proxy.client_login_timeout = None;
+    // As the PgBouncers' `log_connections = 0` and `log_disconnections = 0`: two log lines
+    // per connection would weigh on the `-C` row.
+    cfg.proxy.log_connections = Some(false);
+    cfg.proxy.log_disconnections = Some(false);
     cfg.pool.size = opt.pool_size;
     cfg.pool.connect_timeout = None;
     cfg.pool.idle_timeout = None;

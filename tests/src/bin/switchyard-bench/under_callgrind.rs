@@ -193,8 +193,8 @@ impl Bench<'_> {
         }
     }
 
-    /// `pgbench -S -M CG_MODE -c CG_CLIENTS -j 1 -t tx` against database `db` of a proxy
-    /// under valgrind;
+    /// `pgbench -S -M CG_MODE -c CG_CLIENTS -j 1 -t tx` (with `-C` if CG_RECONNECT) against
+    /// database `db` of a proxy under valgrind;
     /// `false` (noted) unless every transaction went through.
     fn cg_pgbench(&mut self, name: &str, port: u16, db: &str, tx: u32, label: &str) -> Result<bool> {
         let c = self.opt.cg_clients;
@@ -202,8 +202,11 @@ impl Bench<'_> {
         let out_name = format!("{name}-{label}.out");
         let out = self.work.join("runs").join(&out_name);
         let mode = &self.opt.cg_mode;
-        crate::log!("{name}: pgbench -S -M {mode} -c {c} -j 1 -t {tx} ({label}, {want} transactions)");
-        let args: Vec<String> = [
+        let reconnect = if self.opt.cg_reconnect { " -C" } else { "" };
+        crate::log!(
+            "{name}: pgbench -S -M {mode}{reconnect} -c {c} -j 1 -t {tx} ({label}, {want} transactions)"
+        );
+        let mut args: Vec<String> = [
             "-S",
             "-M",
             mode,
@@ -217,6 +220,9 @@ impl Bench<'_> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if self.opt.cg_reconnect {
+            args.push("-C".into());
+        }
         let mut child = pgbench_command(port, db, &args, &out)?
             .spawn()
             .context("spawning pgbench")?;
