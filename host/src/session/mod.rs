@@ -515,6 +515,8 @@ impl Session {
         let now_ms = self.pool.coarse_now_ms();
         self.listed.request_ms.store(now_ms, RELAXED);
         let mut lost = 0;
+        // Taken by the checkout: given again to the one after a server lost below.
+        let forced = self.routing_forced();
         let mut checkout = loop {
             self.listed.waiting.store(true, RELAXED);
             let checkout = self.checkout_for(work).await;
@@ -546,6 +548,9 @@ impl Session {
                         "server lost while taking the session's settings; borrowing another"
                     );
                     drop(checkout); // closes it
+                    if forced {
+                        self.routing_force_primary();
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

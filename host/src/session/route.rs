@@ -432,6 +432,11 @@ impl Session {
         }
     }
 
+    /// Whether the next checkout goes to the primary whatever the work (a misrouted read).
+    pub(super) fn routing_forced(&self) -> bool {
+        self.routing.force_primary
+    }
+
     /// The request the session runs again goes to the primary (a replica refused it).
     pub(super) fn routing_force_primary(&mut self) {
         self.routing.force_primary = true;
