@@ -15,6 +15,7 @@
 //! unknown users' salts change once; `auth_salt_secret` avoids even that.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -25,8 +26,11 @@ use crate::config::{ClientAuthMethod, Config};
 /// Length of the salts the proxy makes up, as Postgres' (`SCRAM_DEFAULT_SALT_LEN`).
 pub const SALT_LEN: usize = 16;
 
-/// The key every made-up salt and decoy secret is derived from.
-pub struct SaltKey([u8; 32]);
+/// The key every made-up salt and decoy secret is derived from, held as HMAC-SHA-256 keyed
+/// with it: each value derived clones it rather than keying a new one, which would hash the
+/// key's two pads again (two of the four SHA-256 blocks of a value, three values at every
+/// login for the decoy made then).
+pub struct SaltKey(Hmac<Sha256>);
 
 impl SaltKey {
     /// `proxy.auth_salt_secret`, or a key derived from the secrets in `[users]`.
@@ -51,7 +55,7 @@ impl SaltKey {
                 }
             }
         }
-        SaltKey(mac.finalize().into_bytes().into())
+        SaltKey(hmac_with(&mac.finalize().into_bytes()))
     }
 
     /// The salt shown for `user` when the proxy has to make one up.
@@ -62,7 +66,7 @@ impl SaltKey {
 
     /// A value only this key gives, for `purpose` and `user`.
     fn derive(&self, purpose: &str, user: &str) -> [u8; 32] {
-        let mut mac = hmac_with(&self.0);
+        let mut mac = self.0.clone();
         mac.update(purpose.as_bytes());
         mac.update(b"\0");
         mac.update(user.as_bytes());
@@ -127,13 +131,14 @@ impl Decoys {
             // Only sent after a proof passed, which never happens here.
             server_key: key,
         };
-        let hex: String = self.key.derive("md5", name)[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let mut md5 = String::with_capacity(35);
+        md5.push_str("md5");
+        for b in &self.key.derive("md5", name)[..16] {
+            let _ = write!(md5, "{b:02x}"); // writing to a String cannot fail
+        }
         // Both, like a user with a plaintext password: an `auth_hba_file` rule may ask for
         // either method whatever the decoy's own.
-        let (scram, md5) = (Some(scram), Some(format!("md5{hex}")));
+        let (scram, md5) = (Some(scram), Some(md5));
         UserAuth::without_server_password(name, self.method, scram, md5)
     }
 }
@@ -183,6 +188,26 @@ mod tests {
         let a = SaltKey::from_config(&config("[users.app]\npassword = \"app\"\n", Some(fixed)));
         let b = SaltKey::from_config(&config("[users.app]\npassword = \"app2\"\n", Some(fixed)));
         assert_eq!(a.salt("x"), b.salt("x"));
+    }
+
+    /// The values derived are those of an HMAC keyed afresh for each (as before the keyed
+    /// state was kept): salts shown to clients must not change with an upgrade.
+    #[test]
+    fn derived_values_equal_a_fresh_hmac_under_the_key() {
+        let cfg = config("", Some("0123456789abcdef0123"));
+        let mut mac = hmac_with(b"switchyard auth salt key");
+        mac.update(b"configured\0");
+        mac.update(b"0123456789abcdef0123");
+        let raw: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut fresh = hmac_with(&raw);
+        fresh.update(b"salt\0nobody");
+        let expected: [u8; 32] = fresh.finalize().into_bytes().into();
+        let key = SaltKey::from_config(&cfg);
+        assert_eq!(key.salt("nobody"), expected[..SALT_LEN]);
+        assert_eq!(key.salt("nobody"), key.salt("nobody"));
+        let d = decoys(&cfg).user("nobody");
+        let md5 = d.md5.unwrap();
+        assert!(md5.len() == 35 && md5.starts_with("md5") && md5[3..].bytes().all(|b| b.is_ascii_hexdigit()));
     }
 
     #[test]
