@@ -28,7 +28,8 @@ fn text<'a>(line: &'a serde_json::Map<String, Value>, field: &str) -> &'a str {
 
 /// With `--log-format json`, a proxy in front of a probed primary and replica logs its
 /// start-up, a failed login (the client, with a wrong password, gets 28P01) and a failover
-/// (the primary stopped, the replica promoted, the proxy confirms it), then stops. Every line
+/// (the primary stopped, the replica promoted once the proxy logged the primary lost, the
+/// proxy confirms it), then stops. Every line
 /// of its log is a JSON object with string `timestamp`, `level` and `message`; among them are
 /// "switchyard listening", "login failed" (level INFO, with the client's `peer`), the
 /// failover event's opening line ("failover event N: ..."), the switchover decisions for
@@ -66,6 +67,23 @@ async fn json_logs_parse_and_failover_lines_carry_the_event_id() -> Result<()> {
 
     let stopped = Instant::now();
     bed.pg_mut().primary_mut().stop("fast")?;
+    // The replica is promoted once the proxy has seen the primary go: promoted at once, a
+    // probe may find the new primary first, and the decision is then `demoted`, made before
+    // the event opens (so without its id).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bed
+        .proxy()
+        .context("a proxy")?
+        .log()
+        .contains(": event primary-lost(")
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "no primary-lost decision within 10 s of the stop:\n{}",
+            bed.proxy().context("a proxy")?.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     bed.pg().replica().promote()?;
     wait_for_primary(&endpoint, &new, Duration::from_secs(20)).await?;
     println!("failover: {new} confirmed {:?} after the stop", stopped.elapsed());
