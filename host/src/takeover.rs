@@ -363,7 +363,11 @@ impl Control {
             }
             match self.hand_listeners_over(&mut conn) {
                 Ok(()) => {
+                    // Set before the stop is asked for: the sessions may all end, and
+                    // `Finisher::finish` run, before this thread goes on; it must then
+                    // wait for the clients to be sent, not exit as at a plain stop.
                     started.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.state.stop_request.send_replace(Some(Shutdown::Takeover));
                     // The new process takes the takeover socket's place.
                     drop(file.lock().unwrap_or_else(|e| e.into_inner()).take());
                     drop(listener);
@@ -381,7 +385,7 @@ impl Control {
     }
 
     /// Steps 1 to 3 (module docs): the new process's hello, the sockets it wants, its
-    /// `Serving`; then this process stops accepting.
+    /// `Serving`; the caller then stops this process accepting.
     fn hand_listeners_over(&mut self, conn: &mut UnixStream) -> Result<(), TakeoverError> {
         conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         conn.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -428,7 +432,6 @@ impl Control {
             listeners = sockets.len(),
             "takeover: the new process serves; no longer accepting, handing clients over between transactions"
         );
-        self.state.stop_request.send_replace(Some(Shutdown::Takeover));
         Ok(())
     }
 
