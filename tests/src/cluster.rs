@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::{deadline::Deadline, env, ports, scratch, watchdog::Watchdog};
+use crate::{deadline::Deadline, env, ports, scratch, tools, watchdog::Watchdog};
 
 /// Roles every cluster has, with their passwords (as the client sends them).
 pub mod roles {
@@ -407,8 +407,8 @@ impl PgNode {
             other => bail!("unknown stop mode {other:?}"),
         };
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child, which has not been reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            // Our own child, which has not been reaped.
+            tools::signal(child.id(), signal);
             child.wait().context("waiting for postgres to exit")?;
         }
         if let Some(mut w) = self.watchdog.take() {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{env, http, ports, scratch, watchdog::Watchdog};
+use crate::{env, http, ports, scratch, tools, watchdog::Watchdog};
 
 /// A running etcd.
 pub struct Etcd {
@@ -200,8 +200,7 @@ impl Etcd {
         if let Some(child) = self.child.as_mut() {
             // Once reaped, the pid may belong to another process: never signal it then.
             if matches!(child.try_wait(), Ok(None)) {
-                // SAFETY: kill(2) on our own child, alive and unreaped just above.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                tools::signal(child.id(), libc::SIGTERM);
                 let deadline = Instant::now() + grace;
                 while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));

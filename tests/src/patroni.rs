@@ -73,7 +73,7 @@ use crate::cluster::roles;
 use crate::deadline::Deadline;
 use crate::etcd::Etcd;
 use crate::proxy::{NodeEntry, ProxyConfig};
-use crate::tools::{run_command, CmdOutput, Psql};
+use crate::tools::{run_command, signal, CmdOutput, Psql};
 use crate::watchdog::Watchdog;
 use crate::{env, http, ports, scratch};
 
@@ -1543,13 +1543,6 @@ fn clean_env(cmd: &mut Command, home: &Path) {
         .env("LANG", "C.UTF-8")
         .env("PYTHONUNBUFFERED", "1")
         .current_dir(home);
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; callers pass pids
-    // they just verified (postmaster.pid checked against /proc, or its
-    // children listed from /proc).
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
 /// Whether `pid` exists and is not a zombie (postmasters are reparented to

@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::cluster::{roles, PgCluster};
-use crate::{deadline::Deadline, env, ports, scratch, watchdog::Watchdog};
+use crate::{deadline::Deadline, env, ports, scratch, tools, watchdog::Watchdog};
 
 /// `[proxy]`
 #[derive(Clone, Debug, Serialize)]
@@ -523,8 +523,7 @@ impl Proxy {
         if let Some(child) = self.child.as_mut() {
             // Once reaped, the pid may belong to another process: never signal it then.
             if matches!(child.try_wait(), Ok(None)) {
-                // SAFETY: kill(2) on our own child, alive and unreaped just above.
-                unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+                tools::signal(child.id(), signal);
             }
         }
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::env;
+use crate::{env, tools};
 
 /// Kernel start time (in clock ticks since boot) of a process, or `None` if
 /// it does not exist.
@@ -114,8 +114,8 @@ fn kill_recorded(dir: &Path, depth: u32) {
     collect_recorded(dir, depth, &mut victims);
     for &(pid, start) in &victims {
         if process_is(pid, start) {
-            // SAFETY: plain kill(2) on a pid we verified by start time.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGQUIT) };
+            // A pid verified by its start time.
+            tools::signal(pid, libc::SIGQUIT);
         }
     }
     for _ in 0..50 {
@@ -126,8 +126,7 @@ fn kill_recorded(dir: &Path, depth: u32) {
     }
     for &(pid, start) in &victims {
         if process_is(pid, start) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            tools::signal(pid, libc::SIGKILL);
         }
     }
 }

@@ -17,6 +17,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::env;
 
+/// Sends `sig` to `pid` (kill(2)), ignoring failure. The caller makes sure `pid` is
+/// still the process it means: its own unreaped child, or one it checked in `/proc`.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
 /// Environment variables that libpq-based tools would otherwise pick up.
 const PG_ENV: &[&str] = &[
     "PGHOST",

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, TryStreamExt};
 use switchyard_tests::client::{backend_running, connect, Load};
 use switchyard_tests::raw::{msg, Msg, RawConn};
+use switchyard_tests::tools::signal;
 use switchyard_tests::{describe_error, expect_sqlstate, skip_if_direct, Endpoint, PgResultExt, TestBed};
 use tokio_postgres::Client;
 
@@ -305,7 +306,8 @@ async fn a_server_lost_while_taking_a_clients_settings_costs_the_client_nothing(
         .await
         .ctx("the pool's server with the first client's settings")?
         .get(0);
-    signal(pid, libc::SIGSTOP);
+    let backend = u32::try_from(pid)?;
+    signal(backend, libc::SIGSTOP);
     let asked = tokio::spawn(async move {
         let row = second
             .query_one(
@@ -321,7 +323,7 @@ async fn a_server_lost_while_taking_a_clients_settings_costs_the_client_nothing(
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await?
         .get(0);
-    signal(pid, libc::SIGCONT);
+    signal(backend, libc::SIGCONT);
     ensure!(terminated, "pg_terminate_backend({pid}) found no backend");
     let (_second, row) = tokio::time::timeout(Duration::from_secs(15), asked)
         .await
@@ -339,12 +341,6 @@ async fn a_server_lost_while_taking_a_clients_settings_costs_the_client_nothing(
         .get(0);
     ensure!(v == 7);
     bed.ensure_proxy_alive()
-}
-
-/// Sends `sig` to process `pid` (a backend of the test's own Postgres).
-fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) with a pid read from pg_stat_activity of the test's own server.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
 /// Session mode (pool of 2): a client with no server-side state keeps its server between

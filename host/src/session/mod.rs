@@ -883,21 +883,17 @@ impl Session {
     /// Ends the session: tells the client why if it should know, and returns or closes the
     /// server.
     async fn finish(&mut self, result: Result<(), SessionError>) {
-        let log_disconnection = || self.state.proxy().log_disconnections;
         match &result {
-            Ok(()) if log_disconnection() => {
-                tracing::info!(
-                    user = self.facts.user(),
-                    database = self.facts.database(),
-                    pid = self.cancel.process_id,
-                    "client disconnected"
-                )
-            }
-            Ok(()) => {}
-            Err(SessionError::ClientIo(e)) if log_disconnection() => {
+            Ok(()) | Err(SessionError::ClientIo(_)) if !self.state.proxy().log_disconnections => {}
+            Ok(()) => tracing::info!(
+                user = self.facts.user(),
+                database = self.facts.database(),
+                pid = self.cancel.process_id,
+                "client disconnected"
+            ),
+            Err(SessionError::ClientIo(e)) => {
                 tracing::info!(user = self.facts.user(), database = self.facts.database(), error = %e, "client connection lost")
             }
-            Err(SessionError::ClientIo(_)) => {}
             Err(e) => {
                 tracing::warn!(user = self.facts.user(), database = self.facts.database(), error = %e, "session ended")
             }
