@@ -158,6 +158,11 @@ impl Session {
         extended: bool,
         work: Work,
     ) -> Result<bool, SessionError> {
+        // Every message of a batch after its first finds the server held: answered
+        // before the borrowing future is made and polled.
+        if self.server.held() {
+            return Ok(true);
+        }
         match self.acquire(work).await {
             Ok(()) => Ok(true),
             Err(SessionError::Pool(e)) => {
