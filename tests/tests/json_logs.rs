@@ -67,9 +67,10 @@ async fn json_logs_parse_and_failover_lines_carry_the_event_id() -> Result<()> {
 
     let stopped = Instant::now();
     bed.pg_mut().primary_mut().stop("fast")?;
-    // The replica is promoted once the proxy has seen the primary go: promoted at once, a
-    // probe may find the new primary first, and the decision is then `demoted`, made before
-    // the event opens (so without its id).
+    // The replica is promoted once the proxy has seen the primary go, so that the decision
+    // this test reads is `primary-lost`: promoted at once, a probe may find the new primary
+    // first, and the decision is then `demoted` (which opens the event as well: topology's
+    // unit tests).
     let deadline = Instant::now() + Duration::from_secs(10);
     while !bed
         .proxy()

@@ -397,7 +397,7 @@ impl Cluster {
     ) {
         let mut event_id = None;
         for &event in events {
-            let (actions, id) = self.decide(event, &view, stop_reason);
+            let (actions, id) = self.decide(event, &view, old.primary, stop_reason);
             event_id = id.or(event_id);
             for action in actions {
                 events::apply(self, &mut view, action);
@@ -474,12 +474,15 @@ impl Cluster {
 
     /// The switchover policy's actions for `event`, logged as one decision line, and the id
     /// of the failover event the decision belongs to (see `crate::incident`): the open one,
-    /// or the one it opens (the primary lost, or a planned stop the policy holds traffic
-    /// for, with `stop_reason`); none outside an event.
+    /// or the one it opens (the primary lost, the primary demoted, which the
+    /// previous view's `old_primary` tells, or a planned stop the policy holds traffic for,
+    /// with `stop_reason`); none outside an event. Opened here, before the decision is
+    /// logged, the event's id is on every line about it.
     fn decide(
         &self,
         event: TopologyEvent,
         view: &ClusterView,
+        old_primary: Option<usize>,
         stop_reason: Option<&str>,
     ) -> (Vec<Action>, Option<u64>) {
         let nodes = view.node_infos();
@@ -490,6 +493,10 @@ impl Cluster {
         let opens = match event {
             // The reason `follow_incidents` gives the same event.
             TopologyEvent::PrimaryLost(n) => Some(format!("primary {} lost", name(n))),
+            // A promotion found before the old primary's loss was: the same reason too.
+            TopologyEvent::Demoted(n) if old_primary == Some(n) => {
+                Some(format!("primary {} replaced", name(n)))
+            }
             TopologyEvent::PlannedStop(n) if actions.iter().any(|a| matches!(a, Action::Hold(_))) => {
                 Some(stop_reason.map_or_else(|| format!("planned stop of {}", name(n)), str::to_string))
             }

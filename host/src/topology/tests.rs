@@ -133,6 +133,11 @@ fn an_old_primary_still_up_on_an_older_timeline_is_fenced() {
     assert_eq!(view.primary, Some(1));
     assert!(view.nodes[0].fenced && !view.nodes[1].fenced);
     assert!(view.nodes[0].drained_at.is_some());
+    assert_eq!(
+        c.incidents.open_id(),
+        Some(1),
+        "the primary's demotion opens failover event 1, before its decision is logged"
+    );
 }
 
 #[tokio::test]
