@@ -8,7 +8,7 @@ use serde_json::Value;
 use switchyard_tests::admin::wait_for_primary;
 use switchyard_tests::promotion::probed;
 use switchyard_tests::proxy::Launch;
-use switchyard_tests::{expect_sqlstate, skip_if_direct, ClusterOptions, TestBed};
+use switchyard_tests::{expect_sqlstate, skip_if_direct, ClusterOptions, Proxy, TestBed};
 
 /// The log's lines, each parsed as a JSON object; the first line that is not one fails.
 fn parse(log: &str) -> Result<Vec<serde_json::Map<String, Value>>> {
@@ -26,11 +26,25 @@ fn text<'a>(line: &'a serde_json::Map<String, Value>, field: &str) -> &'a str {
     line.get(field).and_then(Value::as_str).unwrap_or("")
 }
 
+/// Waits, at most 10 s, until `proxy`'s log holds `needle` (`what` names it in the error).
+async fn wait_for_log(proxy: &Proxy, needle: &str, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains(needle) {
+        ensure!(
+            Instant::now() < deadline,
+            "no {what} in the log within 10 s:\n{}",
+            proxy.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// With `--log-format json`, a proxy in front of a probed primary and replica logs its
 /// start-up, a failed login (the client, with a wrong password, gets 28P01) and a failover
 /// (the primary stopped, the replica promoted once the proxy logged the primary lost, the
-/// proxy confirms it), then stops. Every line
-/// of its log is a JSON object with string `timestamp`, `level` and `message`; among them are
+/// proxy confirms it), then stops. Every line of its log is a JSON object with string
+/// `timestamp`, `level` and `message`; among them are
 /// "switchyard listening", "login failed" (level INFO, with the client's `peer`), the
 /// failover event's opening line ("failover event N: ..."), the switchover decisions for
 /// `primary-lost` and `primary-confirmed`, "primary confirmed" and the event's summary
@@ -71,34 +85,18 @@ async fn json_logs_parse_and_failover_lines_carry_the_event_id() -> Result<()> {
     // this test reads is `primary-lost`: promoted at once, a probe may find the new primary
     // first, and the decision is then `demoted` (which opens the event as well: topology's
     // unit tests).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !bed
-        .proxy()
-        .context("a proxy")?
-        .log()
-        .contains(": event primary-lost(")
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "no primary-lost decision within 10 s of the stop:\n{}",
-            bed.proxy().context("a proxy")?.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_log(
+        bed.proxy().context("a proxy")?,
+        ": event primary-lost(",
+        "primary-lost decision",
+    )
+    .await?;
     bed.pg().replica().promote()?;
     wait_for_primary(&endpoint, &new, Duration::from_secs(20)).await?;
     println!("failover: {new} confirmed {:?} after the stop", stopped.elapsed());
     // The event's summary is written half a second after the new primary is confirmed.
     let proxy = bed.proxy().context("a proxy")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proxy.log().contains(" over: primary ") {
-        ensure!(
-            Instant::now() < deadline,
-            "no event summary in the log within 10 s:\n{}",
-            proxy.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_log(proxy, " over: primary ", "event summary").await?;
     drop(client);
     let status = proxy.stop();
     println!("proxy stopped: {status:?}");
