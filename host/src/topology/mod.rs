@@ -491,12 +491,9 @@ impl Cluster {
                 .on_event(&self.name, event, &nodes, view.candidate, self.hold_timeout);
         let name = |n: usize| self.nodes[n].to_string();
         let opens = match event {
-            // The reason `follow_incidents` gives the same event.
-            TopologyEvent::PrimaryLost(n) => Some(format!("primary {} lost", name(n))),
-            // A promotion found before the old primary's loss was: the same reason too.
-            TopologyEvent::Demoted(n) if old_primary == Some(n) => {
-                Some(format!("primary {} replaced", name(n)))
-            }
+            TopologyEvent::PrimaryLost(n) => Some(primary_lost(&name(n))),
+            // A promotion found before the old primary's loss was.
+            TopologyEvent::Demoted(n) if old_primary == Some(n) => Some(primary_replaced(&name(n))),
             TopologyEvent::PlannedStop(n) if actions.iter().any(|a| matches!(a, Action::Hold(_))) => {
                 Some(stop_reason.map_or_else(|| format!("planned stop of {}", name(n)), str::to_string))
             }
@@ -617,6 +614,18 @@ impl Topology {
 #[cfg(test)]
 mod tests;
 
+/// The reason of the failover event that the loss of `primary` opens, whichever of a
+/// switchover decision ([`Cluster::decide`]) and [`follow_incidents`] opens it first.
+fn primary_lost(primary: &str) -> String {
+    format!("primary {primary} lost")
+}
+
+/// The reason of the failover event that the replacement of `primary` opens (as
+/// [`primary_lost`]).
+fn primary_replaced(primary: &str) -> String {
+    format!("primary {primary} replaced")
+}
+
 /// Opens an incident (see `crate::incident`) when `cluster` loses its primary and closes it when one is confirmed:
 /// runs for the life of the proxy, one task per probed cluster.
 pub async fn follow_incidents(cluster: Arc<Cluster>) {
@@ -634,11 +643,11 @@ pub async fn follow_incidents(cluster: Arc<Cluster>) {
         let now = view.primary.map(|p| cluster.nodes[p].to_string());
         match (&primary, &now) {
             (Some(old), None) => {
-                cluster.incidents.begin(&format!("primary {old} lost"));
+                cluster.incidents.begin(&primary_lost(old));
             }
             (old, Some(new)) => {
                 if let Some(old) = old {
-                    cluster.incidents.begin(&format!("primary {old} replaced"));
+                    cluster.incidents.begin(&primary_replaced(old));
                 }
                 cluster.incidents.end(&format!("primary {new} confirmed"));
             }
