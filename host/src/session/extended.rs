@@ -73,9 +73,21 @@ impl Session {
         // Looked up once, for the route and for the rewrite.
         let def = self.lookup(statement);
         let work = self.work_of_statement(def.as_deref());
-        if !self.acquire_or_refuse(true, work).await? {
-            return Ok(());
+        if self.acquire_or_refuse(true, work).await? {
+            self.send_bind(portal, def, rest, raw);
         }
+        Ok(())
+    }
+
+    /// A Bind of `def` (`None`: the unnamed statement, or one the client never named), on
+    /// the server held.
+    pub(super) fn send_bind(
+        &mut self,
+        portal: &[u8],
+        def: Option<Arc<StatementDef>>,
+        rest: &[u8],
+        raw: &Bytes,
+    ) {
         self.server.replies.open_batch();
         match def {
             Some(def) => {
@@ -86,7 +98,6 @@ impl Session {
             None => self.server.sout.extend_from_slice(raw),
         }
         self.server.replies.push(Expect::Bind);
-        Ok(())
     }
 
     /// Describe: of a named statement, under the proxy's name (prepared first if needed).
@@ -96,14 +107,25 @@ impl Session {
         name: &[u8],
         raw: &Bytes,
     ) -> Result<(), SessionError> {
-        let def = match target {
+        let def = self.described(target, name);
+        let work = self.work_of_statement(def.as_deref());
+        if self.acquire_or_refuse(true, work).await? {
+            self.send_describe(def, raw);
+        }
+        Ok(())
+    }
+
+    /// The statement a Describe names, if it names one of the client's statements (a
+    /// portal, or the unnamed statement: `None`).
+    pub(super) fn described(&mut self, target: Target, name: &[u8]) -> Option<Arc<StatementDef>> {
+        match target {
             Target::Statement => self.lookup(name),
             Target::Portal => None,
-        };
-        let work = self.work_of_statement(def.as_deref());
-        if !self.acquire_or_refuse(true, work).await? {
-            return Ok(());
         }
+    }
+
+    /// A Describe of `def` ([`Session::described`]), on the server held.
+    pub(super) fn send_describe(&mut self, def: Option<Arc<StatementDef>>, raw: &Bytes) {
         self.server.replies.open_batch();
         match def {
             Some(def) => {
@@ -113,7 +135,6 @@ impl Session {
             _ => self.server.sout.extend_from_slice(raw),
         }
         self.server.replies.push(Expect::Describe);
-        Ok(())
     }
 
     /// Close of a named statement: the server keeps its copy for other clients; this client
@@ -124,35 +145,25 @@ impl Session {
         Ok(())
     }
 
-    /// Execute: to the server as it is.
-    pub(super) async fn on_execute(&mut self, raw: &Bytes) -> Result<(), SessionError> {
-        if self.pass_extended(raw).await? {
-            self.server.replies.push(Expect::Execute);
+    /// Execute, or Close of a portal or of the unnamed statement (`expect` says which): to
+    /// the server as it is, in the open batch. With no server to be had, the batch is
+    /// skipped to its Sync.
+    pub(super) async fn on_pass(&mut self, raw: &Bytes, expect: Expect) -> Result<(), SessionError> {
+        if self.acquire_or_refuse(true, Work::PRIMARY).await? {
+            self.send_as_is(raw, expect);
         }
         Ok(())
     }
 
-    /// Close of a portal or of the unnamed statement: to the server as it is.
-    pub(super) async fn on_close(&mut self, raw: &Bytes) -> Result<(), SessionError> {
-        if self.pass_extended(raw).await? {
-            self.server.replies.push(Expect::Close);
-        }
-        Ok(())
-    }
-
-    /// Sends an extended-protocol message as it is, in the open batch; false when no
-    /// server could be had (the batch is then skipped to its Sync).
-    async fn pass_extended(&mut self, raw: &Bytes) -> Result<bool, SessionError> {
-        if !self.acquire_or_refuse(true, Work::PRIMARY).await? {
-            return Ok(false);
-        }
+    /// Sends an extended-protocol message as it is, in the open batch, on the server held.
+    pub(super) fn send_as_is(&mut self, raw: &Bytes, expect: Expect) {
         self.server.replies.open_batch();
         self.server.sout.extend_from_slice(raw);
-        Ok(true)
+        self.server.replies.push(expect);
     }
 
     /// Sync: ends the batch on the server, or, with no server held, is answered here.
-    pub(super) fn on_sync(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+    pub(super) fn on_sync(&mut self, raw: &Bytes) {
         if self.server.replies.copy_in() {
             // The server ignores Sync during COPY FROM STDIN; the batch stays open.
             self.server.sout.extend_from_slice(raw);
@@ -166,15 +177,13 @@ impl Session {
             be::ready_for_query(self.tx_status, &mut out);
             self.synthesize(out.freeze());
         }
-        Ok(())
     }
 
     /// Flush: to the server, if one is held (else everything was answered already).
-    pub(super) fn on_flush(&mut self, raw: &Bytes) -> Result<(), SessionError> {
+    pub(super) fn on_flush(&mut self, raw: &Bytes) {
         if self.server.held() {
             self.server.sout.extend_from_slice(raw);
         }
-        Ok(())
     }
 
     pub(super) fn lookup(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {

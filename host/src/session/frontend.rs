@@ -10,6 +10,7 @@ use switchyard_protocol::frontend::{encode_flush, FrontendMessage, Target};
 use switchyard_protocol::sqlstate;
 use switchyard_protocol::ProtocolError;
 
+use super::replies::Expect;
 use super::{Session, SessionError, Work, HIGH_WATER, MAX_OWED};
 
 impl Session {
@@ -58,7 +59,9 @@ impl Session {
             tracing::trace!(pid = self.cancel.process_id, msg = ?msg, "from client");
             let may_command = may_hold_session_command(&msg);
             let replayable = super::retry::replayable(&msg, may_command);
-            self.handle(msg, frame.raw(), may_command).await?;
+            if !self.handle_in_batch(&msg, frame.raw()) {
+                self.handle(msg, frame.raw(), may_command).await?;
+            }
             self.replay.record(frame.into_raw(), replayable);
         }
         Ok(())
@@ -103,16 +106,58 @@ impl Session {
                 target: Target::Statement,
                 name,
             } if !name.is_empty() => self.on_close_statement(&name),
-            FrontendMessage::Close { .. } => self.on_close(raw).await,
-            FrontendMessage::Execute { .. } => self.on_execute(raw).await,
-            FrontendMessage::Sync => self.on_sync(raw),
-            FrontendMessage::Flush => self.on_flush(raw),
+            FrontendMessage::Close { .. } => self.on_pass(raw, Expect::Close).await,
+            FrontendMessage::Execute { .. } => self.on_pass(raw, Expect::Execute).await,
+            FrontendMessage::Sync => {
+                self.on_sync(raw);
+                Ok(())
+            }
+            FrontendMessage::Flush => {
+                self.on_flush(raw);
+                Ok(())
+            }
             FrontendMessage::FunctionCall(_) => self.on_function_call(raw).await,
             FrontendMessage::CopyData(_) => self.on_copy_data(raw),
             FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => self.on_copy_end(raw),
             FrontendMessage::Terminate => self.on_terminate(),
             FrontendMessage::Password(_) => Err(password_after_login()),
         }
+    }
+
+    /// A message of an extended batch whose server is held already (every message of a
+    /// batch after its first, but a Parse) needs no step that waits: handled here, without
+    /// making and polling [`Session::handle`]'s future, which cost about 150 instructions
+    /// per message. Returns false, having done nothing, for every other message, and for
+    /// any while the session skips a batch or has lost its server.
+    #[inline]
+    fn handle_in_batch(&mut self, msg: &FrontendMessage, raw: &Bytes) -> bool {
+        if !self.server.held() || self.skipping || self.lost_session.is_some() {
+            return false;
+        }
+        match msg {
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                rest,
+            } => {
+                let def = self.lookup(statement);
+                self.send_bind(portal, def, rest, raw);
+            }
+            FrontendMessage::Describe { target, name } => {
+                let def = self.described(*target, name);
+                self.send_describe(def, raw);
+            }
+            FrontendMessage::Execute { .. } => self.send_as_is(raw, Expect::Execute),
+            FrontendMessage::Close {
+                target: Target::Statement,
+                name,
+            } if !name.is_empty() => return false,
+            FrontendMessage::Close { .. } => self.send_as_is(raw, Expect::Close),
+            FrontendMessage::Sync => self.on_sync(raw),
+            FrontendMessage::Flush => self.on_flush(raw),
+            _ => return false,
+        }
+        true
     }
 
     /// The server and the state with it were lost while the client was idle
