@@ -53,9 +53,16 @@ impl Session {
         let buf = &buf[passed..];
         let mut messages = frames(buf, MAX_SERVER_MESSAGE);
         let mut run_start = 0;
+        let mut rows_pass = self.rows_pass();
         for item in messages.by_ref() {
             let (header, offset) = item.map_err(SessionError::ServerProtocol)?;
             let end = offset + header.len;
+            if rows_pass && header.tag == tags::DATA_ROW {
+                // A row of the client's result: it stays in the run as it is, without the
+                // look every other message gets.
+                self.replay.saw_reply();
+                continue;
+            }
             let forward = self.on_server_message(header.tag, &buf[offset + HEADER_LEN..end])?;
             let settle = self.server.replies.settles_next();
             let anchor = self.replay.wants_anchor();
@@ -69,6 +76,7 @@ impl Session {
                 }
                 self.server.replies.settle_front(&mut self.cout);
             }
+            rows_pass = self.rows_pass();
         }
         let mut consumed = messages.consumed();
         self.cout.extend_from_slice(&buf[run_start..consumed]);
@@ -82,6 +90,16 @@ impl Session {
             consumed += n;
         }
         Ok(passed + consumed)
+    }
+
+    /// Whether a DataRow now is a row of a client's request, to be forwarded with no more
+    /// than that noted ([`saw_reply`](super::retry::Replay::saw_reply)): what [`Session::on_server_message`] would
+    /// make of it. Not when the request failed (its replies are dropped), nor when the
+    /// front of the queue is the proxy's own query or a reply of its own to settle first.
+    /// A DataRow changes neither, so this holds until the next other message.
+    #[inline]
+    fn rows_pass(&self) -> bool {
+        !self.replay.failed() && self.server.replies.client_request_in_front()
     }
 
     /// Handles one server message: asks the reply queue what it means, and applies that to

@@ -188,6 +188,26 @@ impl Replies {
         matches!(self.queue.front(), Some(Expect::Synthetic(_) | Expect::CopyEnd))
     }
 
+    /// The reply owed first is to one of the client's own messages (not the proxy's own
+    /// query, nor a reply the proxy makes or a marker).
+    #[inline]
+    pub(super) fn client_request_in_front(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(
+                Expect::Query
+                    | Expect::Parse { .. }
+                    | Expect::Bind
+                    | Expect::Describe
+                    | Expect::Execute
+                    | Expect::Close
+                    | Expect::Sync
+                    | Expect::InjectedParse { .. }
+                    | Expect::InjectedClose
+            )
+        )
+    }
+
     /// The server is answering the proxy's own simple query.
     #[inline]
     pub(super) fn own_query_in_front(&self) -> bool {

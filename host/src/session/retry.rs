@@ -251,6 +251,13 @@ impl Replay {
         self.first_failure.map(|t| t.elapsed()).unwrap_or_default()
     }
 
+    /// The server sent a message that [`Replay::watch`] need not look at (a DataRow):
+    /// only that it replied is noted.
+    #[inline]
+    pub(super) fn saw_reply(&mut self) {
+        self.replied = true;
+    }
+
     /// A server failure is pending for [`Session::retry`].
     pub(super) fn failed(&self) -> bool {
         self.failed.is_some()
