@@ -409,7 +409,6 @@ impl Proxy {
             .arg(&config_path)
             .args(&self.launch.args)
             .current_dir(&self.dir)
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -417,6 +416,19 @@ impl Proxy {
             cmd.env("RUST_LOG", "info");
         }
         cmd.env("NO_COLOR", "1");
+        // A session (and process group) of its own, as a service's own cgroup or a daemon
+        // has (the bench's PgBouncer runs with -d): with the kernel's autogroup
+        // scheduling, a process left in the session of the tests' Postgres and pgbench
+        // shares their CPU group, and each of them it wakes may preempt it.
+        // SAFETY: setsid is async-signal-safe and touches no memory of this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         // Compiled plugins are cached per user; tests share one cache of their own.
         cmd.env("XDG_CACHE_HOME", env::scratch_root()?.join("xdg-cache"));
         cmd.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
@@ -567,8 +579,7 @@ impl Proxy {
         let mut child = self.child.take()?;
         // Once reaped, the pid may belong to another process: never signal it then.
         if matches!(child.try_wait(), Ok(None)) {
-            // SAFETY: kill(2) on our own child, alive and unreaped just above.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            tools::signal(child.id(), libc::SIGTERM);
         }
         let deadline = Instant::now() + self.launch.stop_grace;
         let status = loop {
