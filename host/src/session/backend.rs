@@ -93,10 +93,11 @@ impl Session {
     }
 
     /// Whether a DataRow now is a row of a client's request, to be forwarded with no more
-    /// than that noted ([`saw_reply`](super::retry::Replay::saw_reply)): what [`Session::on_server_message`] would
-    /// make of it. Not when the request failed (its replies are dropped), nor when the
-    /// front of the queue is the proxy's own query or a reply of its own to settle first.
-    /// A DataRow changes neither, so this holds until the next other message.
+    /// than that noted ([`saw_reply`](super::retry::Replay::saw_reply)): what
+    /// [`Session::on_server_message`] would make of it. Not when the request failed (its
+    /// replies are dropped), nor when the front of the queue is the proxy's own query or a
+    /// reply of its own to settle first. A DataRow changes neither, so this holds until the
+    /// next other message.
     #[inline]
     fn rows_pass(&self) -> bool {
         !self.replay.failed() && self.server.replies.client_request_in_front()
